@@ -1,0 +1,369 @@
+"""PreferenceData: the one data type every layer of papa_bayes speaks.
+
+Items are feature vectors; comparisons index into them, winner first (BoTorch's
+convention); ratings are PAPA's like/dislike answers on single items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from papa_bayes.exceptions import InputDataError
+
+__all__ = ["PreferenceData"]
+
+
+def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool = True) -> Tensor:
+    """Convert without silent coercion: floats for an integer field are an error."""
+    if isinstance(value, Tensor):
+        t = value.detach()
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
+    if dtype == torch.long:
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+            if t.is_floating_point() and t.numel() and bool(
+                torch.all(torch.isfinite(t)) and torch.all(t == t.round())
+            ):
+                return t.to(torch.long)
+            raise InputDataError(name, "integer dtype", str(t.dtype))
+        return t.to(torch.long)
+    if dtype == torch.bool:
+        if t.dtype != torch.bool:
+            if t.numel() and not bool(torch.all((t == 0) | (t == 1))):
+                raise InputDataError(name, "bool values (True/False or 0/1)", str(t.dtype))
+        return t.to(torch.bool)
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+        raise InputDataError(name, "a real (floating point) dtype", str(t.dtype))
+    return t.to(dtype)
+
+
+def _check_shape(name: str, t: Tensor, expected: str, ndim: int, last: int | None = None) -> None:
+    if t.ndim != ndim or (last is not None and t.shape[-1] != last):
+        raise InputDataError(name, f"shape `{expected}`", tuple(t.shape))
+
+
+@dataclass(frozen=True)
+class PreferenceData:
+    """Items shown to people and what they answered.
+
+    Args:
+        items: `n x d` float64 feature vectors of every item ever shown.
+        comparisons: `m x 2` long item indices, winner first.
+        ties: `m` bool; True where the pair was judged equal (order then meaningless).
+            Defaults to all False.
+        ratings: `k x 2` long rows (item index, +1 like / -1 dislike).
+        comparison_rater: optional `m` long rater ids of the comparisons.
+        rating_rater: optional `k` long rater ids of the ratings.
+        feature_names: optional `d` names of the features.
+
+    Every field is validated on construction; bad input raises
+    :class:`~papa_bayes.exceptions.InputDataError` naming the field.
+
+    Example:
+        >>> data = PreferenceData(items=torch.randn(5, 3), comparisons=[[0, 1], [2, 4]])
+        >>> data.num_comparisons
+        2
+    """
+
+    items: Tensor
+    comparisons: Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long))
+    ties: Tensor | None = None
+    ratings: Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long))
+    comparison_rater: Tensor | None = None
+    rating_rater: Tensor | None = None
+    feature_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        items = _as_tensor("items", self.items, torch.float64)
+        if items.ndim == 1 and items.numel() == 0:
+            items = items.reshape(0, 0)
+        _check_shape("items", items, "n x d", 2)
+        if items.shape[1] == 0:
+            raise InputDataError("items", "at least one feature (`n x d` with d >= 1)", tuple(items.shape))
+        if not bool(torch.isfinite(items).all()):
+            bad = (~torch.isfinite(items)).nonzero()[0].tolist()
+            raise InputDataError("items", "finite values", f"{items[bad[0], bad[1]].item()} at index {tuple(bad)}")
+        set_("items", items)
+        n = items.shape[0]
+
+        comps = _as_tensor("comparisons", self.comparisons, torch.long)
+        if comps.numel() == 0:
+            comps = comps.reshape(0, 2)
+        _check_shape("comparisons", comps, "m x 2", 2, 2)
+        self._check_indices("comparisons", comps, n)
+        same = comps[:, 0] == comps[:, 1]
+        if bool(same.any()):
+            i = int(same.nonzero()[0, 0])
+            raise InputDataError("comparisons", "two different items per row", f"item {int(comps[i, 0])} compared with itself in row {i}")
+        set_("comparisons", comps)
+        m = comps.shape[0]
+
+        ties = torch.zeros(m, dtype=torch.bool) if self.ties is None else _as_tensor("ties", self.ties, torch.bool)
+        if ties.numel() == 0:
+            ties = ties.reshape(0)
+        if ties.shape != (m,):
+            raise InputDataError("ties", f"shape `m` = ({m},)", tuple(ties.shape))
+        set_("ties", ties)
+
+        ratings = _as_tensor("ratings", self.ratings, torch.long)
+        if ratings.numel() == 0:
+            ratings = ratings.reshape(0, 2)
+        _check_shape("ratings", ratings, "k x 2", 2, 2)
+        self._check_indices("ratings[:, 0]", ratings[:, 0], n)
+        bad = (ratings[:, 1] != 1) & (ratings[:, 1] != -1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise InputDataError("ratings[:, 1]", "+1 (like) or -1 (dislike)", f"{int(ratings[i, 1])} in row {i}")
+        set_("ratings", ratings)
+
+        for name, size in (("comparison_rater", m), ("rating_rater", ratings.shape[0])):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            r = _as_tensor(name, value, torch.long)
+            if r.numel() == 0:
+                r = r.reshape(0)
+            if r.shape != (size,):
+                raise InputDataError(name, f"shape ({size},), one id per row", tuple(r.shape))
+            if r.numel() and int(r.min()) < 0:
+                raise InputDataError(name, "non-negative rater ids", int(r.min()))
+            set_(name, r)
+        if (self.comparison_rater is None) != (self.rating_rater is None) and m and ratings.shape[0]:
+            raise InputDataError(
+                "comparison_rater/rating_rater", "both given or both omitted when there are comparisons and ratings",
+                "only one given",
+            )
+
+        if self.feature_names is not None:
+            names = tuple(str(s) for s in self.feature_names)
+            if len(names) != items.shape[1]:
+                raise InputDataError("feature_names", f"{items.shape[1]} names (one per feature)", len(names))
+            set_("feature_names", names)
+
+    @staticmethod
+    def _check_indices(name: str, idx: Tensor, n: int) -> None:
+        if idx.numel() == 0:
+            return
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= n:
+            raise InputDataError(name, f"item indices in [0, {n - 1}]", hi if hi >= n else lo)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_items(self) -> int:
+        return self.items.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return self.items.shape[1]
+
+    @property
+    def num_comparisons(self) -> int:
+        return self.comparisons.shape[0]
+
+    @property
+    def num_ratings(self) -> int:
+        return self.ratings.shape[0]
+
+    @property
+    def num_observations(self) -> int:
+        return self.num_comparisons + self.num_ratings
+
+    @property
+    def has_ties(self) -> bool:
+        return bool(self.ties.any())
+
+    @property
+    def raters(self) -> Tensor:
+        """Sorted unique rater ids over comparisons and ratings (`[0]` when none given)."""
+        parts = [r for r in (self.comparison_rater, self.rating_rater) if r is not None and r.numel()]
+        if not parts:
+            return torch.zeros(1, dtype=torch.long)
+        return torch.unique(torch.cat(parts))
+
+    @property
+    def num_raters(self) -> int:
+        return int(self.raters.max()) + 1
+
+    def require_observations(self) -> None:
+        """Raise when there is nothing to learn from (no comparison and no rating)."""
+        if self.num_observations == 0:
+            raise InputDataError("comparisons/ratings", "at least one comparison or rating", "empty data")
+
+    # ------------------------------------------------------------- building
+    def append(
+        self,
+        *,
+        items: Any | None = None,
+        comparisons: Any | None = None,
+        ties: Any | None = None,
+        ratings: Any | None = None,
+        comparison_rater: Any | None = None,
+        rating_rater: Any | None = None,
+    ) -> PreferenceData:
+        """Return new data with rows added; indices refer to the combined item list.
+
+        Args:
+            items: `n' x d` new items, appended after the existing ones.
+            comparisons: `m' x 2` new comparisons, winner first.
+            ties: `m'` tie flags of the new comparisons (default False).
+            ratings: `k' x 2` new (item, +1/-1) rows.
+            comparison_rater / rating_rater: ids of the new rows (needed when the data
+                already carries rater ids; default rater 0 otherwise).
+        """
+        new_items = self.items if items is None else torch.cat([self.items, _feature_rows(items, self.num_features)])
+        new_comps, new_ties, new_crater = self.comparisons, self.ties, self.comparison_rater
+        if comparisons is not None:
+            c = _as_tensor("comparisons", comparisons, torch.long).reshape(-1, 2) if _numel(comparisons) else torch.zeros(0, 2, dtype=torch.long)
+            t = torch.zeros(c.shape[0], dtype=torch.bool) if ties is None else _as_tensor("ties", ties, torch.bool).reshape(-1)
+            new_comps, new_ties = torch.cat([self.comparisons, c]), torch.cat([self.ties, t])
+            new_crater = _append_rater("comparison_rater", self.comparison_rater, comparison_rater, c.shape[0], self.num_comparisons)
+        new_ratings, new_rrater = self.ratings, self.rating_rater
+        if ratings is not None:
+            r = _as_tensor("ratings", ratings, torch.long).reshape(-1, 2) if _numel(ratings) else torch.zeros(0, 2, dtype=torch.long)
+            new_ratings = torch.cat([self.ratings, r])
+            new_rrater = _append_rater("rating_rater", self.rating_rater, rating_rater, r.shape[0], self.num_ratings)
+        return replace(
+            self,
+            items=new_items,
+            comparisons=new_comps,
+            ties=new_ties,
+            ratings=new_ratings,
+            comparison_rater=new_crater,
+            rating_rater=new_rrater,
+        )
+
+    def extends(self, other: PreferenceData) -> bool:
+        """True when this data holds ``other`` as a prefix (what online updates expect)."""
+        return (
+            self.num_items >= other.num_items
+            and self.num_comparisons >= other.num_comparisons
+            and self.num_ratings >= other.num_ratings
+            and torch.equal(self.items[: other.num_items], other.items)
+            and torch.equal(self.comparisons[: other.num_comparisons], other.comparisons)
+            and torch.equal(self.ratings[: other.num_ratings], other.ratings)
+        )
+
+    def for_rater(self, rater: int) -> PreferenceData:
+        """The comparisons and ratings of one rater (all items kept, rater ids dropped)."""
+        cm = torch.ones(self.num_comparisons, dtype=torch.bool) if self.comparison_rater is None else self.comparison_rater == rater
+        rm = torch.ones(self.num_ratings, dtype=torch.bool) if self.rating_rater is None else self.rating_rater == rater
+        return PreferenceData(
+            items=self.items, comparisons=self.comparisons[cm], ties=self.ties[cm], ratings=self.ratings[rm],
+            feature_names=self.feature_names,
+        )
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form. Floats are written with ``float.hex`` so the round trip is exact."""
+        return {
+            "format": "papa_bayes.PreferenceData",
+            "version": 1,
+            "num_features": self.num_features,
+            "items": [[float(v).hex() for v in row] for row in self.items.tolist()],
+            "comparisons": self.comparisons.tolist(),
+            "ties": self.ties.tolist(),
+            "ratings": self.ratings.tolist(),
+            "comparison_rater": None if self.comparison_rater is None else self.comparison_rater.tolist(),
+            "rating_rater": None if self.rating_rater is None else self.rating_rater.tolist(),
+            "feature_names": None if self.feature_names is None else list(self.feature_names),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreferenceData:
+        if d.get("format") != "papa_bayes.PreferenceData":
+            raise InputDataError("format", "'papa_bayes.PreferenceData'", d.get("format"))
+        items = [[float.fromhex(v) if isinstance(v, str) else float(v) for v in row] for row in d["items"]]
+        items_t = torch.tensor(items, dtype=torch.float64) if items else torch.zeros(0, d["num_features"], dtype=torch.float64)
+        return cls(
+            items=items_t,
+            comparisons=torch.tensor(d["comparisons"], dtype=torch.long).reshape(-1, 2),
+            ties=torch.tensor(d["ties"], dtype=torch.bool).reshape(-1),
+            ratings=torch.tensor(d["ratings"], dtype=torch.long).reshape(-1, 2),
+            comparison_rater=None if d.get("comparison_rater") is None else torch.tensor(d["comparison_rater"], dtype=torch.long).reshape(-1),
+            rating_rater=None if d.get("rating_rater") is None else torch.tensor(d["rating_rater"], dtype=torch.long).reshape(-1),
+            feature_names=None if d.get("feature_names") is None else tuple(d["feature_names"]),
+        )
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialize losslessly; also write to ``path`` when given."""
+        text = json.dumps(self.to_dict())
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> PreferenceData:
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+    # ------------------------------------------------------------- pandas
+    @classmethod
+    def from_dataframe(
+        cls,
+        df: Any,
+        items: Any,
+        *,
+        winner: str = "winner",
+        loser: str = "loser",
+        tie: str | None = "tie",
+        rater: str | None = "rater",
+        feature_names: Sequence[str] | None = None,
+    ) -> PreferenceData:
+        """Build from a pandas DataFrame of (winner, loser[, tie, rater]) rows.
+
+        Args:
+            df: one row per comparison; ``winner`` and ``loser`` hold item indices.
+            items: `n x d` features the indices refer to.
+            tie / rater: optional column names; ignored when absent from ``df``.
+        """
+        for col in (winner, loser):
+            if col not in df.columns:
+                raise InputDataError("df", f"a column named {col!r}", list(df.columns))
+        comps = torch.as_tensor(df[[winner, loser]].to_numpy())
+        ties = torch.as_tensor(df[tie].to_numpy()) if tie is not None and tie in df.columns else None
+        raters = torch.as_tensor(df[rater].to_numpy()) if rater is not None and rater in df.columns else None
+        return cls(items=items, comparisons=comps, ties=ties, comparison_rater=raters, feature_names=feature_names)
+
+    def __repr__(self) -> str:
+        return (
+            f"PreferenceData(items={self.num_items}x{self.num_features}, comparisons={self.num_comparisons}"
+            f" ({int(self.ties.sum())} ties), ratings={self.num_ratings}, raters={self.num_raters})"
+        )
+
+
+def _numel(x: Any) -> int:
+    return x.numel() if isinstance(x, Tensor) else int(math.prod(torch.as_tensor(x).shape))
+
+
+def _feature_rows(items: Any, d: int) -> Tensor:
+    t = _as_tensor("items", items, torch.float64)
+    if t.ndim == 1 and t.numel() == d:
+        t = t.reshape(1, d)
+    _check_shape("items", t, f"n x {d}", 2, d)
+    return t
+
+
+def _append_rater(name: str, old: Tensor | None, new: Any | None, rows: int, old_rows: int) -> Tensor | None:
+    if old is None and new is None:
+        return None
+    if new is None:
+        raise InputDataError(name, f"{rows} rater ids for the new rows (the data carries rater ids)", None)
+    new_t = _as_tensor(name, new, torch.long).reshape(-1)
+    if new_t.numel() == 1 and rows > 1:
+        new_t = new_t.expand(rows).clone()
+    base = old if old is not None else torch.zeros(old_rows, dtype=torch.long)
+    return torch.cat([base, new_t])

@@ -1,0 +1,121 @@
+"""The shipped base model: a small diffusers UNet on the 8x8 digits.
+
+The checkpoint lives in ``checkpoints/digits_unet`` in the layout of a diffusers
+pipeline folder: ``unet/`` (``save_pretrained``, safetensors, stored as float16 to
+keep the repository small), ``scheduler/`` (the DDPM training scheduler's config)
+and ``pca_features/`` (the default feature map, fitted on base samples).
+``python -m papa_bayes.diffusion.train`` reproduces it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from papa_bayes.diffusion.models import PixelDiffusion
+from papa_bayes.exceptions import InputDataError
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "DIGITS_UNET_CONFIG",
+    "DIGITS_SCHEDULER_CONFIG",
+    "make_digits_unet",
+    "make_train_scheduler",
+    "make_sampling_scheduler",
+    "load_base_model",
+]
+
+#: Where the committed checkpoint lives.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "digits_unet"
+
+#: The UNet of the base model: two levels (8x8 -> 4x4), attention at 4x4, ~1M weights.
+DIGITS_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "layers_per_block": 2,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+}
+
+#: DDPM training noise schedule. ``clip_sample=False``: clipping the predicted x0
+#: inside the scheduler step would fight reward guidance (it clips the guided x0
+#: but keeps the unguided noise estimate).
+DIGITS_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+
+
+def make_digits_unet(**overrides: Any):
+    """A fresh (untrained) base-model UNet; ``overrides`` replace config entries."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**{**DIGITS_UNET_CONFIG, **overrides})
+
+
+def make_train_scheduler():
+    """The DDPM scheduler the base model is trained with."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**DIGITS_SCHEDULER_CONFIG)
+
+
+def make_sampling_scheduler(config: Any = None, *, kind: str = "ddim"):
+    """A sampling scheduler sharing a training scheduler's noise schedule.
+
+    Args:
+        config: a scheduler config (``scheduler.config``); defaults to the digits one.
+        kind: ``"ddim"`` or ``"ddpm"``.
+
+    Returns:
+        A ``DDIMScheduler`` or ``DDPMScheduler`` with ``clip_sample=False``.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    if kind not in classes:
+        raise InputDataError("kind", "'ddim' or 'ddpm'", kind)
+    config = DIGITS_SCHEDULER_CONFIG if config is None else config
+    return classes[kind].from_config(config, clip_sample=False)
+
+
+def load_base_model(
+    path: str | Path | None = None,
+    *,
+    scheduler: str = "ddim",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> PixelDiffusion:
+    """Load the committed digits base model (or another checkpoint of the same layout).
+
+    Args:
+        path: a folder with ``unet/`` and ``scheduler/``; defaults to the committed one.
+        scheduler: sampling scheduler, ``"ddim"`` or ``"ddpm"``.
+        device: where the UNet runs.
+        dtype: the UNet's dtype (float32; bfloat16/float16 on CUDA at the caller's choice).
+
+    Returns:
+        A :class:`PixelDiffusion` in eval mode with frozen weights.
+
+    Raises:
+        InputDataError: when ``path`` is not a folder holding ``unet/config.json``.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    root = DEFAULT_CHECKPOINT if path is None else Path(path)
+    if not (root / "unet" / "config.json").is_file():
+        raise InputDataError("path", "a checkpoint folder holding `unet/config.json`", str(root))
+    unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
+    if (root / "scheduler" / "scheduler_config.json").is_file():
+        train_config = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True).config
+    else:
+        train_config = DIGITS_SCHEDULER_CONFIG
+    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return PixelDiffusion(unet, make_sampling_scheduler(train_config, kind=scheduler))

@@ -1,0 +1,168 @@
+"""Guidance: shift the predicted clean sample along a normalized objective gradient.
+
+At a guided step with predicted clean sample ``x0`` the shift is
+
+    ``delta_i = scale * m(p) * sqrt(D) * w_i * g_i / ||g_i||``
+
+where ``g_i`` is the gradient of sample ``i``'s objective either with respect to
+``x0`` (``mode="x0"``: no backpropagation through the denoiser, about 1.1x the cost
+of unguided sampling) or with respect to ``x_t`` through the denoiser (``mode="dps"``,
+Chung et al. 2023, "Diffusion Posterior Sampling"; about 2x); ``D`` is the number of
+values per sample, so ``scale`` is in units of the data's per-value spread whatever
+the reward's scale; ``m(p)`` is the schedule over the trajectory's progress ``p``;
+``w_i`` is the objective's *push weight* (1, or ``1 - P(preferred)`` for the
+saturating region objective, so that a sample already surely liked feels no push:
+per-sample normalization alone would undo the saturation).
+
+The range guard keeps the shift from pushing any value outside the data range
+(``clamp``) without clipping what the base model predicts itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.sampler import split_model_output
+from papa_bayes.exceptions import InputDataError
+
+__all__ = ["Guidance", "SCHEDULES", "check_guidance_scale"]
+
+#: Schedules ``m(p)`` over the progress ``p`` in `[0, 1)` of the guided window.
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda p: 1.0,
+    "decay": lambda p: 1.0 - p,
+    "bump": lambda p: math.sin(math.pi * (0.05 + 0.9 * p)),
+}
+
+
+def check_guidance_scale(scale: Any, name: str = "scale") -> float:
+    """Return ``scale`` as a float, or raise InputDataError unless finite and >= 0."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise InputDataError(name, "a finite number >= 0", scale) from None
+    if not math.isfinite(value) or value < 0:
+        raise InputDataError(name, "a finite number >= 0", scale)
+    return value
+
+
+class Guidance:
+    """Steer a sampler toward higher values of a differentiable objective of images.
+
+    Args:
+        objective: images `n x c x h x w` -> `n` values to increase, differentiable.
+            It may define ``push_weight(values) -> n`` (weights in `[0, 1]`),
+            ``begin_batch(n, *, generator, device)`` (per-batch randomness, e.g.
+            Thompson draws) -- e.g. a :class:`~papa_bayes.diffusion.objectives.PosteriorObjective`
+            -- or be any callable such as a simulated person's true utility.
+        scale: normalized guidance scale (>= 0; 0 disables guidance).
+        mode: ``"x0"`` (gradient on the predicted clean sample) or ``"dps"``
+            (gradient through the denoiser).
+        window: `(start, stop)` fractions of the trajectory where guidance acts; the
+            steps after ``stop`` are unguided so that the denoiser repairs what the
+            shift bent (a quality guard).
+        schedule: name in :data:`SCHEDULES` or a callable of the progress in `[0, 1)`.
+        clamp: `(low, high)` data range the shift may not push values out of
+            (None for latents or unbounded data).
+
+    Example:
+        >>> guidance = Guidance(posterior_objective, scale=0.3, mode="x0", window=(0.0, 0.8))
+        >>> out = sample(model, 64, guidance=guidance, generator=torch.Generator().manual_seed(0))
+    """
+
+    def __init__(
+        self,
+        objective: Callable[[Tensor], Tensor],
+        *,
+        scale: float = 0.3,
+        mode: str = "x0",
+        window: tuple[float, float] = (0.0, 1.0),
+        schedule: str | Callable[[float], float] = "constant",
+        clamp: tuple[float, float] | None = (-1.0, 1.0),
+    ) -> None:
+        if not callable(objective):
+            raise InputDataError("objective", "a callable of images", type(objective).__name__)
+        if mode not in ("x0", "dps"):
+            raise InputDataError("mode", "'x0' or 'dps'", mode)
+        start, stop = (float(v) for v in window)
+        if not (0.0 <= start < stop <= 1.0):
+            raise InputDataError("window", "`(start, stop)` with 0 <= start < stop <= 1", window)
+        if isinstance(schedule, str):
+            if schedule not in SCHEDULES:
+                raise InputDataError("schedule", f"one of {sorted(SCHEDULES)} or a callable", schedule)
+            schedule = SCHEDULES[schedule]
+        self.objective = objective
+        self.scale = check_guidance_scale(scale)
+        self.mode = mode
+        self.window = (start, stop)
+        self.schedule = schedule
+        self.clamp = clamp
+
+    def with_scale(self, scale: float) -> Guidance:
+        """A copy with another scale (same objective object)."""
+        return Guidance(self.objective, scale=scale, mode=self.mode, window=self.window,
+                        schedule=self.schedule, clamp=self.clamp)
+
+    # -- hooks the sampler calls -----------------------------------------------
+    def begin_batch(self, n: int, *, generator: torch.Generator | None, device: torch.device) -> None:
+        hook = getattr(self.objective, "begin_batch", None)
+        if hook is not None:
+            hook(n, generator=generator, device=device)
+
+    def acts_at(self, step: int, num_steps: int) -> bool:
+        p = step / num_steps
+        return self.scale > 0 and self.window[0] <= p < self.window[1]
+
+    def multiplier(self, step: int, num_steps: int) -> float:
+        start, stop = self.window
+        return float(self.schedule((step / num_steps - start) / (stop - start)))
+
+    def guide(
+        self, model: DiffusionModel, x_t: Tensor, t: Tensor, alpha_bar: Tensor, *, step: int, num_steps: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One guided prediction: returns ``(x0, eps, shift)``, each `n x C x H x W`."""
+        ptype = model.prediction_type
+        with torch.enable_grad():
+            if self.mode == "x0":
+                with torch.no_grad():
+                    x0, eps = split_model_output(model.model_output(x_t, t), x_t, alpha_bar, ptype)
+                wrt = x0.detach().requires_grad_(True)
+                values = self.objective(model.decode(wrt))
+            else:
+                wrt = x_t.detach().requires_grad_(True)
+                x0, eps = split_model_output(model.model_output(wrt, t), wrt, alpha_bar, ptype)
+                values = self.objective(model.decode(x0))
+            self._check_values(values, x_t.shape[0])
+            (grad,) = torch.autograd.grad(values.sum(), wrt)
+        x0, values = x0.detach(), values.detach()
+        weight = getattr(self.objective, "push_weight", None)
+        w = weight(values) if weight is not None else torch.ones_like(values)
+        flat = grad.flatten(1).float()
+        norm = flat.norm(dim=1).clamp_min(1e-12)
+        size = math.sqrt(flat.shape[1])
+        factor = self.scale * self.multiplier(step, num_steps) * size * w.float() / norm
+        shift = (factor.view(-1, *([1] * (grad.ndim - 1))) * grad.float()).to(x0.dtype)
+        guided = x0 + shift
+        if self.clamp is not None:
+            low, high = self.clamp
+            # The shift may not carry a value out of range; the base prediction is kept.
+            guided = torch.where(shift > 0, torch.minimum(guided, x0.clamp_min(high)),
+                                 torch.maximum(guided, x0.clamp_max(low)))
+        eps = (x_t - alpha_bar.sqrt() * guided) / (1 - alpha_bar).sqrt()
+        return guided, eps.to(x0.dtype), guided - x0
+
+    def final_objective(self, images: Tensor) -> Tensor:
+        """`n` objective values of final images (no gradient)."""
+        with torch.no_grad():
+            return self.objective(images).detach()
+
+    @staticmethod
+    def _check_values(values: Tensor, n: int) -> None:
+        if not isinstance(values, Tensor) or tuple(values.shape) != (n,):
+            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise InputDataError("objective", f"a tensor of shape `n` = ({n},) per batch", shape)

@@ -1,0 +1,171 @@
+"""Diffusers models behind one small interface the sampler drives.
+
+A :class:`DiffusionModel` owns a denoiser, a scheduler (whose noise schedule the
+sampler reads) and the map from the diffused tensor to images:
+
+- :class:`PixelDiffusion`: a ``UNet2DModel`` diffusing pixels (our digits model);
+- :class:`LatentDiffusion`: a ``UNet2DConditionModel`` diffusing the latents of an
+  ``AutoencoderKL`` (the Stable Diffusion family), with optional classifier-free
+  guidance on text (or any) embeddings.
+
+The sampler handles schedulers that expose ``alphas_cumprod`` (DDIM, DDPM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.exceptions import InputDataError, ModelError
+
+__all__ = ["DiffusionModel", "PixelDiffusion", "LatentDiffusion"]
+
+
+class DiffusionModel:
+    """A denoiser with its scheduler; subclasses define how to call it and decode.
+
+    Args:
+        unet: a diffusers denoiser (``UNet2DModel``, ``UNet2DConditionModel``, ...).
+        scheduler: a diffusers scheduler with ``alphas_cumprod`` (DDIM or DDPM).
+            The sampler works on a fresh copy, so this one is never mutated.
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:
+        if not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "config"):
+            raise ModelError(
+                f"{type(scheduler).__name__} has no `alphas_cumprod`; use a DDIMScheduler or DDPMScheduler."
+            )
+        prediction = scheduler.config.get("prediction_type", "epsilon")
+        if prediction not in ("epsilon", "sample", "v_prediction"):
+            raise ModelError(f"Unsupported prediction_type {prediction!r}.")
+        self.unet = unet
+        self.scheduler = scheduler
+
+    # -- what the sampler needs -------------------------------------------------
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """`C x H x W` of the diffused tensor."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler.config.get("prediction_type", "epsilon"))
+
+    def new_scheduler(self) -> Any:
+        """A fresh copy of the scheduler (``set_timesteps`` mutates schedulers)."""
+        return type(self.scheduler).from_config(self.scheduler.config)
+
+    def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The denoiser's raw output at `n x C x H x W` ``x_t`` and timestep ``t``."""
+        raise NotImplementedError
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Images (`n x c x h x w`, about `[-1, 1]`) from clean diffused tensors."""
+        return x0
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
+        """Move the networks; returns ``self``."""
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+
+class PixelDiffusion(DiffusionModel):
+    """A pixel-space ``UNet2DModel`` (or any unconditional denoiser of that signature).
+
+    Example:
+        >>> model = PixelDiffusion(UNet2DModel(sample_size=8, ...), DDIMScheduler(clip_sample=False))
+    """
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        cfg = self.unet.config
+        size = cfg.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(cfg.in_channels), int(h), int(w))
+
+    def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x_t, t).sample
+
+
+class LatentDiffusion(DiffusionModel):
+    """A latent ``UNet2DConditionModel`` with an ``AutoencoderKL`` (Stable Diffusion shape).
+
+    Args:
+        unet: the latent denoiser.
+        vae: the autoencoder; latents are decoded as ``vae.decode(z / scaling_factor)``.
+        scheduler: DDIM or DDPM scheduler.
+        encoder_hidden_states: `1 x L x D` or `n x L x D` conditioning (e.g. text
+            embeddings); zeros of `1 x 1 x cross_attention_dim` when omitted.
+        negative_encoder_hidden_states: unconditional embeddings for classifier-free
+            guidance; required when ``cfg_scale != 1``.
+        cfg_scale: classifier-free guidance weight (1 disables it).
+        latent_size: `h x w` of the latents; defaults to ``unet.config.sample_size``.
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        scheduler: Any,
+        *,
+        encoder_hidden_states: Tensor | None = None,
+        negative_encoder_hidden_states: Tensor | None = None,
+        cfg_scale: float = 1.0,
+        latent_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(unet, scheduler)
+        self.vae = vae
+        if cfg_scale != 1.0 and negative_encoder_hidden_states is None:
+            raise InputDataError("negative_encoder_hidden_states", "a tensor when cfg_scale != 1", None)
+        if encoder_hidden_states is None:
+            dim = int(unet.config.cross_attention_dim)
+            encoder_hidden_states = torch.zeros(1, 1, dim)
+        if encoder_hidden_states.ndim != 3:
+            raise InputDataError(
+                "encoder_hidden_states", "shape `1 x L x D` or `n x L x D`", tuple(encoder_hidden_states.shape)
+            )
+        self.encoder_hidden_states = encoder_hidden_states
+        self.negative_encoder_hidden_states = negative_encoder_hidden_states
+        self.cfg_scale = float(cfg_scale)
+        size = latent_size if latent_size is not None else unet.config.sample_size
+        self._latent_hw = (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (int(self.unet.config.in_channels), int(self._latent_hw[0]), int(self._latent_hw[1]))
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+
+    def _cond(self, cond: Tensor, n: int, like: Tensor) -> Tensor:
+        cond = cond.to(device=like.device, dtype=like.dtype)
+        return cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
+
+    def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        n = x_t.shape[0]
+        cond = self._cond(self.encoder_hidden_states, n, x_t)
+        if self.cfg_scale == 1.0:
+            return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        uncond = self._cond(self.negative_encoder_hidden_states, n, x_t)
+        out = self.unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        out_uncond, out_cond = out.chunk(2)
+        return out_uncond + self.cfg_scale * (out_cond - out_uncond)
+
+    def decode(self, x0: Tensor) -> Tensor:
+        return self.vae.decode(x0 / self.scaling_factor).sample
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LatentDiffusion:
+        super().to(device=device, dtype=dtype)
+        self.vae.to(device=device, dtype=dtype)
+        return self

@@ -1,0 +1,183 @@
+"""Our own DDIM / DDPM sampling loop, guided or not, that can return the trajectory.
+
+Diffusers pipelines run under ``no_grad``; guidance needs gradients, and
+fine-tuners need the trajectory, so the loop is ours. Each step:
+
+1. the denoiser predicts; its output is converted to the predicted clean sample
+   ``x0`` and noise ``eps`` (any ``prediction_type``);
+2. when a :class:`~papa_bayes.diffusion.guidance.Guidance` acts at this step, it
+   shifts ``x0`` by a normalized gradient of its objective and ``eps`` is re-derived
+   from ``x_t`` so both stay consistent (the shift then accumulates over the
+   trajectory in proportion to the log signal-to-noise range it spans, independent of
+   the number of steps);
+3. the scheduler's own ``step`` moves ``x_t`` to the previous timestep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.exceptions import InputDataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from papa_bayes.diffusion.guidance import Guidance
+
+__all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output"]
+
+
+@dataclass
+class SamplerOutput:
+    """What :func:`sample` returns (all detached).
+
+    Attributes:
+        images: `n x c x h x w` decoded images (pixel models: equal to ``samples``).
+        samples: `n x C x H x W` final clean samples in the diffused space.
+        timesteps: `T` long timesteps of the loop, in the order they ran.
+        trajectory: `(T + 1) x n x C x H x W` states ``x_t`` before each step and the
+            final sample, when asked for; else None.
+        objective: `n` guidance objective of the final samples (None when unguided).
+        guidance_norms: `T` mean norm of the x0 shift per step (zeros when unguided).
+    """
+
+    images: Tensor
+    samples: Tensor
+    timesteps: Tensor
+    trajectory: Tensor | None = None
+    objective: Tensor | None = None
+    guidance_norms: Tensor = field(default_factory=lambda: torch.zeros(0))
+
+
+def split_model_output(out: Tensor, x_t: Tensor, alpha_bar: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
+    """Predicted clean sample and noise from a denoiser output.
+
+    Args:
+        out: `n x C x H x W` model output.
+        x_t: `n x C x H x W` noisy sample.
+        alpha_bar: scalar cumulative alpha at the step.
+        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+
+    Returns:
+        ``(x0, eps)``, each `n x C x H x W`.
+    """
+    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - b * out) / a, out
+    if prediction_type == "sample":
+        return out, (x_t - a * out) / b
+    return a * x_t - b * out, a * out + b * x_t  # v_prediction
+
+
+def join_model_output(x0: Tensor, eps: Tensor, alpha_bar: Tensor, prediction_type: str) -> Tensor:
+    """Inverse of :func:`split_model_output`: the model output that means ``(x0, eps)``."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+
+
+def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
+
+
+def sample(
+    model: DiffusionModel,
+    num_samples: int,
+    *,
+    num_inference_steps: int = 50,
+    guidance: Guidance | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    batch_size: int = 256,
+    initial_noise: Tensor | None = None,
+    return_trajectory: bool = False,
+    progress: bool = True,
+) -> SamplerOutput:
+    """Draw samples with the model's scheduler (DDIM or DDPM), optionally guided.
+
+    Args:
+        model: the diffusion model (its device and dtype are used).
+        num_samples: how many samples.
+        num_inference_steps: denoising steps.
+        guidance: a :class:`~papa_bayes.diffusion.guidance.Guidance`; None samples
+            the base model.
+        generator: seeds the initial noise, stochastic steps and any per-sample
+            randomness of the guidance (Thompson draws). Same generator state, same
+            samples (on the same device and library versions).
+        eta: DDIM stochasticity (0: deterministic DDIM); ignored by DDPM.
+        batch_size: samples denoised at once.
+        initial_noise: `n x C x H x W` starting noise, instead of drawing it.
+        return_trajectory: keep every ``x_t`` (for fine-tuners).
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`SamplerOutput`.
+
+    Raises:
+        InputDataError: on a non-positive ``num_samples``/``num_inference_steps``/
+            ``batch_size`` or an ``initial_noise`` of the wrong shape.
+    """
+    for name, value in (("num_samples", num_samples), ("num_inference_steps", num_inference_steps),
+                        ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise InputDataError(name, "a positive integer", value)
+    shape = (num_samples, *model.sample_shape)
+    if initial_noise is not None and tuple(initial_noise.shape) != shape:
+        raise InputDataError("initial_noise", f"shape {shape}", tuple(initial_noise.shape))
+    device, dtype = model.device, model.dtype
+    scheduler = model.new_scheduler()
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = scheduler.timesteps
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    if initial_noise is None:
+        initial_noise = _initial_noise(shape, generator, device, dtype)
+    step_kwargs = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+    images, samples, trajectories, objectives = [], [], [], []
+    norms = torch.zeros(len(timesteps), dtype=torch.float64)
+    bar = tqdm(total=math.ceil(num_samples / batch_size) * len(timesteps), desc="sampling",
+               disable=not progress, leave=False)
+    for start in range(0, num_samples, batch_size):
+        x = initial_noise[start:start + batch_size].to(device, dtype)
+        if guidance is not None:
+            guidance.begin_batch(x.shape[0], generator=generator, device=device)
+        traj = [x.detach()] if return_trajectory else None
+        for i, t in enumerate(timesteps):
+            a_t = alphas[t]
+            if guidance is not None and guidance.acts_at(i, len(timesteps)):
+                x0, eps, shift = guidance.guide(model, x, t, a_t, step=i, num_steps=len(timesteps))
+                norms[i] += float(shift.flatten(1).norm(dim=1).sum())
+            else:
+                with torch.no_grad():
+                    x0, eps = split_model_output(
+                        model.model_output(scheduler.scale_model_input(x, t), t), x, a_t, model.prediction_type
+                    )
+            out = join_model_output(x0, eps, a_t, model.prediction_type).to(dtype)
+            x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample.detach()
+            if traj is not None:
+                traj.append(x)
+            bar.update(1)
+        with torch.no_grad():
+            decoded = model.decode(x)
+        samples.append(x)
+        images.append(decoded.detach())
+        if traj is not None:
+            trajectories.append(torch.stack(traj))
+        if guidance is not None:
+            objectives.append(guidance.final_objective(decoded))
+    bar.close()
+    return SamplerOutput(
+        images=torch.cat(images),
+        samples=torch.cat(samples),
+        timesteps=timesteps.detach().cpu().long(),
+        trajectory=torch.cat(trajectories, dim=1) if return_trajectory else None,
+        objective=torch.cat(objectives) if objectives else None,
+        guidance_norms=norms / num_samples,
+    )

@@ -1,0 +1,221 @@
+"""``fit(model, data, method=...)``: NUTS (reference), SVI and Laplace for Pyro reward models."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import pyro
+import pyro.infer
+import pyro.infer.autoguide
+import pyro.optim
+import torch
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
+from papa_bayes.inference.laplace import laplace_draws, laplace_mode
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.pyro_posterior import PyroPosterior
+from papa_bayes.inference.unconstrained import UnconstrainedSpace
+from papa_bayes.models.base import PyroRewardModel
+
+__all__ = ["fit", "METHODS"]
+
+METHODS = ("nuts", "svi", "laplace")
+
+
+def fit(
+    model: Any,
+    data: PreferenceData,
+    *,
+    method: str = "laplace",
+    num_samples: int | None = None,
+    warmup_steps: int | None = None,
+    num_chains: int = 2,
+    num_steps: int | None = None,
+    learning_rate: float = 0.02,
+    seed: int = 0,
+    progress_bar: bool = False,
+) -> RewardPosterior:
+    """Fit a reward model to preference data.
+
+    Args:
+        model: a :class:`~papa_bayes.models.PyroRewardModel` (e.g. ``LinearReward()``)
+            or a GP model exposing ``fit(data, ...)``.
+        data: the comparisons and/or ratings.
+        method: ``"nuts"`` (reference; R-hat, ESS and divergences in
+            ``posterior.diagnostics``), ``"svi"`` (full-rank Gaussian guide) or
+            ``"laplace"`` (Newton; fast, for the online loop).
+        num_samples: draws per chain (NUTS, default 500) or in total (SVI, Laplace;
+            default 1000).
+        warmup_steps: NUTS warm-up per chain (default 300; started at the Laplace mode).
+        num_chains: NUTS chains, run one after another.
+        num_steps: SVI steps (default 1500).
+        learning_rate: SVI Adam learning rate.
+        seed: seeds every random draw of the fit (the global RNG is left untouched).
+        progress_bar: show Pyro's / tqdm progress bars.
+
+    Returns:
+        A :class:`RewardPosterior`.
+
+    Example:
+        >>> post = fit(LinearReward(), data, method="nuts", seed=1)
+        >>> az.summary(post.to_inference_data())
+    """
+    if not isinstance(data, PreferenceData):
+        raise InputDataError("data", "a PreferenceData", type(data).__name__)
+    data.require_observations()
+    if method not in METHODS:
+        raise InputDataError("method", f"one of {METHODS}", method)
+    if not isinstance(model, PyroRewardModel):
+        if hasattr(model, "fit"):
+            return model.fit(data, method=method, seed=seed)
+        raise InputDataError("model", "a PyroRewardModel or a model with .fit(data)", type(model).__name__)
+    options = dict(
+        num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
+        learning_rate=learning_rate, seed=seed, progress_bar=progress_bar,
+    )
+    start = time.perf_counter()
+    post = {"laplace": _fit_laplace, "nuts": _fit_nuts, "svi": _fit_svi}[method](model, data, options, None)
+    post.diagnostics["fit_seconds"] = time.perf_counter() - start
+    return post
+
+
+def update_posterior(post: PyroPosterior, data: PreferenceData) -> PyroPosterior:
+    """Warm-started refit on extended data (used by ``PyroPosterior.update``)."""
+    start = time.perf_counter()
+    fitter = {"laplace": _fit_laplace, "nuts": _fit_nuts, "svi": _fit_svi}[post.method]
+    new = fitter(post.model, data, dict(post.options), post)
+    new.diagnostics["fit_seconds"] = time.perf_counter() - start
+    return new
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _mode_values(post: PyroPosterior | None) -> dict[str, Tensor] | None:
+    if post is None:
+        return None
+    if "mode" in post.state:
+        return post.state["mode"]
+    return {k: v.median(0).values if v.dim() else v for k, v in post.params.items()}
+
+
+def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+    space = UnconstrainedSpace(model.priors(data))
+    init = space.initial(_mode_values(warm)) if warm is not None else None
+    mode, H, space, info = laplace_mode(model, data, init=init)
+    s = opts["num_samples"] or 1000
+    # Each update draws with a different stream, so repeated updates don't share noise.
+    gen = _generator(opts["seed"] + 7919 * data.num_observations)
+    params, raw = laplace_draws(mode, H, space, s, generator=gen)
+    mode_params, _ = space.unpack(mode.unsqueeze(0))
+    lp = model.log_joint(params, data)
+    stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)}
+    samples = {k: v.unsqueeze(0) for k, v in params.items()}
+    return PyroPosterior(
+        model, data, samples, method="laplace", sample_stats=stats,
+        state={"mode": {k: v[0] for k, v in mode_params.items()}, "theta": mode, "hessian": H},
+        options=opts, diagnostics=info,
+    )
+
+
+def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+    from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    # Start every chain at the posterior mode (Laplace), jittered, so warm-up is short.
+    laplace = _fit_laplace(model, data, {**opts, "num_samples": max(opts["num_chains"], 2)}, warm)
+    num_samples = opts["num_samples"] or 500
+    warmup = opts["warmup_steps"] if opts["warmup_steps"] is not None else (150 if warm is not None else 300)
+    chains: list[dict[str, Tensor]] = []
+    diverging, accept = [], []
+    for c in range(opts["num_chains"]):
+        init = {k: v[c] for k, v in laplace.params.items()}
+        kernel = NUTS(model, init_strategy=init_to_value(values=init), target_accept_prob=0.85)
+        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, disable_progbar=not opts["progress_bar"])
+        with torch.random.fork_rng():
+            torch.manual_seed(opts["seed"] * 1000 + c + 13 * data.num_observations)
+            mcmc.run(data)
+        chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
+        div = torch.zeros(num_samples, dtype=torch.bool)
+        idx = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
+        if len(idx):
+            div[torch.as_tensor(list(idx), dtype=torch.long)] = True
+        diverging.append(div)
+        accept.append(float(mcmc.diagnostics().get("acceptance rate", {}).get("chain 0", float("nan"))))
+    samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in samples.items()}
+    lp = model.log_joint(flat, data).reshape(opts["num_chains"], num_samples)
+    stats = {"lp": lp, "diverging": torch.stack(diverging)}
+    post = PyroPosterior(
+        model, data, samples, method="nuts", sample_stats=stats, options=opts,
+        diagnostics={"acceptance_rate": accept, "warmup_steps": warmup},
+    )
+    _nuts_diagnostics(post)
+    return post
+
+
+def _nuts_diagnostics(post: PyroPosterior) -> None:
+    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+
+    rhat, ess = {}, {}
+    for k, v in post.samples.items():
+        rhat[k] = float(split_gelman_rubin(v).max())
+        ess[k] = float(effective_sample_size(v).min())
+    post.diagnostics.update(
+        r_hat_max=max(rhat.values()), ess_min=min(ess.values()), r_hat=rhat, ess=ess,
+        divergences=int(post.sample_stats["diverging"].sum()),
+    )
+    if post.diagnostics["r_hat_max"] > 1.01 or post.diagnostics["divergences"]:
+        warnings.warn(
+            f"NUTS: max R-hat {post.diagnostics['r_hat_max']:.3f}, {post.diagnostics['divergences']} divergences;"
+            " consider more warm-up or samples.",
+            PapaBayesWarning, stacklevel=4,
+        )
+
+
+def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoMultivariateNormal
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    laplace = _fit_laplace(model, data, {**opts, "num_samples": 2}, warm)
+    space = UnconstrainedSpace(model.priors(data))
+    steps = opts["num_steps"] or (1500 if warm is None else 400)
+    # A private param store: fits never see each other's guide parameters.
+    with torch.random.fork_rng(), pyro.get_param_store().scope():
+        torch.manual_seed(opts["seed"] + 31 * data.num_observations)
+        guide = AutoMultivariateNormal(model, init_loc_fn=init_to_value(values=laplace.state["mode"]), init_scale=0.05)
+        guide(data)  # build parameters
+        # Start the covariance at the Laplace one: the ELBO then only refines it.
+        with torch.no_grad():
+            cov = torch.cholesky_inverse(torch.linalg.cholesky(laplace.state["hessian"]))
+            L = torch.linalg.cholesky(cov)
+            scale = L.diagonal()
+            guide.scale = scale
+            guide.scale_tril = L / scale.unsqueeze(-1)
+        optim = pyro.optim.ClippedAdam({"lr": opts["learning_rate"] / 4, "lrd": 0.1 ** (1 / steps)})
+        svi = SVI(model, guide, optim, Trace_ELBO(num_particles=8, vectorize_particles=True))
+        losses = []
+        from tqdm.auto import trange
+
+        for _ in trange(steps, disable=not opts["progress_bar"], desc="SVI"):
+            losses.append(svi.step(data))
+        s = opts["num_samples"] or 1000
+        with torch.no_grad():
+            q = guide.get_posterior()
+            eps = torch.randn(s, q.loc.shape[-1], generator=_generator(opts["seed"] + 1), dtype=torch.float64)
+            raw = q.loc + eps @ q.scale_tril.T
+    params, _ = space.unpack(raw.detach())
+    lp = model.log_joint(params, data)
+    samples = {k: v.unsqueeze(0) for k, v in params.items()}
+    return PyroPosterior(
+        model, data, samples, method="svi",
+        sample_stats={"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)},
+        state={"mode": laplace.state["mode"]}, options=opts,
+        diagnostics={"elbo": [-v for v in losses], "num_steps": steps},
+    )

@@ -1,0 +1,176 @@
+"""RewardPosterior: what every ``fit`` returns, whatever the model and method.
+
+The interface the rest of papa_bayes speaks (acquisition, guidance, sessions):
+joint posterior draws of the utility at any features, differentiable in the
+features; outcome probabilities of comparisons and like/dislike queries; an online
+``update``; ArviZ ``InferenceData``; and a BoTorch model over the draws.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import torch
+from botorch.models.ensemble import EnsembleModel
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
+
+if TYPE_CHECKING:
+    import arviz
+
+__all__ = ["RewardPosterior", "PosteriorDrawsModel", "check_features"]
+
+
+def check_features(features: Any, d: int, name: str = "features") -> Tensor:
+    """Validate `n x d` features (finite, right width); 1-D input of length d is one item."""
+    if not isinstance(features, Tensor):
+        features = torch.as_tensor(features, dtype=torch.float64)
+    if not features.is_floating_point():
+        features = features.to(torch.float64)
+    if features.dim() == 1 and features.shape[0] == d:
+        features = features.unsqueeze(0)
+    if features.dim() != 2 or features.shape[-1] != d:
+        raise InputDataError(name, f"shape `n x {d}`", tuple(features.shape))
+    if not bool(torch.isfinite(features.detach()).all()):
+        raise InputDataError(name, "finite values", "NaN or inf")
+    return features
+
+
+class RewardPosterior(ABC):
+    """Posterior over a person's reward.
+
+    Subclasses implement :meth:`utility`, :meth:`update` and
+    :meth:`to_inference_data`, and set ``link`` (``"logit"``/``"probit"``). Utilities
+    are in noise units: P(a preferred to b) = link(u(a) - u(b)) per draw.
+
+    Attributes:
+        data: the :class:`PreferenceData` it was fitted on.
+        method: how it was fitted (``"nuts"``, ``"svi"``, ``"laplace"``, ...).
+        link: the comparison link.
+    """
+
+    data: PreferenceData
+    method: str
+    link: str = "logit"
+
+    @property
+    def num_features(self) -> int:
+        return self.data.num_features
+
+    @property
+    @abstractmethod
+    def num_draws(self) -> int:
+        """Number of posterior draws `s` that :meth:`utility` returns."""
+
+    @abstractmethod
+    def utility(self, features: Tensor, *, rater: int | None = None) -> Tensor:
+        """Joint posterior draws of the utility.
+
+        Args:
+            features: `n x d`.
+            rater: for multi-rater models, whose utility (default: the population's).
+
+        Returns:
+            `s x n`, differentiable in ``features``.
+        """
+
+    @abstractmethod
+    def update(self, data: PreferenceData) -> RewardPosterior:
+        """Posterior given ``data``, warm-started from this one.
+
+        ``data`` is the whole data seen so far and must extend the data this
+        posterior was fitted on (e.g. ``old.append(comparisons=...)``).
+        """
+
+    @abstractmethod
+    def to_inference_data(self) -> arviz.InferenceData:
+        """ArviZ InferenceData (see :mod:`papa_bayes.diagnostics.arviz`)."""
+
+    # ---------------------------------------------------------- nuisance draws
+    def tie_strength_draws(self) -> Tensor | None:
+        """`s` draws of the tie parameter, or None for a model without ties."""
+        return None
+
+    def like_threshold_draws(self) -> Tensor:
+        """`s` draws of the like/dislike threshold in noise units."""
+        raise ModelError(f"{type(self).__name__} has no like/dislike threshold: fit it on data with ratings.")
+
+    # ------------------------------------------------------------ predictions
+    def check_features(self, features: Any, name: str = "features") -> Tensor:
+        return check_features(features, self.num_features, name)
+
+    def outcome_probabilities(self, first: Tensor, second: Tensor, *, rater: int | None = None) -> Tensor:
+        """Per-draw probabilities of the outcomes of comparing ``first[i]`` with ``second[i]``.
+
+        Args:
+            first, second: `n x d`.
+
+        Returns:
+            `s x n x 2` (first preferred, second preferred) or `s x n x 3`
+            (..., tie) for models with ties.
+        """
+        first = self.check_features(first, "first")
+        second = self.check_features(second, "second")
+        if first.shape != second.shape:
+            raise InputDataError("second", f"shape {tuple(first.shape)} (same as first)", tuple(second.shape))
+        n = first.shape[0]
+        u = self.utility(torch.cat([first, second]), rater=rater)  # joint draws keep their correlation
+        diff = u[:, :n] - u[:, n:]
+        tie = self.tie_strength_draws()
+        return comparison_log_probs(diff, self.link, None if tie is None else tie.to(diff).unsqueeze(-1)).exp()
+
+    def preference_probability(self, a: Tensor, b: Tensor, *, rater: int | None = None) -> Tensor:
+        """Posterior predictive P(a preferred to b): `n`."""
+        return self.outcome_probabilities(a, b, rater=rater)[..., 0].mean(0)
+
+    def like_probability(self, features: Tensor, *, rater: int | None = None) -> Tensor:
+        """Per-draw probability that each item is liked: `s x n`."""
+        features = self.check_features(features)
+        u = self.utility(features, rater=rater)
+        return log_cdf(u - self.like_threshold_draws().to(u).unsqueeze(-1), self.link).exp()
+
+    def utility_mean_std(self, features: Tensor, *, rater: int | None = None) -> tuple[Tensor, Tensor]:
+        """Posterior mean and standard deviation of the utility: two `n` tensors."""
+        u = self.utility(self.check_features(features), rater=rater)
+        return u.mean(0), u.std(0)
+
+    def as_botorch_model(self, *, rater: int | None = None) -> PosteriorDrawsModel:
+        """A BoTorch ``Model`` whose posterior at ``X`` holds the utility draws."""
+        return PosteriorDrawsModel(self, rater=rater)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(method={self.method!r}, draws={self.num_draws}, data={self.data!r})"
+
+
+class PosteriorDrawsModel(EnsembleModel):
+    """BoTorch view of a :class:`RewardPosterior`: an ensemble over its draws.
+
+    ``posterior(X)`` for ``X`` of shape `batch_shape x q x d` is an
+    ``EnsemblePosterior`` with values `batch_shape x s x q x 1`, so every BoTorch
+    Monte Carlo acquisition function averages over our posterior draws unchanged.
+    """
+
+    _num_outputs = 1
+
+    def __init__(self, posterior: RewardPosterior, *, rater: int | None = None) -> None:
+        super().__init__()
+        self.reward_posterior = posterior
+        self.rater = rater
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def forward(self, X: Tensor) -> Tensor:
+        d = self.reward_posterior.num_features
+        if X.shape[-1] != d:
+            raise InputDataError("X", f"shape `batch_shape x q x {d}`", tuple(X.shape))
+        batch, q = X.shape[:-2], X.shape[-2]
+        u = self.reward_posterior.utility(X.reshape(-1, d), rater=self.rater)  # s x (B*q)
+        s = u.shape[0]
+        u = u.reshape(s, *batch, q).movedim(0, -2)  # batch x s x q
+        return u.unsqueeze(-1)

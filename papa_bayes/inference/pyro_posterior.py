@@ -1,0 +1,139 @@
+"""The posterior of a Pyro reward model, held as draws of its latent sites."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.models.base import PyroRewardModel
+
+if TYPE_CHECKING:
+    import arviz
+
+__all__ = ["PyroPosterior"]
+
+
+class PyroPosterior(RewardPosterior):
+    """Draws of a :class:`PyroRewardModel`'s latent sites, from NUTS, SVI or Laplace.
+
+    Attributes:
+        model: the model.
+        data: the data it was fitted on.
+        samples: site name -> `chain x draw x shape` tensor (Pyro's
+            ``group_by_chain=True`` layout).
+        sample_stats: ArviZ-named sampler statistics (``lp``, ``diverging``, ...),
+            each `chain x draw`.
+        method: ``"nuts"``, ``"svi"`` or ``"laplace"``.
+        state: what the method needs for a warm-started :meth:`update`.
+        diagnostics: method-specific diagnostics (R-hat, ESS, ELBO trace, Newton steps).
+    """
+
+    def __init__(
+        self,
+        model: PyroRewardModel,
+        data: PreferenceData,
+        samples: dict[str, Tensor],
+        *,
+        method: str,
+        sample_stats: dict[str, Tensor] | None = None,
+        state: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        diagnostics: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.samples = samples
+        self.method = method
+        self.link = model.link
+        self.sample_stats = sample_stats or {}
+        self.state = state or {}
+        self.options = options or {}
+        self.diagnostics = diagnostics or {}
+        first = next(iter(samples.values()))
+        self._chains, self._draws = first.shape[:2]
+        self.params = {k: v.reshape(-1, *v.shape[2:]) for k, v in samples.items()}  # s x shape
+
+    @property
+    def num_draws(self) -> int:
+        return self._chains * self._draws
+
+    @property
+    def num_chains(self) -> int:
+        return self._chains
+
+    def utility(self, features: Tensor, *, rater: int | None = None) -> Tensor:
+        features = self.check_features(features)
+        return self.model.utility(self.params, features, rater=rater)
+
+    def tie_strength_draws(self) -> Tensor | None:
+        return self.params.get("tie_strength")
+
+    def like_threshold_draws(self) -> Tensor:
+        return self.model.like_threshold(self.params)
+
+    def mean(self, site: str) -> Tensor:
+        """Posterior mean of a latent or derived site."""
+        return self._site(site).mean(0)
+
+    def std(self, site: str) -> Tensor:
+        return self._site(site).std(0)
+
+    def _site(self, site: str) -> Tensor:
+        if site in self.params:
+            return self.params[site]
+        derived = self.model.derived(self.params, self.data)
+        if site not in derived:
+            raise InputDataError("site", f"one of {sorted([*self.params, *derived])}", site)
+        return derived[site]
+
+    def log_likelihood(self, data: PreferenceData | None = None) -> dict[str, Tensor]:
+        """Pointwise log-likelihood per draw of ``data`` (default the fitted data): site -> `s x m`."""
+        return self.model.log_likelihood(self.params, self.data if data is None else data)
+
+    def update(self, data: PreferenceData) -> PyroPosterior:
+        if not data.extends(self.data):
+            raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
+        from papa_bayes.inference.fit import update_posterior
+
+        return update_posterior(self, data)
+
+    def to_inference_data(self) -> arviz.InferenceData:
+        from papa_bayes.diagnostics.arviz import to_inference_data
+
+        return to_inference_data(self)
+
+    def new_rater_model(self, **overrides: Any):
+        """Cold start: a :class:`LinearReward` whose prior is this population's posterior predictive.
+
+        Only for :class:`HierarchicalLinearReward` posteriors. The prior on a new
+        rater's ``w`` is the moment-matched Gaussian of ``mean + scale * N(0, I)``
+        over the posterior draws, and its rationality prior is moment-matched in
+        log space.
+        """
+        from papa_bayes.models.linear import HierarchicalLinearReward, LinearReward
+
+        if not isinstance(self.model, HierarchicalLinearReward):
+            raise ModelError("new_rater_model() needs a HierarchicalLinearReward posterior.")
+        mu, tau = self.params["population_mean"], self.params["population_scale"]
+        # E[w] = E[mu]; Cov[w] = Cov[mu] + E[diag(tau^2)].
+        loc = mu.mean(0)
+        cov = torch.cov(mu.T).reshape(loc.shape[0], -1) + torch.diag((tau**2).mean(0))
+        kwargs: dict[str, Any] = dict(
+            link=self.model.link,
+            ties=self.model.ties,
+            prior_loc=loc,
+            prior_scale_tril=torch.linalg.cholesky(cov + 1e-9 * torch.eye(loc.shape[0], dtype=cov.dtype)),
+            threshold_prior_scale=self.model.threshold_prior_scale,
+            tie_prior=self.model.tie_prior,
+            rationality=self.model.rationality,
+        )
+        if "rationality" in self.params:
+            lb = self.params["rationality"].log()
+            kwargs["rationality_prior"] = (float(lb.mean()), float(lb.std().clamp(min=0.05)))
+        kwargs.update(overrides)
+        return LinearReward(**kwargs)

@@ -1,0 +1,170 @@
+"""Users who answer queries: simulated people with a hidden reward, and people behind a callback.
+
+A simulated user's answers are reproducible from its seed: it owns a
+``torch.Generator`` and draws nothing from global state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
+
+__all__ = ["SimulatedUser", "CallbackUser", "random_unit_vector", "simulate_comparisons", "simulate_ratings"]
+
+
+def random_unit_vector(d: int, *, generator: torch.Generator) -> Tensor:
+    """A direction uniform on the unit sphere in `d` dimensions (APReL's w*)."""
+    w = torch.randn(d, generator=generator, dtype=torch.float64)
+    return w / w.norm()
+
+
+class SimulatedUser:
+    """A person with a hidden utility who answers with noise.
+
+    P(a preferred to b) = link(rationality * (u(a) - u(b))); with ``tie_margin`` > 0
+    ties follow Davidson (logit, nu = tie_margin) or Glenn-David (probit,
+    tau = tie_margin). Like/dislike: P(like) = link(rationality * (u(x) - threshold)).
+
+    Args:
+        utility: a `d` weight vector (linear utility) or any callable mapping `n x ...`
+            inputs (features or images) to `n` utilities.
+        link: ``"logit"`` or ``"probit"``.
+        rationality: inverse noise; ``math.inf`` answers without error.
+        tie_margin: 0 for strict answers.
+        threshold: like threshold on the utility scale.
+        seed: seeds the user's own generator.
+    """
+
+    def __init__(
+        self,
+        utility: Tensor | Callable[[Tensor], Tensor],
+        *,
+        link: str = "logit",
+        rationality: float = 1.0,
+        tie_margin: float = 0.0,
+        threshold: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.link = check_link(link)
+        if not rationality > 0:
+            raise InputDataError("rationality", "a positive number (math.inf for a noiseless user)", rationality)
+        if tie_margin < 0 or not math.isfinite(tie_margin):
+            raise InputDataError("tie_margin", "a finite number >= 0", tie_margin)
+        self.weights = None
+        if isinstance(utility, Tensor):
+            self.weights = utility.to(torch.float64)
+            if self.weights.dim() != 1:
+                raise InputDataError("utility", "a `d` weight vector or a callable", tuple(self.weights.shape))
+            self._utility = lambda x: torch.as_tensor(x, dtype=torch.float64) @ self.weights
+        elif callable(utility):
+            self._utility = utility
+        else:
+            raise InputDataError("utility", "a `d` weight vector or a callable", type(utility).__name__)
+        self.rationality = float(rationality)
+        self.tie_margin = float(tie_margin)
+        self.threshold = float(threshold)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def utility(self, x: Tensor) -> Tensor:
+        """The hidden utility: `n`."""
+        u = torch.as_tensor(self._utility(x)).to(torch.float64)
+        return u.reshape(-1)
+
+    def outcome_probabilities(self, first: Tensor, second: Tensor) -> Tensor:
+        """`n x 2` (first, second) or `n x 3` (..., tie) answer probabilities."""
+        diff = self.utility(first) - self.utility(second)
+        if math.isinf(self.rationality):
+            scaled = torch.sign(diff) * 1e6
+        else:
+            scaled = self.rationality * diff
+        tie = torch.tensor(self.tie_margin, dtype=torch.float64) if self.tie_margin > 0 else None
+        return comparison_log_probs(scaled, self.link, tie).exp()
+
+    def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+        """Answer `n` pairwise queries.
+
+        Returns:
+            (``first_won`` `n` bool, ``tie`` `n` bool).
+        """
+        probs = self.outcome_probabilities(first, second)
+        outcome = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return outcome == 0, outcome == 2
+
+    def rate(self, x: Tensor) -> Tensor:
+        """Answer `n` like/dislike queries: `n` long, +1 like / -1 dislike."""
+        margin = self.utility(x) - self.threshold
+        p = (margin > 0).double() if math.isinf(self.rationality) else log_cdf(self.rationality * margin, self.link).exp()
+        like = torch.rand(p.shape, generator=self.generator, dtype=torch.float64) < p
+        return torch.where(like, 1, -1)
+
+    def __repr__(self) -> str:
+        return f"SimulatedUser(link={self.link!r}, rationality={self.rationality}, tie_margin={self.tie_margin}, seed={self.seed})"
+
+
+class CallbackUser:
+    """A person answering through code.
+
+    Args:
+        compare_fn: ``(first, second) -> 0`` (first preferred), ``1`` (second) or
+            ``"tie"``/``2``, called once per query with the two items.
+        rate_fn: ``(item) -> +1 / -1``.
+    """
+
+    def __init__(self, compare_fn: Callable[[Any, Any], Any] | None = None, rate_fn: Callable[[Any], Any] | None = None) -> None:
+        self.compare_fn = compare_fn
+        self.rate_fn = rate_fn
+
+    def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+        if self.compare_fn is None:
+            raise InputDataError("compare_fn", "a callable for pairwise queries", None)
+        won, tie = [], []
+        for a, b in zip(first, second):
+            ans = self.compare_fn(a, b)
+            if ans in ("tie", 2):
+                won.append(True)
+                tie.append(True)
+            elif ans in (0, 1):
+                won.append(ans == 0)
+                tie.append(False)
+            else:
+                raise InputDataError("answer", "0 (first), 1 (second) or 'tie'", ans)
+        return torch.tensor(won, dtype=torch.bool), torch.tensor(tie, dtype=torch.bool)
+
+    def rate(self, x: Tensor) -> Tensor:
+        if self.rate_fn is None:
+            raise InputDataError("rate_fn", "a callable for like/dislike queries", None)
+        out = []
+        for item in x:
+            ans = self.rate_fn(item)
+            if ans not in (1, -1):
+                raise InputDataError("answer", "+1 (like) or -1 (dislike)", ans)
+            out.append(int(ans))
+        return torch.tensor(out, dtype=torch.long)
+
+
+def simulate_comparisons(
+    user: SimulatedUser, items: Tensor, num_comparisons: int, *, generator: torch.Generator
+) -> PreferenceData:
+    """Random pairs of ``items`` (`n x d`) answered by ``user``: winner-first data."""
+    n = items.shape[0]
+    if n < 2:
+        raise InputDataError("items", "at least 2 items", n)
+    a = torch.randint(0, n, (num_comparisons,), generator=generator)
+    b = (a + torch.randint(1, n, (num_comparisons,), generator=generator)) % n  # never a == b
+    won, tie = user.compare(items[a], items[b])
+    comps = torch.where(won.unsqueeze(-1), torch.stack([a, b], -1), torch.stack([b, a], -1))
+    return PreferenceData(items=items, comparisons=comps, ties=tie)
+
+
+def simulate_ratings(user: SimulatedUser, items: Tensor, num_ratings: int, *, generator: torch.Generator) -> PreferenceData:
+    """Random items rated like/dislike by ``user``."""
+    idx = torch.randint(0, items.shape[0], (num_ratings,), generator=generator)
+    return PreferenceData(items=items, ratings=torch.stack([idx, user.rate(items[idx])], -1))
