@@ -31,10 +31,7 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
     if dtype == torch.long:
         if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-            if t.is_floating_point() and t.numel() and bool(
-                torch.all(torch.isfinite(t)) and torch.all(t == t.round())
-            ):
-                return t.to(torch.long)
+            # Indices are never coerced from floats or bools: that hides bugs upstream.
             raise InputDataError(name, "integer dtype", str(t.dtype))
         return t.to(torch.long)
     if dtype == torch.bool:
@@ -333,9 +330,10 @@ class PreferenceData:
         for col in (winner, loser):
             if col not in df.columns:
                 raise InputDataError("df", f"a column named {col!r}", list(df.columns))
-        comps = torch.as_tensor(df[[winner, loser]].to_numpy())
-        ties = torch.as_tensor(df[tie].to_numpy()) if tie is not None and tie in df.columns else None
-        raters = torch.as_tensor(df[rater].to_numpy()) if rater is not None and rater in df.columns else None
+        col = lambda c: torch.as_tensor(df[c].to_numpy().copy())  # noqa: E731 (copy: pandas arrays may be read-only)
+        comps = torch.stack([col(winner), col(loser)], dim=-1)
+        ties = col(tie) if tie is not None and tie in df.columns else None
+        raters = col(rater) if rater is not None and rater in df.columns else None
         return cls(items=items, comparisons=comps, ties=ties, comparison_rater=raters, feature_names=feature_names)
 
     def __repr__(self) -> str:

@@ -30,7 +30,7 @@ def fit(
     model: Any,
     data: PreferenceData,
     *,
-    method: str = "laplace",
+    method: str | None = None,
     num_samples: int | None = None,
     warmup_steps: int | None = None,
     num_chains: int = 2,
@@ -47,12 +47,15 @@ def fit(
         data: the comparisons and/or ratings.
         method: ``"nuts"`` (reference; R-hat, ESS and divergences in
             ``posterior.diagnostics``), ``"svi"`` (full-rank Gaussian guide) or
-            ``"laplace"`` (Newton; fast, for the online loop).
+            ``"laplace"`` (Newton; fast, for the online loop). Default (None):
+            ``"laplace"`` for Pyro models, the model's own default for GP models
+            (``PreferenceGP``: ``"elbo"`` or ``"nuts"``; ``PairwiseGPReward``:
+            ``"laplace"``).
         num_samples: draws per chain (NUTS, default 500) or in total (SVI, Laplace;
             default 1000).
         warmup_steps: NUTS warm-up per chain (default 300; started at the Laplace mode).
         num_chains: NUTS chains, run one after another.
-        num_steps: SVI steps (default 1500).
+        num_steps: SVI steps (default 1000 from the Laplace start; 200 for an update).
         learning_rate: SVI Adam learning rate.
         seed: seeds every random draw of the fit (the global RNG is left untouched).
         progress_bar: show Pyro's / tqdm progress bars.
@@ -67,12 +70,19 @@ def fit(
     if not isinstance(data, PreferenceData):
         raise InputDataError("data", "a PreferenceData", type(data).__name__)
     data.require_observations()
+    if not isinstance(model, PyroRewardModel):
+        # GP models (PreferenceGP, PairwiseGPReward) fit themselves and validate their
+        # own methods (model.METHODS); method=None picks the model's default.
+        if hasattr(model, "fit"):
+            gp_options = dict(num_samples=num_samples, warmup_steps=warmup_steps, num_steps=num_steps)
+            gp_options = {k: v for k, v in gp_options.items() if v is not None}
+            if method == "nuts":
+                gp_options["num_chains"] = num_chains
+            return model.fit(data, method=method, seed=seed, progress_bar=progress_bar, **gp_options)
+        raise InputDataError("model", "a PyroRewardModel or a model with .fit(data)", type(model).__name__)
+    method = "laplace" if method is None else method
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
-    if not isinstance(model, PyroRewardModel):
-        if hasattr(model, "fit"):
-            return model.fit(data, method=method, seed=seed)
-        raise InputDataError("model", "a PyroRewardModel or a model with .fit(data)", type(model).__name__)
     options = dict(
         num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
         learning_rate=learning_rate, seed=seed, progress_bar=progress_bar,
@@ -185,7 +195,7 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
 
     laplace = _fit_laplace(model, data, {**opts, "num_samples": 2}, warm)
     space = UnconstrainedSpace(model.priors(data))
-    steps = opts["num_steps"] or (1500 if warm is None else 400)
+    steps = opts["num_steps"] or (1000 if warm is None else 200)
     # A private param store: fits never see each other's guide parameters.
     with torch.random.fork_rng(), pyro.get_param_store().scope():
         torch.manual_seed(opts["seed"] + 31 * data.num_observations)

@@ -78,12 +78,14 @@ class PyroPosterior(RewardPosterior):
 
     def mean(self, site: str) -> Tensor:
         """Posterior mean of a latent or derived site."""
-        return self._site(site).mean(0)
+        return self.draws(site).mean(0)
 
     def std(self, site: str) -> Tensor:
-        return self._site(site).std(0)
+        """Posterior standard deviation of a latent or derived site."""
+        return self.draws(site).std(0)
 
-    def _site(self, site: str) -> Tensor:
+    def draws(self, site: str) -> Tensor:
+        """All draws of a latent or derived site (e.g. ``"w"``): `s x shape`."""
         if site in self.params:
             return self.params[site]
         derived = self.model.derived(self.params, self.data)

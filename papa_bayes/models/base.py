@@ -39,7 +39,15 @@ class PyroRewardModel(ABC):
 
     @abstractmethod
     def priors(self, data: PreferenceData) -> dict[str, tdist.Distribution]:
-        """Prior of every latent site (in sampling order), each with its event shape."""
+        """Every latent site (in sampling order) with a distribution fixing its shape and support.
+
+        For sites whose prior is conditional on another site, this is a placeholder
+        and :meth:`log_prior` holds the true joint prior.
+        """
+
+    def log_prior(self, params: dict[str, Tensor], data: PreferenceData) -> Tensor:
+        """Joint log prior of `s`-batched params: `s` (default: independent sites)."""
+        return sum(p.log_prob(params[k]) for k, p in self.priors(data).items())
 
     @abstractmethod
     def observation_distributions(self, params: dict[str, Tensor], data: PreferenceData) -> dict[str, tdist.Distribution]:
@@ -59,7 +67,7 @@ class PyroRewardModel(ABC):
 
         if "threshold" not in params:
             raise ModelError("This posterior has no like/dislike threshold: fit it on data with ratings.")
-        return params["threshold"] * params.get("rationality", torch.ones_like(params["threshold"]))
+        return params["threshold"]
 
     def observed(self, data: PreferenceData) -> dict[str, Tensor]:
         """Observed values of the observed sites (what ``obs=`` receives)."""
@@ -79,7 +87,7 @@ class PyroRewardModel(ABC):
 
     def log_joint(self, params: dict[str, Tensor], data: PreferenceData) -> Tensor:
         """log p(params, data) for `s`-batched params: `s`."""
-        total = sum(p.log_prob(params[k]) for k, p in self.priors(data).items())
+        total = self.log_prior(params, data)
         for ll in self.log_likelihood(params, data).values():
             total = total + ll.sum(-1)
         return total

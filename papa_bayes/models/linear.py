@@ -34,21 +34,19 @@ __all__ = ["LinearReward", "HierarchicalLinearReward"]
 
 
 def _observe(
-    data: PreferenceData,
     u_first: Tensor | None,
     u_second: Tensor | None,
     u_rated: Tensor | None,
     threshold: Tensor | None,
-    rationality: Tensor,
     tie_strength: Tensor | None,
     link: str,
 ) -> dict[str, dist.Distribution]:
-    """Observation distributions from utilities (raw units) of compared and rated items."""
+    """Observation distributions from utilities (noise units) of compared and rated items."""
     out = {}
     if u_first is not None:
-        out["comparisons"] = comparison_distribution(rationality * (u_first - u_second), link, tie_strength)
+        out["comparisons"] = comparison_distribution(u_first - u_second, link, tie_strength)
     if u_rated is not None:
-        out["ratings"] = rating_distribution(rationality * (u_rated - threshold), link)
+        out["ratings"] = rating_distribution(u_rated - threshold, link)
     return out
 
 
@@ -61,8 +59,13 @@ def _pyro_observe(data: PreferenceData, dists: dict[str, dist.Distribution], tie
             pyro.sample("ratings", dists["ratings"], obs=rating_outcome(data.ratings))
 
 
+def _f64(*values: float) -> list[Tensor]:
+    """Prior parameters as float64 tensors, whatever torch's default dtype."""
+    return [torch.tensor(float(v), dtype=torch.float64) for v in values]
+
+
 class _LinkPriors:
-    """Priors shared by the flat and hierarchical linear models."""
+    """Nuisance sites shared by the flat and hierarchical linear models."""
 
     link: str
     ties: bool
@@ -71,45 +74,50 @@ class _LinkPriors:
     threshold_prior_scale: float
     tie_prior: tuple[float, float]
 
-    def _nuisance_priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
+    def _rationality_prior(self) -> dict[str, dist.Distribution]:
+        return {"rationality": dist.LogNormal(*_f64(*self.rationality_prior))} if self.rationality is None else {}
+
+    def _other_priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
         out: dict[str, dist.Distribution] = {}
-        if self.rationality is None:
-            out["rationality"] = dist.LogNormal(*self.rationality_prior)
         if self.ties and data.num_comparisons:
-            out["tie_strength"] = dist.LogNormal(*self.tie_prior)
+            out["tie_strength"] = dist.LogNormal(*_f64(*self.tie_prior))
         if data.num_ratings:
-            out["threshold"] = dist.Normal(0.0, self.threshold_prior_scale)
+            out["threshold"] = dist.Normal(*_f64(0.0, self.threshold_prior_scale))
         return out
 
-    def _sample_nuisance(self, data: PreferenceData) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        priors = self._nuisance_priors(data)
-        beta = pyro.sample("rationality", priors["rationality"]) if "rationality" in priors else torch.tensor(self.rationality, dtype=torch.float64)
+    def _sample_rationality(self) -> Tensor:
+        if self.rationality is None:
+            return pyro.sample("rationality", dist.LogNormal(*_f64(*self.rationality_prior)))
+        return torch.tensor(float(self.rationality), dtype=torch.float64)
+
+    def _sample_others(self, data: PreferenceData) -> tuple[Tensor | None, Tensor | None]:
+        priors = self._other_priors(data)
         tie = pyro.sample("tie_strength", priors["tie_strength"]) if "tie_strength" in priors else None
         threshold = pyro.sample("threshold", priors["threshold"]) if "threshold" in priors else None
-        return beta, tie, threshold
-
-    def _nuisance_draws(self, params: dict[str, Tensor], s: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Draws reshaped to `s x 1` so they broadcast against `s x m`."""
-        beta = params["rationality"] if self.rationality is None else torch.full((s,), float(self.rationality), dtype=torch.float64)
-        tie = params.get("tie_strength")
-        thr = params.get("threshold")
-        col = lambda t: None if t is None else t.reshape(s, 1)  # noqa: E731
-        return col(beta), col(tie), col(thr)
+        return tie, threshold
 
     def _rationality_draws(self, params: dict[str, Tensor], s: int) -> Tensor:
+        """`s` rationality draws (the fixed value repeated when not learned)."""
         if self.rationality is None:
             return params["rationality"]
         return torch.full((s,), float(self.rationality), dtype=torch.float64)
 
-    def like_threshold(self, params: dict[str, Tensor]) -> Tensor:
-        if "threshold" not in params:
-            raise ModelError("This posterior has no like/dislike threshold: fit it on data with ratings.")
-        s = params["threshold"].shape[0]
-        return params["threshold"] * self._rationality_draws(params, s)
+    @staticmethod
+    def _other_draws(params: dict[str, Tensor], s: int) -> tuple[Tensor | None, Tensor | None]:
+        """Tie strength and threshold as `s x 1`, to broadcast against `s x m`."""
+        col = lambda t: None if t is None else t.reshape(s, 1)  # noqa: E731
+        return col(params.get("tie_strength")), col(params.get("threshold"))
 
 
 class LinearReward(_LinkPriors, PyroRewardModel):
     """Linear utility ``u(x) = rationality * w . x`` with a Normal prior on ``w``.
+
+    The sampled site is ``scaled_w = rationality * w`` (the weights in noise units,
+    whose prior given the rationality is ``N(rationality * prior_loc,
+    rationality^2 * prior_cov)``): the likelihood sees only ``scaled_w``, so the
+    posterior is close to Gaussian there and Laplace/SVI match NUTS; ``w`` itself
+    is reported as the derived site ``scaled_w / rationality``. This is the same
+    model as ``w ~ N(prior_loc, prior_cov)``, ``u = rationality * w . x``.
 
     Args:
         link: ``"logit"`` (Bradley-Terry) or ``"probit"`` (Thurstone).
@@ -117,21 +125,24 @@ class LinearReward(_LinkPriors, PyroRewardModel):
             ties under ``ties=False`` raises :class:`ModelError`.
         prior_scale: standard deviation of each weight under the default prior.
         prior_loc: `d` prior mean of ``w`` (default zeros).
-        prior_scale_tril: `d x d` Cholesky factor of a full prior covariance (e.g.
-            from :meth:`HierarchicalPosterior.new_rater_model`); overrides ``prior_scale``.
+        prior_scale_tril: `d x d` Cholesky factor of a full prior covariance of ``w``
+            (e.g. from :meth:`PyroPosterior.new_rater_model`); overrides ``prior_scale``.
         rationality: a fixed rationality; ``None`` (default) learns it.
         rationality_prior: (loc, scale) of the LogNormal prior of the rationality.
-        threshold_prior_scale: sd of the Normal prior of the like/dislike threshold.
+        threshold_prior_scale: sd of the Normal prior of the like/dislike threshold
+            (noise units).
         tie_prior: (loc, scale) of the LogNormal prior of the tie strength.
 
-    Sites: ``w`` (dim ``feature``), ``rationality``, ``tie_strength`` (with ties),
-    ``threshold`` (with ratings); observed ``comparisons`` and ``ratings``.
+    Sites: ``rationality``, ``scaled_w`` (dim ``feature``), ``tie_strength`` (with
+    ties), ``threshold`` (with ratings); derived ``w``; observed ``comparisons`` and
+    ``ratings``.
 
     Example:
         >>> post = fit(LinearReward(link="logit"), data, method="nuts")
+        >>> post.mean("w")
     """
 
-    dims = {"w": ["feature"]}
+    dims = {"w": ["feature"], "scaled_w": ["feature"]}
 
     def __init__(
         self,
@@ -160,52 +171,64 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         self.threshold_prior_scale = float(threshold_prior_scale)
         self.tie_prior = tuple(float(v) for v in tie_prior)
 
-    def _w_prior(self, d: int) -> dist.Distribution:
+    def _scaled_w_prior(self, d: int, beta: Tensor) -> dist.Distribution:
+        """Prior of ``scaled_w`` given the rationality (any batch shape ``beta``)."""
         loc = torch.zeros(d, dtype=torch.float64) if self.prior_loc is None else self.prior_loc
         if loc.shape != (d,):
             raise InputDataError("prior_loc", f"shape ({d},) to match the data's features", tuple(loc.shape))
+        b = beta.unsqueeze(-1)
         if self.prior_scale_tril is not None:
             if self.prior_scale_tril.shape != (d, d):
                 raise InputDataError("prior_scale_tril", f"shape ({d}, {d})", tuple(self.prior_scale_tril.shape))
-            return dist.MultivariateNormal(loc, scale_tril=self.prior_scale_tril)
-        return dist.Normal(loc, self.prior_scale).to_event(1)
+            return dist.MultivariateNormal(b * loc, scale_tril=b.unsqueeze(-1) * self.prior_scale_tril)
+        return dist.Normal(b * loc, b * self.prior_scale).to_event(1)
 
     def priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
-        return {"w": self._w_prior(data.num_features), **self._nuisance_priors(data)}
+        d = data.num_features
+        placeholder = dist.Normal(torch.zeros(d, dtype=torch.float64), self.prior_scale).to_event(1)
+        return {**self._rationality_prior(), "scaled_w": placeholder, **self._other_priors(data)}
+
+    def log_prior(self, params: dict[str, Tensor], data: PreferenceData) -> Tensor:
+        v = params["scaled_w"]
+        beta = self._rationality_draws(params, v.shape[0]).to(v)
+        lp = self._scaled_w_prior(data.num_features, beta).log_prob(v)
+        for k, p in {**self._rationality_prior(), **self._other_priors(data)}.items():
+            lp = lp + p.log_prob(params[k])
+        return lp
 
     def __call__(self, data: PreferenceData) -> None:
-        w = pyro.sample("w", self._w_prior(data.num_features))
-        beta, tie, threshold = self._sample_nuisance(data)
+        beta = self._sample_rationality()
+        v = pyro.sample("scaled_w", self._scaled_w_prior(data.num_features, beta))
+        tie, threshold = self._sample_others(data)
         X, c, r = data.items, data.comparisons, data.ratings
-        # (w * x).sum(-1) broadcasts `... x 1 x d` against `m x d` into `... x m`.
-        u = lambda idx: (w * X[idx]).sum(-1)  # noqa: E731
+        # (v * x).sum(-1) broadcasts `... x 1 x d` against `m x d` into `... x m`.
+        u = lambda idx: (v * X[idx]).sum(-1)  # noqa: E731
         dists = _observe(
-            data,
             u(c[:, 0]) if data.num_comparisons else None,
             u(c[:, 1]) if data.num_comparisons else None,
             u(r[:, 0]) if data.num_ratings else None,
-            threshold, beta, tie, self.link,
+            threshold, tie, self.link,
         )
         _pyro_observe(data, dists, self.ties)
 
+    def derived(self, params: dict[str, Tensor], data: PreferenceData | None = None) -> dict[str, Tensor]:
+        v = params["scaled_w"]
+        return {"w": v / self._rationality_draws(params, v.shape[0]).to(v).unsqueeze(-1)}
+
     def observation_distributions(self, params: dict[str, Tensor], data: PreferenceData) -> dict[str, dist.Distribution]:
-        w = params["w"]  # s x d
-        s = w.shape[0]
-        beta, tie, thr = self._nuisance_draws(params, s)
-        U = w @ data.items.T  # s x n
+        v = params["scaled_w"]  # s x d
+        tie, thr = self._other_draws(params, v.shape[0])
+        U = v @ data.items.T  # s x n
         c, r = data.comparisons, data.ratings
         return _observe(
-            data,
             U[:, c[:, 0]] if data.num_comparisons else None,
             U[:, c[:, 1]] if data.num_comparisons else None,
             U[:, r[:, 0]] if data.num_ratings else None,
-            thr, beta, tie, self.link,
+            thr, tie, self.link,
         )
 
     def utility(self, params: dict[str, Tensor], features: Tensor, *, rater: int | None = None) -> Tensor:
-        w = params["w"].to(features.dtype)
-        beta = self._rationality_draws(params, w.shape[0]).to(features.dtype)
-        return beta.unsqueeze(-1) * (w @ features.transpose(-1, -2))
+        return params["scaled_w"].to(features.dtype) @ features.transpose(-1, -2)
 
 
 class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
@@ -218,6 +241,9 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
     Args:
         population_prior_scale: sd of the Normal prior of the population mean.
         scale_prior_scale: scale of the HalfNormal prior of the population scale.
+        rationality: fixed at 1 by default: with per-rater weights of learned
+            population scale, a learned rationality only trades off against the
+            weights' magnitude (a ridge in the posterior); pass ``None`` to learn it.
         (others as in :class:`LinearReward`)
 
     Sites: ``population_mean`` (``feature``), ``population_scale`` (``feature``),
@@ -238,7 +264,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         ties: bool = False,
         population_prior_scale: float = 1.0,
         scale_prior_scale: float = 0.5,
-        rationality: float | None = None,
+        rationality: float | None = 1.0,
         rationality_prior: tuple[float, float] = (0.0, 0.5),
         threshold_prior_scale: float = 1.0,
         tie_prior: tuple[float, float] = (math.log(0.5), 1.0),
@@ -265,7 +291,8 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
             "population_mean": dist.Normal(zeros, self.population_prior_scale).to_event(1),
             "population_scale": dist.HalfNormal(torch.full((d,), self.scale_prior_scale, dtype=torch.float64)).to_event(1),
             "rater_offset": dist.Normal(torch.zeros(R, d, dtype=torch.float64), 1.0).to_event(2),
-            **self._nuisance_priors(data),
+            **self._rationality_prior(),
+            **self._other_priors(data),
         }
 
     def __call__(self, data: PreferenceData) -> None:
@@ -276,16 +303,19 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         with pyro.plate("rater", R):
             z = pyro.sample("rater_offset", dist.Normal(torch.zeros(d, dtype=torch.float64), 1.0).to_event(1))
         w = mu.unsqueeze(-2) + tau.unsqueeze(-2) * z  # ... x R x d
-        beta, tie, threshold = self._sample_nuisance(data)
+        beta = self._sample_rationality()
+        tie, threshold = self._sample_others(data)
+        if beta.dim():
+            beta = beta.unsqueeze(-1)  # particles: `P x 1 x 1` against `P x R x d`
+        v = beta * w
         X, c, r = data.items, data.comparisons, data.ratings
         cr, rr = self._raters(data)
-        u = lambda idx, who: (w[..., who, :] * X[idx]).sum(-1)  # noqa: E731
+        u = lambda idx, who: (v[..., who, :] * X[idx]).sum(-1)  # noqa: E731
         dists = _observe(
-            data,
             u(c[:, 0], cr) if data.num_comparisons else None,
             u(c[:, 1], cr) if data.num_comparisons else None,
             u(r[:, 0], rr) if data.num_ratings else None,
-            threshold, beta, tie, self.link,
+            threshold, tie, self.link,
         )
         _pyro_observe(data, dists, self.ties)
 
@@ -294,22 +324,22 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         """Per-rater weights `s x R x d`."""
         return params["population_mean"].unsqueeze(-2) + params["population_scale"].unsqueeze(-2) * params["rater_offset"]
 
-    def derived(self, params: dict[str, Tensor], data: PreferenceData) -> dict[str, Tensor]:
+    def derived(self, params: dict[str, Tensor], data: PreferenceData | None = None) -> dict[str, Tensor]:
         return {"w": self.weights(params)}
 
     def observation_distributions(self, params: dict[str, Tensor], data: PreferenceData) -> dict[str, dist.Distribution]:
         W = self.weights(params)  # s x R x d
         s = W.shape[0]
-        beta, tie, thr = self._nuisance_draws(params, s)
+        V = self._rationality_draws(params, s).to(W).reshape(s, 1, 1) * W
+        tie, thr = self._other_draws(params, s)
         X, c, r = data.items, data.comparisons, data.ratings
         cr, rr = self._raters(data)
-        u = lambda idx, who: (W[:, who, :] * X[idx]).sum(-1)  # noqa: E731
+        u = lambda idx, who: (V[:, who, :] * X[idx]).sum(-1)  # noqa: E731
         return _observe(
-            data,
             u(c[:, 0], cr) if data.num_comparisons else None,
             u(c[:, 1], cr) if data.num_comparisons else None,
             u(r[:, 0], rr) if data.num_ratings else None,
-            thr, beta, tie, self.link,
+            thr, tie, self.link,
         )
 
     def utility(self, params: dict[str, Tensor], features: Tensor, *, rater: int | None = None) -> Tensor:

@@ -1,0 +1,90 @@
+"""Fit time and one online update (after one new comparison) for NUTS, SVI and Laplace.
+
+    python -m benchmarks.bench_inference            # full grid: m in {50, 200, 1000, 10000}, d in {8, 32}
+    python -m benchmarks.bench_inference --tiny     # seconds; what `make test` runs
+
+Target: one online Laplace update at m=200, d=8 in <= 20 ms (median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import markdown_table, write_results
+from papa_bayes import LinearReward, fit
+from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
+
+
+def _problem(m: int, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = random_unit_vector(d, generator=g)
+    X = torch.randn(max(500, m // 4), d, generator=g, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(w, seed=seed), X, m, generator=g)
+    return data, w
+
+
+def _time(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 10000])
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--methods", nargs="+", default=["laplace", "svi", "nuts"])
+    p.add_argument("--update-repeats", type=int, default=21)
+    p.add_argument("--num-samples", type=int, default=256, help="posterior draws kept (Laplace/SVI) / per chain (NUTS)")
+    p.add_argument("--nuts-max-m", type=int, default=1000, help="skip NUTS above this m (minutes per fit on CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: an online loop's small ops)")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.sizes, args.dims, args.update_repeats, args.num_samples = [30], [3], 3, 20
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for d in args.dims:
+        for m in args.sizes:
+            data, w = _problem(m, d, args.seed)
+            new = data.append(comparisons=[[0, 1]])
+            for method in args.methods:
+                if method == "nuts" and m > args.nuts_max_m:
+                    continue
+                kw = dict(method=method, seed=args.seed, num_samples=args.num_samples)
+                if method == "nuts":
+                    kw.update(warmup_steps=20 if args.tiny else 300, num_chains=2)
+                if method == "svi" and args.tiny:
+                    kw.update(num_steps=20)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    t = time.perf_counter()
+                    post = fit(LinearReward(), data, **kw)
+                    fit_s = time.perf_counter() - t
+                    repeats = args.update_repeats if method == "laplace" else (1 if args.tiny else 3)
+                    upd_s, _ = _time(lambda: post.update(new), repeats)
+                cos = float(torch.nn.functional.cosine_similarity(post.mean("w"), w, dim=0))
+                rows.append(dict(method=method, m=m, d=d, fit_s=fit_s, update_ms=1000 * upd_s, update_repeats=repeats, cosine=cos))
+                print(rows[-1], flush=True)
+    table = markdown_table(rows, ["method", "m", "d", "fit_s", "update_ms", "update_repeats", "cosine"])
+    path = write_results("bench_inference" + ("_tiny" if args.tiny else ""), {"rows": rows, "args": vars(args)}, table,
+                         args.out, title="Fit and online-update time (median update over repeats)")
+    print(table)
+    print(f"written to {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""ArviZ hand-off: groups, dims, coordinates, and that ArviZ's own tools run unchanged."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from papa_bayes import HierarchicalLinearReward, LinearReward, PreferenceData, fit
+from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
+
+
+@pytest.fixture(scope="module")
+def logit_data():
+    g = torch.Generator().manual_seed(21)
+    w = random_unit_vector(4, generator=g) * 2.0
+    X = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(w, seed=4), X, 150, generator=g)
+    return PreferenceData(items=X, comparisons=data.comparisons, ratings=[[0, 1], [1, -1], [2, 1]])
+
+
+@pytest.fixture(scope="module")
+def idata(logit_data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = fit(LinearReward(), logit_data, method="nuts", num_samples=150, warmup_steps=150, seed=0)
+    return post.to_inference_data()
+
+
+def test_groups_dims_and_coords(idata, logit_data):
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"):
+        assert hasattr(idata, group), group
+    post = idata.posterior
+    assert post["w"].dims == ("chain", "draw", "feature")
+    assert list(post["feature"].values) == ["x0", "x1", "x2", "x3"]
+    assert post.sizes["chain"] == 2 and post.sizes["draw"] == 150
+    assert idata.log_likelihood["comparisons"].dims == ("chain", "draw", "comparison")
+    assert idata.log_likelihood["comparisons"].shape[-1] == logit_data.num_comparisons
+    assert idata.log_likelihood["ratings"].shape[-1] == 3
+    # every variable in log_likelihood / posterior_predictive has its observed twin
+    for var in idata.log_likelihood.data_vars:
+        assert var in idata.observed_data and var in idata.posterior_predictive
+    assert "lp" in idata.sample_stats and "diverging" in idata.sample_stats
+    assert idata.constant_data["items"].dims == ("item", "feature")
+    assert idata.constant_data["compared_items"].shape == (logit_data.num_comparisons, 2)
+
+
+def test_arviz_tools_run_unchanged(idata, tmp_path):
+    summary = az.summary(idata, var_names=["w", "rationality"])
+    assert summary["r_hat"].max() < 1.05
+    assert float(az.rhat(idata)["w"].max()) < 1.05
+    assert float(az.ess(idata)["w"].min()) > 50
+    loo = az.loo(idata, var_name="comparisons")
+    assert loo.elpd_loo < 0 and loo.n_data_points == idata.log_likelihood.sizes["comparison"]
+    az.plot_trace(idata, var_names=["w"])
+    az.plot_forest(idata, var_names=["w"])
+    plt.savefig(tmp_path / "forest.png")
+    plt.close("all")
+    assert (tmp_path / "forest.png").stat().st_size > 1000
+
+
+def test_compare_ranks_true_model_first(logit_data):
+    """Logit model on all features vs a misspecified one that sees only one feature."""
+    d_strict = PreferenceData(items=logit_data.items, comparisons=logit_data.comparisons)
+    d_missing = PreferenceData(items=logit_data.items[:, :1], comparisons=logit_data.comparisons)
+    good = fit(LinearReward(), d_strict, method="laplace", seed=0).to_inference_data()
+    bad = fit(LinearReward(), d_missing, method="laplace", seed=0).to_inference_data()
+    cmp = az.compare({"logit": good, "one_feature": bad})
+    assert cmp.index[0] == "logit"
+
+
+def test_laplace_and_hierarchical_convert(logit_data):
+    post = fit(LinearReward(), logit_data, method="laplace", num_samples=64)
+    idata = post.to_inference_data()
+    assert idata.posterior.sizes["draw"] == 64 and idata.attrs["method"] == "laplace"
+    rated = PreferenceData(
+        items=logit_data.items, comparisons=logit_data.comparisons[:40],
+        comparison_rater=torch.arange(40) % 3,
+    )
+    h = fit(HierarchicalLinearReward(), rated, method="laplace", num_samples=32).to_inference_data()
+    assert h.posterior["w"].dims == ("chain", "draw", "rater", "feature")
+    assert list(h.posterior["rater"].values) == [0, 1, 2]

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from papa_bayes import InputDataError, PreferenceData
+
+
+def _data(**kw):
+    base = dict(items=torch.randn(5, 3, dtype=torch.float64), comparisons=[[0, 1], [2, 4]])
+    base.update(kw)
+    return PreferenceData(**base)
+
+
+def test_basic_fields_and_defaults():
+    d = _data()
+    assert d.items.dtype == torch.float64
+    assert d.comparisons.dtype == torch.long and d.comparisons.shape == (2, 2)
+    assert d.ties.shape == (2,) and not d.has_ties
+    assert d.ratings.shape == (0, 2)
+    assert (d.num_items, d.num_features, d.num_comparisons, d.num_ratings) == (5, 3, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(items=torch.tensor([[0.0, math.nan], [1.0, 2.0]])), "items"),
+        (dict(items=torch.tensor([[0.0, math.inf], [1.0, 2.0]]), comparisons=[[0, 1]]), "items"),
+        (dict(items=torch.randn(5)), "items"),
+        (dict(items=torch.randn(5, 0)), "items"),
+        (dict(items=[["a", "b"]]), "items"),
+        (dict(comparisons=[[0, 5]]), "comparisons"),
+        (dict(comparisons=[[-1, 2]]), "comparisons"),
+        (dict(comparisons=[[1, 1]]), "comparisons"),
+        (dict(comparisons=[[0, 1, 2]]), "comparisons"),
+        (dict(comparisons=torch.tensor([[0.5, 1.0]])), "comparisons"),
+        (dict(comparisons=torch.tensor([[0.0, 1.0]])), "comparisons"),
+        (dict(comparisons=torch.tensor([[True, False]])), "comparisons"),
+        (dict(ties=[True]), "ties"),
+        (dict(ties=[2, 0]), "ties"),
+        (dict(ratings=[[0, 2]]), "ratings[:, 1]"),
+        (dict(ratings=[[9, 1]]), "ratings[:, 0]"),
+        (dict(ratings=[0, 1]), "ratings"),
+        (dict(comparison_rater=[0]), "comparison_rater"),
+        (dict(comparison_rater=[0, -1]), "comparison_rater"),
+        (dict(feature_names=["a", "b"]), "feature_names"),
+    ],
+)
+def test_bad_input_names_the_field(kw, field):
+    with pytest.raises(InputDataError) as err:
+        _data(**kw)
+    assert err.value.field == field
+    assert field in str(err.value) and "expected" in str(err.value)
+
+
+def test_error_message_states_expected_and_actual_shape():
+    with pytest.raises(InputDataError, match=r"comparisons: expected shape `m x 2`, got \(1, 3\)"):
+        _data(comparisons=[[0, 1, 2]])
+
+
+def test_empty_data_is_refused_where_data_is_needed():
+    from papa_bayes import LinearReward, fit
+
+    d = PreferenceData(items=torch.randn(4, 2, dtype=torch.float64))
+    with pytest.raises(InputDataError, match="comparisons/ratings"):
+        fit(LinearReward(), d)
+
+
+def test_append_returns_new_object_and_keeps_old():
+    d = _data()
+    d2 = d.append(items=torch.randn(2, 3), comparisons=[[5, 6]], ties=[True], ratings=[[6, -1]])
+    assert d.num_items == 5 and d.num_comparisons == 2
+    assert d2.num_items == 7 and d2.num_comparisons == 3 and d2.num_ratings == 1
+    assert d2.ties.tolist() == [False, False, True]
+    assert d2.extends(d) and not d.extends(d2)
+    with pytest.raises(InputDataError):
+        d.append(comparisons=[[0, 9]])  # index beyond the combined items
+
+
+def test_append_with_raters_requires_ids():
+    d = _data(comparison_rater=[0, 1])
+    with pytest.raises(InputDataError, match="comparison_rater"):
+        d.append(comparisons=[[0, 1]])
+    assert d.append(comparisons=[[0, 1]], comparison_rater=[3]).num_raters == 4
+
+
+def test_json_round_trip_is_lossless(tmp_path):
+    items = torch.randn(6, 4, dtype=torch.float64) * 1e-7 + torch.pi
+    d = PreferenceData(
+        items=items, comparisons=[[0, 1], [3, 2]], ties=[False, True], ratings=[[5, 1], [4, -1]],
+        comparison_rater=[0, 2], rating_rater=[1, 2], feature_names=["a", "b", "c", "d"],
+    )
+    back = PreferenceData.from_json(d.to_json(tmp_path / "d.json"))
+    back2 = PreferenceData.from_json(tmp_path / "d.json")
+    for b in (back, back2):
+        assert torch.equal(b.items, d.items)  # bit-exact
+        assert torch.equal(b.comparisons, d.comparisons) and torch.equal(b.ties, d.ties)
+        assert torch.equal(b.ratings, d.ratings)
+        assert torch.equal(b.comparison_rater, d.comparison_rater) and torch.equal(b.rating_rater, d.rating_rater)
+        assert b.feature_names == d.feature_names
+
+
+def test_from_dataframe():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"winner": [0, 2], "loser": [1, 3], "tie": [False, True], "rater": [0, 1]})
+    d = PreferenceData.from_dataframe(df, torch.randn(4, 2))
+    assert d.comparisons.tolist() == [[0, 1], [2, 3]]
+    assert d.ties.tolist() == [False, True] and d.comparison_rater.tolist() == [0, 1]
+    with pytest.raises(InputDataError, match="winner"):
+        PreferenceData.from_dataframe(df.rename(columns={"winner": "w"}), torch.randn(4, 2))
+    with pytest.raises(InputDataError, match="integer dtype"):
+        PreferenceData.from_dataframe(df.astype({"winner": float}), torch.randn(4, 2))

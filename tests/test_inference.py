@@ -1,0 +1,182 @@
+"""Recovery, agreement between NUTS / SVI / Laplace, calibration, ties, likes, cold start."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from papa_bayes import HierarchicalLinearReward, InputDataError, LinearReward, PreferenceData, fit
+from papa_bayes.diagnostics import expected_calibration_error, interval_coverage
+from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, simulate_ratings
+
+
+def _cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+@pytest.fixture(scope="module")
+def recovery():
+    """d=8, 200 comparisons from a logit user with rationality 1 (issue 2's problem)."""
+    g = torch.Generator().manual_seed(0)
+    w = random_unit_vector(8, generator=g)
+    X = torch.randn(500, 8, generator=g, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(w, rationality=1.0, seed=1), X, 200, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posts = {m: fit(LinearReward(), data, method=m, seed=0) for m in ("nuts", "svi", "laplace")}
+    return w, data, posts
+
+
+@pytest.mark.parametrize("method", ["nuts", "svi", "laplace"])
+def test_recovery_cosine(recovery, method):
+    w, _, posts = recovery
+    assert _cos(posts[method].mean("w"), w) >= 0.9
+
+
+def test_nuts_converges(recovery):
+    nuts = recovery[2]["nuts"]
+    assert nuts.num_chains == 2
+    assert nuts.diagnostics["r_hat_max"] <= 1.01
+    assert nuts.diagnostics["divergences"] == 0
+    assert not bool(nuts.sample_stats["diverging"].any())
+
+
+@pytest.mark.parametrize("method", ["svi", "laplace"])
+@pytest.mark.parametrize("site", ["w", "scaled_w"])
+def test_agrees_with_nuts(recovery, method, site):
+    posts = recovery[2]
+    ref, approx = posts["nuts"], posts[method]
+    assert float((approx.mean(site) - ref.mean(site)).abs().max()) <= 0.1
+    ratio = approx.std(site) / ref.std(site)
+    assert float(ratio.min()) >= 0.75 and float(ratio.max()) <= 1.25
+
+
+def test_utility_is_differentiable_and_shaped(recovery):
+    post = recovery[2]["laplace"]
+    x = torch.randn(7, 8, dtype=torch.float64, requires_grad=True)
+    u = post.utility(x)
+    assert u.shape == (post.num_draws, 7)
+    u.mean().backward()
+    # d mean(u) / dx = E[scaled_w] / 7 for a linear utility
+    assert torch.allclose(x.grad[0], post.mean("scaled_w") / 7, atol=1e-10)
+    with pytest.raises(InputDataError, match="features"):
+        post.utility(torch.randn(3, 5))
+    with pytest.raises(InputDataError, match="finite"):
+        post.utility(torch.full((2, 8), float("nan")))
+
+
+def test_online_update_moves_toward_answer(recovery):
+    _, data, posts = recovery
+    post = posts["laplace"]
+    a, b = data.items[0:1], data.items[1:2]
+    before = float(post.preference_probability(a, b))
+    new = data
+    for _ in range(5):
+        new = new.append(comparisons=[[0, 1]])
+    after = post.update(new)
+    assert float(after.preference_probability(a, b)) > before + 0.02
+    assert after.diagnostics["newton_steps"] <= 6
+    with pytest.raises(InputDataError, match="data"):
+        post.update(PreferenceData(items=data.items, comparisons=[[1, 0]]))
+
+
+def test_svi_and_nuts_update_warm(recovery):
+    _, data, posts = recovery
+    new = data.append(comparisons=[[3, 4], [5, 6]])
+    for m in ("svi",):
+        upd = posts[m].update(new)
+        assert upd.method == m and upd.data.num_comparisons == data.num_comparisons + 2
+        assert upd.diagnostics["num_steps"] < posts[m].diagnostics["num_steps"]  # warm: fewer steps than a cold fit
+
+
+def _prior_draw(g, d):
+    beta = torch.exp(0.5 * torch.randn((), generator=g, dtype=torch.float64))
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    return w, beta
+
+
+def test_calibration_over_simulated_data_sets():
+    """Truth drawn from the prior: 90% intervals cover ~90%; held-out predictions calibrated."""
+    g = torch.Generator().manual_seed(11)
+    covered, probs, outcomes = [], [], []
+    for rep in range(30):
+        w, beta = _prior_draw(g, 4)
+        X = torch.randn(200, 4, generator=g, dtype=torch.float64)
+        user = SimulatedUser(w, rationality=float(beta), seed=100 + rep)
+        data = simulate_comparisons(user, X, 60, generator=g)
+        post = fit(LinearReward(prior_scale=1.0), data, method="laplace", seed=rep, num_samples=2000)
+        covered.append(interval_coverage(post.draws("w"), w, level=0.9))
+        held = simulate_comparisons(user, X, 100, generator=g)
+        # predictions for (a, b) in a random orientation, outcome = a won
+        flip = torch.rand(100, generator=g) < 0.5
+        a = torch.where(flip, held.comparisons[:, 1], held.comparisons[:, 0])
+        b = torch.where(flip, held.comparisons[:, 0], held.comparisons[:, 1])
+        probs.append(post.preference_probability(X[a], X[b]))
+        outcomes.append((~flip).double())
+    coverage = float(torch.cat(covered).double().mean())
+    ece = expected_calibration_error(torch.cat(probs), torch.cat(outcomes))
+    assert 0.82 <= coverage <= 0.97, coverage
+    assert ece <= 0.05, ece
+
+
+def test_ties_recover_tie_strength():
+    g = torch.Generator().manual_seed(5)
+    w = random_unit_vector(4, generator=g)
+    X = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    nu = 0.6
+    data = simulate_comparisons(SimulatedUser(w, rationality=1.0, tie_margin=nu, seed=2), X, 300, generator=g)
+    assert data.has_ties
+    post = fit(LinearReward(ties=True), data, method="laplace", seed=0, num_samples=4000)
+    assert bool(interval_coverage(post.params["tie_strength"].unsqueeze(-1), torch.tensor([nu], dtype=torch.float64))[0])
+    probs = post.outcome_probabilities(X[:5], X[5:10])
+    assert probs.shape == (post.num_draws, 5, 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(post.num_draws, 5, dtype=torch.float64))
+    # the probit (Glenn-David) tie model also fits
+    assert fit(LinearReward(link="probit", ties=True), data, method="laplace").params["tie_strength"].mean() > 0
+
+
+def test_likes_only_recover_direction():
+    g = torch.Generator().manual_seed(6)
+    w = random_unit_vector(8, generator=g)
+    X = torch.randn(500, 8, generator=g, dtype=torch.float64)
+    data = simulate_ratings(SimulatedUser(w, rationality=1.0, threshold=0.0, seed=3), X, 200, generator=g)
+    post = fit(LinearReward(), data, method="laplace", seed=0)
+    assert _cos(post.mean("w"), w) >= 0.8
+    p_like = post.like_probability(X[:50]).mean(0)
+    assert _cos(p_like - 0.5, (X[:50] @ w)) > 0.8
+
+
+def test_hierarchical_cold_start_beats_flat_prior():
+    g = torch.Generator().manual_seed(7)
+    d, R = 6, 20
+    mu = 1.5 * random_unit_vector(d, generator=g)
+    X = torch.randn(400, d, generator=g, dtype=torch.float64)
+    comps, raters = [], []
+    for r in range(R):
+        w_r = mu + 0.3 * torch.randn(d, generator=g, dtype=torch.float64)
+        part = simulate_comparisons(SimulatedUser(w_r, seed=50 + r), X, 25, generator=g)
+        comps.append(part.comparisons)
+        raters.append(torch.full((25,), r))
+    pop = PreferenceData(items=X, comparisons=torch.cat(comps), comparison_rater=torch.cat(raters))
+    hier = fit(HierarchicalLinearReward(), pop, method="laplace", seed=0)
+    assert hier.mean("w").shape == (R, d)
+
+    new_user = SimulatedUser(mu + 0.3 * torch.randn(d, generator=g, dtype=torch.float64), seed=99)
+    few = simulate_comparisons(new_user, X, 3, generator=g)
+    held = simulate_comparisons(new_user, X, 300, generator=g)
+    losses = {}
+    for name, model in {"flat": LinearReward(), "population": hier.new_rater_model()}.items():
+        post = fit(model, few, method="laplace", seed=0)
+        p = post.preference_probability(X[held.comparisons[:, 0]], X[held.comparisons[:, 1]])
+        losses[name] = float(-torch.log(p).mean())
+    assert losses["population"] < losses["flat"] - 0.05, losses
+
+
+def test_fit_rejects_bad_arguments(recovery):
+    data = recovery[1]
+    with pytest.raises(InputDataError, match="method"):
+        fit(LinearReward(), data, method="mcmc")
+    with pytest.raises(InputDataError, match="data"):
+        fit(LinearReward(), {"comparisons": []})
