@@ -21,7 +21,7 @@ from papa_bayes.inference.pyro_posterior import PyroPosterior
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
 from papa_bayes.models.base import PyroRewardModel
 
-__all__ = ["fit", "METHODS"]
+__all__ = ["fit", "prior_posterior", "METHODS"]
 
 METHODS = ("nuts", "svi", "laplace")
 
@@ -91,6 +91,20 @@ def fit(
     post = {"laplace": _fit_laplace, "nuts": _fit_nuts, "svi": _fit_svi}[method](model, data, options, None)
     post.diagnostics["fit_seconds"] = time.perf_counter() - start
     return post
+
+
+def prior_posterior(model: PyroRewardModel, data: PreferenceData, *, num_samples: int = 256, seed: int = 0) -> PyroPosterior:
+    """The prior as a Laplace posterior over ``data``'s items, before any answer.
+
+    What an online loop starts from: its :meth:`~RewardPosterior.update` fits the
+    first answers. Exact for Gaussian priors (e.g. ``LinearReward(rationality=1.0)``);
+    the Laplace approximation of the prior otherwise.
+    """
+    if not isinstance(model, PyroRewardModel):
+        raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
+    opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
+                learning_rate=0.02, seed=seed, progress_bar=False)
+    return _fit_laplace(model, data, opts, None)
 
 
 def update_posterior(post: PyroPosterior, data: PreferenceData) -> PyroPosterior:

@@ -1,0 +1,344 @@
+"""The online loop: ask, store, update, re-steer; resumable from its store.
+
+Each round: draw a candidate pool (steered by the current posterior, plus an
+exploration share from the unsteered source), compute features, select the query by
+the acquisition strategy, store the items and the query, ask the user, store the
+answer (committed before anything else), update the posterior online, record the
+round's metrics and RNG state. ``PreferenceSession.resume(path, ...)`` rebuilds the
+posterior from the stored answers and continues exactly where the store stopped;
+a query asked but not answered before a crash is asked again first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from papa_bayes.acquisition import exposure_diversity, select_queries
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, StoreError
+from papa_bayes.inference import RewardPosterior, fit, prior_posterior
+from papa_bayes.models import LinearReward
+from papa_bayes.store import PreferenceStore, StoredQuery
+
+__all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
+
+QUERY_TYPES = ("pair", "rating")
+
+
+@dataclass
+class Candidates:
+    """A pool of candidates: `n x d` features, optional `n x ...` images, `n` steered flags."""
+
+    features: Tensor
+    images: Tensor | None
+    steered: Tensor
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+class CandidateSource(Protocol):
+    """Where candidates come from: a steerable sampler, or a fixed pool of items."""
+
+    num_features: int
+
+    def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float, generator: torch.Generator) -> Candidates:
+        """`n` candidates, a share ``exploration`` of them unsteered."""
+
+    def recommend(self, posterior: RewardPosterior, n: int, *, generator: torch.Generator) -> Candidates:
+        """`n` samples steered into the preferred region."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable description, stored with the session."""
+
+
+class FeaturePool:
+    """Candidates drawn from a fixed set of feature vectors (no images).
+
+    Steered candidates are the items a posterior draw ranks highest (one Thompson
+    draw per candidate, so the steered share stays diverse); exploration draws
+    uniformly.
+
+    Args:
+        items: `N x d` features.
+    """
+
+    def __init__(self, items: Tensor) -> None:
+        self.items = torch.as_tensor(items, dtype=torch.float64)
+        if self.items.dim() != 2 or self.items.shape[0] < 2:
+            raise InputDataError("items", "shape `N x d` with N >= 2", tuple(self.items.shape))
+        self.num_features = self.items.shape[1]
+
+    def candidates(self, posterior, n, *, exploration, generator):
+        N = self.items.shape[0]
+        n = min(n, N)
+        n_explore = n if posterior is None else int(round(exploration * n))
+        chosen = torch.randperm(N, generator=generator)[:n_explore].tolist()
+        steered = []
+        if n - n_explore > 0:
+            u = posterior.utility(self.items)  # s x N
+            draws = torch.randint(0, u.shape[0], (4 * n,), generator=generator)
+            for s in draws.tolist():
+                for i in torch.argsort(u[s], descending=True).tolist():
+                    if i not in chosen and i not in steered:
+                        steered.append(i)
+                        break
+                if len(steered) == n - n_explore:
+                    break
+        idx = torch.tensor(chosen + steered, dtype=torch.long)
+        flags = torch.tensor([False] * len(chosen) + [True] * len(steered))
+        return Candidates(self.items[idx], None, flags)
+
+    def recommend(self, posterior, n, *, generator):
+        mean = posterior.utility(self.items).mean(0)
+        idx = torch.argsort(mean, descending=True)[:n]
+        return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool))
+
+    def config(self):
+        return {"kind": "FeaturePool", "num_items": int(self.items.shape[0]), "num_features": self.num_features}
+
+
+@dataclass
+class RoundRecord:
+    """What one round did and measured."""
+
+    round: int
+    query: StoredQuery
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _entropy_proxy(post: RewardPosterior, features: Tensor) -> float:
+    """Posterior entropy proxy: mean log sd of the utility over the pool (nats)."""
+    sd = post.utility(features).std(0).clamp(min=1e-12)
+    return float(sd.log().mean())
+
+
+class PreferenceSession:
+    """An online preference-elicitation session backed by a durable store.
+
+    Args:
+        store: path of the SQLite store (created when missing; an existing store
+            must be continued with :meth:`resume`).
+        source: a :class:`CandidateSource` (e.g. ``DiffusionCandidates`` or
+            :class:`FeaturePool`).
+        user: answers queries: ``compare(first, second) -> (first_won, tie)`` and/or
+            ``rate(x) -> +1/-1`` on images (when the source has them) or features.
+        model: the reward model (default ``LinearReward(rationality=1.0)``: a
+            Gaussian prior, so the Laplace update is exact at the start).
+        query_type: ``"pair"`` or ``"rating"`` (like/dislike).
+        strategy: an acquisition strategy of :func:`~papa_bayes.acquisition.select_queries`.
+        pool_size: candidates per round.
+        exploration: share of each pool drawn from the unsteered source.
+        refit_every: refit from scratch every this many rounds (None: online only).
+        num_draws: posterior draws kept.
+        rater: the rater id of this session's answers.
+        seed: seeds every random choice of the session.
+        on_round: optional callback ``(session, record)`` after each round.
+    """
+
+    def __init__(
+        self,
+        store: str | Path | PreferenceStore,
+        source: CandidateSource,
+        user: Any,
+        *,
+        model: Any | None = None,
+        query_type: str = "pair",
+        strategy: str = "region",
+        pool_size: int = 32,
+        exploration: float = 0.25,
+        refit_every: int | None = None,
+        num_draws: int = 256,
+        rater: int = 0,
+        seed: int = 0,
+        on_round: Any | None = None,
+        _resuming: bool = False,
+    ) -> None:
+        if query_type not in QUERY_TYPES:
+            raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
+        if not 0.0 <= exploration <= 1.0:
+            raise InputDataError("exploration", "a share in [0, 1]", exploration)
+        if pool_size < 2:
+            raise InputDataError("pool_size", "at least 2", pool_size)
+        self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
+        if not _resuming and self.store.num_answers() > 0:
+            raise StoreError(f"{self.store.path} already holds answers; continue it with PreferenceSession.resume().")
+        self.source, self.user = source, user
+        self.model = model if model is not None else LinearReward(rationality=1.0)
+        self.query_type, self.strategy = query_type, strategy
+        self.pool_size, self.exploration = int(pool_size), float(exploration)
+        self.refit_every, self.num_draws = refit_every, int(num_draws)
+        self.rater, self.seed = int(rater), int(seed)
+        self.on_round = on_round
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.round = 0
+        self._posterior: RewardPosterior | None = None
+        self._shown: list[int] = []
+        if not _resuming:
+            self.store.set_config(self.config())
+
+    # ----------------------------------------------------------- configuration
+    def config(self) -> dict[str, Any]:
+        return {
+            "query_type": self.query_type, "strategy": self.strategy, "pool_size": self.pool_size,
+            "exploration": self.exploration, "refit_every": self.refit_every, "num_draws": self.num_draws,
+            "rater": self.rater, "seed": self.seed, "model": repr(self.model), "source": self.source.config(),
+        }
+
+    @classmethod
+    def resume(cls, path: str | Path, source: CandidateSource, user: Any, *, model: Any | None = None, on_round: Any | None = None) -> PreferenceSession:
+        """Continue the session stored at ``path`` with the same source and user.
+
+        The posterior is refitted from the stored answers, the RNG state of the last
+        finished round restored, and a query left unanswered by a crash is asked
+        again before anything new.
+        """
+        store = PreferenceStore(path, create=False)
+        cfg = store.config
+        if cfg is None:
+            raise StoreError(f"{path} holds no session configuration.")
+        session = cls(
+            store, source, user, model=model, query_type=cfg["query_type"], strategy=cfg["strategy"],
+            pool_size=cfg["pool_size"], exploration=cfg["exploration"], refit_every=cfg["refit_every"],
+            num_draws=cfg["num_draws"], rater=cfg["rater"], seed=cfg["seed"], on_round=on_round, _resuming=True,
+        )
+        queries = store.queries(rater=session.rater)
+        session._shown = [i for q in queries if q.answer is not None for i in (q.item_a, q.item_b) if i is not None]
+        session._refit()
+        if queries:
+            last = queries[-1]
+            # The RNG state right after the last query was chosen: nothing random
+            # happens later in a round, so this continues the stream exactly.
+            state = store.query_rng_state(last.id)
+            if state is not None:
+                session.generator.set_state(state)
+            session.round = last.round
+            if last.answer is None:  # killed while asking: ask again
+                session._ask_and_update(last)
+                session._finish_round(last, {"resumed": 1.0})
+            elif last.round not in store.finished_rounds(session.rater):  # killed after the answer was written
+                session._finish_round(last, {"resumed": 1.0})
+            else:
+                session.round = last.round + 1
+        return session
+
+    # ----------------------------------------------------------------- state
+    @property
+    def data(self) -> PreferenceData:
+        return self.store.preference_data(rater=self.rater)
+
+    @property
+    def posterior(self) -> RewardPosterior:
+        if self._posterior is None:
+            self._refit()
+        return self._posterior
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Per-round metrics as stored: posterior entropy proxy, information, diversity, timings."""
+        return self.store.rounds(self.rater)
+
+    def _refit(self) -> None:
+        data = self.data
+        if data.num_items == 0:
+            self._posterior = None
+        elif data.num_observations == 0:
+            self._posterior = prior_posterior(self.model, data, num_samples=self.num_draws, seed=self.seed)
+        else:
+            self._posterior = fit(self.model, data, method="laplace", num_samples=self.num_draws, seed=self.seed)
+
+    # ----------------------------------------------------------------- round
+    def step(self) -> RoundRecord:
+        """Run one round; returns what it asked and measured."""
+        t0 = time.perf_counter()
+        pool = self.source.candidates(self._posterior, self.pool_size, exploration=self.exploration, generator=self.generator)
+        if pool.features.shape[1] != self.source.num_features:
+            raise InputDataError("candidates.features", f"`n x {self.source.num_features}`", tuple(pool.features.shape))
+        t_pool = time.perf_counter()
+        idx = self.store.add_items(
+            pool.features, images=pool.images, source="steered", round=self.round, rater=self.rater
+        )
+        post = self._posterior or prior_posterior(self.model, self.data, num_samples=self.num_draws, seed=self.seed)
+        sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
+                             query_type=self.query_type, generator=self.generator)
+        chosen = sel.indices[0].reshape(-1).tolist()
+        query_id = self.store.add_query(
+            round=self.round, rater=self.rater, kind=self.query_type, item_a=idx[chosen[0]],
+            item_b=idx[chosen[1]] if self.query_type == "pair" else None, score=float(sel.scores[0]),
+            rng_state=self.generator.get_state(),
+        )
+        query = next(q for q in self.store.queries(rater=self.rater) if q.id == query_id)
+        t_select = time.perf_counter()
+        self._ask_and_update(query)
+        t_update = time.perf_counter()
+        metrics = {
+            "information_bits": float(sel.information_bits[0]),
+            "pool_steered_share": float(pool.steered.double().mean()),
+            "seconds_pool": t_pool - t0, "seconds_select": t_select - t_pool, "seconds_update": t_update - t_select,
+        }
+        return self._finish_round(query, metrics)
+
+    def _ask_and_update(self, query: StoredQuery) -> None:
+        """Ask, write the answer durably, then update the posterior."""
+        answer = self._ask(query)
+        self.store.record_answer(query.id, answer)  # durable before anything else
+        data = self.data
+        if self._posterior is None or (self.refit_every and (self.round + 1) % self.refit_every == 0):
+            self._posterior = fit(self.model, data, method="laplace", num_samples=self.num_draws, seed=self.seed)
+        else:
+            self._posterior = self._posterior.update(data)
+        self._shown += [query.item_a] + ([query.item_b] if query.item_b is not None else [])
+
+    def _ask(self, query: StoredQuery) -> str:
+        def view(i: int) -> Tensor:
+            try:
+                return self.store.images([i])
+            except InputDataError:
+                return self.store.features()[i : i + 1]
+
+        if query.kind == "pair":
+            won, tie = self.user.compare(view(query.item_a), view(query.item_b))
+            return "tie" if bool(tie[0]) else ("first" if bool(won[0]) else "second")
+        return "like" if int(self.user.rate(view(query.item_a))[0]) > 0 else "dislike"
+
+    def _finish_round(self, query: StoredQuery, metrics: dict[str, float]) -> RoundRecord:
+        features = self.store.features()
+        post = self._posterior
+        metrics["posterior_log_sd"] = _entropy_proxy(post, features)
+        shown = features[torch.tensor(self._shown, dtype=torch.long)]
+        div = exposure_diversity(shown, features, num_cells=min(16, features.shape[0]))
+        metrics["exposure_entropy_bits"] = float(div.entropy_bits)
+        metrics["exposure_coverage"] = float(div.coverage)
+        metrics["num_answers"] = float(self.store.num_answers(self.rater))
+        self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics, rng_state=self.generator.get_state())
+        record = RoundRecord(self.round, query, metrics)
+        self.round += 1
+        if self.on_round is not None:
+            self.on_round(self, record)
+        return record
+
+    def run(self, num_rounds: int, *, progress: bool = True) -> list[RoundRecord]:
+        """Run ``num_rounds`` rounds with a progress bar."""
+        from tqdm.auto import trange
+
+        out = []
+        for _ in trange(num_rounds, desc="labels", disable=not progress):
+            out.append(self.step())
+        return out
+
+    def recommend(self, n: int) -> Candidates:
+        """`n` samples steered by the current posterior."""
+        return self.source.recommend(self.posterior, n, generator=self.generator)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"PreferenceSession(store={str(self.store.path)!r}, round={self.round}, query_type={self.query_type!r}, strategy={self.strategy!r})"

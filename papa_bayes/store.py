@@ -1,0 +1,375 @@
+"""The durable store: one SQLite file holding everything a session needs to resume.
+
+Tables: ``meta`` (schema version, configuration), ``items`` (features and, when
+given, the image of everything shown), ``queries`` (what was asked, by round and
+rater), ``answers`` (one per query, committed before anything else happens),
+``rounds`` (per-round metrics and the RNG state needed to continue exactly).
+
+The file uses WAL journaling with ``synchronous=FULL``: once
+:meth:`PreferenceStore.record_answer` returns, the answer survives a killed process.
+A file that is not a papa_bayes store, is corrupt, or comes from a newer schema is
+refused with :class:`~papa_bayes.exceptions.StoreError` and never overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, StoreError
+
+__all__ = ["PreferenceStore", "StoredQuery", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    idx INTEGER PRIMARY KEY,            -- 0-based, contiguous: the PreferenceData index
+    features BLOB NOT NULL,             -- float64, d values
+    image BLOB,                         -- .npy bytes, optional
+    source TEXT,                        -- 'steered', 'explore', 'base', ...
+    round INTEGER,
+    rater INTEGER,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER NOT NULL,
+    rater INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('pair', 'rating')),
+    item_a INTEGER NOT NULL REFERENCES items(idx),
+    item_b INTEGER REFERENCES items(idx),
+    score REAL,
+    asked REAL NOT NULL,
+    rng_state BLOB                      -- the session's RNG state right after choosing this query
+);
+CREATE TABLE IF NOT EXISTS answers (
+    query_id INTEGER PRIMARY KEY REFERENCES queries(id),
+    answer TEXT NOT NULL,               -- pair: 'first' | 'second' | 'tie', rating: 'like' | 'dislike'
+    answered REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    rater INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    rng_state BLOB,
+    finished REAL NOT NULL,
+    PRIMARY KEY (rater, round)
+);
+"""
+
+PAIR_ANSWERS = ("first", "second", "tie")
+RATING_ANSWERS = ("like", "dislike")
+
+
+@dataclass(frozen=True)
+class StoredQuery:
+    """A query as stored: ``item_b`` is None for a like/dislike query."""
+
+    id: int
+    round: int
+    rater: int
+    kind: str
+    item_a: int
+    item_b: int | None
+    score: float | None
+    answer: str | None
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+class PreferenceStore:
+    """Open (or create) a store.
+
+    Args:
+        path: the SQLite file.
+        create: create the file when missing (default True); an existing file is
+            always opened, never recreated.
+
+    Raises:
+        StoreError: the file is corrupt, not a papa_bayes store, or from a newer schema.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if not exists and not create:
+            raise StoreError(f"No store at {self.path}.")
+        if exists:
+            self._check_header()
+        try:
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            if exists:
+                self._check_existing()
+            else:
+                with self._transaction():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.conn.execute(statement)
+                    self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    self.conn.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is not a readable papa_bayes store ({err}); the file was left untouched.") from err
+
+    # ------------------------------------------------------------ integrity
+    def _check_header(self) -> None:
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise StoreError(f"{self.path} is not a SQLite file (corrupt, or some other file); it was left untouched.")
+
+    def _check_existing(self) -> None:
+        ok = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+        if ok != "ok":
+            raise StoreError(f"{self.path} is corrupt (SQLite quick_check: {ok}); it was left untouched.")
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            raise StoreError(f"{self.path} is a SQLite file but not a papa_bayes store (no 'meta' table).")
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path} has no schema version; it is not a papa_bayes store.")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written with store schema version {version}, newer than this papa_bayes "
+                f"understands ({SCHEMA_VERSION}). Upgrade papa_bayes to open it; the file was left untouched."
+            )
+        missing = {"items", "queries", "answers", "rounds"} - tables
+        if missing:
+            raise StoreError(f"{self.path} lacks tables {sorted(missing)}; it is corrupt or incomplete.")
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb):
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            return False
+
+    def _transaction(self) -> PreferenceStore._Tx:
+        return PreferenceStore._Tx(self.conn)
+
+    # --------------------------------------------------------------- config
+    def set_config(self, config: dict[str, Any]) -> None:
+        """Store the session configuration (JSON-serializable)."""
+        with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config),))
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='config'").fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    # ---------------------------------------------------------------- items
+    def add_items(
+        self,
+        features: Tensor,
+        *,
+        images: Tensor | None = None,
+        source: str = "",
+        round: int | None = None,
+        rater: int | None = None,
+    ) -> list[int]:
+        """Append `n x d` items (and optionally their `n x ...` images); returns their indices."""
+        feats = torch.as_tensor(features).detach().to(torch.float64).cpu()
+        if feats.dim() != 2:
+            raise InputDataError("features", "shape `n x d`", tuple(feats.shape))
+        d = self.num_features
+        if d is not None and feats.shape[1] != d:
+            raise InputDataError("features", f"shape `n x {d}` (the store's feature dimension)", tuple(feats.shape))
+        if images is not None and images.shape[0] != feats.shape[0]:
+            raise InputDataError("images", f"{feats.shape[0]} images (one per item)", images.shape[0])
+        now = time.time()
+        with self._transaction():
+            start = self.num_items
+            rows = []
+            for i in range(feats.shape[0]):
+                img = None if images is None else _npy(images[i].detach().float().cpu().numpy())
+                rows.append((start + i, feats[i].numpy().tobytes(), img, source, round, rater, now))
+            self.conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if d is None:
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('num_features', ?)", (str(feats.shape[1]),))
+        return list(range(start, start + feats.shape[0]))
+
+    @property
+    def num_items(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    @property
+    def num_features(self) -> int | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='num_features'").fetchone()
+        return None if row is None else int(row[0])
+
+    def features(self) -> Tensor:
+        """`n x d` features of every stored item, in index order."""
+        d = self.num_features
+        rows = self.conn.execute("SELECT features FROM items ORDER BY idx").fetchall()
+        if not rows:
+            return torch.zeros(0, d or 0, dtype=torch.float64)
+        return torch.from_numpy(np.stack([np.frombuffer(r[0], dtype=np.float64) for r in rows]).copy())
+
+    def images(self, indices: list[int] | Tensor) -> Tensor:
+        """Stored images of the given items: `len(indices) x ...` float32."""
+        out = []
+        for i in [int(i) for i in indices]:
+            row = self.conn.execute("SELECT image FROM items WHERE idx=?", (i,)).fetchone()
+            if row is None or row[0] is None:
+                raise InputDataError("indices", "items stored with an image", i)
+            out.append(torch.from_numpy(_from_npy(row[0]).copy()))
+        return torch.stack(out) if out else torch.zeros(0)
+
+    # -------------------------------------------------------------- queries
+    def add_query(
+        self, *, round: int, rater: int, kind: str, item_a: int, item_b: int | None = None,
+        score: float | None = None, rng_state: Tensor | None = None,
+    ) -> int:
+        """Record a query before it is asked (with the RNG state to resume from); returns its id."""
+        if kind not in ("pair", "rating"):
+            raise InputDataError("kind", "'pair' or 'rating'", kind)
+        if (kind == "pair") != (item_b is not None):
+            raise InputDataError("item_b", "an item for a pair and None for a rating", item_b)
+        with self._transaction():
+            cur = self.conn.execute(
+                "INSERT INTO queries (round, rater, kind, item_a, item_b, score, asked, rng_state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (round, rater, kind, int(item_a), None if item_b is None else int(item_b),
+                 None if score is None else float(score), time.time(),
+                 None if rng_state is None else rng_state.numpy().tobytes()),
+            )
+            return int(cur.lastrowid)
+
+    def record_answer(self, query_id: int, answer: str) -> None:
+        """Write an answer durably (committed and synced before returning)."""
+        row = self.conn.execute("SELECT kind FROM queries WHERE id=?", (query_id,)).fetchone()
+        if row is None:
+            raise InputDataError("query_id", "the id of a stored query", query_id)
+        allowed = PAIR_ANSWERS if row[0] == "pair" else RATING_ANSWERS
+        if answer not in allowed:
+            raise InputDataError("answer", f"one of {allowed} for a {row[0]} query", answer)
+        with self._transaction():
+            try:
+                self.conn.execute("INSERT INTO answers VALUES (?, ?, ?)", (query_id, answer, time.time()))
+            except sqlite3.IntegrityError as err:
+                raise StoreError(f"Query {query_id} already has an answer; answers are never overwritten.") from err
+
+    def queries(self, *, rater: int | None = None, answered: bool | None = None) -> list[StoredQuery]:
+        sql = ("SELECT q.id, q.round, q.rater, q.kind, q.item_a, q.item_b, q.score, a.answer "
+               "FROM queries q LEFT JOIN answers a ON a.query_id = q.id")
+        cond, args = [], []
+        if rater is not None:
+            cond.append("q.rater = ?")
+            args.append(rater)
+        if answered is not None:
+            cond.append("a.answer IS NOT NULL" if answered else "a.answer IS NULL")
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        return [StoredQuery(*r) for r in self.conn.execute(sql + " ORDER BY q.id", args)]
+
+    def query_rng_state(self, query_id: int) -> Tensor | None:
+        """The RNG state stored with a query (None when none was stored)."""
+        row = self.conn.execute("SELECT rng_state FROM queries WHERE id=?", (query_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return torch.from_numpy(np.frombuffer(row[0], dtype=np.uint8).copy())
+
+    def finished_rounds(self, rater: int) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT round FROM rounds WHERE rater=?", (rater,))}
+
+    def pending_query(self, rater: int) -> StoredQuery | None:
+        """The last query asked of ``rater`` and not yet answered (after a crash)."""
+        pending = self.queries(rater=rater, answered=False)
+        return pending[-1] if pending else None
+
+    def num_answers(self, rater: int | None = None) -> int:
+        return len(self.queries(rater=rater, answered=True))
+
+    # ---------------------------------------------------------------- rounds
+    def finish_round(self, *, rater: int, round: int, metrics: dict[str, Any], rng_state: Tensor | None = None) -> None:
+        blob = None if rng_state is None else rng_state.numpy().tobytes()
+        with self._transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?)",
+                (rater, round, json.dumps(metrics, default=float), blob, time.time()),
+            )
+
+    def rounds(self, rater: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT round, metrics FROM rounds WHERE rater=? ORDER BY round", (rater,)).fetchall()
+        return [{"round": r, **json.loads(m)} for r, m in rows]
+
+    def last_round(self, rater: int) -> tuple[int, Tensor | None]:
+        """(last finished round or -1, its RNG state)."""
+        row = self.conn.execute(
+            "SELECT round, rng_state FROM rounds WHERE rater=? ORDER BY round DESC LIMIT 1", (rater,)
+        ).fetchone()
+        if row is None:
+            return -1, None
+        state = None if row[1] is None else torch.from_numpy(np.frombuffer(row[1], dtype=np.uint8).copy())
+        return int(row[0]), state
+
+    # ---------------------------------------------------------- to the model
+    def preference_data(self, *, rater: int | None = None, feature_names: tuple[str, ...] | None = None) -> PreferenceData:
+        """Every item, and the answered queries (of ``rater``, or of all with rater ids)."""
+        comps, ties, crater, ratings, rrater = [], [], [], [], []
+        for q in self.queries(rater=rater, answered=True):
+            if q.kind == "pair":
+                comps.append([q.item_b, q.item_a] if q.answer == "second" else [q.item_a, q.item_b])
+                ties.append(q.answer == "tie")
+                crater.append(q.rater)
+            else:
+                ratings.append([q.item_a, 1 if q.answer == "like" else -1])
+                rrater.append(q.rater)
+        multi = rater is None and len(set(crater + rrater)) > 1
+        return PreferenceData(
+            items=self.features(),
+            comparisons=torch.tensor(comps, dtype=torch.long).reshape(-1, 2),
+            ties=torch.tensor(ties, dtype=torch.bool),
+            ratings=torch.tensor(ratings, dtype=torch.long).reshape(-1, 2),
+            comparison_rater=torch.tensor(crater, dtype=torch.long) if multi else None,
+            rating_rater=torch.tensor(rrater, dtype=torch.long) if multi else None,
+            feature_names=feature_names,
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PreferenceStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[StoredQuery]:
+        return iter(self.queries())
+
+    def __repr__(self) -> str:
+        return f"PreferenceStore({str(self.path)!r}, items={self.num_items}, answers={self.num_answers()})"

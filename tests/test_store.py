@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+
+from papa_bayes.exceptions import InputDataError, StoreError
+from papa_bayes.store import SCHEMA_VERSION, PreferenceStore
+
+
+def test_round_trip_to_preference_data(tmp_path):
+    with PreferenceStore(tmp_path / "s.db") as store:
+        store.set_config({"liked": [1, 4]})
+        idx = store.add_items(torch.randn(4, 3), images=torch.rand(4, 1, 8, 8), source="steered", round=0, rater=0)
+        assert idx == [0, 1, 2, 3]
+        q1 = store.add_query(round=0, rater=0, kind="pair", item_a=0, item_b=1, score=0.3)
+        store.record_answer(q1, "second")
+        q2 = store.add_query(round=1, rater=0, kind="rating", item_a=2)
+        store.record_answer(q2, "dislike")
+        q3 = store.add_query(round=2, rater=0, kind="pair", item_a=2, item_b=3)
+        store.record_answer(q3, "tie")
+        data = store.preference_data(rater=0)
+        assert data.comparisons.tolist() == [[1, 0], [2, 3]]  # winner first
+        assert data.ties.tolist() == [False, True]
+        assert data.ratings.tolist() == [[2, -1]]
+        assert store.images([3]).shape == (1, 1, 8, 8)
+    again = PreferenceStore(tmp_path / "s.db", create=False)
+    assert again.config == {"liked": [1, 4]} and again.num_answers() == 3
+    assert torch.equal(again.features(), data.items)
+
+
+def test_answers_are_validated_and_never_overwritten(tmp_path):
+    store = PreferenceStore(tmp_path / "s.db")
+    store.add_items(torch.randn(2, 2))
+    q = store.add_query(round=0, rater=0, kind="pair", item_a=0, item_b=1)
+    with pytest.raises(InputDataError, match="answer"):
+        store.record_answer(q, "like")
+    store.record_answer(q, "first")
+    with pytest.raises(StoreError, match="never overwritten"):
+        store.record_answer(q, "second")
+    with pytest.raises(InputDataError, match="features"):
+        store.add_items(torch.randn(1, 5))
+    assert store.pending_query(0) is None
+    q2 = store.add_query(round=1, rater=0, kind="rating", item_a=1)
+    assert store.pending_query(0).id == q2
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    PreferenceStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        PreferenceStore(path)
+
+
+def test_corrupt_or_foreign_file_is_reported_not_overwritten(tmp_path):
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="left untouched"):
+        PreferenceStore(path)
+    assert path.read_bytes() == before
+
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not a papa_bayes store"):
+        PreferenceStore(other)
+
+    good = tmp_path / "good.db"
+    store = PreferenceStore(good)
+    store.add_items(torch.randn(50, 4))
+    store.close()
+    raw = bytearray(good.read_bytes())
+    raw[100:4000] = b"\xff" * 3900  # smash the page area after the header
+    good.write_bytes(bytes(raw))
+    with pytest.raises(StoreError):
+        PreferenceStore(good)
