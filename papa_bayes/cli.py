@@ -1,0 +1,79 @@
+"""``papa-bayes``: the command line.
+
+    papa-bayes demo [--labels 30 --liked 1 4 7 9 --query-type pair --out demo_output]
+    papa-bayes label --store session.db          # a person answers queries
+    papa-bayes train-base --out DIR              # retrain the bundled digits model
+    papa-bayes benchmark NAME [args...]          # run benchmarks/NAME.py (from a checkout)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _demo(argv: list[str]) -> int:
+    from papa_bayes.demo import main as demo_main
+
+    demo_main(argv)
+    return 0
+
+
+def _label(argv: list[str]) -> int:
+    from papa_bayes.labeling import main as label_main
+
+    return label_main(argv)
+
+
+def _train(argv: list[str]) -> int:
+    from papa_bayes.diffusion.train import main as train_main
+
+    train_main(argv)
+    return 0
+
+
+def _benchmark(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment)")
+        return 2
+    name = argv[0] if argv[0].startswith("bench_") else f"bench_{argv[0]}"
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError:
+        print(f"benchmarks/{name}.py not found: run from a papa_bayes checkout.", file=sys.stderr)
+        return 2
+    module.main(argv[1:])
+    return 0
+
+
+COMMANDS = {
+    "demo": (_demo, "the digits demo: steer the bundled diffusion model toward a simulated person's taste"),
+    "label": (_label, "answer queries yourself; the session is stored and resumable"),
+    "train-base": (_train, "retrain the bundled digits diffusion model"),
+    "benchmark": (_benchmark, "run a benchmark from benchmarks/"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="papa-bayes",
+        description="Bayesian reward inference from preferences, active queries, steered diffusion.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(f"  {k:<11} {v[1]}" for k, v in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), help="what to run (options: papa-bayes COMMAND --help)")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args = parser.parse_args(argv[:1])
+    return COMMANDS[args.command][0](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The digits demo (PAPA's MNIST task on the bundled 8x8 digits), end to end.
+
+A simulated person likes digits {1, 4, 7, 9}. A :class:`PreferenceSession` asks
+them ``--labels`` questions about samples of the shipped base model, chosen by an
+acquisition strategy; the posterior steers the sampler into the liked region. The
+same number of labels is spent on random queries and on PAPA's signed-ELBO
+fine-tuning (the paper's method, the baseline). An independent judge (an SVC on
+digits neither the model nor the person saw) measures the preferred fraction,
+quality (judge share, manifold precision) and diversity (class entropy of liked
+samples) of recommended samples.
+
+    papa-bayes demo --labels 30 --out demo_output
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from papa_bayes.diffusion import (
+    DEFAULT_LIKED,
+    DigitsPerson,
+    ManifoldGuard,
+    evaluate_samples,
+    load_base_model,
+    load_digits_splits,
+    load_feature_map,
+    sample,
+    save_image_grid,
+)
+from papa_bayes.diffusion.candidates import DiffusionCandidates
+from papa_bayes.inference import fit
+from papa_bayes.models import LinearReward
+from papa_bayes.session import PreferenceSession
+
+__all__ = ["DigitsUser", "DigitsSetup", "make_setup", "run_session", "evaluate_posterior", "run_papa", "main"]
+
+METRICS = ("preferred_fraction", "judge_share", "precision", "recall", "liked_class_entropy")
+
+
+class DigitsUser:
+    """The simulated person as a session user: answers on images, deterministically."""
+
+    def __init__(self, person: DigitsPerson) -> None:
+        self.person = person
+
+    def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+        won = self.person.prefers(first, second)
+        return won, torch.zeros_like(won)
+
+    def rate(self, images: Tensor) -> Tensor:
+        return self.person.rate(images)
+
+
+@dataclass
+class DigitsSetup:
+    model: Any
+    feature_map: Any
+    guard: ManifoldGuard
+    person: DigitsPerson
+    liked: tuple[int, ...]
+
+
+def make_setup(liked: Sequence[int] = DEFAULT_LIKED) -> DigitsSetup:
+    """The shipped base model, its PCA features, the guard on the generator split, the person."""
+    model = load_base_model()
+    phi = load_feature_map()
+    guard = ManifoldGuard(load_digits_splits().generator.images)
+    return DigitsSetup(model, phi, guard, DigitsPerson(liked=tuple(liked)), tuple(liked))
+
+
+def _candidates(setup: DigitsSetup, seed: int, **kw: Any) -> DiffusionCandidates:
+    return DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=seed, **kw)
+
+
+def evaluate_posterior(source: DiffusionCandidates, posterior: Any, n: int, *, seed: int, liked: Sequence[int]) -> dict[str, Any]:
+    """Recommend `n` samples with ``posterior`` (None: unsteered) and measure them."""
+    gen = torch.Generator().manual_seed(seed)
+    if posterior is None:
+        images = sample(source.model, n, num_inference_steps=source.recommend_steps, generator=gen, progress=False).images
+    else:
+        images = source.recommend(posterior, n, generator=gen).images
+    return {**evaluate_samples(images, liked), "images": images}
+
+
+def run_session(
+    setup: DigitsSetup,
+    *,
+    num_labels: int,
+    checkpoints: Sequence[int],
+    query_type: str = "pair",
+    strategy: str = "region",
+    eval_samples: int = 128,
+    pool_size: int = 16,
+    exploration: float = 0.25,
+    seed: int = 0,
+    store: Path | None = None,
+    candidate_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], PreferenceSession, DiffusionCandidates]:
+    """Run one session and measure recommendations at each checkpoint (number of labels)."""
+    source = _candidates(setup, seed, **(candidate_options or {}))
+    path = store or Path(f"/tmp/papa_bayes_session_{seed}_{time.time_ns()}.db")
+    session = PreferenceSession(path, source, DigitsUser(setup.person), query_type=query_type, strategy=strategy,
+                                pool_size=pool_size, exploration=exploration, seed=seed)
+    curve = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=num_labels, desc=f"{strategy} {query_type}", disable=not progress)
+    for labels in sorted(set(checkpoints) | {num_labels}):
+        while session.store.num_answers(session.rater) < labels:
+            session.step()
+            bar.update(1)
+        post = session.posterior if labels > 0 else None
+        m = evaluate_posterior(source, post, eval_samples, seed=seed + 10_000, liked=setup.liked)
+        m["labels"] = labels
+        m["scale"] = source._chosen_scale
+        curve.append(m)
+    bar.close()
+    return curve, session, source
+
+
+def run_papa(
+    setup: DigitsSetup,
+    *,
+    label_counts: Sequence[int],
+    eval_samples: int = 128,
+    seed: int = 0,
+    steps: int = 200,
+    options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """PAPA's signed ELBO on `k` like/dislike labels of base samples, for each k."""
+    from papa_bayes.diffusion import papa_finetune
+
+    gen = torch.Generator().manual_seed(seed + 777)
+    pool = sample(setup.model, max(label_counts), num_inference_steps=20, generator=gen, progress=False).images
+    signs = setup.person.rate(pool)
+    curve = []
+    for k in label_counts:
+        if k == 0:
+            tuned = setup.model
+        else:
+            tuned = papa_finetune(setup.model, pool[:k], signs[:k], steps=steps, generator=torch.Generator().manual_seed(seed),
+                                  progress_bar=progress, **(options or {}))
+        images = sample(tuned, eval_samples, num_inference_steps=50, generator=torch.Generator().manual_seed(seed + 10_000),
+                        progress=False).images
+        curve.append({**evaluate_samples(images, setup.liked), "labels": k, "images": images})
+    return curve
+
+
+def _plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, curve in curves.items():
+        x = [c["labels"] for c in curve]
+        axes[0].plot(x, [c["preferred_fraction"] for c in curve], "o-", label=name)
+        axes[1].plot(x, [c["precision"] for c in curve], "o-", label=name)
+        axes[2].plot(x, [c["liked_class_entropy"] for c in curve], "o-", label=name)
+    axes[0].axhline(0.9, color="gray", ls=":", lw=1)
+    axes[0].set(xlabel="labels", ylabel="preferred fraction (judge)", ylim=(0, 1.02), title="Preferred fraction")
+    axes[1].axhline(0.72, color="gray", ls=":", lw=1)
+    axes[1].set(xlabel="labels", ylabel="manifold precision", ylim=(0, 1.02), title="Quality")
+    axes[2].axhline(2.0, color="gray", ls=":", lw=1)
+    axes[2].set(xlabel="labels", ylabel="bits", ylim=(0, 2.1), title="Class entropy of liked samples")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _row(name: str, c: dict[str, Any]) -> str:
+    return (f"| {name} | {c['labels']} | {c['preferred_fraction']:.3f} | {c['judge_share']:.3f} | "
+            f"{c['precision']:.3f} | {c['liked_class_entropy']:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0])
+    p.add_argument("--labels", type=int, default=30, help="labels per method")
+    p.add_argument("--liked", type=int, nargs="+", default=list(DEFAULT_LIKED))
+    p.add_argument("--query-type", choices=("pair", "rating"), default="pair")
+    p.add_argument("--strategy", default="region", help="acquisition strategy of the main session")
+    p.add_argument("--eval-samples", type=int, default=128, help="recommended samples measured per checkpoint")
+    p.add_argument("--papa-steps", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("demo_output"))
+    p.add_argument("--tiny", action="store_true", help="seconds-long run (tests)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.labels, args.eval_samples, args.papa_steps = 3, 8, 2
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    t0 = time.time()
+    setup = make_setup(args.liked)
+    checkpoints = sorted({0, *(k for k in (5, 10, 20, 30, 45, 60) if k < args.labels), args.labels})
+    opts = {"pool_steps": 10, "recommend_steps": 20, "oversample": 3.0} if args.tiny else {"rescale_every": 10}
+    store = args.out / "session.db"
+    if store.exists():
+        store.unlink()
+    curves: dict[str, list[dict[str, Any]]] = {}
+    curves[f"papa_bayes ({args.strategy}, {args.query_type})"], session, source = run_session(
+        setup, num_labels=args.labels, checkpoints=checkpoints, query_type=args.query_type, strategy=args.strategy,
+        eval_samples=args.eval_samples, seed=args.seed, store=store, candidate_options=opts,
+        pool_size=8 if args.tiny else 16,
+    )
+    curves[f"random {args.query_type}s"], _, _ = run_session(
+        setup, num_labels=args.labels, checkpoints=checkpoints, query_type=args.query_type, strategy="random",
+        eval_samples=args.eval_samples, seed=args.seed,
+        candidate_options=opts, pool_size=8 if args.tiny else 16,
+    )
+    curves["PAPA signed ELBO"] = run_papa(setup, label_counts=checkpoints, eval_samples=args.eval_samples,
+                                          seed=args.seed, steps=args.papa_steps)
+
+    main_curve = next(iter(curves.values()))
+    save_image_grid(main_curve[0]["images"][:64], args.out / "samples_before.png")
+    save_image_grid(main_curve[-1]["images"][:64], args.out / "samples_after.png")
+    _plot_curves(curves, args.out / "preferred_fraction.png")
+    _arviz_plots(session, args.out)
+
+    lines = [
+        "# papa_bayes demo: steering digits toward a simulated person's taste", "",
+        f"Liked digits {sorted(args.liked)}; {args.labels} labels per method; {args.eval_samples} recommended samples "
+        f"measured by an independent judge at each checkpoint; seed {args.seed}; {time.time() - t0:.0f} s in all.", "",
+        "| method | labels | preferred | judge share | precision | liked-class entropy (bits) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, curve in curves.items():
+        lines += [_row(name, c) for c in curve]
+    lines += ["", f"Guidance scale chosen by the package's rule: {source._chosen_scale}",
+              "", "![before](samples_before.png) ![after](samples_after.png)", "", "![curves](preferred_fraction.png)"]
+    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    summary = {name: [{k: c[k] for k in ("labels", *METRICS)} for c in curve] for name, curve in curves.items()}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    print("\n".join(lines))
+    session.close()
+    return summary
+
+
+def _arviz_plots(session: PreferenceSession, out: Path) -> None:
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    idata = session.posterior.to_inference_data()
+    az.plot_trace(idata, var_names=["w"], compact=True)
+    plt.savefig(out / "posterior_trace.png", dpi=90, bbox_inches="tight")
+    plt.close("all")
+    az.plot_forest(idata, var_names=["w"], combined=True, hdi_prob=0.9)
+    plt.savefig(out / "posterior_forest.png", dpi=90, bbox_inches="tight")
+    plt.close("all")
+
+
+if __name__ == "__main__":
+    main()

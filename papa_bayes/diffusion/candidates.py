@@ -1,0 +1,141 @@
+"""A diffusion model as the candidate source of an online session.
+
+Pools mix unsteered base samples (the exploration share, against echo chambers) and
+samples steered by the current posterior; recommendations come from a larger steered
+pool filtered by the manifold guard and the posterior probability of the preferred
+region (:func:`~papa_bayes.diffusion.selection.sample_preferred`). The guidance scale
+is chosen by the package's own rule (:func:`~papa_bayes.diffusion.scale.select_guidance_scale`):
+never by a judge or the true reward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.diffusion.features import FeatureMap
+from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
+from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.objectives import PosteriorObjective
+from papa_bayes.diffusion.sampler import sample
+from papa_bayes.diffusion.scale import DEFAULT_SCALES, select_guidance_scale
+from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
+from papa_bayes.exceptions import InputDataError
+
+__all__ = ["DiffusionCandidates"]
+
+
+class DiffusionCandidates:
+    """Candidates from a (guided) diffusion model, for :class:`~papa_bayes.session.PreferenceSession`.
+
+    Args:
+        model: the diffusion model.
+        feature_map: images -> `n x d` features (the posterior's features).
+        guard: the manifold guard (reference: the base model's training data).
+        kind: guidance objective (``"region"``, ``"mean"``, ``"ucb"``, ``"thompson"``).
+        scale: a normalized guidance scale, or ``"auto"`` for the package's rule,
+            re-run every ``rescale_every`` rounds.
+        quantile: the preferred region is the top ``1 - quantile`` of base samples
+            under each posterior draw.
+        pool_steps / recommend_steps: denoising steps of pools and of recommendations.
+        oversample / min_probability: of the recommendation filter.
+        num_base: base samples kept for calibration of the region threshold.
+        seed: seeds the base samples.
+    """
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        feature_map: FeatureMap,
+        guard: ManifoldGuard,
+        *,
+        kind: str = "region",
+        scale: float | str = "auto",
+        scales: tuple[float, ...] = DEFAULT_SCALES,
+        rescale_every: int = 5,
+        quantile: float = 0.6,
+        window: tuple[float, float] = (0.0, 0.8),
+        pool_steps: int = 20,
+        recommend_steps: int = 50,
+        oversample: float = 4.0,
+        min_probability: float = 0.9,
+        num_base: int = 256,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        if scale != "auto":
+            scale = check_guidance_scale(scale)
+        self.model, self.feature_map, self.guard = model, feature_map, guard
+        self.num_features = int(feature_map.num_features)
+        self.kind, self.scale, self.scales = kind, scale, tuple(scales)
+        self.rescale_every, self.quantile, self.window = int(rescale_every), float(quantile), tuple(window)
+        self.pool_steps, self.recommend_steps = int(pool_steps), int(recommend_steps)
+        self.oversample, self.min_probability = float(oversample), float(min_probability)
+        self.progress = progress
+        self.seed = seed
+        gen = torch.Generator().manual_seed(seed)
+        self.base_images = sample(model, num_base, num_inference_steps=pool_steps, generator=gen, progress=progress).images
+        self._calls = 0
+        self._chosen_scale: float | None = None
+        self.last_scale_selection = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": "DiffusionCandidates", "objective": self.kind, "scale": self.scale, "quantile": self.quantile,
+            "pool_steps": self.pool_steps, "recommend_steps": self.recommend_steps, "oversample": self.oversample,
+            "min_probability": self.min_probability, "num_features": self.num_features, "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ guidance
+    def guidance(self, posterior: Any, *, generator: torch.Generator | None = None, rescale: bool = False) -> Guidance:
+        """The guidance of ``posterior`` at the chosen scale (choosing it when needed)."""
+        objective = PosteriorObjective(posterior, self.feature_map, kind=self.kind).calibrate(
+            self.base_images, quantile=self.quantile
+        )
+        g = Guidance(objective, scale=1.0, window=self.window, clamp=(-1.0, 1.0))
+        if self.scale != "auto":
+            return g.with_scale(float(self.scale))
+        if self._chosen_scale is None or rescale:
+            sel = select_guidance_scale(self.model, g, self.guard, scales=self.scales, generator=generator,
+                                        num_inference_steps=self.pool_steps)
+            self.last_scale_selection = sel
+            self._chosen_scale = sel.scale
+        return g.with_scale(self._chosen_scale)
+
+    def candidates(self, posterior: Any, n: int, *, exploration: float, generator: torch.Generator):
+        from papa_bayes.session import Candidates
+
+        if n < 1:
+            raise InputDataError("n", "at least 1 candidate", n)
+        n_explore = n if posterior is None else int(round(exploration * n))
+        parts, flags = [], []
+        if n_explore:
+            parts.append(sample(self.model, n_explore, num_inference_steps=self.pool_steps, generator=generator,
+                                progress=False).images)
+            flags += [False] * n_explore
+        if n - n_explore:
+            rescale = self.rescale_every > 0 and self._calls % self.rescale_every == 0
+            g = self.guidance(posterior, generator=generator, rescale=rescale)
+            parts.append(sample(self.model, n - n_explore, num_inference_steps=self.pool_steps, guidance=g,
+                                generator=generator, progress=False).images)
+            flags += [True] * (n - n_explore)
+        self._calls += 1
+        images = torch.cat(parts).detach()
+        with torch.no_grad():
+            features = self.feature_map(images).to(torch.float64)
+        return Candidates(features, images, torch.tensor(flags))
+
+    def recommend(self, posterior: Any, n: int, *, generator: torch.Generator):
+        from papa_bayes.session import Candidates
+
+        g = self.guidance(posterior, generator=generator)
+        out = sample_preferred(
+            self.model, n, guidance=g, guard=self.guard, oversample=self.oversample,
+            min_probability=self.min_probability, num_inference_steps=self.recommend_steps,
+            generator=generator, progress=self.progress,
+        )
+        with torch.no_grad():
+            features = self.feature_map(out.images).to(torch.float64)
+        return Candidates(features, out.images, torch.ones(n, dtype=torch.bool))
