@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import io
+
+from papa_bayes.cli import main
+from papa_bayes.store import PreferenceStore
+
+
+def test_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "label", "train-base", "benchmark"):
+        assert cmd in out
+
+
+def test_label_command_stores_answers_and_resumes(tmp_path):
+    from papa_bayes.labeling import main as label_main
+
+    answers = iter(["1", "x", "2", "t", "q"])  # "x" is refused and asked again
+    out = io.StringIO()
+    store = tmp_path / "me.db"
+    label_main(["--store", str(store), "--labels", "5", "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"], read=lambda _: next(answers), write=out)
+    text = out.getvalue()
+    assert "picture:" in text and "please answer" in text and "Stopped" in text
+    with PreferenceStore(store, create=False) as s:
+        got = [q.answer for q in s.queries(answered=True)]
+    assert got == ["first", "second", "tie"]
+    assert list((tmp_path / "me.queries").glob("*.png"))
+
+    more = iter(["2"])
+    out2 = io.StringIO()
+    label_main(["--store", str(store), "--labels", "1", "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"], read=lambda _: next(more), write=out2)
+    assert "Resuming" in out2.getvalue()
+    with PreferenceStore(store, create=False) as s:
+        assert [q.answer for q in s.queries(answered=True)] == ["first", "second", "tie", "second"]
