@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-BENCHMARKS = ["bench_inference", "bench_gp", "bench_queries", "bench_diffusion", "bench_alignment"]
+BENCHMARKS = ["bench_inference", "bench_gp", "bench_queries", "bench_diffusion", "bench_finetune", "bench_alignment"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

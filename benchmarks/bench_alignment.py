@@ -1,0 +1,103 @@
+"""Label efficiency on the digits task (DESIGN.md section 8; issue 6's benchmark).
+
+For each seed and method, the preferred fraction, quality (judge share, manifold
+precision) and diversity (class entropy of liked samples) of recommended samples
+against the number of labels. Methods: papa_bayes with preferred-region queries over
+pairs, the same with like/dislike queries, random pairs, and PAPA's signed ELBO on
+like/dislike labels of base samples. The guidance scale is always chosen by the
+package's own rule, never by the judge.
+
+    python -m benchmarks.bench_alignment --seeds 0 1 2 3 4 --labels 0 5 10 20 30 60
+    python -m benchmarks.bench_alignment --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import markdown_table, write_results
+from papa_bayes.demo import METRICS, make_setup, run_papa, run_session
+
+METHODS = {
+    "region_pairs": dict(query_type="pair", strategy="region"),
+    "region_likes": dict(query_type="rating", strategy="region"),
+    "eig_pairs": dict(query_type="pair", strategy="eig"),
+    "random_pairs": dict(query_type="pair", strategy="random"),
+    "papa": None,
+}
+
+
+def labels_to(curve: list[dict], key: str, level: float) -> float | None:
+    for c in curve:
+        if c[key] >= level:
+            return c["labels"]
+    return None
+
+
+def target_met(c: dict) -> bool:
+    return (c["preferred_fraction"] >= 0.9 and c["judge_share"] >= 0.75 and c["precision"] >= 0.72
+            and c["liked_class_entropy"] >= 1.8)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--labels", type=int, nargs="+", default=[0, 5, 10, 20, 30, 60])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--eval-samples", type=int, default=256)
+    p.add_argument("--papa-steps", type=int, default=60)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    opts = {"rescale_every": 10}
+    if args.tiny:
+        args.seeds, args.labels, args.eval_samples, args.papa_steps = [0], [0, 2], 8, 2
+        args.methods = ["region_pairs", "papa"]
+        opts = {"pool_steps": 8, "recommend_steps": 10, "oversample": 2.0, "scale": 0.5, "num_base": 32}
+    warnings.filterwarnings("ignore", category=UserWarning)
+    setup = make_setup()
+    curves: dict[str, dict[int, list[dict]]] = {m: {} for m in args.methods}
+    rows = []
+    for seed in args.seeds:
+        for method in args.methods:
+            if method == "papa":
+                curve = run_papa(setup, label_counts=args.labels, eval_samples=args.eval_samples, seed=seed,
+                                 steps=args.papa_steps, progress=False)
+            else:
+                curve, session, _ = run_session(setup, num_labels=max(args.labels), checkpoints=args.labels,
+                                                eval_samples=args.eval_samples, seed=seed, candidate_options=opts,
+                                                progress=False, pool_size=8 if args.tiny else 16, **METHODS[method])
+                session.close()
+            curves[method][seed] = [{k: c[k] for k in ("labels", *METRICS)} | ({"scale": c.get("scale")}) for c in curve]
+            for c in curves[method][seed]:
+                rows.append({"method": method, "seed": seed, **{k: c[k] for k in ("labels", *METRICS)}, "target_met": target_met(c)})
+                print(rows[-1], flush=True)
+
+    summary = []
+    for method, by_seed in curves.items():
+        for labels in args.labels:
+            cs = [next(c for c in curve if c["labels"] == labels) for curve in by_seed.values()]
+            mean = {k: sum(c[k] for c in cs) / len(cs) for k in METRICS}
+            summary.append({"method": method, "labels": labels, **mean,
+                            "seeds_meeting_target": f"{sum(target_met(c) for c in cs)}/{len(cs)}"})
+    l75 = {m: [labels_to(c, "preferred_fraction", 0.75) for c in by_seed.values()] for m, by_seed in curves.items()}
+    within20 = {m: sum(any(target_met(c) and c["labels"] <= 20 for c in curve) for curve in by_seed.values())
+                for m, by_seed in curves.items()}
+    table = markdown_table(summary, ["method", "labels", *METRICS, "seeds_meeting_target"])
+    table += "\nLabels to 75% preferred, per seed: " + "; ".join(f"{m}: {v}" for m, v in l75.items()) + "\n"
+    table += "Seeds meeting the full target (>= 90% preferred, judge >= 0.75, precision >= 0.72, entropy >= 1.8) within 20 labels: " + \
+        "; ".join(f"{m}: {v}/{len(args.seeds)}" for m, v in within20.items()) + "\n"
+    path = write_results("bench_alignment" + ("_tiny" if args.tiny else ""),
+                         {"rows": rows, "summary": summary, "labels_to_75": l75, "within20": within20, "args": vars(args)},
+                         table, args.out, title="Label efficiency on the digits task")
+    print(table)
+    print(f"written to {path}")
+    return {"summary": summary, "labels_to_75": l75, "within20": within20}
+
+
+if __name__ == "__main__":
+    main()
