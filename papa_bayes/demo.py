@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--liked", type=int, nargs="+", default=list(DEFAULT_LIKED))
     p.add_argument("--query-type", choices=("pair", "rating"), default="pair")
     p.add_argument("--strategy", default="region", help="acquisition strategy of the main session")
-    p.add_argument("--eval-samples", type=int, default=128, help="recommended samples measured per checkpoint")
-    p.add_argument("--papa-steps", type=int, default=150)
+    p.add_argument("--eval-samples", type=int, default=96, help="recommended samples measured per checkpoint")
+    p.add_argument("--papa-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--tiny", action="store_true", help="seconds-long run (tests)")
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     setup = make_setup(args.liked)
     checkpoints = sorted({0, *(k for k in (5, 10, 20, 30, 45, 60) if k < args.labels), args.labels})
-    opts = {"pool_steps": 10, "recommend_steps": 20, "oversample": 3.0} if args.tiny else {"rescale_every": 10}
+    opts = ({"pool_steps": 10, "recommend_steps": 20, "oversample": 3.0} if args.tiny
+            else {"rescale_every": 10, "recommend_steps": 25, "oversample": 3.0})
     store = args.out / "session.db"
     if store.exists():
         store.unlink()

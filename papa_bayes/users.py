@@ -16,13 +16,84 @@ from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
 
-__all__ = ["SimulatedUser", "CallbackUser", "random_unit_vector", "simulate_comparisons", "simulate_ratings"]
+__all__ = [
+    "SimulatedUser",
+    "CallbackUser",
+    "RandomFourierUtility",
+    "random_unit_vector",
+    "random_gp_utility",
+    "winner_first",
+    "simulate_comparisons",
+    "simulate_ratings",
+]
 
 
 def random_unit_vector(d: int, *, generator: torch.Generator) -> Tensor:
     """A direction uniform on the unit sphere in `d` dimensions (APReL's w*)."""
     w = torch.randn(d, generator=generator, dtype=torch.float64)
     return w / w.norm()
+
+
+class RandomFourierUtility:
+    """A draw from a GP with an RBF (squared-exponential) kernel, as a function of features.
+
+    Random Fourier features (Rahimi & Recht 2007): ``u(x) = sqrt(2 sigma^2 / M) *
+    sum_m a_m cos(omega_m . x / lengthscale + b_m)`` with ``a ~ N(0, 1)``,
+    ``omega ~ N(0, I)``, ``b ~ U(0, 2 pi)``; as M grows the law of ``u`` tends to
+    GP(0, sigma^2 exp(-|x - x'|^2 / (2 lengthscale^2))). The function is fixed once
+    drawn, so a user holding it answers consistently about any item.
+
+    Args:
+        d: feature dimension.
+        lengthscale: RBF lengthscale (one number or `d`).
+        outputscale: kernel variance sigma^2.
+        num_features: M.
+        generator: the source of the draw.
+    """
+
+    def __init__(
+        self, d: int, *, lengthscale: float | Tensor = 1.0, outputscale: float = 1.0, num_features: int = 1024,
+        generator: torch.Generator,
+    ) -> None:
+        if d < 1 or num_features < 1:
+            raise InputDataError("d / num_features", "positive integers", (d, num_features))
+        ls = torch.as_tensor(lengthscale, dtype=torch.float64).expand(d)
+        if not bool((ls > 0).all()) or not outputscale > 0:
+            raise InputDataError("lengthscale / outputscale", "positive numbers", (lengthscale, outputscale))
+        self.d = d
+        self.omega = torch.randn(num_features, d, generator=generator, dtype=torch.float64) / ls
+        self.phase = 2 * math.pi * torch.rand(num_features, generator=generator, dtype=torch.float64)
+        self.weights = torch.randn(num_features, generator=generator, dtype=torch.float64)
+        self.scale = math.sqrt(2.0 * outputscale / num_features)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Utility of `n x d` features: `n`."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.shape[-1] != self.d:
+            raise InputDataError("x", f"shape `n x {self.d}`", tuple(x.shape))
+        return self.scale * torch.cos(x @ self.omega.T + self.phase) @ self.weights
+
+    def __repr__(self) -> str:
+        return f"RandomFourierUtility(d={self.d}, num_features={self.weights.numel()})"
+
+
+def random_gp_utility(
+    d: int, *, lengthscale: float | Tensor = 1.0, outputscale: float = 1.0, num_features: int = 1024,
+    generator: torch.Generator,
+) -> RandomFourierUtility:
+    """A GP-draw utility (RBF kernel) for :class:`SimulatedUser`; see :class:`RandomFourierUtility`."""
+    return RandomFourierUtility(
+        d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features, generator=generator
+    )
+
+
+def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
+    """Order `m x 2` shown pairs winner first (PreferenceData's convention), given `m` bool answers."""
+    pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    first_won = torch.as_tensor(first_won, dtype=torch.bool).reshape(-1)
+    return torch.where(first_won.unsqueeze(-1), pairs, pairs.flip(-1))
 
 
 class SimulatedUser:
@@ -72,6 +143,23 @@ class SimulatedUser:
         self.threshold = float(threshold)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_gp_draw(
+        cls, d: int, *, lengthscale: float | Tensor = 1.0, outputscale: float = 1.0, num_features: int = 1024,
+        seed: int = 0, **kwargs: Any,
+    ) -> SimulatedUser:
+        """A user whose hidden utility is a GP draw (RBF kernel), both drawn from ``seed``.
+
+        ``kwargs`` (link, rationality, tie_margin, threshold) go to the constructor.
+        """
+        gen = torch.Generator().manual_seed(int(seed) + 104729)  # the draw's stream differs from the answers'
+        utility = random_gp_utility(d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features, generator=gen)
+        return cls(utility, seed=seed, **kwargs)
+
+    def reset(self) -> None:
+        """Restart the answer stream: the same queries then get the same answers again."""
+        self.generator.manual_seed(self.seed)
 
     def utility(self, x: Tensor) -> Tensor:
         """The hidden utility: `n`."""
@@ -160,7 +248,7 @@ def simulate_comparisons(
     a = torch.randint(0, n, (num_comparisons,), generator=generator)
     b = (a + torch.randint(1, n, (num_comparisons,), generator=generator)) % n  # never a == b
     won, tie = user.compare(items[a], items[b])
-    comps = torch.where(won.unsqueeze(-1), torch.stack([a, b], -1), torch.stack([b, a], -1))
+    comps = winner_first(torch.stack([a, b], -1), won)
     return PreferenceData(items=items, comparisons=comps, ties=tie)
 
 

@@ -109,13 +109,16 @@ def load_base_model(
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
+    if scheduler not in ("ddim", "ddpm"):
+        raise InputDataError("scheduler", "'ddim' or 'ddpm'", scheduler)
     root = DEFAULT_CHECKPOINT if path is None else Path(path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a checkpoint folder holding `unet/config.json`", str(root))
-    unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
+    unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype,
+                                       low_cpu_mem_usage=False)
     if (root / "scheduler" / "scheduler_config.json").is_file():
         train_config = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True).config
     else:
         train_config = DIGITS_SCHEDULER_CONFIG
-    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    unet = unet.to(device).eval().requires_grad_(False)
     return PixelDiffusion(unet, make_sampling_scheduler(train_config, kind=scheduler))

@@ -2,14 +2,17 @@
 
 At a guided step with predicted clean sample ``x0`` the shift is
 
-    ``delta_i = scale * m(p) * sqrt(D) * w_i * g_i / ||g_i||``
+    ``delta_i = scale * m(p) * sqrt(D) * w_i * g_i / ||g_i|| / K``
 
 where ``g_i`` is the gradient of sample ``i``'s objective either with respect to
 ``x0`` (``mode="x0"``: no backpropagation through the denoiser, about 1.1x the cost
 of unguided sampling) or with respect to ``x_t`` through the denoiser (``mode="dps"``,
 Chung et al. 2023, "Diffusion Posterior Sampling"; about 2x); ``D`` is the number of
-values per sample, so ``scale`` is in units of the data's per-value spread whatever
-the reward's scale; ``m(p)`` is the schedule over the trajectory's progress ``p``;
+values per sample, and ``K`` the sum over the guided steps of ``m(p)`` times the share
+of a shift that survives into the next state (:func:`~papa_bayes.diffusion.sampler.step_gains`);
+so ``scale`` is roughly the total displacement per value (pixels span 2) that an
+aligned push would leave in the sample, whatever the reward's scale and the number
+of steps; ``m(p)`` is the schedule over the trajectory's progress ``p``;
 ``w_i`` is the objective's *push weight* (1, or ``1 - P(preferred)`` for the
 saturating region objective, so that a sample already surely liked feels no push:
 per-sample normalization alone would undo the saturation).
@@ -28,7 +31,7 @@ from torch import Tensor
 
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import split_model_output
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["Guidance", "SCHEDULES", "check_guidance_scale"]
 
@@ -102,6 +105,7 @@ class Guidance:
         self.window = (start, stop)
         self.schedule = schedule
         self.clamp = clamp
+        self._normalizer = 1.0
 
     def with_scale(self, scale: float) -> Guidance:
         """A copy with another scale (same objective object)."""
@@ -109,6 +113,13 @@ class Guidance:
                         schedule=self.schedule, clamp=self.clamp)
 
     # -- hooks the sampler calls -----------------------------------------------
+    def begin_trajectory(self, gains: Tensor) -> None:
+        """Set the normalizer from the `T` per-step gains (see :func:`~papa_bayes.diffusion.sampler.step_gains`)."""
+        num_steps = gains.shape[0]
+        total = sum(float(gains[i]) * self.multiplier(i, num_steps)
+                    for i in range(num_steps) if self.acts_at(i, num_steps))
+        self._normalizer = max(total, 1e-3)
+
     def begin_batch(self, n: int, *, generator: torch.Generator | None, device: torch.device) -> None:
         hook = getattr(self.objective, "begin_batch", None)
         if hook is not None:
@@ -132,20 +143,22 @@ class Guidance:
                 with torch.no_grad():
                     x0, eps = split_model_output(model.model_output(x_t, t), x_t, alpha_bar, ptype)
                 wrt = x0.detach().requires_grad_(True)
-                values = self.objective(model.decode(wrt))
+                values = self.objective(self._input(model, wrt))
             else:
                 wrt = x_t.detach().requires_grad_(True)
                 x0, eps = split_model_output(model.model_output(wrt, t), wrt, alpha_bar, ptype)
-                values = self.objective(model.decode(x0))
+                values = self.objective(self._input(model, x0))
             self._check_values(values, x_t.shape[0])
             (grad,) = torch.autograd.grad(values.sum(), wrt)
+        if not bool(torch.isfinite(grad).all()):
+            raise ModelError("The guidance objective's gradient is NaN or infinite; check the reward and features.")
         x0, values = x0.detach(), values.detach()
         weight = getattr(self.objective, "push_weight", None)
         w = weight(values) if weight is not None else torch.ones_like(values)
         flat = grad.flatten(1).float()
         norm = flat.norm(dim=1).clamp_min(1e-12)
         size = math.sqrt(flat.shape[1])
-        factor = self.scale * self.multiplier(step, num_steps) * size * w.float() / norm
+        factor = self.scale / self._normalizer * self.multiplier(step, num_steps) * size * w.float() / norm
         shift = (factor.view(-1, *([1] * (grad.ndim - 1))) * grad.float()).to(x0.dtype)
         guided = x0 + shift
         if self.clamp is not None:
@@ -156,10 +169,14 @@ class Guidance:
         eps = (x_t - alpha_bar.sqrt() * guided) / (1 - alpha_bar).sqrt()
         return guided, eps.to(x0.dtype), guided - x0
 
-    def final_objective(self, images: Tensor) -> Tensor:
-        """`n` objective values of final images (no gradient)."""
+    def _input(self, model: DiffusionModel, x0: Tensor) -> Tensor:
+        """What the objective reads: decoded images, or the diffused sample itself."""
+        return x0 if getattr(self.objective, "input_space", "image") == "sample" else model.decode(x0)
+
+    def final_objective(self, model: DiffusionModel, samples: Tensor) -> Tensor:
+        """`n` objective values of final clean samples (no gradient)."""
         with torch.no_grad():
-            return self.objective(images).detach()
+            return self.objective(self._input(model, samples)).detach()
 
     @staticmethod
     def _check_values(values: Tensor, n: int) -> None:

@@ -69,6 +69,10 @@ class DiffusionModel:
         """The denoiser's raw output at `n x C x H x W` ``x_t`` and timestep ``t``."""
         raise NotImplementedError
 
+    def conditional_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """One plain denoiser pass (no classifier-free guidance); feature maps read this."""
+        return self.model_output(x_t, t)
+
     def decode(self, x0: Tensor) -> Tensor:
         """Images (`n x c x h x w`, about `[-1, 1]`) from clean diffused tensors."""
         return x0
@@ -152,11 +156,15 @@ class LatentDiffusion(DiffusionModel):
         cond = cond.to(device=like.device, dtype=like.dtype)
         return cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
 
+    def conditional_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        cond = self._cond(self.encoder_hidden_states, x_t.shape[0], x_t)
+        return self.unet(x_t, t, encoder_hidden_states=cond).sample
+
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
         n = x_t.shape[0]
         cond = self._cond(self.encoder_hidden_states, n, x_t)
         if self.cfg_scale == 1.0:
-            return self.unet(x_t, t, encoder_hidden_states=cond).sample
+            return self.conditional_output(x_t, t)
         uncond = self._cond(self.negative_encoder_hidden_states, n, x_t)
         out = self.unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         out_uncond, out_cond = out.chunk(2)

@@ -15,6 +15,7 @@ fine-tuners need the trajectory, so the loop is ours. Each step:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from papa_bayes.exceptions import InputDataError
 if TYPE_CHECKING:  # pragma: no cover
     from papa_bayes.diffusion.guidance import Guidance
 
-__all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output"]
+__all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output", "step_gains"]
 
 
 @dataclass
@@ -81,6 +82,25 @@ def join_model_output(x0: Tensor, eps: Tensor, alpha_bar: Tensor, prediction_typ
     if prediction_type == "sample":
         return x0
     return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+
+
+def step_gains(scheduler, alphas: Tensor) -> Tensor:
+    """`T` share of a clean-sample shift at each step that survives into the next state.
+
+    Shifting the predicted ``x0`` by ``delta`` with the noise re-derived from ``x_t``
+    moves the next state's own clean-sample estimate by ``kappa * delta`` with
+    ``kappa = 1 - sqrt(SNR_t / SNR_prev)`` (SNR = alpha_bar / (1 - alpha_bar)).
+    Guidance divides by the sum of the gains of its steps, so that its scale is the
+    total displacement per value, whatever the number of steps.
+    """
+    timesteps = scheduler.timesteps
+    final = getattr(scheduler, "final_alpha_cumprod", None)
+    final = torch.tensor(1.0) if final is None else torch.as_tensor(final)
+    a_t = alphas[timesteps.to(alphas.device)].to(torch.float64)
+    a_prev = torch.cat([a_t[1:], final.to(a_t).reshape(1)])
+    snr_t = a_t / (1 - a_t)
+    snr_prev = a_prev / (1 - a_prev).clamp_min(1e-20)
+    return (1 - (snr_t / snr_prev).sqrt()).clamp(0, 1).cpu()
 
 
 def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
@@ -139,7 +159,9 @@ def sample(
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     if initial_noise is None:
         initial_noise = _initial_noise(shape, generator, device, dtype)
-    step_kwargs = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+    if guidance is not None:
+        guidance.begin_trajectory(step_gains(scheduler, alphas))
+    step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
     images, samples, trajectories, objectives = [], [], [], []
     norms = torch.zeros(len(timesteps), dtype=torch.float64)
     bar = tqdm(total=math.ceil(num_samples / batch_size) * len(timesteps), desc="sampling",
@@ -156,9 +178,7 @@ def sample(
                 norms[i] += float(shift.flatten(1).norm(dim=1).sum())
             else:
                 with torch.no_grad():
-                    x0, eps = split_model_output(
-                        model.model_output(scheduler.scale_model_input(x, t), t), x, a_t, model.prediction_type
-                    )
+                    x0, eps = split_model_output(model.model_output(x, t), x, a_t, model.prediction_type)
             out = join_model_output(x0, eps, a_t, model.prediction_type).to(dtype)
             x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample.detach()
             if traj is not None:
@@ -171,7 +191,7 @@ def sample(
         if traj is not None:
             trajectories.append(torch.stack(traj))
         if guidance is not None:
-            objectives.append(guidance.final_objective(decoded))
+            objectives.append(guidance.final_objective(model, x))
     bar.close()
     return SamplerOutput(
         images=torch.cat(images),

@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT, make_digits_unet, make_train_scheduler
+from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT, load_base_model, make_digits_unet, make_train_scheduler
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
+from papa_bayes.diffusion.features import PCAFeatures, save_feature_map
+from papa_bayes.diffusion.sampler import sample
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["train_base_model", "main"]
+__all__ = ["train_base_model", "fit_default_features", "main"]
 
 
 def train_base_model(
@@ -55,9 +57,11 @@ def train_base_model(
     if steps < 1 or batch_size < 1:
         raise InputDataError("steps, batch_size", "positive integers", (steps, batch_size))
     out = Path(out_dir)
-    torch.manual_seed(seed)  # diffusers initialises weights from the global generator
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
+        torch.manual_seed(seed)
+        unet = make_digits_unet()
+    unet = unet.to(device=device, dtype=torch.float32).train()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    unet = make_digits_unet().to(device=device, dtype=torch.float32).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = make_train_scheduler()
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
@@ -115,6 +119,28 @@ def train_base_model(
     return summary
 
 
+def fit_default_features(
+    checkpoint: str | Path,
+    *,
+    num_samples: int = 1024,
+    num_features: int = 8,
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    progress: bool = True,
+) -> PCAFeatures:
+    """Fit the default feature map (whitened PCA of base samples) and save it in the checkpoint.
+
+    The reward features describe what the base model makes, so they are fitted on
+    its samples rather than on real digits; saved to ``checkpoint/pca_features``.
+    """
+    model = load_base_model(checkpoint)
+    out = sample(model, num_samples, num_inference_steps=num_inference_steps,
+                 generator=torch.Generator().manual_seed(seed), progress=progress)
+    pca = PCAFeatures.fit(out.images, num_features=num_features)
+    save_feature_map(pca, Path(checkpoint) / "pca_features")
+    return pca
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; see ``--help``."""
     parser = argparse.ArgumentParser(description="Train the digits base diffusion model.")
@@ -126,7 +152,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--feature-samples", type=int, default=1024, help="base samples the PCA map is fitted on")
+    parser.add_argument("--feature-steps", type=int, default=50, help="DDIM steps of those samples")
+    parser.add_argument("--features-only", action="store_true",
+                        help="only refit the PCA feature map of an existing checkpoint")
     args = parser.parse_args(argv)
+    feature_kwargs = dict(num_samples=args.feature_samples, num_inference_steps=args.feature_steps,
+                          seed=args.seed, progress=not args.no_progress)
+    if args.features_only:
+        fit_default_features(args.out, **feature_kwargs)
+        return {"features": str(Path(args.out) / "pca_features")}
     summary = train_base_model(
         args.out,
         steps=args.steps,
@@ -137,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=args.device,
         progress=not args.no_progress,
     )
+    fit_default_features(args.out, **feature_kwargs)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -3,6 +3,8 @@
 from papa_bayes.models.base import PyroRewardModel
 from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
 from papa_bayes.models.linear import HierarchicalLinearReward, LinearReward
+from papa_bayes.models.gp import PreferenceGP, PreferenceLikelihood, VariationalPreferenceGP
+from papa_bayes.models.gp_pairwise import PairwiseGPReward
 
 __all__ = [
     "PyroRewardModel",
@@ -10,4 +12,8 @@ __all__ = [
     "HierarchicalLinearReward",
     "comparison_log_probs",
     "log_cdf",
+    "PreferenceGP",
+    "VariationalPreferenceGP",
+    "PreferenceLikelihood",
+    "PairwiseGPReward",
 ]

@@ -1,0 +1,219 @@
+"""Diffusion benchmark (issue 5): guidance cost and steering quality against the scale.
+
+1. *Cost*: wall time of guided / unguided sampling of 64 samples x 50 DDIM steps, for
+   both gradient modes (x0 and DPS), measured in the same run (best of ``--repeats``).
+2. *Steering*: the digits preference task (DESIGN.md section 8). A simulated person
+   who likes {1, 4, 7, 9} rates ``--labels`` base samples like/dislike; a linear
+   reward on the shipped PCA features is fitted (Laplace); samples steered by each
+   objective (posterior mean, UCB, Thompson, preferred region) at each normalized
+   scale are scored by the judge: preferred fraction, judge share, manifold
+   precision / recall against the judge split, class entropy among liked samples.
+   Two reference rows: the base model and guidance by the person's true utility.
+   The last rows are the package's recommended pipeline: region guidance at the
+   scale chosen by :func:`~papa_bayes.diffusion.select_guidance_scale` (no judge, no
+   true reward), then :func:`~papa_bayes.diffusion.sample_preferred` (manifold guard
+   against the generator split + preference filter).
+
+Writes ``diffusion.json`` and ``diffusion.md`` to ``--out`` (``benchmarks/results``;
+``--tiny`` runs default to ``benchmarks/results/tmp``).
+
+    python -m benchmarks.bench_diffusion            # full, ~15 min on 2 CPU cores
+    python -m benchmarks.bench_diffusion --tiny     # seconds, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.diffusion import (
+    DigitsPerson,
+    Guidance,
+    ManifoldGuard,
+    PosteriorObjective,
+    evaluate_samples,
+    load_base_model,
+    load_digits_splits,
+    load_feature_map,
+    sample,
+    sample_preferred,
+    select_guidance_scale,
+)
+from papa_bayes.inference import fit
+from papa_bayes.models import LinearReward
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METRICS = ("preferred_fraction", "judge_share", "precision", "recall", "liked_class_entropy")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def fit_person_posterior(model, features, *, num_labels: int, seed: int, steps: int):
+    """The simulated person rates ``num_labels`` base samples; a linear reward is fitted."""
+    person = DigitsPerson()
+    shown = sample(model, num_labels, num_inference_steps=steps, generator=_gen(10_000 + seed), progress=False).images
+    ratings = person.rate(shown)
+    with torch.no_grad():
+        items = features(shown).double()
+    data = PreferenceData(items=items, ratings=torch.stack([torch.arange(num_labels), ratings], 1))
+    return person, fit(LinearReward(), data, method="laplace", seed=seed), int((ratings > 0).sum())
+
+
+def timing(model, objective, *, num_samples: int, steps: int, repeats: int, seed: int) -> dict:
+    """Best-of-``repeats`` wall times of unguided and guided sampling, interleaved."""
+    runs = {"unguided": None, "x0": Guidance(objective, scale=0.5, mode="x0"),
+            "dps": Guidance(objective, scale=0.5, mode="dps")}
+    best = {name: float("inf") for name in runs}
+    sample(model, 4, num_inference_steps=2, progress=False)  # warm-up
+    for _ in range(repeats):
+        for name, guidance in runs.items():
+            start = time.perf_counter()
+            sample(model, num_samples, num_inference_steps=steps, guidance=guidance, generator=_gen(seed),
+                   batch_size=num_samples, progress=False)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {
+        "num_samples": num_samples,
+        "steps": steps,
+        "seconds": best,
+        "ratio_x0": best["x0"] / best["unguided"],
+        "ratio_dps": best["dps"] / best["unguided"],
+    }
+
+
+def _row(method: str, objective: str, scale: float, metrics: dict, seconds: float, **extra) -> dict:
+    return {"method": method, "objective": objective, "scale": scale,
+            **{k: metrics[k] for k in METRICS}, "seconds": round(seconds, 2), **extra}
+
+
+def steering(model, features, posterior, person, *, args) -> list[dict]:
+    """Metrics of steered samples for every objective and scale, plus references."""
+    n, steps = args.num_samples, args.steps
+    rows = []
+    start = time.perf_counter()
+    base = sample(model, max(n, args.calibration_samples), num_inference_steps=steps, generator=_gen(args.seed),
+                  progress=False)
+    rows.append(_row("base model", "-", 0.0, evaluate_samples(base.images[:n]), time.perf_counter() - start))
+    for kind in args.objectives:
+        objective = PosteriorObjective(posterior, features, kind=kind).calibrate(base.images, quantile=args.quantile)
+        for scale in args.scales:
+            start = time.perf_counter()
+            out = sample(model, n, num_inference_steps=steps, guidance=Guidance(objective, scale=scale),
+                         generator=_gen(args.seed + 1), progress=False)
+            rows.append(_row("guided (x0)", kind, scale, evaluate_samples(out.images), time.perf_counter() - start))
+    for scale in args.scales:
+        start = time.perf_counter()
+        out = sample(model, n, num_inference_steps=steps, guidance=Guidance(person.utility, scale=scale),
+                     generator=_gen(args.seed + 1), progress=False)
+        rows.append(_row("true utility (reference)", "true", scale, evaluate_samples(out.images),
+                         time.perf_counter() - start))
+    # The recommended pipeline: scale by the package's own rule, then guarded selection.
+    start = time.perf_counter()
+    guard = ManifoldGuard(load_digits_splits().generator.images)
+    objective = PosteriorObjective(posterior, features, kind="region").calibrate(base.images, quantile=args.quantile)
+    guidance = Guidance(objective, window=(0.0, args.window_stop))
+    chosen = select_guidance_scale(model, guidance, guard, num_samples=args.rule_samples,
+                                   num_inference_steps=args.rule_steps, generator=_gen(args.seed + 2))
+    rule_seconds = time.perf_counter() - start
+    for oversample in args.oversample:
+        start = time.perf_counter()
+        kept = sample_preferred(model, n, guidance=guidance.with_scale(chosen.scale), guard=guard,
+                                oversample=oversample, min_probability=args.min_probability,
+                                num_inference_steps=steps, generator=_gen(args.seed + 3), progress=False)
+        rows.append(_row(f"region + selection x{oversample:g} (rule scale)", "region", chosen.scale,
+                         evaluate_samples(kept.images), time.perf_counter() - start + rule_seconds,
+                         eligible=kept.eligible, pool=kept.pool_size))
+    rows[-1]["rule"] = {"threshold": chosen.threshold, "base_precision": chosen.base_precision,
+                        "precision": {str(k): v for k, v in chosen.precision.items()}}
+    return rows
+
+
+def markdown(result: dict) -> str:
+    t = result["timing"]
+    lines = [
+        "# Diffusion benchmark",
+        "",
+        f"Machine: {result['machine']}; torch {result['torch']}; seed {result['seed']}; "
+        f"{result['labels']} labels ({result['liked_labels']} liked).",
+        "",
+        f"## Guidance cost ({t['num_samples']} samples x {t['steps']} steps, best of {result['repeats']})",
+        "",
+        "| sampling | seconds | ratio to unguided | target |",
+        "|---|---|---|---|",
+        f"| unguided | {t['seconds']['unguided']:.2f} | 1.00 | |",
+        f"| guided, x0 | {t['seconds']['x0']:.2f} | {t['ratio_x0']:.2f} | <= 1.3 |",
+        f"| guided, DPS | {t['seconds']['dps']:.2f} | {t['ratio_dps']:.2f} | <= 2.5 |",
+        "",
+        f"## Steering ({result['num_samples']} samples x {result['steps']} steps)",
+        "",
+        "| method | objective | scale | preferred | judge share | precision | recall | liked entropy (bits) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["steering"]:
+        lines.append(f"| {r['method']} | {r['objective']} | {r['scale']:g} | {r['preferred_fraction']:.3f} | "
+                     f"{r['judge_share']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['liked_class_entropy']:.2f} |")
+    lines += ["", "Targets (issue 6): preferred >= 0.90, judge share >= 0.75, precision >= 0.72, "
+              "liked entropy >= 1.8 bits.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (seconds), for tests")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--labels", type=int, default=20)
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the steering runs")
+    parser.add_argument("--timing-samples", type=int, default=64)
+    parser.add_argument("--timing-steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    parser.add_argument("--objectives", nargs="+", default=["mean", "ucb", "thompson", "region"])
+    parser.add_argument("--quantile", type=float, default=0.6)
+    parser.add_argument("--window-stop", type=float, default=0.8)
+    parser.add_argument("--oversample", type=float, nargs="+", default=[4.0])
+    parser.add_argument("--min-probability", type=float, default=0.9)
+    parser.add_argument("--calibration-samples", type=int, default=512)
+    parser.add_argument("--rule-samples", type=int, default=64)
+    parser.add_argument("--rule-steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.num_samples, args.steps, args.timing_samples, args.timing_steps = 8, 3, 4, 3
+        args.repeats, args.scales, args.objectives, args.labels = 1, [0.3], ["mean", "region"], 6
+        args.calibration_samples, args.rule_samples, args.rule_steps, args.oversample = 16, 8, 2, [2.0]
+    out_dir = args.out or (RESULTS / "tmp" if args.tiny else RESULTS)
+    model, features = load_base_model(), load_feature_map()
+    person, posterior, liked = fit_person_posterior(model, features, num_labels=args.labels, seed=args.seed,
+                                                    steps=args.steps)
+    objective = PosteriorObjective(posterior, features, kind="region", threshold=0.0)
+    result = {
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "seed": args.seed,
+        "labels": args.labels,
+        "liked_labels": liked,
+        "num_samples": args.num_samples,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "timing": timing(model, objective, num_samples=args.timing_samples, steps=args.timing_steps,
+                         repeats=args.repeats, seed=args.seed),
+        "steering": steering(model, features, posterior, person, args=args),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "diffusion.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,596 @@
+"""Label efficiency of query strategies on APReL's linear protocol, and the speed of a round.
+
+Protocol (DESIGN.md section 8; Biyik et al. 2022, APReL): w* uniform on the sphere in
+d dimensions, a logit user with a given rationality, a pool of N(0, I) items (500);
+each run asks ``--queries`` pairwise questions (the first a random pair, the same for
+every strategy of a seed) and records, after every answer, the alignment
+cos(E[w], w*), the held-out log-loss (nats, expected under the user's true answer
+probabilities on ``--heldout-pairs`` pairs of fresh items), the regret of the item
+with the highest posterior mean, and the expected information of the query (bits; a
+binary answer carries at most 1).
+
+Arms: ours (Laplace posterior updated online, selection over *all* pairs of the
+pool: 124,750 for 500 items) with strategies EIG, uncertainty, Thompson, random (and
+any other of ``papa_bayes.acquisition.STRATEGIES``); BoTorch's ``PairwiseGP`` with a
+linear kernel, refitted each round (``fit_gpytorch_mll``), choosing among
+``--botorch-candidates`` random pairs with its ``PairwiseBayesianActiveLearningByDisagreement``
+("botorch_bald") or ``AnalyticExpectedUtilityOfBestOption`` ("botorch_eubo").
+
+Speed: one online round (update on m comparisons + selection over all pairs with 256
+draws), single thread, min and median of repeats; BoTorch's fit and selection
+beside it, measured in the same run.
+
+Outputs (``--out``, file stem ``--name``, default ``bench_queries``): ``<name>.json``
+(aggregated curves and per-run figures), ``<name>.md`` (tables),
+``<name>_{alignment,log_loss,regret,bits}.png``; raw per-run curves in
+``<out>/tmp/<name>_runs.json``. Results are written
+after every (d, rationality) setting, so a long run can be read while it goes.
+
+Run:
+    python -m benchmarks.bench_queries --tiny
+    nohup python -m benchmarks.bench_queries --dims 8 --rationalities 1 --seeds 20 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from papa_bayes import LinearReward, fit
+from papa_bayes.acquisition import queries_to_reach, run_active_learning, select_queries
+from papa_bayes.data import PreferenceData
+from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, winner_first
+
+LEVEL = 0.9
+
+
+# ----------------------------------------------------------------------------- args
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dims", default="4,8,16", help="feature dimensions")
+    p.add_argument("--rationalities", default="0.5,1,5", help="user rationalities")
+    p.add_argument("--pool-size", type=int, default=500)
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument(
+        "--strategies", default="eig,eig:known,uncertainty:known,thompson:known,random:known",
+        help="our arms: strategy[:model], model 'learned' (default: LinearReward(), rationality learned, "
+        "prior N(0, I)) or 'known' (APReL's setting: the user's rationality known, prior N(0, I/d))",
+    )
+    p.add_argument("--num-samples", type=int, default=256, help="posterior draws")
+    p.add_argument("--heldout-pairs", type=int, default=1000)
+    p.add_argument("--botorch", default="botorch_bald,botorch_eubo", help="BoTorch arms ('' for none)")
+    p.add_argument("--botorch-settings", default="8:1", help="d:rationality settings for the BoTorch arms ('all')")
+    p.add_argument("--botorch-seeds", type=int, default=8, help="seeds of the BoTorch arms (slow: ~0.7 s a round)")
+    p.add_argument("--botorch-candidates", type=int, default=2000, help="random candidate pairs per BoTorch round")
+    p.add_argument("--speed-repeats", type=int, default=20)
+    p.add_argument("--speed-m", default="50,200", help="comparison counts for the speed test")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-protocol", action="store_true")
+    p.add_argument("--time-botorch-all-pairs", action="store_true", help="time BoTorch BALD over all pairs once")
+    p.add_argument("--liked-set-seeds", type=int, default=0, help="seeds of the set-valued-taste task (0: skip)")
+    p.add_argument("--liked-set-queries", type=int, default=30)
+    p.add_argument("--liked-set-strategies", default="eig,region,argmax,eubo,thompson,random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default="bench_queries", help="stem of the output files")
+    p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (output stem bench_queries_tiny)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.dims, args.rationalities, args.pool_size, args.queries, args.seeds = "3", "1", 20, 4, 1
+        args.botorch_seeds, args.botorch_candidates, args.botorch_settings = 1, 30, "all"
+        args.heldout_pairs, args.speed_repeats, args.speed_m, args.num_samples = 20, 1, "10", 32
+        args.liked_set_seeds, args.liked_set_queries, args.liked_set_strategies = 1, 4, "eig,region"
+        args.strategies, args.botorch, args.name = "eig,random:known", "botorch_bald", "bench_queries_tiny"
+    return args
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------------ one setting
+def make_problem(d: int, rationality: float, seed: int, pool_size: int, heldout_pairs: int):
+    """w*, pool, held-out pairs of fresh items, for one seed (the same for every arm)."""
+    gen = torch.Generator().manual_seed(1_000_003 * d + 7919 * seed + int(1000 * rationality))
+    w = random_unit_vector(d, generator=gen)
+    pool = torch.randn(pool_size, d, generator=gen, dtype=torch.float64)
+    fresh = torch.randn(max(pool_size // 2, 2), d, generator=gen, dtype=torch.float64)
+    a = torch.randint(0, fresh.shape[0], (heldout_pairs,), generator=gen)
+    b = (a + torch.randint(1, fresh.shape[0], (heldout_pairs,), generator=gen)) % fresh.shape[0]
+    return w, pool, (fresh[a], fresh[b])
+
+
+def make_model(spec: str, d: int, rationality: float) -> LinearReward:
+    """The reward model of an arm ``strategy[:model]``."""
+    _, _, kind = spec.partition(":")
+    if kind in ("", "learned"):
+        return LinearReward()
+    if kind == "known":
+        return LinearReward(rationality=rationality, prior_scale=1.0 / math.sqrt(d))
+    raise ValueError(f"unknown model {kind!r} in arm {spec!r} (use 'learned' or 'known')")
+
+
+def run_ours(spec: str, d: int, rationality: float, seed: int, args) -> dict[str, Any]:
+    w, pool, heldout = make_problem(d, rationality, seed, args.pool_size, args.heldout_pairs)
+    user = SimulatedUser(w, rationality=rationality, seed=seed)
+    run = run_active_learning(
+        user, pool, strategy=spec.partition(":")[0], num_queries=args.queries, num_samples=args.num_samples,
+        heldout=heldout, seed=seed, model=make_model(spec, d, rationality),
+    )
+    out = run.as_dict()
+    out["seconds_per_query"] = [a + b for a, b in zip(run.select_seconds, run.update_seconds[1:])]
+    return out
+
+
+def run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[str, Any]:
+    """BoTorch PairwiseGP (linear kernel) + its BALD or EUBO over random candidate pairs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # linear_operator's jitter notices on near-singular kernels
+        return _run_botorch(arm, d, rationality, seed, args)
+
+
+def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[str, Any]:
+    from botorch.acquisition.preference import (
+        AnalyticExpectedUtilityOfBestOption,
+        PairwiseBayesianActiveLearningByDisagreement,
+    )
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import PairwiseGP, PairwiseLaplaceMarginalLogLikelihood
+    from gpytorch.kernels import LinearKernel, ScaleKernel
+
+    w, pool, heldout = make_problem(d, rationality, seed, args.pool_size, args.heldout_pairs)
+    user = SimulatedUser(w, rationality=rationality, seed=seed)
+    n = pool.shape[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    # The same first random pair as run_active_learning draws for this seed.
+    a = torch.randint(0, n, (1,), generator=gen)
+    b = (a + torch.randint(1, n, (1,), generator=gen)) % n
+    shown = [[int(a), int(b)]]
+    won, _ = user.compare(pool[a], pool[b])
+    comps = winner_first(torch.tensor(shown), won)
+    u_pool = user.utility(pool)
+    truth = user.outcome_probabilities(*heldout)
+    rec: dict[str, Any] = {k: [] for k in ("alignment", "log_loss", "regret", "information_bits", "select_seconds", "update_seconds")}
+    rec["information_bits"].append(math.nan)
+    basis = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
+    for t in range(args.queries):
+        t0 = time.perf_counter()
+        used = torch.unique(comps)
+        remap = torch.full((n,), -1, dtype=torch.long)
+        remap[used] = torch.arange(used.numel())
+        gp = PairwiseGP(pool[used], remap[comps], covar_module=ScaleKernel(LinearKernel()))
+        mll = PairwiseLaplaceMarginalLogLikelihood(gp.likelihood, gp)
+        try:
+            fit_gpytorch_mll(mll)
+        except Exception:  # noqa: BLE001 - keep the prior hyperparameters if the fit fails
+            pass
+        gp.eval()
+        rec["update_seconds"].append(time.perf_counter() - t0)
+        with torch.no_grad():
+            mean_b = gp.posterior(basis).mean.squeeze(-1)
+            w_hat = mean_b[1:] - mean_b[0]
+            rec["alignment"].append(float(w_hat @ w / (w_hat.norm() * w.norm()).clamp(min=1e-300)))
+            post = gp.posterior(torch.stack(heldout, -2))
+            m = post.mean.squeeze(-1)
+            cov = post.covariance_matrix
+            md = m[..., 0] - m[..., 1]
+            vd = cov[..., 0, 0] + cov[..., 1, 1] - 2 * cov[..., 0, 1]
+            p1 = torch.special.ndtr(md / torch.sqrt(2.0 + vd)).clamp(1e-12, 1 - 1e-12)  # likelihood Phi(delta / sqrt 2)
+            rec["log_loss"].append(float(-(truth[:, 0] * p1.log() + truth[:, 1] * (1 - p1).log()).mean()))
+            mean_pool = gp.posterior(pool).mean.squeeze(-1)
+            rec["regret"].append(float(u_pool.max() - u_pool[int(mean_pool.argmax())]))
+        if t == args.queries - 1:
+            break
+        t0 = time.perf_counter()
+        ca = torch.randint(0, n, (args.botorch_candidates,), generator=gen)
+        cb = (ca + torch.randint(1, n, (args.botorch_candidates,), generator=gen)) % n
+        X = torch.stack([pool[ca], pool[cb]], -2)
+        acq = PairwiseBayesianActiveLearningByDisagreement(gp) if arm == "botorch_bald" else AnalyticExpectedUtilityOfBestOption(gp)
+        with torch.no_grad():
+            vals = acq(X)
+        j = int(vals.argmax())
+        rec["select_seconds"].append(time.perf_counter() - t0)
+        if arm == "botorch_bald":
+            rec["information_bits"].append(float(vals[j]) / math.log(2))
+        else:
+            with torch.no_grad():
+                rec["information_bits"].append(float(PairwiseBayesianActiveLearningByDisagreement(gp)(X[j : j + 1])) / math.log(2))
+        pair = [int(ca[j]), int(cb[j])]
+        shown.append(pair)
+        won, _ = user.compare(pool[pair[0]].unsqueeze(0), pool[pair[1]].unsqueeze(0))
+        comps = torch.cat([comps, winner_first(torch.tensor([pair]), won)])
+    rec["queries"] = shown
+    rec["seconds_per_query"] = [a + b for a, b in zip(rec["select_seconds"], rec["update_seconds"][1:])]
+    return rec
+
+
+# ---------------------------------------------------------------- set-valued taste
+def liked_set_run(strategy: str, seed: int, args, *, num_classes: int = 10, num_liked: int = 4, d: int = 8) -> dict[str, Any]:
+    """A taste that is a set: ``num_liked`` of ``num_classes`` clusters liked, the rest not.
+
+    Like PAPA's digits task ({1, 4, 7, 9} liked) with a linear reward on features
+    (misspecified): two liked items are a coin flip to the person. Records, after
+    every answer, the preferred fraction of the 50 items with the highest posterior
+    mean, the entropy (bits) of the liked classes among them (2 bits = the four
+    liked classes equally present), and the share of queries that compared two
+    items of the same level (both liked / both not).
+    """
+    gen = torch.Generator().manual_seed(50_000 + seed)
+    centres = 1.5 * torch.randn(num_classes, d, generator=gen, dtype=torch.float64)
+    label = torch.arange(args.pool_size) % num_classes
+    pool = centres[label] + 0.7 * torch.randn(args.pool_size, d, generator=gen, dtype=torch.float64)
+    liked = torch.arange(num_liked)
+    is_liked = torch.isin(label, liked)
+
+    def taste(x: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cdist(torch.as_tensor(x, dtype=torch.float64).reshape(-1, d), centres).argmin(-1)
+        return torch.isin(nearest, liked).double()
+
+    user = SimulatedUser(taste, rationality=4.0, seed=seed)
+    state: dict[str, Any] = {"preferred": [], "liked_entropy": []}
+
+    def record(_: int, post) -> None:
+        with torch.no_grad():
+            top = post.utility(pool).mean(0).topk(min(50, args.pool_size)).indices
+        state["preferred"].append(float(is_liked[top].double().mean()))
+        counts = torch.bincount(label[top][is_liked[top]], minlength=num_classes).double()
+        p = counts / counts.sum().clamp(min=1)
+        state["liked_entropy"].append(float(-(torch.special.xlogy(p, p)).sum() / math.log(2)))
+
+    run = run_active_learning(
+        user, pool, strategy=strategy, num_queries=args.liked_set_queries, num_samples=args.num_samples,
+        true_weights=torch.ones(d, dtype=torch.float64), seed=seed, callback=record,
+    )
+    q = torch.tensor(run.queries[1:]).reshape(-1, 2)  # the selected ones (the first is random)
+    state["both_liked"] = float((is_liked[q[:, 0]] & is_liked[q[:, 1]]).double().mean()) if q.numel() else 0.0
+    state["same_level"] = float((is_liked[q[:, 0]] == is_liked[q[:, 1]]).double().mean()) if q.numel() else 0.0
+    state["information_bits"] = run.information_bits
+    return state
+
+
+def summarize_liked(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    pref = torch.tensor([r["preferred"] for r in runs])
+    ent = torch.tensor([r["liked_entropy"] for r in runs])
+    return {
+        "num_runs": len(runs),
+        "preferred": [round(float(v), 4) for v in pref.mean(0)],
+        "liked_entropy_bits": [round(float(v), 4) for v in ent.mean(0)],
+        "both_liked_share": statistics.mean(r["both_liked"] for r in runs),
+        "same_level_share": statistics.mean(r["same_level"] for r in runs),
+    }
+
+
+# ------------------------------------------------------------------------ summaries
+def summarize(runs: list[dict[str, Any]], num_queries: int) -> dict[str, Any]:
+    def curve(key):
+        A = torch.tensor([r[key] for r in runs], dtype=torch.float64)
+        se = A.std(0) / math.sqrt(A.shape[0]) if A.shape[0] > 1 else torch.zeros(A.shape[1], dtype=torch.float64)
+        return A.mean(0), se
+
+    out: dict[str, Any] = {"num_runs": len(runs)}
+    for key in ("alignment", "log_loss", "regret"):
+        m, se = curve(key)
+        out[key] = [round(float(v), 5) for v in m]
+        out[key + "_se"] = [round(float(v), 5) for v in se]
+    reach = [queries_to_reach(r["alignment"], LEVEL) for r in runs]
+    reached = [q for q in reach if q is not None]
+    out["queries_to_0.9"] = reach
+    out["never_reached"] = sum(q is None for q in reach)
+    out["mean_queries_to_0.9_reached"] = statistics.mean(reached) if reached else None
+    out["mean_queries_to_0.9_censored"] = statistics.mean([q if q is not None else num_queries + 1 for q in reach])
+    bits = [b for r in runs for b in r["information_bits"] if not math.isnan(b)]
+    out["expected_bits_per_query"] = statistics.mean(bits) if bits else None
+    info_curve = [statistics.mean(x) for x in zip(*[r["information_bits"][1:] for r in runs])] if runs[0]["information_bits"][1:] else []
+    out["expected_bits_curve"] = [round(v, 5) for v in info_curve]
+    secs = [s for r in runs for s in r["seconds_per_query"]]
+    out["seconds_per_query"] = statistics.mean(secs) if secs else None
+    sel = [s for r in runs for s in r["select_seconds"]]
+    out["select_seconds"] = statistics.mean(sel) if sel else None
+    return out
+
+
+# ----------------------------------------------------------------------------- speed
+def _timed(fn, repeats: int) -> dict[str, float]:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return {"min_s": min(ts), "median_s": statistics.median(ts)}
+
+
+def speed(args) -> dict[str, Any]:
+    """One online round: update on m comparisons + selection over all pairs, 256 draws, one thread."""
+    out: dict[str, Any] = {"pool_size": args.pool_size, "num_draws": args.num_samples, "threads": torch.get_num_threads()}
+    d = 8
+    w, pool, _ = make_problem(d, 1.0, 0, args.pool_size, 10)
+    user = SimulatedUser(w, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for m in [int(v) for v in _floats(args.speed_m)]:
+        data = simulate_comparisons(user, pool, m, generator=gen)
+        post = fit(LinearReward(), data, method="laplace", num_samples=args.num_samples)
+        new = data.append(comparisons=[[0, 1]])
+        row = {
+            "update": _timed(lambda: post.update(new), args.speed_repeats),
+            "select_eig_all_pairs": _timed(lambda: select_queries(post, pool, strategy="eig"), args.speed_repeats),
+            "round_eig": _timed(lambda: select_queries(post.update(new), pool, strategy="eig"), args.speed_repeats),
+            "round_region": _timed(lambda: select_queries(post.update(new), pool, strategy="region"), max(args.speed_repeats // 4, 1)),
+            "select_eig_exhaustive_mc": _timed(lambda: select_queries(post, pool, strategy="eig", screen=None), 1 if args.tiny else 2),
+        }
+        out[f"m={m}"] = row
+        out[f"m={m}"]["botorch"] = _botorch_speed(pool, data, args)
+    return out
+
+
+def _botorch_speed(pool: torch.Tensor, data: PreferenceData, args) -> dict[str, Any]:
+    from botorch.acquisition.preference import PairwiseBayesianActiveLearningByDisagreement
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import PairwiseGP, PairwiseLaplaceMarginalLogLikelihood
+    from gpytorch.kernels import LinearKernel, ScaleKernel
+
+    used = torch.unique(data.comparisons)
+    remap = torch.full((pool.shape[0],), -1, dtype=torch.long)
+    remap[used] = torch.arange(used.numel())
+    holder: dict[str, Any] = {}
+
+    def fit_gp():
+        gp = PairwiseGP(pool[used], remap[data.comparisons], covar_module=ScaleKernel(LinearKernel()))
+        fit_gpytorch_mll(PairwiseLaplaceMarginalLogLikelihood(gp.likelihood, gp))
+        gp.eval()
+        holder["gp"] = gp
+
+    repeats = 1 if args.tiny else 3
+    row: dict[str, Any] = {"fit": _timed(fit_gp, repeats)}
+    gen = torch.Generator().manual_seed(1)
+    ca = torch.randint(0, pool.shape[0], (args.botorch_candidates,), generator=gen)
+    cb = (ca + 1 + torch.randint(0, pool.shape[0] - 1, (args.botorch_candidates,), generator=gen)) % pool.shape[0]
+    X = torch.stack([pool[ca], pool[cb]], -2)
+    acq = PairwiseBayesianActiveLearningByDisagreement(holder["gp"])
+    with torch.no_grad():
+        row[f"bald_{args.botorch_candidates}_pairs"] = _timed(lambda: acq(X), repeats)
+        if args.time_botorch_all_pairs:
+            first, second = torch.triu_indices(pool.shape[0], pool.shape[0], 1)
+            Xall = torch.stack([pool[first], pool[second]], -2)
+            t0 = time.perf_counter()
+            for lo in range(0, Xall.shape[0], 5000):
+                acq(Xall[lo : lo + 5000])
+            row["bald_all_pairs_s"] = time.perf_counter() - t0
+    return row
+
+
+# ---------------------------------------------------------------------------- output
+def write_outputs(result: dict[str, Any], raw: dict[str, Any], out: Path) -> None:
+    name = result["config"]["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / "tmp").mkdir(exist_ok=True)
+    (out / "tmp" / f"{name}_runs.json").write_text(json.dumps(raw))
+    (out / f"{name}.md").write_text(markdown(result))
+    if result["protocol"]:
+        plot(result, out, name)
+    if result.get("liked_set"):
+        plot_liked(result, out, name)
+
+
+def _fmt(v, nd=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [
+        "# Query strategies on APReL's linear protocol",
+        "",
+        f"Pool {cfg['pool_size']} N(0, I) items (every pair scored by our arms), {cfg['queries']} answers per run, "
+        "our arms `strategy[:model]`: `learned` = LinearReward() (rationality learned, prior N(0, I)), `known` = "
+        "APReL's setting (the user's rationality known, prior N(0, I/d)); "
+        f"{cfg['num_samples']} posterior draws; BoTorch arms: PairwiseGP (linear kernel) refitted each round, "
+        f"best of {cfg['botorch_candidates']} random pairs. Queries to alignment {LEVEL}: mean over runs that reached it "
+        f"(runs that never did, of how many) and the censored mean counting a miss as {cfg['queries'] + 1}. "
+        "Bits/query: expected information about the reward of the asked query under the arm's own posterior "
+        "(a binary answer carries at most 1 bit; BoTorch arms: its BALD, which assumes unit probit noise). "
+        "s/query: one selection + one update, wall time on the shared 2-core machine. "
+        "Written by benchmarks/bench_queries.py.",
+        "",
+    ]
+    T = cfg["queries"]
+    marks = [t for t in (10, 20, 30, T) if t <= T]
+    marks = sorted(set(marks))
+    for key, arms in result["protocol"].items():
+        lines += [f"## {key}", ""]
+        head = "| arm | runs | " + " | ".join(f"align@{t}" for t in marks) + f" | to {LEVEL} (never/runs) | censored | log-loss@{T} | regret@{T} | bits/query | s/query |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for arm, s in arms.items():
+            align = " | ".join(_fmt(s["alignment"][t - 1]) for t in marks)
+            lines.append(
+                f"| {arm} | {s['num_runs']} | {align} | {_fmt(s['mean_queries_to_0.9_reached'], 1)} ({s['never_reached']}/{s['num_runs']}) "
+                f"| {_fmt(s['mean_queries_to_0.9_censored'], 1)} | {_fmt(s['log_loss'][-1])} | {_fmt(s['regret'][-1])} "
+                f"| {_fmt(s['expected_bits_per_query'])} | {_fmt(s['seconds_per_query'])} |"
+            )
+        lines.append("")
+    if result.get("liked_set"):
+        Tl = cfg["liked_set_queries"]
+        mk = sorted({t for t in (5, 10, 20, Tl) if t <= Tl})
+        lines += [
+            "## Set-valued taste (4 of 10 clusters liked; linear reward on features, misspecified)", "",
+            f"Preferred fraction of the 50 pool items with the highest posterior mean after t answers; entropy of the "
+            f"liked clusters among them (2 bits = all four liked clusters equally); share of selected queries comparing "
+            f"two liked items (a coin flip to the person) and two items of the same level. {cfg['liked_set_seeds']} seeds.", "",
+            "| strategy | " + " | ".join(f"preferred@{t}" for t in mk) + f" | liked entropy@{Tl} | both liked | same level |",
+            "|" + "---|" * (len(mk) + 4),
+        ]
+        for strategy, v in result["liked_set"].items():
+            lines.append(
+                f"| {strategy} | " + " | ".join(_fmt(v["preferred"][t - 1]) for t in mk)
+                + f" | {_fmt(v['liked_entropy_bits'][-1], 2)} | {_fmt(v['both_liked_share'], 2)} | {_fmt(v['same_level_share'], 2)} |"
+            )
+        lines.append("")
+    if result.get("speed"):
+        sp = result["speed"]
+        lines += ["## Speed of one online round (single thread)", "",
+                  f"Pool {sp['pool_size']} items = {sp['pool_size'] * (sp['pool_size'] - 1) // 2} pairs, {sp['num_draws']} draws, d = 8; min / median seconds.", "",
+                  "| m | update | EIG over all pairs | update + EIG | update + region | exhaustive MC EIG | BoTorch fit | BoTorch BALD (random candidates) | BoTorch BALD all pairs |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key, row in sp.items():
+            if not key.startswith("m="):
+                continue
+            b = row["botorch"]
+            cand = next((v for k, v in b.items() if k.startswith("bald_") and k.endswith("_pairs")), None)
+            mm = lambda r: f"{r['min_s']:.3f} / {r['median_s']:.3f}"  # noqa: E731
+            lines.append(
+                f"| {key[2:]} | {mm(row['update'])} | {mm(row['select_eig_all_pairs'])} | {mm(row['round_eig'])} | {mm(row['round_region'])} "
+                f"| {mm(row['select_eig_exhaustive_mc'])} | {mm(b['fit'])} | {mm(cand) if cand else '-'} | {_fmt(b.get('bald_all_pairs_s'), 1)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(result["protocol"])
+    dims = sorted({int(k.split("_")[0][1:]) for k in keys})
+    rats = sorted({float(k.split("_")[1][1:]) for k in keys})
+    for metric, label in (("alignment", "alignment cos(E[w], w*)"), ("log_loss", "held-out log-loss (nats)"), ("regret", "regret of the recommended item")):
+        fig, axes = plt.subplots(len(dims), len(rats), figsize=(4 * len(rats), 3 * len(dims)), squeeze=False)
+        for i, d in enumerate(dims):
+            for j, r in enumerate(rats):
+                ax = axes[i][j]
+                arms = result["protocol"].get(f"d{d}_r{r:g}", {})
+                for arm, s in arms.items():
+                    m, se = torch.tensor(s[metric]), torch.tensor(s[metric + "_se"])
+                    x = torch.arange(1, m.numel() + 1)
+                    ax.plot(x, m, label=arm, ls="--" if arm.startswith("botorch") else "-")
+                    ax.fill_between(x, m - se, m + se, alpha=0.15)
+                if metric == "alignment":
+                    ax.axhline(LEVEL, color="grey", lw=0.7, ls=":")
+                ax.set_title(f"d={d}, rationality {r:g}", fontsize=9)
+                ax.set_xlabel("answers", fontsize=8)
+                ax.set_ylabel(label, fontsize=8)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}_{metric}.png", dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    key = "d8_r1" if "d8_r1" in result["protocol"] else keys[0]
+    for arm, s in result["protocol"][key].items():
+        if s["expected_bits_curve"]:
+            ax.plot(range(2, len(s["expected_bits_curve"]) + 2), s["expected_bits_curve"], label=arm)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="1-bit limit")
+    ax.set_xlabel("answer")
+    ax.set_ylabel("expected information of the query (bits)")
+    ax.set_title(key)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}_bits.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_liked(result: dict[str, Any], out: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for strategy, v in result["liked_set"].items():
+        x = range(1, len(v["preferred"]) + 1)
+        axes[0].plot(x, v["preferred"], label=strategy)
+        axes[1].plot(x, v["liked_entropy_bits"], label=strategy)
+    axes[0].set_ylabel("preferred fraction of top 50")
+    axes[1].set_ylabel("liked-cluster entropy (bits)")
+    axes[1].axhline(2.0, color="grey", lw=0.7, ls=":")
+    for ax in axes:
+        ax.set_xlabel("answers")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("set-valued taste: 4 of 10 clusters liked", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}_liked_set.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args) -> dict[str, Any]:
+    out = Path(args.out)
+    strategies = [s for s in args.strategies.split(",") if s]
+    botorch_arms = [s for s in args.botorch.split(",") if s]
+    settings = "all" if args.botorch_settings == "all" else {tuple(float(v) for v in s.split(":")) for s in args.botorch_settings.split(",") if s}
+    try:
+        from benchmarks.common import machine
+
+        info = machine()
+    except ImportError:  # run as a plain script
+        info = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    result: dict[str, Any] = {"benchmark": "bench_queries", "machine": info, "config": vars(args), "protocol": {}, "speed": None}
+    raw: dict[str, Any] = {}
+    start = time.perf_counter()
+    if not args.skip_speed:
+        result["speed"] = speed(args)
+        write_outputs(result, raw, out)
+    if not args.skip_protocol:
+        for d in [int(v) for v in _floats(args.dims)]:
+            for r in _floats(args.rationalities):
+                key = f"d{d}_r{r:g}"
+                result["protocol"][key] = {}
+                raw[key] = {}
+                arms = [(s, run_ours, args.seeds) for s in strategies]
+                if settings == "all" or (float(d), r) in settings:
+                    arms += [(a, run_botorch, args.botorch_seeds) for a in botorch_arms]
+                for arm, runner, seeds in arms:
+                    runs = [runner(arm, d, r, args.seed + k, args) for k in range(seeds)]
+                    raw[key][arm] = runs
+                    result["protocol"][key][arm] = summarize(runs, args.queries)
+                    s = result["protocol"][key][arm]
+                    print(
+                        f"[{time.perf_counter() - start:7.0f} s] {key} {arm:>14}: align@end {s['alignment'][-1]:.3f}, "
+                        f"to {LEVEL}: {_fmt(s['mean_queries_to_0.9_reached'], 1)} (never {s['never_reached']}/{s['num_runs']}), "
+                        f"{_fmt(s['seconds_per_query'])} s/query", flush=True,
+                    )
+                    write_outputs(result, raw, out)
+    if args.liked_set_seeds > 0:
+        result["liked_set"] = {}
+        raw["liked_set"] = {}
+        for strategy in [v for v in args.liked_set_strategies.split(",") if v]:
+            runs = [liked_set_run(strategy, args.seed + k, args) for k in range(args.liked_set_seeds)]
+            raw["liked_set"][strategy] = runs
+            result["liked_set"][strategy] = summarize_liked(runs)
+            s = result["liked_set"][strategy]
+            print(
+                f"[{time.perf_counter() - start:7.0f} s] liked set {strategy:>12}: preferred@end {s['preferred'][-1]:.3f}, "
+                f"liked-class entropy {s['liked_entropy_bits'][-1]:.2f} bits, both-liked queries {s['both_liked_share']:.2f}",
+                flush=True,
+            )
+            write_outputs(result, raw, out)
+    result["seconds"] = time.perf_counter() - start
+    write_outputs(result, raw, out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Steer the shipped digits model toward what a (simulated) person likes.
+
+A simulated person who likes the digits {1, 4, 7, 9} rates a few base samples
+like/dislike; a Bayesian linear reward on the shipped PCA features is fitted; the
+sampler is steered by the posterior probability of the preferred region, at the
+guidance scale chosen by the package's own rule (no judge, no true reward), and a
+guarded selection from an oversampled pool keeps preferred, on-manifold samples.
+The judge then measures the result.
+
+    python examples/05_guided_sampling.py                                # ~1-2 min on CPU
+    python examples/05_guided_sampling.py --num-samples 8 --steps 5 --labels 8 --pool-scale-samples 8
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.diffusion import (
+    DigitsPerson,
+    Guidance,
+    ManifoldGuard,
+    PosteriorObjective,
+    evaluate_samples,
+    load_base_model,
+    load_digits_splits,
+    load_feature_map,
+    sample,
+    sample_preferred,
+    save_image_grid,
+    select_guidance_scale,
+)
+from papa_bayes.inference import fit
+from papa_bayes.models import LinearReward
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-samples", type=int, default=128, help="steered samples to draw")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--labels", type=int, default=20, help="base samples the person rates")
+    parser.add_argument("--pool-scale-samples", type=int, default=64, help="pool size of the scale rule")
+    parser.add_argument("--oversample", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="folder for before/after PNG grids")
+    args = parser.parse_args(argv)
+    gen = lambda offset: torch.Generator().manual_seed(args.seed + offset)  # noqa: E731
+
+    model, features = load_base_model(), load_feature_map()
+    person = DigitsPerson(liked=(1, 4, 7, 9))
+
+    # 1. The person rates a few base samples.
+    base = sample(model, max(args.num_samples, args.labels), num_inference_steps=args.steps, generator=gen(0))
+    shown = base.images[: args.labels]
+    ratings = person.rate(shown)
+    with torch.no_grad():
+        data = PreferenceData(items=features(shown).double(),
+                              ratings=torch.stack([torch.arange(args.labels), ratings], 1))
+    posterior = fit(LinearReward(), data, method="laplace", seed=args.seed)
+
+    # 2. Steer by the posterior probability of the preferred region.
+    objective = PosteriorObjective(posterior, features, kind="region").calibrate(base.images, quantile=0.6)
+    guidance = Guidance(objective, mode="x0", window=(0.0, 0.8))
+    guard = ManifoldGuard(load_digits_splits().generator.images)  # the base model's own training data
+    rule = select_guidance_scale(model, guidance, guard, num_samples=args.pool_scale_samples,
+                                 num_inference_steps=args.steps, generator=gen(1))
+    steered = sample_preferred(model, args.num_samples, guidance=guidance.with_scale(rule.scale), guard=guard,
+                               oversample=args.oversample, num_inference_steps=args.steps, generator=gen(2))
+
+    # 3. Measure with the judge (which the steering never saw).
+    before = evaluate_samples(base.images[: args.num_samples])
+    after = evaluate_samples(steered.images)
+    print(f"{args.labels} labels ({int((ratings > 0).sum())} liked); scale chosen by the rule: {rule.scale:g}")
+    for name, m in (("base", before), ("steered", after)):
+        print(f"{name:>8}: preferred {m['preferred_fraction']:.2f}  judge share {m['judge_share']:.2f}  "
+              f"precision {m['precision']:.2f}  liked entropy {m['liked_class_entropy']:.2f} bits")
+    if args.out is not None:
+        save_image_grid(base.images[:64], args.out / "before.png")
+        save_image_grid(steered.images[:64], args.out / "after.png")
+    return {"scale": rule.scale, "before": before, "after": after}
+
+
+if __name__ == "__main__":
+    main()

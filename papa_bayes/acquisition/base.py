@@ -1,0 +1,236 @@
+"""The base of papa_bayes' acquisition functions: a query's value from joint utility draws.
+
+Every acquisition function here is a BoTorch ``AcquisitionFunction``: ``forward``
+takes `batch_shape x 2 x d` (a pairwise query) or `batch_shape x 1 x d` (a
+like/dislike query) and returns `batch_shape`. Internally each one reduces to
+:meth:`DrawsAcquisitionFunction.score_draws`, a pure function of joint utility
+draws at the query's items (`s x batch_shape` per item), so that query selection
+over a pool can compute the draws at the pool once (`s x n`) and score any set of
+pairs from them without calling the model again (see
+:func:`papa_bayes.acquisition.select_queries`).
+
+Information is measured in bits throughout: a binary answer carries at most 1 bit.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.models.model import Model
+from botorch.posteriors.ensemble import EnsemblePosterior
+from botorch.sampling.base import MCSampler
+from botorch.sampling.normal import IIDNormalSampler, SobolQMCNormalSampler
+from torch import Tensor
+from torch.quasirandom import SobolEngine
+
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
+
+__all__ = [
+    "DrawsAcquisitionFunction",
+    "LN2",
+    "answer_log_probs",
+    "entropy_bits",
+    "outcome_log_probs",
+    "per_draw",
+]
+
+LN2 = math.log(2.0)
+
+
+def entropy_bits(probs: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy in bits along ``dim`` (0 log 0 = 0)."""
+    return -torch.special.xlogy(probs, probs).sum(dim) / LN2
+
+
+def per_draw(values: Tensor | None, like: Tensor) -> Tensor | None:
+    """Reshape `s` per-draw values to broadcast against `s x ...` tensor ``like``."""
+    if values is None:
+        return None
+    return values.to(like).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def answer_log_probs(
+    u_first: Tensor,
+    u_second: Tensor | None,
+    *,
+    link: str,
+    tie_strength: Tensor | None = None,
+    threshold: Tensor | None = None,
+) -> list[Tensor]:
+    """Per-draw log probabilities of a query's answers, one `s x batch` tensor per answer.
+
+    Kept as a list rather than a trailing answer dimension: reductions over a
+    trailing dimension of size 2 or 3 are several times slower than elementwise
+    work on `s x batch` tensors.
+
+    Args:
+        u_first: `s x batch` utilities (noise units) of the first item.
+        u_second: `s x batch` utilities of the second item; None for a like/dislike
+            query about ``u_first``.
+        link: ``"logit"`` or ``"probit"``.
+        tie_strength: `s` draws of the tie parameter (pairs only), or None.
+        threshold: `s` draws of the like threshold (like/dislike only).
+
+    Returns:
+        o tensors `s x batch`: (first, second) or (first, second, tie) for pairs,
+        (like, dislike) for like/dislike queries.
+    """
+    if u_second is None:
+        if threshold is None:
+            raise ModelError("A like/dislike query needs draws of the like threshold.")
+        margin = u_first - per_draw(threshold, u_first)
+        return [log_cdf(margin, link), log_cdf(-margin, link)]
+    diff = u_first - u_second
+    if tie_strength is None:
+        return [log_cdf(diff, link), log_cdf(-diff, link)]
+    return list(comparison_log_probs(diff, link, per_draw(tie_strength, diff)).unbind(-1))
+
+
+def outcome_log_probs(
+    u_first: Tensor,
+    u_second: Tensor | None,
+    *,
+    link: str,
+    tie_strength: Tensor | None = None,
+    threshold: Tensor | None = None,
+) -> Tensor:
+    """:func:`answer_log_probs` stacked: `s x batch x o`."""
+    return torch.stack(
+        answer_log_probs(u_first, u_second, link=link, tie_strength=tie_strength, threshold=threshold), -1
+    )
+
+
+class DrawsAcquisitionFunction(AcquisitionFunction):
+    """An acquisition function computed from joint draws of the utility at a query's items.
+
+    Args:
+        model: a :class:`~papa_bayes.RewardPosterior` (its ``as_botorch_model()`` is
+            used; nuisance draws such as tie strength and like threshold come with
+            it, aligned draw by draw) or any single-output BoTorch ``Model`` of the
+            utility (e.g. ``PairwiseGP``), whose posterior is sampled.
+        link: answer link for a plain BoTorch model (default ``"probit"``); a
+            RewardPosterior's own link is used otherwise.
+        noise_scale: utilities are divided by it before the link, so that
+            P(a preferred) = F((u(a) - u(b)) / noise_scale). 1 for RewardPosteriors
+            (utilities are in noise units); ``sqrt(2)`` matches ``PairwiseGP``'s
+            probit likelihood.
+        num_samples: draws taken from a non-ensemble model's posterior.
+        seed: seed of those draws' base samples (fixed, so ``forward`` is
+            deterministic and smooth in ``X``).
+
+    Subclasses set ``query_size`` (2 or 1) and implement :meth:`score_draws`.
+    """
+
+    query_size: int = 2
+
+    def __init__(
+        self,
+        model: RewardPosterior | Model,
+        *,
+        link: str | None = None,
+        noise_scale: float = 1.0,
+        num_samples: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        posterior = model if isinstance(model, RewardPosterior) else None
+        if posterior is not None:
+            model = posterior.as_botorch_model()
+            link = link or posterior.link
+        elif not isinstance(model, Model):
+            raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
+        super().__init__(model=model)
+        self.reward_posterior = posterior
+        self.link = check_link(link or "probit")
+        if not (noise_scale > 0 and math.isfinite(noise_scale)):
+            raise InputDataError("noise_scale", "a positive finite number", noise_scale)
+        self.noise_scale = float(noise_scale)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self._sampler: tuple[str, MCSampler] | None = None
+
+    # ----------------------------------------------------------------- draws
+    @property
+    def num_features(self) -> int | None:
+        return None if self.reward_posterior is None else self.reward_posterior.num_features
+
+    def utility_draws(self, X: Tensor) -> Tensor:
+        """Joint utility draws at the query's items.
+
+        Args:
+            X: `batch_shape x q x d`.
+
+        Returns:
+            `s x batch_shape x q`, divided by ``noise_scale``.
+        """
+        posterior = self.model.posterior(X)
+        if isinstance(posterior, EnsemblePosterior):
+            values = posterior.values.squeeze(-1)  # batch x s x q
+            draws = values.movedim(-2, 0)
+        else:
+            draws = self._sampler_for(posterior)(posterior).squeeze(-1)  # s x batch x q
+        return draws / self.noise_scale
+
+    def _sampler_for(self, posterior: Any) -> MCSampler:
+        """Quasi-MC (scrambled Sobol) base samples where the dimension allows, else IID; fixed seed."""
+        dim = posterior.base_sample_shape.numel()
+        kind = "sobol" if dim <= SobolEngine.MAXDIM else "iid"
+        if self._sampler is None or self._sampler[0] != kind:
+            cls = SobolQMCNormalSampler if kind == "sobol" else IIDNormalSampler
+            self._sampler = (kind, cls(sample_shape=torch.Size([self.num_samples]), seed=self.seed))
+        return self._sampler[1]
+
+    def check_X(self, X: Tensor) -> Tensor:
+        """Validate `batch_shape x q x d` input (a `q x d` input gets batch shape `1`)."""
+        if not isinstance(X, Tensor):
+            X = torch.as_tensor(X, dtype=torch.float64)
+        q, d = self.query_size, self.num_features
+        dd = "d" if d is None else str(d)
+        if X.dim() == 2:
+            X = X.unsqueeze(0)
+        if X.dim() < 3 or X.shape[-2] != q or (d is not None and X.shape[-1] != d):
+            raise InputDataError("X", f"shape `batch_shape x {q} x {dd}`", tuple(X.shape))
+        return X
+
+    def forward(self, X: Tensor) -> Tensor:
+        """Value of each query.
+
+        Args:
+            X: `batch_shape x 2 x d` pairs (``query_size`` 2) or `batch_shape x 1 x d`
+                items (``query_size`` 1).
+
+        Returns:
+            `batch_shape`.
+        """
+        X = self.check_X(X)
+        u = self.utility_draws(X)  # s x batch x q
+        return self.score_draws(*u.unbind(-1))
+
+    @abstractmethod
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        """Value of queries from joint draws at their items.
+
+        Args:
+            utilities: ``query_size`` tensors `s x batch` (noise units), draw ``i`` of
+                each being the same posterior draw.
+
+        Returns:
+            `batch`.
+        """
+
+    # ------------------------------------------------------- nuisance draws
+    def _tie_draws(self, tie_strength: Any) -> Tensor | None:
+        """Tie strength per draw: explicit value, else the posterior's draws, else None."""
+        if tie_strength is not None:
+            return torch.as_tensor(tie_strength, dtype=torch.float64).reshape(-1)
+        if self.reward_posterior is not None:
+            return self.reward_posterior.tie_strength_draws()
+        return None
+
+    def extra_repr(self) -> str:
+        return f"link={self.link!r}, noise_scale={self.noise_scale}"

@@ -1,0 +1,114 @@
+"""Baselines: random queries, uncertainty sampling and Thompson sampling.
+
+- :class:`RandomQueries`: every query equally good (the label-efficiency floor).
+- :class:`UtilityDifferenceVariance`: uncertainty sampling, the posterior variance
+  of ``u(a) - u(b)`` (of ``u(x) - threshold`` for like/dislike).
+- :class:`ThompsonSampling`: two posterior draws each propose their best item
+  (dueling Thompson sampling, Sui et al. 2017); as an acquisition function the value
+  of a pair is ``max(u_i(a) + u_j(b), u_i(b) + u_j(a))`` for the two draws ``i, j``,
+  whose maximiser over pairs is exactly (argmax u_i, argmax u_j) when they differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from botorch.models.model import Model
+from torch import Tensor
+
+from papa_bayes.acquisition.base import DrawsAcquisitionFunction, per_draw
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.inference.posterior import RewardPosterior
+
+__all__ = ["RandomQueries", "UtilityDifferenceVariance", "ThompsonSampling"]
+
+
+def _check_generator(generator: Any, what: str) -> torch.Generator:
+    if not isinstance(generator, torch.Generator):
+        raise InputDataError("generator", f"a torch.Generator ({what} draws random numbers)", type(generator).__name__)
+    return generator
+
+
+class RandomQueries(DrawsAcquisitionFunction):
+    """Uniform random values: maximising them picks a uniformly random query.
+
+    Args:
+        model: a RewardPosterior or BoTorch model (only its feature count is used).
+        generator: the source of randomness.
+        query_size: 2 (pairs) or 1 (like/dislike).
+    """
+
+    def __init__(self, model: RewardPosterior | Model, *, generator: torch.Generator, query_size: int = 2) -> None:
+        super().__init__(model)
+        self.generator = _check_generator(generator, "RandomQueries")
+        self.query_size = int(query_size)
+
+    def forward(self, X: Tensor) -> Tensor:
+        X = self.check_X(X)
+        return torch.rand(X.shape[:-2], generator=self.generator, dtype=torch.float64)
+
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        return torch.rand(utilities[0].shape[1:], generator=self.generator, dtype=torch.float64)
+
+
+class UtilityDifferenceVariance(DrawsAcquisitionFunction):
+    """Uncertainty sampling: posterior variance of ``u(a) - u(b)`` (noise units squared).
+
+    For like/dislike queries (``query_size=1``) the variance of ``u(x) - c`` with
+    ``c`` the like threshold (its draws when the posterior has them, else 0).
+    """
+
+    def __init__(self, model: RewardPosterior | Model, *, query_size: int = 2, threshold: Any = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.query_size = int(query_size)
+        self.threshold = None if threshold is None else torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        if self.query_size == 1:
+            u = utilities[0]
+            thr = per_draw(self.threshold, u)
+            return (u if thr is None else u - thr).var(0)
+        return (utilities[0] - utilities[1]).var(0)
+
+
+class ThompsonSampling(DrawsAcquisitionFunction):
+    """Dueling Thompson sampling over two posterior draws.
+
+    Args:
+        model: a :class:`~papa_bayes.RewardPosterior` (its draws are indexed).
+        generator: picks the draws.
+        query_size: 2 (pairs: two distinct draws) or 1 (like/dislike: one draw; the
+            item that draw likes best is shown).
+        draws: explicit draw indices (``query_size`` of them) instead of random ones.
+    """
+
+    def __init__(
+        self,
+        model: RewardPosterior,
+        *,
+        generator: torch.Generator | None = None,
+        query_size: int = 2,
+        draws: Any = None,
+    ) -> None:
+        super().__init__(model)
+        self.query_size = int(query_size)
+        s = model.num_draws if isinstance(model, RewardPosterior) else None
+        if draws is None:
+            if s is None:
+                raise InputDataError("draws", "explicit draw indices for a BoTorch model", None)
+            gen = _check_generator(generator, "ThompsonSampling")
+            if s >= self.query_size:
+                draws = torch.randperm(s, generator=gen)[: self.query_size]
+            else:  # a single draw: both items from the same draw
+                draws = torch.zeros(self.query_size, dtype=torch.long)
+        self.draws = torch.as_tensor(draws, dtype=torch.long).reshape(-1)
+        if self.draws.numel() != self.query_size:
+            raise InputDataError("draws", f"{self.query_size} draw indices", self.draws.numel())
+
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        if self.query_size == 1:
+            return utilities[0][self.draws[0]]
+        i, j = self.draws.tolist()
+        a, b = utilities
+        return torch.maximum(a[i] + b[j], b[i] + a[j])

@@ -1,0 +1,171 @@
+"""Batches of k queries that do not repeat each other.
+
+- :func:`greedy_joint_information` (BatchBALD, Kirsch et al. 2019): add the query
+  that most increases the *joint* information ``I(y_1..y_j; theta)`` of the batch.
+  Answers are independent given a draw, so the joint predictive of the chosen
+  answers is a per-draw product, kept as an `s x C` table of configurations; exact
+  while C stays <= ``max_configurations``, then estimated from configurations sampled
+  from the joint predictive (as BatchBALD does).
+- :func:`greedy_dpp` (greedy MAP of a determinantal point process; Chen et al. 2018):
+  quality = the acquisition value, similarity = the posterior correlation of the
+  queries' utility differences across draws, so two pairs that probe the same
+  direction of the reward are not both asked. Works for any strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.acquisition.base import LN2, DrawsAcquisitionFunction, outcome_log_probs
+from papa_bayes.inference.posterior import RewardPosterior
+
+__all__ = ["greedy_joint_information", "greedy_dpp", "pick_batch"]
+
+
+def greedy_joint_information(
+    probs: Tensor,
+    k: int,
+    *,
+    max_configurations: int = 4096,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Greedy BatchBALD over candidate queries.
+
+    Args:
+        probs: `s x M x o` per-draw answer probabilities of the M candidates.
+        k: batch size (<= M).
+        max_configurations: largest exact table of answer configurations.
+        generator: for sampled configurations (default: a generator seeded 0).
+
+    Returns:
+        (`k` chosen candidate indices, `k` joint information in bits after each pick).
+    """
+    s, M, o = probs.shape
+    cond = -torch.special.xlogy(probs, probs).sum(-1).mean(0)  # M: E_theta H[y_m | theta], nats
+    table = probs.new_ones(s, 1)  # per-draw probability of each configuration of chosen answers
+    weights = probs.new_ones(1)  # importance weight of each configuration (1 when exact)
+    chosen: list[int] = []
+    joint_bits: list[float] = []
+    cond_sum = probs.new_zeros(())
+    mask = torch.zeros(M, dtype=torch.bool)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    for _ in range(k):
+        joint = torch.einsum("sc,smo->cmo", table, probs) / s  # C x M x o
+        h_joint = -(weights.reshape(-1, 1, 1) * torch.special.xlogy(joint, joint)).sum((0, 2))  # M
+        gain = h_joint - cond_sum - cond
+        gain[mask] = -math.inf
+        j = int(gain.argmax())
+        chosen.append(j)
+        joint_bits.append(float(gain[j].clamp(min=0)) / LN2)
+        mask[j] = True
+        cond_sum = cond_sum + cond[j]
+        table = (table.unsqueeze(-1) * probs[:, j, :].unsqueeze(1)).reshape(s, -1)
+        weights = weights.repeat_interleave(o)
+        if table.shape[1] > max_configurations:
+            table, weights = _sample_configurations(probs[:, chosen, :], max_configurations, gen)
+    return torch.tensor(chosen, dtype=torch.long), torch.tensor(joint_bits, dtype=torch.float64)
+
+
+def _sample_configurations(chosen_probs: Tensor, num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Answer configurations drawn from the joint predictive: (`s x num` table, `num` weights).
+
+    A configuration is drawn by picking a posterior draw and sampling every chosen
+    query's answer from it; the entropy estimate -E log p(y) then weighs each sampled
+    configuration by 1 / (num * p(y)).
+    """
+    s, j, o = chosen_probs.shape
+    draw = torch.randint(0, s, (num,), generator=generator)
+    answers = torch.multinomial(chosen_probs[draw].reshape(num * j, o), 1, generator=generator).reshape(num, j)
+    # table[s, c] = prod_i probs[s, i, answers[c, i]]
+    picked = chosen_probs.unsqueeze(1).expand(s, num, j, o).gather(-1, answers.reshape(1, num, j, 1).expand(s, num, j, 1))
+    table = picked.squeeze(-1).prod(-1)  # s x num
+    marginal = table.mean(0).clamp(min=1e-300)
+    return table, 1.0 / (num * marginal)
+
+
+def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
+    """Greedy MAP of a DPP with kernel ``diag(q) K diag(q)``, K = correlation of ``vectors``.
+
+    Args:
+        quality: `M` non-negative qualities (acquisition values, shifted if needed).
+        vectors: `s x M` per-draw values whose correlation across draws measures
+            similarity (utility differences of pairs, utilities of items).
+        k: batch size (<= M).
+
+    Returns:
+        `k` chosen candidate indices, in the order chosen.
+    """
+    V = vectors - vectors.mean(0)
+    norm = V.norm(dim=0)
+    V = V / norm.clamp(min=1e-12)
+    residual = torch.ones_like(quality)  # squared distance to the span of the chosen vectors
+    q2 = quality.clamp(min=0) ** 2
+    mask = torch.zeros(quality.shape[0], dtype=torch.bool)
+    basis: list[Tensor] = []
+    chosen: list[int] = []
+    for _ in range(k):
+        gain = q2 * residual + 1e-30 * q2  # tiny tie-break toward quality once span is full
+        gain[mask] = -math.inf
+        j = int(gain.argmax())
+        chosen.append(j)
+        mask[j] = True
+        if float(residual[j]) > 1e-10 and float(norm[j]) > 0:
+            e = V[:, j].clone()
+            for b in basis:  # Gram-Schmidt against the chosen directions
+                e = e - (b @ e) * b
+            e = e / e.norm().clamp(min=1e-12)
+            basis.append(e)
+            residual = (residual - (e @ V) ** 2).clamp(min=0.0)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def pick_batch(
+    strategy: str,
+    acq: DrawsAcquisitionFunction,
+    U: Tensor,
+    first: Tensor,
+    second: Tensor | None,
+    cand: Tensor,
+    scores: Tensor,
+    k: int,
+    batch: str,
+    posterior: RewardPosterior,
+    generator: torch.Generator | None,
+    details: dict[str, Any],
+) -> tuple[Tensor, Tensor]:
+    """k of the scored candidates, with diversity: (`k` candidate ids, `k` their scores).
+
+    Args:
+        strategy, acq: the strategy and its acquisition (for tie / threshold draws).
+        U: `s x n` utility draws at the pool; first, second: candidate pair indices
+            (``second`` None for like/dislike).
+        cand, scores: `M` scored candidates; k: batch size.
+        batch: "auto", "joint", "dpp" or "top"; details: receives
+            ``batch_information_bits`` for joint batches.
+    """
+    if k == 1:
+        j = scores.argmax()
+        return cand[j].reshape(1), scores[j].reshape(1)
+    if batch == "auto":
+        batch = "joint" if strategy == "eig" else "dpp"
+    # Diversity is sought among the best candidates only: it bounds the cost.
+    top = scores.topk(min(scores.numel(), max(4 * k, 1024))).indices
+    c, sc = cand[top], scores[top]
+    if batch == "top":
+        pick = torch.arange(k)
+    elif batch == "joint":
+        if second is None:
+            lp = outcome_log_probs(U[:, first[c]], None, link=posterior.link, threshold=acq.threshold)
+        else:
+            lp = outcome_log_probs(U[:, first[c]], U[:, second[c]], link=posterior.link, tie_strength=acq.tie_strength)
+        pick, joint = greedy_joint_information(lp.exp(), k, generator=generator)
+        details["batch_information_bits"] = joint
+    else:
+        vectors = U[:, first[c]] if second is None else U[:, first[c]] - U[:, second[c]]
+        quality = sc - sc.min() + 1e-9 if strategy in ("eubo", "thompson") else sc
+        pick = greedy_dpp(quality, vectors, k)
+    return c[pick], sc[pick]

@@ -1,0 +1,142 @@
+"""Closed forms on a Gaussian utility difference: Houlsby's BALD and analytic EUBO.
+
+If the utility difference of a pair is ``delta ~ N(m, v)`` (a probit GP posterior,
+or a Laplace posterior of a linear reward) and P(first preferred | delta) =
+Phi(delta / sigma_n), then (Houlsby et al. 2011, eqs. 3-4 with their
+approximation h(Phi(x)) ~ exp(-x^2 / (pi ln 2)))::
+
+    EIG ~ h(Phi(m / sqrt(sigma_n^2 + v)))
+          - C / sqrt(v / sigma_n^2 + C^2) * exp(-(m / sigma_n)^2 / (2 (v / sigma_n^2 + C^2)))
+
+with ``h`` the binary entropy in bits and ``C = sqrt(pi ln 2 / 2)``. For a logit
+link the same formula is used on ``Phi(lambda x) ~ sigmoid(x)``, lambda =
+sqrt(pi / 8): an approximation, used to screen pairs before Monte Carlo.
+
+The expected utility of the best of two options under a Gaussian (Lin et al. 2022)
+is ``E max(u_a, u_b) = mu_b + s (phi(z) + z Phi(z))``, ``s = sd(u_a - u_b)``,
+``z = (mu_a - mu_b) / s``.
+
+These need only the `n` means and the `n x n` covariance of the utility at a pool,
+so all pairs of a 500-item pool (124,750) are scored in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.models.model import Model
+from botorch.posteriors.ensemble import EnsemblePosterior
+from torch import Tensor
+
+from papa_bayes.acquisition.base import LN2
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.models.likelihoods import check_link
+
+__all__ = [
+    "HOULSBY_C",
+    "houlsby_information_gain",
+    "gaussian_expected_max",
+    "utility_moments",
+    "pair_moments",
+    "HoulsbyInformationGain",
+]
+
+HOULSBY_C = math.sqrt(math.pi * LN2 / 2.0)
+_LOGIT_TO_PROBIT = math.sqrt(math.pi / 8.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+def _binary_entropy_bits(p: Tensor) -> Tensor:
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / LN2
+
+
+def houlsby_information_gain(
+    mean_diff: Tensor, var_diff: Tensor, *, noise_scale: float = 1.0, link: str = "probit"
+) -> Tensor:
+    """Houlsby et al. (2011)'s closed-form BALD of a binary answer, in bits.
+
+    Args:
+        mean_diff: `batch` posterior mean of ``u(a) - u(b)`` (or of ``u - threshold``).
+        var_diff: `batch` its posterior variance.
+        noise_scale: sigma_n in P(first) = F(delta / sigma_n).
+        link: ``"probit"`` (exact up to Houlsby's approximation of h(Phi)) or
+            ``"logit"`` (through the probit approximation of the sigmoid).
+
+    Returns:
+        `batch` bits.
+    """
+    scale = noise_scale / (_LOGIT_TO_PROBIT if check_link(link) == "logit" else 1.0)
+    m = mean_diff / scale
+    v = var_diff.clamp(min=0.0) / scale**2
+    marginal = torch.special.ndtr(m / torch.sqrt(1.0 + v))
+    c2 = HOULSBY_C**2
+    conditional = HOULSBY_C / torch.sqrt(v + c2) * torch.exp(-(m**2) / (2.0 * (v + c2)))
+    return (_binary_entropy_bits(marginal) - conditional).clamp(min=0.0)
+
+
+def gaussian_expected_max(mean_first: Tensor, mean_second: Tensor, var_diff: Tensor) -> Tensor:
+    """E[max(u_a, u_b)] for jointly Gaussian utilities (analytic EUBO, Lin et al. 2022): `batch`."""
+    sd = var_diff.clamp(min=1e-18).sqrt()
+    z = (mean_first - mean_second) / sd
+    pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    return mean_second + sd * (pdf + z * torch.special.ndtr(z))
+
+
+def utility_moments(utility_draws: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean `n` and covariance `n x n` of utility draws `s x n`."""
+    s = utility_draws.shape[0]
+    mean = utility_draws.mean(0)
+    centred = utility_draws - mean
+    return mean, centred.T @ centred / max(s - 1, 1)
+
+
+def pair_moments(mean: Tensor, cov: Tensor, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``u(first) - u(second)`` for index tensors `P`: two `P` tensors."""
+    diag = cov.diagonal()
+    n = cov.shape[-1]
+    var = diag[first] + diag[second] - 2.0 * cov.reshape(-1)[first * n + second]
+    return mean[first] - mean[second], var.clamp(min=0.0)
+
+
+class HoulsbyInformationGain(AcquisitionFunction):
+    """Houlsby et al. (2011)'s closed-form BALD for a pairwise probit query.
+
+    Uses the posterior mean and covariance of the two utilities: exact Gaussian
+    moments for a GP (e.g. BoTorch ``PairwiseGP``), the draws' moments for a
+    :class:`~papa_bayes.RewardPosterior` (whose link is then used).
+
+    Args:
+        model: a BoTorch model of the utility or a RewardPosterior.
+        noise_scale: sigma_n; ``sqrt(2)`` matches ``PairwiseGP``'s probit likelihood,
+            1 matches BoTorch's ``PairwiseBayesianActiveLearningByDisagreement``.
+        link: ``"probit"`` (default for BoTorch models) or ``"logit"`` (approximate).
+
+    ``forward``: `batch_shape x 2 x d` -> `batch_shape` bits.
+    """
+
+    def __init__(self, model: RewardPosterior | Model, *, noise_scale: float = 1.0, link: str | None = None) -> None:
+        if isinstance(model, RewardPosterior):
+            link = link or model.link
+            model = model.as_botorch_model()
+        super().__init__(model=model)
+        self.noise_scale = float(noise_scale)
+        self.link = check_link(link or "probit")
+
+    def forward(self, X: Tensor) -> Tensor:
+        if X.dim() == 2:
+            X = X.unsqueeze(0)
+        if X.dim() < 3 or X.shape[-2] != 2:
+            raise InputDataError("X", "shape `batch_shape x 2 x d`", tuple(X.shape))
+        posterior = self.model.posterior(X)
+        if isinstance(posterior, EnsemblePosterior):
+            diff = posterior.values[..., 0, 0] - posterior.values[..., 1, 0]  # batch x s
+            mean, var = diff.mean(-1), diff.var(-1)
+        else:
+            mu = posterior.mean.squeeze(-1)
+            cov = posterior.covariance_matrix
+            mean = mu[..., 0] - mu[..., 1]
+            var = cov[..., 0, 0] + cov[..., 1, 1] - 2 * cov[..., 0, 1]
+        return houlsby_information_gain(mean, var, noise_scale=self.noise_scale, link=self.link)

@@ -1,0 +1,79 @@
+"""Queries over free (continuous) features: BoTorch's ``optimize_acqf`` on our acquisition.
+
+Where the features of a query can be chosen freely inside a box (a generator's
+latent code, a synthetic stimulus), the pair is optimized jointly as a
+`2 x d` design: ``optimize_acqf(acq, bounds, q=2)``, multi-start L-BFGS-B from
+Sobol raw samples. Our acquisition functions are differentiable in ``X`` because
+``RewardPosterior.utility`` is.
+"""
+
+from __future__ import annotations
+
+import torch
+from botorch.optim import optimize_acqf
+from torch import Tensor
+
+from papa_bayes.acquisition.selection import _strategy, make_acquisition
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.inference.posterior import RewardPosterior
+
+__all__ = ["optimize_queries"]
+
+
+def optimize_queries(
+    posterior: RewardPosterior,
+    bounds: Tensor,
+    *,
+    strategy: str = "eig",
+    k: int = 1,
+    query_type: str = "pair",
+    reference_pool: Tensor | None = None,
+    num_restarts: int = 8,
+    raw_samples: int = 256,
+    seed: int = 0,
+    options: dict | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Optimize query features in a box.
+
+    Args:
+        posterior: the reward posterior.
+        bounds: `2 x d` lower and upper bounds of every feature.
+        strategy: "eig", "region", "argmax", "eubo", "uncertainty" or "thompson".
+        k: number of queries: the k best distinct local optima of the multi-start
+            optimization (``k <= num_restarts``).
+        query_type: ``"pair"`` (`2 x d` designs) or ``"rating"`` (`1 x d`).
+        reference_pool: `n x d` items for "region" / "argmax" (and the like threshold
+            of rating queries without ratings yet).
+        num_restarts, raw_samples, options: passed to ``optimize_acqf``.
+        seed: seeds the raw samples (the global RNG is restored afterwards).
+
+    Returns:
+        (`k x q x d` query features, `k` acquisition values).
+    """
+    strategy = _strategy(strategy)
+    if strategy == "random":
+        raise InputDataError("strategy", "an optimizable strategy (draw random features yourself)", strategy)
+    d = posterior.num_features
+    bounds = torch.as_tensor(bounds, dtype=torch.float64)
+    if bounds.shape != (2, d) or not bool((bounds[1] > bounds[0]).all()):
+        raise InputDataError("bounds", f"shape `2 x {d}` with lower < upper", tuple(bounds.shape))
+    if not 1 <= k <= num_restarts:
+        raise InputDataError("k", f"between 1 and num_restarts ({num_restarts})", k)
+    gen = torch.Generator().manual_seed(seed)
+    acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen)
+    q = 2 if query_type == "pair" else 1
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        X, values = optimize_acqf(
+            acq, bounds=bounds, q=q, num_restarts=num_restarts, raw_samples=raw_samples,
+            return_best_only=False, options=options or {"maxiter": 100},
+        )
+    order = values.argsort(descending=True)
+    keep: list[int] = []
+    for i in order.tolist():  # distinct optima only
+        if all(float((X[i] - X[j]).abs().max()) > 1e-4 for j in keep):
+            keep.append(i)
+        if len(keep) == k:
+            break
+    idx = torch.tensor(keep, dtype=torch.long)
+    return X[idx].detach(), values[idx].detach()

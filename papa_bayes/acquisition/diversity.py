@@ -1,0 +1,104 @@
+"""Exposure diversity: how much of the space of possible items a person was shown.
+
+Active queries and steering can shrink what a person sees to one corner of the
+space (an echo chamber): their answers then say nothing about the rest. The metric
+partitions a reference set (e.g. unsteered base samples) into cells around
+``num_cells`` centres chosen by farthest-point traversal (deterministic), assigns
+every shown item to its nearest centre (features standardized by the reference),
+and reports:
+
+- ``coverage``: share of cells shown at least once;
+- ``entropy_bits``: entropy of the shown items' cells, and ``normalized_entropy``
+  = entropy / log2(num_cells) (1 = evenly spread over all cells);
+- ``reference_entropy_bits``: the same entropy for the reference itself, what
+  showing items in proportion to the unsteered distribution would give.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from papa_bayes.exceptions import InputDataError
+
+__all__ = ["ExposureDiversity", "exposure_diversity", "farthest_point_centres"]
+
+
+@dataclass(frozen=True)
+class ExposureDiversity:
+    """Exposure-diversity figures (see the module docstring)."""
+
+    coverage: float
+    entropy_bits: float
+    normalized_entropy: float
+    reference_entropy_bits: float
+    num_shown: int
+    num_cells: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(vars(self))
+
+
+def farthest_point_centres(reference: Tensor, num_cells: int) -> Tensor:
+    """Indices of ``num_cells`` reference items by farthest-point traversal: `num_cells`.
+
+    Starts at the item nearest the reference mean, then repeatedly adds the item
+    farthest from every centre chosen so far.
+    """
+    n = reference.shape[0]
+    first = int((reference - reference.mean(0)).norm(dim=-1).argmin())
+    chosen = [first]
+    dist = (reference - reference[first]).norm(dim=-1)
+    for _ in range(min(num_cells, n) - 1):
+        j = int(dist.argmax())
+        chosen.append(j)
+        dist = torch.minimum(dist, (reference - reference[j]).norm(dim=-1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def _entropy_bits(counts: Tensor) -> float:
+    p = counts.double() / counts.sum().clamp(min=1)
+    return float(-(torch.special.xlogy(p, p)).sum() / math.log(2.0))
+
+
+def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16) -> ExposureDiversity:
+    """Coverage and entropy of what was shown, over cells of a reference set.
+
+    Args:
+        shown: `m x d` features of the items shown (every item of every query).
+        reference: `n x d` features of reference items (e.g. unsteered samples).
+        num_cells: number of cells (at most n).
+
+    Returns:
+        An :class:`ExposureDiversity`.
+    """
+    shown = torch.as_tensor(shown, dtype=torch.float64)
+    reference = torch.as_tensor(reference, dtype=torch.float64)
+    if reference.dim() != 2 or reference.shape[0] == 0:
+        raise InputDataError("reference", "a non-empty `n x d` tensor", tuple(reference.shape))
+    d = reference.shape[1]
+    if shown.dim() != 2 or shown.shape[1] != d:
+        raise InputDataError("shown", f"shape `m x {d}`", tuple(shown.shape))
+    if num_cells < 1:
+        raise InputDataError("num_cells", "a positive integer", num_cells)
+    loc = reference.mean(0)
+    scale = reference.std(0).clamp(min=1e-12) if reference.shape[0] > 1 else torch.ones(d, dtype=torch.float64)
+    ref = (reference - loc) / scale
+    centres = ref[farthest_point_centres(ref, num_cells)]
+    c = centres.shape[0]
+    ref_counts = torch.bincount(torch.cdist(ref, centres).argmin(-1), minlength=c)
+    if shown.shape[0] == 0:
+        return ExposureDiversity(0.0, 0.0, 0.0, _entropy_bits(ref_counts), 0, c)
+    counts = torch.bincount(torch.cdist((shown - loc) / scale, centres).argmin(-1), minlength=c)
+    h = _entropy_bits(counts)
+    return ExposureDiversity(
+        coverage=float((counts > 0).double().mean()),
+        entropy_bits=h,
+        normalized_entropy=h / math.log2(c) if c > 1 else 1.0,
+        reference_entropy_bits=_entropy_bits(ref_counts),
+        num_shown=int(shown.shape[0]),
+        num_cells=c,
+    )

@@ -1,0 +1,256 @@
+"""Acquisition aimed at the preferred region: what the sampler will be steered to.
+
+Information about the whole reward (BALD) also rewards questions whose answer only
+matters far from anything the person likes, and questions that compare two items
+both surely liked: with a set-valued taste ("likes 1, 4, 7 and 9") the second kind
+is a coin flip the model mistakes for information (about a quarter of BALD's pairs
+in the digits prototype). The functions here value a query by what it says about
+the part of the reward that steering uses:
+
+- :class:`PreferredRegionInformation`: I(answer; region membership of the query's
+  items), membership z(x) = 1[u(x) > tau], tau per draw the like threshold or a high
+  quantile of the utility over a reference pool. Two items whose membership is
+  certain (both surely liked, or one surely liked and one surely not) score 0:
+  ``I(y; z) <= H(z)``. This mirrors the saturating steering objective
+  P(u(x) > tau) of DESIGN.md section 5.
+- :class:`ArgmaxInformation`: I(answer; which pool item is best) (the "entropy
+  search" family: Hennig & Schuler 2012; Hernandez-Lobato et al. 2014; for
+  preferences, Sui et al. 2017), Monte Carlo by grouping draws by their argmax.
+- :class:`ExpectedUtilityOfBestOption`: EUBO/qEUBO (Lin et al. 2022; Astudillo et al.
+  2023), E[max_i u(x_i)] averaged over all draws; :func:`botorch_qeubo` gives
+  BoTorch's own ``qExpectedUtilityOfBestOption`` on the same posterior.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from botorch.acquisition.preference import qExpectedUtilityOfBestOption
+from botorch.models.model import Model
+from torch import Tensor
+
+from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, answer_log_probs
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.inference.posterior import RewardPosterior
+
+__all__ = [
+    "grouped_information",
+    "region_thresholds",
+    "rating_threshold",
+    "PreferredRegionInformation",
+    "ArgmaxInformation",
+    "ExpectedUtilityOfBestOption",
+    "botorch_qeubo",
+]
+
+
+def grouped_information(log_probs: Tensor | list[Tensor], groups: Tensor, num_groups: int) -> Tensor:
+    """I(answer; g) in bits, where draws are grouped by a discrete quantity g of the reward.
+
+    ``I(y; g) = H[E p(y)] - sum_g P(g) H[E p(y | g)]``: the same Monte Carlo draws,
+    averaged within each group.
+
+    Args:
+        log_probs: per-draw answer log probabilities: o tensors `s x batch` or one
+            `s x batch x o` tensor.
+        groups: `s x batch` (per query) or `s` (shared by all queries) long group of
+            each draw, in [0, num_groups).
+        num_groups: G.
+
+    Returns:
+        `batch`, >= 0.
+    """
+    if isinstance(log_probs, Tensor):
+        log_probs = list(log_probs.unbind(-1))
+    probs = [lp.exp() for lp in log_probs]
+    s, batch = probs[0].shape[0], probs[0].shape[1:]
+    marginal = torch.stack([p.mean(0) for p in probs], -1)
+    if groups.dim() == 1:  # one grouping shared by every query (e.g. the argmax)
+        _, inverse = torch.unique(groups, return_inverse=True)
+        onehot = F.one_hot(inverse).to(probs[0])  # s x K (non-empty groups only)
+        counts = onehot.sum(0)  # K
+        sums = torch.stack([onehot.T @ p.reshape(s, -1) for p in probs], -1)  # K x B x o
+        conditional = ((counts / s) @ entropy_bits(sums / counts.reshape(-1, 1, 1))).reshape(batch)
+    else:
+        conditional = marginal.new_zeros(batch)
+        for g in range(num_groups):
+            mask = (groups == g).to(probs[0])
+            count = mask.sum(0)  # batch
+            sums = torch.stack([(p * mask).sum(0) for p in probs], -1)
+            conditional = conditional + count / s * entropy_bits(sums / count.clamp(min=1).unsqueeze(-1))
+    return (entropy_bits(marginal) - conditional).clamp(min=0.0)
+
+
+def region_thresholds(
+    posterior: RewardPosterior, pool_utility: Tensor | None, region: str | float
+) -> Tensor:
+    """Per-draw threshold tau of the preferred region: `s`.
+
+    Args:
+        posterior: the reward posterior.
+        pool_utility: `s x n` draws at a reference pool (needed for a quantile).
+        region: ``"like"`` (the posterior's like threshold), a quantile in (0, 1)
+            of the utility over the pool, or ``"auto"`` (the like threshold when the
+            posterior has one, else the 0.75 quantile: the pool's top quarter).
+    """
+    if region in ("like", "auto"):
+        try:
+            return posterior.like_threshold_draws().to(torch.float64)
+        except ModelError:
+            if region == "like":
+                raise
+            region = 0.75
+    if not isinstance(region, (int, float)) or not 0.0 < float(region) < 1.0:
+        raise InputDataError("region", "'like', 'auto' or a quantile in (0, 1)", region)
+    if pool_utility is None:
+        raise InputDataError("pool", "a reference pool `n x d` to place the region's quantile", None)
+    return torch.quantile(pool_utility.to(torch.float64), float(region), dim=-1)
+
+
+def rating_threshold(posterior: RewardPosterior, pool_utility: Tensor | None) -> Tensor:
+    """Like-threshold draws `s`; without ratings yet, the per-draw median utility of the pool.
+
+    Before the first like/dislike answer the model has no threshold; the median makes
+    "liked" mean "better than half of the pool", a neutral starting point.
+    """
+    try:
+        return posterior.like_threshold_draws().to(torch.float64)
+    except ModelError:
+        if pool_utility is None:
+            raise
+        return torch.quantile(pool_utility.to(torch.float64), 0.5, dim=-1)
+
+
+def _pool_utility(posterior: RewardPosterior | None, pool: Any, pool_utility: Tensor | None) -> Tensor | None:
+    if pool_utility is not None:
+        return pool_utility.detach()
+    if pool is None:
+        return None
+    if posterior is None:
+        raise ModelError("A reference pool needs a RewardPosterior (joint draws at pool and queries).")
+    with torch.no_grad():
+        return posterior.utility(posterior.check_features(pool, "pool"))
+
+
+class PreferredRegionInformation(DrawsAcquisitionFunction):
+    """I(answer; whether the query's items lie in the preferred region), in bits.
+
+    Works for pairs (``query_size=2``, groups (z_a, z_b)) and like/dislike queries
+    (``query_size=1``, group z_x). With ties the answer has three outcomes.
+
+    Args:
+        model: a :class:`~papa_bayes.RewardPosterior`.
+        pool: `n x d` reference items placing the region's quantile (e.g. the
+            candidate pool or unsteered samples); or give ``pool_utility``.
+        region: see :func:`region_thresholds`.
+        query_size: 2 (pairs) or 1 (like/dislike).
+        pool_utility: `s x n` draws at the pool, if already computed.
+    """
+
+    def __init__(
+        self,
+        model: RewardPosterior,
+        *,
+        pool: Any = None,
+        region: str | float = "auto",
+        query_size: int = 2,
+        pool_utility: Tensor | None = None,
+    ) -> None:
+        if not isinstance(model, RewardPosterior):
+            raise ModelError("PreferredRegionInformation needs a RewardPosterior (aligned draws).")
+        super().__init__(model)
+        if query_size not in (1, 2):
+            raise InputDataError("query_size", "2 (pairs) or 1 (like/dislike)", query_size)
+        self.query_size = query_size
+        self.threshold = region_thresholds(model, _pool_utility(model, pool, pool_utility), region)
+        self.tie_strength = self._tie_draws(None) if query_size == 2 else None
+        self.like_threshold = None
+        if query_size == 1:
+            U = _pool_utility(model, pool, pool_utility)
+            self.like_threshold = rating_threshold(model, U) if U is not None else self.threshold
+
+    def membership(self, u: Tensor) -> Tensor:
+        """Per-draw membership z = 1[u > tau] of `s x batch` utilities: long `s x batch`."""
+        return (u > self.threshold.to(u).reshape(-1, *([1] * (u.dim() - 1)))).long()
+
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        if self.query_size == 1:
+            (u,) = utilities
+            lp = answer_log_probs(u, None, link=self.link, threshold=self.like_threshold)
+            return grouped_information(lp, self.membership(u), 2)
+        u_first, u_second = utilities
+        lp = answer_log_probs(u_first, u_second, link=self.link, tie_strength=self.tie_strength)
+        return grouped_information(lp, self.membership(u_first) + 2 * self.membership(u_second), 4)
+
+
+class ArgmaxInformation(DrawsAcquisitionFunction):
+    """I(answer; which item of a reference pool is best), in bits.
+
+    Args:
+        model: a :class:`~papa_bayes.RewardPosterior`.
+        pool: `n x d` items among which the best is sought; or give ``pool_utility``.
+        query_size: 2 (pairs) or 1 (like/dislike).
+        pool_utility: `s x n` draws at the pool, if already computed.
+    """
+
+    def __init__(
+        self,
+        model: RewardPosterior,
+        *,
+        pool: Any = None,
+        query_size: int = 2,
+        pool_utility: Tensor | None = None,
+    ) -> None:
+        if not isinstance(model, RewardPosterior):
+            raise ModelError("ArgmaxInformation needs a RewardPosterior (aligned draws).")
+        super().__init__(model)
+        if query_size not in (1, 2):
+            raise InputDataError("query_size", "2 (pairs) or 1 (like/dislike)", query_size)
+        self.query_size = query_size
+        U = _pool_utility(model, pool, pool_utility)
+        if U is None:
+            raise InputDataError("pool", "the `n x d` items among which the best is sought", None)
+        self.best = U.argmax(-1)  # s: the best pool item under each draw
+        self.num_items = U.shape[-1]
+        self.tie_strength = self._tie_draws(None) if query_size == 2 else None
+        self.like_threshold = rating_threshold(model, U) if query_size == 1 else None
+
+    @property
+    def best_item_probabilities(self) -> Tensor:
+        """Posterior probability that each pool item is best: `n`."""
+        return torch.bincount(self.best, minlength=self.num_items).double() / self.best.numel()
+
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        if self.query_size == 1:
+            lp = answer_log_probs(utilities[0], None, link=self.link, threshold=self.like_threshold)
+        else:
+            lp = answer_log_probs(*utilities, link=self.link, tie_strength=self.tie_strength)
+        return grouped_information(lp, self.best, self.num_items)
+
+
+class ExpectedUtilityOfBestOption(DrawsAcquisitionFunction):
+    """EUBO / qEUBO: E[max_i u(x_i)] over the posterior's draws (noise units).
+
+    ``forward``: `batch_shape x q x d` -> `batch_shape`. Every draw of a
+    RewardPosterior is used (no resampling), so the value is deterministic.
+
+    Args:
+        model: a RewardPosterior or a BoTorch model of the utility.
+        q: options per query (2 for pairs).
+    """
+
+    def __init__(self, model: RewardPosterior | Model, *, q: int = 2, num_samples: int = 1024, seed: int = 0) -> None:
+        super().__init__(model, num_samples=num_samples, seed=seed)
+        if q < 1:
+            raise InputDataError("q", "a positive number of options", q)
+        self.query_size = int(q)
+
+    def score_draws(self, *utilities: Tensor) -> Tensor:
+        return torch.stack(utilities, -1).amax(-1).mean(0)
+
+
+def botorch_qeubo(posterior: RewardPosterior, **kwargs: Any) -> qExpectedUtilityOfBestOption:
+    """BoTorch's ``qExpectedUtilityOfBestOption`` on a RewardPosterior's draws (``kwargs`` passed on)."""
+    return qExpectedUtilityOfBestOption(pref_model=posterior.as_botorch_model(), **kwargs)

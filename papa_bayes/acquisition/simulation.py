@@ -1,0 +1,217 @@
+"""A simulated person answering actively chosen queries: the label-efficiency experiment.
+
+One run: a pool of items, a :class:`~papa_bayes.users.SimulatedUser`, a reward model.
+The first ``num_initial`` queries are random pairs (there is no posterior before the
+first answer), the same for every strategy under the same seed; then each round
+selects a pair by the strategy, asks the user, appends the answer and updates the
+posterior online (warm-started). After every answer it records alignment
+cos(E[w], w*), held-out log-loss, regret of the recommended item and the expected
+information of the query asked. Used by the tests, ``examples/03_active_learning.py``
+and ``benchmarks/bench_queries.py`` (APReL's protocol: Biyik et al. 2022).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from papa_bayes.acquisition.selection import select_queries
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.users import SimulatedUser, winner_first
+
+__all__ = ["ActiveLearningRun", "run_active_learning", "queries_to_reach", "estimated_weights", "weight_entropy_bits"]
+
+
+@dataclass
+class ActiveLearningRun:
+    """Curves of one run, entry t after t + 1 answers.
+
+    Attributes:
+        strategy: the selection strategy.
+        alignment: cos(E[w], w*) (NaN without true weights).
+        log_loss: held-out expected log-loss in nats, against the user's true
+            answer probabilities (NaN without held-out pairs).
+        regret: u*(best pool item) - u*(item with the highest posterior mean).
+        information_bits: expected information about the reward of each query
+            asked (MC BALD under the posterior it was chosen with).
+        entropy_bits: entropy of the posterior of the linear part of the utility
+            (Gaussian approximation of the draws of ``u(e_j) - u(0)``, noise units);
+            its decrease per answer is the information actually gained.
+        select_seconds, update_seconds: time per selection and per posterior update.
+        queries: `T x 2` pool indices as shown (first, second).
+        posterior: the last posterior.
+    """
+
+    strategy: str
+    alignment: list[float] = field(default_factory=list)
+    log_loss: list[float] = field(default_factory=list)
+    regret: list[float] = field(default_factory=list)
+    information_bits: list[float] = field(default_factory=list)
+    entropy_bits: list[float] = field(default_factory=list)
+    select_seconds: list[float] = field(default_factory=list)
+    update_seconds: list[float] = field(default_factory=list)
+    queries: list[list[int]] = field(default_factory=list)
+    posterior: RewardPosterior | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in vars(self).items() if k != "posterior"}
+        return out
+
+
+def estimated_weights(posterior: RewardPosterior, pool: Tensor) -> Tensor:
+    """E[w] for a linear posterior; otherwise the least-squares linear fit of the posterior mean utility: `d`."""
+    mean = getattr(posterior, "mean", None)
+    if callable(mean):
+        try:
+            w = mean("w")
+            if w.dim() == 1 and w.shape[0] == pool.shape[-1]:
+                return w
+        except Exception:  # noqa: BLE001 - any posterior without a "w" site
+            pass
+    with torch.no_grad():
+        u = posterior.utility(pool).mean(0)
+    X = torch.cat([pool, torch.ones(pool.shape[0], 1, dtype=pool.dtype)], -1)
+    return torch.linalg.lstsq(X, u.unsqueeze(-1)).solution[:-1, 0]
+
+
+def weight_entropy_bits(posterior: RewardPosterior) -> float:
+    """Gaussian-approximation entropy (bits) of the draws of ``u(e_j) - u(0)``, j = 1..d.
+
+    For a linear reward these are the weights in noise units, ``rationality * w``;
+    for any reward, the linear part the answers inform.
+    """
+    d = posterior.num_features
+    basis = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
+    with torch.no_grad():
+        u = posterior.utility(basis)
+    W = u[:, 1:] - u[:, :1]
+    cov = torch.atleast_2d(torch.cov(W.T)) + 1e-12 * torch.eye(d, dtype=torch.float64)
+    logdet = torch.linalg.slogdet(cov).logabsdet
+    return float((0.5 * (d * math.log(2 * math.pi * math.e) + logdet)) / math.log(2.0))
+
+
+def queries_to_reach(curve: list[float] | Tensor, level: float) -> int | None:
+    """Number of answers after which ``curve`` first reaches ``level`` (None if never)."""
+    for t, v in enumerate(list(curve)):
+        if v >= level:
+            return t + 1
+    return None
+
+
+def _fit(model: Any, data: PreferenceData, num_samples: int, seed: int) -> RewardPosterior:
+    from papa_bayes.inference.fit import fit
+
+    return fit(model, data, method="laplace", num_samples=num_samples, seed=seed)
+
+
+def run_active_learning(
+    user: SimulatedUser,
+    pool: Tensor,
+    *,
+    strategy: str = "eig",
+    num_queries: int = 20,
+    model: Any = None,
+    num_samples: int = 256,
+    num_initial: int = 1,
+    true_weights: Tensor | None = None,
+    heldout: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+    select_options: dict[str, Any] | None = None,
+    callback: Callable[[int, RewardPosterior], None] | None = None,
+) -> ActiveLearningRun:
+    """Ask ``num_queries`` pairwise queries of a simulated user, chosen by ``strategy``.
+
+    Args:
+        user: the simulated person (its own seed fixes its answers' noise).
+        pool: `n x d` candidate items; every pair is a possible query.
+        strategy: see :data:`~papa_bayes.acquisition.STRATEGIES`.
+        num_queries: answers in total, the random initial ones included.
+        model: reward model (default ``LinearReward()``), fitted by Laplace and
+            updated online.
+        num_samples: posterior draws.
+        num_initial: random pairs before the first selection (>= 1).
+        true_weights: `d` w* for alignment; default ``user.weights``.
+        heldout: (first `h x d`, second `h x d`) held-out pairs for log-loss.
+        seed: seeds the initial pairs and the strategy's randomness.
+        select_options: extra keyword arguments of :func:`select_queries`.
+        callback: called as ``callback(num_answers, posterior)`` after every
+            posterior update (for task-specific metrics).
+
+    Returns:
+        An :class:`ActiveLearningRun`.
+    """
+    from papa_bayes.models.linear import LinearReward
+
+    pool = torch.as_tensor(pool, dtype=torch.float64)
+    n = pool.shape[0]
+    if n < 2:
+        raise InputDataError("pool", "at least 2 items", n)
+    if not 1 <= num_initial <= num_queries:
+        raise InputDataError("num_initial", f"between 1 and num_queries ({num_queries})", num_initial)
+    model = LinearReward() if model is None else model
+    w_true = user.weights if true_weights is None else torch.as_tensor(true_weights, dtype=torch.float64)
+    u_pool = user.utility(pool)
+    best = float(u_pool.max())
+    gen = torch.Generator().manual_seed(int(seed))
+    truth_probs = user.outcome_probabilities(*heldout) if heldout is not None else None
+    run = ActiveLearningRun(strategy=strategy)
+    opts = dict(select_options or {})
+
+    a = torch.randint(0, n, (num_initial,), generator=gen)
+    b = (a + torch.randint(1, n, (num_initial,), generator=gen)) % n
+    shown = torch.stack([a, b], -1)
+    won, tie = user.compare(pool[a], pool[b])
+    data = PreferenceData(items=pool, comparisons=winner_first(shown, won), ties=tie)
+    t0 = time.perf_counter()
+    post = _fit(model, data, num_samples, seed)
+    run.update_seconds.append(time.perf_counter() - t0)
+    run.queries.extend(shown.tolist())
+    run.information_bits.extend([math.nan] * num_initial)
+    # Curves start after the initial answers; earlier points repeat the first posterior.
+    for t in range(num_initial):
+        _record(run, post, pool, w_true, u_pool, best, heldout, truth_probs)
+        if callback is not None:
+            callback(t + 1, post)
+
+    for _ in range(num_queries - num_initial):
+        t0 = time.perf_counter()
+        sel = select_queries(post, pool, strategy=strategy, k=1, generator=gen, **opts)
+        run.select_seconds.append(time.perf_counter() - t0)
+        pair = sel.indices[0]
+        won, tie = user.compare(pool[pair[0]].unsqueeze(0), pool[pair[1]].unsqueeze(0))
+        data = data.append(comparisons=winner_first(pair.unsqueeze(0), won), ties=tie)
+        t0 = time.perf_counter()
+        post = post.update(data)
+        run.update_seconds.append(time.perf_counter() - t0)
+        run.queries.append(pair.tolist())
+        run.information_bits.append(float(sel.information_bits[0]))
+        _record(run, post, pool, w_true, u_pool, best, heldout, truth_probs)
+        if callback is not None:
+            callback(len(run.queries), post)
+    run.posterior = post
+    return run
+
+
+def _record(run, post, pool, w_true, u_pool, best, heldout, truth_probs) -> None:
+    run.entropy_bits.append(weight_entropy_bits(post))
+    with torch.no_grad():
+        mean_u = post.utility(pool).mean(0)
+        run.regret.append(best - float(u_pool[int(mean_u.argmax())]))
+        if w_true is not None:
+            w = estimated_weights(post, pool)
+            run.alignment.append(float(w @ w_true / (w.norm() * w_true.norm()).clamp(min=1e-300)))
+        else:
+            run.alignment.append(math.nan)
+        if heldout is not None:
+            pred = post.outcome_probabilities(*heldout).mean(0)[..., : truth_probs.shape[-1]]
+            pred = pred / pred.sum(-1, keepdim=True)
+            run.log_loss.append(float(-(truth_probs * pred.clamp(min=1e-12).log()).sum(-1).mean()))
+        else:
+            run.log_loss.append(math.nan)

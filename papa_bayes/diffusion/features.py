@@ -1,0 +1,288 @@
+"""Feature maps ``phi``: differentiable maps from samples to `n x d` reward features.
+
+- :class:`PCAFeatures`: whitened principal components of base-model samples;
+- :class:`MidBlockFeatures`: the denoiser's mid-block activations at a fixed
+  timestep, pooled over space, standardized (and optionally projected on their
+  principal components), i.e. what the model itself "sees";
+- :class:`CallableFeatures`: any user callable, e.g. a CLIP or DINO image encoder.
+
+A feature map's ``input_space`` says what it reads: ``"image"`` (decoded images) or
+``"sample"`` (the diffused tensor: pixels or latents). Feature maps save to and load
+from a folder (``feature_map.json`` + ``feature_map.safetensors``), e.g. next to
+the model checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.exceptions import InputDataError, ModelError
+
+__all__ = [
+    "FeatureMap",
+    "PCAFeatures",
+    "MidBlockFeatures",
+    "CallableFeatures",
+    "save_feature_map",
+    "load_feature_map",
+]
+
+
+class FeatureMap(torch.nn.Module):
+    """Base class: ``forward(x)`` maps `n x ...` samples to `n x num_features` features."""
+
+    kind: ClassVar[str] = ""
+    input_space: ClassVar[str] = "image"
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        if int(num_features) < 1:
+            raise InputDataError("num_features", "a positive integer", num_features)
+        self.num_features = int(num_features)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that, with the saved tensors, rebuild the map."""
+        return {"num_features": self.num_features}
+
+    def _check_output(self, out: Tensor, n: int) -> Tensor:
+        if not isinstance(out, Tensor) or tuple(out.shape) != (n, self.num_features):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise InputDataError("features", f"shape `n x d` = ({n}, {self.num_features})", shape)
+        return out
+
+
+def _pca(x: Tensor, num_features: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean `D`, components `d x D` (sign-fixed) and component std `d` of `n x D` data."""
+    if num_features > min(x.shape):
+        raise InputDataError("num_features", f"at most min(n, D) = {min(x.shape)}", num_features)
+    x = x.to(torch.float64)
+    mean = x.mean(0)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    comps = vh[:num_features]
+    # Deterministic signs: the largest-magnitude loading of each component is positive.
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
+    comps = comps * signs
+    std = (s[:num_features] / max(1, x.shape[0] - 1) ** 0.5).clamp_min(1e-8)
+    return mean, comps, std
+
+
+class PCAFeatures(FeatureMap):
+    """Whitened principal components: ``phi(x) = (vec(x) - mean) @ components.T / std``.
+
+    Args:
+        mean: `D` mean of the fitting samples.
+        components: `d x D` orthonormal principal directions.
+        std: `d` standard deviations along them (ones when not whitened).
+
+    Use :meth:`fit` to build one from samples (e.g. 1024 base-model samples).
+    """
+
+    kind = "pca"
+
+    def __init__(self, mean: Tensor, components: Tensor, std: Tensor) -> None:
+        super().__init__(components.shape[0])
+        if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
+            raise InputDataError("components", "shape `d x D` with mean of shape `D`",
+                                 (tuple(components.shape), tuple(mean.shape)))
+        self.register_buffer("mean", mean.to(torch.float32))
+        self.register_buffer("components", components.to(torch.float32))
+        self.register_buffer("std", std.to(torch.float32))
+
+    @classmethod
+    def fit(cls, samples: Tensor, *, num_features: int = 8, whiten: bool = True) -> PCAFeatures:
+        """Fit on `n x ...` samples (decoded images)."""
+        mean, comps, std = _pca(samples.detach().reshape(samples.shape[0], -1), num_features)
+        return cls(mean, comps, std if whiten else torch.ones_like(std))
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.mean.shape[0]:
+            raise InputDataError("images", f"{self.mean.shape[0]} values per sample", flat.shape[1])
+        dt = flat.dtype
+        return ((flat - self.mean.to(dt)) @ self.components.to(dt).T) / self.std.to(dt)
+
+
+class _StopForward(Exception):
+    """Raised by the mid-block hook to skip the up path nobody needs."""
+
+
+class MidBlockFeatures(FeatureMap):
+    """Mid-block activations of the denoiser at a fixed timestep, pooled over space.
+
+    The clean sample is scaled to timestep ``timestep`` without added noise (so the
+    map is deterministic), run through the denoiser down to its mid-block, averaged
+    over space (`n x C`), standardized by statistics of fitting samples and, with
+    ``num_features`` set, projected on their principal components.
+
+    Args:
+        model: the diffusion model whose denoiser is read (not saved with the map).
+        timestep: the training timestep the sample is presented at.
+        num_features: project to this many components; None keeps all `C` channels.
+    """
+
+    kind = "midblock"
+    input_space = "sample"
+
+    def __init__(self, model: DiffusionModel, *, timestep: int = 100, num_features: int | None = None) -> None:
+        channels = int(model.unet.mid_block.resnets[-1].out_channels)
+        super().__init__(num_features or channels)
+        self.model = model
+        self.timestep = int(timestep)
+        self.channels = channels
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+        self.register_buffer("components", torch.eye(channels)[: self.num_features])
+        self.fitted = False
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """`n x C` spatially averaged mid-block activations (not standardized)."""
+        captured: list[Tensor] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        unet = self.model.unet
+        alpha = self.model.scheduler.alphas_cumprod[self.timestep].to(x.device, x.dtype)
+        handle = unet.mid_block.register_forward_hook(hook)
+        try:
+            self.model.conditional_output(alpha.sqrt() * x, torch.tensor(self.timestep, device=x.device))
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ModelError("The denoiser's mid_block did not run; MidBlockFeatures needs a UNet with one.")
+        return captured[0].mean(dim=(-2, -1))
+
+    def fit(self, samples: Tensor, *, batch_size: int = 256) -> MidBlockFeatures:
+        """Fit the standardization (and projection) on `n x C x H x W` samples; returns self."""
+        with torch.no_grad():
+            acts = torch.cat([self.pooled(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)])
+        acts = acts.to(torch.float64)
+        self.mean.copy_(acts.mean(0))
+        self.std.copy_(acts.std(0).clamp_min(1e-6))
+        if self.num_features < self.channels:
+            _, comps, std = _pca((acts - acts.mean(0)) / acts.std(0).clamp_min(1e-6), self.num_features)
+            self.components.copy_(comps / std.unsqueeze(1))  # whitened projection
+        self.fitted = True
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        acts = self.pooled(x)
+        dt = acts.dtype
+        z = (acts - self.mean.to(dt)) / self.std.to(dt)
+        return z @ self.components.to(dt).T
+
+    def config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "timestep": self.timestep}
+
+
+class CallableFeatures(FeatureMap):
+    """Wrap any differentiable callable `n x ...` -> `n x d` (a CLIP/DINO encoder, ...).
+
+    Args:
+        fn: the callable; if it is a ``torch.nn.Module`` its weights save with the map.
+        num_features: ``d``.
+        input_space: ``"image"`` (decoded images) or ``"sample"`` (diffused tensor).
+        name: a label stored in the saved config.
+    """
+
+    kind = "callable"
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], num_features: int, *,
+                 input_space: str = "image", name: str = "") -> None:
+        super().__init__(num_features)
+        if not callable(fn):
+            raise InputDataError("fn", "a callable", type(fn).__name__)
+        if input_space not in ("image", "sample"):
+            raise InputDataError("input_space", "'image' or 'sample'", input_space)
+        self.fn = fn
+        self.input_space = input_space  # type: ignore[misc]  (instance overrides the class default)
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._check_output(self.fn(x), x.shape[0])
+
+    def config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "input_space": self.input_space, "name": self.name}
+
+
+def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
+    """Save a feature map to ``directory`` (``feature_map.json`` + ``feature_map.safetensors``).
+
+    A :class:`MidBlockFeatures` saves its statistics, not the denoiser; a
+    :class:`CallableFeatures` saves the callable's weights when it is a module.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(feature_map, FeatureMap):
+        raise InputDataError("feature_map", "a FeatureMap", type(feature_map).__name__)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(feature_map, CallableFeatures):
+        module = feature_map.fn if isinstance(feature_map.fn, torch.nn.Module) else None
+        tensors = dict(module.state_dict()) if module is not None else {}
+    else:
+        tensors = dict(feature_map.named_buffers(recurse=False))
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    if tensors:
+        save_file(tensors, str(out / "feature_map.safetensors"))
+    (out / "feature_map.json").write_text(json.dumps({"kind": feature_map.kind, **feature_map.config()}, indent=2))
+    return out
+
+
+def load_feature_map(
+    directory: str | Path | None = None,
+    *,
+    model: DiffusionModel | None = None,
+    fn: Callable[[Tensor], Tensor] | None = None,
+) -> FeatureMap:
+    """Load a feature map saved by :func:`save_feature_map`.
+
+    Args:
+        directory: the folder; defaults to the PCA map shipped with the base model.
+        model: the diffusion model, needed by :class:`MidBlockFeatures`.
+        fn: the callable, needed by :class:`CallableFeatures` (its weights are restored
+            when it is a module and weights were saved).
+
+    Raises:
+        InputDataError: when the folder holds no feature map, or ``model``/``fn`` is missing.
+    """
+    from safetensors.torch import load_file
+
+    if directory is None:
+        from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT
+
+        directory = DEFAULT_CHECKPOINT / "pca_features"
+    root = Path(directory)
+    if not (root / "feature_map.json").is_file():
+        raise InputDataError("directory", "a folder holding `feature_map.json`", str(root))
+    config = json.loads((root / "feature_map.json").read_text())
+    weights = root / "feature_map.safetensors"
+    tensors = load_file(str(weights)) if weights.is_file() else {}
+    kind = config.get("kind")
+    if kind == "pca":
+        return PCAFeatures(tensors["mean"], tensors["components"], tensors["std"])
+    if kind == "midblock":
+        if model is None:
+            raise InputDataError("model", "the DiffusionModel whose mid-block the map reads", None)
+        fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"])
+        for name, value in tensors.items():
+            getattr(fmap, name).copy_(value)
+        fmap.fitted = True
+        return fmap
+    if kind == "callable":
+        if fn is None:
+            raise InputDataError("fn", f"the callable of the saved map {config.get('name')!r}", None)
+        if tensors and isinstance(fn, torch.nn.Module):
+            fn.load_state_dict(tensors)
+        return CallableFeatures(fn, config["num_features"], input_space=config.get("input_space", "image"),
+                                name=config.get("name", ""))
+    raise InputDataError("feature_map.json", "kind 'pca', 'midblock' or 'callable'", kind)

@@ -1,0 +1,320 @@
+"""Shared machinery of the fine-tuners: argument checks, a trainable copy, the loop.
+
+Every fine-tuner works on a copy of the model's denoiser and never touches the
+model it was given. The copy trains in float32 (master weights) under
+``torch.autocast`` with bfloat16 when mixed precision is on (the default on CUDA),
+and is handed back frozen, in eval mode, on the base model's device and dtype, so
+it drops in wherever the base model was used. With ``lora_rank`` set, only LoRA
+adapters (Hu et al. 2022) on the attention projections train, through ``peft``;
+they are merged into the weights at the end, so the result is a plain diffusers
+denoiser that saves and loads like the base one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
+from papa_bayes.diffusion.sampler import join_model_output
+from papa_bayes.exceptions import InputDataError, ModelError
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "TrainingCopy",
+    "check_int",
+    "check_float",
+    "check_samples",
+    "encode_images",
+    "require_peft",
+]
+
+#: Modules LoRA adapts by default: the attention projections of diffusers' ``Attention``.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+# -- argument checks ------------------------------------------------------------
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int, or InputDataError unless an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputDataError(name, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
+                maximum: float | None = None) -> float:
+    """``value`` as a finite float in the given range, or InputDataError."""
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+    expected = f"a finite number {bound}" + (f" and < {maximum:g}" if maximum is not None else "")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputDataError(name, expected, value) from None
+    if isinstance(value, bool) or not math.isfinite(x) or x < minimum or (strict and x == minimum) or (
+            maximum is not None and x >= maximum):
+        raise InputDataError(name, expected, value)
+    return x
+
+
+def check_samples(name: str, samples: Any, shape: tuple[int, ...]) -> Tensor:
+    """A finite float tensor of shape `n x *shape` (n >= 1), or InputDataError."""
+    expected = "a tensor of shape `n x " + " x ".join(str(s) for s in shape) + "`"
+    if not isinstance(samples, Tensor) or samples.ndim != len(shape) + 1 or tuple(samples.shape[1:]) != shape \
+            or samples.shape[0] < 1:
+        found = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+        raise InputDataError(name, expected, found)
+    if not samples.is_floating_point() or not bool(torch.isfinite(samples).all()):
+        raise InputDataError(name, "finite floating-point values", str(samples.dtype))
+    return samples.detach()
+
+
+def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", batch_size: int = 64) -> Tensor:
+    """Clean diffused samples `n x C x H x W` of images (the identity for pixel models).
+
+    Latent models encode with their autoencoder (the posterior mean, times the
+    scaling factor), as Stable Diffusion training does.
+    """
+    if not isinstance(model, LatentDiffusion):
+        return check_samples(name, images, model.sample_shape)
+    channels = int(getattr(model.vae.config, "in_channels", 3))
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != channels:
+        found = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise InputDataError(name, f"a tensor of shape `n x {channels} x h x w`", found)
+    images = check_samples(name, images, tuple(images.shape[1:]))
+    vae = model.vae
+    param = next(vae.parameters())
+    with torch.no_grad():
+        latents = torch.cat([
+            vae.encode(images[i:i + batch_size].to(param.device, param.dtype)).latent_dist.mean
+            for i in range(0, images.shape[0], batch_size)
+        ]) * model.scaling_factor
+    if tuple(latents.shape[1:]) != model.sample_shape:
+        raise InputDataError(name, f"images that encode to latents of shape {model.sample_shape}",
+                             tuple(images.shape))
+    return latents
+
+
+# -- the trainable copy -----------------------------------------------------------
+def require_peft() -> None:
+    """Raise ModelError (with the install command) unless ``peft`` imports."""
+    try:
+        import peft  # noqa: F401
+    except ImportError as err:
+        raise ModelError("LoRA fine-tuning needs the `peft` package: `pip install peft` "
+                         "(or pass lora_rank=None for a full fine-tune).") from err
+
+
+def _frozen_on(model: DiffusionModel, device: torch.device) -> DiffusionModel:
+    """``model`` itself when it is on ``device``; else a frozen copy of its denoiser there."""
+    if model.device == device:
+        return model
+    out = copy.copy(model)
+    out.unet = copy.deepcopy(model.unet).to(device).eval().requires_grad_(False)
+    return out
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+@dataclass
+class TrainingCopy:
+    """A trainable copy of a diffusion model, its reference, and how to train it.
+
+    Build with :meth:`create`; call :meth:`output` / :meth:`reference_output` in a
+    step function, :meth:`train` to run the loop, :meth:`finish` for the result.
+
+    Attributes:
+        model: the copy being trained (shallow copy of the base; own denoiser).
+        base: the model it came from (never modified).
+        reference: the frozen model the anchor / regulariser compares with.
+        device: where training runs.
+        mixed_precision: bf16 autocast on or off.
+        lora: whether only LoRA adapters train.
+        generator: CPU generator of batches, timesteps and noise.
+    """
+
+    model: DiffusionModel
+    base: DiffusionModel
+    reference: DiffusionModel | None
+    device: torch.device
+    mixed_precision: bool
+    lora: bool
+    generator: torch.Generator
+
+    @classmethod
+    def create(
+        cls,
+        base: DiffusionModel,
+        *,
+        reference: DiffusionModel | None = None,
+        device: str | torch.device | None = None,
+        mixed_precision: bool | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+        generator: torch.Generator | None = None,
+    ) -> TrainingCopy:
+        """Copy ``base``'s denoiser (float32, trainable) to ``device``.
+
+        Args:
+            base: the model to fine-tune.
+            reference: the frozen model of the anchor; ``base`` when None.
+            device: training device; ``base.device`` when None.
+            mixed_precision: bf16 autocast; None turns it on exactly on CUDA.
+            lora_rank: train rank-``lora_rank`` LoRA adapters only (needs ``peft``);
+                None fine-tunes every weight.
+            lora_alpha: LoRA scaling numerator (``lora_rank`` when None).
+            lora_targets: names of the modules LoRA adapts.
+            generator: CPU generator; a fresh one seeded 0 when None.
+        """
+        if not isinstance(base, DiffusionModel):
+            raise InputDataError("model", "a DiffusionModel", type(base).__name__)
+        if reference is not None and not isinstance(reference, DiffusionModel):
+            raise InputDataError("reference", "a DiffusionModel", type(reference).__name__)
+        if reference is not None and tuple(reference.sample_shape) != tuple(base.sample_shape):
+            raise InputDataError("reference", f"a model of sample shape {base.sample_shape}",
+                                 tuple(reference.sample_shape))
+        if lora_rank is not None:
+            check_int("lora_rank", lora_rank)
+            require_peft()
+        device = torch.device(device) if device is not None else base.device
+        if mixed_precision is None:
+            mixed_precision = device.type == "cuda"
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise InputDataError("generator", "a CPU torch.Generator", generator)
+        model = copy.copy(base)  # shallow: scheduler, autoencoder and conditioning are shared, never trained
+        # torch.nn.Module.to: diffusers' own `to` warns about casting a loaded model.
+        unet = torch.nn.Module.to(copy.deepcopy(base.unet), device=device, dtype=torch.float32)
+        lora = lora_rank is not None
+        if lora:
+            unet = cls._add_lora(unet, rank=int(lora_rank), alpha=lora_alpha, targets=lora_targets,
+                                 generator=generator, device=device)
+        else:
+            unet.requires_grad_(True)
+        model.unet = unet.train()
+        # With LoRA and no separate reference, the base output is the copy with adapters off.
+        reference = reference if reference is not None else base
+        ref = None if (lora and reference is base) else _frozen_on(reference, device)
+        return cls(model, base, ref, device, bool(mixed_precision), lora, generator)
+
+    @staticmethod
+    def _add_lora(unet: torch.nn.Module, *, rank: int, alpha: float | None, targets: Sequence[str],
+                  generator: torch.Generator, device: torch.device) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank),
+                            target_modules=list(targets), init_lora_weights="gaussian", lora_dropout=0.0)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        # peft initialises adapters from the global RNG; seed it from ours, then restore it.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            try:
+                return get_peft_model(unet, config)
+            except ValueError as err:
+                raise ModelError(f"LoRA could not adapt modules {list(targets)}: {err}") from err
+
+    # -- what step functions use ------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.base.scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.base.scheduler.config.num_train_timesteps)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.unet.parameters() if p.requires_grad]
+
+    def randint(self, low: int, high: int, n: int) -> Tensor:
+        return torch.randint(low, high, (n,), generator=self.generator).to(self.device)
+
+    def noised(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x_t, target)``: `x0` noised to timesteps `t` and the denoiser's regression target."""
+        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        a = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return x_t, join_model_output(x0, noise, a, self.base.prediction_type)
+
+    def output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The trained denoiser's float32 output (with gradient)."""
+        with _autocast(self.device, self.mixed_precision):
+            return self.model.conditional_output(x_t, t).float()
+
+    def reference_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The frozen reference's float32 output (no gradient)."""
+        with torch.no_grad(), _autocast(self.device, self.mixed_precision):
+            if self.reference is None:
+                with self.model.unet.disable_adapter():
+                    return self.model.conditional_output(x_t, t).float()
+            return self.reference.conditional_output(x_t.to(self.reference.dtype), t).float()
+
+    # -- the loop -----------------------------------------------------------------
+    def train(
+        self,
+        step: Callable[[int], tuple[Tensor, dict[str, float]]],
+        *,
+        steps: int,
+        lr: float,
+        desc: str,
+        progress_bar: bool,
+        max_grad_norm: float = 1.0,
+    ) -> list[dict[str, float]]:
+        """Run ``steps`` AdamW steps of the loss ``step(i)`` returns.
+
+        The learning rate warms up linearly over the first 5% of steps and decays
+        by a half cosine to zero (the last weights then average a slow phase).
+
+        Returns:
+            One dict of logged values (``loss`` and the step's own) per step.
+
+        Raises:
+            ModelError: when the loss becomes NaN or infinite.
+        """
+        params = self.parameters()
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        warmup = max(1, steps // 20)
+
+        def factor(i: int) -> float:
+            if i < warmup:
+                return (i + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        history: list[dict[str, float]] = []
+        running: float | None = None
+        bar = tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False)
+        for i in bar:
+            loss, logs = step(i)
+            if not bool(torch.isfinite(loss)):
+                raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            sched.step()
+            value = float(loss.detach())
+            history.append({"loss": value, **logs})
+            running = value if running is None else 0.95 * running + 0.05 * value
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{running:.4g}")
+        bar.close()
+        return history
+
+    def finish(self) -> DiffusionModel:
+        """The trained model: adapters merged, frozen, eval, on the base's device and dtype."""
+        unet = self.model.unet
+        if self.lora:
+            unet = unet.merge_and_unload()
+        unet = torch.nn.Module.to(unet, device=self.base.device, dtype=self.base.dtype)
+        self.model.unet = unet.eval().requires_grad_(False)
+        return self.model

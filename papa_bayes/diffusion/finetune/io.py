@@ -1,0 +1,117 @@
+"""Checkpoints of fine-tuned models, in the base checkpoint's layout.
+
+A folder holds ``unet/`` (diffusers ``save_pretrained``, safetensors),
+``scheduler/`` (the model's sampling scheduler), ``finetune.json`` (what was saved
+and any caller's notes) and, when given, ``features/`` (a feature map). A pixel
+model's folder is also a valid :func:`~papa_bayes.diffusion.load_base_model` path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
+from papa_bayes.exceptions import InputDataError, ModelError
+
+__all__ = ["save_finetuned", "load_finetuned"]
+
+_INFO = "finetune.json"
+
+
+def save_finetuned(
+    model: DiffusionModel,
+    path: str | Path,
+    *,
+    feature_map: Any = None,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Save a (fine-tuned) model's denoiser and scheduler with ``save_pretrained``.
+
+    Args:
+        model: the model; only its denoiser and scheduler are written (a latent
+            model's autoencoder and conditioning stay with the base model).
+        path: the folder (created).
+        feature_map: a :class:`~papa_bayes.diffusion.FeatureMap` to save in ``features/``.
+        info: JSON-able notes (method, settings, ...) stored in ``finetune.json``.
+
+    Returns:
+        The folder.
+    """
+    if not isinstance(model, DiffusionModel):
+        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    if not hasattr(model.unet, "save_pretrained"):
+        raise ModelError(f"{type(model.unet).__name__} has no save_pretrained; save its state_dict instead.")
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    model.unet.save_pretrained(root / "unet", safe_serialization=True)
+    model.scheduler.save_pretrained(root / "scheduler")
+    if feature_map is not None:
+        from papa_bayes.diffusion.features import save_feature_map
+
+        save_feature_map(feature_map, root / "features")
+    record = {
+        "model": type(model).__name__,
+        "unet": type(model.unet).__name__,
+        "scheduler": type(model.scheduler).__name__,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "info": info or {},
+    }
+    (root / _INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return root
+
+
+def load_finetuned(
+    path: str | Path,
+    *,
+    base: DiffusionModel | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> DiffusionModel:
+    """Load a model saved by :func:`save_finetuned`.
+
+    Args:
+        path: the folder.
+        base: the model it was fine-tuned from; required for latent models (it
+            supplies the autoencoder and conditioning); for pixel models it only sets
+            the defaults of ``device`` and ``dtype``.
+        device: where the denoiser goes (``base.device``, else CPU).
+        dtype: the denoiser's dtype (``base.dtype``, else float32).
+
+    Returns:
+        The model, frozen and in eval mode, with the saved sampling scheduler.
+
+    Raises:
+        InputDataError: when ``path`` holds no saved denoiser, or a latent model is
+            loaded without ``base``.
+    """
+    root = Path(path)
+    if not (root / "unet" / "config.json").is_file():
+        raise InputDataError("path", "a folder holding `unet/config.json`", str(root))
+    record = json.loads((root / _INFO).read_text()) if (root / _INFO).is_file() else {}
+    if device is None:
+        device = base.device if base is not None else "cpu"
+    if dtype is None:
+        dtype = base.dtype if base is not None else torch.float32
+    kind = "ddpm" if record.get("scheduler") == "DDPMScheduler" else "ddim"
+    if base is None:
+        if record.get("model", "PixelDiffusion") != "PixelDiffusion":
+            raise InputDataError("base", f"the {record['model']} the checkpoint was fine-tuned from", None)
+        from papa_bayes.diffusion.base import load_base_model
+
+        return load_base_model(root, scheduler=kind, device=device, dtype=dtype)
+    if not isinstance(base, DiffusionModel):
+        raise InputDataError("base", "a DiffusionModel", type(base).__name__)
+    unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
+    model = copy.copy(base)
+    model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
+    if (root / "scheduler" / "scheduler_config.json").is_file():
+        model.scheduler = type(base.scheduler).from_pretrained(root / "scheduler", local_files_only=True)
+    if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
+        if next(model.vae.parameters()).device != torch.device(device):
+            model.vae = copy.deepcopy(model.vae).to(device)
+    return model

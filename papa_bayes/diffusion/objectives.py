@@ -1,0 +1,177 @@
+"""Guidance objectives from a reward posterior.
+
+A :class:`PosteriorObjective` composes a feature map ``phi`` with any object that
+follows the ``RewardPosterior`` interface (``num_features``, ``num_draws``,
+``utility(features) -> s x n`` differentiable in the features); nothing else of the
+posterior is used. Kinds:
+
+- ``"mean"``: posterior mean utility;
+- ``"ucb"``: mean + ``kappa`` * sd (optimism; pushes into uncertain regions);
+- ``"thompson"``: one posterior draw per sample, fixed for the whole trajectory
+  (Thompson 1933; different samples chase different plausible rewards);
+- ``"region"``: ``log P(u(x) > tau)``, the log posterior probability that the sample
+  lies in the preferred region (DESIGN.md section 6). ``tau`` is per draw the
+  ``quantile`` of that draw's utility under base-model samples, so the region is
+  "the top ``1 - quantile`` of what the base model makes" in every draw whatever its
+  scale; the indicator is smoothed by a sigmoid of width ``temperature`` times that
+  draw's utility spread under base samples. It saturates: a sample that is surely
+  preferred has zero push weight and keeps what the base model made of it, so
+  steering fills the liked region instead of collapsing onto its best mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.diffusion.features import FeatureMap
+from papa_bayes.exceptions import InputDataError, ModelError
+
+__all__ = ["OBJECTIVES", "PosteriorObjective"]
+
+OBJECTIVES = ("mean", "ucb", "thompson", "region")
+
+
+class PosteriorObjective:
+    """A guidance objective `n` of images from a reward posterior and a feature map.
+
+    Args:
+        posterior: a RewardPosterior (duck-typed: ``num_features``, ``num_draws``,
+            ``utility(features)`` returning `s x n`).
+        feature_map: maps images (or diffused samples) `n x ...` to `n x d` features.
+        kind: one of :data:`OBJECTIVES`.
+        kappa: optimism of ``"ucb"``.
+        threshold: ``tau`` for ``"region"``: a float or `s` per-draw thresholds (for
+            example a fitted like/dislike threshold). Otherwise call :meth:`calibrate`.
+        temperature: sigmoid width of ``"region"``, relative to each draw's spread of
+            utility under base samples (absolute when ``threshold`` is given and no
+            calibration ran).
+
+    Raises:
+        InputDataError: when the feature map's dimension differs from the posterior's,
+            or on an unknown ``kind`` / bad ``kappa``.
+
+    Example:
+        >>> objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base_images)
+        >>> guidance = Guidance(objective, scale=0.5)
+    """
+
+    def __init__(
+        self,
+        posterior: Any,
+        feature_map: FeatureMap,
+        *,
+        kind: str = "region",
+        kappa: float = 1.0,
+        threshold: float | Tensor | None = None,
+        temperature: float = 0.1,
+    ) -> None:
+        if kind not in OBJECTIVES:
+            raise InputDataError("kind", f"one of {OBJECTIVES}", kind)
+        for attr in ("num_features", "num_draws", "utility"):
+            if not hasattr(posterior, attr):
+                raise InputDataError("posterior", "a RewardPosterior (num_features, num_draws, utility)",
+                                     type(posterior).__name__)
+        d_phi = int(getattr(feature_map, "num_features", -1))
+        if d_phi != int(posterior.num_features):
+            raise InputDataError(
+                "feature_map", f"num_features equal to the posterior's ({posterior.num_features})", d_phi
+            )
+        if not (float(kappa) >= 0):
+            raise InputDataError("kappa", "a number >= 0", kappa)
+        if not (float(temperature) > 0):
+            raise InputDataError("temperature", "a number > 0", temperature)
+        self.posterior = posterior
+        self.feature_map = feature_map
+        self.kind = kind
+        self.kappa = float(kappa)
+        self.input_space = getattr(feature_map, "input_space", "image")
+        self.temperature = float(temperature)
+        self.tau: Tensor | None = None
+        self.width: Tensor | None = None
+        if threshold is not None:
+            tau = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+            if tau.numel() not in (1, int(posterior.num_draws)) or not bool(torch.isfinite(tau).all()):
+                raise InputDataError("threshold", f"a finite float or `s` = {posterior.num_draws} values",
+                                     tuple(tau.shape))
+            self.tau = tau
+            self.width = torch.full_like(tau, self.temperature)
+        self._draw_index: Tensor | None = None
+
+    # -- posterior quantities ----------------------------------------------------
+    def utility(self, x: Tensor) -> Tensor:
+        """`s x n` posterior draws of utility of `n x ...` images, differentiable."""
+        u = self.posterior.utility(self.feature_map(x))
+        if u.ndim != 2 or u.shape[1] != x.shape[0]:
+            raise ModelError(f"posterior.utility returned shape {tuple(u.shape)}, expected `s x {x.shape[0]}`.")
+        return u
+
+    def calibrate(self, base: Tensor, *, quantile: float = 0.6, batch_size: int = 512) -> PosteriorObjective:
+        """Set ``tau`` per draw to the ``quantile`` of utility under base samples.
+
+        Args:
+            base: `m x ...` base-model samples (images, or diffused samples when the
+                feature map reads those).
+            quantile: in `(0, 1)`; the region is the top ``1 - quantile`` of base samples.
+
+        Returns:
+            ``self``.
+        """
+        if not (0.0 < float(quantile) < 1.0):
+            raise InputDataError("quantile", "a number in (0, 1)", quantile)
+        with torch.no_grad():
+            u = torch.cat([self.utility(base[i:i + batch_size]) for i in range(0, base.shape[0], batch_size)], 1)
+        u = u.to(torch.float64)
+        self.tau = torch.quantile(u, float(quantile), dim=1)
+        self.width = self.temperature * u.std(dim=1).clamp_min(1e-12)
+        return self
+
+    def _region_logits(self, u: Tensor) -> Tensor:
+        if self.tau is None or self.width is None:
+            raise ModelError("The region objective needs `threshold=` or a call to `calibrate(base_samples)`.")
+        tau = self.tau.to(u.device, u.dtype).view(-1, 1)
+        width = self.width.to(u.device, u.dtype).view(-1, 1)
+        return (u - tau) / width
+
+    def region_probability(self, x: Tensor, *, smooth: bool = False) -> Tensor:
+        """`n` posterior probability that each sample is in the preferred region.
+
+        With ``smooth=False``: the share of draws with ``u > tau`` (what selection
+        uses); with ``smooth=True``: the sigmoid-smoothed version guidance uses.
+        """
+        with torch.no_grad():
+            z = self._region_logits(self.utility(x))
+            return (torch.sigmoid(z) if smooth else (z > 0).to(z.dtype)).mean(0)
+
+    # -- the objective ---------------------------------------------------------
+    def begin_batch(self, n: int, *, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> None:
+        """Draw the posterior sample index of each of the ``n`` samples (Thompson)."""
+        if self.kind == "thompson":
+            gen_device = generator.device if generator is not None else "cpu"
+            idx = torch.randint(0, int(self.posterior.num_draws), (n,), generator=generator, device=gen_device)
+            self._draw_index = idx.to(device)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        u = self.utility(x)
+        if self.kind == "mean":
+            return u.mean(0)
+        if self.kind == "ucb":
+            return u.mean(0) + self.kappa * u.std(0)
+        if self.kind == "thompson":
+            idx = self._draw_index
+            if idx is None or idx.shape[0] != x.shape[0]:
+                raise ModelError("Thompson guidance needs begin_batch(n) before each batch (the sampler calls it).")
+            return u.gather(0, idx.to(u.device).view(1, -1)).squeeze(0)
+        z = self._region_logits(u)
+        # log mean_s sigmoid(z_s), stably
+        return torch.logsumexp(torch.nn.functional.logsigmoid(z), dim=0) - torch.log(
+            torch.tensor(float(z.shape[0]), dtype=z.dtype, device=z.device))
+
+    def push_weight(self, values: Tensor) -> Tensor:
+        """`n` weights of the normalized push: ``1 - P(region)`` for ``"region"``, else 1."""
+        if self.kind == "region":
+            return (1 - values.exp()).clamp(0, 1)
+        return torch.ones_like(values)

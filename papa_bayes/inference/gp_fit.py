@@ -1,0 +1,421 @@
+"""Fitting the GP preference models: ELBO (PreferenceGP), Laplace (PairwiseGP), NUTS.
+
+Every fit returns a :class:`~papa_bayes.inference.gp_posterior.GPPosterior` whose
+draws are pathwise posterior functions (:mod:`papa_bayes.inference.gp_paths`).
+Every random number comes from generators seeded by the ``seed`` argument; BoTorch
+and Pyro code that reads the global RNGs runs inside :func:`seeded`, which restores
+them afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, PapaBayesWarning
+from papa_bayes.inference.gp_elbo import TrainingData, train_elbo
+from papa_bayes.inference.gp_nuts import fit_nuts_draws, seeded
+from papa_bayes.inference.gp_paths import PathwiseDraws, draw_frequencies, match_rows
+from papa_bayes.inference.gp_posterior import GPPosterior
+from papa_bayes.models.gp import PreferenceGP, PreferenceLikelihood, VariationalPreferenceGP
+from papa_bayes.models.gp_kernels import DTYPE, FeatureStandardizer, kernel_kind, select_inducing_points
+from papa_bayes.models.gp_pairwise import PairwiseGPReward, set_train_data
+
+__all__ = ["fit_preference_gp", "fit_pairwise_gp", "update_gp_posterior", "seeded"]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _check_method(model: Any, method: str) -> None:
+    if method not in model.METHODS:
+        raise InputDataError("method", f"one of {model.METHODS} for {type(model).__name__}", method)
+
+
+def _random_features(kind: str, d: int, num_draws: int, num_features: int, seed: int) -> dict[str, Tensor]:
+    gen = _generator(seed + 2)
+    omega, phase = draw_frequencies(num_features, d, kind, generator=gen)
+    weights = torch.randn(num_draws, num_features, generator=gen, dtype=DTYPE)
+    return {"omega": omega, "phase": phase, "weights": weights}
+
+
+def _base_noise(old: Tensor | None, num_draws: int, M: int, seed: int, match: Tensor | None = None) -> Tensor:
+    """`s x M` standard normals for the anchors, keeping the columns of anchors seen before.
+
+    Common random numbers across updates: a draw changes only as much as the
+    posterior does. ``match`` maps each anchor to its column in ``old`` (-1: new);
+    without it the old anchors are the leading ones.
+    """
+    if old is None:
+        return torch.randn(num_draws, M, generator=_generator(seed + 1), dtype=DTYPE)
+    if match is None:
+        match = torch.arange(M)
+        match[match >= old.shape[1]] = -1
+    out = old[:, match.clamp_min(0)]
+    new = match < 0
+    if bool(new.any()):
+        out[:, new] = torch.randn(num_draws, int(new.sum()), generator=_generator(seed + 1 + 7919 * M), dtype=DTYPE)
+    return out
+
+
+# =============================================================== PreferenceGP: ELBO
+def _hyper_draws(gp: VariationalPreferenceGP, lik: PreferenceLikelihood, s: int) -> dict[str, Tensor]:
+    """Point estimates as `1 x s` (chain x draw) "draws"."""
+    kern = gp.covar_module
+    out = {
+        "lengthscale": kern.base_kernel.lengthscale.detach().reshape(1, 1, -1).expand(1, s, -1).clone(),
+        "outputscale": kern.outputscale.detach().reshape(1, 1).expand(1, s).clone(),
+    }
+    if lik.ties:
+        out["tie_strength"] = lik.tie_strength.detach().reshape(1, 1).expand(1, s).clone()
+    if lik.ratings:
+        out["threshold"] = lik.threshold.detach().reshape(1, 1).expand(1, s).clone()
+    return out
+
+
+def _variational_posterior(
+    spec: PreferenceGP, data: PreferenceData, gp: VariationalPreferenceGP, lik: PreferenceLikelihood, transform: Any, *,
+    seed: int, num_samples: int, num_features: int, rff: dict[str, Tensor] | None, noise: Tensor | None,
+    options: dict[str, Any], diagnostics: dict[str, Any], previous: PathwiseDraws | None = None,
+) -> GPPosterior:
+    gp.eval()
+    with torch.no_grad():
+        L = gp.inducing_cholesky()
+        Z = gp.inducing_points.detach().clone()
+        M, d = Z.shape
+        eps = _base_noise(noise, num_samples, M, seed)
+        v = gp.variational_mean.detach() + eps @ gp.variational_chol.detach().T  # s x M whitened draws
+        kern = gp.covar_module
+        ls = kern.base_kernel.lengthscale.detach().reshape(1, 1, d)
+        os_ = kern.outputscale.detach().reshape(1)
+        rff = rff if rff is not None else _random_features(kernel_kind(kern), d, num_samples, num_features, seed)
+        draws = PathwiseDraws.from_anchor_draws(
+            Z, v @ L.T, L.unsqueeze(0), lengthscale=ls, outputscale=os_, kind=kernel_kind(kern), **rff,
+            anchor_mean=(L @ gp.variational_mean.detach()).unsqueeze(0), previous=previous,
+        )
+        hyper_lp = float(gp.hyper_log_prior() + lik.log_prior())
+    state = {"gp": gp, "likelihood": lik, "rff": rff, "noise": eps, "seed": seed, "hyper_log_prior": hyper_lp}
+    diagnostics["num_inducing"] = M
+    return GPPosterior(
+        model=spec, data=data, method="elbo", link=spec.link, transform=transform, draws=draws,
+        hyperparameters=_hyper_draws(gp, lik, num_samples), state=state, options=options, diagnostics=diagnostics,
+    )
+
+
+def fit_preference_gp(
+    spec: PreferenceGP,
+    data: PreferenceData,
+    *,
+    method: str = "elbo",
+    seed: int = 0,
+    num_samples: int | None = None,
+    num_features: int = 1024,
+    num_steps: int | None = None,
+    batch_size: int | None = 1024,
+    learning_rate: float = 0.02,
+    natural_lr: float = 0.3,
+    optimizer: str = "auto",
+    warmup_steps: int | None = None,
+    num_chains: int = 1,
+    progress_bar: bool = False,
+) -> GPPosterior:
+    """Fit a :class:`PreferenceGP`.
+
+    Args:
+        spec: the model.
+        data: comparisons (ties need ``spec.ties``) and/or ratings of one person.
+        method: ``"elbo"`` (default) or ``"nuts"``.
+        seed: seeds inducing-point choice, minibatches, posterior draws, NUTS.
+        num_samples: posterior draws (ELBO: default 512; NUTS: per chain, default 200).
+        num_features: random Fourier features of the prior part of each draw.
+        num_steps: optimizer steps (full-batch L-BFGS iterations, default 500; Adam
+            minibatch steps, default 1000).
+        batch_size: comparisons + ratings per minibatch; data that fit in one batch
+            (or ``batch_size=None``) train full-batch with L-BFGS.
+        learning_rate: Adam's, for the hyperparameters (decayed tenfold over the run).
+        natural_lr: step size of the natural-gradient steps on ``q`` (minibatches).
+        optimizer: minibatch optimizer: ``"auto"``/``"ngd"`` (natural gradients on
+            ``q``, Adam on hyperparameters) or ``"adam"`` (Adam on everything).
+        warmup_steps: NUTS warm-up per chain (default 200).
+        num_chains: NUTS chains, run one after another.
+        progress_bar: NUTS progress bar.
+
+    Returns:
+        A :class:`GPPosterior`.
+    """
+    _check_method(spec, method)
+    spec.check_data(data)
+    start = time.perf_counter()
+    if method == "nuts":
+        return _fit_nuts(
+            spec, data, seed=seed, num_samples=num_samples or 200, warmup_steps=warmup_steps, num_chains=num_chains,
+            num_features=num_features, progress_bar=progress_bar, warm=None, start=start,
+        )
+    num_samples = num_samples or 512
+    gp, lik, transform = spec.build(data, seed=seed)
+    td = TrainingData(data, transform(data.items))
+    info = train_elbo(gp, lik, td, num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                  natural_lr=natural_lr, optimizer=optimizer)
+    options = dict(num_samples=num_samples, num_features=num_features, batch_size=batch_size, learning_rate=learning_rate,
+                   natural_lr=natural_lr, optimizer=optimizer)
+    post = _variational_posterior(
+        spec, data, gp, lik, transform, seed=seed, num_samples=num_samples, num_features=num_features,
+        rff=None, noise=None, options=options, diagnostics=info,
+    )
+    post.diagnostics["fit_seconds"] = time.perf_counter() - start
+    return post
+
+
+def _update_variational(post: GPPosterior, data: PreferenceData, *, refit_hyperparameters: bool, num_steps: int | None) -> GPPosterior:
+    start = time.perf_counter()
+    spec: PreferenceGP = post.model
+    spec.check_data(data)
+    old, opts = post.data, post.options
+    gp: VariationalPreferenceGP = copy.deepcopy(post.state["gp"])
+    X = post.transform(data.items)
+    # New distinct items become inducing points while there is room (q is preserved exactly).
+    room = spec.num_inducing - gp.inducing_points.shape[0]
+    new_idx = torch.unique(torch.cat([data.comparisons[old.num_comparisons:].reshape(-1), data.ratings[old.num_ratings:, 0]]))
+    if room > 0 and new_idx.numel():
+        cand = X[new_idx]
+        dist = torch.cdist(cand, gp.inducing_points.detach()).min(-1).values
+        cand = cand[dist > 1e-3]
+        if cand.shape[0]:
+            extra = select_inducing_points(cand, room, generator=_generator(post.state["seed"] + data.num_observations))
+            extra = extra[torch.cdist(extra, gp.inducing_points.detach()).min(-1).values > 1e-3]
+            if extra.shape[0]:
+                gp = gp.extended(extra)
+    lik_new = spec.make_likelihood(data)
+    lik_old: PreferenceLikelihood = post.state["likelihood"]
+    lik_new.load_state_dict(lik_old.state_dict(), strict=False)
+    new_params = {n for n, _ in lik_new.named_parameters()} - {n for n, _ in lik_old.named_parameters()}
+    learn_inducing = gp.variational_strategy.inducing_points.requires_grad
+    if not refit_hyperparameters:  # hyperparameters stay fixed between full fits; new likelihood parameters are fitted
+        gp.covar_module.requires_grad_(False)
+        gp.variational_strategy.inducing_points.requires_grad_(False)
+        for name, p in lik_new.named_parameters():
+            p.requires_grad_(name in new_params)
+    td = TrainingData(data, X)
+    info = train_elbo(
+        gp, lik_new, td, num_steps=num_steps, batch_size=opts["batch_size"], learning_rate=opts["learning_rate"] / 4,
+        seed=post.state["seed"], new_rows=(old.num_comparisons, old.num_ratings), natural_lr=opts["natural_lr"],
+        optimizer=opts["optimizer"],
+    )
+    gp.covar_module.requires_grad_(True)
+    gp.variational_strategy.inducing_points.requires_grad_(learn_inducing)
+    lik_new.requires_grad_(True)
+    new = _variational_posterior(
+        spec, data, gp, lik_new, post.transform, seed=post.state["seed"], num_samples=opts["num_samples"],
+        num_features=opts["num_features"], rff=post.state["rff"], noise=post.state["noise"], options=opts, diagnostics=info,
+        previous=post.draws,
+    )
+    new.diagnostics["update_seconds"] = time.perf_counter() - start
+    return new
+
+
+# ============================================================== PreferenceGP: NUTS
+def _fit_nuts(
+    spec: PreferenceGP, data: PreferenceData, *, seed: int, num_samples: int, warmup_steps: int | None, num_chains: int,
+    num_features: int, progress_bar: bool, warm: GPPosterior | None, start: float,
+) -> GPPosterior:
+    transform = warm.transform if warm is not None else FeatureStandardizer.fit(data.items, standardize=spec.standardize)
+    result = fit_nuts_draws(
+        spec, data, transform, seed=seed, num_samples=num_samples,
+        warmup_steps=warmup_steps if warmup_steps is not None else (100 if warm is not None else 200),
+        num_chains=num_chains, progress_bar=progress_bar, init=None if warm is None else warm.state.get("nuts_last"),
+    )
+    s = num_chains * num_samples
+    d = data.num_features
+    kind = spec.kernel
+    rff = warm.state["rff"] if warm is not None else _random_features(kind, d, s, num_features, seed)
+    with torch.no_grad():
+        hp = result["hyper"]
+        ls = hp["lengthscale"].reshape(s, 1, d)
+        os_ = hp["outputscale"].reshape(s)
+        draws = PathwiseDraws.from_anchor_draws(
+            result["anchors"], result["anchor_draws"], result["anchor_chol"], lengthscale=ls, outputscale=os_, kind=kind, **rff,
+        )
+        draws.chunk_size = max(1, int(2**24 // (s * max(num_features, result["anchors"].shape[0]))))
+    state = {"rff": rff, "seed": seed, "nuts_last": result["last"], "hyper_log_prior": 0.0}
+    options = dict(num_samples=num_samples, num_features=num_features, num_chains=num_chains, warmup_steps=warmup_steps)
+    diagnostics = dict(result["diagnostics"])
+    diagnostics["fit_seconds"] = time.perf_counter() - start
+    post = GPPosterior(
+        model=spec, data=data, method="nuts", link=spec.link, transform=transform, draws=draws,
+        hyperparameters=hp, state=state, options=options, diagnostics=diagnostics,
+        sample_stats={"lp": result["lp"], "diverging": result["diverging"]},
+    )
+    if diagnostics.get("r_hat_max", 1.0) > 1.05 or diagnostics.get("divergences", 0):
+        warnings.warn(
+            f"NUTS (GP hyperparameters): max R-hat {diagnostics.get('r_hat_max', float('nan')):.3f},"
+            f" {diagnostics.get('divergences', 0)} divergences; consider more warm-up or samples.",
+            PapaBayesWarning, stacklevel=3,
+        )
+    return post
+
+
+# ============================================================= PairwiseGP: Laplace
+def _laplace_posterior(
+    spec: PairwiseGPReward, data: PreferenceData, gp: Any, transform: Any, *, seed: int, num_samples: int,
+    num_features: int, rff: dict[str, Tensor] | None, options: dict[str, Any], diagnostics: dict[str, Any],
+    previous: GPPosterior | None = None,
+) -> GPPosterior:
+    with torch.no_grad():
+        Z = gp.datapoints.detach().clone()  # consolidated, standardized
+        M, d = Z.shape
+        f_map = gp.utility.detach()
+        W = gp.likelihood_hess.detach()
+        L = gp.covar_chol.detach()
+        # Laplace: Cov = (K^-1 + W)^-1 = L (I + L^T W L)^-1 L^T; draw u = f_map + L R^-T eps with R R^T = I + L^T W L.
+        B = torch.eye(M, dtype=DTYPE) + L.T @ W @ L
+        R = torch.linalg.cholesky(0.5 * (B + B.T))
+        if previous is None:
+            eps = _base_noise(None, num_samples, M, seed)
+        else:
+            eps = _base_noise(previous.state["noise"], num_samples, M, seed, match=match_rows(Z, previous.draws.anchors))
+        u = f_map + (L @ torch.linalg.solve_triangular(R.T, eps.T, upper=True)).T
+        kern = gp.covar_module
+        ls = kern.base_kernel.lengthscale.detach().reshape(1, 1, d)
+        os_ = kern.outputscale.detach().reshape(1)
+        kind = kernel_kind(kern)
+        rff = rff if rff is not None else _random_features(kind, d, num_samples, num_features, seed)
+        draws = PathwiseDraws.from_anchor_draws(
+            Z, u, L.unsqueeze(0), lengthscale=ls, outputscale=os_, kind=kind, **rff, anchor_mean=f_map.unsqueeze(0),
+            previous=None if previous is None else previous.draws,
+        )
+        hyper = {
+            "lengthscale": ls.reshape(1, 1, d).expand(1, num_samples, d).clone(),
+            "outputscale": os_.reshape(1, 1).expand(1, num_samples).clone(),
+        }
+        hyper_lp = sum(float(p.log_prob(c(m)).sum()) for _, m, p, c, _ in kern.named_priors())
+    state = {"gp": gp, "rff": rff, "noise": eps, "seed": seed, "hyper_log_prior": hyper_lp}
+    diagnostics["num_anchors"] = M
+    return GPPosterior(
+        model=spec, data=data, method="laplace", link=spec.link, transform=transform, draws=draws,
+        hyperparameters=hyper, state=state, options=options, diagnostics=diagnostics,
+    )
+
+
+def fit_pairwise_gp(
+    spec: PairwiseGPReward,
+    data: PreferenceData,
+    *,
+    method: str = "laplace",
+    seed: int = 0,
+    num_samples: int | None = None,
+    num_features: int = 1024,
+    optimize_hyperparameters: bool = True,
+    **_: Any,
+) -> GPPosterior:
+    """Fit BoTorch's PairwiseGP: Laplace posterior, hyperparameters by type-II ML (``fit_gpytorch_mll``).
+
+    Args:
+        spec: the model.
+        data: strict comparisons of one person (no ties, no ratings).
+        method: ``"laplace"``.
+        seed: seeds BoTorch's fitting retries and the posterior draws.
+        num_samples: posterior draws (default 512).
+        num_features: random Fourier features per draw.
+        optimize_hyperparameters: False keeps the kernel's initial values.
+    """
+    from botorch.exceptions.errors import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models.pairwise_gp import PairwiseLaplaceMarginalLogLikelihood
+
+    _check_method(spec, method)
+    start = time.perf_counter()
+    num_samples = num_samples or 512
+    gp, transform, used = spec.build(data)
+    info: dict[str, Any] = {"fit_failed": False}
+    if optimize_hyperparameters:
+        mll = PairwiseLaplaceMarginalLogLikelihood(gp.likelihood, gp)
+        before = copy.deepcopy(gp.covar_module.state_dict())
+        with seeded(seed), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                fit_gpytorch_mll(mll)
+            except (ModelFittingError, RuntimeError, ValueError) as err:
+                gp.covar_module.load_state_dict(before)
+                info["fit_failed"] = True
+                info["fit_error"] = str(err)
+        info["fit_warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+        if info["fit_failed"]:
+            warnings.warn(
+                f"PairwiseGP hyperparameter fit failed ({info['fit_error']}); kept the initial values.", PapaBayesWarning, stacklevel=2
+            )
+    gp.eval()
+    # Re-solve for the MAP at the final hyperparameters (the optimizer's last evaluation may differ).
+    with torch.no_grad():
+        x0 = gp.utility.detach() if gp.utility is not None else None
+    set_train_data(gp, gp.unconsolidated_datapoints, gp.unconsolidated_comparisons, x0=(lambda _: x0) if x0 is not None else None)
+    options = dict(num_samples=num_samples, num_features=num_features)
+    post = _laplace_posterior(spec, data, gp, transform, seed=seed, num_samples=num_samples, num_features=num_features,
+                              rff=None, options=options, diagnostics=info)
+    post.state["used"] = used
+    post.diagnostics["fit_seconds"] = time.perf_counter() - start
+    _check_finite(post)
+    return post
+
+
+def _update_pairwise(post: GPPosterior, data: PreferenceData) -> GPPosterior:
+    start = time.perf_counter()
+    spec: PairwiseGPReward = post.model
+    spec.check_data(data)
+    gp = copy.deepcopy(post.state["gp"])
+    used, comps = torch.unique(data.comparisons, return_inverse=True)
+    X = post.transform(data.items[used])
+    comps = spec.informative_comparisons(X, comps.reshape(-1, 2))
+    set_train_data(gp, X, comps, x0=lambda Z: post.draws.mean(Z))  # warm start at the old posterior mean
+    gp.eval()
+    opts = post.options
+    new = _laplace_posterior(spec, data, gp, post.transform, seed=post.state["seed"], num_samples=opts["num_samples"],
+                             num_features=opts["num_features"], rff=post.state["rff"], options=opts, diagnostics={},
+                             previous=post)
+    new.state["used"] = used
+    new.diagnostics["update_seconds"] = time.perf_counter() - start
+    _check_finite(new)
+    return new
+
+
+def _check_finite(post: GPPosterior) -> None:
+    if not bool(torch.isfinite(post.draws.alpha).all()):
+        raise InferenceError(f"{type(post.model).__name__}: non-finite posterior draws.")
+
+
+# ================================================================= dispatch
+def update_gp_posterior(
+    post: GPPosterior, data: PreferenceData, *, refit_hyperparameters: bool = False, num_steps: int | None = None
+) -> GPPosterior:
+    """Warm-started posterior on the extended ``data`` (see :meth:`GPPosterior.update`).
+
+    Args:
+        refit_hyperparameters: ELBO only: also refine the kernel hyperparameters and
+            inducing points (slower; by default they stay fixed between full fits).
+        num_steps: ELBO optimizer steps (default: up to 20 full-batch natural-gradient
+            steps, 60 L-BFGS iterations when new likelihood parameters appear or
+            hyperparameters are refitted, or 30 minibatch steps).
+    """
+    if post.method == "elbo":
+        return _update_variational(post, data, refit_hyperparameters=refit_hyperparameters, num_steps=num_steps)
+    if post.method == "laplace":
+        return _update_pairwise(post, data)
+    if post.method == "nuts":
+        start = time.perf_counter()
+        opts = post.options
+        post.model.check_data(data)
+        new = _fit_nuts(
+            post.model, data, seed=post.state["seed"] + data.num_observations, num_samples=opts["num_samples"],
+            warmup_steps=None, num_chains=opts["num_chains"], num_features=opts["num_features"], progress_bar=False,
+            warm=post, start=start,
+        )
+        new.diagnostics["update_seconds"] = time.perf_counter() - start
+        return new
+    raise ModelError(f"Unknown GP posterior method {post.method!r}.")  # pragma: no cover
+

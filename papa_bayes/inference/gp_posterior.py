@@ -1,0 +1,217 @@
+"""The posterior of a GP preference model (variational, Laplace or NUTS) as a RewardPosterior."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.inference.gp_paths import PathwiseDraws
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.models.gp import FeatureStandardizer
+from papa_bayes.models.likelihoods import comparison_distribution, comparison_outcome, rating_distribution, rating_outcome
+
+if TYPE_CHECKING:
+    import arviz
+
+__all__ = ["GPPosterior"]
+
+
+class GPPosterior(RewardPosterior):
+    """Posterior function draws of a GP utility (noise units).
+
+    ``utility(X)`` evaluates `s` fixed posterior functions (pathwise conditioning,
+    see :mod:`papa_bayes.inference.gp_paths`): joint draws, consistent across calls,
+    differentiable in ``X``. ``utility_mean_std`` returns the exact posterior mean
+    (variational / Laplace) and the draws' standard deviation.
+
+    Attributes:
+        model: the :class:`~papa_bayes.models.PreferenceGP` or
+            :class:`~papa_bayes.models.PairwiseGPReward` specification.
+        data: the data it was fitted on.
+        method: ``"elbo"``, ``"nuts"`` or ``"laplace"``.
+        link: the comparison link.
+        transform: the feature standardizer fixed at the first fit.
+        draws: the :class:`PathwiseDraws`.
+        hyperparameters: ``lengthscale`` (`chain x draw x d`), ``outputscale``,
+            ``tie_strength`` and ``threshold`` (`chain x draw`) where modelled;
+            constant over draws for type-II ML.
+        state: what :meth:`update` needs to warm-start (the fitted GPyTorch /
+            BoTorch module, optimizer state, base noise).
+        diagnostics: fit time, loss trace, steps, NUTS statistics.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        data: PreferenceData,
+        method: str,
+        link: str,
+        transform: FeatureStandardizer,
+        draws: PathwiseDraws,
+        hyperparameters: dict[str, Tensor],
+        state: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        diagnostics: dict[str, Any] | None = None,
+        sample_stats: dict[str, Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.method = method
+        self.link = link
+        self.transform = transform
+        self.draws = draws
+        self.hyperparameters = hyperparameters
+        self.state = state or {}
+        self.options = options or {}
+        self.diagnostics = diagnostics or {}
+        self._sample_stats = sample_stats
+        first = hyperparameters["outputscale"]
+        self.num_chains = first.shape[0]
+        if first.shape[0] * first.shape[1] != draws.num_draws:
+            raise ModelError(f"hyperparameters hold {first.shape[0]} x {first.shape[1]} draws, the functions {draws.num_draws}.")
+
+    # ----------------------------------------------------------------- draws
+    @property
+    def num_draws(self) -> int:
+        return self.draws.num_draws
+
+    def _check_rater(self, rater: int | None) -> None:
+        if rater is None:
+            return
+        ids = self.data.raters.tolist()
+        if rater not in ids:
+            raise InputDataError("rater", f"None or the data's rater id {ids[0]} (a GP models one person)", rater)
+
+    def utility(self, features: Tensor, *, rater: int | None = None) -> Tensor:
+        """Joint posterior draws `s x n` at `n x d` features (differentiable in ``features``).
+
+        Computed in float64 on the CPU; returned in the features' dtype and device
+        (gradients flow back through both conversions).
+        """
+        features = self.check_features(features)
+        self._check_rater(rater)
+        u = self.draws(self.transform(features.to("cpu")))
+        return u.to(device=features.device, dtype=features.dtype)
+
+    def utility_mean(self, features: Tensor, *, rater: int | None = None) -> Tensor:
+        """Posterior mean of the utility: `n` (exact for ELBO and Laplace fits)."""
+        features = self.check_features(features)
+        self._check_rater(rater)
+        mean = self.draws.mean(self.transform(features.to("cpu")))
+        return mean.to(device=features.device, dtype=features.dtype)
+
+    def utility_mean_std(self, features: Tensor, *, rater: int | None = None) -> tuple[Tensor, Tensor]:
+        features = self.check_features(features)
+        return self.utility_mean(features, rater=rater), self.utility(features, rater=rater).std(0)
+
+    def _flat(self, name: str) -> Tensor | None:
+        v = self.hyperparameters.get(name)
+        return None if v is None else v.reshape(-1, *v.shape[2:])
+
+    def tie_strength_draws(self) -> Tensor | None:
+        return self._flat("tie_strength")
+
+    def like_threshold_draws(self) -> Tensor:
+        thr = self._flat("threshold")
+        if thr is None:
+            raise ModelError(f"{type(self.model).__name__} posterior has no like/dislike threshold: fit it on data with ratings.")
+        return thr
+
+    # ------------------------------------------------------------ likelihood
+    def log_likelihood(self, data: PreferenceData | None = None) -> dict[str, Tensor]:
+        """Pointwise log-likelihood per draw: ``comparisons`` `s x m`, ``ratings`` `s x k`."""
+        return {k: d.log_prob(self._observed(data or self.data)[k]) for k, d in self._distributions(data or self.data).items()}
+
+    def _observed(self, data: PreferenceData) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if data.num_comparisons:
+            out["comparisons"] = comparison_outcome(data.ties, self.tie_strength_draws() is not None)
+        if data.num_ratings:
+            out["ratings"] = rating_outcome(data.ratings)
+        return out
+
+    def _distributions(self, data: PreferenceData, utility: Tensor | None = None) -> dict[str, Any]:
+        u = self.utility(data.items) if utility is None else utility  # s x n
+        out: dict[str, Any] = {}
+        if data.num_comparisons:
+            tie = self.tie_strength_draws()
+            diff = u[:, data.comparisons[:, 0]] - u[:, data.comparisons[:, 1]]
+            out["comparisons"] = comparison_distribution(diff, self.link, None if tie is None else tie.unsqueeze(-1))
+        if data.num_ratings:
+            margin = u[:, data.ratings[:, 0]] - self.like_threshold_draws().unsqueeze(-1)
+            out["ratings"] = rating_distribution(margin, self.link)
+        return out
+
+    # ---------------------------------------------------------------- update
+    def update(self, data: PreferenceData) -> GPPosterior:
+        """Posterior given the extended ``data``, warm-started from this one.
+
+        ELBO: the old variational posterior (plus inducing points for new distinct
+        items, up to ``num_inducing``) refined with the hyperparameters fixed.
+        Laplace: the MAP utilities re-solved from the old ones, hyperparameters
+        fixed. NUTS: chains restarted at the last draws with a shorter warm-up.
+        """
+        if not isinstance(data, PreferenceData) or not data.extends(self.data):
+            raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
+        from papa_bayes.inference.gp_fit import update_gp_posterior
+
+        return update_gp_posterior(self, data)
+
+    # ----------------------------------------------------------------- ArviZ
+    @property
+    def sample_stats(self) -> dict[str, Tensor]:
+        if self._sample_stats is None:
+            self._sample_stats = self._default_sample_stats()
+        return self._sample_stats
+
+    def _default_sample_stats(self) -> dict[str, Tensor]:
+        """``lp``: log-likelihood of the data plus the hyperparameters' log prior, per draw."""
+        with torch.no_grad():
+            lp = sum(v.sum(-1) for v in self.log_likelihood().values())
+        lp = lp + self.state.get("hyper_log_prior", 0.0)
+        C = self.num_chains
+        return {"lp": lp.reshape(C, -1), "diverging": torch.zeros(C, self.num_draws // C, dtype=torch.bool)}
+
+    def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
+        """ArviZ groups: kernel hyperparameters and utilities at the items (``posterior``),
+        pointwise ``log_likelihood`` (``az.loo`` works), replicated answers, data."""
+        from papa_bayes.diagnostics.arviz import build_inference_data
+
+        data, C = self.data, self.num_chains
+        shape = lambda t: t.reshape(C, -1, *t.shape[1:])  # noqa: E731
+        with torch.no_grad():
+            u = self.utility(data.items)
+            dists = self._distributions(data, u)
+            observed = self._observed(data)
+            loglik = {k: shape(d.log_prob(observed[k])) for k, d in dists.items()}
+            gen = torch.Generator().manual_seed(int(seed))
+            predictive = {}
+            for k, d in dists.items():
+                if isinstance(d, torch.distributions.Categorical):
+                    flat = d.probs.reshape(-1, d.probs.shape[-1])
+                    draw = torch.multinomial(flat, 1, generator=gen).reshape(d.batch_shape)
+                else:
+                    draw = (torch.rand(d.probs.shape, generator=gen, dtype=d.probs.dtype) < d.probs).to(d.probs.dtype)
+                predictive[k] = shape(draw)
+        posterior = {k: v for k, v in self.hyperparameters.items()}
+        posterior["utility"] = shape(u)
+        dims = {"lengthscale": ["feature"], "utility": ["item"]}
+        return build_inference_data(
+            posterior=posterior,
+            data=data,
+            observed=observed,
+            log_likelihood=loglik,
+            posterior_predictive=predictive,
+            sample_stats=self.sample_stats,
+            dims=dims,
+            attrs={
+                "inference_library": "botorch" if self.method == "laplace" else ("pyro" if self.method == "nuts" else "gpytorch"),
+                "method": self.method,
+                "model": repr(self.model),
+            },
+        )

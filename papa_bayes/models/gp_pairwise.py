@@ -1,0 +1,176 @@
+"""BoTorch's ``PairwiseGP`` (Laplace; Chu & Ghahramani 2005) as a papa_bayes reward model.
+
+The reference implementation the variational :class:`~papa_bayes.models.gp.PreferenceGP`
+is checked against. It shares PreferenceGP's kernel, priors and feature
+standardization, so the two differ only in inference (Laplace approximation at the
+MAP utilities vs. a sparse variational posterior).
+
+What it cannot do: **ties** and **like/dislike ratings** (BoTorch's pairwise
+likelihoods only know strict comparisons) and **several raters**. Data holding any
+of these raise :class:`~papa_bayes.exceptions.ModelError`; use ``PreferenceGP``.
+It is also cubic in the number of distinct items (dense `n x n` Laplace algebra and
+a dense `m x n` comparison matrix), so it is for hundreds of items, not thousands.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import gpytorch
+import numpy as np
+import torch
+from botorch.models.likelihoods.pairwise import PairwiseLogitLikelihood, PairwiseProbitLikelihood
+from botorch.models.pairwise_gp import PairwiseGP
+from botorch.models.utils.assorted import consolidate_duplicates
+from torch import Tensor
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.models.gp_kernels import KERNELS, FeatureStandardizer, check_single_rater, make_kernel
+from papa_bayes.models.likelihoods import check_link
+
+if TYPE_CHECKING:
+    from papa_bayes.inference.gp_posterior import GPPosterior
+
+__all__ = ["PairwiseGPReward", "pairwise_gp_initial_utility"]
+
+
+def pairwise_gp_initial_utility(comparisons: Tensor, n: int, outputscale: float) -> np.ndarray:
+    """BoTorch's start for the MAP search (standardized win counts), without its random jitter.
+
+    PairwiseGP draws that jitter from NumPy's global RNG; we start it ourselves so a
+    fit depends on its seed only.
+    """
+    wins = torch.zeros(n, dtype=torch.float64)
+    wins.index_add_(0, comparisons[:, 0], torch.ones(comparisons.shape[0], dtype=torch.float64))
+    wins.index_add_(0, comparisons[:, 1], -torch.ones(comparisons.shape[0], dtype=torch.float64))
+    x0 = (wins - wins.mean()) / wins.std(unbiased=False).clamp_min(1e-6)
+    return (x0 * outputscale**0.5).numpy()
+
+
+class PairwiseGPReward:
+    """BoTorch ``PairwiseGP`` with ``PairwiseLaplaceMarginalLogLikelihood`` behind ``fit``.
+
+    Kernel hyperparameters by type-II maximum likelihood (MAP under the kernel
+    priors) of the Laplace-approximated evidence (Chu & Ghahramani 2005, eq. 12),
+    with BoTorch's ``fit_gpytorch_mll``. ``update`` keeps the hyperparameters and
+    re-solves for the MAP utilities from the previous ones (warm start).
+
+    Args:
+        link: ``"probit"`` (BoTorch's default) or ``"logit"``.
+        kernel: ``"rbf"`` or ``"matern52"``.
+        lengthscale_prior / outputscale_prior: as in :class:`PreferenceGP`.
+        standardize: standardize features with the training items' mean and sd.
+        consolidate_atol: items closer than this (standardized units) are merged by
+            BoTorch (its fix for near-duplicate items, botorch PR #1754).
+        jitter: PairwiseGP's Cholesky jitter.
+
+    Raises:
+        ModelError: at fit, on data with ties, ratings or several raters.
+    """
+
+    METHODS = ("laplace",)
+    default_method = "laplace"
+    link: str
+
+    def __init__(
+        self,
+        *,
+        link: str = "probit",
+        kernel: str = "rbf",
+        lengthscale_prior: gpytorch.priors.Prior | None = None,
+        outputscale_prior: gpytorch.priors.Prior | None = None,
+        standardize: bool = True,
+        consolidate_atol: float = 1e-4,
+        jitter: float = 1e-6,
+    ) -> None:
+        self.link = check_link(link)
+        if kernel not in KERNELS:
+            raise ModelError(f"kernel: expected one of {KERNELS}, got {kernel!r}.")
+        self.kernel = kernel
+        self.lengthscale_prior = lengthscale_prior
+        self.outputscale_prior = outputscale_prior
+        self.standardize = bool(standardize)
+        self.consolidate_atol = float(consolidate_atol)
+        self.jitter = float(jitter)
+
+    def check_data(self, data: PreferenceData) -> None:
+        if not isinstance(data, PreferenceData):
+            raise InputDataError("data", "a PreferenceData", type(data).__name__)
+        data.require_observations()
+        check_single_rater(data, type(self).__name__)
+        if data.num_ratings:
+            raise ModelError("PairwiseGPReward cannot use like/dislike ratings (BoTorch's PairwiseGP); use PreferenceGP.")
+        if data.has_ties:
+            raise ModelError("PairwiseGPReward cannot model ties (BoTorch's PairwiseGP); use PreferenceGP(ties=True).")
+        if data.num_comparisons == 0:
+            raise InputDataError("comparisons", "at least one comparison", "none")
+
+    def build(self, data: PreferenceData) -> tuple[PairwiseGP, FeatureStandardizer, Tensor]:
+        """An unfitted PairwiseGP on the compared items (standardized), deterministically started.
+
+        Returns:
+            (model, feature standardizer, `n_c` indices of the compared items in ``data.items``).
+        """
+        self.check_data(data)
+        transform = FeatureStandardizer.fit(data.items, standardize=self.standardize)
+        used, comps = torch.unique(data.comparisons, return_inverse=True)
+        likelihood = PairwiseProbitLikelihood() if self.link == "probit" else PairwiseLogitLikelihood()
+        gp = PairwiseGP(
+            None, None, likelihood=likelihood, covar_module=make_kernel(
+                data.num_features, self.kernel,
+                lengthscale_prior=self.lengthscale_prior, outputscale_prior=self.outputscale_prior,
+            ),
+            jitter=self.jitter, consolidate_atol=self.consolidate_atol,
+        ).to(torch.float64)
+        X = transform(data.items[used])
+        set_train_data(gp, X, self.informative_comparisons(X, comps.reshape(-1, 2)), x0=None)
+        return gp, transform, used
+
+    def informative_comparisons(self, X: Tensor, comparisons: Tensor) -> Tensor:
+        """Drop comparisons of an item with its near-duplicate (standardized distance < ``consolidate_atol``).
+
+        BoTorch merges near-duplicates into one point and would keep such a pair as a
+        self-comparison, which its comparison matrix encodes as a one-sided loss
+        (pushing that utility down). Under the model such an answer has probability
+        1/2 whatever the utility, so dropping it leaves the posterior unchanged.
+        """
+        _, merged, _ = consolidate_duplicates(X, comparisons, rtol=0.0, atol=self.consolidate_atol)
+        keep = merged[:, 0] != merged[:, 1]
+        if not bool(keep.any()):
+            raise ModelError(
+                "PairwiseGPReward: every comparison is between near-duplicate items (no information about the"
+                " utility); use PreferenceGP, which treats them exactly."
+            )
+        return comparisons[keep]
+
+    def fit(self, data: PreferenceData, *, method: str | None = None, seed: int = 0, **options: Any) -> GPPosterior:
+        """Fit to ``data``; see :func:`papa_bayes.inference.gp_fit.fit_pairwise_gp` for ``options``."""
+        from papa_bayes.inference.gp_fit import fit_pairwise_gp  # the one hop up: models -> inference
+
+        return fit_pairwise_gp(self, data, method=method or self.default_method, seed=seed, **options)
+
+    def __repr__(self) -> str:
+        return f"PairwiseGPReward(link={self.link!r}, kernel={self.kernel!r}, standardize={self.standardize})"
+
+
+def set_train_data(gp: PairwiseGP, X: Tensor, comparisons: Tensor, *, x0: Callable[[Tensor], Tensor] | None) -> None:
+    """Set data and solve for the MAP utilities, started from ``x0(consolidated points)`` or the win counts.
+
+    BoTorch would start its solver from NumPy's global RNG when the start has the
+    wrong size; setting ``_x0`` (the attribute PairwiseGP keeps for warm starts)
+    first avoids that.
+
+    Args:
+        gp: the model.
+        X: `n x d` standardized features; comparisons: `m x 2` indices into ``X``.
+        x0: maps the `n' x d` consolidated points to `n'` starting utilities.
+    """
+    gp.set_train_data(X, comparisons, update_model=False)
+    if x0 is None:
+        scale = float(gp.covar_module.outputscale.detach())
+        gp._x0 = pairwise_gp_initial_utility(gp.comparisons, gp.n, scale)
+    else:
+        with torch.no_grad():
+            gp._x0 = x0(gp.datapoints).detach().to(torch.float64).reshape(-1).numpy().copy()
+    gp.set_train_data(X, comparisons, update_model=True)

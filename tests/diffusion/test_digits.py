@@ -1,0 +1,87 @@
+"""The digits task: splits, the simulated person, the judge, the metrics, the base checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import (
+    DigitsPerson,
+    class_entropy,
+    evaluate_samples,
+    load_base_model,
+    load_digits_splits,
+    load_feature_map,
+    load_judge,
+    manifold_precision,
+    sample,
+)
+from papa_bayes.exceptions import InputDataError
+
+
+def test_splits_are_disjoint_stratified_and_fixed():
+    splits = load_digits_splits()
+    sizes = [len(splits.generator), len(splits.user), len(splits.judge)]
+    assert sum(sizes) == 1797 and sizes[0] > sizes[1] > 400
+    flat = {name: {tuple(x.flatten().tolist()) for x in getattr(splits, name).images}
+            for name in ("generator", "user", "judge")}
+    # a few digits are duplicated in the data set itself; the splits overlap no more than that
+    assert len(flat["user"] & flat["judge"]) < 5 and len(flat["generator"] & flat["judge"]) < 5
+    for split in (splits.generator, splits.user, splits.judge):
+        fractions = torch.bincount(split.labels, minlength=10).double() / len(split)
+        assert float(fractions.min()) > 0.08 and float(fractions.max()) < 0.12
+        assert float(split.images.min()) == -1.0 and float(split.images.max()) == 1.0
+
+
+def test_person_and_judge_learn_their_own_splits():
+    splits = load_digits_splits()
+    person = DigitsPerson()
+    held_out = splits.judge
+    liked = torch.isin(held_out.labels, torch.tensor(person.liked))
+    assert float((person.likes(held_out.images) == liked).double().mean()) > 0.93
+    proba = load_judge().predict_proba(splits.user.images)
+    assert (proba.argmax(1) == splits.user.labels.numpy()).mean() > 0.93
+    x = held_out.images[:4].clone().requires_grad_(True)
+    person.utility(x).sum().backward()  # the true reward is differentiable
+    assert float(x.grad.abs().sum()) > 0
+    assert person.rate(held_out.images[:6]).abs().eq(1).all()
+    with pytest.raises(InputDataError, match="liked"):
+        DigitsPerson(liked=(3, 11))
+    with pytest.raises(InputDataError, match="images"):
+        person.utility(torch.zeros(2, 64))
+
+
+def test_metrics_on_real_digits_and_noise():
+    splits = load_digits_splits()
+    real = evaluate_samples(splits.user.images[:256])
+    assert real["precision"] > 0.85 and real["judge_share"] > 0.9
+    assert 0.3 < real["preferred_fraction"] < 0.5 and real["liked_class_entropy"] > 1.9
+    noise = evaluate_samples(torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert noise["precision"] == 0.0 and noise["recall"] == 0.0
+    assert math.isclose(class_entropy(torch.tensor([1, 4, 7, 9])), 2.0)
+    assert class_entropy(torch.tensor([7, 7, 7])) == 0.0 and class_entropy(torch.tensor([], dtype=torch.long)) == 0.0
+    assert manifold_precision(splits.user.images, splits.generator.images) > 0.85
+    with pytest.raises(InputDataError):
+        evaluate_samples(torch.full((3, 1, 8, 8), float("nan")))
+
+
+def test_missing_checkpoint_raises(tmp_path):
+    with pytest.raises(InputDataError, match="checkpoint"):
+        load_base_model(tmp_path / "no_such_checkpoint")
+    with pytest.raises(InputDataError, match="scheduler"):
+        load_base_model(scheduler="euler")
+
+
+@pytest.mark.slow
+def test_committed_checkpoint_quality():
+    """Issue 5's bar: judge share >= 0.75 of 256 base samples, every class 5%-15%."""
+    model = load_base_model()
+    out = sample(model, 256, num_inference_steps=50, generator=torch.Generator().manual_seed(0), progress=False)
+    metrics = evaluate_samples(out.images)
+    assert metrics["judge_share"] >= 0.75, metrics
+    assert min(metrics["class_fractions"]) >= 0.05 and max(metrics["class_fractions"]) <= 0.15, metrics
+    assert metrics["precision"] >= 0.7, metrics
+    features = load_feature_map()
+    assert features.num_features == 8 and features(out.images).shape == (256, 8)

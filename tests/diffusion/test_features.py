@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import (
+    CallableFeatures,
+    MidBlockFeatures,
+    PCAFeatures,
+    load_feature_map,
+    sample,
+    save_feature_map,
+)
+from papa_bayes.exceptions import InputDataError
+
+
+@pytest.fixture(scope="module")
+def images(pixel_model):
+    return sample(pixel_model, 40, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                  progress=False).images
+
+
+def test_pca_whitens_and_is_differentiable(images):
+    pca = PCAFeatures.fit(images, num_features=5)
+    z = pca(images)
+    assert z.shape == (40, 5)
+    torch.testing.assert_close(z.mean(0), torch.zeros(5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(5), atol=1e-3, rtol=0)
+    x = images[:3].clone().requires_grad_(True)
+    pca(x).sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pca_save_load_round_trip(images, tmp_path, dtype):
+    pca = PCAFeatures.fit(images, num_features=4)
+    save_feature_map(pca, tmp_path / "pca")
+    loaded = load_feature_map(tmp_path / "pca")
+    assert isinstance(loaded, PCAFeatures) and loaded.num_features == 4
+    torch.testing.assert_close(loaded(images.to(dtype)), pca(images.to(dtype)))
+
+
+def test_midblock_save_load_round_trip(pixel_model, images, tmp_path):
+    mid = MidBlockFeatures(pixel_model, timestep=80, num_features=3).fit(images)
+    z = mid(images)
+    assert z.shape == (40, 3)
+    torch.testing.assert_close(z.std(0), torch.ones(3), atol=1e-3, rtol=0)  # whitened projection
+    save_feature_map(mid, tmp_path / "mid")
+    loaded = load_feature_map(tmp_path / "mid", model=pixel_model)
+    assert loaded.timestep == 80
+    torch.testing.assert_close(loaded(images), z)
+    with pytest.raises(InputDataError, match="model"):
+        load_feature_map(tmp_path / "mid")
+    x = images[:2].clone().requires_grad_(True)
+    loaded(x).sum().backward()
+    assert float(x.grad.abs().sum()) > 0  # differentiable through the denoiser
+
+
+def test_callable_save_load_round_trip(images, tmp_path):
+    torch.manual_seed(1)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6))
+    feats = CallableFeatures(encoder, 6, name="tiny-encoder")
+    save_feature_map(feats, tmp_path / "enc")
+    torch.manual_seed(2)
+    fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6))
+    loaded = load_feature_map(tmp_path / "enc", fn=fresh)
+    torch.testing.assert_close(loaded(images), feats(images))
+    assert loaded.name == "tiny-encoder"
+    with pytest.raises(InputDataError, match="fn"):
+        load_feature_map(tmp_path / "enc")
+
+
+def test_callable_wrong_output_shape_raises(images):
+    feats = CallableFeatures(lambda x: x.reshape(x.shape[0], -1)[:, :3], 4)
+    with pytest.raises(InputDataError, match="features"):
+        feats(images)
+
+
+def test_missing_feature_map_folder_raises(tmp_path):
+    with pytest.raises(InputDataError, match="feature_map.json"):
+        load_feature_map(tmp_path / "nowhere")
+
+
+def test_pca_rejects_too_many_components(images):
+    with pytest.raises(InputDataError, match="num_features"):
+        PCAFeatures.fit(images[:3], num_features=5)

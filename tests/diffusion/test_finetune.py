@@ -1,0 +1,261 @@
+"""Fine-tuners on tiny UNets built from configs: distillation, PAPA, checkpoints, bad input."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import (
+    Guidance,
+    PCAFeatures,
+    PosteriorObjective,
+    distill_guidance,
+    finetune_on_samples,
+    load_digits_splits,
+    load_finetuned,
+    papa_finetune,
+    sample,
+    save_finetuned,
+)
+from papa_bayes.diffusion.sampler import join_model_output
+from papa_bayes.exceptions import InputDataError, ModelError
+
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+
+
+def assert_unchanged(model, before: dict[str, torch.Tensor]) -> None:
+    after = model.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in model.unet.parameters())
+
+
+def max_weight_change(a, b) -> float:
+    sa, sb = a.unet.state_dict(), b.unet.state_dict()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def denoising_errors(model, x0: torch.Tensor, t: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """`n` per-sample denoising errors at fixed noise (lower = higher ELBO term)."""
+    noise = torch.randn(x0.shape, generator=gen(seed))
+    a = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        out = model.conditional_output(x_t, t)
+    return (out - join_model_output(x0, noise, a, model.prediction_type)).pow(2).flatten(1).mean(1)
+
+
+@pytest.fixture(scope="module")
+def warm_model(pixel_model):
+    """The tiny UNet after 100 steps on real digits: samples in a sane range, as a base model's."""
+    digits = load_digits_splits().generator.images[:256]
+    return finetune_on_samples(pixel_model, digits, steps=100, lr=3e-3, batch_size=32, anchor_weight=0.0,
+                               generator=gen(9), progress_bar=False)
+
+
+@pytest.fixture
+def objective(warm_model, make_posterior):
+    """Posterior-mean objective over PCA features of the warm model's samples."""
+    base = sample(warm_model, 64, num_inference_steps=4, generator=gen(0), progress=False)
+    pca = PCAFeatures.fit(base.images, num_features=4)
+    draws = torch.tensor([1.0, -0.5, 0.3, 0.0]) + 0.1 * torch.randn(16, 4, generator=gen(5))
+    return PosteriorObjective(make_posterior(draws), pca, kind="mean")
+
+
+@pytest.fixture(scope="module")
+def labeled():
+    """Two kinds of 8x8 images: liked ones bright on the left, disliked ones on the right."""
+    g = gen(3)
+    left = torch.full((16, 1, 8, 8), -0.8)
+    left[..., :4] = 0.8
+    right = left.flip(-1)
+    images = torch.cat([left, right]) + 0.05 * torch.randn(32, 1, 8, 8, generator=g)
+    signs = torch.cat([torch.ones(16), -torch.ones(16)])
+    return images, signs
+
+
+def test_distillation_moves_unguided_samples_toward_the_objective(warm_model, objective):
+    before_weights = snapshot(warm_model)
+    guidance = Guidance(objective, scale=2.0)
+    kw = dict(num_inference_steps=4, generator=gen(1), progress=False)
+    train = dict(steps=40, batch_size=32, lr=3e-3, anchor_weight=0.1, progress_bar=False)
+    plain = sample(warm_model, 64, **kw)
+    guided = sample(warm_model, 64, guidance=guidance, **kw)
+    distilled = distill_guidance(warm_model, guidance, num_samples=64, num_inference_steps=4, generator=gen(2),
+                                 **train)
+    # Control: the same fine-tune on unguided samples.
+    control = finetune_on_samples(warm_model, sample(warm_model, 64, num_inference_steps=4, generator=gen(2),
+                                                     progress=False).samples, generator=gen(2), **train)
+    with torch.no_grad():
+        v_plain, v_guided, v_after, v_control = (
+            float(objective(sample(m, 64, **kw).images if m is not None else o.images).mean())
+            for m, o in ((None, plain), (None, guided), (distilled, None), (control, None)))
+    gap = v_guided - v_plain
+    assert gap > 1.0  # the setup has something to distill
+    # Unguided samples of the distilled model close a good share of the gap (about 45%
+    # in 40 steps); the same fine-tune on unguided samples drifts by about 10%.
+    assert v_after - v_plain > 0.3 * gap, (v_plain, v_after, v_control, v_guided)
+    assert v_after - v_control > 0.2 * gap, (v_plain, v_after, v_control, v_guided)
+    assert_unchanged(warm_model, before_weights)
+    assert max_weight_change(distilled, warm_model) > 1e-4
+    assert distilled.unet is not warm_model.unet and not distilled.unet.training
+    assert distilled.scheduler is warm_model.scheduler
+
+
+def test_anchor_weight_keeps_the_denoiser_near_the_base(pixel_model):
+    targets = torch.full((16, 1, 8, 8), 0.7)
+    kw = dict(steps=15, lr=1e-3, batch_size=16, progress_bar=False)
+    free = finetune_on_samples(pixel_model, targets, anchor_weight=0.0, generator=gen(4), **kw)
+    anchored = finetune_on_samples(pixel_model, targets, anchor_weight=20.0, generator=gen(4), **kw)
+    x_t = torch.randn(16, 1, 8, 8, generator=gen(5))
+    t = torch.full((16,), 500)
+
+    def distance(model) -> float:
+        with torch.no_grad():
+            return float((model.conditional_output(x_t, t) - pixel_model.conditional_output(x_t, t)).pow(2).mean())
+
+    assert distance(anchored) < 0.5 * distance(free)
+
+
+def test_papa_raises_likelihood_of_liked_relative_to_disliked(pixel_model, labeled):
+    images, signs = labeled
+    before_weights = snapshot(pixel_model)
+    tuned = papa_finetune(pixel_model, images, signs, steps=40, lr=1e-3, batch_size=32, timestep_cutoff=0.4,
+                          generator=gen(6), progress_bar=False)
+    t = torch.randint(400, 1000, (32,), generator=gen(7))
+    base_err = denoising_errors(pixel_model, images, t)
+    tuned_err = denoising_errors(tuned, images, t)
+    liked, disliked = signs > 0, signs < 0
+    change = tuned_err - base_err
+    assert float(tuned_err[liked].mean()) < 0.9 * float(base_err[liked].mean())
+    assert float(change[liked].mean()) < float(change[disliked].mean())
+    assert float(tuned_err[disliked].mean()) > float(base_err[disliked].mean())
+    assert_unchanged(pixel_model, before_weights)
+
+
+def test_papa_dislikes_cannot_diverge(pixel_model, labeled):
+    """All dislikes, a large step, no regulariser: the bound keeps errors finite; without it they run off."""
+    images, _ = labeled
+    t = torch.randint(400, 1000, (32,), generator=gen(9))
+    base_err = denoising_errors(pixel_model, images, t).mean()
+    ratios = {}
+    for bound in (0.5, 1e6):
+        tuned = papa_finetune(pixel_model, images, -torch.ones(32), steps=40, lr=3e-3, dislike_weight=10.0,
+                              dislike_bound=bound, regularizer_weight=0.0, batch_size=32, generator=gen(8),
+                              progress_bar=False)
+        ratios[bound] = float(denoising_errors(tuned, images, t).mean() / base_err)
+    # Adam overshoots the per-sample bound a little (about 3x with bound 0.5), never without limit.
+    assert 1.0 < ratios[0.5] < 4.0 and ratios[1e6] > 2 * ratios[0.5], ratios
+    out = sample(tuned, 8, num_inference_steps=4, generator=gen(1), progress=False)
+    assert bool(torch.isfinite(out.images).all())
+
+
+def test_save_load_round_trip(pixel_model, labeled, tmp_path):
+    images, signs = labeled
+    tuned = papa_finetune(pixel_model, images, signs, steps=3, lr=1e-3, generator=gen(0), progress_bar=False)
+    path = save_finetuned(tuned, tmp_path / "tuned", info={"method": "papa"})
+    assert (path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    for loaded in (load_finetuned(path), load_finetuned(path, base=pixel_model)):
+        assert type(loaded.scheduler) is type(tuned.scheduler)
+        assert max_weight_change(loaded, tuned) == 0.0
+        kw = dict(num_inference_steps=3, progress=False)
+        torch.testing.assert_close(sample(loaded, 4, generator=gen(2), **kw).images,
+                                   sample(tuned, 4, generator=gen(2), **kw).images)
+    with pytest.raises(InputDataError, match="path"):
+        load_finetuned(tmp_path / "missing")
+
+
+def test_latent_model_fine_tunes_end_to_end(latent_model):
+    before_weights = snapshot(latent_model)
+    images = torch.rand(6, 1, 8, 8, generator=gen(0)) * 2 - 1
+    tuned = papa_finetune(latent_model, images, [1, -1, 1, -1, 1, 1], steps=3, lr=1e-3, batch_size=4,
+                          generator=gen(1), progress_bar=False)
+    latents = torch.randn(6, *latent_model.sample_shape, generator=gen(2))
+    distilled = finetune_on_samples(latent_model, latents, steps=3, lr=1e-3, batch_size=4, generator=gen(3),
+                                    progress_bar=False)
+    for model in (tuned, distilled):
+        assert max_weight_change(model, latent_model) > 0
+        out = sample(model, 2, num_inference_steps=2, generator=gen(4), progress=False)
+        assert out.images.shape == (2, 1, 8, 8) and bool(torch.isfinite(out.images).all())
+    assert_unchanged(latent_model, before_weights)
+    with pytest.raises(InputDataError, match="images"):
+        papa_finetune(latent_model, torch.zeros(2, 3, 8, 8), [1, -1], steps=1, progress_bar=False)
+
+
+def test_mixed_precision_runs_and_returns_the_base_dtype(pixel_model, labeled):
+    images, signs = labeled
+    tuned = papa_finetune(pixel_model, images, signs, steps=2, mixed_precision=True, generator=gen(0),
+                          progress_bar=False)
+    assert tuned.dtype == pixel_model.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"images": torch.zeros(4, 1, 7, 8)}, "images"),
+        ({"images": torch.zeros(4, 64)}, "images"),
+        ({"images": torch.full((4, 1, 8, 8), float("nan"))}, "images"),
+        ({"signs": [1, -1, 0, 1]}, "signs"),
+        ({"signs": [1, -1, 2, 1]}, "signs"),
+        ({"signs": [1, -1, 1]}, "signs"),
+        ({"signs": torch.tensor([True, False, True, True])}, "signs"),
+        ({"lr": -1e-4}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"steps": 0}, "steps"),
+        ({"timestep_cutoff": 1.0}, "timestep_cutoff"),
+        ({"regularizer_weight": -1.0}, "regularizer_weight"),
+        ({"dislike_bound": 0.0}, "dislike_bound"),
+    ],
+)
+def test_papa_bad_input(pixel_model, kwargs, field):
+    args = {"images": torch.zeros(4, 1, 8, 8), "signs": [1, -1, 1, -1], **kwargs}
+    with pytest.raises(InputDataError) as info:
+        papa_finetune(pixel_model, args.pop("images"), args.pop("signs"), progress_bar=False, **args)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"samples": torch.zeros(4, 1, 8)}, "samples"),
+        ({"samples": torch.zeros(4, 3, 8, 8)}, "samples"),
+        ({"lr": -1.0}, "lr"),
+        ({"anchor_weight": -0.1}, "anchor_weight"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_distillation_bad_input(pixel_model, kwargs, field):
+    args = {"samples": torch.zeros(4, 1, 8, 8), **kwargs}
+    with pytest.raises(InputDataError) as info:
+        finetune_on_samples(pixel_model, args.pop("samples"), progress_bar=False, **args)
+    assert info.value.field == field
+    with pytest.raises(InputDataError, match="guidance"):
+        distill_guidance(pixel_model, lambda x: x.mean((1, 2, 3)), progress_bar=False)
+    with pytest.raises(InputDataError, match="num_samples"):
+        distill_guidance(pixel_model, Guidance(lambda x: x.mean((1, 2, 3))), num_samples=-3, progress_bar=False)
+
+
+def test_lora_without_peft_is_a_clear_error(pixel_model, labeled, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now fails as if it were absent
+    images, signs = labeled
+    with pytest.raises(ModelError, match="pip install peft"):
+        papa_finetune(pixel_model, images, signs, steps=1, lora_rank=4, progress_bar=False)
+    with pytest.raises(ModelError, match="pip install peft"):
+        distill_guidance(pixel_model, Guidance(lambda x: x.mean((1, 2, 3))), lora_rank=4, progress_bar=False)
+
+
+def test_lora_fine_tune_merges_into_a_plain_unet(latent_model):  # peft is a test dependency
+    latents = torch.randn(6, *latent_model.sample_shape, generator=gen(2))
+    tuned = finetune_on_samples(latent_model, latents, steps=3, lr=1e-2, lora_rank=2, generator=gen(3),
+                                progress_bar=False)
+    assert type(tuned.unet) is type(latent_model.unet)
+    assert max_weight_change(tuned, latent_model) > 0

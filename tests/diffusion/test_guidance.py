@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import Guidance, PCAFeatures, PosteriorObjective, sample
+from papa_bayes.exceptions import InputDataError, ModelError
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def base_and_pca(pixel_model):
+    base = sample(pixel_model, 32, num_inference_steps=4, generator=gen(0), progress=False)
+    return base, PCAFeatures.fit(base.images, num_features=4)
+
+
+@pytest.fixture
+def posterior(make_posterior):
+    w = torch.tensor([1.0, -0.5, 0.3, 0.0]) + 0.3 * torch.randn(64, 4, generator=gen(5))
+    return make_posterior(w)
+
+
+def mean_utility(objective: PosteriorObjective, images: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(objective.utility(images).mean())
+
+
+@pytest.mark.parametrize("mode", ["x0", "dps"])
+@pytest.mark.parametrize("kind", ["mean", "ucb", "thompson", "region"])
+def test_guidance_increases_objective_over_unguided(pixel_model, base_and_pca, posterior, mode, kind):
+    base, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind=kind).calibrate(base.images)
+    kwargs = dict(num_inference_steps=4, progress=False)
+    plain = sample(pixel_model, 16, generator=gen(1), **kwargs)
+    guided = sample(pixel_model, 16, guidance=Guidance(objective, scale=0.5, mode=mode), generator=gen(1), **kwargs)
+    objective.begin_batch(16, generator=gen(1))  # same Thompson draws as the guided run's first batch
+    with torch.no_grad():
+        before = objective(plain.images).mean()
+    assert float(guided.objective.mean()) > float(before) + 0.05
+    assert bool(torch.isfinite(guided.images).all())
+
+
+def test_mean_utility_rises_monotonically_with_scale(pixel_model, base_and_pca, posterior):
+    base, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean")
+    values = []
+    for scale in (0.0, 0.05, 0.1, 0.2, 0.4):
+        out = sample(pixel_model, 16, num_inference_steps=4, progress=False, generator=gen(2),
+                     guidance=Guidance(objective, scale=scale))
+        values.append(mean_utility(objective, out.images))
+    assert all(b > a for a, b in zip(values, values[1:])), values
+
+
+def test_region_objective_saturates(pixel_model, base_and_pca, posterior):
+    """A sample surely in the preferred region feels no push: guided equals unguided."""
+    base, pca = base_and_pca
+    sure = PosteriorObjective(posterior, pca, kind="region", threshold=-1e6)
+    plain = sample(pixel_model, 8, num_inference_steps=4, generator=gen(3), progress=False)
+    guided = sample(pixel_model, 8, num_inference_steps=4, generator=gen(3), progress=False,
+                    guidance=Guidance(sure, scale=2.0))
+    torch.testing.assert_close(guided.images, plain.images)
+    assert bool((guided.guidance_norms == 0).all())
+    assert torch.allclose(sure.region_probability(plain.images), torch.ones(8))
+
+
+def test_thompson_uses_one_seeded_draw_per_sample(base_and_pca, posterior):
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="thompson")
+    objective.begin_batch(50, generator=gen(7))
+    first = objective._draw_index.clone()
+    objective.begin_batch(50, generator=gen(7))
+    assert torch.equal(first, objective._draw_index)
+    assert first.unique().numel() > 10
+    fresh = PosteriorObjective(posterior, pca, kind="thompson")
+    with pytest.raises(ModelError):
+        fresh(torch.zeros(3, 1, 8, 8))
+
+
+def test_range_guard_keeps_shift_inside_data_range(pixel_model, base_and_pca, posterior):
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean")
+    guidance = Guidance(objective, scale=5.0)
+    x_t = torch.randn(4, 1, 8, 8, generator=gen(0))
+    t = torch.tensor(500)
+    a = pixel_model.scheduler.alphas_cumprod[500]
+    x0, eps, shift = guidance.guide(pixel_model, x_t, t, a, step=0, num_steps=10)
+    base_x0 = x0 - shift
+    moved = shift.abs() > 0
+    assert bool(moved.any())
+    # a moved value ends inside [-1, 1] unless the base prediction was already outside on that side
+    assert bool(((x0 <= torch.clamp(base_x0, min=1.0) + 1e-6) & (x0 >= torch.clamp(base_x0, max=-1.0) - 1e-6)).all())
+    torch.testing.assert_close(a.sqrt() * x0 + (1 - a).sqrt() * eps, x_t)  # eps re-derived
+
+
+def test_guidance_window_and_schedule(pixel_model, base_and_pca, posterior):
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean")
+    out = sample(pixel_model, 4, num_inference_steps=10, progress=False, generator=gen(0),
+                 guidance=Guidance(objective, scale=0.3, window=(0.2, 0.6), schedule="decay"))
+    acting = out.guidance_norms > 0
+    assert acting.tolist() == [False, False, True, True, True, True, False, False, False, False]
+    assert out.guidance_norms[2] > out.guidance_norms[5]
+
+
+@pytest.mark.parametrize("scale", [-0.1, float("nan"), float("inf"), "big"])
+def test_bad_guidance_scale_raises(base_and_pca, posterior, scale):
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean")
+    with pytest.raises(InputDataError, match="scale"):
+        Guidance(objective, scale=scale)
+
+
+def test_feature_dimension_mismatch_raises(base_and_pca, make_posterior):
+    _, pca = base_and_pca
+    with pytest.raises(InputDataError, match="feature_map.*posterior's \\(3\\).*got 4"):
+        PosteriorObjective(make_posterior(torch.randn(8, 3)), pca)
+
+
+@pytest.mark.parametrize("kwargs", [{"kind": "best"}, {"kappa": -1.0}, {"temperature": 0.0},
+                                    {"threshold": [0.0, 1.0]}, {"threshold": float("nan")}])
+def test_bad_objective_options_raise(base_and_pca, posterior, kwargs):
+    _, pca = base_and_pca
+    with pytest.raises(InputDataError):
+        PosteriorObjective(posterior, pca, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "x1"}, {"window": (0.5, 0.5)}, {"schedule": "cosine"}])
+def test_bad_guidance_options_raise(base_and_pca, posterior, kwargs):
+    _, pca = base_and_pca
+    with pytest.raises(InputDataError):
+        Guidance(PosteriorObjective(posterior, pca, kind="mean"), **kwargs)
+
+
+def test_region_needs_threshold_or_calibration(base_and_pca, posterior):
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="region")
+    with pytest.raises(ModelError, match="calibrate"):
+        objective(torch.zeros(2, 1, 8, 8))
+
+
+def test_objective_of_wrong_shape_raises(pixel_model):
+    guidance = Guidance(lambda images: images.sum(), scale=0.1)  # a scalar, not one value per sample
+    with pytest.raises(InputDataError, match="objective"):
+        sample(pixel_model, 2, num_inference_steps=2, guidance=guidance, progress=False)
+
+
+def test_region_calibration_sets_per_draw_quantiles(base_and_pca, posterior):
+    base, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.75)
+    p = objective.region_probability(base.images)
+    assert math.isclose(float(p.mean()), 0.25, abs_tol=0.04)
+    with pytest.raises(InputDataError):
+        objective.calibrate(base.images, quantile=1.0)

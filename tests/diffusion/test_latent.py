@@ -1,0 +1,67 @@
+"""The Stable-Diffusion-shaped path: UNet2DConditionModel + AutoencoderKL, tiny, from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import Guidance, MidBlockFeatures, PCAFeatures, PosteriorObjective, sample
+from papa_bayes.exceptions import InputDataError
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def latent_setup(latent_model):
+    base = sample(latent_model, 12, num_inference_steps=3, generator=gen(0), progress=False)
+    return base, PCAFeatures.fit(base.images, num_features=3)
+
+
+def test_latent_base_sampling_decodes_images(latent_model, latent_setup):
+    base, _ = latent_setup
+    assert base.samples.shape == (12, 4, 4, 4)
+    assert base.images.shape == (12, 1, 8, 8)
+
+
+def test_gradient_reaches_latents_through_the_decoder(latent_model, latent_setup, make_posterior):
+    _, pca = latent_setup
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(1))), pca, kind="mean")
+    z = torch.randn(5, 4, 4, 4, generator=gen(2), requires_grad=True)
+    objective(latent_model.decode(z)).sum().backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+    x_t = torch.randn(5, 4, 4, 4, generator=gen(3))
+    a = latent_model.scheduler.alphas_cumprod[600]
+    for mode in ("x0", "dps"):
+        _, _, shift = Guidance(objective, scale=0.5, mode=mode, clamp=None).guide(
+            latent_model, x_t, torch.tensor(600), a, step=0, num_steps=4)
+        assert float(shift.abs().sum()) > 0, mode
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+@pytest.mark.parametrize("mode", ["x0", "dps"])
+def test_latent_guided_sampling_end_to_end(make_latent_model, latent_setup, make_posterior, kind, mode):
+    model = make_latent_model(kind)
+    _, pca = latent_setup
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(1))), pca, kind="mean")
+    plain = sample(model, 6, num_inference_steps=3, generator=gen(4), progress=False)
+    guided = sample(model, 6, num_inference_steps=3, generator=gen(4), progress=False,
+                    guidance=Guidance(objective, scale=1.0, mode=mode, clamp=None))
+    with torch.no_grad():
+        before = objective(plain.images).mean()
+    assert float(guided.objective.mean()) > float(before)
+
+
+def test_classifier_free_guidance_and_midblock_features(make_latent_model, make_posterior):
+    model = make_latent_model(cfg_scale=3.0, negative_encoder_hidden_states=torch.zeros(1, 3, 8))
+    base = sample(model, 6, num_inference_steps=3, generator=gen(0), progress=False)
+    features = MidBlockFeatures(model, timestep=50, num_features=2).fit(base.samples)
+    assert features.input_space == "sample"
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 2, generator=gen(1))), features, kind="mean")
+    guided = sample(model, 6, num_inference_steps=3, generator=gen(0), progress=False,
+                    guidance=Guidance(objective, scale=1.0, clamp=None))
+    with torch.no_grad():
+        assert float(guided.objective.mean()) > float(objective(base.samples).mean())
+    with pytest.raises(InputDataError):
+        make_latent_model(cfg_scale=3.0)  # no negative embeddings

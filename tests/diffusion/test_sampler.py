@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import sample
+from papa_bayes.diffusion.sampler import join_model_output, split_model_output
+from papa_bayes.exceptions import InputDataError
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_same_generator_same_samples_and_trajectory(pixel_model):
+    a = sample(pixel_model, 6, num_inference_steps=4, generator=gen(3), progress=False, return_trajectory=True)
+    b = sample(pixel_model, 6, num_inference_steps=4, generator=gen(3), progress=False, return_trajectory=True)
+    c = sample(pixel_model, 6, num_inference_steps=4, generator=gen(4), progress=False)
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images)
+    assert a.trajectory.shape == (5, 6, 1, 8, 8)
+    assert torch.equal(a.trajectory[-1], a.samples)
+    assert a.timesteps.shape == (4,) and bool((a.timesteps[:-1] > a.timesteps[1:]).all())
+    assert a.objective is None
+
+
+def test_batching_does_not_change_samples(pixel_model):
+    whole = sample(pixel_model, 6, num_inference_steps=3, generator=gen(0), progress=False)
+    parts = sample(pixel_model, 6, num_inference_steps=3, generator=gen(0), batch_size=4, progress=False)
+    torch.testing.assert_close(whole.images, parts.images, atol=1e-5, rtol=1e-5)
+
+
+def test_ddpm_is_stochastic_but_seeded(make_pixel_model):
+    model = make_pixel_model("ddpm")
+    a = sample(model, 4, num_inference_steps=3, generator=gen(1), progress=False)
+    b = sample(model, 4, num_inference_steps=3, generator=gen(1), progress=False)
+    noise = torch.randn(4, 1, 8, 8, generator=gen(9))
+    c = sample(model, 4, num_inference_steps=3, generator=gen(1), initial_noise=noise, progress=False)
+    d = sample(model, 4, num_inference_steps=3, generator=gen(2), initial_noise=noise, progress=False)
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(c.images, d.images)  # same start, different step noise
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction"])
+def test_model_output_split_join_round_trip(ptype):
+    x_t, out = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    a = torch.tensor(0.3)
+    x0, eps = split_model_output(out, x_t, a, ptype)
+    torch.testing.assert_close(a.sqrt() * x0 + (1 - a).sqrt() * eps, x_t)  # consistent with x_t
+    torch.testing.assert_close(join_model_output(x0, eps, a, ptype), out)
+
+
+@pytest.mark.parametrize("ptype", ["sample", "v_prediction"])
+def test_other_prediction_types_sample(make_pixel_model, ptype):
+    out = sample(make_pixel_model(prediction_type=ptype), 3, num_inference_steps=3, generator=gen(), progress=False)
+    assert out.images.shape == (3, 1, 8, 8) and bool(torch.isfinite(out.images).all())
+
+
+@pytest.mark.parametrize("kwargs", [{"num_samples": 0}, {"num_inference_steps": 0}, {"batch_size": -1},
+                                    {"initial_noise": torch.zeros(2, 1, 8, 8)}])
+def test_bad_sampler_input_raises(pixel_model, kwargs):
+    args = {"num_samples": 3, "num_inference_steps": 2, **kwargs}
+    with pytest.raises(InputDataError):
+        sample(pixel_model, args.pop("num_samples"), progress=False, **args)

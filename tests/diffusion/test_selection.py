@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import (
+    Guidance,
+    ManifoldGuard,
+    PCAFeatures,
+    PosteriorObjective,
+    sample,
+    sample_preferred,
+    select_guidance_scale,
+    select_preferred,
+)
+from papa_bayes.exceptions import InputDataError
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_select_preferred_is_uniform_among_eligible_then_fills():
+    p = torch.tensor([0.95, 0.2, 0.99, 0.91, 0.5, 0.97])
+    on = torch.tensor([True, True, True, False, True, True])
+    idx = select_preferred(p, 3, on_manifold=on, min_probability=0.9, generator=gen(0))
+    assert sorted(idx.tolist()) == [0, 2, 5]
+    idx = select_preferred(p, 5, on_manifold=on, min_probability=0.9, generator=gen(0))
+    assert sorted(idx[:3].tolist()) == [0, 2, 5] and idx[3:].tolist() == [4, 1]  # on-manifold first
+    counts = torch.zeros(6)
+    for s in range(200):
+        counts[select_preferred(p, 1, on_manifold=on, generator=gen(s))] += 1
+    assert counts[[1, 3, 4]].sum() == 0 and counts[[0, 2, 5]].min() > 40  # uniform among eligible
+    with pytest.raises(InputDataError):
+        select_preferred(p, 7)
+
+
+def test_manifold_guard_accepts_reference_and_rejects_far_points():
+    ref = torch.randn(50, 1, 8, 8, generator=gen(0))
+    guard = ManifoldGuard(ref)
+    assert bool(guard(ref).all())
+    assert not bool(guard(ref + 10).any())
+
+
+def test_sample_preferred_keeps_confident_on_manifold_samples(pixel_model, make_posterior):
+    base = sample(pixel_model, 48, num_inference_steps=3, generator=gen(0), progress=False)
+    pca = PCAFeatures.fit(base.images, num_features=3)
+    posterior = make_posterior(torch.tensor([[1.0, 0.0, 0.0]]) + 0.1 * torch.randn(32, 3, generator=gen(1)))
+    objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.5)
+    guard = ManifoldGuard(base.images)
+    out = sample_preferred(pixel_model, 8, guidance=Guidance(objective, scale=0.3), guard=guard, oversample=3,
+                           min_probability=0.8, num_inference_steps=3, generator=gen(2), progress=False)
+    assert out.images.shape == (8, 1, 8, 8) and out.pool_size == 24
+    assert out.eligible >= 8
+    assert bool((out.probability >= 0.8).all()) and bool(out.on_manifold.all())
+    again = sample_preferred(pixel_model, 8, guidance=Guidance(objective, scale=0.3), guard=guard, oversample=3,
+                             min_probability=0.8, num_inference_steps=3, generator=gen(2), progress=False)
+    assert torch.equal(out.images, again.images)
+    with pytest.raises(InputDataError):
+        sample_preferred(pixel_model, 8, oversample=0.5, progress=False)
+
+
+def test_scale_rule_stops_at_the_precision_cliff(pixel_model, make_posterior):
+    base = sample(pixel_model, 64, num_inference_steps=3, generator=gen(0), progress=False)
+    pca = PCAFeatures.fit(base.images, num_features=3)
+    objective = PosteriorObjective(make_posterior(torch.randn(16, 3, generator=gen(1))), pca, kind="mean")
+    guard = ManifoldGuard(base.images)
+    result = select_guidance_scale(pixel_model, Guidance(objective), guard, scales=(0.05, 0.5, 5.0, 50.0),
+                                   num_samples=16, num_inference_steps=3, generator=gen(3))
+    assert result.base_precision > 0.5
+    assert result.scale in (0.05, 0.5, 5.0)  # a huge push leaves the manifold
+    assert result.precision[result.scale] >= result.threshold
+    failed = [s for s, p in result.precision.items() if p < result.threshold]
+    assert len(failed) == 1 and failed[0] > result.scale
+    with pytest.raises(InputDataError):
+        select_guidance_scale(pixel_model, Guidance(objective), guard, scales=(-1.0,))

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from papa_bayes.diffusion import PCAFeatures, load_base_model, load_feature_map, sample
+from papa_bayes.diffusion.train import fit_default_features, main, train_base_model
+from papa_bayes.exceptions import InputDataError
+
+
+def test_training_script_writes_a_loadable_checkpoint(tmp_path):
+    summary = main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "8", "--no-progress",
+                    "--feature-samples", "16", "--feature-steps", "2"])
+    assert summary["steps"] == 2
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((tmp_path / "train_log.json").read_text())["seed"] == 0
+    assert load_feature_map(tmp_path / "pca_features").num_features == 8
+    fit_default_features(tmp_path, num_samples=16, num_features=4, num_inference_steps=2, progress=False)
+    model = load_base_model(tmp_path, scheduler="ddpm")
+    assert model.dtype == torch.float32 and type(model.scheduler).__name__ == "DDPMScheduler"
+    assert not model.scheduler.config.clip_sample
+    out = sample(model, 3, num_inference_steps=2, progress=False)
+    features = load_feature_map(tmp_path / "pca_features")
+    assert isinstance(features, PCAFeatures) and features(out.images).shape == (3, 4)
+
+
+def test_training_is_seeded(tmp_path):
+    a = train_base_model(tmp_path / "a", steps=2, batch_size=4, seed=3, progress=False)
+    b = train_base_model(tmp_path / "b", steps=2, batch_size=4, seed=3, progress=False)
+    assert a["final_loss"] == b["final_loss"]
+    with pytest.raises(InputDataError):
+        train_base_model(tmp_path / "c", steps=0)

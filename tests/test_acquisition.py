@@ -1,0 +1,296 @@
+"""Acquisition functions: MC BALD against Houlsby's closed form and BoTorch, zero-information
+queries, the preferred-region family, EUBO against BoTorch, baselines, shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from botorch.acquisition.preference import (
+    AnalyticExpectedUtilityOfBestOption,
+    PairwiseBayesianActiveLearningByDisagreement,
+)
+from botorch.models import PairwiseGP
+from botorch.sampling.normal import SobolQMCNormalSampler
+
+from papa_bayes import LinearReward, PreferenceData, fit
+from papa_bayes.acquisition import (
+    ArgmaxInformation,
+    ExpectedUtilityOfBestOption,
+    HoulsbyInformationGain,
+    PairwiseInformationGain,
+    PreferredRegionInformation,
+    RandomQueries,
+    RatingInformationGain,
+    ThompsonSampling,
+    UtilityDifferenceVariance,
+    botorch_qeubo,
+    comparison_information_gain,
+    houlsby_information_gain,
+)
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, simulate_ratings
+
+SQRT2 = math.sqrt(2.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (6x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class GPDrawsPosterior(RewardPosterior):
+    """A probit GP posterior seen through the RewardPosterior interface (test-only).
+
+    Joint draws of BoTorch ``PairwiseGP``'s latent utility at any features, with fixed
+    quasi-MC base samples, divided by sqrt(2) so that P(a preferred) = Phi(u(a) - u(b))
+    matches PairwiseGP's probit likelihood.
+    """
+
+    link = "probit"
+    method = "laplace"
+
+    def __init__(self, gp: PairwiseGP, data: PreferenceData, num_draws: int = 2048) -> None:
+        self.gp, self.data, self._s = gp, data, num_draws
+
+    @property
+    def num_draws(self) -> int:
+        return self._s
+
+    def utility(self, features, *, rater=None):
+        features = self.check_features(features)
+        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self._s]), seed=0)
+        return sampler(self.gp.posterior(features)).squeeze(-1) / SQRT2
+
+    def update(self, data):  # pragma: no cover - not needed here
+        raise NotImplementedError
+
+    def to_inference_data(self):  # pragma: no cover
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def gp_setup():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.rand(20, 2, generator=gen, dtype=torch.float64)
+    f = torch.sin(3 * X[:, 0]) + X[:, 1]
+    a = torch.randint(0, 20, (15,), generator=gen)
+    b = (a + torch.randint(1, 20, (15,), generator=gen)) % 20
+    comp = torch.where((f[a] > f[b]).unsqueeze(-1), torch.stack([a, b], -1), torch.stack([b, a], -1))
+    gp = PairwiseGP(X, comp)  # the Laplace posterior is computed at construction
+    gp.eval()
+    queries = torch.rand(30, 2, 2, generator=gen, dtype=torch.float64)
+    return gp, PreferenceData(items=X, comparisons=comp), queries
+
+
+@pytest.fixture(scope="module")
+def linear_post():
+    gen = torch.Generator().manual_seed(1)
+    w = random_unit_vector(4, generator=gen)
+    items = torch.randn(60, 4, generator=gen, dtype=torch.float64)
+    user = SimulatedUser(w, seed=2)
+    data = simulate_comparisons(user, items, 25, generator=gen)
+    return fit(LinearReward(), data, method="laplace", num_samples=512), items
+
+
+@pytest.fixture(scope="module")
+def sharp_post():
+    """A posterior sure of the reward's direction (300 answers of a consistent user)."""
+    gen = torch.Generator().manual_seed(1)
+    w = random_unit_vector(4, generator=gen)
+    items = torch.randn(60, 4, generator=gen, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(3 * w, seed=2), items, 300, generator=gen)
+    return fit(LinearReward(), data, method="laplace", num_samples=512), items
+
+
+def test_mc_bald_matches_houlsby_closed_form_on_probit_gp(gp_setup):
+    gp, data, Q = gp_setup
+    with torch.no_grad():
+        closed = HoulsbyInformationGain(gp, noise_scale=SQRT2)(Q)
+        # (a) on the BoTorch model directly, (b) through the RewardPosterior interface.
+        mc_model = PairwiseInformationGain(gp, link="probit", noise_scale=SQRT2, num_samples=2048)(Q)
+        mc_post = PairwiseInformationGain(GPDrawsPosterior(gp, data, 2048))(Q)
+    assert closed.min() > 0.02  # informative queries, so a relative error means something
+    assert ((mc_model - closed).abs() / closed).max() <= 0.05
+    assert ((mc_post - closed).abs() / closed).max() <= 0.05
+
+
+def test_mc_bald_matches_botorch_bald(gp_setup):
+    gp, _, Q = gp_setup
+    torch.manual_seed(0)
+    with torch.no_grad():
+        # BoTorch's BALD assumes P = Phi(u(a) - u(b)) (std_noise=0) and reports nats.
+        theirs = PairwiseBayesianActiveLearningByDisagreement(gp, num_samples=16384)(Q) / math.log(2)
+        ours = PairwiseInformationGain(gp, link="probit", noise_scale=1.0, num_samples=2048)(Q)
+        closed = HoulsbyInformationGain(gp, noise_scale=1.0)(Q)
+    assert ((ours - theirs).abs() / theirs).max() <= 0.05
+    assert ((closed - theirs).abs() / theirs).max() <= 0.05
+
+
+def test_eubo_matches_botorch(gp_setup, linear_post):
+    gp, _, Q = gp_setup
+    with torch.no_grad():
+        theirs = AnalyticExpectedUtilityOfBestOption(gp)(Q)
+        ours = ExpectedUtilityOfBestOption(gp, num_samples=2048)(Q)
+    assert (ours - theirs).abs().max() <= 0.01
+    post, items = linear_post
+    X = items[:20].reshape(10, 2, 4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ours = ExpectedUtilityOfBestOption(post)(X)
+        theirs = botorch_qeubo(post)(X)  # BoTorch's qEUBO on the same draws (resampled)
+    assert (ours - theirs).abs().max() <= 0.1 * ours.abs().max()
+
+
+def test_information_zero_for_identical_items_and_certain_pairs(sharp_post):
+    post, items = sharp_post
+    x = items[:5]
+    same = torch.stack([x, x], -2)  # 5 x 2 x d
+    with torch.no_grad():
+        assert PairwiseInformationGain(post)(same).abs().max() < 1e-12
+        w = post.mean("w")
+        far = torch.stack([50 * w / w.norm(), -50 * w / w.norm()]).unsqueeze(0)  # the posterior is sure
+        assert PairwiseInformationGain(post)(far).item() < 1e-3
+        assert PairwiseInformationGain(post)(items[:2].unsqueeze(0)).item() > 1e-3
+
+
+def test_information_with_ties_and_ratings():
+    gen = torch.Generator().manual_seed(3)
+    w = random_unit_vector(3, generator=gen)
+    items = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    user = SimulatedUser(w, tie_margin=0.5, seed=1)
+    data = simulate_comparisons(user, items, 30, generator=gen)
+    data = data.append(ratings=simulate_ratings(user, items, 15, generator=gen).ratings)
+    post = fit(LinearReward(ties=True), data, method="laplace", num_samples=512)
+    assert post.tie_strength_draws() is not None
+    X = torch.stack([items[:10], items[10:20]], -2)
+    with torch.no_grad():
+        eig3 = PairwiseInformationGain(post)(X)
+        eig2 = PairwiseInformationGain(post, ties=False)(X)
+        same = PairwiseInformationGain(post)(torch.stack([items[:3], items[:3]], -2))
+        rating = RatingInformationGain(post)(items[:10].unsqueeze(-2))
+    assert eig3.shape == (10,) and bool((eig3 >= 0).all()) and bool((eig3 <= math.log2(3)).all())
+    assert not torch.allclose(eig3, eig2)
+    # Identical items under ties: the answer law is the same in every draw only if the
+    # tie strength is known; its uncertainty leaves a little information.
+    assert same.max() < 0.05
+    assert rating.shape == (10,) and bool((rating >= 0).all()) and bool((rating <= 1).all())
+
+
+def test_region_and_argmax_bounded_by_bald(linear_post):
+    post, items = linear_post
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 60, (200, 2), generator=gen)
+    idx = idx[idx[:, 0] != idx[:, 1]]
+    X = items[idx]
+    with torch.no_grad():
+        bald = PairwiseInformationGain(post)(X)
+        region = PreferredRegionInformation(post, pool=items)(X)
+        best = ArgmaxInformation(post, pool=items)(X)
+    # Data processing: what the answer says about a function of theta <= about theta.
+    assert bool((region <= bald + 1e-9).all()) and bool((best <= bald + 1e-9).all())
+    assert region.max() > 0.01 and best.max() > 0.01
+
+
+def test_region_information_ignores_two_surely_liked_items(sharp_post):
+    post, items = sharp_post
+    w = post.mean("w")
+    w = w / w.norm()
+    perp = torch.linalg.svd(w.unsqueeze(0)).Vh[1]  # a direction orthogonal to E[w]
+    a, b = 6 * w + 4 * perp, 6 * w - 4 * perp  # both far above the pool's top quarter
+    X = torch.stack([a, b]).unsqueeze(0)
+    with torch.no_grad():
+        bald = PairwiseInformationGain(post)(X).item()
+        region = PreferredRegionInformation(post, pool=items)(X).item()
+    assert bald > 0.05  # the answer would still teach about the reward along `perp` ...
+    assert region < 1e-3 * bald  # ... but both items are surely in the preferred region
+
+
+def test_rating_region_information_uses_like_threshold():
+    gen = torch.Generator().manual_seed(5)
+    w = random_unit_vector(3, generator=gen)
+    items = torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    user = SimulatedUser(w, seed=0)
+    data = simulate_ratings(user, items, 30, generator=gen)
+    post = fit(LinearReward(), data, method="laplace", num_samples=256)
+    with torch.no_grad():
+        val = PreferredRegionInformation(post, region="like", query_size=1)(items[:7].unsqueeze(-2))
+        bald = RatingInformationGain(post)(items[:7].unsqueeze(-2))
+    assert val.shape == (7,) and bool((val <= bald + 1e-9).all())
+
+
+def test_baselines(linear_post):
+    post, items = linear_post
+    X = items[:20].reshape(10, 2, 4)
+    gen = torch.Generator().manual_seed(0)
+    r1 = RandomQueries(post, generator=torch.Generator().manual_seed(1))(X)
+    r2 = RandomQueries(post, generator=torch.Generator().manual_seed(1))(X)
+    assert torch.equal(r1, r2) and r1.shape == (10,)
+    with torch.no_grad():
+        var = UtilityDifferenceVariance(post)(X)
+        u = post.utility(items[:20])
+        assert torch.allclose(var, (u[:, 0::2] - u[:, 1::2]).var(0))
+        ts = ThompsonSampling(post, generator=gen)
+        i, j = ts.draws.tolist()
+        expected = torch.maximum(u[i, 0::2] + u[j, 1::2], u[i, 1::2] + u[j, 0::2])
+        assert torch.allclose(ts(X), expected)
+    with pytest.raises(InputDataError):
+        RandomQueries(post, generator=None)
+
+
+def test_houlsby_closed_form_limits():
+    m = torch.tensor([0.0, 0.0, 30.0])
+    v = torch.tensor([0.0, 100.0, 0.01])
+    val = houlsby_information_gain(m, v)
+    assert val[0].abs() < 1e-12  # no uncertainty: no information
+    assert 0.5 < val[1] <= 1.0  # a coin whose bias is unknown: close to 1 bit
+    assert val[2] < 1e-6  # a sure answer
+
+
+def test_forward_shapes_and_errors(linear_post):
+    post, items = linear_post
+    acq = PairwiseInformationGain(post)
+    with torch.no_grad():
+        assert acq(items[:12].reshape(2, 3, 2, 4)).shape == (2, 3)
+        assert acq(items[:2]).shape == (1,)
+    with pytest.raises(InputDataError):
+        acq(items[:3].unsqueeze(0))  # q = 3
+    with pytest.raises(InputDataError):
+        acq(torch.zeros(4, 2, 5, dtype=torch.float64))  # wrong d
+    # Differentiable in X, as optimize_acqf needs.
+    X = items[:4].reshape(2, 2, 4).clone().requires_grad_(True)
+    acq(X).sum().backward()
+    assert X.grad is not None and torch.isfinite(X.grad).all()
+
+
+def test_functional_form_matches_module(linear_post):
+    post, items = linear_post
+    u = post.utility(items[:10]).detach()
+    direct = comparison_information_gain(u[:, :5], u[:, 5:], link=post.link)
+    with torch.no_grad():
+        module = PairwiseInformationGain(post)(torch.stack([items[:5], items[5:10]], -2))
+    assert torch.allclose(direct, module)
+
+
+def test_on_the_packages_gp_posterior():
+    """The GP engineer's PairwiseGP wrapper, through the RewardPosterior interface only."""
+    gp_pairwise = pytest.importorskip("papa_bayes.models.gp_pairwise")
+    from papa_bayes.acquisition import select_queries
+
+    gen = torch.Generator().manual_seed(0)
+    user = SimulatedUser.from_gp_draw(2, lengthscale=0.5, seed=3, rationality=2.0)
+    pool = torch.rand(80, 2, generator=gen, dtype=torch.float64)
+    post = fit(gp_pairwise.PairwiseGPReward(), simulate_comparisons(user, pool, 20, generator=gen))
+    sel = select_queries(post, pool, strategy="eig", k=2)
+    X = pool[sel.indices]
+    with torch.no_grad():
+        mc = PairwiseInformationGain(post)(X)
+        closed = HoulsbyInformationGain(post)(X)  # on the draws' moments
+    assert torch.allclose(mc, sel.information_bits)
+    assert ((mc - closed).abs() / mc).max() <= 0.05

@@ -1,0 +1,211 @@
+"""select_queries over pools (all pairs, screening, batches, exploration, ratings),
+optimize_queries for continuous features, exposure diversity, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from papa_bayes import LinearReward, fit
+from papa_bayes.acquisition import (
+    STRATEGIES,
+    PairwiseInformationGain,
+    all_pairs,
+    exposure_diversity,
+    greedy_joint_information,
+    optimize_queries,
+    queries_to_reach,
+    run_active_learning,
+    select_queries,
+)
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, simulate_ratings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (6x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    gen = torch.Generator().manual_seed(0)
+    d = 5
+    w = random_unit_vector(d, generator=gen)
+    pool = torch.randn(120, d, generator=gen, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(w, seed=1), pool, 15, generator=gen)
+    return fit(LinearReward(), data, method="laplace", num_samples=256), pool
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_returns_valid_pairs(setup, strategy):
+    post, pool = setup
+    sel = select_queries(post, pool, strategy=strategy, k=3, generator=_gen())
+    assert sel.indices.shape == (3, 2)
+    assert bool((sel.indices[:, 0] != sel.indices[:, 1]).all())
+    assert len({tuple(sorted(p)) for p in sel.indices.tolist()}) == 3  # distinct pairs
+    assert sel.num_candidates == 120 * 119 // 2
+    assert bool((sel.information_bits >= 0).all()) and bool((sel.information_bits <= 1).all())
+    assert sel.features(pool).shape == (3, 2, 5)
+
+
+def test_screened_selection_matches_exhaustive(setup):
+    post, pool = setup
+    full = select_queries(post, pool, strategy="eig", screen=None)
+    fast = select_queries(post, pool, strategy="eig", screen=256)
+    assert fast.num_refined == 256 and full.num_refined == full.num_candidates
+    # The screened choice is (nearly) the best pair of all, by the Monte Carlo value.
+    assert fast.scores[0] >= 0.99 * full.scores[0]
+    first, second = all_pairs(120)
+    with torch.no_grad():
+        brute = PairwiseInformationGain(post)(torch.stack([pool[first], pool[second]], -2))
+    assert full.scores[0].item() == pytest.approx(brute.max().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["region", "eubo", "argmax"])
+def test_screen_close_to_exhaustive_for_other_strategies(setup, strategy):
+    post, pool = setup
+    full = select_queries(post, pool, strategy=strategy, screen=None)
+    fast = select_queries(post, pool, strategy=strategy, screen=512)
+    assert fast.scores[0] >= 0.95 * full.scores[0]
+
+
+def test_eig_selection_beats_random_pairs_in_expected_information(setup):
+    post, pool = setup
+    best = select_queries(post, pool, strategy="eig").information_bits[0]
+    rand = select_queries(post, pool, strategy="random", k=50, generator=_gen()).information_bits
+    assert best > rand.max()
+
+
+def test_joint_batch_information_grows_and_is_subadditive(setup):
+    post, pool = setup
+    sel = select_queries(post, pool, strategy="eig", k=4)
+    joint = sel.details["batch_information_bits"]
+    assert bool((joint[1:] > joint[:-1]).all())
+    assert joint[-1] <= sel.information_bits.sum() + 1e-9
+
+
+def test_greedy_joint_information_sampled_configurations():
+    gen = _gen(1)
+    probs1 = torch.rand(64, 30, 1, generator=gen, dtype=torch.float64)
+    probs = torch.cat([probs1, 1 - probs1], -1)
+    exact_idx, exact_bits = greedy_joint_information(probs, 6, max_configurations=4096)
+    approx_idx, approx_bits = greedy_joint_information(probs, 6, max_configurations=8, generator=gen)
+    assert exact_idx[:3].tolist() == approx_idx[:3].tolist()  # exact while configurations fit
+    assert approx_bits[-1].item() == pytest.approx(exact_bits[-1].item(), rel=0.15)
+
+
+def test_dpp_batch_is_diverse(setup):
+    post, pool = setup
+    top = select_queries(post, pool, strategy="uncertainty", k=5, batch="top")
+    dpp = select_queries(post, pool, strategy="uncertainty", k=5, batch="dpp")
+    with torch.no_grad():
+        u = post.utility(pool)
+
+    def mean_abs_corr(idx):
+        diff = u[:, idx[:, 0]] - u[:, idx[:, 1]]
+        c = torch.corrcoef(diff.T).abs()
+        return (c.sum() - c.diagonal().sum()) / (c.numel() - c.shape[0])
+
+    assert mean_abs_corr(dpp.indices) < mean_abs_corr(top.indices)
+
+
+def test_exploration_share_and_reproducibility(setup):
+    post, pool = setup
+    a = select_queries(post, pool, strategy="eig", k=6, exploration=0.5, generator=_gen(3))
+    b = select_queries(post, pool, strategy="eig", k=6, exploration=0.5, generator=_gen(3))
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.exploratory, b.exploratory)
+    allx = select_queries(post, pool, strategy="eig", k=6, exploration=1.0, generator=_gen(3))
+    assert bool(allx.exploratory.all())
+    assert not select_queries(post, pool, strategy="eig", k=6).exploratory.any()
+
+
+def test_rating_queries(setup):
+    post, pool = setup
+    for strategy in ("eig", "region", "uncertainty", "thompson", "random", "argmax"):
+        sel = select_queries(post, pool, strategy=strategy, k=3, query_type="rating", generator=_gen())
+        assert sel.indices.shape == (3,) and sel.indices.unique().numel() == 3
+        assert sel.features(pool).shape == (3, 1, 5)
+    with pytest.raises(InputDataError):
+        select_queries(post, pool, strategy="eubo", query_type="rating")
+    gen = _gen(4)
+    user = SimulatedUser(random_unit_vector(5, generator=gen), seed=0)
+    rated = fit(LinearReward(), simulate_ratings(user, pool, 20, generator=gen), method="laplace", num_samples=128)
+    sel = select_queries(rated, pool, strategy="eig", k=2, query_type="rating")
+    assert sel.details["batch_information_bits"].shape == (2,)
+
+
+def test_bad_inputs_raise_input_data_error(setup):
+    post, pool = setup
+    with pytest.raises(InputDataError, match="pool_features"):
+        select_queries(post, torch.randn(10, 3, dtype=torch.float64))  # another dimension
+    with pytest.raises(InputDataError, match="pool_features"):
+        select_queries(post, torch.zeros(0, 5, dtype=torch.float64))  # empty pool
+    with pytest.raises(InputDataError, match="pool_features"):
+        select_queries(post, pool[:1])  # one item: no pair
+    with pytest.raises(InputDataError, match="k"):
+        select_queries(post, pool[:3], k=4)  # 3 pairs only
+    with pytest.raises(InputDataError, match="k"):
+        select_queries(post, pool, k=0)
+    with pytest.raises(InputDataError, match="strategy"):
+        select_queries(post, pool, strategy="clairvoyant")
+    with pytest.raises(InputDataError, match="generator"):
+        select_queries(post, pool, strategy="random")
+    with pytest.raises(InputDataError, match="exploration"):
+        select_queries(post, pool, exploration=1.5, generator=_gen())
+    with pytest.raises(InputDataError, match="batch"):
+        select_queries(post, pool, strategy="eubo", k=2, batch="joint")
+    with pytest.raises(InputDataError, match="pool_features"):
+        select_queries(post, torch.full((4, 5), float("nan"), dtype=torch.float64))
+
+
+def test_optimize_queries_continuous(setup):
+    post, pool = setup
+    bounds = torch.stack([-2 * torch.ones(5), 2 * torch.ones(5)]).double()
+    X, values = optimize_queries(post, bounds, strategy="eig", k=2, num_restarts=4, raw_samples=64, seed=0)
+    assert X.shape == (2, 2, 5) and values.shape == (2,)
+    assert bool((X >= -2 - 1e-9).all() and (X <= 2 + 1e-9).all())
+    with torch.no_grad():
+        sampled = PairwiseInformationGain(post)(-2 + 4 * torch.rand(64, 2, 5, generator=_gen(), dtype=torch.float64))
+    assert values[0] >= sampled.max() - 1e-6  # the optimizer beats random designs
+    with pytest.raises(InputDataError):
+        optimize_queries(post, bounds[:, :3])
+
+
+def test_exposure_diversity():
+    gen = _gen(0)
+    ref = torch.randn(400, 3, generator=gen, dtype=torch.float64)
+    spread = exposure_diversity(ref, ref, num_cells=8)
+    assert spread.coverage == 1.0 and spread.entropy_bits == pytest.approx(spread.reference_entropy_bits)
+    narrow = exposure_diversity(ref[:1].expand(20, 3), ref, num_cells=8)
+    assert narrow.coverage == pytest.approx(1 / 8) and narrow.entropy_bits == 0.0
+    assert 0 < spread.normalized_entropy <= 1
+    with pytest.raises(InputDataError):
+        exposure_diversity(torch.zeros(3, 2), ref)
+
+
+def test_run_active_learning_records_curves():
+    gen = _gen(7)
+    w = random_unit_vector(3, generator=gen)
+    pool = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    heldout = (torch.randn(20, 3, generator=gen, dtype=torch.float64), torch.randn(20, 3, generator=gen, dtype=torch.float64))
+    seen = []
+    run = run_active_learning(
+        SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=5, num_samples=64, heldout=heldout,
+        seed=0, callback=lambda t, post: seen.append(t),
+    )
+    assert seen == [1, 2, 3, 4, 5]
+    for curve in (run.alignment, run.log_loss, run.regret, run.information_bits, run.entropy_bits):
+        assert len(curve) == 5
+    assert all(-1 <= a <= 1 for a in run.alignment) and all(r >= 0 for r in run.regret)
+    assert len(run.queries) == 5 and queries_to_reach([0.1, 0.95, 0.5], 0.9) == 2
+    again = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=5, num_samples=64, seed=0)
+    assert again.queries == run.queries  # reproducible from the seeds

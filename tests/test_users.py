@@ -1,0 +1,155 @@
+"""Simulated and callback users: reproducible answers, the right noise, GP-draw utilities."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.users import (
+    CallbackUser,
+    RandomFourierUtility,
+    SimulatedUser,
+    random_gp_utility,
+    random_unit_vector,
+    simulate_comparisons,
+    simulate_ratings,
+    winner_first,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on 2 shared cores, 2 threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _items(n=40, d=3, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_random_unit_vector_is_reproducible_and_unit():
+    a = random_unit_vector(5, generator=torch.Generator().manual_seed(3))
+    b = random_unit_vector(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert a.norm().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("link", ["logit", "probit"])
+def test_answers_reproducible_from_seed(link):
+    x = _items()
+    w = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)
+    u1 = SimulatedUser(w, link=link, tie_margin=0.3, seed=7)
+    u2 = SimulatedUser(w, link=link, tie_margin=0.3, seed=7)
+    first = [u1.compare(x[:20], x[20:]), u1.rate(x)]
+    second = [u2.compare(x[:20], x[20:]), u2.rate(x)]
+    assert torch.equal(first[0][0], second[0][0]) and torch.equal(first[0][1], second[0][1])
+    assert torch.equal(first[1], second[1])
+    u1.reset()
+    again = u1.compare(x[:20], x[20:])
+    assert torch.equal(again[0], first[0][0]) and torch.equal(again[1], first[0][1])
+    other = SimulatedUser(w, link=link, tie_margin=0.3, seed=8).compare(x[:20], x[20:])
+    assert not (torch.equal(other[0], first[0][0]) and torch.equal(other[1], first[0][1]))
+
+
+def test_global_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    user = SimulatedUser(torch.ones(3, dtype=torch.float64), seed=1)
+    user.compare(_items(10)[:5], _items(10)[5:])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_logit_answer_frequency_matches_link():
+    x = torch.tensor([[0.5, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    user = SimulatedUser(torch.tensor([1.0, 0.0], dtype=torch.float64), rationality=2.0, seed=0)
+    first = x[:1].expand(20000, 2)
+    second = x[1:].expand(20000, 2)
+    won, tie = user.compare(first, second)
+    assert not tie.any()
+    assert won.double().mean().item() == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.01)
+
+
+def test_noiseless_user_always_right_and_ties():
+    x = _items(60, 2)
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    user = SimulatedUser(w, rationality=math.inf, seed=0)
+    won, _ = user.compare(x[:30], x[30:])
+    assert torch.equal(won, (x[:30] @ w) > (x[30:] @ w))
+    likes = user.rate(x)
+    assert torch.equal(likes == 1, (x @ w) > 0)
+    tied = SimulatedUser(w, tie_margin=2.0, seed=0).compare(x[:30], x[30:])[1]
+    assert tied.any()
+
+
+def test_gp_draw_user_reproducible_and_rbf_covariance():
+    x = _items(5, 2)
+    a = SimulatedUser.from_gp_draw(2, lengthscale=0.7, seed=4)
+    b = SimulatedUser.from_gp_draw(2, lengthscale=0.7, seed=4)
+    c = SimulatedUser.from_gp_draw(2, lengthscale=0.7, seed=5)
+    assert torch.allclose(a.utility(x), b.utility(x))
+    assert not torch.allclose(a.utility(x), c.utility(x))
+    # Over many draws, E[u(x) u(x')] approaches the RBF kernel.
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    vals = torch.stack([random_gp_utility(2, lengthscale=0.7, num_features=256, generator=gen)(pts) for _ in range(3000)])
+    emp = vals.T @ vals / vals.shape[0]
+    sq = torch.cdist(pts, pts) ** 2
+    assert torch.allclose(emp, torch.exp(-sq / (2 * 0.7**2)), atol=0.07)
+
+
+def test_random_fourier_utility_rejects_bad_input():
+    f = RandomFourierUtility(3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputDataError):
+        f(torch.zeros(4, 2))
+    with pytest.raises(InputDataError):
+        RandomFourierUtility(3, lengthscale=-1.0, generator=torch.Generator())
+
+
+def test_callable_user_on_any_input():
+    user = SimulatedUser(lambda imgs: imgs.flatten(1).mean(-1), rationality=math.inf, seed=0)
+    imgs = torch.stack([torch.zeros(4, 4), torch.ones(4, 4)]).double()
+    won, _ = user.compare(imgs[1:], imgs[:1])
+    assert won.item()
+
+
+def test_simulate_helpers_winner_first():
+    x = _items(30, 2)
+    w = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    user = SimulatedUser(w, rationality=math.inf, seed=0)
+    data = simulate_comparisons(user, x, 25, generator=torch.Generator().manual_seed(1))
+    assert isinstance(data, PreferenceData)
+    u = x @ w
+    assert bool((u[data.comparisons[:, 0]] >= u[data.comparisons[:, 1]]).all())
+    ratings = simulate_ratings(user, x, 10, generator=torch.Generator().manual_seed(1))
+    assert ratings.num_ratings == 10
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    assert winner_first(pairs, torch.tensor([True, False])).tolist() == [[0, 1], [3, 2]]
+
+
+def test_callback_user():
+    user = CallbackUser(compare_fn=lambda a, b: 0 if a.sum() > b.sum() else "tie", rate_fn=lambda x: 1)
+    x = _items(4, 2)
+    won, tie = user.compare(x[:2], x[2:])
+    assert won.shape == tie.shape == (2,)
+    assert user.rate(x).tolist() == [1, 1, 1, 1]
+    with pytest.raises(InputDataError):
+        CallbackUser(compare_fn=lambda a, b: "maybe").compare(x[:1], x[1:2])
+    with pytest.raises(InputDataError):
+        CallbackUser().rate(x)
+
+
+def test_user_rejects_bad_parameters():
+    with pytest.raises(InputDataError):
+        SimulatedUser(torch.ones(2), rationality=0.0)
+    with pytest.raises(InputDataError):
+        SimulatedUser(torch.ones(2), tie_margin=-1.0)
+    with pytest.raises(InputDataError):
+        SimulatedUser("not a utility")
