@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     fig.savefig(args.out / "reliability.png", dpi=120)
     plt.close(fig)
     (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
+    print("(the first GP fit of a process also pays ~2 s for torch's first optimizer step importing its compiler stack)")
     print(f"wrote {args.out / 'reliability.png'} and {args.out / 'results.json'}")
     assert all(math.isfinite(r["held_out_log_loss"]) for r in results.values())
     return results
