@@ -40,7 +40,10 @@ class DiffusionCandidates:
         quantile: the preferred region is the top ``1 - quantile`` of base samples
             under each posterior draw.
         pool_steps / recommend_steps: denoising steps of pools and of recommendations.
-        oversample / min_probability: of the recommendation filter.
+        oversample / min_probability: of the recommendation filter. A strict filter
+            (0.9) keeps only samples of the digits the posterior is surest about and
+            loses diversity early; 0.75 kept >= 93% preferred with 1.89 bits of class
+            entropy at 20 labels (demo seed 0), against 0.98 and 1.70 bits at 0.9.
         num_base: base samples kept for calibration of the region threshold.
         seed: seeds the base samples.
     """
@@ -60,7 +63,7 @@ class DiffusionCandidates:
         pool_steps: int = 20,
         recommend_steps: int = 50,
         oversample: float = 4.0,
-        min_probability: float = 0.9,
+        min_probability: float = 0.75,
         num_base: int = 256,
         seed: int = 0,
         progress: bool = False,
