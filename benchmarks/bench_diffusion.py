@@ -8,8 +8,10 @@
    objective (posterior mean, UCB, Thompson, preferred region) at each normalized
    scale are scored by the judge: preferred fraction, judge share, manifold
    precision / recall against the judge split, class entropy among liked samples.
-   Two reference rows: the base model and guidance by the person's true utility.
-   The last rows are the package's recommended pipeline: region guidance at the
+   Guidance acts on the first half of the trajectory. References: the base model and
+   guidance by the person's true utility (also over the whole trajectory, to show
+   why the window matters). The last rows are the package's recommended pipeline,
+   for both shipped feature maps (pixel PCA, UNet mid-block): region guidance at the
    scale chosen by :func:`~papa_bayes.diffusion.select_guidance_scale` (no judge, no
    true reward), then :func:`~papa_bayes.diffusion.sample_preferred` (manifold guard
    against the generator split + preference filter).
@@ -33,6 +35,7 @@ import torch
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
+    DEFAULT_CHECKPOINT,
     DigitsPerson,
     Guidance,
     ManifoldGuard,
@@ -56,15 +59,13 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def fit_person_posterior(model, features, *, num_labels: int, seed: int, steps: int):
-    """The simulated person rates ``num_labels`` base samples; a linear reward is fitted."""
-    person = DigitsPerson()
-    shown = sample(model, num_labels, num_inference_steps=steps, generator=_gen(10_000 + seed), progress=False).images
+def fit_person_posterior(person, features, shown, *, seed: int):
+    """A linear reward (Laplace) on ``features`` of the person's like/dislike of ``shown`` images."""
     ratings = person.rate(shown)
     with torch.no_grad():
         items = features(shown).double()
-    data = PreferenceData(items=items, ratings=torch.stack([torch.arange(num_labels), ratings], 1))
-    return person, fit(LinearReward(), data, method="laplace", seed=seed), int((ratings > 0).sum())
+    data = PreferenceData(items=items, ratings=torch.stack([torch.arange(shown.shape[0]), ratings], 1))
+    return fit(LinearReward(), data, method="laplace", seed=seed), int((ratings > 0).sum())
 
 
 def timing(model, objective, *, num_samples: int, steps: int, repeats: int, seed: int) -> dict:
@@ -93,45 +94,56 @@ def _row(method: str, objective: str, scale: float, metrics: dict, seconds: floa
             **{k: metrics[k] for k in METRICS}, "seconds": round(seconds, 2), **extra}
 
 
-def steering(model, features, posterior, person, *, args) -> list[dict]:
-    """Metrics of steered samples for every objective and scale, plus references."""
-    n, steps = args.num_samples, args.steps
+def steering(model, posteriors: dict, person, *, args) -> list[dict]:
+    """Metrics of steered samples for every objective and scale, plus references.
+
+    ``posteriors`` maps a feature-map name to ``(feature_map, posterior)``; the first
+    one is used for the per-objective rows.
+    """
+    n, steps, window = args.num_samples, args.steps, (0.0, args.window_stop)
     rows = []
     start = time.perf_counter()
     base = sample(model, max(n, args.calibration_samples), num_inference_steps=steps, generator=_gen(args.seed),
                   progress=False)
     rows.append(_row("base model", "-", 0.0, evaluate_samples(base.images[:n]), time.perf_counter() - start))
+    features, posterior = next(iter(posteriors.values()))
     for kind in args.objectives:
         objective = PosteriorObjective(posterior, features, kind=kind).calibrate(base.images, quantile=args.quantile)
         for scale in args.scales:
             start = time.perf_counter()
-            out = sample(model, n, num_inference_steps=steps, guidance=Guidance(objective, scale=scale),
+            out = sample(model, n, num_inference_steps=steps, guidance=Guidance(objective, scale=scale, window=window),
                          generator=_gen(args.seed + 1), progress=False)
-            rows.append(_row("guided (x0)", kind, scale, evaluate_samples(out.images), time.perf_counter() - start))
-    for scale in args.scales:
+            rows.append(_row(f"guided, x0, {next(iter(posteriors))}", kind, scale, evaluate_samples(out.images),
+                             time.perf_counter() - start))
+    for scale, stop in [(s, args.window_stop) for s in args.scales] + [(args.scales[len(args.scales) // 2], 1.0)]:
         start = time.perf_counter()
-        out = sample(model, n, num_inference_steps=steps, guidance=Guidance(person.utility, scale=scale),
-                     generator=_gen(args.seed + 1), progress=False)
-        rows.append(_row("true utility (reference)", "true", scale, evaluate_samples(out.images),
+        out = sample(model, n, num_inference_steps=steps, generator=_gen(args.seed + 1), progress=False,
+                     guidance=Guidance(person.utility, scale=scale, window=(0.0, stop)))
+        rows.append(_row(f"true utility, window (0, {stop:g})", "true", scale, evaluate_samples(out.images),
                          time.perf_counter() - start))
-    # The recommended pipeline: scale by the package's own rule, then guarded selection.
-    start = time.perf_counter()
+    # Pipelines with the scale chosen by the package's own rule: region guidance with the
+    # preference filter (oversampled pool), and mean guidance with the manifold guard only.
     guard = ManifoldGuard(load_digits_splits().generator.images)
-    objective = PosteriorObjective(posterior, features, kind="region").calibrate(base.images, quantile=args.quantile)
-    guidance = Guidance(objective, window=(0.0, args.window_stop))
-    chosen = select_guidance_scale(model, guidance, guard, num_samples=args.rule_samples,
-                                   num_inference_steps=args.rule_steps, generator=_gen(args.seed + 2))
-    rule_seconds = time.perf_counter() - start
-    for oversample in args.oversample:
-        start = time.perf_counter()
-        kept = sample_preferred(model, n, guidance=guidance.with_scale(chosen.scale), guard=guard,
-                                oversample=oversample, min_probability=args.min_probability,
-                                num_inference_steps=steps, generator=_gen(args.seed + 3), progress=False)
-        rows.append(_row(f"region + selection x{oversample:g} (rule scale)", "region", chosen.scale,
-                         evaluate_samples(kept.images), time.perf_counter() - start + rule_seconds,
-                         eligible=kept.eligible, pool=kept.pool_size))
-    rows[-1]["rule"] = {"threshold": chosen.threshold, "base_precision": chosen.base_precision,
-                        "precision": {str(k): v for k, v in chosen.precision.items()}}
+    pipelines = [("region", args.oversample, args.min_probability), ("mean", args.guard_oversample, 0.0)]
+    for name, (features, posterior) in posteriors.items():
+        for kind, oversample, min_probability in pipelines:
+            start = time.perf_counter()
+            objective = PosteriorObjective(posterior, features, kind=kind).calibrate(
+                base.images, quantile=args.quantile)
+            guidance = Guidance(objective, window=window)
+            chosen = select_guidance_scale(model, guidance, guard, scales=args.rule_scales,
+                                           num_samples=args.rule_samples, num_inference_steps=args.rule_steps,
+                                           generator=_gen(args.seed + 2))
+            kept = sample_preferred(model, n, guidance=guidance.with_scale(chosen.scale), guard=guard,
+                                    probability=objective.region_probability, oversample=oversample,
+                                    min_probability=min_probability, num_inference_steps=steps,
+                                    generator=_gen(args.seed + 3), progress=False)
+            what = f"filter P >= {min_probability:g}" if min_probability > 0 else "guard only"
+            rows.append(_row(f"{kind} + {what} x{oversample:g}, {name} (rule scale)", kind, chosen.scale,
+                             evaluate_samples(kept.images), time.perf_counter() - start, eligible=kept.eligible,
+                             pool=kept.pool_size,
+                             rule={"threshold": chosen.threshold, "base_precision": chosen.base_precision,
+                                   "precision": {str(k): v for k, v in chosen.precision.items()}}))
     return rows
 
 
@@ -143,14 +155,19 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}; torch {result['torch']}; seed {result['seed']}; "
         f"{result['labels']} labels ({result['liked_labels']} liked).",
         "",
-        f"## Guidance cost ({t['num_samples']} samples x {t['steps']} steps, best of {result['repeats']})",
-        "",
-        "| sampling | seconds | ratio to unguided | target |",
-        "|---|---|---|---|",
-        f"| unguided | {t['seconds']['unguided']:.2f} | 1.00 | |",
-        f"| guided, x0 | {t['seconds']['x0']:.2f} | {t['ratio_x0']:.2f} | <= 1.3 |",
-        f"| guided, DPS | {t['seconds']['dps']:.2f} | {t['ratio_dps']:.2f} | <= 2.5 |",
-        "",
+    ]
+    if t is not None:
+        lines += [
+            f"## Guidance cost ({t['num_samples']} samples x {t['steps']} steps, best of {result['repeats']})",
+            "",
+            "| sampling | seconds | ratio to unguided | target |",
+            "|---|---|---|---|",
+            f"| unguided | {t['seconds']['unguided']:.2f} | 1.00 | |",
+            f"| guided, x0 | {t['seconds']['x0']:.2f} | {t['ratio_x0']:.2f} | <= 1.3 |",
+            f"| guided, DPS | {t['seconds']['dps']:.2f} | {t['ratio_dps']:.2f} | <= 2.5 |",
+            "",
+        ]
+    lines += [
         f"## Steering ({result['num_samples']} samples x {result['steps']} steps)",
         "",
         "| method | objective | scale | preferred | judge share | precision | recall | liked entropy (bits) |",
@@ -176,24 +193,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--timing-samples", type=int, default=64)
     parser.add_argument("--timing-steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     parser.add_argument("--objectives", nargs="+", default=["mean", "ucb", "thompson", "region"])
     parser.add_argument("--quantile", type=float, default=0.6)
-    parser.add_argument("--window-stop", type=float, default=0.8)
-    parser.add_argument("--oversample", type=float, nargs="+", default=[4.0])
-    parser.add_argument("--min-probability", type=float, default=0.9)
+    parser.add_argument("--window-stop", type=float, default=0.5)
+    parser.add_argument("--oversample", type=float, default=4.0)
+    parser.add_argument("--min-probability", type=float, default=0.75)
+    parser.add_argument("--guard-oversample", type=float, default=1.25)
     parser.add_argument("--calibration-samples", type=int, default=512)
     parser.add_argument("--rule-samples", type=int, default=64)
     parser.add_argument("--rule-steps", type=int, default=20)
+    parser.add_argument("--rule-scales", type=float, nargs="+", default=[0.3, 0.5, 1.0, 2.0, 3.0, 5.0])
     args = parser.parse_args(argv)
     if args.tiny:
         args.num_samples, args.steps, args.timing_samples, args.timing_steps = 8, 3, 4, 3
-        args.repeats, args.scales, args.objectives, args.labels = 1, [0.3], ["mean", "region"], 6
-        args.calibration_samples, args.rule_samples, args.rule_steps, args.oversample = 16, 8, 2, [2.0]
+        args.repeats, args.scales, args.objectives, args.labels = 1, [1.0], ["mean", "region"], 6
+        args.calibration_samples, args.rule_samples, args.rule_steps, args.oversample = 16, 8, 2, 2.0
+        args.guard_oversample = 1.0
+        args.rule_scales = [1.0]
     out_dir = args.out or (RESULTS / "tmp" if args.tiny else RESULTS)
-    model, features = load_base_model(), load_feature_map()
-    person, posterior, liked = fit_person_posterior(model, features, num_labels=args.labels, seed=args.seed,
-                                                    steps=args.steps)
+    model = load_base_model()
+    shown = sample(model, args.labels, num_inference_steps=args.steps, generator=_gen(10_000 + args.seed),
+                   progress=False).images
+    person = DigitsPerson()
+    posteriors, liked = {}, 0
+    for name in ("pca", "midblock"):
+        features = load_feature_map(DEFAULT_CHECKPOINT / f"{name}_features", model=model)
+        posterior, liked = fit_person_posterior(person, features, shown, seed=args.seed)
+        posteriors[name] = (features, posterior)
+    features, posterior = posteriors["pca"]
     objective = PosteriorObjective(posterior, features, kind="region", threshold=0.0)
     result = {
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
@@ -204,9 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
         "num_samples": args.num_samples,
         "steps": args.steps,
         "repeats": args.repeats,
-        "timing": timing(model, objective, num_samples=args.timing_samples, steps=args.timing_steps,
-                         repeats=args.repeats, seed=args.seed),
-        "steering": steering(model, features, posterior, person, args=args),
+        "timing": None if args.skip_timing else timing(
+            model, objective, num_samples=args.timing_samples, steps=args.timing_steps, repeats=args.repeats,
+            seed=args.seed),
+        "steering": steering(model, posteriors, person, args=args),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")

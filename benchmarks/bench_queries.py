@@ -78,10 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-botorch-all-pairs", action="store_true", help="time BoTorch BALD over all pairs once")
     p.add_argument("--liked-set-seeds", type=int, default=0, help="seeds of the set-valued-taste task (0: skip)")
     p.add_argument("--liked-set-queries", type=int, default=30)
-    p.add_argument("--liked-set-strategies", default="eig,region,argmax,eubo,thompson,random")
+    p.add_argument(
+        "--liked-set-strategies", default="eig,region,region@0.6,argmax,eubo,thompson,random",
+        help="strategy[@q]: q sets the region to the pool's top 1 - q share",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="bench_queries", help="stem of the output files")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge earlier result files (arms of later files win) into <out>/<name>.* and exit")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (output stem bench_queries_tiny)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -246,9 +251,13 @@ def liked_set_run(strategy: str, seed: int, args, *, num_classes: int = 10, num_
         p = counts / counts.sum().clamp(min=1)
         state["liked_entropy"].append(float(-(torch.special.xlogy(p, p)).sum() / math.log(2)))
 
+    # Rationality folded into w (fixed at 1; w's N(0, I) prior sets the scale): the learned-rationality
+    # model's Laplace line search can step to rationality 0 on this misspecified task (reported upstream).
+    name, _, region = strategy.partition("@")  # "region@0.6": the pool's top 40% is the region
     run = run_active_learning(
-        user, pool, strategy=strategy, num_queries=args.liked_set_queries, num_samples=args.num_samples,
+        user, pool, strategy=name, num_queries=args.liked_set_queries, num_samples=args.num_samples,
         true_weights=torch.ones(d, dtype=torch.float64), seed=seed, callback=record,
+        model=LinearReward(rationality=1.0), select_options={"region": float(region)} if region else None,
     )
     q = torch.tensor(run.queries[1:]).reshape(-1, 2)  # the selected ones (the first is random)
     state["both_liked"] = float((is_liked[q[:, 0]] & is_liked[q[:, 1]]).double().mean()) if q.numel() else 0.0
@@ -372,8 +381,9 @@ def write_outputs(result: dict[str, Any], raw: dict[str, Any], out: Path) -> Non
     name = result["config"]["name"]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out / "tmp").mkdir(exist_ok=True)
-    (out / "tmp" / f"{name}_runs.json").write_text(json.dumps(raw))
+    if raw:
+        (out / "tmp").mkdir(exist_ok=True)
+        (out / "tmp" / f"{name}_runs.json").write_text(json.dumps(raw))
     (out / f"{name}.md").write_text(markdown(result))
     if result["protocol"]:
         plot(result, out, name)
@@ -458,6 +468,19 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_COLOURS = {
+    "eig": "tab:blue", "uncertainty": "tab:orange", "thompson": "tab:green", "random": "tab:red",
+    "region": "tab:purple", "eubo": "tab:brown", "argmax": "tab:pink", "botorch_bald": "black", "botorch_eubo": "tab:gray",
+}
+
+
+def _style(arm: str) -> dict[str, Any]:
+    """Colour by strategy, line style by model: solid learned, dashed known, dotted BoTorch."""
+    strategy, _, model = arm.partition(":")
+    ls = ":" if strategy.startswith("botorch") else ("--" if model == "known" else "-")
+    return {"color": _COLOURS.get(strategy, None), "ls": ls, "lw": 1.4}
+
+
 def plot(result: dict[str, Any], out: Path, name: str) -> None:
     import matplotlib
 
@@ -467,8 +490,10 @@ def plot(result: dict[str, Any], out: Path, name: str) -> None:
     keys = list(result["protocol"])
     dims = sorted({int(k.split("_")[0][1:]) for k in keys})
     rats = sorted({float(k.split("_")[1][1:]) for k in keys})
+    single = len(dims) * len(rats) == 1
     for metric, label in (("alignment", "alignment cos(E[w], w*)"), ("log_loss", "held-out log-loss (nats)"), ("regret", "regret of the recommended item")):
-        fig, axes = plt.subplots(len(dims), len(rats), figsize=(4 * len(rats), 3 * len(dims)), squeeze=False)
+        size = (8, 4.5) if single else (4 * len(rats) + 2, 3 * len(dims))
+        fig, axes = plt.subplots(len(dims), len(rats), figsize=size, squeeze=False)
         for i, d in enumerate(dims):
             for j, r in enumerate(rats):
                 ax = axes[i][j]
@@ -476,27 +501,29 @@ def plot(result: dict[str, Any], out: Path, name: str) -> None:
                 for arm, s in arms.items():
                     m, se = torch.tensor(s[metric]), torch.tensor(s[metric + "_se"])
                     x = torch.arange(1, m.numel() + 1)
-                    ax.plot(x, m, label=arm, ls="--" if arm.startswith("botorch") else "-")
-                    ax.fill_between(x, m - se, m + se, alpha=0.15)
+                    st = _style(arm)
+                    ax.plot(x, m, label=f"{arm} ({s['num_runs']})", **st)
+                    ax.fill_between(x, m - se, m + se, alpha=0.08, color=st["color"])
                 if metric == "alignment":
                     ax.axhline(LEVEL, color="grey", lw=0.7, ls=":")
                 ax.set_title(f"d={d}, rationality {r:g}", fontsize=9)
                 ax.set_xlabel("answers", fontsize=8)
                 ax.set_ylabel(label, fontsize=8)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=7, title="arm (runs)", title_fontsize=7)
+        fig.tight_layout(rect=(0, 0, 0.8 if single else 0.86, 1))
         fig.savefig(out / f"{name}_{metric}.png", dpi=110)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 4))
     key = "d8_r1" if "d8_r1" in result["protocol"] else keys[0]
     for arm, s in result["protocol"][key].items():
         if s["expected_bits_curve"]:
-            ax.plot(range(2, len(s["expected_bits_curve"]) + 2), s["expected_bits_curve"], label=arm)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="1-bit limit")
+            ax.plot(range(2, len(s["expected_bits_curve"]) + 2), s["expected_bits_curve"], label=arm, **_style(arm))
+    ax.axhline(1.0, color="k", lw=0.8, ls="-.", label="1-bit limit")
     ax.set_xlabel("answer")
     ax.set_ylabel("expected information of the query (bits)")
     ax.set_title(key)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(out / f"{name}_bits.png", dpi=110)
     plt.close(fig)
@@ -511,8 +538,9 @@ def plot_liked(result: dict[str, Any], out: Path, name: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for strategy, v in result["liked_set"].items():
         x = range(1, len(v["preferred"]) + 1)
-        axes[0].plot(x, v["preferred"], label=strategy)
-        axes[1].plot(x, v["liked_entropy_bits"], label=strategy)
+        st = _style(strategy.partition("@")[0]) | ({"ls": "--"} if "@" in strategy else {})
+        axes[0].plot(x, v["preferred"], label=strategy, **st)
+        axes[1].plot(x, v["liked_entropy_bits"], label=strategy, **st)
     axes[0].set_ylabel("preferred fraction of top 50")
     axes[1].set_ylabel("liked-cluster entropy (bits)")
     axes[1].axhline(2.0, color="grey", lw=0.7, ls=":")
@@ -536,7 +564,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def merge(paths: list[str], args) -> dict[str, Any]:
+    """One result from several runs (e.g. arms run in separate processes)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    result = dict(parts[0])
+    result["config"] = {**parts[0]["config"], "name": args.name, "merged_from": list(paths)}
+    result["protocol"], result["speed"] = {}, None
+    for part in parts:
+        for key, arms in part.get("protocol", {}).items():
+            result["protocol"].setdefault(key, {}).update(arms)
+        if part.get("liked_set"):
+            result.setdefault("liked_set", {}).update(part["liked_set"])
+            result["config"].update({k: part["config"][k] for k in ("liked_set_seeds", "liked_set_queries")})
+        if part.get("speed"):
+            result["speed"] = part["speed"]
+    write_outputs(result, {}, Path(args.out))
+    return result
+
+
 def _main(args) -> dict[str, Any]:
+    if args.merge:
+        return merge(args.merge, args)
     out = Path(args.out)
     strategies = [s for s in args.strategies.split(",") if s]
     botorch_arms = [s for s in args.botorch.split(",") if s]

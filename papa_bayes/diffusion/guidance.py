@@ -67,8 +67,11 @@ class Guidance:
         mode: ``"x0"`` (gradient on the predicted clean sample) or ``"dps"``
             (gradient through the denoiser).
         window: `(start, stop)` fractions of the trajectory where guidance acts; the
-            steps after ``stop`` are unguided so that the denoiser repairs what the
-            shift bent (a quality guard).
+            steps after ``stop`` are unguided so that the denoiser turns the push into
+            a clean sample (a quality guard). Pushes late in the trajectory only bend
+            pixels: on the digits with the true reward, scale 1 over the whole
+            trajectory gave 98% liked at manifold precision 0.49, over its first half
+            91% at 0.93 (and scale 3, 99% at 0.91).
         schedule: name in :data:`SCHEDULES` or a callable of the progress in `[0, 1)`.
         clamp: `(low, high)` data range the shift may not push values out of
             (None for latents or unbounded data).
@@ -84,7 +87,7 @@ class Guidance:
         *,
         scale: float = 0.3,
         mode: str = "x0",
-        window: tuple[float, float] = (0.0, 1.0),
+        window: tuple[float, float] = (0.0, 0.5),
         schedule: str | Callable[[float], float] = "constant",
         clamp: tuple[float, float] | None = (-1.0, 1.0),
     ) -> None:

@@ -8,7 +8,8 @@ alone), scored by manifold precision against the base model's own training data
 (:class:`~papa_bayes.diffusion.selection.ManifoldGuard`). The chosen scale is the
 largest one, scanning upward, before the first whose precision falls below
 ``min_relative_precision`` times the unguided pool's precision (or an absolute
-``min_precision``).
+``min_precision``), precision being measured with the guard's balls shrunk by
+``radius_scale``.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def select_guidance_scale(
     guard: ManifoldGuard,
     *,
     scales: Sequence[float] = DEFAULT_SCALES,
-    min_relative_precision: float = 0.9,
+    min_relative_precision: float = 0.8,
     min_precision: float | None = None,
+    radius_scale: float = 0.8,
     num_samples: int = 64,
     num_inference_steps: int = 20,
     generator: torch.Generator | None = None,
@@ -71,6 +73,11 @@ def select_guidance_scale(
         scales: candidate scales (> 0), scanned in increasing order.
         min_relative_precision: keep precision >= this times the unguided pool's.
         min_precision: an absolute floor instead of the relative one.
+        radius_scale: shrinks the guard's balls for this test. The base model sits
+            close to its own training data, so full-size balls accept nearly every
+            sample, guided or not (0.84-0.99 of pools whose precision against held-out
+            digits ranged 0.71-0.93); at 0.8 the share falls with quality (0.70 for
+            base samples, 0.36 for a push that took held-out precision to 0.71).
         num_samples: pool size per scale.
         num_inference_steps: steps per pool.
         generator: seeds the shared starting noise.
@@ -93,12 +100,12 @@ def select_guidance_scale(
         return sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=g,
                       initial_noise=noise, generator=gen, progress=progress)
 
-    base = guard.precision(pool(None).images)
+    base = guard.precision(pool(None).images, radius_scale=radius_scale)
     threshold = float(min_precision) if min_precision is not None else float(min_relative_precision) * base
     result = ScaleSelection(scale=0.0, threshold=threshold, base_precision=base)
     for s in checked:
         out = pool(guidance.with_scale(s))
-        prec = guard.precision(out.images)
+        prec = guard.precision(out.images, radius_scale=radius_scale)
         result.precision[s] = prec
         result.objective[s] = float(out.objective.float().mean()) if out.objective is not None else float("nan")
         if prec < threshold:

@@ -47,13 +47,13 @@ class ManifoldGuard:
         self.reference = reference.detach().to("cpu", torch.float32)
         self.radii = knn_radii(self.reference, k=k) * float(radius_scale)
 
-    def __call__(self, images: Tensor) -> Tensor:
-        """`n` bool: which images lie on the reference manifold."""
-        return manifold_membership(images, self.reference, radii=self.radii)
+    def __call__(self, images: Tensor, *, radius_scale: float = 1.0) -> Tensor:
+        """`n` bool: which images lie on the reference manifold (balls times ``radius_scale``)."""
+        return manifold_membership(images, self.reference, radii=self.radii * float(radius_scale))
 
-    def precision(self, images: Tensor) -> float:
-        """Share of ``images`` on the reference manifold."""
-        return float(self(images).double().mean())
+    def precision(self, images: Tensor, *, radius_scale: float = 1.0) -> float:
+        """Share of ``images`` on the reference manifold (balls times ``radius_scale``)."""
+        return float(self(images, radius_scale=radius_scale).double().mean())
 
 
 @dataclass
@@ -82,7 +82,7 @@ def select_preferred(
     num: int,
     *,
     on_manifold: Tensor | None = None,
-    min_probability: float = 0.9,
+    min_probability: float = 0.75,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Indices of ``num`` candidates: uniform among the eligible, then the best of the rest.
@@ -125,7 +125,7 @@ def sample_preferred(
     probability: Callable[[Tensor], Tensor] | None = None,
     guard: ManifoldGuard | None = None,
     oversample: float = 4.0,
-    min_probability: float = 0.9,
+    min_probability: float = 0.75,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
@@ -142,7 +142,10 @@ def sample_preferred(
             objective's ``region_probability`` when it has one.
         guard: a :class:`ManifoldGuard`; None keeps every candidate's quality as is.
         oversample: pool size / ``num_samples`` (>= 1).
-        min_probability: eligibility threshold of the preference filter.
+        min_probability: eligibility threshold of the preference filter. Stricter
+            keeps only the samples the posterior is surest about, which early on are
+            of its favourite digits: 0.75 kept more diversity than 0.9 at about the
+            same preferred fraction on the digits task.
         num_inference_steps: denoising steps.
         generator: seeds the pool and the choice.
         batch_size: samples denoised at once.

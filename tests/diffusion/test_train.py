@@ -26,9 +26,15 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     assert isinstance(features, PCAFeatures) and features(out.images).shape == (3, 4)
 
 
+TINY = {"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
+        "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")}
+
+
 def test_training_is_seeded(tmp_path):
-    a = train_base_model(tmp_path / "a", steps=2, batch_size=4, seed=3, progress=False)
-    b = train_base_model(tmp_path / "b", steps=2, batch_size=4, seed=3, progress=False)
+    a = train_base_model(tmp_path / "a", steps=2, batch_size=4, seed=3, unet_config=TINY, progress=False)
+    b = train_base_model(tmp_path / "b", steps=2, batch_size=4, seed=3, unet_config=TINY, progress=False)
+    c = train_base_model(tmp_path / "c", steps=2, batch_size=4, seed=4, unet_config=TINY, progress=False)
+    assert c["final_loss"] != a["final_loss"]
     assert a["final_loss"] == b["final_loss"]
     with pytest.raises(InputDataError):
-        train_base_model(tmp_path / "c", steps=0)
+        train_base_model(tmp_path / "d", steps=0)
