@@ -180,3 +180,14 @@ def test_fit_rejects_bad_arguments(recovery):
         fit(LinearReward(), data, method="mcmc")
     with pytest.raises(InputDataError, match="data"):
         fit(LinearReward(), {"comparisons": []})
+
+
+def test_laplace_survives_a_single_far_apart_comparison():
+    """One comparison between items far apart: the line search may try a rationality
+    that underflows to 0; that trial must count as infinitely unlikely, not crash."""
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        X = torch.randn(20, 8, generator=g, dtype=torch.float64) * 3.0
+        post = fit(LinearReward(), PreferenceData(items=X, comparisons=[[0, 1]]), method="laplace")
+        assert torch.isfinite(post.mean("w")).all()
+        assert float(post.preference_probability(X[:1], X[1:2])) > 0.5

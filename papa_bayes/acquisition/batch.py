@@ -10,6 +10,8 @@
   quality = the acquisition value, similarity = the posterior correlation of the
   queries' utility differences across draws, so two pairs that probe the same
   direction of the reward are not both asked. Works for any strategy.
+
+:func:`pick_batch` applies one of them (or plain top-k) to scored candidates.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ pair's value is a function of two columns of that table. For a 500-item pool and
    the exact variance for uncertainty sampling);
 2. the best ``screen`` pairs (default 2,048) are re-scored by Monte Carlo over every
    posterior draw, which is what finally decides; ``screen=None`` scores every pair by
-   Monte Carlo (in chunks; about 1 s at this size on one thread).
+   Monte Carlo (in chunks; about 1.2-1.4 s at this size on one thread, against
+   30-55 ms for the screened selection; benchmarks/results/bench_queries.md).
 
 The batch of k is then chosen with diversity (:mod:`papa_bayes.acquisition.batch`),
 and an ``exploration`` share of it is drawn uniformly at random.

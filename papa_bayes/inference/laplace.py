@@ -23,7 +23,12 @@ __all__ = ["laplace_mode", "laplace_draws"]
 def _objective(model: PyroRewardModel, data: PreferenceData, space: UnconstrainedSpace):
     def neg_log_post(theta: Tensor) -> Tensor:
         params, logdet = space.unpack(theta.unsqueeze(0))
-        return -(model.log_joint(params, data) + logdet)[0]
+        try:
+            return -(model.log_joint(params, data) + logdet)[0]
+        except ValueError:
+            # A trial point outside the distributions' domain (e.g. a scale that
+            # underflowed to 0 during a line search): infinitely unlikely.
+            return theta.sum() * 0 + torch.inf
 
     return neg_log_post
 

@@ -67,7 +67,7 @@ def test_scale_rule_stops_at_the_precision_cliff(pixel_model, make_posterior):
     guard = ManifoldGuard(base.images)
     # guided to the last step without the range guard, so that a huge push is not repaired
     result = select_guidance_scale(pixel_model, Guidance(objective, window=(0.0, 1.0), clamp=None), guard,
-                                   scales=(0.05, 0.5, 5.0, 500.0),
+                                   scales=(0.05, 0.5, 5.0, 500.0), radius_scale=1.0,
                                    num_samples=16, num_inference_steps=3, generator=gen(3))
     assert result.base_precision > 0.5
     assert result.scale in (0.05, 0.5, 5.0)  # a huge push leaves the manifold
