@@ -13,6 +13,7 @@ import pyro.optim
 import torch
 from torch import Tensor
 
+from papa_bayes.inference.mcmc_util import chain_results
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.laplace import laplace_draws, laplace_mode
@@ -164,13 +165,10 @@ def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any]
         with torch.random.fork_rng():
             torch.manual_seed(opts["seed"] * 1000 + c + 13 * data.num_observations)
             mcmc.run(data)
-        chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-        div = torch.zeros(num_samples, dtype=torch.bool)
-        idx = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
-        if len(idx):
-            div[torch.as_tensor(list(idx), dtype=torch.long)] = True
+        draws, div, rate = chain_results(mcmc, num_samples)
+        chains.append(draws)
         diverging.append(div)
-        accept.append(float(mcmc.diagnostics().get("acceptance rate", {}).get("chain 0", float("nan"))))
+        accept.append(rate)
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in samples.items()}
     lp = model.log_joint(flat, data).reshape(opts["num_chains"], num_samples)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from papa_bayes.inference.mcmc_util import chain_results
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import ModelError
 from papa_bayes.inference.gp_elbo import TrainingData, train_elbo
@@ -204,13 +205,10 @@ def fit_nuts_draws(
                     disable_progbar=not progress_bar)
         with seeded(int(seed) * 1000 + c + 13 * data.num_observations):
             mcmc.run()
-        chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-        div = torch.zeros(num_samples, dtype=torch.bool)
-        idx = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
-        if len(idx):
-            div[torch.as_tensor(list(idx), dtype=torch.long)] = True
+        draws, div, rate = chain_results(mcmc, num_samples)
+        chains.append(draws)
         diverging.append(div)
-        accept.append(float(mcmc.diagnostics().get("acceptance rate", {}).get("chain 0", float("nan"))))
+        accept.append(rate)
     raw = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}  # chain x draw x ...
     s = num_chains * num_samples
     flat = {k: v.reshape(s, *v.shape[2:]) for k, v in raw.items()}
