@@ -36,6 +36,7 @@ import torch
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
+    DEFAULT_SCALES,
     DigitsPerson,
     Guidance,
     ManifoldGuard,
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calibration-samples", type=int, default=512)
     parser.add_argument("--rule-samples", type=int, default=64)
     parser.add_argument("--rule-steps", type=int, default=20)
-    parser.add_argument("--rule-scales", type=float, nargs="+", default=[0.3, 0.5, 1.0, 2.0, 3.0, 5.0])
+    parser.add_argument("--rule-scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
     args = parser.parse_args(argv)
     if args.tiny:
         args.num_samples, args.steps, args.timing_samples, args.timing_steps = 8, 3, 4, 3

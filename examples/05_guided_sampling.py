@@ -65,9 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     objective = PosteriorObjective(posterior, features, kind="region").calibrate(base.images, quantile=0.6)
     guidance = Guidance(objective, mode="x0")  # guides the first half of the trajectory
     guard = ManifoldGuard(load_digits_splits().generator.images)  # the base model's own training data
-    rule = select_guidance_scale(model, guidance, guard, scales=(0.3, 0.5, 1.0, 2.0, 3.0),
-                                 num_samples=args.pool_scale_samples, num_inference_steps=args.steps,
-                                 generator=gen(1))
+    rule = select_guidance_scale(model, guidance, guard, num_samples=args.pool_scale_samples,
+                                 num_inference_steps=args.steps, generator=gen(1))
     steered = sample_preferred(model, args.num_samples, guidance=guidance.with_scale(rule.scale), guard=guard,
                                oversample=args.oversample, min_probability=0.75,
                                num_inference_steps=args.steps, generator=gen(2))

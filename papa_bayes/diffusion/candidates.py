@@ -20,11 +20,16 @@ from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.objectives import PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
-from papa_bayes.diffusion.scale import DEFAULT_SCALES, select_guidance_scale
+from papa_bayes.diffusion.scale import select_guidance_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["DiffusionCandidates"]
+__all__ = ["DiffusionCandidates", "SESSION_SCALES"]
+
+#: Scales the session's rule scans: the grid of the measured alignment benchmark
+#: (benchmarks/results/bench_alignment.md), kept explicit so a change of the
+#: sampler's own defaults does not silently change what was measured.
+SESSION_SCALES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 class DiffusionCandidates:
@@ -37,6 +42,8 @@ class DiffusionCandidates:
         kind: guidance objective (``"region"``, ``"mean"``, ``"ucb"``, ``"thompson"``).
         scale: a normalized guidance scale, or ``"auto"`` for the package's rule,
             re-run every ``rescale_every`` rounds.
+        scales / min_relative_precision / radius_scale: the rule's grid and its
+            precision floor (relative to unguided pools, with the guard's radii scaled).
         quantile: the preferred region is the top ``1 - quantile`` of base samples
             under each posterior draw.
         pool_steps / recommend_steps: denoising steps of pools and of recommendations.
@@ -56,7 +63,9 @@ class DiffusionCandidates:
         *,
         kind: str = "region",
         scale: float | str = "auto",
-        scales: tuple[float, ...] = DEFAULT_SCALES,
+        scales: tuple[float, ...] = SESSION_SCALES,
+        min_relative_precision: float = 0.9,
+        radius_scale: float = 1.0,
         rescale_every: int = 5,
         quantile: float = 0.6,
         window: tuple[float, float] = (0.0, 0.8),
@@ -77,6 +86,7 @@ class DiffusionCandidates:
         self.pool_steps, self.recommend_steps = int(pool_steps), int(recommend_steps)
         self.oversample, self.min_probability = float(oversample), float(min_probability)
         self.progress = progress
+        self.min_relative_precision, self.radius_scale = float(min_relative_precision), float(radius_scale)
         self.seed = seed
         gen = torch.Generator().manual_seed(seed)
         self.base_images = sample(model, num_base, num_inference_steps=pool_steps, generator=gen, progress=progress).images
@@ -102,7 +112,9 @@ class DiffusionCandidates:
             return g.with_scale(float(self.scale))
         if self._chosen_scale is None or rescale:
             sel = select_guidance_scale(self.model, g, self.guard, scales=self.scales, generator=generator,
-                                        num_inference_steps=self.pool_steps)
+                                        num_inference_steps=self.pool_steps,
+                                        min_relative_precision=self.min_relative_precision,
+                                        radius_scale=self.radius_scale)
             self.last_scale_selection = sel
             self._chosen_scale = sel.scale
         return g.with_scale(self._chosen_scale)

@@ -28,7 +28,7 @@ from papa_bayes.exceptions import InputDataError
 __all__ = ["DEFAULT_SCALES", "ScaleSelection", "select_guidance_scale"]
 
 #: Candidate normalized scales, scanned upward.
-DEFAULT_SCALES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+DEFAULT_SCALES: tuple[float, ...] = (0.3, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 @dataclass
