@@ -269,12 +269,13 @@ class PreferenceSession:
         sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
                              query_type=self.query_type, generator=self.generator)
         chosen = sel.indices[0].reshape(-1).tolist()
+        item_a, item_b = idx[chosen[0]], idx[chosen[1]] if self.query_type == "pair" else None
+        score = float(sel.scores[0])
         query_id = self.store.add_query(
-            round=self.round, rater=self.rater, kind=self.query_type, item_a=idx[chosen[0]],
-            item_b=idx[chosen[1]] if self.query_type == "pair" else None, score=float(sel.scores[0]),
+            round=self.round, rater=self.rater, kind=self.query_type, item_a=item_a, item_b=item_b, score=score,
             rng_state=self.generator.get_state(),
         )
-        query = next(q for q in self.store.queries(rater=self.rater) if q.id == query_id)
+        query = StoredQuery(query_id, self.round, self.rater, self.query_type, item_a, item_b, score, None)
         t_select = time.perf_counter()
         self._ask_and_update(query)
         t_update = time.perf_counter()
@@ -317,7 +318,7 @@ class PreferenceSession:
         metrics["exposure_entropy_bits"] = float(div.entropy_bits)
         metrics["exposure_coverage"] = float(div.coverage)
         metrics["num_answers"] = float(self.store.num_answers(self.rater))
-        self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics, rng_state=self.generator.get_state())
+        self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics)
         record = RoundRecord(self.round, query, metrics)
         self.round += 1
         if self.on_round is not None:

@@ -326,16 +326,6 @@ class PreferenceStore:
         rows = self.conn.execute("SELECT round, metrics FROM rounds WHERE rater=? ORDER BY round", (rater,)).fetchall()
         return [{"round": r, **json.loads(m)} for r, m in rows]
 
-    def last_round(self, rater: int) -> tuple[int, Tensor | None]:
-        """(last finished round or -1, its RNG state)."""
-        row = self.conn.execute(
-            "SELECT round, rng_state FROM rounds WHERE rater=? ORDER BY round DESC LIMIT 1", (rater,)
-        ).fetchone()
-        if row is None:
-            return -1, None
-        state = None if row[1] is None else torch.from_numpy(np.frombuffer(row[1], dtype=np.uint8).copy())
-        return int(row[0]), state
-
     # ---------------------------------------------------------- to the model
     def preference_data(self, *, rater: int | None = None, feature_names: tuple[str, ...] | None = None) -> PreferenceData:
         """Every item, and the answered queries (of ``rater``, or of all with rater ids)."""
