@@ -4,9 +4,17 @@ Each round: draw a candidate pool (steered by the current posterior, plus an
 exploration share from the unsteered source), compute features, select the query by
 the acquisition strategy, store the items and the query, ask the user, store the
 answer (committed before anything else), update the posterior online, record the
-round's metrics and RNG state. ``PreferenceSession.resume(path, ...)`` rebuilds the
-posterior from the stored answers and continues exactly where the store stopped;
-a query asked but not answered before a crash is asked again first.
+round's metrics and RNG state; every ``finetune_every`` rounds, if asked, the
+source amortizes the steering into fine-tuned weights (saved beside the store).
+``PreferenceSession.resume(path, ...)`` rebuilds the posterior from the stored
+answers and continues exactly where the store stopped; a query asked but not
+answered before a crash is asked again first.
+
+Several raters share one store: each runs its own session (``rater=``) with its own
+posterior. With a :class:`~papa_bayes.models.HierarchicalLinearReward` the raters'
+answers are pooled: the population posterior of the *other* raters' answers becomes
+this rater's prior (:meth:`~papa_bayes.inference.PyroPosterior.new_rater_model`), so a
+new rater starts from what the others taught.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from papa_bayes.acquisition import exposure_diversity, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
-from papa_bayes.models import LinearReward
+from papa_bayes.models import HierarchicalLinearReward, LinearReward
 from papa_bayes.store import PreferenceStore, StoredQuery
 
 __all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
@@ -131,14 +139,22 @@ class PreferenceSession:
         user: answers queries: ``compare(first, second) -> (first_won, tie)`` and/or
             ``rate(x) -> +1/-1`` on images (when the source has them) or features.
         model: the reward model (default ``LinearReward(rationality=1.0)``: a
-            Gaussian prior, so the Laplace update is exact at the start).
+            Gaussian prior, so the Laplace update is exact at the start). A
+            ``HierarchicalLinearReward`` pools the raters of the store (see above).
         query_type: ``"pair"`` or ``"rating"`` (like/dislike).
         strategy: an acquisition strategy of :func:`~papa_bayes.acquisition.select_queries`.
         pool_size: candidates per round.
         exploration: share of each pool drawn from the unsteered source.
         refit_every: refit from scratch every this many rounds (None: online only).
+        finetune_every: every this many rounds, fine-tune the source's model on the
+            current posterior's steering (the source needs a ``finetune`` method, as
+            ``DiffusionCandidates`` has); the weights are saved in
+            ``<store>_finetuned/rater<r>`` and reloaded on resume. None: never.
+        finetune_options: keyword arguments of the source's ``finetune`` (e.g.
+            ``steps``, ``num_samples`` of ``distill_guidance``).
         num_draws: posterior draws kept.
-        rater: the rater id of this session's answers.
+        rater: the rater id of this session's answers (several raters may share a
+            store, one session each).
         seed: seeds every random choice of the session.
         on_round: optional callback ``(session, record)`` after each round.
     """
@@ -155,6 +171,8 @@ class PreferenceSession:
         pool_size: int = 32,
         exploration: float = 0.25,
         refit_every: int | None = None,
+        finetune_every: int | None = None,
+        finetune_options: dict[str, Any] | None = None,
         num_draws: int = 256,
         rater: int = 0,
         seed: int = 0,
@@ -167,11 +185,20 @@ class PreferenceSession:
             raise InputDataError("exploration", "a share in [0, 1]", exploration)
         if pool_size < 2:
             raise InputDataError("pool_size", "at least 2", pool_size)
+        for name, every in (("refit_every", refit_every), ("finetune_every", finetune_every)):
+            if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+                raise InputDataError(name, "a positive integer or None", every)
+        if finetune_every is not None and not callable(getattr(source, "finetune", None)):
+            raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
+                                 "when finetune_every is set", type(source).__name__)
         self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
-        if not _resuming and self.store.num_answers() > 0:
-            raise StoreError(f"{self.store.path} already holds answers; continue it with PreferenceSession.resume().")
+        if not _resuming and self.store.num_answers(int(rater)) > 0:
+            raise StoreError(f"{self.store.path} already holds answers of rater {int(rater)}; continue them with "
+                             f"PreferenceSession.resume(path, ..., rater={int(rater)}).")
         self.source, self.user = source, user
         self.model = model if model is not None else LinearReward(rationality=1.0)
+        self.finetune_every = finetune_every
+        self.finetune_options = dict(finetune_options or {})
         self.query_type, self.strategy = query_type, strategy
         self.pool_size, self.exploration = int(pool_size), float(exploration)
         self.refit_every, self.num_draws = refit_every, int(num_draws)
@@ -181,34 +208,44 @@ class PreferenceSession:
         self.round = 0
         self._posterior: RewardPosterior | None = None
         self._shown: list[int] = []
+        self._rater_model_cache: Any | None = None
         if not _resuming:
-            self.store.set_config(self.config())
+            self.store.set_config(self.config(), rater=self.rater)
 
     # ----------------------------------------------------------- configuration
     def config(self) -> dict[str, Any]:
         return {
             "query_type": self.query_type, "strategy": self.strategy, "pool_size": self.pool_size,
             "exploration": self.exploration, "refit_every": self.refit_every, "num_draws": self.num_draws,
+            "finetune_every": self.finetune_every, "finetune_options": self.finetune_options,
             "rater": self.rater, "seed": self.seed, "model": repr(self.model), "source": self.source.config(),
         }
 
     @classmethod
-    def resume(cls, path: str | Path, source: CandidateSource, user: Any, *, model: Any | None = None, on_round: Any | None = None) -> PreferenceSession:
+    def resume(cls, path: str | Path, source: CandidateSource, user: Any, *, model: Any | None = None,
+               on_round: Any | None = None, rater: int | None = None) -> PreferenceSession:
         """Continue the session stored at ``path`` with the same source and user.
 
         The posterior is refitted from the stored answers, the RNG state of the last
-        finished round restored, and a query left unanswered by a crash is asked
-        again before anything new.
+        finished round restored, the last fine-tuned weights reloaded, and a query
+        left unanswered by a crash is asked again before anything new.
+
+        Args:
+            rater: whose session to continue (default: the store's first session).
         """
         store = PreferenceStore(path, create=False)
-        cfg = store.config
+        cfg = store.config if rater is None else store.rater_config(rater)
         if cfg is None:
-            raise StoreError(f"{path} holds no session configuration.")
+            what = "session configuration" if rater is None else f"session of rater {rater}"
+            raise StoreError(f"{path} holds no {what}.")
         session = cls(
             store, source, user, model=model, query_type=cfg["query_type"], strategy=cfg["strategy"],
             pool_size=cfg["pool_size"], exploration=cfg["exploration"], refit_every=cfg["refit_every"],
+            finetune_every=cfg.get("finetune_every"), finetune_options=cfg.get("finetune_options"),
             num_draws=cfg["num_draws"], rater=cfg["rater"], seed=cfg["seed"], on_round=on_round, _resuming=True,
         )
+        if session.finetune_every is not None and (session.finetune_path / "unet" / "config.json").is_file():
+            source.load_finetuned(session.finetune_path)
         queries = store.queries(rater=session.rater)
         session._shown = [i for q in queries if q.answer is not None for i in (q.item_a, q.item_b) if i is not None]
         session._refit()
@@ -245,14 +282,48 @@ class PreferenceSession:
         """Per-round metrics as stored: posterior entropy proxy, information, diversity, timings."""
         return self.store.rounds(self.rater)
 
+    @property
+    def finetune_path(self) -> Path:
+        """Folder of this rater's latest fine-tuned weights."""
+        path = Path(self.store.path)
+        return path.with_name(f"{path.stem}_finetuned") / f"rater{self.rater}"
+
+    @property
+    def _rater_model(self) -> Any:
+        """The model of this rater's answers (built once the store holds items).
+
+        A hierarchical model is fitted on the other raters' answers in the store;
+        its population posterior gives this rater's prior (cold start). Other models
+        are used as given.
+        """
+        if not isinstance(self.model, HierarchicalLinearReward):
+            return self.model
+        if self._rater_model_cache is None:
+            self._rater_model_cache = self._cold_start_model()
+        return self._rater_model_cache
+
+    def _cold_start_model(self) -> Any:
+        others = self.store.preference_data(exclude_rater=self.rater)
+        if others.num_observations == 0:
+            population = prior_posterior(self.model, others, num_samples=self.num_draws, seed=self.seed)
+        else:
+            population = fit(self.model, others, method="laplace", num_samples=self.num_draws, seed=self.seed)
+        return population.new_rater_model()
+
+    def _fit(self, data: PreferenceData) -> RewardPosterior:
+        return fit(self._rater_model, data, method="laplace", num_samples=self.num_draws, seed=self.seed)
+
+    def _prior(self, data: PreferenceData) -> RewardPosterior:
+        return prior_posterior(self._rater_model, data, num_samples=self.num_draws, seed=self.seed)
+
     def _refit(self) -> None:
         data = self.data
         if data.num_items == 0:
             self._posterior = None
         elif data.num_observations == 0:
-            self._posterior = prior_posterior(self.model, data, num_samples=self.num_draws, seed=self.seed)
+            self._posterior = self._prior(data)
         else:
-            self._posterior = fit(self.model, data, method="laplace", num_samples=self.num_draws, seed=self.seed)
+            self._posterior = self._fit(data)
 
     # ----------------------------------------------------------------- round
     def step(self) -> RoundRecord:
@@ -265,7 +336,7 @@ class PreferenceSession:
         idx = self.store.add_items(
             pool.features, images=pool.images, source="steered", round=self.round, rater=self.rater
         )
-        post = self._posterior or prior_posterior(self.model, self.data, num_samples=self.num_draws, seed=self.seed)
+        post = self._posterior or self._prior(self.data)
         sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
                              query_type=self.query_type, generator=self.generator)
         chosen = sel.indices[0].reshape(-1).tolist()
@@ -279,12 +350,27 @@ class PreferenceSession:
         t_select = time.perf_counter()
         self._ask_and_update(query)
         t_update = time.perf_counter()
+        finetune = {}
+        if self.finetune_every is not None and (self.round + 1) % self.finetune_every == 0:
+            finetune = {"finetuned": 1.0, "seconds_finetune": self._finetune()}
         metrics = {
             "information_bits": float(sel.information_bits[0]),
             "pool_steered_share": float(pool.steered.double().mean()),
             "seconds_pool": t_pool - t0, "seconds_select": t_select - t_pool, "seconds_update": t_update - t_select,
+            **finetune,
         }
         return self._finish_round(query, metrics)
+
+    def _finetune(self) -> float:
+        """Fine-tune the source on the current posterior; seconds taken.
+
+        Seeded by (seed, round) on a generator of its own, so the session's random
+        stream, and with it an exact resume, does not depend on fine-tuning.
+        """
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.round)
+        self.source.finetune(self.posterior, generator=gen, path=self.finetune_path, **self.finetune_options)
+        return time.perf_counter() - t0
 
     def _ask_and_update(self, query: StoredQuery) -> None:
         """Ask, write the answer durably, then update the posterior."""
@@ -292,7 +378,7 @@ class PreferenceSession:
         self.store.record_answer(query.id, answer)  # durable before anything else
         data = self.data
         if self._posterior is None or (self.refit_every and (self.round + 1) % self.refit_every == 0):
-            self._posterior = fit(self.model, data, method="laplace", num_samples=self.num_draws, seed=self.seed)
+            self._posterior = self._fit(data)
         else:
             self._posterior = self._posterior.update(data)
         self._shown += [query.item_a] + ([query.item_b] if query.item_b is not None else [])

@@ -176,15 +176,33 @@ class PreferenceStore:
         return PreferenceStore._Tx(self.conn)
 
     # --------------------------------------------------------------- config
-    def set_config(self, config: dict[str, Any]) -> None:
-        """Store the session configuration (JSON-serializable)."""
+    def set_config(self, config: dict[str, Any], *, rater: int | None = None) -> None:
+        """Store a session configuration (JSON-serializable).
+
+        With ``rater``, it is that rater's session's configuration; the first one
+        stored is also the store's default (:attr:`config`).
+        """
+        text = json.dumps(config)
         with self._transaction():
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config),))
+            if rater is None or self.conn.execute("SELECT 1 FROM meta WHERE key='config'").fetchone() is None:
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (text,))
+            if rater is not None:
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"config/rater{int(rater)}", text))
 
     @property
     def config(self) -> dict[str, Any] | None:
+        """The store's (first) session configuration, or None."""
         row = self.conn.execute("SELECT value FROM meta WHERE key='config'").fetchone()
         return None if row is None else json.loads(row[0])
+
+    def rater_config(self, rater: int) -> dict[str, Any] | None:
+        """The configuration of ``rater``'s session, or None."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"config/rater{int(rater)}",)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def raters(self) -> list[int]:
+        """Rater ids that were asked at least one query, sorted."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT rater FROM queries ORDER BY rater")]
 
     @property
     def schema_version(self) -> int:
@@ -327,10 +345,17 @@ class PreferenceStore:
         return [{"round": r, **json.loads(m)} for r, m in rows]
 
     # ---------------------------------------------------------- to the model
-    def preference_data(self, *, rater: int | None = None, feature_names: tuple[str, ...] | None = None) -> PreferenceData:
-        """Every item, and the answered queries (of ``rater``, or of all with rater ids)."""
+    def preference_data(self, *, rater: int | None = None, exclude_rater: int | None = None,
+                        feature_names: tuple[str, ...] | None = None) -> PreferenceData:
+        """Every item, and the answered queries (of ``rater``, or of all with rater ids).
+
+        ``exclude_rater`` leaves one rater's answers out (e.g. to build a new rater's
+        prior from the others).
+        """
         comps, ties, crater, ratings, rrater = [], [], [], [], []
         for q in self.queries(rater=rater, answered=True):
+            if exclude_rater is not None and q.rater == exclude_rater:
+                continue
             if q.kind == "pair":
                 comps.append([q.item_b, q.item_a] if q.answer == "second" else [q.item_a, q.item_b])
                 ties.append(q.answer == "tie")

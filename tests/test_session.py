@@ -88,3 +88,43 @@ def test_resume_after_kill_loses_nothing_and_continues(tmp_path):
     clean = tmp_path / "clean.db"
     PreferenceSession(clean, source, SlowUser(user, 0.0), pool_size=12, seed=3, strategy="eig").run(total, progress=False)
     assert _answers(clean) == after
+
+
+def test_several_raters_share_a_store_and_the_hierarchical_prior(tmp_path):
+    from papa_bayes.models import HierarchicalLinearReward
+    from papa_bayes.users import SimulatedUser
+
+    source, user0, w0 = setup()
+    w1 = w0 + torch.tensor([0.2, 0.1, -0.2, 0.3], dtype=torch.float64)
+    user1 = SimulatedUser(w1, rationality=float("inf"), seed=1)
+    path = tmp_path / "shared.db"
+    s0 = PreferenceSession(path, source, user0, model=HierarchicalLinearReward(), rater=0, pool_size=12, seed=1,
+                           strategy="eig")
+    s0.run(15, progress=False)
+    with pytest.raises(StoreError, match="rater 0"):
+        PreferenceSession(path, source, user0, rater=0)
+    # A new rater starts from the population posterior of rater 0's answers, not from N(0, I).
+    s1 = PreferenceSession(s0.store, source, user1, model=HierarchicalLinearReward(), rater=1, pool_size=12, seed=2,
+                           strategy="eig")
+    prior_mean = s1.posterior.mean("w")
+    assert float(torch.nn.functional.cosine_similarity(prior_mean, w1, dim=0)) > 0.7
+    s1.run(6, progress=False)
+    assert s1.data.num_comparisons == 6 and s0.data.num_comparisons == 15  # each rater sees only their answers
+    assert len(s1.history) == 6 and len(s0.history) == 15
+    cos1 = torch.nn.functional.cosine_similarity(s1.posterior.mean("w"), w1, dim=0)
+    assert float(cos1) > 0.8
+    assert s0.store.raters() == [0, 1]
+    # resume picks the right rater's configuration and answers
+    s1.close()
+    again = PreferenceSession.resume(path, source, user1, model=HierarchicalLinearReward(), rater=1)
+    assert again.rater == 1 and again.seed == 2 and again.data.num_comparisons == 6 and again.round == 6
+    with pytest.raises(StoreError, match="rater 7"):
+        PreferenceSession.resume(path, source, user1, rater=7)
+
+
+def test_finetune_every_needs_a_source_that_can_finetune(tmp_path):
+    source, user, _ = setup()
+    with pytest.raises(InputDataError, match="finetune"):
+        PreferenceSession(tmp_path / "f.db", source, user, finetune_every=2)
+    with pytest.raises(InputDataError, match="refit_every"):
+        PreferenceSession(tmp_path / "g.db", source, user, refit_every=0)

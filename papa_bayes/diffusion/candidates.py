@@ -10,6 +10,7 @@ never by a judge or the true reward.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,12 @@ class DiffusionCandidates:
             entropy at 20 labels (demo seed 0), against 0.98 and 1.70 bits at 0.9.
         num_base: base samples kept for calibration of the region threshold.
         seed: seeds the base samples.
+
+    After :meth:`finetune` (a session calls it every ``finetune_every`` rounds when
+    asked), recommendations come from the fine-tuned model *without* guidance (the
+    steering amortized into its weights), still through the manifold guard and the
+    current posterior's preference filter; candidate pools keep using guidance on
+    the base model, which follows the newest posterior at once.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class DiffusionCandidates:
         self._calls = 0
         self._chosen_scale: float | None = None
         self.last_scale_selection = None
+        self.finetuned: DiffusionModel | None = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -146,11 +154,50 @@ class DiffusionCandidates:
         from papa_bayes.session import Candidates
 
         g = self.guidance(posterior, generator=generator)
+        if self.finetuned is None:
+            model, guidance, probability = self.model, g, None
+        else:  # amortized: the fine-tuned weights steer; the current posterior filters
+            model, guidance, probability = self.finetuned, None, g.objective.region_probability
         out = sample_preferred(
-            self.model, n, guidance=g, guard=self.guard, oversample=self.oversample,
+            model, n, guidance=guidance, probability=probability, guard=self.guard, oversample=self.oversample,
             min_probability=self.min_probability, num_inference_steps=self.recommend_steps,
             generator=generator, progress=self.progress,
         )
         with torch.no_grad():
             features = self.feature_map(out.images).to(torch.float64)
         return Candidates(features, out.images, torch.ones(n, dtype=torch.bool))
+
+    # ---------------------------------------------------------------- fine-tuning
+    def finetune(self, posterior: Any, *, generator: torch.Generator, path: str | Path | None = None,
+                 **options: Any) -> DiffusionModel:
+        """Distill the current posterior's guidance into a copy of the base model.
+
+        Args:
+            posterior: the reward posterior whose guidance (at the rule's scale) is
+                distilled.
+            generator: seeds the scale rule, the guided targets and the training draws.
+            path: folder to save the fine-tuned model in (``save_finetuned``); None:
+                keep it in memory only.
+            options: passed to :func:`~papa_bayes.diffusion.distill_guidance`
+                (``num_samples``, ``steps``, ``lr``, ``lora_rank``, ...).
+
+        Returns:
+            The fine-tuned model, also kept as :attr:`finetuned` for :meth:`recommend`.
+        """
+        from papa_bayes.diffusion.finetune import distill_guidance, save_finetuned
+
+        g = self.guidance(posterior, generator=generator)
+        options = {"progress_bar": self.progress, "num_inference_steps": self.pool_steps} | options
+        self.finetuned = distill_guidance(self.model, g, generator=generator, **options)
+        if path is not None:
+            save_finetuned(self.finetuned, path, info={"method": "distill_guidance", "scale": g.scale,
+                                                       "objective": self.kind, **{k: v for k, v in options.items()
+                                                                                  if isinstance(v, (int, float, str))}})
+        return self.finetuned
+
+    def load_finetuned(self, path: str | Path) -> DiffusionModel:
+        """Use the model saved by :meth:`finetune` at ``path`` for recommendations (on resume)."""
+        from papa_bayes.diffusion.finetune import load_finetuned
+
+        self.finetuned = load_finetuned(path, base=self.model)
+        return self.finetuned

@@ -24,3 +24,36 @@ def test_pools_mix_exploration_and_steering_and_scale_rule_runs():
     assert src.last_scale_selection is not None and src._chosen_scale in (0.0, 0.1, 1.0)
     rec = src.recommend(post, 4, generator=gen)
     assert rec.images.shape == (4, 1, 8, 8) and torch.isfinite(rec.features).all()
+
+
+def test_session_finetunes_every_k_rounds_and_resume_reloads_the_weights(tmp_path):
+    from papa_bayes.session import PreferenceSession
+
+    setup = make_setup()
+
+    def source():
+        return DiffusionCandidates(setup.model, setup.feature_map, setup.guard, num_base=32, pool_steps=4,
+                                   recommend_steps=4, oversample=2.0, scale=0.5, seed=0)
+
+    src = source()
+    path = tmp_path / "ft.db"
+    session = PreferenceSession(path, src, DigitsUser(setup.person), pool_size=6, seed=0, finetune_every=2,
+                                finetune_options={"num_samples": 8, "steps": 2, "batch_size": 4})
+    session.run(3, progress=False)
+    hist = session.history
+    assert [h.get("finetuned", 0.0) for h in hist] == [0.0, 1.0, 0.0]
+    assert hist[1]["seconds_finetune"] > 0
+    assert src.finetuned is not None and (session.finetune_path / "unet" / "config.json").is_file()
+    base_w = next(setup.model.unet.parameters())
+    tuned_w = next(src.finetuned.unet.parameters())
+    assert not torch.equal(base_w, tuned_w)  # the weights moved; the base model did not
+    rec = session.recommend(3)
+    assert rec.images.shape == (3, 1, 8, 8)
+    session.close()
+
+    src2 = source()
+    again = PreferenceSession.resume(path, src2, DigitsUser(setup.person))
+    assert src2.finetuned is not None and again.finetune_every == 2
+    assert torch.equal(next(src2.finetuned.unet.parameters()), tuned_w)
+    again.run(1, progress=False)
+    assert again.history[-1]["finetuned"] == 1.0  # round 3 is the second fine-tune
