@@ -16,7 +16,7 @@ from torch import Tensor
 from papa_bayes.inference.mcmc_util import chain_results
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
-from papa_bayes.inference.laplace import laplace_draws, laplace_mode
+from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, laplace_mode, mixture_moments
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.inference.pyro_posterior import PyroPosterior
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
@@ -130,6 +130,8 @@ def _mode_values(post: PyroPosterior | None) -> dict[str, Tensor] | None:
 
 
 def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+    if "rationality" in model.priors(data):
+        return _fit_integrated_laplace(model, data, opts, warm)
     space = UnconstrainedSpace(model.priors(data))
     init = space.initial(_mode_values(warm)) if warm is not None else None
     mode, H, space, info = laplace_mode(model, data, init=init)
@@ -145,6 +147,33 @@ def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, A
         model, data, samples, method="laplace", sample_stats=stats,
         state={"mode": {k: v[0] for k, v in mode_params.items()}, "theta": mode, "hessian": H},
         options=opts, diagnostics=info,
+    )
+
+
+def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
+                            warm: PyroPosterior | None) -> PyroPosterior:
+    """Laplace with a learned rationality integrated on a grid (see :class:`IntegratedLaplace`).
+
+    ``state`` keeps the grid fit (warm start of the next update) and, for NUTS/SVI
+    initialisation, the mixture's mean and covariance in the joint unconstrained space.
+    """
+    grid_warm = warm.state.get("integrated") if warm is not None else None
+    fitted = integrated_laplace(model, data, "rationality", warm=grid_warm,
+                                init=None if warm is None or grid_warm is not None else _mode_values(warm))
+    s = opts["num_samples"] or 1000
+    gen = _generator(opts["seed"] + 7919 * data.num_observations)
+    params = fitted.draws(s, generator=gen)
+    space = UnconstrainedSpace(model.priors(data))
+    mean, cov = mixture_moments(fitted, space)
+    cov = cov + 1e-9 * torch.eye(space.dim, dtype=torch.float64)
+    mean_params, _ = space.unpack(mean.unsqueeze(0))
+    lp = model.log_joint(params, data)
+    stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)}
+    return PyroPosterior(
+        model, data, {k: v.unsqueeze(0) for k, v in params.items()}, method="laplace", sample_stats=stats,
+        state={"mode": {k: v[0] for k, v in mean_params.items()}, "theta": mean,
+               "hessian": torch.cholesky_inverse(torch.linalg.cholesky(cov)), "integrated": fitted},
+        options=opts, diagnostics=fitted.info,
     )
 
 
