@@ -85,13 +85,16 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     p.add_argument("--scale", default="auto", help="guidance scale, or 'auto' for the package's rule")
     p.add_argument("--num-base", type=int, default=256, help="base samples that calibrate the preferred region")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rater", type=int, default=0,
+                   help="who is answering: several people may share one store, each with their own posterior "
+                        "and a prior learned from the others' answers")
     args = p.parse_args(argv)
     if args.labels < 0:
         raise InputDataError("--labels", "a number >= 0", args.labels)
 
     from papa_bayes.demo import make_setup
     from papa_bayes.diffusion.candidates import DiffusionCandidates
-    from papa_bayes.models import LinearReward
+    from papa_bayes.models import HierarchicalLinearReward, LinearReward
     from papa_bayes.session import PreferenceSession
     from papa_bayes.store import PreferenceStore
 
@@ -100,18 +103,29 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=args.seed, pool_steps=args.pool_steps,
                                  scale=scale, num_base=args.num_base)
     user = TerminalUser(args.images or args.store.with_suffix(".queries"), read=read, write=write, open_images=args.open)
-    # People may answer "tie": the model says how (Davidson).
-    model = LinearReward(rationality=1.0, ties=True)
-    resuming = args.store.exists() and PreferenceStore(args.store, create=False).config is not None
-    before = PreferenceStore(args.store, create=False).num_answers() if resuming else 0
+    if args.rater < 0:
+        raise InputDataError("--rater", "a rater id >= 0", args.rater)
+    others: list[int] = []
+    resuming, before = False, 0
+    if args.store.exists():
+        with PreferenceStore(args.store, create=False) as existing:
+            others = [r for r in existing.raters() if r != args.rater]
+            first = existing.config
+            resuming = existing.rater_config(args.rater) is not None or (first is not None and first.get("rater") == args.rater)
+            before = existing.num_answers(args.rater)
+    # People may answer "tie": the model says how (Davidson). With other raters in the
+    # store, their answers give this rater's prior (hierarchical cold start).
+    model = HierarchicalLinearReward(ties=True) if others else LinearReward(rationality=1.0, ties=True)
     if resuming:  # a question left unanswered last time is asked first, and counts
-        session = PreferenceSession.resume(args.store, source, user, model=model)
-        print(f"Resuming {args.store}: {session.store.num_answers(session.rater)} answers so far.", file=write)
+        session = PreferenceSession.resume(args.store, source, user, model=model, rater=args.rater)
+        print(f"Resuming {args.store} (rater {args.rater}): {session.store.num_answers(session.rater)} answers so far.",
+              file=write)
     else:
         session = PreferenceSession(args.store, source, user, model=model, query_type=args.query_type,
-                                    strategy=args.strategy, pool_size=16, seed=args.seed)
+                                    strategy=args.strategy, pool_size=16, seed=args.seed + 1009 * args.rater,
+                                    rater=args.rater)
     try:
-        while session.store.num_answers() - before < args.labels:
+        while session.store.num_answers(session.rater) - before < args.labels:
             session.step()
     except (KeyboardInterrupt, EOFError):
         print("\nStopped; every answer so far is saved.", file=write)

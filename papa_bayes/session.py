@@ -32,7 +32,7 @@ from papa_bayes.acquisition import exposure_diversity, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
-from papa_bayes.models import HierarchicalLinearReward, LinearReward
+from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
 from papa_bayes.store import PreferenceStore, StoredQuery
 
 __all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
@@ -234,7 +234,9 @@ class PreferenceSession:
             rater: whose session to continue (default: the store's first session).
         """
         store = PreferenceStore(path, create=False)
-        cfg = store.config if rater is None else store.rater_config(rater)
+        cfg = store.config
+        if rater is not None and (cfg is None or cfg.get("rater") != rater):
+            cfg = store.rater_config(rater)
         if cfg is None:
             what = "session configuration" if rater is None else f"session of rater {rater}"
             raise StoreError(f"{path} holds no {what}.")
@@ -311,10 +313,18 @@ class PreferenceSession:
         return population.new_rater_model()
 
     def _fit(self, data: PreferenceData) -> RewardPosterior:
-        return fit(self._rater_model, data, method="laplace", num_samples=self.num_draws, seed=self.seed)
+        model = self._rater_model
+        # Pyro models: Laplace (fast, exact for the Gaussian prior); GP models: their own default (ELBO).
+        method = "laplace" if isinstance(model, PyroRewardModel) else None
+        return fit(model, data, method=method, num_samples=self.num_draws, seed=self.seed)
 
     def _prior(self, data: PreferenceData) -> RewardPosterior:
-        return prior_posterior(self._rater_model, data, num_samples=self.num_draws, seed=self.seed)
+        model = self._rater_model
+        if not isinstance(model, PyroRewardModel):
+            # A GP has no posterior before its first answer (its kernel is fitted to answers):
+            # the first query is chosen under a linear reward's Gaussian prior on the same features.
+            model = LinearReward(rationality=1.0)
+        return prior_posterior(model, data, num_samples=self.num_draws, seed=self.seed)
 
     def _refit(self) -> None:
         data = self.data

@@ -33,3 +33,27 @@ def test_label_command_stores_answers_and_resumes(tmp_path):
     assert "Resuming" in out2.getvalue()
     with PreferenceStore(store, create=False) as s:
         assert [q.answer for q in s.queries(answered=True)] == ["first", "second", "tie", "second"]
+
+
+def test_label_command_serves_several_raters_from_one_store(tmp_path):
+    from papa_bayes.labeling import main as label_main
+
+    store = tmp_path / "team.db"
+    common = ["--store", str(store), "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"]
+    first = iter(["1", "1", "2"])
+    label_main(common + ["--labels", "3"], read=lambda _: next(first), write=io.StringIO())
+    second = iter(["2", "2"])
+    out = io.StringIO()
+    label_main(common + ["--labels", "2", "--rater", "1"], read=lambda _: next(second), write=out)
+    assert "Resuming" not in out.getvalue()
+    with PreferenceStore(store, create=False) as s:
+        assert s.raters() == [0, 1]
+        assert [q.answer for q in s.queries(rater=1, answered=True)] == ["second", "second"]
+        assert s.num_answers(0) == 3
+        assert s.rater_config(1)["model"].startswith("HierarchicalLinearReward")  # pooled with rater 0
+    again = iter(["1"])
+    out = io.StringIO()
+    label_main(common + ["--labels", "1", "--rater", "1"], read=lambda _: next(again), write=out)
+    assert "Resuming" in out.getvalue() and "rater 1" in out.getvalue()
+    with PreferenceStore(store, create=False) as s:
+        assert s.num_answers(1) == 3 and s.num_answers(0) == 3
