@@ -399,6 +399,15 @@ def _fmt(v, nd=3):
     return str(v)
 
 
+SHORT_HORIZON = 40
+
+
+def _within(reach: list[int | None], horizon: int) -> str:
+    """Mean queries to the level over runs reaching it within ``horizon`` answers (misses)."""
+    hit = [q for q in reach if q is not None and q <= horizon]
+    return f"{_fmt(statistics.mean(hit), 1) if hit else '-'} ({len(reach) - len(hit)})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
@@ -409,7 +418,8 @@ def markdown(result: dict[str, Any]) -> str:
         "APReL's setting (the user's rationality known, prior N(0, I/d)); "
         f"{cfg['num_samples']} posterior draws; BoTorch arms: PairwiseGP (linear kernel) refitted each round, "
         f"best of {cfg['botorch_candidates']} random pairs. Queries to alignment {LEVEL}: mean over runs that reached it "
-        f"(runs that never did, of how many) and the censored mean counting a miss as {cfg['queries'] + 1}. "
+        f"(runs that never did, of how many) and the censored mean counting a miss as {cfg['queries'] + 1}; "
+        f"'within {SHORT_HORIZON}': the same over the first {SHORT_HORIZON} answers (the horizon of the issue's BoTorch reference). "
         "Bits/query: expected information about the reward of the asked query under the arm's own posterior "
         "(a binary answer carries at most 1 bit; BoTorch arms: its BALD, which assumes unit probit noise). "
         "s/query: one selection + one update, wall time on the shared 2-core machine. "
@@ -421,13 +431,14 @@ def markdown(result: dict[str, Any]) -> str:
     marks = sorted(set(marks))
     for key, arms in result["protocol"].items():
         lines += [f"## {key}", ""]
-        head = "| arm | runs | " + " | ".join(f"align@{t}" for t in marks) + f" | to {LEVEL} (never/runs) | censored | log-loss@{T} | regret@{T} | bits/query | s/query |"
+        head = "| arm | runs | " + " | ".join(f"align@{t}" for t in marks) + f" | to {LEVEL} (never/runs) | censored | within {SHORT_HORIZON} (never) | log-loss@{T} | regret@{T} | bits/query | s/query |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for arm, s in arms.items():
             align = " | ".join(_fmt(s["alignment"][t - 1]) for t in marks)
             lines.append(
                 f"| {arm} | {s['num_runs']} | {align} | {_fmt(s['mean_queries_to_0.9_reached'], 1)} ({s['never_reached']}/{s['num_runs']}) "
-                f"| {_fmt(s['mean_queries_to_0.9_censored'], 1)} | {_fmt(s['log_loss'][-1])} | {_fmt(s['regret'][-1])} "
+                f"| {_fmt(s['mean_queries_to_0.9_censored'], 1)} | {_within(s['queries_to_0.9'], SHORT_HORIZON)} "
+                f"| {_fmt(s['log_loss'][-1])} | {_fmt(s['regret'][-1])} "
                 f"| {_fmt(s['expected_bits_per_query'])} | {_fmt(s['seconds_per_query'])} |"
             )
         lines.append("")
