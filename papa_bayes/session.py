@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from papa_bayes.acquisition import exposure_diversity, select_queries
+from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -281,7 +281,16 @@ class PreferenceSession:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Per-round metrics as stored: posterior entropy proxy, information, diversity, timings."""
+        """Per-round metrics as stored.
+
+        ``information_bits``: expected information of the query asked (bits, <= 1 for
+        a binary answer); ``realised_information_bits``: the drop in the Gaussian
+        entropy of the reward's linear part (:func:`~papa_bayes.acquisition.weight_entropy_bits`)
+        that the answer caused (negative when a surprising answer widened the
+        posterior); ``posterior_log_sd``: mean log sd of the utility over the items
+        seen; ``exposure_entropy_bits`` / ``exposure_coverage``: diversity of what was
+        shown; timings in seconds.
+        """
         return self.store.rounds(self.rater)
 
     @property
@@ -360,11 +369,13 @@ class PreferenceSession:
         t_select = time.perf_counter()
         self._ask_and_update(query)
         t_update = time.perf_counter()
+        realised = weight_entropy_bits(post) - weight_entropy_bits(self._posterior)
         finetune = {}
         if self.finetune_every is not None and (self.round + 1) % self.finetune_every == 0:
             finetune = {"finetuned": 1.0, "seconds_finetune": self._finetune()}
         metrics = {
             "information_bits": float(sel.information_bits[0]),
+            "realised_information_bits": realised,
             "pool_steered_share": float(pool.steered.double().mean()),
             "seconds_pool": t_pool - t0, "seconds_select": t_select - t_pool, "seconds_update": t_update - t_select,
             **finetune,

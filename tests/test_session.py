@@ -25,6 +25,10 @@ def test_session_moves_posterior_toward_preference(tmp_path):
     hist = session.history
     assert len(hist) == 15 and hist[-1]["num_answers"] == 15
     assert all(0 <= h["information_bits"] <= 1.0 + 1e-9 for h in hist)
+    # the answers, together, shrank the posterior by about what the queries promised
+    realised = sum(h["realised_information_bits"] for h in hist)
+    expected = sum(h["information_bits"] for h in hist)
+    assert realised > 0 and 0.3 * expected <= realised <= 3 * expected, (realised, expected)
     assert hist[-1]["posterior_log_sd"] < hist[0]["posterior_log_sd"]
     assert 0 < hist[-1]["exposure_coverage"] <= 1
     rec = session.recommend(5)
@@ -128,3 +132,22 @@ def test_finetune_every_needs_a_source_that_can_finetune(tmp_path):
         PreferenceSession(tmp_path / "f.db", source, user, finetune_every=2)
     with pytest.raises(InputDataError, match="refit_every"):
         PreferenceSession(tmp_path / "g.db", source, user, refit_every=0)
+
+
+def test_gp_reward_session(tmp_path):
+    # A GP has no prior posterior: the first query comes from a linear prior, then the GP's own fit (ELBO).
+    from papa_bayes.inference.gp_posterior import GPPosterior
+    from papa_bayes.models import PreferenceGP
+
+    source, user, w = setup()
+    session = PreferenceSession(tmp_path / "gp.db", source, user, model=PreferenceGP(num_inducing=32), pool_size=10,
+                                seed=3, strategy="region", refit_every=4)
+    session.run(8, progress=False)
+    post = session.posterior
+    assert isinstance(post, GPPosterior) and post.data.num_comparisons == 8
+    x = source.items[:5].clone().requires_grad_(True)
+    post.utility(x).mean(0).sum().backward()  # guidance needs gradients through the GP utility
+    assert bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
+    assert session.recommend(3).features.shape == (3, 4)
+    resumed = PreferenceSession.resume(tmp_path / "gp.db", source, user, model=PreferenceGP(num_inducing=32))
+    assert isinstance(resumed.posterior, GPPosterior)
