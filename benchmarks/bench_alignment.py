@@ -3,9 +3,13 @@
 For each seed and method, the preferred fraction, quality (judge share, manifold
 precision) and diversity (class entropy of liked samples) of recommended samples
 against the number of labels. Methods: papa_bayes with preferred-region queries over
-pairs, the same with like/dislike queries, random pairs, and PAPA's signed ELBO on
+pairs, the same with like/dislike queries (``region_likes``: the defaults of
+``run_session`` and of the demo), random pairs, and PAPA's signed ELBO on
 like/dislike labels of base samples. The guidance scale is always chosen by the
-package's own rule, never by the judge.
+package's own rule, never by the judge. Every session uses the reward features
+``--features`` (``demo.make_setup``; default pixel PCA and mid-block together),
+``run_session``'s exploration share and DiffusionCandidates' recommendation filter
+unless ``--exploration`` / ``--filter-quantile`` are given.
 
     python -m benchmarks.bench_alignment --seeds 0 1 2 3 4 --labels 0 5 10 20 30 60
     python -m benchmarks.bench_alignment --tiny
@@ -20,13 +24,15 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import markdown_table, write_results
-from papa_bayes.demo import METRICS, make_setup, run_papa, run_session
+from papa_bayes.demo import FEATURES, METRICS, make_setup, run_papa, run_session
 
 METHODS = {
     "region_pairs": dict(query_type="pair", strategy="region"),
     "region_likes": dict(query_type="rating", strategy="region"),
     "eig_pairs": dict(query_type="pair", strategy="eig"),
     "random_pairs": dict(query_type="pair", strategy="random"),
+    "eig_likes": dict(query_type="rating", strategy="eig"),
+    "random_likes": dict(query_type="rating", strategy="random"),
     "papa": None,
 }
 
@@ -50,16 +56,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--eval-samples", type=int, default=256)
     p.add_argument("--papa-steps", type=int, default=60)
+    p.add_argument("--features", choices=FEATURES, default="both", help="reward features (demo.make_setup)")
+    p.add_argument("--exploration", type=float, default=None, help="share of each pool from the unsteered model "
+                   "(default: run_session's)")
+    p.add_argument("--filter-quantile", type=float, default=None, help="DiffusionCandidates' filter_quantile "
+                   "(default: its own)")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    opts = {"rescale_every": 10}
+    opts = {"rescale_every": 10, **({} if args.filter_quantile is None else {"filter_quantile": args.filter_quantile})}
+    session_kw = {} if args.exploration is None else {"exploration": args.exploration}
     if args.tiny:
         args.seeds, args.labels, args.eval_samples, args.papa_steps = [0], [0, 2], 8, 2
         args.methods = ["region_pairs", "papa"]
         opts = {"pool_steps": 8, "recommend_steps": 10, "oversample": 2.0, "scale": 0.5, "num_base": 32}
     warnings.filterwarnings("ignore", category=UserWarning)
-    setup = make_setup()
+    setup = make_setup(features=args.features)
     curves: dict[str, dict[int, list[dict]]] = {m: {} for m in args.methods}
     rows = []
     for seed in args.seeds:
@@ -70,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 curve, session, _ = run_session(setup, num_labels=max(args.labels), checkpoints=args.labels,
                                                 eval_samples=args.eval_samples, seed=seed, candidate_options=opts,
-                                                progress=False, pool_size=8 if args.tiny else 16, **METHODS[method])
+                                                progress=False, pool_size=8 if args.tiny else 16,
+                                                **session_kw, **METHODS[method])
                 session.close()
             curves[method][seed] = [{k: c[k] for k in ("labels", *METRICS)} | ({"scale": c.get("scale")}) for c in curve]
             for c in curves[method][seed]:

@@ -24,6 +24,7 @@ from papa_bayes.diffusion.classifiers import DEFAULT_LIKED, DigitsJudge, DigitsP
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, DigitsSplit, DigitsSplits, load_digits_splits
 from papa_bayes.diffusion.features import (
     CallableFeatures,
+    ConcatFeatures,
     FeatureMap,
     MidBlockFeatures,
     PCAFeatures,
@@ -70,6 +71,7 @@ __all__ = [
     "PCAFeatures",
     "MidBlockFeatures",
     "CallableFeatures",
+    "ConcatFeatures",
     "save_feature_map",
     "load_feature_map",
     # guidance

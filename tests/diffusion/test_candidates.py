@@ -57,3 +57,36 @@ def test_session_finetunes_every_k_rounds_and_resume_reloads_the_weights(tmp_pat
     assert torch.equal(next(src2.finetuned.unet.parameters()), tuned_w)
     again.run(1, progress=False)
     assert again.history[-1]["finetuned"] == 1.0  # round 3 is the second fine-tune
+
+
+def test_make_setup_features():
+    import pytest
+
+    from papa_bayes.diffusion import ConcatFeatures
+    from papa_bayes.exceptions import InputDataError
+
+    both = make_setup()  # the default: pixel PCA and mid-block features together
+    assert isinstance(both.feature_map, ConcatFeatures) and both.feature_map.num_features == 16
+    assert both.feature_map.input_space == "sample"
+    assert make_setup(features="pca").feature_map.num_features == 8
+    with pytest.raises(InputDataError, match="features"):
+        make_setup(features="clip")
+
+
+def test_filter_quantile_narrows_the_recommendation_filter():
+    import pytest
+
+    from papa_bayes.exceptions import InputDataError
+
+    setup = make_setup(features="pca")
+    kw = dict(num_base=32, pool_steps=4, recommend_steps=4, oversample=2.0, scale=0.5, seed=0)
+    with pytest.raises(InputDataError, match="filter_quantile"):
+        DiffusionCandidates(setup.model, setup.feature_map, setup.guard, filter_quantile=1.5, **kw)
+    src = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, filter_quantile=0.7, **kw)
+    assert src.config()["filter_quantile"] == 0.7
+    gen = torch.Generator().manual_seed(0)
+    first = src.candidates(None, 6, exploration=0.25, generator=gen)
+    ratings = torch.stack([torch.arange(6), DigitsUser(setup.person).rate(first.images)], -1)
+    post = fit(LinearReward(rationality=1.0), PreferenceData(items=first.features, ratings=ratings), method="laplace")
+    rec = src.recommend(post, 4, generator=gen)
+    assert rec.images.shape == (4, 1, 8, 8)

@@ -5,6 +5,7 @@ import torch
 
 from papa_bayes.diffusion import (
     CallableFeatures,
+    ConcatFeatures,
     MidBlockFeatures,
     PCAFeatures,
     load_feature_map,
@@ -84,3 +85,23 @@ def test_missing_feature_map_folder_raises(tmp_path):
 def test_pca_rejects_too_many_components(images):
     with pytest.raises(InputDataError, match="num_features"):
         PCAFeatures.fit(images[:3], num_features=5)
+
+
+def test_concat_stacks_parts_and_reads_samples_when_a_part_does(pixel_model, images, tmp_path):
+    pca = PCAFeatures.fit(images, num_features=4)
+    mid = MidBlockFeatures(pixel_model, timestep=80, num_features=3).fit(images)
+    both = ConcatFeatures([pca, mid], decode=pixel_model.decode)
+    assert both.num_features == 7 and both.input_space == "sample"
+    assert ConcatFeatures([pca, pca]).input_space == "image"
+    z = both(images)
+    assert z.shape == (40, 7)
+    torch.testing.assert_close(z, torch.cat([pca(images), mid(images)], 1))
+    x = images[:2].clone().requires_grad_(True)
+    both(x).sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+    with pytest.raises(InputDataError, match="parts"):
+        ConcatFeatures([])
+    with pytest.raises(InputDataError, match="parts"):
+        ConcatFeatures([pca, torch.nn.Identity()])  # type: ignore[list-item]
+    with pytest.raises(InputDataError, match="feature_map"):
+        save_feature_map(both, tmp_path / "both")
