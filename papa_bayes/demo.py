@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--query-type", choices=("pair", "rating"), default="rating")
     p.add_argument("--features", choices=FEATURES, default="both", help="reward features (see make_setup)")
     p.add_argument("--exploration", type=float, default=0.5, help="share of each pool from the unsteered model")
-    p.add_argument("--strategy", default="region", help="acquisition strategy of the main session")
+    p.add_argument("--strategy", default="eig", help="acquisition strategy of the main session")
     p.add_argument("--eval-samples", type=int, default=96, help="recommended samples measured per checkpoint")
     p.add_argument("--papa-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
