@@ -25,28 +25,88 @@ __all__ = ["laplace_mode", "laplace_draws", "IntegratedLaplace", "integrated_lap
 
 def _objective(model: PyroRewardModel, data: PreferenceData, space: UnconstrainedSpace,
                fixed: dict[str, Tensor] | None = None):
+    """`K x D` unconstrained points -> `K` negative log posteriors (+inf outside the domain).
+
+    ``fixed`` holds sites at given values (site -> `K` values, one per point): the
+    conditional posterior of the others, whose space excludes them.
+    """
     def neg_log_post(theta: Tensor) -> Tensor:
-        params, logdet = space.unpack(theta.unsqueeze(0))
+        params, logdet = space.unpack(theta)
         if fixed:
-            params = {**params, **{k: v.reshape(1, *v.shape) for k, v in fixed.items()}}
+            params.update(fixed)
         try:
-            return -(model.log_joint(params, data) + logdet)[0]
+            out = -(model.log_joint(params, data) + logdet)
         except ValueError:
             # A trial point outside the distributions' domain (e.g. a scale that
             # underflowed to 0 during a line search): infinitely unlikely.
-            return theta.sum() * 0 + torch.inf
+            return theta.sum(-1) * 0 + torch.inf
+        return torch.where(torch.isfinite(out), out, torch.full_like(out, math.inf))
 
     return neg_log_post
 
 
-def _value_grad_hessian(f, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """f, its gradient and Hessian at ``theta`` from one graph (D + 1 backward passes)."""
-    x = theta.detach().requires_grad_(True)
-    value = f(x)
-    (grad,) = torch.autograd.grad(value, x, create_graph=True)
-    rows = [torch.autograd.grad(grad[i], x, retain_graph=i < x.numel() - 1)[0] for i in range(x.numel())]
-    H = torch.stack(rows) if rows else x.new_zeros(0, 0)
-    return value.detach(), grad.detach(), 0.5 * (H + H.T).detach()
+def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
+            polish: float = 1e-3) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Damped Newton with Armijo backtracking on K independent problems at once.
+
+    ``f`` maps `K x D` to `K` values, row k depending on point k only, so one batched
+    evaluation gives all K gradients and the Hessians come as K blocks from D backward
+    passes: K problems cost about as much as one.
+
+    Returns:
+        (points `K x D`, Hessians `K x D x D` (regularized where not positive definite),
+        values `K`, Newton steps).
+    """
+    K, D = theta.shape
+    theta = theta.detach().to(torch.float64)
+    eye = torch.eye(D, dtype=torch.float64)
+    active = torch.ones(K, dtype=torch.bool)
+    for steps in range(max_steps + 1):
+        x = theta.requires_grad_(True)
+        value = f(x)
+        if not bool(torch.isfinite(value).all()):
+            raise InferenceError(f"The log posterior is not finite at the starting point ({value.tolist()}).")
+        (grad,) = torch.autograd.grad(value.sum(), x, create_graph=True)
+        rows = [torch.autograd.grad(grad[:, i].sum(), x, retain_graph=i < D - 1)[0] for i in range(D)]
+        H = torch.stack(rows, 1) if rows else x.new_zeros(K, 0, 0)
+        H, grad, value, theta = 0.5 * (H + H.transpose(1, 2)).detach(), grad.detach(), value.detach(), theta.detach()
+        damping = torch.zeros(K, dtype=torch.float64)
+        for _ in range(30):  # Levenberg damping, per problem, until each system is positive definite
+            L, info = torch.linalg.cholesky_ex(H + damping.view(K, 1, 1) * eye)
+            bad = info != 0
+            if not bad.any():
+                break
+            damping = torch.where(bad, torch.clamp(10 * damping, min=1e-6), damping)
+        else:
+            raise InferenceError("Newton's method could not make the Hessian positive definite.")
+        step = torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
+        size = step.abs().amax(1)
+        active = active & ~((damping == 0) & (size < tol))
+        if not active.any():
+            break  # converged; H is the Hessian at theta
+        if bool(((damping == 0) & (size < polish))[active].all()):
+            # Within the quadratic basin the full step lands at the mode to O(size^2);
+            # the Hessian (and the value) move by O(size), far below the posterior's spread.
+            theta = theta - active.to(torch.float64).unsqueeze(1) * step
+            break
+        if steps == max_steps:
+            warnings.warn(f"Laplace: Newton's method did not converge in {max_steps} steps.", PapaBayesWarning, stacklevel=4)
+            break
+        t = torch.ones(K, dtype=torch.float64)
+        accepted = ~active
+        with torch.no_grad():
+            for _ in range(40):  # backtracking, every problem on its own
+                trial = f(theta - t.unsqueeze(1) * step)
+                accepted = accepted | (torch.isfinite(trial) & (trial <= value - 1e-4 * t * (grad * step).sum(1)))
+                if accepted.all():
+                    break
+                t = torch.where(accepted, t, 0.5 * t)
+        theta = theta - (active.to(torch.float64) * t).unsqueeze(1) * step
+    _, info = torch.linalg.cholesky_ex(H)
+    if (info != 0).any():  # a saddle or flat direction: regularize so the approximation stays proper
+        shift = (1e-6 - torch.linalg.eigvalsh(H).amin(1)).clamp(min=0) * (info != 0)
+        H = H + shift.view(K, 1, 1) * eye
+    return theta.detach(), H, value, steps
 
 
 def laplace_mode(
@@ -57,13 +117,10 @@ def laplace_mode(
     max_steps: int = 100,
     tol: float = 1e-5,
     polish: float = 1e-3,
-    fixed: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, UnconstrainedSpace, dict[str, Any]]:
     """Find the posterior mode and the Hessian there (damped Newton with line search).
 
     Args:
-        fixed: sites held at the given (constrained) values: the mode of the
-            conditional posterior of the others (their space excludes them).
         init: `D` starting point (warm start); default the priors' centres.
         tol: stop when no coordinate of the Newton step exceeds ``tol``.
         polish: a step smaller than this (unconstrained units) is taken in full and
@@ -72,47 +129,11 @@ def laplace_mode(
     Returns:
         (mode `D`, Hessian of the negative log posterior `D x D`, space, info).
     """
-    priors = model.priors(data)
-    space = UnconstrainedSpace({k: v for k, v in priors.items() if not fixed or k not in fixed})
-    f = _objective(model, data, space, fixed)
+    space = UnconstrainedSpace(model.priors(data))
     theta = (space.initial() if init is None else init.clone()).to(torch.float64)
-    eye = torch.eye(space.dim, dtype=torch.float64)
-    for steps in range(max_steps + 1):
-        value, grad, H = _value_grad_hessian(f, theta)
-        if not torch.isfinite(value):
-            raise InferenceError(f"The log posterior is not finite at the starting point ({value.item()}).")
-        step, damping = None, 0.0
-        for _ in range(30):  # Levenberg damping until the system is positive definite
-            L, info = torch.linalg.cholesky_ex(H + damping * eye)
-            if info == 0:
-                step = torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
-                break
-            damping = max(1e-6, 10 * damping)
-        if step is None:
-            raise InferenceError("Newton's method could not make the Hessian positive definite.")
-        size = float(step.abs().max())
-        if damping == 0.0 and size < tol:
-            break  # converged; H is the Hessian at this theta
-        if damping == 0.0 and size < polish:
-            # Within the quadratic basin the full step lands at the mode to O(size^2);
-            # the Hessian moves by O(size), far below the posterior's own spread.
-            theta = (theta - step).detach()
-            break
-        if steps == max_steps:
-            warnings.warn(f"Laplace: Newton's method did not converge in {max_steps} steps.", PapaBayesWarning, stacklevel=3)
-            break
-        t = 1.0
-        with torch.no_grad():
-            for _ in range(40):  # backtracking line search (Armijo)
-                new_value = f(theta - t * step)
-                if torch.isfinite(new_value) and new_value <= value - 1e-4 * t * (grad @ step):
-                    break
-                t *= 0.5
-        theta = (theta - t * step).detach()
-    L, info = torch.linalg.cholesky_ex(H)
-    if info != 0:  # a saddle or flat direction: regularize so the approximation stays proper
-        H = H + (1e-6 - torch.linalg.eigvalsh(H).min()).clamp(min=0) * eye
-    return theta, H, space, {"newton_steps": steps, "neg_log_posterior": float(value)}
+    mode, H, value, steps = _newton(_objective(model, data, space), theta.unsqueeze(0),
+                                    max_steps=max_steps, tol=tol, polish=polish)
+    return mode[0], H[0], space, {"newton_steps": steps, "neg_log_posterior": float(value[0])}
 
 
 def laplace_draws(
@@ -204,79 +225,6 @@ def mixture_moments(fit: IntegratedLaplace, full: UnconstrainedSpace) -> tuple[T
     return mean, cov
 
 
-def _batched_newton(
-    model: PyroRewardModel, data: PreferenceData, space: UnconstrainedSpace, site: str, eta: Tensor, init: Tensor,
-    *, max_steps: int = 100, tol: float = 1e-5, polish: float = 1e-3,
-) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Conditional modes of the other sites at K values of ``eta = log(site)``, solved together.
-
-    The K problems are independent, so one batched objective gives all K gradients
-    and the Hessians come as K blocks from D backward passes: K grid points cost
-    about as much as one.
-
-    Returns:
-        (modes `K x D`, Hessians `K x D x D`, log p(data, eta) estimates `K`, Newton steps).
-    """
-    K, D = init.shape
-    beta = eta.exp()
-
-    def f(theta: Tensor) -> Tensor:
-        params, logdet = space.unpack(theta)
-        params[site] = beta
-        out = -(model.log_joint(params, data) + logdet)
-        return torch.where(torch.isfinite(out), out, torch.full_like(out, math.inf))
-
-    theta = init.clone().to(torch.float64)
-    eye = torch.eye(D, dtype=torch.float64)
-    active = torch.ones(K, dtype=torch.bool)
-    steps = 0
-    for steps in range(max_steps + 1):
-        x = theta.detach().requires_grad_(True)
-        value = f(x)
-        (grad,) = torch.autograd.grad(value.sum(), x, create_graph=True)
-        H = torch.stack([torch.autograd.grad(grad[:, i].sum(), x, retain_graph=i < D - 1)[0] for i in range(D)], 1)
-        H, grad, value = 0.5 * (H + H.transpose(1, 2)).detach(), grad.detach(), value.detach()
-        damping = torch.zeros(K, dtype=torch.float64)
-        for _ in range(30):
-            L, info = torch.linalg.cholesky_ex(H + damping.view(K, 1, 1) * eye)
-            bad = info != 0
-            if not bad.any():
-                break
-            damping = torch.where(bad, torch.clamp(10 * damping, min=1e-6), damping)
-        step = torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
-        size = step.abs().amax(1)
-        active = active & ~((damping == 0) & (size < tol))
-        if not active.any() or steps == max_steps:
-            break
-        if bool(((damping == 0) & (size < polish))[active].all()):
-            # every remaining step is inside the quadratic basin: take it in full (as laplace_mode does)
-            theta = (theta - active.to(torch.float64).unsqueeze(1) * step).detach()
-            with torch.no_grad():
-                value = f(theta)
-            break
-        t = torch.ones(K, dtype=torch.float64)
-        accepted = ~active
-        with torch.no_grad():
-            for _ in range(40):  # backtracking, every problem on its own
-                trial = f(theta - t.unsqueeze(1) * step)
-                ok = torch.isfinite(trial) & (trial <= value - 1e-4 * t * (grad * step).sum(1))
-                accepted = accepted | ok
-                if accepted.all():
-                    break
-                t = torch.where(accepted, t, 0.5 * t)
-        move = active.to(torch.float64) * t
-        theta = (theta - move.unsqueeze(1) * step).detach()
-    if steps == max_steps:
-        warnings.warn(f"Laplace: Newton's method did not converge in {max_steps} steps.", PapaBayesWarning, stacklevel=3)
-    L, info = torch.linalg.cholesky_ex(H)
-    if (info != 0).any():  # regularize saddles so every approximation stays proper
-        shift = (1e-6 - torch.linalg.eigvalsh(H).amin(1)).clamp(min=0)
-        H = H + shift.view(K, 1, 1) * eye
-        L = torch.linalg.cholesky(H)
-    log_evidence = -value + 0.5 * D * math.log(2 * math.pi) - L.diagonal(dim1=1, dim2=2).log().sum(1) + eta
-    return theta, H, log_evidence, steps
-
-
 def integrated_laplace(
     model: PyroRewardModel,
     data: PreferenceData,
@@ -312,15 +260,13 @@ def integrated_laplace(
     newton = 0
 
     def solve(eta: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Conditional modes and Hessians at `K` values of eta, and log p(data, eta) `K`."""
         nonlocal newton
-        modes, H, logev, n = _batched_newton(model, data, others, site, eta, start)
+        modes, H, value, n = _newton(_objective(model, data, others, {site: eta.exp()}), start)
         newton += n
-        return modes, H, logev
-
-    def starts(K: int, source: Tensor | None) -> Tensor:
-        if source is None:
-            return others.initial(init).expand(K, -1).clone() if init is not None else others.initial().expand(K, -1).clone()
-        return source
+        # Laplace: -f(mode) + D/2 log 2 pi - 1/2 log|H|, plus eta for d beta / d eta.
+        half_logdet = torch.linalg.cholesky(H).diagonal(dim1=1, dim2=2).log().sum(1)
+        return modes, H, -value + 0.5 * others.dim * math.log(2 * math.pi) - half_logdet + eta
 
     if warm is not None:
         if warm.space.dim == others.dim:
@@ -344,10 +290,9 @@ def integrated_laplace(
         scan = torch.cat([scan, warm.grid])
         scan_start = torch.cat([init_modes[:1].expand(15, -1), init_modes])
     else:
-        scan_start = starts(scan.numel(), None)
+        scan_start = others.initial(init).expand(scan.numel(), -1).clone()
     smodes, _, slogev = solve(scan, scan_start)
-    order = torch.argsort(slogev, descending=True)
-    best = scan[order[0]]
+    best = scan[slogev.argmax()]
     near = torch.argsort((scan - best).abs())[:5]  # a quadratic through the best and its neighbours
     X = torch.stack([torch.ones(5, dtype=torch.float64), scan[near] - best, (scan[near] - best) ** 2], 1)
     coef = torch.linalg.lstsq(X, slogev[near].unsqueeze(1)).solution.squeeze(1)
