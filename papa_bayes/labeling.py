@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     if args.store.exists():
         with PreferenceStore(args.store, create=False) as existing:
             others = [r for r in existing.raters() if r != args.rater]
-            first = existing.config
-            resuming = existing.rater_config(args.rater) is not None or (first is not None and first.get("rater") == args.rater)
+            resuming = existing.rater_config(args.rater) is not None
             before = existing.num_answers(args.rater)
     # People may answer "tie": the model says how (Davidson). With other raters in the
     # store, their answers give this rater's prior (hierarchical cold start).

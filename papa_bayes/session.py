@@ -234,9 +234,7 @@ class PreferenceSession:
             rater: whose session to continue (default: the store's first session).
         """
         store = PreferenceStore(path, create=False)
-        cfg = store.config
-        if rater is not None and (cfg is None or cfg.get("rater") != rater):
-            cfg = store.rater_config(rater)
+        cfg = store.config if rater is None else store.rater_config(rater)
         if cfg is None:
             what = "session configuration" if rater is None else f"session of rater {rater}"
             raise StoreError(f"{path} holds no {what}.")

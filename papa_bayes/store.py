@@ -196,9 +196,16 @@ class PreferenceStore:
         return None if row is None else json.loads(row[0])
 
     def rater_config(self, rater: int) -> dict[str, Any] | None:
-        """The configuration of ``rater``'s session, or None."""
+        """The configuration of ``rater``'s session, or None.
+
+        (A store written before per-rater configurations holds only the default one,
+        which is that of its rater.)
+        """
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"config/rater{int(rater)}",)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is not None:
+            return json.loads(row[0])
+        default = self.config
+        return default if default is not None and default.get("rater") == int(rater) else None
 
     def raters(self) -> list[int]:
         """Rater ids that were asked at least one query, sorted."""
