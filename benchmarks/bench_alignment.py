@@ -2,22 +2,25 @@
 
 For each seed and method, the preferred fraction, quality (judge share, manifold
 precision) and diversity (class entropy of liked samples) of recommended samples
-against the number of labels. Methods: papa_bayes with preferred-region queries over
-pairs, the same with like/dislike queries (``region_likes``: the defaults of
-``run_session`` and of the demo), random pairs, and PAPA's signed ELBO on
-like/dislike labels of base samples. The guidance scale is always chosen by the
+against the number of labels. Methods (:data:`METHODS`): papa_bayes sessions asking
+pairs or like/dislike questions chosen by expected information about the reward
+(``eig_*``; ``eig_likes`` is the demo's), by information about the preferred region
+(``region_*``) or at random, and PAPA's signed ELBO on like/dislike labels of base
+samples. The guidance scale is always chosen by the
 package's own rule, never by the judge. Every session uses the reward features
 ``--features`` (``demo.make_setup``; default pixel PCA and mid-block together),
 ``run_session``'s exploration share and DiffusionCandidates' recommendation filter
 unless ``--exploration`` / ``--filter-quantile`` are given.
 
     python -m benchmarks.bench_alignment --seeds 0 1 2 3 4 --labels 0 5 10 20 30 60
+    python -m benchmarks.bench_alignment --merge a/bench_alignment.json b/bench_alignment.json
     python -m benchmarks.bench_alignment --tiny
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 
@@ -63,7 +66,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "(default: its own)")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge earlier result files of other methods into <out>/<name>.* and exit")
+    p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.name)
     opts = {"rescale_every": 10, **({} if args.filter_quantile is None else {"filter_quantile": args.filter_quantile})}
     session_kw = {} if args.exploration is None else {"exploration": args.exploration}
     if args.tiny:
@@ -90,12 +98,21 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"method": method, "seed": seed, **{k: c[k] for k in ("labels", *METRICS)}, "target_met": target_met(c)})
                 print(rows[-1], flush=True)
 
+    return report(curves, rows, args.labels, vars(args), args.out,
+                  "bench_alignment" + ("_tiny" if args.tiny else ""))
+
+
+def report(curves: dict[str, dict[int, list[dict]]], rows: list[dict], labels: list[int], args: dict,
+           out: Path | None, name: str) -> dict:
+    """Summarize per-seed curves (means, seeds meeting the target, labels to 75%) and write JSON + Markdown."""
     summary = []
     for method, by_seed in curves.items():
-        for labels in args.labels:
-            cs = [next(c for c in curve if c["labels"] == labels) for curve in by_seed.values()]
+        for n in labels:
+            cs = [c for curve in by_seed.values() for c in curve if c["labels"] == n]
+            if not cs:
+                continue
             mean = {k: sum(c[k] for c in cs) / len(cs) for k in METRICS}
-            summary.append({"method": method, "labels": labels, **mean,
+            summary.append({"method": method, "labels": n, **mean,
                             "seeds_meeting_target": f"{sum(target_met(c) for c in cs)}/{len(cs)}"})
     l75 = {m: [labels_to(c, "preferred_fraction", 0.75) for c in by_seed.values()] for m, by_seed in curves.items()}
     within20 = {m: sum(any(target_met(c) and c["labels"] <= 20 for c in curve) for curve in by_seed.values())
@@ -103,13 +120,55 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown_table(summary, ["method", "labels", *METRICS, "seeds_meeting_target"])
     table += "\nLabels to 75% preferred, per seed: " + "; ".join(f"{m}: {v}" for m, v in l75.items()) + "\n"
     table += "Seeds meeting the full target (>= 90% preferred, judge >= 0.75, precision >= 0.72, entropy >= 1.8) within 20 labels: " + \
-        "; ".join(f"{m}: {v}/{len(args.seeds)}" for m, v in within20.items()) + "\n"
-    path = write_results("bench_alignment" + ("_tiny" if args.tiny else ""),
-                         {"rows": rows, "summary": summary, "labels_to_75": l75, "within20": within20, "args": vars(args)},
-                         table, args.out, title="Label efficiency on the digits task")
+        "; ".join(f"{m}: {v}/{len(curves[m])}" for m, v in within20.items()) + "\n"
+    path = write_results(name, {"rows": rows, "summary": summary, "labels_to_75": l75, "within20": within20,
+                                "args": args}, table, out, title="Label efficiency on the digits task")
+    plot = _plot(curves, path.with_suffix(".png"))
     print(table)
-    print(f"written to {path}")
+    print(f"written to {path} and {plot}")
     return {"summary": summary, "labels_to_75": l75, "within20": within20}
+
+
+def _plot(curves: dict[str, dict[int, list[dict]]], path: Path) -> Path:
+    """Preferred fraction and liked-class entropy against labels: each seed thin, the mean thick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (key, label, target), ax in zip((("preferred_fraction", "preferred fraction", 0.9),
+                                         ("liked_class_entropy", "liked-class entropy (bits)", 1.8)), axes):
+        for i, (method, by_seed) in enumerate(curves.items()):
+            colour = f"C{i}"
+            for curve in by_seed.values():
+                ax.plot([c["labels"] for c in curve], [c[key] for c in curve], color=colour, alpha=0.25, lw=0.8)
+            labels = sorted({c["labels"] for curve in by_seed.values() for c in curve})
+            means = [sum(c[key] for curve in by_seed.values() for c in curve if c["labels"] == n)
+                     / sum(1 for curve in by_seed.values() for c in curve if c["labels"] == n) for n in labels]
+            ax.plot(labels, means, color=colour, lw=2.2, marker="o", label=f"{method} ({len(by_seed)} seeds)")
+        ax.axhline(target, color="k", ls="--", lw=0.8)
+        ax.axvline(20, color="grey", ls=":", lw=0.8)
+        ax.set_xlabel("labels")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Recommended samples against labels (dashed: target; dotted: 20 labels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def merge(paths: list[str], out: Path | None, name: str) -> dict:
+    """Merge result files of runs of other methods (a method in a later file wins) into ``<out>/<name>.*``."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    owner = {r["method"]: i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
+    rows = [r for i, part in enumerate(parts) for r in part["rows"] if owner[r["method"]] == i]
+    curves: dict[str, dict[int, list[dict]]] = {m: {} for m in owner}
+    for r in rows:
+        curves[r["method"]].setdefault(r["seed"], []).append({k: r[k] for k in ("labels", *METRICS)})
+    labels = sorted({r["labels"] for r in rows})
+    return report(curves, rows, labels, {"merged_from": list(paths), "runs": [p["args"] for p in parts]}, out, name)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ class DigitsSetup:
 
 
 #: Reward features of :func:`make_setup`: the shipped pixel PCA, the UNet mid-block
-#: map, or both side by side (:class:`~papa_bayes.diffusion.ConcatFeatures`).
-FEATURES = ("pca", "midblock", "both")
+#: map, both side by side (:class:`~papa_bayes.diffusion.ConcatFeatures`), or the
+#: wider unwhitened mid-block map.
+FEATURES = ("pca", "midblock", "both", "midblock32")
 
 
 def make_setup(liked: Sequence[int] = DEFAULT_LIKED, *, features: str = "both") -> DigitsSetup:
@@ -85,9 +86,12 @@ def make_setup(liked: Sequence[int] = DEFAULT_LIKED, *, features: str = "both") 
     Args:
         liked: the simulated person's liked digits.
         features: one of :data:`FEATURES`: ``"pca"`` (8 whitened pixel components),
-            ``"midblock"`` (8 whitened mid-block components) or ``"both"`` (16, the
+            ``"midblock"`` (8 whitened mid-block components), ``"both"`` (16, the
             default: a linear reward on both separates {1, 4, 7, 9} from the rest of
-            base samples better than on either alone).
+            base samples better than on either alone) or ``"midblock32"`` (32
+            mid-block components keeping their relative variances: separable with many
+            labels, purer but less diverse recommendations at 20 labels;
+            benchmarks/results/bench_alignment_midblock32.md).
 
     Raises:
         InputDataError: on an unknown ``features``.
@@ -98,6 +102,8 @@ def make_setup(liked: Sequence[int] = DEFAULT_LIKED, *, features: str = "both") 
     pca = load_feature_map()
     if features == "pca":
         phi = pca
+    elif features == "midblock32":
+        phi = load_feature_map(DEFAULT_CHECKPOINT / "midblock32_features", model=model)
     else:
         mid = load_feature_map(DEFAULT_CHECKPOINT / "midblock_features", model=model)
         phi = mid if features == "midblock" else ConcatFeatures([pca, mid], decode=model.decode)

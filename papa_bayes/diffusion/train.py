@@ -142,6 +142,8 @@ def fit_default_features(
     separates liked from disliked digits better from few labels (cross-validated
     AUC of a linear reward from 20 labels 0.89 against 0.81; top 20% by a reward
     fitted on all labels: 100% liked in both, class entropy 1.88 against 1.68 bits).
+    ``checkpoint/midblock32_features`` is the same mid-block map with 32 components,
+    not whitened (their relative variances kept; see :class:`MidBlockFeatures`).
 
     Returns:
         The PCA feature map.
@@ -153,6 +155,9 @@ def fit_default_features(
     save_feature_map(pca, Path(checkpoint) / "pca_features")
     mid = MidBlockFeatures(model, timestep=300, num_features=num_features).fit(out.images)
     save_feature_map(mid, Path(checkpoint) / "midblock_features")
+    wide = min(32, num_samples, mid.channels)  # fewer only for tiny test runs
+    mid32 = MidBlockFeatures(model, timestep=300, num_features=wide, whiten=False).fit(out.images)
+    save_feature_map(mid32, Path(checkpoint) / "midblock32_features")
     return pca
 
 

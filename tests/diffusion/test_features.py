@@ -57,6 +57,21 @@ def test_midblock_save_load_round_trip(pixel_model, images, tmp_path):
     assert float(x.grad.abs().sum()) > 0  # differentiable through the denoiser
 
 
+def test_midblock_without_whitening_keeps_relative_variances(pixel_model, images, tmp_path):
+    white = MidBlockFeatures(pixel_model, timestep=80, num_features=4).fit(images)
+    raw = MidBlockFeatures(pixel_model, timestep=80, num_features=4, whiten=False).fit(images)
+    var = raw(images).double().var(0)
+    torch.testing.assert_close(var.sum(), torch.tensor(4.0, dtype=torch.float64), atol=1e-3, rtol=0)
+    assert bool((var[:-1] >= var[1:]).all()) and float(var[0] / var[-1]) > 1.5  # leading components keep more
+    # the same directions as the whitened map, rescaled per component
+    ratio = raw(images).double() / white(images).double()
+    torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio), atol=1e-3, rtol=1e-3)
+    save_feature_map(raw, tmp_path / "raw")
+    loaded = load_feature_map(tmp_path / "raw", model=pixel_model)
+    assert loaded.whiten is False
+    torch.testing.assert_close(loaded(images), raw(images))
+
+
 def test_callable_save_load_round_trip(images, tmp_path):
     torch.manual_seed(1)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6))

@@ -17,6 +17,8 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert json.loads((tmp_path / "train_log.json").read_text())["seed"] == 0
     assert load_feature_map(tmp_path / "pca_features").num_features == 8
+    wide = load_feature_map(tmp_path / "midblock32_features", model=load_base_model(tmp_path))
+    assert wide.whiten is False and wide.num_features == 16  # 32, capped by the 16 fitting samples
     fit_default_features(tmp_path, num_samples=16, num_features=4, num_inference_steps=2, progress=False)
     model = load_base_model(tmp_path, scheduler="ddpm")
     assert model.dtype == torch.float32 and type(model.scheduler).__name__ == "DDPMScheduler"
