@@ -166,10 +166,7 @@ class DiffusionCandidates:
         from papa_bayes.session import Candidates
 
         g = self.guidance(posterior, generator=generator)
-        region = g.objective
-        if self.filter_quantile is not None and self.filter_quantile != self.quantile:
-            region = PosteriorObjective(posterior, self.feature_map, kind="region").calibrate(
-                self.base_images, quantile=self.filter_quantile)
+        region = g.objective if self.filter_quantile is None else g.objective.at_quantile(self.filter_quantile)
         if self.finetuned is None:
             model, guidance = self.model, g
         else:  # amortized: the fine-tuned weights steer; the current posterior filters

@@ -21,6 +21,7 @@ posterior is used. Kinds:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -32,6 +33,11 @@ from papa_bayes.exceptions import InputDataError, ModelError
 __all__ = ["OBJECTIVES", "PosteriorObjective"]
 
 OBJECTIVES = ("mean", "ucb", "thompson", "region")
+
+
+def _check_quantile(quantile: float) -> None:
+    if not (0.0 < float(quantile) < 1.0):
+        raise InputDataError("quantile", "a number in (0, 1)", quantile)
 
 
 class PosteriorObjective:
@@ -91,6 +97,7 @@ class PosteriorObjective:
         self.temperature = float(temperature)
         self.tau: Tensor | None = None
         self.width: Tensor | None = None
+        self.base_utility: Tensor | None = None  # `s x m`, kept by calibrate() for at_quantile()
         if threshold is not None:
             tau = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
             if tau.numel() not in (1, int(posterior.num_draws)) or not bool(torch.isfinite(tau).all()):
@@ -119,14 +126,29 @@ class PosteriorObjective:
         Returns:
             ``self``.
         """
-        if not (0.0 < float(quantile) < 1.0):
-            raise InputDataError("quantile", "a number in (0, 1)", quantile)
+        _check_quantile(quantile)
         with torch.no_grad():
             u = torch.cat([self.utility(base[i:i + batch_size]) for i in range(0, base.shape[0], batch_size)], 1)
-        u = u.to(torch.float64)
-        self.tau = torch.quantile(u, float(quantile), dim=1)
-        self.width = self.temperature * u.std(dim=1).clamp_min(1e-12)
+        self.base_utility = u.to(torch.float64)
+        self.tau = torch.quantile(self.base_utility, float(quantile), dim=1)
+        self.width = self.temperature * self.base_utility.std(dim=1).clamp_min(1e-12)
         return self
+
+    def at_quantile(self, quantile: float) -> PosteriorObjective:
+        """A copy whose region is the top ``1 - quantile`` of the same base samples.
+
+        Reuses the base utilities of the last :meth:`calibrate` (nothing is
+        recomputed); the smoothing width does not depend on the quantile.
+
+        Raises:
+            ModelError: when :meth:`calibrate` has not run.
+        """
+        _check_quantile(quantile)
+        if self.base_utility is None:
+            raise ModelError("at_quantile() needs a call to `calibrate(base_samples)` first.")
+        out = copy.copy(self)
+        out.tau = torch.quantile(self.base_utility, float(quantile), dim=1)
+        return out
 
     def _region_logits(self, u: Tensor) -> Tensor:
         if self.tau is None or self.width is None:

@@ -156,3 +156,17 @@ def test_region_calibration_sets_per_draw_quantiles(base_and_pca, posterior):
     assert math.isclose(float(p.mean()), 0.25, abs_tol=0.04)
     with pytest.raises(InputDataError):
         objective.calibrate(base.images, quantile=1.0)
+
+
+def test_at_quantile_equals_a_fresh_calibration(base_and_pca, posterior):
+    base, pca = base_and_pca
+    broad = PosteriorObjective(posterior, pca, kind="mean").calibrate(base.images, quantile=0.6)
+    fresh = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.8)
+    core = broad.at_quantile(0.8)
+    torch.testing.assert_close(core.tau, fresh.tau)
+    torch.testing.assert_close(core.region_probability(base.images), fresh.region_probability(base.images))
+    assert float(broad.region_probability(base.images).mean()) > float(core.region_probability(base.images).mean())
+    with pytest.raises(InputDataError, match="quantile"):
+        broad.at_quantile(0.0)
+    with pytest.raises(ModelError, match="calibrate"):
+        PosteriorObjective(posterior, pca, kind="region").at_quantile(0.8)
