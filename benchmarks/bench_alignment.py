@@ -123,13 +123,13 @@ def report(curves: dict[str, dict[int, list[dict]]], rows: list[dict], labels: l
         "; ".join(f"{m}: {v}/{len(curves[m])}" for m, v in within20.items()) + "\n"
     path = write_results(name, {"rows": rows, "summary": summary, "labels_to_75": l75, "within20": within20,
                                 "args": args}, table, out, title="Label efficiency on the digits task")
-    plot = _plot(curves, path.with_suffix(".png"))
+    plot = _plot(curves, summary, path.with_suffix(".png"))
     print(table)
     print(f"written to {path} and {plot}")
     return {"summary": summary, "labels_to_75": l75, "within20": within20}
 
 
-def _plot(curves: dict[str, dict[int, list[dict]]], path: Path) -> Path:
+def _plot(curves: dict[str, dict[int, list[dict]]], summary: list[dict], path: Path) -> Path:
     """Preferred fraction and liked-class entropy against labels: each seed thin, the mean thick."""
     import matplotlib
 
@@ -143,10 +143,9 @@ def _plot(curves: dict[str, dict[int, list[dict]]], path: Path) -> Path:
             colour = f"C{i}"
             for curve in by_seed.values():
                 ax.plot([c["labels"] for c in curve], [c[key] for c in curve], color=colour, alpha=0.25, lw=0.8)
-            labels = sorted({c["labels"] for curve in by_seed.values() for c in curve})
-            means = [sum(c[key] for curve in by_seed.values() for c in curve if c["labels"] == n)
-                     / sum(1 for curve in by_seed.values() for c in curve if c["labels"] == n) for n in labels]
-            ax.plot(labels, means, color=colour, lw=2.2, marker="o", label=f"{method} ({len(by_seed)} seeds)")
+            means = [row for row in summary if row["method"] == method]
+            ax.plot([row["labels"] for row in means], [row[key] for row in means], color=colour, lw=2.2, marker="o",
+                    label=f"{method} ({len(by_seed)} seeds)")
         ax.axhline(target, color="k", ls="--", lw=0.8)
         ax.axvline(20, color="grey", ls=":", lw=0.8)
         ax.set_xlabel("labels")

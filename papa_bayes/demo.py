@@ -143,7 +143,7 @@ def run_session(
     """Run one session and measure recommendations at each checkpoint (number of labels).
 
     The defaults are the configuration measured as ``region_likes`` in
-    benchmarks/results/bench_alignment.md: like/dislike questions chosen by
+    benchmarks/results/bench_alignment_128.md: like/dislike questions chosen by
     information about the preferred region, half of every pool from the unsteered
     model. Like/dislike answers say where the liked region is, not which liked digit
     is best; pairs between two liked digits teach the reward to rank one liked digit
