@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="merge earlier result files of other methods into <out>/<name>.* and exit")
+                   help="merge result files of runs split by method or seed into <out>/<name>.* and exit")
     p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")
     args = p.parse_args(argv)
     if args.merge:
@@ -159,11 +159,14 @@ def _plot(curves: dict[str, dict[int, list[dict]]], summary: list[dict], path: P
 
 
 def merge(paths: list[str], out: Path | None, name: str) -> dict:
-    """Merge result files of runs of other methods (a method in a later file wins) into ``<out>/<name>.*``."""
+    """Merge result files of runs split by method or seed into ``<out>/<name>.*``.
+
+    A (method, seed) found in several files is taken from the last of them.
+    """
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    owner = {r["method"]: i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
-    rows = [r for i, part in enumerate(parts) for r in part["rows"] if owner[r["method"]] == i]
-    curves: dict[str, dict[int, list[dict]]] = {m: {} for m in owner}
+    owner = {(r["method"], r["seed"]): i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
+    rows = [r for i, part in enumerate(parts) for r in part["rows"] if owner[(r["method"], r["seed"])] == i]
+    curves: dict[str, dict[int, list[dict]]] = {m: {} for m, _ in owner}
     for r in rows:
         curves[r["method"]].setdefault(r["seed"], []).append({k: r[k] for k in ("labels", *METRICS)})
     labels = sorted({r["labels"] for r in rows})

@@ -4,7 +4,8 @@ A simulated person likes digits {1, 4, 7, 9}. A :class:`PreferenceSession` asks
 them ``--labels`` questions about samples of the shipped base model, chosen by an
 acquisition strategy (by default like/dislike questions, with a linear reward on
 pixel-PCA and UNet mid-block features together); the posterior steers the sampler
-into the liked region. The
+into the liked region and recommendations keep the best quarter of a mildly steered
+pool. The
 same number of labels is spent on random queries and on PAPA's signed-ELBO
 fine-tuning (the paper's method, the baseline). An independent judge (an SVC on
 digits neither the model nor the person saw) measures the preferred fraction,
@@ -86,12 +87,13 @@ def make_setup(liked: Sequence[int] = DEFAULT_LIKED, *, features: str = "both") 
     Args:
         liked: the simulated person's liked digits.
         features: one of :data:`FEATURES`: ``"pca"`` (8 whitened pixel components),
-            ``"midblock"`` (8 whitened mid-block components), ``"both"`` (16, the
-            default: a linear reward on both separates {1, 4, 7, 9} from the rest of
-            base samples better than on either alone) or ``"midblock32"`` (32
-            mid-block components keeping their relative variances: separable with many
-            labels, purer but less diverse recommendations at 20 labels;
-            benchmarks/results/bench_alignment_midblock32.md).
+            ``"midblock"`` (8 whitened mid-block components), ``"both"`` (those 16
+            side by side, the default) or ``"midblock32"`` (32 mid-block components
+            keeping their relative variances: a linear classifier on them separates
+            {1, 4, 7, 9} better, 0.97 against 0.90, but with 20 labels its
+            recommendations met issue 6's target in fewer seeds: 2/3 development seeds
+            and 3/5 test seeds against 3/3 and 4/5;
+            benchmarks/results/bench_alignment_midblock32_ranked.md).
 
     Raises:
         InputDataError: on an unknown ``features``.
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--features", choices=FEATURES, default="both", help="reward features (see make_setup)")
     p.add_argument("--exploration", type=float, default=0.5, help="share of each pool from the unsteered model")
     p.add_argument("--strategy", default="eig", help="acquisition strategy of the main session")
-    p.add_argument("--eval-samples", type=int, default=96, help="recommended samples measured per checkpoint")
+    p.add_argument("--eval-samples", type=int, default=64, help="recommended samples measured per checkpoint")
     p.add_argument("--papa-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("demo_output"))
@@ -249,10 +251,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=UserWarning)
     t0 = time.time()
     setup = make_setup(args.liked, features=args.features)
-    checkpoints = sorted({0, *(k for k in (5, 10, 20, 30, 45, 60) if k < args.labels), args.labels})
-    # The scale rule runs once per session (rescale_every=0): each re-run costs ~30 s of the 5-minute budget.
-    opts = ({"pool_steps": 10, "recommend_steps": 20, "oversample": 3.0} if args.tiny
-            else {"rescale_every": 0, "recommend_steps": 25, "oversample": 3.0})
+    checkpoints = sorted({0, *(k for k in (10, 20, 30, 45, 60) if k < args.labels), args.labels})
+    # The 5-minute budget: the pools' scale rule runs once per session (rescale_every=0;
+    # each re-run costs ~30 s) and the recommendations' rule on smaller, shorter pools.
+    opts = ({"pool_steps": 10, "recommend_steps": 20, "oversample": 3.0, "recommend_rule_pool": (16, 4)} if args.tiny
+            else {"rescale_every": 0, "recommend_steps": 25, "oversample": 3.0, "recommend_rule_pool": (32, 10)})
     store = args.out / "session.db"
     if store.exists():
         store.unlink()

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     p.add_argument("--pool-steps", type=int, default=20)
     p.add_argument("--scale", default="auto", help="guidance scale, or 'auto' for the package's rule")
     p.add_argument("--num-base", type=int, default=256, help="base samples that calibrate the preferred region")
+    p.add_argument("--features", default="both",
+                   help="reward features (papa_bayes.demo.FEATURES); a store keeps the features it began with")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rater", type=int, default=0,
                    help="who is answering: several people may share one store, each with their own posterior "
@@ -92,13 +94,15 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     if args.labels < 0:
         raise InputDataError("--labels", "a number >= 0", args.labels)
 
-    from papa_bayes.demo import make_setup
+    from papa_bayes.demo import FEATURES, make_setup
     from papa_bayes.diffusion.candidates import DiffusionCandidates
     from papa_bayes.models import HierarchicalLinearReward, LinearReward
     from papa_bayes.session import PreferenceSession
     from papa_bayes.store import PreferenceStore
 
-    setup = make_setup()
+    if args.features not in FEATURES:
+        raise InputDataError("--features", f"one of {FEATURES}", args.features)
+    setup = make_setup(features=args.features)
     scale = args.scale if args.scale == "auto" else float(args.scale)
     source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=args.seed, pool_steps=args.pool_steps,
                                  scale=scale, num_base=args.num_base)

@@ -21,7 +21,7 @@ def test_benchmark_runs_tiny(name, tmp_path):
     assert list(tmp_path.glob("*.md"))
 
 
-def test_alignment_merge_keeps_the_last_file_of_each_method(tmp_path):
+def test_alignment_merge_keeps_the_last_file_of_each_method_and_seed(tmp_path):
     from benchmarks.bench_alignment import METRICS, merge
 
     def row(method, seed, labels, preferred, entropy):
@@ -31,16 +31,18 @@ def test_alignment_merge_keeps_the_last_file_of_each_method(tmp_path):
     old = {"rows": [row("eig_likes", 0, 20, 0.5, 1.0), row("papa", 0, 20, 0.6, 1.9)], "args": {"run": "old"}}
     new = {"rows": [row("eig_likes", s, n, p, 1.9) for s in (0, 1) for n, p in ((10, 0.8), (20, 0.95))],
            "args": {"run": "new"}}
+    more = {"rows": [row("eig_likes", 2, n, p, 1.0) for n, p in ((10, 0.5), (20, 0.65))], "args": {"run": "more"}}
     paths = []
-    for i, part in enumerate((old, new)):
+    for i, part in enumerate((old, new, more)):
         paths.append(tmp_path / f"part{i}.json")
         paths[-1].write_text(json.dumps(part))
     out = merge([str(p) for p in paths], tmp_path, "merged")
     by = {(s["method"], s["labels"]): s for s in out["summary"]}
-    assert by[("eig_likes", 20)]["preferred_fraction"] == pytest.approx(0.95)  # the old seed-0 row is gone
-    assert by[("eig_likes", 20)]["seeds_meeting_target"] == "2/2"
+    # the old seed-0 row is gone; seed 2 comes from the third file
+    assert by[("eig_likes", 20)]["preferred_fraction"] == pytest.approx((0.95 + 0.95 + 0.65) / 3)
+    assert by[("eig_likes", 20)]["seeds_meeting_target"] == "2/3"
     assert by[("papa", 20)]["seeds_meeting_target"] == "0/1"
     assert out["within20"] == {"eig_likes": 2, "papa": 0}
-    assert out["labels_to_75"]["eig_likes"] == [10, 10]
+    assert out["labels_to_75"]["eig_likes"] == [10, 10, None]
     assert set(METRICS) <= set(json.loads((tmp_path / "merged.json").read_text())["summary"][0])
     assert (tmp_path / "merged.png").stat().st_size > 0

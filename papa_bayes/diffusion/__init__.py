@@ -44,7 +44,13 @@ from papa_bayes.diffusion.metrics import (
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion
 from papa_bayes.diffusion.objectives import OBJECTIVES, PosteriorObjective
 from papa_bayes.diffusion.sampler import SamplerOutput, sample
-from papa_bayes.diffusion.scale import DEFAULT_SCALES, ScaleSelection, select_guidance_scale
+from papa_bayes.diffusion.scale import (
+    DEFAULT_SCALES,
+    RecommendationScale,
+    ScaleSelection,
+    select_guidance_scale,
+    select_recommendation_scale,
+)
 from papa_bayes.diffusion.selection import ManifoldGuard, PreferredSamples, sample_preferred, select_preferred
 
 __all__ = [
@@ -86,6 +92,8 @@ __all__ = [
     "DEFAULT_SCALES",
     "ScaleSelection",
     "select_guidance_scale",
+    "RecommendationScale",
+    "select_recommendation_scale",
     # the digits task: person, judge, metrics
     "DEFAULT_LIKED",
     "DigitsPerson",

@@ -2,14 +2,19 @@
 
 Pools mix unsteered base samples (the exploration share, against echo chambers) and
 samples steered by the current posterior; recommendations come from a larger steered
-pool filtered by the manifold guard and the posterior probability of the preferred
-region (:func:`~papa_bayes.diffusion.selection.sample_preferred`). The guidance scale
-is chosen by the package's own rule (:func:`~papa_bayes.diffusion.scale.select_guidance_scale`):
-never by a judge or the true reward.
+pool: the best quarter of it on the manifold guard, ranked by the posterior
+probability of the preferred region
+(:func:`~papa_bayes.diffusion.selection.sample_preferred`). The scales are chosen by
+the package's own rules, never by a judge or the true reward: pools use the largest
+scale that keeps manifold precision
+(:func:`~papa_bayes.diffusion.scale.select_guidance_scale`); recommendations the
+mildest scale, no larger, whose kept samples the posterior expects to lie in the
+preferred region (:func:`~papa_bayes.diffusion.scale.select_recommendation_scale`).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +24,9 @@ from torch import Tensor
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
-from papa_bayes.diffusion.objectives import PosteriorObjective
+from papa_bayes.diffusion.objectives import REGION_METHODS, PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
-from papa_bayes.diffusion.scale import select_guidance_scale
+from papa_bayes.diffusion.scale import select_guidance_scale, select_recommendation_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
 
@@ -48,18 +53,27 @@ class DiffusionCandidates:
         quantile: the preferred region is the top ``1 - quantile`` of base samples
             under each posterior draw.
         filter_quantile: the region of the recommendation filter (None: ``quantile``).
-            Steering toward a broad region (all liked digits) and keeping only the
-            samples surely inside a narrower core of it trades less diversity for
-            purity than a stricter ``min_probability`` does, which keeps only the
-            digits the posterior is surest about. On development seeds 100-102 of the
-            digits task (like/dislike queries, pixel-PCA + mid-block features, 20
-            labels) the core 0.7 kept 0.94 of recommendations preferred with 1.68 bits
-            of class entropy against 0.87 and 1.95 bits at 0.6.
+            With a threshold filter (``min_probability`` set) a narrower core (0.7)
+            traded less diversity for purity than a stricter threshold; the default
+            ranking needs no core.
         pool_steps / recommend_steps: denoising steps of pools and of recommendations.
-        oversample / min_probability: of the recommendation filter. A strict filter
-            (0.9) keeps only samples of the digits the posterior is surest about and
-            loses diversity early; 0.75 kept >= 93% preferred with 1.89 bits of class
-            entropy at 20 labels (demo seed 0), against 0.98 and 1.70 bits at 0.9.
+        oversample / min_probability: of the recommendation filter: a pool
+            ``oversample`` times larger is drawn; ``min_probability=None`` (default)
+            keeps its best ``1 / oversample`` by region probability, a number keeps a
+            uniform choice among samples at least that probable (then the best of the
+            rest). On development seeds 100-102 of the digits task (20 labels, 32
+            mid-block features) ranking from a pool at scale 1.0 kept 0.94 preferred
+            with 1.89 bits of liked-class entropy; the threshold 0.75 at the
+            precision rule's scale 2.0, 0.95 and 1.67 bits.
+        recommend_scale: ``"auto"`` (the mildest scale, no larger than the pools',
+            at which the posterior expects ``recommend_target`` of the kept samples
+            in the region), ``"pool"`` (the pools' scale) or a number.
+        recommend_target: the expected region share of the ``"auto"`` rule.
+        recommend_rule_pool: (samples, denoising steps) of each of the rule's cheap
+            pools (it bisects the grid: about 3 pools); None: (128, ``pool_steps``).
+        region_method: how the ranking's probability is computed
+            (:meth:`~papa_bayes.diffusion.objectives.PosteriorObjective.region_probability`):
+            ``"gaussian"`` keeps ranking samples that every draw puts in the region.
         num_base: base samples kept for calibration of the region threshold.
         seed: seeds the base samples.
 
@@ -83,24 +97,44 @@ class DiffusionCandidates:
         radius_scale: float = 1.0,
         rescale_every: int = 5,
         quantile: float = 0.6,
-        filter_quantile: float | None = 0.7,
+        filter_quantile: float | None = None,
         window: tuple[float, float] = (0.0, 0.8),
         pool_steps: int = 20,
         recommend_steps: int = 50,
         oversample: float = 4.0,
-        min_probability: float = 0.75,
+        min_probability: float | None = None,
+        recommend_scale: float | str = "auto",
+        recommend_target: float = 0.8,
+        recommend_rule_pool: tuple[int, int] | None = None,
+        region_method: str = "gaussian",
         num_base: int = 256,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
         if scale != "auto":
             scale = check_guidance_scale(scale)
+        if recommend_scale not in ("auto", "pool"):
+            recommend_scale = check_guidance_scale(recommend_scale, "recommend_scale")
+        if not 0.0 < float(recommend_target) < 1.0:
+            raise InputDataError("recommend_target", "a number in (0, 1)", recommend_target)
+        if region_method not in REGION_METHODS:
+            raise InputDataError("region_method", f"one of {REGION_METHODS}", region_method)
+        if min_probability is not None and not 0.0 <= float(min_probability) <= 1.0:
+            raise InputDataError("min_probability", "None or a probability in [0, 1]", min_probability)
         self.model, self.feature_map, self.guard = model, feature_map, guard
         self.num_features = int(feature_map.num_features)
         self.kind, self.scale, self.scales = kind, scale, tuple(scales)
         self.rescale_every, self.quantile, self.window = int(rescale_every), float(quantile), tuple(window)
         self.pool_steps, self.recommend_steps = int(pool_steps), int(recommend_steps)
-        self.oversample, self.min_probability = float(oversample), float(min_probability)
+        self.oversample = float(oversample)
+        self.min_probability = None if min_probability is None else float(min_probability)
+        self.recommend_scale, self.recommend_target = recommend_scale, float(recommend_target)
+        if recommend_rule_pool is None:
+            recommend_rule_pool = (128, int(pool_steps))
+        if len(recommend_rule_pool) != 2 or min(int(v) for v in recommend_rule_pool) < 1:
+            raise InputDataError("recommend_rule_pool", "(samples >= 1, steps >= 1)", recommend_rule_pool)
+        self.recommend_rule_pool = (int(recommend_rule_pool[0]), int(recommend_rule_pool[1]))
+        self.region_method = region_method
         if filter_quantile is not None and not 0.0 < float(filter_quantile) < 1.0:
             raise InputDataError("filter_quantile", "None or a number in (0, 1)", filter_quantile)
         self.filter_quantile = None if filter_quantile is None else float(filter_quantile)
@@ -112,13 +146,16 @@ class DiffusionCandidates:
         self._calls = 0
         self._chosen_scale: float | None = None
         self.last_scale_selection = None
+        self.last_recommendation_scale = None
         self.finetuned: DiffusionModel | None = None
 
     def config(self) -> dict[str, Any]:
         return {
             "kind": "DiffusionCandidates", "objective": self.kind, "scale": self.scale, "quantile": self.quantile,
             "filter_quantile": self.filter_quantile, "pool_steps": self.pool_steps, "recommend_steps": self.recommend_steps, "oversample": self.oversample,
-            "min_probability": self.min_probability, "num_features": self.num_features, "seed": self.seed,
+            "min_probability": self.min_probability, "recommend_scale": self.recommend_scale,
+            "recommend_target": self.recommend_target, "region_method": self.region_method,
+            "num_features": self.num_features, "seed": self.seed,
         }
 
     # ------------------------------------------------------------------ guidance
@@ -167,11 +204,11 @@ class DiffusionCandidates:
 
         g = self.guidance(posterior, generator=generator)
         region = g.objective if self.filter_quantile is None else g.objective.at_quantile(self.filter_quantile)
+        probability = partial(region.region_probability, method=self.region_method)
         if self.finetuned is None:
-            model, guidance = self.model, g
+            model, guidance = self.model, g.with_scale(self._recommendation_scale(g, probability, generator))
         else:  # amortized: the fine-tuned weights steer; the current posterior filters
             model, guidance = self.finetuned, None
-        probability = region.region_probability
         out = sample_preferred(
             model, n, guidance=guidance, probability=probability, guard=self.guard, oversample=self.oversample,
             min_probability=self.min_probability, num_inference_steps=self.recommend_steps,
@@ -180,6 +217,21 @@ class DiffusionCandidates:
         with torch.no_grad():
             features = self.feature_map(out.images).to(torch.float64)
         return Candidates(features, out.images, torch.ones(n, dtype=torch.bool))
+
+    def _recommendation_scale(self, g: Guidance, probability: Any, generator: torch.Generator) -> float:
+        """The scale of recommendations: see ``recommend_scale`` in the class doc."""
+        if self.recommend_scale == "pool" or g.scale <= 0:
+            return float(g.scale)
+        if self.recommend_scale != "auto":
+            return float(self.recommend_scale)
+        sel = select_recommendation_scale(
+            self.model, g, rank=probability, share=g.objective.region_probability, keep=1.0 / self.oversample,
+            target=self.recommend_target, scales=self.scales, max_scale=g.scale,
+            num_samples=self.recommend_rule_pool[0], num_inference_steps=self.recommend_rule_pool[1],
+            generator=generator,
+        )
+        self.last_recommendation_scale = sel
+        return sel.scale
 
     # ---------------------------------------------------------------- fine-tuning
     def finetune(self, posterior: Any, *, generator: torch.Generator, path: str | Path | None = None,

@@ -30,9 +30,11 @@ from torch import Tensor
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.exceptions import InputDataError, ModelError
 
-__all__ = ["OBJECTIVES", "PosteriorObjective"]
+__all__ = ["OBJECTIVES", "REGION_METHODS", "PosteriorObjective"]
 
 OBJECTIVES = ("mean", "ucb", "thompson", "region")
+#: Ways :meth:`PosteriorObjective.region_probability` can compute the probability.
+REGION_METHODS = ("share", "smooth", "gaussian")
 
 
 def _check_quantile(quantile: float) -> None:
@@ -157,15 +159,33 @@ class PosteriorObjective:
         width = self.width.to(u.device, u.dtype).view(-1, 1)
         return (u - tau) / width
 
-    def region_probability(self, x: Tensor, *, smooth: bool = False) -> Tensor:
+    def region_probability(self, x: Tensor, *, method: str = "share") -> Tensor:
         """`n` posterior probability that each sample is in the preferred region.
 
-        With ``smooth=False``: the share of draws with ``u > tau`` (what selection
-        uses); with ``smooth=True``: the sigmoid-smoothed version guidance uses.
+        Args:
+            x: `n x ...` images (or diffused samples, per ``input_space``).
+            method: ``"share"``: the share of draws with ``u > tau``;
+                ``"smooth"``: its sigmoid-smoothed version, which guidance follows;
+                ``"gaussian"``: ``Phi(mean / std)`` of the draws' margins
+                ``(u - tau) / width``, a normal approximation that does not saturate
+                at 0 or 1 the way a share of finitely many draws does, so it still
+                ranks samples that every draw puts inside the region (by how far
+                inside, relative to the posterior's uncertainty, up to about 8
+                standard deviations, where it rounds to 1 in float64).
+
+        Raises:
+            InputDataError: on an unknown ``method``.
         """
+        if method not in REGION_METHODS:
+            raise InputDataError("method", f"one of {REGION_METHODS}", method)
         with torch.no_grad():
             z = self._region_logits(self.utility(x))
-            return (torch.sigmoid(z) if smooth else (z > 0).to(z.dtype)).mean(0)
+            if method == "smooth":
+                return torch.sigmoid(z).mean(0)
+            if method == "gaussian" and z.shape[0] > 1:
+                z = z.double()  # float32 would round every probability above 1 - 6e-8 to 1
+                return torch.special.ndtr(z.mean(0) / z.std(0).clamp_min(1e-12))
+            return (z > 0).to(z.dtype).mean(0)
 
     # -- the objective ---------------------------------------------------------
     def begin_batch(self, n: int, *, generator: torch.Generator | None = None,

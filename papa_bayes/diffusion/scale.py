@@ -15,9 +15,10 @@ largest one, scanning upward, before the first whose precision falls below
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
@@ -25,10 +26,32 @@ from papa_bayes.diffusion.sampler import _initial_noise, sample
 from papa_bayes.diffusion.selection import ManifoldGuard
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["DEFAULT_SCALES", "ScaleSelection", "select_guidance_scale"]
+__all__ = ["DEFAULT_SCALES", "ScaleSelection", "select_guidance_scale", "RecommendationScale", "select_recommendation_scale"]
 
 #: Candidate normalized scales, scanned upward.
 DEFAULT_SCALES: tuple[float, ...] = (0.3, 0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+def _checked_scales(scales: Sequence[float]) -> list[float]:
+    checked = sorted(check_guidance_scale(s, "scales") for s in scales)
+    if not checked or checked[0] <= 0:
+        raise InputDataError("scales", "a non-empty sequence of numbers > 0", list(scales))
+    return checked
+
+
+def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_inference_steps: int,
+                             generator: torch.Generator | None, progress: bool) -> Callable[[Guidance | None], Any]:
+    """``pool(guidance)``: cheap pools that all start from the same noise and seed."""
+    noise = _initial_noise((num_samples, *model.sample_shape), generator, model.device, model.dtype)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=noise.device
+                             if generator is None else generator.device))
+
+    def pool(g: Guidance | None):
+        gen = torch.Generator(device=generator.device if generator is not None else "cpu").manual_seed(seed)
+        return sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=g,
+                      initial_noise=noise, generator=gen, progress=progress)
+
+    return pool
 
 
 @dataclass
@@ -86,19 +109,10 @@ def select_guidance_scale(
     Returns:
         A :class:`ScaleSelection`.
     """
-    checked = sorted(check_guidance_scale(s, "scales") for s in scales)
-    if not checked or checked[0] <= 0:
-        raise InputDataError("scales", "a non-empty sequence of numbers > 0", list(scales))
+    checked = _checked_scales(scales)
     if not 0 < float(min_relative_precision) <= 1:
         raise InputDataError("min_relative_precision", "a number in (0, 1]", min_relative_precision)
-    noise = _initial_noise((num_samples, *model.sample_shape), generator, model.device, model.dtype)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=noise.device
-                             if generator is None else generator.device))
-
-    def pool(g: Guidance | None):
-        gen = torch.Generator(device=generator.device if generator is not None else "cpu").manual_seed(seed)
-        return sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=g,
-                      initial_noise=noise, generator=gen, progress=progress)
+    pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
 
     base = guard.precision(pool(None).images, radius_scale=radius_scale)
     threshold = float(min_precision) if min_precision is not None else float(min_relative_precision) * base
@@ -111,4 +125,103 @@ def select_guidance_scale(
         if prec < threshold:
             break
         result.scale = s
+    return result
+
+
+@dataclass
+class RecommendationScale:
+    """Result of :func:`select_recommendation_scale`.
+
+    Attributes:
+        scale: the chosen scale.
+        target: the expected region share the kept samples had to reach.
+        expected_share: per tried scale (in the order tried), the posterior's
+            expected share of the kept samples (the best ``keep`` of a cheap pool)
+            inside the preferred region.
+        reached: whether some tried scale reached ``target`` (else ``scale`` is the
+            largest allowed).
+    """
+
+    scale: float
+    target: float
+    expected_share: dict[float, float] = field(default_factory=dict)
+    reached: bool = False
+
+
+def select_recommendation_scale(
+    model: DiffusionModel,
+    guidance: Guidance,
+    *,
+    rank: Callable[[Tensor], Tensor],
+    share: Callable[[Tensor], Tensor],
+    keep: float = 0.25,
+    target: float = 0.8,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    max_scale: float | None = None,
+    num_samples: int = 128,
+    num_inference_steps: int = 20,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> RecommendationScale:
+    """The mildest steering whose best samples the posterior expects to be preferred.
+
+    Recommendations keep the best share ``keep`` of a guided pool (ranked by
+    ``rank``). Steering harder makes that share purer but narrower: on the digits
+    task at 20 labels the scale the precision rule allows (2.0) kept 0.94 preferred
+    with 1.72 bits of liked-class entropy, scale 1.0 0.94 with 1.89 bits (development
+    seeds 100-102). This rule returns the smallest of ``scales`` (up to
+    ``max_scale``) whose cheap pool's kept samples have a posterior-expected share
+    inside the preferred region (the mean of ``share``) of at least ``target``; the
+    posterior alone decides, never a judge. The share grows with the scale, so the
+    grid is bisected (3 pools for 8 scales; all pools start from the same noise).
+
+    Args:
+        model: the diffusion model.
+        guidance: the guidance; its scale is replaced by each candidate.
+        rank: images (or samples, per the objective's ``input_space``) -> `n` scores
+            ranking the pool (higher kept).
+        share: the same inputs -> `n` posterior probabilities of the region, whose
+            mean over the kept samples is their expected preferred share.
+        keep: share of the pool kept, in (0, 1] (``1 / oversample``).
+        target: expected share to reach, in (0, 1).
+        scales: candidate scales (> 0).
+        max_scale: no larger scale is tried (the precision rule's choice); None: all.
+        num_samples / num_inference_steps: size and steps of each cheap pool.
+        generator: seeds the shared starting noise.
+        progress: show tqdm bars.
+
+    Returns:
+        A :class:`RecommendationScale`.
+    """
+    checked = _checked_scales(scales)
+    if not 0 < float(keep) <= 1:
+        raise InputDataError("keep", "a share in (0, 1]", keep)
+    if not 0 < float(target) < 1:
+        raise InputDataError("target", "a number in (0, 1)", target)
+    if max_scale is not None:
+        if not float(max_scale) > 0:
+            raise InputDataError("max_scale", "None or a number > 0", max_scale)
+        checked = [s for s in checked if s <= float(max_scale)] or [float(max_scale)]
+    pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
+    reads_samples = getattr(guidance.objective, "input_space", "image") == "sample"
+    num_keep = max(1, int(round(float(keep) * num_samples)))
+    result = RecommendationScale(scale=checked[-1], target=float(target))
+
+    def expected_share(s: float) -> float:
+        out = pool(guidance.with_scale(s))
+        x = out.samples if reads_samples else out.images
+        with torch.no_grad():
+            kept = rank(x).detach().cpu().topk(num_keep).indices
+            value = float(share(x[kept]).detach().double().mean())
+        result.expected_share[s] = value
+        return value
+
+    lo, hi = 0, len(checked) - 1  # bisection: the share grows with the scale
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if expected_share(checked[mid]) >= float(target):
+            result.scale, result.reached = checked[mid], True
+            hi = mid - 1
+        else:
+            lo = mid + 1
     return result

@@ -13,6 +13,14 @@ completes it:
    preferred region is at least ``min_probability``;
 3. *uniform choice* among the survivors, so the kept samples keep the guided
    distribution's proportions inside the region instead of its top-scoring mode.
+
+With ``min_probability=None`` steps 2-3 become a *ranking*: the on-manifold
+candidates with the highest probability are kept, a fixed share of the pool
+(``1 / oversample``) however sure the posterior is. A threshold keeps too few
+samples when the posterior is still unsure (early on, few samples anywhere reach
+0.75) and then fills with whatever the guidance favoured; the ranking keeps the
+pool's best quarter, so the guidance may be mild and the pool diverse
+(:class:`~papa_bayes.diffusion.candidates.DiffusionCandidates` does this by default).
 """
 
 from __future__ import annotations
@@ -66,7 +74,8 @@ class PreferredSamples:
         probability: `n` posterior probability of the preferred region (NaN without one).
         on_manifold: `n` bool guard verdicts (all True without a guard).
         pool_size: candidates sampled.
-        eligible: candidates that passed both filters.
+        eligible: candidates that passed both filters (ranking, ``min_probability=None``:
+            candidates on the manifold).
     """
 
     images: Tensor
@@ -82,7 +91,7 @@ def select_preferred(
     num: int,
     *,
     on_manifold: Tensor | None = None,
-    min_probability: float = 0.75,
+    min_probability: float | None = 0.75,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Indices of ``num`` candidates: uniform among the eligible, then the best of the rest.
@@ -91,7 +100,8 @@ def select_preferred(
         probability: `N` posterior probabilities of the preferred region.
         num: how many to keep (<= N).
         on_manifold: `N` bool guard verdicts (all True when None).
-        min_probability: eligibility threshold on ``probability``.
+        min_probability: eligibility threshold on ``probability``; None: no uniform
+            choice, the ``num`` best by (on-manifold, probability).
         generator: seeds the uniform choice.
 
     Returns:
@@ -103,7 +113,10 @@ def select_preferred(
         raise InputDataError("num", f"an integer in [1, {n}]", num)
     p = probability.detach().to("cpu", torch.float64)
     on = torch.ones(n, dtype=torch.bool) if on_manifold is None else on_manifold.to("cpu", torch.bool)
-    eligible = torch.nonzero(on & (p >= min_probability)).flatten()
+    if min_probability is None:
+        eligible = torch.zeros(0, dtype=torch.long)
+    else:
+        eligible = torch.nonzero(on & (p >= float(min_probability))).flatten()
     gen_device = generator.device if generator is not None else "cpu"
     order = torch.randperm(eligible.numel(), generator=generator, device=gen_device).cpu()
     chosen = eligible[order[:num]]
@@ -125,7 +138,7 @@ def sample_preferred(
     probability: Callable[[Tensor], Tensor] | None = None,
     guard: ManifoldGuard | None = None,
     oversample: float = 4.0,
-    min_probability: float = 0.75,
+    min_probability: float | None = 0.75,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
@@ -145,7 +158,8 @@ def sample_preferred(
         min_probability: eligibility threshold of the preference filter. Stricter
             keeps only the samples the posterior is surest about, which early on are
             of its favourite digits: 0.75 kept more diversity than 0.9 at about the
-            same preferred fraction on the digits task.
+            same preferred fraction on the digits task. None: keep the best
+            ``num_samples`` of the pool by probability (see the module doc).
         num_inference_steps: denoising steps.
         generator: seeds the pool and the choice.
         batch_size: samples denoised at once.
@@ -171,7 +185,7 @@ def sample_preferred(
     on = guard(out.images) if guard is not None else torch.ones(pool, dtype=torch.bool)
     filt = p.nan_to_num(1.0)
     idx = select_preferred(filt, num_samples, on_manifold=on, min_probability=min_probability, generator=generator)
-    eligible = int((on & (filt >= min_probability)).sum())
+    eligible = int(on.sum()) if min_probability is None else int((on & (filt >= float(min_probability))).sum())
     return PreferredSamples(
         images=out.images[idx],
         samples=out.samples[idx],

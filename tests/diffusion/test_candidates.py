@@ -7,6 +7,7 @@ import torch
 from papa_bayes import LinearReward, PreferenceData, fit
 from papa_bayes.demo import DigitsUser, make_setup
 from papa_bayes.diffusion.candidates import DiffusionCandidates
+from papa_bayes.diffusion.sampler import sample
 
 
 def test_pools_mix_exploration_and_steering_and_scale_rule_runs():
@@ -68,6 +69,8 @@ def test_make_setup_features():
     both = make_setup()  # the default: pixel PCA and mid-block features together
     assert isinstance(both.feature_map, ConcatFeatures) and both.feature_map.num_features == 16
     assert both.feature_map.input_space == "sample"
+    wide = make_setup(features="midblock32")  # 32 mid-block components, not whitened
+    assert wide.feature_map.num_features == 32 and not wide.feature_map.whiten
     assert make_setup(features="pca").feature_map.num_features == 8
     with pytest.raises(InputDataError, match="features"):
         make_setup(features="clip")
@@ -90,3 +93,38 @@ def test_filter_quantile_narrows_the_recommendation_filter():
     post = fit(LinearReward(rationality=1.0), PreferenceData(items=first.features, ratings=ratings), method="laplace")
     rec = src.recommend(post, 4, generator=gen)
     assert rec.images.shape == (4, 1, 8, 8)
+
+
+def test_recommendations_rank_a_mildly_steered_pool():
+    import pytest
+
+    from papa_bayes.exceptions import InputDataError
+
+    setup = make_setup(features="pca")
+    kw = dict(num_base=32, pool_steps=4, recommend_steps=4, oversample=2.0, scale=1.0, scales=(0.1, 0.5, 1.0), seed=0)
+    for bad in (dict(recommend_scale="max"), dict(recommend_scale=-1.0), dict(recommend_target=1.0),
+                dict(region_method="median"), dict(min_probability=1.5), dict(recommend_rule_pool=(0, 5))):
+        with pytest.raises(InputDataError, match=next(iter(bad))):
+            DiffusionCandidates(setup.model, setup.feature_map, setup.guard, **kw, **bad)
+    src = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, **kw)
+    cfg = src.config()
+    assert cfg["min_probability"] is None and cfg["recommend_scale"] == "auto" and cfg["region_method"] == "gaussian"
+    assert src.recommend_rule_pool == (128, 4)  # the rule's pools take the pools' steps
+    gen = torch.Generator().manual_seed(0)
+    first = src.candidates(None, 8, exploration=0.25, generator=gen)
+    ratings = torch.stack([torch.arange(8), DigitsUser(setup.person).rate(first.images)], -1)
+    post = fit(LinearReward(rationality=1.0), PreferenceData(items=first.features, ratings=ratings), method="laplace")
+    rec = src.recommend(post, 4, generator=torch.Generator().manual_seed(1))
+    sel = src.last_recommendation_scale
+    assert rec.images.shape == (4, 1, 8, 8) and sel is not None
+    assert sel.scale in (0.1, 0.5, 1.0) and set(sel.expected_share) <= {0.1, 0.5, 1.0}  # never above the pools'
+    assert sel.reached == (sel.expected_share[sel.scale] >= 0.8)
+    # the kept samples are the pool's best (on the guard first) by region probability
+    fixed = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, recommend_scale=sel.scale, **kw)
+    rec_fixed = fixed.recommend(post, 4, generator=torch.Generator().manual_seed(5))
+    g = fixed.guidance(post)
+    pool = sample(setup.model, 8, num_inference_steps=4, guidance=g.with_scale(sel.scale),
+                  generator=torch.Generator().manual_seed(5), progress=False).images
+    p_pool = g.objective.region_probability(pool, method="gaussian")
+    order = torch.argsort(setup.guard(pool).double() * 2 + p_pool, descending=True)
+    assert torch.equal(rec_fixed.images, pool[order[:4]])

@@ -170,3 +170,26 @@ def test_at_quantile_equals_a_fresh_calibration(base_and_pca, posterior):
         broad.at_quantile(0.0)
     with pytest.raises(ModelError, match="calibrate"):
         PosteriorObjective(posterior, pca, kind="region").at_quantile(0.8)
+
+
+def test_region_probability_methods(pixel_model, make_posterior):
+    base = sample(pixel_model, 48, num_inference_steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    pca = PCAFeatures.fit(base.images, num_features=3)
+    draws = torch.tensor([[1.0, 0.0, 0.0]]) + 0.05 * torch.randn(128, 3, generator=torch.Generator().manual_seed(1))
+    objective = PosteriorObjective(make_posterior(draws), pca, kind="region").calibrate(base.images, quantile=0.5)
+    share = objective.region_probability(base.images)
+    gauss = objective.region_probability(base.images, method="gaussian")
+    smooth = objective.region_probability(base.images, method="smooth")
+    for p in (share, gauss, smooth):
+        assert p.shape == (48,) and bool(((p >= 0) & (p <= 1)).all())
+    # the draws nearly agree: most samples are surely in or out, and the Gaussian
+    # version agrees with the share on which side each sure sample lies ...
+    sure = (share == 1) | (share == 0)
+    assert int(sure.sum()) > 24 and torch.equal(gauss[sure] > 0.5, share[sure] > 0.5)
+    # ... but still ranks the samples every draw puts inside, by how far inside they
+    # lie (up to about 8 posterior standard deviations, where float64 rounds to 1)
+    inside = share == 1
+    assert int(inside.sum()) >= 2 and len(set(gauss[inside].tolist())) >= 5
+    assert float(torch.corrcoef(torch.stack([gauss, share]))[0, 1]) > 0.8
+    with pytest.raises(InputDataError, match="method"):
+        objective.region_probability(base.images, method="median")

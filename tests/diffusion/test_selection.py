@@ -12,6 +12,7 @@ from papa_bayes.diffusion import (
     sample_preferred,
     select_guidance_scale,
     select_preferred,
+    select_recommendation_scale,
 )
 from papa_bayes.exceptions import InputDataError
 
@@ -76,3 +77,43 @@ def test_scale_rule_stops_at_the_precision_cliff(pixel_model, make_posterior):
     assert len(failed) == 1 and failed[0] > result.scale
     with pytest.raises(InputDataError):
         select_guidance_scale(pixel_model, Guidance(objective), guard, scales=(-1.0,))
+
+
+def test_select_preferred_ranks_without_a_threshold():
+    p = torch.tensor([0.95, 0.2, 0.99, 0.91, 0.5, 0.97])
+    on = torch.tensor([True, True, True, False, True, True])
+    idx = select_preferred(p, 3, on_manifold=on, min_probability=None, generator=gen(0))
+    assert idx.tolist() == [2, 5, 0]  # the best on the manifold, in order; 3 is off it
+    idx = select_preferred(p, 6, on_manifold=on, min_probability=None)
+    assert idx.tolist() == [2, 5, 0, 4, 1, 3]
+
+
+def test_recommendation_scale_is_the_mildest_that_reaches_the_target(pixel_model, make_posterior):
+    base = sample(pixel_model, 64, num_inference_steps=3, generator=gen(0), progress=False)
+    pca = PCAFeatures.fit(base.images, num_features=3)
+    posterior = make_posterior(torch.tensor([[1.0, 0.0, 0.0]]) + 0.3 * torch.randn(64, 3, generator=gen(1)))
+    objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.95)
+    g = Guidance(objective, window=(0.0, 1.0))
+    kw = dict(rank=objective.region_probability, share=objective.region_probability, keep=0.25,
+              scales=(0.01, 0.3, 3.0, 30.0), num_samples=32, num_inference_steps=3)
+
+    def select(**options):
+        return select_recommendation_scale(pixel_model, g, generator=gen(2), **{**kw, **options})
+
+    every = {sc: select(target=0.99, scales=(sc,)).expected_share[sc] for sc in kw["scales"]}  # each alone
+    assert every[30.0] > every[0.01] + 0.1  # stronger steering, purer kept samples
+    target = 0.5 * (every[0.01] + every[30.0])
+    chosen = select(target=target)
+    assert chosen.reached and chosen.expected_share[chosen.scale] >= target
+    assert all(v < target for sc, v in chosen.expected_share.items() if sc < chosen.scale)
+    assert len(chosen.expected_share) <= 3  # bisection of 4 scales
+    for sc, v in chosen.expected_share.items():  # the same starting noise: the same pools
+        assert v == pytest.approx(every[sc])
+    never = select(target=0.999999, max_scale=0.3)
+    assert set(never.expected_share) <= {0.01, 0.3}
+    assert never.reached == (max(never.expected_share.values()) >= 0.999999)
+    if not never.reached:
+        assert never.scale == 0.3  # the largest allowed when none reaches the target
+    for bad in (dict(target=1.0), dict(keep=0.0), dict(max_scale=0.0), dict(scales=())):
+        with pytest.raises(InputDataError):
+            select(**{"target": 0.5, **bad})
