@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from operator import itemgetter
 from pathlib import Path
 
 import torch
@@ -159,14 +160,19 @@ def _plot(curves: dict[str, dict[int, list[dict]]], summary: list[dict], path: P
 
 
 def merge(paths: list[str], out: Path | None, name: str) -> dict:
-    """Merge result files of runs split by method or seed into ``<out>/<name>.*``.
+    """Merge result files of runs split by method, seed or labels into ``<out>/<name>.*``.
 
-    A (method, seed) found in several files is taken from the last of them.
+    A (method, seed, labels) found in several files is taken from the last of them.
+    Checkpoints do not change a session (each is measured with its own generator,
+    after the session has chosen its pools' scale), so a rerun of the same sessions
+    that measures only further labels extends the earlier curves.
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    owner = {(r["method"], r["seed"]): i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
-    rows = [r for i, part in enumerate(parts) for r in part["rows"] if owner[(r["method"], r["seed"])] == i]
-    curves: dict[str, dict[int, list[dict]]] = {m: {} for m, _ in owner}
+    key = itemgetter("method", "seed", "labels")
+    owner = {key(r): i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
+    rows = sorted((r for i, part in enumerate(parts) for r in part["rows"] if owner[key(r)] == i),
+                  key=itemgetter("seed", "labels"))
+    curves: dict[str, dict[int, list[dict]]] = {m: {} for m, _, _ in owner}
     for r in rows:
         curves[r["method"]].setdefault(r["seed"], []).append({k: r[k] for k in ("labels", *METRICS)})
     labels = sorted({r["labels"] for r in rows})

@@ -21,7 +21,7 @@ def test_benchmark_runs_tiny(name, tmp_path):
     assert list(tmp_path.glob("*.md"))
 
 
-def test_alignment_merge_keeps_the_last_file_of_each_method_and_seed(tmp_path):
+def test_alignment_merge_keeps_the_last_file_of_each_method_seed_and_labels(tmp_path):
     from benchmarks.bench_alignment import METRICS, merge
 
     def row(method, seed, labels, preferred, entropy):
@@ -32,17 +32,22 @@ def test_alignment_merge_keeps_the_last_file_of_each_method_and_seed(tmp_path):
     new = {"rows": [row("eig_likes", s, n, p, 1.9) for s in (0, 1) for n, p in ((10, 0.8), (20, 0.95))],
            "args": {"run": "new"}}
     more = {"rows": [row("eig_likes", 2, n, p, 1.0) for n, p in ((10, 0.5), (20, 0.65))], "args": {"run": "more"}}
+    longer = {"rows": [row("eig_likes", 1, 30, 0.9, 1.9), row("eig_likes", 1, 20, 0.7, 1.9)], "args": {"run": "longer"}}
     paths = []
-    for i, part in enumerate((old, new, more)):
+    for i, part in enumerate((old, new, more, longer)):
         paths.append(tmp_path / f"part{i}.json")
         paths[-1].write_text(json.dumps(part))
     out = merge([str(p) for p in paths], tmp_path, "merged")
     by = {(s["method"], s["labels"]): s for s in out["summary"]}
-    # the old seed-0 row is gone; seed 2 comes from the third file
-    assert by[("eig_likes", 20)]["preferred_fraction"] == pytest.approx((0.95 + 0.95 + 0.65) / 3)
-    assert by[("eig_likes", 20)]["seeds_meeting_target"] == "2/3"
+    # the old seed-0 row is gone; seed 2 comes from the third file; the fourth
+    # replaces seed 1's 20-label row and adds its 30-label one, keeping its 10
+    assert by[("eig_likes", 20)]["preferred_fraction"] == pytest.approx((0.95 + 0.7 + 0.65) / 3)
+    assert by[("eig_likes", 20)]["seeds_meeting_target"] == "1/3"
+    assert by[("eig_likes", 30)]["preferred_fraction"] == pytest.approx(0.9)
     assert by[("papa", 20)]["seeds_meeting_target"] == "0/1"
-    assert out["within20"] == {"eig_likes": 2, "papa": 0}
+    assert out["within20"] == {"eig_likes": 1, "papa": 0}
     assert out["labels_to_75"]["eig_likes"] == [10, 10, None]
+    merged = json.loads((tmp_path / "merged.json").read_text())["rows"]
+    assert [r["labels"] for r in merged if r["seed"] == 1] == [10, 20, 30]  # in order of labels
     assert set(METRICS) <= set(json.loads((tmp_path / "merged.json").read_text())["summary"][0])
     assert (tmp_path / "merged.png").stat().st_size > 0

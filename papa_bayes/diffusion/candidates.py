@@ -224,8 +224,12 @@ class DiffusionCandidates:
             return float(g.scale)
         if self.recommend_scale != "auto":
             return float(self.recommend_scale)
+        def score(x: Tensor) -> tuple[Tensor, Tensor]:  # one pass of utilities for the ranking and the share
+            u = g.objective.utility(x)
+            return probability(utility=u), g.objective.region_probability(utility=u)
+
         sel = select_recommendation_scale(
-            self.model, g, rank=probability, share=g.objective.region_probability, keep=1.0 / self.oversample,
+            self.model, g, score=score, keep=1.0 / self.oversample,
             target=self.recommend_target, scales=self.scales, max_scale=g.scale,
             num_samples=self.recommend_rule_pool[0], num_inference_steps=self.recommend_rule_pool[1],
             generator=generator,

@@ -159,11 +159,14 @@ class PosteriorObjective:
         width = self.width.to(u.device, u.dtype).view(-1, 1)
         return (u - tau) / width
 
-    def region_probability(self, x: Tensor, *, method: str = "share") -> Tensor:
+    def region_probability(self, x: Tensor | None = None, *, method: str = "share",
+                           utility: Tensor | None = None) -> Tensor:
         """`n` posterior probability that each sample is in the preferred region.
 
         Args:
             x: `n x ...` images (or diffused samples, per ``input_space``).
+            utility: instead of ``x``, its `s x n` utilities from :meth:`utility`,
+                so that several probabilities of one pool share one feature pass.
             method: ``"share"``: the share of draws with ``u > tau``;
                 ``"smooth"``: its sigmoid-smoothed version, which guidance follows;
                 ``"gaussian"``: ``Phi(mean / std)`` of the draws' margins
@@ -174,12 +177,15 @@ class PosteriorObjective:
                 standard deviations, where it rounds to 1 in float64).
 
         Raises:
-            InputDataError: on an unknown ``method``.
+            InputDataError: on an unknown ``method``, or unless exactly one of ``x``
+                and ``utility`` is given.
         """
         if method not in REGION_METHODS:
             raise InputDataError("method", f"one of {REGION_METHODS}", method)
+        if (x is None) == (utility is None):
+            raise InputDataError("x / utility", "exactly one of them", "both" if x is not None else "neither")
         with torch.no_grad():
-            z = self._region_logits(self.utility(x))
+            z = self._region_logits(self.utility(x) if utility is None else utility)
             if method == "smooth":
                 return torch.sigmoid(z).mean(0)
             if method == "gaussian" and z.shape[0] > 1:

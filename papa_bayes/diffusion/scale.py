@@ -152,8 +152,7 @@ def select_recommendation_scale(
     model: DiffusionModel,
     guidance: Guidance,
     *,
-    rank: Callable[[Tensor], Tensor],
-    share: Callable[[Tensor], Tensor],
+    score: Callable[[Tensor], tuple[Tensor, Tensor]],
     keep: float = 0.25,
     target: float = 0.8,
     scales: Sequence[float] = DEFAULT_SCALES,
@@ -171,17 +170,19 @@ def select_recommendation_scale(
     with 1.72 bits of liked-class entropy, scale 1.0 0.94 with 1.89 bits (development
     seeds 100-102). This rule returns the smallest of ``scales`` (up to
     ``max_scale``) whose cheap pool's kept samples have a posterior-expected share
-    inside the preferred region (the mean of ``share``) of at least ``target``; the
+    inside the preferred region (the mean of their region probabilities) of at
+    least ``target``; the
     posterior alone decides, never a judge. The share grows with the scale, so the
     grid is bisected (3 pools for 8 scales; all pools start from the same noise).
 
     Args:
         model: the diffusion model.
         guidance: the guidance; its scale is replaced by each candidate.
-        rank: images (or samples, per the objective's ``input_space``) -> `n` scores
-            ranking the pool (higher kept).
-        share: the same inputs -> `n` posterior probabilities of the region, whose
-            mean over the kept samples is their expected preferred share.
+        score: images (or samples, per the objective's ``input_space``) -> two
+            `n` tensors: scores ranking the pool (higher kept), and posterior
+            probabilities of the region, whose mean over the kept samples is their
+            expected preferred share. One callable, so that both can come from one
+            pass of the feature map and posterior utilities.
         keep: share of the pool kept, in (0, 1] (``1 / oversample``).
         target: expected share to reach, in (0, 1).
         scales: candidate scales (> 0).
@@ -211,8 +212,9 @@ def select_recommendation_scale(
         out = pool(guidance.with_scale(s))
         x = out.samples if reads_samples else out.images
         with torch.no_grad():
-            kept = rank(x).detach().cpu().topk(num_keep).indices
-            value = float(share(x[kept]).detach().double().mean())
+            ranks, probabilities = score(x)
+            kept = ranks.detach().cpu().topk(num_keep).indices
+            value = float(probabilities.detach().cpu().double()[kept].mean())
         result.expected_share[s] = value
         return value
 

@@ -193,3 +193,10 @@ def test_region_probability_methods(pixel_model, make_posterior):
     assert float(torch.corrcoef(torch.stack([gauss, share]))[0, 1]) > 0.8
     with pytest.raises(InputDataError, match="method"):
         objective.region_probability(base.images, method="median")
+    # utilities computed once serve every method, with the same values
+    u = objective.utility(base.images)
+    for method, p in (("share", share), ("gaussian", gauss), ("smooth", smooth)):
+        assert torch.equal(objective.region_probability(utility=u, method=method), p)
+    for both_or_neither in (dict(x=base.images, utility=u), {}):
+        with pytest.raises(InputDataError, match="x / utility"):
+            objective.region_probability(**both_or_neither)

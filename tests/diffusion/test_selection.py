@@ -94,7 +94,11 @@ def test_recommendation_scale_is_the_mildest_that_reaches_the_target(pixel_model
     posterior = make_posterior(torch.tensor([[1.0, 0.0, 0.0]]) + 0.3 * torch.randn(64, 3, generator=gen(1)))
     objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.95)
     g = Guidance(objective, window=(0.0, 1.0))
-    kw = dict(rank=objective.region_probability, share=objective.region_probability, keep=0.25,
+    def score(x):
+        p = objective.region_probability(x)
+        return p, p
+
+    kw = dict(score=score, keep=0.25,
               scales=(0.01, 0.3, 3.0, 30.0), num_samples=32, num_inference_steps=3)
 
     def select(**options):
