@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="merge result files of runs split by method or seed into <out>/<name>.* and exit")
+                   help="merge result files of runs split by method, seed or labels into <out>/<name>.* and exit")
     p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")
     args = p.parse_args(argv)
     if args.merge:

@@ -224,6 +224,7 @@ class DiffusionCandidates:
             return float(g.scale)
         if self.recommend_scale != "auto":
             return float(self.recommend_scale)
+
         def score(x: Tensor) -> tuple[Tensor, Tensor]:  # one pass of utilities for the ranking and the share
             u = g.objective.utility(x)
             return probability(utility=u), g.objective.region_probability(utility=u)

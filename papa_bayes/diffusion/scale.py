@@ -164,16 +164,16 @@ def select_recommendation_scale(
 ) -> RecommendationScale:
     """The mildest steering whose best samples the posterior expects to be preferred.
 
-    Recommendations keep the best share ``keep`` of a guided pool (ranked by
-    ``rank``). Steering harder makes that share purer but narrower: on the digits
+    Recommendations keep the best share ``keep`` of a guided pool (ranked by the
+    first output of ``score``). Steering harder makes that share purer but narrower: on the digits
     task at 20 labels the scale the precision rule allows (2.0) kept 0.94 preferred
     with 1.72 bits of liked-class entropy, scale 1.0 0.94 with 1.89 bits (development
     seeds 100-102). This rule returns the smallest of ``scales`` (up to
     ``max_scale``) whose cheap pool's kept samples have a posterior-expected share
     inside the preferred region (the mean of their region probabilities) of at
-    least ``target``; the
-    posterior alone decides, never a judge. The share grows with the scale, so the
-    grid is bisected (3 pools for 8 scales; all pools start from the same noise).
+    least ``target``; the posterior alone decides, never a judge. The share grows
+    with the scale, so the grid is bisected (3 pools for 8 scales; all pools start
+    from the same noise).
 
     Args:
         model: the diffusion model.
