@@ -17,8 +17,9 @@ linear kernel, refitted each round (``fit_gpytorch_mll``), choosing among
 ("botorch_bald") or ``AnalyticExpectedUtilityOfBestOption`` ("botorch_eubo").
 
 Speed: one online round (update on m comparisons + selection over all pairs with 256
-draws), single thread, min and median of repeats; BoTorch's fit and selection
-beside it, measured in the same run.
+draws), single thread, min and median of repeats; the update with refined draws
+(resample-move, the 'refined' arms); BoTorch's fit and selection beside it, measured in
+the same run.
 
 Outputs (``--out``, file stem ``--name``, default ``bench_queries``): ``<name>.json``
 (aggregated curves and per-run figures), ``<name>.md`` (tables),
@@ -50,6 +51,7 @@ from papa_bayes.data import PreferenceData
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, winner_first
 
 LEVEL = 0.9
+REFINE_STEPS = 20
 
 
 # ----------------------------------------------------------------------------- args
@@ -63,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--strategies", default="eig,eig:known,uncertainty:known,thompson:known,random:known",
         help="our arms: strategy[:model], model 'learned' (default: LinearReward(), rationality learned, "
-        "prior N(0, I)) or 'known' (APReL's setting: the user's rationality known, prior N(0, I/d))",
+        "prior N(0, I)), 'refined' (the same with Laplace draws refined by resample-move, fit(refine_steps=20)) "
+        "or 'known' (APReL's setting: the user's rationality known, prior N(0, I/d))",
     )
     p.add_argument("--num-samples", type=int, default=256, help="posterior draws")
     p.add_argument("--heldout-pairs", type=int, default=1000)
@@ -94,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.botorch_seeds, args.botorch_candidates, args.botorch_settings = 1, 30, "all"
         args.heldout_pairs, args.speed_repeats, args.speed_m, args.num_samples = 20, 1, "10", 32
         args.liked_set_seeds, args.liked_set_queries, args.liked_set_strategies = 1, 4, "eig,region"
-        args.strategies, args.botorch, args.name = "eig,random:known", "botorch_bald", "bench_queries_tiny"
+        args.strategies, args.botorch, args.name = "eig,eig:refined,random:known", "botorch_bald", "bench_queries_tiny"
     return args
 
 
@@ -117,11 +120,16 @@ def make_problem(d: int, rationality: float, seed: int, pool_size: int, heldout_
 def make_model(spec: str, d: int, rationality: float) -> LinearReward:
     """The reward model of an arm ``strategy[:model]``."""
     _, _, kind = spec.partition(":")
-    if kind in ("", "learned"):
+    if kind in ("", "learned", "refined"):
         return LinearReward()
     if kind == "known":
         return LinearReward(rationality=rationality, prior_scale=1.0 / math.sqrt(d))
-    raise ValueError(f"unknown model {kind!r} in arm {spec!r} (use 'learned' or 'known')")
+    raise ValueError(f"unknown model {kind!r} in arm {spec!r} (use 'learned', 'refined' or 'known')")
+
+
+def fit_options(spec: str) -> dict[str, Any]:
+    """The fit options of an arm ``strategy[:model]`` (``refine_steps`` for 'refined')."""
+    return {"refine_steps": REFINE_STEPS} if spec.partition(":")[2] == "refined" else {}
 
 
 def run_ours(spec: str, d: int, rationality: float, seed: int, args) -> dict[str, Any]:
@@ -129,7 +137,7 @@ def run_ours(spec: str, d: int, rationality: float, seed: int, args) -> dict[str
     user = SimulatedUser(w, rationality=rationality, seed=seed)
     run = run_active_learning(
         user, pool, strategy=spec.partition(":")[0], num_queries=args.queries, num_samples=args.num_samples,
-        heldout=heldout, seed=seed, model=make_model(spec, d, rationality),
+        heldout=heldout, seed=seed, model=make_model(spec, d, rationality), fit_options=fit_options(spec),
     )
     out = run.as_dict()
     out["seconds_per_query"] = [a + b for a, b in zip(run.select_seconds, run.update_seconds[1:])]
@@ -318,7 +326,10 @@ def _timed(fn, repeats: int) -> dict[str, float]:
 
 
 def speed(args) -> dict[str, Any]:
-    """One online round: update on m comparisons + selection over all pairs, 256 draws, one thread."""
+    """One online round: update on m comparisons + selection over all pairs, 256 draws, one thread.
+
+    Also the update with refined draws (``fit(refine_steps=REFINE_STEPS)``, the 'refined' arms).
+    """
     out: dict[str, Any] = {"pool_size": args.pool_size, "num_draws": args.num_samples, "threads": torch.get_num_threads()}
     d = 8
     w, pool, _ = make_problem(d, 1.0, 0, args.pool_size, 10)
@@ -328,8 +339,10 @@ def speed(args) -> dict[str, Any]:
         data = simulate_comparisons(user, pool, m, generator=gen)
         post = fit(LinearReward(), data, method="laplace", num_samples=args.num_samples)
         new = data.append(comparisons=[[0, 1]])
+        refined = fit(LinearReward(), data, method="laplace", num_samples=args.num_samples, refine_steps=REFINE_STEPS)
         row = {
             "update": _timed(lambda: post.update(new), args.speed_repeats),
+            "update_refined": _timed(lambda: refined.update(new), args.speed_repeats),
             "select_eig_all_pairs": _timed(lambda: select_queries(post, pool, strategy="eig"), args.speed_repeats),
             "round_eig": _timed(lambda: select_queries(post.update(new), pool, strategy="eig"), args.speed_repeats),
             "round_region": _timed(lambda: select_queries(post.update(new), pool, strategy="region"), max(args.speed_repeats // 4, 1)),
@@ -414,7 +427,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Query strategies on APReL's linear protocol",
         "",
         f"Pool {cfg['pool_size']} N(0, I) items (every pair scored by our arms), {cfg['queries']} answers per run, "
-        "our arms `strategy[:model]`: `learned` = LinearReward() (rationality learned, prior N(0, I)), `known` = "
+        "our arms `strategy[:model]`: `learned` = LinearReward() (rationality learned, prior N(0, I)), `refined` = the "
+        f"same with its Laplace draws refined by resample-move (`fit(refine_steps={REFINE_STEPS})`), `known` = "
         "APReL's setting (the user's rationality known, prior N(0, I/d)); "
         f"{cfg['num_samples']} posterior draws; BoTorch arms: PairwiseGP (linear kernel) refitted each round, "
         f"best of {cfg['botorch_candidates']} random pairs. Queries to alignment {LEVEL}: mean over runs that reached it "
@@ -463,8 +477,8 @@ def markdown(result: dict[str, Any]) -> str:
         sp = result["speed"]
         lines += ["## Speed of one online round (single thread)", "",
                   f"Pool {sp['pool_size']} items = {sp['pool_size'] * (sp['pool_size'] - 1) // 2} pairs, {sp['num_draws']} draws, d = 8; min / median seconds.", "",
-                  "| m | update | EIG over all pairs | update + EIG | update + region | exhaustive MC EIG | BoTorch fit | BoTorch BALD (random candidates) | BoTorch BALD all pairs |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| m | update | update, refined draws | EIG over all pairs | update + EIG | update + region | exhaustive MC EIG | BoTorch fit | BoTorch BALD (random candidates) | BoTorch BALD all pairs |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for key, row in sp.items():
             if not key.startswith("m="):
                 continue
@@ -472,7 +486,7 @@ def markdown(result: dict[str, Any]) -> str:
             cand = next((v for k, v in b.items() if k.startswith("bald_") and k.endswith("_pairs")), None)
             mm = lambda r: f"{r['min_s']:.3f} / {r['median_s']:.3f}"  # noqa: E731
             lines.append(
-                f"| {key[2:]} | {mm(row['update'])} | {mm(row['select_eig_all_pairs'])} | {mm(row['round_eig'])} | {mm(row['round_region'])} "
+                f"| {key[2:]} | {mm(row['update'])} | {mm(row['update_refined']) if 'update_refined' in row else '-'} | {mm(row['select_eig_all_pairs'])} | {mm(row['round_eig'])} | {mm(row['round_region'])} "
                 f"| {mm(row['select_eig_exhaustive_mc'])} | {mm(b['fit'])} | {mm(cand) if cand else '-'} | {_fmt(b.get('bald_all_pairs_s'), 1)} |"
             )
         lines.append("")
@@ -486,9 +500,9 @@ _COLOURS = {
 
 
 def _style(arm: str) -> dict[str, Any]:
-    """Colour by strategy, line style by model: solid learned, dashed known, dotted BoTorch."""
+    """Colour by strategy, line style by model: solid learned, dashed known, dash-dot refined, dotted BoTorch."""
     strategy, _, model = arm.partition(":")
-    ls = ":" if strategy.startswith("botorch") else ("--" if model == "known" else "-")
+    ls = ":" if strategy.startswith("botorch") else {"known": "--", "refined": "-."}.get(model, "-")
     return {"color": _COLOURS.get(strategy, None), "ls": ls, "lw": 1.4}
 
 

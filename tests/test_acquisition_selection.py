@@ -209,3 +209,22 @@ def test_run_active_learning_records_curves():
     assert len(run.queries) == 5 and queries_to_reach([0.1, 0.95, 0.5], 0.9) == 2
     again = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=5, num_samples=64, seed=0)
     assert again.queries == run.queries  # reproducible from the seeds
+
+
+def test_run_active_learning_passes_fit_options_to_every_update():
+    gen = _gen(8)
+    w = random_unit_vector(3, generator=gen)
+    pool = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    fits = []
+    run = run_active_learning(
+        SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=4, num_samples=64, seed=0,
+        fit_options={"refine_steps": 3}, callback=lambda t, post: fits.append(post),
+    )
+    assert len(fits) == 4
+    for post in fits:
+        assert post.options["refine_steps"] == 3 and "refine_acceptance" in post.diagnostics
+        assert post.num_draws == 64
+    plain = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=2, num_samples=64, seed=0)
+    assert "refine_acceptance" not in plain.posterior.diagnostics
+    with pytest.raises(InputDataError, match="refine_steps"):
+        run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, fit_options={"refine_steps": -1})

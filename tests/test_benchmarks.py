@@ -51,3 +51,14 @@ def test_alignment_merge_keeps_the_last_file_of_each_method_seed_and_labels(tmp_
     assert [r["labels"] for r in merged if r["seed"] == 1] == [10, 20, 30]  # in order of labels
     assert set(METRICS) <= set(json.loads((tmp_path / "merged.json").read_text())["summary"][0])
     assert (tmp_path / "merged.png").stat().st_size > 0
+
+
+def test_queries_arms_map_to_models_and_fit_options():
+    from benchmarks.bench_queries import REFINE_STEPS, fit_options, make_model
+
+    assert make_model("eig:refined", 8, 1.0).rationality is None  # learned, as the default arm
+    assert fit_options("eig:refined") == {"refine_steps": REFINE_STEPS} and REFINE_STEPS > 0
+    assert fit_options("eig") == {} and fit_options("random:known") == {}
+    assert make_model("thompson:known", 8, 2.0).rationality == 2.0
+    with pytest.raises(ValueError, match="refined"):
+        make_model("eig:other", 8, 1.0)

@@ -105,10 +105,10 @@ def queries_to_reach(curve: list[float] | Tensor, level: float) -> int | None:
     return None
 
 
-def _fit(model: Any, data: PreferenceData, num_samples: int, seed: int) -> RewardPosterior:
+def _fit(model: Any, data: PreferenceData, num_samples: int, seed: int, options: dict[str, Any]) -> RewardPosterior:
     from papa_bayes.inference.fit import fit
 
-    return fit(model, data, method="laplace", num_samples=num_samples, seed=seed)
+    return fit(model, data, **{"method": "laplace", **options, "num_samples": num_samples, "seed": seed})
 
 
 def run_active_learning(
@@ -124,6 +124,7 @@ def run_active_learning(
     heldout: tuple[Tensor, Tensor] | None = None,
     seed: int = 0,
     select_options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
     callback: Callable[[int, RewardPosterior], None] | None = None,
 ) -> ActiveLearningRun:
     """Ask ``num_queries`` pairwise queries of a simulated user, chosen by ``strategy``.
@@ -141,6 +142,8 @@ def run_active_learning(
         heldout: (first `h x d`, second `h x d`) held-out pairs for log-loss.
         seed: seeds the initial pairs and the strategy's randomness.
         select_options: extra keyword arguments of :func:`select_queries`.
+        fit_options: extra keyword arguments of :func:`~papa_bayes.fit` (default
+            method Laplace), e.g. ``{"refine_steps": 20}``; kept by the updates.
         callback: called as ``callback(num_answers, posterior)`` after every
             posterior update (for task-specific metrics).
 
@@ -170,7 +173,7 @@ def run_active_learning(
     won, tie = user.compare(pool[a], pool[b])
     data = PreferenceData(items=pool, comparisons=winner_first(shown, won), ties=tie)
     t0 = time.perf_counter()
-    post = _fit(model, data, num_samples, seed)
+    post = _fit(model, data, num_samples, seed, dict(fit_options or {}))
     run.update_seconds.append(time.perf_counter() - t0)
     run.queries.extend(shown.tolist())
     run.information_bits.extend([math.nan] * num_initial)

@@ -16,7 +16,14 @@ from torch import Tensor
 from papa_bayes.inference.mcmc_util import chain_results
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
-from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, laplace_mode, mixture_moments
+from papa_bayes.inference.laplace import (
+    importance_log_weights,
+    integrated_laplace,
+    laplace_draws,
+    laplace_mode,
+    mixture_moments,
+    resample_move,
+)
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.inference.pyro_posterior import PyroPosterior
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
@@ -39,6 +46,7 @@ def fit(
     learning_rate: float = 0.02,
     seed: int = 0,
     progress_bar: bool = False,
+    refine_steps: int = 0,
 ) -> RewardPosterior:
     """Fit a reward model to preference data.
 
@@ -60,6 +68,15 @@ def fit(
         learning_rate: SVI Adam learning rate.
         seed: seeds every random draw of the fit (the global RNG is left untouched).
         progress_bar: show Pyro's / tqdm progress bars.
+        refine_steps: Laplace only: move the Gaussian draws toward the exact
+            posterior (resample-move: twice ``num_samples`` Laplace draws resampled by
+            their importance weights, then this many random-walk Metropolis steps
+            each; 20 is a good value). With few answers Laplace's mode-centred
+            Gaussian is short of a logistic posterior (12 answers, d=6: its mean 25%
+            short, sds up to 19%); refined draws match the exact posterior within a
+            few %. Cost: an update at m=200, d=8, 256 draws takes 78 ms instead of 15.
+            Kept by :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
+            ``refine_ess`` and ``refine_acceptance``. 0 (default): plain Laplace.
 
     Returns:
         A :class:`RewardPosterior`.
@@ -84,9 +101,13 @@ def fit(
     method = "laplace" if method is None else method
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+        raise InputDataError("refine_steps", "a non-negative integer", refine_steps)
+    if refine_steps and method != "laplace":
+        raise InputDataError("refine_steps", "0 unless method='laplace' (NUTS and SVI are not Gaussian draws)", refine_steps)
     options = dict(
         num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
-        learning_rate=learning_rate, seed=seed, progress_bar=progress_bar,
+        learning_rate=learning_rate, seed=seed, progress_bar=progress_bar, refine_steps=refine_steps,
     )
     start = time.perf_counter()
     post = {"laplace": _fit_laplace, "nuts": _fit_nuts, "svi": _fit_svi}[method](model, data, options, None)
@@ -94,17 +115,20 @@ def fit(
     return post
 
 
-def prior_posterior(model: PyroRewardModel, data: PreferenceData, *, num_samples: int = 256, seed: int = 0) -> PyroPosterior:
+def prior_posterior(
+    model: PyroRewardModel, data: PreferenceData, *, num_samples: int = 256, seed: int = 0, refine_steps: int = 0
+) -> PyroPosterior:
     """The prior as a Laplace posterior over ``data``'s items, before any answer.
 
     What an online loop starts from: its :meth:`~RewardPosterior.update` fits the
     first answers. Exact for Gaussian priors (e.g. ``LinearReward(rationality=1.0)``);
-    the Laplace approximation of the prior otherwise.
+    the Laplace approximation of the prior otherwise. ``refine_steps`` as in
+    :func:`fit` (kept by the updates).
     """
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
-                learning_rate=0.02, seed=seed, progress_bar=False)
+                learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
     return _fit_laplace(model, data, opts, None)
 
 
@@ -136,9 +160,16 @@ def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, A
     init = space.initial(_mode_values(warm)) if warm is not None else None
     mode, H, space, info = laplace_mode(model, data, init=init)
     s = opts["num_samples"] or 1000
+    refine = opts.get("refine_steps") or 0
     # Each update draws with a different stream, so repeated updates don't share noise.
     gen = _generator(opts["seed"] + 7919 * data.num_observations)
-    params, raw = laplace_draws(mode, H, space, s, generator=gen)
+    params, raw = laplace_draws(mode, H, space, 2 * s if refine else s, generator=gen)
+    if refine:
+        logw = importance_log_weights(model, data, space, raw, mode.expand_as(raw), H)
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        raw, _, more = resample_move(model, data, space, raw, logw, s, cov, steps=refine, generator=gen)
+        params, _ = space.unpack(raw)
+        info = {**info, **more}
     mode_params, _ = space.unpack(mode.unsqueeze(0))
     lp = model.log_joint(params, data)
     stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)}
@@ -161,11 +192,21 @@ def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: 
     fitted = integrated_laplace(model, data, "rationality", warm=grid_warm,
                                 init=None if warm is None or grid_warm is not None else _mode_values(warm))
     s = opts["num_samples"] or 1000
+    refine = opts.get("refine_steps") or 0
     gen = _generator(opts["seed"] + 7919 * data.num_observations)
-    params = fitted.draws(s, generator=gen)
+    k, raw = fitted.component_draws(2 * s if refine else s, generator=gen)
+    params = fitted.params(k, raw)
     space = UnconstrainedSpace(model.priors(data))
     mean, cov = mixture_moments(fitted, space)
     cov = cov + 1e-9 * torch.eye(space.dim, dtype=torch.float64)
+    diagnostics = dict(fitted.info)
+    if refine:
+        modes, hessians = torch.stack(fitted.modes)[k], torch.stack(fitted.hessians)[k]
+        logw = importance_log_weights(model, data, fitted.space, raw, modes, hessians,
+                                      fixed={fitted.site: params[fitted.site]})
+        theta, _, more = resample_move(model, data, space, space.pack(params), logw, s, cov, steps=refine, generator=gen)
+        params, _ = space.unpack(theta)
+        diagnostics.update(more)
     mean_params, _ = space.unpack(mean.unsqueeze(0))
     lp = model.log_joint(params, data)
     stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)}
@@ -173,7 +214,7 @@ def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: 
         model, data, {k: v.unsqueeze(0) for k, v in params.items()}, method="laplace", sample_stats=stats,
         state={"mode": {k: v[0] for k, v in mean_params.items()}, "theta": mean,
                "hessian": torch.cholesky_inverse(torch.linalg.cholesky(cov)), "integrated": fitted},
-        options=opts, diagnostics=fitted.info,
+        options=opts, diagnostics=diagnostics,
     )
 
 

@@ -20,7 +20,10 @@ from papa_bayes.exceptions import InferenceError, PapaBayesWarning
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
 from papa_bayes.models.base import PyroRewardModel
 
-__all__ = ["laplace_mode", "laplace_draws", "IntegratedLaplace", "integrated_laplace", "mixture_moments"]
+__all__ = [
+    "laplace_mode", "laplace_draws", "IntegratedLaplace", "integrated_laplace", "mixture_moments",
+    "importance_log_weights", "resample_move",
+]
 
 
 def _objective(model: PyroRewardModel, data: PreferenceData, space: UnconstrainedSpace,
@@ -188,6 +191,10 @@ class IntegratedLaplace:
 
     def draws(self, num_samples: int, *, generator: torch.Generator) -> dict[str, Tensor]:
         """`num_samples` draws of every site (the integrated one included): site -> `s x shape`."""
+        return self.params(*self.component_draws(num_samples, generator=generator))
+
+    def component_draws(self, num_samples: int, *, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Grid components `s` and unconstrained draws `s x D'` of the other sites."""
         k = torch.multinomial(self.log_weights.exp(), num_samples, replacement=True, generator=generator)
         eps = torch.randn(num_samples, self.space.dim, generator=generator, dtype=torch.float64)
         raw = torch.empty_like(eps)
@@ -195,6 +202,10 @@ class IntegratedLaplace:
             rows = k == j
             L = torch.linalg.cholesky(self.hessians[j])
             raw[rows] = self.modes[j] + torch.linalg.solve_triangular(L.T, eps[rows].T, upper=True).T
+        return k, raw
+
+    def params(self, k: Tensor, raw: Tensor) -> dict[str, Tensor]:
+        """Constrained values of every site from :meth:`component_draws`' output."""
         params, _ = self.space.unpack(raw)
         params[self.site] = self.grid[k].exp()
         return params
@@ -316,3 +327,91 @@ def _finish(site, grid, logev, modes, H, space, center, scale, newton) -> Integr
         space=space, center=center, scale=scale,
         info={"newton_steps": newton, "rationality_grid": grid.exp().tolist()},
     )
+
+
+# --------------------------------------------------------------------------
+# Correcting the draws toward the exact posterior (resample-move)
+# --------------------------------------------------------------------------
+def importance_log_weights(
+    model: PyroRewardModel,
+    data: PreferenceData,
+    space: UnconstrainedSpace,
+    theta: Tensor,
+    modes: Tensor,
+    hessians: Tensor,
+    fixed: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """log p(theta | data) - log q(theta), up to one constant, for draws of Gaussians ``N(mode, H^-1)``.
+
+    Each draw comes from its own Gaussian (a grid component of an
+    :class:`IntegratedLaplace`, or the one Laplace Gaussian): with ``f`` the
+    negative log posterior of that component (the sites in ``fixed`` held at the
+    draw's values), the weight is ``-f(theta) + f(mode) + (theta - mode)' H (theta - mode) / 2``.
+    The components' normalizing constants cancel against their Laplace evidence,
+    so the same weights also correct the grid's weights.
+
+    Args:
+        theta, modes: `N x D` draws and their components' modes (unconstrained).
+        hessians: `N x D x D` (or `D x D`, shared) Hessians of ``f`` at the modes.
+        fixed: site -> `N` values held fixed per draw (the integrated site).
+
+    Returns:
+        `N` log weights (-inf where the exact density is zero).
+    """
+    f = _objective(model, data, space, fixed)
+    delta = theta - modes
+    quad = (delta.unsqueeze(-2) @ hessians @ delta.unsqueeze(-1)).reshape(-1)
+    return -f(theta) + f(modes) + 0.5 * quad
+
+
+def resample_move(
+    model: PyroRewardModel,
+    data: PreferenceData,
+    space: UnconstrainedSpace,
+    theta: Tensor,
+    log_weights: Tensor,
+    num_samples: int,
+    proposal_cov: Tensor,
+    *,
+    steps: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Resample-move (Gilks and Berzuini 2001): Laplace draws moved toward the exact posterior.
+
+    The `N` proposal draws are resampled to ``num_samples`` by their importance
+    weights (truncated at sqrt(N) times the mean, Ionides 2008; systematic
+    resampling), then each takes ``steps`` random-walk Metropolis steps on the
+    exact posterior with proposal covariance ``2.38^2 / D * proposal_cov``
+    (Roberts, Gelman and Gilks 1997), all draws at once.
+
+    Args:
+        space: the joint unconstrained space (`D`) of ``theta``.
+        theta: `N x D` proposal draws; log_weights: `N` (see :func:`importance_log_weights`).
+        proposal_cov: `D x D` (the Laplace covariance).
+
+    Returns:
+        (draws `num_samples x D`, their negative log posteriors `num_samples`,
+        info: ``refine_ess`` the importance sample's effective size as a share of N,
+        ``refine_acceptance`` the Metropolis acceptance rate).
+    """
+    n = theta.shape[0]
+    lw = torch.where(torch.isnan(log_weights), torch.full_like(log_weights, -math.inf), log_weights)
+    w = (lw - lw.max()).exp()
+    ess = float(w.sum() ** 2 / (w**2).sum()) / n
+    w = torch.minimum(w, w.mean() * math.sqrt(n))
+    u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(num_samples, dtype=torch.float64)) / num_samples
+    idx = torch.searchsorted(torch.cumsum(w / w.sum(), 0), u).clamp(max=n - 1)
+    theta = theta[idx]
+    f = _objective(model, data, space)
+    value = f(theta)
+    L = torch.linalg.cholesky(proposal_cov * (2.38**2 / space.dim))
+    accepted = 0.0
+    for _ in range(steps):
+        trial = theta + torch.randn(num_samples, space.dim, generator=generator, dtype=torch.float64) @ L.T
+        trial_value = f(trial)
+        log_u = torch.rand(num_samples, generator=generator, dtype=torch.float64).log()
+        ok = log_u < value - trial_value  # +inf trial values are never accepted
+        theta = torch.where(ok.unsqueeze(1), trial, theta)
+        value = torch.where(ok, trial_value, value)
+        accepted += float(ok.double().mean())
+    return theta, value, {"refine_ess": ess, "refine_acceptance": accepted / max(steps, 1)}
