@@ -271,3 +271,18 @@ def test_refined_laplace_corrects_the_shrunk_mean_of_few_answers(rationality):
     # the online update keeps the refinement
     up = refined.update(data.append(comparisons=[[0, 1]]))
     assert "refine_acceptance" in up.diagnostics and up.num_draws == 1000
+
+
+def test_resample_move_rejects_weights_that_are_all_zero():
+    from papa_bayes.exceptions import InferenceError
+    from papa_bayes.inference.laplace import resample_move
+    from papa_bayes.inference.unconstrained import UnconstrainedSpace
+
+    X = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    data = PreferenceData(items=X, comparisons=[[0, 1]])
+    model = LinearReward(rationality=1.0)
+    space = UnconstrainedSpace(model.priors(data))
+    theta = torch.zeros(4, space.dim, dtype=torch.float64)
+    with pytest.raises(InferenceError, match="finite"):
+        resample_move(model, data, space, theta, torch.full((4,), -torch.inf), 4, torch.eye(space.dim, dtype=torch.float64),
+                      steps=1, generator=torch.Generator().manual_seed(0))

@@ -396,6 +396,8 @@ def resample_move(
     """
     n = theta.shape[0]
     lw = torch.where(torch.isnan(log_weights), torch.full_like(log_weights, -math.inf), log_weights)
+    if not torch.isfinite(lw).any():
+        raise InferenceError("resample_move: no proposal draw has a finite posterior density (check the model's support).")
     w = (lw - lw.max()).exp()
     ess = float(w.sum() ** 2 / (w**2).sum()) / n
     w = torch.minimum(w, w.mean() * math.sqrt(n))
