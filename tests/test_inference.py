@@ -186,6 +186,10 @@ def test_fit_rejects_bad_arguments(recovery):
             fit(LinearReward(), data, refine_steps=bad)
     with pytest.raises(InputDataError, match="refine_steps.*laplace"):
         fit(LinearReward(), data, method="nuts", refine_steps=5)
+    from papa_bayes.inference import prior_posterior
+
+    with pytest.raises(InputDataError, match="refine_steps"):
+        prior_posterior(LinearReward(), data, refine_steps=-1)
 
 
 def test_laplace_survives_a_single_far_apart_comparison():

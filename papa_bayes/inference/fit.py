@@ -101,10 +101,7 @@ def fit(
     method = "laplace" if method is None else method
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
-        raise InputDataError("refine_steps", "a non-negative integer", refine_steps)
-    if refine_steps and method != "laplace":
-        raise InputDataError("refine_steps", "0 unless method='laplace' (NUTS and SVI are not Gaussian draws)", refine_steps)
+    _check_refine_steps(refine_steps, method)
     options = dict(
         num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
         learning_rate=learning_rate, seed=seed, progress_bar=progress_bar, refine_steps=refine_steps,
@@ -127,9 +124,17 @@ def prior_posterior(
     """
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
+    _check_refine_steps(refine_steps, "laplace")
     opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
                 learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
     return _fit_laplace(model, data, opts, None)
+
+
+def _check_refine_steps(refine_steps: Any, method: str) -> None:
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+        raise InputDataError("refine_steps", "a non-negative integer", refine_steps)
+    if refine_steps and method != "laplace":
+        raise InputDataError("refine_steps", "0 unless method='laplace' (NUTS and SVI are not Gaussian draws)", refine_steps)
 
 
 def update_posterior(post: PyroPosterior, data: PreferenceData) -> PyroPosterior:
