@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--strategies", default="eig,eig:known,uncertainty:known,thompson:known,random:known",
         help="our arms: strategy[:model], model 'learned' (default: LinearReward(), rationality learned, "
-        "prior N(0, I)), 'refined' (the same with Laplace draws refined by resample-move, fit(refine_steps=20)) "
+        "prior N(0, I)), 'refined' (the same with Laplace draws refined by resample-move, fit(refine_steps=20)), "
+        "'scaled' (rationality learned, prior N(0, I/d): unit-variance utilities of N(0, I) items) "
         "or 'known' (APReL's setting: the user's rationality known, prior N(0, I/d))",
     )
     p.add_argument("--num-samples", type=int, default=256, help="posterior draws")
@@ -122,9 +123,11 @@ def make_model(spec: str, d: int, rationality: float) -> LinearReward:
     _, _, kind = spec.partition(":")
     if kind in ("", "learned", "refined"):
         return LinearReward()
+    if kind == "scaled":
+        return LinearReward(prior_scale=1.0 / math.sqrt(d))
     if kind == "known":
         return LinearReward(rationality=rationality, prior_scale=1.0 / math.sqrt(d))
-    raise ValueError(f"unknown model {kind!r} in arm {spec!r} (use 'learned', 'refined' or 'known')")
+    raise ValueError(f"unknown model {kind!r} in arm {spec!r} (use 'learned', 'refined', 'scaled' or 'known')")
 
 
 def fit_options(spec: str) -> dict[str, Any]:
@@ -428,8 +431,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Pool {cfg['pool_size']} N(0, I) items (every pair scored by our arms), {cfg['queries']} answers per run, "
         "our arms `strategy[:model]`: `learned` = LinearReward() (rationality learned, prior N(0, I)), `refined` = the "
-        f"same with its Laplace draws refined by resample-move (`fit(refine_steps={REFINE_STEPS})`), `known` = "
-        "APReL's setting (the user's rationality known, prior N(0, I/d)); "
+        f"same with its Laplace draws refined by resample-move (`fit(refine_steps={REFINE_STEPS})`), `scaled` = "
+        "LinearReward(prior_scale=1/sqrt(d)) (rationality learned, prior N(0, I/d): N(0, I) items get unit-variance "
+        "utilities), `known` = APReL's setting (the user's rationality known, prior N(0, I/d)); "
         f"{cfg['num_samples']} posterior draws; BoTorch arms: PairwiseGP (linear kernel) refitted each round, "
         f"best of {cfg['botorch_candidates']} random pairs. Queries to alignment {LEVEL}: mean over runs that reached it "
         f"(runs that never did, of how many) and the censored mean counting a miss as {cfg['queries'] + 1}; "
@@ -500,9 +504,11 @@ _COLOURS = {
 
 
 def _style(arm: str) -> dict[str, Any]:
-    """Colour by strategy, line style by model: solid learned, dashed known, dash-dot refined, dotted BoTorch."""
+    """Colour by strategy, line style by model: solid learned, dashed known, dash-dot refined,
+    dash-dot-dot scaled, dotted BoTorch."""
     strategy, _, model = arm.partition(":")
-    ls = ":" if strategy.startswith("botorch") else {"known": "--", "refined": "-."}.get(model, "-")
+    styles = {"known": "--", "refined": "-.", "scaled": (0, (5, 1.5, 1, 1.5, 1, 1.5))}
+    ls = ":" if strategy.startswith("botorch") else styles.get(model, "-")
     return {"color": _COLOURS.get(strategy, None), "ls": ls, "lw": 1.4}
 
 

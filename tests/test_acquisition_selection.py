@@ -228,3 +228,8 @@ def test_run_active_learning_passes_fit_options_to_every_update():
     assert "refine_acceptance" not in plain.posterior.diagnostics
     with pytest.raises(InputDataError, match="refine_steps"):
         run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, fit_options={"refine_steps": -1})
+    # Keys the run sets itself are refused by name instead of being silently overridden.
+    with pytest.raises(InputDataError, match=r"fit_options.*num_samples"):
+        run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, fit_options={"num_samples": 8})
+    with pytest.raises(InputDataError, match=r"select_options.*'k'"):
+        run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, select_options={"k": 2})

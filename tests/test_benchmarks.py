@@ -60,5 +60,7 @@ def test_queries_arms_map_to_models_and_fit_options():
     assert fit_options("eig:refined") == {"refine_steps": REFINE_STEPS} and REFINE_STEPS > 0
     assert fit_options("eig") == {} and fit_options("random:known") == {}
     assert make_model("thompson:known", 8, 2.0).rationality == 2.0
+    scaled = make_model("eig:scaled", 4, 2.0)
+    assert scaled.rationality is None and scaled.prior_scale == 0.5  # 1 / sqrt(d)
     with pytest.raises(ValueError, match="refined"):
         make_model("eig:other", 8, 1.0)

@@ -111,6 +111,13 @@ def _fit(model: Any, data: PreferenceData, num_samples: int, seed: int, options:
     return fit(model, data, **{"method": "laplace", **options, "num_samples": num_samples, "seed": seed})
 
 
+def _check_reserved(field: str, options: dict[str, Any], reserved: tuple[str, ...]) -> None:
+    """Keys that run_active_learning sets itself may not be passed again in an options dict."""
+    clash = sorted(set(options) & set(reserved))
+    if clash:
+        raise InputDataError(field, f"no keys among {reserved} (set them with run_active_learning's own arguments)", clash)
+
+
 def run_active_learning(
     user: SimulatedUser,
     pool: Tensor,
@@ -141,9 +148,11 @@ def run_active_learning(
         true_weights: `d` w* for alignment; default ``user.weights``.
         heldout: (first `h x d`, second `h x d`) held-out pairs for log-loss.
         seed: seeds the initial pairs and the strategy's randomness.
-        select_options: extra keyword arguments of :func:`select_queries`.
+        select_options: extra keyword arguments of :func:`select_queries` (not
+            ``strategy``, ``k`` or ``generator``, which the run sets).
         fit_options: extra keyword arguments of :func:`~papa_bayes.fit` (default
             method Laplace), e.g. ``{"refine_steps": 20}``; kept by the updates.
+            Not ``num_samples`` or ``seed``: use the arguments of those names.
         callback: called as ``callback(num_answers, posterior)`` after every
             posterior update (for task-specific metrics).
 
@@ -166,6 +175,8 @@ def run_active_learning(
     truth_probs = user.outcome_probabilities(*heldout) if heldout is not None else None
     run = ActiveLearningRun(strategy=strategy)
     opts = dict(select_options or {})
+    _check_reserved("select_options", opts, ("strategy", "k", "generator"))
+    _check_reserved("fit_options", dict(fit_options or {}), ("num_samples", "seed"))
 
     a = torch.randint(0, n, (num_initial,), generator=gen)
     b = (a + torch.randint(1, n, (num_initial,), generator=gen)) % n

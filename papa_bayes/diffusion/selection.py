@@ -86,6 +86,13 @@ class PreferredSamples:
     eligible: int
 
 
+def _eligible(probability: Tensor, on_manifold: Tensor, min_probability: float | None) -> Tensor:
+    """`N` bool: on the manifold and, with a threshold, at least ``min_probability``."""
+    if min_probability is None:
+        return on_manifold
+    return on_manifold & (probability >= float(min_probability))
+
+
 def select_preferred(
     probability: Tensor,
     num: int,
@@ -116,7 +123,7 @@ def select_preferred(
     if min_probability is None:
         eligible = torch.zeros(0, dtype=torch.long)
     else:
-        eligible = torch.nonzero(on & (p >= float(min_probability))).flatten()
+        eligible = torch.nonzero(_eligible(p, on, min_probability)).flatten()
     gen_device = generator.device if generator is not None else "cpu"
     order = torch.randperm(eligible.numel(), generator=generator, device=gen_device).cpu()
     chosen = eligible[order[:num]]
@@ -185,7 +192,7 @@ def sample_preferred(
     on = guard(out.images) if guard is not None else torch.ones(pool, dtype=torch.bool)
     filt = p.nan_to_num(1.0)
     idx = select_preferred(filt, num_samples, on_manifold=on, min_probability=min_probability, generator=generator)
-    eligible = int(on.sum()) if min_probability is None else int((on & (filt >= float(min_probability))).sum())
+    eligible = int(_eligible(filt, on, min_probability).sum())
     return PreferredSamples(
         images=out.images[idx],
         samples=out.samples[idx],
