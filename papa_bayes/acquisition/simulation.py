@@ -167,6 +167,8 @@ def run_active_learning(
         raise InputDataError("pool", "at least 2 items", n)
     if not 1 <= num_initial <= num_queries:
         raise InputDataError("num_initial", f"between 1 and num_queries ({num_queries})", num_initial)
+    _check_reserved("select_options", dict(select_options or {}), ("strategy", "k", "generator"))
+    _check_reserved("fit_options", dict(fit_options or {}), ("num_samples", "seed"))
     model = LinearReward() if model is None else model
     w_true = user.weights if true_weights is None else torch.as_tensor(true_weights, dtype=torch.float64)
     u_pool = user.utility(pool)
@@ -175,8 +177,6 @@ def run_active_learning(
     truth_probs = user.outcome_probabilities(*heldout) if heldout is not None else None
     run = ActiveLearningRun(strategy=strategy)
     opts = dict(select_options or {})
-    _check_reserved("select_options", opts, ("strategy", "k", "generator"))
-    _check_reserved("fit_options", dict(fit_options or {}), ("num_samples", "seed"))
 
     a = torch.randint(0, n, (num_initial,), generator=gen)
     b = (a + torch.randint(1, n, (num_initial,), generator=gen)) % n

@@ -127,9 +127,9 @@ class LinearReward(_LinkPriors, PyroRewardModel):
             It sets how consistent the person looks a priori: with d standardized
             features, ``1 / sqrt(d)`` gives items unit-variance utilities, while
             the default 1.0 says that at d=8 most answers are nearly certain. On
-            ``benchmarks/bench_queries.py``'s protocol 1 / sqrt(d) gave a better
-            held-out log-loss for people of rationality 0.5-1 at d=8 and 16, about the same
-            alignment; 1.0 did better for a rationality of 5.
+            ``benchmarks/bench_queries.py``'s protocol, 1 / sqrt(d) gave a better
+            held-out log-loss for people of rationality 0.5-1 at d=8 and 16 and
+            about the same alignment; 1.0 did better for a rationality of 5.
         prior_loc: `d` prior mean of ``w`` (default zeros).
         prior_scale_tril: `d x d` Cholesky factor of a full prior covariance of ``w``
             (e.g. from :meth:`PyroPosterior.new_rater_model`); overrides ``prior_scale``.
