@@ -167,8 +167,9 @@ def run_active_learning(
         raise InputDataError("pool", "at least 2 items", n)
     if not 1 <= num_initial <= num_queries:
         raise InputDataError("num_initial", f"between 1 and num_queries ({num_queries})", num_initial)
-    _check_reserved("select_options", dict(select_options or {}), ("strategy", "k", "generator"))
-    _check_reserved("fit_options", dict(fit_options or {}), ("num_samples", "seed"))
+    opts, fit_opts = dict(select_options or {}), dict(fit_options or {})
+    _check_reserved("select_options", opts, ("strategy", "k", "generator"))
+    _check_reserved("fit_options", fit_opts, ("num_samples", "seed"))
     model = LinearReward() if model is None else model
     w_true = user.weights if true_weights is None else torch.as_tensor(true_weights, dtype=torch.float64)
     u_pool = user.utility(pool)
@@ -176,7 +177,6 @@ def run_active_learning(
     gen = torch.Generator().manual_seed(int(seed))
     truth_probs = user.outcome_probabilities(*heldout) if heldout is not None else None
     run = ActiveLearningRun(strategy=strategy)
-    opts = dict(select_options or {})
 
     a = torch.randint(0, n, (num_initial,), generator=gen)
     b = (a + torch.randint(1, n, (num_initial,), generator=gen)) % n
@@ -184,7 +184,7 @@ def run_active_learning(
     won, tie = user.compare(pool[a], pool[b])
     data = PreferenceData(items=pool, comparisons=winner_first(shown, won), ties=tie)
     t0 = time.perf_counter()
-    post = _fit(model, data, num_samples, seed, dict(fit_options or {}))
+    post = _fit(model, data, num_samples, seed, fit_opts)
     run.update_seconds.append(time.perf_counter() - t0)
     run.queries.extend(shown.tolist())
     run.information_bits.extend([math.nan] * num_initial)
