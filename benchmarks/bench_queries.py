@@ -30,6 +30,7 @@ after every (d, rationality) setting, so a long run can be read while it goes.
 Run:
     python -m benchmarks.bench_queries --tiny
     nohup python -m benchmarks.bench_queries --dims 8 --rationalities 1 --seeds 20 &
+    python -m benchmarks.bench_queries --merge a/x.json b/y.json --name pooled  # e.g. --seed 0 and --seed 20 runs
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch
 from papa_bayes import LinearReward, fit
 from papa_bayes.acquisition import queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, winner_first
 
 LEVEL = 0.9
@@ -90,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="bench_queries", help="stem of the output files")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="merge earlier result files (arms of later files win) into <out>/<name>.* and exit")
+                   help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in several "
+                   "files is pooled, on the same seeds the later file wins")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (output stem bench_queries_tiny)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -418,6 +421,19 @@ def _fmt(v, nd=3):
 SHORT_HORIZON = 40
 
 
+def _runs(summary: dict[str, Any]) -> str:
+    """'300 (seeds 100-399)' for a pooled arm, else the number of runs."""
+    if "seeds" not in summary:
+        return str(summary["num_runs"])
+    ranges: list[list[int]] = []
+    for lo, hi in summary["seeds"]:
+        if ranges and ranges[-1][1] + 1 == lo:
+            ranges[-1][1] = hi
+        else:
+            ranges.append([lo, hi])
+    return f"{summary['num_runs']} (seeds " + ", ".join(f"{lo}-{hi}" for lo, hi in ranges) + ")"
+
+
 def _within(reach: list[int | None], horizon: int) -> str:
     """Mean queries to the level over runs reaching it within ``horizon`` answers (misses)."""
     hit = [q for q in reach if q is not None and q <= horizon]
@@ -454,7 +470,7 @@ def markdown(result: dict[str, Any]) -> str:
         for arm, s in arms.items():
             align = " | ".join(_fmt(s["alignment"][t - 1]) for t in marks)
             lines.append(
-                f"| {arm} | {s['num_runs']} | {align} | {_fmt(s['mean_queries_to_0.9_reached'], 1)} ({s['never_reached']}/{s['num_runs']}) "
+                f"| {arm} | {_runs(s)} | {align} | {_fmt(s['mean_queries_to_0.9_reached'], 1)} ({s['never_reached']}/{s['num_runs']}) "
                 f"| {_fmt(s['mean_queries_to_0.9_censored'], 1)} | {_within(s['queries_to_0.9'], SHORT_HORIZON)} "
                 f"| {_fmt(s['log_loss'][-1])} | {_fmt(s['regret'][-1])} "
                 f"| {_fmt(s['expected_bits_per_query'])} | {_fmt(s['seconds_per_query'])} |"
@@ -596,21 +612,86 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def merge(paths: list[str], args) -> dict[str, Any]:
-    """One result from several runs (e.g. arms run in separate processes)."""
+    """One result from several runs (e.g. arms run in separate processes).
+
+    Every arm records its seeds (``"seeds"``: inclusive ranges, from ``--seed`` and its
+    number of runs). An arm found in several files on disjoint seeds is pooled by
+    :func:`pool_summaries`; on the same seeds the later file replaces the earlier;
+    partly overlapping seeds raise :class:`~papa_bayes.exceptions.InputDataError`.
+    """
     parts = [json.loads(Path(p).read_text()) for p in paths]
     result = dict(parts[0])
     result["config"] = {**parts[0]["config"], "name": args.name, "merged_from": list(paths)}
     result["protocol"], result["speed"] = {}, None
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for part in parts:
+        first = int(part["config"].get("seed", 0))
         for key, arms in part.get("protocol", {}).items():
-            result["protocol"].setdefault(key, {}).update(arms)
+            for arm, summary in arms.items():
+                summary = {**summary, "seeds": summary.get("seeds") or [[first, first + summary["num_runs"] - 1]]}
+                earlier = found.setdefault(key, {}).setdefault(arm, [])
+                same = [i for i, s in enumerate(earlier) if s["seeds"] == summary["seeds"]]
+                if same:
+                    earlier[same[0]] = summary
+                else:
+                    earlier.append(summary)
         if part.get("liked_set"):
             result.setdefault("liked_set", {}).update(part["liked_set"])
             result["config"].update({k: part["config"][k] for k in ("liked_set_seeds", "liked_set_queries")})
         if part.get("speed"):
             result["speed"] = part["speed"]
+    queries = result["config"]["queries"]
+    result["protocol"] = {
+        key: {arm: pool_summaries(pieces, f"{key} {arm}", queries) if len(pieces) > 1 else pieces[0] for arm, pieces in arms.items()}
+        for key, arms in found.items()
+    }
     write_outputs(result, {}, Path(args.out))
     return result
+
+
+def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -> dict[str, Any]:
+    """One arm's summary over runs on disjoint seeds, from summaries with ``"seeds"``.
+
+    Per-run lists are joined in the order of the pieces' first seeds; curves' means
+    and standard errors are pooled exactly (within- plus between-piece variance);
+    per-query figures are weighted by the number of runs.
+    """
+    pieces = sorted(pieces, key=lambda s: s["seeds"][0][0])
+    ranges = sorted(r for s in pieces for r in s["seeds"])
+    for (lo0, hi0), (lo1, hi1) in zip(ranges, ranges[1:]):
+        if hi0 >= lo1:
+            raise InputDataError(
+                f"merge ({label})",
+                "runs of one arm on identical or disjoint seeds",
+                f"seeds {lo0}-{hi0} and {lo1}-{hi1}",
+            )
+    ns = [s["num_runs"] for s in pieces]
+    total = sum(ns)
+    out: dict[str, Any] = {"num_runs": total, "seeds": ranges}
+    for key in ("alignment", "log_loss", "regret"):
+        means = torch.tensor([s[key] for s in pieces], dtype=torch.float64)
+        sds = torch.tensor([s[key + "_se"] for s in pieces], dtype=torch.float64) * torch.tensor(ns, dtype=torch.float64).sqrt()[:, None]
+        n = torch.tensor(ns, dtype=torch.float64)[:, None]
+        mean = (n * means).sum(0) / total
+        var = ((n - 1) * sds**2 + n * (means - mean) ** 2).sum(0) / (total - 1)
+        out[key] = [round(float(v), 5) for v in mean]
+        out[key + "_se"] = [round(float(v), 5) for v in (var / total).sqrt()]
+    reach = [q for s in pieces for q in s["queries_to_0.9"]]
+    reached = [q for q in reach if q is not None]
+    out["queries_to_0.9"] = reach
+    out["never_reached"] = sum(q is None for q in reach)
+    out["mean_queries_to_0.9_reached"] = statistics.mean(reached) if reached else None
+    out["mean_queries_to_0.9_censored"] = statistics.mean([q if q is not None else num_queries + 1 for q in reach])
+
+    def weighted(key):
+        vals = [(s[key], n) for s, n in zip(pieces, ns) if s.get(key) is not None]
+        return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
+
+    for key in ("expected_bits_per_query", "seconds_per_query", "select_seconds"):
+        out[key] = weighted(key)
+    curves = [(s["expected_bits_curve"], n) for s, n in zip(pieces, ns)]
+    out["expected_bits_curve"] = [round(sum(c[t] * n for c, n in curves) / total, 5) for t in range(len(curves[0][0]))] if curves[0][0] else []
+    return out
 
 
 def _main(args) -> dict[str, Any]:

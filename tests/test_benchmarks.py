@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 
 import pytest
+import torch
+
+from papa_bayes.exceptions import InputDataError
 
 BENCHMARKS = ["bench_inference", "bench_gp", "bench_queries", "bench_diffusion", "bench_finetune", "bench_alignment"]
 
@@ -64,3 +68,60 @@ def test_queries_arms_map_to_models_and_fit_options():
     assert scaled.rationality is None and scaled.prior_scale == 0.5  # 1 / sqrt(d)
     with pytest.raises(ValueError, match="refined"):
         make_model("eig:other", 8, 1.0)
+
+
+def _fake_runs(seed: int, count: int, T: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    runs = []
+    for _ in range(count):
+        align = torch.rand(T, generator=g, dtype=torch.float64).cumsum(0) / T * 1.6
+        runs.append({
+            "alignment": align.tolist(), "log_loss": torch.rand(T, generator=g).tolist(),
+            "regret": torch.rand(T, generator=g).tolist(),
+            "information_bits": [math.nan] + torch.rand(T - 1, generator=g).tolist(),
+            "seconds_per_query": torch.rand(T - 1, generator=g).tolist(), "select_seconds": torch.rand(T - 1, generator=g).tolist(),
+        })
+    return runs
+
+
+def test_queries_merge_pools_an_arm_run_on_disjoint_seeds(tmp_path):
+    from benchmarks.bench_queries import merge, parse_args, summarize
+
+    T = 12
+    runs = {100: _fake_runs(0, 5, T), 105: _fake_runs(1, 3, T), 108: _fake_runs(2, 4, T)}
+    paths = []
+    for first, rs in runs.items():
+        cfg = vars(parse_args(["--seed", str(first), "--seeds", str(len(rs)), "--queries", str(T)]))
+        part = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d8_r1": {"eig": summarize(rs, T)}}, "speed": None}
+        if first == 105:  # a second arm on these seeds only: merged as before, not pooled
+            part["protocol"]["d8_r1"]["random"] = summarize(rs, T)
+        paths.append(tmp_path / f"part{first}.json")
+        paths[-1].write_text(json.dumps(part))
+    args = parse_args(["--merge", *map(str, paths), "--name", "pooled", "--out", str(tmp_path)])
+    pooled = merge(args.merge, args)["protocol"]["d8_r1"]
+    direct = summarize([r for rs in runs.values() for r in rs], T)
+    eig = pooled["eig"]
+    assert eig["num_runs"] == 12 and eig["seeds"] == [[100, 104], [105, 107], [108, 111]]
+    for key in ("alignment", "alignment_se", "log_loss_se", "regret", "expected_bits_curve"):
+        assert eig[key] == pytest.approx(direct[key], abs=2e-5), key
+    for key in ("queries_to_0.9", "never_reached", "mean_queries_to_0.9_censored"):
+        assert eig[key] == direct[key]
+    for key in ("expected_bits_per_query", "seconds_per_query"):
+        assert eig[key] == pytest.approx(direct[key])
+    assert pooled["random"]["num_runs"] == 3 and pooled["random"]["seeds"] == [[105, 107]]
+    assert "| 12 (seeds 100-111) |" in (tmp_path / "pooled.md").read_text()
+    # a pooled file pools again with further seeds
+    cfg = vars(parse_args(["--seed", "112", "--seeds", "2", "--queries", str(T)]))
+    (tmp_path / "more.json").write_text(json.dumps({"config": cfg, "protocol": {"d8_r1": {"eig": summarize(_fake_runs(3, 2, T), T)}}}))
+    args = parse_args(["--merge", str(tmp_path / "pooled.json"), str(tmp_path / "more.json"), "--name", "more", "--out", str(tmp_path)])
+    assert merge(args.merge, args)["protocol"]["d8_r1"]["eig"]["num_runs"] == 14
+    assert "| 14 (seeds 100-113) |" in (tmp_path / "more.md").read_text()
+    # the same seeds twice: the later file replaces; overlapping seeds are refused
+    args = parse_args(["--merge", str(paths[0]), str(paths[0]), "--name", "again", "--out", str(tmp_path)])
+    assert merge(args.merge, args)["protocol"]["d8_r1"]["eig"]["num_runs"] == 5
+    overlap = json.loads(paths[1].read_text())
+    overlap["config"]["seed"] = 103
+    (tmp_path / "overlap.json").write_text(json.dumps(overlap))
+    args = parse_args(["--merge", str(paths[0]), str(tmp_path / "overlap.json"), "--name", "bad", "--out", str(tmp_path)])
+    with pytest.raises(InputDataError, match=r"seeds 100-104 and 103-105"):
+        merge(args.merge, args)
