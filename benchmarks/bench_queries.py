@@ -422,7 +422,7 @@ SHORT_HORIZON = 40
 
 
 def _runs(summary: dict[str, Any]) -> str:
-    """'300 (seeds 100-399)' for a pooled arm, else the number of runs."""
+    """'300 (seeds 100-399)' for an arm that records its seeds (merged files), else the number of runs."""
     if "seeds" not in summary:
         return str(summary["num_runs"])
     ranges: list[list[int]] = []
