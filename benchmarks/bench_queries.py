@@ -293,6 +293,17 @@ def summarize_liked(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ summaries
+def reach_summary(reach: list[int | None], num_queries: int) -> dict[str, Any]:
+    """Queries to alignment LEVEL per run (None: never within ``num_queries``) and their means."""
+    reached = [q for q in reach if q is not None]
+    return {
+        "queries_to_0.9": reach,
+        "never_reached": sum(q is None for q in reach),
+        "mean_queries_to_0.9_reached": statistics.mean(reached) if reached else None,
+        "mean_queries_to_0.9_censored": statistics.mean([q if q is not None else num_queries + 1 for q in reach]),
+    }
+
+
 def summarize(runs: list[dict[str, Any]], num_queries: int) -> dict[str, Any]:
     def curve(key):
         A = torch.tensor([r[key] for r in runs], dtype=torch.float64)
@@ -304,12 +315,7 @@ def summarize(runs: list[dict[str, Any]], num_queries: int) -> dict[str, Any]:
         m, se = curve(key)
         out[key] = [round(float(v), 5) for v in m]
         out[key + "_se"] = [round(float(v), 5) for v in se]
-    reach = [queries_to_reach(r["alignment"], LEVEL) for r in runs]
-    reached = [q for q in reach if q is not None]
-    out["queries_to_0.9"] = reach
-    out["never_reached"] = sum(q is None for q in reach)
-    out["mean_queries_to_0.9_reached"] = statistics.mean(reached) if reached else None
-    out["mean_queries_to_0.9_censored"] = statistics.mean([q if q is not None else num_queries + 1 for q in reach])
+    out.update(reach_summary([queries_to_reach(r["alignment"], LEVEL) for r in runs], num_queries))
     bits = [b for r in runs for b in r["information_bits"] if not math.isnan(b)]
     out["expected_bits_per_query"] = statistics.mean(bits) if bits else None
     info_curve = [statistics.mean(x) for x in zip(*[r["information_bits"][1:] for r in runs])] if runs[0]["information_bits"][1:] else []
@@ -669,19 +675,14 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
     total = sum(ns)
     out: dict[str, Any] = {"num_runs": total, "seeds": ranges}
     for key in ("alignment", "log_loss", "regret"):
-        means = torch.tensor([s[key] for s in pieces], dtype=torch.float64)
-        sds = torch.tensor([s[key + "_se"] for s in pieces], dtype=torch.float64) * torch.tensor(ns, dtype=torch.float64).sqrt()[:, None]
         n = torch.tensor(ns, dtype=torch.float64)[:, None]
+        means = torch.tensor([s[key] for s in pieces], dtype=torch.float64)
+        sds = torch.tensor([s[key + "_se"] for s in pieces], dtype=torch.float64) * n.sqrt()
         mean = (n * means).sum(0) / total
         var = ((n - 1) * sds**2 + n * (means - mean) ** 2).sum(0) / (total - 1)
         out[key] = [round(float(v), 5) for v in mean]
         out[key + "_se"] = [round(float(v), 5) for v in (var / total).sqrt()]
-    reach = [q for s in pieces for q in s["queries_to_0.9"]]
-    reached = [q for q in reach if q is not None]
-    out["queries_to_0.9"] = reach
-    out["never_reached"] = sum(q is None for q in reach)
-    out["mean_queries_to_0.9_reached"] = statistics.mean(reached) if reached else None
-    out["mean_queries_to_0.9_censored"] = statistics.mean([q if q is not None else num_queries + 1 for q in reach])
+    out.update(reach_summary([q for s in pieces for q in s["queries_to_0.9"]], num_queries))
 
     def weighted(key):
         vals = [(s[key], n) for s, n in zip(pieces, ns) if s.get(key) is not None]
