@@ -125,6 +125,7 @@ def prior_posterior(
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     _check_refine_steps(refine_steps, "laplace")
+    # fit's defaults; not fit itself, which refuses data without answers.
     opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
                 learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
     return _fit_laplace(model, data, opts, None)
@@ -176,14 +177,8 @@ def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, A
         params, _ = space.unpack(raw)
         info = {**info, **more}
     mode_params, _ = space.unpack(mode.unsqueeze(0))
-    lp = model.log_joint(params, data)
-    stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)}
-    samples = {k: v.unsqueeze(0) for k, v in params.items()}
-    return PyroPosterior(
-        model, data, samples, method="laplace", sample_stats=stats,
-        state={"mode": {k: v[0] for k, v in mode_params.items()}, "theta": mode, "hessian": H},
-        options=opts, diagnostics=info,
-    )
+    state = {"mode": {k: v[0] for k, v in mode_params.items()}, "theta": mode, "hessian": H}
+    return _draws_posterior(model, data, params, opts, state, info)
 
 
 def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
@@ -213,14 +208,18 @@ def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: 
         params, _ = space.unpack(theta)
         diagnostics.update(more)
     mean_params, _ = space.unpack(mean.unsqueeze(0))
+    state = {"mode": {k: v[0] for k, v in mean_params.items()}, "theta": mean,
+             "hessian": torch.cholesky_inverse(torch.linalg.cholesky(cov)), "integrated": fitted}
+    return _draws_posterior(model, data, params, opts, state, diagnostics)
+
+
+def _draws_posterior(model: PyroRewardModel, data: PreferenceData, params: dict[str, Tensor], opts: dict[str, Any],
+                     state: dict[str, Any], diagnostics: dict[str, Any]) -> PyroPosterior:
+    """Laplace (or refined) draws, `S` per site, as a one-chain posterior with their log joint."""
     lp = model.log_joint(params, data)
-    stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)}
-    return PyroPosterior(
-        model, data, {k: v.unsqueeze(0) for k, v in params.items()}, method="laplace", sample_stats=stats,
-        state={"mode": {k: v[0] for k, v in mean_params.items()}, "theta": mean,
-               "hessian": torch.cholesky_inverse(torch.linalg.cholesky(cov)), "integrated": fitted},
-        options=opts, diagnostics=diagnostics,
-    )
+    stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, lp.shape[-1], dtype=torch.bool)}
+    return PyroPosterior(model, data, {k: v.unsqueeze(0) for k, v in params.items()}, method="laplace",
+                         sample_stats=stats, state=state, options=opts, diagnostics=diagnostics)
 
 
 def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
