@@ -674,8 +674,8 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
     ns = [s["num_runs"] for s in pieces]
     total = sum(ns)
     out: dict[str, Any] = {"num_runs": total, "seeds": ranges}
+    n = torch.tensor(ns, dtype=torch.float64)[:, None]
     for key in ("alignment", "log_loss", "regret"):
-        n = torch.tensor(ns, dtype=torch.float64)[:, None]
         means = torch.tensor([s[key] for s in pieces], dtype=torch.float64)
         sds = torch.tensor([s[key + "_se"] for s in pieces], dtype=torch.float64) * n.sqrt()
         mean = (n * means).sum(0) / total
