@@ -44,7 +44,9 @@ def _benchmark(argv: list[str]) -> int:
     sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(f"benchmarks.{name}")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as err:
+        if err.name not in ("benchmarks", f"benchmarks.{name}"):
+            raise  # the benchmark exists; something it imports is missing
         print(f"benchmarks/{name}.py not found: run from a papa_bayes checkout.", file=sys.stderr)
         return 2
     module.main(argv[1:])

@@ -93,6 +93,12 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     args = p.parse_args(argv)
     if args.labels < 0:
         raise InputDataError("--labels", "a number >= 0", args.labels)
+    if args.rater < 0:
+        raise InputDataError("--rater", "a rater id >= 0", args.rater)
+    try:  # checked here, before the model loads
+        scale = args.scale if args.scale == "auto" else float(args.scale)
+    except ValueError:
+        raise InputDataError("--scale", "a number or 'auto'", args.scale) from None
 
     from papa_bayes.demo import FEATURES, make_setup
     from papa_bayes.diffusion.candidates import DiffusionCandidates
@@ -103,12 +109,9 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     if args.features not in FEATURES:
         raise InputDataError("--features", f"one of {FEATURES}", args.features)
     setup = make_setup(features=args.features)
-    scale = args.scale if args.scale == "auto" else float(args.scale)
     source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=args.seed, pool_steps=args.pool_steps,
                                  scale=scale, num_base=args.num_base)
     user = TerminalUser(args.images or args.store.with_suffix(".queries"), read=read, write=write, open_images=args.open)
-    if args.rater < 0:
-        raise InputDataError("--rater", "a rater id >= 0", args.rater)
     others: list[int] = []
     resuming, before = False, 0
     if args.store.exists():

@@ -20,6 +20,7 @@ new rater starts from what the others taught.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,11 @@ class CandidateSource(Protocol):
 
     def config(self) -> dict[str, Any]:
         """JSON-serializable description, stored with the session."""
+
+    # Optional: a source whose choices depend on its own history (e.g. a guidance
+    # scale re-chosen every few pools) also has ``state() -> dict`` (JSON-serializable)
+    # and ``load_state(dict)``; the session stores the state with each query and
+    # finished round and restores it on resume.
 
 
 class FeaturePool:
@@ -191,10 +197,16 @@ class PreferenceSession:
         if finetune_every is not None and not callable(getattr(source, "finetune", None)):
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
+        if isinstance(rater, bool) or not isinstance(rater, numbers.Integral) or rater < 0:
+            raise InputDataError("rater", "a rater id >= 0", rater)
+        rater = int(rater)
         self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
-        if not _resuming and self.store.num_answers(int(rater)) > 0:
-            raise StoreError(f"{self.store.path} already holds answers of rater {int(rater)}; continue them with "
-                             f"PreferenceSession.resume(path, ..., rater={int(rater)}).")
+        # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
+        if not _resuming and self.store.queries(rater=rater):
+            if not isinstance(store, PreferenceStore):
+                self.store.close()
+            raise StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them with "
+                             f"PreferenceSession.resume(path, ..., rater={rater}).")
         self.source, self.user = source, user
         self.model = model if model is not None else LinearReward(rationality=1.0)
         self.finetune_every = finetune_every
@@ -227,8 +239,10 @@ class PreferenceSession:
         """Continue the session stored at ``path`` with the same source and user.
 
         The posterior is refitted from the stored answers, the RNG state of the last
-        finished round restored, the last fine-tuned weights reloaded, and a query
-        left unanswered by a crash is asked again before anything new.
+        query (and the source's state, for sources with ``load_state``) restored,
+        the last fine-tuned weights reloaded, and a round a crash left unfinished is
+        finished first: its query asked again when unanswered, its fine-tune run
+        when that round is one of every ``finetune_every``.
 
         Args:
             rater: whose session to continue (default: the store's first session).
@@ -257,11 +271,14 @@ class PreferenceSession:
             if state is not None:
                 session.generator.set_state(state)
             session.round = last.round
+            source_state = store.source_state(session.rater)
+            if source_state is not None and callable(getattr(source, "load_state", None)):
+                source.load_state(source_state)
             if last.answer is None:  # killed while asking: ask again
                 session._ask_and_update(last)
-                session._finish_round(last, {"resumed": 1.0})
+                session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
             elif last.round not in store.finished_rounds(session.rater):  # killed after the answer was written
-                session._finish_round(last, {"resumed": 1.0})
+                session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
             else:
                 session.round = last.round + 1
         return session
@@ -334,10 +351,11 @@ class PreferenceSession:
         return prior_posterior(model, data, num_samples=self.num_draws, seed=self.seed)
 
     def _refit(self) -> None:
-        data = self.data
-        if data.num_items == 0:
+        if self.store.num_items == 0:  # (an empty store has no feature dimension to build data with)
             self._posterior = None
-        elif data.num_observations == 0:
+            return
+        data = self.data
+        if data.num_observations == 0:
             self._posterior = self._prior(data)
         else:
             self._posterior = self._fit(data)
@@ -350,9 +368,9 @@ class PreferenceSession:
         if pool.features.shape[1] != self.source.num_features:
             raise InputDataError("candidates.features", f"`n x {self.source.num_features}`", tuple(pool.features.shape))
         t_pool = time.perf_counter()
-        idx = self.store.add_items(
-            pool.features, images=pool.images, source="steered", round=self.round, rater=self.rater
-        )
+        sources = ["steered" if steered else "explore" for steered in pool.steered.tolist()]
+        idx = self.store.add_items(pool.features, images=pool.images, source=sources, round=self.round,
+                                   rater=self.rater)
         post = self._posterior or self._prior(self.data)
         sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
                              query_type=self.query_type, generator=self.generator)
@@ -361,24 +379,32 @@ class PreferenceSession:
         score = float(sel.scores[0])
         query_id = self.store.add_query(
             round=self.round, rater=self.rater, kind=self.query_type, item_a=item_a, item_b=item_b, score=score,
-            rng_state=self.generator.get_state(),
+            rng_state=self.generator.get_state(), source_state=self._source_state(),
         )
         query = StoredQuery(query_id, self.round, self.rater, self.query_type, item_a, item_b, score, None)
         t_select = time.perf_counter()
         self._ask_and_update(query)
         t_update = time.perf_counter()
         realised = weight_entropy_bits(post) - weight_entropy_bits(self._posterior)
-        finetune = {}
-        if self.finetune_every is not None and (self.round + 1) % self.finetune_every == 0:
-            finetune = {"finetuned": 1.0, "seconds_finetune": self._finetune()}
         metrics = {
             "information_bits": float(sel.information_bits[0]),
             "realised_information_bits": realised,
             "pool_steered_share": float(pool.steered.double().mean()),
             "seconds_pool": t_pool - t0, "seconds_select": t_select - t_pool, "seconds_update": t_update - t_select,
-            **finetune,
+            **self._finetune_if_due(),
         }
         return self._finish_round(query, metrics)
+
+    def _source_state(self) -> dict[str, Any] | None:
+        """The source's resumable state (sources with a ``state()`` method), else None."""
+        state = getattr(self.source, "state", None)
+        return state() if callable(state) else None
+
+    def _finetune_if_due(self) -> dict[str, float]:
+        """Fine-tune when this round is one of every ``finetune_every``; its metrics (empty when not due)."""
+        if self.finetune_every is None or (self.round + 1) % self.finetune_every != 0:
+            return {}
+        return {"finetuned": 1.0, "seconds_finetune": self._finetune()}
 
     def _finetune(self) -> float:
         """Fine-tune the source on the current posterior; seconds taken.
@@ -423,7 +449,7 @@ class PreferenceSession:
         metrics["exposure_entropy_bits"] = float(div.entropy_bits)
         metrics["exposure_coverage"] = float(div.coverage)
         metrics["num_answers"] = float(self.store.num_answers(self.rater))
-        self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics)
+        self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics, source_state=self._source_state())
         record = RoundRecord(self.round, query, metrics)
         self.round += 1
         if self.on_round is not None:

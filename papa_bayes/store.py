@@ -1,9 +1,10 @@
 """The durable store: one SQLite file holding everything a session needs to resume.
 
-Tables: ``meta`` (schema version, configuration), ``items`` (features and, when
-given, the image of everything shown), ``queries`` (what was asked, by round and
-rater), ``answers`` (one per query, committed before anything else happens),
-``rounds`` (per-round metrics and the RNG state needed to continue exactly).
+Tables: ``meta`` (schema version, configurations, each rater's candidate-source
+state), ``items`` (features and, when given, the image of everything shown),
+``queries`` (what was asked, by round and rater), ``answers`` (one per query,
+committed before anything else happens), ``rounds`` (per-round metrics and the RNG
+state needed to continue exactly).
 
 The file uses WAL journaling with ``synchronous=FULL``: once
 :meth:`PreferenceStore.record_answer` returns, the answer survives a killed process.
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,22 +118,29 @@ class PreferenceStore:
             raise StoreError(f"No store at {self.path}.")
         if exists:
             self._check_header()
+        conn = None
         try:
-            self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            conn = self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            if exists:  # read-only checks first: journal_mode=WAL would rewrite a foreign file's header
+                self._check_existing()
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
-            if exists:
-                self._check_existing()
-            else:
+            if not exists:
                 with self._transaction():
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self.conn.execute(statement)
                     self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                     self.conn.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path} is not a readable papa_bayes store ({err}); the file was left untouched.") from err
+        except BaseException as err:
+            if conn is not None:
+                conn.close()
+            if isinstance(err, sqlite3.DatabaseError):
+                raise StoreError(
+                    f"{self.path} is not a readable papa_bayes store ({err}); the file was left untouched."
+                ) from err
+            raise
 
     # ------------------------------------------------------------ integrity
     def _check_header(self) -> None:
@@ -180,11 +189,14 @@ class PreferenceStore:
         """Store a session configuration (JSON-serializable).
 
         With ``rater``, it is that rater's session's configuration; the first one
-        stored is also the store's default (:attr:`config`).
+        stored is also the store's default (:attr:`config`), and stays that rater's:
+        a later configuration of the same rater replaces the default too.
         """
         text = json.dumps(config)
         with self._transaction():
-            if rater is None or self.conn.execute("SELECT 1 FROM meta WHERE key='config'").fetchone() is None:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='config'").fetchone()
+            default = None if row is None else json.loads(row[0])
+            if rater is None or row is None or (isinstance(default, dict) and default.get("rater") == int(rater)):
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (text,))
             if rater is not None:
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"config/rater{int(rater)}", text))
@@ -221,26 +233,38 @@ class PreferenceStore:
         features: Tensor,
         *,
         images: Tensor | None = None,
-        source: str = "",
+        source: str | Sequence[str] = "",
         round: int | None = None,
         rater: int | None = None,
     ) -> list[int]:
-        """Append `n x d` items (and optionally their `n x ...` images); returns their indices."""
+        """Append `n x d` items (and optionally their `n x ...` images); returns their indices.
+
+        ``source`` labels where the items came from: one label for all, or `n`
+        labels, one per item (e.g. ``"steered"`` / ``"explore"``).
+        """
         feats = torch.as_tensor(features).detach().to(torch.float64).cpu()
         if feats.dim() != 2:
             raise InputDataError("features", "shape `n x d`", tuple(feats.shape))
         d = self.num_features
         if d is not None and feats.shape[1] != d:
             raise InputDataError("features", f"shape `n x {d}` (the store's feature dimension)", tuple(feats.shape))
+        bad = int((~torch.isfinite(feats)).sum())
+        if bad:  # stored items are permanent: one NaN would make the store unusable
+            raise InputDataError("features", "finite values", f"{bad} non-finite values")
         if images is not None and images.shape[0] != feats.shape[0]:
             raise InputDataError("images", f"{feats.shape[0]} images (one per item)", images.shape[0])
+        sources = [source] * feats.shape[0] if isinstance(source, str) else list(source)
+        if len(sources) != feats.shape[0]:
+            raise InputDataError("source", f"one label or {feats.shape[0]} (one per item)", f"{len(sources)} labels")
+        if not all(isinstance(s, str) for s in sources):
+            raise InputDataError("source", "str labels", sorted({type(s).__name__ for s in sources}))
         now = time.time()
         with self._transaction():
             start = self.num_items
             rows = []
             for i in range(feats.shape[0]):
                 img = None if images is None else _npy(images[i].detach().float().cpu().numpy())
-                rows.append((start + i, feats[i].numpy().tobytes(), img, source, round, rater, now))
+                rows.append((start + i, feats[i].numpy().tobytes(), img, sources[i], round, rater, now))
             self.conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             if d is None:
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('num_features', ?)", (str(feats.shape[1]),))
@@ -276,18 +300,32 @@ class PreferenceStore:
     # -------------------------------------------------------------- queries
     def add_query(
         self, *, round: int, rater: int, kind: str, item_a: int, item_b: int | None = None,
-        score: float | None = None, rng_state: Tensor | None = None,
+        score: float | None = None, rng_state: Tensor | None = None, source_state: dict[str, Any] | None = None,
     ) -> int:
-        """Record a query before it is asked (with the RNG state to resume from); returns its id."""
+        """Record a query before it is asked (with the state to resume from); returns its id.
+
+        ``rng_state`` is the session's RNG state and ``source_state`` the candidate
+        source's (JSON-serializable, see :meth:`source_state`) right after choosing
+        this query; both are written in the query's transaction.
+        """
+        for name, value in (("round", round), ("rater", rater)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise InputDataError(name, "a non-negative integer", value)
         if kind not in ("pair", "rating"):
             raise InputDataError("kind", "'pair' or 'rating'", kind)
         if (kind == "pair") != (item_b is not None):
             raise InputDataError("item_b", "an item for a pair and None for a rating", item_b)
+        n = self.num_items
+        for name, item in (("item_a", item_a), ("item_b", item_b)):
+            if item is not None and not 0 <= int(item) < n:
+                raise InputDataError(name, f"the index of a stored item (0 to {n - 1})", item)
         with self._transaction():
+            if source_state is not None:
+                self._put_source_state(int(rater), source_state)
             cur = self.conn.execute(
                 "INSERT INTO queries (round, rater, kind, item_a, item_b, score, asked, rng_state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (round, rater, kind, int(item_a), None if item_b is None else int(item_b),
+                (int(round), int(rater), kind, int(item_a), None if item_b is None else int(item_b),
                  None if score is None else float(score), time.time(),
                  None if rng_state is None else rng_state.numpy().tobytes()),
             )
@@ -338,10 +376,23 @@ class PreferenceStore:
     def num_answers(self, rater: int | None = None) -> int:
         return len(self.queries(rater=rater, answered=True))
 
+    def source_state(self, rater: int) -> dict[str, Any] | None:
+        """The candidate source's state stored with ``rater``'s last query or finished round, or None."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"source_state/rater{int(rater)}",)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _put_source_state(self, rater: int, state: dict[str, Any]) -> None:
+        key = f"source_state/rater{rater}"
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(state)))
+
     # ---------------------------------------------------------------- rounds
-    def finish_round(self, *, rater: int, round: int, metrics: dict[str, Any], rng_state: Tensor | None = None) -> None:
+    def finish_round(self, *, rater: int, round: int, metrics: dict[str, Any], rng_state: Tensor | None = None,
+                     source_state: dict[str, Any] | None = None) -> None:
+        """Record a finished round's metrics (and the source's state at its end, as in :meth:`add_query`)."""
         blob = None if rng_state is None else rng_state.numpy().tobytes()
         with self._transaction():
+            if source_state is not None:
+                self._put_source_state(int(rater), source_state)
             self.conn.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?)",
                 (rater, round, json.dumps(metrics, default=float), blob, time.time()),

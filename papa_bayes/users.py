@@ -128,12 +128,16 @@ class SimulatedUser:
             raise InputDataError("rationality", "a positive number (math.inf for a noiseless user)", rationality)
         if tie_margin < 0 or not math.isfinite(tie_margin):
             raise InputDataError("tie_margin", "a finite number >= 0", tie_margin)
+        if not math.isfinite(threshold):
+            raise InputDataError("threshold", "a finite number", threshold)
         self.weights = None
         if isinstance(utility, Tensor):
             self.weights = utility.to(torch.float64)
-            if self.weights.dim() != 1:
-                raise InputDataError("utility", "a `d` weight vector or a callable", tuple(self.weights.shape))
-            self._utility = lambda x: torch.as_tensor(x, dtype=torch.float64) @ self.weights
+            if self.weights.dim() != 1 or self.weights.numel() == 0:
+                raise InputDataError("utility", "a non-empty `d` weight vector or a callable", tuple(self.weights.shape))
+            if not bool(torch.isfinite(self.weights).all()):
+                raise InputDataError("utility", "finite weights", self.weights.tolist())
+            self._utility = self._linear
         elif callable(utility):
             self._utility = utility
         else:
@@ -161,14 +165,32 @@ class SimulatedUser:
         """Restart the answer stream: the same queries then get the same answers again."""
         self.generator.manual_seed(self.seed)
 
+    def _linear(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        d = self.weights.shape[0]
+        if x.dim() == 0 or x.shape[-1] != d:
+            raise InputDataError("x", f"shape `n x {d}` (the weights' dimension)", tuple(x.shape))
+        return x @ self.weights
+
     def utility(self, x: Tensor) -> Tensor:
-        """The hidden utility: `n`."""
-        u = torch.as_tensor(self._utility(x)).to(torch.float64)
-        return u.reshape(-1)
+        """The hidden utility: `n`.
+
+        Raises:
+            InputDataError: features of another dimension than the weights, or a
+                utility that is not finite (NaN features, a callable returning NaN).
+        """
+        u = torch.as_tensor(self._utility(x)).to(torch.float64).reshape(-1)
+        if not bool(torch.isfinite(u).all()):
+            bad = int(torch.nonzero(~torch.isfinite(u))[0])
+            raise InputDataError("x", "items with a finite utility", f"{float(u[bad])} at item {bad}")
+        return u
 
     def outcome_probabilities(self, first: Tensor, second: Tensor) -> Tensor:
-        """`n x 2` (first, second) or `n x 3` (..., tie) answer probabilities."""
-        diff = self.utility(first) - self.utility(second)
+        """`n x 2` (first, second) or `n x 3` (..., tie) answer probabilities for `n` items each."""
+        u_first, u_second = self.utility(first), self.utility(second)
+        if u_first.shape != u_second.shape:
+            raise InputDataError("second", f"{u_first.shape[0]} items, one per item of first", u_second.shape[0])
+        diff = u_first - u_second
         if math.isinf(self.rationality):
             scaled = torch.sign(diff) * 1e6
         else:
@@ -213,9 +235,13 @@ class CallbackUser:
     def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
         if self.compare_fn is None:
             raise InputDataError("compare_fn", "a callable for pairwise queries", None)
+        if len(first) != len(second):
+            raise InputDataError("second", f"{len(first)} items, one per item of first", len(second))
         won, tie = [], []
         for a, b in zip(first, second):
             ans = self.compare_fn(a, b)
+            if isinstance(ans, bool):  # True == 1 would read as "second preferred"
+                raise InputDataError("answer", "0 (first), 1 (second) or 'tie', not a bool", ans)
             if ans in ("tie", 2):
                 won.append(True)
                 tie.append(True)
@@ -232,10 +258,15 @@ class CallbackUser:
         out = []
         for item in x:
             ans = self.rate_fn(item)
-            if ans not in (1, -1):
+            if isinstance(ans, bool) or ans not in (1, -1):
                 raise InputDataError("answer", "+1 (like) or -1 (dislike)", ans)
             out.append(int(ans))
         return torch.tensor(out, dtype=torch.long)
+
+
+def _check_count(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputDataError(field, "an integer >= 0", value)
 
 
 def simulate_comparisons(
@@ -245,6 +276,7 @@ def simulate_comparisons(
     n = items.shape[0]
     if n < 2:
         raise InputDataError("items", "at least 2 items", n)
+    _check_count("num_comparisons", num_comparisons)
     a = torch.randint(0, n, (num_comparisons,), generator=generator)
     b = (a + torch.randint(1, n, (num_comparisons,), generator=generator)) % n  # never a == b
     won, tie = user.compare(items[a], items[b])
@@ -254,5 +286,8 @@ def simulate_comparisons(
 
 def simulate_ratings(user: SimulatedUser, items: Tensor, num_ratings: int, *, generator: torch.Generator) -> PreferenceData:
     """Random items rated like/dislike by ``user``."""
+    if items.shape[0] < 1:
+        raise InputDataError("items", "at least 1 item", items.shape[0])
+    _check_count("num_ratings", num_ratings)
     idx = torch.randint(0, items.shape[0], (num_ratings,), generator=generator)
     return PreferenceData(items=items, ratings=torch.stack([idx, user.rate(items[idx])], -1))

@@ -27,6 +27,7 @@ from papa_bayes.acquisition import (
     UtilityDifferenceVariance,
     botorch_qeubo,
     comparison_information_gain,
+    grouped_information,
     houlsby_information_gain,
 )
 from papa_bayes.exceptions import InputDataError
@@ -294,3 +295,63 @@ def test_on_the_packages_gp_posterior():
         closed = HoulsbyInformationGain(post)(X)  # on the draws' moments
     assert torch.allclose(mc, sel.information_bits)
     assert ((mc - closed).abs() / mc).max() <= 0.05
+
+
+def test_uncertainty_of_a_rating_uses_the_posteriors_like_threshold():
+    gen = torch.Generator().manual_seed(5)
+    items = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    user = SimulatedUser(random_unit_vector(3, generator=gen), seed=1, threshold=0.3)
+    post = fit(LinearReward(), simulate_ratings(user, items, 30, generator=gen), method="laplace", num_samples=256)
+    X = items[:6].unsqueeze(-2)
+    with torch.no_grad():
+        var = UtilityDifferenceVariance(post, query_size=1)(X)
+        u = post.utility(items[:6])
+    expected = (u - post.like_threshold_draws().unsqueeze(-1)).var(0)
+    assert torch.allclose(var, expected)
+    assert not torch.allclose(var, u.var(0), rtol=0.05)  # the threshold's draws matter
+
+
+def test_acquisition_settings_are_checked(linear_post):
+    post, items = linear_post
+    s = post.num_draws
+    for bad in (-1.0, float("nan"), [0.5, 0.5, 0.5]):
+        with pytest.raises(InputDataError, match="tie_strength"):
+            PairwiseInformationGain(post, tie_strength=bad)
+    assert PairwiseInformationGain(post, tie_strength=torch.full((s,), 0.5)).tie_strength.shape == (s,)
+    with pytest.raises(InputDataError, match="threshold"):
+        RatingInformationGain(post, threshold=float("nan"))
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(InputDataError, match="noise_scale"):
+            HoulsbyInformationGain(post, noise_scale=bad)
+        with pytest.raises(InputDataError, match="noise_scale"):
+            houlsby_information_gain(torch.tensor([0.5]), torch.tensor([1.0]), noise_scale=bad)
+    with pytest.raises(InputDataError, match="num_samples"):
+        PairwiseInformationGain(post, num_samples=0)
+    with pytest.raises(InputDataError, match="draws"):
+        ThompsonSampling(post, draws=[0, s])
+    with pytest.raises(InputDataError, match="query_size"):
+        ThompsonSampling(post, generator=torch.Generator(), query_size=3)
+    with pytest.raises(InputDataError, match="query_size"):
+        UtilityDifferenceVariance(post, query_size=0)
+    X = items[:4].reshape(2, 2, 4)
+    with torch.no_grad():  # a nested list is read as a tensor
+        assert torch.allclose(HoulsbyInformationGain(post)(X.tolist()), HoulsbyInformationGain(post)(X))
+
+
+def test_grouped_information_rejects_groups_outside_the_range():
+    lp = torch.full((8, 3, 2), math.log(0.5), dtype=torch.float64)
+    ok = grouped_information(lp, torch.zeros(8, dtype=torch.long), 1)
+    assert torch.allclose(ok, torch.zeros(3, dtype=torch.float64))  # one group: nothing to learn
+    for groups in (torch.full((8,), 2), torch.full((8, 3), -1)):
+        with pytest.raises(InputDataError, match="groups"):
+            grouped_information(lp, groups, 2)
+
+
+def test_a_botorch_models_query_value_does_not_depend_on_its_batch(gp_setup):
+    """Base samples are shared across the batch, so a query scores the same alone or among 11,000."""
+    gp, _, _ = gp_setup
+    X = torch.rand(11_000, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    acq = PairwiseInformationGain(gp, link="probit", num_samples=64)
+    with torch.no_grad():
+        alone, among = acq(X[:5]), acq(X)[:5]
+    assert torch.allclose(alone, among, rtol=1e-10, atol=1e-12)

@@ -12,13 +12,14 @@ from papa_bayes.acquisition import (
     PairwiseInformationGain,
     all_pairs,
     exposure_diversity,
+    greedy_dpp,
     greedy_joint_information,
     optimize_queries,
     queries_to_reach,
     run_active_learning,
     select_queries,
 )
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, simulate_ratings
 
 
@@ -233,3 +234,73 @@ def test_run_active_learning_passes_fit_options_to_every_update():
         run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, fit_options={"num_samples": 8})
     with pytest.raises(InputDataError, match=r"select_options.*'k'"):
         run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, select_options={"k": 2})
+
+
+def test_k_larger_than_the_screen_still_gives_k_distinct_pairs(setup):
+    post, pool = setup
+    for batch in ("auto", "top", "dpp"):
+        sel = select_queries(post, pool[:10], k=4, screen=2, batch=batch)
+        pairs = {tuple(sorted(p)) for p in sel.indices.tolist()}
+        assert len(pairs) == 4, batch
+        assert sel.details["screen_kept"] == 4
+
+
+def test_batch_functions_reject_k_outside_the_candidates():
+    probs = torch.full((8, 2, 2), 0.5, dtype=torch.float64)
+    for k in (0, 3, -1, 1.5):
+        with pytest.raises(InputDataError, match="k"):
+            greedy_joint_information(probs, k)
+        with pytest.raises(InputDataError, match="k"):
+            greedy_dpp(torch.ones(2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64), k)
+
+
+def test_all_exploratory_queries_are_still_scored(setup):
+    post, pool = setup
+    sel = select_queries(post, pool, strategy="eig", k=3, exploration=1.0, generator=_gen(5))
+    assert bool(sel.exploratory.all())
+    assert torch.allclose(sel.scores, sel.information_bits)  # EIG's score is the information itself
+
+
+def test_optimize_queries_counts_a_swapped_pair_once():
+    gen = _gen(1)
+    w = random_unit_vector(2, generator=gen)
+    items = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    post = fit(LinearReward(), simulate_comparisons(SimulatedUser(w, seed=2), items, 25, generator=gen),
+               method="laplace", num_samples=128)
+    bounds = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+    # Four restarts in a square: the optima are corner pairs, found in both orders.
+    with pytest.warns(PapaBayesWarning, match="distinct optima"):
+        X, values = optimize_queries(post, bounds, strategy="eig", k=4, num_restarts=4, raw_samples=32,
+                                     options={"maxiter": 30})
+    assert X.shape[0] == values.shape[0] < 4
+    for i in range(X.shape[0]):
+        for j in range(i):
+            assert float(torch.minimum((X[i] - X[j]).abs().max(), (X[i] - X[j].flip(0)).abs().max())) > 1e-4
+    with pytest.raises(InputDataError, match="k"):
+        optimize_queries(post, bounds, k=1.5, num_restarts=3)
+
+
+def test_exposure_diversity_on_repeated_reference_and_bad_input():
+    gen = _gen(2)
+    ref = torch.randn(4, 3, generator=gen, dtype=torch.float64).repeat(10, 1)  # 4 distinct items
+    spread = exposure_diversity(ref, ref, num_cells=16)
+    assert spread.num_cells == 4 and spread.coverage == 1.0 and spread.normalized_entropy == pytest.approx(1.0)
+    bad = ref.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(InputDataError, match="shown"):
+        exposure_diversity(bad, ref)
+    with pytest.raises(InputDataError, match="reference"):
+        exposure_diversity(ref, bad)
+    with pytest.raises(InputDataError, match="num_cells"):
+        exposure_diversity(ref, ref, num_cells=2.5)
+
+
+def test_run_active_learning_with_a_reused_user_answers_as_a_fresh_one():
+    gen = _gen(9)
+    w = random_unit_vector(3, generator=gen)
+    pool = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    user = SimulatedUser(w, seed=0)
+    first = run_active_learning(user, pool, strategy="random", num_queries=6, num_samples=64, seed=0)
+    again = run_active_learning(user, pool, strategy="random", num_queries=6, num_samples=64, seed=0)
+    fresh = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="random", num_queries=6, num_samples=64, seed=0)
+    assert first.alignment == again.alignment == fresh.alignment

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import io
+import sys
+
+import pytest
 
 from papa_bayes.cli import main
 from papa_bayes.store import PreferenceStore
@@ -57,3 +60,44 @@ def test_label_command_serves_several_raters_from_one_store(tmp_path):
     assert "Resuming" in out.getvalue() and "rater 1" in out.getvalue()
     with PreferenceStore(store, create=False) as s:
         assert s.num_answers(1) == 3 and s.num_answers(0) == 3
+
+
+@pytest.fixture
+def benchmarks_checkout(tmp_path, monkeypatch):
+    """A checkout whose ``benchmarks/bench_needs_dep.py`` imports a module that is not installed."""
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "__init__.py").write_text("")
+    (tmp_path / "benchmarks" / "bench_needs_dep.py").write_text(
+        "import papa_bayes_missing_dependency_xyz  # noqa: F401\n\n\ndef main(argv):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "benchmarks" or k.startswith("benchmarks.")}
+    yield tmp_path
+    for k in [k for k in sys.modules if k == "benchmarks" or k.startswith("benchmarks.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def test_benchmark_whose_dependency_is_missing_is_not_reported_missing(benchmarks_checkout, capsys):
+    with pytest.raises(ModuleNotFoundError, match="papa_bayes_missing_dependency_xyz"):
+        main(["benchmark", "needs_dep"])
+    assert main(["benchmark", "no_such_benchmark"]) == 2
+    assert "benchmarks/bench_no_such_benchmark.py not found" in capsys.readouterr().err
+
+
+def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path, monkeypatch):
+    import pytest
+
+    import papa_bayes.demo
+    from papa_bayes.exceptions import InputDataError
+    from papa_bayes.labeling import main as label_main
+
+    def no_model(**kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(papa_bayes.demo, "make_setup", no_model)
+    store = tmp_path / "s.sqlite"
+    for args, field in ((["--rater", "-1"], "--rater"), (["--scale", "abc"], "--scale")):
+        with pytest.raises(InputDataError, match=field):
+            label_main(["--store", str(store), *args], read=lambda _: "q", write=io.StringIO())
+        assert not store.with_suffix(".queries").exists()

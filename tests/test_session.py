@@ -151,3 +151,88 @@ def test_gp_reward_session(tmp_path):
     assert session.recommend(3).features.shape == (3, 4)
     resumed = PreferenceSession.resume(tmp_path / "gp.db", source, user, model=PreferenceGP(num_inducing=32))
     assert isinstance(resumed.posterior, GPPosterior)
+
+
+class _Killed(BaseException):
+    """Stands in for the process being killed (not an Exception: nothing may catch it)."""
+
+
+class _FinetunePool:
+    """A feature pool that 'fine-tunes' by writing a marker, and can be killed while doing so."""
+
+    def __init__(self, pool, *, kill_at_call=None):
+        self.pool, self.kill_at_call, self.calls = pool, kill_at_call, []
+        self.num_features = pool.num_features
+
+    def candidates(self, *args, **kwargs):
+        return self.pool.candidates(*args, **kwargs)
+
+    def recommend(self, *args, **kwargs):
+        return self.pool.recommend(*args, **kwargs)
+
+    def config(self):
+        return self.pool.config()
+
+    def finetune(self, posterior, *, generator, path):
+        self.calls.append(int(posterior.data.num_comparisons))
+        if len(self.calls) == self.kill_at_call:
+            raise _Killed
+        (path / "unet").mkdir(parents=True, exist_ok=True)
+        (path / "unet" / "config.json").write_text("{}")
+
+    def load_finetuned(self, path):
+        pass
+
+
+def test_resume_runs_the_finetune_a_crash_interrupted(tmp_path):
+    pool, user, _ = setup()
+    path = tmp_path / "ft.db"
+    killed = _FinetunePool(pool, kill_at_call=2)
+    session = PreferenceSession(path, killed, user, pool_size=8, seed=1, finetune_every=2)
+    session.run(3, progress=False)
+    with pytest.raises(_Killed):
+        session.step()  # round 3: its answer is stored, then the fine-tune is killed
+    session.close()
+    assert killed.calls == [2, 4]
+
+    resumed_source = _FinetunePool(pool)
+    resumed = PreferenceSession.resume(path, resumed_source, user)
+    assert resumed_source.calls == [4]  # round 3's fine-tune, on its 4 answers
+    assert resumed.round == 4 and resumed.history[3]["finetuned"] == 1.0 and resumed.history[3]["resumed"] == 1.0
+    resumed.run(2, progress=False)
+    assert resumed_source.calls == [4, 6]  # the next one where it is due: round 5
+
+
+def test_a_query_left_unanswered_makes_a_new_session_refuse(tmp_path):
+    pool, user, _ = setup()
+
+    class Dying:
+        def compare(self, a, b):
+            raise _Killed
+
+    path = tmp_path / "s.db"
+    first = PreferenceSession(path, pool, Dying(), pool_size=8, seed=1)
+    with pytest.raises(_Killed):
+        first.step()  # killed while the first query is asked: no answer stored
+    first.close()
+    with pytest.raises(StoreError, match="queries of rater 0.*resume"):
+        PreferenceSession(path, pool, user, pool_size=8, seed=99, query_type="rating")
+    with pytest.raises(InputDataError, match="rater"):
+        PreferenceSession(tmp_path / "t.db", pool, user, rater=-1)
+    resumed = PreferenceSession.resume(path, pool, user)
+    assert resumed.seed == 1 and resumed.query_type == "pair"
+    assert resumed.store.pending_query(0) is None and resumed.store.num_answers(0) == 1  # asked again on resume
+    # A session that never asked may be replaced; resume then rebuilds the replacement, with or without rater=.
+    other = tmp_path / "u.db"
+    PreferenceSession(other, pool, user, pool_size=8, seed=1).close()
+    PreferenceSession(other, pool, user, pool_size=8, seed=5, query_type="rating").close()
+    for again in (PreferenceSession.resume(other, pool, user), PreferenceSession.resume(other, pool, user, rater=0)):
+        assert (again.seed, again.query_type) == (5, "rating")
+
+
+def test_pool_items_are_stored_as_steered_or_explore(tmp_path):
+    pool, user, _ = setup()
+    session = PreferenceSession(tmp_path / "s.db", pool, user, pool_size=8, exploration=0.25, seed=1)
+    session.run(2, progress=False)
+    rows = session.store.conn.execute("SELECT round, source, COUNT(*) FROM items GROUP BY round, source").fetchall()
+    assert sorted(rows) == [(0, "explore", 8), (1, "explore", 2), (1, "steered", 6)]  # round 0: no posterior yet

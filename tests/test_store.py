@@ -82,3 +82,80 @@ def test_corrupt_or_foreign_file_is_reported_not_overwritten(tmp_path):
     good.write_bytes(bytes(raw))
     with pytest.raises(StoreError):
         PreferenceStore(good)
+
+
+def test_foreign_sqlite_file_is_not_converted_and_not_kept_open(tmp_path, monkeypatch):
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    closed = []
+
+    class Connection(sqlite3.Connection):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: real_connect(*a, factory=Connection, **kw))
+    with pytest.raises(StoreError, match="not a papa_bayes store"):
+        PreferenceStore(other)
+    assert closed == [True]
+    assert other.read_bytes() == before  # no journal_mode=WAL written into its header
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no -wal / -shm files
+
+
+def test_non_finite_features_are_refused_before_writing(tmp_path):
+    store = PreferenceStore(tmp_path / "s.db")
+    store.add_items(torch.randn(2, 2))
+    with pytest.raises(InputDataError, match="features: expected finite values"):
+        store.add_items(torch.tensor([[0.0, 1.0], [float("nan"), float("inf")]]))
+    assert store.num_items == 2 and bool(torch.isfinite(store.preference_data().items).all())
+
+
+def test_add_query_validates_items_round_and_rater(tmp_path):
+    store = PreferenceStore(tmp_path / "s.db")
+    store.add_items(torch.randn(3, 2))
+    bad = [
+        ("item_b", dict(round=0, rater=0, kind="pair", item_a=0, item_b=99)),
+        ("item_a", dict(round=0, rater=0, kind="rating", item_a=-1)),
+        ("round", dict(round=None, rater=0, kind="rating", item_a=0)),
+        ("rater", dict(round=0, rater=None, kind="rating", item_a=0)),
+    ]
+    for field, kwargs in bad:
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            store.add_query(**kwargs)
+    assert store.queries() == []
+
+
+def test_items_take_one_source_per_item(tmp_path):
+    store = PreferenceStore(tmp_path / "s.db")
+    store.add_items(torch.randn(3, 2), source=["explore", "steered", "steered"], round=0)
+    store.add_items(torch.randn(1, 2), source="base")
+    rows = store.conn.execute("SELECT source FROM items ORDER BY idx").fetchall()
+    assert [r[0] for r in rows] == ["explore", "steered", "steered", "base"]
+    with pytest.raises(InputDataError, match="source"):
+        store.add_items(torch.randn(2, 2), source=["explore"])
+    assert store.num_items == 4
+
+
+def test_set_config_keeps_the_default_that_of_its_rater(tmp_path):
+    store = PreferenceStore(tmp_path / "s.db")
+    store.set_config({"rater": 0, "seed": 1}, rater=0)
+    store.set_config({"rater": 1, "seed": 2}, rater=1)
+    assert store.config == {"rater": 0, "seed": 1}  # the first rater's stays the default
+    store.set_config({"rater": 0, "seed": 3}, rater=0)
+    assert store.config == store.rater_config(0) == {"rater": 0, "seed": 3}
+    assert store.rater_config(1) == {"rater": 1, "seed": 2}
+
+
+def test_source_state_is_written_with_queries_and_rounds(tmp_path):
+    store = PreferenceStore(tmp_path / "s.db")
+    store.add_items(torch.randn(2, 2))
+    assert store.source_state(0) is None
+    store.add_query(round=0, rater=0, kind="pair", item_a=0, item_b=1, source_state={"calls": 1})
+    assert store.source_state(0) == {"calls": 1} and store.source_state(1) is None
+    store.finish_round(rater=0, round=0, metrics={}, source_state={"calls": 1, "chosen_scale": 0.5})
+    assert store.source_state(0) == {"calls": 1, "chosen_scale": 0.5}

@@ -153,3 +153,35 @@ def test_user_rejects_bad_parameters():
         SimulatedUser(torch.ones(2), tie_margin=-1.0)
     with pytest.raises(InputDataError):
         SimulatedUser("not a utility")
+
+
+def test_user_rejects_bad_weights_items_and_answers():
+    with pytest.raises(InputDataError, match="threshold"):
+        SimulatedUser(torch.ones(2), threshold=float("nan"))
+    with pytest.raises(InputDataError, match="utility"):
+        SimulatedUser(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(InputDataError, match="utility"):
+        SimulatedUser(torch.zeros(0))
+    user = SimulatedUser(torch.ones(2), seed=0)
+    x = _items(4, 2)
+    with pytest.raises(InputDataError, match="x"):
+        user.compare(_items(2, 3), _items(2, 3))  # another dimension than the weights
+    nan_items = x.clone()
+    nan_items[1, 0] = float("nan")
+    with pytest.raises(InputDataError, match="x"):
+        user.rate(nan_items)
+    with pytest.raises(InputDataError, match="second"):
+        user.compare(x[:3], x[3:])  # 3 items against 1: no silent broadcast
+    with pytest.raises(InputDataError, match="x"):
+        SimulatedUser(lambda z: torch.full((z.shape[0],), float("nan"))).rate(x)
+    with pytest.raises(InputDataError, match="answer"):
+        CallbackUser(compare_fn=lambda a, b: True).compare(x[:1], x[1:2])  # True would read as 1, "second"
+    with pytest.raises(InputDataError, match="second"):
+        CallbackUser(compare_fn=lambda a, b: 0).compare(x[:2], x[2:3])
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(InputDataError, match="items"):
+        simulate_ratings(user, x[:0], 3, generator=gen)
+    with pytest.raises(InputDataError, match="num_ratings"):
+        simulate_ratings(user, x, -1, generator=gen)
+    with pytest.raises(InputDataError, match="num_comparisons"):
+        simulate_comparisons(user, x, -1, generator=gen)

@@ -35,6 +35,7 @@ __all__ = [
     "DrawsAcquisitionFunction",
     "LN2",
     "answer_log_probs",
+    "check_noise_scale",
     "entropy_bits",
     "outcome_log_probs",
     "per_draw",
@@ -106,6 +107,15 @@ def outcome_log_probs(
     )
 
 
+def check_noise_scale(noise_scale: Any) -> float:
+    """``noise_scale`` as a float, or InputDataError unless it is a positive finite number."""
+    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) or not (
+        math.isfinite(noise_scale) and noise_scale > 0
+    ):
+        raise InputDataError("noise_scale", "a positive finite number", noise_scale)
+    return float(noise_scale)
+
+
 class DrawsAcquisitionFunction(AcquisitionFunction):
     """An acquisition function computed from joint draws of the utility at a query's items.
 
@@ -147,10 +157,10 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         super().__init__(model=model)
         self.reward_posterior = posterior
         self.link = check_link(link or "probit")
-        if not (noise_scale > 0 and math.isfinite(noise_scale)):
-            raise InputDataError("noise_scale", "a positive finite number", noise_scale)
-        self.noise_scale = float(noise_scale)
-        self.num_samples = int(num_samples)
+        self.noise_scale = check_noise_scale(noise_scale)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise InputDataError("num_samples", "a positive integer", num_samples)
+        self.num_samples = num_samples
         self.seed = int(seed)
         self._sampler: tuple[str, MCSampler] | None = None
 
@@ -178,7 +188,12 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
 
     def _sampler_for(self, posterior: Any) -> MCSampler:
         """Quasi-MC (scrambled Sobol) base samples where the dimension allows, else IID; fixed seed."""
-        dim = posterior.base_sample_shape.numel()
+        # The samplers collapse the batch dimensions (posterior.batch_range: one base
+        # sample shared by every query of a batch), so the Sobol dimension is that of
+        # one query. Counting the batch too would switch to IID at large batches, and
+        # a query's value would then depend on what else is in its batch.
+        shape, (start, end) = posterior.base_sample_shape, posterior.batch_range
+        dim = shape[:start].numel() * shape[end:].numel()
         kind = "sobol" if dim <= SobolEngine.MAXDIM else "iid"
         if self._sampler is None or self._sampler[0] != kind:
             cls = SobolQMCNormalSampler if kind == "sobol" else IIDNormalSampler
@@ -227,10 +242,33 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     def _tie_draws(self, tie_strength: Any) -> Tensor | None:
         """Tie strength per draw: explicit value, else the posterior's draws, else None."""
         if tie_strength is not None:
-            return torch.as_tensor(tie_strength, dtype=torch.float64).reshape(-1)
+            t = torch.as_tensor(tie_strength, dtype=torch.float64).reshape(-1)
+            s = self.reward_posterior.num_draws if self.reward_posterior is not None else self.num_samples
+            if t.numel() not in (1, s) or not bool((torch.isfinite(t) & (t > 0)).all()):
+                raise InputDataError("tie_strength", f"positive finite values, 1 or {s} of them", t.tolist()[:5])
+            return t
         if self.reward_posterior is not None:
             return self.reward_posterior.tie_strength_draws()
         return None
+
+    def _threshold_draws(self, threshold: Any) -> Tensor | None:
+        """Like threshold per draw: explicit value, else the posterior's draws, else None."""
+        if threshold is None:
+            try:
+                return None if self.reward_posterior is None else self.reward_posterior.like_threshold_draws()
+            except ModelError:  # a posterior fitted without like/dislike answers
+                return None
+        t = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+        s = self.reward_posterior.num_draws if self.reward_posterior is not None else self.num_samples
+        if t.numel() not in (1, s) or not bool(torch.isfinite(t).all()):
+            raise InputDataError("threshold", f"finite values, 1 or {s} of them", t.tolist()[:5])
+        return t
+
+    @staticmethod
+    def _check_query_size(query_size: Any) -> int:
+        if query_size not in (1, 2) or isinstance(query_size, bool):
+            raise InputDataError("query_size", "1 (like/dislike) or 2 (pairs)", query_size)
+        return int(query_size)
 
     def extra_repr(self) -> str:
         return f"link={self.link!r}, noise_scale={self.noise_scale}"

@@ -61,8 +61,8 @@ class UtilityDifferenceVariance(DrawsAcquisitionFunction):
 
     def __init__(self, model: RewardPosterior | Model, *, query_size: int = 2, threshold: Any = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.query_size = int(query_size)
-        self.threshold = None if threshold is None else torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+        self.query_size = self._check_query_size(query_size)
+        self.threshold = self._threshold_draws(threshold) if self.query_size == 1 else None
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         if self.query_size == 1:
@@ -92,7 +92,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         draws: Any = None,
     ) -> None:
         super().__init__(model)
-        self.query_size = int(query_size)
+        self.query_size = self._check_query_size(query_size)
         s = model.num_draws if isinstance(model, RewardPosterior) else None
         if draws is None:
             if s is None:
@@ -105,6 +105,8 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         self.draws = torch.as_tensor(draws, dtype=torch.long).reshape(-1)
         if self.draws.numel() != self.query_size:
             raise InputDataError("draws", f"{self.query_size} draw indices", self.draws.numel())
+        if s is not None and not bool(((self.draws >= 0) & (self.draws < s)).all()):
+            raise InputDataError("draws", f"draw indices in [0, {s})", self.draws.tolist())
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         if self.query_size == 1:

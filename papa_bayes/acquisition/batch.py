@@ -23,9 +23,15 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2, DrawsAcquisitionFunction, outcome_log_probs
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 
 __all__ = ["greedy_joint_information", "greedy_dpp", "pick_batch"]
+
+
+def _check_batch_size(k: Any, num_candidates: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_candidates:
+        raise InputDataError("k", f"an integer in [1, {num_candidates}] (the number of candidates)", k)
 
 
 def greedy_joint_information(
@@ -45,8 +51,12 @@ def greedy_joint_information(
 
     Returns:
         (`k` chosen candidate indices, `k` joint information in bits after each pick).
+
+    Raises:
+        InputDataError: k not an integer in [1, M].
     """
     s, M, o = probs.shape
+    _check_batch_size(k, M)
     cond = -torch.special.xlogy(probs, probs).sum(-1).mean(0)  # M: E_theta H[y_m | theta], nats
     table = probs.new_ones(s, 1)  # per-draw probability of each configuration of chosen answers
     weights = probs.new_ones(1)  # importance weight of each configuration (1 when exact)
@@ -98,9 +108,13 @@ def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
             similarity (utility differences of pairs, utilities of items).
         k: batch size (<= M).
 
+    Raises:
+        InputDataError: k not an integer in [1, M].
+
     Returns:
         `k` chosen candidate indices, in the order chosen.
     """
+    _check_batch_size(k, quality.shape[0])
     V = vectors - vectors.mean(0)
     norm = V.norm(dim=0)
     V = V / norm.clamp(min=1e-12)

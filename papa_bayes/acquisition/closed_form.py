@@ -30,7 +30,7 @@ from botorch.models.model import Model
 from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2
+from papa_bayes.acquisition.base import LN2, check_noise_scale
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link
@@ -68,6 +68,7 @@ def houlsby_information_gain(
     Returns:
         `batch` bits.
     """
+    check_noise_scale(noise_scale)
     scale = noise_scale / (_LOGIT_TO_PROBIT if check_link(link) == "logit" else 1.0)
     m = mean_diff / scale
     v = var_diff.clamp(min=0.0) / scale**2
@@ -122,10 +123,12 @@ class HoulsbyInformationGain(AcquisitionFunction):
             link = link or model.link
             model = model.as_botorch_model()
         super().__init__(model=model)
-        self.noise_scale = float(noise_scale)
+        self.noise_scale = check_noise_scale(noise_scale)
         self.link = check_link(link or "probit")
 
     def forward(self, X: Tensor) -> Tensor:
+        if not isinstance(X, Tensor):
+            X = torch.as_tensor(X, dtype=torch.float64)
         if X.dim() == 2:
             X = X.unsqueeze(0)
         if X.dim() < 3 or X.shape[-2] != 2:

@@ -9,15 +9,25 @@ Sobol raw samples. Our acquisition functions are differentiable in ``X`` because
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from botorch.optim import optimize_acqf
 from torch import Tensor
 
 from papa_bayes.acquisition.selection import _strategy, make_acquisition
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.posterior import RewardPosterior
 
 __all__ = ["optimize_queries"]
+
+
+def _distinct(a: Tensor, b: Tensor, tol: float = 1e-4) -> bool:
+    """Two `q x d` designs differ (a pair and its swap are the same query)."""
+    gap = float((a - b).abs().max())
+    if a.shape[0] == 2:
+        gap = min(gap, float((a - b.flip(0)).abs().max()))
+    return gap > tol
 
 
 def optimize_queries(
@@ -40,7 +50,9 @@ def optimize_queries(
         bounds: `2 x d` lower and upper bounds of every feature.
         strategy: "eig", "region", "argmax", "eubo", "uncertainty" or "thompson".
         k: number of queries: the k best distinct local optima of the multi-start
-            optimization (``k <= num_restarts``).
+            optimization (``k <= num_restarts``); a pair and its swap are the same
+            query. Fewer, with a :class:`~papa_bayes.exceptions.PapaBayesWarning`,
+            when the restarts found fewer distinct optima.
         query_type: ``"pair"`` (`2 x d` designs) or ``"rating"`` (`1 x d`).
         reference_pool: `n x d` items for "region" / "argmax" (and the like threshold
             of rating queries without ratings yet).
@@ -48,7 +60,8 @@ def optimize_queries(
         seed: seeds the raw samples (the global RNG is restored afterwards).
 
     Returns:
-        (`k x q x d` query features, `k` acquisition values).
+        (`k' x q x d` query features, `k'` acquisition values), k' <= k distinct
+        queries, best first.
     """
     strategy = _strategy(strategy)
     if strategy == "random":
@@ -57,7 +70,7 @@ def optimize_queries(
     bounds = torch.as_tensor(bounds, dtype=torch.float64)
     if bounds.shape != (2, d) or not bool((bounds[1] > bounds[0]).all()):
         raise InputDataError("bounds", f"shape `2 x {d}` with lower < upper", tuple(bounds.shape))
-    if not 1 <= k <= num_restarts:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_restarts:
         raise InputDataError("k", f"between 1 and num_restarts ({num_restarts})", k)
     gen = torch.Generator().manual_seed(seed)
     acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen)
@@ -71,9 +84,16 @@ def optimize_queries(
     order = values.argsort(descending=True)
     keep: list[int] = []
     for i in order.tolist():  # distinct optima only
-        if all(float((X[i] - X[j]).abs().max()) > 1e-4 for j in keep):
+        if all(_distinct(X[i], X[j]) for j in keep):
             keep.append(i)
         if len(keep) == k:
             break
+    if len(keep) < k:
+        warnings.warn(
+            f"optimize_queries: the {num_restarts} restarts found {len(keep)} distinct optima, fewer than k={k}; "
+            "raise num_restarts or raw_samples.",
+            PapaBayesWarning,
+            stacklevel=2,
+        )
     idx = torch.tensor(keep, dtype=torch.long)
     return X[idx].detach(), values[idx].detach()

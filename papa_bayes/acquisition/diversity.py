@@ -46,7 +46,8 @@ def farthest_point_centres(reference: Tensor, num_cells: int) -> Tensor:
     """Indices of ``num_cells`` reference items by farthest-point traversal: `num_cells`.
 
     Starts at the item nearest the reference mean, then repeatedly adds the item
-    farthest from every centre chosen so far.
+    farthest from every centre chosen so far; fewer than ``num_cells`` when the
+    reference has fewer distinct items.
     """
     n = reference.shape[0]
     first = int((reference - reference.mean(0)).norm(dim=-1).argmin())
@@ -54,6 +55,8 @@ def farthest_point_centres(reference: Tensor, num_cells: int) -> Tensor:
     dist = (reference - reference[first]).norm(dim=-1)
     for _ in range(min(num_cells, n) - 1):
         j = int(dist.argmax())
+        if float(dist[j]) == 0.0:  # every item repeats a centre: no further distinct cell
+            break
         chosen.append(j)
         dist = torch.minimum(dist, (reference - reference[j]).norm(dim=-1))
     return torch.tensor(chosen, dtype=torch.long)
@@ -70,7 +73,7 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
     Args:
         shown: `m x d` features of the items shown (every item of every query).
         reference: `n x d` features of reference items (e.g. unsteered samples).
-        num_cells: number of cells (at most n).
+        num_cells: number of cells (at most the number of distinct reference items).
 
     Returns:
         An :class:`ExposureDiversity`.
@@ -82,8 +85,12 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
     d = reference.shape[1]
     if shown.dim() != 2 or shown.shape[1] != d:
         raise InputDataError("shown", f"shape `m x {d}`", tuple(shown.shape))
-    if num_cells < 1:
+    if isinstance(num_cells, bool) or not isinstance(num_cells, int) or num_cells < 1:
         raise InputDataError("num_cells", "a positive integer", num_cells)
+    for name, value in (("shown", shown), ("reference", reference)):
+        if not bool(torch.isfinite(value).all()):
+            bad = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())
+            raise InputDataError(name, "finite values", f"non-finite at index {bad}")
     loc = reference.mean(0)
     scale = reference.std(0).clamp(min=1e-12) if reference.shape[0] > 1 else torch.ones(d, dtype=torch.float64)
     ref = (reference - loc) / scale

@@ -167,7 +167,7 @@ class RatingInformationGain(DrawsAcquisitionFunction):
             if self.reward_posterior is None:
                 raise ModelError("RatingInformationGain on a BoTorch model needs an explicit threshold.")
             threshold = self.reward_posterior.like_threshold_draws()
-        self.threshold = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+        self.threshold = self._threshold_draws(threshold)
 
     def score_draws(self, u: Tensor) -> Tensor:  # type: ignore[override]
         return rating_information_gain(u, self.threshold, link=self.link)

@@ -62,6 +62,8 @@ def grouped_information(log_probs: Tensor | list[Tensor], groups: Tensor, num_gr
     Returns:
         `batch`, >= 0.
     """
+    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
+        raise InputDataError("groups", f"group ids in [0, {num_groups})", (int(groups.min()), int(groups.max())))
     if isinstance(log_probs, Tensor):
         log_probs = list(log_probs.unbind(-1))
     probs = [lp.exp() for lp in log_probs]

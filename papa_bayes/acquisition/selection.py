@@ -297,6 +297,10 @@ def select_queries(
         acq = None
         if k_chosen == 0:
             cand, scores, num_refined = torch.zeros(0, dtype=torch.long), U.new_zeros(0), 0
+            if strategy not in ("random", "thompson"):  # to score the exploratory queries below
+                acq = make_acquisition(
+                    strategy, posterior, query_type=query_type, pool_utility=U, region=region, generator=generator
+                )
         elif strategy == "random":
             cand = _random_distinct(num_candidates, k_chosen, torch.zeros(0, dtype=torch.long), generator)
             scores, num_refined = torch.rand(k_chosen, generator=generator, dtype=torch.float64), 0
@@ -311,11 +315,12 @@ def select_queries(
                 mean, cov = utility_moments(U)
                 scores = pair_moments(mean, cov, first, second)[1]  # exact: the draws' variance
                 cand = torch.arange(num_candidates)
-            elif second is not None and screen is not None and num_candidates > screen:
+            elif second is not None and screen is not None and num_candidates > max(screen, k_chosen):
                 screened = _screen_scores(strategy, acq, U, first, second, posterior.link)
-                cand = screened.topk(screen).indices
+                kept = max(screen, k_chosen)  # never fewer candidates than queries asked for
+                cand = screened.topk(kept).indices
                 scores = _chunked(acq.score_draws, first[cand], second[cand], U, chunk)
-                details["screen_kept"] = screen
+                details["screen_kept"] = kept
             else:
                 cand = torch.arange(num_candidates)
                 scores = _chunked(acq.score_draws, first, second, U, chunk)

@@ -137,7 +137,8 @@ def run_active_learning(
     """Ask ``num_queries`` pairwise queries of a simulated user, chosen by ``strategy``.
 
     Args:
-        user: the simulated person (its own seed fixes its answers' noise).
+        user: the simulated person (its own seed fixes its answers' noise; it is
+            reset first, so a reused user answers as a fresh one).
         pool: `n x d` candidate items; every pair is a possible query.
         strategy: see :data:`~papa_bayes.acquisition.STRATEGIES`.
         num_queries: answers in total, the random initial ones included.
@@ -171,6 +172,7 @@ def run_active_learning(
     _check_reserved("select_options", opts, ("strategy", "k", "generator"))
     _check_reserved("fit_options", fit_opts, ("num_samples", "seed"))
     model = LinearReward() if model is None else model
+    user.reset()  # the same seed gives the same answers, however often the user was asked before
     w_true = user.weights if true_weights is None else torch.as_tensor(true_weights, dtype=torch.float64)
     u_pool = user.utility(pool)
     best = float(u_pool.max())

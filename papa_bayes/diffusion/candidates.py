@@ -158,6 +158,23 @@ class DiffusionCandidates:
             "num_features": self.num_features, "seed": self.seed,
         }
 
+    def state(self) -> dict[str, Any]:
+        """The state pools depend on besides the posterior and the generator.
+
+        The number of pools drawn (the ``"auto"`` scale is re-chosen every
+        ``rescale_every`` pools) and the scale chosen last; a session stores it with
+        each query and finished round so that a resume continues exactly.
+        """
+        return {"calls": self._calls, "chosen_scale": self._chosen_scale}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state` (on resume)."""
+        calls, scale = state.get("calls"), state.get("chosen_scale")
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise InputDataError("state['calls']", "a number of pools >= 0", calls)
+        self._calls = calls
+        self._chosen_scale = None if scale is None else float(scale)
+
     # ------------------------------------------------------------------ guidance
     def guidance(self, posterior: Any, *, generator: torch.Generator | None = None, rescale: bool = False) -> Guidance:
         """The guidance of ``posterior`` at the chosen scale (choosing it when needed)."""

@@ -124,8 +124,10 @@ class MidBlockFeatures(FeatureMap):
 
     Args:
         model: the diffusion model whose denoiser is read (not saved with the map).
-        timestep: the training timestep the sample is presented at.
-        num_features: project to this many components; None keeps all `C` channels.
+        timestep: the training timestep the sample is presented at, in
+            `[0, num_train_timesteps)`.
+        num_features: project to this many components (`1` to `C`); None keeps all
+            `C` channels.
         whiten: with ``num_features``, give every component unit variance (True) or
             keep their relative variances, scaled so that the total is
             ``num_features`` (False). A reward ``w @ phi`` with the prior N(0, I) on
@@ -143,7 +145,14 @@ class MidBlockFeatures(FeatureMap):
     def __init__(self, model: DiffusionModel, *, timestep: int = 100, num_features: int | None = None,
                  whiten: bool = True) -> None:
         channels = int(model.unet.mid_block.resnets[-1].out_channels)
-        super().__init__(num_features or channels)
+        if num_features is not None and (isinstance(num_features, bool) or not isinstance(num_features, int)
+                                         or not 1 <= num_features <= channels):
+            raise InputDataError("num_features", f"None or an integer in [1, {channels}] (the mid-block's channels)",
+                                 num_features)
+        num_train = int(model.scheduler.config.num_train_timesteps)
+        if isinstance(timestep, bool) or not isinstance(timestep, int) or not 0 <= timestep < num_train:
+            raise InputDataError("timestep", f"an integer in [0, {num_train}) (the training timesteps)", timestep)
+        super().__init__(channels if num_features is None else num_features)
         self.model = model
         self.timestep = int(timestep)
         self.whiten = bool(whiten)

@@ -107,6 +107,11 @@ class Guidance:
         self.mode = mode
         self.window = (start, stop)
         self.schedule = schedule
+        if clamp is not None:
+            low, high = (float(v) for v in clamp)
+            if not low < high:
+                raise InputDataError("clamp", "`(low, high)` with low < high, or None", clamp)
+            clamp = (low, high)
         self.clamp = clamp
         self._normalizer = 1.0
 

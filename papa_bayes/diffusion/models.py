@@ -13,6 +13,7 @@ The sampler handles schedulers that expose ``alphas_cumprod`` (DDIM, DDPM).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -77,6 +78,14 @@ class DiffusionModel:
         """Images (`n x c x h x w`, about `[-1, 1]`) from clean diffused tensors."""
         return x0
 
+    def for_samples(self, start: int, stop: int, num_samples: int) -> DiffusionModel:
+        """The model that denoises samples ``start:stop`` of ``num_samples`` (a sampler batch).
+
+        Per-sample inputs (a conditional model's `n x ...` embeddings) are sliced to
+        the batch; a model without any returns itself.
+        """
+        return self
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
         """Move the networks; returns ``self``."""
         self.unet.to(device=device, dtype=dtype)
@@ -109,9 +118,10 @@ class LatentDiffusion(DiffusionModel):
         vae: the autoencoder; latents are decoded as ``vae.decode(z / scaling_factor)``.
         scheduler: DDIM or DDPM scheduler.
         encoder_hidden_states: `1 x L x D` or `n x L x D` conditioning (e.g. text
-            embeddings); zeros of `1 x 1 x cross_attention_dim` when omitted.
+            embeddings; `n` rows: one per sample, when sampling `n`); zeros of
+            `1 x 1 x cross_attention_dim` when omitted.
         negative_encoder_hidden_states: unconditional embeddings for classifier-free
-            guidance; required when ``cfg_scale != 1``.
+            guidance (`1` or `n` rows, as above); required when ``cfg_scale != 1``.
         cfg_scale: classifier-free guidance weight (1 disables it).
         latent_size: `h x w` of the latents; defaults to ``unet.config.sample_size``.
     """
@@ -152,20 +162,41 @@ class LatentDiffusion(DiffusionModel):
     def scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
 
-    def _cond(self, cond: Tensor, n: int, like: Tensor) -> Tensor:
+    _CONDITIONING = ("encoder_hidden_states", "negative_encoder_hidden_states")
+
+    def _cond(self, name: str, n: int, like: Tensor) -> Tensor:
+        cond = getattr(self, name)
+        if cond.shape[0] not in (1, n):
+            raise InputDataError(name, f"1 or {n} rows (one per sample of the batch)", tuple(cond.shape))
         cond = cond.to(device=like.device, dtype=like.dtype)
         return cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
 
+    def for_samples(self, start: int, stop: int, num_samples: int) -> LatentDiffusion:
+        per_sample = {}
+        for name in self._CONDITIONING:
+            cond = getattr(self, name)
+            if cond is None or cond.shape[0] == 1:
+                continue
+            if cond.shape[0] != num_samples:
+                raise InputDataError(name, f"1 or {num_samples} rows (one per sample)", tuple(cond.shape))
+            per_sample[name] = cond[start:stop]
+        if not per_sample:
+            return self
+        batch = copy.copy(self)  # shares the networks
+        for name, cond in per_sample.items():
+            setattr(batch, name, cond)
+        return batch
+
     def conditional_output(self, x_t: Tensor, t: Tensor) -> Tensor:
-        cond = self._cond(self.encoder_hidden_states, x_t.shape[0], x_t)
+        cond = self._cond("encoder_hidden_states", x_t.shape[0], x_t)
         return self.unet(x_t, t, encoder_hidden_states=cond).sample
 
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
         n = x_t.shape[0]
-        cond = self._cond(self.encoder_hidden_states, n, x_t)
+        cond = self._cond("encoder_hidden_states", n, x_t)
         if self.cfg_scale == 1.0:
             return self.conditional_output(x_t, t)
-        uncond = self._cond(self.negative_encoder_hidden_states, n, x_t)
+        uncond = self._cond("negative_encoder_hidden_states", n, x_t)
         out = self.unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.cfg_scale * (out_cond - out_uncond)

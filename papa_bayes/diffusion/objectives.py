@@ -121,14 +121,20 @@ class PosteriorObjective:
         """Set ``tau`` per draw to the ``quantile`` of utility under base samples.
 
         Args:
-            base: `m x ...` base-model samples (images, or diffused samples when the
-                feature map reads those).
+            base: `m x ...` base-model samples, `m >= 2` (images, or diffused samples
+                when the feature map reads those).
             quantile: in `(0, 1)`; the region is the top ``1 - quantile`` of base samples.
 
         Returns:
             ``self``.
+
+        Raises:
+            InputDataError: on fewer than 2 base samples (the region's smoothing
+                width is their utilities' standard deviation).
         """
         _check_quantile(quantile)
+        if base.ndim < 1 or base.shape[0] < 2:
+            raise InputDataError("base", "at least 2 base samples", tuple(base.shape))
         with torch.no_grad():
             u = torch.cat([self.utility(base[i:i + batch_size]) for i in range(0, base.shape[0], batch_size)], 1)
         self.base_utility = u.to(torch.float64)

@@ -126,13 +126,15 @@ def sample(
     Args:
         model: the diffusion model (its device and dtype are used).
         num_samples: how many samples.
-        num_inference_steps: denoising steps.
+        num_inference_steps: denoising steps, at most the scheduler's
+            ``num_train_timesteps``.
         guidance: a :class:`~papa_bayes.diffusion.guidance.Guidance`; None samples
             the base model.
         generator: seeds the initial noise, stochastic steps and any per-sample
             randomness of the guidance (Thompson draws). Same generator state, same
             samples (on the same device and library versions).
-        eta: DDIM stochasticity (0: deterministic DDIM); ignored by DDPM.
+        eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
+            variance); ignored by DDPM.
         batch_size: samples denoised at once.
         initial_noise: `n x C x H x W` starting noise, instead of drawing it.
         return_trajectory: keep every ``x_t`` (for fine-tuners).
@@ -143,12 +145,18 @@ def sample(
 
     Raises:
         InputDataError: on a non-positive ``num_samples``/``num_inference_steps``/
-            ``batch_size`` or an ``initial_noise`` of the wrong shape.
+            ``batch_size``, more steps than training timesteps, an ``eta`` outside
+            `[0, 1]` or an ``initial_noise`` of the wrong shape.
     """
     for name, value in (("num_samples", num_samples), ("num_inference_steps", num_inference_steps),
                         ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise InputDataError(name, "a positive integer", value)
+    num_train = int(model.scheduler.config.num_train_timesteps)
+    if num_inference_steps > num_train:
+        raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
+    if not 0.0 <= float(eta) <= 1.0:  # eta > 1 asks for a negative variance: NaN samples
+        raise InputDataError("eta", "a number in [0, 1]", eta)
     shape = (num_samples, *model.sample_shape)
     if initial_noise is not None and tuple(initial_noise.shape) != shape:
         raise InputDataError("initial_noise", f"shape {shape}", tuple(initial_noise.shape))
@@ -168,30 +176,31 @@ def sample(
                disable=not progress, leave=False)
     for start in range(0, num_samples, batch_size):
         x = initial_noise[start:start + batch_size].to(device, dtype)
+        batch_model = model.for_samples(start, start + x.shape[0], num_samples)  # per-sample conditioning sliced
         if guidance is not None:
             guidance.begin_batch(x.shape[0], generator=generator, device=device)
         traj = [x.detach()] if return_trajectory else None
         for i, t in enumerate(timesteps):
             a_t = alphas[t]
             if guidance is not None and guidance.acts_at(i, len(timesteps)):
-                x0, eps, shift = guidance.guide(model, x, t, a_t, step=i, num_steps=len(timesteps))
+                x0, eps, shift = guidance.guide(batch_model, x, t, a_t, step=i, num_steps=len(timesteps))
                 norms[i] += float(shift.flatten(1).norm(dim=1).sum())
             else:
                 with torch.no_grad():
-                    x0, eps = split_model_output(model.model_output(x, t), x, a_t, model.prediction_type)
+                    x0, eps = split_model_output(batch_model.model_output(x, t), x, a_t, model.prediction_type)
             out = join_model_output(x0, eps, a_t, model.prediction_type).to(dtype)
             x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample.detach()
             if traj is not None:
                 traj.append(x)
             bar.update(1)
         with torch.no_grad():
-            decoded = model.decode(x)
+            decoded = batch_model.decode(x)
         samples.append(x)
         images.append(decoded.detach())
         if traj is not None:
             trajectories.append(torch.stack(traj))
         if guidance is not None:
-            objectives.append(guidance.final_objective(model, x))
+            objectives.append(guidance.final_objective(batch_model, x))
     bar.close()
     return SamplerOutput(
         images=torch.cat(images),

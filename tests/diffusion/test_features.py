@@ -120,3 +120,16 @@ def test_concat_stacks_parts_and_reads_samples_when_a_part_does(pixel_model, ima
         ConcatFeatures([pca, torch.nn.Identity()])  # type: ignore[list-item]
     with pytest.raises(InputDataError, match="feature_map"):
         save_feature_map(both, tmp_path / "both")
+
+
+def test_midblock_checks_its_width_and_timestep(pixel_model, images):
+    channels = int(pixel_model.unet.mid_block.resnets[-1].out_channels)
+    for bad in (0, channels + 1):
+        with pytest.raises(InputDataError, match="num_features"):
+            MidBlockFeatures(pixel_model, num_features=bad)
+    for bad in (-1, 1000):
+        with pytest.raises(InputDataError, match="timestep"):
+            MidBlockFeatures(pixel_model, timestep=bad)
+    for num_features, width in ((None, channels), (channels, channels), (1, 1)):
+        mid = MidBlockFeatures(pixel_model, timestep=999, num_features=num_features).fit(images)
+        assert mid.num_features == width and mid(images[:2]).shape == (2, width)

@@ -129,7 +129,8 @@ def test_bad_objective_options_raise(base_and_pca, posterior, kwargs):
         PosteriorObjective(posterior, pca, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"mode": "x1"}, {"window": (0.5, 0.5)}, {"schedule": "cosine"}])
+@pytest.mark.parametrize("kwargs", [{"mode": "x1"}, {"window": (0.5, 0.5)}, {"schedule": "cosine"},
+                                    {"clamp": (1.0, -1.0)}, {"clamp": (0.0, 0.0)}])
 def test_bad_guidance_options_raise(base_and_pca, posterior, kwargs):
     _, pca = base_and_pca
     with pytest.raises(InputDataError):
@@ -200,3 +201,12 @@ def test_region_probability_methods(pixel_model, make_posterior):
     for both_or_neither in (dict(x=base.images, utility=u), {}):
         with pytest.raises(InputDataError, match="x / utility"):
             objective.region_probability(**both_or_neither)
+
+
+@pytest.mark.parametrize("m", [0, 1])
+def test_calibration_needs_two_base_samples(base_and_pca, posterior, m):
+    base, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="region")
+    with pytest.raises(InputDataError, match="base: expected at least 2 base samples"):
+        objective.calibrate(base.images[:m])
+    assert objective.width is None  # nothing half-set

@@ -65,3 +65,30 @@ def test_classifier_free_guidance_and_midblock_features(make_latent_model, make_
         assert float(guided.objective.mean()) > float(objective(base.samples).mean())
     with pytest.raises(InputDataError):
         make_latent_model(cfg_scale=3.0)  # no negative embeddings
+
+
+def test_per_sample_conditioning_follows_its_samples_across_batches(latent_model):
+    from papa_bayes.diffusion import LatentDiffusion
+
+    cond = torch.randn(4, 3, 8, generator=gen(2))
+
+    def model(**kwargs):
+        return LatentDiffusion(latent_model.unet, latent_model.vae, latent_model.scheduler, **kwargs)
+
+    for kwargs in ({"encoder_hidden_states": cond},
+                   {"encoder_hidden_states": cond, "negative_encoder_hidden_states": cond.flip(0), "cfg_scale": 2.0}):
+        whole = sample(model(**kwargs), 4, num_inference_steps=2, generator=gen(0), progress=False)
+        parts = sample(model(**kwargs), 4, num_inference_steps=2, generator=gen(0), batch_size=3, progress=False)
+        torch.testing.assert_close(parts.images, whole.images, atol=1e-5, rtol=1e-5)
+    # the last sample (alone in the second batch) is conditioned on its own row
+    noise = torch.randn(4, 4, 4, 4, generator=gen(0))
+    parts = sample(model(encoder_hidden_states=cond), 4, num_inference_steps=2, initial_noise=noise, batch_size=3,
+                   progress=False)
+    last = sample(model(encoder_hidden_states=cond[3:]), 1, num_inference_steps=2, initial_noise=noise[3:],
+                  progress=False)
+    torch.testing.assert_close(parts.images[3:], last.images, atol=1e-5, rtol=1e-5)
+    for field, kwargs in (("encoder_hidden_states", {"encoder_hidden_states": cond[:3]}),
+                          ("negative_encoder_hidden_states", {"negative_encoder_hidden_states": cond[:2],
+                                                              "cfg_scale": 2.0})):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            sample(model(**kwargs), 4, num_inference_steps=2, progress=False)

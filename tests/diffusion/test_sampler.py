@@ -62,3 +62,13 @@ def test_bad_sampler_input_raises(pixel_model, kwargs):
     args = {"num_samples": 3, "num_inference_steps": 2, **kwargs}
     with pytest.raises(InputDataError):
         sample(pixel_model, args.pop("num_samples"), progress=False, **args)
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [("eta", {"eta": 1.5}), ("eta", {"eta": -0.1}),
+                                               ("eta", {"eta": float("nan")}),
+                                               ("num_inference_steps", {"num_inference_steps": 1001})])
+def test_eta_and_step_count_are_checked(pixel_model, field, kwargs):
+    with pytest.raises(InputDataError, match=f"^{field}:"):
+        sample(pixel_model, 2, progress=False, **{"num_inference_steps": 2, **kwargs})
+    ddim = sample(pixel_model, 2, num_inference_steps=3, eta=1.0, generator=gen(0), progress=False)
+    assert bool(torch.isfinite(ddim.images).all())
