@@ -44,6 +44,22 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
     return t.to(dtype)
 
 
+def _index_rows(name: str, value: Any, expected: str) -> Tensor:
+    """New `m x 2` index rows for ``append`` (one row may come as a `2` vector; empty: `0 x 2`)."""
+    if not _numel(value):
+        return torch.zeros(0, 2, dtype=torch.long)
+    t = _as_tensor(name, value, torch.long)
+    if t.shape == (2,):
+        t = t.reshape(1, 2)
+    _check_shape(name, t, expected, 2, 2)
+    return t
+
+
+def _raters(rater: Tensor | None, num: int) -> Tensor:
+    """Rater ids, zeros when the data carries none: `num`."""
+    return torch.zeros(num, dtype=torch.long) if rater is None else rater
+
+
 def _check_shape(name: str, t: Tensor, expected: str, ndim: int, last: int | None = None) -> None:
     if t.ndim != ndim or (last is not None and t.shape[-1] != last):
         raise InputDataError(name, f"shape `{expected}`", tuple(t.shape))
@@ -213,22 +229,26 @@ class PreferenceData:
 
         Args:
             items: `n' x d` new items, appended after the existing ones.
-            comparisons: `m' x 2` new comparisons, winner first.
-            ties: `m'` tie flags of the new comparisons (default False).
-            ratings: `k' x 2` new (item, +1/-1) rows.
+            comparisons: `m' x 2` new comparisons, winner first (one pair may be
+                given as a `2` vector).
+            ties: `m'` tie flags of the new comparisons (default False); only with
+                ``comparisons``.
+            ratings: `k' x 2` new (item, +1/-1) rows (one may be a `2` vector).
             comparison_rater / rating_rater: ids of the new rows (needed when the data
                 already carries rater ids; default rater 0 otherwise).
         """
         new_items = self.items if items is None else torch.cat([self.items, _feature_rows(items, self.num_features)])
         new_comps, new_ties, new_crater = self.comparisons, self.ties, self.comparison_rater
+        if ties is not None and comparisons is None:
+            raise InputDataError("ties", "tie flags only with the new comparisons they belong to", "ties without comparisons")
         if comparisons is not None:
-            c = _as_tensor("comparisons", comparisons, torch.long).reshape(-1, 2) if _numel(comparisons) else torch.zeros(0, 2, dtype=torch.long)
+            c = _index_rows("comparisons", comparisons, "m' x 2")
             t = torch.zeros(c.shape[0], dtype=torch.bool) if ties is None else _as_tensor("ties", ties, torch.bool).reshape(-1)
             new_comps, new_ties = torch.cat([self.comparisons, c]), torch.cat([self.ties, t])
             new_crater = _append_rater("comparison_rater", self.comparison_rater, comparison_rater, c.shape[0], self.num_comparisons)
         new_ratings, new_rrater = self.ratings, self.rating_rater
         if ratings is not None:
-            r = _as_tensor("ratings", ratings, torch.long).reshape(-1, 2) if _numel(ratings) else torch.zeros(0, 2, dtype=torch.long)
+            r = _index_rows("ratings", ratings, "k' x 2")
             new_ratings = torch.cat([self.ratings, r])
             new_rrater = _append_rater("rating_rater", self.rating_rater, rating_rater, r.shape[0], self.num_ratings)
         return replace(
@@ -242,14 +262,22 @@ class PreferenceData:
         )
 
     def extends(self, other: PreferenceData) -> bool:
-        """True when this data holds ``other`` as a prefix (what online updates expect)."""
+        """True when this data holds ``other`` as a prefix (what online updates expect).
+
+        Items, comparisons with their tie flags and rater ids, and ratings with
+        their rater ids must all begin with ``other``'s (no rater ids: rater 0).
+        """
+        m, k = other.num_comparisons, other.num_ratings
         return (
             self.num_items >= other.num_items
-            and self.num_comparisons >= other.num_comparisons
-            and self.num_ratings >= other.num_ratings
+            and self.num_comparisons >= m
+            and self.num_ratings >= k
             and torch.equal(self.items[: other.num_items], other.items)
-            and torch.equal(self.comparisons[: other.num_comparisons], other.comparisons)
-            and torch.equal(self.ratings[: other.num_ratings], other.ratings)
+            and torch.equal(self.comparisons[:m], other.comparisons)
+            and torch.equal(self.ties[:m], other.ties)
+            and torch.equal(_raters(self.comparison_rater, self.num_comparisons)[:m], _raters(other.comparison_rater, m))
+            and torch.equal(self.ratings[:k], other.ratings)
+            and torch.equal(_raters(self.rating_rater, self.num_ratings)[:k], _raters(other.rating_rater, k))
         )
 
     def for_rater(self, rater: int) -> PreferenceData:

@@ -112,3 +112,28 @@ def test_from_dataframe():
         PreferenceData.from_dataframe(df.rename(columns={"winner": "w"}), torch.randn(4, 2))
     with pytest.raises(InputDataError, match="integer dtype"):
         PreferenceData.from_dataframe(df.astype({"winner": float}), torch.randn(4, 2))
+
+
+def test_append_refuses_malformed_rows_and_orphan_ties():
+    d = _data()
+    assert d.append(comparisons=[0, 1]).comparisons[-1].tolist() == [0, 1]  # one pair as a vector
+    with pytest.raises(InputDataError, match="comparisons"):
+        d.append(comparisons=[[0, 1, 2], [2, 3, 4]])  # 3 columns are not pairs
+    with pytest.raises(InputDataError, match="comparisons"):
+        d.append(comparisons=[0, 1, 2])
+    with pytest.raises(InputDataError, match="ratings"):
+        d.append(ratings=[[0, 1, 1]])
+    with pytest.raises(InputDataError, match="ties"):
+        d.append(ties=[True])  # tie flags without the comparisons they belong to
+
+
+def test_extends_compares_ties_and_raters_too():
+    d = _data(comparison_rater=[0, 1])
+    same = d.append(comparisons=[[0, 1]], comparison_rater=[1])
+    assert same.extends(d)
+    retied = PreferenceData(items=d.items, comparisons=d.comparisons, ties=[True, False], comparison_rater=[0, 1])
+    assert not retied.extends(d)
+    reassigned = PreferenceData(items=d.items, comparisons=d.comparisons, comparison_rater=[1, 1])
+    assert not reassigned.extends(d)
+    plain = PreferenceData(items=d.items, comparisons=d.comparisons)
+    assert plain.extends(PreferenceData(items=d.items, comparisons=d.comparisons, comparison_rater=[0, 0]))

@@ -290,3 +290,42 @@ def test_resample_move_rejects_weights_that_are_all_zero():
     with pytest.raises(InferenceError, match="finite"):
         resample_move(model, data, space, theta, torch.full((4,), -torch.inf), 4, torch.eye(space.dim, dtype=torch.float64),
                       steps=1, generator=torch.Generator().manual_seed(0))
+
+
+def test_fit_checks_its_numeric_options(recovery):
+    data = recovery[1]
+    for kwargs, field in (({"num_samples": 0}, "num_samples"), ({"num_samples": -5}, "num_samples"),
+                          ({"method": "nuts", "num_chains": 0}, "num_chains"),
+                          ({"method": "nuts", "warmup_steps": -3}, "warmup_steps"),
+                          ({"method": "svi", "num_steps": -2}, "num_steps"),
+                          ({"method": "svi", "learning_rate": 0.0}, "learning_rate"),
+                          ({"seed": "a"}, "seed"), ({"num_samples": 2.5}, "num_samples")):
+        with pytest.raises(InputDataError, match=field):
+            fit(LinearReward(), data, **kwargs)
+    from papa_bayes.inference import prior_posterior
+    from papa_bayes.models import PreferenceGP
+
+    with pytest.raises(InputDataError, match="num_samples"):
+        prior_posterior(LinearReward(), data, num_samples=0)
+    with pytest.raises(InputDataError, match="refine_steps"):
+        fit(PreferenceGP(), data, refine_steps=5)  # refinement is for Pyro models' Laplace draws
+    with pytest.raises(InputDataError, match="num_samples"):
+        PreferenceGP().fit(data, num_samples=0)
+
+
+def test_calibration_measures_check_their_inputs():
+    p, y = torch.tensor([0.2, 0.8, 0.5]), torch.tensor([0.0, 1.0, 1.0])
+    assert 0.0 <= expected_calibration_error(p, y) <= 1.0
+    for probs, outcomes, field in ((torch.tensor([0.2, float("nan"), 0.5]), y, "probs"),
+                                   (torch.tensor([0.2, 1.7, 0.5]), y, "probs"),
+                                   (p, torch.tensor([0.0, 3.0, 1.0]), "outcomes")):
+        with pytest.raises(InputDataError, match=field):
+            expected_calibration_error(probs, outcomes)
+    with pytest.raises(InputDataError, match="num_bins"):
+        expected_calibration_error(p, y, num_bins=0)
+    draws = torch.randn(100, 4, dtype=torch.float64)
+    assert interval_coverage(draws, torch.zeros(4)).shape == (4,)
+    for truth in (torch.zeros(1), torch.zeros(3)):  # would broadcast or fail inside torch
+        with pytest.raises(InputDataError, match="truth"):
+            interval_coverage(draws, truth)
+    assert interval_coverage(draws.to(torch.int64), torch.zeros(4, dtype=torch.int64)).shape == (4,)

@@ -74,3 +74,47 @@ def test_bad_model_options():
         LinearReward(prior_scale=-1.0)
     with pytest.raises(InputDataError, match="rationality"):
         LinearReward(rationality=float("nan"))
+
+
+def test_hierarchical_model_under_vectorized_particles_keeps_particles_apart():
+    """Trace_ELBO(vectorize_particles=True) wraps the model in a particle plate: each
+    particle's population mean must meet only its own rater offsets (P x m answers)."""
+    import pyro
+
+    data = _data(ratings=False, raters=True)
+    model = HierarchicalLinearReward()
+    with pyro.plate("particles", 4, dim=-2):
+        trace = poutine.trace(model).get_trace(data)
+    assert tuple(trace.nodes["comparisons"]["fn"].batch_shape) == (4, data.num_comparisons)
+    mu, tau, z = (trace.nodes[k]["value"] for k in ("population_mean", "population_scale", "rater_offset"))
+    w = mu + tau * z  # `4 x R x d`, particle by particle
+    X, c, r = data.items, data.comparisons, data.comparison_rater
+    diff = (w[:, r, :] * (X[c[:, 0]] - X[c[:, 1]])).sum(-1)  # `4 x m`, winner first
+    assert torch.allclose(trace.nodes["comparisons"]["fn"].log_prob(trace.nodes["comparisons"]["value"]),
+                          torch.nn.functional.logsigmoid(diff))
+
+
+def test_hierarchical_model_options_are_checked():
+    from papa_bayes import InputDataError
+
+    for kwargs, field in (({"rationality": -1.0}, "rationality"), ({"rationality": 0.0}, "rationality"),
+                          ({"population_prior_scale": -1.0}, "population_prior_scale"),
+                          ({"scale_prior_scale": 0.0}, "scale_prior_scale"),
+                          ({"threshold_prior_scale": float("nan")}, "threshold_prior_scale"),
+                          ({"tie_prior": (0.0, -1.0)}, "tie_prior")):
+        with pytest.raises(InputDataError, match=field):
+            HierarchicalLinearReward(**kwargs)
+
+
+def test_linear_prior_options_are_checked_when_built():
+    from papa_bayes import InputDataError
+
+    upper = torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    for kwargs, field in (({"prior_loc": torch.tensor([0.0, float("nan")])}, "prior_loc"),
+                          ({"prior_scale_tril": upper}, "prior_scale_tril"),
+                          ({"prior_scale_tril": -torch.eye(2, dtype=torch.float64)}, "prior_scale_tril"),
+                          ({"threshold_prior_scale": -1.0}, "threshold_prior_scale"),
+                          ({"rationality_prior": (0.0, 0.0)}, "rationality_prior")):
+        with pytest.raises(InputDataError, match=field):
+            LinearReward(**kwargs)
+    assert LinearReward(prior_scale_tril=torch.linalg.cholesky(torch.eye(2, dtype=torch.float64) * 2)).prior_scale_tril.shape == (2, 2)

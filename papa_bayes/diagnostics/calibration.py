@@ -18,6 +18,16 @@ def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) ->
         raise InputDataError("outcomes", f"shape {tuple(probs.shape)} (one per probability)", tuple(outcomes.shape))
     if probs.numel() == 0:
         raise InputDataError("probs", "at least one prediction", "empty")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise InputDataError("num_bins", "a positive integer", num_bins)
+    outside = ~((probs >= 0) & (probs <= 1))  # NaN included
+    if bool(outside.any()):
+        i = int(outside.nonzero()[0])
+        raise InputDataError("probs", "probabilities in [0, 1]", f"{float(probs[i])} at index {i}")
+    other = ~((outcomes == 0) | (outcomes == 1))
+    if bool(other.any()):
+        i = int(other.nonzero()[0])
+        raise InputDataError("outcomes", "0/1 outcomes", f"{float(outcomes[i])} at index {i}")
     bins = torch.clamp((probs * num_bins).long(), max=num_bins - 1)
     count = torch.bincount(bins, minlength=num_bins).to(torch.float64)
     mean_p = torch.bincount(bins, weights=probs, minlength=num_bins) / count.clamp(min=1)
@@ -48,6 +58,12 @@ def interval_coverage(draws: Tensor, truth: Tensor, *, level: float = 0.9) -> Te
     """
     if not 0 < level < 1:
         raise InputDataError("level", "a probability in (0, 1)", level)
+    draws = torch.as_tensor(draws, dtype=torch.float64)
+    truth = torch.as_tensor(truth, dtype=torch.float64)
+    if draws.dim() < 1 or draws.shape[0] == 0:
+        raise InputDataError("draws", "`s x ...` with at least one draw", tuple(draws.shape))
+    if truth.shape != draws.shape[1:]:
+        raise InputDataError("truth", f"shape {tuple(draws.shape[1:])} (the draws' shape without `s`)", tuple(truth.shape))
     lo = torch.quantile(draws, (1 - level) / 2, dim=0)
     hi = torch.quantile(draws, 1 - (1 - level) / 2, dim=0)
     return (truth >= lo) & (truth <= hi)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 import warnings
 from typing import Any
@@ -88,7 +90,12 @@ def fit(
     if not isinstance(data, PreferenceData):
         raise InputDataError("data", "a PreferenceData", type(data).__name__)
     data.require_observations()
+    check_fit_options(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
+                   learning_rate=learning_rate, seed=seed)
     if not isinstance(model, PyroRewardModel):
+        if refine_steps:
+            raise InputDataError("refine_steps", "0 for GP models (refinement is for Pyro models' Laplace draws)",
+                                 refine_steps)
         # GP models (PreferenceGP, PairwiseGPReward) fit themselves and validate their
         # own methods (model.METHODS); method=None picks the model's default.
         if hasattr(model, "fit"):
@@ -125,10 +132,28 @@ def prior_posterior(
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     _check_refine_steps(refine_steps, "laplace")
+    check_fit_options(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None, learning_rate=0.02, seed=seed)
     # fit's defaults; not fit itself, which refuses data without answers.
     opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
                 learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
     return _fit_laplace(model, data, opts, None)
+
+
+def check_fit_options(**options: Any) -> None:
+    """Numeric fitting options, any of them: counts are integers in range (None: the
+    default, except for ``num_chains`` and ``seed``), ``learning_rate`` positive."""
+    lowest = {"num_samples": 1, "warmup_steps": 0, "num_chains": 1, "num_steps": 1, "seed": 0, "num_features": 1}
+    for name, value in options.items():
+        if name == "learning_rate":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
+                raise InputDataError(name, "a positive finite number", value)
+            continue
+        required = name in ("num_chains", "seed")
+        if value is None and not required:
+            continue
+        low = lowest[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise InputDataError(name, f"an integer >= {low}" + ("" if required else " or None (the default)"), value)
 
 
 def _check_refine_steps(refine_steps: Any, method: str) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, PapaBayesWarning
+from papa_bayes.inference.fit import check_fit_options
 from papa_bayes.inference.gp_elbo import TrainingData, train_elbo
 from papa_bayes.inference.gp_nuts import fit_nuts_draws, seeded
 from papa_bayes.inference.gp_paths import PathwiseDraws, draw_frequencies, match_rows
@@ -151,6 +152,8 @@ def fit_preference_gp(
         A :class:`GPPosterior`.
     """
     _check_method(spec, method)
+    check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features, num_steps=num_steps,
+                      learning_rate=learning_rate, warmup_steps=warmup_steps, num_chains=num_chains)
     spec.check_data(data)
     start = time.perf_counter()
     if method == "nuts":
@@ -330,6 +333,7 @@ def fit_pairwise_gp(
     from botorch.models.pairwise_gp import PairwiseLaplaceMarginalLogLikelihood
 
     _check_method(spec, method)
+    check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
     start = time.perf_counter()
     num_samples = num_samples or 512
     gp, transform, used = spec.build(data)

@@ -64,6 +64,11 @@ def _f64(*values: float) -> list[Tensor]:
     return [torch.tensor(float(v), dtype=torch.float64) for v in values]
 
 
+def _check_positive(field: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise InputDataError(field, "a positive finite number", value)
+
+
 class _LinkPriors:
     """Nuisance sites shared by the flat and hierarchical linear models."""
 
@@ -73,6 +78,25 @@ class _LinkPriors:
     rationality_prior: tuple[float, float]
     threshold_prior_scale: float
     tie_prior: tuple[float, float]
+
+    def _set_link_priors(
+        self,
+        rationality: float | None,
+        rationality_prior: tuple[float, float],
+        threshold_prior_scale: float,
+        tie_prior: tuple[float, float],
+    ) -> None:
+        """Check and keep the nuisance sites' settings (shared by both models' constructors)."""
+        if rationality is not None and not (rationality > 0 and math.isfinite(rationality)):
+            raise InputDataError("rationality", "a positive finite number or None", rationality)
+        _check_positive("threshold_prior_scale", threshold_prior_scale)
+        for name, prior in (("rationality_prior", rationality_prior), ("tie_prior", tie_prior)):
+            if len(prior) != 2 or not math.isfinite(prior[0]) or not (prior[1] > 0 and math.isfinite(prior[1])):
+                raise InputDataError(name, "(loc, scale) with a finite loc and a positive finite scale", prior)
+        self.rationality = rationality
+        self.rationality_prior = tuple(float(v) for v in rationality_prior)
+        self.threshold_prior_scale = float(threshold_prior_scale)
+        self.tie_prior = tuple(float(v) for v in tie_prior)
 
     def _rationality_prior(self) -> dict[str, dist.Distribution]:
         return {"rationality": dist.LogNormal(*_f64(*self.rationality_prior))} if self.rationality is None else {}
@@ -165,17 +189,20 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     ) -> None:
         self.link = check_link(link)
         self.ties = bool(ties)
-        if not (prior_scale > 0 and math.isfinite(prior_scale)):
-            raise InputDataError("prior_scale", "a positive finite number", prior_scale)
-        if rationality is not None and not (rationality > 0 and math.isfinite(rationality)):
-            raise InputDataError("rationality", "a positive finite number or None", rationality)
+        _check_positive("prior_scale", prior_scale)
         self.prior_scale = float(prior_scale)
         self.prior_loc = None if prior_loc is None else torch.as_tensor(prior_loc, dtype=torch.float64)
+        if self.prior_loc is not None and not bool(torch.isfinite(self.prior_loc).all()):
+            raise InputDataError("prior_loc", "finite values", self.prior_loc.tolist())
         self.prior_scale_tril = None if prior_scale_tril is None else torch.as_tensor(prior_scale_tril, dtype=torch.float64)
-        self.rationality = rationality
-        self.rationality_prior = tuple(float(v) for v in rationality_prior)
-        self.threshold_prior_scale = float(threshold_prior_scale)
-        self.tie_prior = tuple(float(v) for v in tie_prior)
+        T = self.prior_scale_tril
+        if T is not None and (
+            T.dim() != 2 or T.shape[0] != T.shape[1] or not bool(torch.isfinite(T).all())
+            or not torch.equal(T, T.tril()) or not bool((T.diagonal() > 0).all())
+        ):
+            raise InputDataError("prior_scale_tril", "a square lower-triangular matrix with a positive diagonal",
+                                 T.tolist() if T.numel() <= 16 else tuple(T.shape))
+        self._set_link_priors(rationality, rationality_prior, threshold_prior_scale, tie_prior)
 
     def _scaled_w_prior(self, d: int, beta: Tensor) -> dist.Distribution:
         """Prior of ``scaled_w`` given the rationality (any batch shape ``beta``)."""
@@ -277,12 +304,11 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
     ) -> None:
         self.link = check_link(link)
         self.ties = bool(ties)
+        _check_positive("population_prior_scale", population_prior_scale)
+        _check_positive("scale_prior_scale", scale_prior_scale)
         self.population_prior_scale = float(population_prior_scale)
         self.scale_prior_scale = float(scale_prior_scale)
-        self.rationality = rationality
-        self.rationality_prior = tuple(float(v) for v in rationality_prior)
-        self.threshold_prior_scale = float(threshold_prior_scale)
-        self.tie_prior = tuple(float(v) for v in tie_prior)
+        self._set_link_priors(rationality, rationality_prior, threshold_prior_scale, tie_prior)
 
     @staticmethod
     def _raters(data: PreferenceData) -> tuple[Tensor, Tensor]:
@@ -308,7 +334,9 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         tau = pyro.sample("population_scale", priors["population_scale"])
         with pyro.plate("rater", R):
             z = pyro.sample("rater_offset", dist.Normal(torch.zeros(d, dtype=torch.float64), 1.0).to_event(1))
-        w = mu.unsqueeze(-2) + tau.unsqueeze(-2) * z  # ... x R x d
+        # `d` + `d` * `R x d`; under vectorized particles `P x 1 x d` + ... * `P x R x d`
+        # (unsqueezing here would pair every particle's mean with every particle's offsets).
+        w = mu + tau * z
         beta = self._sample_rationality()
         tie, threshold = self._sample_others(data)
         if beta.dim():
