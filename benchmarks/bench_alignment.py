@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import markdown_table, write_results
-from papa_bayes.demo import FEATURES, METRICS, make_setup, run_papa, run_session
+from benchmarks.common import RESULTS, markdown_table, write_results
+from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
+from papa_bayes.exceptions import InputDataError
 
 METHODS = {
     "region_pairs": dict(query_type="pair", strategy="region"),
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, args.name)
+    args.labels = sorted(set(args.labels))  # checkpoints in order: labels_to reads the first one that reaches
+    if args.labels[0] < 0:
+        raise InputDataError("--labels", "label counts >= 0", args.labels[0])
     opts = {"rescale_every": 10, **({} if args.filter_quantile is None else {"filter_quantile": args.filter_quantile})}
     session_kw = {} if args.exploration is None else {"exploration": args.exploration}
     if args.tiny:
@@ -87,19 +91,19 @@ def main(argv: list[str] | None = None) -> dict:
         for method in args.methods:
             if method == "papa":
                 curve = run_papa(setup, label_counts=args.labels, eval_samples=args.eval_samples, seed=seed,
-                                 steps=args.papa_steps, progress=False)
+                                 steps=args.papa_steps, eval_steps=opts.get("recommend_steps", 50), progress=False)
             else:
                 curve, session, _ = run_session(setup, num_labels=max(args.labels), checkpoints=args.labels,
                                                 eval_samples=args.eval_samples, seed=seed, candidate_options=opts,
                                                 progress=False, pool_size=8 if args.tiny else 16,
                                                 **session_kw, **METHODS[method])
-                session.close()
+                discard_session(session)
             curves[method][seed] = [{k: c[k] for k in ("labels", *METRICS)} | ({"scale": c.get("scale")}) for c in curve]
             for c in curves[method][seed]:
                 rows.append({"method": method, "seed": seed, **{k: c[k] for k in ("labels", *METRICS)}, "target_met": target_met(c)})
                 print(rows[-1], flush=True)
 
-    return report(curves, rows, args.labels, vars(args), args.out,
+    return report(curves, rows, args.labels, vars(args), args.out or (RESULTS / "tmp" if args.tiny else None),
                   "bench_alignment" + ("_tiny" if args.tiny else ""))
 
 

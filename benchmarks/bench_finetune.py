@@ -137,7 +137,7 @@ def papa_online(model, person, args, *, lr: float, regularizer: float) -> list[d
     round_index = 0
     while labels < checkpoints[-1]:
         start = time.perf_counter()
-        k = min(args.papa_round, checkpoints[-1] - labels)
+        k = min(args.papa_round, next(c for c in checkpoints if c > labels) - labels)  # stop at every checkpoint
         shown = sample(current, k, num_inference_steps=args.steps, generator=_gen(20_000 + args.seed + round_index),
                        progress=False).images
         current = papa_finetune(current, shown, person.rate(shown), reference=model, steps=args.papa_steps, lr=lr,

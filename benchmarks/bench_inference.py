@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import RESULTS, markdown_table, write_results
 from papa_bayes import LinearReward, fit
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(rows[-1], flush=True)
     table = markdown_table(rows, ["method", "m", "d", "fit_s", "update_ms", "update_repeats", "cosine"])
     path = write_results("bench_inference" + ("_tiny" if args.tiny else ""), {"rows": rows, "args": vars(args)}, table,
-                         args.out, title="Fit and online-update time (median update over repeats)")
+                         args.out or (RESULTS / "tmp" if args.tiny else None), title="Fit and online-update time (median update over repeats)")
     print(table)
     print(f"written to {path}")
     return rows

@@ -89,19 +89,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="strategy[@q]: q sets the region to the pool's top 1 - q share",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     p.add_argument("--name", default="bench_queries", help="stem of the output files")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in several "
                    "files is pooled, on the same seeds the later file wins")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (output stem bench_queries_tiny)")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        raise InputDataError("--seeds", "at least 1 seed", args.seeds)
+    if args.botorch and args.botorch_seeds < 1:
+        raise InputDataError("--botorch-seeds", "at least 1 seed with BoTorch arms (--botorch '' for none)", args.botorch_seeds)
     if args.tiny:
         args.dims, args.rationalities, args.pool_size, args.queries, args.seeds = "3", "1", 20, 4, 1
         args.botorch_seeds, args.botorch_candidates, args.botorch_settings = 1, 30, "all"
         args.heldout_pairs, args.speed_repeats, args.speed_m, args.num_samples = 20, 1, "10", 32
         args.liked_set_seeds, args.liked_set_queries, args.liked_set_strategies = 1, 4, "eig,region"
         args.strategies, args.botorch, args.name = "eig,eig:refined,random:known", "botorch_bald", "bench_queries_tiny"
+    if args.out is None:
+        args.out = "benchmarks/results/tmp" if args.tiny else "benchmarks/results"
     return args
 
 
@@ -151,8 +157,15 @@ def run_ours(spec: str, d: int, rationality: float, seed: int, args) -> dict[str
 
 
 def run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[str, Any]:
-    """BoTorch PairwiseGP (linear kernel) + its BALD or EUBO over random candidate pairs."""
-    with warnings.catch_warnings():
+    """BoTorch PairwiseGP (linear kernel) + its BALD or EUBO over random candidate pairs.
+
+    PairwiseGP draws from the global RNGs (NumPy's in its Laplace start, torch's in
+    its fits); they are seeded from ``seed`` here, so a run does not depend on what
+    ran before it in the process.
+    """
+    from papa_bayes.inference.gp_nuts import seeded
+
+    with warnings.catch_warnings(), seeded(seed):
         warnings.simplefilter("ignore")  # linear_operator's jitter notices on near-singular kernels
         return _run_botorch(arm, d, rationality, seed, args)
 
@@ -489,13 +502,13 @@ def markdown(result: dict[str, Any]) -> str:
             "## Set-valued taste (4 of 10 clusters liked; linear reward on features, misspecified)", "",
             f"Preferred fraction of the 50 pool items with the highest posterior mean after t answers; entropy of the "
             f"liked clusters among them (2 bits = all four liked clusters equally); share of selected queries comparing "
-            f"two liked items (a coin flip to the person) and two items of the same level. {cfg['liked_set_seeds']} seeds.", "",
-            "| strategy | " + " | ".join(f"preferred@{t}" for t in mk) + f" | liked entropy@{Tl} | both liked | same level |",
-            "|" + "---|" * (len(mk) + 4),
+            f"two liked items (a coin flip to the person) and two items of the same level; means over the runs (seeds).", "",
+            "| strategy | runs | " + " | ".join(f"preferred@{t}" for t in mk) + f" | liked entropy@{Tl} | both liked | same level |",
+            "|" + "---|" * (len(mk) + 5),
         ]
         for strategy, v in result["liked_set"].items():
             lines.append(
-                f"| {strategy} | " + " | ".join(_fmt(v["preferred"][t - 1]) for t in mk)
+                f"| {strategy} | {v['num_runs']} | " + " | ".join(_fmt(v["preferred"][t - 1]) for t in mk)
                 + f" | {_fmt(v['liked_entropy_bits'][-1], 2)} | {_fmt(v['both_liked_share'], 2)} | {_fmt(v['same_level_share'], 2)} |"
             )
         lines.append("")
@@ -626,6 +639,7 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     partly overlapping seeds raise :class:`~papa_bayes.exceptions.InputDataError`.
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    _check_same_protocol(parts, paths)
     result = dict(parts[0])
     result["config"] = {**parts[0]["config"], "name": args.name, "merged_from": list(paths)}
     result["protocol"], result["speed"] = {}, None
@@ -653,6 +667,22 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     }
     write_outputs(result, {}, Path(args.out))
     return result
+
+
+PROTOCOL_KEYS = ("queries", "pool_size", "num_samples", "heldout_pairs", "botorch_candidates")
+
+
+def _check_same_protocol(parts: list[dict[str, Any]], paths: list[str]) -> None:
+    """Files merged into one table must share the protocol of their arms (and of their liked-set runs)."""
+    for section, keys in (("protocol", PROTOCOL_KEYS), ("liked_set", ("liked_set_queries",))):
+        holders = [(path, part["config"]) for path, part in zip(paths, parts) if part.get(section)]
+        for path, cfg in holders[1:]:
+            ref_path, ref = holders[0]
+            for k in keys:
+                if cfg.get(k) != ref.get(k):
+                    raise InputDataError(
+                        f"merge ({path})", f"{k} = {ref.get(k)!r} as in {ref_path} (one protocol per table)", cfg.get(k)
+                    )
 
 
 def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -> dict[str, Any]:

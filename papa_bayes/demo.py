@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def run_session(
     above the others, which narrows steering onto a few digits.
     """
     source = _candidates(setup, seed, **(candidate_options or {}))
-    path = store or Path(f"/tmp/papa_bayes_session_{seed}_{time.time_ns()}.db")
+    path = store or Path(tempfile.gettempdir()) / f"papa_bayes_session_{seed}_{time.time_ns()}.db"
     session = PreferenceSession(path, source, DigitsUser(setup.person), query_type=query_type, strategy=strategy,
                                 pool_size=pool_size, exploration=exploration, seed=seed)
     curve = []
@@ -172,6 +173,14 @@ def run_session(
     return curve, session, source
 
 
+def discard_session(session: PreferenceSession) -> None:
+    """Close a session of :func:`run_session` run without a ``store`` and delete its temporary store."""
+    session.close()
+    path = Path(session.store.path)
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+
+
 def run_papa(
     setup: DigitsSetup,
     *,
@@ -179,10 +188,15 @@ def run_papa(
     eval_samples: int = 128,
     seed: int = 0,
     steps: int = 200,
+    eval_steps: int = 50,
     options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """PAPA's signed ELBO on `k` like/dislike labels of base samples, for each k."""
+    """PAPA's signed ELBO on `k` like/dislike labels of base samples, for each k.
+
+    The fine-tuned model's ``eval_samples`` are drawn with ``eval_steps`` DDIM steps:
+    pass the sessions' ``recommend_steps`` so that both methods are measured alike.
+    """
     from papa_bayes.diffusion import papa_finetune
 
     gen = torch.Generator().manual_seed(seed + 777)
@@ -195,7 +209,7 @@ def run_papa(
         else:
             tuned = papa_finetune(setup.model, pool[:k], signs[:k], steps=steps, generator=torch.Generator().manual_seed(seed),
                                   progress_bar=progress, **(options or {}))
-        images = sample(tuned, eval_samples, num_inference_steps=50, generator=torch.Generator().manual_seed(seed + 10_000),
+        images = sample(tuned, eval_samples, num_inference_steps=eval_steps, generator=torch.Generator().manual_seed(seed + 10_000),
                         progress=False).images
         curve.append({**evaluate_samples(images, setup.liked), "labels": k, "images": images})
     return curve
@@ -246,6 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.tiny:
         args.labels, args.eval_samples, args.papa_steps = 3, 8, 2
+    for name in ("labels", "eval_samples", "papa_steps"):
+        if getattr(args, name) < 1:
+            raise InputDataError(f"--{name.replace('_', '-')}", "a positive integer", getattr(args, name))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -265,13 +282,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_samples=args.eval_samples, seed=args.seed, store=store, candidate_options=opts,
         pool_size=8 if args.tiny else 16, exploration=args.exploration,
     )
-    curves[f"random {args.query_type}s"], _, _ = run_session(
+    curves[f"random {args.query_type}s"], random_session, _ = run_session(
         setup, num_labels=args.labels, checkpoints=checkpoints, query_type=args.query_type, strategy="random",
         eval_samples=args.eval_samples, seed=args.seed,
         candidate_options=opts, pool_size=8 if args.tiny else 16, exploration=args.exploration,
     )
+    discard_session(random_session)
     curves["PAPA signed ELBO"] = run_papa(setup, label_counts=checkpoints, eval_samples=args.eval_samples,
-                                          seed=args.seed, steps=args.papa_steps)
+                                          seed=args.seed, steps=args.papa_steps, eval_steps=opts["recommend_steps"])
 
     main_curve = next(iter(curves.values()))
     save_image_grid(main_curve[0]["images"][:64], args.out / "samples_before.png")

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -264,11 +265,6 @@ class CallbackUser:
         return torch.tensor(out, dtype=torch.long)
 
 
-def _check_count(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputDataError(field, "an integer >= 0", value)
-
-
 def simulate_comparisons(
     user: SimulatedUser, items: Tensor, num_comparisons: int, *, generator: torch.Generator
 ) -> PreferenceData:
@@ -276,7 +272,7 @@ def simulate_comparisons(
     n = items.shape[0]
     if n < 2:
         raise InputDataError("items", "at least 2 items", n)
-    _check_count("num_comparisons", num_comparisons)
+    check_int("num_comparisons", num_comparisons, minimum=0)
     a = torch.randint(0, n, (num_comparisons,), generator=generator)
     b = (a + torch.randint(1, n, (num_comparisons,), generator=generator)) % n  # never a == b
     won, tie = user.compare(items[a], items[b])
@@ -288,6 +284,6 @@ def simulate_ratings(user: SimulatedUser, items: Tensor, num_ratings: int, *, ge
     """Random items rated like/dislike by ``user``."""
     if items.shape[0] < 1:
         raise InputDataError("items", "at least 1 item", items.shape[0])
-    _check_count("num_ratings", num_ratings)
+    check_int("num_ratings", num_ratings, minimum=0)
     idx = torch.randint(0, items.shape[0], (num_ratings,), generator=generator)
     return PreferenceData(items=items, ratings=torch.stack([idx, user.rate(items[idx])], -1))

@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
+from benchmarks.run_all import BENCHMARKS
 from papa_bayes.exceptions import InputDataError
-
-BENCHMARKS = ["bench_inference", "bench_gp", "bench_queries", "bench_diffusion", "bench_finetune", "bench_alignment"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -125,3 +124,62 @@ def test_queries_merge_pools_an_arm_run_on_disjoint_seeds(tmp_path):
     args = parse_args(["--merge", str(paths[0]), str(tmp_path / "overlap.json"), "--name", "bad", "--out", str(tmp_path)])
     with pytest.raises(InputDataError, match=r"seeds 100-104 and 103-105"):
         merge(args.merge, args)
+
+
+def test_queries_merge_refuses_files_of_another_protocol(tmp_path):
+    from benchmarks.bench_queries import merge, parse_args, summarize
+
+    paths = []
+    for first, T, arm in ((0, 12, "eig"), (0, 8, "random")):  # another horizon: one table cannot hold both
+        cfg = vars(parse_args(["--seed", str(first), "--seeds", "3", "--queries", str(T)]))
+        part = {"config": cfg, "protocol": {"d8_r1": {arm: summarize(_fake_runs(first, 3, T), T)}}}
+        paths.append(tmp_path / f"{arm}.json")
+        paths[-1].write_text(json.dumps(part))
+    args = parse_args(["--merge", *map(str, paths), "--name", "bad", "--out", str(tmp_path)])
+    with pytest.raises(InputDataError, match="queries = 12"):
+        merge(args.merge, args)
+
+
+def test_queries_and_alignment_check_their_seeds_and_labels():
+    from benchmarks.bench_queries import parse_args
+
+    with pytest.raises(InputDataError, match="--seeds"):
+        parse_args(["--seeds", "0"])
+    with pytest.raises(InputDataError, match="--botorch-seeds"):
+        parse_args(["--botorch-seeds", "0"])
+    assert parse_args(["--botorch-seeds", "0", "--botorch", ""]).botorch_seeds == 0  # no BoTorch arm: fine
+    assert parse_args(["--tiny"]).out == "benchmarks/results/tmp"  # tiny runs never touch the committed results
+    from benchmarks.bench_alignment import main as alignment
+
+    with pytest.raises(InputDataError, match="--labels"):
+        alignment(["--labels", "5", "-1"])
+
+
+def test_papa_online_stops_at_every_checkpoint(monkeypatch):
+    import types
+
+    import benchmarks.bench_finetune as bf
+
+    shown = []
+    monkeypatch.setattr(bf, "sample", lambda model, n, **kw: types.SimpleNamespace(images=torch.zeros(n, 1, 8, 8)))
+    monkeypatch.setattr(bf, "papa_finetune", lambda model, images, signs, **kw: shown.append(images.shape[0]) or model)
+    monkeypatch.setattr(bf, "_row", lambda name, labels, images, seconds: {"labels": labels})
+    person = types.SimpleNamespace(rate=lambda images: torch.ones(images.shape[0]))
+    args = types.SimpleNamespace(papa_labels=[60, 25], papa_round=10, steps=2, seed=0, papa_steps=1, papa_cutoff=0.0,
+                                 papa_batch=4, num_samples=4)
+    rows = bf.papa_online(object(), person, args, lr=1e-4, regularizer=1.0)
+    assert [r["labels"] for r in rows] == [25, 60]
+    assert shown == [10, 10, 5, 10, 10, 10, 5]
+
+
+def test_run_all_runs_the_named_benchmarks(tmp_path, monkeypatch):
+    from benchmarks import run_all
+
+    called = []
+    import benchmarks.bench_inference as bi
+
+    monkeypatch.setattr(bi, "main", lambda argv: called.append(argv))
+    assert run_all.main(["bench_inference", "--tiny"]) == ["bench_inference"]
+    assert called == [["--tiny"]]
+    with pytest.raises(SystemExit):
+        run_all.main(["bench_nothing"])

@@ -101,3 +101,15 @@ def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path,
         with pytest.raises(InputDataError, match=field):
             label_main(["--store", str(store), *args], read=lambda _: "q", write=io.StringIO())
         assert not store.with_suffix(".queries").exists()
+
+
+def test_demo_refuses_zero_labels_before_loading_the_model(tmp_path, monkeypatch):
+    import pytest
+
+    import papa_bayes.demo as demo
+    from papa_bayes.exceptions import InputDataError
+
+    monkeypatch.setattr(demo, "make_setup", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    for flag in ("--labels", "--eval-samples", "--papa-steps"):
+        with pytest.raises(InputDataError, match=flag):
+            demo.main([flag, "0", "--out", str(tmp_path / "d")])

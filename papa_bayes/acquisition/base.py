@@ -27,6 +27,7 @@ from botorch.sampling.normal import IIDNormalSampler, SobolQMCNormalSampler
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -35,7 +36,6 @@ __all__ = [
     "DrawsAcquisitionFunction",
     "LN2",
     "answer_log_probs",
-    "check_noise_scale",
     "entropy_bits",
     "outcome_log_probs",
     "per_draw",
@@ -107,15 +107,6 @@ def outcome_log_probs(
     )
 
 
-def check_noise_scale(noise_scale: Any) -> float:
-    """``noise_scale`` as a float, or InputDataError unless it is a positive finite number."""
-    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) or not (
-        math.isfinite(noise_scale) and noise_scale > 0
-    ):
-        raise InputDataError("noise_scale", "a positive finite number", noise_scale)
-    return float(noise_scale)
-
-
 class DrawsAcquisitionFunction(AcquisitionFunction):
     """An acquisition function computed from joint draws of the utility at a query's items.
 
@@ -157,10 +148,8 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         super().__init__(model=model)
         self.reward_posterior = posterior
         self.link = check_link(link or "probit")
-        self.noise_scale = check_noise_scale(noise_scale)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise InputDataError("num_samples", "a positive integer", num_samples)
-        self.num_samples = num_samples
+        self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
+        self.num_samples = check_int("num_samples", num_samples)
         self.seed = int(seed)
         self._sampler: tuple[str, MCSampler] | None = None
 

@@ -30,7 +30,8 @@ from botorch.models.model import Model
 from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2, check_noise_scale
+from papa_bayes.acquisition.base import LN2
+from papa_bayes.checks import check_float
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link
@@ -68,7 +69,7 @@ def houlsby_information_gain(
     Returns:
         `batch` bits.
     """
-    check_noise_scale(noise_scale)
+    check_float("noise_scale", noise_scale, strict=True)
     scale = noise_scale / (_LOGIT_TO_PROBIT if check_link(link) == "logit" else 1.0)
     m = mean_diff / scale
     v = var_diff.clamp(min=0.0) / scale**2
@@ -123,7 +124,7 @@ class HoulsbyInformationGain(AcquisitionFunction):
             link = link or model.link
             model = model.as_botorch_model()
         super().__init__(model=model)
-        self.noise_scale = check_noise_scale(noise_scale)
+        self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
         self.link = check_link(link or "probit")
 
     def forward(self, X: Tensor) -> Tensor:

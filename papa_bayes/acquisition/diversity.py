@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["ExposureDiversity", "exposure_diversity", "farthest_point_centres"]
@@ -85,8 +86,7 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
     d = reference.shape[1]
     if shown.dim() != 2 or shown.shape[1] != d:
         raise InputDataError("shown", f"shape `m x {d}`", tuple(shown.shape))
-    if isinstance(num_cells, bool) or not isinstance(num_cells, int) or num_cells < 1:
-        raise InputDataError("num_cells", "a positive integer", num_cells)
+    check_int("num_cells", num_cells)
     for name, value in (("shown", shown), ("reference", reference)):
         if not bool(torch.isfinite(value).all()):
             bad = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())

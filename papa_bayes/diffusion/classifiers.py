@@ -11,7 +11,9 @@ instead of being shipped.
 
 from __future__ import annotations
 
+import operator
 import warnings
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Sequence
 
@@ -36,9 +38,18 @@ def _check_images(images: Tensor, name: str = "images") -> Tensor:
 
 
 def _check_liked(liked: Sequence[int]) -> tuple[int, ...]:
-    out = tuple(int(c) for c in liked)
-    if not out or any(c < 0 or c > 9 for c in out) or len(set(out)) != len(out):
-        raise InputDataError("liked", "distinct digit classes in 0..9", liked)
+    """``liked`` as a tuple of ints, or InputDataError unless a non-empty sequence of distinct digits."""
+    expected = "a non-empty sequence of distinct integer digit classes in 0..9"
+    if isinstance(liked, (str, bytes)) or not isinstance(liked, Iterable):
+        raise InputDataError("liked", expected, liked)
+    try:
+        items = list(liked)  # a 0-d tensor is not iterable
+        out = tuple(operator.index(c) for c in items)  # ints, numpy and torch integers; no float truncated
+    except TypeError:
+        raise InputDataError("liked", expected, liked) from None
+    if not out or any(isinstance(c, (bool, np.bool_)) for c in items) or any(c < 0 or c > 9 for c in out) \
+            or len(set(out)) != len(out):
+        raise InputDataError("liked", expected, liked)
     return out
 
 

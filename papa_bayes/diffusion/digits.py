@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from papa_bayes.exceptions import InputDataError
+
 __all__ = ["DIGITS_SPLIT_SEED", "DigitsSplit", "DigitsSplits", "load_digits_splits", "digits_to_pixels"]
 
 #: The seed of the one generator / user / judge split. Changing it invalidates the
@@ -63,8 +65,13 @@ def digits_to_pixels(raw: np.ndarray | Tensor) -> Tensor:
 
     Returns:
         `n x 1 x 8 x 8` float32 pixels.
+
+    Raises:
+        InputDataError: on any other shape.
     """
     t = torch.as_tensor(np.asarray(raw), dtype=torch.float32)
+    if tuple(t.shape[1:]) not in ((64,), (8, 8)):
+        raise InputDataError("raw", "an array of shape `n x 64` or `n x 8 x 8`", tuple(t.shape))
     return (t.reshape(-1, 1, 8, 8) / 8.0 - 1.0).contiguous()
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from papa_bayes.diffusion.classifiers import DEFAULT_LIKED, _check_images, _check_liked, load_judge
 from papa_bayes.diffusion.digits import load_digits_splits
+from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError
 
 __all__ = [
@@ -33,6 +34,23 @@ __all__ = [
 ]
 
 
+def _check_points(name: str, x: Tensor) -> Tensor:
+    """``x`` unless not a tensor of non-empty points `n x ...` (n >= 1): then InputDataError."""
+    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] == 0 or x[0].numel() == 0:
+        found = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputDataError(name, "a non-empty tensor of shape `n x ...`", found)
+    return x
+
+
+def _check_pair(samples: Tensor, reference: Tensor) -> None:
+    """Both point sets checked, and ``samples`` with as many values per point as ``reference``."""
+    _check_points("samples", samples)
+    _check_points("reference", reference)
+    if samples[0].numel() != reference[0].numel():
+        raise InputDataError("samples", f"{reference[0].numel()} values per point like the reference",
+                             samples[0].numel())
+
+
 def _flat(x: Tensor) -> Tensor:
     return x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
 
@@ -41,13 +59,14 @@ def knn_radii(reference: Tensor, *, k: int = 3) -> Tensor:
     """Distance of each reference point to its k-th nearest other reference point.
 
     Args:
-        reference: `m x ...` points (flattened to `m x D`).
-        k: the neighbour rank.
+        reference: `m x ...` points (flattened to `m x D`), m > k.
+        k: the neighbour rank (an integer >= 1).
 
     Returns:
         `m` radii.
     """
-    ref = _flat(reference)
+    k = check_int("k", k)
+    ref = _flat(_check_points("reference", reference))
     if ref.shape[0] <= k:
         raise InputDataError("reference", f"more than k={k} points", ref.shape[0])
     d = torch.cdist(ref, ref)
@@ -58,16 +77,19 @@ def manifold_membership(samples: Tensor, reference: Tensor, *, k: int = 3, radii
     """`n` bool: which samples lie inside the union of the reference's k-NN balls.
 
     Args:
-        samples: `n x ...` points.
-        reference: `m x ...` points of the same trailing shape.
-        k: the neighbour rank of the balls.
+        samples: `n x ...` points (n >= 1).
+        reference: `m x ...` points with as many values per point.
+        k: the neighbour rank of the balls (an integer >= 1).
         radii: precomputed `m` radii of ``reference`` (from :func:`knn_radii`).
     """
+    _check_pair(samples, reference)
     x, ref = _flat(samples), _flat(reference)
-    if x.shape[1] != ref.shape[1]:
-        raise InputDataError("samples", f"{ref.shape[1]} values per sample like the reference", x.shape[1])
-    radii = knn_radii(ref, k=k) if radii is None else radii.to(torch.float64)
-    return (torch.cdist(x, ref) <= radii.unsqueeze(0)).any(dim=1)
+    if radii is None:
+        radii = knn_radii(ref, k=k)
+    elif not isinstance(radii, Tensor) or tuple(radii.shape) != (ref.shape[0],):
+        found = tuple(radii.shape) if isinstance(radii, Tensor) else type(radii).__name__
+        raise InputDataError("radii", f"a tensor of shape `m` = ({ref.shape[0]},)", found)
+    return (torch.cdist(x, ref) <= radii.to("cpu", torch.float64).unsqueeze(0)).any(dim=1)
 
 
 def manifold_precision(samples: Tensor, reference: Tensor, *, k: int = 3) -> float:
@@ -77,17 +99,33 @@ def manifold_precision(samples: Tensor, reference: Tensor, *, k: int = 3) -> flo
 
 def manifold_recall(samples: Tensor, reference: Tensor, *, k: int = 3) -> float:
     """Share of ``reference`` points inside the k-NN manifold of ``samples``."""
+    _check_pair(samples, reference)  # before the roles swap, so that errors name the right argument
+    k = check_int("k", k)
+    if samples.shape[0] <= k:  # the balls are the samples' own
+        raise InputDataError("samples", f"more than k={k} points", samples.shape[0])
     return float(manifold_membership(reference, samples, k=k).double().mean())
 
 
 def class_entropy(classes: Tensor | np.ndarray, *, num_classes: int = 10) -> float:
-    """Entropy in bits of the empirical distribution of integer ``classes`` (0 if empty)."""
-    counts = np.bincount(np.asarray(classes, dtype=np.int64).reshape(-1), minlength=num_classes)
+    """Entropy in bits of the empirical distribution of integer ``classes`` (0 if empty).
+
+    Raises:
+        InputDataError: unless every class is an integer in ``0..num_classes-1``.
+    """
+    num_classes = check_int("num_classes", num_classes)
+    values = np.asarray(classes).reshape(-1)
+    expected = f"integer classes in 0..{num_classes - 1}"
+    if values.dtype.kind not in "iuf":
+        raise InputDataError("classes", expected, f"dtype {values.dtype}")
+    bad = (values != np.round(values)) | (values < 0) | (values >= num_classes)  # no float truncated
+    if bad.any():
+        raise InputDataError("classes", expected, values[bad][0].item())
+    counts = np.bincount(values.astype(np.int64), minlength=num_classes)
     total = counts.sum()
     if total == 0:
         return 0.0
     p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum())
+    return 0.0 - float((p * np.log2(p)).sum())  # 0.0 - x: one class gives 0.0, not -0.0
 
 
 def evaluate_samples(
@@ -100,10 +138,11 @@ def evaluate_samples(
     """Every measure of the digits task for `n x 1 x 8 x 8` samples in `[-1, 1]`.
 
     Args:
-        images: the samples (clipped to `[-1, 1]` before measuring, as when shown).
+        images: the samples (n >= 1; clipped to `[-1, 1]` before measuring, as when shown).
         liked: the liked digit classes.
-        reference: real digits for precision and recall; the judge split by default.
-        k: neighbour rank of the manifold balls.
+        reference: `m x 1 x 8 x 8` real digits for precision and recall (m > k); the
+            judge split by default.
+        k: neighbour rank of the manifold balls (an integer >= 1).
 
     Returns:
         A dict with ``preferred_fraction``, ``judge_share``, ``precision``, ``recall``,
@@ -115,11 +154,14 @@ def evaluate_samples(
         0.8...
     """
     images = _check_images(images)
+    if images.shape[0] == 0:
+        raise InputDataError("images", "a non-empty tensor of shape `n x 1 x 8 x 8`", tuple(images.shape))
     liked = _check_liked(liked)
+    k = check_int("k", k)
     if not bool(torch.isfinite(images).all()):
         raise InputDataError("images", "finite pixels", "NaN or inf")
     images = images.detach().to("cpu", torch.float32).clamp(-1, 1)
-    ref = load_digits_splits().judge.images if reference is None else reference
+    ref = load_digits_splits().judge.images if reference is None else _check_images(reference, "reference")
     proba = load_judge().predict_proba(images)
     classes = proba.argmax(axis=1)
     in_liked = np.isin(classes, liked)

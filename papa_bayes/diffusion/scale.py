@@ -9,22 +9,26 @@ alone), scored by manifold precision against the base model's own training data
 largest one, scanning upward, before the first whose precision falls below
 ``min_relative_precision`` times the unguided pool's precision (or an absolute
 ``min_precision``), precision being measured with the guard's balls shrunk by
-``radius_scale``.
+``radius_scale``. When the unguided pool's precision is 0 the relative rule cannot
+tell scales apart (every scale would pass); it then chooses no steering (scale 0.0)
+with a warning, instead of the largest scale.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import _initial_noise, sample
 from papa_bayes.diffusion.selection import ManifoldGuard
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 
 __all__ = ["DEFAULT_SCALES", "ScaleSelection", "select_guidance_scale", "RecommendationScale", "select_recommendation_scale"]
 
@@ -37,6 +41,19 @@ def _checked_scales(scales: Sequence[float]) -> list[float]:
     if not checked or checked[0] <= 0:
         raise InputDataError("scales", "a non-empty sequence of numbers > 0", list(scales))
     return checked
+
+
+def _check_share(name: str, value: Any) -> float:
+    """``value`` as a float in `(0, 1]`, or InputDataError (NaN, bool and str included)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise InputDataError(name, "a number in (0, 1]", repr(value))
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputDataError(name, "a number in (0, 1]", value) from None
+    if not 0 < x <= 1:  # False for NaN
+        raise InputDataError(name, "a number in (0, 1]", value)
+    return x
 
 
 def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_inference_steps: int,
@@ -59,7 +76,8 @@ class ScaleSelection:
     """Result of :func:`select_guidance_scale`.
 
     Attributes:
-        scale: the chosen scale (0.0 when even the smallest candidate fails).
+        scale: the chosen scale (0.0 when even the smallest candidate fails, or when
+            the relative rule meets an unguided precision of 0 and tries none).
         threshold: the precision a scale had to keep.
         base_precision: precision of the unguided pool.
         precision: precision of each candidate scale that was tried.
@@ -94,9 +112,9 @@ def select_guidance_scale(
         guidance: the guidance to tune; its scale is replaced by each candidate.
         guard: the reference manifold (the base model's training data).
         scales: candidate scales (> 0), scanned in increasing order.
-        min_relative_precision: keep precision >= this times the unguided pool's.
-        min_precision: an absolute floor instead of the relative one.
-        radius_scale: shrinks the guard's balls for this test. The base model sits
+        min_relative_precision: keep precision >= this times the unguided pool's, in `(0, 1]`.
+        min_precision: an absolute floor in `(0, 1]` instead of the relative one.
+        radius_scale: shrinks the guard's balls for this test (> 0). The base model sits
             close to its own training data, so full-size balls accept nearly every
             sample, guided or not (0.84-0.99 of pools whose precision against held-out
             digits ranged 0.71-0.93); at 0.8 the share falls with quality (0.70 for
@@ -107,16 +125,34 @@ def select_guidance_scale(
         progress: show tqdm bars.
 
     Returns:
-        A :class:`ScaleSelection`.
+        A :class:`ScaleSelection`. When the unguided pool's precision is 0 and no
+        ``min_precision`` is given, ``scale`` is 0.0 (no steering), no scale is tried
+        and a :class:`~papa_bayes.exceptions.PapaBayesWarning` names the cause: a
+        threshold of 0 would pass every scale, however far it leaves the manifold.
+
+    Raises:
+        InputDataError: on bad scales, shares or ``radius_scale`` (before any sampling).
     """
     checked = _checked_scales(scales)
-    if not 0 < float(min_relative_precision) <= 1:
-        raise InputDataError("min_relative_precision", "a number in (0, 1]", min_relative_precision)
+    min_relative_precision = _check_share("min_relative_precision", min_relative_precision)
+    if min_precision is not None:
+        min_precision = _check_share("min_precision", min_precision)
+    radius_scale = check_float("radius_scale", radius_scale, strict=True)
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
 
     base = guard.precision(pool(None).images, radius_scale=radius_scale)
-    threshold = float(min_precision) if min_precision is not None else float(min_relative_precision) * base
+    threshold = min_precision if min_precision is not None else min_relative_precision * base
     result = ScaleSelection(scale=0.0, threshold=threshold, base_precision=base)
+    if threshold <= 0:
+        warnings.warn(
+            f"select_guidance_scale: no unguided sample lies on the guard's manifold at radius_scale="
+            f"{radius_scale:g} (precision 0), so the relative rule cannot tell scales apart; choosing no "
+            "steering (scale 0.0). Pass min_precision, a larger radius_scale, or a guard whose reference "
+            "data the model was trained on.",
+            PapaBayesWarning,
+            stacklevel=2,
+        )
+        return result
     for s in checked:
         out = pool(guidance.with_scale(s))
         prec = guard.precision(out.images, radius_scale=radius_scale)
@@ -213,6 +249,10 @@ def select_recommendation_scale(
         x = out.samples if reads_samples else out.images
         with torch.no_grad():
             ranks, probabilities = score(x)
+            if not all(isinstance(t, Tensor) and tuple(t.shape) == (num_samples,) for t in (ranks, probabilities)):
+                found = tuple(tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                              for t in (ranks, probabilities))
+                raise InputDataError("score", f"two tensors of shape `n` = ({num_samples},)", found)
             kept = ranks.detach().cpu().topk(num_keep).indices
             value = float(probabilities.detach().cpu().double()[kept].mean())
         result.expected_share[s] = value

@@ -26,11 +26,12 @@ pool's best quarter, so the guidance may be mild and the pool diverse
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.diffusion.guidance import Guidance
 from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
@@ -50,14 +51,16 @@ class ManifoldGuard:
     """
 
     def __init__(self, reference: Tensor, *, k: int = 3, radius_scale: float = 1.0) -> None:
-        if not float(radius_scale) > 0:
-            raise InputDataError("radius_scale", "a number > 0", radius_scale)
+        radius_scale = check_float("radius_scale", radius_scale, strict=True)
+        if not isinstance(reference, Tensor):
+            raise InputDataError("reference", "a tensor of shape `m x ...`", type(reference).__name__)
         self.reference = reference.detach().to("cpu", torch.float32)
-        self.radii = knn_radii(self.reference, k=k) * float(radius_scale)
+        self.radii = knn_radii(self.reference, k=k) * radius_scale
 
     def __call__(self, images: Tensor, *, radius_scale: float = 1.0) -> Tensor:
-        """`n` bool: which images lie on the reference manifold (balls times ``radius_scale``)."""
-        return manifold_membership(images, self.reference, radii=self.radii * float(radius_scale))
+        """`n` bool: which images lie on the reference manifold (balls times ``radius_scale`` > 0)."""
+        radius_scale = check_float("radius_scale", radius_scale, strict=True)
+        return manifold_membership(images, self.reference, radii=self.radii * radius_scale)
 
     def precision(self, images: Tensor, *, radius_scale: float = 1.0) -> float:
         """Share of ``images`` on the reference manifold (balls times ``radius_scale``)."""
@@ -86,6 +89,36 @@ class PreferredSamples:
     eligible: int
 
 
+def _check_probability(probability: Any, n: int | None = None) -> Tensor:
+    """`N` float64 CPU probabilities, or InputDataError unless 1-D (of length ``n``) in `[0, 1]`."""
+    shape = f"`N` = ({n},)" if n is not None else "`N` (N >= 1)"
+    if not isinstance(probability, Tensor) or probability.ndim != 1 or probability.shape[0] == 0 or (
+            n is not None and probability.shape[0] != n):
+        found = tuple(probability.shape) if isinstance(probability, Tensor) else type(probability).__name__
+        raise InputDataError("probability", f"a tensor of shape {shape}", found)
+    p = probability.detach().to("cpu", torch.float64)
+    inside = (p >= 0) & (p <= 1)  # False for NaN
+    if not bool(inside.all()):
+        raise InputDataError("probability", "probabilities in [0, 1]", p[~inside][0].item())
+    return p
+
+
+def _check_min_probability(min_probability: Any) -> float | None:
+    """None, or ``min_probability`` as a float in `[0, 1]`; else InputDataError (NaN and str included)."""
+    if min_probability is None:
+        return None
+    expected = "None or a number in [0, 1]"
+    if isinstance(min_probability, (bool, str, bytes)):
+        raise InputDataError("min_probability", expected, repr(min_probability))
+    try:
+        value = float(min_probability)
+    except (TypeError, ValueError):
+        raise InputDataError("min_probability", expected, min_probability) from None
+    if not 0 <= value <= 1:  # False for NaN
+        raise InputDataError("min_probability", expected, min_probability)
+    return value
+
+
 def _eligible(probability: Tensor, on_manifold: Tensor, min_probability: float | None) -> Tensor:
     """`N` bool: on the manifold and, with a threshold, at least ``min_probability``."""
     if min_probability is None:
@@ -104,22 +137,34 @@ def select_preferred(
     """Indices of ``num`` candidates: uniform among the eligible, then the best of the rest.
 
     Args:
-        probability: `N` posterior probabilities of the preferred region.
-        num: how many to keep (<= N).
+        probability: `N` posterior probabilities of the preferred region, in `[0, 1]`.
+        num: how many to keep, an integer in `[1, N]`.
         on_manifold: `N` bool guard verdicts (all True when None).
-        min_probability: eligibility threshold on ``probability``; None: no uniform
-            choice, the ``num`` best by (on-manifold, probability).
+        min_probability: eligibility threshold on ``probability``, in `[0, 1]`; None: no
+            uniform choice, the ``num`` best by (on-manifold, probability).
         generator: seeds the uniform choice.
 
     Returns:
         `num` long indices; eligible ones first. When fewer than ``num`` are
         eligible, the rest are filled by on-manifold first, then by probability.
+
+    Raises:
+        InputDataError: on probabilities outside `[0, 1]` (or NaN), shapes other than
+            `N`, or ``num`` not an integer in `[1, N]`.
     """
-    n = probability.shape[0]
-    if not 1 <= num <= n:
-        raise InputDataError("num", f"an integer in [1, {n}]", num)
-    p = probability.detach().to("cpu", torch.float64)
-    on = torch.ones(n, dtype=torch.bool) if on_manifold is None else on_manifold.to("cpu", torch.bool)
+    p = _check_probability(probability)
+    n = p.shape[0]
+    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= n:
+        raise InputDataError("num", f"an integer in [1, {n}]", repr(num) if isinstance(num, str) else num)
+    min_probability = _check_min_probability(min_probability)
+    if on_manifold is None:
+        on = torch.ones(n, dtype=torch.bool)
+    elif isinstance(on_manifold, Tensor) and on_manifold.dtype == torch.bool and tuple(on_manifold.shape) == (n,):
+        on = on_manifold.to("cpu")
+    else:
+        found = (on_manifold.dtype, tuple(on_manifold.shape)) if isinstance(on_manifold, Tensor) \
+            else type(on_manifold).__name__
+        raise InputDataError("on_manifold", f"a bool tensor of shape `N` = ({n},)", found)
     if min_probability is None:
         eligible = torch.zeros(0, dtype=torch.long)
     else:
@@ -158,8 +203,10 @@ def sample_preferred(
         num_samples: samples to return.
         guidance: steering of the pool (None: the base model).
         probability: images (or samples, per the objective's ``input_space``) -> `n`
-            posterior probability of the preferred region; defaults to the guidance
-            objective's ``region_probability`` when it has one.
+            posterior probability of the preferred region, in `[0, 1]`; defaults to the
+            guidance objective's ``region_probability`` when it has one. Without one,
+            every candidate counts as preferred (probability 1 in the filter, NaN in
+            the result).
         guard: a :class:`ManifoldGuard`; None keeps every candidate's quality as is.
         oversample: pool size / ``num_samples`` (>= 1).
         min_probability: eligibility threshold of the preference filter. Stricter
@@ -174,10 +221,16 @@ def sample_preferred(
 
     Returns:
         :class:`PreferredSamples`.
+
+    Raises:
+        InputDataError: on a bad number (checked before sampling), or when
+            ``probability`` returns other than `n` values in `[0, 1]` (NaN included).
     """
-    if not float(oversample) >= 1:
-        raise InputDataError("oversample", "a number >= 1", oversample)
-    pool = max(num_samples, int(round(num_samples * float(oversample))))
+    num_samples = check_int("num_samples", num_samples)
+    oversample = check_float("oversample", oversample, minimum=1.0)
+    min_probability = _check_min_probability(min_probability)
+    batch_size = check_int("batch_size", batch_size)
+    pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
                  batch_size=batch_size, progress=progress)
     if probability is None and guidance is not None:
@@ -185,12 +238,13 @@ def sample_preferred(
     reads_samples = guidance is not None and getattr(guidance.objective, "input_space", "image") == "sample"
     if probability is not None:
         source = out.samples if reads_samples else out.images
-        p = torch.cat([probability(source[i:i + batch_size]).detach().cpu()
-                       for i in range(0, pool, batch_size)]).to(torch.float64)
-    else:
+        batches = [source[i:i + batch_size] for i in range(0, pool, batch_size)]
+        p = torch.cat([_check_probability(probability(x), n=x.shape[0]) for x in batches])
+        filt = p
+    else:  # no probability: every candidate counts as preferred
         p = torch.full((pool,), float("nan"), dtype=torch.float64)
+        filt = torch.ones(pool, dtype=torch.float64)
     on = guard(out.images) if guard is not None else torch.ones(pool, dtype=torch.bool)
-    filt = p.nan_to_num(1.0)
     idx = select_preferred(filt, num_samples, on_manifold=on, min_probability=min_probability, generator=generator)
     eligible = int(_eligible(filt, on, min_probability).sum())
     return PreferredSamples(

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT, load_base_model, make_digits_unet, make_train_scheduler
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
 from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.diffusion.sampler import sample
-from papa_bayes.exceptions import InputDataError
 
 __all__ = ["train_base_model", "fit_default_features", "main"]
 
@@ -46,8 +46,8 @@ def train_base_model(
         out_dir: folder to write ``unet/`` and ``scheduler/`` into.
         steps: optimizer steps.
         batch_size: digits per step.
-        learning_rate: AdamW peak learning rate (linear warm-up, cosine decay).
-        ema_decay: decay of the weight average that is saved.
+        learning_rate: AdamW peak learning rate (> 0; linear warm-up, cosine decay).
+        ema_decay: decay of the weight average that is saved, in `[0, 1)`.
         seed: seeds the weights, batches, timesteps and noise.
         device: where to train.
         unet_config: entries replacing those of ``DIGITS_UNET_CONFIG`` (a larger or
@@ -56,9 +56,15 @@ def train_base_model(
 
     Returns:
         A summary dict (final loss, seconds, steps), also written to ``train_log.json``.
+
+    Raises:
+        InputDataError: on a step count, batch size, learning rate or decay out of range.
     """
-    if steps < 1 or batch_size < 1:
-        raise InputDataError("steps, batch_size", "positive integers", (steps, batch_size))
+    # Checked before the UNet is built: a bad number should not cost a model.
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
+    learning_rate = check_float("learning_rate", learning_rate, strict=True)
+    ema_decay = check_float("ema_decay", ema_decay, maximum=1.0)
     out = Path(out_dir)
     with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
         torch.manual_seed(seed)

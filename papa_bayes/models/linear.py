@@ -19,6 +19,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.models.base import PyroRewardModel
@@ -64,11 +65,6 @@ def _f64(*values: float) -> list[Tensor]:
     return [torch.tensor(float(v), dtype=torch.float64) for v in values]
 
 
-def _check_positive(field: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise InputDataError(field, "a positive finite number", value)
-
-
 class _LinkPriors:
     """Nuisance sites shared by the flat and hierarchical linear models."""
 
@@ -89,7 +85,7 @@ class _LinkPriors:
         """Check and keep the nuisance sites' settings (shared by both models' constructors)."""
         if rationality is not None and not (rationality > 0 and math.isfinite(rationality)):
             raise InputDataError("rationality", "a positive finite number or None", rationality)
-        _check_positive("threshold_prior_scale", threshold_prior_scale)
+        check_float("threshold_prior_scale", threshold_prior_scale, strict=True)
         for name, prior in (("rationality_prior", rationality_prior), ("tie_prior", tie_prior)):
             if len(prior) != 2 or not math.isfinite(prior[0]) or not (prior[1] > 0 and math.isfinite(prior[1])):
                 raise InputDataError(name, "(loc, scale) with a finite loc and a positive finite scale", prior)
@@ -189,7 +185,7 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     ) -> None:
         self.link = check_link(link)
         self.ties = bool(ties)
-        _check_positive("prior_scale", prior_scale)
+        check_float("prior_scale", prior_scale, strict=True)
         self.prior_scale = float(prior_scale)
         self.prior_loc = None if prior_loc is None else torch.as_tensor(prior_loc, dtype=torch.float64)
         if self.prior_loc is not None and not bool(torch.isfinite(self.prior_loc).all()):
@@ -304,8 +300,8 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
     ) -> None:
         self.link = check_link(link)
         self.ties = bool(ties)
-        _check_positive("population_prior_scale", population_prior_scale)
-        _check_positive("scale_prior_scale", scale_prior_scale)
+        check_float("population_prior_scale", population_prior_scale, strict=True)
+        check_float("scale_prior_scale", scale_prior_scale, strict=True)
         self.population_prior_scale = float(population_prior_scale)
         self.scale_prior_scale = float(scale_prior_scale)
         self._set_link_priors(rationality, rationality_prior, threshold_prior_scale, tie_prior)

@@ -139,7 +139,11 @@ def test_resume_continues_the_auto_scale_where_it_stopped(tmp_path, pixel_model)
         def compare(self, a, b):
             return torch.tensor([bool(a.sum() > b.sum())]), torch.tensor([False])
 
-    reference = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    from papa_bayes.diffusion import sample
+
+    # The model's own samples as the manifold: its unguided pools are on it, so the rule picks a real scale.
+    reference = sample(pixel_model, 40, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                       progress=False).images
     pca, guard = PCAFeatures.fit(reference, num_features=3), ManifoldGuard(reference)
 
     def source():  # round 1 chooses the scale; round 2 (not a multiple of rescale_every) keeps it
@@ -153,6 +157,7 @@ def test_resume_continues_the_auto_scale_where_it_stopped(tmp_path, pixel_model)
     PreferenceSession(tmp_path / "b.db", source(), BrighterUser(), **kw).run(2, progress=False)
     resumed_src = source()
     resumed = PreferenceSession.resume(tmp_path / "b.db", resumed_src, BrighterUser())
+    assert straight_src.state()["chosen_scale"] in (0.5, 1.0)
     assert resumed_src.state() == {"calls": 2, "chosen_scale": straight_src.state()["chosen_scale"]}
     resumed.run(1, progress=False)
     assert resumed_src.state() == straight_src.state()

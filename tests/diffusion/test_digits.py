@@ -20,6 +20,7 @@ from papa_bayes.diffusion import (
     manifold_precision,
     sample,
 )
+from papa_bayes.diffusion.digits import digits_to_pixels
 from papa_bayes.exceptions import InputDataError
 
 
@@ -67,6 +68,16 @@ def test_metrics_on_real_digits_and_noise():
     assert manifold_precision(splits.user.images, splits.generator.images) > 0.85
     with pytest.raises(InputDataError):
         evaluate_samples(torch.full((3, 1, 8, 8), float("nan")))
+
+
+def test_digits_to_pixels_takes_flat_or_square_digits():
+    raw = torch.arange(128.0).reshape(2, 64) % 17
+    assert digits_to_pixels(raw).shape == (2, 1, 8, 8)
+    assert torch.equal(digits_to_pixels(raw.reshape(2, 8, 8)), digits_to_pixels(raw))
+    for shape in ((2, 32), (3, 10), (64,), (2, 1, 8, 8)):  # (2, 32) was one 8x8 digit
+        with pytest.raises(InputDataError) as info:
+            digits_to_pixels(torch.zeros(shape))
+        assert info.value.field == "raw"
 
 
 def test_missing_checkpoint_raises(tmp_path):

@@ -259,3 +259,30 @@ def test_lora_fine_tune_merges_into_a_plain_unet(latent_model):  # peft is a tes
                                 progress_bar=False)
     assert type(tuned.unet) is type(latent_model.unet)
     assert max_weight_change(tuned, latent_model) > 0
+
+
+def test_load_finetuned_keeps_the_saved_scheduler_and_checks_base(make_pixel_model, tmp_path):
+    ddpm, ddim = make_pixel_model("ddpm"), make_pixel_model("ddim")
+    path = save_finetuned(ddpm, tmp_path / "ddpm")
+    for loaded in (load_finetuned(path), load_finetuned(path, base=ddim)):
+        assert type(loaded.scheduler).__name__ == "DDPMScheduler"  # was the base's DDIM with base=
+    assert type(ddim.scheduler).__name__ == "DDIMScheduler"  # the base is untouched
+    with pytest.raises(InputDataError) as info:  # was AttributeError: 'str' object has no attribute 'device'
+        load_finetuned(path, base="x")
+    assert info.value.field == "base"
+
+
+def test_numbers_are_checked_under_their_own_names(pixel_model, labeled):
+    images, signs = labeled
+    g = Guidance(lambda x: x.mean((1, 2, 3)))
+    cases = [
+        (lambda: distill_guidance(pixel_model, g, sample_batch_size=0, progress_bar=False), "sample_batch_size"),
+        (lambda: distill_guidance(pixel_model, g, lora_rank=2, lora_alpha=0.0, progress_bar=False), "lora_alpha"),
+        (lambda: finetune_on_samples(pixel_model, images, steps=1, lora_rank=2, lora_alpha=-1.0,
+                                     progress_bar=False), "lora_alpha"),
+        (lambda: papa_finetune(pixel_model, images, signs, steps=1, lr="0.001", progress_bar=False), "lr"),
+    ]
+    for call, field in cases:
+        with pytest.raises(InputDataError) as info:
+            call()
+        assert info.value.field == field

@@ -14,7 +14,7 @@ from papa_bayes.diffusion import (
     select_preferred,
     select_recommendation_scale,
 )
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -121,3 +121,78 @@ def test_recommendation_scale_is_the_mildest_that_reaches_the_target(pixel_model
     for bad in (dict(target=1.0), dict(keep=0.0), dict(max_scale=0.0), dict(scales=())):
         with pytest.raises(InputDataError):
             select(**{"target": 0.5, **bad})
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "field"),
+    [
+        ((torch.tensor([3.0, 0.5]), 1), {}, "probability"),  # > 1 would outrank on-manifold candidates
+        ((torch.tensor([-0.1, 0.5]), 1), {}, "probability"),
+        ((torch.tensor([float("nan"), 0.5]), 1), {}, "probability"),
+        ((torch.tensor([[0.9, 0.2], [0.8, 0.1]]), 1), {}, "probability"),
+        ((torch.tensor([0.9, 0.2]), 1), {"on_manifold": torch.tensor([True])}, "on_manifold"),
+        ((torch.tensor([0.9, 0.2]), 1), {"on_manifold": torch.tensor([1.0, 0.0])}, "on_manifold"),
+        ((torch.tensor([0.9, 0.2]), 1.0), {}, "num"),
+        ((torch.tensor([0.9, 0.2]), "1"), {}, "num"),
+        ((torch.tensor([0.9, 0.2]), 1), {"min_probability": float("nan")}, "min_probability"),
+    ],
+)
+def test_select_preferred_bad_input(args, kwargs, field):
+    with pytest.raises(InputDataError) as info:
+        select_preferred(*args, **kwargs)
+    assert info.value.field == field
+
+
+def test_sample_preferred_rejects_non_finite_probabilities_and_checks_numbers_first(pixel_model, monkeypatch):
+    import papa_bayes.diffusion.selection as selection
+
+    def half_nan(x):
+        p = torch.full((x.shape[0],), 0.1)
+        p[::2] = float("nan")
+        return p
+
+    kw = dict(num_inference_steps=2, generator=gen(0), progress=False)
+    with pytest.raises(InputDataError, match="probability"):  # NaN was read as 1 and won
+        sample_preferred(pixel_model, 2, probability=half_nan, **kw)
+    with pytest.raises(InputDataError, match="probability"):
+        sample_preferred(pixel_model, 2, probability=lambda x: torch.tensor(0.5), **kw)
+    out = sample_preferred(pixel_model, 2, oversample=2, **kw)  # no probability: every candidate counts
+    assert out.eligible == 4 and bool(out.probability.isnan().all())
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the arguments")
+
+    monkeypatch.setattr(selection, "sample", no_sampling)
+    for bad, field in ((dict(num_samples=2.5), "num_samples"), (dict(min_probability=1.5), "min_probability"),
+                       (dict(batch_size=0), "batch_size")):
+        with pytest.raises(InputDataError) as info:
+            sample_preferred(pixel_model, **{"num_samples": 2, **bad}, **kw)
+        assert info.value.field == field
+
+
+def test_scale_rule_does_not_steer_when_no_unguided_sample_is_on_the_manifold(pixel_model):
+    far = torch.full((20, 1, 8, 8), 50.0) + torch.randn(20, 1, 8, 8, generator=gen(0))
+    guard = ManifoldGuard(far)  # nothing the model makes lies near it: base precision 0
+    g = Guidance(lambda x: x.flatten(1).mean(1))
+    kw = dict(scales=(0.5, 50.0), num_samples=4, num_inference_steps=2, generator=gen(1))
+    with pytest.warns(PapaBayesWarning, match="precision 0"):
+        result = select_guidance_scale(pixel_model, g, guard, **kw)
+    assert result.base_precision == 0.0 and result.scale == 0.0 and result.precision == {}  # was 50.0
+    floor = select_guidance_scale(pixel_model, g, guard, min_precision=0.5, **kw)  # an absolute floor still scans
+    assert floor.scale == 0.0 and floor.precision == {0.5: 0.0}
+    for bad in (dict(radius_scale=0.0), dict(radius_scale=-1.0), dict(min_precision=float("nan")),
+                dict(min_precision=-5.0), dict(min_precision=0.0), dict(min_relative_precision="0.8")):
+        with pytest.raises(InputDataError) as info:
+            select_guidance_scale(pixel_model, g, guard, **{**kw, **bad})
+        assert info.value.field == next(iter(bad))
+
+
+def test_manifold_guard_bad_input():
+    ref = torch.randn(10, 1, 8, 8, generator=gen(0))
+    for args, kwargs, field in (((ref.numpy(),), {}, "reference"), ((ref,), {"radius_scale": "x"}, "radius_scale"),
+                                ((ref,), {"k": 0}, "k")):
+        with pytest.raises(InputDataError) as info:
+            ManifoldGuard(*args, **kwargs)
+        assert info.value.field == field
+    with pytest.raises(InputDataError, match="radius_scale"):
+        ManifoldGuard(ref)(ref, radius_scale=-1.0)

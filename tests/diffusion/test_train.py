@@ -40,3 +40,27 @@ def test_training_is_seeded(tmp_path):
     assert a["final_loss"] == b["final_loss"]
     with pytest.raises(InputDataError):
         train_base_model(tmp_path / "d", steps=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"steps": 2.5}, "steps"),
+        ({"steps": "3"}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": "2e-3"}, "learning_rate"),
+        ({"ema_decay": -1.0}, "ema_decay"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+    ],
+)
+def test_training_numbers_are_checked_before_the_unet_is_built(tmp_path, monkeypatch, kwargs, field):
+    import papa_bayes.diffusion.train as train
+
+    def no_unet(**config):
+        raise AssertionError("built the UNet before checking the arguments")
+
+    monkeypatch.setattr(train, "make_digits_unet", no_unet)
+    with pytest.raises(InputDataError) as info:
+        train_base_model(tmp_path, **{"steps": 2, "batch_size": 4, "progress": False, **kwargs})
+    assert info.value.field == field

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError
@@ -29,8 +30,6 @@ from papa_bayes.exceptions import InputDataError, ModelError
 __all__ = [
     "DEFAULT_LORA_TARGETS",
     "TrainingCopy",
-    "check_int",
-    "check_float",
     "check_samples",
     "encode_images",
     "require_peft",
@@ -41,28 +40,6 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 # -- argument checks ------------------------------------------------------------
-def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int, or InputDataError unless an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputDataError(name, f"an integer >= {minimum}", value)
-    return int(value)
-
-
-def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
-                maximum: float | None = None) -> float:
-    """``value`` as a finite float in the given range, or InputDataError."""
-    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-    expected = f"a finite number {bound}" + (f" and < {maximum:g}" if maximum is not None else "")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputDataError(name, expected, value) from None
-    if isinstance(value, bool) or not math.isfinite(x) or x < minimum or (strict and x == minimum) or (
-            maximum is not None and x >= maximum):
-        raise InputDataError(name, expected, value)
-    return x
-
-
 def check_samples(name: str, samples: Any, shape: tuple[int, ...]) -> Tensor:
     """A finite float tensor of shape `n x *shape` (n >= 1), or InputDataError."""
     expected = "a tensor of shape `n x " + " x ".join(str(s) for s in shape) + "`"
@@ -171,7 +148,7 @@ class TrainingCopy:
             mixed_precision: bf16 autocast; None turns it on exactly on CUDA.
             lora_rank: train rank-``lora_rank`` LoRA adapters only (needs ``peft``);
                 None fine-tunes every weight.
-            lora_alpha: LoRA scaling numerator (``lora_rank`` when None).
+            lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
             lora_targets: names of the modules LoRA adapts.
             generator: CPU generator; a fresh one seeded 0 when None.
         """
@@ -184,6 +161,8 @@ class TrainingCopy:
                                  tuple(reference.sample_shape))
         if lora_rank is not None:
             check_int("lora_rank", lora_rank)
+            if lora_alpha is not None:
+                check_float("lora_alpha", lora_alpha, strict=True)
             require_peft()
         device = torch.device(device) if device is not None else base.device
         if mixed_precision is None:

@@ -26,14 +26,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.diffusion.finetune.common import (
-    DEFAULT_LORA_TARGETS,
-    TrainingCopy,
-    check_float,
-    check_int,
-    check_samples,
-    require_peft,
-)
+from papa_bayes.checks import check_float, check_int
+from papa_bayes.diffusion.finetune.common import DEFAULT_LORA_TARGETS, TrainingCopy, check_samples, require_peft
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import sample
 from papa_bayes.exceptions import InputDataError
@@ -78,7 +72,7 @@ def finetune_on_samples(
         mixed_precision: bf16 autocast; None: on exactly when training on CUDA.
         lora_rank: train LoRA adapters of this rank only (needs ``peft``); None
             trains every weight (right for the small digits model).
-        lora_alpha: LoRA scaling numerator (``lora_rank`` when None).
+        lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
         lora_targets: module names LoRA adapts.
         progress_bar: show a tqdm bar.
 
@@ -165,7 +159,7 @@ def distill_guidance(
         device: training device (``model.device`` when None).
         mixed_precision: bf16 autocast; None: on exactly when training on CUDA.
         lora_rank: LoRA rank (needs ``peft``); None: full fine-tune.
-        lora_alpha: LoRA scaling numerator.
+        lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
         lora_targets: module names LoRA adapts.
         progress_bar: show tqdm bars.
 
@@ -184,6 +178,7 @@ def distill_guidance(
     """
     num_samples = check_int("num_samples", num_samples)
     check_int("num_inference_steps", num_inference_steps)
+    check_int("sample_batch_size", sample_batch_size)
     check_int("steps", steps)
     check_float("lr", lr, strict=True)
     check_float("anchor_weight", anchor_weight)
@@ -191,6 +186,9 @@ def distill_guidance(
     if not callable(getattr(guidance, "guide", None)):
         raise InputDataError("guidance", "a Guidance", type(guidance).__name__)
     if lora_rank is not None:  # fail before the expensive part
+        check_int("lora_rank", lora_rank)
+        if lora_alpha is not None:
+            check_float("lora_alpha", lora_alpha, strict=True)
         require_peft()
     if generator is None:
         generator = torch.Generator().manual_seed(0)

@@ -83,12 +83,16 @@ def load_finetuned(
         dtype: the denoiser's dtype (``base.dtype``, else float32).
 
     Returns:
-        The model, frozen and in eval mode, with the saved sampling scheduler.
+        The model, frozen and in eval mode, with the saved sampling scheduler (its
+        class too, whatever ``base`` samples with; ``base``'s class only when the
+        saved one is not a diffusers scheduler).
 
     Raises:
-        InputDataError: when ``path`` holds no saved denoiser, or a latent model is
-            loaded without ``base``.
+        InputDataError: when ``path`` holds no saved denoiser, ``base`` is not a
+            DiffusionModel, or a latent model is loaded without ``base``.
     """
+    if base is not None and not isinstance(base, DiffusionModel):
+        raise InputDataError("base", "None or a DiffusionModel", type(base).__name__)
     root = Path(path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a folder holding `unet/config.json`", str(root))
@@ -104,14 +108,26 @@ def load_finetuned(
         from papa_bayes.diffusion.base import load_base_model
 
         return load_base_model(root, scheduler=kind, device=device, dtype=dtype)
-    if not isinstance(base, DiffusionModel):
-        raise InputDataError("base", "a DiffusionModel", type(base).__name__)
     unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
     model = copy.copy(base)
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
-    if (root / "scheduler" / "scheduler_config.json").is_file():
-        model.scheduler = type(base.scheduler).from_pretrained(root / "scheduler", local_files_only=True)
+    config = root / "scheduler" / "scheduler_config.json"
+    if config.is_file():
+        name = record.get("scheduler") or json.loads(config.read_text()).get("_class_name")
+        scheduler_class = _scheduler_class(name, fallback=type(base.scheduler))
+        model.scheduler = scheduler_class.from_pretrained(root / "scheduler", local_files_only=True)
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
         if next(model.vae.parameters()).device != torch.device(device):
             model.vae = copy.deepcopy(model.vae).to(device)
     return model
+
+
+def _scheduler_class(name: Any, *, fallback: type) -> type:
+    """The diffusers scheduler class called ``name`` (as saved), else ``fallback``."""
+    import diffusers
+
+    try:
+        cls = getattr(diffusers, name) if isinstance(name, str) else None
+    except (AttributeError, ImportError):
+        cls = None
+    return cls if isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin) else fallback

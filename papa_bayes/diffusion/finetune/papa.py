@@ -36,13 +36,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.diffusion.finetune.common import (
-    DEFAULT_LORA_TARGETS,
-    TrainingCopy,
-    check_float,
-    check_int,
-    encode_images,
-)
+from papa_bayes.checks import check_float, check_int
+from papa_bayes.diffusion.finetune.common import DEFAULT_LORA_TARGETS, TrainingCopy, encode_images
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
@@ -116,7 +111,7 @@ def papa_finetune(
         device: training device (``model.device`` when None).
         mixed_precision: bf16 autocast; None: on exactly when training on CUDA.
         lora_rank: LoRA rank (needs ``peft``); None: full fine-tune.
-        lora_alpha: LoRA scaling numerator.
+        lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
         lora_targets: module names LoRA adapts.
         progress_bar: show a tqdm bar.
 

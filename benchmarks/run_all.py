@@ -1,0 +1,39 @@
+"""Run the benchmarks one after another (``make bench``).
+
+At full size this takes hours on a 2-core machine (``bench_alignment`` alone about
+five): every benchmark writes its JSON and Markdown into ``benchmarks/results`` as it
+goes, so an interrupted run keeps what finished.
+
+    python -m benchmarks.run_all                          # all, full size
+    python -m benchmarks.run_all bench_queries bench_gp   # some of them
+    python -m benchmarks.run_all --tiny                   # each at its tiny size (seconds; results/tmp)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+BENCHMARKS = ("bench_inference", "bench_gp", "bench_queries", "bench_diffusion", "bench_finetune", "bench_alignment")
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default all: {', '.join(BENCHMARKS)})")
+    p.add_argument("--tiny", action="store_true", help="each benchmark at its tiny size")
+    args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    for name in names:
+        start = time.perf_counter()
+        print(f"== {name}{' (tiny)' if args.tiny else ''}", flush=True)
+        importlib.import_module(f"benchmarks.{name}").main(["--tiny"] if args.tiny else [])
+        print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return names
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Manifold precision / recall, class entropy and evaluate_samples: bad input names its field."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from papa_bayes.diffusion import (
+    DigitsPerson,
+    class_entropy,
+    evaluate_samples,
+    knn_radii,
+    manifold_membership,
+    manifold_precision,
+    manifold_recall,
+)
+from papa_bayes.exceptions import InputDataError
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+REF = torch.randn(20, 1, 8, 8, generator=gen(0))
+SAMPLES = torch.randn(6, 1, 8, 8, generator=gen(1))
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda: knn_radii(REF, k=0), "k"),  # k=0: every radius 0, precision silently 0
+        (lambda: manifold_precision(SAMPLES, REF, k=0), "k"),
+        (lambda: manifold_precision(SAMPLES, REF, k=-1), "k"),
+        (lambda: manifold_precision(SAMPLES, REF, k=2.5), "k"),
+        (lambda: manifold_precision(SAMPLES[:0], REF), "samples"),
+        (lambda: manifold_recall(SAMPLES[:0], REF), "samples"),
+        (lambda: manifold_recall(SAMPLES[:3], REF), "samples"),  # the balls are the samples' own: n > k
+        (lambda: manifold_recall(SAMPLES[..., :4], REF), "samples"),
+        (lambda: manifold_precision(SAMPLES, REF.numpy()), "reference"),
+        (lambda: manifold_membership(SAMPLES, REF, radii=torch.ones(7)), "radii"),
+        (lambda: manifold_membership(SAMPLES, REF, radii=torch.ones(1)), "radii"),  # no silent broadcast
+        (lambda: class_entropy([-1, 2]), "classes"),
+        (lambda: class_entropy([1.9, 1.2]), "classes"),  # no silent truncation
+        (lambda: class_entropy([10]), "classes"),
+        (lambda: class_entropy(["a"]), "classes"),
+    ],
+)
+def test_metrics_bad_input(call, field):
+    with pytest.raises(InputDataError) as info:
+        call()
+    assert info.value.field == field
+
+
+def test_metrics_values_on_valid_input():
+    assert manifold_precision(REF, REF) == 1.0 and manifold_recall(REF, REF) == 1.0
+    assert manifold_precision(REF + 100, REF) == 0.0
+    single = class_entropy([4, 4, 4])
+    assert single == 0.0 and math.copysign(1.0, single) == 1.0  # not -0.0
+    assert class_entropy([]) == 0.0 and class_entropy(np.array([1.0, 4.0])) == 1.0  # integral floats are classes
+    assert math.isclose(class_entropy(torch.tensor([1, 4, 7, 9])), 2.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"images": torch.zeros(0, 1, 8, 8)}, "images"),
+        ({"k": 0}, "k"),
+        ({"reference": np.zeros((20, 1, 8, 8))}, "reference"),
+        ({"reference": torch.zeros(20, 1, 4, 4)}, "reference"),  # was blamed on "samples"
+        ({"liked": 4}, "liked"),
+    ],
+)
+def test_evaluate_samples_bad_input(kwargs, field):
+    args = {"images": torch.zeros(4, 1, 8, 8), **kwargs}
+    with pytest.raises(InputDataError) as info:
+        evaluate_samples(args.pop("images"), **args)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("liked", [4, "14", ("a",), (1.7, 4.2), (True, 4), (), (1, 1), (3, 10)])
+def test_liked_must_be_distinct_integer_digits(liked):
+    with pytest.raises(InputDataError) as info:
+        DigitsPerson(liked=liked)
+    assert info.value.field == "liked"
+
+
+def test_liked_accepts_integer_sequences():
+    assert DigitsPerson(liked=np.array([1, 4])).liked == (1, 4)
+    assert DigitsPerson(liked=torch.tensor([7, 9])).liked == (7, 9)
+    assert DigitsPerson(liked=[1, 4, 7, 9]).liked == (1, 4, 7, 9)
