@@ -39,7 +39,7 @@ def _train(argv: list[str]) -> int:
 def _benchmark(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
         print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment)")
-        return 2
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     name = argv[0] if argv[0].startswith("bench_") else f"bench_{argv[0]}"
     sys.path.insert(0, str(Path.cwd()))
     try:
@@ -49,7 +49,12 @@ def _benchmark(argv: list[str]) -> int:
             raise  # the benchmark exists; something it imports is missing
         print(f"benchmarks/{name}.py not found: run from a papa_bayes checkout.", file=sys.stderr)
         return 2
-    module.main(argv[1:])
+    program = sys.argv[0]
+    sys.argv[0] = f"papa-bayes benchmark {argv[0]}"  # the benchmark's own --help and errors name the command
+    try:
+        module.main(argv[1:])
+    finally:
+        sys.argv[0] = program
     return 0
 
 

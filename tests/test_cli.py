@@ -113,3 +113,15 @@ def test_demo_refuses_zero_labels_before_loading_the_model(tmp_path, monkeypatch
     for flag in ("--labels", "--eval-samples", "--papa-steps"):
         with pytest.raises(InputDataError, match=flag):
             demo.main([flag, "0", "--out", str(tmp_path / "d")])
+
+
+def test_subcommand_help_names_the_subcommand(capsys):
+    import pytest
+
+    assert main(["benchmark", "--help"]) == 0
+    for argv, usage in ((["benchmark", "inference", "--help"], "usage: papa-bayes benchmark inference"),
+                        (["train-base", "--help"], "usage: papa-bayes train-base")):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        assert usage in capsys.readouterr().out

@@ -40,11 +40,13 @@ class ActiveLearningRun:
             answer probabilities (NaN without held-out pairs).
         regret: u*(best pool item) - u*(item with the highest posterior mean).
         information_bits: expected information about the reward of each query
-            asked (MC BALD under the posterior it was chosen with).
+            asked (MC BALD under the posterior it was chosen with); NaN for the
+            ``num_initial`` random queries, which no posterior chose.
         entropy_bits: entropy of the posterior of the linear part of the utility
             (Gaussian approximation of the draws of ``u(e_j) - u(0)``, noise units);
             its decrease per answer is the information actually gained.
-        select_seconds, update_seconds: time per selection and per posterior update.
+        select_seconds, update_seconds: time per selection (``T - num_initial``
+            entries) and per posterior update (``T - num_initial + 1``: the first fit too).
         queries: `T x 2` pool indices as shown (first, second).
         posterior: the last posterior.
     """

@@ -169,7 +169,7 @@ def fit_default_features(
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; see ``--help``."""
-    parser = argparse.ArgumentParser(description="Train the digits base diffusion model.")
+    parser = argparse.ArgumentParser(prog="papa-bayes train-base", description="Train the digits base diffusion model.")
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="output folder")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
