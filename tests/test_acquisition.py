@@ -355,3 +355,26 @@ def test_a_botorch_models_query_value_does_not_depend_on_its_batch(gp_setup):
     with torch.no_grad():
         alone, among = acq(X[:5]), acq(X)[:5]
     assert torch.allclose(alone, among, rtol=1e-10, atol=1e-12)
+
+
+def test_houlsby_logit_closed_form_tracks_monte_carlo_logit_bald():
+    """The logit closed form (probit approximation of the sigmoid) that screens pairs, against MC BALD."""
+    from torch.quasirandom import SobolEngine
+
+    m = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+    v = torch.tensor([0.5, 1.0, 2.0, 1.0, 4.0, 2.0, 9.0, 0.25, 4.0], dtype=torch.float64)
+    u = SobolEngine(1, scramble=True, seed=0).draw(2**16, dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
+    delta = m + v.sqrt() * torch.distributions.Normal(0.0, 1.0).icdf(u)  # draws of u(a) - u(b)
+    mc = comparison_information_gain(delta, torch.zeros_like(delta), link="logit")
+    closed = houlsby_information_gain(m, v, link="logit")
+    assert (closed - mc).abs().max() <= 0.05
+    assert ((closed - mc).abs() / mc).max() <= 0.25
+
+
+def test_three_outcome_information_worked_by_hand():
+    """Two equally likely draws: one says first/second 50:50, the other says tie.
+    H[E p] = H(1/4, 1/4, 1/2) = 1.5 bits, E H[p] = 0.5 bits: 1 bit."""
+    from papa_bayes.acquisition import information_from_log_probs
+
+    probs = torch.tensor([[[0.5, 0.5, 0.0]], [[0.0, 0.0, 1.0]]], dtype=torch.float64)
+    assert information_from_log_probs(probs.log()).item() == pytest.approx(1.0, abs=1e-9)

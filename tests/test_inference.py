@@ -329,3 +329,16 @@ def test_calibration_measures_check_their_inputs():
         with pytest.raises(InputDataError, match="truth"):
             interval_coverage(draws, truth)
     assert interval_coverage(draws.to(torch.int64), torch.zeros(4, dtype=torch.int64)).shape == (4,)
+
+
+@pytest.mark.parametrize("rationality", [1.0, None])
+def test_laplace_update_is_warm_started(rationality):
+    g = torch.Generator().manual_seed(0)
+    w = random_unit_vector(6, generator=g)
+    X = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(w, seed=1), X, 80, generator=g)
+    model = LinearReward() if rationality is None else LinearReward(rationality=rationality)
+    post = fit(model, data, method="laplace", num_samples=64)
+    new = data.append(comparisons=[[3, 4]])
+    warm = post.update(new).diagnostics["newton_steps"]
+    assert warm < fit(model, new, method="laplace", num_samples=64).diagnostics["newton_steps"]

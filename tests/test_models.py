@@ -118,3 +118,27 @@ def test_linear_prior_options_are_checked_when_built():
         with pytest.raises(InputDataError, match=field):
             LinearReward(**kwargs)
     assert LinearReward(prior_scale_tril=torch.linalg.cholesky(torch.eye(2, dtype=torch.float64) * 2)).prior_scale_tril.shape == (2, 2)
+
+
+def test_tie_models_and_links_in_closed_form():
+    """Davidson (logit): Bradley-Terry odds and P(tie) = nu sqrt(p1 p2); Glenn-David (probit):
+    Phi(d - tau), Phi(-d - tau); the probit link is Phi itself."""
+    import math
+
+    from papa_bayes.models.likelihoods import log_cdf
+
+    diff = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    for nu in (0.2, 1.0, 2.5):
+        p = comparison_log_probs(diff, "logit", torch.tensor(nu, dtype=torch.float64)).exp()
+        assert torch.allclose(p[:, 0] / p[:, 1], diff.exp(), rtol=1e-10)
+        assert torch.allclose(p[:, 2], nu * (p[:, 0] * p[:, 1]).sqrt(), rtol=1e-10)
+    strict = comparison_log_probs(diff, "logit", torch.tensor(1e-12, dtype=torch.float64)).exp()
+    assert torch.allclose(strict[:, 0], torch.sigmoid(diff), atol=1e-9)
+    phi = torch.distributions.Normal(0.0, 1.0).cdf
+    for tau in (0.1, 0.7):
+        p = comparison_log_probs(diff, "probit", torch.tensor(tau, dtype=torch.float64)).exp()
+        assert torch.allclose(p[:, 0], phi(diff - tau), atol=1e-12)
+        assert torch.allclose(p[:, 1], phi(-diff - tau), atol=1e-12)
+    assert torch.allclose(log_cdf(diff, "probit").exp(), phi(diff), atol=1e-12)
+    assert torch.allclose(log_cdf(diff, "logit").exp(), torch.sigmoid(diff), atol=1e-12)
+    assert math.isfinite(float(log_cdf(torch.tensor(-40.0, dtype=torch.float64), "probit")))  # stable far in the tail

@@ -236,3 +236,33 @@ def test_pool_items_are_stored_as_steered_or_explore(tmp_path):
     session.run(2, progress=False)
     rows = session.store.conn.execute("SELECT round, source, COUNT(*) FROM items GROUP BY round, source").fetchall()
     assert sorted(rows) == [(0, "explore", 8), (1, "explore", 2), (1, "steered", 6)]  # round 0: no posterior yet
+
+
+def test_every_answer_is_committed_before_the_posterior_sees_it(tmp_path, monkeypatch):
+    """Another connection must find the answer on disk at the moment the update starts: an
+    in-memory update with a late commit would lose it to a crash inside the update."""
+    source, user, _ = setup()
+    path = tmp_path / "d.db"
+    session = PreferenceSession(path, source, user, pool_size=8, seed=4)
+    seen = []
+
+    def on_disk(data):
+        with PreferenceStore(path, create=False) as other:
+            seen.append((data.num_comparisons, other.num_answers()))
+
+    from papa_bayes.inference.pyro_posterior import PyroPosterior
+
+    original_fit, original_update = session._fit, PyroPosterior.update
+
+    def fit_checked(data):
+        on_disk(data)
+        return original_fit(data)
+
+    def update_checked(post, data):
+        on_disk(data)
+        return original_update(post, data)
+
+    monkeypatch.setattr(session, "_fit", fit_checked)
+    monkeypatch.setattr(PyroPosterior, "update", update_checked)
+    session.run(3, progress=False)
+    assert len(seen) == 3 and all(n_data == n_disk for n_data, n_disk in seen), seen

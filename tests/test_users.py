@@ -185,3 +185,10 @@ def test_user_rejects_bad_weights_items_and_answers():
         simulate_ratings(user, x, -1, generator=gen)
     with pytest.raises(InputDataError, match="num_comparisons"):
         simulate_comparisons(user, x, -1, generator=gen)
+
+
+def test_like_frequency_follows_rationality():
+    x = torch.tensor([[0.5, 0.0]], dtype=torch.float64).expand(20000, 2)
+    user = SimulatedUser(torch.tensor([1.0, 0.0], dtype=torch.float64), rationality=2.0, threshold=0.0, seed=0)
+    liked = float((user.rate(x) > 0).double().mean())
+    assert liked == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.01)  # sigmoid(2 x 0.5), not sigmoid(0.5) = 0.62
