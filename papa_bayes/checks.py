@@ -26,17 +26,22 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
 
 
 def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
-                maximum: float | None = None) -> float:
-    """``value`` as a finite float in the given range, or InputDataError (also for a bool or str)."""
+                maximum: float | None = None, inclusive_maximum: bool = False) -> float:
+    """``value`` as a finite float in the given range, or InputDataError (also for a bool or str).
+
+    The range is ``> minimum`` (``strict``) or ``>= minimum``, and, with ``maximum``,
+    ``< maximum`` or (``inclusive_maximum``) ``<= maximum``.
+    """
     bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-    expected = f"a finite number {bound}" + (f" and < {maximum:g}" if maximum is not None else "")
+    upper = "" if maximum is None else f" and {'<=' if inclusive_maximum else '<'} {maximum:g}"
+    expected = f"a finite number {bound}{upper}"
     if isinstance(value, (bool, str, bytes)):  # text is not a number, even when float() parses it
         raise InputDataError(name, expected, _shown(value))
     try:
         x = float(value)
     except (TypeError, ValueError):
         raise InputDataError(name, expected, value) from None
-    if not math.isfinite(x) or x < minimum or (strict and x == minimum) or (
-            maximum is not None and x >= maximum):
+    above = maximum is not None and (x > maximum if inclusive_maximum else x >= maximum)
+    if not math.isfinite(x) or x < minimum or (strict and x == minimum) or above:
         raise InputDataError(name, expected, value)
     return x

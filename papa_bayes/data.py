@@ -55,11 +55,6 @@ def _index_rows(name: str, value: Any, expected: str) -> Tensor:
     return t
 
 
-def _raters(rater: Tensor | None, num: int) -> Tensor:
-    """Rater ids, zeros when the data carries none: `num`."""
-    return torch.zeros(num, dtype=torch.long) if rater is None else rater
-
-
 def _check_shape(name: str, t: Tensor, expected: str, ndim: int, last: int | None = None) -> None:
     if t.ndim != ndim or (last is not None and t.shape[-1] != last):
         raise InputDataError(name, f"shape `{expected}`", tuple(t.shape))
@@ -205,6 +200,12 @@ class PreferenceData:
             return torch.zeros(1, dtype=torch.long)
         return torch.unique(torch.cat(parts))
 
+    def rater_ids(self) -> tuple[Tensor, Tensor]:
+        """(`m`, `k`): the rater of each comparison and of each rating (0 where the data carries no ids)."""
+        cr = torch.zeros(self.num_comparisons, dtype=torch.long) if self.comparison_rater is None else self.comparison_rater
+        rr = torch.zeros(self.num_ratings, dtype=torch.long) if self.rating_rater is None else self.rating_rater
+        return cr, rr
+
     @property
     def num_raters(self) -> int:
         return int(self.raters.max()) + 1
@@ -268,6 +269,7 @@ class PreferenceData:
         their rater ids must all begin with ``other``'s (no rater ids: rater 0).
         """
         m, k = other.num_comparisons, other.num_ratings
+        (cr, rr), (other_cr, other_rr) = self.rater_ids(), other.rater_ids()
         return (
             self.num_items >= other.num_items
             and self.num_comparisons >= m
@@ -275,9 +277,9 @@ class PreferenceData:
             and torch.equal(self.items[: other.num_items], other.items)
             and torch.equal(self.comparisons[:m], other.comparisons)
             and torch.equal(self.ties[:m], other.ties)
-            and torch.equal(_raters(self.comparison_rater, self.num_comparisons)[:m], _raters(other.comparison_rater, m))
+            and torch.equal(cr[:m], other_cr)
             and torch.equal(self.ratings[:k], other.ratings)
-            and torch.equal(_raters(self.rating_rater, self.num_ratings)[:k], _raters(other.rating_rater, k))
+            and torch.equal(rr[:k], other_rr)
         )
 
     def for_rater(self, rater: int) -> PreferenceData:

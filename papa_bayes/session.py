@@ -20,7 +20,6 @@ new rater starts from what the others taught.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
+from papa_bayes.checks import check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -197,9 +197,7 @@ class PreferenceSession:
         if finetune_every is not None and not callable(getattr(source, "finetune", None)):
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
-        if isinstance(rater, bool) or not isinstance(rater, numbers.Integral) or rater < 0:
-            raise InputDataError("rater", "a rater id >= 0", rater)
-        rater = int(rater)
+        rater = check_int("rater", rater, minimum=0)
         self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
         # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
         if not _resuming and self.store.queries(rater=rater):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import numbers
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 
@@ -308,9 +308,7 @@ class PreferenceStore:
         source's (JSON-serializable, see :meth:`source_state`) right after choosing
         this query; both are written in the query's transaction.
         """
-        for name, value in (("round", round), ("rater", rater)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise InputDataError(name, "a non-negative integer", value)
+        round, rater = check_int("round", round, minimum=0), check_int("rater", rater, minimum=0)
         if kind not in ("pair", "rating"):
             raise InputDataError("kind", "'pair' or 'rating'", kind)
         if (kind == "pair") != (item_b is not None):
@@ -321,11 +319,11 @@ class PreferenceStore:
                 raise InputDataError(name, f"the index of a stored item (0 to {n - 1})", item)
         with self._transaction():
             if source_state is not None:
-                self._put_source_state(int(rater), source_state)
+                self._put_source_state(rater, source_state)
             cur = self.conn.execute(
                 "INSERT INTO queries (round, rater, kind, item_a, item_b, score, asked, rng_state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (int(round), int(rater), kind, int(item_a), None if item_b is None else int(item_b),
+                (round, rater, kind, int(item_a), None if item_b is None else int(item_b),
                  None if score is None else float(score), time.time(),
                  None if rng_state is None else rng_state.numpy().tobytes()),
             )

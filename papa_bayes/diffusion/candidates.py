@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
@@ -135,9 +136,8 @@ class DiffusionCandidates:
             raise InputDataError("recommend_rule_pool", "(samples >= 1, steps >= 1)", recommend_rule_pool)
         self.recommend_rule_pool = (int(recommend_rule_pool[0]), int(recommend_rule_pool[1]))
         self.region_method = region_method
-        if filter_quantile is not None and not 0.0 < float(filter_quantile) < 1.0:
-            raise InputDataError("filter_quantile", "None or a number in (0, 1)", filter_quantile)
-        self.filter_quantile = None if filter_quantile is None else float(filter_quantile)
+        self.filter_quantile = None if filter_quantile is None else check_float(
+            "filter_quantile", filter_quantile, strict=True, maximum=1.0)
         self.progress = progress
         self.min_relative_precision, self.radius_scale = float(min_relative_precision), float(radius_scale)
         self.seed = seed

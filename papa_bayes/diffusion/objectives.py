@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -35,11 +36,6 @@ __all__ = ["OBJECTIVES", "REGION_METHODS", "PosteriorObjective"]
 OBJECTIVES = ("mean", "ucb", "thompson", "region")
 #: Ways :meth:`PosteriorObjective.region_probability` can compute the probability.
 REGION_METHODS = ("share", "smooth", "gaussian")
-
-
-def _check_quantile(quantile: float) -> None:
-    if not (0.0 < float(quantile) < 1.0):
-        raise InputDataError("quantile", "a number in (0, 1)", quantile)
 
 
 class PosteriorObjective:
@@ -132,7 +128,7 @@ class PosteriorObjective:
             InputDataError: on fewer than 2 base samples (the region's smoothing
                 width is their utilities' standard deviation).
         """
-        _check_quantile(quantile)
+        check_float("quantile", quantile, strict=True, maximum=1.0)
         if base.ndim < 1 or base.shape[0] < 2:
             raise InputDataError("base", "at least 2 base samples", tuple(base.shape))
         with torch.no_grad():
@@ -151,7 +147,7 @@ class PosteriorObjective:
         Raises:
             ModelError: when :meth:`calibrate` has not run.
         """
-        _check_quantile(quantile)
+        check_float("quantile", quantile, strict=True, maximum=1.0)
         if self.base_utility is None:
             raise ModelError("at_quantile() needs a call to `calibrate(base_samples)` first.")
         out = copy.copy(self)

@@ -43,19 +43,6 @@ def _checked_scales(scales: Sequence[float]) -> list[float]:
     return checked
 
 
-def _check_share(name: str, value: Any) -> float:
-    """``value`` as a float in `(0, 1]`, or InputDataError (NaN, bool and str included)."""
-    if isinstance(value, (bool, str, bytes)):
-        raise InputDataError(name, "a number in (0, 1]", repr(value))
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputDataError(name, "a number in (0, 1]", value) from None
-    if not 0 < x <= 1:  # False for NaN
-        raise InputDataError(name, "a number in (0, 1]", value)
-    return x
-
-
 def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_inference_steps: int,
                              generator: torch.Generator | None, progress: bool) -> Callable[[Guidance | None], Any]:
     """``pool(guidance)``: cheap pools that all start from the same noise and seed."""
@@ -134,9 +121,10 @@ def select_guidance_scale(
         InputDataError: on bad scales, shares or ``radius_scale`` (before any sampling).
     """
     checked = _checked_scales(scales)
-    min_relative_precision = _check_share("min_relative_precision", min_relative_precision)
+    share = dict(strict=True, maximum=1.0, inclusive_maximum=True)  # in (0, 1]
+    min_relative_precision = check_float("min_relative_precision", min_relative_precision, **share)
     if min_precision is not None:
-        min_precision = _check_share("min_precision", min_precision)
+        min_precision = check_float("min_precision", min_precision, **share)
     radius_scale = check_float("radius_scale", radius_scale, strict=True)
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
 

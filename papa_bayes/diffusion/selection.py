@@ -103,22 +103,6 @@ def _check_probability(probability: Any, n: int | None = None) -> Tensor:
     return p
 
 
-def _check_min_probability(min_probability: Any) -> float | None:
-    """None, or ``min_probability`` as a float in `[0, 1]`; else InputDataError (NaN and str included)."""
-    if min_probability is None:
-        return None
-    expected = "None or a number in [0, 1]"
-    if isinstance(min_probability, (bool, str, bytes)):
-        raise InputDataError("min_probability", expected, repr(min_probability))
-    try:
-        value = float(min_probability)
-    except (TypeError, ValueError):
-        raise InputDataError("min_probability", expected, min_probability) from None
-    if not 0 <= value <= 1:  # False for NaN
-        raise InputDataError("min_probability", expected, min_probability)
-    return value
-
-
 def _eligible(probability: Tensor, on_manifold: Tensor, min_probability: float | None) -> Tensor:
     """`N` bool: on the manifold and, with a threshold, at least ``min_probability``."""
     if min_probability is None:
@@ -156,7 +140,8 @@ def select_preferred(
     n = p.shape[0]
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= n:
         raise InputDataError("num", f"an integer in [1, {n}]", repr(num) if isinstance(num, str) else num)
-    min_probability = _check_min_probability(min_probability)
+    min_probability = None if min_probability is None else check_float(
+        "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
     if on_manifold is None:
         on = torch.ones(n, dtype=torch.bool)
     elif isinstance(on_manifold, Tensor) and on_manifold.dtype == torch.bool and tuple(on_manifold.shape) == (n,):
@@ -228,7 +213,8 @@ def sample_preferred(
     """
     num_samples = check_int("num_samples", num_samples)
     oversample = check_float("oversample", oversample, minimum=1.0)
-    min_probability = _check_min_probability(min_probability)
+    min_probability = None if min_probability is None else check_float(
+        "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
     batch_size = check_int("batch_size", batch_size)
     pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 import warnings
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.inference.mcmc_util import chain_results
+from papa_bayes.checks import check_float
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.laplace import (
@@ -132,7 +132,7 @@ def prior_posterior(
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     _check_refine_steps(refine_steps, "laplace")
-    check_fit_options(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None, learning_rate=0.02, seed=seed)
+    check_fit_options(num_samples=num_samples, seed=seed)
     # fit's defaults; not fit itself, which refuses data without answers.
     opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
                 learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
@@ -145,8 +145,7 @@ def check_fit_options(**options: Any) -> None:
     lowest = {"num_samples": 1, "warmup_steps": 0, "num_chains": 1, "num_steps": 1, "seed": 0, "num_features": 1}
     for name, value in options.items():
         if name == "learning_rate":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
-                raise InputDataError(name, "a positive finite number", value)
+            check_float(name, value, strict=True)
             continue
         required = name in ("num_chains", "seed")
         if value is None and not required:

@@ -306,12 +306,6 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         self.scale_prior_scale = float(scale_prior_scale)
         self._set_link_priors(rationality, rationality_prior, threshold_prior_scale, tie_prior)
 
-    @staticmethod
-    def _raters(data: PreferenceData) -> tuple[Tensor, Tensor]:
-        cr = data.comparison_rater if data.comparison_rater is not None else torch.zeros(data.num_comparisons, dtype=torch.long)
-        rr = data.rating_rater if data.rating_rater is not None else torch.zeros(data.num_ratings, dtype=torch.long)
-        return cr, rr
-
     def priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
         d, R = data.num_features, data.num_raters
         zeros = torch.zeros(d, dtype=torch.float64)
@@ -339,7 +333,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
             beta = beta.unsqueeze(-1)  # particles: `P x 1 x 1` against `P x R x d`
         v = beta * w
         X, c, r = data.items, data.comparisons, data.ratings
-        cr, rr = self._raters(data)
+        cr, rr = data.rater_ids()
         u = lambda idx, who: (v[..., who, :] * X[idx]).sum(-1)  # noqa: E731
         dists = _observe(
             u(c[:, 0], cr) if data.num_comparisons else None,
@@ -363,7 +357,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         V = self._rationality_draws(params, s).to(W).reshape(s, 1, 1) * W
         tie, thr = self._other_draws(params, s)
         X, c, r = data.items, data.comparisons, data.ratings
-        cr, rr = self._raters(data)
+        cr, rr = data.rater_ids()
         u = lambda idx, who: (V[:, who, :] * X[idx]).sum(-1)  # noqa: E731
         return _observe(
             u(c[:, 0], cr) if data.num_comparisons else None,
