@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["check_float", "check_int"]
+__all__ = ["check_bool", "check_device", "check_float", "check_float_dtype", "check_generator", "check_int", "check_path",
+           "check_real_tensor"]
 
 
 def _shown(value: Any) -> Any:
@@ -19,7 +25,13 @@ def _shown(value: Any) -> Any:
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int, or InputDataError unless an integer >= ``minimum`` (NumPy integers too; no bool)."""
+    """``value`` as an int, or InputDataError unless an integer >= ``minimum``.
+
+    NumPy integers and 0-d integer tensors count; bools do not.
+    """
+    if isinstance(value, Tensor) and value.dim() == 0 and not (value.is_floating_point() or value.is_complex()
+                                                                or value.dtype == torch.bool):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputDataError(name, f"an integer >= {minimum}", _shown(value))
     return int(value)
@@ -45,3 +57,92 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
     if not math.isfinite(x) or x < minimum or (strict and x == minimum) or above:
         raise InputDataError(name, expected, value)
     return x
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """``value`` as a ``torch.device`` this machine has, or InputDataError.
+
+    Catches what PyTorch would otherwise report late, or in its own words: a
+    misspelt device (``"cpux"``), CUDA or MPS where there is none, a GPU index
+    past the last one.
+    """
+    expected = "a torch device this machine has (e.g. 'cpu'" + (", 'cuda'" if torch.cuda.is_available() else "") + ")"
+    if isinstance(value, torch.device):
+        device = value
+    elif isinstance(value, str) or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        try:
+            device = torch.device(value)
+        except (RuntimeError, TypeError, ValueError):
+            raise InputDataError(name, expected, _shown(value)) from None
+    else:
+        raise InputDataError(name, expected, _shown(value))
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise InputDataError(name, f"{expected}; this machine has {count} CUDA device(s)", _shown(value))
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise InputDataError(name, f"{expected}; MPS is not available here", _shown(value))
+    elif device.type != "cpu":
+        if not getattr(torch, device.type, None) or not getattr(getattr(torch, device.type), "is_available", lambda: False)():
+            raise InputDataError(name, f"{expected}; {device.type!r} is not available here", _shown(value))
+    return device
+
+
+def check_bool(name: str, value: Any, *, optional: bool = False) -> bool | None:
+    """``value`` as a bool (NumPy bools and the integers 0 and 1 too; None when ``optional``), or InputDataError.
+
+    ``bool("no")`` is True: text or any other object is refused rather than read by
+    its truthiness.
+    """
+    if optional and value is None:
+        return None
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")  # without importing NumPy
+    if isinstance(value, bool) or numpy_bool or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise InputDataError(name, "None, True or False" if optional else "True or False", _shown(value))
+
+
+def check_generator(name: str, value: Any, *, optional: bool = False, cpu: bool = False) -> torch.Generator | None:
+    """``value`` as a ``torch.Generator`` (on the CPU with ``cpu``; None when ``optional``), or InputDataError."""
+    if optional and value is None:
+        return None
+    if not isinstance(value, torch.Generator) or (cpu and value.device.type != "cpu"):
+        what = "a CPU torch.Generator" if cpu else "a torch.Generator"
+        raise InputDataError(name, f"None or {what}" if optional else what, _shown(value))
+    return value
+
+
+def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """``value`` as a tensor of real numbers, or InputDataError for text, bools and complex numbers.
+
+    The result has ``dtype``; with ``dtype=None`` a floating tensor keeps its own
+    (anything else, lists of floats too, becomes float64). Gradients are kept: acquisition values are
+    differentiated through their inputs. Shapes are the caller's to check.
+    """
+    if isinstance(value, Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError(name, expected, type(value).__name__) from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise InputDataError(name, f"{expected} (real numbers)", str(t.dtype))
+    if dtype is None:
+        return t if isinstance(value, Tensor) and t.is_floating_point() else t.to(torch.float64)
+    return t.to(dtype)
+
+
+def check_path(name: str, value: Any) -> Path:
+    """``value`` as a Path, or InputDataError unless a str or ``os.PathLike``."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputDataError(name, "a path (str or os.PathLike)", type(value).__name__)
+    return Path(value)
+
+
+def check_float_dtype(name: str, value: Any) -> torch.dtype:
+    """``value`` unless not a floating-point ``torch.dtype`` (a str such as "float16" too)."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise InputDataError(name, "a floating-point torch.dtype (e.g. torch.float32)", _shown(value))
+    return value

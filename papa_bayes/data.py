@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["PreferenceData"]
@@ -154,6 +155,10 @@ class PreferenceData:
             )
 
         if self.feature_names is not None:
+            if isinstance(self.feature_names, (str, bytes)) or not hasattr(self.feature_names, "__iter__"):
+                raise InputDataError("feature_names", f"a sequence of {items.shape[1]} names (one per feature)",
+                                     repr(self.feature_names) if isinstance(self.feature_names, str)
+                                     else type(self.feature_names).__name__)
             names = tuple(str(s) for s in self.feature_names)
             if len(names) != items.shape[1]:
                 raise InputDataError("feature_names", f"{items.shape[1]} names (one per feature)", len(names))
@@ -242,6 +247,12 @@ class PreferenceData:
         new_comps, new_ties, new_crater = self.comparisons, self.ties, self.comparison_rater
         if ties is not None and comparisons is None:
             raise InputDataError("ties", "tie flags only with the new comparisons they belong to", "ties without comparisons")
+        if comparison_rater is not None and comparisons is None:
+            raise InputDataError("comparison_rater", "rater ids only with the new comparisons they belong to",
+                                 "comparison_rater without comparisons")
+        if rating_rater is not None and ratings is None:
+            raise InputDataError("rating_rater", "rater ids only with the new ratings they belong to",
+                                 "rating_rater without ratings")
         if comparisons is not None:
             c = _index_rows("comparisons", comparisons, "m' x 2")
             t = torch.zeros(c.shape[0], dtype=torch.bool) if ties is None else _as_tensor("ties", ties, torch.bool).reshape(-1)
@@ -268,6 +279,8 @@ class PreferenceData:
         Items, comparisons with their tie flags and rater ids, and ratings with
         their rater ids must all begin with ``other``'s (no rater ids: rater 0).
         """
+        if not isinstance(other, PreferenceData):
+            raise InputDataError("other", "a PreferenceData", type(other).__name__)
         m, k = other.num_comparisons, other.num_ratings
         (cr, rr), (other_cr, other_rr) = self.rater_ids(), other.rater_ids()
         return (
@@ -283,7 +296,11 @@ class PreferenceData:
         )
 
     def for_rater(self, rater: int) -> PreferenceData:
-        """The comparisons and ratings of one rater (all items kept, rater ids dropped)."""
+        """The comparisons and ratings of one rater (all items kept, rater ids dropped).
+
+        ``rater`` is a non-negative integer id; data without rater ids belong to rater 0.
+        """
+        rater = check_int("rater", rater, minimum=0)
         cm = torch.ones(self.num_comparisons, dtype=torch.bool) if self.comparison_rater is None else self.comparison_rater == rater
         rm = torch.ones(self.num_ratings, dtype=torch.bool) if self.rating_rater is None else self.rating_rater == rater
         return PreferenceData(
@@ -309,18 +326,34 @@ class PreferenceData:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreferenceData:
+        """Inverse of :meth:`to_dict`; every field is validated as by the constructor
+        (no silent coercion: a float index or a tie flag of 2 raises)."""
+        if not isinstance(d, dict):
+            raise InputDataError("d", "a dict from PreferenceData.to_dict()", type(d).__name__)
         if d.get("format") != "papa_bayes.PreferenceData":
             raise InputDataError("format", "'papa_bayes.PreferenceData'", d.get("format"))
-        items = [[float.fromhex(v) if isinstance(v, str) else float(v) for v in row] for row in d["items"]]
-        items_t = torch.tensor(items, dtype=torch.float64) if items else torch.zeros(0, d["num_features"], dtype=torch.float64)
+        missing = [k for k in ("items", "comparisons", "ties", "ratings") if k not in d]
+        if missing:
+            raise InputDataError(missing[0], "a field of PreferenceData.to_dict()", "missing")
+        try:
+            items = [[float.fromhex(v) if isinstance(v, str) else float(v) for v in row] for row in d["items"]]
+        except (TypeError, ValueError):
+            raise InputDataError("items", "rows of numbers (float.hex strings or numbers)", "unreadable values") from None
+        if items:
+            try:
+                items_t = torch.tensor(items, dtype=torch.float64)  # float64 from the start: the round trip is exact
+            except (TypeError, ValueError, RuntimeError):
+                raise InputDataError("items", "rows of equal length (`n x d`)", "ragged rows") from None
+        else:
+            items_t = torch.zeros(0, check_int("num_features", d.get("num_features")), dtype=torch.float64)
         return cls(
             items=items_t,
-            comparisons=torch.tensor(d["comparisons"], dtype=torch.long).reshape(-1, 2),
-            ties=torch.tensor(d["ties"], dtype=torch.bool).reshape(-1),
-            ratings=torch.tensor(d["ratings"], dtype=torch.long).reshape(-1, 2),
-            comparison_rater=None if d.get("comparison_rater") is None else torch.tensor(d["comparison_rater"], dtype=torch.long).reshape(-1),
-            rating_rater=None if d.get("rating_rater") is None else torch.tensor(d["rating_rater"], dtype=torch.long).reshape(-1),
-            feature_names=None if d.get("feature_names") is None else tuple(d["feature_names"]),
+            comparisons=_json_rows(d["comparisons"], (0, 2)),
+            ties=_json_rows(d["ties"], (0,)),
+            ratings=_json_rows(d["ratings"], (0, 2)),
+            comparison_rater=None if d.get("comparison_rater") is None else _json_rows(d["comparison_rater"], (0,)),
+            rating_rater=None if d.get("rating_rater") is None else _json_rows(d["rating_rater"], (0,)),
+            feature_names=d.get("feature_names"),
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -332,10 +365,16 @@ class PreferenceData:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> PreferenceData:
+        if not isinstance(text_or_path, (str, Path)):
+            raise InputDataError("text_or_path", "JSON text or a path to a JSON file", type(text_or_path).__name__)
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputDataError("text_or_path", "JSON text of PreferenceData.to_json()", f"invalid JSON ({err})") from None
+        return cls.from_dict(loaded)
 
     # ------------------------------------------------------------- pandas
     @classmethod
@@ -357,10 +396,18 @@ class PreferenceData:
             items: `n x d` features the indices refer to.
             tie / rater: optional column names; ignored when absent from ``df``.
         """
+        if not hasattr(df, "columns"):
+            raise InputDataError("df", "a pandas DataFrame", type(df).__name__)
         for col in (winner, loser):
             if col not in df.columns:
                 raise InputDataError("df", f"a column named {col!r}", list(df.columns))
-        col = lambda c: torch.as_tensor(df[c].to_numpy().copy())  # noqa: E731 (copy: pandas arrays may be read-only)
+
+        def col(c: str) -> Tensor:
+            try:
+                return torch.as_tensor(df[c].to_numpy().copy())  # copy: pandas arrays may be read-only
+            except (TypeError, ValueError, RuntimeError):
+                raise InputDataError(f"df[{c!r}]", "a column of numbers (or bools)", str(df[c].dtype)) from None
+
         comps = torch.stack([col(winner), col(loser)], dim=-1)
         ties = col(tie) if tie is not None and tie in df.columns else None
         raters = col(rater) if rater is not None and rater in df.columns else None
@@ -371,6 +418,13 @@ class PreferenceData:
             f"PreferenceData(items={self.num_items}x{self.num_features}, comparisons={self.num_comparisons}"
             f" ({int(self.ties.sum())} ties), ratings={self.num_ratings}, raters={self.num_raters})"
         )
+
+
+def _json_rows(value: Any, empty_shape: tuple[int, ...]) -> Any:
+    """A JSON list as it is (the constructor checks its dtype and shape); an empty one typed empty."""
+    if isinstance(value, list) and not value:
+        return torch.zeros(empty_shape, dtype=torch.long)
+    return value
 
 
 def _numel(x: Any) -> int:

@@ -19,7 +19,6 @@ new rater starts from what the others taught.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
-from papa_bayes.checks import check_int
+from papa_bayes.acquisition.selection import _strategy
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -88,6 +88,9 @@ class FeaturePool:
         self.items = torch.as_tensor(items, dtype=torch.float64)
         if self.items.dim() != 2 or self.items.shape[0] < 2:
             raise InputDataError("items", "shape `N x d` with N >= 2", tuple(self.items.shape))
+        if not bool(torch.isfinite(self.items).all()):
+            bad = int((~torch.isfinite(self.items)).any(1).nonzero()[0])
+            raise InputDataError("items", "finite features", f"a NaN or infinite value in row {bad}")
         self.num_features = self.items.shape[1]
 
     def candidates(self, posterior, n, *, exploration, generator):
@@ -111,6 +114,8 @@ class FeaturePool:
         return Candidates(self.items[idx], None, flags)
 
     def recommend(self, posterior, n, *, generator):
+        if n > self.items.shape[0]:
+            raise InputDataError("n", f"at most the pool's {self.items.shape[0]} items", n)
         mean = posterior.utility(self.items).mean(0)
         idx = torch.argsort(mean, descending=True)[:n]
         return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool))
@@ -149,8 +154,8 @@ class PreferenceSession:
             ``HierarchicalLinearReward`` pools the raters of the store (see above).
         query_type: ``"pair"`` or ``"rating"`` (like/dislike).
         strategy: an acquisition strategy of :func:`~papa_bayes.acquisition.select_queries`.
-        pool_size: candidates per round.
-        exploration: share of each pool drawn from the unsteered source.
+        pool_size: candidates per round (>= 2).
+        exploration: share of each pool drawn from the unsteered source, in [0, 1].
         refit_every: refit from scratch every this many rounds (None: online only).
         finetune_every: every this many rounds, fine-tune the source's model on the
             current posterior's steering (the source needs a ``finetune`` method, as
@@ -161,7 +166,7 @@ class PreferenceSession:
         num_draws: posterior draws kept.
         rater: the rater id of this session's answers (several raters may share a
             store, one session each).
-        seed: seeds every random choice of the session.
+        seed: seeds every random choice of the session (an integer >= 0).
         on_round: optional callback ``(session, record)`` after each round.
     """
 
@@ -187,13 +192,18 @@ class PreferenceSession:
     ) -> None:
         if query_type not in QUERY_TYPES:
             raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
-        if not 0.0 <= exploration <= 1.0:
-            raise InputDataError("exploration", "a share in [0, 1]", exploration)
-        if pool_size < 2:
-            raise InputDataError("pool_size", "at least 2", pool_size)
+        if _strategy(strategy) == "eubo" and query_type == "rating":
+            raise InputDataError("strategy", "a strategy for like/dislike queries (EUBO needs two options)", strategy)
+        exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
+        pool_size = check_int("pool_size", pool_size, minimum=2)
+        num_draws = check_int("num_draws", num_draws)
+        seed = check_int("seed", seed, minimum=0)
         for name, every in (("refit_every", refit_every), ("finetune_every", finetune_every)):
             if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
                 raise InputDataError(name, "a positive integer or None", every)
+        if finetune_options is not None and not isinstance(finetune_options, dict):
+            raise InputDataError("finetune_options", "None or a dict of fine-tuning options",
+                                 type(finetune_options).__name__)
         if finetune_every is not None and not callable(getattr(source, "finetune", None)):
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
@@ -210,9 +220,9 @@ class PreferenceSession:
         self.finetune_every = finetune_every
         self.finetune_options = dict(finetune_options or {})
         self.query_type, self.strategy = query_type, strategy
-        self.pool_size, self.exploration = int(pool_size), float(exploration)
-        self.refit_every, self.num_draws = refit_every, int(num_draws)
-        self.rater, self.seed = int(rater), int(seed)
+        self.pool_size, self.exploration = pool_size, exploration
+        self.refit_every, self.num_draws = refit_every, num_draws
+        self.rater, self.seed = rater, seed
         self.on_round = on_round
         self.generator = torch.Generator().manual_seed(self.seed)
         self.round = 0
@@ -459,13 +469,13 @@ class PreferenceSession:
         from tqdm.auto import trange
 
         out = []
-        for _ in trange(num_rounds, desc="labels", disable=not progress):
+        for _ in trange(check_int("num_rounds", num_rounds, minimum=0), desc="labels", disable=not progress):
             out.append(self.step())
         return out
 
     def recommend(self, n: int) -> Candidates:
         """`n` samples steered by the current posterior."""
-        return self.source.recommend(self.posterior, n, generator=self.generator)
+        return self.source.recommend(self.posterior, check_int("n", n), generator=self.generator)
 
     def close(self) -> None:
         self.store.close()

@@ -251,8 +251,12 @@ class PreferenceStore:
         bad = int((~torch.isfinite(feats)).sum())
         if bad:  # stored items are permanent: one NaN would make the store unusable
             raise InputDataError("features", "finite values", f"{bad} non-finite values")
+        if images is not None and not isinstance(images, Tensor):
+            raise InputDataError("images", "None or a tensor of `n x ...` images", type(images).__name__)
         if images is not None and images.shape[0] != feats.shape[0]:
             raise InputDataError("images", f"{feats.shape[0]} images (one per item)", images.shape[0])
+        round = None if round is None else check_int("round", round, minimum=0)
+        rater = None if rater is None else check_int("rater", rater, minimum=0)
         sources = [source] * feats.shape[0] if isinstance(source, str) else list(source)
         if len(sources) != feats.shape[0]:
             raise InputDataError("source", f"one label or {feats.shape[0]} (one per item)", f"{len(sources)} labels")
@@ -315,8 +319,10 @@ class PreferenceStore:
             raise InputDataError("item_b", "an item for a pair and None for a rating", item_b)
         n = self.num_items
         for name, item in (("item_a", item_a), ("item_b", item_b)):
-            if item is not None and not 0 <= int(item) < n:
+            if item is not None and not 0 <= check_int(name, item, minimum=0) < n:
                 raise InputDataError(name, f"the index of a stored item (0 to {n - 1})", item)
+        if item_b is not None and int(item_a) == int(item_b):
+            raise InputDataError("item_b", f"an item other than item_a ({item_a}): a pair compares two items", item_b)
         with self._transaction():
             if source_state is not None:
                 self._put_source_state(rater, source_state)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -31,6 +31,8 @@ __all__ = [
 
 def random_unit_vector(d: int, *, generator: torch.Generator) -> Tensor:
     """A direction uniform on the unit sphere in `d` dimensions (APReL's w*)."""
+    check_int("d", d)
+    check_generator("generator", generator)
     w = torch.randn(d, generator=generator, dtype=torch.float64)
     return w / w.norm()
 
@@ -56,11 +58,16 @@ class RandomFourierUtility:
         self, d: int, *, lengthscale: float | Tensor = 1.0, outputscale: float = 1.0, num_features: int = 1024,
         generator: torch.Generator,
     ) -> None:
-        if d < 1 or num_features < 1:
-            raise InputDataError("d / num_features", "positive integers", (d, num_features))
-        ls = torch.as_tensor(lengthscale, dtype=torch.float64).expand(d)
-        if not bool((ls > 0).all()) or not outputscale > 0:
-            raise InputDataError("lengthscale / outputscale", "positive numbers", (lengthscale, outputscale))
+        d = check_int("d", d)
+        num_features = check_int("num_features", num_features)
+        check_generator("generator", generator)
+        ls = check_real_tensor("lengthscale", lengthscale, "one number or `d` numbers")
+        if ls.dim() > 1 or ls.numel() not in (1, d):
+            raise InputDataError("lengthscale", f"one number or {d} numbers", tuple(ls.shape))
+        ls = ls.expand(d)
+        outputscale = check_float("outputscale", outputscale, strict=True)
+        if not bool(((ls > 0) & torch.isfinite(ls)).all()):
+            raise InputDataError("lengthscale / outputscale", "positive finite numbers", (lengthscale, outputscale))
         self.d = d
         self.omega = torch.randn(num_features, d, generator=generator, dtype=torch.float64) / ls
         self.phase = 2 * math.pi * torch.rand(num_features, generator=generator, dtype=torch.float64)
@@ -69,10 +76,10 @@ class RandomFourierUtility:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Utility of `n x d` features: `n`."""
-        x = torch.as_tensor(x, dtype=torch.float64)
+        x = check_real_tensor("x", x, f"`n x {self.d}` features")
         if x.dim() == 1:
             x = x.unsqueeze(0)
-        if x.shape[-1] != self.d:
+        if x.dim() != 2 or x.shape[-1] != self.d:
             raise InputDataError("x", f"shape `n x {self.d}`", tuple(x.shape))
         return self.scale * torch.cos(x @ self.omega.T + self.phase) @ self.weights
 
@@ -92,8 +99,20 @@ def random_gp_utility(
 
 def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
     """Order `m x 2` shown pairs winner first (PreferenceData's convention), given `m` bool answers."""
-    pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
-    first_won = torch.as_tensor(first_won, dtype=torch.bool).reshape(-1)
+    try:
+        pairs = pairs if isinstance(pairs, Tensor) else torch.as_tensor(pairs)
+        first_won = first_won if isinstance(first_won, Tensor) else torch.as_tensor(first_won)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputDataError("pairs / first_won", "an `m x 2` index array and `m` bools", (type(pairs).__name__,
+                             type(first_won).__name__)) from None
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool or pairs.numel() % 2:
+        raise InputDataError("pairs", "`m x 2` integer item indices", f"{tuple(pairs.shape)} {pairs.dtype}")
+    pairs = pairs.to(torch.long).reshape(-1, 2)
+    if first_won.dtype != torch.bool and first_won.numel() and not bool(((first_won == 0) | (first_won == 1)).all()):
+        raise InputDataError("first_won", "bools (or 0/1)", first_won.tolist()[:5])
+    first_won = first_won.to(torch.bool).reshape(-1)
+    if first_won.shape[0] != pairs.shape[0]:
+        raise InputDataError("first_won", f"{pairs.shape[0]} answers, one per pair", first_won.shape[0])
     return torch.where(first_won.unsqueeze(-1), pairs, pairs.flip(-1))
 
 
@@ -111,7 +130,7 @@ class SimulatedUser:
         rationality: inverse noise; ``math.inf`` answers without error.
         tie_margin: 0 for strict answers.
         threshold: like threshold on the utility scale.
-        seed: seeds the user's own generator.
+        seed: seeds the user's own generator (a non-negative integer).
     """
 
     def __init__(
@@ -125,14 +144,19 @@ class SimulatedUser:
         seed: int = 0,
     ) -> None:
         self.link = check_link(link)
-        if not rationality > 0:
-            raise InputDataError("rationality", "a positive number (math.inf for a noiseless user)", rationality)
-        if tie_margin < 0 or not math.isfinite(tie_margin):
-            raise InputDataError("tie_margin", "a finite number >= 0", tie_margin)
-        if not math.isfinite(threshold):
-            raise InputDataError("threshold", "a finite number", threshold)
+        if rationality != math.inf:  # math.inf: a noiseless user
+            try:
+                check_float("rationality", rationality, strict=True)
+            except InputDataError:
+                raise InputDataError("rationality", "a positive number (math.inf for a noiseless user)",
+                                     repr(rationality) if isinstance(rationality, str) else rationality) from None
+        tie_margin = check_float("tie_margin", tie_margin)
+        threshold = check_float("threshold", threshold, minimum=-math.inf)
+        seed = check_int("seed", seed, minimum=0)
         self.weights = None
         if isinstance(utility, Tensor):
+            if utility.dtype == torch.bool or utility.is_complex():
+                raise InputDataError("utility", "real weights (a float or integer dtype)", str(utility.dtype))
             self.weights = utility.to(torch.float64)
             if self.weights.dim() != 1 or self.weights.numel() == 0:
                 raise InputDataError("utility", "a non-empty `d` weight vector or a callable", tuple(self.weights.shape))
@@ -158,7 +182,8 @@ class SimulatedUser:
 
         ``kwargs`` (link, rationality, tie_margin, threshold) go to the constructor.
         """
-        gen = torch.Generator().manual_seed(int(seed) + 104729)  # the draw's stream differs from the answers'
+        seed = check_int("seed", seed, minimum=0)
+        gen = torch.Generator().manual_seed(seed + 104729)  # the draw's stream differs from the answers'
         utility = random_gp_utility(d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features, generator=gen)
         return cls(utility, seed=seed, **kwargs)
 
@@ -167,9 +192,9 @@ class SimulatedUser:
         self.generator.manual_seed(self.seed)
 
     def _linear(self, x: Tensor) -> Tensor:
-        x = torch.as_tensor(x, dtype=torch.float64)
         d = self.weights.shape[0]
-        if x.dim() == 0 or x.shape[-1] != d:
+        x = check_real_tensor("x", x, f"`n x {d}` features")
+        if x.dim() not in (1, 2) or x.shape[-1] != d:
             raise InputDataError("x", f"shape `n x {d}` (the weights' dimension)", tuple(x.shape))
         return x @ self.weights
 
@@ -220,6 +245,13 @@ class SimulatedUser:
         return f"SimulatedUser(link={self.link!r}, rationality={self.rationality}, tie_margin={self.tie_margin}, seed={self.seed})"
 
 
+def _check_batch(name: str, items: Any) -> None:
+    """`n` items to iterate over, one query each."""
+    if (isinstance(items, Tensor) and items.dim() == 0) or not hasattr(items, "__len__"):
+        raise InputDataError(name, "a batch of `n` items (`n x ...`)", tuple(items.shape) if isinstance(items, Tensor)
+                             else type(items).__name__)
+
+
 class CallbackUser:
     """A person answering through code.
 
@@ -230,12 +262,17 @@ class CallbackUser:
     """
 
     def __init__(self, compare_fn: Callable[[Any, Any], Any] | None = None, rate_fn: Callable[[Any], Any] | None = None) -> None:
+        for name, fn in (("compare_fn", compare_fn), ("rate_fn", rate_fn)):
+            if fn is not None and not callable(fn):
+                raise InputDataError(name, "a callable or None", type(fn).__name__)
         self.compare_fn = compare_fn
         self.rate_fn = rate_fn
 
     def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
         if self.compare_fn is None:
             raise InputDataError("compare_fn", "a callable for pairwise queries", None)
+        _check_batch("first", first)
+        _check_batch("second", second)
         if len(first) != len(second):
             raise InputDataError("second", f"{len(first)} items, one per item of first", len(second))
         won, tie = [], []
@@ -256,6 +293,7 @@ class CallbackUser:
     def rate(self, x: Tensor) -> Tensor:
         if self.rate_fn is None:
             raise InputDataError("rate_fn", "a callable for like/dislike queries", None)
+        _check_batch("x", x)
         out = []
         for item in x:
             ans = self.rate_fn(item)
@@ -265,10 +303,32 @@ class CallbackUser:
         return torch.tensor(out, dtype=torch.long)
 
 
+def _check_user(user: Any) -> None:
+    if not (callable(getattr(user, "compare", None)) and callable(getattr(user, "rate", None))):
+        raise InputDataError("user", "a SimulatedUser or CallbackUser (with compare and rate)", type(user).__name__)
+
+
+def _items(items: Any) -> Tensor:
+    """`n x ...` items: a tensor as it is, anything else as a float64 tensor."""
+    if isinstance(items, Tensor):
+        t = items
+    else:
+        try:
+            t = torch.as_tensor(items, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError("items", "an `n x d` tensor of items", type(items).__name__) from None
+    if t.dim() < 1:
+        raise InputDataError("items", "an `n x d` tensor of items", tuple(t.shape))
+    return t
+
+
 def simulate_comparisons(
     user: SimulatedUser, items: Tensor, num_comparisons: int, *, generator: torch.Generator
 ) -> PreferenceData:
     """Random pairs of ``items`` (`n x d`) answered by ``user``: winner-first data."""
+    _check_user(user)
+    items = _items(items)
+    check_generator("generator", generator)
     n = items.shape[0]
     if n < 2:
         raise InputDataError("items", "at least 2 items", n)
@@ -282,6 +342,9 @@ def simulate_comparisons(
 
 def simulate_ratings(user: SimulatedUser, items: Tensor, num_ratings: int, *, generator: torch.Generator) -> PreferenceData:
     """Random items rated like/dislike by ``user``."""
+    _check_user(user)
+    items = _items(items)
+    check_generator("generator", generator)
     if items.shape[0] < 1:
         raise InputDataError("items", "at least 1 item", items.shape[0])
     check_int("num_ratings", num_ratings, minimum=0)

@@ -336,13 +336,52 @@ def test_acquisition_settings_are_checked(linear_post):
     X = items[:4].reshape(2, 2, 4)
     with torch.no_grad():  # a nested list is read as a tensor
         assert torch.allclose(HoulsbyInformationGain(post)(X.tolist()), HoulsbyInformationGain(post)(X))
+    for bad in (-1, 1.5, "0"):
+        with pytest.raises(InputDataError, match="seed"):
+            PairwiseInformationGain(post, seed=bad)
+    with pytest.raises(InputDataError, match="tie_strength"):
+        PairwiseInformationGain(post, tie_strength="0.5")
+    with pytest.raises(InputDataError, match="ties"):  # "no" is truthy
+        PairwiseInformationGain(post, ties="no")
+    with pytest.raises(InputDataError, match="threshold"):
+        RatingInformationGain(post, threshold="0")
+    with pytest.raises(InputDataError, match="X"):
+        PairwiseInformationGain(post)("pairs")
+    with pytest.raises(InputDataError, match="X"):
+        PairwiseInformationGain(post)(X.bool())
+    for bad in (0, 3, True, 2.0):
+        with pytest.raises(InputDataError, match="query_size"):
+            RandomQueries(post, generator=torch.Generator(), query_size=bad)
+        with pytest.raises(InputDataError, match="query_size"):
+            PreferredRegionInformation(post, pool=items, query_size=bad)
+        with pytest.raises(InputDataError, match="query_size"):
+            ArgmaxInformation(post, pool=items, query_size=bad)
+    for bad in ([0.5, 1.5], [True, False], "ab"):  # float indices are not truncated
+        with pytest.raises(InputDataError, match="draws"):
+            ThompsonSampling(post, draws=bad)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(InputDataError, match="q"):
+            ExpectedUtilityOfBestOption(post, q=bad)
+    with pytest.raises(InputDataError, match="model"):
+        HoulsbyInformationGain("not a model")
+    with pytest.raises(InputDataError, match="var_diff"):  # no silent broadcast
+        houlsby_information_gain(torch.zeros(2), torch.ones(3))
+    with pytest.raises(InputDataError, match="u_second"):
+        comparison_information_gain(torch.zeros(4, 2), torch.zeros(5, 2), link="logit")
+    for pool_utility in (torch.zeros(7, 5, dtype=torch.float64), torch.zeros(s, dtype=torch.float64)):  # not `s x n`
+        with pytest.raises(InputDataError, match="pool_utility"):
+            ArgmaxInformation(post, pool_utility=pool_utility)
+        with pytest.raises(InputDataError, match="pool_utility"):
+            PreferredRegionInformation(post, pool_utility=pool_utility, region=0.5)
+    with pytest.raises(InputDataError, match="pool"):
+        ArgmaxInformation(post, pool=items[:0])
 
 
 def test_grouped_information_rejects_groups_outside_the_range():
     lp = torch.full((8, 3, 2), math.log(0.5), dtype=torch.float64)
     ok = grouped_information(lp, torch.zeros(8, dtype=torch.long), 1)
     assert torch.allclose(ok, torch.zeros(3, dtype=torch.float64))  # one group: nothing to learn
-    for groups in (torch.full((8,), 2), torch.full((8, 3), -1)):
+    for groups in (torch.full((8,), 2), torch.full((8, 3), -1), torch.zeros(8), torch.zeros(7, dtype=torch.long)):
         with pytest.raises(InputDataError, match="groups"):
             grouped_information(lp, groups, 2)
 

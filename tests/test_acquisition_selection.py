@@ -166,6 +166,20 @@ def test_bad_inputs_raise_input_data_error(setup):
         select_queries(post, pool, strategy="eubo", k=2, batch="joint")
     with pytest.raises(InputDataError, match="pool_features"):
         select_queries(post, torch.full((4, 5), float("nan"), dtype=torch.float64))
+    for bad in ("0.5", True):
+        with pytest.raises(InputDataError, match="exploration"):
+            select_queries(post, pool, exploration=bad, generator=_gen())
+    for bad in (0, -1, 2.5):  # 0 was read as "the default"
+        with pytest.raises(InputDataError, match="chunk_size"):
+            select_queries(post, pool[:6], chunk_size=bad, screen=None)
+    with pytest.raises(InputDataError, match="strategy"):
+        select_queries(post, pool, strategy=["eig"])
+    for n in (-1, 2.5, "3"):
+        with pytest.raises(InputDataError, match="n"):
+            all_pairs(n)
+    sel = select_queries(post, pool[:6])
+    with pytest.raises(InputDataError, match="pool_features"):
+        sel.features(pool[:2])  # the queries index 6 items
 
 
 def test_optimize_queries_continuous(setup):
@@ -179,6 +193,13 @@ def test_optimize_queries_continuous(setup):
     assert values[0] >= sampled.max() - 1e-6  # the optimizer beats random designs
     with pytest.raises(InputDataError):
         optimize_queries(post, bounds[:, :3])
+    inf_bounds = bounds.clone()
+    inf_bounds[1, 0] = float("inf")
+    for kwargs, field in (({"bounds": inf_bounds}, "bounds"), ({"bounds": "box"}, "bounds"),
+                          ({"raw_samples": 0}, "raw_samples"), ({"num_restarts": 2.5}, "num_restarts"),
+                          ({"seed": -1}, "seed"), ({"seed": "x"}, "seed"), ({"options": "maxiter=5"}, "options")):
+        with pytest.raises(InputDataError, match=field):
+            optimize_queries(post, **{"bounds": bounds, **kwargs})
 
 
 def test_exposure_diversity():
@@ -210,6 +231,18 @@ def test_run_active_learning_records_curves():
     assert len(run.queries) == 5 and queries_to_reach([0.1, 0.95, 0.5], 0.9) == 2
     again = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=5, num_samples=64, seed=0)
     assert again.queries == run.queries  # reproducible from the seeds
+    for kwargs, field in (({"num_queries": 2.5}, "num_queries"), ({"num_initial": True}, "num_initial"),
+                          ({"seed": "x"}, "seed"), ({"strategy": "clairvoyant"}, "strategy"),  # before any fit
+                          ({"true_weights": torch.ones(5)}, "true_weights"), ({"callback": 5}, "callback"),
+                          ({"select_options": 5}, "select_options"), ({"heldout": pool}, "heldout")):
+        with pytest.raises(InputDataError, match=field):
+            run_active_learning(SimulatedUser(w, seed=0), pool, **{"num_queries": 2, "num_samples": 16, **kwargs})
+    with pytest.raises(InputDataError, match="user"):
+        run_active_learning("user", pool, num_queries=2)
+    for kwargs, field in (({"level": float("nan")}, "level"), ({"level": "0.9"}, "level"),
+                          ({"curve": [[0.1, 0.2]]}, "curve")):
+        with pytest.raises(InputDataError, match=field):
+            queries_to_reach(**{"curve": [0.1, 0.95], "level": 0.9, **kwargs})
 
 
 def test_run_active_learning_passes_fit_options_to_every_update():
@@ -252,6 +285,16 @@ def test_batch_functions_reject_k_outside_the_candidates():
             greedy_joint_information(probs, k)
         with pytest.raises(InputDataError, match="k"):
             greedy_dpp(torch.ones(2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64), k)
+    for kwargs, field in (({"max_configurations": 0}, "max_configurations"), ({"generator": 5}, "generator")):
+        with pytest.raises(InputDataError, match=field):
+            greedy_joint_information(probs, 2, **kwargs)
+    for bad in (probs[..., 0], -probs):
+        with pytest.raises(InputDataError, match="probs"):
+            greedy_joint_information(bad, 1)
+    with pytest.raises(InputDataError, match="vectors"):
+        greedy_dpp(torch.ones(2, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64), 1)
+    with pytest.raises(InputDataError, match="quality"):
+        greedy_dpp(torch.tensor([float("nan"), 1.0], dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64), 1)
 
 
 def test_all_exploratory_queries_are_still_scored(setup):
@@ -293,6 +336,15 @@ def test_exposure_diversity_on_repeated_reference_and_bad_input():
         exposure_diversity(ref, bad)
     with pytest.raises(InputDataError, match="num_cells"):
         exposure_diversity(ref, ref, num_cells=2.5)
+    with pytest.raises(InputDataError, match="shown"):
+        exposure_diversity("items", ref)
+    from papa_bayes.acquisition.diversity import farthest_point_centres
+
+    with pytest.raises(InputDataError, match="num_cells"):
+        farthest_point_centres(ref, 0)
+    for bad in (ref[:0], ref[0]):
+        with pytest.raises(InputDataError, match="reference"):
+            farthest_point_centres(bad, 2)
 
 
 def test_run_active_learning_with_a_reused_user_answers_as_a_fresh_one():

@@ -83,3 +83,13 @@ def test_laplace_and_hierarchical_convert(logit_data):
     h = fit(HierarchicalLinearReward(), rated, method="laplace", num_samples=32).to_inference_data()
     assert h.posterior["w"].dims == ("chain", "draw", "rater", "feature")
     assert list(h.posterior["rater"].values) == [0, 1, 2]
+    from papa_bayes import InputDataError
+    from papa_bayes.diagnostics.arviz import data_coords, to_inference_data
+
+    for bad in (-1, 1.5, "0"):
+        with pytest.raises(InputDataError, match="seed"):
+            to_inference_data(post, seed=bad)
+    with pytest.raises(InputDataError, match="post"):
+        to_inference_data("not a posterior")
+    with pytest.raises(InputDataError, match="data"):
+        data_coords("not data")

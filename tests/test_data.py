@@ -112,6 +112,10 @@ def test_from_dataframe():
         PreferenceData.from_dataframe(df.rename(columns={"winner": "w"}), torch.randn(4, 2))
     with pytest.raises(InputDataError, match="integer dtype"):
         PreferenceData.from_dataframe(df.astype({"winner": float}), torch.randn(4, 2))
+    with pytest.raises(InputDataError, match="df"):
+        PreferenceData.from_dataframe("winner,loser", torch.randn(4, 2))
+    with pytest.raises(InputDataError, match="tie"):
+        PreferenceData.from_dataframe(df.assign(tie=["no", "yes"]), torch.randn(4, 2))
 
 
 def test_append_refuses_malformed_rows_and_orphan_ties():
@@ -125,6 +129,10 @@ def test_append_refuses_malformed_rows_and_orphan_ties():
         d.append(ratings=[[0, 1, 1]])
     with pytest.raises(InputDataError, match="ties"):
         d.append(ties=[True])  # tie flags without the comparisons they belong to
+    with pytest.raises(InputDataError, match="comparison_rater"):
+        d.append(comparison_rater=[1])  # rater ids without the rows they belong to
+    with pytest.raises(InputDataError, match="rating_rater"):
+        d.append(comparisons=[[0, 1]], rating_rater=[1])
 
 
 def test_extends_compares_ties_and_raters_too():
@@ -137,3 +145,40 @@ def test_extends_compares_ties_and_raters_too():
     assert not reassigned.extends(d)
     plain = PreferenceData(items=d.items, comparisons=d.comparisons)
     assert plain.extends(PreferenceData(items=d.items, comparisons=d.comparisons, comparison_rater=[0, 0]))
+    with pytest.raises(InputDataError, match="other"):
+        d.extends("not data")
+
+
+def test_for_rater_checks_the_rater_id():
+    d = _data(comparison_rater=[0, 1])
+    assert d.for_rater(1).num_comparisons == 1 and d.for_rater(torch.tensor(0)).num_comparisons == 1
+    for bad in (-1, "a", 1.5, True):
+        with pytest.raises(InputDataError, match="rater"):
+            d.for_rater(bad)
+
+
+def test_feature_names_are_a_sequence_of_names():
+    with pytest.raises(InputDataError, match="feature_names"):
+        PreferenceData(items=torch.zeros(2, 2), feature_names="ab")  # not ('a', 'b')
+    with pytest.raises(InputDataError, match="feature_names"):
+        PreferenceData(items=torch.zeros(2, 2), feature_names=5)
+
+
+def test_from_dict_and_json_validate_without_coercion(tmp_path):
+    d = PreferenceData(items=torch.randn(4, 2, dtype=torch.float64), comparisons=[[0, 1]], comparison_rater=[0])
+    good = d.to_dict()
+    for change, field in (({"comparisons": [[0.5, 1.0]]}, "comparisons"),  # not truncated to [0, 1]
+                          ({"ties": [2]}, "ties"), ({"comparison_rater": [0.7]}, "comparison_rater"),
+                          ({"comparisons": [0, 1, 2]}, "comparisons"), ({"items": [["zz", "0x1p0"]] * 4}, "items")):
+        with pytest.raises(InputDataError, match=field):
+            PreferenceData.from_dict({**good, **change})
+    with pytest.raises(InputDataError, match="items"):
+        PreferenceData.from_dict({k: v for k, v in good.items() if k != "items"})
+    with pytest.raises(InputDataError, match="d"):
+        PreferenceData.from_dict("not a dict")
+    with pytest.raises(InputDataError, match="text_or_path"):
+        PreferenceData.from_json("{not json")
+    with pytest.raises(InputDataError, match="text_or_path"):
+        PreferenceData.from_json(5)
+    empty = PreferenceData(items=torch.zeros(0, 3, dtype=torch.float64))
+    assert PreferenceData.from_dict(empty.to_dict()).items.shape == (0, 3)

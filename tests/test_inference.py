@@ -66,6 +66,13 @@ def test_utility_is_differentiable_and_shaped(recovery):
         post.utility(torch.randn(3, 5))
     with pytest.raises(InputDataError, match="finite"):
         post.utility(torch.full((2, 8), float("nan")))
+    for bad in (torch.ones(2, 8, dtype=torch.bool), torch.ones(2, 8, dtype=torch.complex64), "abcdefgh"):
+        with pytest.raises(InputDataError, match="features"):
+            post.utility(bad)
+    with pytest.raises(InputDataError, match="X"):
+        post.as_botorch_model().posterior(torch.zeros(8, dtype=torch.float64))  # no q dimension
+    with pytest.raises(InputDataError, match="rater"):
+        post.as_botorch_model(rater="a")
 
 
 def test_online_update_moves_toward_answer(recovery):
@@ -81,6 +88,12 @@ def test_online_update_moves_toward_answer(recovery):
     assert after.diagnostics["newton_steps"] <= 6
     with pytest.raises(InputDataError, match="data"):
         post.update(PreferenceData(items=data.items, comparisons=[[1, 0]]))
+    with pytest.raises(InputDataError, match="data"):
+        post.update("not data")
+    with pytest.raises(InputDataError, match="data"):
+        post.log_likelihood("not data")
+    with pytest.raises(InputDataError, match="data"):  # another number of features
+        post.log_likelihood(PreferenceData(items=torch.zeros(4, 3), comparisons=[[0, 1]]))
 
 
 def test_svi_and_nuts_update_warm(recovery):
@@ -190,6 +203,8 @@ def test_fit_rejects_bad_arguments(recovery):
 
     with pytest.raises(InputDataError, match="refine_steps"):
         prior_posterior(LinearReward(), data, refine_steps=-1)
+    with pytest.raises(InputDataError, match="data"):
+        prior_posterior(LinearReward(), "not data")
 
 
 def test_laplace_survives_a_single_far_apart_comparison():
@@ -329,6 +344,12 @@ def test_calibration_measures_check_their_inputs():
         with pytest.raises(InputDataError, match="truth"):
             interval_coverage(draws, truth)
     assert interval_coverage(draws.to(torch.int64), torch.zeros(4, dtype=torch.int64)).shape == (4,)
+    with pytest.raises(InputDataError, match="level"):
+        interval_coverage(draws, torch.zeros(4), level="0.9")
+    with pytest.raises(InputDataError, match="truth"):  # NaN is neither covered nor missed
+        interval_coverage(draws, torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+    with pytest.raises(InputDataError, match="probs"):
+        expected_calibration_error("0.5", y)
 
 
 @pytest.mark.parametrize("rationality", [1.0, None])

@@ -74,6 +74,41 @@ def test_bad_model_options():
         LinearReward(prior_scale=-1.0)
     with pytest.raises(InputDataError, match="rationality"):
         LinearReward(rationality=float("nan"))
+    for kwargs, field in (({"rationality": "1"}, "rationality"), ({"rationality": True}, "rationality"),
+                          ({"rationality_prior": ("a", 1.0)}, "rationality_prior"),
+                          ({"rationality_prior": 5}, "rationality_prior"),
+                          ({"ties": "no"}, "ties"),  # bool("no") is True
+                          ({"prior_loc": "abc"}, "prior_loc"), ({"prior_loc": torch.zeros(2, 2)}, "prior_loc")):
+        with pytest.raises(InputDataError, match=field):
+            LinearReward(**kwargs)
+    with pytest.raises(InputDataError, match="ties"):
+        HierarchicalLinearReward(ties="yes")
+    # A prior of another dimension than the data's features: named before any fitting starts.
+    for kwargs, field in (({"prior_loc": torch.zeros(2)}, "prior_loc"),
+                          ({"prior_scale_tril": torch.eye(2, dtype=torch.float64)}, "prior_scale_tril")):
+        with pytest.raises(InputDataError, match=field):
+            LinearReward(**kwargs).priors(_data())
+
+
+def test_linear_utility_pools_raters_and_checks_the_rater_id():
+    from papa_bayes import InputDataError
+
+    X = torch.randn(4, 3, dtype=torch.float64)
+    flat = LinearReward()
+    params = {"scaled_w": torch.randn(5, 3, dtype=torch.float64)}
+    pooled = flat.utility(params, X)
+    for rater in (0, 7, torch.tensor(2)):  # one w for every rater
+        assert torch.equal(flat.utility(params, X, rater=rater), pooled)
+    hier = HierarchicalLinearReward()
+    hparams = {"population_mean": torch.randn(5, 3, dtype=torch.float64),
+               "population_scale": torch.rand(5, 3, dtype=torch.float64),
+               "rater_offset": torch.randn(5, 2, 3, dtype=torch.float64)}
+    assert hier.utility(hparams, X, rater=1).shape == (5, 4)
+    for bad in (-1, "a", 1.5, True):
+        with pytest.raises(InputDataError, match="rater"):
+            flat.utility(params, X, rater=bad)
+        with pytest.raises(InputDataError, match="rater"):
+            hier.utility(hparams, X, rater=bad)
 
 
 def test_hierarchical_model_under_vectorized_particles_keeps_particles_apart():

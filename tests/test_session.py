@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from papa_bayes.exceptions import InputDataError, StoreError
-from papa_bayes.session import PreferenceSession
+from papa_bayes.session import FeaturePool, PreferenceSession
 from papa_bayes.store import PreferenceStore
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -53,6 +53,18 @@ def test_existing_store_must_be_resumed(tmp_path):
         PreferenceSession(tmp_path / "s.db", source, user)
     with pytest.raises(InputDataError, match="query_type"):
         PreferenceSession(tmp_path / "t.db", source, user, query_type="slider")
+
+
+@pytest.mark.parametrize("bad", [
+    dict(strategy="bogus"), dict(strategy="eubo", query_type="rating"), dict(exploration="0.5"),
+    dict(exploration=1.5), dict(pool_size=2.5), dict(pool_size=1), dict(num_draws=0), dict(num_draws=2.5),
+    dict(seed=-1), dict(seed=1.5), dict(finetune_options=[("steps", 2)]),
+])
+def test_bad_options_are_refused_before_the_store_is_created(tmp_path, bad):
+    source, user, _ = setup()
+    with pytest.raises(InputDataError, match=next(iter(bad))):
+        PreferenceSession(tmp_path / "b.db", source, user, **bad)
+    assert not (tmp_path / "b.db").exists()
 
 
 def _answers(path):
@@ -266,3 +278,21 @@ def test_every_answer_is_committed_before_the_posterior_sees_it(tmp_path, monkey
     monkeypatch.setattr(PyroPosterior, "update", update_checked)
     session.run(3, progress=False)
     assert len(seen) == 3 and all(n_data == n_disk for n_data, n_disk in seen), seen
+
+
+def test_run_recommend_and_pool_refuse_bad_arguments(tmp_path):
+    source, user, _ = setup()
+    session = PreferenceSession(tmp_path / "a.db", source, user, pool_size=8)
+    session.run(2, progress=False)
+    for bad in (-1, "3", 2.5):
+        with pytest.raises(InputDataError, match="num_rounds"):
+            session.run(bad, progress=False)
+    for bad in (0, -1, 2.5, source.items.shape[0] + 1):
+        with pytest.raises(InputDataError, match="n:"):
+            session.recommend(bad)
+    assert session.recommend(3).features.shape == (3, source.items.shape[1])
+    assert session.round == 2  # nothing ran
+    items = source.items.clone()
+    items[5, 1] = float("nan")
+    with pytest.raises(InputDataError, match="row 5"):
+        FeaturePool(items)

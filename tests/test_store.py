@@ -123,6 +123,9 @@ def test_add_query_validates_items_round_and_rater(tmp_path):
         ("item_a", dict(round=0, rater=0, kind="rating", item_a=-1)),
         ("round", dict(round=None, rater=0, kind="rating", item_a=0)),
         ("rater", dict(round=0, rater=None, kind="rating", item_a=0)),
+        ("item_a", dict(round=0, rater=0, kind="rating", item_a=1.5)),
+        ("item_b", dict(round=0, rater=0, kind="pair", item_a=0, item_b="1")),
+        ("item_b", dict(round=0, rater=0, kind="pair", item_a=2, item_b=2)),
     ]
     for field, kwargs in bad:
         with pytest.raises(InputDataError, match=f"^{field}:"):
@@ -138,6 +141,9 @@ def test_items_take_one_source_per_item(tmp_path):
     assert [r[0] for r in rows] == ["explore", "steered", "steered", "base"]
     with pytest.raises(InputDataError, match="source"):
         store.add_items(torch.randn(2, 2), source=["explore"])
+    for field, bad in (("round", dict(round=-1)), ("rater", dict(rater=1.5)), ("images", dict(images=[0, 1]))):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            store.add_items(torch.randn(2, 2), **bad)
     assert store.num_items == 4
 
 

@@ -111,6 +111,25 @@ def test_random_fourier_utility_rejects_bad_input():
         f(torch.zeros(4, 2))
     with pytest.raises(InputDataError):
         RandomFourierUtility(3, lengthscale=-1.0, generator=torch.Generator())
+    gen = torch.Generator().manual_seed(0)
+    for kwargs, field in (({"lengthscale": "1"}, "lengthscale"), ({"lengthscale": torch.ones(2)}, "lengthscale"),
+                          ({"lengthscale": float("inf")}, "lengthscale"), ({"outputscale": float("inf")}, "outputscale"),
+                          ({"outputscale": "1"}, "outputscale"), ({"num_features": 2.5}, "num_features"),
+                          ({"num_features": True}, "num_features")):
+        with pytest.raises(InputDataError, match=field):
+            RandomFourierUtility(3, generator=gen, **kwargs)
+    for d in (2.5, "2", True):
+        with pytest.raises(InputDataError, match="d"):
+            RandomFourierUtility(d, generator=gen)
+    with pytest.raises(InputDataError, match="generator"):  # never the global RNG
+        RandomFourierUtility(3, generator=None)
+    for d in (0, -1, 2.5):
+        with pytest.raises(InputDataError, match="d"):
+            random_unit_vector(d, generator=gen)
+    with pytest.raises(InputDataError, match="generator"):
+        random_unit_vector(3, generator=None)
+    with pytest.raises(InputDataError, match="seed"):
+        SimulatedUser.from_gp_draw(2, seed="x")
 
 
 def test_callable_user_on_any_input():
@@ -153,6 +172,17 @@ def test_user_rejects_bad_parameters():
         SimulatedUser(torch.ones(2), tie_margin=-1.0)
     with pytest.raises(InputDataError):
         SimulatedUser("not a utility")
+    w = torch.ones(2)
+    for kwargs, field in (({"rationality": "1"}, "rationality"), ({"rationality": True}, "rationality"),
+                          ({"tie_margin": "0"}, "tie_margin"), ({"tie_margin": True}, "tie_margin"),
+                          ({"threshold": "0"}, "threshold"), ({"threshold": None}, "threshold"),
+                          ({"seed": 1.5}, "seed"), ({"seed": "x"}, "seed"), ({"seed": -1}, "seed")):
+        with pytest.raises(InputDataError, match=field):
+            SimulatedUser(w, **kwargs)
+    for weights in (torch.tensor([True, False]), torch.tensor([1 + 1j, 2])):
+        with pytest.raises(InputDataError, match="utility"):
+            SimulatedUser(weights)
+    assert SimulatedUser(w, rationality=math.inf).rationality == math.inf  # the noiseless user stays
 
 
 def test_user_rejects_bad_weights_items_and_answers():
@@ -185,6 +215,30 @@ def test_user_rejects_bad_weights_items_and_answers():
         simulate_ratings(user, x, -1, generator=gen)
     with pytest.raises(InputDataError, match="num_comparisons"):
         simulate_comparisons(user, x, -1, generator=gen)
+    with pytest.raises(InputDataError, match="x"):
+        user.compare("ab", "cd")
+    with pytest.raises(InputDataError, match="x"):  # `n x d` features, not a batch of matrices
+        user.utility(torch.zeros(2, 2, 2))
+    with pytest.raises(InputDataError, match="generator"):  # never the global RNG
+        simulate_comparisons(user, x, 3, generator=None)
+    with pytest.raises(InputDataError, match="generator"):
+        simulate_ratings(user, x, 3, generator=None)
+    with pytest.raises(InputDataError, match="user"):
+        simulate_comparisons("user", x, 3, generator=gen)
+    assert simulate_ratings(user, x.tolist(), 3, generator=gen).num_ratings == 3  # a nested list is read as items
+    with pytest.raises(InputDataError, match="compare_fn"):
+        CallbackUser(compare_fn=5)
+    with pytest.raises(InputDataError, match="rate_fn"):
+        CallbackUser(rate_fn="like")
+    with pytest.raises(InputDataError, match="x"):
+        CallbackUser(rate_fn=lambda item: 1).rate(torch.tensor(1.0))
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    with pytest.raises(InputDataError, match="first_won"):  # one answer for two pairs: no broadcast
+        winner_first(pairs, torch.tensor([True]))
+    with pytest.raises(InputDataError, match="first_won"):
+        winner_first(pairs, torch.tensor([5, 0]))
+    with pytest.raises(InputDataError, match="pairs"):  # float indices are not truncated
+        winner_first(torch.tensor([[0.5, 1.2]]), torch.tensor([True]))
 
 
 def test_like_frequency_follows_rationality():

@@ -15,6 +15,7 @@ Information is measured in bits throughout: a binary answer carries at most 1 bi
 from __future__ import annotations
 
 import math
+import numbers
 from abc import abstractmethod
 from typing import Any
 
@@ -27,7 +28,7 @@ from botorch.sampling.normal import IIDNormalSampler, SobolQMCNormalSampler
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -82,6 +83,7 @@ def answer_log_probs(
         o tensors `s x batch`: (first, second) or (first, second, tie) for pairs,
         (like, dislike) for like/dislike queries.
     """
+    check_link(link)
     if u_second is None:
         if threshold is None:
             raise ModelError("A like/dislike query needs draws of the like threshold.")
@@ -150,7 +152,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         self.link = check_link(link or "probit")
         self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
         self.num_samples = check_int("num_samples", num_samples)
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed, minimum=0)
         self._sampler: tuple[str, MCSampler] | None = None
 
     # ----------------------------------------------------------------- draws
@@ -191,9 +193,8 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
 
     def check_X(self, X: Tensor) -> Tensor:
         """Validate `batch_shape x q x d` input (a `q x d` input gets batch shape `1`)."""
-        if not isinstance(X, Tensor):
-            X = torch.as_tensor(X, dtype=torch.float64)
         q, d = self.query_size, self.num_features
+        X = check_real_tensor("X", X, f"`batch_shape x {q} x {'d' if d is None else d}` features", dtype=None)
         dd = "d" if d is None else str(d)
         if X.dim() == 2:
             X = X.unsqueeze(0)
@@ -231,7 +232,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     def _tie_draws(self, tie_strength: Any) -> Tensor | None:
         """Tie strength per draw: explicit value, else the posterior's draws, else None."""
         if tie_strength is not None:
-            t = torch.as_tensor(tie_strength, dtype=torch.float64).reshape(-1)
+            t = check_real_tensor("tie_strength", tie_strength, "positive finite values", dtype=None).reshape(-1)
             s = self.reward_posterior.num_draws if self.reward_posterior is not None else self.num_samples
             if t.numel() not in (1, s) or not bool((torch.isfinite(t) & (t > 0)).all()):
                 raise InputDataError("tie_strength", f"positive finite values, 1 or {s} of them", t.tolist()[:5])
@@ -247,7 +248,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
                 return None if self.reward_posterior is None else self.reward_posterior.like_threshold_draws()
             except ModelError:  # a posterior fitted without like/dislike answers
                 return None
-        t = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+        t = check_real_tensor("threshold", threshold, "finite values", dtype=None).reshape(-1)
         s = self.reward_posterior.num_draws if self.reward_posterior is not None else self.num_samples
         if t.numel() not in (1, s) or not bool(torch.isfinite(t).all()):
             raise InputDataError("threshold", f"finite values, 1 or {s} of them", t.tolist()[:5])
@@ -255,7 +256,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
 
     @staticmethod
     def _check_query_size(query_size: Any) -> int:
-        if query_size not in (1, 2) or isinstance(query_size, bool):
+        if isinstance(query_size, bool) or not isinstance(query_size, numbers.Integral) or query_size not in (1, 2):
             raise InputDataError("query_size", "1 (like/dislike) or 2 (pairs)", query_size)
         return int(query_size)
 

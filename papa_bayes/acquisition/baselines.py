@@ -18,16 +18,11 @@ from botorch.models.model import Model
 from torch import Tensor
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, per_draw
+from papa_bayes.checks import check_generator
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 
 __all__ = ["RandomQueries", "UtilityDifferenceVariance", "ThompsonSampling"]
-
-
-def _check_generator(generator: Any, what: str) -> torch.Generator:
-    if not isinstance(generator, torch.Generator):
-        raise InputDataError("generator", f"a torch.Generator ({what} draws random numbers)", type(generator).__name__)
-    return generator
 
 
 class RandomQueries(DrawsAcquisitionFunction):
@@ -41,8 +36,8 @@ class RandomQueries(DrawsAcquisitionFunction):
 
     def __init__(self, model: RewardPosterior | Model, *, generator: torch.Generator, query_size: int = 2) -> None:
         super().__init__(model)
-        self.generator = _check_generator(generator, "RandomQueries")
-        self.query_size = int(query_size)
+        self.generator = check_generator("generator", generator)
+        self.query_size = self._check_query_size(query_size)
 
     def forward(self, X: Tensor) -> Tensor:
         X = self.check_X(X)
@@ -97,12 +92,18 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         if draws is None:
             if s is None:
                 raise InputDataError("draws", "explicit draw indices for a BoTorch model", None)
-            gen = _check_generator(generator, "ThompsonSampling")
+            gen = check_generator("generator", generator)
             if s >= self.query_size:
                 draws = torch.randperm(s, generator=gen)[: self.query_size]
             else:  # a single draw: both items from the same draw
                 draws = torch.zeros(self.query_size, dtype=torch.long)
-        self.draws = torch.as_tensor(draws, dtype=torch.long).reshape(-1)
+        try:
+            draws = draws if isinstance(draws, Tensor) else torch.as_tensor(draws)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError("draws", f"{self.query_size} integer draw indices", type(draws).__name__) from None
+        if draws.is_floating_point() or draws.is_complex() or draws.dtype == torch.bool:
+            raise InputDataError("draws", f"{self.query_size} integer draw indices", str(draws.dtype))
+        self.draws = draws.to(torch.long).reshape(-1)
         if self.draws.numel() != self.query_size:
             raise InputDataError("draws", f"{self.query_size} draw indices", self.draws.numel())
         if s is not None and not bool(((self.draws >= 0) & (self.draws < s)).all()):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2, DrawsAcquisitionFunction, outcome_log_probs
+from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -55,8 +56,16 @@ def greedy_joint_information(
     Raises:
         InputDataError: k not an integer in [1, M].
     """
+    if not isinstance(probs, Tensor) or probs.dim() != 3 or probs.shape[-1] < 2 or not probs.is_floating_point():
+        raise InputDataError("probs", "`s x M x o` per-draw answer probabilities (o >= 2)",
+                             tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__)
     s, M, o = probs.shape
     _check_batch_size(k, M)
+    check_int("max_configurations", max_configurations)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputDataError("generator", "a torch.Generator or None", type(generator).__name__)
+    if not bool(((probs >= 0) & (probs <= 1)).all()):
+        raise InputDataError("probs", "probabilities in [0, 1]", "values outside [0, 1] or NaN")
     cond = -torch.special.xlogy(probs, probs).sum(-1).mean(0)  # M: E_theta H[y_m | theta], nats
     table = probs.new_ones(s, 1)  # per-draw probability of each configuration of chosen answers
     weights = probs.new_ones(1)  # importance weight of each configuration (1 when exact)
@@ -114,7 +123,14 @@ def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
     Returns:
         `k` chosen candidate indices, in the order chosen.
     """
-    _check_batch_size(k, quality.shape[0])
+    if not isinstance(quality, Tensor) or quality.dim() != 1 or not bool(torch.isfinite(quality).all()):
+        raise InputDataError("quality", "`M` finite qualities",
+                             tuple(quality.shape) if isinstance(quality, Tensor) else type(quality).__name__)
+    M = quality.shape[0]
+    if not isinstance(vectors, Tensor) or vectors.dim() != 2 or vectors.shape[1] != M:
+        raise InputDataError("vectors", f"`s x {M}` per-draw values (one column per candidate)",
+                             tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__)
+    _check_batch_size(k, M)
     V = vectors - vectors.mean(0)
     norm = V.norm(dim=0)
     V = V / norm.clamp(min=1e-12)

@@ -31,7 +31,7 @@ from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_float, check_real_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link
@@ -54,6 +54,15 @@ def _binary_entropy_bits(p: Tensor) -> Tensor:
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / LN2
 
 
+def _same_shape(*named: tuple[str, Tensor]) -> list[Tensor]:
+    """The tensors (lists converted), or InputDataError unless all have the first one's shape."""
+    out = [check_real_tensor(name, value, "a `batch` tensor", dtype=None) for name, value in named]
+    for (name, _), t in zip(named[1:], out[1:]):
+        if t.shape != out[0].shape:
+            raise InputDataError(name, f"shape {tuple(out[0].shape)} (that of {named[0][0]})", tuple(t.shape))
+    return out
+
+
 def houlsby_information_gain(
     mean_diff: Tensor, var_diff: Tensor, *, noise_scale: float = 1.0, link: str = "probit"
 ) -> Tensor:
@@ -70,6 +79,7 @@ def houlsby_information_gain(
         `batch` bits.
     """
     check_float("noise_scale", noise_scale, strict=True)
+    mean_diff, var_diff = _same_shape(("mean_diff", mean_diff), ("var_diff", var_diff))
     scale = noise_scale / (_LOGIT_TO_PROBIT if check_link(link) == "logit" else 1.0)
     m = mean_diff / scale
     v = var_diff.clamp(min=0.0) / scale**2
@@ -81,6 +91,8 @@ def houlsby_information_gain(
 
 def gaussian_expected_max(mean_first: Tensor, mean_second: Tensor, var_diff: Tensor) -> Tensor:
     """E[max(u_a, u_b)] for jointly Gaussian utilities (analytic EUBO, Lin et al. 2022): `batch`."""
+    mean_first, mean_second, var_diff = _same_shape(
+        ("mean_first", mean_first), ("mean_second", mean_second), ("var_diff", var_diff))
     sd = var_diff.clamp(min=1e-18).sqrt()
     z = (mean_first - mean_second) / sd
     pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
@@ -89,6 +101,9 @@ def gaussian_expected_max(mean_first: Tensor, mean_second: Tensor, var_diff: Ten
 
 def utility_moments(utility_draws: Tensor) -> tuple[Tensor, Tensor]:
     """Mean `n` and covariance `n x n` of utility draws `s x n`."""
+    utility_draws = check_real_tensor("utility_draws", utility_draws, "`s x n` utility draws", dtype=None)
+    if utility_draws.dim() != 2 or utility_draws.shape[0] == 0:
+        raise InputDataError("utility_draws", "`s x n` utility draws (s >= 1)", tuple(utility_draws.shape))
     s = utility_draws.shape[0]
     mean = utility_draws.mean(0)
     centred = utility_draws - mean
@@ -97,8 +112,18 @@ def utility_moments(utility_draws: Tensor) -> tuple[Tensor, Tensor]:
 
 def pair_moments(mean: Tensor, cov: Tensor, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of ``u(first) - u(second)`` for index tensors `P`: two `P` tensors."""
+    n = mean.shape[0] if isinstance(mean, Tensor) and mean.dim() == 1 else None
+    if n is None or not isinstance(cov, Tensor) or cov.shape != (n, n):
+        raise InputDataError("mean / cov", "an `n` mean and its `n x n` covariance",
+                             tuple(getattr(mean, "shape", ())) + tuple(getattr(cov, "shape", ())))
+    for name, idx in (("first", first), ("second", second)):
+        if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise InputDataError(name, "an integer index tensor", getattr(idx, "dtype", type(idx).__name__))
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise InputDataError(name, f"item indices in [0, {n - 1}]", (int(idx.min()), int(idx.max())))
+    if first.shape != second.shape:
+        raise InputDataError("second", f"shape {tuple(first.shape)} (that of first)", tuple(second.shape))
     diag = cov.diagonal()
-    n = cov.shape[-1]
     var = diag[first] + diag[second] - 2.0 * cov.reshape(-1)[first * n + second]
     return mean[first] - mean[second], var.clamp(min=0.0)
 
@@ -123,13 +148,14 @@ class HoulsbyInformationGain(AcquisitionFunction):
         if isinstance(model, RewardPosterior):
             link = link or model.link
             model = model.as_botorch_model()
+        elif not isinstance(model, Model):
+            raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
         super().__init__(model=model)
         self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
         self.link = check_link(link or "probit")
 
     def forward(self, X: Tensor) -> Tensor:
-        if not isinstance(X, Tensor):
-            X = torch.as_tensor(X, dtype=torch.float64)
+        X = check_real_tensor("X", X, "`batch_shape x 2 x d` features", dtype=None)
         if X.dim() == 2:
             X = X.unsqueeze(0)
         if X.dim() < 3 or X.shape[-2] != 2:

@@ -16,6 +16,7 @@ from botorch.optim import optimize_acqf
 from torch import Tensor
 
 from papa_bayes.acquisition.selection import _strategy, make_acquisition
+from papa_bayes.checks import check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -66,10 +67,19 @@ def optimize_queries(
     strategy = _strategy(strategy)
     if strategy == "random":
         raise InputDataError("strategy", "an optimizable strategy (draw random features yourself)", strategy)
+    if not isinstance(posterior, RewardPosterior):
+        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
     d = posterior.num_features
-    bounds = torch.as_tensor(bounds, dtype=torch.float64)
+    bounds = check_real_tensor("bounds", bounds, f"`2 x {d}` lower and upper bounds")
     if bounds.shape != (2, d) or not bool((bounds[1] > bounds[0]).all()):
         raise InputDataError("bounds", f"shape `2 x {d}` with lower < upper", tuple(bounds.shape))
+    if not bool(torch.isfinite(bounds).all()):
+        raise InputDataError("bounds", "finite lower and upper bounds", bounds.tolist())
+    num_restarts = check_int("num_restarts", num_restarts)
+    raw_samples = check_int("raw_samples", raw_samples)
+    seed = check_int("seed", seed, minimum=0)
+    if options is not None and not isinstance(options, dict):
+        raise InputDataError("options", "a dict of optimize_acqf options or None", type(options).__name__)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_restarts:
         raise InputDataError("k", f"between 1 and num_restarts ({num_restarts})", k)
     gen = torch.Generator().manual_seed(seed)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["ExposureDiversity", "exposure_diversity", "farthest_point_centres"]
@@ -50,6 +50,10 @@ def farthest_point_centres(reference: Tensor, num_cells: int) -> Tensor:
     farthest from every centre chosen so far; fewer than ``num_cells`` when the
     reference has fewer distinct items.
     """
+    if not isinstance(reference, Tensor) or reference.dim() != 2 or reference.shape[0] == 0:
+        raise InputDataError("reference", "a non-empty `n x d` tensor",
+                             tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__)
+    check_int("num_cells", num_cells)
     n = reference.shape[0]
     first = int((reference - reference.mean(0)).norm(dim=-1).argmin())
     chosen = [first]
@@ -79,8 +83,8 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
     Returns:
         An :class:`ExposureDiversity`.
     """
-    shown = torch.as_tensor(shown, dtype=torch.float64)
-    reference = torch.as_tensor(reference, dtype=torch.float64)
+    shown = check_real_tensor("shown", shown, "`m x d` features")
+    reference = check_real_tensor("reference", reference, "`n x d` features")
     if reference.dim() != 2 or reference.shape[0] == 0:
         raise InputDataError("reference", "a non-empty `n x d` tensor", tuple(reference.shape))
     d = reference.shape[1]

@@ -18,8 +18,16 @@ import torch
 from botorch.models.model import Model
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2, DrawsAcquisitionFunction, answer_log_probs, entropy_bits, per_draw
-from papa_bayes.exceptions import ModelError
+from papa_bayes.acquisition.base import (
+    LN2,
+    DrawsAcquisitionFunction,
+    answer_log_probs,
+    entropy_bits,
+    per_draw,
+)
+from papa_bayes.checks import check_bool, check_real_tensor
+from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.models.likelihoods import check_link
 from papa_bayes.inference.posterior import RewardPosterior
 
 __all__ = [
@@ -43,7 +51,11 @@ def information_from_log_probs(log_probs: Tensor | list[Tensor]) -> Tensor:
         `batch`, >= 0 (the plug-in estimate is non-negative by concavity of H).
     """
     if isinstance(log_probs, Tensor):
+        if log_probs.dim() < 2:
+            raise InputDataError("log_probs", "`s x batch x o` (or a list of `s x batch` tensors)", tuple(log_probs.shape))
         log_probs = list(log_probs.unbind(-1))
+    if len(log_probs) < 2:
+        raise InputDataError("log_probs", "at least two answers (o >= 2)", len(log_probs))
     probs = [lp.exp() for lp in log_probs]
     # lp = -inf only where p = 0; the clamp makes 0 * lp = 0 instead of nan.
     conditional = sum((p * lp.clamp(min=-1e4)).mean(0) for p, lp in zip(probs, log_probs))
@@ -76,6 +88,9 @@ def comparison_information_gain(
     Returns:
         `batch`.
     """
+    check_link(link)
+    if u_first.shape != u_second.shape:
+        raise InputDataError("u_second", f"shape {tuple(u_first.shape)} (that of u_first)", tuple(u_second.shape))
     if tie_strength is None and link == "logit":
         return _logit_binary_information(u_first - u_second)
     return information_from_log_probs(answer_log_probs(u_first, u_second, link=link, tie_strength=tie_strength))
@@ -90,8 +105,12 @@ def rating_information_gain(u: Tensor, threshold: Tensor, *, link: str) -> Tenso
     Returns:
         `batch`.
     """
+    check_link(link)
+    threshold = check_real_tensor("threshold", threshold, "`s` like-threshold draws or one number", dtype=None)
+    if threshold.numel() not in (1, u.shape[0]):
+        raise InputDataError("threshold", f"1 or {u.shape[0]} values (one per draw)", threshold.numel())
     if link == "logit":
-        return _logit_binary_information(u - per_draw(torch.as_tensor(threshold), u))
+        return _logit_binary_information(u - per_draw(threshold, u))
     return information_from_log_probs(answer_log_probs(u, None, link=link, threshold=threshold))
 
 
@@ -129,6 +148,7 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         seed: int = 0,
     ) -> None:
         super().__init__(model, link=link, noise_scale=noise_scale, num_samples=num_samples, seed=seed)
+        ties = None if ties is None else check_bool("ties", ties)
         tie = self._tie_draws(tie_strength) if ties is not False else None
         if ties and tie is None:
             raise ModelError("ties=True needs a posterior with ties or an explicit tie_strength.")

@@ -32,6 +32,7 @@ from botorch.models.model import Model
 from torch import Tensor
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, answer_log_probs
+from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -39,6 +40,7 @@ __all__ = [
     "grouped_information",
     "region_thresholds",
     "rating_threshold",
+    "check_pool_utility",
     "PreferredRegionInformation",
     "ArgmaxInformation",
     "ExpectedUtilityOfBestOption",
@@ -62,12 +64,17 @@ def grouped_information(log_probs: Tensor | list[Tensor], groups: Tensor, num_gr
     Returns:
         `batch`, >= 0.
     """
+    check_int("num_groups", num_groups)
+    if not isinstance(groups, Tensor) or groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+        raise InputDataError("groups", "an integer tensor of group ids", getattr(groups, "dtype", type(groups).__name__))
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
         raise InputDataError("groups", f"group ids in [0, {num_groups})", (int(groups.min()), int(groups.max())))
     if isinstance(log_probs, Tensor):
         log_probs = list(log_probs.unbind(-1))
     probs = [lp.exp() for lp in log_probs]
     s, batch = probs[0].shape[0], probs[0].shape[1:]
+    if groups.shape not in ((s,), probs[0].shape):
+        raise InputDataError("groups", f"shape ({s},) or {tuple(probs[0].shape)} (one group per draw)", tuple(groups.shape))
     marginal = torch.stack([p.mean(0) for p in probs], -1)
     if groups.dim() == 1:  # one grouping shared by every query (e.g. the argmax)
         _, inverse = torch.unique(groups, return_inverse=True)
@@ -108,6 +115,7 @@ def region_thresholds(
         raise InputDataError("region", "'like', 'auto' or a quantile in (0, 1)", region)
     if pool_utility is None:
         raise InputDataError("pool", "a reference pool `n x d` to place the region's quantile", None)
+    pool_utility = check_pool_utility(posterior, pool_utility)
     return torch.quantile(pool_utility.to(torch.float64), float(region), dim=-1)
 
 
@@ -122,18 +130,31 @@ def rating_threshold(posterior: RewardPosterior, pool_utility: Tensor | None) ->
     except ModelError:
         if pool_utility is None:
             raise
-        return torch.quantile(pool_utility.to(torch.float64), 0.5, dim=-1)
+        return torch.quantile(check_pool_utility(posterior, pool_utility).to(torch.float64), 0.5, dim=-1)
+
+
+def check_pool_utility(posterior: RewardPosterior, pool_utility: Any) -> Tensor:
+    """`s x n` utility draws at a reference pool (``n >= 1``, ``s`` the posterior's draws), or InputDataError."""
+    s = posterior.num_draws
+    if not isinstance(pool_utility, Tensor) or pool_utility.dim() != 2 or pool_utility.shape[0] != s \
+            or pool_utility.shape[1] == 0 or not pool_utility.is_floating_point():
+        raise InputDataError("pool_utility", f"`{s} x n` float draws at the pool (n >= 1, one row per posterior draw)",
+                             tuple(pool_utility.shape) if isinstance(pool_utility, Tensor) else type(pool_utility).__name__)
+    return pool_utility
 
 
 def _pool_utility(posterior: RewardPosterior | None, pool: Any, pool_utility: Tensor | None) -> Tensor | None:
     if pool_utility is not None:
-        return pool_utility.detach()
+        return check_pool_utility(posterior, pool_utility).detach()
     if pool is None:
         return None
     if posterior is None:
         raise ModelError("A reference pool needs a RewardPosterior (joint draws at pool and queries).")
+    pool = posterior.check_features(pool, "pool")
+    if pool.shape[0] == 0:
+        raise InputDataError("pool", f"a non-empty `n x {posterior.num_features}` pool", "an empty pool")
     with torch.no_grad():
-        return posterior.utility(posterior.check_features(pool, "pool"))
+        return posterior.utility(pool)
 
 
 class PreferredRegionInformation(DrawsAcquisitionFunction):
@@ -163,9 +184,7 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
         if not isinstance(model, RewardPosterior):
             raise ModelError("PreferredRegionInformation needs a RewardPosterior (aligned draws).")
         super().__init__(model)
-        if query_size not in (1, 2):
-            raise InputDataError("query_size", "2 (pairs) or 1 (like/dislike)", query_size)
-        self.query_size = query_size
+        self.query_size = self._check_query_size(query_size)
         self.threshold = region_thresholds(model, _pool_utility(model, pool, pool_utility), region)
         self.tie_strength = self._tie_draws(None) if query_size == 2 else None
         self.like_threshold = None
@@ -208,9 +227,7 @@ class ArgmaxInformation(DrawsAcquisitionFunction):
         if not isinstance(model, RewardPosterior):
             raise ModelError("ArgmaxInformation needs a RewardPosterior (aligned draws).")
         super().__init__(model)
-        if query_size not in (1, 2):
-            raise InputDataError("query_size", "2 (pairs) or 1 (like/dislike)", query_size)
-        self.query_size = query_size
+        self.query_size = self._check_query_size(query_size)
         U = _pool_utility(model, pool, pool_utility)
         if U is None:
             raise InputDataError("pool", "the `n x d` items among which the best is sought", None)
@@ -245,9 +262,7 @@ class ExpectedUtilityOfBestOption(DrawsAcquisitionFunction):
 
     def __init__(self, model: RewardPosterior | Model, *, q: int = 2, num_samples: int = 1024, seed: int = 0) -> None:
         super().__init__(model, num_samples=num_samples, seed=seed)
-        if q < 1:
-            raise InputDataError("q", "a positive number of options", q)
-        self.query_size = int(q)
+        self.query_size = check_int("q", q)
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         return torch.stack(utilities, -1).amax(-1).mean(0)

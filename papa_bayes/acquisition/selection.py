@@ -41,8 +41,10 @@ from papa_bayes.acquisition.preferred import (
     ArgmaxInformation,
     ExpectedUtilityOfBestOption,
     PreferredRegionInformation,
+    check_pool_utility,
     rating_threshold,
 )
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior, check_features
 
@@ -93,12 +95,19 @@ class QuerySelection:
     def features(self, pool_features: Tensor) -> Tensor:
         """The queries' features: `k x 2 x d` (pairs) or `k x 1 x d` (items)."""
         idx = self.indices if self.indices.dim() == 2 else self.indices.unsqueeze(-1)
-        return torch.as_tensor(pool_features)[idx]
+        try:
+            pool = torch.as_tensor(pool_features)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError("pool_features", "the `n x d` pool the queries index", type(pool_features).__name__) from None
+        if pool.dim() < 1 or (idx.numel() and int(idx.max()) >= pool.shape[0]):
+            raise InputDataError("pool_features", f"the `n x d` pool the queries index (n > {int(idx.max()) if idx.numel() else 0})",
+                                 tuple(pool.shape))
+        return pool[idx]
 
 
 def all_pairs(n: int) -> tuple[Tensor, Tensor]:
     """Every unordered pair i < j of n items: two `n(n-1)/2` long tensors (do not modify)."""
-    return _all_pairs(int(n))
+    return _all_pairs(check_int("n", n, minimum=0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -108,6 +117,8 @@ def _all_pairs(n: int) -> tuple[Tensor, Tensor]:
 
 
 def _strategy(strategy: str) -> str:
+    if not isinstance(strategy, str):
+        raise InputDataError("strategy", f"one of {STRATEGIES}", strategy)
     name = _ALIASES.get(strategy, strategy)
     if name not in STRATEGIES:
         raise InputDataError("strategy", f"one of {STRATEGIES}", strategy)
@@ -137,10 +148,14 @@ def make_acquisition(
         generator: for "random" and "thompson".
     """
     strategy = _strategy(strategy)
+    if not isinstance(posterior, RewardPosterior):
+        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
     if query_type not in QUERY_TYPES:
         raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
     q = 2 if query_type == "pair" else 1
-    if pool_utility is None and pool is not None:
+    if pool_utility is not None:
+        pool_utility = check_pool_utility(posterior, pool_utility)
+    elif pool is not None:
         with torch.no_grad():
             pool_utility = posterior.utility(posterior.check_features(pool, "pool"))
     threshold = rating_threshold(posterior, pool_utility) if q == 1 and strategy in ("eig", "uncertainty") else None
@@ -266,8 +281,9 @@ def select_queries(
     if k > num_candidates:
         what = "pairs" if query_type == "pair" else "items"
         raise InputDataError("k", f"at most the number of {what} in the pool ({num_candidates})", k)
-    if not 0.0 <= float(exploration) <= 1.0:
-        raise InputDataError("exploration", "a share in [0, 1]", exploration)
+    exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size)
     if batch not in ("auto", "joint", "dpp", "top"):
         raise InputDataError("batch", "one of ('auto', 'joint', 'dpp', 'top')", batch)
     if batch == "joint" and strategy != "eig":

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.acquisition.selection import select_queries
+from papa_bayes.acquisition.selection import _strategy, select_queries
+from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
@@ -67,8 +68,15 @@ class ActiveLearningRun:
         return out
 
 
+def _check_posterior(posterior: Any) -> None:
+    if not isinstance(posterior, RewardPosterior):
+        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+
+
 def estimated_weights(posterior: RewardPosterior, pool: Tensor) -> Tensor:
     """E[w] for a linear posterior; otherwise the least-squares linear fit of the posterior mean utility: `d`."""
+    _check_posterior(posterior)
+    pool = posterior.check_features(pool, "pool")
     mean = getattr(posterior, "mean", None)
     if callable(mean):
         try:
@@ -89,6 +97,7 @@ def weight_entropy_bits(posterior: RewardPosterior) -> float:
     For a linear reward these are the weights in noise units, ``rationality * w``;
     for any reward, the linear part the answers inform.
     """
+    _check_posterior(posterior)
     d = posterior.num_features
     basis = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
     with torch.no_grad():
@@ -101,7 +110,11 @@ def weight_entropy_bits(posterior: RewardPosterior) -> float:
 
 def queries_to_reach(curve: list[float] | Tensor, level: float) -> int | None:
     """Number of answers after which ``curve`` first reaches ``level`` (None if never)."""
-    for t, v in enumerate(list(curve)):
+    level = check_float("level", level, minimum=-math.inf)
+    values = check_real_tensor("curve", curve, "a sequence of numbers", dtype=None)
+    if values.dim() > 1:
+        raise InputDataError("curve", "a sequence of numbers (1-D)", tuple(values.shape))
+    for t, v in enumerate(values.reshape(-1).tolist()):
         if v >= level:
             return t + 1
     return None
@@ -164,21 +177,40 @@ def run_active_learning(
     """
     from papa_bayes.models.linear import LinearReward
 
-    pool = torch.as_tensor(pool, dtype=torch.float64)
+    if not isinstance(user, SimulatedUser):
+        raise InputDataError("user", "a SimulatedUser", type(user).__name__)
+    _strategy(strategy)
+    pool = check_real_tensor("pool", pool, "`n x d` candidate items")
+    if pool.dim() < 2:
+        raise InputDataError("pool", "`n x d` candidate items", tuple(pool.shape))
     n = pool.shape[0]
     if n < 2:
         raise InputDataError("pool", "at least 2 items", n)
-    if not 1 <= num_initial <= num_queries:
+    num_queries = check_int("num_queries", num_queries)
+    if isinstance(num_initial, bool) or not isinstance(num_initial, int) or not 1 <= num_initial <= num_queries:
         raise InputDataError("num_initial", f"between 1 and num_queries ({num_queries})", num_initial)
+    seed = check_int("seed", seed, minimum=0)
+    for name, value in (("select_options", select_options), ("fit_options", fit_options)):
+        if value is not None and not isinstance(value, dict):
+            raise InputDataError(name, "a dict of keyword arguments or None", type(value).__name__)
+    if callback is not None and not callable(callback):
+        raise InputDataError("callback", "a callable (num_answers, posterior) or None", type(callback).__name__)
+    if heldout is not None and (not isinstance(heldout, (tuple, list)) or len(heldout) != 2):
+        raise InputDataError("heldout", "a (first `h x d`, second `h x d`) pair of tensors", type(heldout).__name__)
     opts, fit_opts = dict(select_options or {}), dict(fit_options or {})
     _check_reserved("select_options", opts, ("strategy", "k", "generator"))
     _check_reserved("fit_options", fit_opts, ("num_samples", "seed"))
     model = LinearReward() if model is None else model
     user.reset()  # the same seed gives the same answers, however often the user was asked before
-    w_true = user.weights if true_weights is None else torch.as_tensor(true_weights, dtype=torch.float64)
+    w_true = user.weights
+    if true_weights is not None:
+        w_true = check_real_tensor("true_weights", true_weights, f"a `{pool.shape[-1]}` weight vector")
+        if w_true.shape != (pool.shape[-1],):
+            raise InputDataError("true_weights", f"a `{pool.shape[-1]}` weight vector (the pool's features)",
+                                 tuple(w_true.shape))
     u_pool = user.utility(pool)
     best = float(u_pool.max())
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     truth_probs = user.outcome_probabilities(*heldout) if heldout is not None else None
     run = ActiveLearningRun(strategy=strategy)
 

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:
     from papa_bayes.inference.pyro_posterior import PyroPosterior
@@ -27,8 +29,15 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _check_data(data: Any) -> PreferenceData:
+    if not isinstance(data, PreferenceData):
+        raise InputDataError("data", "a PreferenceData", type(data).__name__)
+    return data
+
+
 def data_coords(data: PreferenceData) -> dict[str, Any]:
     """Coordinates of the standard dims for ``data``."""
+    _check_data(data)
     names = data.feature_names or tuple(f"x{i}" for i in range(data.num_features))
     return {
         "feature": list(names),
@@ -42,6 +51,7 @@ def data_coords(data: PreferenceData) -> dict[str, Any]:
 
 def data_groups(data: PreferenceData, observed: dict[str, Tensor]) -> tuple[dict, dict, dict]:
     """(observed_data, constant_data, dims) for the standard observed sites."""
+    _check_data(data)
     obs = {k: _np(v) for k, v in observed.items()}
     const: dict[str, np.ndarray] = {"items": _np(data.items)}
     dims: dict[str, list[str]] = {"items": ["item", "feature"], "comparisons": ["comparison"], "ratings": ["rating"]}
@@ -100,6 +110,11 @@ def to_inference_data(post: PyroPosterior, *, seed: int = 0) -> az.InferenceData
     ``posterior_predictive`` group holds replicated outcomes drawn per draw with
     ``seed``.
     """
+    from papa_bayes.inference.pyro_posterior import PyroPosterior
+
+    if not isinstance(post, PyroPosterior):
+        raise InputDataError("post", "a PyroPosterior (GP posteriors: post.to_inference_data())", type(post).__name__)
+    check_int("seed", seed, minimum=0)
     model, data = post.model, post.data
     C, S = post.num_chains, post.num_draws // post.num_chains
     shape = lambda t: t.reshape(C, S, *t.shape[1:])  # noqa: E731

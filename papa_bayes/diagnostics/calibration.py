@@ -5,15 +5,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float
 from papa_bayes.exceptions import InputDataError
+
+
+def _real(name: str, value: object) -> Tensor:
+    """``value`` as a float64 tensor, or InputDataError for text and other non-numbers."""
+    try:
+        t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputDataError(name, "an array-like of numbers", type(value).__name__) from None
+    if t.is_complex():
+        raise InputDataError(name, "real numbers", str(t.dtype))
+    return t.to(torch.float64)
 
 __all__ = ["expected_calibration_error", "interval_coverage", "reliability_curve"]
 
 
 def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     """Equal-width bins of predicted probability: (mean prediction, observed frequency, count), each `num_bins`."""
-    probs = torch.as_tensor(probs, dtype=torch.float64).reshape(-1)
-    outcomes = torch.as_tensor(outcomes, dtype=torch.float64).reshape(-1)
+    probs = _real("probs", probs).reshape(-1)
+    outcomes = _real("outcomes", outcomes).reshape(-1)
     if probs.shape != outcomes.shape:
         raise InputDataError("outcomes", f"shape {tuple(probs.shape)} (one per probability)", tuple(outcomes.shape))
     if probs.numel() == 0:
@@ -50,20 +62,24 @@ def interval_coverage(draws: Tensor, truth: Tensor, *, level: float = 0.9) -> Te
     """Whether each central ``level`` credible interval covers the truth.
 
     Args:
-        draws: `s x ...` posterior draws.
-        truth: `...` true values.
+        draws: `s x ...` posterior draws (finite).
+        truth: `...` true values (finite).
+        level: in (0, 1).
 
     Returns:
         `...` bool.
     """
-    if not 0 < level < 1:
-        raise InputDataError("level", "a probability in (0, 1)", level)
-    draws = torch.as_tensor(draws, dtype=torch.float64)
-    truth = torch.as_tensor(truth, dtype=torch.float64)
+    check_float("level", level, strict=True, maximum=1.0)
+    draws = _real("draws", draws)
+    truth = _real("truth", truth)
     if draws.dim() < 1 or draws.shape[0] == 0:
         raise InputDataError("draws", "`s x ...` with at least one draw", tuple(draws.shape))
     if truth.shape != draws.shape[1:]:
         raise InputDataError("truth", f"shape {tuple(draws.shape[1:])} (the draws' shape without `s`)", tuple(truth.shape))
+    for name, value in (("draws", draws), ("truth", truth)):
+        if not bool(torch.isfinite(value).all()):
+            bad = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())
+            raise InputDataError(name, "finite values", f"{float(value[bad])} at index {bad}")
     lo = torch.quantile(draws, (1 - level) / 2, dim=0)
     hi = torch.quantile(draws, 1 - (1 - level) / 2, dim=0)
     return (truth >= lo) & (truth <= hi)

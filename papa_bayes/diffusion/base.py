@@ -9,11 +9,14 @@ and ``pca_features/`` (the default feature map, fitted on base samples).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from papa_bayes.checks import check_device, check_float_dtype, check_path
 from papa_bayes.diffusion.models import PixelDiffusion
 from papa_bayes.exceptions import InputDataError
 
@@ -54,10 +57,28 @@ DIGITS_SCHEDULER_CONFIG: dict[str, Any] = {
 
 
 def make_digits_unet(**overrides: Any):
-    """A fresh (untrained) base-model UNet; ``overrides`` replace config entries."""
+    """A fresh (untrained) base-model UNet; ``overrides`` replace config entries.
+
+    Raises:
+        InputDataError: on an override that is no ``UNet2DModel`` argument.
+    """
     from diffusers import UNet2DModel
 
+    check_unet_overrides("overrides", overrides)
     return UNet2DModel(**{**DIGITS_UNET_CONFIG, **overrides})
+
+
+def check_unet_overrides(name: str, overrides: Any) -> dict[str, Any]:
+    """``overrides`` unless not a dict of ``UNet2DModel`` arguments: then InputDataError."""
+    from diffusers import UNet2DModel
+
+    if not isinstance(overrides, dict):
+        raise InputDataError(name, "a dict of UNet2DModel arguments", type(overrides).__name__)
+    known = set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(map(str, overrides)) - known)
+    if unknown:
+        raise InputDataError(name, "UNet2DModel config entries", unknown)
+    return overrides
 
 
 def make_train_scheduler():
@@ -71,17 +92,22 @@ def make_sampling_scheduler(config: Any = None, *, kind: str = "ddim"):
     """A sampling scheduler sharing a training scheduler's noise schedule.
 
     Args:
-        config: a scheduler config (``scheduler.config``); defaults to the digits one.
+        config: a scheduler config (``scheduler.config``, a mapping); defaults to the digits one.
         kind: ``"ddim"`` or ``"ddpm"``.
 
     Returns:
         A ``DDIMScheduler`` or ``DDPMScheduler`` with ``clip_sample=False``.
+
+    Raises:
+        InputDataError: on another ``kind``, or a ``config`` that is not a mapping.
     """
     from diffusers import DDIMScheduler, DDPMScheduler
 
     classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
-    if kind not in classes:
+    if not isinstance(kind, str) or kind not in classes:
         raise InputDataError("kind", "'ddim' or 'ddpm'", kind)
+    if config is not None and not isinstance(config, Mapping):  # a str would be fetched as a Hub repository
+        raise InputDataError("config", "None or a scheduler config (a mapping)", type(config).__name__)
     config = DIGITS_SCHEDULER_CONFIG if config is None else config
     return classes[kind].from_config(config, clip_sample=False)
 
@@ -99,19 +125,25 @@ def load_base_model(
         path: a folder with ``unet/`` and ``scheduler/``; defaults to the committed one.
         scheduler: sampling scheduler, ``"ddim"`` or ``"ddpm"``.
         device: where the UNet runs.
-        dtype: the UNet's dtype (float32; bfloat16/float16 on CUDA at the caller's choice).
+        dtype: the UNet's dtype, a floating-point torch.dtype (float32; bfloat16/float16
+            on CUDA at the caller's choice).
 
     Returns:
         A :class:`PixelDiffusion` in eval mode with frozen weights.
 
     Raises:
-        InputDataError: when ``path`` is not a folder holding ``unet/config.json``.
+        InputDataError: when ``path`` is not a folder holding ``unet/config.json``, or
+            on an unknown ``scheduler``, a device this machine does not have, or a
+            ``dtype`` that is not a floating-point torch.dtype.
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
+    device = check_device("device", device)
+    if dtype is not None:  # None: diffusers' default, float32
+        dtype = check_float_dtype("dtype", dtype)
     if scheduler not in ("ddim", "ddpm"):
         raise InputDataError("scheduler", "'ddim' or 'ddpm'", scheduler)
-    root = DEFAULT_CHECKPOINT if path is None else Path(path)
+    root = DEFAULT_CHECKPOINT if path is None else check_path("path", path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a checkpoint folder holding `unet/config.json`", str(root))
     unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype,

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.diffusion.features import FeatureMap
-from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
+from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale, check_window
 from papa_bayes.diffusion.models import DiffusionModel
-from papa_bayes.diffusion.objectives import REGION_METHODS, PosteriorObjective
+from papa_bayes.diffusion.objectives import OBJECTIVES, REGION_METHODS, PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
-from papa_bayes.diffusion.scale import select_guidance_scale, select_recommendation_scale
+from papa_bayes.diffusion.scale import _checked_scales, select_guidance_scale, select_recommendation_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
 
@@ -48,18 +48,20 @@ class DiffusionCandidates:
         guard: the manifold guard (reference: the base model's training data).
         kind: guidance objective (``"region"``, ``"mean"``, ``"ucb"``, ``"thompson"``).
         scale: a normalized guidance scale, or ``"auto"`` for the package's rule,
-            re-run every ``rescale_every`` rounds.
-        scales / min_relative_precision / radius_scale: the rule's grid and its
-            precision floor (relative to unguided pools, with the guard's radii scaled).
+            re-run every ``rescale_every`` pools (0: chosen once).
+        scales / min_relative_precision / radius_scale: the rule's grid (> 0) and its
+            precision floor (relative to unguided pools, in (0, 1]; the guard's radii
+            scaled by ``radius_scale`` > 0).
         quantile: the preferred region is the top ``1 - quantile`` of base samples
-            under each posterior draw.
+            under each posterior draw; in (0, 1).
+        window: `(start, stop)` of the trajectory where guidance acts, 0 <= start < stop <= 1.
         filter_quantile: the region of the recommendation filter (None: ``quantile``).
             With a threshold filter (``min_probability`` set) a narrower core (0.7)
             traded less diversity for purity than a stricter threshold; the default
             ranking needs no core.
         pool_steps / recommend_steps: denoising steps of pools and of recommendations.
         oversample / min_probability: of the recommendation filter: a pool
-            ``oversample`` times larger is drawn; ``min_probability=None`` (default)
+            ``oversample`` (>= 1) times larger is drawn; ``min_probability=None`` (default)
             keeps its best ``1 / oversample`` by region probability, a number keeps a
             uniform choice among samples at least that probable (then the best of the
             rest). On development seeds 100-102 of the digits task (20 labels, 32
@@ -69,14 +71,17 @@ class DiffusionCandidates:
         recommend_scale: ``"auto"`` (the mildest scale, no larger than the pools',
             at which the posterior expects ``recommend_target`` of the kept samples
             in the region), ``"pool"`` (the pools' scale) or a number.
-        recommend_target: the expected region share of the ``"auto"`` rule.
+        recommend_target: the expected region share of the ``"auto"`` rule, in (0, 1).
         recommend_rule_pool: (samples, denoising steps) of each of the rule's cheap
             pools (it bisects the grid: about 3 pools); None: (128, ``pool_steps``).
         region_method: how the ranking's probability is computed
             (:meth:`~papa_bayes.diffusion.objectives.PosteriorObjective.region_probability`):
             ``"gaussian"`` keeps ranking samples that every draw puts in the region.
         num_base: base samples kept for calibration of the region threshold.
-        seed: seeds the base samples.
+        seed: seeds the base samples (an integer >= 0).
+
+    Raises:
+        InputDataError: on any bad option, before the base samples are drawn.
 
     After :meth:`finetune` (a session calls it every ``finetune_every`` rounds when
     asked), recommendations come from the fine-tuned model *without* guidance (the
@@ -116,33 +121,40 @@ class DiffusionCandidates:
             scale = check_guidance_scale(scale)
         if recommend_scale not in ("auto", "pool"):
             recommend_scale = check_guidance_scale(recommend_scale, "recommend_scale")
-        if not 0.0 < float(recommend_target) < 1.0:
-            raise InputDataError("recommend_target", "a number in (0, 1)", recommend_target)
+        if kind not in OBJECTIVES:
+            raise InputDataError("kind", f"one of {OBJECTIVES}", kind)
         if region_method not in REGION_METHODS:
             raise InputDataError("region_method", f"one of {REGION_METHODS}", region_method)
-        if min_probability is not None and not 0.0 <= float(min_probability) <= 1.0:
-            raise InputDataError("min_probability", "None or a probability in [0, 1]", min_probability)
         self.model, self.feature_map, self.guard = model, feature_map, guard
         self.num_features = int(feature_map.num_features)
-        self.kind, self.scale, self.scales = kind, scale, tuple(scales)
-        self.rescale_every, self.quantile, self.window = int(rescale_every), float(quantile), tuple(window)
-        self.pool_steps, self.recommend_steps = int(pool_steps), int(recommend_steps)
-        self.oversample = float(oversample)
-        self.min_probability = None if min_probability is None else float(min_probability)
-        self.recommend_scale, self.recommend_target = recommend_scale, float(recommend_target)
+        self.kind, self.scale, self.scales = kind, scale, tuple(_checked_scales(scales))
+        self.rescale_every = check_int("rescale_every", rescale_every, minimum=0)
+        self.quantile = check_float("quantile", quantile, strict=True, maximum=1.0)
+        self.window = check_window(window)
+        self.pool_steps = check_int("pool_steps", pool_steps)
+        self.recommend_steps = check_int("recommend_steps", recommend_steps)
+        self.oversample = check_float("oversample", oversample, minimum=1.0)
+        self.min_probability = None if min_probability is None else check_float(
+            "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
+        self.recommend_scale = recommend_scale
+        self.recommend_target = check_float("recommend_target", recommend_target, strict=True, maximum=1.0)
         if recommend_rule_pool is None:
-            recommend_rule_pool = (128, int(pool_steps))
-        if len(recommend_rule_pool) != 2 or min(int(v) for v in recommend_rule_pool) < 1:
+            recommend_rule_pool = (128, self.pool_steps)
+        if not isinstance(recommend_rule_pool, (tuple, list)) or len(recommend_rule_pool) != 2:
             raise InputDataError("recommend_rule_pool", "(samples >= 1, steps >= 1)", recommend_rule_pool)
-        self.recommend_rule_pool = (int(recommend_rule_pool[0]), int(recommend_rule_pool[1]))
+        self.recommend_rule_pool = (check_int("recommend_rule_pool[0] (samples)", recommend_rule_pool[0]),
+                                    check_int("recommend_rule_pool[1] (steps)", recommend_rule_pool[1]))
         self.region_method = region_method
         self.filter_quantile = None if filter_quantile is None else check_float(
             "filter_quantile", filter_quantile, strict=True, maximum=1.0)
+        self.min_relative_precision = check_float("min_relative_precision", min_relative_precision, strict=True,
+                                                  maximum=1.0, inclusive_maximum=True)
+        self.radius_scale = check_float("radius_scale", radius_scale, strict=True)
+        num_base = check_int("num_base", num_base)
+        self.seed = check_int("seed", seed, minimum=0)
         self.progress = progress
-        self.min_relative_precision, self.radius_scale = float(min_relative_precision), float(radius_scale)
-        self.seed = seed
-        gen = torch.Generator().manual_seed(seed)
-        self.base_images = sample(model, num_base, num_inference_steps=pool_steps, generator=gen, progress=progress).images
+        gen = torch.Generator().manual_seed(self.seed)
+        self.base_images = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen, progress=progress).images
         self._calls = 0
         self._chosen_scale: float | None = None
         self.last_scale_selection = None

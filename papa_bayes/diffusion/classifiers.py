@@ -31,9 +31,12 @@ DEFAULT_LIKED: tuple[int, ...] = (1, 4, 7, 9)
 
 
 def _check_images(images: Tensor, name: str = "images") -> Tensor:
+    """``images`` unless not a finite real tensor `n x 1 x 8 x 8`: then InputDataError."""
     if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise InputDataError(name, "a tensor of shape `n x 1 x 8 x 8`", shape)
+    if images.is_complex() or not bool(torch.isfinite(images).all()):  # a NaN digit would read as disliked
+        raise InputDataError(name, "finite real pixels", "NaN, inf or complex values")
     return images
 
 
@@ -101,11 +104,11 @@ class DigitsPerson:
         self.classifier = load_user_classifier()
 
     def class_log_probs(self, images: Tensor) -> Tensor:
-        """`n x 10` log class probabilities of `n x 1 x 8 x 8` images, differentiable."""
+        """`n x 10` log class probabilities of finite `n x 1 x 8 x 8` images, differentiable."""
         images = _check_images(images)
         layer = self.classifier.to(images.device)
         logits = torch.nn.functional.linear(
-            images.reshape(images.shape[0], -1).float(), layer.weight, layer.bias
+            images.reshape(images.shape[0], 64).float(), layer.weight, layer.bias  # 64, not -1: n may be 0
         )
         return torch.log_softmax(logits, dim=-1)
 
@@ -127,7 +130,15 @@ class DigitsPerson:
         return self.likes(images).long() * 2 - 1
 
     def prefers(self, first: Tensor, second: Tensor) -> Tensor:
-        """`n` bool: True where ``first[i]`` is preferred to ``second[i]`` (higher utility)."""
+        """`n` bool: True where ``first[i]`` is preferred to ``second[i]`` (higher utility).
+
+        Raises:
+            InputDataError: unless both are `n x 1 x 8 x 8` with the same `n`.
+        """
+        _check_images(first, "first")
+        _check_images(second, "second")
+        if first.shape[0] != second.shape[0]:
+            raise InputDataError("second", f"{first.shape[0]} images, one per image of `first`", second.shape[0])
         with torch.no_grad():
             return self.utility(first) > self.utility(second)
 
@@ -154,8 +165,10 @@ class DigitsJudge:
             self.svc.fit(split.images.reshape(len(split), -1).numpy(), split.labels.numpy())
 
     def predict_proba(self, images: Tensor) -> np.ndarray:
-        """`n x 10` class probabilities of `n x 1 x 8 x 8` images (clipped to `[-1, 1]`)."""
+        """`n x 10` class probabilities of finite `n x 1 x 8 x 8` images (clipped to `[-1, 1]`)."""
         images = _check_images(images)
+        if images.shape[0] == 0:
+            return np.zeros((0, 10))
         x = images.detach().to("cpu", torch.float64).clamp(-1, 1).reshape(images.shape[0], -1).numpy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

@@ -61,17 +61,23 @@ def digits_to_pixels(raw: np.ndarray | Tensor) -> Tensor:
     """Scale scikit-learn digit intensities `0..16` to pixels in `[-1, 1]`.
 
     Args:
-        raw: `n x 64` or `n x 8 x 8` intensities.
+        raw: `n x 64` or `n x 8 x 8` intensities, real numbers in `[0, 16]`.
 
     Returns:
         `n x 1 x 8 x 8` float32 pixels.
 
     Raises:
-        InputDataError: on any other shape.
+        InputDataError: on any other shape, or values that are not numbers in `[0, 16]`.
     """
-    t = torch.as_tensor(np.asarray(raw), dtype=torch.float32)
+    array = np.asarray(raw.detach().cpu() if isinstance(raw, Tensor) else raw)
+    if array.dtype.kind not in "iuf":  # no text, objects, bools or complex numbers
+        raise InputDataError("raw", "real intensities in [0, 16]", f"dtype {array.dtype}")
+    t = torch.as_tensor(array, dtype=torch.float32)
     if tuple(t.shape[1:]) not in ((64,), (8, 8)):
         raise InputDataError("raw", "an array of shape `n x 64` or `n x 8 x 8`", tuple(t.shape))
+    inside = (t >= 0) & (t <= 16)  # False for NaN
+    if not bool(inside.all()):
+        raise InputDataError("raw", "intensities in [0, 16]", t[~inside][0].item())
     return (t.reshape(-1, 1, 8, 8) / 8.0 - 1.0).contiguous()
 
 

@@ -16,12 +16,14 @@ the model checkpoint.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int, check_path
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -44,9 +46,7 @@ class FeatureMap(torch.nn.Module):
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
-        if int(num_features) < 1:
-            raise InputDataError("num_features", "a positive integer", num_features)
-        self.num_features = int(num_features)
+        self.num_features = check_int("num_features", num_features)
 
     def config(self) -> dict[str, Any]:
         """JSON-able settings that, with the saved tensors, rebuild the map."""
@@ -57,6 +57,16 @@ class FeatureMap(torch.nn.Module):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise InputDataError("features", f"shape `n x d` = ({n}, {self.num_features})", shape)
         return out
+
+
+def _check_fit_samples(name: str, samples: Any) -> Tensor:
+    """``samples`` unless not a finite real tensor of at least 2 samples `n x ...`: then InputDataError."""
+    if not isinstance(samples, Tensor) or samples.ndim < 1 or samples.shape[0] < 2 or samples[0].numel() == 0:
+        found = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+        raise InputDataError(name, "a tensor of at least 2 samples `n x ...`", found)
+    if samples.is_complex() or not bool(torch.isfinite(samples).all()):
+        raise InputDataError(name, "finite real values", "NaN, inf or complex values")
+    return samples
 
 
 def _pca(x: Tensor, num_features: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,30 +90,52 @@ class PCAFeatures(FeatureMap):
     Args:
         mean: `D` mean of the fitting samples.
         components: `d x D` orthonormal principal directions.
-        std: `d` standard deviations along them (ones when not whitened).
+        std: `d` standard deviations along them, finite and > 0 (ones when not whitened).
 
     Use :meth:`fit` to build one from samples (e.g. 1024 base-model samples).
+
+    Raises:
+        InputDataError: on tensors of mismatched shapes or with non-finite values, or
+            a ``std`` that is not > 0.
     """
 
     kind = "pca"
 
     def __init__(self, mean: Tensor, components: Tensor, std: Tensor) -> None:
-        super().__init__(components.shape[0])
+        for name, value in (("mean", mean), ("components", components), ("std", std)):
+            if not isinstance(value, Tensor):
+                raise InputDataError(name, "a tensor", type(value).__name__)
+            if value.is_complex() or not bool(torch.isfinite(value).all()):
+                raise InputDataError(name, "finite real values", "NaN, inf or complex values")
         if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
             raise InputDataError("components", "shape `d x D` with mean of shape `D`",
                                  (tuple(components.shape), tuple(mean.shape)))
+        if tuple(std.shape) != (components.shape[0],) or not bool((std > 0).all()):
+            raise InputDataError("std", f"`d` = {components.shape[0]} values > 0 (one per component)",
+                                 tuple(std.shape) if tuple(std.shape) != (components.shape[0],) else "values <= 0")
+        super().__init__(components.shape[0])
         self.register_buffer("mean", mean.to(torch.float32))
         self.register_buffer("components", components.to(torch.float32))
         self.register_buffer("std", std.to(torch.float32))
 
     @classmethod
     def fit(cls, samples: Tensor, *, num_features: int = 8, whiten: bool = True) -> PCAFeatures:
-        """Fit on `n x ...` samples (decoded images)."""
+        """Fit on `n x ...` samples (decoded images; finite, n >= 2).
+
+        Raises:
+            InputDataError: on fewer than 2 samples or non-finite ones, or unless
+                ``num_features`` is an integer in `[1, min(n, D)]`.
+        """
+        num_features = check_int("num_features", num_features)
+        samples = _check_fit_samples("samples", samples)
         mean, comps, std = _pca(samples.detach().reshape(samples.shape[0], -1), num_features)
         return cls(mean, comps, std if whiten else torch.ones_like(std))
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(x.shape[0], -1)
+        if not isinstance(x, Tensor) or x.ndim < 1:
+            raise InputDataError("images", "a tensor of samples `n x ...`",
+                                 tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__)
+        flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch stays `0 x D`
         if flat.shape[1] != self.mean.shape[0]:
             raise InputDataError("images", f"{self.mean.shape[0]} values per sample", flat.shape[1])
         dt = flat.dtype
@@ -144,14 +176,28 @@ class MidBlockFeatures(FeatureMap):
 
     def __init__(self, model: DiffusionModel, *, timestep: int = 100, num_features: int | None = None,
                  whiten: bool = True) -> None:
-        channels = int(model.unet.mid_block.resnets[-1].out_channels)
-        if num_features is not None and (isinstance(num_features, bool) or not isinstance(num_features, int)
-                                         or not 1 <= num_features <= channels):
-            raise InputDataError("num_features", f"None or an integer in [1, {channels}] (the mid-block's channels)",
-                                 num_features)
+        if not isinstance(model, DiffusionModel):
+            raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+        mid_block = getattr(model.unet, "mid_block", None)
+        if mid_block is None:
+            raise ModelError("MidBlockFeatures needs a denoiser with a mid_block (a diffusers UNet).")
+        channels = int(mid_block.resnets[-1].out_channels)
+        expected = f"None or an integer in [1, {channels}] (the mid-block's channels)"
+        if num_features is not None:
+            try:
+                num_features = check_int("num_features", num_features)
+            except InputDataError:
+                raise InputDataError("num_features", expected, num_features) from None
+            if num_features > channels:
+                raise InputDataError("num_features", expected, num_features)
         num_train = int(model.scheduler.config.num_train_timesteps)
-        if isinstance(timestep, bool) or not isinstance(timestep, int) or not 0 <= timestep < num_train:
-            raise InputDataError("timestep", f"an integer in [0, {num_train}) (the training timesteps)", timestep)
+        expected = f"an integer in [0, {num_train}) (the training timesteps)"
+        try:
+            timestep = check_int("timestep", timestep, minimum=0)
+        except InputDataError:
+            raise InputDataError("timestep", expected, timestep) from None
+        if timestep >= num_train:
+            raise InputDataError("timestep", expected, timestep)
         super().__init__(channels if num_features is None else num_features)
         self.model = model
         self.timestep = int(timestep)
@@ -162,8 +208,17 @@ class MidBlockFeatures(FeatureMap):
         self.register_buffer("components", torch.eye(channels)[: self.num_features])
         self.fitted = False
 
+    def _check_samples(self, name: str, x: Any) -> Tensor:
+        """``x`` unless not `n x C x h x w` with the model's ``C`` channels: then InputDataError."""
+        channels = self.model.sample_shape[0]
+        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != channels:
+            found = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise InputDataError(name, f"a tensor of diffused samples `n x {channels} x h x w`", found)
+        return x
+
     def pooled(self, x: Tensor) -> Tensor:
-        """`n x C` spatially averaged mid-block activations (not standardized)."""
+        """`n x C` spatially averaged mid-block activations (not standardized) of `n x C x h x w` samples."""
+        x = self._check_samples("x", x)
         captured: list[Tensor] = []
 
         def hook(_module, _inputs, output):
@@ -184,7 +239,15 @@ class MidBlockFeatures(FeatureMap):
         return captured[0].mean(dim=(-2, -1))
 
     def fit(self, samples: Tensor, *, batch_size: int = 256) -> MidBlockFeatures:
-        """Fit the standardization (and projection) on `n x C x H x W` samples; returns self."""
+        """Fit the standardization (and projection) on `n x C x H x W` samples; returns self.
+
+        Raises:
+            InputDataError: on fewer than 2 samples (at least ``num_features`` when
+                projecting), non-finite ones, a wrong channel count, or a
+                ``batch_size`` that is not an integer >= 1.
+        """
+        batch_size = check_int("batch_size", batch_size)
+        samples = _check_fit_samples("samples", self._check_samples("samples", samples))
         with torch.no_grad():
             acts = torch.cat([self.pooled(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)])
         acts = acts.to(torch.float64)
@@ -255,7 +318,8 @@ class ConcatFeatures(FeatureMap):
         decode: diffused samples -> images, for image-space parts of a map that reads samples.
 
     Raises:
-        InputDataError: on an empty ``parts`` or a part that is not a :class:`FeatureMap`.
+        InputDataError: on an empty ``parts`` or a part that is not a :class:`FeatureMap`,
+            or a ``decode`` that is not callable.
 
     Example:
         >>> phi = ConcatFeatures([load_feature_map(), load_feature_map(mid_dir, model=model)])
@@ -266,9 +330,13 @@ class ConcatFeatures(FeatureMap):
 
     def __init__(self, parts: list[FeatureMap] | tuple[FeatureMap, ...], *,
                  decode: Callable[[Tensor], Tensor] | None = None) -> None:
+        if not isinstance(parts, (list, tuple)):
+            raise InputDataError("parts", "a non-empty list of FeatureMap", type(parts).__name__)
         parts = list(parts)
         if not parts or not all(isinstance(m, FeatureMap) for m in parts):
             raise InputDataError("parts", "a non-empty list of FeatureMap", [type(m).__name__ for m in parts])
+        if decode is not None and not callable(decode):
+            raise InputDataError("decode", "None or a callable of diffused samples", type(decode).__name__)
         super().__init__(sum(m.num_features for m in parts))
         self.parts = torch.nn.ModuleList(parts)
         reads_samples = any(m.input_space == "sample" for m in parts)
@@ -303,7 +371,7 @@ def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
         raise InputDataError("feature_map", "a FeatureMap", type(feature_map).__name__)
     if isinstance(feature_map, ConcatFeatures):
         raise InputDataError("feature_map", "a single map (save each part of a ConcatFeatures on its own)", "ConcatFeatures")
-    out = Path(directory)
+    out = check_path("directory", directory)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(feature_map, CallableFeatures):
         module = feature_map.fn if isinstance(feature_map.fn, torch.nn.Module) else None
@@ -332,7 +400,8 @@ def load_feature_map(
             when it is a module and weights were saved).
 
     Raises:
-        InputDataError: when the folder holds no feature map, or ``model``/``fn`` is missing.
+        InputDataError: when the folder holds no feature map (or an unreadable one),
+            or ``model``/``fn`` is missing.
     """
     from safetensors.torch import load_file
 
@@ -340,14 +409,24 @@ def load_feature_map(
         from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT
 
         directory = DEFAULT_CHECKPOINT / "pca_features"
-    root = Path(directory)
+    root = check_path("directory", directory)
     if not (root / "feature_map.json").is_file():
         raise InputDataError("directory", "a folder holding `feature_map.json`", str(root))
-    config = json.loads((root / "feature_map.json").read_text())
+    try:
+        config = json.loads((root / "feature_map.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise InputDataError("feature_map.json", "a JSON object saved by save_feature_map",
+                             str(root / "feature_map.json"))
     weights = root / "feature_map.safetensors"
     tensors = load_file(str(weights)) if weights.is_file() else {}
     kind = config.get("kind")
     if kind == "pca":
+        missing = sorted({"mean", "components", "std"} - set(tensors))
+        if missing:
+            raise InputDataError("directory", "a PCA map's `feature_map.safetensors` with mean, components and std",
+                                 f"{str(root)} without {missing}")
         return PCAFeatures(tensors["mean"], tensors["components"], tensors["std"])
     if kind == "midblock":
         if model is None:

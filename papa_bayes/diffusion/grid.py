@@ -9,23 +9,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, check_path
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["image_grid", "save_image_grid"]
+
+
+def _image_formats() -> set[str]:
+    """File extensions ``matplotlib.image.imsave`` writes: its vector formats and Pillow's writers."""
+    import PIL.Image
+
+    PIL.Image.init()
+    return {"pdf", "ps", "eps", "svg", "jpg"} | {name.lower() for name in PIL.Image.SAVE}
 
 
 def image_grid(images: Tensor, *, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile `n x c x h x w` images in `[-1, 1]` into one `H x W` (c=1) or `H x W x c` array in `[0, 1]`.
 
     Args:
-        images: the images (clipped to `[-1, 1]`).
+        images: the images, finite and real (clipped to `[-1, 1]`); `n, c, h, w >= 1`.
         ncol: images per row (>= 1); about a square when None.
         pad: pixels between images (>= 0; drawn at 1, white).
     """
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0:
+    if not isinstance(images, Tensor) or images.ndim != 4 or 0 in images.shape:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise InputDataError("images", "a non-empty tensor of shape `n x c x h x w`", shape)
+    if images.is_complex() or not bool(torch.isfinite(images).all()):
+        raise InputDataError("images", "finite real pixels", "NaN, inf or complex values")
     if ncol is not None:
         check_int("ncol", ncol)
     pad = check_int("pad", pad, minimum=0)
@@ -45,13 +55,23 @@ def save_image_grid(images: Tensor, path: str | Path, *, ncol: int | None = None
     """Save a grid of images as a PNG (digits drawn dark on light, upscaled); returns the path.
 
     ``ncol`` is :func:`image_grid`'s; ``upscale`` (>= 1) is the side in PNG pixels of one image pixel.
+    The images have 1 (gray), 3 (RGB) or 4 (RGBA) channels; ``path`` ends in an
+    image format matplotlib writes (``.png``; ``.jpg``, ``.pdf``, ``.svg``, ...).
+
+    Raises:
+        InputDataError: on bad images (see :func:`image_grid`) or channel count, a
+            bad ``upscale``, or a ``path`` without a known image extension.
     """
     import matplotlib.image
 
     upscale = check_int("upscale", upscale)
+    out = check_path("path", path)
+    if out.suffix.lower().lstrip(".") not in _image_formats():
+        raise InputDataError("path", "a file name ending in an image format (e.g. .png)", str(out))
+    if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] not in (1, 3, 4):
+        raise InputDataError("images", "1 (gray), 3 (RGB) or 4 (RGBA) channels", images.shape[1])
     grid = image_grid(images, ncol=ncol)
     grid = np.kron(grid, np.ones((upscale, upscale) + (() if grid.ndim == 2 else (1,)), dtype=np.float32))
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if grid.ndim == 2:
         matplotlib.image.imsave(out, 1 - grid, cmap="gray", vmin=0, vmax=1)

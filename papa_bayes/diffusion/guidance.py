@@ -29,11 +29,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_float
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import split_model_output
 from papa_bayes.exceptions import InputDataError, ModelError
 
-__all__ = ["Guidance", "SCHEDULES", "check_guidance_scale"]
+__all__ = ["Guidance", "SCHEDULES", "check_guidance_scale", "check_window"]
 
 #: Schedules ``m(p)`` over the progress ``p`` in `[0, 1)` of the guided window.
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -44,14 +45,28 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
 
 
 def check_guidance_scale(scale: Any, name: str = "scale") -> float:
-    """Return ``scale`` as a float, or raise InputDataError unless finite and >= 0."""
+    """Return ``scale`` as a float, or raise InputDataError unless a finite number >= 0 (no str or bool)."""
+    return check_float(name, scale)
+
+
+def _number_pair(name: str, value: Any, expected: str) -> tuple[float, float]:
+    """``value`` as two floats, or InputDataError unless a pair of real numbers (no str or bool)."""
     try:
-        value = float(scale)
+        first, second = value
+        if any(isinstance(v, (bool, str, bytes)) for v in (first, second)):
+            raise TypeError
+        return float(first), float(second)
     except (TypeError, ValueError):
-        raise InputDataError(name, "a finite number >= 0", scale) from None
-    if not math.isfinite(value) or value < 0:
-        raise InputDataError(name, "a finite number >= 0", scale)
-    return value
+        raise InputDataError(name, expected, value) from None
+
+
+def check_window(window: Any) -> tuple[float, float]:
+    """``window`` as two floats, or InputDataError unless `(start, stop)` with 0 <= start < stop <= 1."""
+    expected = "`(start, stop)` with 0 <= start < stop <= 1"
+    start, stop = _number_pair("window", window, expected)
+    if not (0.0 <= start < stop <= 1.0):
+        raise InputDataError("window", expected, window)
+    return start, stop
 
 
 class Guidance:
@@ -72,9 +87,17 @@ class Guidance:
             pixels: on the digits with the true reward, scale 1 over the whole
             trajectory gave 98% liked at manifold precision 0.49, over its first half
             91% at 0.93 (and scale 3, 99% at 0.91).
-        schedule: name in :data:`SCHEDULES` or a callable of the progress in `[0, 1)`.
+        schedule: name in :data:`SCHEDULES` or a callable of the progress in `[0, 1)`
+            returning a finite multiplier >= 0.
         clamp: `(low, high)` data range the shift may not push values out of
             (None for latents or unbounded data).
+
+    Raises:
+        InputDataError: on an objective that is not callable, an unknown ``mode`` or
+            ``schedule``, a ``window`` or ``clamp`` that is not a pair of numbers in
+            order, a bad ``scale``; at sampling time, on objective values of the
+            wrong shape or without a gradient, push weights outside `[0, 1]`, or a
+            schedule value that is not a finite number >= 0.
 
     Example:
         >>> guidance = Guidance(posterior_objective, scale=0.3, mode="x0", window=(0.0, 0.8))
@@ -95,20 +118,20 @@ class Guidance:
             raise InputDataError("objective", "a callable of images", type(objective).__name__)
         if mode not in ("x0", "dps"):
             raise InputDataError("mode", "'x0' or 'dps'", mode)
-        start, stop = (float(v) for v in window)
-        if not (0.0 <= start < stop <= 1.0):
-            raise InputDataError("window", "`(start, stop)` with 0 <= start < stop <= 1", window)
+        start, stop = check_window(window)
         if isinstance(schedule, str):
             if schedule not in SCHEDULES:
                 raise InputDataError("schedule", f"one of {sorted(SCHEDULES)} or a callable", schedule)
             schedule = SCHEDULES[schedule]
+        elif not callable(schedule):
+            raise InputDataError("schedule", f"one of {sorted(SCHEDULES)} or a callable", schedule)
         self.objective = objective
         self.scale = check_guidance_scale(scale)
         self.mode = mode
         self.window = (start, stop)
         self.schedule = schedule
         if clamp is not None:
-            low, high = (float(v) for v in clamp)
+            low, high = _number_pair("clamp", clamp, "`(low, high)` with low < high, or None")
             if not low < high:
                 raise InputDataError("clamp", "`(low, high)` with low < high, or None", clamp)
             clamp = (low, high)
@@ -139,7 +162,12 @@ class Guidance:
 
     def multiplier(self, step: int, num_steps: int) -> float:
         start, stop = self.window
-        return float(self.schedule((step / num_steps - start) / (stop - start)))
+        value = self.schedule((step / num_steps - start) / (stop - start))
+        try:
+            return check_float("schedule", value)
+        except InputDataError:
+            raise InputDataError("schedule", "a callable of the progress returning finite numbers >= 0",
+                                 repr(value) if isinstance(value, str) else value) from None
 
     def guide(
         self, model: DiffusionModel, x_t: Tensor, t: Tensor, alpha_bar: Tensor, *, step: int, num_steps: int
@@ -157,12 +185,17 @@ class Guidance:
                 x0, eps = split_model_output(model.model_output(wrt, t), wrt, alpha_bar, ptype)
                 values = self.objective(self._input(model, x0))
             self._check_values(values, x_t.shape[0])
+            if not values.requires_grad:
+                raise InputDataError("objective", "values differentiable in the images (with a gradient)",
+                                     "values that carry no gradient")
             (grad,) = torch.autograd.grad(values.sum(), wrt)
         if not bool(torch.isfinite(grad).all()):
             raise ModelError("The guidance objective's gradient is NaN or infinite; check the reward and features.")
         x0, values = x0.detach(), values.detach()
         weight = getattr(self.objective, "push_weight", None)
         w = weight(values) if weight is not None else torch.ones_like(values)
+        if weight is not None:
+            self._check_push_weight(w, values.shape[0])
         flat = grad.flatten(1).float()
         norm = flat.norm(dim=1).clamp_min(1e-12)
         size = math.sqrt(flat.shape[1])
@@ -185,6 +218,14 @@ class Guidance:
         """`n` objective values of final clean samples (no gradient)."""
         with torch.no_grad():
             return self.objective(self._input(model, samples)).detach()
+
+    @staticmethod
+    def _check_push_weight(w: Tensor, n: int) -> None:
+        expected = f"push_weight giving `n` = ({n},) weights in [0, 1]"
+        if not isinstance(w, Tensor) or tuple(w.shape) != (n,):
+            raise InputDataError("objective", expected, tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__)
+        if not bool(((w >= 0) & (w <= 1)).all()):  # False for NaN
+            raise InputDataError("objective", expected, "weights outside [0, 1] or NaN")
 
     @staticmethod
     def _check_values(values: Tensor, n: int) -> None:

@@ -35,10 +35,12 @@ __all__ = [
 
 
 def _check_points(name: str, x: Tensor) -> Tensor:
-    """``x`` unless not a tensor of non-empty points `n x ...` (n >= 1): then InputDataError."""
+    """``x`` unless not a finite real tensor of non-empty points `n x ...` (n >= 1): then InputDataError."""
     if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] == 0 or x[0].numel() == 0:
         found = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise InputDataError(name, "a non-empty tensor of shape `n x ...`", found)
+    if x.is_complex() or not bool(torch.isfinite(x).all()):  # a NaN point is in no ball and has no ball
+        raise InputDataError(name, "finite real values", "NaN, inf or complex values")
     return x
 
 
@@ -59,7 +61,7 @@ def knn_radii(reference: Tensor, *, k: int = 3) -> Tensor:
     """Distance of each reference point to its k-th nearest other reference point.
 
     Args:
-        reference: `m x ...` points (flattened to `m x D`), m > k.
+        reference: `m x ...` finite points (flattened to `m x D`), m > k.
         k: the neighbour rank (an integer >= 1).
 
     Returns:
@@ -77,10 +79,10 @@ def manifold_membership(samples: Tensor, reference: Tensor, *, k: int = 3, radii
     """`n` bool: which samples lie inside the union of the reference's k-NN balls.
 
     Args:
-        samples: `n x ...` points (n >= 1).
-        reference: `m x ...` points with as many values per point.
+        samples: `n x ...` finite points (n >= 1).
+        reference: `m x ...` finite points with as many values per point.
         k: the neighbour rank of the balls (an integer >= 1).
-        radii: precomputed `m` radii of ``reference`` (from :func:`knn_radii`).
+        radii: precomputed `m` radii of ``reference`` (from :func:`knn_radii`), finite and >= 0.
     """
     _check_pair(samples, reference)
     x, ref = _flat(samples), _flat(reference)
@@ -89,6 +91,8 @@ def manifold_membership(samples: Tensor, reference: Tensor, *, k: int = 3, radii
     elif not isinstance(radii, Tensor) or tuple(radii.shape) != (ref.shape[0],):
         found = tuple(radii.shape) if isinstance(radii, Tensor) else type(radii).__name__
         raise InputDataError("radii", f"a tensor of shape `m` = ({ref.shape[0]},)", found)
+    elif not bool(((radii >= 0) & torch.isfinite(radii)).all()):
+        raise InputDataError("radii", "finite radii >= 0", "negative, NaN or inf radii")
     return (torch.cdist(x, ref) <= radii.to("cpu", torch.float64).unsqueeze(0)).any(dim=1)
 
 
@@ -107,14 +111,17 @@ def manifold_recall(samples: Tensor, reference: Tensor, *, k: int = 3) -> float:
 
 
 def class_entropy(classes: Tensor | np.ndarray, *, num_classes: int = 10) -> float:
-    """Entropy in bits of the empirical distribution of integer ``classes`` (0 if empty).
+    """Entropy in bits of the empirical distribution of `n` integer ``classes`` (0 if empty).
 
     Raises:
-        InputDataError: unless every class is an integer in ``0..num_classes-1``.
+        InputDataError: unless ``classes`` is 1-D (one class per sample, not one-hot
+            rows) and every class is an integer in ``0..num_classes-1``.
     """
     num_classes = check_int("num_classes", num_classes)
-    values = np.asarray(classes).reshape(-1)
+    values = np.asarray(classes)
     expected = f"integer classes in 0..{num_classes - 1}"
+    if values.ndim != 1:
+        raise InputDataError("classes", f"shape `n` ({expected})", values.shape)
     if values.dtype.kind not in "iuf":
         raise InputDataError("classes", expected, f"dtype {values.dtype}")
     bad = (values != np.round(values)) | (values < 0) | (values >= num_classes)  # no float truncated

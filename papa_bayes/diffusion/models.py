@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_device, check_float, check_float_dtype, check_int
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["DiffusionModel", "PixelDiffusion", "LatentDiffusion"]
@@ -34,6 +35,8 @@ class DiffusionModel:
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:
+        if not isinstance(unet, torch.nn.Module):
+            raise InputDataError("unet", "a torch.nn.Module denoiser (a diffusers UNet)", type(unet).__name__)
         if not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "config"):
             raise ModelError(
                 f"{type(scheduler).__name__} has no `alphas_cumprod`; use a DDIMScheduler or DDPMScheduler."
@@ -87,7 +90,16 @@ class DiffusionModel:
         return self
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
-        """Move the networks; returns ``self``."""
+        """Move the networks (None keeps the device / dtype); returns ``self``.
+
+        Raises:
+            InputDataError: on a device this machine does not have, or a ``dtype``
+                that is not a floating-point torch.dtype.
+        """
+        if device is not None:
+            device = check_device("device", device)
+        if dtype is not None:
+            dtype = check_float_dtype("dtype", dtype)
         self.unet.to(device=device, dtype=dtype)
         return self
 
@@ -117,13 +129,21 @@ class LatentDiffusion(DiffusionModel):
         unet: the latent denoiser.
         vae: the autoencoder; latents are decoded as ``vae.decode(z / scaling_factor)``.
         scheduler: DDIM or DDPM scheduler.
-        encoder_hidden_states: `1 x L x D` or `n x L x D` conditioning (e.g. text
-            embeddings; `n` rows: one per sample, when sampling `n`); zeros of
-            `1 x 1 x cross_attention_dim` when omitted.
+        encoder_hidden_states: `1 x L x D` or `n x L x D` finite float conditioning
+            (e.g. text embeddings; `n` rows: one per sample, when sampling `n`; `D`
+            the UNet's ``cross_attention_dim``); zeros of `1 x 1 x cross_attention_dim`
+            when omitted.
         negative_encoder_hidden_states: unconditional embeddings for classifier-free
-            guidance (`1` or `n` rows, as above); required when ``cfg_scale != 1``.
-        cfg_scale: classifier-free guidance weight (1 disables it).
-        latent_size: `h x w` of the latents; defaults to ``unet.config.sample_size``.
+            guidance (`1` or `n` rows, the same `L x D` as above); required when
+            ``cfg_scale != 1``.
+        cfg_scale: classifier-free guidance weight, a finite number >= 0 (1 disables
+            it, 0 samples the unconditional model).
+        latent_size: `h x w` of the latents, an integer >= 1 or a pair of them;
+            defaults to ``unet.config.sample_size``.
+
+    Raises:
+        InputDataError: on conditioning of the wrong shape, dtype or not finite, a
+            bad ``cfg_scale`` or ``latent_size``, or a ``vae`` that is not a module.
     """
 
     def __init__(
@@ -138,21 +158,50 @@ class LatentDiffusion(DiffusionModel):
         latent_size: int | tuple[int, int] | None = None,
     ) -> None:
         super().__init__(unet, scheduler)
+        if not isinstance(vae, torch.nn.Module):
+            raise InputDataError("vae", "a torch.nn.Module autoencoder (an AutoencoderKL)", type(vae).__name__)
         self.vae = vae
+        cfg_scale = check_float("cfg_scale", cfg_scale)
         if cfg_scale != 1.0 and negative_encoder_hidden_states is None:
             raise InputDataError("negative_encoder_hidden_states", "a tensor when cfg_scale != 1", None)
+        dim = getattr(unet.config, "cross_attention_dim", None)
+        dim = int(dim) if isinstance(dim, int) else None  # a per-block tuple is not checked
         if encoder_hidden_states is None:
-            dim = int(unet.config.cross_attention_dim)
-            encoder_hidden_states = torch.zeros(1, 1, dim)
-        if encoder_hidden_states.ndim != 3:
-            raise InputDataError(
-                "encoder_hidden_states", "shape `1 x L x D` or `n x L x D`", tuple(encoder_hidden_states.shape)
-            )
+            encoder_hidden_states = torch.zeros(1, 1, int(unet.config.cross_attention_dim))
+        self._check_conditioning("encoder_hidden_states", encoder_hidden_states, dim)
+        if negative_encoder_hidden_states is not None:
+            self._check_conditioning("negative_encoder_hidden_states", negative_encoder_hidden_states, dim)
+            if negative_encoder_hidden_states.shape[1:] != encoder_hidden_states.shape[1:]:
+                raise InputDataError("negative_encoder_hidden_states",
+                                     f"`L x D` = {tuple(encoder_hidden_states.shape[1:])} like encoder_hidden_states",
+                                     tuple(negative_encoder_hidden_states.shape))
         self.encoder_hidden_states = encoder_hidden_states
         self.negative_encoder_hidden_states = negative_encoder_hidden_states
-        self.cfg_scale = float(cfg_scale)
+        self.cfg_scale = cfg_scale
         size = latent_size if latent_size is not None else unet.config.sample_size
-        self._latent_hw = (size, size) if isinstance(size, int) else tuple(size)
+        self._latent_hw = self._check_latent_size(size)
+
+    @staticmethod
+    def _check_latent_size(size: Any) -> tuple[int, int]:
+        expected = "an integer >= 1 or a pair `(h, w)` of them"
+        try:
+            if isinstance(size, (tuple, list)):
+                h, w = size
+                return check_int("latent_size", h), check_int("latent_size", w)
+            side = check_int("latent_size", size)
+            return side, side
+        except (InputDataError, ValueError):
+            raise InputDataError("latent_size", expected, repr(size) if isinstance(size, str) else size) from None
+
+    @staticmethod
+    def _check_conditioning(name: str, cond: Any, dim: int | None) -> None:
+        shape = "`1 x L x D` or `n x L x D`" + (f" with D = {dim} (cross_attention_dim)" if dim is not None else "")
+        if not isinstance(cond, Tensor) or cond.ndim != 3 or 0 in cond.shape or (
+                dim is not None and cond.shape[2] != dim):
+            raise InputDataError(name, f"a tensor of shape {shape}", tuple(cond.shape) if isinstance(cond, Tensor)
+                                 else type(cond).__name__)
+        if not cond.is_floating_point() or not bool(torch.isfinite(cond).all()):
+            raise InputDataError(name, "finite floating-point embeddings", str(cond.dtype))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -205,6 +254,10 @@ class LatentDiffusion(DiffusionModel):
         return self.vae.decode(x0 / self.scaling_factor).sample
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LatentDiffusion:
+        if device is not None:
+            device = check_device("device", device)  # before the denoiser moves: both or neither
+        if dtype is not None:
+            dtype = check_float_dtype("dtype", dtype)
         super().to(device=device, dtype=dtype)
         self.vae.to(device=device, dtype=dtype)
         return self

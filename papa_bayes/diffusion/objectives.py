@@ -22,12 +22,13 @@ posterior is used. Kinds:
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_device, check_float, check_generator, check_int
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -46,16 +47,17 @@ class PosteriorObjective:
             ``utility(features)`` returning `s x n`).
         feature_map: maps images (or diffused samples) `n x ...` to `n x d` features.
         kind: one of :data:`OBJECTIVES`.
-        kappa: optimism of ``"ucb"``.
+        kappa: optimism of ``"ucb"`` (a finite number >= 0).
         threshold: ``tau`` for ``"region"``: a float or `s` per-draw thresholds (for
             example a fitted like/dislike threshold). Otherwise call :meth:`calibrate`.
-        temperature: sigmoid width of ``"region"``, relative to each draw's spread of
-            utility under base samples (absolute when ``threshold`` is given and no
-            calibration ran).
+        temperature: sigmoid width of ``"region"`` (a finite number > 0), relative to
+            each draw's spread of utility under base samples (absolute when
+            ``threshold`` is given and no calibration ran).
 
     Raises:
         InputDataError: when the feature map's dimension differs from the posterior's,
-            or on an unknown ``kind`` / bad ``kappa``.
+            the posterior has no draws, or on an unknown ``kind`` / bad ``kappa``,
+            ``temperature`` or ``threshold``.
 
     Example:
         >>> objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base_images)
@@ -83,10 +85,11 @@ class PosteriorObjective:
             raise InputDataError(
                 "feature_map", f"num_features equal to the posterior's ({posterior.num_features})", d_phi
             )
-        if not (float(kappa) >= 0):
-            raise InputDataError("kappa", "a number >= 0", kappa)
-        if not (float(temperature) > 0):
-            raise InputDataError("temperature", "a number > 0", temperature)
+        num_draws = posterior.num_draws
+        if isinstance(num_draws, bool) or not isinstance(num_draws, numbers.Integral) or num_draws < 1:
+            raise InputDataError("posterior", "a RewardPosterior with num_draws >= 1", num_draws)
+        kappa = check_float("kappa", kappa)
+        temperature = check_float("temperature", temperature, strict=True)
         self.posterior = posterior
         self.feature_map = feature_map
         self.kind = kind
@@ -97,10 +100,17 @@ class PosteriorObjective:
         self.width: Tensor | None = None
         self.base_utility: Tensor | None = None  # `s x m`, kept by calibrate() for at_quantile()
         if threshold is not None:
-            tau = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+            expected = f"a finite float or `s` = {posterior.num_draws} values"
+            if isinstance(threshold, (bool, str, bytes)) or (isinstance(threshold, Tensor) and (
+                    threshold.dtype == torch.bool or threshold.is_complex())):
+                shown = repr(threshold) if isinstance(threshold, str) else threshold
+                raise InputDataError("threshold", expected, shown)
+            try:
+                tau = torch.as_tensor(threshold, dtype=torch.float64).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputDataError("threshold", expected, type(threshold).__name__) from None
             if tau.numel() not in (1, int(posterior.num_draws)) or not bool(torch.isfinite(tau).all()):
-                raise InputDataError("threshold", f"a finite float or `s` = {posterior.num_draws} values",
-                                     tuple(tau.shape))
+                raise InputDataError("threshold", expected, tuple(tau.shape))
             self.tau = tau
             self.width = torch.full_like(tau, self.temperature)
         self._draw_index: Tensor | None = None
@@ -117,20 +127,27 @@ class PosteriorObjective:
         """Set ``tau`` per draw to the ``quantile`` of utility under base samples.
 
         Args:
-            base: `m x ...` base-model samples, `m >= 2` (images, or diffused samples
-                when the feature map reads those).
+            base: `m x ...` finite base-model samples, `m >= 2` (images, or diffused
+                samples when the feature map reads those).
             quantile: in `(0, 1)`; the region is the top ``1 - quantile`` of base samples.
+            batch_size: samples the feature map reads at once (an integer >= 1).
 
         Returns:
             ``self``.
 
         Raises:
             InputDataError: on fewer than 2 base samples (the region's smoothing
-                width is their utilities' standard deviation).
+                width is their utilities' standard deviation), non-finite ones, or a
+                bad ``quantile`` / ``batch_size``.
         """
         check_float("quantile", quantile, strict=True, maximum=1.0)
+        batch_size = check_int("batch_size", batch_size)
+        if not isinstance(base, Tensor):
+            raise InputDataError("base", "a tensor of at least 2 base samples `m x ...`", type(base).__name__)
         if base.ndim < 1 or base.shape[0] < 2:
             raise InputDataError("base", "at least 2 base samples", tuple(base.shape))
+        if not bool(torch.isfinite(base).all()):
+            raise InputDataError("base", "finite base samples", "NaN or inf values")
         with torch.no_grad():
             u = torch.cat([self.utility(base[i:i + batch_size]) for i in range(0, base.shape[0], batch_size)], 1)
         self.base_utility = u.to(torch.float64)
@@ -179,13 +196,24 @@ class PosteriorObjective:
                 standard deviations, where it rounds to 1 in float64).
 
         Raises:
-            InputDataError: on an unknown ``method``, or unless exactly one of ``x``
-                and ``utility`` is given.
+            InputDataError: on an unknown ``method``, unless exactly one of ``x``
+                and ``utility`` is given, on an ``x`` that is not a tensor, or a
+                ``utility`` that is not a finite `s x n` tensor (`s` the posterior's draws).
         """
         if method not in REGION_METHODS:
             raise InputDataError("method", f"one of {REGION_METHODS}", method)
         if (x is None) == (utility is None):
             raise InputDataError("x / utility", "exactly one of them", "both" if x is not None else "neither")
+        if x is not None and not isinstance(x, Tensor):
+            raise InputDataError("x", "a tensor of samples `n x ...`", type(x).__name__)
+        if utility is not None:
+            s = int(self.posterior.num_draws)
+            if not isinstance(utility, Tensor) or utility.ndim != 2 or utility.shape[0] != s:
+                found = tuple(utility.shape) if isinstance(utility, Tensor) else type(utility).__name__
+                raise InputDataError("utility", f"a tensor of shape `s x n` with s = {s} (the posterior's draws)",
+                                     found)
+            if not bool(torch.isfinite(utility).all()):
+                raise InputDataError("utility", "finite values", "NaN or inf values")
         with torch.no_grad():
             z = self._region_logits(self.utility(x) if utility is None else utility)
             if method == "smooth":
@@ -198,7 +226,15 @@ class PosteriorObjective:
     # -- the objective ---------------------------------------------------------
     def begin_batch(self, n: int, *, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> None:
-        """Draw the posterior sample index of each of the ``n`` samples (Thompson)."""
+        """Draw the posterior sample index of each of the ``n`` samples (Thompson).
+
+        Raises:
+            InputDataError: on ``n`` not an integer >= 0, a ``generator`` that is not
+                a torch.Generator, or a device this machine does not have.
+        """
+        n = check_int("n", n, minimum=0)
+        check_generator("generator", generator, optional=True)
+        device = check_device("device", device)
         if self.kind == "thompson":
             gen_device = generator.device if generator is not None else "cpu"
             idx = torch.randint(0, int(self.posterior.num_draws), (n,), generator=generator, device=gen_device)
@@ -222,6 +258,8 @@ class PosteriorObjective:
 
     def push_weight(self, values: Tensor) -> Tensor:
         """`n` weights of the normalized push: ``1 - P(region)`` for ``"region"``, else 1."""
+        if not isinstance(values, Tensor):
+            raise InputDataError("values", "a tensor of `n` objective values", type(values).__name__)
         if self.kind == "region":
             return (1 - values.exp()).clamp(0, 1)
         return torch.ones_like(values)

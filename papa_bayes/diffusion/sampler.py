@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from papa_bayes.checks import check_float, check_generator, check_int
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
@@ -31,6 +32,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from papa_bayes.diffusion.guidance import Guidance
 
 __all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output", "step_gains"]
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+#: What :func:`sample` calls on a guidance.
+_GUIDANCE_HOOKS = ("begin_trajectory", "begin_batch", "acts_at", "guide", "final_objective")
+
+
+def _check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise InputDataError("prediction_type", f"one of {PREDICTION_TYPES}", prediction_type)
 
 
 @dataclass
@@ -66,7 +77,11 @@ def split_model_output(out: Tensor, x_t: Tensor, alpha_bar: Tensor, prediction_t
 
     Returns:
         ``(x0, eps)``, each `n x C x H x W`.
+
+    Raises:
+        InputDataError: on another ``prediction_type``.
     """
+    _check_prediction_type(prediction_type)
     a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
         return (x_t - b * out) / a, out
@@ -77,6 +92,7 @@ def split_model_output(out: Tensor, x_t: Tensor, alpha_bar: Tensor, prediction_t
 
 def join_model_output(x0: Tensor, eps: Tensor, alpha_bar: Tensor, prediction_type: str) -> Tensor:
     """Inverse of :func:`split_model_output`: the model output that means ``(x0, eps)``."""
+    _check_prediction_type(prediction_type)
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "sample":
@@ -136,7 +152,7 @@ def sample(
         eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
             variance); ignored by DDPM.
         batch_size: samples denoised at once.
-        initial_noise: `n x C x H x W` starting noise, instead of drawing it.
+        initial_noise: `n x C x H x W` finite starting noise, instead of drawing it.
         return_trajectory: keep every ``x_t`` (for fine-tuners).
         progress: show a tqdm bar.
 
@@ -144,22 +160,33 @@ def sample(
         A :class:`SamplerOutput`.
 
     Raises:
-        InputDataError: on a non-positive ``num_samples``/``num_inference_steps``/
-            ``batch_size``, more steps than training timesteps, an ``eta`` outside
-            `[0, 1]` or an ``initial_noise`` of the wrong shape.
+        InputDataError: on a ``model`` that is not a DiffusionModel, a
+            ``num_samples``/``num_inference_steps``/``batch_size`` that is not an
+            integer >= 1, more steps than training timesteps, an ``eta`` outside
+            `[0, 1]`, an ``initial_noise`` of the wrong shape or not finite, a
+            ``generator`` that is not a torch.Generator, or a ``guidance`` that is
+            not a Guidance.
     """
-    for name, value in (("num_samples", num_samples), ("num_inference_steps", num_inference_steps),
-                        ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise InputDataError(name, "a positive integer", value)
+    if not isinstance(model, DiffusionModel):
+        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    num_samples = check_int("num_samples", num_samples)
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps)
+    batch_size = check_int("batch_size", batch_size)
     num_train = int(model.scheduler.config.num_train_timesteps)
     if num_inference_steps > num_train:
         raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
-    if not 0.0 <= float(eta) <= 1.0:  # eta > 1 asks for a negative variance: NaN samples
-        raise InputDataError("eta", "a number in [0, 1]", eta)
+    # eta > 1 asks for a negative variance: NaN samples
+    eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
+    check_generator("generator", generator, optional=True)
+    if guidance is not None and not all(callable(getattr(guidance, hook, None)) for hook in _GUIDANCE_HOOKS):
+        raise InputDataError("guidance", "None or a Guidance", type(guidance).__name__)
     shape = (num_samples, *model.sample_shape)
-    if initial_noise is not None and tuple(initial_noise.shape) != shape:
-        raise InputDataError("initial_noise", f"shape {shape}", tuple(initial_noise.shape))
+    if initial_noise is not None:
+        if not isinstance(initial_noise, Tensor) or tuple(initial_noise.shape) != shape:
+            found = tuple(initial_noise.shape) if isinstance(initial_noise, Tensor) else type(initial_noise).__name__
+            raise InputDataError("initial_noise", f"a tensor of shape {shape}", found)
+        if initial_noise.is_complex() or not bool(torch.isfinite(initial_noise).all()):
+            raise InputDataError("initial_noise", "finite real values", "NaN, inf or complex values")
     device, dtype = model.device, model.dtype
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)

@@ -219,18 +219,15 @@ def select_recommendation_scale(
         A :class:`RecommendationScale`.
     """
     checked = _checked_scales(scales)
-    if not 0 < float(keep) <= 1:
-        raise InputDataError("keep", "a share in (0, 1]", keep)
-    if not 0 < float(target) < 1:
-        raise InputDataError("target", "a number in (0, 1)", target)
+    keep = check_float("keep", keep, strict=True, maximum=1.0, inclusive_maximum=True)
+    target = check_float("target", target, strict=True, maximum=1.0)
     if max_scale is not None:
-        if not float(max_scale) > 0:
-            raise InputDataError("max_scale", "None or a number > 0", max_scale)
-        checked = [s for s in checked if s <= float(max_scale)] or [float(max_scale)]
+        max_scale = check_float("max_scale", max_scale, strict=True)
+        checked = [s for s in checked if s <= max_scale] or [max_scale]
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
     reads_samples = getattr(guidance.objective, "input_space", "image") == "sample"
-    num_keep = max(1, int(round(float(keep) * num_samples)))
-    result = RecommendationScale(scale=checked[-1], target=float(target))
+    num_keep = max(1, int(round(keep * num_samples)))
+    result = RecommendationScale(scale=checked[-1], target=target)
 
     def expected_share(s: float) -> float:
         out = pool(guidance.with_scale(s))
@@ -249,7 +246,7 @@ def select_recommendation_scale(
     lo, hi = 0, len(checked) - 1  # bisection: the share grows with the scale
     while lo <= hi:
         mid = (lo + hi) // 2
-        if expected_share(checked[mid]) >= float(target):
+        if expected_share(checked[mid]) >= target:
             result.scale, result.reached = checked[mid], True
             hi = mid - 1
         else:

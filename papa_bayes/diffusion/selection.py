@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_float, check_generator, check_int
 from papa_bayes.diffusion.guidance import Guidance
 from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
@@ -45,7 +45,7 @@ class ManifoldGuard:
     """Membership in the k-NN manifold of reference data (Kynkaanniemi et al. 2019).
 
     Args:
-        reference: `m x ...` reference images (the base model's training data).
+        reference: `m x ...` finite reference images (the base model's training data).
         k: neighbour rank of the balls.
         radius_scale: multiplies every ball's radius (> 1 is more lenient).
     """
@@ -134,12 +134,18 @@ def select_preferred(
 
     Raises:
         InputDataError: on probabilities outside `[0, 1]` (or NaN), shapes other than
-            `N`, or ``num`` not an integer in `[1, N]`.
+            `N`, ``num`` not an integer in `[1, N]`, or a ``generator`` that is not a
+            torch.Generator.
     """
     p = _check_probability(probability)
     n = p.shape[0]
-    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= n:
-        raise InputDataError("num", f"an integer in [1, {n}]", repr(num) if isinstance(num, str) else num)
+    try:
+        num = check_int("num", num)
+    except InputDataError:
+        raise InputDataError("num", f"an integer in [1, {n}]", repr(num) if isinstance(num, str) else num) from None
+    if num > n:
+        raise InputDataError("num", f"an integer in [1, {n}]", num)
+    check_generator("generator", generator, optional=True)
     min_probability = None if min_probability is None else check_float(
         "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
     if on_manifold is None:
@@ -208,9 +214,14 @@ def sample_preferred(
         :class:`PreferredSamples`.
 
     Raises:
-        InputDataError: on a bad number (checked before sampling), or when
-            ``probability`` returns other than `n` values in `[0, 1]` (NaN included).
+        InputDataError: on a bad number, or a ``guard`` / ``probability`` that is not
+            callable (checked before sampling), or when ``probability`` returns other
+            than `n` values in `[0, 1]` (NaN included).
     """
+    if guard is not None and not callable(guard):
+        raise InputDataError("guard", "None or a ManifoldGuard (a callable of images)", type(guard).__name__)
+    if probability is not None and not callable(probability):
+        raise InputDataError("probability", "None or a callable of images", type(probability).__name__)
     num_samples = check_int("num_samples", num_samples)
     oversample = check_float("oversample", oversample, minimum=1.0)
     min_probability = None if min_probability is None else check_float(

@@ -19,10 +19,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT, load_base_model, make_digits_unet, make_train_scheduler
+from papa_bayes.diffusion.base import (
+    DEFAULT_CHECKPOINT,
+    check_unet_overrides,
+    load_base_model,
+    make_digits_unet,
+    make_train_scheduler,
+)
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
 from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_device, check_float, check_int, check_path
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.diffusion.sampler import sample
 
 __all__ = ["train_base_model", "fit_default_features", "main"]
@@ -48,24 +55,30 @@ def train_base_model(
         batch_size: digits per step.
         learning_rate: AdamW peak learning rate (> 0; linear warm-up, cosine decay).
         ema_decay: decay of the weight average that is saved, in `[0, 1)`.
-        seed: seeds the weights, batches, timesteps and noise.
+        seed: seeds the weights, batches, timesteps and noise (an integer >= 0).
         device: where to train.
         unet_config: entries replacing those of ``DIGITS_UNET_CONFIG`` (a larger or
-            smaller UNet).
+            smaller UNet), a dict of ``UNet2DModel`` arguments.
         progress: show a tqdm bar.
 
     Returns:
         A summary dict (final loss, seconds, steps), also written to ``train_log.json``.
 
     Raises:
-        InputDataError: on a step count, batch size, learning rate or decay out of range.
+        InputDataError: on a step count, batch size, learning rate, decay or seed out of
+            range, a device this machine does not have, or a ``unet_config`` that is
+            not a dict of UNet2DModel arguments.
     """
     # Checked before the UNet is built: a bad number should not cost a model.
+    out = check_path("out_dir", out_dir)
     steps = check_int("steps", steps)
     batch_size = check_int("batch_size", batch_size)
     learning_rate = check_float("learning_rate", learning_rate, strict=True)
     ema_decay = check_float("ema_decay", ema_decay, maximum=1.0)
-    out = Path(out_dir)
+    seed = check_int("seed", seed, minimum=0)
+    device = check_device("device", device)
+    if unet_config is not None:
+        check_unet_overrides("unet_config", unet_config)
     with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
         torch.manual_seed(seed)
         unet = make_digits_unet(**(unet_config or {}))
@@ -153,7 +166,18 @@ def fit_default_features(
 
     Returns:
         The PCA feature map.
+
+    Raises:
+        InputDataError: before any sampling, on a checkpoint folder without a UNet,
+            counts that are not integers >= 1 (``num_samples`` >= 2), or more
+            features than samples.
     """
+    num_samples = check_int("num_samples", num_samples, minimum=2)  # PCA needs two
+    num_features = check_int("num_features", num_features)
+    check_int("num_inference_steps", num_inference_steps)
+    seed = check_int("seed", seed, minimum=0)
+    if num_features > num_samples:
+        raise InputDataError("num_features", f"at most num_samples = {num_samples}", num_features)
     model = load_base_model(checkpoint)
     out = sample(model, num_samples, num_inference_steps=num_inference_steps,
                  generator=torch.Generator().manual_seed(seed), progress=progress)

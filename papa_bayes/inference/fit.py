@@ -131,6 +131,8 @@ def prior_posterior(
     """
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
+    if not isinstance(data, PreferenceData):
+        raise InputDataError("data", "a PreferenceData", type(data).__name__)
     _check_refine_steps(refine_steps, "laplace")
     check_fit_options(num_samples=num_samples, seed=seed)
     # fit's defaults; not fit itself, which refuses data without answers.

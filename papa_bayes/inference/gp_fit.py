@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, PapaBayesWarning
 from papa_bayes.inference.fit import check_fit_options
@@ -154,6 +155,11 @@ def fit_preference_gp(
     _check_method(spec, method)
     check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features, num_steps=num_steps,
                       learning_rate=learning_rate, warmup_steps=warmup_steps, num_chains=num_chains)
+    if batch_size is not None:
+        check_int("batch_size", batch_size)
+    check_float("natural_lr", natural_lr, strict=True)
+    if optimizer not in ("auto", "ngd", "adam"):
+        raise InputDataError("optimizer", "'auto', 'ngd' or 'adam'", optimizer)
     spec.check_data(data)
     start = time.perf_counter()
     if method == "nuts":
@@ -334,6 +340,7 @@ def fit_pairwise_gp(
 
     _check_method(spec, method)
     check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
+    optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
     start = time.perf_counter()
     num_samples = num_samples or 512
     gp, transform, used = spec.build(data)
@@ -406,6 +413,13 @@ def update_gp_posterior(
             steps, 60 L-BFGS iterations when new likelihood parameters appear or
             hyperparameters are refitted, or 30 minibatch steps).
     """
+    if not isinstance(post, GPPosterior):
+        raise InputDataError("post", "a GPPosterior", type(post).__name__)
+    if not isinstance(data, PreferenceData) or not data.extends(post.data):
+        raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
+    refit_hyperparameters = check_bool("refit_hyperparameters", refit_hyperparameters)
+    if num_steps is not None:
+        check_int("num_steps", num_steps)
     if post.method == "elbo":
         return _update_variational(post, data, refit_hyperparameters=refit_hyperparameters, num_steps=num_steps)
     if post.method == "laplace":

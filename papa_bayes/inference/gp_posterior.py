@@ -10,7 +10,8 @@ from torch import Tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.gp_paths import PathwiseDraws
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.checks import check_int
+from papa_bayes.inference.posterior import RewardPosterior, check_data
 from papa_bayes.models.gp import FeatureStandardizer
 from papa_bayes.models.likelihoods import comparison_distribution, comparison_outcome, rating_distribution, rating_outcome
 
@@ -125,7 +126,8 @@ class GPPosterior(RewardPosterior):
     # ------------------------------------------------------------ likelihood
     def log_likelihood(self, data: PreferenceData | None = None) -> dict[str, Tensor]:
         """Pointwise log-likelihood per draw: ``comparisons`` `s x m`, ``ratings`` `s x k`."""
-        return {k: d.log_prob(self._observed(data or self.data)[k]) for k, d in self._distributions(data or self.data).items()}
+        data = self.data if data is None else check_data(data, self.num_features)
+        return {k: d.log_prob(self._observed(data)[k]) for k, d in self._distributions(data).items()}
 
     def _observed(self, data: PreferenceData) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -156,9 +158,7 @@ class GPPosterior(RewardPosterior):
         Laplace: the MAP utilities re-solved from the old ones, hyperparameters
         fixed. NUTS: chains restarted at the last draws with a shorter warm-up.
         """
-        if not isinstance(data, PreferenceData) or not data.extends(self.data):
-            raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
-        from papa_bayes.inference.gp_fit import update_gp_posterior
+        from papa_bayes.inference.gp_fit import update_gp_posterior  # it checks that ``data`` extends ours
 
         return update_gp_posterior(self, data)
 
@@ -182,6 +182,7 @@ class GPPosterior(RewardPosterior):
         pointwise ``log_likelihood`` (``az.loo`` works), replicated answers, data."""
         from papa_bayes.diagnostics.arviz import build_inference_data
 
+        check_int("seed", seed, minimum=0)
         data, C = self.data, self.num_chains
         shape = lambda t: t.reshape(C, -1, *t.shape[1:])  # noqa: E731
         with torch.no_grad():

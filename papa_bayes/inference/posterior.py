@@ -15,6 +15,7 @@ import torch
 from botorch.models.ensemble import EnsembleModel
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
@@ -22,13 +23,18 @@ from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
 if TYPE_CHECKING:
     import arviz
 
-__all__ = ["RewardPosterior", "PosteriorDrawsModel", "check_features"]
+__all__ = ["RewardPosterior", "PosteriorDrawsModel", "check_data", "check_features"]
 
 
 def check_features(features: Any, d: int, name: str = "features") -> Tensor:
     """Validate `n x d` features (finite, right width); 1-D input of length d is one item."""
     if not isinstance(features, Tensor):
-        features = torch.as_tensor(features, dtype=torch.float64)
+        try:
+            features = torch.as_tensor(features, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError(name, f"an `n x {d}` array of real numbers", type(features).__name__) from None
+    if features.dtype == torch.bool or features.is_complex():
+        raise InputDataError(name, "real-valued features (a float or integer dtype)", str(features.dtype))
     if not features.is_floating_point():
         features = features.to(torch.float64)
     if features.dim() == 1 and features.shape[0] == d:
@@ -38,6 +44,21 @@ def check_features(features: Any, d: int, name: str = "features") -> Tensor:
     if not bool(torch.isfinite(features.detach()).all()):
         raise InputDataError(name, "finite values", "NaN or inf")
     return features
+
+
+def _integer_scalar(value: Any) -> bool:
+    """A 0-d integer tensor (e.g. ``data.raters[0]``), which stands for its int."""
+    return (isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool
+            and not value.is_floating_point() and not value.is_complex())
+
+
+def check_data(data: Any, d: int, name: str = "data") -> PreferenceData:
+    """``data`` as a :class:`PreferenceData` with `d` features, or InputDataError."""
+    if not isinstance(data, PreferenceData):
+        raise InputDataError(name, "a PreferenceData", type(data).__name__)
+    if data.num_features != d:
+        raise InputDataError(name, f"data with {d} features (the fitted data's)", f"{data.num_features} features")
+    return data
 
 
 class RewardPosterior(ABC):
@@ -157,6 +178,10 @@ class PosteriorDrawsModel(EnsembleModel):
     _num_outputs = 1
 
     def __init__(self, posterior: RewardPosterior, *, rater: int | None = None) -> None:
+        if not isinstance(posterior, RewardPosterior):
+            raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+        if rater is not None:  # the type here; whether the posterior knows this rater, at its first utility()
+            check_int("rater", int(rater) if _integer_scalar(rater) else rater, minimum=0)
         super().__init__()
         self.reward_posterior = posterior
         self.rater = rater
@@ -167,8 +192,8 @@ class PosteriorDrawsModel(EnsembleModel):
 
     def forward(self, X: Tensor) -> Tensor:
         d = self.reward_posterior.num_features
-        if X.shape[-1] != d:
-            raise InputDataError("X", f"shape `batch_shape x q x {d}`", tuple(X.shape))
+        if not isinstance(X, Tensor) or X.dim() < 2 or X.shape[-1] != d:
+            raise InputDataError("X", f"shape `batch_shape x q x {d}`", tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__)
         batch, q = X.shape[:-2], X.shape[-2]
         u = self.reward_posterior.utility(X.reshape(-1, d), rater=self.rater)  # s x (B*q)
         s = u.shape[0]

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import RewardPosterior, check_data
 from papa_bayes.models.base import PyroRewardModel
 
 if TYPE_CHECKING:
@@ -95,10 +95,11 @@ class PyroPosterior(RewardPosterior):
 
     def log_likelihood(self, data: PreferenceData | None = None) -> dict[str, Tensor]:
         """Pointwise log-likelihood per draw of ``data`` (default the fitted data): site -> `s x m`."""
-        return self.model.log_likelihood(self.params, self.data if data is None else data)
+        data = self.data if data is None else check_data(data, self.num_features)
+        return self.model.log_likelihood(self.params, data)
 
     def update(self, data: PreferenceData) -> PyroPosterior:
-        if not data.extends(self.data):
+        if not isinstance(data, PreferenceData) or not data.extends(self.data):
             raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
         from papa_bayes.inference.fit import update_posterior
 

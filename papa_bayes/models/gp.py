@@ -42,6 +42,7 @@ from papa_bayes.models.gp_kernels import (  # noqa: F401  (re-exported: the GP's
     DTYPE,
     KERNELS,
     FeatureStandardizer,
+    check_prior,
     check_single_rater,
     default_lengthscale_prior,
     default_outputscale_prior,
@@ -51,7 +52,8 @@ from papa_bayes.models.gp_kernels import (  # noqa: F401  (re-exported: the GP's
     stationary_kernel,
     stationary_kernel_pairs,
 )
-from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
+from papa_bayes.checks import check_bool, check_float, check_int
+from papa_bayes.models.likelihoods import check_link, check_prior_pair, comparison_log_probs, log_cdf
 
 if TYPE_CHECKING:
     from papa_bayes.inference.gp_posterior import GPPosterior
@@ -99,9 +101,11 @@ class PreferenceLikelihood(gpytorch.Module):
     ) -> None:
         super().__init__()
         self.link = check_link(link)
-        self.ties = bool(ties)
-        self.ratings = bool(ratings)
-        nodes, weights = _gauss_hermite(num_quadrature)
+        self.ties = check_bool("ties", ties)
+        self.ratings = check_bool("ratings", ratings)
+        tie_prior = check_prior_pair("tie_prior", tie_prior)
+        threshold_prior_scale = check_float("threshold_prior_scale", threshold_prior_scale, strict=True)
+        nodes, weights = _gauss_hermite(check_int("num_quadrature", num_quadrature))
         self.register_buffer("gh_nodes", nodes.clone())
         self.register_buffer("gh_weights", weights.clone())
         if self.ties:
@@ -364,20 +368,18 @@ class PreferenceGP:
         jitter: float = 1e-6,
     ) -> None:
         self.link = check_link(link)
-        self.ties = bool(ties)
+        self.ties = check_bool("ties", ties)
         if kernel not in KERNELS:
             raise ModelError(f"kernel: expected one of {KERNELS}, got {kernel!r}.")
         self.kernel = kernel
-        if not (isinstance(num_inducing, int) and num_inducing >= 1):
-            raise InputDataError("num_inducing", "a positive int", num_inducing)
-        self.num_inducing = num_inducing
-        self.learn_inducing_locations = learn_inducing_locations
-        self.lengthscale_prior = lengthscale_prior
-        self.outputscale_prior = outputscale_prior
-        self.tie_prior = tuple(float(v) for v in tie_prior)
-        self.threshold_prior_scale = float(threshold_prior_scale)
-        self.standardize = bool(standardize)
-        self.jitter = float(jitter)
+        self.num_inducing = check_int("num_inducing", num_inducing)
+        self.learn_inducing_locations = check_bool("learn_inducing_locations", learn_inducing_locations)
+        self.lengthscale_prior = check_prior("lengthscale_prior", lengthscale_prior)
+        self.outputscale_prior = check_prior("outputscale_prior", outputscale_prior)
+        self.tie_prior = check_prior_pair("tie_prior", tie_prior)
+        self.threshold_prior_scale = check_float("threshold_prior_scale", threshold_prior_scale, strict=True)
+        self.standardize = check_bool("standardize", standardize)
+        self.jitter = check_float("jitter", jitter)
 
     # ------------------------------------------------------------- building
     def check_data(self, data: PreferenceData) -> None:

@@ -18,13 +18,15 @@ from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
 from gpytorch.priors import GammaPrior, LogNormalPrior
 from torch import Tensor
 
+from papa_bayes.checks import check_float, check_int
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import ModelError
+from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = [
     "DTYPE",
     "KERNELS",
     "FeatureStandardizer",
+    "check_prior",
     "check_single_rater",
     "default_lengthscale_prior",
     "default_outputscale_prior",
@@ -40,6 +42,13 @@ DTYPE = torch.float64
 
 
 # ---------------------------------------------------------------- kernel and priors
+def check_prior(name: str, prior: object) -> gpytorch.priors.Prior | None:
+    """A GPyTorch prior or None (the default prior), or InputDataError."""
+    if prior is not None and not isinstance(prior, gpytorch.priors.Prior):
+        raise InputDataError(name, "a gpytorch.priors.Prior or None (the default)", type(prior).__name__)
+    return prior
+
+
 def default_lengthscale_prior(d: int) -> LogNormalPrior:
     """LogNormal with median ``sqrt(d)`` (standardized features), log-sd 1.
 
@@ -74,6 +83,9 @@ def make_kernel(
     """
     if kind not in KERNELS:
         raise ModelError(f"kernel: expected one of {KERNELS}, got {kind!r}.")
+    d = check_int("d", d)
+    check_prior("lengthscale_prior", lengthscale_prior)
+    check_prior("outputscale_prior", outputscale_prior)
     ls_prior = lengthscale_prior if lengthscale_prior is not None else default_lengthscale_prior(d)
     os_prior = outputscale_prior if outputscale_prior is not None else default_outputscale_prior()
     ls_init = float(min(max(math.sqrt(d), 0.1), 50.0))
@@ -168,6 +180,12 @@ def select_inducing_points(x: Tensor, num: int, *, generator: torch.Generator, m
     Returns:
         `M x d` with ``M <= num``.
     """
+    check_int("num", num)
+    check_float("min_distance", min_distance)
+    if not isinstance(generator, torch.Generator):
+        raise InputDataError("generator", "a torch.Generator", type(generator).__name__)
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] == 0:
+        raise InputDataError("x", "a non-empty `n x d` tensor", tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__)
     n = x.shape[0]
     first = int(torch.randint(0, n, (1,), generator=generator))
     chosen = [first]

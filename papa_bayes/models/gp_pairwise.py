@@ -26,7 +26,8 @@ from torch import Tensor
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.models.gp_kernels import KERNELS, FeatureStandardizer, check_single_rater, make_kernel
+from papa_bayes.checks import check_bool, check_float
+from papa_bayes.models.gp_kernels import KERNELS, FeatureStandardizer, check_prior, check_single_rater, make_kernel
 from papa_bayes.models.likelihoods import check_link
 
 if TYPE_CHECKING:
@@ -88,11 +89,11 @@ class PairwiseGPReward:
         if kernel not in KERNELS:
             raise ModelError(f"kernel: expected one of {KERNELS}, got {kernel!r}.")
         self.kernel = kernel
-        self.lengthscale_prior = lengthscale_prior
-        self.outputscale_prior = outputscale_prior
-        self.standardize = bool(standardize)
-        self.consolidate_atol = float(consolidate_atol)
-        self.jitter = float(jitter)
+        self.lengthscale_prior = check_prior("lengthscale_prior", lengthscale_prior)
+        self.outputscale_prior = check_prior("outputscale_prior", outputscale_prior)
+        self.standardize = check_bool("standardize", standardize)
+        self.consolidate_atol = check_float("consolidate_atol", consolidate_atol)
+        self.jitter = check_float("jitter", jitter)
 
     def check_data(self, data: PreferenceData) -> None:
         if not isinstance(data, PreferenceData):

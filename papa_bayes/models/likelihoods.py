@@ -12,15 +12,19 @@ strict comparison P(first preferred) = link(u_first - u_second).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.distributions as tdist
 from torch import Tensor
 
-from papa_bayes.exceptions import ModelError
+from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = [
     "LINKS",
     "check_link",
+    "check_prior_pair",
     "log_cdf",
     "comparison_distribution",
     "comparison_log_probs",
@@ -33,9 +37,23 @@ LINKS = ("logit", "probit")
 
 
 def check_link(link: str) -> str:
-    if link not in LINKS:
+    if not isinstance(link, str) or link not in LINKS:
         raise ModelError(f"link: expected one of {LINKS}, got {link!r}.")
     return link
+
+
+def check_prior_pair(name: str, prior: Any) -> tuple[float, float]:
+    """A ``(loc, scale)`` prior as two floats, or InputDataError unless loc is finite and scale positive and finite."""
+    expected = "(loc, scale) with a finite loc and a positive finite scale"
+    try:
+        if isinstance(prior, (str, bytes)) or len(prior) != 2 or any(isinstance(v, (bool, str, bytes)) for v in prior):
+            raise TypeError
+        loc, scale = float(prior[0]), float(prior[1])
+    except (TypeError, ValueError):
+        raise InputDataError(name, expected, repr(prior) if isinstance(prior, str) else prior) from None
+    if not math.isfinite(loc) or not (scale > 0 and math.isfinite(scale)):
+        raise InputDataError(name, expected, prior)
+    return loc, scale
 
 
 def log_cdf(x: Tensor, link: str) -> Tensor:

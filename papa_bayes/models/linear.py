@@ -19,12 +19,13 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_bool, check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.models.base import PyroRewardModel
 from papa_bayes.models.likelihoods import (
     check_link,
+    check_prior_pair,
     comparison_distribution,
     comparison_outcome,
     rating_distribution,
@@ -83,16 +84,10 @@ class _LinkPriors:
         tie_prior: tuple[float, float],
     ) -> None:
         """Check and keep the nuisance sites' settings (shared by both models' constructors)."""
-        if rationality is not None and not (rationality > 0 and math.isfinite(rationality)):
-            raise InputDataError("rationality", "a positive finite number or None", rationality)
-        check_float("threshold_prior_scale", threshold_prior_scale, strict=True)
-        for name, prior in (("rationality_prior", rationality_prior), ("tie_prior", tie_prior)):
-            if len(prior) != 2 or not math.isfinite(prior[0]) or not (prior[1] > 0 and math.isfinite(prior[1])):
-                raise InputDataError(name, "(loc, scale) with a finite loc and a positive finite scale", prior)
-        self.rationality = rationality
-        self.rationality_prior = tuple(float(v) for v in rationality_prior)
-        self.threshold_prior_scale = float(threshold_prior_scale)
-        self.tie_prior = tuple(float(v) for v in tie_prior)
+        self.rationality = None if rationality is None else check_float("rationality", rationality, strict=True)
+        self.rationality_prior = check_prior_pair("rationality_prior", rationality_prior)
+        self.threshold_prior_scale = check_float("threshold_prior_scale", threshold_prior_scale, strict=True)
+        self.tie_prior = check_prior_pair("tie_prior", tie_prior)
 
     def _rationality_prior(self) -> dict[str, dist.Distribution]:
         return {"rationality": dist.LogNormal(*_f64(*self.rationality_prior))} if self.rationality is None else {}
@@ -139,6 +134,11 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     is reported as the derived site ``scaled_w / rationality``. This is the same
     model as ``w ~ N(prior_loc, prior_cov)``, ``u = rationality * w . x``.
 
+    Raters are pooled: one ``w`` for everyone, whatever rater ids the data carry, so
+    ``utility(..., rater=r)`` gives the same pooled utility for any rater id ``r``
+    (a non-negative integer; anything else raises :class:`InputDataError`). Use
+    :class:`HierarchicalLinearReward` for per-rater weights.
+
     Args:
         link: ``"logit"`` (Bradley-Terry) or ``"probit"`` (Thurstone).
         ties: model ties (Davidson for logit, Glenn-David for probit). Data with
@@ -184,13 +184,15 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         tie_prior: tuple[float, float] = (math.log(0.5), 1.0),
     ) -> None:
         self.link = check_link(link)
-        self.ties = bool(ties)
+        self.ties = check_bool("ties", ties)
         check_float("prior_scale", prior_scale, strict=True)
         self.prior_scale = float(prior_scale)
-        self.prior_loc = None if prior_loc is None else torch.as_tensor(prior_loc, dtype=torch.float64)
+        self.prior_loc = None if prior_loc is None else check_real_tensor("prior_loc", prior_loc, "an array-like of real numbers").detach()
+        if self.prior_loc is not None and (self.prior_loc.dim() != 1 or self.prior_loc.numel() == 0):
+            raise InputDataError("prior_loc", "a `d` vector", tuple(self.prior_loc.shape))
         if self.prior_loc is not None and not bool(torch.isfinite(self.prior_loc).all()):
             raise InputDataError("prior_loc", "finite values", self.prior_loc.tolist())
-        self.prior_scale_tril = None if prior_scale_tril is None else torch.as_tensor(prior_scale_tril, dtype=torch.float64)
+        self.prior_scale_tril = None if prior_scale_tril is None else check_real_tensor("prior_scale_tril", prior_scale_tril, "an array-like of real numbers").detach()
         T = self.prior_scale_tril
         if T is not None and (
             T.dim() != 2 or T.shape[0] != T.shape[1] or not bool(torch.isfinite(T).all())
@@ -212,8 +214,17 @@ class LinearReward(_LinkPriors, PyroRewardModel):
             return dist.MultivariateNormal(b * loc, scale_tril=b.unsqueeze(-1) * self.prior_scale_tril)
         return dist.Normal(b * loc, b * self.prior_scale).to_event(1)
 
+    def _check_prior_shapes(self, d: int) -> None:
+        """``prior_loc`` / ``prior_scale_tril`` must match the data's `d` features."""
+        if self.prior_loc is not None and self.prior_loc.shape != (d,):
+            raise InputDataError("prior_loc", f"shape ({d},) to match the data's features", tuple(self.prior_loc.shape))
+        if self.prior_scale_tril is not None and self.prior_scale_tril.shape != (d, d):
+            raise InputDataError("prior_scale_tril", f"shape ({d}, {d}) to match the data's features",
+                                 tuple(self.prior_scale_tril.shape))
+
     def priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
         d = data.num_features
+        self._check_prior_shapes(d)
         placeholder = dist.Normal(torch.zeros(d, dtype=torch.float64), self.prior_scale).to_event(1)
         return {**self._rationality_prior(), "scaled_w": placeholder, **self._other_priors(data)}
 
@@ -257,6 +268,13 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         )
 
     def utility(self, params: dict[str, Tensor], features: Tensor, *, rater: int | None = None) -> Tensor:
+        """Utility `s x n` of `n x d` features.
+
+        The model pools all raters (one ``w`` for everyone), so any rater id (a
+        non-negative integer) gets the same pooled utility; ``rater=None`` too.
+        """
+        if rater is not None:
+            check_int("rater", rater, minimum=0)
         return params["scaled_w"].to(features.dtype) @ features.transpose(-1, -2)
 
 
@@ -299,7 +317,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         tie_prior: tuple[float, float] = (math.log(0.5), 1.0),
     ) -> None:
         self.link = check_link(link)
-        self.ties = bool(ties)
+        self.ties = check_bool("ties", ties)
         check_float("population_prior_scale", population_prior_scale, strict=True)
         check_float("scale_prior_scale", scale_prior_scale, strict=True)
         self.population_prior_scale = float(population_prior_scale)
@@ -373,7 +391,8 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
             w = params["population_mean"]
         else:
             R = params["rater_offset"].shape[-2]
-            if not 0 <= rater < R:
+            rater = check_int("rater", rater, minimum=0)
+            if not rater < R:
                 raise InputDataError("rater", f"a rater id in [0, {R - 1}] (use new_rater_model() for a new rater)", rater)
             w = self.weights(params)[:, rater, :]
         return beta.unsqueeze(-1) * (w.to(features.dtype) @ features.transpose(-1, -2))

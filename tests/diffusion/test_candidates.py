@@ -103,9 +103,14 @@ def test_recommendations_rank_a_mildly_steered_pool():
     setup = make_setup(features="pca")
     kw = dict(num_base=32, pool_steps=4, recommend_steps=4, oversample=2.0, scale=1.0, scales=(0.1, 0.5, 1.0), seed=0)
     for bad in (dict(recommend_scale="max"), dict(recommend_scale=-1.0), dict(recommend_target=1.0),
-                dict(region_method="median"), dict(min_probability=1.5), dict(recommend_rule_pool=(0, 5))):
+                dict(region_method="median"), dict(min_probability=1.5), dict(recommend_rule_pool=(0, 5)),
+                dict(recommend_rule_pool=5), dict(recommend_target="0.5"), dict(min_probability="0.5"),
+                dict(oversample=0.5), dict(quantile=1.5), dict(quantile="a"), dict(rescale_every=-1),
+                dict(pool_steps=2.5), dict(recommend_steps=0), dict(min_relative_precision=2.0),
+                dict(radius_scale=-1.0), dict(kind="median"), dict(window=(0.9, 0.1)), dict(window=(0.1,)),
+                dict(scales=()), dict(scales=(-1.0,)), dict(num_base=0), dict(seed=1.5)):
         with pytest.raises(InputDataError, match=next(iter(bad))):
-            DiffusionCandidates(setup.model, setup.feature_map, setup.guard, **kw, **bad)
+            DiffusionCandidates(setup.model, setup.feature_map, setup.guard, **{**kw, **bad})
     src = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, **kw)
     cfg = src.config()
     assert cfg["min_probability"] is None and cfg["recommend_scale"] == "auto" and cfg["region_method"] == "gaussian"

@@ -17,6 +17,8 @@ from papa_bayes.diffusion import (
     load_digits_splits,
     load_feature_map,
     load_judge,
+    make_digits_unet,
+    make_sampling_scheduler,
     manifold_precision,
     sample,
 )
@@ -54,6 +56,15 @@ def test_person_and_judge_learn_their_own_splits():
         DigitsPerson(liked=(3, 11))
     with pytest.raises(InputDataError, match="images"):
         person.utility(torch.zeros(2, 64))
+    nan = torch.full((2, 1, 8, 8), float("nan"))
+    with pytest.raises(InputDataError, match="^images:"):  # NaN digits were rated "dislike"
+        person.rate(nan)
+    with pytest.raises(InputDataError, match="^images:"):  # was sklearn's ValueError
+        load_judge().predict_proba(nan)
+    with pytest.raises(InputDataError, match="^second:"):  # was a RuntimeError
+        person.prefers(held_out.images[:2], held_out.images[:3])
+    assert person.rate(held_out.images[:0]).shape == (0,)  # empty batches were RuntimeErrors
+    assert load_judge().predict_proba(held_out.images[:0]).shape == (0, 10)
 
 
 def test_metrics_on_real_digits_and_noise():
@@ -78,6 +89,11 @@ def test_digits_to_pixels_takes_flat_or_square_digits():
         with pytest.raises(InputDataError) as info:
             digits_to_pixels(torch.zeros(shape))
         assert info.value.field == "raw"
+    for raw in (torch.full((1, 64), float("nan")), torch.full((1, 64), 100.0), torch.full((1, 64), -5.0),
+                [["a"] * 64]):  # out-of-range pixels silently; text a TypeError
+        with pytest.raises(InputDataError) as info:
+            digits_to_pixels(raw)
+        assert info.value.field == "raw"
 
 
 def test_missing_checkpoint_raises(tmp_path):
@@ -85,6 +101,17 @@ def test_missing_checkpoint_raises(tmp_path):
         load_base_model(tmp_path / "no_such_checkpoint")
     with pytest.raises(InputDataError, match="scheduler"):
         load_base_model(scheduler="euler")
+    for kwargs, field in (({"device": "cpux"}, "device"), ({"device": "cuda:99"}, "device"),  # PyTorch's errors
+                          ({"dtype": "float16"}, "dtype"),  # text was loaded as float32, silently
+                          ({"dtype": torch.int64}, "dtype"), ({"path": 3}, "path")):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            load_base_model(**kwargs)
+    with pytest.raises(InputDataError, match="^kind:"):
+        make_sampling_scheduler(kind=["ddim"])  # was TypeError: unhashable
+    with pytest.raises(InputDataError, match="^config:"):
+        make_sampling_scheduler("digits")  # was looked up on the Hugging Face Hub
+    with pytest.raises(InputDataError, match="^overrides:"):
+        make_digits_unet(layers=2)  # was TypeError
 
 
 @pytest.mark.slow

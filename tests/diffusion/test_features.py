@@ -133,3 +133,56 @@ def test_midblock_checks_its_width_and_timestep(pixel_model, images):
     for num_features, width in ((None, channels), (channels, channels), (1, 1)):
         mid = MidBlockFeatures(pixel_model, timestep=999, num_features=num_features).fit(images)
         assert mid.num_features == width and mid(images[:2]).shape == (2, width)
+
+
+def test_feature_map_arguments_are_checked(pixel_model, images, tmp_path):
+    for bad in (2.5, "3", True, None):  # were truncated, parsed, read as 1, or a TypeError
+        with pytest.raises(InputDataError, match="^num_features:"):
+            CallableFeatures(lambda x: x.flatten(1)[:, :2], bad)
+        with pytest.raises(InputDataError, match="^num_features:"):
+            PCAFeatures.fit(images, num_features=bad)
+    with pytest.raises(InputDataError, match="^num_features:"):  # -1 was accepted: every component but one
+        PCAFeatures.fit(images, num_features=-1)
+    for bad in ([[0.0] * 4] * 5, images[:1], torch.full((5, 1, 8, 8), float("nan"))):  # foreign errors or 1e8 std
+        with pytest.raises(InputDataError, match="^samples:"):
+            PCAFeatures.fit(bad, num_features=1)
+    mean, comps = torch.zeros(4), torch.eye(4)[:2]
+    for std in (torch.ones(3), torch.ones(2, 1), torch.zeros(2)):  # were accepted: broadcast or inf features
+        with pytest.raises(InputDataError, match="^std:"):
+            PCAFeatures(mean, comps, std)
+    with pytest.raises(InputDataError, match="^mean:"):
+        PCAFeatures([0.0] * 4, comps, torch.ones(2))
+    pca = PCAFeatures.fit(images, num_features=3)
+    assert pca(images[:0]).shape == (0, 3)  # an empty batch was a RuntimeError
+    for bad in ([0.0], torch.tensor(1.0)):
+        with pytest.raises(InputDataError, match="^images:"):
+            pca(bad)
+    for bad in (None, "model"):
+        with pytest.raises(InputDataError, match="^model:"):
+            MidBlockFeatures(bad)
+    mid = MidBlockFeatures(pixel_model, timestep=80, num_features=3)
+    for bad, field in ((dict(samples=[1.0]), "samples"), (dict(samples=images[:, 0]), "samples"),  # 3-D: conv error
+                       (dict(samples=images[:0]), "samples"), (dict(samples=torch.full((5, 1, 8, 8), float("nan"))),
+                                                               "samples"),
+                       (dict(samples=images, batch_size=0), "batch_size"), (dict(samples=images, batch_size=2.5),
+                                                                            "batch_size")):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            mid.fit(**bad)
+    with pytest.raises(InputDataError, match="^x:"):
+        mid.fit(images)(images[:, 0])
+    with pytest.raises(InputDataError, match="^parts:"):
+        ConcatFeatures(pca)  # type: ignore[arg-type]
+    with pytest.raises(InputDataError, match="^decode:"):
+        ConcatFeatures([pca, mid], decode=3)  # type: ignore[arg-type]
+    with pytest.raises(InputDataError, match="^directory:"):
+        load_feature_map(3)  # type: ignore[arg-type]
+    with pytest.raises(InputDataError, match="^directory:"):
+        save_feature_map(pca, None)  # type: ignore[arg-type]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "feature_map.json").write_text("not json")
+    with pytest.raises(InputDataError, match="^feature_map.json:"):
+        load_feature_map(tmp_path / "broken")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "feature_map.json").write_text('{"kind": "pca"}')
+    with pytest.raises(InputDataError, match="^directory:"):  # was KeyError
+        load_feature_map(tmp_path / "bare")

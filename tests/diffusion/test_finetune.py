@@ -212,6 +212,11 @@ def test_mixed_precision_runs_and_returns_the_base_dtype(pixel_model, labeled):
         ({"timestep_cutoff": 1.0}, "timestep_cutoff"),
         ({"regularizer_weight": -1.0}, "regularizer_weight"),
         ({"dislike_bound": 0.0}, "dislike_bound"),
+        ({"device": "cpux"}, "device"),  # was PyTorch's RuntimeError
+        ({"device": "cuda:99"}, "device"),  # was an AssertionError (no CUDA) or a CUDA error
+        ({"mixed_precision": "no"}, "mixed_precision"),  # "no" switched bf16 autocast on
+        ({"lora_alpha": -1.0}, "lora_alpha"),  # was ignored without lora_rank
+        ({"lora_rank": 2, "lora_targets": "to_q"}, "lora_targets"),  # was LoRA on modules 't', 'o', '_', 'q'
     ],
 )
 def test_papa_bad_input(pixel_model, kwargs, field):
@@ -229,6 +234,8 @@ def test_papa_bad_input(pixel_model, kwargs, field):
         ({"lr": -1.0}, "lr"),
         ({"anchor_weight": -0.1}, "anchor_weight"),
         ({"batch_size": 0}, "batch_size"),
+        ({"device": "cpux"}, "device"),
+        ({"mixed_precision": "no"}, "mixed_precision"),
     ],
 )
 def test_distillation_bad_input(pixel_model, kwargs, field):
@@ -286,3 +293,64 @@ def test_numbers_are_checked_under_their_own_names(pixel_model, labeled):
         with pytest.raises(InputDataError) as info:
             call()
         assert info.value.field == field
+
+
+def test_distillation_checks_its_options_before_sampling(pixel_model, monkeypatch):
+    import papa_bayes.diffusion.finetune.distill as distill
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the arguments")
+
+    monkeypatch.setattr(distill, "sample", no_sampling)
+    g = Guidance(lambda x: x.mean((1, 2, 3)))
+    for args, kwargs, field in (((pixel_model, g), {"device": "cpux"}, "device"),
+                                ((pixel_model, g), {"generator": "seed"}, "generator"),  # was AttributeError
+                                ((pixel_model, g), {"mixed_precision": "yes"}, "mixed_precision"),
+                                (("model", g), {}, "model")):  # was AttributeError
+        with pytest.raises(InputDataError) as info:
+            distill_guidance(*args, progress_bar=False, **kwargs)
+        assert info.value.field == field
+
+
+def test_training_copy_and_encoder_check_their_arguments(pixel_model, latent_model):
+    from papa_bayes.diffusion.finetune.common import TrainingCopy, encode_images
+
+    run = TrainingCopy.create(pixel_model, generator=gen(0))
+    weight = run.model.unet.conv_in.weight
+
+    def step(i):
+        return weight.pow(2).sum(), {}
+
+    for kwargs, field in (({"steps": 0}, "steps"),  # returned no history, silently
+                          ({"lr": -1.0}, "lr"), ({"lr": float("nan")}, "lr"),  # were AdamW's ValueError
+                          ({"max_grad_norm": 0.0}, "max_grad_norm")):  # zeroed every gradient, silently
+        with pytest.raises(InputDataError) as info:
+            run.train(step, **{"steps": 1, "lr": 1e-3, "desc": "t", "progress_bar": False, **kwargs})
+        assert info.value.field == field
+    for loss in (1.0, torch.ones(2, requires_grad=True)):  # were TypeError / RuntimeError
+        with pytest.raises(InputDataError, match="^step:"):
+            run.train(lambda i: (loss, {}), steps=1, lr=1e-3, desc="t", progress_bar=False)
+    images = torch.zeros(2, 1, 8, 8)
+    for args, kwargs, field in (((latent_model, images), {"batch_size": 0}, "batch_size"),  # ValueError from range
+                                (("model", images), {}, "model")):  # was AttributeError
+        with pytest.raises(InputDataError) as info:
+            encode_images(*args, **kwargs)
+        assert info.value.field == field
+
+
+def test_checkpoint_arguments_are_checked(pixel_model, latent_model, tmp_path):
+    with pytest.raises(InputDataError, match="^path:"):  # was TypeError from pathlib
+        save_finetuned(pixel_model, None)
+    path = save_finetuned(pixel_model, tmp_path / "pixel")
+    for kwargs, field in (({"path": None}, "path"), ({"dtype": "float16"}, "dtype"),  # text loaded float32
+                          ({"dtype": torch.int64}, "dtype"), ({"device": "cpux"}, "device"),
+                          ({"base": pixel_model, "dtype": "float16"}, "dtype")):  # was TypeError from .to
+        with pytest.raises(InputDataError) as info:
+            load_finetuned(**{"path": path, **kwargs})
+        assert info.value.field == field
+    latent = save_finetuned(latent_model, tmp_path / "latent")
+    with pytest.raises(InputDataError, match="^base:"):  # was diffusers' ValueError
+        load_finetuned(latent, base=pixel_model)
+    (path / "finetune.json").write_text("not json")
+    with pytest.raises(InputDataError, match="^path:"):  # was JSONDecodeError
+        load_finetuned(path)

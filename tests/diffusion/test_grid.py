@@ -35,3 +35,27 @@ def test_save_image_grid_checks_upscale(tmp_path):
             save_image_grid(IMAGES, tmp_path / "bad.png", upscale=upscale)
         assert info.value.field == "upscale"
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("images", "field"),
+    [(torch.full((2, 1, 8, 8), float("nan")), "images"),  # was a grid of NaN
+     (torch.zeros(2, 0, 8, 8), "images"), (torch.zeros(2, 1, 0, 8), "images")],  # were empty grids
+)
+def test_image_grid_rejects_nonsense_images(images, field):
+    with pytest.raises(InputDataError) as info:
+        image_grid(images)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("images", "name", "field"),
+    [(torch.zeros(2, 2, 8, 8), "g.png", "images"), (torch.zeros(2, 5, 8, 8), "g.png", "images"),  # ValueError
+     (IMAGES, None, "path"),  # TypeError
+     (IMAGES, "noext", "path"), (IMAGES, "g.xyz", "path")],  # ValueError / KeyError from the writers
+)
+def test_save_image_grid_checks_channels_and_path(tmp_path, images, name, field):
+    with pytest.raises(InputDataError) as info:
+        save_image_grid(images, None if name is None else tmp_path / name)
+    assert info.value.field == field
+    assert save_image_grid(torch.zeros(2, 3, 8, 8), tmp_path / "rgb.jpg").is_file()

@@ -107,7 +107,7 @@ def test_guidance_window_and_schedule(pixel_model, base_and_pca, posterior):
     assert out.guidance_norms[2] > out.guidance_norms[5]
 
 
-@pytest.mark.parametrize("scale", [-0.1, float("nan"), float("inf"), "big"])
+@pytest.mark.parametrize("scale", [-0.1, float("nan"), float("inf"), "big", "0.5", True])  # text, bools: no numbers
 def test_bad_guidance_scale_raises(base_and_pca, posterior, scale):
     _, pca = base_and_pca
     objective = PosteriorObjective(posterior, pca, kind="mean")
@@ -210,3 +210,74 @@ def test_calibration_needs_two_base_samples(base_and_pca, posterior, m):
     with pytest.raises(InputDataError, match="base: expected at least 2 base samples"):
         objective.calibrate(base.images[:m])
     assert objective.width is None  # nothing half-set
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [
+    ("window", {"window": (0.0,)}), ("window", {"window": 0.5}),  # were ValueError / TypeError
+    ("window", {"window": ("0", "0.5")}),  # text was read as numbers
+    ("clamp", {"clamp": 1.0}), ("clamp", {"clamp": ("a", "b")}),
+    ("schedule", {"schedule": 3}), ("schedule", {"schedule": None}),  # were accepted, failing mid-sampling
+])
+def test_guidance_options_are_checked_under_their_names(field, kwargs):
+    with pytest.raises(InputDataError, match=f"^{field}:"):
+        Guidance(lambda images: images.sum((1, 2, 3)), **kwargs)
+
+
+class _Weighted:
+    """An objective with a push weight that is no weight."""
+
+    def __call__(self, images):
+        return images.sum((1, 2, 3))
+
+    def push_weight(self, values):
+        return values * float("nan")
+
+
+@pytest.mark.parametrize(("field", "guidance"), [
+    ("schedule", Guidance(lambda images: images.sum((1, 2, 3)), scale=1.0, schedule=lambda p: float("nan"))),
+    ("schedule", Guidance(lambda images: images.sum((1, 2, 3)), scale=1.0, schedule=lambda p: -1.0)),
+    ("schedule", Guidance(lambda images: images.sum((1, 2, 3)), scale=1.0, schedule=lambda p: "high")),
+    ("objective", Guidance(lambda images: torch.ones(images.shape[0]), scale=1.0)),  # was RuntimeError from autograd
+    ("objective", Guidance(_Weighted(), scale=1.0)),  # NaN weights gave NaN samples
+])
+def test_guidance_rejects_what_its_callables_return(pixel_model, field, guidance):
+    with pytest.raises(InputDataError, match=f"^{field}:"):
+        sample(pixel_model, 2, num_inference_steps=2, guidance=guidance, progress=False)
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [
+    ("kappa", {"kappa": "1"}), ("kappa", {"kappa": True}), ("kappa", {"kappa": float("inf")}),
+    ("kappa", {"kappa": None}),  # was TypeError
+    ("temperature", {"temperature": float("inf")}), ("temperature", {"temperature": "0.1"}),
+    ("temperature", {"temperature": None}),
+    ("threshold", {"threshold": "0.5"}),  # was TypeError from torch
+    ("threshold", {"threshold": True}),
+])
+def test_objective_numbers_are_numbers(base_and_pca, posterior, field, kwargs):
+    _, pca = base_and_pca
+    with pytest.raises(InputDataError, match=f"^{field}:"):
+        PosteriorObjective(posterior, pca, **kwargs)
+
+
+def test_objective_inputs_are_checked(base_and_pca, posterior, make_posterior):
+    base, pca = base_and_pca
+    with pytest.raises(InputDataError, match="^posterior:"):  # was a RuntimeError at the first Thompson draw
+        PosteriorObjective(make_posterior(torch.zeros(0, 4)), pca, kind="thompson")
+    objective = PosteriorObjective(posterior, pca, kind="thompson")
+    for bad, field in ((dict(base=[[0.0]]), "base"), (dict(base=torch.full((4, 1, 8, 8), float("nan"))), "base"),
+                       (dict(base=base.images, batch_size=0), "batch_size")):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            objective.calibrate(**bad)
+    objective.calibrate(base.images)
+    u = objective.utility(base.images)
+    for bad, field in ((dict(x=[0.0]), "x"), (dict(utility=u[:3]), "utility"),  # was a RuntimeError
+                       (dict(utility=u[0]), "utility"),  # `n` was broadcast against the draws
+                       (dict(utility=torch.full_like(u, float("nan"))), "utility")):  # NaN read as outside
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            objective.region_probability(**bad)
+    for kwargs, field in ((dict(n=-1), "n"), (dict(n=2.0), "n"), (dict(n=2, generator="seed"), "generator"),
+                          (dict(n=2, device="cpux"), "device")):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            objective.begin_batch(**kwargs)
+    with pytest.raises(InputDataError, match="^values:"):
+        objective.push_weight([0.5])

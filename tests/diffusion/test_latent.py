@@ -92,3 +92,41 @@ def test_per_sample_conditioning_follows_its_samples_across_batches(latent_model
                                                               "cfg_scale": 2.0})):
         with pytest.raises(InputDataError, match=f"^{field}:"):
             sample(model(**kwargs), 4, num_inference_steps=2, progress=False)
+
+
+def test_latent_model_arguments_are_checked(latent_model):
+    from papa_bayes.diffusion import LatentDiffusion, PixelDiffusion
+
+    def model(**kwargs):
+        args = {"unet": latent_model.unet, "vae": latent_model.vae, **kwargs}
+        return LatentDiffusion(args.pop("unet"), args.pop("vae"), latent_model.scheduler, **args)
+
+    neg = torch.zeros(1, 1, 8)  # L x D of the default conditioning
+    cases = [
+        ("cfg_scale", {"cfg_scale": float("nan"), "negative_encoder_hidden_states": neg}),  # were NaN samples
+        ("cfg_scale", {"cfg_scale": "2", "negative_encoder_hidden_states": neg}),
+        ("cfg_scale", {"cfg_scale": None}),  # was TypeError
+        ("encoder_hidden_states", {"encoder_hidden_states": [[[0.0] * 8]]}),  # was AttributeError
+        ("encoder_hidden_states", {"encoder_hidden_states": torch.zeros(1, 3, 5)}),  # a matmul error when sampling
+        ("encoder_hidden_states", {"encoder_hidden_states": torch.zeros(1, 0, 8)}),  # attended to nothing
+        ("encoder_hidden_states", {"encoder_hidden_states": torch.full((1, 3, 8), float("nan"))}),  # NaN samples
+        ("negative_encoder_hidden_states", {"cfg_scale": 2.0, "negative_encoder_hidden_states": torch.zeros(3, 8)}),
+        ("negative_encoder_hidden_states", {"cfg_scale": 2.0, "negative_encoder_hidden_states": torch.zeros(1, 4, 8)}),
+        ("latent_size", {"latent_size": 0}), ("latent_size", {"latent_size": -2}),  # were shapes (4, 0, 0) ...
+        ("latent_size", {"latent_size": (4,)}), ("latent_size", {"latent_size": 2.5}),  # ... or foreign errors
+        ("latent_size", {"latent_size": True}),
+        ("vae", {"vae": None}),
+        ("unet", {"unet": "unet"}),
+    ]
+    for field, kwargs in cases:
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            model(**kwargs)
+    with pytest.raises(InputDataError, match="^unet:"):
+        PixelDiffusion(None, latent_model.scheduler)
+    assert model(cfg_scale=0.0, negative_encoder_hidden_states=neg).cfg_scale == 0.0  # unconditional: allowed
+    assert model(latent_size=(4, 6)).sample_shape == (4, 4, 6)
+    for kwargs, field in (({"device": "cpux"}, "device"), ({"dtype": "float16"}, "dtype"),
+                          ({"dtype": torch.int64}, "dtype")):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            latent_model.to(**kwargs)
+    assert latent_model.to(None).device == torch.device("cpu")  # None keeps the device

@@ -46,6 +46,12 @@ SAMPLES = torch.randn(6, 1, 8, 8, generator=gen(1))
         (lambda: class_entropy([1.9, 1.2]), "classes"),  # no silent truncation
         (lambda: class_entropy([10]), "classes"),
         (lambda: class_entropy(["a"]), "classes"),
+        (lambda: class_entropy(np.eye(10, dtype=int)), "classes"),  # one-hot rows were read as classes 0 and 1
+        (lambda: knn_radii(torch.full((5, 4), float("nan"))), "reference"),  # were NaN radii
+        (lambda: manifold_precision(torch.full((3, 64), float("nan")), REF), "samples"),  # was 0.0, silently
+        (lambda: manifold_recall(SAMPLES, torch.full((20, 1, 8, 8), float("inf"))), "reference"),
+        (lambda: manifold_membership(SAMPLES, REF, radii=torch.full((20,), float("nan"))), "radii"),
+        (lambda: manifold_membership(SAMPLES, REF, radii=-torch.ones(20)), "radii"),
     ],
 )
 def test_metrics_bad_input(call, field):
@@ -71,6 +77,7 @@ def test_metrics_values_on_valid_input():
         ({"reference": np.zeros((20, 1, 8, 8))}, "reference"),
         ({"reference": torch.zeros(20, 1, 4, 4)}, "reference"),  # was blamed on "samples"
         ({"liked": 4}, "liked"),
+        ({"reference": torch.full((20, 1, 8, 8), float("nan"))}, "reference"),  # every measure was 0, silently
     ],
 )
 def test_evaluate_samples_bad_input(kwargs, field):

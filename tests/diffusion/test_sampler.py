@@ -72,3 +72,29 @@ def test_eta_and_step_count_are_checked(pixel_model, field, kwargs):
         sample(pixel_model, 2, progress=False, **{"num_inference_steps": 2, **kwargs})
     ddim = sample(pixel_model, 2, num_inference_steps=3, eta=1.0, generator=gen(0), progress=False)
     assert bool(torch.isfinite(ddim.images).all())
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [
+    ("num_samples", {"num_samples": True}),  # was a TypeError from torch.randn
+    ("num_inference_steps", {"num_inference_steps": True}),  # was one step, silently
+    ("batch_size", {"batch_size": True}),  # was batches of one, silently
+    ("eta", {"eta": "0.5"}),  # was a TypeError from the scheduler
+    ("eta", {"eta": None}),
+    ("initial_noise", {"initial_noise": [[0.0]]}),  # was AttributeError
+    ("initial_noise", {"initial_noise": torch.full((2, 1, 8, 8), float("nan"))}),  # was NaN samples
+    ("generator", {"generator": 0}),  # was AttributeError
+    ("guidance", {"guidance": lambda images: images.sum((1, 2, 3))}),  # was AttributeError
+    ("model", {"model": "unet"}),  # was AttributeError
+])
+def test_sampler_arguments_are_ours_to_reject(pixel_model, field, kwargs):
+    args = {"model": pixel_model, "num_samples": 2, "num_inference_steps": 2, **kwargs}
+    with pytest.raises(InputDataError, match=f"^{field}:"):
+        sample(args.pop("model"), args.pop("num_samples"), progress=False, **args)
+
+
+def test_unknown_prediction_type_is_not_read_as_v_prediction():
+    x, a = torch.randn(2, 1, 8, 8), torch.tensor(0.5)
+    with pytest.raises(InputDataError, match="^prediction_type:"):
+        split_model_output(x, x, a, "eps")
+    with pytest.raises(InputDataError, match="^prediction_type:"):
+        join_model_output(x, x, a, "v")

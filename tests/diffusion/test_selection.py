@@ -118,8 +118,9 @@ def test_recommendation_scale_is_the_mildest_that_reaches_the_target(pixel_model
     assert never.reached == (max(never.expected_share.values()) >= 0.999999)
     if not never.reached:
         assert never.scale == 0.3  # the largest allowed when none reaches the target
-    for bad in (dict(target=1.0), dict(keep=0.0), dict(max_scale=0.0), dict(scales=())):
-        with pytest.raises(InputDataError):
+    for bad in (dict(target=1.0), dict(keep=0.0), dict(max_scale=0.0), dict(scales=()), dict(target="0.5"),
+                dict(keep="1"), dict(max_scale=float("nan")), dict(keep=float("nan"))):
+        with pytest.raises(InputDataError, match=next(iter(bad))):
             select(**{"target": 0.5, **bad})
 
 
@@ -135,6 +136,7 @@ def test_recommendation_scale_is_the_mildest_that_reaches_the_target(pixel_model
         ((torch.tensor([0.9, 0.2]), 1.0), {}, "num"),
         ((torch.tensor([0.9, 0.2]), "1"), {}, "num"),
         ((torch.tensor([0.9, 0.2]), 1), {"min_probability": float("nan")}, "min_probability"),
+        ((torch.tensor([0.9, 0.2]), 1), {"generator": "seed"}, "generator"),  # was AttributeError
     ],
 )
 def test_select_preferred_bad_input(args, kwargs, field):
@@ -164,7 +166,8 @@ def test_sample_preferred_rejects_non_finite_probabilities_and_checks_numbers_fi
 
     monkeypatch.setattr(selection, "sample", no_sampling)
     for bad, field in ((dict(num_samples=2.5), "num_samples"), (dict(min_probability=1.5), "min_probability"),
-                       (dict(batch_size=0), "batch_size")):
+                       (dict(batch_size=0), "batch_size"),
+                       (dict(guard="guard"), "guard"), (dict(probability=0.5), "probability")):  # failed after sampling
         with pytest.raises(InputDataError) as info:
             sample_preferred(pixel_model, **{"num_samples": 2, **bad}, **kw)
         assert info.value.field == field
@@ -190,7 +193,8 @@ def test_scale_rule_does_not_steer_when_no_unguided_sample_is_on_the_manifold(pi
 def test_manifold_guard_bad_input():
     ref = torch.randn(10, 1, 8, 8, generator=gen(0))
     for args, kwargs, field in (((ref.numpy(),), {}, "reference"), ((ref,), {"radius_scale": "x"}, "radius_scale"),
-                                ((ref,), {"k": 0}, "k")):
+                                ((ref,), {"k": 0}, "k"),
+                                ((torch.full((10, 1, 8, 8), float("nan")),), {}, "reference")):  # NaN radii: no ball
         with pytest.raises(InputDataError) as info:
             ManifoldGuard(*args, **kwargs)
         assert info.value.field == field

@@ -52,6 +52,12 @@ def test_training_is_seeded(tmp_path):
         ({"learning_rate": "2e-3"}, "learning_rate"),
         ({"ema_decay": -1.0}, "ema_decay"),
         ({"ema_decay": 1.0}, "ema_decay"),
+        ({"device": "cpux"}, "device"),  # was PyTorch's RuntimeError, after the UNet was built
+        ({"device": "cuda:99"}, "device"),
+        ({"seed": 1.5}, "seed"),  # was RuntimeError from manual_seed
+        ({"seed": "1"}, "seed"),
+        ({"unet_config": [("layers_per_block", 1)]}, "unet_config"),  # was TypeError
+        ({"unet_config": {"layers": 1}}, "unet_config"),  # was UNet2DModel's TypeError
     ],
 )
 def test_training_numbers_are_checked_before_the_unet_is_built(tmp_path, monkeypatch, kwargs, field):
@@ -63,4 +69,28 @@ def test_training_numbers_are_checked_before_the_unet_is_built(tmp_path, monkeyp
     monkeypatch.setattr(train, "make_digits_unet", no_unet)
     with pytest.raises(InputDataError) as info:
         train_base_model(tmp_path, **{"steps": 2, "batch_size": 4, "progress": False, **kwargs})
+    assert info.value.field == field
+
+
+def test_training_output_folder_is_a_path():
+    with pytest.raises(InputDataError, match="^out_dir:"):  # was TypeError from pathlib
+        train_base_model(None, steps=2, batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"num_features": 0}, "num_features"), ({"num_samples": 1}, "num_samples"),
+     ({"num_samples": 4, "num_features": 8}, "num_features"), ({"num_inference_steps": 2.0}, "num_inference_steps"),
+     ({"seed": "0"}, "seed")],
+)
+def test_feature_fitting_checks_its_numbers_before_sampling(monkeypatch, kwargs, field):
+    import papa_bayes.diffusion.train as train
+    from papa_bayes.diffusion import DEFAULT_CHECKPOINT
+
+    def no_sampling(*args, **kw):
+        raise AssertionError("sampled before checking the arguments")
+
+    monkeypatch.setattr(train, "sample", no_sampling)  # nothing is written to the checkpoint either
+    with pytest.raises(InputDataError) as info:
+        fit_default_features(DEFAULT_CHECKPOINT, **{"num_samples": 16, "num_features": 4, "progress": False, **kwargs})
     assert info.value.field == field

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_bool, check_device, check_float, check_generator, check_int
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "TrainingCopy",
     "check_samples",
+    "check_training_options",
     "encode_images",
     "require_peft",
 ]
@@ -52,12 +53,47 @@ def check_samples(name: str, samples: Any, shape: tuple[int, ...]) -> Tensor:
     return samples.detach()
 
 
+def check_training_options(
+    *,
+    device: Any = None,
+    mixed_precision: Any = None,
+    lora_rank: Any = None,
+    lora_alpha: Any = None,
+    lora_targets: Any = DEFAULT_LORA_TARGETS,
+    generator: Any = None,
+) -> torch.device | None:
+    """Check what :meth:`TrainingCopy.create` takes besides the models; returns the device (None stays None).
+
+    Fine-tuners call it first, so that a bad option fails before any sampling or encoding.
+    ``lora_alpha`` is checked even without ``lora_rank`` (where it is unused), and
+    ``peft`` is required only with ``lora_rank``.
+    """
+    device = check_device("device", device) if device is not None else None
+    check_bool("mixed_precision", mixed_precision, optional=True)
+    if lora_rank is not None:
+        check_int("lora_rank", lora_rank)
+    if lora_alpha is not None:
+        check_float("lora_alpha", lora_alpha, strict=True)
+    if isinstance(lora_targets, (str, bytes)) or not isinstance(lora_targets, Sequence) \
+            or not all(isinstance(t, str) for t in lora_targets):
+        raise InputDataError("lora_targets", "a sequence of module names (not one str)",
+                             repr(lora_targets) if isinstance(lora_targets, str) else lora_targets)
+    check_generator("generator", generator, optional=True, cpu=True)
+    if lora_rank is not None:
+        require_peft()
+    return device
+
+
 def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", batch_size: int = 64) -> Tensor:
     """Clean diffused samples `n x C x H x W` of images (the identity for pixel models).
 
     Latent models encode with their autoencoder (the posterior mean, times the
-    scaling factor), as Stable Diffusion training does.
+    scaling factor), ``batch_size`` (>= 1) images at a time, as Stable Diffusion
+    training does.
     """
+    if not isinstance(model, DiffusionModel):
+        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    batch_size = check_int("batch_size", batch_size)
     if not isinstance(model, LatentDiffusion):
         return check_samples(name, images, model.sample_shape)
     channels = int(getattr(model.vae.config, "in_channels", 3))
@@ -149,28 +185,28 @@ class TrainingCopy:
             lora_rank: train rank-``lora_rank`` LoRA adapters only (needs ``peft``);
                 None fine-tunes every weight.
             lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
-            lora_targets: names of the modules LoRA adapts.
+            lora_targets: names of the modules LoRA adapts (a sequence of str).
             generator: CPU generator; a fresh one seeded 0 when None.
+
+        Raises:
+            InputDataError: on a model or reference that is not a DiffusionModel (or
+                of another sample shape), or a bad option (see
+                :func:`check_training_options`).
         """
         if not isinstance(base, DiffusionModel):
             raise InputDataError("model", "a DiffusionModel", type(base).__name__)
+        device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
+                                        lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
+        device = device if device is not None else base.device
         if reference is not None and not isinstance(reference, DiffusionModel):
             raise InputDataError("reference", "a DiffusionModel", type(reference).__name__)
         if reference is not None and tuple(reference.sample_shape) != tuple(base.sample_shape):
             raise InputDataError("reference", f"a model of sample shape {base.sample_shape}",
                                  tuple(reference.sample_shape))
-        if lora_rank is not None:
-            check_int("lora_rank", lora_rank)
-            if lora_alpha is not None:
-                check_float("lora_alpha", lora_alpha, strict=True)
-            require_peft()
-        device = torch.device(device) if device is not None else base.device
         if mixed_precision is None:
             mixed_precision = device.type == "cuda"
         if generator is None:
             generator = torch.Generator().manual_seed(0)
-        elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-            raise InputDataError("generator", "a CPU torch.Generator", generator)
         model = copy.copy(base)  # shallow: scheduler, autoencoder and conditioning are shared, never trained
         # torch.nn.Module.to: diffusers' own `to` warns about casting a loaded model.
         unet = torch.nn.Module.to(copy.deepcopy(base.unet), device=device, dtype=torch.float32)
@@ -257,8 +293,14 @@ class TrainingCopy:
             One dict of logged values (``loss`` and the step's own) per step.
 
         Raises:
+            InputDataError: unless ``steps`` is an integer >= 1 and ``lr`` and
+                ``max_grad_norm`` finite numbers > 0, or when ``step`` returns other
+                than a one-value loss tensor.
             ModelError: when the loss becomes NaN or infinite.
         """
+        steps = check_int("steps", steps)
+        lr = check_float("lr", lr, strict=True)
+        max_grad_norm = check_float("max_grad_norm", max_grad_norm, strict=True)
         params = self.parameters()
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         warmup = max(1, steps // 20)
@@ -274,6 +316,9 @@ class TrainingCopy:
         bar = tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False)
         for i in bar:
             loss, logs = step(i)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
+                                     tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__)
             if not bool(torch.isfinite(loss)):
                 raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
             opt.zero_grad(set_to_none=True)

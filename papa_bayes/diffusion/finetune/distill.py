@@ -27,7 +27,12 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import check_float, check_int
-from papa_bayes.diffusion.finetune.common import DEFAULT_LORA_TARGETS, TrainingCopy, check_samples, require_peft
+from papa_bayes.diffusion.finetune.common import (
+    DEFAULT_LORA_TARGETS,
+    TrainingCopy,
+    check_samples,
+    check_training_options,
+)
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import sample
 from papa_bayes.exceptions import InputDataError
@@ -69,7 +74,8 @@ def finetune_on_samples(
         generator: CPU generator of batches, timesteps and noise (seed 0 when None).
         device: training device (``model.device`` when None); the result comes back
             on ``model``'s device and dtype.
-        mixed_precision: bf16 autocast; None: on exactly when training on CUDA.
+        mixed_precision: bf16 autocast (None, True or False); None: on exactly when
+            training on CUDA.
         lora_rank: train LoRA adapters of this rank only (needs ``peft``); None
             trains every weight (right for the small digits model).
         lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
@@ -81,7 +87,8 @@ def finetune_on_samples(
         with its own frozen denoiser.
 
     Raises:
-        InputDataError: on samples of the wrong shape or non-finite, or a bad number.
+        InputDataError: on samples of the wrong shape or non-finite, or a bad number,
+            device, generator or switch.
         ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     Example:
@@ -92,6 +99,8 @@ def finetune_on_samples(
     lr = check_float("lr", lr, strict=True)
     anchor_weight = check_float("anchor_weight", anchor_weight)
     batch_size = check_int("batch_size", batch_size)
+    device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
+                                    lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     samples = check_samples("samples", samples, model.sample_shape)
@@ -157,7 +166,8 @@ def distill_guidance(
         generator: CPU generator seeding the targets, then the training draws (seed 0
             when None).
         device: training device (``model.device`` when None).
-        mixed_precision: bf16 autocast; None: on exactly when training on CUDA.
+        mixed_precision: bf16 autocast (None, True or False); None: on exactly when
+            training on CUDA.
         lora_rank: LoRA rank (needs ``peft``); None: full fine-tune.
         lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
         lora_targets: module names LoRA adapts.
@@ -165,6 +175,11 @@ def distill_guidance(
 
     Returns:
         A new :class:`DiffusionModel`; sample it without guidance.
+
+    Raises:
+        InputDataError: on a bad number, model, guidance, device, generator (a CPU
+            torch.Generator or None) or switch, before any sample is drawn.
+        ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     On the digits task the defaults (512 targets, 300 steps of 64) bring unguided
     samples to 0.99 of the guided preferred fraction at manifold precision 0.91, in
@@ -183,13 +198,13 @@ def distill_guidance(
     check_float("lr", lr, strict=True)
     check_float("anchor_weight", anchor_weight)
     check_int("batch_size", batch_size)
+    if not isinstance(model, DiffusionModel):
+        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     if not callable(getattr(guidance, "guide", None)):
         raise InputDataError("guidance", "a Guidance", type(guidance).__name__)
-    if lora_rank is not None:  # fail before the expensive part
-        check_int("lora_rank", lora_rank)
-        if lora_alpha is not None:
-            check_float("lora_alpha", lora_alpha, strict=True)
-        require_peft()
+    # Fail before the expensive part: the guided samples.
+    device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
+                                    lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     targets = sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=guidance,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from papa_bayes.checks import check_device, check_float_dtype, check_path
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -41,12 +42,16 @@ def save_finetuned(
 
     Returns:
         The folder.
+
+    Raises:
+        InputDataError: on a ``model`` that is not a DiffusionModel or a ``path`` that
+            is not a str or os.PathLike.
     """
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    root = check_path("path", path)
     if not hasattr(model.unet, "save_pretrained"):
         raise ModelError(f"{type(model.unet).__name__} has no save_pretrained; save its state_dict instead.")
-    root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     model.unet.save_pretrained(root / "unet", safe_serialization=True)
     model.scheduler.save_pretrained(root / "scheduler")
@@ -80,7 +85,7 @@ def load_finetuned(
             supplies the autoencoder and conditioning); for pixel models it only sets
             the defaults of ``device`` and ``dtype``.
         device: where the denoiser goes (``base.device``, else CPU).
-        dtype: the denoiser's dtype (``base.dtype``, else float32).
+        dtype: the denoiser's dtype, a floating-point torch.dtype (``base.dtype``, else float32).
 
     Returns:
         The model, frozen and in eval mode, with the saved sampling scheduler (its
@@ -88,15 +93,33 @@ def load_finetuned(
         saved one is not a diffusers scheduler).
 
     Raises:
-        InputDataError: when ``path`` holds no saved denoiser, ``base`` is not a
-            DiffusionModel, or a latent model is loaded without ``base``.
+        InputDataError: when ``path`` holds no saved denoiser (or an unreadable
+            ``finetune.json``), ``base`` is not a DiffusionModel or not of the kind
+            the checkpoint was saved from, a latent model is loaded without ``base``,
+            or on a device this machine does not have or a ``dtype`` that is not a
+            floating-point torch.dtype.
     """
     if base is not None and not isinstance(base, DiffusionModel):
         raise InputDataError("base", "None or a DiffusionModel", type(base).__name__)
-    root = Path(path)
+    if device is not None:
+        device = check_device("device", device)
+    if dtype is not None:
+        dtype = check_float_dtype("dtype", dtype)
+    root = check_path("path", path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a folder holding `unet/config.json`", str(root))
-    record = json.loads((root / _INFO).read_text()) if (root / _INFO).is_file() else {}
+    try:
+        record = json.loads((root / _INFO).read_text()) if (root / _INFO).is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise InputDataError("path", f"a folder whose `{_INFO}` is a JSON object (as save_finetuned writes)", str(root))
+    if base is not None:
+        for key, found, expected in (("model", type(base).__name__, "a {} (what the checkpoint was saved from)"),
+                                     ("unet", type(base.unet).__name__, "a model with a {} denoiser, as saved")):
+            saved = record.get(key)
+            if isinstance(saved, str) and saved != found:
+                raise InputDataError("base", expected.format(saved), found)
     if device is None:
         device = base.device if base is not None else "cpu"
     if dtype is None:

@@ -37,7 +37,12 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import check_float, check_int
-from papa_bayes.diffusion.finetune.common import DEFAULT_LORA_TARGETS, TrainingCopy, encode_images
+from papa_bayes.diffusion.finetune.common import (
+    DEFAULT_LORA_TARGETS,
+    TrainingCopy,
+    check_training_options,
+    encode_images,
+)
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
@@ -109,7 +114,8 @@ def papa_finetune(
             online loop); ``model`` when None.
         generator: CPU generator of batches, timesteps and noise (seed 0 when None).
         device: training device (``model.device`` when None).
-        mixed_precision: bf16 autocast; None: on exactly when training on CUDA.
+        mixed_precision: bf16 autocast (None, True or False); None: on exactly when
+            training on CUDA.
         lora_rank: LoRA rank (needs ``peft``); None: full fine-tune.
         lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
         lora_targets: module names LoRA adapts.
@@ -120,7 +126,7 @@ def papa_finetune(
 
     Raises:
         InputDataError: images of the wrong shape or non-finite, signs not +-1 or of
-            another length, a bad number.
+            another length, a bad number, device, generator or switch.
         ModelError: LoRA without ``peft``; a diverging loss.
 
     Example:
@@ -135,6 +141,9 @@ def papa_finetune(
     regularizer_weight = check_float("regularizer_weight", regularizer_weight)
     timestep_cutoff = check_float("timestep_cutoff", timestep_cutoff, maximum=1.0)
     batch_size = check_int("batch_size", batch_size)
+    # Before the images are encoded: a bad option should not cost an autoencoder pass.
+    device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
+                                    lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     x0 = encode_images(model, images)
