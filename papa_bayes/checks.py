@@ -24,29 +24,36 @@ def _shown(value: Any) -> Any:
     return repr(value) if isinstance(value, str) else value
 
 
-def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int, or InputDataError unless an integer >= ``minimum``.
+def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None,
+              expected: str | None = None) -> int:
+    """``value`` as an int, or InputDataError unless an integer >= ``minimum`` (and <= ``maximum``).
 
-    NumPy integers and 0-d integer tensors count; bools do not.
+    NumPy integers and 0-d integer tensors count; bools do not. ``expected``
+    replaces the error's wording of the range (e.g. to say what the bounds are).
     """
+    if expected is None:
+        expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
     if isinstance(value, Tensor) and value.dim() == 0 and not (value.is_floating_point() or value.is_complex()
                                                                 or value.dtype == torch.bool):
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputDataError(name, f"an integer >= {minimum}", _shown(value))
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum \
+            or (maximum is not None and value > maximum):
+        raise InputDataError(name, expected, _shown(value))
     return int(value)
 
 
 def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
-                maximum: float | None = None, inclusive_maximum: bool = False) -> float:
+                maximum: float | None = None, inclusive_maximum: bool = False, expected: str | None = None) -> float:
     """``value`` as a finite float in the given range, or InputDataError (also for a bool or str).
 
     The range is ``> minimum`` (``strict``) or ``>= minimum``, and, with ``maximum``,
-    ``< maximum`` or (``inclusive_maximum``) ``<= maximum``.
+    ``< maximum`` or (``inclusive_maximum``) ``<= maximum``. ``expected`` replaces
+    the error's wording of the range.
     """
-    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-    upper = "" if maximum is None else f" and {'<=' if inclusive_maximum else '<'} {maximum:g}"
-    expected = f"a finite number {bound}{upper}"
+    if expected is None:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        upper = "" if maximum is None else f" and {'<=' if inclusive_maximum else '<'} {maximum:g}"
+        expected = f"a finite number {bound}{upper}"
     if isinstance(value, (bool, str, bytes)):  # text is not a number, even when float() parses it
         raise InputDataError(name, expected, _shown(value))
     try:

@@ -145,11 +145,8 @@ class SimulatedUser:
     ) -> None:
         self.link = check_link(link)
         if rationality != math.inf:  # math.inf: a noiseless user
-            try:
-                check_float("rationality", rationality, strict=True)
-            except InputDataError:
-                raise InputDataError("rationality", "a positive number (math.inf for a noiseless user)",
-                                     repr(rationality) if isinstance(rationality, str) else rationality) from None
+            check_float("rationality", rationality, strict=True,
+                        expected="a positive number (math.inf for a noiseless user)")
         tie_margin = check_float("tie_margin", tie_margin)
         threshold = check_float("threshold", threshold, minimum=-math.inf)
         seed = check_int("seed", seed, minimum=0)

@@ -182,22 +182,12 @@ class MidBlockFeatures(FeatureMap):
         if mid_block is None:
             raise ModelError("MidBlockFeatures needs a denoiser with a mid_block (a diffusers UNet).")
         channels = int(mid_block.resnets[-1].out_channels)
-        expected = f"None or an integer in [1, {channels}] (the mid-block's channels)"
         if num_features is not None:
-            try:
-                num_features = check_int("num_features", num_features)
-            except InputDataError:
-                raise InputDataError("num_features", expected, num_features) from None
-            if num_features > channels:
-                raise InputDataError("num_features", expected, num_features)
+            num_features = check_int("num_features", num_features, maximum=channels,
+                                     expected=f"None or an integer in [1, {channels}] (the mid-block's channels)")
         num_train = int(model.scheduler.config.num_train_timesteps)
-        expected = f"an integer in [0, {num_train}) (the training timesteps)"
-        try:
-            timestep = check_int("timestep", timestep, minimum=0)
-        except InputDataError:
-            raise InputDataError("timestep", expected, timestep) from None
-        if timestep >= num_train:
-            raise InputDataError("timestep", expected, timestep)
+        timestep = check_int("timestep", timestep, minimum=0, maximum=num_train - 1,
+                             expected=f"an integer in [0, {num_train}) (the training timesteps)")
         super().__init__(channels if num_features is None else num_features)
         self.model = model
         self.timestep = int(timestep)

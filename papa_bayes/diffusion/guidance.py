@@ -163,11 +163,7 @@ class Guidance:
     def multiplier(self, step: int, num_steps: int) -> float:
         start, stop = self.window
         value = self.schedule((step / num_steps - start) / (stop - start))
-        try:
-            return check_float("schedule", value)
-        except InputDataError:
-            raise InputDataError("schedule", "a callable of the progress returning finite numbers >= 0",
-                                 repr(value) if isinstance(value, str) else value) from None
+        return check_float("schedule", value, expected="a callable of the progress returning finite numbers >= 0")
 
     def guide(
         self, model: DiffusionModel, x_t: Tensor, t: Tensor, alpha_bar: Tensor, *, step: int, num_steps: int

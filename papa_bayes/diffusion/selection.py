@@ -139,12 +139,7 @@ def select_preferred(
     """
     p = _check_probability(probability)
     n = p.shape[0]
-    try:
-        num = check_int("num", num)
-    except InputDataError:
-        raise InputDataError("num", f"an integer in [1, {n}]", repr(num) if isinstance(num, str) else num) from None
-    if num > n:
-        raise InputDataError("num", f"an integer in [1, {n}]", num)
+    num = check_int("num", num, maximum=n)
     check_generator("generator", generator, optional=True)
     min_probability = None if min_probability is None else check_float(
         "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
