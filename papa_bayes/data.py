@@ -162,6 +162,9 @@ class PreferenceData:
             names = tuple(str(s) for s in self.feature_names)
             if len(names) != items.shape[1]:
                 raise InputDataError("feature_names", f"{items.shape[1]} names (one per feature)", len(names))
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:  # ArviZ labels the feature coordinate with them
+                raise InputDataError("feature_names", "distinct names", f"repeated {repeated}")
             set_("feature_names", names)
 
     @staticmethod

@@ -162,6 +162,8 @@ def test_feature_names_are_a_sequence_of_names():
         PreferenceData(items=torch.zeros(2, 2), feature_names="ab")  # not ('a', 'b')
     with pytest.raises(InputDataError, match="feature_names"):
         PreferenceData(items=torch.zeros(2, 2), feature_names=5)
+    with pytest.raises(InputDataError, match="repeated"):
+        PreferenceData(items=torch.zeros(2, 3), feature_names=["a", "b", "a"])
 
 
 def test_from_dict_and_json_validate_without_coercion(tmp_path):

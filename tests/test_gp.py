@@ -210,6 +210,10 @@ def test_bad_features_raise_input_data_error(small):
             post.preference_probability(torch.zeros(2, 4), torch.zeros(3, 4))
         with pytest.raises(InputDataError, match="rater"):
             post.utility(torch.zeros(2, 4), rater=3)
+        for bad in (False, 0.0, "0"):  # equal to the id 0, but not an id
+            with pytest.raises(InputDataError, match="rater"):
+                post.utility(torch.zeros(2, 4), rater=bad)
+        assert post.utility(torch.zeros(2, 4), rater=0).shape == (post.num_draws, 2)
         with pytest.raises(InputDataError, match="features"):
             post.utility(torch.ones(2, 4, dtype=torch.bool))  # not read as 0/1 features
         with pytest.raises(InputDataError, match="features"):

@@ -253,6 +253,9 @@ class MidBlockFeatures(FeatureMap):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.fitted:  # unfitted: raw channels, neither standardized nor projected
+            raise ModelError("MidBlockFeatures is not fitted: call .fit(samples) (e.g. 1024 base-model samples) "
+                             "before mapping images.")
         acts = self.pooled(x)
         dt = acts.dtype
         z = (acts - self.mean.to(dt)) / self.std.to(dt)

@@ -85,8 +85,9 @@ class GPPosterior(RewardPosterior):
         if rater is None:
             return
         ids = self.data.raters.tolist()
-        if rater not in ids:
-            raise InputDataError("rater", f"None or the data's rater id {ids[0]} (a GP models one person)", rater)
+        expected = f"None or the data's rater id {ids[0]} (a GP models one person)"
+        if check_int("rater", rater, minimum=0, expected=expected) not in ids:  # not False or 0.0 (== 0)
+            raise InputDataError("rater", expected, rater)
 
     def utility(self, features: Tensor, *, rater: int | None = None) -> Tensor:
         """Joint posterior draws `s x n` at `n x d` features (differentiable in ``features``).

@@ -12,7 +12,7 @@ from papa_bayes.diffusion import (
     sample,
     save_feature_map,
 )
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, ModelError
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,8 @@ def test_feature_map_arguments_are_checked(pixel_model, images, tmp_path):
         with pytest.raises(InputDataError, match="^model:"):
             MidBlockFeatures(bad)
     mid = MidBlockFeatures(pixel_model, timestep=80, num_features=3)
+    with pytest.raises(ModelError, match="not fitted"):  # were the first 3 raw channels
+        mid(images)
     for bad, field in ((dict(samples=[1.0]), "samples"), (dict(samples=images[:, 0]), "samples"),  # 3-D: conv error
                        (dict(samples=images[:0]), "samples"), (dict(samples=torch.full((5, 1, 8, 8), float("nan"))),
                                                                "samples"),
