@@ -26,6 +26,8 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
     if isinstance(value, Tensor):
         t = value.detach()
     else:
+        if hasattr(value, "to_numpy") and hasattr(value, "shape"):  # pandas DataFrame / Series
+            value = value.to_numpy(copy=True)  # writable: torch warns on read-only arrays
         try:
             t = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as err:
@@ -304,8 +306,8 @@ class PreferenceData:
         ``rater`` is a non-negative integer id; data without rater ids belong to rater 0.
         """
         rater = check_int("rater", rater, minimum=0)
-        cm = torch.ones(self.num_comparisons, dtype=torch.bool) if self.comparison_rater is None else self.comparison_rater == rater
-        rm = torch.ones(self.num_ratings, dtype=torch.bool) if self.rating_rater is None else self.rating_rater == rater
+        cr, rr = self.rater_ids()  # rater 0 where the data carries no ids
+        cm, rm = cr == rater, rr == rater
         return PreferenceData(
             items=self.items, comparisons=self.comparisons[cm], ties=self.ties[cm], ratings=self.ratings[rm],
             feature_names=self.feature_names,
@@ -416,6 +418,20 @@ class PreferenceData:
         raters = col(rater) if rater is not None and rater in df.columns else None
         return cls(items=items, comparisons=comps, ties=ties, comparison_rater=raters, feature_names=feature_names)
 
+    def __eq__(self, other: object) -> bool:
+        """Same items, answers, rater ids and feature names (the tensors compared exactly)."""
+        if not isinstance(other, PreferenceData):
+            return NotImplemented
+
+        def same(a: Tensor | None, b: Tensor | None) -> bool:
+            return a is b if a is None or b is None else torch.equal(a, b)
+
+        fields = ("items", "comparisons", "ties", "ratings", "comparison_rater", "rating_rater")
+        return self.feature_names == other.feature_names and all(same(getattr(self, f), getattr(other, f)) for f in fields)
+
+    def __hash__(self) -> int:  # consistent with __eq__: equal data have equal sizes and names
+        return hash((self.num_items, self.num_features, self.num_comparisons, self.num_ratings, self.feature_names))
+
     def __repr__(self) -> str:
         return (
             f"PreferenceData(items={self.num_items}x{self.num_features}, comparisons={self.num_comparisons}"
@@ -431,7 +447,14 @@ def _json_rows(value: Any, empty_shape: tuple[int, ...]) -> Any:
 
 
 def _numel(x: Any) -> int:
-    return x.numel() if isinstance(x, Tensor) else int(math.prod(torch.as_tensor(x).shape))
+    if isinstance(x, Tensor):
+        return x.numel()
+    if hasattr(x, "to_numpy") and hasattr(x, "shape"):  # pandas DataFrame / Series
+        return int(math.prod(x.shape))
+    try:
+        return int(math.prod(torch.as_tensor(x).shape))
+    except (TypeError, ValueError, RuntimeError):
+        return 1  # not empty: the conversion that follows names the field and the problem
 
 
 def _feature_rows(items: Any, d: int) -> Tensor:

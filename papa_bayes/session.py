@@ -20,7 +20,7 @@ new rater starts from what the others taught.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,7 +85,12 @@ class FeaturePool:
     """
 
     def __init__(self, items: Tensor) -> None:
-        self.items = torch.as_tensor(items, dtype=torch.float64)
+        if hasattr(items, "to_numpy") and hasattr(items, "shape"):  # a pandas DataFrame
+            items = items.to_numpy(copy=True)
+        try:
+            self.items = torch.as_tensor(items, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError("items", "an `N x d` array of real numbers", type(items).__name__) from None
         if self.items.dim() != 2 or self.items.shape[0] < 2:
             raise InputDataError("items", "shape `N x d` with N >= 2", tuple(self.items.shape))
         if not bool(torch.isfinite(self.items).all()):
@@ -198,9 +203,8 @@ class PreferenceSession:
         pool_size = check_int("pool_size", pool_size, minimum=2)
         num_draws = check_int("num_draws", num_draws)
         seed = check_int("seed", seed, minimum=0)
-        for name, every in (("refit_every", refit_every), ("finetune_every", finetune_every)):
-            if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-                raise InputDataError(name, "a positive integer or None", every)
+        refit_every, finetune_every = (None if every is None else check_int(name, every, expected="a positive integer or None")
+                                       for name, every in (("refit_every", refit_every), ("finetune_every", finetune_every)))
         if finetune_options is not None and not isinstance(finetune_options, dict):
             raise InputDataError("finetune_options", "None or a dict of fine-tuning options",
                                  type(finetune_options).__name__)
@@ -208,6 +212,10 @@ class PreferenceSession:
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
         rater = check_int("rater", rater, minimum=0)
+        method = "compare" if query_type == "pair" else "rate"
+        if not callable(getattr(user, method, None)):  # before anything is stored
+            raise InputDataError("user", f"an object with a {method}() method for {query_type!r} queries "
+                                 "(e.g. a SimulatedUser or CallbackUser)", type(user).__name__)
         self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
         # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
         if not _resuming and self.store.queries(rater=rater):
@@ -283,7 +291,7 @@ class PreferenceSession:
             if source_state is not None and callable(getattr(source, "load_state", None)):
                 source.load_state(source_state)
             if last.answer is None:  # killed while asking: ask again
-                session._ask_and_update(last)
+                last = session._ask_and_update(last)
                 session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
             elif last.round not in store.finished_rounds(session.rater):  # killed after the answer was written
                 session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
@@ -391,7 +399,7 @@ class PreferenceSession:
         )
         query = StoredQuery(query_id, self.round, self.rater, self.query_type, item_a, item_b, score, None)
         t_select = time.perf_counter()
-        self._ask_and_update(query)
+        query = self._ask_and_update(query)
         t_update = time.perf_counter()
         realised = weight_entropy_bits(post) - weight_entropy_bits(self._posterior)
         metrics = {
@@ -425,8 +433,8 @@ class PreferenceSession:
         self.source.finetune(self.posterior, generator=gen, path=self.finetune_path, **self.finetune_options)
         return time.perf_counter() - t0
 
-    def _ask_and_update(self, query: StoredQuery) -> None:
-        """Ask, write the answer durably, then update the posterior."""
+    def _ask_and_update(self, query: StoredQuery) -> StoredQuery:
+        """Ask, write the answer durably, then update the posterior; the query with its answer."""
         answer = self._ask(query)
         self.store.record_answer(query.id, answer)  # durable before anything else
         data = self.data
@@ -435,6 +443,7 @@ class PreferenceSession:
         else:
             self._posterior = self._posterior.update(data)
         self._shown += [query.item_a] + ([query.item_b] if query.item_b is not None else [])
+        return replace(query, answer=answer)
 
     def _ask(self, query: StoredQuery) -> str:
         def view(i: int) -> Tensor:

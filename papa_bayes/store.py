@@ -113,6 +113,8 @@ class PreferenceStore:
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder; a store is a file (e.g. {self.path / 'session.db'}).")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if not exists and not create:
             raise StoreError(f"No store at {self.path}.")

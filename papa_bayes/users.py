@@ -124,8 +124,8 @@ class SimulatedUser:
     tau = tie_margin). Like/dislike: P(like) = link(rationality * (u(x) - threshold)).
 
     Args:
-        utility: a `d` weight vector (linear utility) or any callable mapping `n x ...`
-            inputs (features or images) to `n` utilities.
+        utility: a `d` weight vector (linear utility; a tensor, NumPy array or list)
+            or any callable mapping `n x ...` inputs (features or images) to `n` utilities.
         link: ``"logit"`` or ``"probit"``.
         rationality: inverse noise; ``math.inf`` answers without error.
         tie_margin: 0 for strict answers.
@@ -151,6 +151,12 @@ class SimulatedUser:
         threshold = check_float("threshold", threshold, minimum=-math.inf)
         seed = check_int("seed", seed, minimum=0)
         self.weights = None
+        if isinstance(utility, (list, tuple)) or (type(utility).__module__ == "numpy" and not callable(utility)):
+            # a weight vector as an array-like
+            try:
+                utility = torch.as_tensor(utility)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputDataError("utility", "a `d` weight vector of numbers or a callable", type(utility).__name__) from None
         if isinstance(utility, Tensor):
             if utility.dtype == torch.bool or utility.is_complex():
                 raise InputDataError("utility", "real weights (a float or integer dtype)", str(utility.dtype))

@@ -3,6 +3,7 @@ optimize_queries for continuous features, exposure diversity, bad inputs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,6 +157,7 @@ def test_bad_inputs_raise_input_data_error(setup):
         select_queries(post, pool[:3], k=4)  # 3 pairs only
     with pytest.raises(InputDataError, match="k"):
         select_queries(post, pool, k=0)
+    assert select_queries(post, pool, k=np.int64(2)).indices.shape == (2, 2)  # NumPy integers count
     with pytest.raises(InputDataError, match="strategy"):
         select_queries(post, pool, strategy="clairvoyant")
     with pytest.raises(InputDataError, match="generator"):
@@ -258,6 +260,11 @@ def test_run_active_learning_passes_fit_options_to_every_update():
     for post in fits:
         assert post.options["refine_steps"] == 3 and "refine_acceptance" in post.diagnostics
         assert post.num_draws == 64
+    # A GP model is fitted by its own default method (the run used to force method="laplace" on it).
+    from papa_bayes.models import PreferenceGP
+
+    gp_run = run_active_learning(SimulatedUser(w, seed=0), pool[:12], model=PreferenceGP(), num_queries=2, num_samples=32)
+    assert gp_run.posterior.method == "elbo" and len(gp_run.alignment) == 2
     plain = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=2, num_samples=64, seed=0)
     assert "refine_acceptance" not in plain.posterior.diagnostics
     with pytest.raises(InputDataError, match="refine_steps"):
@@ -267,6 +274,8 @@ def test_run_active_learning_passes_fit_options_to_every_update():
         run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, fit_options={"num_samples": 8})
     with pytest.raises(InputDataError, match=r"select_options.*'k'"):
         run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, select_options={"k": 2})
+    with pytest.raises(InputDataError, match=r"select_options.*pair"):  # was an IndexError after the first fit
+        run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, select_options={"query_type": "rating"})
 
 
 def test_k_larger_than_the_screen_still_gives_k_distinct_pairs(setup):

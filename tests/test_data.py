@@ -100,6 +100,9 @@ def test_json_round_trip_is_lossless(tmp_path):
         assert torch.equal(b.ratings, d.ratings)
         assert torch.equal(b.comparison_rater, d.comparison_rater) and torch.equal(b.rating_rater, d.rating_rater)
         assert b.feature_names == d.feature_names
+        assert b == d and hash(b) == hash(d)  # == used to raise "Boolean value of Tensor ... is ambiguous"
+    assert d != d.append(ratings=[[0, 1]], rating_rater=[0]) and d != "data"
+    assert d != PreferenceData(items=d.items, comparisons=d.comparisons, ties=d.ties, ratings=d.ratings)
 
 
 def test_from_dataframe():
@@ -116,6 +119,13 @@ def test_from_dataframe():
         PreferenceData.from_dataframe("winner,loser", torch.randn(4, 2))
     with pytest.raises(InputDataError, match="tie"):
         PreferenceData.from_dataframe(df.assign(tie=["no", "yes"]), torch.randn(4, 2))
+    # Features and new rows as pandas objects (they used to raise KeyError / ValueError).
+    feats = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]}, dtype="float32")
+    d = PreferenceData.from_dataframe(df, feats)
+    assert d.items.dtype == torch.float64 and d.items.tolist() == feats.to_numpy().tolist()
+    assert d.append(comparisons=pd.DataFrame({"w": [3], "l": [0]}), comparison_rater=0).comparisons.tolist()[-1] == [3, 0]
+    with pytest.raises(InputDataError, match="comparisons"):
+        d.append(comparisons=[[0, 1], [2]], comparison_rater=0)  # ragged rows
 
 
 def test_append_refuses_malformed_rows_and_orphan_ties():
@@ -152,6 +162,10 @@ def test_extends_compares_ties_and_raters_too():
 def test_for_rater_checks_the_rater_id():
     d = _data(comparison_rater=[0, 1])
     assert d.for_rater(1).num_comparisons == 1 and d.for_rater(torch.tensor(0)).num_comparisons == 1
+    # Data without rater ids belong to rater 0 only.
+    plain = _data(ratings=[[0, 1]])
+    assert (plain.for_rater(0).num_comparisons, plain.for_rater(0).num_ratings) == (2, 1)
+    assert (plain.for_rater(1).num_comparisons, plain.for_rater(1).num_ratings) == (0, 0)
     for bad in (-1, "a", 1.5, True):
         with pytest.raises(InputDataError, match="rater"):
             d.for_rater(bad)

@@ -40,7 +40,10 @@ def test_session_moves_posterior_toward_preference(tmp_path):
 def test_like_dislike_session(tmp_path):
     source, user, w = setup()
     session = PreferenceSession(tmp_path / "r.db", source, user, query_type="rating", pool_size=12, seed=2, strategy="eig")
-    session.run(12, progress=False)
+    records = session.run(12, progress=False)
+    # Each round's record carries the answer it got (it used to say None).
+    assert [r.query.answer for r in records] == [q.answer for q in session.store.queries()]
+    assert all(r.query.answer in ("like", "dislike") for r in records)
     assert session.data.num_ratings == 12 and session.data.num_comparisons == 0
     cos = torch.nn.functional.cosine_similarity(session.posterior.mean("w"), w, dim=0)
     assert float(cos) > 0.6
@@ -65,6 +68,24 @@ def test_bad_options_are_refused_before_the_store_is_created(tmp_path, bad):
     with pytest.raises(InputDataError, match=next(iter(bad))):
         PreferenceSession(tmp_path / "b.db", source, user, **bad)
     assert not (tmp_path / "b.db").exists()
+
+
+def test_a_user_without_the_needed_method_is_refused_before_the_store_is_created(tmp_path):
+    source, user, _ = setup()
+    with pytest.raises(InputDataError, match=r"user.*compare"):  # was an AttributeError at the first question
+        PreferenceSession(tmp_path / "u.db", source, lambda a, b: 0)
+    with pytest.raises(InputDataError, match=r"user.*rate"):
+        PreferenceSession(tmp_path / "u.db", source, SlowUser(user, 0.0), query_type="rating")
+    assert not (tmp_path / "u.db").exists()
+
+
+def test_feature_pool_takes_array_likes_and_names_bad_items():
+    pd = pytest.importorskip("pandas")
+    items = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.equal(FeaturePool(pd.DataFrame(items.numpy())).items, items)  # was a KeyError
+    for bad in ("abc", [[1.0, 2.0], [3.0]]):  # were TypeError / ValueError
+        with pytest.raises(InputDataError, match="items"):
+            FeaturePool(bad)
 
 
 def _answers(path):
@@ -296,3 +317,13 @@ def test_run_recommend_and_pool_refuse_bad_arguments(tmp_path):
     items[5, 1] = float("nan")
     with pytest.raises(InputDataError, match="row 5"):
         FeaturePool(items)
+
+
+def test_numpy_integers_are_integers(tmp_path):
+    import numpy as np
+
+    source, user, _ = setup()
+    session = PreferenceSession(tmp_path / "n.db", source, user, pool_size=np.int64(8), refit_every=np.int64(2),
+                                seed=np.int32(1))
+    session.run(np.int64(2), progress=False)
+    assert session.round == 2 and session.refit_every == 2 and type(session.refit_every) is int

@@ -83,6 +83,11 @@ def test_corrupt_or_foreign_file_is_reported_not_overwritten(tmp_path):
     with pytest.raises(StoreError):
         PreferenceStore(good)
 
+    # A folder given as the store (it used to raise IsADirectoryError).
+    for create in (True, False):
+        with pytest.raises(StoreError, match="folder"):
+            PreferenceStore(tmp_path, create=create)
+
 
 def test_foreign_sqlite_file_is_not_converted_and_not_kept_open(tmp_path, monkeypatch):
     other = tmp_path / "other.db"

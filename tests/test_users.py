@@ -192,6 +192,13 @@ def test_user_rejects_bad_weights_items_and_answers():
         SimulatedUser(torch.tensor([1.0, float("nan")]))
     with pytest.raises(InputDataError, match="utility"):
         SimulatedUser(torch.zeros(0))
+    # Weights as a NumPy array or a list are a weight vector too (they used to be refused as "not a weight vector").
+    np = pytest.importorskip("numpy")
+    for w in (np.array([1.0, -1.0], dtype=np.float32), [1.0, -1.0]):
+        assert torch.equal(SimulatedUser(w).weights, torch.tensor([1.0, -1.0], dtype=torch.float64))
+    for bad in (["a", "b"], np.array([1.0, np.nan]), [[1.0, 2.0], [3.0]]):
+        with pytest.raises(InputDataError, match="utility"):
+            SimulatedUser(bad)
     user = SimulatedUser(torch.ones(2), seed=0)
     x = _items(4, 2)
     with pytest.raises(InputDataError, match="x"):

@@ -276,8 +276,7 @@ def select_queries(
     pool = _check_pool(pool_features, posterior.num_features, query_type)
     n = pool.shape[0]
     num_candidates = n * (n - 1) // 2 if query_type == "pair" else n
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputDataError("k", "a positive integer", k)
+    k = check_int("k", k, expected="a positive integer")
     if k > num_candidates:
         what = "pairs" if query_type == "pair" else "items"
         raise InputDataError("k", f"at most the number of {what} in the pool ({num_candidates})", k)

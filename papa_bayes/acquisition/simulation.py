@@ -123,7 +123,8 @@ def queries_to_reach(curve: list[float] | Tensor, level: float) -> int | None:
 def _fit(model: Any, data: PreferenceData, num_samples: int, seed: int, options: dict[str, Any]) -> RewardPosterior:
     from papa_bayes.inference.fit import fit
 
-    return fit(model, data, **{"method": "laplace", **options, "num_samples": num_samples, "seed": seed})
+    # No method given: fit's default (Laplace for Pyro models, the model's own for GP models).
+    return fit(model, data, **{**options, "num_samples": num_samples, "seed": seed})
 
 
 def _check_reserved(field: str, options: dict[str, Any], reserved: tuple[str, ...]) -> None:
@@ -157,8 +158,8 @@ def run_active_learning(
         pool: `n x d` candidate items; every pair is a possible query.
         strategy: see :data:`~papa_bayes.acquisition.STRATEGIES`.
         num_queries: answers in total, the random initial ones included.
-        model: reward model (default ``LinearReward()``), fitted by Laplace and
-            updated online.
+        model: reward model (default ``LinearReward()``), fitted by Laplace (a GP
+            model by its own default method) and updated online.
         num_samples: posterior draws.
         num_initial: random pairs before the first selection (>= 1).
         true_weights: `d` w* for alignment; default ``user.weights``.
@@ -167,7 +168,8 @@ def run_active_learning(
         select_options: extra keyword arguments of :func:`select_queries` (not
             ``strategy``, ``k`` or ``generator``, which the run sets).
         fit_options: extra keyword arguments of :func:`~papa_bayes.fit` (default
-            method Laplace), e.g. ``{"refine_steps": 20}``; kept by the updates.
+            method Laplace; a GP model's own default for GP models), e.g.
+            ``{"refine_steps": 20}``; kept by the updates.
             Not ``num_samples`` or ``seed``: use the arguments of those names.
         callback: called as ``callback(num_answers, posterior)`` after every
             posterior update (for task-specific metrics).
@@ -187,8 +189,8 @@ def run_active_learning(
     if n < 2:
         raise InputDataError("pool", "at least 2 items", n)
     num_queries = check_int("num_queries", num_queries)
-    if isinstance(num_initial, bool) or not isinstance(num_initial, int) or not 1 <= num_initial <= num_queries:
-        raise InputDataError("num_initial", f"between 1 and num_queries ({num_queries})", num_initial)
+    num_initial = check_int("num_initial", num_initial, maximum=num_queries,
+                            expected=f"between 1 and num_queries ({num_queries})")
     seed = check_int("seed", seed, minimum=0)
     for name, value in (("select_options", select_options), ("fit_options", fit_options)):
         if value is not None and not isinstance(value, dict):
@@ -200,6 +202,9 @@ def run_active_learning(
     opts, fit_opts = dict(select_options or {}), dict(fit_options or {})
     _check_reserved("select_options", opts, ("strategy", "k", "generator"))
     _check_reserved("fit_options", fit_opts, ("num_samples", "seed"))
+    if opts.get("query_type", "pair") != "pair":
+        raise InputDataError("select_options", "query_type 'pair' (run_active_learning asks pairwise queries)",
+                             opts["query_type"])
     model = LinearReward() if model is None else model
     user.reset()  # the same seed gives the same answers, however often the user was asked before
     w_true = user.weights

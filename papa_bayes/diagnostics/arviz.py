@@ -4,6 +4,9 @@ Groups: ``posterior``, ``sample_stats`` (``lp``, ``diverging``), ``log_likelihoo
 (one value per observation, so ``az.loo`` works), ``posterior_predictive``,
 ``observed_data``, ``constant_data``; dims ``feature``, ``comparison``, ``rating``,
 ``item``, ``rater``, each with coordinates.
+
+Data with both comparisons and ratings give two log-likelihood arrays; ArviZ then
+asks which one: ``az.loo(idata, var_name="comparisons")`` (or ``"ratings"``).
 """
 
 from __future__ import annotations

@@ -168,7 +168,8 @@ def sample(
             not a Guidance.
     """
     if not isinstance(model, DiffusionModel):
-        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+        raise InputDataError("model", "a DiffusionModel (wrap a diffusers UNet2DModel and scheduler in PixelDiffusion)",
+                             type(model).__name__)
     num_samples = check_int("num_samples", num_samples)
     num_inference_steps = check_int("num_inference_steps", num_inference_steps)
     batch_size = check_int("batch_size", batch_size)

@@ -294,7 +294,8 @@ def _nuts_diagnostics(post: PyroPosterior) -> None:
     )
     if post.diagnostics["r_hat_max"] > 1.01 or post.diagnostics["divergences"]:
         warnings.warn(
-            f"NUTS: max R-hat {post.diagnostics['r_hat_max']:.3f}, {post.diagnostics['divergences']} divergences;"
+            f"NUTS: max split R-hat {post.diagnostics['r_hat_max']:.4f} (Pyro's; az.summary shows the"
+            f" rank-normalized one, often larger), {post.diagnostics['divergences']} divergences;"
             " consider more warm-up or samples.",
             PapaBayesWarning, stacklevel=4,
         )

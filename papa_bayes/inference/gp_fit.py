@@ -263,7 +263,7 @@ def _fit_nuts(
     )
     if diagnostics.get("r_hat_max", 1.0) > 1.05 or diagnostics.get("divergences", 0):
         warnings.warn(
-            f"NUTS (GP hyperparameters): max R-hat {diagnostics.get('r_hat_max', float('nan')):.3f},"
+            f"NUTS (GP hyperparameters): max split R-hat {diagnostics.get('r_hat_max', float('nan')):.4f},"
             f" {diagnostics.get('divergences', 0)} divergences; consider more warm-up or samples.",
             PapaBayesWarning, stacklevel=3,
         )

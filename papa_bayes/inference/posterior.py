@@ -145,7 +145,11 @@ class RewardPosterior(ABC):
         return comparison_log_probs(diff, self.link, None if tie is None else tie.to(diff).unsqueeze(-1)).exp()
 
     def preference_probability(self, a: Tensor, b: Tensor, *, rater: int | None = None) -> Tensor:
-        """Posterior predictive P(a preferred to b): `n`."""
+        """Posterior predictive P(a preferred to b): `n`.
+
+        Strict preference: for a model with ties, P(a preferred) + P(b preferred) < 1,
+        the rest being P(tie) (all three from :meth:`outcome_probabilities`).
+        """
         return self.outcome_probabilities(a, b, rater=rater)[..., 0].mean(0)
 
     def like_probability(self, features: Tensor, *, rater: int | None = None) -> Tensor:
