@@ -357,8 +357,11 @@ def test_inference_data_holds_hyperparameters_and_utilities(small):
     for post in (small.gp, small.pairwise):
         idata = post.to_inference_data()
         s, n, m = post.num_draws, small.data.num_items, small.data.num_comparisons
-        assert idata.posterior["lengthscale"].shape == (1, s, 4)
-        assert idata.posterior["outputscale"].shape == (1, s)
+        # point estimates (ELBO / Laplace) are constants, not draws with sd 0
+        assert "lengthscale" not in idata.posterior and "outputscale" not in idata.posterior
+        assert idata.constant_data["lengthscale"].dims == ("feature",) and idata.constant_data["lengthscale"].shape == (4,)
+        assert idata.constant_data["outputscale"].values.item() == pytest.approx(float(post.hyperparameters["outputscale"].flatten()[0]))
+        assert "point estimates" in idata.attrs["hyperparameters"]
         assert idata.posterior["utility"].dims == ("chain", "draw", "item") and idata.posterior["utility"].shape == (1, s, n)
         assert idata.log_likelihood["comparisons"].shape == (1, s, m)
         assert set(idata.sample_stats) >= {"lp", "diverging"}
@@ -387,7 +390,7 @@ def test_ties_and_ratings():
     liked = rates.ratings[:, 1] > 0
     assert float(like[rates.ratings[liked, 0]].mean()) > float(like[rates.ratings[~liked, 0]].mean()) + 0.1
     idata = post.to_inference_data()
-    assert {"tie_strength", "threshold"} <= set(idata.posterior) and "ratings" in idata.log_likelihood
+    assert {"tie_strength", "threshold"} <= set(idata.constant_data) and "ratings" in idata.log_likelihood
     new = post.update(data.append(ratings=[[0, 1]], comparisons=[[1, 2]], ties=[True]))
     assert bool(torch.isfinite(new.utility(items)).all())
 
@@ -406,6 +409,7 @@ def test_nuts_over_hyperparameters():
     assert post.sample_stats["lp"].shape == (1, 25)
     idata = post.to_inference_data()
     assert idata.posterior["lengthscale"].shape == (1, 25, 4) and "diverging" in idata.sample_stats
+    assert idata.attrs["hyperparameters"] == "posterior draws" and "lengthscale" not in idata.constant_data
     assert {"r_hat_max", "ess_min", "divergences"} <= set(post.diagnostics)
 
 

@@ -363,3 +363,17 @@ def test_laplace_update_is_warm_started(rationality):
     new = data.append(comparisons=[[3, 4]])
     warm = post.update(new).diagnostics["newton_steps"]
     assert warm < fit(model, new, method="laplace", num_samples=64).diagnostics["newton_steps"]
+
+
+def test_options_of_another_method_are_reported_not_dropped(recovery):
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    data = recovery[1]
+    with pytest.warns(PapaBayesWarning, match="ignores warmup_steps, num_chains"):
+        fit(LinearReward(), data, method="laplace", num_samples=16, warmup_steps=50, num_chains=4)
+    with pytest.warns(PapaBayesWarning, match="ignores num_steps"):
+        fit(LinearReward(), data, method="laplace", num_samples=16, num_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)  # the defaults and the method's own options: silent
+        fit(LinearReward(), data, method="laplace", num_samples=16)
+        fit(LinearReward(), data, method="svi", num_samples=16, num_steps=20, learning_rate=0.05)

@@ -85,9 +85,15 @@ def build_inference_data(
     dims: dict[str, list[str]] | None = None,
     extra_coords: dict[str, Any] | None = None,
     attrs: dict[str, Any] | None = None,
+    constant: dict[str, Tensor] | None = None,
 ) -> az.InferenceData:
-    """Assemble InferenceData from `chain x draw x ...` tensors (for any posterior type)."""
+    """Assemble InferenceData from `chain x draw x ...` tensors (for any posterior type).
+
+    ``constant``: fixed values (e.g. point-estimated hyperparameters) for the
+    ``constant_data`` group, beside the data's own, without chain and draw dims.
+    """
     obs, const, all_dims = data_groups(data, observed)
+    const.update({k: _np(v) for k, v in (constant or {}).items()})
     all_dims.update(dims or {})
     coords = data_coords(data)
     coords.update(extra_coords or {})

@@ -109,6 +109,13 @@ def fit(
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
     _check_refine_steps(refine_steps, method)
+    ignored = [name for name, used_by, value, default in (
+        ("warmup_steps", "nuts", warmup_steps, None), ("num_chains", "nuts", num_chains, 2),
+        ("num_steps", "svi", num_steps, None), ("learning_rate", "svi", learning_rate, 0.02),
+    ) if method != used_by and value != default]
+    if ignored:  # a Pyro user's num_chains=4 for Laplace would otherwise vanish without a word
+        warnings.warn(f"fit(method={method!r}) ignores {', '.join(ignored)} (NUTS: warmup_steps, num_chains;"
+                      " SVI: num_steps, learning_rate).", PapaBayesWarning, stacklevel=2)
     options = dict(
         num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
         learning_rate=learning_rate, seed=seed, progress_bar=progress_bar, refine_steps=refine_steps,

@@ -179,8 +179,14 @@ class GPPosterior(RewardPosterior):
         return {"lp": lp.reshape(C, -1), "diverging": torch.zeros(C, self.num_draws // C, dtype=torch.bool)}
 
     def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
-        """ArviZ groups: kernel hyperparameters and utilities at the items (``posterior``),
-        pointwise ``log_likelihood`` (``az.loo`` works), replicated answers, data."""
+        """ArviZ groups: utilities at the items (``posterior``), pointwise
+        ``log_likelihood`` (``az.loo`` works), replicated answers, data.
+
+        The kernel and likelihood hyperparameters join ``posterior`` when they were
+        sampled (NUTS); the ELBO and Laplace fits estimate them by type-II maximum
+        likelihood, so they go to ``constant_data`` (as draws they would show sd 0
+        and an undefined R-hat).
+        """
         from papa_bayes.diagnostics.arviz import build_inference_data
 
         check_int("seed", seed, minimum=0)
@@ -200,7 +206,9 @@ class GPPosterior(RewardPosterior):
                 else:
                     draw = (torch.rand(d.probs.shape, generator=gen, dtype=d.probs.dtype) < d.probs).to(d.probs.dtype)
                 predictive[k] = shape(draw)
-        posterior = {k: v for k, v in self.hyperparameters.items()}
+        sampled = self.method == "nuts"
+        posterior = dict(self.hyperparameters) if sampled else {}
+        constant = {} if sampled else {k: v.reshape(-1, *v.shape[2:])[0] for k, v in self.hyperparameters.items()}
         posterior["utility"] = shape(u)
         dims = {"lengthscale": ["feature"], "utility": ["item"]}
         return build_inference_data(
@@ -211,7 +219,9 @@ class GPPosterior(RewardPosterior):
             posterior_predictive=predictive,
             sample_stats=self.sample_stats,
             dims=dims,
+            constant=constant,
             attrs={
+                "hyperparameters": "posterior draws" if sampled else "type-II ML point estimates (constant_data)",
                 "inference_library": "botorch" if self.method == "laplace" else ("pyro" if self.method == "nuts" else "gpytorch"),
                 "method": self.method,
                 "model": repr(self.model),
