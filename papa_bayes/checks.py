@@ -15,13 +15,35 @@ from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["check_bool", "check_device", "check_float", "check_float_dtype", "check_generator", "check_int", "check_path",
-           "check_real_tensor"]
+__all__ = ["check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
+           "check_int", "check_path", "check_real_tensor", "is_integer_tensor", "plain_array", "shape_of"]
 
 
 def _shown(value: Any) -> Any:
     """``value`` as an error shows it: a str quoted, so that "3" does not read as 3."""
     return repr(value) if isinstance(value, str) else value
+
+
+def shape_of(value: Any) -> Any:
+    """What an error shows of a value that should have been a tensor: its shape, else its type's name."""
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+def is_integer_tensor(value: Any) -> bool:
+    """True for a tensor of an integer dtype (not bool, floating or complex)."""
+    return isinstance(value, Tensor) and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+
+
+def plain_array(value: Any) -> Any:
+    """A pandas DataFrame or Series as a writable NumPy array (torch warns on read-only ones); anything else as it is."""
+    return value.to_numpy(copy=True) if hasattr(value, "to_numpy") and hasattr(value, "shape") else value
+
+
+def check_finite(name: str, value: Tensor, what: str = "values") -> Tensor:
+    """``value`` unless it holds NaN, inf or complex numbers: then InputDataError (shapes are the caller's)."""
+    if value.is_complex() or not bool(torch.isfinite(value).all()):
+        raise InputDataError(name, f"finite real {what}", "NaN, inf or complex values")
+    return value
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None,
@@ -33,8 +55,7 @@ def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = 
     """
     if expected is None:
         expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
-    if isinstance(value, Tensor) and value.dim() == 0 and not (value.is_floating_point() or value.is_complex()
-                                                                or value.dtype == torch.bool):
+    if is_integer_tensor(value) and value.dim() == 0:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum \
             or (maximum is not None and value > maximum):

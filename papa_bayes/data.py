@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, is_integer_tensor, plain_array
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["PreferenceData"]
@@ -26,14 +26,12 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
     if isinstance(value, Tensor):
         t = value.detach()
     else:
-        if hasattr(value, "to_numpy") and hasattr(value, "shape"):  # pandas DataFrame / Series
-            value = value.to_numpy(copy=True)  # writable: torch warns on read-only arrays
         try:
-            t = torch.as_tensor(value)
+            t = torch.as_tensor(plain_array(value))
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
     if dtype == torch.long:
-        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        if not is_integer_tensor(t):
             # Indices are never coerced from floats or bools: that hides bugs upstream.
             raise InputDataError(name, "integer dtype", str(t.dtype))
         return t.to(torch.long)
@@ -409,7 +407,7 @@ class PreferenceData:
 
         def col(c: str) -> Tensor:
             try:
-                return torch.as_tensor(df[c].to_numpy().copy())  # copy: pandas arrays may be read-only
+                return torch.as_tensor(plain_array(df[c]))
             except (TypeError, ValueError, RuntimeError):
                 raise InputDataError(f"df[{c!r}]", "a column of numbers (or bools)", str(df[c].dtype)) from None
 
@@ -447,10 +445,9 @@ def _json_rows(value: Any, empty_shape: tuple[int, ...]) -> Any:
 
 
 def _numel(x: Any) -> int:
-    if isinstance(x, Tensor):
-        return x.numel()
-    if hasattr(x, "to_numpy") and hasattr(x, "shape"):  # pandas DataFrame / Series
-        return int(math.prod(x.shape))
+    shape = getattr(x, "shape", None)  # tensors, NumPy arrays, pandas frames: no conversion needed
+    if shape is not None:
+        return int(math.prod(shape))
     try:
         return int(math.prod(torch.as_tensor(x).shape))
     except (TypeError, ValueError, RuntimeError):

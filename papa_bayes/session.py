@@ -29,7 +29,7 @@ from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
 from papa_bayes.acquisition.selection import _strategy
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_float, check_int, plain_array
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -85,10 +85,8 @@ class FeaturePool:
     """
 
     def __init__(self, items: Tensor) -> None:
-        if hasattr(items, "to_numpy") and hasattr(items, "shape"):  # a pandas DataFrame
-            items = items.to_numpy(copy=True)
         try:
-            self.items = torch.as_tensor(items, dtype=torch.float64)
+            self.items = torch.as_tensor(plain_array(items), dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
             raise InputDataError("items", "an `N x d` array of real numbers", type(items).__name__) from None
         if self.items.dim() != 2 or self.items.shape[0] < 2:

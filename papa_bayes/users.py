@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor
+from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor, is_integer_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -105,7 +105,7 @@ def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
     except (TypeError, ValueError, RuntimeError):
         raise InputDataError("pairs / first_won", "an `m x 2` index array and `m` bools", (type(pairs).__name__,
                              type(first_won).__name__)) from None
-    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool or pairs.numel() % 2:
+    if not is_integer_tensor(pairs) or pairs.numel() % 2:
         raise InputDataError("pairs", "`m x 2` integer item indices", f"{tuple(pairs.shape)} {pairs.dtype}")
     pairs = pairs.to(torch.long).reshape(-1, 2)
     if first_won.dtype != torch.bool and first_won.numel() and not bool(((first_won == 0) | (first_won == 1)).all()):

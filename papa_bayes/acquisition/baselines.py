@@ -18,7 +18,7 @@ from botorch.models.model import Model
 from torch import Tensor
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, per_draw
-from papa_bayes.checks import check_generator
+from papa_bayes.checks import check_generator, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -101,7 +101,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
             draws = draws if isinstance(draws, Tensor) else torch.as_tensor(draws)
         except (TypeError, ValueError, RuntimeError):
             raise InputDataError("draws", f"{self.query_size} integer draw indices", type(draws).__name__) from None
-        if draws.is_floating_point() or draws.is_complex() or draws.dtype == torch.bool:
+        if not is_integer_tensor(draws):
             raise InputDataError("draws", f"{self.query_size} integer draw indices", str(draws.dtype))
         self.draws = draws.to(torch.long).reshape(-1)
         if self.draws.numel() != self.query_size:

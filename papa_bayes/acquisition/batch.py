@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2, DrawsAcquisitionFunction, outcome_log_probs
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, shape_of
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -58,7 +58,7 @@ def greedy_joint_information(
     """
     if not isinstance(probs, Tensor) or probs.dim() != 3 or probs.shape[-1] < 2 or not probs.is_floating_point():
         raise InputDataError("probs", "`s x M x o` per-draw answer probabilities (o >= 2)",
-                             tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__)
+                             shape_of(probs))
     s, M, o = probs.shape
     _check_batch_size(k, M)
     check_int("max_configurations", max_configurations)
@@ -125,11 +125,11 @@ def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
     """
     if not isinstance(quality, Tensor) or quality.dim() != 1 or not bool(torch.isfinite(quality).all()):
         raise InputDataError("quality", "`M` finite qualities",
-                             tuple(quality.shape) if isinstance(quality, Tensor) else type(quality).__name__)
+                             shape_of(quality))
     M = quality.shape[0]
     if not isinstance(vectors, Tensor) or vectors.dim() != 2 or vectors.shape[1] != M:
         raise InputDataError("vectors", f"`s x {M}` per-draw values (one column per candidate)",
-                             tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__)
+                             shape_of(vectors))
     _check_batch_size(k, M)
     V = vectors - vectors.mean(0)
     norm = V.norm(dim=0)

@@ -31,7 +31,7 @@ from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2
-from papa_bayes.checks import check_float, check_real_tensor
+from papa_bayes.checks import check_float, check_real_tensor, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link
@@ -117,7 +117,7 @@ def pair_moments(mean: Tensor, cov: Tensor, first: Tensor, second: Tensor) -> tu
         raise InputDataError("mean / cov", "an `n` mean and its `n x n` covariance",
                              tuple(getattr(mean, "shape", ())) + tuple(getattr(cov, "shape", ())))
     for name, idx in (("first", first), ("second", second)):
-        if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        if not is_integer_tensor(idx):
             raise InputDataError(name, "an integer index tensor", getattr(idx, "dtype", type(idx).__name__))
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise InputDataError(name, f"item indices in [0, {n - 1}]", (int(idx.min()), int(idx.max())))

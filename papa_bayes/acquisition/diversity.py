@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, check_real_tensor
+from papa_bayes.checks import check_int, check_real_tensor, shape_of
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["ExposureDiversity", "exposure_diversity", "farthest_point_centres"]
@@ -52,7 +52,7 @@ def farthest_point_centres(reference: Tensor, num_cells: int) -> Tensor:
     """
     if not isinstance(reference, Tensor) or reference.dim() != 2 or reference.shape[0] == 0:
         raise InputDataError("reference", "a non-empty `n x d` tensor",
-                             tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__)
+                             shape_of(reference))
     check_int("num_cells", num_cells)
     n = reference.shape[0]
     first = int((reference - reference.mean(0)).norm(dim=-1).argmin())

@@ -32,7 +32,7 @@ from botorch.models.model import Model
 from torch import Tensor
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, answer_log_probs
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, is_integer_tensor, shape_of
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -65,7 +65,7 @@ def grouped_information(log_probs: Tensor | list[Tensor], groups: Tensor, num_gr
         `batch`, >= 0.
     """
     check_int("num_groups", num_groups)
-    if not isinstance(groups, Tensor) or groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+    if not is_integer_tensor(groups):
         raise InputDataError("groups", "an integer tensor of group ids", getattr(groups, "dtype", type(groups).__name__))
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
         raise InputDataError("groups", f"group ids in [0, {num_groups})", (int(groups.min()), int(groups.max())))
@@ -139,7 +139,7 @@ def check_pool_utility(posterior: RewardPosterior, pool_utility: Any) -> Tensor:
     if not isinstance(pool_utility, Tensor) or pool_utility.dim() != 2 or pool_utility.shape[0] != s \
             or pool_utility.shape[1] == 0 or not pool_utility.is_floating_point():
         raise InputDataError("pool_utility", f"`{s} x n` float draws at the pool (n >= 1, one row per posterior draw)",
-                             tuple(pool_utility.shape) if isinstance(pool_utility, Tensor) else type(pool_utility).__name__)
+                             shape_of(pool_utility))
     return pool_utility
 
 

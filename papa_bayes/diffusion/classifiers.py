@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.diffusion.digits import load_digits_splits
+from papa_bayes.checks import check_finite, shape_of
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["DEFAULT_LIKED", "DigitsPerson", "DigitsJudge", "load_user_classifier", "load_judge"]
@@ -33,10 +34,9 @@ DEFAULT_LIKED: tuple[int, ...] = (1, 4, 7, 9)
 def _check_images(images: Tensor, name: str = "images") -> Tensor:
     """``images`` unless not a finite real tensor `n x 1 x 8 x 8`: then InputDataError."""
     if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        shape = shape_of(images)
         raise InputDataError(name, "a tensor of shape `n x 1 x 8 x 8`", shape)
-    if images.is_complex() or not bool(torch.isfinite(images).all()):  # a NaN digit would read as disliked
-        raise InputDataError(name, "finite real pixels", "NaN, inf or complex values")
+    check_finite(name, images, "pixels")  # a NaN digit would read as disliked
     return images
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, check_path
+from papa_bayes.checks import check_finite, check_int, check_path, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -54,7 +54,7 @@ class FeatureMap(torch.nn.Module):
 
     def _check_output(self, out: Tensor, n: int) -> Tensor:
         if not isinstance(out, Tensor) or tuple(out.shape) != (n, self.num_features):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            shape = shape_of(out)
             raise InputDataError("features", f"shape `n x d` = ({n}, {self.num_features})", shape)
         return out
 
@@ -62,10 +62,9 @@ class FeatureMap(torch.nn.Module):
 def _check_fit_samples(name: str, samples: Any) -> Tensor:
     """``samples`` unless not a finite real tensor of at least 2 samples `n x ...`: then InputDataError."""
     if not isinstance(samples, Tensor) or samples.ndim < 1 or samples.shape[0] < 2 or samples[0].numel() == 0:
-        found = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+        found = shape_of(samples)
         raise InputDataError(name, "a tensor of at least 2 samples `n x ...`", found)
-    if samples.is_complex() or not bool(torch.isfinite(samples).all()):
-        raise InputDataError(name, "finite real values", "NaN, inf or complex values")
+    check_finite(name, samples)
     return samples
 
 
@@ -105,8 +104,7 @@ class PCAFeatures(FeatureMap):
         for name, value in (("mean", mean), ("components", components), ("std", std)):
             if not isinstance(value, Tensor):
                 raise InputDataError(name, "a tensor", type(value).__name__)
-            if value.is_complex() or not bool(torch.isfinite(value).all()):
-                raise InputDataError(name, "finite real values", "NaN, inf or complex values")
+            check_finite(name, value)
         if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
             raise InputDataError("components", "shape `d x D` with mean of shape `D`",
                                  (tuple(components.shape), tuple(mean.shape)))
@@ -134,7 +132,7 @@ class PCAFeatures(FeatureMap):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim < 1:
             raise InputDataError("images", "a tensor of samples `n x ...`",
-                                 tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__)
+                                 shape_of(x))
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch stays `0 x D`
         if flat.shape[1] != self.mean.shape[0]:
             raise InputDataError("images", f"{self.mean.shape[0]} values per sample", flat.shape[1])
@@ -202,7 +200,7 @@ class MidBlockFeatures(FeatureMap):
         """``x`` unless not `n x C x h x w` with the model's ``C`` channels: then InputDataError."""
         channels = self.model.sample_shape[0]
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != channels:
-            found = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            found = shape_of(x)
             raise InputDataError(name, f"a tensor of diffused samples `n x {channels} x h x w`", found)
         return x
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, check_path
+from papa_bayes.checks import check_finite, check_int, check_path, shape_of
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["image_grid", "save_image_grid"]
@@ -32,10 +32,9 @@ def image_grid(images: Tensor, *, ncol: int | None = None, pad: int = 1) -> np.n
         pad: pixels between images (>= 0; drawn at 1, white).
     """
     if not isinstance(images, Tensor) or images.ndim != 4 or 0 in images.shape:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        shape = shape_of(images)
         raise InputDataError("images", "a non-empty tensor of shape `n x c x h x w`", shape)
-    if images.is_complex() or not bool(torch.isfinite(images).all()):
-        raise InputDataError("images", "finite real pixels", "NaN, inf or complex values")
+    check_finite("images", images, "pixels")
     if ncol is not None:
         check_int("ncol", ncol)
     pad = check_int("pad", pad, minimum=0)

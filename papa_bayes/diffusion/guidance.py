@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_float, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import split_model_output
 from papa_bayes.exceptions import InputDataError, ModelError
@@ -219,12 +219,12 @@ class Guidance:
     def _check_push_weight(w: Tensor, n: int) -> None:
         expected = f"push_weight giving `n` = ({n},) weights in [0, 1]"
         if not isinstance(w, Tensor) or tuple(w.shape) != (n,):
-            raise InputDataError("objective", expected, tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__)
+            raise InputDataError("objective", expected, shape_of(w))
         if not bool(((w >= 0) & (w <= 1)).all()):  # False for NaN
             raise InputDataError("objective", expected, "weights outside [0, 1] or NaN")
 
     @staticmethod
     def _check_values(values: Tensor, n: int) -> None:
         if not isinstance(values, Tensor) or tuple(values.shape) != (n,):
-            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            shape = shape_of(values)
             raise InputDataError("objective", f"a tensor of shape `n` = ({n},) per batch", shape)

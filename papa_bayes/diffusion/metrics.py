@@ -21,7 +21,7 @@ from torch import Tensor
 
 from papa_bayes.diffusion.classifiers import DEFAULT_LIKED, _check_images, _check_liked, load_judge
 from papa_bayes.diffusion.digits import load_digits_splits
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_finite, check_int, shape_of
 from papa_bayes.exceptions import InputDataError
 
 __all__ = [
@@ -37,10 +37,9 @@ __all__ = [
 def _check_points(name: str, x: Tensor) -> Tensor:
     """``x`` unless not a finite real tensor of non-empty points `n x ...` (n >= 1): then InputDataError."""
     if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] == 0 or x[0].numel() == 0:
-        found = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        found = shape_of(x)
         raise InputDataError(name, "a non-empty tensor of shape `n x ...`", found)
-    if x.is_complex() or not bool(torch.isfinite(x).all()):  # a NaN point is in no ball and has no ball
-        raise InputDataError(name, "finite real values", "NaN, inf or complex values")
+    check_finite(name, x)  # a NaN point is in no ball and has no ball
     return x
 
 
@@ -89,7 +88,7 @@ def manifold_membership(samples: Tensor, reference: Tensor, *, k: int = 3, radii
     if radii is None:
         radii = knn_radii(ref, k=k)
     elif not isinstance(radii, Tensor) or tuple(radii.shape) != (ref.shape[0],):
-        found = tuple(radii.shape) if isinstance(radii, Tensor) else type(radii).__name__
+        found = shape_of(radii)
         raise InputDataError("radii", f"a tensor of shape `m` = ({ref.shape[0]},)", found)
     elif not bool(((radii >= 0) & torch.isfinite(radii)).all()):
         raise InputDataError("radii", "finite radii >= 0", "negative, NaN or inf radii")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_device, check_float, check_generator, check_int
+from papa_bayes.checks import check_device, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -209,7 +209,7 @@ class PosteriorObjective:
         if utility is not None:
             s = int(self.posterior.num_draws)
             if not isinstance(utility, Tensor) or utility.ndim != 2 or utility.shape[0] != s:
-                found = tuple(utility.shape) if isinstance(utility, Tensor) else type(utility).__name__
+                found = shape_of(utility)
                 raise InputDataError("utility", f"a tensor of shape `s x n` with s = {s} (the posterior's draws)",
                                      found)
             if not bool(torch.isfinite(utility).all()):

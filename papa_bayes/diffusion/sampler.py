@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from papa_bayes.checks import check_float, check_generator, check_int
+from papa_bayes.checks import check_finite, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
@@ -184,10 +184,9 @@ def sample(
     shape = (num_samples, *model.sample_shape)
     if initial_noise is not None:
         if not isinstance(initial_noise, Tensor) or tuple(initial_noise.shape) != shape:
-            found = tuple(initial_noise.shape) if isinstance(initial_noise, Tensor) else type(initial_noise).__name__
+            found = shape_of(initial_noise)
             raise InputDataError("initial_noise", f"a tensor of shape {shape}", found)
-        if initial_noise.is_complex() or not bool(torch.isfinite(initial_noise).all()):
-            raise InputDataError("initial_noise", "finite real values", "NaN, inf or complex values")
+        check_finite("initial_noise", initial_noise)
     device, dtype = model.device, model.dtype
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_float, shape_of
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import _initial_noise, sample
@@ -235,7 +235,7 @@ def select_recommendation_scale(
         with torch.no_grad():
             ranks, probabilities = score(x)
             if not all(isinstance(t, Tensor) and tuple(t.shape) == (num_samples,) for t in (ranks, probabilities)):
-                found = tuple(tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                found = tuple(shape_of(t)
                               for t in (ranks, probabilities))
                 raise InputDataError("score", f"two tensors of shape `n` = ({num_samples},)", found)
             kept = ranks.detach().cpu().topk(num_keep).indices

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_generator, check_int
+from papa_bayes.checks import check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.guidance import Guidance
 from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
@@ -94,7 +94,7 @@ def _check_probability(probability: Any, n: int | None = None) -> Tensor:
     shape = f"`N` = ({n},)" if n is not None else "`N` (N >= 1)"
     if not isinstance(probability, Tensor) or probability.ndim != 1 or probability.shape[0] == 0 or (
             n is not None and probability.shape[0] != n):
-        found = tuple(probability.shape) if isinstance(probability, Tensor) else type(probability).__name__
+        found = shape_of(probability)
         raise InputDataError("probability", f"a tensor of shape {shape}", found)
     p = probability.detach().to("cpu", torch.float64)
     inside = (p >= 0) & (p <= 1)  # False for NaN

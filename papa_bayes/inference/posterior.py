@@ -15,7 +15,7 @@ import torch
 from botorch.models.ensemble import EnsembleModel
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, shape_of
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
@@ -197,7 +197,7 @@ class PosteriorDrawsModel(EnsembleModel):
     def forward(self, X: Tensor) -> Tensor:
         d = self.reward_posterior.num_features
         if not isinstance(X, Tensor) or X.dim() < 2 or X.shape[-1] != d:
-            raise InputDataError("X", f"shape `batch_shape x q x {d}`", tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__)
+            raise InputDataError("X", f"shape `batch_shape x q x {d}`", shape_of(X))
         batch, q = X.shape[:-2], X.shape[-2]
         u = self.reward_posterior.utility(X.reshape(-1, d), rater=self.rater)  # s x (B*q)
         s = u.shape[0]

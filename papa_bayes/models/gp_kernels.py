@@ -18,7 +18,7 @@ from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
 from gpytorch.priors import GammaPrior, LogNormalPrior
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_float, check_int, shape_of
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -185,7 +185,7 @@ def select_inducing_points(x: Tensor, num: int, *, generator: torch.Generator, m
     if not isinstance(generator, torch.Generator):
         raise InputDataError("generator", "a torch.Generator", type(generator).__name__)
     if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] == 0:
-        raise InputDataError("x", "a non-empty `n x d` tensor", tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__)
+        raise InputDataError("x", "a non-empty `n x d` tensor", shape_of(x))
     n = x.shape[0]
     first = int(torch.randint(0, n, (1,), generator=generator))
     chosen = [first]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from papa_bayes.checks import check_bool, check_device, check_float, check_generator, check_int
+from papa_bayes.checks import check_bool, check_device, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError
@@ -46,7 +46,7 @@ def check_samples(name: str, samples: Any, shape: tuple[int, ...]) -> Tensor:
     expected = "a tensor of shape `n x " + " x ".join(str(s) for s in shape) + "`"
     if not isinstance(samples, Tensor) or samples.ndim != len(shape) + 1 or tuple(samples.shape[1:]) != shape \
             or samples.shape[0] < 1:
-        found = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+        found = shape_of(samples)
         raise InputDataError(name, expected, found)
     if not samples.is_floating_point() or not bool(torch.isfinite(samples).all()):
         raise InputDataError(name, "finite floating-point values", str(samples.dtype))
@@ -98,7 +98,7 @@ def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", b
         return check_samples(name, images, model.sample_shape)
     channels = int(getattr(model.vae.config, "in_channels", 3))
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != channels:
-        found = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        found = shape_of(images)
         raise InputDataError(name, f"a tensor of shape `n x {channels} x h x w`", found)
     images = check_samples(name, images, tuple(images.shape[1:]))
     vae = model.vae
@@ -318,7 +318,7 @@ class TrainingCopy:
             loss, logs = step(i)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
                 raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
-                                     tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__)
+                                     shape_of(loss))
             if not bool(torch.isfinite(loss)):
                 raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
             opt.zero_grad(set_to_none=True)
