@@ -13,8 +13,7 @@ import argparse
 from pathlib import Path
 
 from papa_bayes.demo import DigitsUser, make_setup
-from papa_bayes.diffusion import evaluate_samples, save_image_grid
-from papa_bayes.diffusion.candidates import DiffusionCandidates
+from papa_bayes.diffusion import DiffusionCandidates, evaluate_samples, save_image_grid
 from papa_bayes.session import PreferenceSession
 
 

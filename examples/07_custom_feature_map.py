@@ -15,8 +15,13 @@ from pathlib import Path
 import torch
 
 from papa_bayes.demo import DigitsUser, make_setup
-from papa_bayes.diffusion import CallableFeatures, evaluate_samples, load_feature_map, save_feature_map
-from papa_bayes.diffusion.candidates import DiffusionCandidates
+from papa_bayes.diffusion import (
+    CallableFeatures,
+    DiffusionCandidates,
+    evaluate_samples,
+    load_feature_map,
+    save_feature_map,
+)
 from papa_bayes.session import PreferenceSession
 
 

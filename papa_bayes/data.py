@@ -61,6 +61,16 @@ def _check_shape(name: str, t: Tensor, expected: str, ndim: int, last: int | Non
         raise InputDataError(name, f"shape `{expected}`", tuple(t.shape))
 
 
+class _OptionalColumn(str):
+    """A default column name of ``from_dataframe``: used where the frame has it, skipped where not.
+
+    A name the caller passes is a plain str and must be there; the subclass tells the
+    two apart while the signature still reads ``tie='tie'``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class PreferenceData:
     """Items shown to people and what they answered.
@@ -383,38 +393,62 @@ class PreferenceData:
     @classmethod
     def from_dataframe(
         cls,
-        df: Any,
+        df: Any | None,
         items: Any,
         *,
         winner: str = "winner",
         loser: str = "loser",
-        tie: str | None = "tie",
-        rater: str | None = "rater",
+        tie: str | None = _OptionalColumn("tie"),
+        rater: str | None = _OptionalColumn("rater"),
+        ratings: Any | None = None,
+        item: str = "item",
+        label: str = "label",
         feature_names: Sequence[str] | None = None,
     ) -> PreferenceData:
-        """Build from a pandas DataFrame of (winner, loser[, tie, rater]) rows.
+        """Build from pandas DataFrames: comparisons in ``df``, like/dislike ratings in ``ratings``.
 
         Args:
-            df: one row per comparison; ``winner`` and ``loser`` hold item indices.
-            items: `n x d` features the indices refer to.
-            tie / rater: optional column names; ignored when absent from ``df``.
+            df: `m` rows, one per comparison: columns ``winner`` and ``loser`` (item
+                indices, winner first), optionally ``tie`` (bools) and ``rater``
+                (integer ids). None for ratings only.
+            items: `n x d` features the indices refer to (a DataFrame too).
+            winner / loser: column names of the item indices in ``df``.
+            tie / rater: column names in ``df`` (``rater`` in ``ratings`` too). By
+                default "tie" and "rater", each used when the frame has it and
+                skipped when not; a name you pass must be there; None: no such column.
+            ratings: `k` rows, one per rating: columns ``item`` (item index),
+                ``label`` and optionally ``rater``. Labels are +1 (like) / -1
+                (dislike), or bools read as True = like (+1), False = dislike (-1);
+                anything else (0/1 integers too) is refused.
+            item / label: column names in ``ratings``.
+            feature_names: optional `d` names of the features.
+
+        Returns:
+            PreferenceData with `m x 2` comparisons, `m` ties, `k x 2` ratings and,
+            where the frames have a rater column, `m` / `k` rater ids. With both
+            comparisons and ratings, both frames have the rater column or neither.
+
+        Raises:
+            InputDataError: a column missing, or holding text, floats or bad labels.
+                Item indices and rater ids must be integers: map text ids first, e.g.
+                ``df["rater"] = df["rater"].astype("category").cat.codes`` (with both
+                frames, ``pd.Categorical(col, categories=names).codes`` with the same
+                ``names`` for each, so that one person has one id).
+
+        Example:
+            >>> import pandas as pd
+            >>> comparisons = pd.DataFrame({"winner": [0, 2], "loser": [1, 0], "rater": [0, 1]})
+            >>> likes = pd.DataFrame({"item": [1, 2], "label": [True, False], "rater": [1, 1]})
+            >>> data = PreferenceData.from_dataframe(comparisons, torch.randn(3, 2), ratings=likes)
+            >>> data.ratings.tolist()
+            [[1, 1], [2, -1]]
+            >>> PreferenceData.from_dataframe(None, torch.randn(3, 2), ratings=likes).num_ratings
+            2
         """
-        if not hasattr(df, "columns"):
-            raise InputDataError("df", "a pandas DataFrame", type(df).__name__)
-        for col in (winner, loser):
-            if col not in df.columns:
-                raise InputDataError("df", f"a column named {col!r}", list(df.columns))
+        from papa_bayes.data_frames import dataframe_fields
 
-        def col(c: str) -> Tensor:
-            try:
-                return torch.as_tensor(plain_array(df[c]))
-            except (TypeError, ValueError, RuntimeError):
-                raise InputDataError(f"df[{c!r}]", "a column of numbers (or bools)", str(df[c].dtype)) from None
-
-        comps = torch.stack([col(winner), col(loser)], dim=-1)
-        ties = col(tie) if tie is not None and tie in df.columns else None
-        raters = col(rater) if rater is not None and rater in df.columns else None
-        return cls(items=items, comparisons=comps, ties=ties, comparison_rater=raters, feature_names=feature_names)
+        fields = dataframe_fields(df, ratings, winner=winner, loser=loser, tie=tie, rater=rater, item=item, label=label)
+        return cls(items=items, feature_names=feature_names, **fields)
 
     def __eq__(self, other: object) -> bool:
         """Same items, answers, rater ids and feature names (the tensors compared exactly)."""

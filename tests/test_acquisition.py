@@ -30,7 +30,7 @@ from papa_bayes.acquisition import (
     grouped_information,
     houlsby_information_gain,
 )
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, simulate_ratings
 
@@ -268,6 +268,11 @@ def test_forward_shapes_and_errors(linear_post):
     X = items[:4].reshape(2, 2, 4).clone().requires_grad_(True)
     acq(X).sum().backward()
     assert X.grad is not None and torch.isfinite(X.grad).all()
+    # Like/dislike information on a posterior fitted without ratings: the error says what to pass.
+    with pytest.raises(ModelError, match=r"threshold=.*quantile"):
+        RatingInformationGain(post)
+    median = torch.quantile(post.utility(items), 0.5, dim=-1)
+    assert RatingInformationGain(post, threshold=median)(items[:3].unsqueeze(-2)).shape == (3,)
 
 
 def test_functional_form_matches_module(linear_post):

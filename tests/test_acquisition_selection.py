@@ -368,3 +368,38 @@ def test_run_active_learning_with_a_reused_user_answers_as_a_fresh_one():
     # the second run's answers, and its alignment curve, would differ.
     assert again.alignment == pytest.approx(first.alignment, rel=1e-9)
     assert fresh.alignment == pytest.approx(first.alignment, rel=1e-9)
+
+
+def test_select_queries_for_one_rater_of_a_hierarchical_posterior():
+    """rater= asks about that rater's utility: scores, argmax and bits follow its draws, not the population's."""
+    from papa_bayes import HierarchicalLinearReward, PreferenceData
+    from papa_bayes.acquisition import ArgmaxInformation, information_from_log_probs, outcome_log_probs
+
+    g = torch.Generator().manual_seed(3)
+    d = 3
+    X = torch.randn(60, d, generator=g, dtype=torch.float64)
+    w0 = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)  # the two raters disagree on feature 0
+    parts = [simulate_comparisons(SimulatedUser(w, seed=r), X, 40, generator=g) for r, w in enumerate((w0, -w0))]
+    data = PreferenceData(items=X, comparisons=torch.cat([p.comparisons for p in parts]),
+                          comparison_rater=torch.arange(2).repeat_interleave(40))
+    post = fit(HierarchicalLinearReward(), data, method="laplace", num_samples=128, seed=0)
+    pool = X[:25]
+    u1 = post.utility(pool, rater=1).double()
+
+    sel = select_queries(post, pool, strategy="eig", k=2, batch="top", screen=None, rater=1)
+    i, j = sel.indices[:, 0], sel.indices[:, 1]
+    expected = information_from_log_probs(outcome_log_probs(u1[:, i], u1[:, j], link=post.link))
+    torch.testing.assert_close(sel.information_bits, expected)
+    acq = PairwiseInformationGain(post.as_botorch_model(rater=1))
+    assert acq.reward_posterior is post and acq.rater == 1 and acq.link == post.link
+    torch.testing.assert_close(acq(pool[sel.indices]).double(), sel.scores, rtol=1e-6, atol=1e-9)
+
+    best = {r: ArgmaxInformation(post.as_botorch_model(rater=r), pool=pool).best_item_probabilities for r in (0, 1)}
+    torch.testing.assert_close(best[1], torch.bincount(u1.argmax(-1), minlength=25).double() / u1.shape[0])
+    assert float((best[0] - best[1]).abs().sum()) > 1.0  # the raters' best items differ
+
+    thompson = select_queries(post, pool, strategy="thompson", k=3, rater=1, generator=torch.Generator().manual_seed(0))
+    assert thompson.indices.shape == (3, 2)
+    for bad in (-1, 1.5, "a", True):
+        with pytest.raises(InputDataError, match="rater"):
+            select_queries(post, pool, rater=bad)

@@ -198,3 +198,102 @@ def test_from_dict_and_json_validate_without_coercion(tmp_path):
         PreferenceData.from_json(5)
     empty = PreferenceData(items=torch.zeros(0, 3, dtype=torch.float64))
     assert PreferenceData.from_dict(empty.to_dict()).items.shape == (0, 3)
+
+
+def test_from_dataframe_requires_a_column_named_explicitly():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"winner": [0, 2], "loser": [1, 3], "is_tie": [False, True]})
+    # The default names are optional: a frame without "tie" or "rater" columns is fine.
+    assert PreferenceData.from_dataframe(df, torch.randn(4, 2)).ties.tolist() == [False, False]
+    assert PreferenceData.from_dataframe(df, torch.randn(4, 2), tie="is_tie").ties.tolist() == [False, True]
+    for kw, field in ((dict(tie="tied"), "tie"), (dict(rater="who"), "rater")):
+        with pytest.raises(InputDataError) as err:
+            PreferenceData.from_dataframe(df, torch.randn(4, 2), **kw)  # used to be ignored silently
+        assert err.value.field == field and "['winner', 'loser', 'is_tie']" in str(err.value)
+    # None means no such column, even where the frame has one.
+    with_cols = df.assign(tie=[True, True], rater=[0, 1])
+    d = PreferenceData.from_dataframe(with_cols, torch.randn(4, 2), tie=None, rater=None)
+    assert not d.has_ties and d.comparison_rater is None
+
+
+def test_from_dataframe_says_how_to_code_text_ids():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"winner": [0, 2], "loser": [1, 3], "rater": ["alice", "bob"]})
+    with pytest.raises(InputDataError, match=r"cat\.codes.*'alice' in row 0") as err:
+        PreferenceData.from_dataframe(df, torch.randn(4, 2))
+    assert err.value.field == "df['rater']"
+    with pytest.raises(InputDataError, match="item indices") as err:
+        PreferenceData.from_dataframe(df.assign(winner=["a", "c"], rater=[0, 1]), torch.randn(4, 2))
+    assert err.value.field == "df['winner']"
+    coded = df.assign(rater=df["rater"].astype("category").cat.codes)  # the fix the message names
+    assert PreferenceData.from_dataframe(coded, torch.randn(4, 2)).comparison_rater.tolist() == [0, 1]
+
+
+def test_from_dataframe_reads_ratings_with_or_without_comparisons():
+    pd = pytest.importorskip("pandas")
+    items = torch.randn(4, 2)
+    df = pd.DataFrame({"winner": [0, 2], "loser": [1, 3], "rater": [0, 1]})
+    likes = pd.DataFrame({"item": [3, 1], "label": [1, -1], "rater": [1, 2]})
+    d = PreferenceData.from_dataframe(df, items, ratings=likes)
+    assert d.comparisons.tolist() == [[0, 1], [2, 3]] and d.ratings.tolist() == [[3, 1], [1, -1]]
+    assert d.comparison_rater.tolist() == [0, 1] and d.rating_rater.tolist() == [1, 2]
+    # Ratings only; bools read as True = like (+1), False = dislike (-1); other column names.
+    votes = pd.DataFrame({"img": [0, 2, 2], "liked": [True, False, True]})
+    d = PreferenceData.from_dataframe(None, items, ratings=votes, item="img", label="liked")
+    assert d.num_comparisons == 0 and d.ratings.tolist() == [[0, 1], [2, -1], [2, 1]] and d.rating_rater is None
+    assert PreferenceData.from_dataframe(None, items, ratings=likes).rating_rater.tolist() == [1, 2]
+    # Neither frame with rater ids is fine too.
+    d = PreferenceData.from_dataframe(df.drop(columns="rater"), items, ratings=likes.drop(columns="rater"))
+    assert d.comparison_rater is None and d.rating_rater is None and d.num_observations == 4
+
+
+def test_from_dataframe_refuses_bad_ratings():
+    pd = pytest.importorskip("pandas")
+    items = torch.randn(4, 2)
+    likes = pd.DataFrame({"item": [3, 1], "label": [1, -1]})
+    for labels, pattern in (([1, 0], r"astype\(bool\).*got 0 in row 1"),  # 0/1 is ambiguous: pass bools
+                            ([1, 2], "got 2 in row 1"), ([1.0, -1.0], "float64"), (["like", "no"], "'like' in row 0")):
+        with pytest.raises(InputDataError, match=pattern) as err:
+            PreferenceData.from_dataframe(None, items, ratings=likes.assign(label=labels))
+        assert err.value.field == "ratings['label']"
+    with pytest.raises(InputDataError, match=r"row 1 \(index 'b'\)"):  # the row as the frame shows it
+        PreferenceData.from_dataframe(None, items, ratings=likes.assign(label=[1, 5]).set_axis(["a", "b"]))
+    with pytest.raises(InputDataError, match="'item'") as err:
+        PreferenceData.from_dataframe(None, items, ratings=likes.rename(columns={"item": "img"}))
+    assert err.value.field == "ratings"
+    with pytest.raises(InputDataError, match="ratings"):
+        PreferenceData.from_dataframe(None, items, ratings=[[0, 1]])
+    with pytest.raises(InputDataError, match="ratings=") as err:
+        PreferenceData.from_dataframe(None, items)  # nothing to read
+    assert err.value.field == "df"
+    with pytest.raises(InputDataError, match=r"ratings\[:, 0\]"):
+        PreferenceData.from_dataframe(None, items, ratings=likes.assign(item=[0, 9]))  # the constructor's checks hold
+
+
+def test_from_dataframe_wants_rater_ids_in_both_frames_or_neither():
+    pd = pytest.importorskip("pandas")
+    items = torch.randn(4, 2)
+    df = pd.DataFrame({"winner": [0, 2], "loser": [1, 3], "rater": [0, 1]})
+    likes = pd.DataFrame({"item": [3, 1], "label": [1, -1], "rater": [1, 1]})
+    for comps, rated, has in ((df, likes.drop(columns="rater"), "df"), (df.drop(columns="rater"), likes, "ratings")):
+        with pytest.raises(InputDataError, match=f"in both df and ratings, or in neither, got one in {has} only") \
+                as err:
+            PreferenceData.from_dataframe(comps, items, ratings=rated)
+        assert err.value.field == "rater"
+    # A name given explicitly must be in both frames.
+    with pytest.raises(InputDataError, match="a column of ratings") as err:
+        PreferenceData.from_dataframe(df.rename(columns={"rater": "who"}), items, rater="who", ratings=likes)
+    assert err.value.field == "rater"
+    d = PreferenceData.from_dataframe(df.rename(columns={"rater": "who"}), items, rater="who",
+                                      ratings=likes.rename(columns={"rater": "who"}))
+    assert d.raters.tolist() == [0, 1]
+
+
+def test_from_dataframe_docstring_example_runs():
+    pytest.importorskip("pandas")
+    import doctest
+
+    globs = {"PreferenceData": PreferenceData, "torch": torch}
+    (test,) = doctest.DocTestFinder().find(PreferenceData.from_dataframe, "from_dataframe", globs=globs)
+    result = doctest.DocTestRunner().run(test)
+    assert result.attempted > 0 and result.failed == 0

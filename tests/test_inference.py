@@ -377,3 +377,19 @@ def test_options_of_another_method_are_reported_not_dropped(recovery):
         warnings.simplefilter("error", PapaBayesWarning)  # the defaults and the method's own options: silent
         fit(LinearReward(), data, method="laplace", num_samples=16)
         fit(LinearReward(), data, method="svi", num_samples=16, num_steps=20, learning_rate=0.05)
+
+
+@pytest.mark.filterwarnings("ignore:NUTS. max split R-hat")  # 5 draws: the point here is the bar only
+def test_nuts_shows_progress_by_default_and_fast_methods_do_not(recovery, capfd):
+    """As Pyro's MCMC: a NUTS fit (minutes on large data) reports progress unless asked not to."""
+    small = PreferenceData(items=recovery[1].items, comparisons=recovery[1].comparisons[:20])
+    quick = dict(method="nuts", num_samples=5, warmup_steps=5, num_chains=1)
+    fit(LinearReward(), small, **quick)
+    assert "Sample" in capfd.readouterr().err
+    fit(LinearReward(), small, progress_bar=False, **quick)
+    fit(LinearReward(), small, method="laplace", num_samples=16)
+    fit(LinearReward(), small, method="svi", num_samples=16, num_steps=5)
+    assert capfd.readouterr().err == ""
+    for bad in ("no", 2):
+        with pytest.raises(InputDataError, match="progress_bar"):
+            fit(LinearReward(), small, progress_bar=bad)

@@ -30,7 +30,7 @@ from torch.quasirandom import SobolEngine
 
 from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
 
 __all__ = [
@@ -115,8 +115,10 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     Args:
         model: a :class:`~papa_bayes.RewardPosterior` (its ``as_botorch_model()`` is
             used; nuisance draws such as tie strength and like threshold come with
-            it, aligned draw by draw) or any single-output BoTorch ``Model`` of the
-            utility (e.g. ``PairwiseGP``), whose posterior is sampled.
+            it, aligned draw by draw), one rater's view of it
+            (``posterior.as_botorch_model(rater=r)``: that rater's utility, the same
+            nuisance draws), or any single-output BoTorch ``Model`` of the utility
+            (e.g. ``PairwiseGP``), whose posterior is sampled.
         link: answer link for a plain BoTorch model (default ``"probit"``); a
             RewardPosterior's own link is used otherwise.
         noise_scale: utilities are divided by it before the link, so that
@@ -141,14 +143,18 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         num_samples: int = 1024,
         seed: int = 0,
     ) -> None:
-        posterior = model if isinstance(model, RewardPosterior) else None
-        if posterior is not None:
-            model = posterior.as_botorch_model()
-            link = link or posterior.link
+        posterior, rater = None, None
+        if isinstance(model, RewardPosterior):
+            posterior, model = model, model.as_botorch_model()
+        elif isinstance(model, PosteriorDrawsModel):  # one rater's view of a RewardPosterior
+            posterior, rater = model.reward_posterior, model.rater
         elif not isinstance(model, Model):
             raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
+        if posterior is not None:
+            link = link or posterior.link
         super().__init__(model=model)
         self.reward_posterior = posterior
+        self.rater = rater
         self.link = check_link(link or "probit")
         self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
         self.num_samples = check_int("num_samples", num_samples)

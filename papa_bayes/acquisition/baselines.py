@@ -20,7 +20,7 @@ from torch import Tensor
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, per_draw
 from papa_bayes.checks import check_generator, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 
 __all__ = ["RandomQueries", "UtilityDifferenceVariance", "ThompsonSampling"]
 
@@ -71,7 +71,8 @@ class ThompsonSampling(DrawsAcquisitionFunction):
     """Dueling Thompson sampling over two posterior draws.
 
     Args:
-        model: a :class:`~papa_bayes.RewardPosterior` (its draws are indexed).
+        model: a :class:`~papa_bayes.RewardPosterior` (its draws are indexed), or one
+            rater's view of it (``posterior.as_botorch_model(rater=r)``).
         generator: picks the draws.
         query_size: 2 (pairs: two distinct draws) or 1 (like/dislike: one draw; the
             item that draw likes best is shown).
@@ -80,7 +81,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
 
     def __init__(
         self,
-        model: RewardPosterior,
+        model: RewardPosterior | PosteriorDrawsModel,
         *,
         generator: torch.Generator | None = None,
         query_size: int = 2,
@@ -88,7 +89,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
     ) -> None:
         super().__init__(model)
         self.query_size = self._check_query_size(query_size)
-        s = model.num_draws if isinstance(model, RewardPosterior) else None
+        s = None if self.reward_posterior is None else self.reward_posterior.num_draws
         if draws is None:
             if s is None:
                 raise InputDataError("draws", "explicit draw indices for a BoTorch model", None)

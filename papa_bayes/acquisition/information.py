@@ -186,7 +186,13 @@ class RatingInformationGain(DrawsAcquisitionFunction):
         if threshold is None:
             if self.reward_posterior is None:
                 raise ModelError("RatingInformationGain on a BoTorch model needs an explicit threshold.")
-            threshold = self.reward_posterior.like_threshold_draws()
+            try:
+                threshold = self.reward_posterior.like_threshold_draws()
+            except ModelError as err:
+                raise ModelError(
+                    f"{err} Or pass threshold=, e.g. the pool's per-draw median utility "
+                    "torch.quantile(posterior.utility(pool), 0.5, dim=-1), which select_queries uses then."
+                ) from None
         self.threshold = self._threshold_draws(threshold)
 
     def score_draws(self, u: Tensor) -> Tensor:  # type: ignore[override]

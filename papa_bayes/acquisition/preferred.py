@@ -34,7 +34,7 @@ from torch import Tensor
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, answer_log_probs
 from papa_bayes.checks import check_int, is_integer_tensor, shape_of
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 
 __all__ = [
     "grouped_information",
@@ -143,7 +143,9 @@ def check_pool_utility(posterior: RewardPosterior, pool_utility: Any) -> Tensor:
     return pool_utility
 
 
-def _pool_utility(posterior: RewardPosterior | None, pool: Any, pool_utility: Tensor | None) -> Tensor | None:
+def _pool_utility(
+    posterior: RewardPosterior | None, pool: Any, pool_utility: Tensor | None, rater: int | None = None
+) -> Tensor | None:
     if pool_utility is not None:
         return check_pool_utility(posterior, pool_utility).detach()
     if pool is None:
@@ -154,7 +156,7 @@ def _pool_utility(posterior: RewardPosterior | None, pool: Any, pool_utility: Te
     if pool.shape[0] == 0:
         raise InputDataError("pool", f"a non-empty `n x {posterior.num_features}` pool", "an empty pool")
     with torch.no_grad():
-        return posterior.utility(pool)
+        return posterior.utility(pool, rater=rater)
 
 
 class PreferredRegionInformation(DrawsAcquisitionFunction):
@@ -164,7 +166,8 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
     (``query_size=1``, group z_x). With ties the answer has three outcomes.
 
     Args:
-        model: a :class:`~papa_bayes.RewardPosterior`.
+        model: a :class:`~papa_bayes.RewardPosterior`, or one rater's view of it
+            (``posterior.as_botorch_model(rater=r)``).
         pool: `n x d` reference items placing the region's quantile (e.g. the
             candidate pool or unsteered samples); or give ``pool_utility``.
         region: see :func:`region_thresholds`.
@@ -174,23 +177,24 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
 
     def __init__(
         self,
-        model: RewardPosterior,
+        model: RewardPosterior | PosteriorDrawsModel,
         *,
         pool: Any = None,
         region: str | float = "auto",
         query_size: int = 2,
         pool_utility: Tensor | None = None,
     ) -> None:
-        if not isinstance(model, RewardPosterior):
-            raise ModelError("PreferredRegionInformation needs a RewardPosterior (aligned draws).")
         super().__init__(model)
+        posterior = self.reward_posterior
+        if posterior is None:
+            raise ModelError("PreferredRegionInformation needs a RewardPosterior (aligned draws).")
         self.query_size = self._check_query_size(query_size)
-        self.threshold = region_thresholds(model, _pool_utility(model, pool, pool_utility), region)
+        U = _pool_utility(posterior, pool, pool_utility, self.rater)
+        self.threshold = region_thresholds(posterior, U, region)
         self.tie_strength = self._tie_draws(None) if query_size == 2 else None
         self.like_threshold = None
         if query_size == 1:
-            U = _pool_utility(model, pool, pool_utility)
-            self.like_threshold = rating_threshold(model, U) if U is not None else self.threshold
+            self.like_threshold = rating_threshold(posterior, U) if U is not None else self.threshold
 
     def membership(self, u: Tensor) -> Tensor:
         """Per-draw membership z = 1[u > tau] of `s x batch` utilities: long `s x batch`."""
@@ -210,7 +214,8 @@ class ArgmaxInformation(DrawsAcquisitionFunction):
     """I(answer; which item of a reference pool is best), in bits.
 
     Args:
-        model: a :class:`~papa_bayes.RewardPosterior`.
+        model: a :class:`~papa_bayes.RewardPosterior`, or one rater's view of it
+            (``posterior.as_botorch_model(rater=r)``).
         pool: `n x d` items among which the best is sought; or give ``pool_utility``.
         query_size: 2 (pairs) or 1 (like/dislike).
         pool_utility: `s x n` draws at the pool, if already computed.
@@ -218,23 +223,24 @@ class ArgmaxInformation(DrawsAcquisitionFunction):
 
     def __init__(
         self,
-        model: RewardPosterior,
+        model: RewardPosterior | PosteriorDrawsModel,
         *,
         pool: Any = None,
         query_size: int = 2,
         pool_utility: Tensor | None = None,
     ) -> None:
-        if not isinstance(model, RewardPosterior):
-            raise ModelError("ArgmaxInformation needs a RewardPosterior (aligned draws).")
         super().__init__(model)
+        posterior = self.reward_posterior
+        if posterior is None:
+            raise ModelError("ArgmaxInformation needs a RewardPosterior (aligned draws).")
         self.query_size = self._check_query_size(query_size)
-        U = _pool_utility(model, pool, pool_utility)
+        U = _pool_utility(posterior, pool, pool_utility, self.rater)
         if U is None:
             raise InputDataError("pool", "the `n x d` items among which the best is sought", None)
         self.best = U.argmax(-1)  # s: the best pool item under each draw
         self.num_items = U.shape[-1]
         self.tie_strength = self._tie_draws(None) if query_size == 2 else None
-        self.like_threshold = rating_threshold(model, U) if query_size == 1 else None
+        self.like_threshold = rating_threshold(posterior, U) if query_size == 1 else None
 
     @property
     def best_item_probabilities(self) -> Tensor:

@@ -134,6 +134,7 @@ def make_acquisition(
     pool_utility: Tensor | None = None,
     region: str | float = "auto",
     generator: torch.Generator | None = None,
+    rater: int | None = None,
 ) -> DrawsAcquisitionFunction:
     """The BoTorch acquisition function behind a strategy.
 
@@ -146,6 +147,9 @@ def make_acquisition(
             like threshold of rating queries without ratings yet.
         region: see :func:`~papa_bayes.acquisition.preferred.region_thresholds`.
         generator: for "random" and "thompson".
+        rater: whose utility the queries are about (multi-rater models; default the
+            population's). The acquisition then works on
+            ``posterior.as_botorch_model(rater=rater)``.
     """
     strategy = _strategy(strategy)
     if not isinstance(posterior, RewardPosterior):
@@ -153,27 +157,34 @@ def make_acquisition(
     if query_type not in QUERY_TYPES:
         raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
     q = 2 if query_type == "pair" else 1
+    rater = _check_rater(rater)
+    model = posterior if rater is None else posterior.as_botorch_model(rater=rater)
     if pool_utility is not None:
         pool_utility = check_pool_utility(posterior, pool_utility)
     elif pool is not None:
         with torch.no_grad():
-            pool_utility = posterior.utility(posterior.check_features(pool, "pool"))
+            pool_utility = posterior.utility(posterior.check_features(pool, "pool"), rater=rater)
     threshold = rating_threshold(posterior, pool_utility) if q == 1 and strategy in ("eig", "uncertainty") else None
     if strategy == "eig":
-        return PairwiseInformationGain(posterior) if q == 2 else RatingInformationGain(posterior, threshold=threshold)
+        return PairwiseInformationGain(model) if q == 2 else RatingInformationGain(model, threshold=threshold)
     if strategy == "region":
-        return PreferredRegionInformation(posterior, region=region, query_size=q, pool_utility=pool_utility)
+        return PreferredRegionInformation(model, region=region, query_size=q, pool_utility=pool_utility)
     if strategy == "argmax":
-        return ArgmaxInformation(posterior, query_size=q, pool_utility=pool_utility)
+        return ArgmaxInformation(model, query_size=q, pool_utility=pool_utility)
     if strategy == "eubo":
         if q != 2:
             raise InputDataError("strategy", "a strategy for like/dislike queries (EUBO needs two options)", strategy)
-        return ExpectedUtilityOfBestOption(posterior)
+        return ExpectedUtilityOfBestOption(model)
     if strategy == "uncertainty":
-        return UtilityDifferenceVariance(posterior, query_size=q, threshold=threshold)
+        return UtilityDifferenceVariance(model, query_size=q, threshold=threshold)
     if strategy == "thompson":
-        return ThompsonSampling(posterior, generator=generator, query_size=q)
-    return RandomQueries(posterior, generator=generator, query_size=q)
+        return ThompsonSampling(model, generator=generator, query_size=q)
+    return RandomQueries(model, generator=generator, query_size=q)
+
+
+def _check_rater(rater: Any) -> int | None:
+    """None (the population) or a rater id (a non-negative integer)."""
+    return None if rater is None else check_int("rater", rater, minimum=0, expected="None or a rater id (an integer >= 0)")
 
 
 def _check_pool(pool_features: Any, d: int, query_type: str) -> Tensor:
@@ -233,6 +244,7 @@ def select_queries(
     screen: int | None = 2048,
     region: str | float = "auto",
     chunk_size: int | None = None,
+    rater: int | None = None,
 ) -> QuerySelection:
     """Choose the k most useful queries among all pairs (or items) of a pool.
 
@@ -255,6 +267,8 @@ def select_queries(
         region: the preferred region for "region" (see
             :func:`~papa_bayes.acquisition.preferred.region_thresholds`).
         chunk_size: pairs per Monte Carlo chunk (default about 2M draws x pairs).
+        rater: whose utility the queries should teach about, for a multi-rater
+            posterior (e.g. ``HierarchicalLinearReward``); default the population's.
 
     Returns:
         A :class:`QuerySelection`.
@@ -283,6 +297,7 @@ def select_queries(
     exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size)
+    rater = _check_rater(rater)
     if batch not in ("auto", "joint", "dpp", "top"):
         raise InputDataError("batch", "one of ('auto', 'joint', 'dpp', 'top')", batch)
     if batch == "joint" and strategy != "eig":
@@ -301,7 +316,7 @@ def select_queries(
     k_chosen = k - num_explore
 
     with torch.no_grad():
-        U = posterior.utility(pool).detach().to(torch.float64)  # s x n
+        U = posterior.utility(pool, rater=rater).detach().to(torch.float64)  # s x n
         s = U.shape[0]
         chunk = chunk_size or max(1, (1 << 21) // s)
         if query_type == "pair":
@@ -314,7 +329,8 @@ def select_queries(
             cand, scores, num_refined = torch.zeros(0, dtype=torch.long), U.new_zeros(0), 0
             if strategy not in ("random", "thompson"):  # to score the exploratory queries below
                 acq = make_acquisition(
-                    strategy, posterior, query_type=query_type, pool_utility=U, region=region, generator=generator
+                    strategy, posterior, query_type=query_type, pool_utility=U, region=region, generator=generator,
+                    rater=rater,
                 )
         elif strategy == "random":
             cand = _random_distinct(num_candidates, k_chosen, torch.zeros(0, dtype=torch.long), generator)
@@ -324,7 +340,8 @@ def select_queries(
             num_refined = num_candidates
         else:
             acq = make_acquisition(
-                strategy, posterior, query_type=query_type, pool_utility=U, region=region, generator=generator
+                strategy, posterior, query_type=query_type, pool_utility=U, region=region, generator=generator,
+                rater=rater,
             )
             if strategy == "uncertainty" and second is not None:
                 mean, cov = utility_moments(U)

@@ -20,6 +20,7 @@ from papa_bayes.diffusion.base import (
     make_sampling_scheduler,
     make_train_scheduler,
 )
+from papa_bayes.diffusion.candidates import DiffusionCandidates
 from papa_bayes.diffusion.classifiers import DEFAULT_LIKED, DigitsJudge, DigitsPerson, load_judge, load_user_classifier
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, DigitsSplit, DigitsSplits, load_digits_splits
 from papa_bayes.diffusion.features import (
@@ -94,6 +95,8 @@ __all__ = [
     "select_guidance_scale",
     "RecommendationScale",
     "select_recommendation_scale",
+    # candidates of a PreferenceSession: base samples first, steered pools as answers come
+    "DiffusionCandidates",
     # the digits task: person, judge, metrics
     "DEFAULT_LIKED",
     "DigitsPerson",

@@ -99,7 +99,9 @@ def make_sampling_scheduler(config: Any = None, *, kind: str = "ddim"):
         A ``DDIMScheduler`` or ``DDPMScheduler`` with ``clip_sample=False``.
 
     Raises:
-        InputDataError: on another ``kind``, or a ``config`` that is not a mapping.
+        InputDataError: on another ``kind``, or a ``config`` that is not a mapping,
+            whose ``num_train_timesteps`` is not an integer >= 1 or whose
+            ``prediction_type`` the sampler does not know.
     """
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -109,6 +111,12 @@ def make_sampling_scheduler(config: Any = None, *, kind: str = "ddim"):
     if config is not None and not isinstance(config, Mapping):  # a str would be fetched as a Hub repository
         raise InputDataError("config", "None or a scheduler config (a mapping)", type(config).__name__)
     config = DIGITS_SCHEDULER_CONFIG if config is None else config
+    num_train = config.get("num_train_timesteps", 1000)  # diffusers' default
+    if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1:
+        raise InputDataError("config", "num_train_timesteps an integer >= 1", num_train)
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "sample", "v_prediction"):
+        raise InputDataError("config", "prediction_type 'epsilon', 'sample' or 'v_prediction'", prediction)
     return classes[kind].from_config(config, clip_sample=False)
 
 
@@ -132,7 +140,8 @@ def load_base_model(
         A :class:`PixelDiffusion` in eval mode with frozen weights.
 
     Raises:
-        InputDataError: when ``path`` is not a folder holding ``unet/config.json``, or
+        InputDataError: when ``path`` is not a folder holding ``unet/config.json`` (or
+            its weights or configs are missing or unreadable), or
             on an unknown ``scheduler``, a device this machine does not have, or a
             ``dtype`` that is not a floating-point torch.dtype.
     """
@@ -146,11 +155,15 @@ def load_base_model(
     root = DEFAULT_CHECKPOINT if path is None else check_path("path", path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a checkpoint folder holding `unet/config.json`", str(root))
-    unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype,
-                                       low_cpu_mem_usage=False)
-    if (root / "scheduler" / "scheduler_config.json").is_file():
-        train_config = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True).config
-    else:
-        train_config = DIGITS_SCHEDULER_CONFIG
+    try:
+        unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype,
+                                           low_cpu_mem_usage=False)
+        if (root / "scheduler" / "scheduler_config.json").is_file():
+            train_config = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True).config
+        else:
+            train_config = DIGITS_SCHEDULER_CONFIG
+    except (OSError, ValueError) as err:  # diffusers' words for missing or corrupt files; JSONDecodeError too
+        raise InputDataError("path", "a checkpoint whose `unet/` and `scheduler/` diffusers can read",
+                             f"{root} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
     unet = unet.to(device).eval().requires_grad_(False)
     return PixelDiffusion(unet, make_sampling_scheduler(train_config, kind=scheduler))

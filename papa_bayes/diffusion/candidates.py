@@ -125,6 +125,14 @@ class DiffusionCandidates:
             raise InputDataError("kind", f"one of {OBJECTIVES}", kind)
         if region_method not in REGION_METHODS:
             raise InputDataError("region_method", f"one of {REGION_METHODS}", region_method)
+        if not isinstance(model, DiffusionModel):
+            raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+        if not isinstance(feature_map, FeatureMap):
+            raise InputDataError("feature_map", "a FeatureMap (wrap a callable in CallableFeatures)",
+                                 type(feature_map).__name__)
+        if not isinstance(guard, ManifoldGuard):
+            raise InputDataError("guard", "a ManifoldGuard (e.g. ManifoldGuard(reference_images))",
+                                 type(guard).__name__)
         self.model, self.feature_map, self.guard = model, feature_map, guard
         self.num_features = int(feature_map.num_features)
         self.kind, self.scale, self.scales = kind, scale, tuple(_checked_scales(scales))
@@ -283,9 +291,16 @@ class DiffusionCandidates:
 
         Returns:
             The fine-tuned model, also kept as :attr:`finetuned` for :meth:`recommend`.
+
+        Raises:
+            InputDataError: on a ``path`` that names a file or lies inside one (before
+                any work), or a bad option of :func:`~papa_bayes.diffusion.distill_guidance`.
         """
         from papa_bayes.diffusion.finetune import distill_guidance, save_finetuned
+        from papa_bayes.diffusion.finetune.io import check_checkpoint_folder
 
+        if path is not None:  # before minutes of distillation, not after
+            check_checkpoint_folder("path", path)
         g = self.guidance(posterior, generator=generator)
         options = {"progress_bar": self.progress, "num_inference_steps": self.pool_steps} | options
         self.finetuned = distill_guidance(self.model, g, generator=generator, **options)

@@ -355,6 +355,10 @@ def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
 
     A :class:`MidBlockFeatures` saves its statistics, not the denoiser; a
     :class:`CallableFeatures` saves the callable's weights when it is a module.
+
+    Raises:
+        InputDataError: on a ``feature_map`` that is not a single FeatureMap, or a
+            ``directory`` that is not a path or names a file (or lies inside one).
     """
     from safetensors.torch import save_file
 
@@ -362,7 +366,9 @@ def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
         raise InputDataError("feature_map", "a FeatureMap", type(feature_map).__name__)
     if isinstance(feature_map, ConcatFeatures):
         raise InputDataError("feature_map", "a single map (save each part of a ConcatFeatures on its own)", "ConcatFeatures")
-    out = check_path("directory", directory)
+    from papa_bayes.diffusion.finetune.io import check_checkpoint_folder
+
+    out = check_checkpoint_folder("directory", directory)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(feature_map, CallableFeatures):
         module = feature_map.fn if isinstance(feature_map.fn, torch.nn.Module) else None
@@ -392,7 +398,8 @@ def load_feature_map(
 
     Raises:
         InputDataError: when the folder holds no feature map (or an unreadable one),
-            or ``model``/``fn`` is missing.
+            ``model``/``fn`` is missing, or ``model``'s mid-block differs from the one
+            the map was fitted on.
     """
     from safetensors.torch import load_file
 
@@ -425,7 +432,11 @@ def load_feature_map(
         fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"],
                                 whiten=config.get("whiten", True))
         for name, value in tensors.items():
-            getattr(fmap, name).copy_(value)
+            buffer = getattr(fmap, name)
+            if buffer.shape != value.shape:  # fitted on another model's mid-block
+                raise InputDataError("model", f"the DiffusionModel the map was fitted on (saved {name} of shape "
+                                     f"{tuple(value.shape)})", f"a model giving shape {tuple(buffer.shape)}")
+            buffer.copy_(value)
         fmap.fitted = True
         return fmap
     if kind == "callable":

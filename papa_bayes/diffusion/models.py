@@ -8,7 +8,7 @@ sampler reads) and the map from the diffused tensor to images:
   ``AutoencoderKL`` (the Stable Diffusion family), with optional classifier-free
   guidance on text (or any) embeddings.
 
-The sampler handles schedulers that expose ``alphas_cumprod`` (DDIM, DDPM).
+The sampler drives DDIM and DDPM schedulers (any ``prediction_type``).
 """
 
 from __future__ import annotations
@@ -30,20 +30,40 @@ class DiffusionModel:
 
     Args:
         unet: a diffusers denoiser (``UNet2DModel``, ``UNet2DConditionModel``, ...).
-        scheduler: a diffusers scheduler with ``alphas_cumprod`` (DDIM or DDPM).
-            The sampler works on a fresh copy, so this one is never mutated.
+        scheduler: a diffusers ``DDIMScheduler`` or ``DDPMScheduler`` (or a subclass)
+            with ``num_train_timesteps >= 1``. The sampler works on a fresh copy, so
+            this one is never mutated.
+
+    Raises:
+        InputDataError: on a ``unet`` that is not a torch module.
+        ModelError: on another scheduler class, an unsupported ``prediction_type`` or
+            ``num_train_timesteps < 1``.
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:
         if not isinstance(unet, torch.nn.Module):
             raise InputDataError("unet", "a torch.nn.Module denoiser (a diffusers UNet)", type(unet).__name__)
+        from diffusers import DDIMScheduler, DDPMScheduler
+
         if not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "config"):
             raise ModelError(
                 f"{type(scheduler).__name__} has no `alphas_cumprod`; use a DDIMScheduler or DDPMScheduler."
             )
+        # Others with alphas_cumprod fail mid-sampling (Euler-type: float sigmas as timesteps; PNDM, UniPC:
+        # no generator in step) or sample garbage silently (LCM, TCD: consistency steps).
+        if not isinstance(scheduler, (DDIMScheduler, DDPMScheduler)):
+            raise ModelError(
+                f"{type(scheduler).__name__} is not supported by the sampler; use a DDIMScheduler or DDPMScheduler "
+                "with the same noise schedule (e.g. `DDIMScheduler.from_config(scheduler.config)`)."
+            )
         prediction = scheduler.config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "sample", "v_prediction"):
             raise ModelError(f"Unsupported prediction_type {prediction!r}.")
+        num_train = scheduler.config.get("num_train_timesteps")
+        if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1 \
+                or len(scheduler.alphas_cumprod) != num_train:
+            raise ModelError(f"The scheduler's num_train_timesteps must be an integer >= 1 (one alpha_cumprod per "
+                             f"training timestep), got {num_train!r}.")
         self.unet = unet
         self.scheduler = scheduler
 
@@ -107,9 +127,20 @@ class DiffusionModel:
 class PixelDiffusion(DiffusionModel):
     """A pixel-space ``UNet2DModel`` (or any unconditional denoiser of that signature).
 
+    Raises:
+        InputDataError: on a conditional denoiser (a ``UNet2DConditionModel``: use
+            :class:`LatentDiffusion`), besides what :class:`DiffusionModel` raises.
+
     Example:
         >>> model = PixelDiffusion(UNet2DModel(sample_size=8, ...), DDIMScheduler(clip_sample=False))
     """
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:
+        super().__init__(unet, scheduler)
+        # A conditional UNet fails at the first step, in torch's words, for want of encoder_hidden_states.
+        if getattr(getattr(unet, "config", None), "cross_attention_dim", None) is not None:
+            raise InputDataError("unet", "an unconditional denoiser such as UNet2DModel (a UNet2DConditionModel "
+                                 "goes in LatentDiffusion)", type(unet).__name__)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -143,7 +174,9 @@ class LatentDiffusion(DiffusionModel):
 
     Raises:
         InputDataError: on conditioning of the wrong shape, dtype or not finite, a
-            bad ``cfg_scale`` or ``latent_size``, or a ``vae`` that is not a module.
+            bad ``cfg_scale`` or ``latent_size``, a ``unet`` without a
+            ``cross_attention_dim``, or a ``vae`` that is not an autoencoder module
+            with ``decode``.
     """
 
     def __init__(
@@ -158,7 +191,10 @@ class LatentDiffusion(DiffusionModel):
         latent_size: int | tuple[int, int] | None = None,
     ) -> None:
         super().__init__(unet, scheduler)
-        if not isinstance(vae, torch.nn.Module):
+        if not isinstance(getattr(getattr(unet, "config", None), "cross_attention_dim", None), (int, tuple, list)):
+            raise InputDataError("unet", "a conditional denoiser with a cross_attention_dim (a UNet2DConditionModel)",
+                                 type(unet).__name__)
+        if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
             raise InputDataError("vae", "a torch.nn.Module autoencoder (an AutoencoderKL)", type(vae).__name__)
         self.vae = vae
         cfg_scale = check_float("cfg_scale", cfg_scale)

@@ -137,8 +137,9 @@ class PosteriorObjective:
 
         Raises:
             InputDataError: on fewer than 2 base samples (the region's smoothing
-                width is their utilities' standard deviation), non-finite ones, or a
-                bad ``quantile`` / ``batch_size``.
+                width is their utilities' standard deviation), non-finite ones,
+                samples whose utilities do not differ (e.g. copies of one image), or
+                a bad ``quantile`` / ``batch_size``.
         """
         check_float("quantile", quantile, strict=True, maximum=1.0)
         batch_size = check_int("batch_size", batch_size)
@@ -150,9 +151,14 @@ class PosteriorObjective:
             raise InputDataError("base", "finite base samples", "NaN or inf values")
         with torch.no_grad():
             u = torch.cat([self.utility(base[i:i + batch_size]) for i in range(0, base.shape[0], batch_size)], 1)
-        self.base_utility = u.to(torch.float64)
-        self.tau = torch.quantile(self.base_utility, float(quantile), dim=1)
-        self.width = self.temperature * self.base_utility.std(dim=1).clamp_min(1e-12)
+        u = u.to(torch.float64)
+        spread = u.std(dim=1)
+        if not bool((spread > 1e-12).all()):  # identical samples (or features): a step function, no gradient to follow
+            raise InputDataError("base", "base samples whose utilities differ (the region's smoothing width is their "
+                                 "spread)", f"utilities with spread {float(spread.min()):.3g} under some posterior draw")
+        self.base_utility = u
+        self.tau = torch.quantile(u, float(quantile), dim=1)
+        self.width = self.temperature * spread
         return self
 
     def at_quantile(self, quantile: float) -> PosteriorObjective:

@@ -119,6 +119,15 @@ def step_gains(scheduler, alphas: Tensor) -> Tensor:
     return (1 - (snr_t / snr_prev).sqrt()).clamp(0, 1).cpu()
 
 
+def _check_generator(generator: object, model: DiffusionModel) -> None:
+    """InputDataError unless None or a torch.Generator on the CPU or on ``model``'s device."""
+    check_generator("generator", generator, optional=True)
+    # A generator elsewhere (a CUDA one for a CPU model) would fail inside torch or diffusers, mid-trajectory.
+    if generator is not None and generator.device.type not in ("cpu", model.device.type):
+        raise InputDataError("generator", f"None or a torch.Generator on the CPU or on the model's device "
+                             f"({model.device})", f"a generator on {generator.device}")
+
+
 def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
@@ -143,12 +152,13 @@ def sample(
         model: the diffusion model (its device and dtype are used).
         num_samples: how many samples.
         num_inference_steps: denoising steps, at most the scheduler's
-            ``num_train_timesteps``.
+            ``num_train_timesteps`` (less its ``steps_offset``, if any).
         guidance: a :class:`~papa_bayes.diffusion.guidance.Guidance`; None samples
             the base model.
-        generator: seeds the initial noise, stochastic steps and any per-sample
-            randomness of the guidance (Thompson draws). Same generator state, same
-            samples (on the same device and library versions).
+        generator: on the CPU or the model's device; seeds the initial noise,
+            stochastic steps and any per-sample randomness of the guidance
+            (Thompson draws). Same generator state, same samples (on the same
+            device and library versions).
         eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
             variance); ignored by DDPM.
         batch_size: samples denoised at once.
@@ -164,8 +174,8 @@ def sample(
             ``num_samples``/``num_inference_steps``/``batch_size`` that is not an
             integer >= 1, more steps than training timesteps, an ``eta`` outside
             `[0, 1]`, an ``initial_noise`` of the wrong shape or not finite, a
-            ``generator`` that is not a torch.Generator, or a ``guidance`` that is
-            not a Guidance.
+            ``generator`` that is not a torch.Generator on the CPU or the model's
+            device, or a ``guidance`` that is not a Guidance.
     """
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel (wrap a diffusers UNet2DModel and scheduler in PixelDiffusion)",
@@ -178,7 +188,7 @@ def sample(
         raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
     # eta > 1 asks for a negative variance: NaN samples
     eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
-    check_generator("generator", generator, optional=True)
+    _check_generator(generator, model)
     if guidance is not None and not all(callable(getattr(guidance, hook, None)) for hook in _GUIDANCE_HOOKS):
         raise InputDataError("guidance", "None or a Guidance", type(guidance).__name__)
     shape = (num_samples, *model.sample_shape)
@@ -191,6 +201,10 @@ def sample(
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = scheduler.timesteps
+    if int(timesteps.max()) >= num_train:  # a steps_offset shifts "leading" timesteps past the last one
+        offset = int(model.scheduler.config.get("steps_offset", 0))
+        raise InputDataError("num_inference_steps", f"at most num_train_timesteps - steps_offset = "
+                             f"{num_train - offset} with this scheduler", num_inference_steps)
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     if initial_noise is None:
         initial_noise = _initial_noise(shape, generator, device, dtype)

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, shape_of
+from papa_bayes.checks import check_float, check_int, shape_of
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
-from papa_bayes.diffusion.sampler import _initial_noise, sample
+from papa_bayes.diffusion.sampler import _check_generator, _initial_noise, sample
 from papa_bayes.diffusion.selection import ManifoldGuard
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 
@@ -37,10 +37,28 @@ DEFAULT_SCALES: tuple[float, ...] = (0.3, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def _checked_scales(scales: Sequence[float]) -> list[float]:
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
+        raise InputDataError("scales", "a non-empty sequence of numbers > 0", scales)
     checked = sorted(check_guidance_scale(s, "scales") for s in scales)
     if not checked or checked[0] <= 0:
         raise InputDataError("scales", "a non-empty sequence of numbers > 0", list(scales))
     return checked
+
+
+def _check_pool_arguments(model: Any, guidance: Any, num_samples: Any, num_inference_steps: Any,
+                          generator: Any) -> tuple[int, int]:
+    """What both rules sample with, checked before the first pool: ``(num_samples, num_inference_steps)``."""
+    if not isinstance(model, DiffusionModel):
+        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    if not isinstance(guidance, Guidance):  # a bare objective is a natural slip: wrap it in Guidance(...)
+        raise InputDataError("guidance", "a Guidance (e.g. Guidance(objective))", type(guidance).__name__)
+    num_samples = check_int("num_samples", num_samples)
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps)
+    num_train = int(model.scheduler.config.num_train_timesteps)
+    if num_inference_steps > num_train:
+        raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
+    _check_generator(generator, model)
+    return num_samples, num_inference_steps
 
 
 def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_inference_steps: int,
@@ -118,7 +136,9 @@ def select_guidance_scale(
         threshold of 0 would pass every scale, however far it leaves the manifold.
 
     Raises:
-        InputDataError: on bad scales, shares or ``radius_scale`` (before any sampling).
+        InputDataError: on bad scales, shares or ``radius_scale``, a ``model``,
+            ``guidance`` or ``guard`` of another type, a bad ``num_samples``,
+            ``num_inference_steps`` or ``generator`` (all before any sampling).
     """
     checked = _checked_scales(scales)
     share = dict(strict=True, maximum=1.0, inclusive_maximum=True)  # in (0, 1]
@@ -126,6 +146,10 @@ def select_guidance_scale(
     if min_precision is not None:
         min_precision = check_float("min_precision", min_precision, **share)
     radius_scale = check_float("radius_scale", radius_scale, strict=True)
+    num_samples, num_inference_steps = _check_pool_arguments(model, guidance, num_samples, num_inference_steps,
+                                                             generator)
+    if not callable(getattr(guard, "precision", None)):
+        raise InputDataError("guard", "a ManifoldGuard (e.g. ManifoldGuard(reference_images))", type(guard).__name__)
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
 
     base = guard.precision(pool(None).images, radius_scale=radius_scale)
@@ -217,6 +241,13 @@ def select_recommendation_scale(
 
     Returns:
         A :class:`RecommendationScale`.
+
+    Raises:
+        InputDataError: on bad scales, ``keep``, ``target`` or ``max_scale``, a
+            ``model`` or ``guidance`` of another type, a ``score`` that is not
+            callable, a bad ``num_samples``, ``num_inference_steps`` or
+            ``generator`` (all before any sampling); when ``score`` returns other
+            than two `n` tensors.
     """
     checked = _checked_scales(scales)
     keep = check_float("keep", keep, strict=True, maximum=1.0, inclusive_maximum=True)
@@ -224,6 +255,10 @@ def select_recommendation_scale(
     if max_scale is not None:
         max_scale = check_float("max_scale", max_scale, strict=True)
         checked = [s for s in checked if s <= max_scale] or [max_scale]
+    num_samples, num_inference_steps = _check_pool_arguments(model, guidance, num_samples, num_inference_steps,
+                                                             generator)
+    if not callable(score):
+        raise InputDataError("score", "a callable of images returning (ranks, probabilities)", type(score).__name__)
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
     reads_samples = getattr(guidance.objective, "input_space", "image") == "sample"
     num_keep = max(1, int(round(keep * num_samples)))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.inference.mcmc_util import chain_results
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_bool, check_float
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.laplace import (
@@ -47,7 +47,7 @@ def fit(
     num_steps: int | None = None,
     learning_rate: float = 0.02,
     seed: int = 0,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     refine_steps: int = 0,
 ) -> RewardPosterior:
     """Fit a reward model to preference data.
@@ -69,7 +69,8 @@ def fit(
         num_steps: SVI steps (default 1000 from the Laplace start; 200 for an update).
         learning_rate: SVI Adam learning rate.
         seed: seeds every random draw of the fit (the global RNG is left untouched).
-        progress_bar: show Pyro's / tqdm progress bars.
+        progress_bar: show Pyro's / tqdm progress bars. None (default): on for NUTS
+            (minutes on large data; as Pyro's ``MCMC`` does), off for Laplace and SVI.
         refine_steps: Laplace only: move the Gaussian draws toward the exact
             posterior (resample-move: twice ``num_samples`` Laplace draws resampled by
             their importance weights, then this many random-walk Metropolis steps
@@ -90,6 +91,7 @@ def fit(
     if not isinstance(data, PreferenceData):
         raise InputDataError("data", "a PreferenceData", type(data).__name__)
     data.require_observations()
+    progress_bar = check_bool("progress_bar", progress_bar, optional=True)
     check_fit_options(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
                    learning_rate=learning_rate, seed=seed)
     if not isinstance(model, PyroRewardModel):
@@ -109,6 +111,8 @@ def fit(
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
     _check_refine_steps(refine_steps, method)
+    if progress_bar is None:
+        progress_bar = method == "nuts"
     ignored = [name for name, used_by, value, default in (
         ("warmup_steps", "nuts", warmup_steps, None), ("num_chains", "nuts", num_chains, 2),
         ("num_steps", "svi", num_steps, None), ("learning_rate", "svi", learning_rate, 0.02),

@@ -173,3 +173,45 @@ def test_resume_continues_the_auto_scale_where_it_stopped(tmp_path, pixel_model)
     # Round 2's pool agrees up to the posterior refitted on resume (vs updated online): about 1e-3.
     assert torch.allclose(a.features(), b.features(), atol=1e-2)
     assert (last_a.item_a, last_a.item_b) == (last_b.item_a, last_b.item_b)
+
+
+def test_candidates_check_model_features_and_guard_before_the_base_samples(monkeypatch):
+    import pytest
+
+    import papa_bayes.diffusion.candidates as candidates_module
+    from papa_bayes.exceptions import InputDataError
+
+    setup = make_setup()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("base samples were drawn before the arguments were checked")
+
+    monkeypatch.setattr(candidates_module, "sample", no_sampling)
+    parts = {"model": setup.model, "feature_map": setup.feature_map, "guard": setup.guard}
+    for field, bad in (("model", setup.model.unet),
+                       ("feature_map", lambda x: x.flatten(1)),  # was AttributeError: num_features
+                       ("guard", setup.guard.reference)):  # was AttributeError at the first steered pool
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            DiffusionCandidates(**{**parts, field: bad}, num_base=4)
+
+
+def test_finetune_checks_its_path_before_distilling(tmp_path, pixel_model, monkeypatch):
+    import pytest
+
+    import papa_bayes.diffusion.finetune as finetune_module
+    from papa_bayes.diffusion import ManifoldGuard, PCAFeatures
+    from papa_bayes.exceptions import InputDataError
+
+    phi = PCAFeatures.fit(torch.randn(16, 1, 8, 8), num_features=2)
+    src = DiffusionCandidates(pixel_model, phi, ManifoldGuard(torch.randn(16, 1, 8, 8)), scale=0.5, num_base=4,
+                              pool_steps=2)
+    (tmp_path / "taken").write_text("x")
+
+    def no_distillation(*args, **kwargs):
+        raise AssertionError("distilled before the path was checked")
+
+    monkeypatch.setattr(finetune_module, "distill_guidance", no_distillation)
+    post = fit(LinearReward(rationality=1.0), PreferenceData(items=torch.randn(4, 2, dtype=torch.float64),
+                                                             comparisons=torch.tensor([[0, 1]])), method="laplace")
+    with pytest.raises(InputDataError, match="^path:"):  # was FileExistsError after the distillation
+        src.finetune(post, generator=torch.Generator().manual_seed(0), path=tmp_path / "taken")

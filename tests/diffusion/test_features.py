@@ -188,3 +188,21 @@ def test_feature_map_arguments_are_checked(pixel_model, images, tmp_path):
     (tmp_path / "bare" / "feature_map.json").write_text('{"kind": "pca"}')
     with pytest.raises(InputDataError, match="^directory:"):  # was KeyError
         load_feature_map(tmp_path / "bare")
+
+
+def test_midblock_map_loaded_with_another_model_is_ours_to_reject(pixel_model, images, tmp_path):
+    from papa_bayes.diffusion import make_digits_unet, make_sampling_scheduler
+    from papa_bayes.diffusion.models import PixelDiffusion
+
+    path = save_feature_map(MidBlockFeatures(pixel_model, num_features=3).fit(images), tmp_path / "mid")
+    wider = PixelDiffusion(make_digits_unet(block_out_channels=(8, 32), layers_per_block=1, norm_num_groups=4,
+                                            down_block_types=("DownBlock2D", "DownBlock2D"),
+                                            up_block_types=("UpBlock2D", "UpBlock2D")), make_sampling_scheduler())
+    with pytest.raises(InputDataError, match="^model:.*fitted on"):  # was torch's RuntimeError from copy_
+        load_feature_map(path, model=wider)
+
+
+def test_save_feature_map_refuses_a_file_path(images, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(InputDataError, match="^directory:.*not a file"):  # was FileExistsError
+        save_feature_map(PCAFeatures.fit(images, num_features=2), tmp_path / "taken")

@@ -354,3 +354,41 @@ def test_checkpoint_arguments_are_checked(pixel_model, latent_model, tmp_path):
     (path / "finetune.json").write_text("not json")
     with pytest.raises(InputDataError, match="^path:"):  # was JSONDecodeError
         load_finetuned(path)
+
+
+def test_save_finetuned_refuses_a_file_path_and_bad_map_before_writing(pixel_model, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    for path in (tmp_path / "taken", tmp_path / "taken" / "sub"):  # were FileExistsError / NotADirectoryError
+        with pytest.raises(InputDataError, match="^path:.*not a file"):
+            save_finetuned(pixel_model, path)
+    with pytest.raises(InputDataError, match="^feature_map:"):
+        save_finetuned(pixel_model, tmp_path / "fresh", feature_map="pca")
+    with pytest.raises(InputDataError, match="^info:"):  # a list was written as the notes
+        save_finetuned(pixel_model, tmp_path / "fresh", info=["distilled"])
+    assert not (tmp_path / "fresh").exists()  # was a half-written checkpoint (unet/, scheduler/)
+
+
+def test_saving_again_without_a_feature_map_drops_the_earlier_one(pixel_model, tmp_path):
+    from papa_bayes.diffusion import load_feature_map
+
+    phi = PCAFeatures.fit(torch.randn(16, 1, 8, 8), num_features=3)
+    path = save_finetuned(pixel_model, tmp_path / "ckpt", feature_map=phi)
+    assert load_feature_map(path / "features").num_features == 3
+    save_finetuned(pixel_model, path)  # a new model, no map: the old map was left beside it
+    assert not (path / "features").exists()
+
+
+@pytest.mark.parametrize("damage", ["weights", "unet_config", "scheduler_config"])
+def test_unreadable_checkpoints_are_ours_to_reject(pixel_model, tmp_path, damage):
+    from papa_bayes.diffusion import load_base_model
+
+    path = save_finetuned(pixel_model, tmp_path / "ckpt")
+    if damage == "weights":
+        (path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    else:
+        target = path / ("unet/config.json" if damage == "unet_config" else "scheduler/scheduler_config.json")
+        target.write_text("{not json")
+    for load in (lambda: load_finetuned(path), lambda: load_finetuned(path, base=pixel_model),
+                 lambda: load_base_model(path)):
+        with pytest.raises(InputDataError, match="^path:.*diffusers can read"):  # were diffusers' OSError
+            load()

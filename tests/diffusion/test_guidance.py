@@ -212,6 +212,17 @@ def test_calibration_needs_two_base_samples(base_and_pca, posterior, m):
     assert objective.width is None  # nothing half-set
 
 
+def test_calibration_refuses_base_samples_whose_utilities_do_not_differ(base_and_pca, posterior):
+    """Copies of one image gave a width of 1e-12: a step function whose gradient is zero, silently."""
+    base, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="region")
+    with pytest.raises(InputDataError, match="base: expected base samples whose utilities differ"):
+        objective.calibrate(base.images[:1].expand(4, *base.images.shape[1:]))
+    assert objective.width is None and objective.tau is None
+    objective.calibrate(base.images[:4])
+    assert bool((objective.width > 0.01).all())
+
+
 @pytest.mark.parametrize(("field", "kwargs"), [
     ("window", {"window": (0.0,)}), ("window", {"window": 0.5}),  # were ValueError / TypeError
     ("window", {"window": ("0", "0.5")}),  # text was read as numbers

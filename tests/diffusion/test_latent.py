@@ -130,3 +130,14 @@ def test_latent_model_arguments_are_checked(latent_model):
         with pytest.raises(InputDataError, match=f"^{field}:"):
             latent_model.to(**kwargs)
     assert latent_model.to(None).device == torch.device("cpu")  # None keeps the device
+
+
+def test_pixel_and_latent_denoisers_are_not_mixed_up(pixel_model, latent_model):
+    from papa_bayes.diffusion import LatentDiffusion, PixelDiffusion
+
+    with pytest.raises(InputDataError, match="^unet:.*LatentDiffusion"):  # was TypeError at the first step
+        PixelDiffusion(latent_model.unet, latent_model.scheduler)
+    with pytest.raises(InputDataError, match="^unet:.*cross_attention_dim"):  # was AttributeError
+        LatentDiffusion(pixel_model.unet, latent_model.vae, latent_model.scheduler)
+    with pytest.raises(InputDataError, match="^vae:"):  # was accepted, then AttributeError when decoding
+        LatentDiffusion(latent_model.unet, pixel_model.unet, latent_model.scheduler)

@@ -98,3 +98,57 @@ def test_unknown_prediction_type_is_not_read_as_v_prediction():
         split_model_output(x, x, a, "eps")
     with pytest.raises(InputDataError, match="^prediction_type:"):
         join_model_output(x, x, a, "v")
+
+
+class _CudaGenerator(torch.Generator):
+    """A CPU generator that reports a CUDA device (this machine may have none)."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda")
+
+
+def test_generator_on_another_device_than_the_model_is_ours_to_reject(pixel_model):
+    # was a RuntimeError from torch.randn (no CUDA), or diffusers' ValueError at the first DDPM step
+    with pytest.raises(InputDataError, match="^generator:.*model's device"):
+        sample(pixel_model, 2, num_inference_steps=2, generator=_CudaGenerator(), progress=False)
+
+
+def test_steps_past_the_last_timestep_by_a_steps_offset_are_ours_to_reject(pixel_model):
+    from diffusers import DDIMScheduler
+
+    from papa_bayes.diffusion import PixelDiffusion
+
+    shifted = PixelDiffusion(pixel_model.unet, DDIMScheduler.from_config(pixel_model.scheduler.config, steps_offset=1))
+    with pytest.raises(InputDataError, match="^num_inference_steps:.*999"):  # was IndexError from alphas[t]
+        sample(shifted, 1, num_inference_steps=1000, progress=False)
+    assert sample(shifted, 1, num_inference_steps=2, progress=False).timesteps.max() < 1000
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler"])
+def test_schedulers_the_sampler_cannot_drive_are_refused_when_the_model_is_built(pixel_model, name):
+    # were IndexError (Euler: float sigmas as timesteps) / TypeError (PNDM: no generator) mid-sampling,
+    # and garbage samples (LCM: consistency steps), silently
+    import diffusers
+
+    from papa_bayes.diffusion import PixelDiffusion
+    from papa_bayes.exceptions import ModelError
+
+    scheduler = getattr(diffusers, name).from_config(pixel_model.scheduler.config)
+    with pytest.raises(ModelError, match=f"{name} is not supported.*DDIMScheduler"):
+        PixelDiffusion(pixel_model.unet, scheduler)
+
+
+def test_a_schedule_without_training_timesteps_is_refused(pixel_model):
+    from diffusers import DDIMScheduler
+
+    from papa_bayes.diffusion import DIGITS_SCHEDULER_CONFIG, PixelDiffusion, make_sampling_scheduler
+    from papa_bayes.exceptions import ModelError
+
+    # was "num_inference_steps: expected at most num_train_timesteps = 0" at sampling time
+    with pytest.raises(ModelError, match="num_train_timesteps"):
+        PixelDiffusion(pixel_model.unet, DDIMScheduler(num_train_timesteps=0))
+    with pytest.raises(InputDataError, match="^config:.*num_train_timesteps"):  # was a scheduler with no alphas
+        make_sampling_scheduler({**DIGITS_SCHEDULER_CONFIG, "num_train_timesteps": 0})
+    with pytest.raises(InputDataError, match="^config:.*prediction_type"):  # was accepted; PixelDiffusion refused it
+        make_sampling_scheduler({**DIGITS_SCHEDULER_CONFIG, "prediction_type": "foo"})

@@ -200,3 +200,41 @@ def test_manifold_guard_bad_input():
         assert info.value.field == field
     with pytest.raises(InputDataError, match="radius_scale"):
         ManifoldGuard(ref)(ref, radius_scale=-1.0)
+
+
+def test_scale_rules_check_model_guidance_guard_and_pool_before_sampling(pixel_model, monkeypatch):
+    import papa_bayes.diffusion.scale as scale_module
+
+    guard = ManifoldGuard(torch.rand(16, 1, 8, 8) * 2 - 1)
+    objective = lambda x: -x.flatten(1).pow(2).mean(1)  # noqa: E731
+    g = Guidance(objective)
+    score = lambda x: (torch.zeros(x.shape[0]), torch.ones(x.shape[0]))  # noqa: E731
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a pool was drawn before the arguments were checked")
+
+    monkeypatch.setattr(scale_module, "sample", no_pool)
+    monkeypatch.setattr(scale_module, "_initial_noise", no_pool)
+    for kwargs, field in (
+        ({"guidance": objective}, "guidance"),  # was AttributeError after the unguided pool
+        ({"guard": guard.reference}, "guard"),  # was AttributeError after the unguided pool
+        ({"model": pixel_model.unet}, "model"),  # was AttributeError
+        ({"num_samples": "8"}, "num_samples"),  # was TypeError from torch.randn
+        ({"num_inference_steps": 1001}, "num_inference_steps"),
+        ({"generator": 0}, "generator"),  # was AttributeError
+        ({"scales": 0.5}, "scales"),  # was TypeError: not iterable
+    ):
+        args = {"model": pixel_model, "guidance": g, "guard": guard, "num_samples": 4, "num_inference_steps": 2,
+                **kwargs}
+        with pytest.raises(InputDataError) as info:
+            select_guidance_scale(args.pop("model"), args.pop("guidance"), args.pop("guard"), **args)
+        assert info.value.field == field
+        if field != "guard":
+            args = {"model": pixel_model, "guidance": g, "score": score, "num_samples": 4,
+                    "num_inference_steps": 2, **kwargs}
+            args.pop("guard", None)
+            with pytest.raises(InputDataError) as info:
+                select_recommendation_scale(args.pop("model"), args.pop("guidance"), **args)
+            assert info.value.field == field
+    with pytest.raises(InputDataError, match="^score:"):  # was TypeError after the first pool
+        select_recommendation_scale(pixel_model, g, score=None, num_samples=4, num_inference_steps=2)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,18 @@ from papa_bayes.checks import check_device, check_float_dtype, check_path
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.exceptions import InputDataError, ModelError
 
-__all__ = ["save_finetuned", "load_finetuned"]
+__all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder"]
 
 _INFO = "finetune.json"
+
+
+def check_checkpoint_folder(name: str, path: Any) -> Path:
+    """``path`` as a Path, or InputDataError unless a str/os.PathLike folder that could be created or overwritten."""
+    root = check_path(name, path)
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputDataError(name, "a folder to create or overwrite (not a file, nor inside one)", str(root))
+    return root
 
 
 def save_finetuned(
@@ -36,35 +47,48 @@ def save_finetuned(
     Args:
         model: the model; only its denoiser and scheduler are written (a latent
             model's autoencoder and conditioning stay with the base model).
-        path: the folder (created).
+        path: the folder (created; an earlier checkpoint there is overwritten,
+            its ``features/`` removed when no ``feature_map`` is given).
         feature_map: a :class:`~papa_bayes.diffusion.FeatureMap` to save in ``features/``.
-        info: JSON-able notes (method, settings, ...) stored in ``finetune.json``.
+        info: a mapping of notes (method, settings, ...) stored in ``finetune.json``;
+            values JSON cannot hold are written as their ``str()``.
 
     Returns:
         The folder.
 
     Raises:
-        InputDataError: on a ``model`` that is not a DiffusionModel or a ``path`` that
-            is not a str or os.PathLike.
+        InputDataError: on a ``model`` that is not a DiffusionModel, a ``path`` that
+            is not a str or os.PathLike or that names a file (or lies inside one), or
+            a ``feature_map`` that is not a single FeatureMap, or an ``info`` that is
+            not a mapping; before anything is written.
     """
+    from papa_bayes.diffusion.features import ConcatFeatures, FeatureMap, save_feature_map
+
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     root = check_path("path", path)
     if not hasattr(model.unet, "save_pretrained"):
         raise ModelError(f"{type(model.unet).__name__} has no save_pretrained; save its state_dict instead.")
+    # Checked before anything is written, so that a bad argument leaves no half-written folder.
+    if feature_map is not None and (not isinstance(feature_map, FeatureMap) or isinstance(feature_map, ConcatFeatures)):
+        raise InputDataError("feature_map", "None or a single FeatureMap (not a ConcatFeatures)",
+                             type(feature_map).__name__)
+    if info is not None and not isinstance(info, Mapping):
+        raise InputDataError("info", "None or a mapping of notes (a dict)", type(info).__name__)
+    check_checkpoint_folder("path", root)
     root.mkdir(parents=True, exist_ok=True)
     model.unet.save_pretrained(root / "unet", safe_serialization=True)
     model.scheduler.save_pretrained(root / "scheduler")
     if feature_map is not None:
-        from papa_bayes.diffusion.features import save_feature_map
-
         save_feature_map(feature_map, root / "features")
+    elif (root / "features" / "feature_map.json").is_file():  # an earlier save's map does not belong to this model
+        shutil.rmtree(root / "features")
     record = {
         "model": type(model).__name__,
         "unet": type(model.unet).__name__,
         "scheduler": type(model.scheduler).__name__,
         "dtype": str(model.dtype).replace("torch.", ""),
-        "info": info or {},
+        "info": dict(info or {}),
     }
     (root / _INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return root
@@ -93,9 +117,10 @@ def load_finetuned(
         saved one is not a diffusers scheduler).
 
     Raises:
-        InputDataError: when ``path`` holds no saved denoiser (or an unreadable
-            ``finetune.json``), ``base`` is not a DiffusionModel or not of the kind
-            the checkpoint was saved from, a latent model is loaded without ``base``,
+        InputDataError: when ``path`` holds no saved denoiser (or unreadable or
+            missing weights, an unreadable ``finetune.json`` or scheduler config),
+            ``base`` is not a DiffusionModel or not of the kind the checkpoint was
+            saved from, a latent model is loaded without ``base``,
             or on a device this machine does not have or a ``dtype`` that is not a
             floating-point torch.dtype.
     """
@@ -131,14 +156,18 @@ def load_finetuned(
         from papa_bayes.diffusion.base import load_base_model
 
         return load_base_model(root, scheduler=kind, device=device, dtype=dtype)
-    unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
     model = copy.copy(base)
+    try:
+        unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
+        config = root / "scheduler" / "scheduler_config.json"
+        if config.is_file():
+            name = record.get("scheduler") or json.loads(config.read_text()).get("_class_name")
+            scheduler_class = _scheduler_class(name, fallback=type(base.scheduler))
+            model.scheduler = scheduler_class.from_pretrained(root / "scheduler", local_files_only=True)
+    except (OSError, ValueError) as err:  # diffusers' words for missing or corrupt files; JSONDecodeError too
+        raise InputDataError("path", "a checkpoint whose `unet/` and `scheduler/` diffusers can read",
+                             f"{root} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
-    config = root / "scheduler" / "scheduler_config.json"
-    if config.is_file():
-        name = record.get("scheduler") or json.loads(config.read_text()).get("_class_name")
-        scheduler_class = _scheduler_class(name, fallback=type(base.scheduler))
-        model.scheduler = scheduler_class.from_pretrained(root / "scheduler", local_files_only=True)
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
         if next(model.vae.parameters()).device != torch.device(device):
             model.vae = copy.deepcopy(model.vae).to(device)

@@ -1,0 +1,121 @@
+"""pandas DataFrames to PreferenceData fields: the work of :meth:`PreferenceData.from_dataframe`.
+
+Kept apart from :mod:`papa_bayes.data` so that the data class reads without the
+column handling; nothing here imports pandas (frames are read through their
+``columns``, ``index`` and ``[name]``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papa_bayes.checks import is_integer_tensor, plain_array
+from papa_bayes.data import _as_tensor, _OptionalColumn
+from papa_bayes.exceptions import InputDataError
+
+__all__ = ["dataframe_fields"]
+
+_ITEM_INDICES = "integer item indices (rows of items; map item labels to their row first)"
+_LIKE = "+1 (like) or -1 (dislike), or bools (True = like, False = dislike)"
+
+
+def _rater_ids(field: str, name: str) -> str:
+    return f"integer rater ids (map text ids to codes first, e.g. {field}[{name!r}].astype('category').cat.codes)"
+
+
+def _check_frame(field: str, frame: Any, required: dict[str, str]) -> None:
+    """InputDataError unless ``frame`` is a DataFrame with the ``required`` columns (argument -> column name)."""
+    if not hasattr(frame, "columns"):
+        raise InputDataError(field, "a pandas DataFrame", type(frame).__name__)
+    for argument, name in required.items():
+        if name not in frame.columns:
+            raise InputDataError(field, f"a column named {name!r} (or {argument}= naming the column)",
+                                 list(frame.columns))
+
+
+def _optional_column(argument: str, name: str | None, field: str, frame: Any) -> str | None:
+    """The column ``argument`` names in ``frame``: None when not asked for or a default name absent."""
+    if name is None or (isinstance(name, _OptionalColumn) and name not in frame.columns):
+        return None
+    if name not in frame.columns:
+        raise InputDataError(argument, f"the name of a column of {field} (it has {list(frame.columns)}) or None",
+                             repr(name))
+    return name
+
+
+def _row(frame: Any, i: int) -> str:
+    """Row ``i`` as an error names it: by position, with the index label where that differs."""
+    label = frame.index[i]
+    return f"row {i}" if label == i else f"row {i} (index {label!r})"
+
+
+def _column(field: str, frame: Any, name: str, expected: str) -> Tensor:
+    """Column ``name`` as a tensor (an empty one as `0` long); text or other non-numbers raise InputDataError."""
+    values = plain_array(frame[name])
+    if len(values) == 0:  # pandas types empty columns float64
+        return torch.zeros(0, dtype=torch.long)
+    try:
+        return torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        i = next((i for i, v in enumerate(values) if not isinstance(v, numbers.Number)), 0)
+        raise InputDataError(f"{field}[{name!r}]", expected,
+                             f"{frame[name].dtype} values, e.g. {values[i]!r} in {_row(frame, i)}") from None
+
+
+def _index_column(field: str, frame: Any, name: str, expected: str) -> Tensor:
+    return _as_tensor(f"{field}[{name!r}]", _column(field, frame, name, expected), torch.long)
+
+
+def _like_labels(frame: Any, name: str) -> Tensor:
+    """Column ``name`` of a ratings frame as `k` labels +1/-1; bools read as True = +1 (like), False = -1."""
+    field = f"ratings[{name!r}]"
+    t = _column("ratings", frame, name, _LIKE)
+    if t.dtype == torch.bool:
+        return t.long() * 2 - 1
+    if not is_integer_tensor(t):
+        raise InputDataError(field, _LIKE, f"{frame[name].dtype} values, e.g. {t[0].item()!r} in {_row(frame, 0)}")
+    bad = (t != 1) & (t != -1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        # 0 may mean dislike or "not rated": the caller says which by passing bools.
+        hint = f"; for 0/1 labels pass ratings[{name!r}].astype(bool)" if bool(((t == 0) | (t == 1)).all()) else ""
+        raise InputDataError(field, _LIKE + hint, f"{int(t[i])} in {_row(frame, i)}")
+    return t.long()
+
+
+def dataframe_fields(
+    df: Any | None, ratings: Any | None, *, winner: str, loser: str, tie: str | None, rater: str | None, item: str,
+    label: str,
+) -> dict[str, Any]:
+    """The PreferenceData fields (comparisons, ties, ratings, rater ids) of the frames; see ``from_dataframe``."""
+    if df is None and ratings is None:
+        raise InputDataError("df", "a DataFrame of comparisons, or ratings= a DataFrame of ratings", None)
+    fields: dict[str, Any] = {}
+    if df is not None:
+        _check_frame("df", df, {"winner": winner, "loser": loser})
+        tie_col, rater_col = _optional_column("tie", tie, "df", df), _optional_column("rater", rater, "df", df)
+        pairs = [_index_column("df", df, c, _ITEM_INDICES) for c in (winner, loser)]
+        fields["comparisons"] = torch.stack(pairs, -1)
+        if tie_col is not None:
+            fields["ties"] = _as_tensor(f"df[{tie_col!r}]", _column("df", df, tie_col, "bools"), torch.bool)
+        if rater_col is not None:
+            fields["comparison_rater"] = _index_column("df", df, rater_col, _rater_ids("df", rater_col))
+    if ratings is not None:
+        _check_frame("ratings", ratings, {"item": item, "label": label})
+        rater_col = _optional_column("rater", rater, "ratings", ratings)
+        fields["ratings"] = torch.stack([_index_column("ratings", ratings, item, _ITEM_INDICES),
+                                         _like_labels(ratings, label)], -1)
+        if rater_col is not None:
+            fields["rating_rater"] = _index_column("ratings", ratings, rater_col, _rater_ids("ratings", rater_col))
+    if df is not None and ratings is not None and len(df) and len(ratings) \
+            and ("comparison_rater" in fields) != ("rating_rater" in fields):
+        # Rows without ids would count as rater 0, a real rater's id: the constructor refuses
+        # that too, but in tensor terms.
+        has, lacks, lacking = ("df", "ratings", ratings) if "comparison_rater" in fields else ("ratings", "df", df)
+        raise InputDataError("rater", f"a rater column {str(rater)!r} in both df and ratings, or in neither",
+                             f"one in {has} only ({lacks} has {list(lacking.columns)})")
+    return fields
