@@ -13,6 +13,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from papa_bayes.exceptions import InputDataError, PapaBayesError, StoreError
+
 __all__ = ["main"]
 
 
@@ -38,8 +40,10 @@ def _train(argv: list[str]) -> int:
 
 def _benchmark(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
-        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment)")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment)",
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     name = argv[0] if argv[0].startswith("bench_") else f"bench_{argv[0]}"
     sys.path.insert(0, str(Path.cwd()))
     try:
@@ -47,7 +51,12 @@ def _benchmark(argv: list[str]) -> int:
     except ModuleNotFoundError as err:
         if err.name not in ("benchmarks", f"benchmarks.{name}"):
             raise  # the benchmark exists; something it imports is missing
-        print(f"benchmarks/{name}.py not found: run from a papa_bayes checkout.", file=sys.stderr)
+        if err.name == "benchmarks":
+            print(f"No benchmarks/ folder in {Path.cwd()}: run from a papa_bayes checkout.", file=sys.stderr)
+        else:
+            folders = [Path(f) for f in importlib.import_module("benchmarks").__path__]
+            here = sorted(f.stem.removeprefix("bench_") for folder in folders for f in folder.glob("bench_*.py"))
+            print(f"benchmarks/{name}.py not found; the benchmarks are: {', '.join(here)}.", file=sys.stderr)
         return 2
     program = sys.argv[0]
     sys.argv[0] = f"papa-bayes benchmark {argv[0]}"  # the benchmark's own --help and errors name the command
@@ -79,7 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     args = parser.parse_args(argv[:1])
-    return COMMANDS[args.command][0](argv[1:])
+    # A person's mistake (a bad option, a store that is not one, a missing file) or
+    # Ctrl-C reads as one line, not a traceback; bugs still raise.
+    try:
+        return COMMANDS[args.command][0](argv[1:])
+    except KeyboardInterrupt:
+        print(f"papa-bayes {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (InputDataError, StoreError) as err:
+        print(f"papa-bayes {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (PapaBayesError, OSError) as err:
+        print(f"papa-bayes {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -245,21 +245,26 @@ def _row(name: str, c: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=int, default=30, help="labels per method")
-    p.add_argument("--liked", type=int, nargs="+", default=list(DEFAULT_LIKED))
-    p.add_argument("--query-type", choices=("pair", "rating"), default="rating")
+    p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sizes = {"labels": (30, 3), "eval_samples": (64, 8), "papa_steps": (30, 2)}  # (full, --tiny)
+    p.add_argument("--labels", type=int, help="labels per method (default 30; 3 with --tiny)")
+    p.add_argument("--liked", type=int, nargs="+", default=list(DEFAULT_LIKED), help="the digits the person likes")
+    p.add_argument("--query-type", choices=("pair", "rating"), default="rating", help="question type of the sessions")
     p.add_argument("--features", choices=FEATURES, default="both", help="reward features (see make_setup)")
     p.add_argument("--exploration", type=float, default=0.5, help="share of each pool from the unsteered model")
     p.add_argument("--strategy", default="eig", help="acquisition strategy of the main session")
-    p.add_argument("--eval-samples", type=int, default=64, help="recommended samples measured per checkpoint")
-    p.add_argument("--papa-steps", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("demo_output"))
-    p.add_argument("--tiny", action="store_true", help="seconds-long run (tests)")
+    p.add_argument("--eval-samples", type=int,
+                   help="recommended samples measured per checkpoint (default 64; 8 with --tiny)")
+    p.add_argument("--papa-steps", type=int,
+                   help="PAPA fine-tuning steps per checkpoint (default 30; 2 with --tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the person, the sessions and the sampler")
+    p.add_argument("--out", type=Path, default=Path("demo_output"), help="folder of the grids, plots and report")
+    p.add_argument("--tiny", action="store_true", help="seconds-long run (tests); sizes given explicitly are kept")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.labels, args.eval_samples, args.papa_steps = 3, 8, 2
+    for name, (full, tiny) in sizes.items():  # --tiny shrinks only the sizes left out
+        if getattr(args, name) is None:
+            setattr(args, name, tiny if args.tiny else full)
     for name in ("labels", "eval_samples", "papa_steps"):
         if getattr(args, name) < 1:
             raise InputDataError(f"--{name.replace('_', '-')}", "a positive integer", getattr(args, name))

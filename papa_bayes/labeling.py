@@ -3,7 +3,9 @@
 Each query's images are saved side by side as a PNG whose path is printed (and
 opened with the system viewer with ``--open``); the answer is typed. Every answer is
 written to the store before anything else, so the session can be stopped at any
-time (Ctrl-C, or ``q``) and continued later with the same command.
+time (Ctrl-C, or ``q``) and continued later with the same command. A store keeps
+the options its sessions began with; people sharing one answer as different
+``--rater`` s, and each rater in one terminal at a time.
 
     papa-bayes label --store my_taste.db --labels 20
 """
@@ -11,6 +13,7 @@ time (Ctrl-C, or ``q``) and continued later with the same command.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Callable, TextIO
 import torch
 from torch import Tensor
 
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, StoreError
 
 __all__ = ["TerminalUser", "main"]
 
@@ -32,20 +35,22 @@ class TerminalUser:
         read: reads one answer line (default ``input``).
         write: a text stream for prompts.
         open_images: open each picture with the system viewer.
+        prefix: file names of the pictures, before their number.
+        start: pictures already shown (numbering continues after them).
     """
 
     def __init__(self, image_dir: Path, *, read: Callable[[str], str] = input, write: TextIO = sys.stdout,
-                 open_images: bool = False) -> None:
+                 open_images: bool = False, prefix: str = "query_", start: int = 0) -> None:
         self.image_dir = Path(image_dir)
         self.image_dir.mkdir(parents=True, exist_ok=True)
         self.read, self.write, self.open_images = read, write, open_images
-        self.count = 0
+        self.prefix, self.count = prefix, start
 
     def _show(self, images: Tensor) -> Path:
         from papa_bayes.diffusion import save_image_grid
 
         self.count += 1
-        path = self.image_dir / f"query_{self.count:04d}.png"
+        path = self.image_dir / f"{self.prefix}{self.count:04d}.png"
         save_image_grid(images, path, ncol=images.shape[0], upscale=16)
         print(f"  picture: {path}", file=self.write)
         if self.open_images:
@@ -73,69 +78,197 @@ class TerminalUser:
         return torch.tensor([ans], dtype=torch.long)
 
 
+#: The options that shape a rater's session, with their defaults. A store records
+#: them; a resumed session keeps its own, and the features are the store's.
+SESSION_OPTIONS = {"query_type": "pair", "strategy": "region", "features": "both", "pool_steps": 20, "scale": "auto",
+                   "num_base": 256, "seed": 0}
+
+
+def _recorded_options(config: dict) -> dict:
+    """The session options a rater's stored configuration began with (None: not recorded)."""
+    label, source = config.get("label", {}), config.get("source", {})
+    return {"query_type": config.get("query_type"), "strategy": config.get("strategy"),
+            "features": label.get("features"), "pool_steps": label.get("pool_steps", source.get("pool_steps")),
+            "scale": label.get("scale", source.get("scale")), "num_base": label.get("num_base"),
+            "seed": label.get("seed", source.get("seed"))}
+
+
+def _lock_rater(store: Path, rater: int) -> TextIO | None:
+    """Hold rater ``rater``'s lock of ``store`` until the returned file is closed.
+
+    Two sittings of one rater at once would ask the same round twice and write their
+    pictures over each other's; a second person must take another ``--rater``. The
+    lock is released when the process ends, however it ends (POSIX only).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    lock = open(store.with_name(store.name + ".lock"), "a")
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rater)  # one byte per rater
+    except OSError:
+        lock.close()
+        raise StoreError(f"Rater {rater} is already answering in {store} (another papa-bayes label runs); "
+                         "a second person needs their own --rater.") from None
+    return lock
+
+
+def _holds_store(path: Path) -> bool:
+    """Whether ``path`` is something to open as a store, not a path to create one at."""
+    return path.is_dir() or (path.exists() and path.stat().st_size > 0)
+
+
+def _session_options(args: argparse.Namespace) -> tuple[dict, bool, int, list[int], int | None]:
+    """The session's options, resolved against what ``args.store`` recorded, and the store's state.
+
+    Returns:
+        ``(options, resuming, answers so far, other raters, num_features or None)``.
+
+    Raises:
+        InputDataError: an option given differs from the one the store recorded.
+    """
+    from papa_bayes.store import PreferenceStore
+
+    others: list[int] = []
+    resuming, before, recorded, num_features = False, 0, dict.fromkeys(SESSION_OPTIONS), None
+    if _holds_store(args.store):
+        with PreferenceStore(args.store, create=False) as existing:
+            others = [r for r in existing.raters() if r != args.rater]
+            config = existing.rater_config(args.rater)
+            resuming = config is not None
+            before = existing.num_answers(args.rater)
+            num_features = existing.num_features
+            if resuming:
+                recorded = _recorded_options(config)
+            for r in others:  # one store, one feature space
+                other = existing.rater_config(r)
+                if recorded["features"] is None and other is not None:
+                    recorded["features"] = _recorded_options(other)["features"]
+    options = {}
+    for name, default in SESSION_OPTIONS.items():
+        given, stored = getattr(args, name), recorded[name]
+        if stored is not None and given is not None and given != stored:
+            whose = f"the session of rater {args.rater}" if resuming and name != "features" else "this store"
+            raise InputDataError(f"--{name.replace('_', '-')}", f"{stored!r}, as {whose} in {args.store} began "
+                                 "(leave the option out to continue it)", repr(given))
+        options[name] = stored if stored is not None else given if given is not None else default
+    return options, resuming, before, others, num_features
+
+
 def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, write: TextIO = sys.stdout) -> int:
-    p = argparse.ArgumentParser(prog="papa-bayes label", description=__doc__.splitlines()[0])
-    p.add_argument("--store", type=Path, required=True, help="the session's SQLite file (created or resumed)")
-    p.add_argument("--labels", type=int, default=20, help="questions to ask in this sitting")
-    p.add_argument("--query-type", choices=("pair", "rating"), default="pair", help="for a new store")
-    p.add_argument("--strategy", default="region", help="acquisition strategy, for a new store")
-    p.add_argument("--images", type=Path, default=None, help="folder for query pictures (default: next to the store)")
+    d = SESSION_OPTIONS
+    kept = "; a resumed session keeps its own"
+    p = argparse.ArgumentParser(prog="papa-bayes label", description=__doc__.splitlines()[0].replace("``", ""))
+    p.add_argument("--store", type=Path, required=True,
+                   help="the session's SQLite file: created when missing (in an existing folder), else resumed")
+    p.add_argument("--labels", type=int, default=20, help="questions to ask in this sitting (default: %(default)s)")
+    # The session's options default to None, "not given": a resumed session takes the stored ones.
+    p.add_argument("--query-type", choices=("pair", "rating"), default=None,
+                   help=f"pair: which of two you prefer; rating: like or dislike one (default: {d['query_type']}{kept})")
+    p.add_argument("--strategy", default=None, help=f"acquisition strategy (default: {d['strategy']}{kept})")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder for query pictures (default: the store's path with suffix .queries)")
     p.add_argument("--open", action="store_true", help="open each picture with the system viewer")
-    p.add_argument("--pool-steps", type=int, default=20)
-    p.add_argument("--scale", default="auto", help="guidance scale, or 'auto' for the package's rule")
-    p.add_argument("--num-base", type=int, default=256, help="base samples that calibrate the preferred region")
-    p.add_argument("--features", default="both",
-                   help="reward features (papa_bayes.demo.FEATURES); a store keeps the features it began with")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool-steps", type=int, default=None,
+                   help=f"denoising steps of each candidate image (default: {d['pool_steps']}{kept})")
+    p.add_argument("--scale", default=None,
+                   help=f"guidance scale, or 'auto' for the package's rule (default: {d['scale']}{kept})")
+    p.add_argument("--num-base", type=int, default=None,
+                   help=f"base samples that calibrate the preferred region (default: {d['num_base']}{kept})")
+    p.add_argument("--features", default=None,
+                   help=f"reward features: pca, midblock, both or midblock32 (default: {d['features']}; "
+                        "a store keeps the features it began with)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of the session (default: {d['seed']}{kept})")
     p.add_argument("--rater", type=int, default=0,
-                   help="who is answering: several people may share one store, each with their own posterior "
-                        "and a prior learned from the others' answers")
+                   help="who is answering (default: %(default)s): several people may share one store, each with "
+                        "their own posterior and a prior learned from the others' answers")
     args = p.parse_args(argv)
     if args.labels < 0:
         raise InputDataError("--labels", "a number >= 0", args.labels)
     if args.rater < 0:
         raise InputDataError("--rater", "a rater id >= 0", args.rater)
-    try:  # checked here, before the model loads
-        scale = args.scale if args.scale == "auto" else float(args.scale)
-    except ValueError:
-        raise InputDataError("--scale", "a number or 'auto'", args.scale) from None
+    for flag, value in (("--pool-steps", args.pool_steps), ("--num-base", args.num_base), ("--seed", args.seed)):
+        least = 0 if flag == "--seed" else 1
+        if value is not None and value < least:
+            raise InputDataError(flag, f"an integer >= {least}", value)
+    if args.scale is not None and args.scale != "auto":  # checked here, before the model loads
+        try:
+            args.scale = float(args.scale)
+        except ValueError:
+            raise InputDataError("--scale", "a number >= 0 or 'auto'", args.scale) from None
+        if not math.isfinite(args.scale) or args.scale < 0:
+            raise InputDataError("--scale", "a number >= 0 or 'auto'", args.scale)
 
-    from papa_bayes.demo import FEATURES, make_setup
+    from papa_bayes.acquisition.selection import STRATEGIES, _strategy
+    from papa_bayes.demo import FEATURES
+    from papa_bayes.store import PreferenceStore
+
+    if args.features is not None and args.features not in FEATURES:
+        raise InputDataError("--features", f"one of {FEATURES}", args.features)
+    if args.strategy is not None:
+        try:
+            strategy = _strategy(args.strategy)
+        except InputDataError:
+            raise InputDataError("--strategy", f"one of {STRATEGIES}", args.strategy) from None
+        if strategy == "eubo" and args.query_type == "rating":
+            raise InputDataError("--strategy", "a strategy for like/dislike ratings (eubo needs two options)", strategy)
+    # The store is checked before the model loads and before anything is written.
+    if not args.store.parent.is_dir():
+        raise InputDataError("--store", "a file in an existing folder", f"{args.store} ({args.store.parent} is not a folder)")
+    if _holds_store(args.store):
+        PreferenceStore(args.store, create=False).close()  # a folder, or not a papa_bayes store: StoreError
+    args.images = args.images or args.store.with_suffix(".queries")
+    if args.images.exists() and not args.images.is_dir():
+        raise InputDataError("--images", "a folder for the pictures", f"{args.images}, a file")
+    lock = _lock_rater(args.store, args.rater)
+    try:
+        return _label(args, read=read, write=write)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _label(args: argparse.Namespace, *, read: Callable[[str], str], write: TextIO) -> int:
+    """The sitting of ``main``, once its arguments are checked and the rater's lock is held."""
+    from papa_bayes.demo import make_setup
     from papa_bayes.diffusion.candidates import DiffusionCandidates
     from papa_bayes.models import HierarchicalLinearReward, LinearReward
     from papa_bayes.session import PreferenceSession
     from papa_bayes.store import PreferenceStore
 
-    if args.features not in FEATURES:
-        raise InputDataError("--features", f"one of {FEATURES}", args.features)
-    setup = make_setup(features=args.features)
-    source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=args.seed, pool_steps=args.pool_steps,
-                                 scale=scale, num_base=args.num_base)
-    user = TerminalUser(args.images or args.store.with_suffix(".queries"), read=read, write=write, open_images=args.open)
-    others: list[int] = []
-    resuming, before = False, 0
-    if args.store.exists():
-        with PreferenceStore(args.store, create=False) as existing:
-            others = [r for r in existing.raters() if r != args.rater]
-            resuming = existing.rater_config(args.rater) is not None
-            before = existing.num_answers(args.rater)
+    options, resuming, before, others, num_features = _session_options(args)
+    setup = make_setup(features=options["features"])
+    if num_features is not None and setup.feature_map.num_features != num_features:  # a store that did not record them
+        raise InputDataError("--features", f"features with {num_features} dimensions, as {args.store} holds",
+                             f"{options['features']!r} ({setup.feature_map.num_features} dimensions)")
+    source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=options["seed"],
+                                 pool_steps=options["pool_steps"], scale=options["scale"], num_base=options["num_base"])
+    # Pictures are numbered by question, per rater, so that neither a later sitting nor
+    # another person sharing the store overwrites a picture shown earlier.
+    user = TerminalUser(args.images, read=read, write=write, open_images=args.open,
+                        prefix=f"rater{args.rater}_query_", start=before)
     # People may answer "tie": the model says how (Davidson). With other raters in the
     # store, their answers give this rater's prior (hierarchical cold start).
     model = HierarchicalLinearReward(ties=True) if others else LinearReward(rationality=1.0, ties=True)
-    if resuming:  # a question left unanswered last time is asked first, and counts
-        session = PreferenceSession.resume(args.store, source, user, model=model, rater=args.rater)
-        print(f"Resuming {args.store} (rater {args.rater}): {session.store.num_answers(session.rater)} answers so far.",
-              file=write)
-    else:
-        session = PreferenceSession(args.store, source, user, model=model, query_type=args.query_type,
-                                    strategy=args.strategy, pool_size=16, seed=args.seed + 1009 * args.rater,
-                                    rater=args.rater)
+    session = None
     try:
+        if resuming:  # a question left unanswered last time is asked first (inside resume), and counts
+            print(f"Resuming {args.store} (rater {args.rater}): {before} answers so far.", file=write)
+            session = PreferenceSession.resume(args.store, source, user, model=model, rater=args.rater)
+        else:
+            session = PreferenceSession(args.store, source, user, model=model, query_type=options["query_type"],
+                                        strategy=options["strategy"], pool_size=16,
+                                        seed=options["seed"] + 1009 * args.rater, rater=args.rater)
+            session.store.set_config({**session.config(), "label": options}, rater=args.rater)
         while session.store.num_answers(session.rater) - before < args.labels:
             session.step()
     except (KeyboardInterrupt, EOFError):
         print("\nStopped; every answer so far is saved.", file=write)
-    n = session.store.num_answers(session.rater)
+    finally:
+        if session is not None:
+            session.close()
+    with PreferenceStore(args.store, create=False) as stored:
+        n = stored.num_answers(args.rater)
     print(f"{n} answers stored in {args.store}. Run the same command to continue.", file=write)
-    session.close()
     return 0

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
 from papa_bayes.acquisition.selection import _strategy
-from papa_bayes.checks import check_float, check_int, plain_array
+from papa_bayes.checks import check_bool, check_float, check_int, plain_array
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -476,7 +476,8 @@ class PreferenceSession:
         from tqdm.auto import trange
 
         out = []
-        for _ in trange(check_int("num_rounds", num_rounds, minimum=0), desc="labels", disable=not progress):
+        num_rounds, progress = check_int("num_rounds", num_rounds, minimum=0), check_bool("progress", progress)
+        for _ in trange(num_rounds, desc="labels", disable=not progress):
             out.append(self.step())
         return out
 

@@ -93,3 +93,62 @@ def test_laplace_and_hierarchical_convert(logit_data):
         to_inference_data("not a posterior")
     with pytest.raises(InputDataError, match="data"):
         data_coords("not data")
+
+
+def _hand_made_idata():
+    """3 comparisons, 6 draws: some replicate every answer (a degenerate sample), some do not."""
+    from papa_bayes.diagnostics.arviz import build_inference_data
+
+    data = PreferenceData(items=torch.randn(4, 2, dtype=torch.float64), comparisons=[[0, 1], [2, 3], [1, 2]])
+    replicated = torch.ones(1, 6, 3, dtype=torch.float64)
+    replicated[0, ::2, 1] = 0.0
+    return build_inference_data(
+        posterior={"utility": torch.randn(1, 6, 4, dtype=torch.float64)}, data=data,
+        observed={"comparisons": torch.ones(3, dtype=torch.float64)},
+        log_likelihood={"comparisons": torch.full((1, 6, 3), -0.5, dtype=torch.float64)},
+        posterior_predictive={"comparisons": replicated}, dims={"utility": ["item"], "lengthscale": ["feature"]},
+        constant={"outputscale": torch.tensor(2.0, dtype=torch.float64), "lengthscale": torch.ones(2, dtype=torch.float64)},
+    )
+
+
+def test_binary_outcomes_are_discrete_so_plot_ppc_runs():
+    """0/1 answers stored as floats made az.plot_ppc draw KDEs and fail (ValueError) on draws that replicate every answer."""
+    idata = _hand_made_idata()
+    assert idata.observed_data["comparisons"].dtype.kind == "i"
+    assert idata.posterior_predictive["comparisons"].dtype.kind == "i"
+    az.plot_ppc(idata)
+    plt.close("all")
+
+
+def test_scalar_constants_have_no_invented_dims():
+    """A point-estimated scalar (e.g. the GP's outputscale) is 0-d in constant_data, not `outputscale_dim_0`."""
+    idata = _hand_made_idata()
+    assert idata.constant_data["outputscale"].dims == () and float(idata.constant_data["outputscale"]) == 2.0
+    assert idata.constant_data["lengthscale"].dims == ("feature",)
+    assert not [d for d in idata.constant_data.dims if str(d).endswith("_dim_0")]
+
+
+def test_module_converter_accepts_every_posterior(logit_data):
+    """diagnostics.to_inference_data is the one hand-off to ArviZ: GP posteriors convert through it too."""
+    from papa_bayes.diagnostics import to_inference_data
+    from papa_bayes.models import PreferenceGP
+
+    data = PreferenceData(items=logit_data.items[:20], comparisons=logit_data.comparisons[:0].new_tensor([[0, 1], [2, 3], [4, 5], [1, 6]]))
+    post = fit(PreferenceGP(num_inducing=8), data, num_samples=8, seed=0)
+    idata = to_inference_data(post, seed=1)
+    assert idata.attrs["method"] == "elbo" and idata.posterior["utility"].shape == (1, 8, 20)
+    assert (idata.posterior_predictive["comparisons"] == post.to_inference_data(seed=1).posterior_predictive["comparisons"]).all()
+
+
+def test_calibration_reads_lists_in_double_precision_and_names_both_shapes():
+    """Python lists went through float32 (ECE 0.1000000127 for an exact 0.1); `s x n` probabilities with
+    `n` outcomes were flattened first, so the error named a shape the user never passed."""
+    import numpy as np
+
+    from papa_bayes import InputDataError
+    from papa_bayes.diagnostics import expected_calibration_error
+
+    assert expected_calibration_error([0.1, 0.9], [0, 1]) == expected_calibration_error(np.array([0.1, 0.9]), np.array([0, 1]))
+    assert expected_calibration_error([0.1, 0.9], [0, 1]) == pytest.approx(0.1, abs=1e-15)
+    with pytest.raises(InputDataError, match=r"\(4, 3\)"):
+        expected_calibration_error(torch.rand(4, 3), torch.tensor([0, 1, 1]))

@@ -113,6 +113,24 @@ def test_demo_refuses_zero_labels_before_loading_the_model(tmp_path, monkeypatch
     for flag in ("--labels", "--eval-samples", "--papa-steps"):
         with pytest.raises(InputDataError, match=flag):
             demo.main([flag, "0", "--out", str(tmp_path / "d")])
+        with pytest.raises(InputDataError, match=flag):  # --tiny silently replaced the 0 by its own size
+            demo.main([flag, "0", "--tiny", "--out", str(tmp_path / "d")])
+
+
+def test_train_base_needs_an_out_folder_and_names_its_options(tmp_path, capsys):
+    """A plain ``train-base`` overwrote the model shipped inside the package; errors named the function's fields."""
+    with pytest.raises(SystemExit) as done:
+        main(["train-base"])
+    assert done.value.code == 2 and "--out" in capsys.readouterr().err
+    for args, option in ((["--steps", "0"], "--steps"), (["--batch-size", "-1"], "--batch-size"),
+                         (["--feature-samples", "1"], "--feature-samples"), (["--feature-steps", "0"], "--feature-steps")):
+        assert main(["train-base", "--out", str(tmp_path / "m"), "--no-progress", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"papa-bayes train-base: error: {option}: expected"), err
+    assert not (tmp_path / "m").exists()  # refused before training (the feature options too)
+    with pytest.raises(SystemExit):
+        main(["train-base", "--help"])
+    assert "(default: 3000)" in capsys.readouterr().out
 
 
 def test_subcommand_help_names_the_subcommand(capsys):
@@ -125,3 +143,119 @@ def test_subcommand_help_names_the_subcommand(capsys):
             main(argv)
         assert done.value.code == 0
         assert usage in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading the model fails the test: these arguments must be refused before it."""
+    import papa_bayes.demo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(papa_bayes.demo, "make_setup", refuse)
+
+
+def test_user_errors_are_one_line_on_stderr_before_the_model_loads(tmp_path, capsys, no_model):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("not a store")
+    cases = (
+        (["--store", str(tmp_path / "s.db"), "--rater", "-1"], "--rater"),
+        (["--store", str(tmp_path / "s.db"), "--pool-steps", "0"], "--pool-steps"),
+        (["--store", str(tmp_path / "s.db"), "--scale", "nan"], "--scale"),
+        (["--store", str(tmp_path / "s.db"), "--strategy", "best"], "--strategy"),
+        (["--store", str(tmp_path / "s.db"), "--strategy", "eubo", "--query-type", "rating"], "--strategy"),
+        (["--store", str(tmp_path / "folder")], "is a folder"),
+        (["--store", str(tmp_path / "notes.txt")], "not a SQLite file"),
+        (["--store", str(tmp_path / "typo" / "s.db")], "--store"),
+        (["--store", str(tmp_path / "s.db"), "--images", str(tmp_path / "notes.txt")], "--images"),
+    )
+    for args, message in cases:
+        assert main(["label", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("papa-bayes label: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "notes.txt"]  # nothing created
+
+
+def test_interrupt_while_loading_is_one_line(tmp_path, capsys, monkeypatch):
+    import papa_bayes.demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papa_bayes.demo, "make_setup", interrupted)
+    assert main(["label", "--store", str(tmp_path / "s.db")]) == 130
+    assert capsys.readouterr().err.strip() == "papa-bayes label: interrupted"
+
+
+def test_benchmark_errors_go_to_stderr_and_list_the_benchmarks(benchmarks_checkout, capsys):
+    assert main(["benchmark"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "usage: papa-bayes benchmark NAME" in captured.err
+    assert main(["benchmark", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "bench_nope.py not found" in err and "needs_dep" in err and "checkout" not in err
+
+
+def test_label_resume_keeps_the_store_options_and_earlier_pictures(tmp_path, monkeypatch):
+    from papa_bayes.exceptions import InputDataError
+    from papa_bayes.labeling import main as label_main
+
+    store = tmp_path / "me.db"
+    tiny = ["--store", str(store), "--pool-steps", "4", "--scale", "0.5", "--num-base", "32", "--labels", "2"]
+    answers = iter(["y", "q"])  # the second question is left unanswered
+    label_main(tiny + ["--query-type", "rating", "--features", "pca"], read=lambda _: next(answers), write=io.StringIO())
+    first = sorted((tmp_path / "me.queries").glob("*.png"))
+    assert len(first) == 2
+    shown = first[0].read_bytes()
+
+    def end_of_input(prompt):
+        raise EOFError
+
+    out = io.StringIO()  # Ctrl-D at the question asked again on resume
+    assert label_main(tiny, read=end_of_input, write=out) == 0
+    assert "Stopped" in out.getvalue() and "1 answers stored" in out.getvalue()
+
+    out = io.StringIO()  # the same command without the options: the store's are kept
+    label_main(["--store", str(store), "--labels", "1"], read=lambda _: "n", write=out)
+    text = out.getvalue()
+    assert "Resuming" in text and "1 answers so far" in text and text.index("Resuming") < text.index("picture:")
+    with PreferenceStore(store, create=False) as s:
+        assert [q.answer for q in s.queries(answered=True)] == ["like", "dislike"]
+        assert s.num_features == 8
+    pictures = sorted((tmp_path / "me.queries").glob("*.png"))
+    assert len(pictures) == 2 and first[0].read_bytes() == shown  # the first sitting's picture is kept
+
+    import papa_bayes.demo
+
+    monkeypatch.setattr(papa_bayes.demo, "make_setup", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    for args, flag, stored in ((["--query-type", "pair"], "--query-type", "'rating'"),
+                               (["--seed", "4"], "--seed", "0"), (["--scale", "auto"], "--scale", "0.5"),
+                               (["--rater", "1", "--features", "both"], "--features", "'pca'")):
+        with pytest.raises(InputDataError, match=f"{flag}: expected {stored}") as err:
+            label_main(["--store", str(store), *args], read=lambda _: "q", write=io.StringIO())
+        assert "leave the option out" in str(err.value)
+
+
+def test_one_rater_answers_in_one_terminal_at_a_time(tmp_path, capsys, no_model):
+    import subprocess
+    import textwrap
+
+    store = tmp_path / "team.db"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, sys
+        lock = open({str(store) + ".lock"!r}, "a")
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # rater 0 is answering
+        print("locked", flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["label", "--store", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert "Rater 0 is already answering" in err and "--rater" in err
+        with pytest.raises(AssertionError, match="model was loaded"):  # rater 1 is free: it gets to the model
+            main(["label", "--store", str(store), "--rater", "1"])
+    finally:
+        holder.communicate("")

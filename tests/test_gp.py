@@ -17,7 +17,7 @@ from scipy.stats import kendalltau
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.diagnostics.calibration import expected_calibration_error, interval_coverage
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 from papa_bayes.inference import GPPosterior, fit
 from papa_bayes.models import LinearReward, PairwiseGPReward, PreferenceGP
 from papa_bayes.users import SimulatedUser, simulate_comparisons, simulate_ratings
@@ -318,10 +318,11 @@ def test_pathwise_draws_match_the_exact_posterior(small):
         assert float(((u.mean(0) - mean).abs() / var.sqrt()).max()) < 6 / s**0.5  # 6 Monte Carlo standard errors
         ratio = u.std(0) / var.sqrt()
         assert 0.85 < float(ratio.min()) and float(ratio.max()) < 1.15
-        # PairwiseGP: against BoTorch's own posterior.
+        # PairwiseGP: against BoTorch's own posterior, in noise units (BoTorch's probit f is sqrt(2) of them).
         bo = small.pairwise.state["gp"].posterior(small.pairwise.transform(X))
         u = small.pairwise.utility(X)
-        bmean, bsd = bo.mean.squeeze(-1), bo.variance.squeeze(-1).sqrt()
+        scale = small.pairwise.model.utility_scale
+        bmean, bsd = bo.mean.squeeze(-1) / scale, bo.variance.squeeze(-1).sqrt() / scale
         assert torch.allclose(small.pairwise.utility_mean(X), bmean, atol=1e-4)
         assert float(((u.mean(0) - bmean).abs() / bsd).max()) < 6 / s**0.5
         ratio = u.std(0) / bsd
@@ -449,3 +450,93 @@ def test_fit_dispatch_defaults(small):
     assert fit(PreferenceGP(num_inducing=8), small.data, num_samples=4).method == "elbo"
     assert fit(LinearReward(), small.data, num_samples=4).method == "laplace"
     assert small.pairwise.method == "laplace"
+
+
+def _tiny() -> PreferenceData:
+    g = torch.Generator().manual_seed(16)
+    person = SimulatedUser(two_bumps, link="probit", rationality=RATIONALITY, seed=6)
+    return simulate_comparisons(person, _uniform(12, g), 20, generator=g)
+
+
+def test_options_a_method_does_not_use_warn_and_misspelt_ones_raise():
+    """PairwiseGP used to swallow every keyword: a misspelt ``num_sample=4`` gave 512 draws without a word."""
+    data = _tiny()
+    with pytest.raises(TypeError, match="num_sample"):
+        PairwiseGPReward().fit(data, num_sample=4)
+    for model, kwargs, ignored in (
+        (PairwiseGPReward(), dict(num_steps=5), "num_steps"),
+        (PairwiseGPReward(), dict(warmup_steps=5), "warmup_steps"),
+        (PreferenceGP(num_inducing=8), dict(method="elbo", warmup_steps=500), "warmup_steps"),
+        # fit() dropped these for GP models without a word
+        (PreferenceGP(num_inducing=8), dict(method="elbo", num_chains=4), "num_chains"),
+        (PairwiseGPReward(), dict(learning_rate=0.1), "learning_rate"),
+    ):
+        with pytest.warns(PapaBayesWarning, match=ignored):
+            post = fit(model, data, num_samples=4, seed=0, **kwargs)
+        assert post.num_draws == 4
+    with pytest.warns(PapaBayesWarning, match="num_chains"):
+        PreferenceGP(num_inducing=8).fit(data, num_samples=4, num_chains=3)
+    assert fit(PreferenceGP(num_inducing=8), data, num_samples=4, learning_rate=0.05).options["learning_rate"] == 0.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)  # defaults and progress_bar (from fit) are not "ignored options"
+        fit(PairwiseGPReward(), data, num_samples=4, progress_bar=False)
+        fit(PreferenceGP(num_inducing=8), data, num_samples=4)
+
+
+def test_update_says_how_the_data_fail_to_extend_the_fitted_data():
+    """The message used to show only the new data's summary, often identical to the fitted data's."""
+    data = _tiny()
+    post = fit(PreferenceGP(num_inducing=8), data, num_samples=4, seed=0)
+    retied = PreferenceData(items=data.items, comparisons=data.comparisons, ties=torch.arange(20) == 3)
+    moved = PreferenceData(items=data.items + 1.0, comparisons=data.comparisons)
+    fewer = PreferenceData(items=data.items, comparisons=data.comparisons[:10])
+    for bad, what in ((retied, "ties differ at comparison 3"), (moved, "items differ at row 0"),
+                      (fewer, "10 comparisons, fewer than the fitted 20")):
+        with pytest.raises(InputDataError, match=what):
+            post.update(bad)
+
+
+def test_update_options_reach_the_elbo_refit():
+    """update_gp_posterior's refit_hyperparameters / num_steps were unreachable from GPPosterior.update (TypeError)."""
+    data = _tiny()
+    post = fit(PreferenceGP(num_inducing=8), data, num_samples=4, seed=0)
+    more = data.append(comparisons=[[0, 1], [2, 3], [4, 5]])
+    fixed = post.update(more)
+    refit = post.update(more, refit_hyperparameters=True, num_steps=5)
+    assert torch.equal(fixed.hyperparameters["lengthscale"], post.hyperparameters["lengthscale"])
+    assert not torch.equal(refit.hyperparameters["lengthscale"], post.hyperparameters["lengthscale"])
+    with pytest.warns(PapaBayesWarning, match="refit_hyperparameters"):
+        fit(PairwiseGPReward(), data, num_samples=4).update(more, refit_hyperparameters=True)
+
+
+def test_gp_inference_data_reads_as_arviz_users_expect():
+    """Scalar point estimates are 0-d (not `outputscale_dim_0`); az.plot_ppc treats the 0/1 answers as discrete."""
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    data = _tiny().append(ratings=[[0, 1], [1, -1], [2, 1]])
+    idata = fit(PreferenceGP(num_inducing=8), data, num_samples=16, seed=0).to_inference_data()
+    for name in ("outputscale", "threshold"):
+        assert idata.constant_data[name].dims == ()
+    assert not [d for d in idata.constant_data.dims if str(d).endswith("_dim_0")]
+    for group in ("observed_data", "posterior_predictive"):
+        assert {v.dtype.kind for v in idata[group].data_vars.values()} == {"i"}
+    az.plot_ppc(idata)
+    plt.close("all")
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_pairwise_gp_utilities_are_in_noise_units(link):
+    """BoTorch's probit likelihood is Phi((f(a) - f(b)) / sqrt(2)); our posteriors read P = Phi(u(a) - u(b)).
+
+    PairwiseGPReward used to pass BoTorch's f through unscaled, so every probability,
+    log-likelihood and information gain of a probit fit was overconfident (0.956 where
+    BoTorch's own model says 0.887)."""
+    post = fit(PairwiseGPReward(link=link), _tiny(), num_samples=8, seed=0)
+    gp = post.state["gp"]
+    with torch.no_grad():
+        theirs = gp.likelihood.p(gp.utility, gp.D)  # P(winner wins) at BoTorch's MAP, per comparison
+        mean = post.draws.mean(gp.datapoints)  # our exact posterior mean (the MAP) at the same points
+        diff = mean[gp.comparisons[:, 0]] - mean[gp.comparisons[:, 1]]
+        ours = torch.special.ndtr(diff) if link == "probit" else torch.sigmoid(diff)
+    assert torch.allclose(ours, theirs, atol=1e-6)

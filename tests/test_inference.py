@@ -73,6 +73,7 @@ def test_utility_is_differentiable_and_shaped(recovery):
         post.as_botorch_model().posterior(torch.zeros(8, dtype=torch.float64))  # no q dimension
     with pytest.raises(InputDataError, match="rater"):
         post.as_botorch_model(rater="a")
+    assert post.as_botorch_model().batch_shape == torch.Size([])  # BoTorch reads it; was NotImplementedError
 
 
 def test_online_update_moves_toward_answer(recovery):

@@ -308,6 +308,8 @@ def test_run_recommend_and_pool_refuse_bad_arguments(tmp_path):
     for bad in (-1, "3", 2.5):
         with pytest.raises(InputDataError, match="num_rounds"):
             session.run(bad, progress=False)
+    with pytest.raises(InputDataError, match="progress"):  # was read by its truthiness
+        session.run(1, progress="no")
     for bad in (0, -1, 2.5, source.items.shape[0] + 1):
         with pytest.raises(InputDataError, match="n:"):
             session.recommend(bad)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import arviz as az
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
 from papa_bayes.checks import check_int
@@ -23,13 +24,25 @@ from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:
-    from papa_bayes.inference.pyro_posterior import PyroPosterior
+    from papa_bayes.inference.posterior import RewardPosterior
 
 __all__ = ["to_inference_data", "build_inference_data", "data_coords", "data_groups"]
 
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def _outcomes(t: Tensor) -> np.ndarray:
+    """Observed or replicated answers: whole-number floats (0/1 outcomes) as integers.
+
+    ArviZ treats float variables as continuous: ``az.plot_ppc`` would draw a KDE of
+    0/1 answers and fail on a draw that replicates every answer alike.
+    """
+    a = _np(t)
+    if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
+        return a.astype(np.int64)
+    return a
 
 
 def _check_data(data: Any) -> PreferenceData:
@@ -55,7 +68,7 @@ def data_coords(data: PreferenceData) -> dict[str, Any]:
 def data_groups(data: PreferenceData, observed: dict[str, Tensor]) -> tuple[dict, dict, dict]:
     """(observed_data, constant_data, dims) for the standard observed sites."""
     _check_data(data)
-    obs = {k: _np(v) for k, v in observed.items()}
+    obs = {k: _outcomes(v) for k, v in observed.items()}
     const: dict[str, np.ndarray] = {"items": _np(data.items)}
     dims: dict[str, list[str]] = {"items": ["item", "feature"], "comparisons": ["comparison"], "ratings": ["rating"]}
     if data.num_comparisons:
@@ -90,40 +103,52 @@ def build_inference_data(
     """Assemble InferenceData from `chain x draw x ...` tensors (for any posterior type).
 
     ``constant``: fixed values (e.g. point-estimated hyperparameters) for the
-    ``constant_data`` group, beside the data's own, without chain and draw dims.
+    ``constant_data`` group, beside the data's own, without chain and draw dims
+    (scalars stay 0-d, where ArviZ would invent a ``NAME_dim_0`` of length 1).
+    Whole-number observed and replicated answers are stored as integers (discrete
+    for ``az.plot_ppc``).
     """
     obs, const, all_dims = data_groups(data, observed)
-    const.update({k: _np(v) for k, v in (constant or {}).items()})
+    scalars = {k: _np(v) for k, v in (constant or {}).items() if v.dim() == 0}
+    const.update({k: _np(v) for k, v in (constant or {}).items() if v.dim() > 0})
     all_dims.update(dims or {})
     coords = data_coords(data)
     coords.update(extra_coords or {})
     conv = lambda d: None if d is None else {k: _np(v) for k, v in d.items()}  # noqa: E731
     used = {dim for v in all_dims.values() for dim in v}
-    return az.from_dict(
+    idata = az.from_dict(
         posterior=conv(posterior),
         sample_stats=conv(sample_stats),
         log_likelihood=conv(log_likelihood),
-        posterior_predictive=conv(posterior_predictive),
+        posterior_predictive=None if posterior_predictive is None else {
+            k: _outcomes(v) for k, v in posterior_predictive.items()},
         observed_data=obs,
         constant_data=const,
         coords={k: v for k, v in coords.items() if k in used},
         dims=all_dims,
         attrs=attrs or {},
     )
+    for k, v in scalars.items():
+        idata.constant_data[k] = xr.DataArray(v)
+    return idata
 
 
-def to_inference_data(post: PyroPosterior, *, seed: int = 0) -> az.InferenceData:
-    """Convert a :class:`PyroPosterior` (NUTS, SVI or Laplace) to ArviZ.
+def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceData:
+    """Convert a posterior to ArviZ (the same as ``post.to_inference_data(seed=seed)``).
 
-    Derived sites (e.g. per-rater ``w``) join the posterior group; the
-    ``posterior_predictive`` group holds replicated outcomes drawn per draw with
-    ``seed``.
+    A :class:`PyroPosterior` (NUTS, SVI or Laplace): derived sites (e.g. per-rater
+    ``w``) join the posterior group; the ``posterior_predictive`` group holds
+    replicated outcomes drawn per draw with ``seed``. A GP posterior converts
+    itself (:meth:`~papa_bayes.inference.GPPosterior.to_inference_data`).
     """
+    from papa_bayes.inference.posterior import RewardPosterior
     from papa_bayes.inference.pyro_posterior import PyroPosterior
 
-    if not isinstance(post, PyroPosterior):
-        raise InputDataError("post", "a PyroPosterior (GP posteriors: post.to_inference_data())", type(post).__name__)
+    if not isinstance(post, RewardPosterior):
+        raise InputDataError("post", "a RewardPosterior (what fit returns)", type(post).__name__)
     check_int("seed", seed, minimum=0)
+    if not isinstance(post, PyroPosterior):
+        return post.to_inference_data(seed=seed)
     model, data = post.model, post.data
     C, S = post.num_chains, post.num_draws // post.num_chains
     shape = lambda t: t.reshape(C, S, *t.shape[1:])  # noqa: E731

@@ -17,6 +17,8 @@ def _real(name: str, value: object) -> Tensor:
         raise InputDataError(name, "an array-like of numbers", type(value).__name__) from None
     if t.is_complex():
         raise InputDataError(name, "real numbers", str(t.dtype))
+    if not isinstance(value, Tensor) and t.dtype == torch.float32 and not getattr(value, "dtype", None):
+        t = torch.as_tensor(value, dtype=torch.float64)  # Python floats: parse in double, not torch's default float32
     return t.to(torch.float64)
 
 __all__ = ["expected_calibration_error", "interval_coverage", "reliability_curve"]
@@ -24,10 +26,10 @@ __all__ = ["expected_calibration_error", "interval_coverage", "reliability_curve
 
 def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     """Equal-width bins of predicted probability: (mean prediction, observed frequency, count), each `num_bins`."""
-    probs = _real("probs", probs).reshape(-1)
-    outcomes = _real("outcomes", outcomes).reshape(-1)
-    if probs.shape != outcomes.shape:
-        raise InputDataError("outcomes", f"shape {tuple(probs.shape)} (one per probability)", tuple(outcomes.shape))
+    probs, outcomes = _real("probs", probs), _real("outcomes", outcomes)
+    if probs.numel() != outcomes.numel():
+        raise InputDataError("outcomes", f"one per probability (probs of shape {tuple(probs.shape)})", tuple(outcomes.shape))
+    probs, outcomes = probs.reshape(-1), outcomes.reshape(-1)
     if probs.numel() == 0:
         raise InputDataError("probs", "at least one prediction", "empty")
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:

@@ -4,7 +4,7 @@ The checkpoint lives in ``checkpoints/digits_unet`` in the layout of a diffusers
 pipeline folder: ``unet/`` (``save_pretrained``, safetensors, stored as float16 to
 keep the repository small), ``scheduler/`` (the DDPM training scheduler's config)
 and ``pca_features/`` (the default feature map, fitted on base samples).
-``python -m papa_bayes.diffusion.train`` reproduces it.
+``papa-bayes train-base --out papa_bayes/diffusion/checkpoints/digits_unet`` reproduces it.
 """
 
 from __future__ import annotations

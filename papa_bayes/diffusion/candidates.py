@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale, check_window
 from papa_bayes.diffusion.models import DiffusionModel
@@ -160,7 +160,7 @@ class DiffusionCandidates:
         self.radius_scale = check_float("radius_scale", radius_scale, strict=True)
         num_base = check_int("num_base", num_base)
         self.seed = check_int("seed", seed, minimum=0)
-        self.progress = progress
+        self.progress = check_bool("progress", progress)
         gen = torch.Generator().manual_seed(self.seed)
         self.base_images = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen, progress=progress).images
         self._calls = 0

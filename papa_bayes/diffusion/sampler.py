@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from papa_bayes.checks import check_finite, check_float, check_generator, check_int, shape_of
+from papa_bayes.checks import check_bool, check_finite, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
@@ -188,6 +188,7 @@ def sample(
         raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
     # eta > 1 asks for a negative variance: NaN samples
     eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
+    progress = check_bool("progress", progress)
     _check_generator(generator, model)
     if guidance is not None and not all(callable(getattr(guidance, hook, None)) for hook in _GUIDANCE_HOOKS):
         raise InputDataError("guidance", "None or a Guidance", type(guidance).__name__)

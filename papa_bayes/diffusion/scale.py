@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int, shape_of
+from papa_bayes.checks import check_bool, check_float, check_int, shape_of
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import _check_generator, _initial_noise, sample
@@ -148,6 +148,7 @@ def select_guidance_scale(
     radius_scale = check_float("radius_scale", radius_scale, strict=True)
     num_samples, num_inference_steps = _check_pool_arguments(model, guidance, num_samples, num_inference_steps,
                                                              generator)
+    progress = check_bool("progress", progress)
     if not callable(getattr(guard, "precision", None)):
         raise InputDataError("guard", "a ManifoldGuard (e.g. ManifoldGuard(reference_images))", type(guard).__name__)
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
@@ -257,6 +258,7 @@ def select_recommendation_scale(
         checked = [s for s in checked if s <= max_scale] or [max_scale]
     num_samples, num_inference_steps = _check_pool_arguments(model, guidance, num_samples, num_inference_steps,
                                                              generator)
+    progress = check_bool("progress", progress)
     if not callable(score):
         raise InputDataError("score", "a callable of images returning (ranks, probabilities)", type(score).__name__)
     pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)

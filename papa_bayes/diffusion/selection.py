@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_generator, check_int, shape_of
+from papa_bayes.checks import check_bool, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.guidance import Guidance
 from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
@@ -222,6 +222,7 @@ def sample_preferred(
     min_probability = None if min_probability is None else check_float(
         "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
     batch_size = check_int("batch_size", batch_size)
+    progress = check_bool("progress", progress)
     pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
                  batch_size=batch_size, progress=progress)

@@ -1,4 +1,4 @@
-"""Train the digits base model: ``python -m papa_bayes.diffusion.train``.
+"""Train the digits base model: ``papa-bayes train-base --out DIR`` (or ``python -m papa_bayes.diffusion.train``).
 
 DDPM training (Ho et al. 2020): the UNet learns to predict the noise added to a
 generator-split digit at a uniformly drawn timestep; an exponential moving average
@@ -28,7 +28,7 @@ from papa_bayes.diffusion.base import (
 )
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
 from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
-from papa_bayes.checks import check_device, check_float, check_int, check_path
+from papa_bayes.checks import check_bool, check_device, check_float, check_int, check_path
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.diffusion.sampler import sample
 
@@ -77,6 +77,7 @@ def train_base_model(
     ema_decay = check_float("ema_decay", ema_decay, maximum=1.0)
     seed = check_int("seed", seed, minimum=0)
     device = check_device("device", device)
+    progress = check_bool("progress", progress)
     if unet_config is not None:
         check_unet_overrides("unet_config", unet_config)
     with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
@@ -174,6 +175,7 @@ def fit_default_features(
     """
     num_samples = check_int("num_samples", num_samples, minimum=2)  # PCA needs two
     num_features = check_int("num_features", num_features)
+    progress = check_bool("progress", progress)
     check_int("num_inference_steps", num_inference_steps)
     seed = check_int("seed", seed, minimum=0)
     if num_features > num_samples:
@@ -193,36 +195,49 @@ def fit_default_features(
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; see ``--help``."""
-    parser = argparse.ArgumentParser(prog="papa-bayes train-base", description="Train the digits base diffusion model.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="output folder")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = argparse.ArgumentParser(prog="papa-bayes train-base", description="Train the digits base diffusion model.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"output folder (to regenerate the shipped checkpoint: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=128, help="digits per step")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW's, with a cosine decay")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="of the saved EMA weights")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialization, batches, noise and the features")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--feature-samples", type=int, default=1024, help="base samples the PCA map is fitted on")
     parser.add_argument("--feature-steps", type=int, default=50, help="DDIM steps of those samples")
     parser.add_argument("--features-only", action="store_true",
                         help="only refit the PCA feature map of an existing checkpoint")
     args = parser.parse_args(argv)
-    feature_kwargs = dict(num_samples=args.feature_samples, num_inference_steps=args.feature_steps,
-                          seed=args.seed, progress=not args.no_progress)
-    if args.features_only:
+    options = {"out_dir": "--out", "checkpoint": "--out", "steps": "--steps", "batch_size": "--batch-size",
+               "learning_rate": "--learning-rate", "ema_decay": "--ema-decay", "seed": "--seed", "device": "--device",
+               "num_samples": "--feature-samples", "num_inference_steps": "--feature-steps"}
+    try:  # errors name the option the person typed, not the function's argument
+        # The feature map's options are checked before the minutes of training, not after.
+        check_int("num_samples", args.feature_samples, minimum=2)
+        check_int("num_inference_steps", args.feature_steps)
+        feature_kwargs = dict(num_samples=args.feature_samples, num_inference_steps=args.feature_steps,
+                              seed=args.seed, progress=not args.no_progress)
+        if args.features_only:
+            fit_default_features(args.out, **feature_kwargs)
+            return {"features": str(Path(args.out) / "pca_features")}
+        summary = train_base_model(
+            args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            ema_decay=args.ema_decay,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
         fit_default_features(args.out, **feature_kwargs)
-        return {"features": str(Path(args.out) / "pca_features")}
-    summary = train_base_model(
-        args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    fit_default_features(args.out, **feature_kwargs)
+    except InputDataError as err:
+        if err.field not in options:
+            raise
+        raise InputDataError(options[err.field], err.expected, err.actual) from None
     print(json.dumps(summary, indent=2))
     return summary
 

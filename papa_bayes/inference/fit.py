@@ -103,8 +103,12 @@ def fit(
         if hasattr(model, "fit"):
             gp_options = dict(num_samples=num_samples, warmup_steps=warmup_steps, num_steps=num_steps)
             gp_options = {k: v for k, v in gp_options.items() if v is not None}
-            if method == "nuts":
+            # Set away from fit's defaults (or NUTS's chains): passed on, and the model's fit warns
+            # where its method does not use them, as below for Pyro models.
+            if method == "nuts" or num_chains != 2:
                 gp_options["num_chains"] = num_chains
+            if learning_rate != 0.02:
+                gp_options["learning_rate"] = learning_rate
             return model.fit(data, method=method, seed=seed, progress_bar=progress_bar, **gp_options)
         raise InputDataError("model", "a PyroRewardModel or a model with .fit(data)", type(model).__name__)
     method = "laplace" if method is None else method

@@ -38,7 +38,14 @@ def _generator(seed: int) -> torch.Generator:
 
 def _check_method(model: Any, method: str) -> None:
     if method not in model.METHODS:
-        raise InputDataError("method", f"one of {model.METHODS} for {type(model).__name__}", method)
+        raise InputDataError("method", f"one of {model.METHODS} for {type(model).__name__}", repr(method))
+
+
+def _warn_ignored(model: Any, method: str, ignored: list[str], uses: str) -> None:
+    """Warn about options set away from their defaults that ``method`` does not use (as ``fit`` does for Pyro models)."""
+    if ignored:
+        warnings.warn(f"{type(model).__name__} (method={method!r}) ignores {', '.join(ignored)}; {uses}.",
+                      PapaBayesWarning, stacklevel=4)
 
 
 def _random_features(kind: str, d: int, num_draws: int, num_features: int, seed: int) -> dict[str, Tensor]:
@@ -126,7 +133,7 @@ def fit_preference_gp(
     optimizer: str = "auto",
     warmup_steps: int | None = None,
     num_chains: int = 1,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
 ) -> GPPosterior:
     """Fit a :class:`PreferenceGP`.
 
@@ -147,7 +154,7 @@ def fit_preference_gp(
             ``q``, Adam on hyperparameters) or ``"adam"`` (Adam on everything).
         warmup_steps: NUTS warm-up per chain (default 200).
         num_chains: NUTS chains, run one after another.
-        progress_bar: NUTS progress bar.
+        progress_bar: NUTS progress bar (None, the default: on, as in Pyro's ``MCMC``).
 
     Returns:
         A :class:`GPPosterior`.
@@ -158,14 +165,24 @@ def fit_preference_gp(
     if batch_size is not None:
         check_int("batch_size", batch_size)
     check_float("natural_lr", natural_lr, strict=True)
+    check_bool("progress_bar", progress_bar, optional=True)
     if optimizer not in ("auto", "ngd", "adam"):
         raise InputDataError("optimizer", "'auto', 'ngd' or 'adam'", optimizer)
     spec.check_data(data)
+    if method == "nuts":
+        _warn_ignored(spec, method, [name for name, value, default in (
+            ("num_steps", num_steps, None), ("batch_size", batch_size, 1024), ("learning_rate", learning_rate, 0.02),
+            ("natural_lr", natural_lr, 0.3), ("optimizer", optimizer, "auto"),
+        ) if value != default], "they are ELBO options")
+    else:
+        _warn_ignored(spec, method, [name for name, value, default in (
+            ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, 1),
+        ) if value != default], "they are NUTS options")
     start = time.perf_counter()
     if method == "nuts":
         return _fit_nuts(
             spec, data, seed=seed, num_samples=num_samples or 200, warmup_steps=warmup_steps, num_chains=num_chains,
-            num_features=num_features, progress_bar=progress_bar, warm=None, start=start,
+            num_features=num_features, progress_bar=progress_bar is not False, warm=None, start=start,
         )
     num_samples = num_samples or 512
     gp, lik, transform = spec.build(data, seed=seed)
@@ -290,9 +307,12 @@ def _laplace_posterior(
         else:
             eps = _base_noise(previous.state["noise"], num_samples, M, seed, match=match_rows(Z, previous.draws.anchors))
         u = f_map + (L @ torch.linalg.solve_triangular(R.T, eps.T, upper=True)).T
+        # BoTorch's f in noise units (probit: f / sqrt(2)): the whole process, prior and conditional, scales.
+        unit = 1.0 / spec.utility_scale
+        u, f_map, L = unit * u, unit * f_map, unit * L
         kern = gp.covar_module
         ls = kern.base_kernel.lengthscale.detach().reshape(1, 1, d)
-        os_ = kern.outputscale.detach().reshape(1)
+        os_ = kern.outputscale.detach().reshape(1) * unit**2
         kind = kernel_kind(kern)
         rff = rff if rff is not None else _random_features(kind, d, num_samples, num_features, seed)
         draws = PathwiseDraws.from_anchor_draws(
@@ -321,7 +341,11 @@ def fit_pairwise_gp(
     num_samples: int | None = None,
     num_features: int = 1024,
     optimize_hyperparameters: bool = True,
-    **_: Any,
+    progress_bar: bool | None = None,
+    num_steps: int | None = None,
+    warmup_steps: int | None = None,
+    num_chains: int | None = None,
+    learning_rate: float | None = None,
 ) -> GPPosterior:
     """Fit BoTorch's PairwiseGP: Laplace posterior, hyperparameters by type-II ML (``fit_gpytorch_mll``).
 
@@ -333,6 +357,10 @@ def fit_pairwise_gp(
         num_samples: posterior draws (default 512).
         num_features: random Fourier features per draw.
         optimize_hyperparameters: False keeps the kernel's initial values.
+        progress_bar: accepted from :func:`~papa_bayes.inference.fit`; no bar is shown.
+        num_steps, warmup_steps, num_chains, learning_rate: accepted from
+            :func:`~papa_bayes.inference.fit` and unused (BoTorch's optimizer runs to
+            convergence; no sampling): a value other than None warns.
     """
     from botorch.exceptions.errors import ModelFittingError
     from botorch.fit import fit_gpytorch_mll
@@ -341,6 +369,11 @@ def fit_pairwise_gp(
     _check_method(spec, method)
     check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
     optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
+    check_bool("progress_bar", progress_bar, optional=True)
+    _warn_ignored(spec, method, [name for name, value in (
+        ("num_steps", num_steps), ("warmup_steps", warmup_steps), ("num_chains", num_chains),
+        ("learning_rate", learning_rate),
+    ) if value is not None], "the Laplace fit has neither optimizer steps nor chains")
     start = time.perf_counter()
     num_samples = num_samples or 512
     gp, transform, used = spec.build(data)
@@ -383,7 +416,8 @@ def _update_pairwise(post: GPPosterior, data: PreferenceData) -> GPPosterior:
     used, comps = torch.unique(data.comparisons, return_inverse=True)
     X = post.transform(data.items[used])
     comps = spec.informative_comparisons(X, comps.reshape(-1, 2))
-    set_train_data(gp, X, comps, x0=lambda Z: post.draws.mean(Z))  # warm start at the old posterior mean
+    # warm start at the old posterior mean, in BoTorch's units
+    set_train_data(gp, X, comps, x0=lambda Z: post.draws.mean(Z) * spec.utility_scale)
     gp.eval()
     opts = post.options
     new = _laplace_posterior(spec, data, gp, post.transform, seed=post.state["seed"], num_samples=opts["num_samples"],
@@ -401,6 +435,26 @@ def _check_finite(post: GPPosterior) -> None:
 
 
 # ================================================================= dispatch
+def _how_it_differs(new: PreferenceData, old: PreferenceData) -> str:
+    """Where ``new`` stops extending ``old``: the first field that is shorter or differs."""
+    (new_cr, new_rr), (old_cr, old_rr) = new.rater_ids(), old.rater_ids()
+    for name, rows, a, b in (
+        ("items", "row", new.items, old.items), ("comparisons", "comparison", new.comparisons, old.comparisons),
+        ("ties", "comparison", new.ties, old.ties), ("comparison raters", "comparison", new_cr, old_cr),
+        ("ratings", "rating", new.ratings, old.ratings), ("rating raters", "rating", new_rr, old_rr),
+    ):
+        if a.shape[0] < b.shape[0]:
+            return f"{a.shape[0]} {name}, fewer than the fitted {b.shape[0]}"
+        if b.shape[0] == 0:
+            continue
+        if a.shape[1:] != b.shape[1:]:
+            return f"{name} of shape {tuple(a.shape)}, the fitted {tuple(b.shape)}"
+        same = (a[: b.shape[0]] == b).reshape(b.shape[0], -1).all(-1)
+        if not bool(same.all()):
+            return f"{name} differ at {rows} {int((~same).nonzero()[0])}"
+    return "it does not extend the fitted data"  # pragma: no cover  (extends() and this list agree)
+
+
 def update_gp_posterior(
     post: GPPosterior, data: PreferenceData, *, refit_hyperparameters: bool = False, num_steps: int | None = None
 ) -> GPPosterior:
@@ -415,11 +469,18 @@ def update_gp_posterior(
     """
     if not isinstance(post, GPPosterior):
         raise InputDataError("post", "a GPPosterior", type(post).__name__)
-    if not isinstance(data, PreferenceData) or not data.extends(post.data):
-        raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
+    if not isinstance(data, PreferenceData):
+        raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", type(data).__name__)
+    if not data.extends(post.data):
+        raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)",
+                             f"{data!r}: {_how_it_differs(data, post.data)}")
     refit_hyperparameters = check_bool("refit_hyperparameters", refit_hyperparameters)
     if num_steps is not None:
         check_int("num_steps", num_steps)
+    if post.method != "elbo":
+        _warn_ignored(post.model, post.method, [name for name, value, default in (
+            ("refit_hyperparameters", refit_hyperparameters, False), ("num_steps", num_steps, None),
+        ) if value != default], "they are options of ELBO updates")
     if post.method == "elbo":
         return _update_variational(post, data, refit_hyperparameters=refit_hyperparameters, num_steps=num_steps)
     if post.method == "laplace":

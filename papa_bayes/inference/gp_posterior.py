@@ -151,17 +151,27 @@ class GPPosterior(RewardPosterior):
         return out
 
     # ---------------------------------------------------------------- update
-    def update(self, data: PreferenceData) -> GPPosterior:
+    def update(self, data: PreferenceData, *, refit_hyperparameters: bool = False, num_steps: int | None = None) -> GPPosterior:
         """Posterior given the extended ``data``, warm-started from this one.
 
         ELBO: the old variational posterior (plus inducing points for new distinct
         items, up to ``num_inducing``) refined with the hyperparameters fixed.
         Laplace: the MAP utilities re-solved from the old ones, hyperparameters
         fixed. NUTS: chains restarted at the last draws with a shorter warm-up.
+
+        Args:
+            data: the fitted data with rows appended (``self.data.append(...)``).
+            refit_hyperparameters: ELBO only: also refine the kernel
+                hyperparameters (and inducing points, if learned).
+            num_steps: ELBO only: optimizer steps (see
+                :func:`~papa_bayes.inference.gp_fit.update_gp_posterior`).
+
+        Returns:
+            A new :class:`GPPosterior` with as many draws as this one.
         """
         from papa_bayes.inference.gp_fit import update_gp_posterior  # it checks that ``data`` extends ours
 
-        return update_gp_posterior(self, data)
+        return update_gp_posterior(self, data, refit_hyperparameters=refit_hyperparameters, num_steps=num_steps)
 
     # ----------------------------------------------------------------- ArviZ
     @property
@@ -182,10 +192,28 @@ class GPPosterior(RewardPosterior):
         """ArviZ groups: utilities at the items (``posterior``), pointwise
         ``log_likelihood`` (``az.loo`` works), replicated answers, data.
 
-        The kernel and likelihood hyperparameters join ``posterior`` when they were
-        sampled (NUTS); the ELBO and Laplace fits estimate them by type-II maximum
-        likelihood, so they go to ``constant_data`` (as draws they would show sd 0
-        and an undefined R-hat).
+        - ``posterior``: ``utility`` `chain x draw x item`; NUTS also ``lengthscale``
+          `chain x draw x feature`, ``outputscale``, ``tie_strength``, ``threshold``
+          `chain x draw` (where modelled).
+        - ``log_likelihood`` / ``posterior_predictive``: ``comparisons``
+          `chain x draw x comparison`, ``ratings`` `chain x draw x rating` (integer
+          answers: 1 first preferred, 0 second; with ties 0 first, 1 second, 2 tie;
+          1 like, 0 dislike).
+        - ``observed_data``: their observed twins, `comparison` and `rating`.
+        - ``sample_stats``: ``lp``, ``diverging`` `chain x draw`.
+        - ``constant_data``: ``items`` `item x feature`, ``compared_items``
+          `comparison x outcome_pair`, ``ties``, ``rated_item``; ELBO and Laplace fits
+          also their point estimates: ``lengthscale`` `feature`, 0-d ``outputscale``,
+          ``tie_strength``, ``threshold``.
+
+        ELBO and Laplace fits have one chain of independent draws. The kernel and
+        likelihood hyperparameters join ``posterior`` when they were sampled (NUTS);
+        the ELBO and Laplace fits estimate them by type-II maximum likelihood, so
+        they go to ``constant_data`` (as draws they would show sd 0 and an
+        undefined R-hat).
+
+        Args:
+            seed: seeds the replicated answers of ``posterior_predictive``.
         """
         from papa_bayes.diagnostics.arviz import build_inference_data
 

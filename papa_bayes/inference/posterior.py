@@ -145,7 +145,7 @@ class RewardPosterior(ABC):
         return comparison_log_probs(diff, self.link, None if tie is None else tie.to(diff).unsqueeze(-1)).exp()
 
     def preference_probability(self, a: Tensor, b: Tensor, *, rater: int | None = None) -> Tensor:
-        """Posterior predictive P(a preferred to b): `n`.
+        """Posterior predictive P(a preferred to b): `n`, for `n x d` items ``a`` and ``b``.
 
         Strict preference: for a model with ties, P(a preferred) + P(b preferred) < 1,
         the rest being P(tie) (all three from :meth:`outcome_probabilities`).
@@ -193,6 +193,11 @@ class PosteriorDrawsModel(EnsembleModel):
     @property
     def num_outputs(self) -> int:
         return 1
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """No model batch: one posterior (its draws are the ensemble dimension, not a batch)."""
+        return torch.Size([])
 
     def forward(self, X: Tensor) -> Tensor:
         d = self.reward_posterior.num_features

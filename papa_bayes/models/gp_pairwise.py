@@ -14,6 +14,7 @@ a dense `m x n` comparison matrix), so it is for hundreds of items, not thousand
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import gpytorch
@@ -94,6 +95,16 @@ class PairwiseGPReward:
         self.standardize = check_bool("standardize", standardize)
         self.consolidate_atol = check_float("consolidate_atol", consolidate_atol)
         self.jitter = check_float("jitter", jitter)
+
+    @property
+    def utility_scale(self) -> float:
+        """BoTorch's utility per noise unit: ``sqrt(2)`` for probit, 1 for logit.
+
+        BoTorch's probit likelihood is ``Phi((f(a) - f(b)) / sqrt(2))`` (unit noise on
+        each utility), its logit one ``sigmoid(f(a) - f(b))``; papa_bayes posteriors
+        read ``P = link(u(a) - u(b))``, so the fitted ``f`` is divided by this scale.
+        """
+        return math.sqrt(2.0) if self.link == "probit" else 1.0
 
     def check_data(self, data: PreferenceData) -> None:
         if not isinstance(data, PreferenceData):

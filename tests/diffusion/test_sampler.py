@@ -152,3 +152,46 @@ def test_a_schedule_without_training_timesteps_is_refused(pixel_model):
         make_sampling_scheduler({**DIGITS_SCHEDULER_CONFIG, "num_train_timesteps": 0})
     with pytest.raises(InputDataError, match="^config:.*prediction_type"):  # was accepted; PixelDiffusion refused it
         make_sampling_scheduler({**DIGITS_SCHEDULER_CONFIG, "prediction_type": "foo"})
+
+
+def test_progress_flags_are_true_or_false_everywhere(pixel_model, tmp_path):
+    """``progress="no"`` was read by its truthiness (a bar shown); now refused under its name, before any work."""
+    from papa_bayes.diffusion import (
+        DiffusionCandidates,
+        Guidance,
+        ManifoldGuard,
+        PCAFeatures,
+        distill_guidance,
+        finetune_on_samples,
+        papa_finetune,
+        sample_preferred,
+        select_guidance_scale,
+        select_recommendation_scale,
+    )
+    from papa_bayes.diffusion.train import fit_default_features, train_base_model
+
+    images = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    guidance = Guidance(lambda x: x.sum((1, 2, 3)))
+    guard, phi = ManifoldGuard(images), PCAFeatures.fit(images, num_features=2)
+    calls = {
+        "progress": [
+            lambda bad: sample(pixel_model, 2, progress=bad),
+            lambda bad: sample_preferred(pixel_model, 2, progress=bad),
+            lambda bad: select_guidance_scale(pixel_model, guidance, guard, progress=bad),
+            lambda bad: select_recommendation_scale(pixel_model, guidance, score=lambda x: x, progress=bad),
+            lambda bad: DiffusionCandidates(pixel_model, phi, guard, progress=bad),
+            lambda bad: train_base_model(tmp_path / "base", steps=1, progress=bad),
+            lambda bad: fit_default_features(tmp_path / "base", progress=bad),
+        ],
+        "progress_bar": [
+            lambda bad: finetune_on_samples(pixel_model, images, steps=1, progress_bar=bad),
+            lambda bad: distill_guidance(pixel_model, guidance, num_samples=2, steps=1, progress_bar=bad),
+            lambda bad: papa_finetune(pixel_model, images[:2], [1, -1], steps=1, progress_bar=bad),
+        ],
+    }
+    for field, fns in calls.items():
+        for fn in fns:
+            for bad in ("no", 2, None):
+                with pytest.raises(InputDataError, match=f"^{field}: expected True or False"):
+                    fn(bad)
+    assert not (tmp_path / "base").exists()  # train_base_model refused before writing

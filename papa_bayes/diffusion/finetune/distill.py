@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.diffusion.finetune.common import (
     DEFAULT_LORA_TARGETS,
     TrainingCopy,
@@ -99,6 +99,7 @@ def finetune_on_samples(
     lr = check_float("lr", lr, strict=True)
     anchor_weight = check_float("anchor_weight", anchor_weight)
     batch_size = check_int("batch_size", batch_size)
+    progress_bar = check_bool("progress_bar", progress_bar)
     device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
     if not isinstance(model, DiffusionModel):
@@ -198,6 +199,7 @@ def distill_guidance(
     check_float("lr", lr, strict=True)
     check_float("anchor_weight", anchor_weight)
     check_int("batch_size", batch_size)
+    progress_bar = check_bool("progress_bar", progress_bar)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     if not callable(getattr(guidance, "guide", None)):

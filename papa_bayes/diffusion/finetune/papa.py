@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int
+from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.diffusion.finetune.common import (
     DEFAULT_LORA_TARGETS,
     TrainingCopy,
@@ -141,6 +141,7 @@ def papa_finetune(
     regularizer_weight = check_float("regularizer_weight", regularizer_weight)
     timestep_cutoff = check_float("timestep_cutoff", timestep_cutoff, maximum=1.0)
     batch_size = check_int("batch_size", batch_size)
+    progress_bar = check_bool("progress_bar", progress_bar)
     # Before the images are encoded: a bad option should not cost an autoencoder pass.
     device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
