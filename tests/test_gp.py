@@ -540,3 +540,16 @@ def test_pairwise_gp_utilities_are_in_noise_units(link):
         diff = mean[gp.comparisons[:, 0]] - mean[gp.comparisons[:, 1]]
         ours = torch.special.ndtr(diff) if link == "probit" else torch.sigmoid(diff)
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_pairwise_gp_default_prior_is_preference_gps_in_noise_units(link):
+    """The outputscale prior (variance in noise units) was applied to BoTorch's f: for probit, twice the variance."""
+    model = PairwiseGPReward(link=link)
+    gp, _, _ = model.build(_tiny())
+    prior = gp.covar_module.outputscale_prior
+    scale = model.utility_scale**2  # BoTorch's variance per noise-unit variance
+    assert float(prior.rate) == pytest.approx(0.5 / scale) and float(prior.concentration) == 2.0
+    post = model.fit(_tiny(), num_samples=8, seed=0, optimize_hyperparameters=False)
+    # unfitted: the start is the prior's mode, 2 noise units^2, as PreferenceGP's
+    assert float(post.hyperparameters["outputscale"].mean()) == pytest.approx(2.0)

@@ -59,13 +59,16 @@ def default_lengthscale_prior(d: int) -> LogNormalPrior:
     return LogNormalPrior(torch.tensor(0.5 * math.log(d), dtype=DTYPE), torch.tensor(1.0, dtype=DTYPE))
 
 
-def default_outputscale_prior() -> GammaPrior:
+def default_outputscale_prior(variance_scale: float = 1.0) -> GammaPrior:
     """Gamma(2, 0.5) on the utility variance in noise units (mode 2, mean 4).
 
     A prior standard deviation of about 1.4-2 noise units: the best and worst item of
     a pool differ by several noise units, so answers about them are nearly certain.
+    ``variance_scale``: the kernel's variance per noise-unit variance (2 for BoTorch's
+    probit PairwiseGP, whose likelihood divides by sqrt(2)); the same prior in those
+    units is Gamma(2, 0.5 / variance_scale).
     """
-    return GammaPrior(torch.tensor(2.0, dtype=DTYPE), torch.tensor(0.5, dtype=DTYPE))
+    return GammaPrior(torch.tensor(2.0, dtype=DTYPE), torch.tensor(0.5 / variance_scale, dtype=DTYPE))
 
 
 def make_kernel(
@@ -74,12 +77,15 @@ def make_kernel(
     *,
     lengthscale_prior: gpytorch.priors.Prior | None = None,
     outputscale_prior: gpytorch.priors.Prior | None = None,
+    variance_scale: float = 1.0,
 ) -> ScaleKernel:
     """ARD ``ScaleKernel(RBF | Matern-5/2)`` with priors, in float64.
 
     The lengthscale is bounded below (0.025 standardized units) because line searches
     that probe lengthscales near zero are what broke BoTorch's PairwiseGP fits
-    (botorch PR #1425); the outputscale lies in ``[1e-3, 1e3]``.
+    (botorch PR #1425); the outputscale lies in ``[1e-3, 1e3]``. ``variance_scale``
+    puts the default outputscale prior and start in the kernel's units (see
+    :func:`default_outputscale_prior`).
     """
     if kind not in KERNELS:
         raise ModelError(f"kernel: expected one of {KERNELS}, got {kind!r}.")
@@ -87,17 +93,18 @@ def make_kernel(
     check_prior("lengthscale_prior", lengthscale_prior)
     check_prior("outputscale_prior", outputscale_prior)
     ls_prior = lengthscale_prior if lengthscale_prior is not None else default_lengthscale_prior(d)
-    os_prior = outputscale_prior if outputscale_prior is not None else default_outputscale_prior()
+    os_prior = outputscale_prior if outputscale_prior is not None else default_outputscale_prior(variance_scale)
     ls_init = float(min(max(math.sqrt(d), 0.1), 50.0))
     ls_constraint = GreaterThan(0.025, initial_value=ls_init)
     if kind == "rbf":
         base = RBFKernel(ard_num_dims=d, lengthscale_prior=ls_prior, lengthscale_constraint=ls_constraint)
     else:
         base = MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_prior=ls_prior, lengthscale_constraint=ls_constraint)
-    kernel = ScaleKernel(base, outputscale_prior=os_prior, outputscale_constraint=Interval(1e-3, 1e3, initial_value=2.0))
+    start = 2.0 * variance_scale  # the prior's mode
+    kernel = ScaleKernel(base, outputscale_prior=os_prior, outputscale_constraint=Interval(1e-3, 1e3, initial_value=start))
     kernel = kernel.to(DTYPE)
     kernel.base_kernel.lengthscale = torch.full((1, d), ls_init, dtype=DTYPE)
-    kernel.outputscale = torch.tensor(2.0, dtype=DTYPE)
+    kernel.outputscale = torch.tensor(start, dtype=DTYPE)
     return kernel
 
 

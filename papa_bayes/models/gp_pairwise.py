@@ -61,7 +61,10 @@ class PairwiseGPReward:
     Args:
         link: ``"probit"`` (BoTorch's default) or ``"logit"``.
         kernel: ``"rbf"`` or ``"matern52"``.
-        lengthscale_prior / outputscale_prior: as in :class:`PreferenceGP`.
+        lengthscale_prior / outputscale_prior: as in :class:`PreferenceGP`; the
+            default outputscale prior is PreferenceGP's in noise units (in BoTorch's
+            units, twice the variance for probit: see ``utility_scale``). A prior you
+            pass is on BoTorch's outputscale.
         standardize: standardize features with the training items' mean and sd.
         consolidate_atol: items closer than this (standardized units) are merged by
             BoTorch (its fix for near-duplicate items, botorch PR #1754).
@@ -132,6 +135,7 @@ class PairwiseGPReward:
             None, None, likelihood=likelihood, covar_module=make_kernel(
                 data.num_features, self.kernel,
                 lengthscale_prior=self.lengthscale_prior, outputscale_prior=self.outputscale_prior,
+                variance_scale=self.utility_scale**2,
             ),
             jitter=self.jitter, consolidate_atol=self.consolidate_atol,
         ).to(torch.float64)
