@@ -156,7 +156,8 @@ def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtyp
         except (TypeError, ValueError, RuntimeError):
             raise InputDataError(name, expected, type(value).__name__) from None
     if t.dtype == torch.bool or t.is_complex():
-        raise InputDataError(name, f"{expected} (real numbers)", str(t.dtype))
+        shown = expected if "real" in expected else f"{expected} (real numbers)"  # said once
+        raise InputDataError(name, shown, str(t.dtype))
     if dtype is None:
         return t if isinstance(value, Tensor) and t.is_floating_point() else t.to(torch.float64)
     return t.to(dtype)

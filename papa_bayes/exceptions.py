@@ -31,14 +31,27 @@ class InputDataError(PapaBayesError, ValueError):
         field: the argument or data field at fault (``"comparisons"``).
         expected: what a valid value looks like (``"shape `m x 2`"``).
         actual: what was passed (``(5, 3)``); formatted with ``repr`` unless a str.
+
+    ``InputDataError(message)`` alone (as Pyro re-raises errors from inside a traced
+    model, with the trace's shapes added) keeps the message and reads the field from
+    its start.
     """
 
-    def __init__(self, field: str, expected: str, actual: Any) -> None:
+    def __init__(self, field: str, expected: str | None = None, actual: Any = None) -> None:
+        if expected is None:  # a whole message: how Pyro's trace re-raises an error with its shapes added
+            self.field, self.expected, self.actual = field.split(":", 1)[0], None, None
+            super().__init__(field)
+            return
         self.field = field
         self.expected = expected
         self.actual = actual
         shown = actual if isinstance(actual, str) else repr(actual)
         super().__init__(f"{field}: expected {expected}, got {shown}.")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickling keeps the fields (multiprocessing, joblib)
+        if self.expected is None:
+            return (type(self), (str(self),))
+        return (type(self), (self.field, self.expected, self.actual))
 
 
 class ModelError(PapaBayesError):

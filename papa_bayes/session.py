@@ -200,7 +200,7 @@ class PreferenceSession:
         exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
         pool_size = check_int("pool_size", pool_size, minimum=2)
         num_draws = check_int("num_draws", num_draws)
-        seed = check_int("seed", seed, minimum=0)
+        seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # the fits' range (torch's seeds)
         refit_every, finetune_every = (None if every is None else check_int(name, every, expected="a positive integer or None")
                                        for name, every in (("refit_every", refit_every), ("finetune_every", finetune_every)))
         if finetune_options is not None and not isinstance(finetune_options, dict):

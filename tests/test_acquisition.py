@@ -145,8 +145,8 @@ def test_eubo_matches_botorch(gp_setup, linear_post):
     torch.manual_seed(0)
     with torch.no_grad():
         ours = ExpectedUtilityOfBestOption(post)(X)
-        theirs = botorch_qeubo(post)(X)  # BoTorch's qEUBO on the same draws (resampled)
-    assert (ours - theirs).abs().max() <= 0.1 * ours.abs().max()
+        theirs = botorch_qeubo(post)(X)  # BoTorch's qEUBO on the same draws, each once (DrawsSampler)
+    assert torch.allclose(ours, theirs)
 
 
 def test_information_zero_for_identical_items_and_certain_pairs(sharp_post):
@@ -422,3 +422,117 @@ def test_three_outcome_information_worked_by_hand():
 
     probs = torch.tensor([[[0.5, 0.5, 0.0]], [[0.0, 0.0, 1.0]]], dtype=torch.float64)
     assert information_from_log_probs(probs.log()).item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_region_information_has_finite_gradients(linear_post):
+    """An empty (draws x membership) group must not turn the gradient into NaN (0 * log 0)."""
+    post, items = linear_post
+    acq = PreferredRegionInformation(post, pool=items)
+    X = torch.stack([items[:3], items[3:6]], -2)
+    X = torch.cat([X, torch.stack([items[6], items[6]]).unsqueeze(0)]).clone().requires_grad_(True)  # + identical items
+    acq(X).sum().backward()
+    assert torch.isfinite(X.grad).all()
+    eps = 1e-6
+    step = torch.zeros_like(X)
+    step[0, 0, 0] = eps
+    with torch.no_grad():
+        fd = (acq(X + step) - acq(X - step))[0] / (2 * eps)
+    assert X.grad[0, 0, 0].item() == pytest.approx(fd.item(), rel=1e-4, abs=1e-8)
+
+
+def test_pending_items_complete_the_query_as_in_botorch(linear_post):
+    """``set_X_pending`` fixes items of the query (BoTorch's ``concatenate_pending_points``),
+    so ``optimize_acqf_discrete`` and a fixed anchor work; BoTorch reads ``X_pending`` first."""
+    from botorch.optim import optimize_acqf_discrete
+
+    post, items = linear_post
+    anchor = items[:1]
+    others = items[1:9].unsqueeze(-2)  # 8 x 1 x d
+    for acq in (PairwiseInformationGain(post), ExpectedUtilityOfBestOption(post), HoulsbyInformationGain(post)):
+        assert acq.X_pending is None
+        with torch.no_grad():
+            full = acq(torch.cat([others, anchor.expand(8, 1, 4)], -2))
+        acq.set_X_pending(anchor)
+        with torch.no_grad():
+            assert torch.allclose(acq(others), full)
+        X, value = optimize_acqf_discrete(acq, q=1, choices=items[1:9])
+        assert torch.equal(X, items[1 + int(full.argmax())].unsqueeze(0))
+        with pytest.raises(InputDataError, match="pending"):
+            acq(torch.cat([others, others], -2))  # 2 + 1 pending items: not a pair
+        for bad in (items[:2], torch.zeros(1, 5, dtype=torch.float64)):
+            with pytest.raises(InputDataError, match="X_pending"):
+                acq.set_X_pending(bad)
+        acq.set_X_pending(None)
+        with pytest.raises(InputDataError, match="set_X_pending"):  # BoTorch's greedy q=2 starts with single items
+            optimize_acqf_discrete(acq, q=2, choices=items[1:9])
+
+
+def test_botorch_model_view_supports_or_refuses_botorch_features_clearly(linear_post):
+    from botorch.acquisition.objective import ScalarizedPosteriorTransform
+
+    post, items = linear_post
+    model = post.as_botorch_model()
+    X = items[:6].reshape(3, 2, 4)
+    assert model.subset_output([0]) is model
+    with pytest.raises(InputDataError, match="idcs"):
+        model.subset_output([1])
+    values = model.posterior(X).values
+    transform = ScalarizedPosteriorTransform(weights=torch.tensor([-2.0], dtype=torch.float64), offset=1.0)
+    assert torch.allclose(model.posterior(X, posterior_transform=transform).values, 1.0 - 2.0 * values)
+    with pytest.raises(InputDataError, match="weights"):
+        model.posterior(X, posterior_transform=ScalarizedPosteriorTransform(weights=torch.ones(2, dtype=torch.float64)))
+    with pytest.raises(ModelError, match="update"):
+        model.condition_on_observations(X[0], torch.zeros(2, 1, dtype=torch.float64))
+    with pytest.raises(ModelError, match="update"):
+        model.fantasize(X[0])
+    with pytest.raises(InputDataError, match="^X: expected finite"):
+        model.posterior(torch.full((1, 2, 4), float("nan"), dtype=torch.float64))
+    # Gaussian-only BoTorch acquisitions say what to use instead.
+    for acq in (AnalyticExpectedUtilityOfBestOption(pref_model=model),
+                PairwiseBayesianActiveLearningByDisagreement(pref_model=model)):
+        with pytest.raises(ModelError, match="HoulsbyInformationGain"):
+            acq(X)
+
+
+def test_botorch_mc_acquisitions_average_every_draw_whatever_the_batch(linear_post):
+    """BoTorch's IndexSampler would resample the draws, independently per query of a batch:
+    a query's value then depends on its batch. On our model every draw counts once."""
+    from botorch.acquisition import qUpperConfidenceBound
+    from botorch.acquisition.preference import qExpectedUtilityOfBestOption
+
+    post, items = linear_post
+    X = items[:20].reshape(10, 2, 4)
+    with torch.no_grad():
+        ours = ExpectedUtilityOfBestOption(post)(X)
+        for acq in (botorch_qeubo(post), qExpectedUtilityOfBestOption(pref_model=post.as_botorch_model())):
+            assert torch.allclose(acq(X), ours)
+            assert torch.allclose(acq(X[3:4]), ours[3:4])
+        ucb = qUpperConfidenceBound(post.as_botorch_model(), beta=1.0)
+        assert torch.allclose(ucb(X)[3:4], ucb(X[3:4]))
+        assert torch.allclose(botorch_qeubo(post.as_botorch_model())(X), ours)
+    with pytest.raises(InputDataError, match="posterior"):
+        botorch_qeubo(items)
+
+
+def test_a_botorch_model_must_be_one_utility_without_a_model_batch():
+    """A two-output model gave `batch x 2` values (wrong shape, silently); a batched one a deep RuntimeError."""
+    from botorch.models import SingleTaskGP
+
+    X = torch.rand(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    two_outputs = SingleTaskGP(X, torch.randn(8, 2, dtype=torch.float64))
+    batched = SingleTaskGP(X.expand(3, 8, 3), torch.randn(3, 8, 1, dtype=torch.float64))
+    for model, what in ((two_outputs, "num_outputs=2"), (batched, r"batch_shape=\(3,\)")):
+        for make in (PairwiseInformationGain, ExpectedUtilityOfBestOption, HoulsbyInformationGain):
+            with pytest.raises(InputDataError, match=what):
+                make(model)
+
+
+def test_houlsby_on_the_botorch_view_uses_the_posteriors_link(linear_post):
+    """``post.as_botorch_model()`` (or one rater's view) keeps the posterior's link, as for MC BALD."""
+    post, items = linear_post
+    assert post.link == "logit"
+    X = items[:8].reshape(4, 2, 4)
+    with torch.no_grad():
+        assert torch.allclose(HoulsbyInformationGain(post.as_botorch_model())(X), HoulsbyInformationGain(post)(X))
+    with pytest.raises(InputDataError, match="X"):
+        HoulsbyInformationGain(post.as_botorch_model())(torch.zeros(3, 2, 5, dtype=torch.float64))

@@ -403,3 +403,22 @@ def test_select_queries_for_one_rater_of_a_hierarchical_posterior():
     for bad in (-1, 1.5, "a", True):
         with pytest.raises(InputDataError, match="rater"):
             select_queries(post, pool, rater=bad)
+
+
+def test_optimize_queries_region_and_argument_forms(setup):
+    """The "region" strategy optimizes (its gradient was NaN: BoTorch's OptimizationGradientError);
+    k may be a NumPy integer; errors about the reference items name reference_pool."""
+    from papa_bayes.exceptions import ModelError
+
+    post, pool = setup
+    bounds = torch.stack([-2 * torch.ones(5), 2 * torch.ones(5)]).double()
+    small = {"num_restarts": 2, "raw_samples": 16, "options": {"maxiter": 10}}
+    X, values = optimize_queries(post, bounds, strategy="region", reference_pool=pool, **small)
+    assert X.shape == (1, 2, 5) and torch.isfinite(values).all()
+    X, _ = optimize_queries(post, bounds, k=np.int64(2), **small)
+    assert X.shape[0] <= 2
+    with pytest.raises(ModelError, match="reference_pool"):
+        optimize_queries(post, bounds, query_type="rating", **small)
+    for strategy in ("region", "argmax"):  # the argument is reference_pool here, not make_acquisition's pool
+        with pytest.raises(InputDataError, match="^reference_pool"):
+            optimize_queries(post, bounds, strategy=strategy, **small)

@@ -394,3 +394,43 @@ def test_nuts_shows_progress_by_default_and_fast_methods_do_not(recovery, capfd)
     for bad in ("no", 2):
         with pytest.raises(InputDataError, match="progress_bar"):
             fit(LinearReward(), small, progress_bar=bad)
+
+
+def test_to_inference_data_seeds_the_replicated_answers():
+    """``post.to_inference_data(seed=...)`` as the converter (and GP posteriors) take it."""
+    X = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    data = PreferenceData(items=X, comparisons=[[0, 1], [2, 3], [4, 5], [6, 7], [1, 2], [3, 4]])
+    post = fit(LinearReward(), data, method="laplace", num_samples=50)
+    replicated = lambda seed: post.to_inference_data(seed=seed).posterior_predictive["comparisons"].values  # noqa: E731
+    assert (replicated(1) == replicated(1)).all()
+    assert not (replicated(1) == replicated(2)).all()
+    with pytest.raises(InputDataError, match="seed"):
+        post.to_inference_data(seed=-1)
+
+
+def test_fit_names_a_seed_too_large_for_torch():
+    """Seeds beyond 32 bits overflowed inside torch's manual_seed (a bare ValueError)."""
+    data = PreferenceData(items=torch.eye(3, dtype=torch.float64), comparisons=[[0, 1]])
+    for method in ("laplace", "svi", "nuts"):
+        with pytest.raises(InputDataError, match="seed"):
+            fit(LinearReward(), data, method=method, seed=2**64 + 5, num_samples=4)
+    assert fit(LinearReward(), data, seed=2**32 - 1, num_samples=4).num_draws == 4
+
+
+def test_svi_fit_does_not_log_pyro_guesses(caplog):
+    """Pyro logs "Guessed max_plate_nesting" (at INFO, on its own handler) unless the ELBO is told."""
+    import logging
+
+    data = PreferenceData(items=torch.eye(3, dtype=torch.float64), comparisons=[[0, 1], [1, 2]])
+    with caplog.at_level(logging.INFO, logger="pyro"):
+        fit(HierarchicalLinearReward(), data, method="svi", num_samples=4, num_steps=2)
+        fit(LinearReward(), data, method="svi", num_samples=4, num_steps=2)
+    assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage()]
+
+
+def test_nuts_asks_for_the_draws_its_diagnostics_need():
+    """Split R-hat (Pyro's and ours) needs 4 draws per chain; fewer failed on a bare assert after sampling."""
+    data = PreferenceData(items=torch.eye(3, dtype=torch.float64), comparisons=[[0, 1]])
+    for n in (1, 3):
+        with pytest.raises(InputDataError, match="num_samples"):
+            fit(LinearReward(), data, method="nuts", num_samples=n, warmup_steps=2, num_chains=1, progress_bar=False)

@@ -177,3 +177,73 @@ def test_tie_models_and_links_in_closed_form():
     assert torch.allclose(log_cdf(diff, "probit").exp(), phi(diff), atol=1e-12)
     assert torch.allclose(log_cdf(diff, "logit").exp(), torch.sigmoid(diff), atol=1e-12)
     assert math.isfinite(float(log_cdf(torch.tensor(-40.0, dtype=torch.float64), "probit")))  # stable far in the tail
+
+
+@pytest.mark.parametrize("model, kw", [CASES[2], CASES[3], CASES[4], CASES[6]],
+                         ids=["logit-ties", "probit-ties", "fixed-rationality", "hierarchical-ties"])
+def test_predictive_replicates_answers_under_uncondition(model, kw):
+    """Prior and posterior predictive checks the Pyro way: ``Predictive`` of the
+    unconditioned model samples the observed sites (Pyro distributions are callable)."""
+    from pyro.infer import Predictive
+
+    from papa_bayes import fit
+
+    data = _data(**kw)
+    free = poutine.uncondition(model)
+    prior = Predictive(free, num_samples=30)(data)
+    post = fit(model, data, method="laplace", num_samples=30)
+    posterior = Predictive(free, posterior_samples=post.params)(data)
+    for pred in (prior, posterior):
+        assert tuple(pred["comparisons"].shape) == (30, data.num_comparisons)
+        assert tuple(pred["ratings"].shape) == (30, data.num_ratings)
+        assert set(pred["comparisons"].unique().tolist()) <= {0, 1, 2}  # first wins, second wins, tie
+        assert len(pred["comparisons"].unique()) > 1  # replicated, not the observed answers copied
+
+
+@pytest.mark.parametrize("model, kw", [CASES[0], CASES[3], CASES[4], CASES[6]],
+                         ids=["logit", "probit-ties", "fixed-rationality", "hierarchical-ties"])
+def test_vectorized_predictive_gives_the_pointwise_log_likelihood(model, kw):
+    """``Predictive(parallel=True)`` pads `s x d` draws to `s x d` (the event dim counted as a
+    plate); ``az.from_pyro`` builds its log_likelihood group from that vectorized trace."""
+    from pyro.infer import Predictive
+
+    from papa_bayes import fit
+
+    data = _data(**kw)
+    post = fit(model, data, method="laplace", num_samples=20)
+    trace = Predictive(model, posterior_samples=post.params).get_vectorized_trace(data)
+    ours = model.log_likelihood(post.params, data)
+    for site in ("comparisons", "ratings"):
+        node = trace.nodes[site]
+        assert torch.allclose(node["fn"].log_prob(node["value"]), ours[site], rtol=1e-10, atol=1e-12)
+    replicated = Predictive(poutine.uncondition(model), posterior_samples=post.params, parallel=True)(data)
+    assert tuple(replicated["comparisons"].shape) == (20, data.num_comparisons)
+
+
+@pytest.mark.parametrize("model", [LinearReward(), HierarchicalLinearReward()], ids=["linear", "hierarchical"])
+def test_model_called_on_other_than_preference_data_names_it(model):
+    """``model(data)`` is public Pyro: features or a tuple in place of the data say so."""
+    from papa_bayes import InputDataError
+
+    data = _data()
+    for bad in (data.items, (data.items, data.comparisons), None):
+        with pytest.raises(InputDataError, match="data: expected a PreferenceData"):
+            model(bad)
+        with pytest.raises(InputDataError, match="data"):
+            model.priors(bad)
+
+
+def test_input_errors_raised_inside_a_traced_model_stay_input_errors():
+    """Pyro's trace re-raises with its shapes added, as type(err)(message): that was a TypeError (two arguments missing)."""
+    import pickle
+
+    from papa_bayes import InputDataError
+
+    with pytest.raises(InputDataError, match="prior_loc"):
+        poutine.trace(LinearReward(prior_loc=torch.zeros(2))).get_trace(_data())
+    err = InputDataError("comparisons", "shape `m x 2`", (5, 3))
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.field, back.expected, back.actual, str(back)) == (err.field, err.expected, err.actual, str(err))
+    rebuilt = InputDataError(str(err) + "\nTrace Shapes: ...")
+    assert rebuilt.field == "comparisons" and str(rebuilt).startswith("comparisons: expected")
+    assert str(pickle.loads(pickle.dumps(rebuilt))) == str(rebuilt)

@@ -28,7 +28,7 @@ from botorch.sampling.normal import IIDNormalSampler, SobolQMCNormalSampler
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-from papa_bayes.checks import check_float, check_int, check_real_tensor
+from papa_bayes.checks import check_finite, check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -37,6 +37,9 @@ __all__ = [
     "DrawsAcquisitionFunction",
     "LN2",
     "answer_log_probs",
+    "check_pending",
+    "check_utility_model",
+    "check_query_X",
     "entropy_bits",
     "outcome_log_probs",
     "per_draw",
@@ -46,8 +49,14 @@ LN2 = math.log(2.0)
 
 
 def entropy_bits(probs: Tensor, dim: int = -1) -> Tensor:
-    """Shannon entropy in bits along ``dim`` (0 log 0 = 0)."""
-    return -torch.special.xlogy(probs, probs).sum(dim) / LN2
+    """Shannon entropy in bits along ``dim`` (0 log 0 = 0, with a finite gradient there).
+
+    ``xlogy``'s gradient at 0 is -inf, and an empty group of draws (weight 0) would
+    turn it into 0 * -inf = NaN in :func:`grouped_information`; clamping inside the
+    log keeps the value and makes that gradient finite.
+    """
+    tiny = torch.finfo(probs.dtype).tiny if probs.is_floating_point() else 1e-300
+    return -(probs * probs.clamp(min=tiny).log()).sum(dim) / LN2
 
 
 def per_draw(values: Tensor | None, like: Tensor) -> Tensor | None:
@@ -109,6 +118,57 @@ def outcome_log_probs(
     )
 
 
+def check_utility_model(model: Model) -> Model:
+    """``model`` unless it is not one utility: more than one output, or a model batch."""
+    try:
+        outputs, batch = model.num_outputs, tuple(model.batch_shape)
+    except (AttributeError, NotImplementedError):  # a model that does not say: its posterior will
+        return model
+    if outputs != 1 or batch:
+        raise InputDataError("model", "a BoTorch Model of one utility (num_outputs=1, batch_shape=())",
+                             f"num_outputs={outputs}, batch_shape={batch}")
+    return model
+
+
+def check_pending(X_pending: Any, query_size: int, d: int | None) -> Tensor | None:
+    """Validate pending items (BoTorch's ``X_pending``): `m x d` with ``m < query_size``, or None."""
+    if X_pending is None:
+        return None
+    dd = "d" if d is None else str(d)
+    expected = f"shape `m x {dd}` with m < {query_size} (items fixed in every query of {query_size})"
+    X_pending = check_real_tensor("X_pending", X_pending, expected, dtype=None)
+    if X_pending.dim() != 2 or X_pending.shape[0] >= query_size or (d is not None and X_pending.shape[-1] != d):
+        raise InputDataError("X_pending", expected, tuple(X_pending.shape))
+    return check_finite("X_pending", X_pending, "features")
+
+
+def check_query_X(X: Any, query_size: int, d: int | None, X_pending: Tensor | None = None) -> Tensor:
+    """Validate `batch_shape x q x d` queries and append the pending items: `batch_shape x query_size x d`.
+
+    As BoTorch's ``concatenate_pending_points``: with `m` pending items, ``X`` holds
+    the other `query_size - m` items of each query and the pending ones come last.
+    A `q x d` input gets batch shape `1`.
+    """
+    dd = "d" if d is None else str(d)
+    m = 0 if X_pending is None else X_pending.shape[-2]
+    q = query_size - m
+    X = check_real_tensor("X", X, f"`batch_shape x {q} x {dd}` features", dtype=None)
+    if X.dim() == 2:
+        X = X.unsqueeze(0)
+    if X.dim() < 3 or X.shape[-2] != q or (d is not None and X.shape[-1] != d):
+        expected = f"shape `batch_shape x {q} x {dd}`"
+        if m:
+            expected += f" ({query_size} items per query, {m} of them pending: set_X_pending(None) to pass all)"
+        elif X.dim() >= 3 and X.shape[-2] < q:
+            expected += (f" (to value {X.shape[-2]} item(s) against fixed ones, set_X_pending(the fixed "
+                         f"`{q - X.shape[-2]} x {dd}` items) first; for every pair of a pool, select_queries)")
+        raise InputDataError("X", expected, tuple(X.shape))
+    check_finite("X", X.detach(), "features")
+    if m:
+        X = torch.cat([X, X_pending.to(X).expand(*X.shape[:-2], m, X.shape[-1])], dim=-2)
+    return X
+
+
 class DrawsAcquisitionFunction(AcquisitionFunction):
     """An acquisition function computed from joint draws of the utility at a query's items.
 
@@ -128,6 +188,12 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         num_samples: draws taken from a non-ensemble model's posterior.
         seed: seed of those draws' base samples (fixed, so ``forward`` is
             deterministic and smooth in ``X``).
+
+    Pending items (BoTorch's ``X_pending``, set with :meth:`set_X_pending`) are
+    fixed items of every query: with one pending item, ``forward`` takes
+    `batch_shape x 1 x d` and values each item paired with it, so that
+    ``optimize_acqf(acq, bounds, q=1)`` or ``optimize_acqf_discrete(acq, q=1,
+    choices=...)`` finds the best partner of a fixed anchor.
 
     Subclasses set ``query_size`` (2 or 1) and implement :meth:`score_draws`.
     """
@@ -150,6 +216,8 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
             posterior, rater = model.reward_posterior, model.rater
         elif not isinstance(model, Model):
             raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
+        else:
+            check_utility_model(model)
         if posterior is not None:
             link = link or posterior.link
         super().__init__(model=model)
@@ -160,6 +228,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         self.num_samples = check_int("num_samples", num_samples)
         self.seed = check_int("seed", seed, minimum=0)
         self._sampler: tuple[str, MCSampler] | None = None
+        self.X_pending: Tensor | None = None  # BoTorch reads it (optimize_acqf_discrete) before any set_X_pending
 
     # ----------------------------------------------------------------- draws
     @property
@@ -197,23 +266,27 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
             self._sampler = (kind, cls(sample_shape=torch.Size([self.num_samples]), seed=self.seed))
         return self._sampler[1]
 
+    def set_X_pending(self, X_pending: Tensor | None = None) -> None:
+        """Fix items of every query (BoTorch's pending points).
+
+        Args:
+            X_pending: `m x d` items, ``m < query_size``, appended to every query of
+                ``forward`` (which then takes `batch_shape x (query_size - m) x d`);
+                None to clear.
+        """
+        super().set_X_pending(check_pending(X_pending, self.query_size, self.num_features))
+
     def check_X(self, X: Tensor) -> Tensor:
-        """Validate `batch_shape x q x d` input (a `q x d` input gets batch shape `1`)."""
-        q, d = self.query_size, self.num_features
-        X = check_real_tensor("X", X, f"`batch_shape x {q} x {'d' if d is None else d}` features", dtype=None)
-        dd = "d" if d is None else str(d)
-        if X.dim() == 2:
-            X = X.unsqueeze(0)
-        if X.dim() < 3 or X.shape[-2] != q or (d is not None and X.shape[-1] != d):
-            raise InputDataError("X", f"shape `batch_shape x {q} x {dd}`", tuple(X.shape))
-        return X
+        """Validate `batch_shape x q x d` input and append the pending items (see :func:`check_query_X`)."""
+        return check_query_X(X, self.query_size, self.num_features, self.X_pending)
 
     def forward(self, X: Tensor) -> Tensor:
         """Value of each query.
 
         Args:
             X: `batch_shape x 2 x d` pairs (``query_size`` 2) or `batch_shape x 1 x d`
-                items (``query_size`` 1).
+                items (``query_size`` 1); `m` items fewer per query with `m`
+                pending items (:meth:`set_X_pending`).
 
         Returns:
             `batch_shape`.

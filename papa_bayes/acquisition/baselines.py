@@ -52,6 +52,15 @@ class UtilityDifferenceVariance(DrawsAcquisitionFunction):
 
     For like/dislike queries (``query_size=1``) the variance of ``u(x) - c`` with
     ``c`` the like threshold (its draws when the posterior has them, else 0).
+    ``forward``: `batch_shape x 2 x d` (or `batch_shape x 1 x d`) -> `batch_shape`.
+
+    Args:
+        model: a RewardPosterior (or one rater's view of it) or a BoTorch model of
+            the utility.
+        query_size: 2 (pairs) or 1 (like/dislike).
+        threshold: `s` like-threshold draws or one number (like/dislike only).
+        kwargs: ``link``, ``noise_scale``, ``num_samples``, ``seed`` of
+            :class:`DrawsAcquisitionFunction`.
     """
 
     def __init__(self, model: RewardPosterior | Model, *, query_size: int = 2, threshold: Any = None, **kwargs: Any) -> None:

@@ -30,10 +30,10 @@ from botorch.models.model import Model
 from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2
+from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, check_utility_model
 from papa_bayes.checks import check_float, check_real_tensor, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 from papa_bayes.models.likelihoods import check_link
 
 __all__ = [
@@ -136,30 +136,39 @@ class HoulsbyInformationGain(AcquisitionFunction):
     :class:`~papa_bayes.RewardPosterior` (whose link is then used).
 
     Args:
-        model: a BoTorch model of the utility or a RewardPosterior.
+        model: a BoTorch model of the utility, a RewardPosterior or one rater's view
+            of it (``posterior.as_botorch_model(rater=r)``).
         noise_scale: sigma_n; ``sqrt(2)`` matches ``PairwiseGP``'s probit likelihood,
             1 matches BoTorch's ``PairwiseBayesianActiveLearningByDisagreement``.
-        link: ``"probit"`` (default for BoTorch models) or ``"logit"`` (approximate).
+        link: ``"probit"`` (default for BoTorch models; a RewardPosterior's own link
+            otherwise) or ``"logit"`` (approximate).
 
-    ``forward``: `batch_shape x 2 x d` -> `batch_shape` bits.
+    ``forward``: `batch_shape x 2 x d` -> `batch_shape` bits; `batch_shape x 1 x d`
+    after ``set_X_pending`` of one item fixed in every pair (as BoTorch's pending points).
     """
 
     def __init__(self, model: RewardPosterior | Model, *, noise_scale: float = 1.0, link: str | None = None) -> None:
+        self._num_features = None
         if isinstance(model, RewardPosterior):
-            link = link or model.link
+            link, self._num_features = link or model.link, model.num_features
             model = model.as_botorch_model()
+        elif isinstance(model, PosteriorDrawsModel):  # one rater's view of a RewardPosterior: its link
+            link, self._num_features = link or model.reward_posterior.link, model.reward_posterior.num_features
         elif not isinstance(model, Model):
             raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
+        else:
+            check_utility_model(model)
         super().__init__(model=model)
         self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
         self.link = check_link(link or "probit")
+        self.X_pending: Tensor | None = None  # BoTorch reads it (optimize_acqf_discrete) before any set_X_pending
+
+    def set_X_pending(self, X_pending: Tensor | None = None) -> None:
+        """Fix one item of every pair (`1 x d`), or None to clear; see ``forward``."""
+        super().set_X_pending(check_pending(X_pending, 2, self._num_features))
 
     def forward(self, X: Tensor) -> Tensor:
-        X = check_real_tensor("X", X, "`batch_shape x 2 x d` features", dtype=None)
-        if X.dim() == 2:
-            X = X.unsqueeze(0)
-        if X.dim() < 3 or X.shape[-2] != 2:
-            raise InputDataError("X", "shape `batch_shape x 2 x d`", tuple(X.shape))
+        X = check_query_X(X, 2, self._num_features, self.X_pending)
         posterior = self.model.posterior(X)
         if isinstance(posterior, EnsemblePosterior):
             diff = posterior.values[..., 0, 0] - posterior.values[..., 1, 0]  # batch x s

@@ -80,10 +80,14 @@ def optimize_queries(
     seed = check_int("seed", seed, minimum=0)
     if options is not None and not isinstance(options, dict):
         raise InputDataError("options", "a dict of optimize_acqf options or None", type(options).__name__)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_restarts:
-        raise InputDataError("k", f"between 1 and num_restarts ({num_restarts})", k)
+    k = check_int("k", k, maximum=num_restarts, expected=f"an integer between 1 and num_restarts ({num_restarts})")
     gen = torch.Generator().manual_seed(seed)
-    acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen)
+    try:
+        acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen)
+    except InputDataError as err:  # make_acquisition's argument is called pool; ours reference_pool
+        if err.field != "pool":
+            raise
+        raise InputDataError("reference_pool", err.expected, err.actual) from None
     q = 2 if query_type == "pair" else 1
     with torch.random.fork_rng():
         torch.manual_seed(seed)

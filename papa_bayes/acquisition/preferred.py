@@ -262,8 +262,10 @@ class ExpectedUtilityOfBestOption(DrawsAcquisitionFunction):
     RewardPosterior is used (no resampling), so the value is deterministic.
 
     Args:
-        model: a RewardPosterior or a BoTorch model of the utility.
+        model: a RewardPosterior (or one rater's view of it) or a BoTorch model of
+            the utility.
         q: options per query (2 for pairs).
+        num_samples, seed: as in :class:`DrawsAcquisitionFunction` (BoTorch models only).
     """
 
     def __init__(self, model: RewardPosterior | Model, *, q: int = 2, num_samples: int = 1024, seed: int = 0) -> None:
@@ -274,6 +276,15 @@ class ExpectedUtilityOfBestOption(DrawsAcquisitionFunction):
         return torch.stack(utilities, -1).amax(-1).mean(0)
 
 
-def botorch_qeubo(posterior: RewardPosterior, **kwargs: Any) -> qExpectedUtilityOfBestOption:
-    """BoTorch's ``qExpectedUtilityOfBestOption`` on a RewardPosterior's draws (``kwargs`` passed on)."""
-    return qExpectedUtilityOfBestOption(pref_model=posterior.as_botorch_model(), **kwargs)
+def botorch_qeubo(posterior: RewardPosterior | PosteriorDrawsModel, **kwargs: Any) -> qExpectedUtilityOfBestOption:
+    """BoTorch's ``qExpectedUtilityOfBestOption`` on a RewardPosterior's draws (``kwargs`` passed on).
+
+    ``posterior`` may also be one rater's view (``posterior.as_botorch_model(rater=r)``).
+    ``forward``: `batch_shape x q x d` -> `batch_shape`; each draw counts once, so the
+    value equals :class:`ExpectedUtilityOfBestOption`'s.
+    """
+    if isinstance(posterior, RewardPosterior):
+        posterior = posterior.as_botorch_model()
+    elif not isinstance(posterior, PosteriorDrawsModel):
+        raise InputDataError("posterior", "a RewardPosterior or its as_botorch_model()", type(posterior).__name__)
+    return qExpectedUtilityOfBestOption(pref_model=posterior, **kwargs)

@@ -45,7 +45,7 @@ from papa_bayes.acquisition.preferred import (
     rating_threshold,
 )
 from papa_bayes.checks import check_float, check_int
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior, check_features
 
 __all__ = ["STRATEGIES", "QuerySelection", "make_acquisition", "select_queries", "rating_threshold", "all_pairs"]
@@ -164,7 +164,13 @@ def make_acquisition(
     elif pool is not None:
         with torch.no_grad():
             pool_utility = posterior.utility(posterior.check_features(pool, "pool"), rater=rater)
-    threshold = rating_threshold(posterior, pool_utility) if q == 1 and strategy in ("eig", "uncertainty") else None
+    threshold = None
+    if q == 1 and strategy in ("eig", "uncertainty"):
+        try:
+            threshold = rating_threshold(posterior, pool_utility)
+        except ModelError as err:  # no ratings yet and no pool to place a threshold
+            raise ModelError(f"{err} Or give reference items (pool= here, reference_pool= in optimize_queries): "
+                             "their per-draw median utility is the like threshold then.") from None
     if strategy == "eig":
         return PairwiseInformationGain(model) if q == 2 else RatingInformationGain(model, threshold=threshold)
     if strategy == "region":

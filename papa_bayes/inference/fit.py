@@ -62,13 +62,14 @@ def fit(
             ``"laplace"`` for Pyro models, the model's own default for GP models
             (``PreferenceGP``: ``"elbo"`` or ``"nuts"``; ``PairwiseGPReward``:
             ``"laplace"``).
-        num_samples: draws per chain (NUTS, default 500) or in total (SVI, Laplace;
-            default 1000).
+        num_samples: draws per chain (NUTS, default 500, at least 4) or in total
+            (SVI, Laplace; default 1000).
         warmup_steps: NUTS warm-up per chain (default 300; started at the Laplace mode).
         num_chains: NUTS chains, run one after another.
         num_steps: SVI steps (default 1000 from the Laplace start; 200 for an update).
         learning_rate: SVI Adam learning rate.
-        seed: seeds every random draw of the fit (the global RNG is left untouched).
+        seed: an integer in [0, 2**32 - 1]; seeds every random draw of the fit (the
+            global RNG is left untouched).
         progress_bar: show Pyro's / tqdm progress bars. None (default): on for NUTS
             (minutes on large data; as Pyro's ``MCMC`` does), off for Laplace and SVI.
         refine_steps: Laplace only: move the Gaussian draws toward the exact
@@ -115,6 +116,8 @@ def fit(
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
     _check_refine_steps(refine_steps, method)
+    if method == "nuts" and num_samples is not None and num_samples < 4:
+        raise InputDataError("num_samples", "an integer >= 4 for NUTS (split R-hat halves each chain)", num_samples)
     if progress_bar is None:
         progress_bar = method == "nuts"
     ignored = [name for name, used_by, value, default in (
@@ -160,6 +163,8 @@ def check_fit_options(**options: Any) -> None:
     """Numeric fitting options, any of them: counts are integers in range (None: the
     default, except for ``num_chains`` and ``seed``), ``learning_rate`` positive."""
     lowest = {"num_samples": 1, "warmup_steps": 0, "num_chains": 1, "num_steps": 1, "seed": 0, "num_features": 1}
+    # Fits derive their streams' seeds from ``seed`` (e.g. seed * 1000 + chain); 32 bits keeps them within torch's.
+    highest = {"seed": 2**32 - 1}
     for name, value in options.items():
         if name == "learning_rate":
             check_float(name, value, strict=True)
@@ -167,9 +172,11 @@ def check_fit_options(**options: Any) -> None:
         required = name in ("num_chains", "seed")
         if value is None and not required:
             continue
-        low = lowest[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise InputDataError(name, f"an integer >= {low}" + ("" if required else " or None (the default)"), value)
+        low, high = lowest[name], highest.get(name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
+                or (high is not None and value > high):
+            bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+            raise InputDataError(name, bound + ("" if required else " or None (the default)"), value)
 
 
 def _check_refine_steps(refine_steps: Any, method: str) -> None:
@@ -337,7 +344,8 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
             guide.scale = scale
             guide.scale_tril = L / scale.unsqueeze(-1)
         optim = pyro.optim.ClippedAdam({"lr": opts["learning_rate"] / 4, "lrd": 0.1 ** (1 / steps)})
-        svi = SVI(model, guide, optim, Trace_ELBO(num_particles=8, vectorize_particles=True))
+        # max_plate_nesting as Pyro would guess it (and log at INFO on every fit); particles go left of it.
+        svi = SVI(model, guide, optim, Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1))
         losses = []
         from tqdm.auto import trange
 

@@ -12,10 +12,14 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import torch
+from botorch.acquisition.objective import PosteriorTransform, ScalarizedPosteriorTransform
 from botorch.models.ensemble import EnsembleModel
+from botorch.posteriors.ensemble import EnsemblePosterior
+from botorch.sampling.get_sampler import GetSampler
+from botorch.sampling.index_sampler import IndexSampler
 from torch import Tensor
 
-from papa_bayes.checks import check_int, shape_of
+from papa_bayes.checks import check_finite, check_int, shape_of
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
@@ -23,7 +27,7 @@ from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
 if TYPE_CHECKING:
     import arviz
 
-__all__ = ["RewardPosterior", "PosteriorDrawsModel", "check_data", "check_features"]
+__all__ = ["RewardPosterior", "PosteriorDrawsModel", "DrawsPosterior", "DrawsSampler", "check_data", "check_features"]
 
 
 def check_features(features: Any, d: int, name: str = "features") -> Tensor:
@@ -108,8 +112,8 @@ class RewardPosterior(ABC):
         """
 
     @abstractmethod
-    def to_inference_data(self) -> arviz.InferenceData:
-        """ArviZ InferenceData (see :mod:`papa_bayes.diagnostics.arviz`)."""
+    def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
+        """ArviZ InferenceData (see :mod:`papa_bayes.diagnostics.arviz`); ``seed`` draws the replicated answers."""
 
     # ---------------------------------------------------------- nuisance draws
     def tie_strength_draws(self) -> Tensor | None:
@@ -171,12 +175,79 @@ class RewardPosterior(ABC):
         return f"{type(self).__name__}(method={self.method!r}, draws={self.num_draws}, data={self.data!r})"
 
 
+class _GaussianOnlyError(ModelError, AttributeError):
+    """A Gaussian-only attribute asked of draws (an AttributeError too, so ``hasattr`` stays False)."""
+
+
+class DrawsPosterior(EnsemblePosterior):
+    """BoTorch ``EnsemblePosterior`` of a RewardPosterior's draws: values `batch_shape x s x q x 1`.
+
+    It has the mixture's ``mean`` and ``variance`` (BoTorch's analytic EI, UCB and
+    PosteriorMean use them) but no ``covariance_matrix``: asking for one raises a
+    :class:`~papa_bayes.exceptions.ModelError` naming what to use instead.
+    """
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        raise _GaussianOnlyError(
+            "PosteriorDrawsModel's posterior is an ensemble of posterior draws, not a Gaussian: it has no "
+            "covariance_matrix, which BoTorch's AnalyticExpectedUtilityOfBestOption and "
+            "PairwiseBayesianActiveLearningByDisagreement need. On a RewardPosterior use "
+            "papa_bayes.acquisition.ExpectedUtilityOfBestOption or BoTorch's qExpectedUtilityOfBestOption (EUBO), "
+            "PairwiseInformationGain (Monte Carlo BALD, the posterior's own link) or HoulsbyInformationGain "
+            "(closed-form BALD on the draws' moments)."
+        )
+
+
+class DrawsSampler(IndexSampler):
+    """Every posterior draw exactly once, the same draws for every query of a batch.
+
+    BoTorch's ``IndexSampler`` resamples an ensemble's members with replacement,
+    independently for each query of a batch, so that a query's value would depend
+    on what else is in its batch. ``botorch.sampling.get_sampler`` gives this sampler
+    for a :class:`DrawsPosterior`: BoTorch's MC acquisition functions then average
+    over our `s` draws exactly (samples `s x batch_shape x q x 1`).
+    """
+
+    def _construct_base_samples(self, posterior: EnsemblePosterior) -> None:
+        s, batch = posterior.ensemble_size, posterior.batch_shape
+        if self.sample_shape != torch.Size([s]):
+            raise InputDataError("sample_shape", f"({s},): each of the posterior's {s} draws once",
+                                 tuple(self.sample_shape))
+        base = self.base_samples
+        if base is None or base.shape != self.sample_shape + batch or base.device != posterior.device:
+            index = torch.arange(s, device=posterior.device).reshape(s, *([1] * len(batch)))
+            self.register_buffer("base_samples", index.expand(s, *batch))
+
+
+@GetSampler.register(DrawsPosterior)
+def _get_draws_sampler(posterior: DrawsPosterior, sample_shape: torch.Size, seed: int | None = None) -> DrawsSampler:
+    """BoTorch's sampler for our draws: each once (``sample_shape`` is set to the number of draws)."""
+    return DrawsSampler(sample_shape=torch.Size([posterior.ensemble_size]), seed=seed)
+
+
+_NO_CONDITIONING = (
+    "PosteriorDrawsModel holds fixed posterior draws and cannot be conditioned on new or fantasized observations "
+    "(BoTorch's look-ahead acquisitions such as qKnowledgeGradient need that). To add answers, "
+    "posterior.update(posterior.data.append(...)) and take as_botorch_model() again."
+)
+
+
 class PosteriorDrawsModel(EnsembleModel):
     """BoTorch view of a :class:`RewardPosterior`: an ensemble over its draws.
 
-    ``posterior(X)`` for ``X`` of shape `batch_shape x q x d` is an
-    ``EnsemblePosterior`` with values `batch_shape x s x q x 1`, so every BoTorch
-    Monte Carlo acquisition function averages over our posterior draws unchanged.
+    ``posterior(X)`` for ``X`` of shape `batch_shape x q x d` is a
+    :class:`DrawsPosterior` (an ``EnsemblePosterior``) with values
+    `batch_shape x s x q x 1`, so BoTorch's Monte Carlo acquisition functions
+    average over our posterior draws unchanged: each draw once, the same draws for
+    every query of a batch (:class:`DrawsSampler`).
+
+    One output (``num_outputs`` 1, ``subset_output([0])`` is the model itself), no
+    model batch (``batch_shape`` `[]`). Supported ``posterior_transform``:
+    ``ScalarizedPosteriorTransform`` with one weight. Not supported, with a
+    :class:`~papa_bayes.exceptions.ModelError`: ``condition_on_observations`` and
+    ``fantasize`` (use :meth:`RewardPosterior.update`), Gaussian-only acquisitions
+    (see :class:`DrawsPosterior`).
     """
 
     _num_outputs = 1
@@ -199,10 +270,67 @@ class PosteriorDrawsModel(EnsembleModel):
         """No model batch: one posterior (its draws are the ensemble dimension, not a batch)."""
         return torch.Size([])
 
+    @property
+    def datapoints(self) -> Tensor:
+        """`n x d` items the posterior was fitted on (as ``PairwiseGP.datapoints``)."""
+        return self.reward_posterior.data.items
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        posterior_transform: PosteriorTransform | None = None,
+        **kwargs: Any,
+    ) -> DrawsPosterior:
+        """Joint utility draws at ``X``.
+
+        Args:
+            X: `batch_shape x q x d`.
+            output_indices: None or ``[0]`` (one output).
+            posterior_transform: None or a ``ScalarizedPosteriorTransform`` with one
+                weight (``offset + weight * u``).
+
+        Returns:
+            A :class:`DrawsPosterior` with values `batch_shape x s x q x 1`.
+        """
+        if output_indices is not None and list(output_indices) != [0]:
+            raise InputDataError("output_indices", "None or [0] (the model's one output, the utility)", output_indices)
+        if isinstance(kwargs.get("observation_noise"), Tensor):
+            raise ModelError("PosteriorDrawsModel's posterior is of the utility: it takes no observation noise "
+                             "(the answers' noise is in the link).")
+        if posterior_transform is not None and not isinstance(posterior_transform, ScalarizedPosteriorTransform):
+            raise ModelError("PosteriorDrawsModel supports posterior_transform=ScalarizedPosteriorTransform only, "
+                             f"got {type(posterior_transform).__name__}.")
+        self.eval()
+        values = self.forward(X)
+        if posterior_transform is not None:
+            weights = posterior_transform.weights
+            if weights.numel() != 1:
+                raise InputDataError("posterior_transform", "weights of shape (1,) (the model has one output)",
+                                     tuple(weights.shape))
+            values = posterior_transform.offset + values * weights.to(values).reshape(1)
+        return DrawsPosterior(values=values, weights=self.ensemble_weights)
+
+    def subset_output(self, idcs: list[int]) -> PosteriorDrawsModel:
+        """The model itself for ``idcs == [0]`` (its one output)."""
+        if list(idcs) != [0]:
+            raise InputDataError("idcs", "[0] (the model's one output, the utility)", list(idcs))
+        return self
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> PosteriorDrawsModel:
+        """Not supported: raises :class:`~papa_bayes.exceptions.ModelError`."""
+        raise ModelError(_NO_CONDITIONING)
+
+    def fantasize(self, X: Tensor, sampler: Any = None, observation_noise: Any = None, **kwargs: Any) -> PosteriorDrawsModel:
+        """Not supported: raises :class:`~papa_bayes.exceptions.ModelError`."""
+        raise ModelError(_NO_CONDITIONING)
+
     def forward(self, X: Tensor) -> Tensor:
+        """Utility draws: `batch_shape x s x q x 1` for `batch_shape x q x d` ``X``."""
         d = self.reward_posterior.num_features
         if not isinstance(X, Tensor) or X.dim() < 2 or X.shape[-1] != d:
             raise InputDataError("X", f"shape `batch_shape x q x {d}`", shape_of(X))
+        check_finite("X", X.detach(), "features")
         batch, q = X.shape[:-2], X.shape[-2]
         u = self.reward_posterior.utility(X.reshape(-1, d), rater=self.rater)  # s x (B*q)
         s = u.shape[0]

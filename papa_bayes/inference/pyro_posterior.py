@@ -26,6 +26,9 @@ class PyroPosterior(RewardPosterior):
         data: the data it was fitted on.
         samples: site name -> `chain x draw x shape` tensor (Pyro's
             ``group_by_chain=True`` layout).
+        params: the same draws with the chains stacked, site name -> `s x shape`
+            (``s = chain * draw``; Pyro's ``MCMC.get_samples()`` layout, what
+            ``Predictive(model, posterior_samples=post.params)`` takes).
         sample_stats: ArviZ-named sampler statistics (``lp``, ``diverging``, ...),
             each `chain x draw`.
         method: ``"nuts"``, ``"svi"`` or ``"laplace"``.
@@ -77,11 +80,11 @@ class PyroPosterior(RewardPosterior):
         return self.model.like_threshold(self.params)
 
     def mean(self, site: str) -> Tensor:
-        """Posterior mean of a latent or derived site."""
+        """Posterior mean of a latent or derived site: `shape` (e.g. `d` for ``"w"``)."""
         return self.draws(site).mean(0)
 
     def std(self, site: str) -> Tensor:
-        """Posterior standard deviation of a latent or derived site."""
+        """Posterior standard deviation of a latent or derived site: `shape`."""
         return self.draws(site).std(0)
 
     def draws(self, site: str) -> Tensor:
@@ -105,10 +108,17 @@ class PyroPosterior(RewardPosterior):
 
         return update_posterior(self, data)
 
-    def to_inference_data(self) -> arviz.InferenceData:
+    def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
+        """ArviZ InferenceData; ``seed`` draws the replicated answers of ``posterior_predictive``.
+
+        Groups ``posterior`` (latent and derived sites, `chain x draw x shape`),
+        ``sample_stats`` (``lp``, ``diverging``), ``log_likelihood`` and
+        ``posterior_predictive`` (`chain x draw x m` / `... x k`), ``observed_data``,
+        ``constant_data``; see :mod:`papa_bayes.diagnostics.arviz`.
+        """
         from papa_bayes.diagnostics.arviz import to_inference_data
 
-        return to_inference_data(self)
+        return to_inference_data(self, seed=seed)
 
     def new_rater_model(self, **overrides: Any):
         """Cold start: a :class:`LinearReward` whose prior is this population's posterior predictive.

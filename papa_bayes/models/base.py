@@ -17,8 +17,16 @@ import torch.distributions as tdist
 from torch import Tensor
 
 from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
 
-__all__ = ["PyroRewardModel"]
+__all__ = ["PyroRewardModel", "check_model_data"]
+
+
+def check_model_data(data: object) -> PreferenceData:
+    """``data`` unless it is not a :class:`PreferenceData` (then InputDataError): a model's own first check."""
+    if not isinstance(data, PreferenceData):
+        raise InputDataError("data", "a PreferenceData", type(data).__name__)
+    return data
 
 
 class PyroRewardModel(ABC):
@@ -26,8 +34,17 @@ class PyroRewardModel(ABC):
 
     Subclasses write ``__call__(data)`` as a plain Pyro model whose latent site
     names are the keys of :meth:`priors` and whose observed sites are
-    ``"comparisons"`` (in ``pyro.plate("comparison")``) and ``"ratings"`` (in
-    ``pyro.plate("rating")``).
+    ``"comparisons"`` (`m`, in ``pyro.plate("comparison")``) and ``"ratings"``
+    (`k`, in ``pyro.plate("rating")``). The observed sites always condition on
+    ``data``; for prior or posterior predictive checks, uncondition them (the
+    posterior's ``params`` are Pyro's flat `s x shape` samples)::
+
+        free = pyro.poutine.uncondition(model)
+        prior = Predictive(free, num_samples=200)(data)            # "comparisons": `200 x m`
+        replicated = Predictive(free, posterior_samples=post.params)(data)
+
+    With the linear models ``parallel=True`` works too, and ``az.from_pyro(mcmc)`` finds the
+    pointwise log-likelihood of a user's own ``MCMC(NUTS(model))`` run.
     """
 
     #: ArviZ dims of each latent site's event shape (site name -> dim names).

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pyro.distributions as dist
 import torch
-import torch.distributions as tdist
 from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError, ModelError
@@ -95,16 +95,18 @@ def comparison_log_probs(diff: Tensor, link: str, tie_strength: Tensor | None = 
     return torch.stack([first, second, tie_lp], dim=-1)
 
 
-def comparison_distribution(diff: Tensor, link: str, tie_strength: Tensor | None = None) -> tdist.Distribution:
+def comparison_distribution(diff: Tensor, link: str, tie_strength: Tensor | None = None) -> dist.TorchDistribution:
     """Distribution of the observed outcome of each comparison (batch shape of ``diff``).
 
     Strict data: ``Bernoulli`` whose success is "first preferred" (observed 1, since
     comparisons are stored winner first). With ties: ``Categorical`` over
-    (first wins, second wins, tie); see :func:`comparison_outcome`.
+    (first wins, second wins, tie); see :func:`comparison_outcome`. Pyro
+    distributions, so that Pyro can sample the site (``poutine.uncondition``,
+    ``Predictive``).
     """
     if tie_strength is None:
-        return tdist.Bernoulli(logits=_bernoulli_logits(diff, link), validate_args=False)
-    return tdist.Categorical(logits=comparison_log_probs(diff, link, tie_strength), validate_args=False)
+        return dist.Bernoulli(logits=_bernoulli_logits(diff, link), validate_args=False)
+    return dist.Categorical(logits=comparison_log_probs(diff, link, tie_strength), validate_args=False)
 
 
 def comparison_outcome(ties: Tensor, with_ties: bool, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -116,9 +118,9 @@ def comparison_outcome(ties: Tensor, with_ties: bool, dtype: torch.dtype = torch
     return torch.where(ties, 2, 0).to(torch.long)
 
 
-def rating_distribution(margin: Tensor, link: str) -> tdist.Bernoulli:
-    """Like/dislike: Bernoulli(F(u - threshold)) over `... x k` margins."""
-    return tdist.Bernoulli(logits=_bernoulli_logits(margin, link), validate_args=False)
+def rating_distribution(margin: Tensor, link: str) -> dist.Bernoulli:
+    """Like/dislike: Bernoulli(F(u - threshold)) over `... x k` margins (a Pyro distribution)."""
+    return dist.Bernoulli(logits=_bernoulli_logits(margin, link), validate_args=False)
 
 
 def rating_outcome(ratings: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:

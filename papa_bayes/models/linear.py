@@ -22,7 +22,7 @@ from torch import Tensor
 from papa_bayes.checks import check_bool, check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.models.base import PyroRewardModel
+from papa_bayes.models.base import PyroRewardModel, check_model_data
 from papa_bayes.models.likelihoods import (
     check_link,
     check_prior_pair,
@@ -59,6 +59,18 @@ def _pyro_observe(data: PreferenceData, dists: dict[str, dist.Distribution], tie
     if "ratings" in dists:
         with pyro.plate("rating", data.num_ratings):
             pyro.sample("ratings", dists["ratings"], obs=rating_outcome(data.ratings))
+
+
+def _left_of_plates(value: Tensor) -> Tensor:
+    """A `d`-vector site's value with any batch dims left of the data plates (dim -1).
+
+    Under Pyro's conventions a batched draw of a site outside the plates is
+    `... x 1 x d`. ``Predictive(..., parallel=True)`` (and so ``az.from_pyro``'s
+    log-likelihood) pads posterior draws `s x d` by counting the event dim as a plate
+    dim, handing the model `s x d`; no enclosing plate can produce that shape, so it
+    is read as `s x 1 x d`.
+    """
+    return value.unsqueeze(-2) if value.dim() == 2 else value
 
 
 def _f64(*values: float) -> list[Tensor]:
@@ -223,7 +235,7 @@ class LinearReward(_LinkPriors, PyroRewardModel):
                                  tuple(self.prior_scale_tril.shape))
 
     def priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
-        d = data.num_features
+        d = check_model_data(data).num_features
         self._check_prior_shapes(d)
         placeholder = dist.Normal(torch.zeros(d, dtype=torch.float64), self.prior_scale).to_event(1)
         return {**self._rationality_prior(), "scaled_w": placeholder, **self._other_priors(data)}
@@ -237,8 +249,9 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         return lp
 
     def __call__(self, data: PreferenceData) -> None:
+        check_model_data(data)
         beta = self._sample_rationality()
-        v = pyro.sample("scaled_w", self._scaled_w_prior(data.num_features, beta))
+        v = _left_of_plates(pyro.sample("scaled_w", self._scaled_w_prior(data.num_features, beta)))
         tie, threshold = self._sample_others(data)
         X, c, r = data.items, data.comparisons, data.ratings
         # (v * x).sum(-1) broadcasts `... x 1 x d` against `m x d` into `... x m`.
@@ -252,6 +265,7 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         _pyro_observe(data, dists, self.ties)
 
     def derived(self, params: dict[str, Tensor], data: PreferenceData | None = None) -> dict[str, Tensor]:
+        """``w = scaled_w / rationality``: `s x d`."""
         v = params["scaled_w"]
         return {"w": v / self._rationality_draws(params, v.shape[0]).to(v).unsqueeze(-1)}
 
@@ -294,7 +308,9 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         (others as in :class:`LinearReward`)
 
     Sites: ``population_mean`` (``feature``), ``population_scale`` (``feature``),
-    ``rater_offset`` (``rater x feature``), ``rationality`` and the nuisance sites.
+    ``rater_offset`` (``rater x feature``, in ``pyro.plate("rater")``),
+    ``rationality`` (when learned) and the nuisance sites; derived ``w``
+    (``rater x feature``); observed ``comparisons`` and ``ratings``.
     """
 
     dims = {
@@ -325,7 +341,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         self._set_link_priors(rationality, rationality_prior, threshold_prior_scale, tie_prior)
 
     def priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
-        d, R = data.num_features, data.num_raters
+        d, R = check_model_data(data).num_features, data.num_raters
         zeros = torch.zeros(d, dtype=torch.float64)
         return {
             "population_mean": dist.Normal(zeros, self.population_prior_scale).to_event(1),
@@ -336,10 +352,10 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         }
 
     def __call__(self, data: PreferenceData) -> None:
-        d, R = data.num_features, data.num_raters
+        d, R = check_model_data(data).num_features, data.num_raters
         priors = self.priors(data)
-        mu = pyro.sample("population_mean", priors["population_mean"])
-        tau = pyro.sample("population_scale", priors["population_scale"])
+        mu = _left_of_plates(pyro.sample("population_mean", priors["population_mean"]))
+        tau = _left_of_plates(pyro.sample("population_scale", priors["population_scale"]))
         with pyro.plate("rater", R):
             z = pyro.sample("rater_offset", dist.Normal(torch.zeros(d, dtype=torch.float64), 1.0).to_event(1))
         # `d` + `d` * `R x d`; under vectorized particles `P x 1 x d` + ... * `P x R x d`
@@ -367,6 +383,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         return params["population_mean"].unsqueeze(-2) + params["population_scale"].unsqueeze(-2) * params["rater_offset"]
 
     def derived(self, params: dict[str, Tensor], data: PreferenceData | None = None) -> dict[str, Tensor]:
+        """Per-rater weights ``w``: `s x R x d`."""
         return {"w": self.weights(params)}
 
     def observation_distributions(self, params: dict[str, Tensor], data: PreferenceData) -> dict[str, dist.Distribution]:
@@ -385,7 +402,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
         )
 
     def utility(self, params: dict[str, Tensor], features: Tensor, *, rater: int | None = None) -> Tensor:
-        """Utility for a known rater; ``rater=None`` gives the population mean's utility."""
+        """Utility `s x n` of `n x d` features for a known rater; ``rater=None`` gives the population mean's."""
         beta = self._rationality_draws(params, params["population_mean"].shape[0]).to(features.dtype)
         if rater is None:
             w = params["population_mean"]
