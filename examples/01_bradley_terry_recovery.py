@@ -1,10 +1,12 @@
 """Fit a Bradley-Terry reward to synthetic comparisons with NUTS and read it in ArviZ.
 
 A simulated person with hidden weights w* answers random pairwise queries; NUTS
-recovers w*'s direction. Prints the ArviZ summary, R-hat and divergences, and saves
-a forest plot of w against the truth.
+recovers w*'s direction. Prints the ArviZ summary of w and the rationality, then
+cos(E[w], w*), the largest R-hat and the divergences, and saves a forest plot of w
+against the truth as OUT/forest_w.png (default OUT: example_output/01).
 
     python examples/01_bradley_terry_recovery.py --num-comparisons 200 --out out/
+    python examples/01_bradley_terry_recovery.py --num-comparisons 40 --num-samples 30 --warmup-steps 30 --num-features 3
 """
 
 from __future__ import annotations

@@ -3,8 +3,13 @@
 A simulated person who likes digits {1, 4, 7, 9} answers pairwise queries about
 samples of the bundled diffusion model; the posterior steers the sampler; the
 recommended samples are measured by the independent judge and saved as a grid.
+Prints each round's expected information (bits) and exposure coverage, then the
+judge's measures of the recommended samples (preferred fraction, judge share,
+precision, recall, liked-class entropy); writes OUT/recommended.png and the session's
+store OUT/session.db (default OUT: example_output/04).
 
     python examples/04_full_loop.py --labels 20 --out out/
+    python examples/04_full_loop.py --tiny          # seconds, for tests
 """
 
 from __future__ import annotations

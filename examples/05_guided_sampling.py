@@ -5,9 +5,12 @@ like/dislike; a Bayesian linear reward on the shipped PCA features is fitted; th
 sampler is steered by the posterior probability of the preferred region, at the
 guidance scale chosen by the package's own rule (no judge, no true reward), and a
 guarded selection from an oversampled pool keeps preferred, on-manifold samples.
-The judge then measures the result.
+The judge then measures the result: prints the number of labels (and liked), the
+scale the rule chose, and preferred fraction, judge share, precision and liked-class
+entropy of the base and the steered samples. With ``--out DIR`` it also writes
+DIR/before.png and DIR/after.png (without it, nothing is written).
 
-    python examples/05_guided_sampling.py                                # ~1-2 min on CPU
+    python examples/05_guided_sampling.py --out out/05                    # ~1-2 min on CPU
     python examples/05_guided_sampling.py --num-samples 8 --steps 5 --labels 8 --pool-scale-samples 8
 """
 

@@ -2,9 +2,13 @@
 
 Runs a few rounds, closes the session (as a crash or a closed laptop would), then
 ``PreferenceSession.resume`` rebuilds the posterior from the stored answers and
-continues with the same random stream.
+continues with the same random stream. Prints every stored round (question and
+answer) and whether they equal those of an uninterrupted session with the same seed
+(True); writes the stores OUT/session.db and OUT/uninterrupted.db (default OUT:
+example_output/06).
 
     python examples/06_resume_session.py --first 5 --then 5
+    python examples/06_resume_session.py --tiny
 """
 
 from __future__ import annotations
@@ -44,12 +48,25 @@ def main(argv: list[str] | None = None) -> list:
 
     session = PreferenceSession.resume(path, FeaturePool(items), user)
     session.run(args.then, progress=False)
-    with PreferenceStore(path, create=False) as store:
-        answers = [(q.round, q.item_a, q.item_b, q.answer) for q in store.queries(answered=True)]
+    session.close()
+    answers = _answers(path)
     for a in answers:
         print("round {}: items {} vs {} -> {}".format(*a))
+
+    # The same session run without a stop: the same questions and answers.
+    straight = args.out / "uninterrupted.db"
+    straight.unlink(missing_ok=True)
+    session = PreferenceSession(straight, FeaturePool(items), user, pool_size=12, seed=args.seed)
+    session.run(args.first + args.then, progress=False)
     session.close()
+    same = answers == _answers(straight)
+    print(f"same questions and answers as an uninterrupted session: {same}")
     return answers
+
+
+def _answers(path: Path) -> list:
+    with PreferenceStore(path, create=False) as store:
+        return [(q.round, q.item_a, q.item_b, q.answer) for q in store.queries(answered=True)]
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 Here a hand-made map (ink, vertical and horizontal balance of the digit) replaces
 the shipped PCA features; with real weights, a CLIP or DINO encoder plugs in the
-same way through ``CallableFeatures``. Guidance differentiates through it.
+same way through ``CallableFeatures``. Guidance differentiates through it. Prints
+the posterior mean weight of each feature and the judge's measures of the
+recommended samples; writes the saved map OUT/ink_features/ and the session's store
+OUT/session.db (default OUT: example_output/07).
 
     python examples/07_custom_feature_map.py --labels 10
+    python examples/07_custom_feature_map.py --tiny          # seconds, for tests
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """Read a session's posterior in ArviZ: summary, trace and forest plots, LOO.
 
 The online loop uses the fast Laplace posterior; for reporting, refit the stored
-answers with NUTS (the reference) and compare the two in ArviZ.
+answers with NUTS (the reference) and compare the two in ArviZ. Prints the NUTS
+summary of w and its PSIS-LOO; writes OUT/trace.png (NUTS) and OUT/forest.png (NUTS
+beside the online Laplace posterior) and the session's store OUT/session.db (default
+OUT: example_output/08).
 
     python examples/08_session_in_arviz.py --labels 30
+    python examples/08_session_in_arviz.py --tiny          # seconds, for tests
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
     DEFAULT_LIKED,
     ConcatFeatures,
+    DiffusionCandidates,
     DigitsPerson,
     ManifoldGuard,
     evaluate_samples,
@@ -42,7 +43,7 @@ from papa_bayes.diffusion import (
     sample,
     save_image_grid,
 )
-from papa_bayes.diffusion.candidates import DiffusionCandidates
+from papa_bayes.diffusion.classifiers import _check_liked
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
 from papa_bayes.models import LinearReward
@@ -244,9 +245,16 @@ def _row(name: str, c: dict[str, Any]) -> str:
             f"{c['precision']:.3f} | {c['liked_class_entropy']:.2f} |")
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None ones (their help says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsShown)
     sizes = {"labels": (30, 3), "eval_samples": (64, 8), "papa_steps": (30, 2)}  # (full, --tiny)
     p.add_argument("--labels", type=int, help="labels per method (default 30; 3 with --tiny)")
     p.add_argument("--liked", type=int, nargs="+", default=list(DEFAULT_LIKED), help="the digits the person likes")
@@ -265,6 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, (full, tiny) in sizes.items():  # --tiny shrinks only the sizes left out
         if getattr(args, name) is None:
             setattr(args, name, tiny if args.tiny else full)
+    try:  # the digits are checked before the model loads, under the option's name
+        _check_liked(args.liked)
+    except InputDataError as err:
+        raise InputDataError("--liked", err.expected, err.actual) from None
     for name in ("labels", "eval_samples", "papa_steps"):
         if getattr(args, name) < 1:
             raise InputDataError(f"--{name.replace('_', '-')}", "a positive integer", getattr(args, name))

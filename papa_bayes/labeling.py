@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError, StoreError
+from papa_bayes.store import RaterLock, lock_rater
 
 __all__ = ["TerminalUser", "main"]
 
@@ -93,25 +94,17 @@ def _recorded_options(config: dict) -> dict:
             "seed": label.get("seed", source.get("seed"))}
 
 
-def _lock_rater(store: Path, rater: int) -> TextIO | None:
-    """Hold rater ``rater``'s lock of ``store`` until the returned file is closed.
+def _lock_rater(store: Path, rater: int) -> RaterLock | None:
+    """Hold rater ``rater``'s lock of ``store`` for the sitting (:func:`~papa_bayes.store.lock_rater`).
 
-    Two sittings of one rater at once would ask the same round twice and write their
-    pictures over each other's; a second person must take another ``--rater``. The
-    lock is released when the process ends, however it ends (POSIX only).
+    Taken before the model loads, so that a second terminal of the same rater is
+    told at once; the session takes the same lock again (one process may).
     """
     try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        return None
-    lock = open(store.with_name(store.name + ".lock"), "a")
-    try:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rater)  # one byte per rater
-    except OSError:
-        lock.close()
+        return lock_rater(store, rater)
+    except StoreError:
         raise StoreError(f"Rater {rater} is already answering in {store} (another papa-bayes label runs); "
                          "a second person needs their own --rater.") from None
-    return lock
 
 
 def _holds_store(path: Path) -> bool:

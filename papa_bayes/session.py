@@ -19,6 +19,7 @@ new rater starts from what the others taught.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,8 @@ from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
-from papa_bayes.store import PreferenceStore, StoredQuery
+from papa_bayes.store import PreferenceStore, StoredQuery, lock_rater
+from papa_bayes.users import CallbackUser
 
 __all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
 
@@ -147,7 +149,8 @@ class PreferenceSession:
 
     Args:
         store: path of the SQLite store (created when missing; an existing store
-            must be continued with :meth:`resume`).
+            must be continued with :meth:`resume`), or an open
+            :class:`~papa_bayes.store.PreferenceStore` (which :meth:`close` leaves open).
         source: a :class:`CandidateSource` (e.g. ``DiffusionCandidates`` or
             :class:`FeaturePool`).
         user: answers queries: ``compare(first, second) -> (first_won, tie)`` and/or
@@ -214,9 +217,24 @@ class PreferenceSession:
         if not callable(getattr(user, method, None)):  # before anything is stored
             raise InputDataError("user", f"an object with a {method}() method for {query_type!r} queries "
                                  "(e.g. a SimulatedUser or CallbackUser)", type(user).__name__)
+        if isinstance(user, CallbackUser) and getattr(user, f"{method}_fn") is None:
+            raise InputDataError("user", f"a CallbackUser with a {method}_fn for {query_type!r} queries",
+                                 f"{method}_fn=None")
+        if on_round is not None and not callable(on_round):
+            raise InputDataError("on_round", "None or a callable (session, record)", type(on_round).__name__)
+        if not isinstance(store, (str, os.PathLike, PreferenceStore)):
+            raise InputDataError("store", "a path (str or Path) or a PreferenceStore", type(store).__name__)
         self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
+        self._owns_store = not isinstance(store, PreferenceStore)  # close() leaves a store it was given open
+        try:  # one process per rater: another one's answers would take the same rounds
+            self._lock = lock_rater(self.store.path, rater)
+        except StoreError:
+            if not isinstance(store, PreferenceStore):
+                self.store.close()
+            raise
         # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
         if not _resuming and self.store.queries(rater=rater):
+            self._release()
             if not isinstance(store, PreferenceStore):
                 self.store.close()
             raise StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them with "
@@ -264,49 +282,68 @@ class PreferenceSession:
         store = PreferenceStore(path, create=False)
         cfg = store.config if rater is None else store.rater_config(rater)
         if cfg is None:
+            store.close()
             what = "session configuration" if rater is None else f"session of rater {rater}"
             raise StoreError(f"{path} holds no {what}.")
-        session = cls(
-            store, source, user, model=model, query_type=cfg["query_type"], strategy=cfg["strategy"],
-            pool_size=cfg["pool_size"], exploration=cfg["exploration"], refit_every=cfg["refit_every"],
-            finetune_every=cfg.get("finetune_every"), finetune_options=cfg.get("finetune_options"),
-            num_draws=cfg["num_draws"], rater=cfg["rater"], seed=cfg["seed"], on_round=on_round, _resuming=True,
-        )
-        if session.finetune_every is not None and (session.finetune_path / "unet" / "config.json").is_file():
-            source.load_finetuned(session.finetune_path)
-        queries = store.queries(rater=session.rater)
-        session._shown = [i for q in queries if q.answer is not None for i in (q.item_a, q.item_b) if i is not None]
-        session._refit()
-        if queries:
-            last = queries[-1]
-            # The RNG state right after the last query was chosen: nothing random
-            # happens later in a round, so this continues the stream exactly.
-            state = store.query_rng_state(last.id)
-            if state is not None:
-                session.generator.set_state(state)
-            session.round = last.round
-            source_state = store.source_state(session.rater)
-            if source_state is not None and callable(getattr(source, "load_state", None)):
-                source.load_state(source_state)
-            if last.answer is None:  # killed while asking: ask again
-                last = session._ask_and_update(last)
-                session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
-            elif last.round not in store.finished_rounds(session.rater):  # killed after the answer was written
-                session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
-            else:
-                session.round = last.round + 1
+        try:
+            if store.num_features is not None and getattr(source, "num_features", None) != store.num_features:
+                raise InputDataError("source", f"a source of the store's {store.num_features} features",
+                                     f"{getattr(source, 'num_features', None)} features")
+            session = cls(
+                store, source, user, model=model, query_type=cfg["query_type"], strategy=cfg["strategy"],
+                pool_size=cfg["pool_size"], exploration=cfg["exploration"], refit_every=cfg["refit_every"],
+                finetune_every=cfg.get("finetune_every"), finetune_options=cfg.get("finetune_options"),
+                num_draws=cfg["num_draws"], rater=cfg["rater"], seed=cfg["seed"], on_round=on_round, _resuming=True,
+            )
+        except BaseException:  # e.g. another process holds this rater's session
+            store.close()
+            raise
+        session._owns_store = True
+        try:  # a failure here (Ctrl-C while the pending query is asked again, ...) releases the store and lock
+            if session.finetune_every is not None and (session.finetune_path / "unet" / "config.json").is_file():
+                source.load_finetuned(session.finetune_path)
+            queries = store.queries(rater=session.rater)
+            session._shown = [i for q in queries if q.answer is not None for i in (q.item_a, q.item_b) if i is not None]
+            session._refit()
+            if queries:
+                last = queries[-1]
+                # The RNG state right after the last query was chosen: nothing random
+                # happens later in a round, so this continues the stream exactly.
+                state = store.query_rng_state(last.id)
+                if state is not None:
+                    session.generator.set_state(state)
+                session.round = last.round
+                source_state = store.source_state(session.rater)
+                if source_state is not None and callable(getattr(source, "load_state", None)):
+                    source.load_state(source_state)
+                if last.answer is None:  # killed while asking: ask again
+                    last = session._ask_and_update(last)
+                    session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
+                elif last.round not in store.finished_rounds(session.rater):  # killed after the answer was written
+                    session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
+                else:
+                    session.round = last.round + 1
+        except BaseException:
+            session.close()
+            raise
         return session
 
     # ----------------------------------------------------------------- state
     @property
     def data(self) -> PreferenceData:
+        """This rater's answers over every stored item (no items yet: `0 x d` items of the source)."""
+        if self.store.num_items == 0:
+            return PreferenceData(items=torch.zeros(0, self.source.num_features, dtype=torch.float64))
         return self.store.preference_data(rater=self.rater)
 
     @property
     def posterior(self) -> RewardPosterior:
-        if self._posterior is None:
-            self._refit()
-        return self._posterior
+        """The current posterior; before the first round, the prior.
+
+        The prior is not kept: the first round's pool is drawn unsteered, whether
+        or not the posterior was looked at.
+        """
+        return self._posterior if self._posterior is not None else self._prior(self.data)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -376,7 +413,20 @@ class PreferenceSession:
 
     # ----------------------------------------------------------------- round
     def step(self) -> RoundRecord:
-        """Run one round; returns what it asked and measured."""
+        """Run one round; returns what it asked and measured.
+
+        A round that an exception interrupted (raised by the user, e.g. Ctrl-C while
+        answering, by the update, ...) is finished first, as :meth:`resume` would:
+        its stored query is asked again when unanswered.
+        """
+        queries = self.store.queries(rater=self.rater)
+        if queries and queries[-1].round == self.round:  # asked in this round, which never finished
+            last = queries[-1]
+            if last.answer is None:
+                last = self._ask_and_update(last)
+            else:  # the answer is stored; the update may not have seen it
+                self._refit()
+            return self._finish_round(last, {"resumed": 1.0, **self._finetune_if_due()})
         t0 = time.perf_counter()
         pool = self.source.candidates(self._posterior, self.pool_size, exploration=self.exploration, generator=self.generator)
         if pool.features.shape[1] != self.source.num_features:
@@ -435,12 +485,12 @@ class PreferenceSession:
         """Ask, write the answer durably, then update the posterior; the query with its answer."""
         answer = self._ask(query)
         self.store.record_answer(query.id, answer)  # durable before anything else
+        self._shown += [query.item_a] + ([query.item_b] if query.item_b is not None else [])
         data = self.data
         if self._posterior is None or (self.refit_every and (self.round + 1) % self.refit_every == 0):
             self._posterior = self._fit(data)
         else:
             self._posterior = self._posterior.update(data)
-        self._shown += [query.item_a] + ([query.item_b] if query.item_b is not None else [])
         return replace(query, answer=answer)
 
     def _ask(self, query: StoredQuery) -> str:
@@ -486,7 +536,22 @@ class PreferenceSession:
         return self.source.recommend(self.posterior, check_int("n", n), generator=self.generator)
 
     def close(self) -> None:
-        self.store.close()
+        """Release this rater's lock (see :func:`~papa_bayes.store.lock_rater`) and close the store
+        if the session opened it (a :class:`PreferenceStore` passed in stays open)."""
+        self._release()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> PreferenceSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _release(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
 
     def __repr__(self) -> str:
         return f"PreferenceSession(store={str(self.store.path)!r}, round={self.round}, query_type={self.query_type!r}, strategy={self.strategy!r})"

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from papa_bayes.checks import check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 
-__all__ = ["PreferenceStore", "StoredQuery", "SCHEMA_VERSION"]
+__all__ = ["PreferenceStore", "StoredQuery", "SCHEMA_VERSION", "RaterLock", "lock_rater"]
 
 SCHEMA_VERSION = 1
 
@@ -77,7 +79,12 @@ RATING_ANSWERS = ("like", "dislike")
 
 @dataclass(frozen=True)
 class StoredQuery:
-    """A query as stored: ``item_b`` is None for a like/dislike query."""
+    """A query as stored: ``item_b`` is None for a like/dislike query.
+
+    ``asked`` / ``answered``: Unix times the query was stored and answered (None
+    until then, or on a query not read from a store). A table of a store's
+    queries: ``pandas.DataFrame([dataclasses.asdict(q) for q in store.queries()])``.
+    """
 
     id: int
     round: int
@@ -87,6 +94,8 @@ class StoredQuery:
     item_b: int | None
     score: float | None
     answer: str | None
+    asked: float | None = None
+    answered: float | None = None
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -97,6 +106,109 @@ def _npy(array: np.ndarray) -> bytes:
 
 def _from_npy(blob: bytes) -> np.ndarray:
     return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+class RaterLock:
+    """A rater's lock of a store, held by this process until :meth:`close` (see :func:`lock_rater`)."""
+
+    def __init__(self, key: Path, rater: int) -> None:
+        self._key, self.rater, self._open, self._pid = key, rater, True, os.getpid()
+
+    def close(self) -> None:
+        """Release it (once; a second call does nothing)."""
+        if not self._open:
+            return
+        self._open = False
+        with _LOCKS_GUARD:
+            entry = _LOCKS.get(self._key)
+            if self._pid != os.getpid() or entry is None or entry[0] != self._pid:  # (taken before a fork)
+                return
+            _, file, held = entry
+            held[self.rater] -= 1
+            if held[self.rater] == 0:
+                del held[self.rater]
+                import fcntl
+
+                fcntl.lockf(file, fcntl.LOCK_UN, 1, self.rater)
+            if not held:
+                del _LOCKS[self._key]
+                file.close()
+
+    def __del__(self) -> None:  # an abandoned session's lock goes with it, as an unreferenced file did
+        try:
+            self.close()
+        except Exception:  # (interpreter shutdown)
+            pass
+
+    def __enter__(self) -> RaterLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RaterLock({str(self._key)!r}, rater={self.rater}, {'held' if self._open else 'released'})"
+
+
+# One open lock file per store and process, with how often each rater's byte is held: POSIX
+# record locks belong to the process, and closing *any* descriptor of the file drops them
+# all, so a second descriptor, closed, would release every other rater's lock (and a
+# rater's lock taken twice, as by ``papa-bayes label`` and its session, would go with the
+# first release). Keyed by pid too: a forked child inherits the table, not the locks.
+_LOCKS: dict[Path, tuple[int, TextIO, dict[int, int]]] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
+    """Hold rater ``rater``'s lock of the store at ``path`` until the returned lock is closed.
+
+    Two sessions of one rater at once, in two processes, would ask the same round
+    twice. The lock is one byte per rater of ``<store>.lock`` beside the store (a
+    POSIX record lock: released when the process ends, however it ends; held per
+    process, so one process may take a rater's lock again: it is released when
+    every one taken is closed). None where there are no such locks (Windows).
+
+    Raises:
+        StoreError: another process holds this rater's lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    path = Path(path)
+    key = path.with_name(path.name + ".lock").resolve()
+    rater = int(rater)
+    with _LOCKS_GUARD:
+        entry = _LOCKS.get(key)
+        if entry is None or entry[0] != os.getpid():
+            entry = _LOCKS[key] = (os.getpid(), open(key, "a"), {})
+        _, file, held = entry
+        if rater not in held:
+            try:
+                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rater)
+            except OSError:
+                if not held:
+                    del _LOCKS[key]
+                    file.close()
+                raise StoreError(f"Rater {rater} is already answering in {path} (another process holds the "
+                                 "rater's session); a second person needs their own rater id.") from None
+        held[rater] = held.get(rater, 0) + 1
+    return RaterLock(key, rater)
+
+
+class _ClosedConnection:
+    """Stands in for a closed store's connection: any use names the closed store (sqlite3's
+    ProgrammingError did not), closing again does nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreError(f"The store {self.path} is closed; open it again (PreferenceStore(path) or "
+                         "PreferenceSession.resume(path, ...)).")
 
 
 class PreferenceStore:
@@ -112,6 +224,8 @@ class PreferenceStore:
     """
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputDataError("path", "a file path (str or Path)", type(path).__name__)
         self.path = Path(path)
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a folder; a store is a file (e.g. {self.path / 'session.db'}).")
@@ -352,7 +466,8 @@ class PreferenceStore:
                 raise StoreError(f"Query {query_id} already has an answer; answers are never overwritten.") from err
 
     def queries(self, *, rater: int | None = None, answered: bool | None = None) -> list[StoredQuery]:
-        sql = ("SELECT q.id, q.round, q.rater, q.kind, q.item_a, q.item_b, q.score, a.answer "
+        """The stored queries (of ``rater``; only the answered or unanswered ones), in the order asked."""
+        sql = ("SELECT q.id, q.round, q.rater, q.kind, q.item_a, q.item_b, q.score, a.answer, q.asked, a.answered "
                "FROM queries q LEFT JOIN answers a ON a.query_id = q.id")
         cond, args = [], []
         if rater is not None:
@@ -439,7 +554,9 @@ class PreferenceStore:
         )
 
     def close(self) -> None:
+        """Close the file; using the store afterwards raises :class:`StoreError`."""
         self.conn.close()
+        self.conn = _ClosedConnection(self.path)
 
     def __enter__(self) -> PreferenceStore:
         return self
@@ -451,4 +568,6 @@ class PreferenceStore:
         return iter(self.queries())
 
     def __repr__(self) -> str:
+        if isinstance(self.conn, _ClosedConnection):
+            return f"PreferenceStore({str(self.path)!r}, closed)"
         return f"PreferenceStore({str(self.path)!r}, items={self.num_items}, answers={self.num_answers()})"

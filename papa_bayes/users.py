@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -209,6 +210,10 @@ class SimulatedUser:
                 utility that is not finite (NaN features, a callable returning NaN).
         """
         u = torch.as_tensor(self._utility(x)).to(torch.float64).reshape(-1)
+        n = x.shape[0] if getattr(x, "ndim", 0) >= 2 else None  # 1-D: one item, or a callable's own convention
+        if n is not None and u.numel() != n:
+            raise InputDataError("utility", f"{n} utilities, one per item of the `{n} x ...` input",
+                                 f"{u.numel()} values")
         if not bool(torch.isfinite(u).all()):
             bad = int(torch.nonzero(~torch.isfinite(u))[0])
             raise InputDataError("x", "items with a finite utility", f"{float(u[bad])} at item {bad}")
@@ -248,6 +253,24 @@ class SimulatedUser:
         return f"SimulatedUser(link={self.link!r}, rationality={self.rationality}, tie_margin={self.tie_margin}, seed={self.seed})"
 
 
+def _callback_answer(ans: Any, expected: str) -> Any:
+    """A callback's answer as a plain Python value: a one-number tensor or array gives its number.
+
+    Bools of every kind are refused: True == 1 would read as the second item (or a like).
+    """
+    if isinstance(ans, (Tensor, np.ndarray, np.generic)):
+        size = ans.numel() if isinstance(ans, Tensor) else ans.size
+        if size != 1:
+            raise InputDataError("answer", f"{expected}, one answer per call",
+                                 f"{type(ans).__name__} of shape {tuple(ans.shape)}")
+        if ans.dtype in (torch.bool, np.bool_):
+            raise InputDataError("answer", f"{expected}, not a bool", ans)
+        ans = ans.item()
+    if isinstance(ans, bool):
+        raise InputDataError("answer", f"{expected}, not a bool", ans)
+    return ans
+
+
 def _check_batch(name: str, items: Any) -> None:
     """`n` items to iterate over, one query each."""
     if (isinstance(items, Tensor) and items.dim() == 0) or not hasattr(items, "__len__"):
@@ -262,6 +285,9 @@ class CallbackUser:
         compare_fn: ``(first, second) -> 0`` (first preferred), ``1`` (second) or
             ``"tie"``/``2``, called once per query with the two items.
         rate_fn: ``(item) -> +1 / -1``.
+
+    An answer may be a Python, NumPy or one-element torch number; a bool (of any
+    kind) or anything else raises :class:`~papa_bayes.exceptions.InputDataError`.
     """
 
     def __init__(self, compare_fn: Callable[[Any, Any], Any] | None = None, rate_fn: Callable[[Any], Any] | None = None) -> None:
@@ -280,9 +306,7 @@ class CallbackUser:
             raise InputDataError("second", f"{len(first)} items, one per item of first", len(second))
         won, tie = [], []
         for a, b in zip(first, second):
-            ans = self.compare_fn(a, b)
-            if isinstance(ans, bool):  # True == 1 would read as "second preferred"
-                raise InputDataError("answer", "0 (first), 1 (second) or 'tie', not a bool", ans)
+            ans = _callback_answer(self.compare_fn(a, b), "0 (first), 1 (second) or 'tie'")
             if ans in ("tie", 2):
                 won.append(True)
                 tie.append(True)
@@ -299,11 +323,17 @@ class CallbackUser:
         _check_batch("x", x)
         out = []
         for item in x:
-            ans = self.rate_fn(item)
-            if isinstance(ans, bool) or ans not in (1, -1):
+            ans = _callback_answer(self.rate_fn(item), "+1 (like) or -1 (dislike)")
+            if ans not in (1, -1):
                 raise InputDataError("answer", "+1 (like) or -1 (dislike)", ans)
             out.append(int(ans))
         return torch.tensor(out, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        def name(fn: Any) -> str | None:
+            return None if fn is None else getattr(fn, "__qualname__", type(fn).__name__)
+
+        return f"CallbackUser(compare_fn={name(self.compare_fn)}, rate_fn={name(self.rate_fn)})"
 
 
 def _check_user(user: Any) -> None:

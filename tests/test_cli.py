@@ -115,6 +115,9 @@ def test_demo_refuses_zero_labels_before_loading_the_model(tmp_path, monkeypatch
             demo.main([flag, "0", "--out", str(tmp_path / "d")])
         with pytest.raises(InputDataError, match=flag):  # --tiny silently replaced the 0 by its own size
             demo.main([flag, "0", "--tiny", "--out", str(tmp_path / "d")])
+    with pytest.raises(InputDataError, match="^--liked:"):  # was named after make_setup's argument, after loading
+        demo.main(["--liked", "11", "--out", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()
 
 
 def test_train_base_needs_an_out_folder_and_names_its_options(tmp_path, capsys):

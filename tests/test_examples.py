@@ -1,15 +1,27 @@
-"""Every example runs at tiny size; an example missing from this list fails the suite."""
+"""Every example runs at tiny size; an example missing from this list fails the suite.
+
+The README is checked the same way: its Python snippets run (at seconds-long sizes),
+every command line it quotes names options that exist, every example is listed, and
+each example's docstring commands use the example's own flags.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
+import io
+import re
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
 
 TINY_ARGS = {
     "01_bradley_terry_recovery.py": ["--num-comparisons", "40", "--num-samples", "30", "--warmup-steps", "30", "--num-features", "3"],
@@ -48,3 +60,91 @@ def test_example_runs_tiny(name, tmp_path):
         warnings.simplefilter("ignore")
         module.main([*TINY_ARGS[name], "--seed", "0", "--out", str(tmp_path)])
     assert any(tmp_path.iterdir()), "the example wrote no output"
+
+
+def _help(main, argv: list[str]) -> str:
+    """What ``main(argv + ["--help"])`` prints (argparse exits after printing it)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return buffer.getvalue()
+
+
+def _flags(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][\w-]*", text))
+
+
+@pytest.mark.parametrize("name", sorted(TINY_ARGS))
+def test_example_docstring_commands_use_real_flags(name):
+    module = _load(EXAMPLES / name)
+    commands = [line for line in module.__doc__.splitlines() if line.strip().startswith("python ")]
+    assert commands, f"{name}'s docstring shows no command to run it"
+    for command in commands:
+        assert f"examples/{name}" in command, f"{name}'s docstring runs another file: {command.strip()}"
+    missing = _flags("\n".join(commands)) - _flags(_help(module.main, []))
+    assert not missing, f"{name}'s docstring uses flags the example does not have: {sorted(missing)}"
+
+
+def test_readme_lists_every_example():
+    text = README.read_text()
+    listed = text[text.index("Examples (`examples/`"):text.index("## The digits demo")]
+    missing = [p.name for p in EXAMPLES.glob("[0-9]*.py") if not re.search(rf"\b{p.name[:2]} ", listed)]
+    assert not missing, f"examples missing from the README's list: {missing}"
+
+
+def test_readme_commands_name_real_options():
+    from papa_bayes import cli
+
+    text = README.read_text()
+    fenced = re.findall(r"```\w*\n(.*?)```", text, re.S)
+    quoted = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    for span in quoted:  # a benchmark command ends where the span's prose begins
+        for module_name, rest in re.findall(r"python -m benchmarks\.(\w+)((?: +(?:--?[\w-]+|[\w.'/:,]+))*)", span):
+            if module_name == "NAME":
+                continue
+            module = importlib.import_module(f"benchmarks.{module_name}")
+            missing = _flags(rest) - _flags(_help(module.main, []))
+            assert not missing, f"README: benchmarks.{module_name} has no {sorted(missing)} ({span})"
+        cli_command = re.findall(r"papa-bayes ([a-z][\w-]*)(.*)", span) or re.findall(r"^(label|train-base)( .*)", span)
+        for command, rest in cli_command:
+            if command == "benchmark":
+                continue
+            missing = _flags(rest) - _flags(_help(cli.main, [command]))
+            assert not missing, f"README: papa-bayes {command} has no {sorted(missing)} ({span})"
+    demo_options = text[text.index("Options: `--"):text.index("(`papa-bayes demo --help`)")]
+    missing = _flags(demo_options) - _flags(_help(cli.main, ["demo"]))
+    assert not missing, f"README: papa-bayes demo has no {sorted(missing)}"
+    makefile = (ROOT / "Makefile").read_text()
+    code_lines = [*quoted, *"\n".join(fenced).splitlines()]
+    for target in {m.group(1) for line in code_lines if (m := re.match(r"make (\w+)", line))}:
+        assert re.search(rf"^{target}:", makefile, re.M), f"README: the Makefile has no target {target!r}"
+
+
+# The README's sizes -> seconds-long ones; each must still be in the README.
+README_SNIPPET_SIZES = {
+    'method="nuts")': 'method="nuts", num_samples=20, warmup_steps=20, progress_bar=False)',
+}
+
+
+def test_readme_snippets_run():
+    fit_snippet, steering_snippet = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    for readme_size, tiny_size in README_SNIPPET_SIZES.items():
+        assert readme_size in fit_snippet, f"README no longer contains {readme_size!r}: update README_SNIPPET_SIZES"
+        fit_snippet = fit_snippet.replace(readme_size, tiny_size)
+    # The data the first snippet assumes: `n x d` features and winner-first pairs.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    a, b = torch.randint(0, 12, (20,), generator=g), torch.randint(0, 11, (20,), generator=g)
+    b = b + (b >= a).long()
+    a_wins = X[a].sum(1) > X[b].sum(1)
+    pairs = torch.stack([torch.where(a_wins, a, b), torch.where(a_wins, b, a)], 1)
+    namespace = {"X": X, "winner_loser_pairs": pairs}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        exec(compile(fit_snippet, str(README), "exec"), namespace)
+        assert namespace["post"].data.num_comparisons == pairs.shape[0] + 1  # updated with one more answer
+        exec(compile(steering_snippet, str(README), "exec"), namespace)
+    assert namespace["post"].data.num_ratings == 3
+    assert namespace["base"].shape == (32, 1, 8, 8)
+    assert namespace["phi"](namespace["base"]).shape == (32, 8)
+    assert namespace["out"].images.shape == (16, 1, 8, 8)

@@ -329,3 +329,213 @@ def test_numpy_integers_are_integers(tmp_path):
                                 seed=np.int32(1))
     session.run(np.int64(2), progress=False)
     assert session.round == 2 and session.refit_every == 2 and type(session.refit_every) is int
+
+
+def test_a_rater_answers_in_one_process_at_a_time(tmp_path):
+    """Two processes of one rater took the same rounds (round 0 stored twice); now the second is refused."""
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    first = PreferenceSession(path, source, user, pool_size=8)
+    first.run(1, progress=False)
+    first.close()  # releases the lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom papa_bayes.store import lock_rater\n"
+         "lock = lock_rater(sys.argv[1], 0)\nprint('held', flush=True)\ntime.sleep(120)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match="Rater 0 is already answering"):
+            PreferenceSession.resume(path, source, user)
+        other = PreferenceSession(path, source, user, pool_size=8, rater=1)  # another rater: its own byte
+        other.run(1, progress=False)
+        other.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = PreferenceSession.resume(path, source, user)  # the holder's death released the lock
+    assert again.round == 1
+    again.close()
+
+
+def test_session_is_a_context_manager(tmp_path):
+    """The session holds a file and the rater's lock: `with` closes both (it raised TypeError)."""
+    source, user, _ = setup()
+    with PreferenceSession(tmp_path / "s.db", source, user, pool_size=8) as session:
+        session.run(1, progress=False)
+    assert session._lock is None
+    with pytest.raises(StoreError, match="closed"):
+        session.step()
+    with PreferenceSession.resume(tmp_path / "s.db", source, user) as again:
+        assert again.round == 1
+
+
+def _hidden_choice(w):
+    return lambda a, b: 0 if float(a @ w) > float(b @ w) else 1
+
+
+@pytest.mark.parametrize("where", ["user", "update"])
+def test_a_step_after_an_interrupted_one_finishes_its_round(tmp_path, monkeypatch, where):
+    """A step interrupted (Ctrl-C in the person's callback, a failing update) left its query unanswered or
+    its round unfinished; the next step() drew a new query under the same round number and left the old one
+    behind. It now finishes the open round first, and the session asks what an uninterrupted one asks."""
+    from papa_bayes.inference.pyro_posterior import PyroPosterior
+    from papa_bayes.users import CallbackUser
+
+    source, _, w = setup()
+    clean = PreferenceSession(tmp_path / "clean.db", source, CallbackUser(_hidden_choice(w)), pool_size=8, seed=2)
+    clean.run(4, progress=False)
+    calls = {"user": 0, "update": 0}
+
+    def answer(a, b):
+        calls["user"] += 1
+        if where == "user" and calls["user"] == 2:
+            raise KeyboardInterrupt
+        return _hidden_choice(w)(a, b)
+
+    original = PyroPosterior.update
+
+    def update(post, data):
+        calls["update"] += 1
+        if where == "update" and calls["update"] == 1:
+            raise RuntimeError("update failed")
+        return original(post, data)
+
+    monkeypatch.setattr(PyroPosterior, "update", update)
+    session = PreferenceSession(tmp_path / "s.db", source, CallbackUser(answer), pool_size=8, seed=2)
+    session.step()
+    with pytest.raises((KeyboardInterrupt, RuntimeError)):
+        session.step()
+    assert session.store.num_answers() == (2 if where == "update" else 1)  # an answer given is stored
+    record = session.step()
+    assert record.round == 1 and record.query.answer is not None
+    session.run(2, progress=False)
+    asked = [(q.round, q.item_a, q.item_b, q.answer) for q in session.store.queries()]
+    assert asked == [(q.round, q.item_a, q.item_b, q.answer) for q in clean.store.queries()]
+    assert [h["round"] for h in session.history] == [0, 1, 2, 3]
+    assert session.posterior.data.num_comparisons == 4
+
+
+def test_looking_at_the_posterior_does_not_change_the_questions(tmp_path):
+    """A new rater of a shared store: reading session.posterior before the first round made that round's
+    pool steered by the prior instead of unsteered. Before the first round it is the prior, and recommend()
+    and data work (they raised AttributeError and an InputDataError about items on an empty store)."""
+    source, user, _ = setup()
+    asked = []
+    for look in (False, True):
+        path = tmp_path / f"m{look}.db"
+        PreferenceSession(path, source, user, pool_size=8, seed=1).run(2, progress=False)
+        session = PreferenceSession(path, source, user, pool_size=8, seed=5, rater=1)
+        if look:
+            assert session.posterior.data.num_observations == 0
+        session.run(2, progress=False)
+        asked.append([(q.item_a, q.item_b) for q in session.store.queries(rater=1)])
+        session.close()
+    assert asked[0] == asked[1]
+    fresh = PreferenceSession(tmp_path / "fresh.db", source, user, pool_size=8)
+    assert fresh.data.num_observations == 0 and fresh.data.items.shape == (0, 4)
+    assert fresh.posterior.utility(source.items).shape[1] == 60
+    assert fresh.recommend(3).features.shape == (3, 4)
+    first = fresh.step()  # the first pool is still drawn unsteered
+    assert not bool(fresh.store.conn.execute("SELECT COUNT(*) FROM items WHERE source='steered'").fetchone()[0])
+    assert first.round == 0
+
+
+def test_resume_refuses_a_source_of_another_feature_dimension(tmp_path):
+    """Resumed with a 3-feature source on a 4-feature store, the session only failed at the first pool."""
+    source, user, _ = setup()
+    PreferenceSession(tmp_path / "s.db", source, user, pool_size=8).run(1, progress=False)
+    with pytest.raises(InputDataError, match="source.*4 features"):
+        PreferenceSession.resume(tmp_path / "s.db", FeaturePool(torch.randn(20, 3)), user)
+    PreferenceSession.resume(tmp_path / "s.db", source, user).close()  # the store was closed, the lock released
+
+
+def test_closing_a_session_leaves_a_store_it_was_given_open(tmp_path):
+    """Two raters' sessions over one PreferenceStore object: closing the first closed the store under the
+    second (and a `with` block would too). A session closes only a store it opened."""
+    source, user, _ = setup()
+    with PreferenceStore(tmp_path / "s.db") as store:
+        first = PreferenceSession(store, source, user, pool_size=8, rater=0)
+        second = PreferenceSession(store, source, user, pool_size=8, rater=1)
+        first.run(1, progress=False)
+        first.close()
+        second.run(1, progress=False)
+        second.close()
+        assert store.raters() == [0, 1]
+    with pytest.raises(StoreError, match="closed"):
+        store.num_items
+    resumed = PreferenceSession.resume(tmp_path / "s.db", source, user, rater=1)  # opens the store: closes it
+    resumed.close()
+    with pytest.raises(StoreError, match="closed"):
+        resumed.store.num_items
+
+
+def _other_process_takes(path, rater):
+    """Whether another process can take ``rater``'s byte of the lock file (what lock_rater takes; no torch import)."""
+    code = ("import fcntl, sys\nf = open(sys.argv[1] + '.lock', 'a')\n"
+            "try:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))\nexcept OSError:\n"
+            "    print('refused')\nelse:\n    print('taken')")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(rater)], capture_output=True, text=True)
+    return out.stdout.strip() == "taken"
+
+
+def test_closing_one_lock_keeps_the_others_of_the_process(tmp_path):
+    """POSIX record locks belong to the process and go with the first file closed: closing rater 0's
+    session released rater 1's lock of a session still running (and the CLI's own lock, taken twice)."""
+    from papa_bayes.store import lock_rater
+
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    first = PreferenceSession(path, source, user, pool_size=8, rater=0)
+    second = PreferenceSession(path, source, user, pool_size=8, rater=1)
+    first.close()
+    assert _other_process_takes(path, 0)
+    assert not _other_process_takes(path, 1)
+    outer = lock_rater(path, 1)  # the same rater again in this process (as `papa-bayes label` does)
+    second.close()
+    assert not _other_process_takes(path, 1)
+    outer.close()
+    outer.close()  # twice is fine
+    assert _other_process_takes(path, 1)
+
+
+def test_a_resume_that_fails_releases_the_store_and_lock(tmp_path):
+    """Ctrl-C while resume() asked the pending query again left the store open and the rater locked
+    (a terminal of the same rater was then refused until this process ended)."""
+    source, user, _ = setup()
+
+    class Dying:
+        def compare(self, a, b):
+            raise KeyboardInterrupt
+
+    path = tmp_path / "s.db"
+    first = PreferenceSession(path, source, Dying(), pool_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        first.step()
+    first.close()
+    with pytest.raises(KeyboardInterrupt) as caught:  # kept, as a REPL keeps sys.last_traceback
+        PreferenceSession.resume(path, source, Dying())
+    assert _other_process_takes(path, 0) and caught.traceback
+    with PreferenceSession.resume(path, source, user) as again:
+        assert again.round == 1 and again.store.num_answers() == 1
+
+
+def test_on_round_callback_user_and_store_are_checked_before_anything_is_stored(tmp_path):
+    """on_round=5 raised TypeError after round 0 was stored; a CallbackUser without compare_fn in a pair
+    session failed at the first question, leaving a query that only resume() could continue; store=123
+    raised TypeError."""
+    from papa_bayes.users import CallbackUser
+
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    with pytest.raises(InputDataError, match="on_round"):
+        PreferenceSession(path, source, user, on_round=5)
+    with pytest.raises(InputDataError, match="compare_fn"):
+        PreferenceSession(path, source, CallbackUser(rate_fn=lambda x: 1))
+    with pytest.raises(InputDataError, match="rate_fn"):
+        PreferenceSession(path, source, CallbackUser(lambda a, b: 0), query_type="rating")
+    with pytest.raises(InputDataError, match="store"):
+        PreferenceSession(123, source, user)
+    assert not path.exists()
+    with PreferenceSession(path, source, CallbackUser(lambda a, b: 0), on_round=lambda s, r: None) as session:
+        session.step()

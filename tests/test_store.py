@@ -170,3 +170,33 @@ def test_source_state_is_written_with_queries_and_rounds(tmp_path):
     assert store.source_state(0) == {"calls": 1} and store.source_state(1) is None
     store.finish_round(rater=0, round=0, metrics={}, source_state={"calls": 1, "chosen_scale": 0.5})
     assert store.source_state(0) == {"calls": 1, "chosen_scale": 0.5}
+
+
+def test_a_closed_store_says_so(tmp_path):
+    """After close(), repr raised sqlite3.ProgrammingError and every use a foreign error."""
+    store = PreferenceStore(tmp_path / "s.db")
+    store.add_items(torch.zeros(2, 3))
+    store.close()
+    assert "closed" in repr(store)
+    with pytest.raises(StoreError, match="closed"):
+        store.num_items
+    with pytest.raises(StoreError, match="closed"):
+        store.queries()
+    store.close()  # twice is fine
+
+
+def test_queries_carry_their_times_and_make_a_table(tmp_path):
+    """A study measures how long a person took; the store wrote asked/answered times but no API gave them."""
+    import dataclasses
+
+    with PreferenceStore(tmp_path / "s.db") as store:
+        store.add_items(torch.zeros(3, 2))
+        q = store.add_query(round=0, rater=0, kind="pair", item_a=0, item_b=1)
+        store.add_query(round=1, rater=0, kind="rating", item_a=2)
+        store.record_answer(q, "tie")
+        answered, pending = store.queries()
+        assert answered.asked <= answered.answered and pending.asked is not None and pending.answered is None
+        rows = [dataclasses.asdict(query) for query in store]
+        assert rows[0]["answer"] == "tie" and set(rows[0]) >= {"round", "rater", "kind", "asked", "answered"}
+    with pytest.raises(InputDataError, match="path"):
+        PreferenceStore(123)

@@ -253,3 +253,31 @@ def test_like_frequency_follows_rationality():
     user = SimulatedUser(torch.tensor([1.0, 0.0], dtype=torch.float64), rationality=2.0, threshold=0.0, seed=0)
     liked = float((user.rate(x) > 0).double().mean())
     assert liked == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.01)  # sigmoid(2 x 0.5), not sigmoid(0.5) = 0.62
+
+
+def test_callback_answers_from_numpy_and_torch():
+    """np.bool_(True) / torch.tensor(True) read as 1 ("second", or "like"), silently; an array of answers
+    raised numpy's ValueError / torch's RuntimeError. Single numbers of any kind are fine."""
+    import numpy as np
+
+    x = _items(2, 2)
+    for ans in (np.int64(0), torch.tensor(0), np.array(0), 0.0):
+        assert CallbackUser(lambda a, b, ans=ans: ans).compare(x[:1], x[1:])[0].tolist() == [True]
+    assert CallbackUser(lambda a, b: torch.tensor(2)).compare(x[:1], x[1:])[1].tolist() == [True]
+    assert CallbackUser(rate_fn=lambda i: np.int32(-1)).rate(x).tolist() == [-1, -1]
+    for ans in (True, np.bool_(True), torch.tensor(True), np.array([0, 1]), torch.tensor([0, 1]), None, [0]):
+        with pytest.raises(InputDataError, match="answer"):
+            CallbackUser(lambda a, b, ans=ans: ans).compare(x[:1], x[1:])
+        with pytest.raises(InputDataError, match="answer"):
+            CallbackUser(rate_fn=lambda i, ans=ans: ans).rate(x)
+    assert "compare_fn=" in repr(CallbackUser(lambda a, b: 0))
+
+
+def test_a_callable_utility_gives_one_value_per_item():
+    """A callable returning one number for `n` items answered one query for `n` pairs, silently."""
+    user = SimulatedUser(lambda x: x.sum())
+    with pytest.raises(InputDataError, match="3 utilities"):
+        user.compare(_items(3, 2), _items(3, 2, seed=1))
+    with pytest.raises(InputDataError, match="3 utilities"):
+        user.rate(_items(3, 2))
+    assert SimulatedUser(lambda x: x.sum(-1)).compare(_items(3, 2), _items(3, 2, seed=1))[0].shape == (3,)

@@ -1,4 +1,5 @@
-"""Fitting the GP preference models: ELBO (PreferenceGP), Laplace (PairwiseGP), NUTS.
+"""Fitting the GP preference models: ELBO and NUTS (PreferenceGP); PairwiseGP's Laplace fit is in
+:mod:`papa_bayes.inference.gp_fit_pairwise`; the updates of all three dispatch here.
 
 Every fit returns a :class:`~papa_bayes.inference.gp_posterior.GPPosterior` whose
 draws are pathwise posterior functions (:mod:`papa_bayes.inference.gp_paths`).
@@ -23,13 +24,12 @@ from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, Pa
 from papa_bayes.inference.fit import check_fit_options
 from papa_bayes.inference.gp_elbo import TrainingData, train_elbo
 from papa_bayes.inference.gp_nuts import fit_nuts_draws, seeded
-from papa_bayes.inference.gp_paths import PathwiseDraws, draw_frequencies, match_rows
+from papa_bayes.inference.gp_paths import PathwiseDraws, draw_frequencies
 from papa_bayes.inference.gp_posterior import GPPosterior
 from papa_bayes.models.gp import PreferenceGP, PreferenceLikelihood, VariationalPreferenceGP
 from papa_bayes.models.gp_kernels import DTYPE, FeatureStandardizer, kernel_kind, select_inducing_points
-from papa_bayes.models.gp_pairwise import PairwiseGPReward, set_train_data
 
-__all__ = ["fit_preference_gp", "fit_pairwise_gp", "update_gp_posterior", "seeded"]
+__all__ = ["fit_preference_gp", "update_gp_posterior", "seeded"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -287,148 +287,6 @@ def _fit_nuts(
     return post
 
 
-# ============================================================= PairwiseGP: Laplace
-def _laplace_posterior(
-    spec: PairwiseGPReward, data: PreferenceData, gp: Any, transform: Any, *, seed: int, num_samples: int,
-    num_features: int, rff: dict[str, Tensor] | None, options: dict[str, Any], diagnostics: dict[str, Any],
-    previous: GPPosterior | None = None,
-) -> GPPosterior:
-    with torch.no_grad():
-        Z = gp.datapoints.detach().clone()  # consolidated, standardized
-        M, d = Z.shape
-        f_map = gp.utility.detach()
-        W = gp.likelihood_hess.detach()
-        L = gp.covar_chol.detach()
-        # Laplace: Cov = (K^-1 + W)^-1 = L (I + L^T W L)^-1 L^T; draw u = f_map + L R^-T eps with R R^T = I + L^T W L.
-        B = torch.eye(M, dtype=DTYPE) + L.T @ W @ L
-        R = torch.linalg.cholesky(0.5 * (B + B.T))
-        if previous is None:
-            eps = _base_noise(None, num_samples, M, seed)
-        else:
-            eps = _base_noise(previous.state["noise"], num_samples, M, seed, match=match_rows(Z, previous.draws.anchors))
-        u = f_map + (L @ torch.linalg.solve_triangular(R.T, eps.T, upper=True)).T
-        # BoTorch's f in noise units (probit: f / sqrt(2)): the whole process, prior and conditional, scales.
-        unit = 1.0 / spec.utility_scale
-        u, f_map, L = unit * u, unit * f_map, unit * L
-        kern = gp.covar_module
-        ls = kern.base_kernel.lengthscale.detach().reshape(1, 1, d)
-        os_ = kern.outputscale.detach().reshape(1) * unit**2
-        kind = kernel_kind(kern)
-        rff = rff if rff is not None else _random_features(kind, d, num_samples, num_features, seed)
-        draws = PathwiseDraws.from_anchor_draws(
-            Z, u, L.unsqueeze(0), lengthscale=ls, outputscale=os_, kind=kind, **rff, anchor_mean=f_map.unsqueeze(0),
-            previous=None if previous is None else previous.draws,
-        )
-        hyper = {
-            "lengthscale": ls.reshape(1, 1, d).expand(1, num_samples, d).clone(),
-            "outputscale": os_.reshape(1, 1).expand(1, num_samples).clone(),
-        }
-        hyper_lp = sum(float(p.log_prob(c(m)).sum()) for _, m, p, c, _ in kern.named_priors())
-    state = {"gp": gp, "rff": rff, "noise": eps, "seed": seed, "hyper_log_prior": hyper_lp}
-    diagnostics["num_anchors"] = M
-    return GPPosterior(
-        model=spec, data=data, method="laplace", link=spec.link, transform=transform, draws=draws,
-        hyperparameters=hyper, state=state, options=options, diagnostics=diagnostics,
-    )
-
-
-def fit_pairwise_gp(
-    spec: PairwiseGPReward,
-    data: PreferenceData,
-    *,
-    method: str = "laplace",
-    seed: int = 0,
-    num_samples: int | None = None,
-    num_features: int = 1024,
-    optimize_hyperparameters: bool = True,
-    progress_bar: bool | None = None,
-    num_steps: int | None = None,
-    warmup_steps: int | None = None,
-    num_chains: int | None = None,
-    learning_rate: float | None = None,
-) -> GPPosterior:
-    """Fit BoTorch's PairwiseGP: Laplace posterior, hyperparameters by type-II ML (``fit_gpytorch_mll``).
-
-    Args:
-        spec: the model.
-        data: strict comparisons of one person (no ties, no ratings).
-        method: ``"laplace"``.
-        seed: seeds BoTorch's fitting retries and the posterior draws.
-        num_samples: posterior draws (default 512).
-        num_features: random Fourier features per draw.
-        optimize_hyperparameters: False keeps the kernel's initial values.
-        progress_bar: accepted from :func:`~papa_bayes.inference.fit`; no bar is shown.
-        num_steps, warmup_steps, num_chains, learning_rate: accepted from
-            :func:`~papa_bayes.inference.fit` and unused (BoTorch's optimizer runs to
-            convergence; no sampling): a value other than None warns.
-    """
-    from botorch.exceptions.errors import ModelFittingError
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models.pairwise_gp import PairwiseLaplaceMarginalLogLikelihood
-
-    _check_method(spec, method)
-    check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
-    optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
-    check_bool("progress_bar", progress_bar, optional=True)
-    _warn_ignored(spec, method, [name for name, value in (
-        ("num_steps", num_steps), ("warmup_steps", warmup_steps), ("num_chains", num_chains),
-        ("learning_rate", learning_rate),
-    ) if value is not None], "the Laplace fit has neither optimizer steps nor chains")
-    start = time.perf_counter()
-    num_samples = num_samples or 512
-    gp, transform, used = spec.build(data)
-    info: dict[str, Any] = {"fit_failed": False}
-    if optimize_hyperparameters:
-        mll = PairwiseLaplaceMarginalLogLikelihood(gp.likelihood, gp)
-        before = copy.deepcopy(gp.covar_module.state_dict())
-        with seeded(seed), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                fit_gpytorch_mll(mll)
-            except (ModelFittingError, RuntimeError, ValueError) as err:
-                gp.covar_module.load_state_dict(before)
-                info["fit_failed"] = True
-                info["fit_error"] = str(err)
-        info["fit_warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-        if info["fit_failed"]:
-            warnings.warn(
-                f"PairwiseGP hyperparameter fit failed ({info['fit_error']}); kept the initial values.", PapaBayesWarning, stacklevel=2
-            )
-    gp.eval()
-    # Re-solve for the MAP at the final hyperparameters (the optimizer's last evaluation may differ).
-    with torch.no_grad():
-        x0 = gp.utility.detach() if gp.utility is not None else None
-    set_train_data(gp, gp.unconsolidated_datapoints, gp.unconsolidated_comparisons, x0=(lambda _: x0) if x0 is not None else None)
-    options = dict(num_samples=num_samples, num_features=num_features)
-    post = _laplace_posterior(spec, data, gp, transform, seed=seed, num_samples=num_samples, num_features=num_features,
-                              rff=None, options=options, diagnostics=info)
-    post.state["used"] = used
-    post.diagnostics["fit_seconds"] = time.perf_counter() - start
-    _check_finite(post)
-    return post
-
-
-def _update_pairwise(post: GPPosterior, data: PreferenceData) -> GPPosterior:
-    start = time.perf_counter()
-    spec: PairwiseGPReward = post.model
-    spec.check_data(data)
-    gp = copy.deepcopy(post.state["gp"])
-    used, comps = torch.unique(data.comparisons, return_inverse=True)
-    X = post.transform(data.items[used])
-    comps = spec.informative_comparisons(X, comps.reshape(-1, 2))
-    # warm start at the old posterior mean, in BoTorch's units
-    set_train_data(gp, X, comps, x0=lambda Z: post.draws.mean(Z) * spec.utility_scale)
-    gp.eval()
-    opts = post.options
-    new = _laplace_posterior(spec, data, gp, post.transform, seed=post.state["seed"], num_samples=opts["num_samples"],
-                             num_features=opts["num_features"], rff=post.state["rff"], options=opts, diagnostics={},
-                             previous=post)
-    new.state["used"] = used
-    new.diagnostics["update_seconds"] = time.perf_counter() - start
-    _check_finite(new)
-    return new
-
-
 def _check_finite(post: GPPosterior) -> None:
     if not bool(torch.isfinite(post.draws.alpha).all()):
         raise InferenceError(f"{type(post.model).__name__}: non-finite posterior draws.")
@@ -484,7 +342,9 @@ def update_gp_posterior(
     if post.method == "elbo":
         return _update_variational(post, data, refit_hyperparameters=refit_hyperparameters, num_steps=num_steps)
     if post.method == "laplace":
-        return _update_pairwise(post, data)
+        from papa_bayes.inference.gp_fit_pairwise import update_pairwise  # it imports this module's helpers
+
+        return update_pairwise(post, data)
     if post.method == "nuts":
         start = time.perf_counter()
         opts = post.options

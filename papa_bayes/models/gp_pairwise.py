@@ -161,8 +161,8 @@ class PairwiseGPReward:
         return comparisons[keep]
 
     def fit(self, data: PreferenceData, *, method: str | None = None, seed: int = 0, **options: Any) -> GPPosterior:
-        """Fit to ``data``; see :func:`papa_bayes.inference.gp_fit.fit_pairwise_gp` for ``options``."""
-        from papa_bayes.inference.gp_fit import fit_pairwise_gp  # the one hop up: models -> inference
+        """Fit to ``data``; see :func:`papa_bayes.inference.gp_fit_pairwise.fit_pairwise_gp` for ``options``."""
+        from papa_bayes.inference.gp_fit_pairwise import fit_pairwise_gp  # the one hop up: models -> inference
 
         return fit_pairwise_gp(self, data, method=method or self.default_method, seed=seed, **options)
 
