@@ -287,6 +287,14 @@ class LatentDiffusion(DiffusionModel):
         return out_uncond + self.cfg_scale * (out_cond - out_uncond)
 
     def decode(self, x0: Tensor) -> Tensor:
+        """Images `n x c x h x w` in the autoencoder's dtype from `n x C x H x W` latents.
+
+        The latents move to the autoencoder's device and dtype first: a float16
+        denoiser may run with a float32 autoencoder (as SDXL upcasts its VAE).
+        """
+        param = next(self.vae.parameters(), None)
+        if param is not None:
+            x0 = x0.to(device=param.device, dtype=param.dtype)
         return self.vae.decode(x0 / self.scaling_factor).sample
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LatentDiffusion:

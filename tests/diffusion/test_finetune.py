@@ -392,3 +392,138 @@ def test_unreadable_checkpoints_are_ours_to_reject(pixel_model, tmp_path, damage
                  lambda: load_base_model(path)):
         with pytest.raises(InputDataError, match="^path:.*diffusers can read"):  # were diffusers' OSError
             load()
+
+
+def test_low_precision_base_fine_tunes_under_mixed_precision(make_latent_model):
+    """A float16 base with bf16 autocast: the frozen reference runs in its own dtype."""
+    model = make_latent_model().to(dtype=torch.float16)
+    before_weights = snapshot(model)
+    latents = torch.randn(6, *model.sample_shape, generator=gen(2))
+    images = torch.rand(4, 1, 8, 8, generator=gen(0)) * 2 - 1
+    kw = dict(steps=2, lr=1e-2, batch_size=4, mixed_precision=True, generator=gen(3), progress_bar=False)
+    for tuned in (finetune_on_samples(model, latents, **kw),  # were "mixed dtype (CPU)" RuntimeErrors
+                  papa_finetune(model, images, [1, -1, 1, -1], **kw)):
+        assert tuned.dtype == torch.float16 and max_weight_change(tuned, model) > 0
+    assert_unchanged(model, before_weights)
+
+
+def test_checkpoint_loaded_in_another_dtype_samples(latent_model, tmp_path):
+    path = save_finetuned(latent_model, tmp_path / "latent")
+    vae_dtype = next(latent_model.vae.parameters()).dtype
+    loaded = load_finetuned(path, base=latent_model, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16
+    out = sample(loaded, 2, num_inference_steps=2, generator=gen(0), progress=False)  # was a RuntimeError
+    assert bool(torch.isfinite(out.images).all())
+    assert next(latent_model.vae.parameters()).dtype == vae_dtype  # the base's autoencoder is untouched
+
+
+@pytest.fixture
+def adapted_model(make_latent_model):
+    """A latent model whose denoiser carries the user's own LoRA adapter (diffusers' ``add_adapter``)."""
+    from peft import LoraConfig
+
+    model = make_latent_model()
+    torch.manual_seed(1)
+    model.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"],
+                                      init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "lora_B" in name:  # a trained adapter, not peft's zero initialisation
+                p.normal_(0, 0.5, generator=gen(2))
+    model.unet.requires_grad_(False)
+    return model
+
+
+def test_adapters_already_in_the_base_denoiser_are_kept(adapted_model, make_latent_model, tmp_path):
+    x_t = torch.randn(2, *adapted_model.sample_shape, generator=gen(1))
+    t = torch.tensor([500, 500])
+
+    def output(model):
+        with torch.no_grad():
+            return model.conditional_output(x_t, t)
+
+    assert float((output(adapted_model) - output(make_latent_model())).abs().max()) > 0.1  # the adapter matters
+    latents = torch.randn(6, *adapted_model.sample_shape, generator=gen(2))
+    kw = dict(steps=1, lr=1e-12, batch_size=4, generator=gen(3), progress_bar=False)
+    for lora_rank in (None, 2):  # LoRA overwrote the user's adapter (both named "default")
+        tuned = finetune_on_samples(adapted_model, latents, lora_rank=lora_rank, **kw)
+        torch.testing.assert_close(output(tuned), output(adapted_model), atol=1e-4, rtol=1e-4)
+        assert not any("lora" in key for key in tuned.unet.state_dict())
+    kw = dict(num_inference_steps=2, progress=False)
+    for model in (adapted_model, tuned):  # the adapter's weights were saved under names diffusers cannot load
+        loaded = load_finetuned(save_finetuned(model, tmp_path / "ckpt"), base=make_latent_model())
+        torch.testing.assert_close(sample(loaded, 2, generator=gen(4), **kw).images,
+                                   sample(model, 2, generator=gen(4), **kw).images, atol=1e-5, rtol=1e-5)
+    assert any("lora" in key for key in adapted_model.unet.state_dict())  # the caller's model keeps its adapter
+
+
+def test_lora_targets_must_name_modules_of_the_denoiser(latent_model, monkeypatch):
+    import papa_bayes.diffusion.finetune.distill as distill
+
+    latents = torch.randn(4, *latent_model.sample_shape, generator=gen(2))
+    with pytest.raises(InputDataError, match="^lora_targets:.*to_V"):  # "to_V" was silently skipped
+        finetune_on_samples(latent_model, latents, steps=1, lora_rank=2, lora_targets=["to_q", "to_V"],
+                            progress_bar=False)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the arguments")
+
+    monkeypatch.setattr(distill, "sample", no_sampling)
+    with pytest.raises(InputDataError, match="^lora_targets:"):  # was a ModelError after the guided samples
+        distill_guidance(latent_model, Guidance(lambda x: x.mean((1, 2, 3))), lora_rank=2, lora_targets=["nope"],
+                         progress_bar=False)
+
+
+def test_per_sample_conditioning_follows_its_samples_in_fine_tuning(latent_model, monkeypatch):
+    from papa_bayes.diffusion import LatentDiffusion
+
+    cond = torch.arange(4.0).view(4, 1, 1).expand(4, 3, 8).contiguous()  # row i: all i
+    model = LatentDiffusion(latent_model.unet, latent_model.vae, latent_model.scheduler, encoder_hidden_states=cond)
+    latents = torch.randn(4, *model.sample_shape, generator=gen(2))
+    seen = []
+    forward = LatentDiffusion.conditional_output
+
+    def spy(self, x_t, t):
+        seen.append(self.encoder_hidden_states[:, 0, 0].tolist())
+        return forward(self, x_t, t)
+
+    monkeypatch.setattr(LatentDiffusion, "conditional_output", spy)
+    for batch_size in (2, 4):  # 2 was an InputDataError in the first step; 4 paired rows 0-3 with any samples
+        seen.clear()
+        finetune_on_samples(model, latents, steps=1, batch_size=batch_size, anchor_weight=0.0, generator=gen(3),
+                            progress_bar=False)
+        batch = torch.randint(0, 4, (batch_size,), generator=gen(3))  # the step's first draw
+        assert seen == [batch.float().tolist()]
+    with pytest.raises(InputDataError, match="^encoder_hidden_states:"):  # 4 rows, 3 samples
+        finetune_on_samples(model, latents[:3], steps=1, progress_bar=False)
+    papa_finetune(model, torch.zeros(4, 1, 8, 8), [1, -1, 1, -1], steps=1, batch_size=3, progress_bar=False)
+
+
+def test_max_grad_norm_is_an_option(pixel_model, labeled):
+    images, signs = labeled
+    kw = dict(steps=2, lr=1e-2, generator=gen(0), progress_bar=False)
+    with pytest.raises(InputDataError, match="^max_grad_norm:"):
+        papa_finetune(pixel_model, images, signs, max_grad_norm=0.0, **kw)
+    with pytest.raises(InputDataError, match="^max_grad_norm:"):
+        finetune_on_samples(pixel_model, images, max_grad_norm=-1.0, **kw)
+    clipped = finetune_on_samples(pixel_model, images, max_grad_norm=1e-6, **kw)
+    free = finetune_on_samples(pixel_model, images, max_grad_norm=1e6, **kw)
+    assert max_weight_change(clipped, pixel_model) < max_weight_change(free, pixel_model)
+
+
+def test_lora_options_without_lora_rank_warn(pixel_model, labeled):
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    images, signs = labeled
+    for kwargs in ({"lora_alpha": 4.0}, {"lora_targets": ("to_q",)}):  # were silently ignored
+        with pytest.warns(PapaBayesWarning, match="lora_rank"):
+            papa_finetune(pixel_model, images, signs, steps=1, progress_bar=False, **kwargs)
+
+
+def test_distilled_classifier_free_guidance_is_not_applied_twice(make_latent_model):
+    """The targets are sampled with the base's CFG; the returned model kept cfg_scale 3 and applied it again."""
+    negative = torch.zeros(1, 3, 8)
+    base = make_latent_model(cfg_scale=3.0, negative_encoder_hidden_states=negative)
+    distilled = distill_guidance(base, Guidance(lambda x: x.sum((1, 2, 3))), num_samples=4, num_inference_steps=2,
+                                 steps=1, batch_size=2, generator=gen(0), progress_bar=False)
+    assert distilled.cfg_scale == 1.0 and base.cfg_scale == 3.0  # the caller's model keeps its own

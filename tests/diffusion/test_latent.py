@@ -141,3 +141,14 @@ def test_pixel_and_latent_denoisers_are_not_mixed_up(pixel_model, latent_model):
         LatentDiffusion(pixel_model.unet, latent_model.vae, latent_model.scheduler)
     with pytest.raises(InputDataError, match="^vae:"):  # was accepted, then AttributeError when decoding
         LatentDiffusion(latent_model.unet, pixel_model.unet, latent_model.scheduler)
+
+
+def test_denoiser_and_autoencoder_may_differ_in_dtype(make_latent_model, latent_setup, make_posterior):
+    """A float16 denoiser with a float32 autoencoder (as SDXL upcasts its VAE) samples and guides."""
+    model = make_latent_model()
+    torch.nn.Module.to(model.unet, torch.float16)
+    _, pca = latent_setup
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(1))), pca, kind="mean")
+    for guidance in (None, Guidance(objective, scale=0.5, clamp=None)):  # was a RuntimeError when decoding
+        out = sample(model, 2, num_inference_steps=2, generator=gen(0), progress=False, guidance=guidance)
+        assert out.samples.dtype == torch.float16 and bool(torch.isfinite(out.images).all())

@@ -7,7 +7,10 @@ and is handed back frozen, in eval mode, on the base model's device and dtype, s
 it drops in wherever the base model was used. With ``lora_rank`` set, only LoRA
 adapters (Hu et al. 2022) on the attention projections train, through ``peft``;
 they are merged into the weights at the end, so the result is a plain diffusers
-denoiser that saves and loads like the base one.
+denoiser that saves and loads like the base one, and fine-tuning it again trains
+new adapters on top of the merged weights (rounds stack). Adapters already injected
+into the base denoiser (peft, diffusers' ``add_adapter`` / ``load_lora_adapter``)
+are merged into the copy before training, as they act.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -25,15 +29,20 @@ from tqdm.auto import tqdm
 from papa_bayes.checks import check_bool, check_device, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.diffusion.sampler import join_model_output
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
     "TrainingCopy",
+    "check_conditioning_rows",
+    "check_lora_targets",
     "check_samples",
     "check_training_options",
     "encode_images",
+    "has_adapters",
+    "merge_adapters",
     "require_peft",
+    "warn_unused_lora_options",
 ]
 
 #: Modules LoRA adapts by default: the attention projections of diffusers' ``Attention``.
@@ -84,6 +93,59 @@ def check_training_options(
     return device
 
 
+def check_lora_targets(model: DiffusionModel, lora_targets: Sequence[str]) -> None:
+    """InputDataError unless every name in ``lora_targets`` names modules of ``model``'s denoiser.
+
+    Names match as peft matches them: a module's full name, or its last dotted parts
+    (``"to_q"`` matches ``"...attn1.to_q"``). peft itself skips a name that matches
+    nothing as long as another one does, so a typo would silently adapt less.
+    """
+    names = [name for name, _ in model.unet.named_modules() if name]
+    missing = [t for t in lora_targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing or not lora_targets:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.unet.named_modules()
+                         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))})
+        shown = ", ".join(leaves[:12]) + (", ..." if len(leaves) > 12 else "")
+        raise InputDataError("lora_targets", f"names of Linear / Conv modules of the denoiser (e.g. {shown})",
+                             missing or list(lora_targets))
+
+
+def warn_unused_lora_options(lora_rank: Any, lora_alpha: Any, lora_targets: Any) -> None:
+    """A PapaBayesWarning when LoRA options are given without ``lora_rank`` (a full fine-tune ignores them)."""
+    if lora_rank is not None:
+        return
+    unused = [name for name, given in (("lora_alpha", lora_alpha is not None),
+                                       ("lora_targets", tuple(lora_targets) != DEFAULT_LORA_TARGETS)) if given]
+    if unused:
+        warnings.warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} ignored without lora_rank "
+                      "(a full fine-tune trains every weight).", PapaBayesWarning, stacklevel=3)
+
+
+def check_conditioning_rows(model: Any, n: int, what: str) -> None:
+    """InputDataError unless a latent model's conditioning has 1 row or `n` (one per training sample)."""
+    if not isinstance(model, LatentDiffusion):
+        return
+    for name in LatentDiffusion._CONDITIONING:
+        cond = getattr(model, name)
+        if cond is not None and cond.shape[0] not in (1, n):
+            raise InputDataError(name, f"1 row or {n} (one per {what})", tuple(cond.shape))
+
+
+def _with_rows(model: DiffusionModel, rows: Tensor | None) -> DiffusionModel:
+    """``model`` conditioned on rows ``rows`` of its per-sample conditioning (itself without any)."""
+    if rows is None or not isinstance(model, LatentDiffusion):
+        return model
+    per_sample = [name for name in LatentDiffusion._CONDITIONING
+                  if getattr(model, name) is not None and getattr(model, name).shape[0] > 1]
+    if not per_sample:
+        return model
+    out = copy.copy(model)  # shares the networks
+    for name in per_sample:
+        cond = getattr(model, name)
+        setattr(out, name, cond[rows.to(cond.device)])
+    return out
+
+
 def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", batch_size: int = 64) -> Tensor:
     """Clean diffused samples `n x C x H x W` of images (the identity for pixel models).
 
@@ -122,6 +184,39 @@ def require_peft() -> None:
     except ImportError as err:
         raise ModelError("LoRA fine-tuning needs the `peft` package: `pip install peft` "
                          "(or pass lora_rank=None for a full fine-tune).") from err
+
+
+def has_adapters(unet: torch.nn.Module) -> bool:
+    """Whether adapters are injected into ``unet`` (peft, or diffusers' ``add_adapter`` / ``load_lora_adapter``)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # without peft, nothing can have injected its layers
+        return False
+    return any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+
+
+def merge_adapters(unet: torch.nn.Module) -> torch.nn.Module:
+    """Merge the adapters injected into ``unet`` into its weights and remove them, in place; returns ``unet``.
+
+    The result computes what ``unet`` computed: active adapters are merged, disabled
+    ones dropped, already merged (fused) ones unwrapped. A plain denoiser is returned as is.
+    """
+    if not has_adapters(unet):
+        return unet
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(name, m) for name, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in layers:
+        if not layer.disable_adapters and not layer.merged:
+            layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(unet.get_submodule(parent), child, layer.get_base_layer())
+    # As diffusers' unload_lora: the model no longer holds adapters.
+    if hasattr(unet, "peft_config"):
+        del unet.peft_config
+    if hasattr(unet, "_hf_peft_config_loaded"):
+        unet._hf_peft_config_loaded = None
+    return unet
 
 
 def _frozen_on(model: DiffusionModel, device: torch.device) -> DiffusionModel:
@@ -190,14 +285,17 @@ class TrainingCopy:
 
         Raises:
             InputDataError: on a model or reference that is not a DiffusionModel (or
-                of another sample shape), or a bad option (see
-                :func:`check_training_options`).
+                of another sample shape), a bad option (see
+                :func:`check_training_options`), or ``lora_targets`` that name no
+                module of the denoiser (see :func:`check_lora_targets`).
         """
         if not isinstance(base, DiffusionModel):
             raise InputDataError("model", "a DiffusionModel", type(base).__name__)
         device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                         lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
         device = device if device is not None else base.device
+        if lora_rank is not None:
+            check_lora_targets(base, lora_targets)
         if reference is not None and not isinstance(reference, DiffusionModel):
             raise InputDataError("reference", "a DiffusionModel", type(reference).__name__)
         if reference is not None and tuple(reference.sample_shape) != tuple(base.sample_shape):
@@ -210,6 +308,9 @@ class TrainingCopy:
         model = copy.copy(base)  # shallow: scheduler, autoencoder and conditioning are shared, never trained
         # torch.nn.Module.to: diffusers' own `to` warns about casting a loaded model.
         unet = torch.nn.Module.to(copy.deepcopy(base.unet), device=device, dtype=torch.float32)
+        # Adapters the caller injected become part of the weights: LoRA would overwrite a "default"
+        # adapter of theirs, and a full fine-tune would hand back peft layers that no checkpoint loads.
+        unet = merge_adapters(unet)
         lora = lora_rank is not None
         if lora:
             unet = cls._add_lora(unet, rank=int(lora_rank), alpha=lora_alpha, targets=lora_targets,
@@ -260,18 +361,25 @@ class TrainingCopy:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         return x_t, join_model_output(x0, noise, a, self.base.prediction_type)
 
-    def output(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The trained denoiser's float32 output (with gradient)."""
-        with _autocast(self.device, self.mixed_precision):
-            return self.model.conditional_output(x_t, t).float()
+    def output(self, x_t: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The trained denoiser's float32 output (with gradient) at `b x C x H x W` ``x_t``.
 
-    def reference_output(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The frozen reference's float32 output (no gradient)."""
-        with torch.no_grad(), _autocast(self.device, self.mixed_precision):
-            if self.reference is None:
-                with self.model.unet.disable_adapter():
-                    return self.model.conditional_output(x_t, t).float()
-            return self.reference.conditional_output(x_t.to(self.reference.dtype), t).float()
+        ``rows`` (`b` indices of the training samples in the batch) pick a latent
+        model's per-sample conditioning rows; see :func:`check_conditioning_rows`.
+        """
+        with _autocast(self.device, self.mixed_precision):
+            return _with_rows(self.model, rows).conditional_output(x_t, t).float()
+
+    def reference_output(self, x_t: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The frozen reference's float32 output (no gradient); ``rows`` as in :meth:`output`."""
+        if self.reference is None:
+            with torch.no_grad(), _autocast(self.device, self.mixed_precision), self.model.unet.disable_adapter():
+                return _with_rows(self.model, rows).conditional_output(x_t, t).float()
+        # A float16 / bfloat16 reference runs in its own dtype: bf16 autocast over float16 weights fails
+        # on CPU ("mixed dtype") and would only round a low-precision reference further.
+        autocast = self.mixed_precision and self.reference.dtype == torch.float32
+        with torch.no_grad(), _autocast(self.device, autocast):
+            return _with_rows(self.reference, rows).conditional_output(x_t.to(self.reference.dtype), t).float()
 
     # -- the loop -----------------------------------------------------------------
     def train(

@@ -30,8 +30,11 @@ from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.diffusion.finetune.common import (
     DEFAULT_LORA_TARGETS,
     TrainingCopy,
+    check_conditioning_rows,
+    check_lora_targets,
     check_samples,
     check_training_options,
+    warn_unused_lora_options,
 )
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import sample
@@ -51,6 +54,7 @@ def finetune_on_samples(
     lr: float = 3e-4,
     anchor_weight: float = 0.1,
     batch_size: int = 64,
+    max_grad_norm: float = 1.0,
     reference: DiffusionModel | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
@@ -66,10 +70,12 @@ def finetune_on_samples(
         model: the base model (left untouched).
         samples: `n x C x H x W` target samples in the diffused space (pixels, or
             latents for a latent model), e.g. ``sample(model, n, guidance=g).samples``.
+            A latent model's conditioning has 1 row or `n`: row `i` conditions sample `i`.
         steps: optimizer steps.
         lr: AdamW peak learning rate (> 0).
         anchor_weight: weight (>= 0) of the anchor to ``reference`` on the same noisy inputs.
         batch_size: samples per step (drawn with replacement).
+        max_grad_norm: the gradient is clipped to this global norm (> 0) before each step.
         reference: the frozen anchor model; ``model`` when None.
         generator: CPU generator of batches, timesteps and noise (seed 0 when None).
         device: training device (``model.device`` when None); the result comes back
@@ -77,18 +83,26 @@ def finetune_on_samples(
         mixed_precision: bf16 autocast (None, True or False); None: on exactly when
             training on CUDA.
         lora_rank: train LoRA adapters of this rank only (needs ``peft``); None
-            trains every weight (right for the small digits model).
+            trains every weight (right for the small digits model). The adapters
+            are merged into the returned weights, so fine-tuning the result again
+            trains new adapters on top (rounds stack).
         lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
-        lora_targets: module names LoRA adapts.
+        lora_targets: module names LoRA adapts, each naming modules of the
+            denoiser (a full name or its last dotted parts, as peft matches).
+            ``lora_alpha`` and ``lora_targets`` without ``lora_rank`` warn.
         progress_bar: show a tqdm bar.
+
+    The denoiser trains conditionally (a latent model's ``encoder_hidden_states``);
+    the returned model keeps ``model``'s ``cfg_scale`` and negative embeddings.
 
     Returns:
         A new :class:`DiffusionModel` sharing ``model``'s scheduler (and autoencoder),
         with its own frozen denoiser.
 
     Raises:
-        InputDataError: on samples of the wrong shape or non-finite, or a bad number,
-            device, generator or switch.
+        InputDataError: on samples of the wrong shape or non-finite, conditioning
+            with other than 1 or `n` rows, ``lora_targets`` naming no module of the
+            denoiser, or a bad number, device, generator or switch.
         ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     Example:
@@ -99,12 +113,16 @@ def finetune_on_samples(
     lr = check_float("lr", lr, strict=True)
     anchor_weight = check_float("anchor_weight", anchor_weight)
     batch_size = check_int("batch_size", batch_size)
+    max_grad_norm = check_float("max_grad_norm", max_grad_norm, strict=True)
     progress_bar = check_bool("progress_bar", progress_bar)
     device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
+    warn_unused_lora_options(lora_rank, lora_alpha, lora_targets)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     samples = check_samples("samples", samples, model.sample_shape)
+    for m in (model, reference):
+        check_conditioning_rows(m, samples.shape[0], "target sample")
     run = TrainingCopy.create(model, reference=reference, device=device, mixed_precision=mixed_precision,
                               lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
                               generator=generator)
@@ -114,17 +132,18 @@ def finetune_on_samples(
         idx = run.randint(0, data.shape[0], batch_size)
         t = run.randint(0, run.num_train_timesteps, batch_size)
         x_t, target = run.noised(data[idx], t)
-        out = run.output(x_t, t)
+        out = run.output(x_t, t, idx)
         fit = (out - target).pow(2).mean()
         loss = fit
         logs = {"denoising": float(fit.detach())}
         if anchor_weight > 0:
-            anchor = (out - run.reference_output(x_t, t)).pow(2).mean()
+            anchor = (out - run.reference_output(x_t, t, idx)).pow(2).mean()
             loss = loss + anchor_weight * anchor
             logs["anchor"] = float(anchor.detach())
         return loss, logs
 
-    run.train(step, steps=steps, lr=lr, desc="distill guidance", progress_bar=progress_bar)
+    run.train(step, steps=steps, lr=lr, desc="distill guidance", progress_bar=progress_bar,
+              max_grad_norm=max_grad_norm)
     return run.finish()
 
 
@@ -139,6 +158,7 @@ def distill_guidance(
     lr: float = 3e-4,
     anchor_weight: float = 0.1,
     batch_size: int = 64,
+    max_grad_norm: float = 1.0,
     generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
     mixed_precision: bool | None = None,
@@ -164,22 +184,29 @@ def distill_guidance(
         lr: AdamW peak learning rate (> 0).
         anchor_weight: weight (>= 0) of the anchor to the base model.
         batch_size: target samples per optimizer step.
+        max_grad_norm: the gradient is clipped to this global norm (> 0) before each step.
         generator: CPU generator seeding the targets, then the training draws (seed 0
             when None).
         device: training device (``model.device`` when None).
         mixed_precision: bf16 autocast (None, True or False); None: on exactly when
             training on CUDA.
-        lora_rank: LoRA rank (needs ``peft``); None: full fine-tune.
+        lora_rank: LoRA rank (needs ``peft``); None: full fine-tune. Adapters are
+            merged into the returned weights (see :func:`finetune_on_samples`).
         lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
-        lora_targets: module names LoRA adapts.
+        lora_targets: module names LoRA adapts (each must name modules of the denoiser).
         progress_bar: show tqdm bars.
 
     Returns:
-        A new :class:`DiffusionModel`; sample it without guidance.
+        A new :class:`DiffusionModel`; sample it without guidance. With a latent
+        model's ``cfg_scale != 1`` the targets carry classifier-free guidance too and
+        the conditional denoiser learns them, so the result has ``cfg_scale = 1.0``
+        (the base's scale would apply the guidance a second time).
 
     Raises:
         InputDataError: on a bad number, model, guidance, device, generator (a CPU
-            torch.Generator or None) or switch, before any sample is drawn.
+            torch.Generator or None), switch, ``lora_targets`` naming no module of
+            the denoiser, or conditioning with other than 1 or ``num_samples`` rows,
+            before any sample is drawn.
         ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     On the digits task the defaults (512 targets, 300 steps of 64) bring unguided
@@ -199,6 +226,7 @@ def distill_guidance(
     check_float("lr", lr, strict=True)
     check_float("anchor_weight", anchor_weight)
     check_int("batch_size", batch_size)
+    check_float("max_grad_norm", max_grad_norm, strict=True)
     progress_bar = check_bool("progress_bar", progress_bar)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
@@ -207,11 +235,20 @@ def distill_guidance(
     # Fail before the expensive part: the guided samples.
     device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
+    warn_unused_lora_options(lora_rank, lora_alpha, lora_targets)
+    if lora_rank is not None:
+        check_lora_targets(model, lora_targets)
+    else:  # warned above; not again after sampling
+        lora_alpha, lora_targets = None, DEFAULT_LORA_TARGETS
+    check_conditioning_rows(model, num_samples, "sample")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     targets = sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=guidance,
                      generator=generator, batch_size=sample_batch_size, progress=progress_bar).samples
-    return finetune_on_samples(model, targets, steps=steps, lr=lr, anchor_weight=anchor_weight,
-                               batch_size=batch_size, generator=generator, device=device,
-                               mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                               lora_targets=lora_targets, progress_bar=progress_bar)
+    distilled = finetune_on_samples(model, targets, steps=steps, lr=lr, anchor_weight=anchor_weight,
+                                    batch_size=batch_size, max_grad_norm=max_grad_norm, generator=generator,
+                                    device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
+                                    lora_alpha=lora_alpha, lora_targets=lora_targets, progress_bar=progress_bar)
+    if getattr(distilled, "cfg_scale", 1.0) != 1.0:  # the targets carry the guidance: applying it again doubles it
+        distilled.cfg_scale = 1.0
+    return distilled

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from papa_bayes.checks import check_device, check_float_dtype, check_path
+from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -47,6 +48,8 @@ def save_finetuned(
     Args:
         model: the model; only its denoiser and scheduler are written (a latent
             model's autoencoder and conditioning stay with the base model).
+            Adapters injected into the denoiser (peft, diffusers' ``add_adapter``)
+            are saved merged into its weights; ``model`` keeps them.
         path: the folder (created; an earlier checkpoint there is overwritten,
             its ``features/`` removed when no ``feature_map`` is given).
         feature_map: a :class:`~papa_bayes.diffusion.FeatureMap` to save in ``features/``.
@@ -76,8 +79,11 @@ def save_finetuned(
     if info is not None and not isinstance(info, Mapping):
         raise InputDataError("info", "None or a mapping of notes (a dict)", type(info).__name__)
     check_checkpoint_folder("path", root)
+    unet = model.unet
+    if has_adapters(unet):  # saved as peft's `base_layer` / `lora_A` keys, which from_pretrained drops
+        unet = merge_adapters(copy.deepcopy(unet))
     root.mkdir(parents=True, exist_ok=True)
-    model.unet.save_pretrained(root / "unet", safe_serialization=True)
+    unet.save_pretrained(root / "unet", safe_serialization=True)
     model.scheduler.save_pretrained(root / "scheduler")
     if feature_map is not None:
         save_feature_map(feature_map, root / "features")

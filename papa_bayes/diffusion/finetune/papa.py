@@ -40,8 +40,11 @@ from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.diffusion.finetune.common import (
     DEFAULT_LORA_TARGETS,
     TrainingCopy,
+    check_conditioning_rows,
+    check_lora_targets,
     check_training_options,
     encode_images,
+    warn_unused_lora_options,
 )
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError
@@ -79,6 +82,7 @@ def papa_finetune(
     regularizer_weight: float = 1.0,
     timestep_cutoff: float = 0.4,
     batch_size: int = 32,
+    max_grad_norm: float = 1.0,
     reference: DiffusionModel | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
@@ -93,7 +97,8 @@ def papa_finetune(
     Args:
         model: the model to fine-tune (left untouched).
         images: `n x c x h x w` labeled images (pixel models: `n x C x H x W`
-            samples; latent models encode them with their autoencoder).
+            samples; latent models encode them with their autoencoder). A latent
+            model's conditioning has 1 row or `n`: row `i` conditions image `i`.
         signs: `n` labels, +1 like or -1 dislike.
         steps: optimizer steps; the default is one round of PAPA's online protocol
             (about 10 new labels); raise it for a one-shot update on many labels.
@@ -110,15 +115,19 @@ def papa_finetune(
             `[0, 1)`: the preference term trains ``t >= timestep_cutoff * T`` only
             (0 trains every step: plain PAPA).
         batch_size: labeled samples per step (drawn with replacement).
+        max_grad_norm: the gradient is clipped to this global norm (> 0) before each step.
         reference: the frozen model of the regulariser (the original base model in an
             online loop); ``model`` when None.
         generator: CPU generator of batches, timesteps and noise (seed 0 when None).
         device: training device (``model.device`` when None).
         mixed_precision: bf16 autocast (None, True or False); None: on exactly when
             training on CUDA.
-        lora_rank: LoRA rank (needs ``peft``); None: full fine-tune.
+        lora_rank: LoRA rank (needs ``peft``); None: full fine-tune. Adapters are
+            merged into the returned weights, so each online round trains new
+            adapters on top of the last round's (rounds stack).
         lora_alpha: LoRA scaling numerator (> 0; ``lora_rank`` when None).
-        lora_targets: module names LoRA adapts.
+        lora_targets: module names LoRA adapts (each must name modules of the
+            denoiser); ``lora_alpha`` and ``lora_targets`` without ``lora_rank`` warn.
         progress_bar: show a tqdm bar.
 
     Returns:
@@ -126,7 +135,9 @@ def papa_finetune(
 
     Raises:
         InputDataError: images of the wrong shape or non-finite, signs not +-1 or of
-            another length, a bad number, device, generator or switch.
+            another length, conditioning with other than 1 or `n` rows,
+            ``lora_targets`` naming no module of the denoiser, a bad number, device,
+            generator or switch.
         ModelError: LoRA without ``peft``; a diverging loss.
 
     Example:
@@ -141,14 +152,20 @@ def papa_finetune(
     regularizer_weight = check_float("regularizer_weight", regularizer_weight)
     timestep_cutoff = check_float("timestep_cutoff", timestep_cutoff, maximum=1.0)
     batch_size = check_int("batch_size", batch_size)
+    max_grad_norm = check_float("max_grad_norm", max_grad_norm, strict=True)
     progress_bar = check_bool("progress_bar", progress_bar)
     # Before the images are encoded: a bad option should not cost an autoencoder pass.
     device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
+    warn_unused_lora_options(lora_rank, lora_alpha, lora_targets)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    if lora_rank is not None:
+        check_lora_targets(model, lora_targets)
     x0 = encode_images(model, images)
     s = check_signs(signs, x0.shape[0])
+    for m in (model, reference):
+        check_conditioning_rows(m, x0.shape[0], "labeled image")
     run = TrainingCopy.create(model, reference=reference, device=device, mixed_precision=mixed_precision,
                               lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
                               generator=generator)
@@ -161,9 +178,9 @@ def papa_finetune(
         x, sign = data[idx], s[idx]
         t = run.randint(first, total, batch_size)
         x_t, target = run.noised(x, t)
-        err = (run.output(x_t, t) - target).pow(2).flatten(1).mean(1)
+        err = (run.output(x_t, t, idx) - target).pow(2).flatten(1).mean(1)
         with torch.no_grad():
-            err_ref = (run.reference_output(x_t, t) - target).pow(2).flatten(1).mean(1)
+            err_ref = (run.reference_output(x_t, t, idx) - target).pow(2).flatten(1).mean(1)
         excess = err - err_ref
         liked = sign > 0
         pref = torch.where(liked, like_weight * excess,
@@ -173,10 +190,11 @@ def papa_finetune(
         if regularizer_weight > 0:
             t_all = run.randint(0, total, batch_size)
             x_all, _ = run.noised(x, t_all)
-            reg = (run.output(x_all, t_all) - run.reference_output(x_all, t_all)).pow(2).mean()
+            reg = (run.output(x_all, t_all, idx) - run.reference_output(x_all, t_all, idx)).pow(2).mean()
             loss = loss + regularizer_weight * reg
             logs["regularizer"] = float(reg.detach())
         return loss, logs
 
-    run.train(step, steps=steps, lr=lr, desc="PAPA fine-tune", progress_bar=progress_bar)
+    run.train(step, steps=steps, lr=lr, desc="PAPA fine-tune", progress_bar=progress_bar,
+              max_grad_norm=max_grad_norm)
     return run.finish()
