@@ -56,6 +56,7 @@ class FeatureMap(torch.nn.Module):
         if not isinstance(out, Tensor) or tuple(out.shape) != (n, self.num_features):
             shape = shape_of(out)
             raise InputDataError("features", f"shape `n x d` = ({n}, {self.num_features})", shape)
+        check_finite("features", out.detach())  # a NaN feature would give NaN utilities, gradients and samples
         return out
 
 

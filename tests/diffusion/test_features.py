@@ -90,6 +90,9 @@ def test_callable_wrong_output_shape_raises(images):
     feats = CallableFeatures(lambda x: x.reshape(x.shape[0], -1)[:, :3], 4)
     with pytest.raises(InputDataError, match="features"):
         feats(images)
+    nan = CallableFeatures(lambda x: torch.full((x.shape[0], 3), float("nan")), 3)  # passed through before
+    with pytest.raises(InputDataError, match="^features: expected finite"):
+        nan(images)
 
 
 def test_missing_feature_map_folder_raises(tmp_path):
