@@ -450,6 +450,33 @@ class PreferenceData:
         fields = dataframe_fields(df, ratings, winner=winner, loser=loser, tie=tie, rater=rater, item=item, label=label)
         return cls(items=items, feature_names=feature_names, **fields)
 
+    def to_dataframe(self) -> tuple[Any, Any, Any]:
+        """pandas DataFrames of the data, the inverse of :meth:`from_dataframe`.
+
+        Returns:
+            ``(comparisons, ratings, items)``: `m` rows of ``winner``, ``loser``,
+            ``tie`` and (where the data carry rater ids) ``rater``; `k` rows of
+            ``item``, ``label`` (+1 like / -1 dislike) and ``rater`` likewise; the
+            `n x d` features, columns named by ``feature_names`` (else ``x0``, ``x1``, ...).
+
+        Example:
+            >>> comparisons, ratings, items = data.to_dataframe()
+            >>> PreferenceData.from_dataframe(comparisons, items, ratings=ratings,
+            ...                               feature_names=list(items.columns)) == data
+            True
+        """
+        import pandas as pd
+
+        comparisons = pd.DataFrame({"winner": self.comparisons[:, 0].numpy(), "loser": self.comparisons[:, 1].numpy(),
+                                    "tie": self.ties.numpy()})
+        ratings = pd.DataFrame({"item": self.ratings[:, 0].numpy(), "label": self.ratings[:, 1].numpy()})
+        if self.comparison_rater is not None:
+            comparisons["rater"] = self.comparison_rater.numpy()
+        if self.rating_rater is not None:
+            ratings["rater"] = self.rating_rater.numpy()
+        names = list(self.feature_names) if self.feature_names else [f"x{j}" for j in range(self.num_features)]
+        return comparisons, ratings, pd.DataFrame(self.items.numpy(), columns=names)
+
     def __eq__(self, other: object) -> bool:
         """Same items, answers, rater ids and feature names (the tensors compared exactly)."""
         if not isinstance(other, PreferenceData):

@@ -297,3 +297,18 @@ def test_from_dataframe_docstring_example_runs():
     (test,) = doctest.DocTestFinder().find(PreferenceData.from_dataframe, "from_dataframe", globs=globs)
     result = doctest.DocTestRunner().run(test)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_to_dataframe_is_the_inverse_of_from_dataframe():
+    items = torch.randn(5, 2, dtype=torch.float64)
+    full = PreferenceData(items=items, comparisons=[[0, 1], [2, 3]], ties=[False, True], comparison_rater=[0, 1],
+                          ratings=[[4, 1], [0, -1]], rating_rater=[1, 1], feature_names=["a", "b"])
+    comparisons, ratings, frame = full.to_dataframe()
+    assert list(comparisons.columns) == ["winner", "loser", "tie", "rater"] and list(frame.columns) == ["a", "b"]
+    assert ratings["label"].tolist() == [1, -1]
+    back = PreferenceData.from_dataframe(comparisons, frame, ratings=ratings, feature_names=list(frame.columns))
+    assert back == full
+    plain = PreferenceData(items=items, comparisons=[[1, 0]])  # no ids, no names, no ratings
+    comparisons, ratings, frame = plain.to_dataframe()
+    assert "rater" not in comparisons.columns and list(frame.columns) == ["x0", "x1"] and len(ratings) == 0
+    assert PreferenceData.from_dataframe(comparisons, frame, ratings=ratings) == plain
