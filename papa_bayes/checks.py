@@ -153,6 +153,8 @@ def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtyp
     else:
         try:
             t = torch.as_tensor(value)
+            if t.dtype == torch.float32 and getattr(value, "dtype", None) is None:
+                t = torch.as_tensor(value, dtype=torch.float64)  # Python floats: parse in double, not float32
         except (TypeError, ValueError, RuntimeError):
             raise InputDataError(name, expected, type(value).__name__) from None
     if t.dtype == torch.bool or t.is_complex():

@@ -18,7 +18,7 @@ from torch import Tensor
 from papa_bayes.checks import check_int, is_integer_tensor, plain_array
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["PreferenceData"]
+__all__ = ["PreferenceData", "check_preference_data"]
 
 
 def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool = True) -> Tensor:
@@ -292,8 +292,7 @@ class PreferenceData:
         Items, comparisons with their tie flags and rater ids, and ratings with
         their rater ids must all begin with ``other``'s (no rater ids: rater 0).
         """
-        if not isinstance(other, PreferenceData):
-            raise InputDataError("other", "a PreferenceData", type(other).__name__)
+        check_preference_data(other, "other")
         m, k = other.num_comparisons, other.num_ratings
         (cr, rr), (other_cr, other_rr) = self.rater_ids(), other.rater_ids()
         return (
@@ -533,3 +532,10 @@ def _append_rater(name: str, old: Tensor | None, new: Any | None, rows: int, old
         new_t = new_t.expand(rows).clone()
     base = old if old is not None else torch.zeros(old_rows, dtype=torch.long)
     return torch.cat([base, new_t])
+
+
+def check_preference_data(data: Any, name: str = "data") -> PreferenceData:
+    """``data`` unless it is not a :class:`PreferenceData`: then InputDataError naming ``name``."""
+    if not isinstance(data, PreferenceData):
+        raise InputDataError(name, "a PreferenceData", type(data).__name__)
+    return data

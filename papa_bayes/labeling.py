@@ -22,6 +22,7 @@ from typing import Callable, TextIO
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.store import RaterLock, lock_rater
 
@@ -182,9 +183,8 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     if args.rater < 0:
         raise InputDataError("--rater", "a rater id >= 0", args.rater)
     for flag, value in (("--pool-steps", args.pool_steps), ("--num-base", args.num_base), ("--seed", args.seed)):
-        least = 0 if flag == "--seed" else 1
-        if value is not None and value < least:
-            raise InputDataError(flag, f"an integer >= {least}", value)
+        if value is not None:
+            check_int(flag, value, minimum=0 if flag == "--seed" else 1)
     if args.scale is not None and args.scale != "auto":  # checked here, before the model loads
         try:
             args.scale = float(args.scale)

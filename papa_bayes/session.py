@@ -224,18 +224,18 @@ class PreferenceSession:
             raise InputDataError("on_round", "None or a callable (session, record)", type(on_round).__name__)
         if not isinstance(store, (str, os.PathLike, PreferenceStore)):
             raise InputDataError("store", "a path (str or Path) or a PreferenceStore", type(store).__name__)
-        self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(store)
         self._owns_store = not isinstance(store, PreferenceStore)  # close() leaves a store it was given open
+        self.store = PreferenceStore(store) if self._owns_store else store
         try:  # one process per rater: another one's answers would take the same rounds
             self._lock = lock_rater(self.store.path, rater)
         except StoreError:
-            if not isinstance(store, PreferenceStore):
+            if self._owns_store:
                 self.store.close()
             raise
         # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
         if not _resuming and self.store.queries(rater=rater):
             self._release()
-            if not isinstance(store, PreferenceStore):
+            if self._owns_store:
                 self.store.close()
             raise StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them with "
                              f"PreferenceSession.resume(path, ..., rater={rater}).")

@@ -247,3 +247,9 @@ def test_input_errors_raised_inside_a_traced_model_stay_input_errors():
     rebuilt = InputDataError(str(err) + "\nTrace Shapes: ...")
     assert rebuilt.field == "comparisons" and str(rebuilt).startswith("comparisons: expected")
     assert str(pickle.loads(pickle.dumps(rebuilt))) == str(rebuilt)
+
+
+def test_python_float_options_are_read_in_double_precision():
+    """check_real_tensor read Python floats through float32 (0.1 became 0.10000000149) before casting."""
+    model = LinearReward(prior_loc=[0.1, 0.2])
+    assert model.prior_loc.tolist() == [0.1, 0.2] and model.prior_loc.dtype == torch.float64

@@ -18,7 +18,7 @@ from torch import Tensor
 from papa_bayes.acquisition.selection import _strategy, make_acquisition
 from papa_bayes.checks import check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import RewardPosterior, check_posterior
 
 __all__ = ["optimize_queries"]
 
@@ -67,8 +67,7 @@ def optimize_queries(
     strategy = _strategy(strategy)
     if strategy == "random":
         raise InputDataError("strategy", "an optimizable strategy (draw random features yourself)", strategy)
-    if not isinstance(posterior, RewardPosterior):
-        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+    check_posterior(posterior)
     d = posterior.num_features
     bounds = check_real_tensor("bounds", bounds, f"`2 x {d}` lower and upper bounds")
     if bounds.shape != (2, d) or not bool((bounds[1] > bounds[0]).all()):

@@ -46,7 +46,7 @@ from papa_bayes.acquisition.preferred import (
 )
 from papa_bayes.checks import check_float, check_int
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.inference.posterior import RewardPosterior, check_features
+from papa_bayes.inference.posterior import RewardPosterior, check_features, check_posterior
 
 __all__ = ["STRATEGIES", "QuerySelection", "make_acquisition", "select_queries", "rating_threshold", "all_pairs"]
 
@@ -152,8 +152,7 @@ def make_acquisition(
             ``posterior.as_botorch_model(rater=rater)``.
     """
     strategy = _strategy(strategy)
-    if not isinstance(posterior, RewardPosterior):
-        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+    check_posterior(posterior)
     if query_type not in QUERY_TYPES:
         raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
     q = 2 if query_type == "pair" else 1
@@ -288,8 +287,7 @@ def select_queries(
         >>> i, j = sel.indices[0]
     """
     start = time.perf_counter()
-    if not isinstance(posterior, RewardPosterior):
-        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+    check_posterior(posterior)
     strategy = _strategy(strategy)
     if query_type not in QUERY_TYPES:
         raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)

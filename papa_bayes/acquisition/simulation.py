@@ -24,7 +24,7 @@ from papa_bayes.acquisition.selection import _strategy, select_queries
 from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.inference.posterior import RewardPosterior
+from papa_bayes.inference.posterior import RewardPosterior, check_posterior
 from papa_bayes.users import SimulatedUser, winner_first
 
 __all__ = ["ActiveLearningRun", "run_active_learning", "queries_to_reach", "estimated_weights", "weight_entropy_bits"]
@@ -68,14 +68,9 @@ class ActiveLearningRun:
         return out
 
 
-def _check_posterior(posterior: Any) -> None:
-    if not isinstance(posterior, RewardPosterior):
-        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
-
-
 def estimated_weights(posterior: RewardPosterior, pool: Tensor) -> Tensor:
     """E[w] for a linear posterior; otherwise the least-squares linear fit of the posterior mean utility: `d`."""
-    _check_posterior(posterior)
+    check_posterior(posterior)
     pool = posterior.check_features(pool, "pool")
     mean = getattr(posterior, "mean", None)
     if callable(mean):
@@ -97,7 +92,7 @@ def weight_entropy_bits(posterior: RewardPosterior) -> float:
     For a linear reward these are the weights in noise units, ``rationality * w``;
     for any reward, the linear part the answers inform.
     """
-    _check_posterior(posterior)
+    check_posterior(posterior)
     d = posterior.num_features
     basis = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
     with torch.no_grad():

@@ -20,7 +20,7 @@ import xarray as xr
 from torch import Tensor
 
 from papa_bayes.checks import check_int
-from papa_bayes.data import PreferenceData
+from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:
@@ -45,15 +45,9 @@ def _outcomes(t: Tensor) -> np.ndarray:
     return a
 
 
-def _check_data(data: Any) -> PreferenceData:
-    if not isinstance(data, PreferenceData):
-        raise InputDataError("data", "a PreferenceData", type(data).__name__)
-    return data
-
-
 def data_coords(data: PreferenceData) -> dict[str, Any]:
     """Coordinates of the standard dims for ``data``."""
-    _check_data(data)
+    check_preference_data(data)
     names = data.feature_names or tuple(f"x{i}" for i in range(data.num_features))
     return {
         "feature": list(names),
@@ -67,7 +61,7 @@ def data_coords(data: PreferenceData) -> dict[str, Any]:
 
 def data_groups(data: PreferenceData, observed: dict[str, Tensor]) -> tuple[dict, dict, dict]:
     """(observed_data, constant_data, dims) for the standard observed sites."""
-    _check_data(data)
+    check_preference_data(data)
     obs = {k: _outcomes(v) for k, v in observed.items()}
     const: dict[str, np.ndarray] = {"items": _np(data.items)}
     dims: dict[str, list[str]] = {"items": ["item", "feature"], "comparisons": ["comparison"], "ratings": ["rating"]}

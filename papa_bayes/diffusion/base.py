@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from papa_bayes.checks import check_device, check_float_dtype, check_path
-from papa_bayes.diffusion.models import PixelDiffusion
+from papa_bayes.diffusion.models import PREDICTION_TYPES, PixelDiffusion
 from papa_bayes.exceptions import InputDataError
 
 __all__ = [
@@ -115,7 +115,7 @@ def make_sampling_scheduler(config: Any = None, *, kind: str = "ddim"):
     if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1:
         raise InputDataError("config", "num_train_timesteps an integer >= 1", num_train)
     prediction = config.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "sample", "v_prediction"):
+    if prediction not in PREDICTION_TYPES:
         raise InputDataError("config", "prediction_type 'epsilon', 'sample' or 'v_prediction'", prediction)
     return classes[kind].from_config(config, clip_sample=False)
 

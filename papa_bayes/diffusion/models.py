@@ -19,11 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_device, check_float, check_float_dtype, check_int
+from papa_bayes.checks import check_device, check_float, check_float_dtype, check_int, shape_of
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["DiffusionModel", "PixelDiffusion", "LatentDiffusion"]
 
+
+#: The scheduler outputs the sampler reads (``prediction_type``).
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 class DiffusionModel:
     """A denoiser with its scheduler; subclasses define how to call it and decode.
@@ -57,7 +60,7 @@ class DiffusionModel:
                 "with the same noise schedule (e.g. `DDIMScheduler.from_config(scheduler.config)`)."
             )
         prediction = scheduler.config.get("prediction_type", "epsilon")
-        if prediction not in ("epsilon", "sample", "v_prediction"):
+        if prediction not in PREDICTION_TYPES:
             raise ModelError(f"Unsupported prediction_type {prediction!r}.")
         num_train = scheduler.config.get("num_train_timesteps")
         if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1 \
@@ -234,8 +237,7 @@ class LatentDiffusion(DiffusionModel):
         shape = "`1 x L x D` or `n x L x D`" + (f" with D = {dim} (cross_attention_dim)" if dim is not None else "")
         if not isinstance(cond, Tensor) or cond.ndim != 3 or 0 in cond.shape or (
                 dim is not None and cond.shape[2] != dim):
-            raise InputDataError(name, f"a tensor of shape {shape}", tuple(cond.shape) if isinstance(cond, Tensor)
-                                 else type(cond).__name__)
+            raise InputDataError(name, f"a tensor of shape {shape}", shape_of(cond))
         if not cond.is_floating_point() or not bool(torch.isfinite(cond).all()):
             raise InputDataError(name, "finite floating-point embeddings", str(cond.dtype))
 

@@ -25,15 +25,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from papa_bayes.checks import check_bool, check_finite, check_float, check_generator, check_int, shape_of
-from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from papa_bayes.diffusion.guidance import Guidance
 
 __all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output", "step_gains"]
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 #: What :func:`sample` calls on a guidance.
 _GUIDANCE_HOOKS = ("begin_trajectory", "begin_batch", "acts_at", "guide", "final_objective")

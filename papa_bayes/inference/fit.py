@@ -16,7 +16,7 @@ from torch import Tensor
 
 from papa_bayes.inference.mcmc_util import chain_results
 from papa_bayes.checks import check_bool, check_float
-from papa_bayes.data import PreferenceData
+from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.laplace import (
     importance_log_weights,
@@ -89,8 +89,7 @@ def fit(
         >>> post = fit(LinearReward(), data, method="nuts", seed=1)
         >>> az.summary(post.to_inference_data())
     """
-    if not isinstance(data, PreferenceData):
-        raise InputDataError("data", "a PreferenceData", type(data).__name__)
+    check_preference_data(data)
     data.require_observations()
     progress_bar = check_bool("progress_bar", progress_bar, optional=True)
     check_fit_options(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
@@ -149,8 +148,7 @@ def prior_posterior(
     """
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
-    if not isinstance(data, PreferenceData):
-        raise InputDataError("data", "a PreferenceData", type(data).__name__)
+    check_preference_data(data)
     _check_refine_steps(refine_steps, "laplace")
     check_fit_options(num_samples=num_samples, seed=seed)
     # fit's defaults; not fit itself, which refuses data without answers.

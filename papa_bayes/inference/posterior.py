@@ -20,14 +20,14 @@ from botorch.sampling.index_sampler import IndexSampler
 from torch import Tensor
 
 from papa_bayes.checks import check_finite, check_int, shape_of
-from papa_bayes.data import PreferenceData
+from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
 
 if TYPE_CHECKING:
     import arviz
 
-__all__ = ["RewardPosterior", "PosteriorDrawsModel", "DrawsPosterior", "DrawsSampler", "check_data", "check_features"]
+__all__ = ["RewardPosterior", "PosteriorDrawsModel", "DrawsPosterior", "DrawsSampler", "check_data", "check_features", "check_posterior"]
 
 
 def check_features(features: Any, d: int, name: str = "features") -> Tensor:
@@ -50,16 +50,16 @@ def check_features(features: Any, d: int, name: str = "features") -> Tensor:
     return features
 
 
-def _integer_scalar(value: Any) -> bool:
-    """A 0-d integer tensor (e.g. ``data.raters[0]``), which stands for its int."""
-    return (isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool
-            and not value.is_floating_point() and not value.is_complex())
+def check_posterior(posterior: Any) -> RewardPosterior:
+    """``posterior`` unless it is not a :class:`RewardPosterior`: then InputDataError."""
+    if not isinstance(posterior, RewardPosterior):
+        raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+    return posterior
 
 
 def check_data(data: Any, d: int, name: str = "data") -> PreferenceData:
     """``data`` as a :class:`PreferenceData` with `d` features, or InputDataError."""
-    if not isinstance(data, PreferenceData):
-        raise InputDataError(name, "a PreferenceData", type(data).__name__)
+    check_preference_data(data, name)
     if data.num_features != d:
         raise InputDataError(name, f"data with {d} features (the fitted data's)", f"{data.num_features} features")
     return data
@@ -253,10 +253,9 @@ class PosteriorDrawsModel(EnsembleModel):
     _num_outputs = 1
 
     def __init__(self, posterior: RewardPosterior, *, rater: int | None = None) -> None:
-        if not isinstance(posterior, RewardPosterior):
-            raise InputDataError("posterior", "a RewardPosterior", type(posterior).__name__)
+        check_posterior(posterior)
         if rater is not None:  # the type here; whether the posterior knows this rater, at its first utility()
-            check_int("rater", int(rater) if _integer_scalar(rater) else rater, minimum=0)
+            check_int("rater", rater, minimum=0)
         super().__init__()
         self.reward_posterior = posterior
         self.rater = rater

@@ -16,7 +16,7 @@ import torch
 import torch.distributions as tdist
 from torch import Tensor
 
-from papa_bayes.data import PreferenceData
+from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["PyroRewardModel", "check_model_data"]
@@ -24,9 +24,7 @@ __all__ = ["PyroRewardModel", "check_model_data"]
 
 def check_model_data(data: object) -> PreferenceData:
     """``data`` unless it is not a :class:`PreferenceData` (then InputDataError): a model's own first check."""
-    if not isinstance(data, PreferenceData):
-        raise InputDataError("data", "a PreferenceData", type(data).__name__)
-    return data
+    return check_preference_data(data)
 
 
 class PyroRewardModel(ABC):

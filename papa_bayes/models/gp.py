@@ -36,8 +36,8 @@ from gpytorch.variational import CholeskyVariationalDistribution, VariationalStr
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.data import PreferenceData, check_preference_data
+from papa_bayes.exceptions import ModelError
 from papa_bayes.models.gp_kernels import (  # noqa: F401  (re-exported: the GP's building blocks)
     DTYPE,
     KERNELS,
@@ -384,8 +384,7 @@ class PreferenceGP:
     # ------------------------------------------------------------- building
     def check_data(self, data: PreferenceData) -> None:
         """Raise on data this model cannot use."""
-        if not isinstance(data, PreferenceData):
-            raise InputDataError("data", "a PreferenceData", type(data).__name__)
+        check_preference_data(data)
         data.require_observations()
         check_single_rater(data, type(self).__name__)
         if data.has_ties and not self.ties:

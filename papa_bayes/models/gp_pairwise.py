@@ -25,7 +25,7 @@ from botorch.models.pairwise_gp import PairwiseGP
 from botorch.models.utils.assorted import consolidate_duplicates
 from torch import Tensor
 
-from papa_bayes.data import PreferenceData
+from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.checks import check_bool, check_float
 from papa_bayes.models.gp_kernels import KERNELS, FeatureStandardizer, check_prior, check_single_rater, make_kernel
@@ -110,8 +110,7 @@ class PairwiseGPReward:
         return math.sqrt(2.0) if self.link == "probit" else 1.0
 
     def check_data(self, data: PreferenceData) -> None:
-        if not isinstance(data, PreferenceData):
-            raise InputDataError("data", "a PreferenceData", type(data).__name__)
+        check_preference_data(data)
         data.require_observations()
         check_single_rater(data, type(self).__name__)
         if data.num_ratings:
