@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -126,6 +126,21 @@ def _check_generator(generator: object, model: DiffusionModel) -> None:
                              f"({model.device})", f"a generator on {generator.device}")
 
 
+def check_sampling_arguments(model: Any, num_samples: Any, num_inference_steps: Any,
+                             generator: Any) -> tuple[int, int]:
+    """A sampling run's model, counts and generator, checked before any work: ``(num_samples, num_inference_steps)``."""
+    if not isinstance(model, DiffusionModel):
+        raise InputDataError("model", "a DiffusionModel (wrap a diffusers UNet2DModel and scheduler in PixelDiffusion)",
+                             type(model).__name__)
+    num_samples = check_int("num_samples", num_samples)
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps)
+    num_train = int(model.scheduler.config.num_train_timesteps)
+    if num_inference_steps > num_train:
+        raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
+    _check_generator(generator, model)
+    return num_samples, num_inference_steps
+
+
 def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
@@ -175,19 +190,11 @@ def sample(
             ``generator`` that is not a torch.Generator on the CPU or the model's
             device, or a ``guidance`` that is not a Guidance.
     """
-    if not isinstance(model, DiffusionModel):
-        raise InputDataError("model", "a DiffusionModel (wrap a diffusers UNet2DModel and scheduler in PixelDiffusion)",
-                             type(model).__name__)
-    num_samples = check_int("num_samples", num_samples)
-    num_inference_steps = check_int("num_inference_steps", num_inference_steps)
+    num_samples, num_inference_steps = check_sampling_arguments(model, num_samples, num_inference_steps, generator)
     batch_size = check_int("batch_size", batch_size)
-    num_train = int(model.scheduler.config.num_train_timesteps)
-    if num_inference_steps > num_train:
-        raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
     # eta > 1 asks for a negative variance: NaN samples
     eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
     progress = check_bool("progress", progress)
-    _check_generator(generator, model)
     if guidance is not None and not all(callable(getattr(guidance, hook, None)) for hook in _GUIDANCE_HOOKS):
         raise InputDataError("guidance", "None or a Guidance", type(guidance).__name__)
     shape = (num_samples, *model.sample_shape)
@@ -200,6 +207,7 @@ def sample(
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = scheduler.timesteps
+    num_train = int(model.scheduler.config.num_train_timesteps)
     if int(timesteps.max()) >= num_train:  # a steps_offset shifts "leading" timesteps past the last one
         offset = int(model.scheduler.config.get("steps_offset", 0))
         raise InputDataError("num_inference_steps", f"at most num_train_timesteps - steps_offset = "

@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_float, check_int, shape_of
+from papa_bayes.checks import check_bool, check_float, shape_of
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
-from papa_bayes.diffusion.sampler import _check_generator, _initial_noise, sample
+from papa_bayes.diffusion.sampler import _initial_noise, check_sampling_arguments, sample
 from papa_bayes.diffusion.selection import ManifoldGuard
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 
@@ -48,17 +48,10 @@ def _checked_scales(scales: Sequence[float]) -> list[float]:
 def _check_pool_arguments(model: Any, guidance: Any, num_samples: Any, num_inference_steps: Any,
                           generator: Any) -> tuple[int, int]:
     """What both rules sample with, checked before the first pool: ``(num_samples, num_inference_steps)``."""
-    if not isinstance(model, DiffusionModel):
-        raise InputDataError("model", "a DiffusionModel", type(model).__name__)
+    counts = check_sampling_arguments(model, num_samples, num_inference_steps, generator)
     if not isinstance(guidance, Guidance):  # a bare objective is a natural slip: wrap it in Guidance(...)
         raise InputDataError("guidance", "a Guidance (e.g. Guidance(objective))", type(guidance).__name__)
-    num_samples = check_int("num_samples", num_samples)
-    num_inference_steps = check_int("num_inference_steps", num_inference_steps)
-    num_train = int(model.scheduler.config.num_train_timesteps)
-    if num_inference_steps > num_train:
-        raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
-    _check_generator(generator, model)
-    return num_samples, num_inference_steps
+    return counts
 
 
 def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_inference_steps: int,

@@ -123,6 +123,18 @@ def finetune_on_samples(
     samples = check_samples("samples", samples, model.sample_shape)
     for m in (model, reference):
         check_conditioning_rows(m, samples.shape[0], "target sample")
+    return _train_on_samples(model, samples, reference=reference, steps=steps, lr=lr, anchor_weight=anchor_weight,
+                             batch_size=batch_size, max_grad_norm=max_grad_norm, generator=generator, device=device,
+                             mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                             lora_targets=lora_targets, progress_bar=progress_bar)
+
+
+def _train_on_samples(model: DiffusionModel, samples: Tensor, *, reference: DiffusionModel | None, steps: int,
+                      lr: float, anchor_weight: float, batch_size: int, max_grad_norm: float,
+                      generator: torch.Generator | None, device: torch.device, mixed_precision: bool | None,
+                      lora_rank: int | None, lora_alpha: float | None, lora_targets: Sequence[str],
+                      progress_bar: bool) -> DiffusionModel:
+    """The training of :func:`finetune_on_samples`, its arguments already checked (and warned about)."""
     run = TrainingCopy.create(model, reference=reference, device=device, mixed_precision=mixed_precision,
                               lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
                               generator=generator)
@@ -222,11 +234,11 @@ def distill_guidance(
     num_samples = check_int("num_samples", num_samples)
     check_int("num_inference_steps", num_inference_steps)
     check_int("sample_batch_size", sample_batch_size)
-    check_int("steps", steps)
-    check_float("lr", lr, strict=True)
-    check_float("anchor_weight", anchor_weight)
-    check_int("batch_size", batch_size)
-    check_float("max_grad_norm", max_grad_norm, strict=True)
+    steps = check_int("steps", steps)
+    lr = check_float("lr", lr, strict=True)
+    anchor_weight = check_float("anchor_weight", anchor_weight)
+    batch_size = check_int("batch_size", batch_size)
+    max_grad_norm = check_float("max_grad_norm", max_grad_norm, strict=True)
     progress_bar = check_bool("progress_bar", progress_bar)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
@@ -238,17 +250,15 @@ def distill_guidance(
     warn_unused_lora_options(lora_rank, lora_alpha, lora_targets)
     if lora_rank is not None:
         check_lora_targets(model, lora_targets)
-    else:  # warned above; not again after sampling
-        lora_alpha, lora_targets = None, DEFAULT_LORA_TARGETS
     check_conditioning_rows(model, num_samples, "sample")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     targets = sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=guidance,
                      generator=generator, batch_size=sample_batch_size, progress=progress_bar).samples
-    distilled = finetune_on_samples(model, targets, steps=steps, lr=lr, anchor_weight=anchor_weight,
-                                    batch_size=batch_size, max_grad_norm=max_grad_norm, generator=generator,
-                                    device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
-                                    lora_alpha=lora_alpha, lora_targets=lora_targets, progress_bar=progress_bar)
+    distilled = _train_on_samples(model, targets, reference=None, steps=steps, lr=lr, anchor_weight=anchor_weight,
+                                  batch_size=batch_size, max_grad_norm=max_grad_norm, generator=generator,
+                                  device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
+                                  lora_alpha=lora_alpha, lora_targets=lora_targets, progress_bar=progress_bar)
     if getattr(distilled, "cfg_scale", 1.0) != 1.0:  # the targets carry the guidance: applying it again doubles it
         distilled.cfg_scale = 1.0
     return distilled
