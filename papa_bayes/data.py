@@ -292,20 +292,32 @@ class PreferenceData:
         Items, comparisons with their tie flags and rater ids, and ratings with
         their rater ids must all begin with ``other``'s (no rater ids: rater 0).
         """
+        return self.extension_mismatch(other) is None
+
+    def extension_mismatch(self, other: PreferenceData) -> str | None:
+        """Where this data stops extending ``other`` (the data a posterior was fitted on), or None.
+
+        Returns:
+            The first field that is shorter or differs, e.g. ``"ties differ at
+            comparison 3"``; None when :meth:`extends` holds.
+        """
         check_preference_data(other, "other")
-        m, k = other.num_comparisons, other.num_ratings
         (cr, rr), (other_cr, other_rr) = self.rater_ids(), other.rater_ids()
-        return (
-            self.num_items >= other.num_items
-            and self.num_comparisons >= m
-            and self.num_ratings >= k
-            and torch.equal(self.items[: other.num_items], other.items)
-            and torch.equal(self.comparisons[:m], other.comparisons)
-            and torch.equal(self.ties[:m], other.ties)
-            and torch.equal(cr[:m], other_cr)
-            and torch.equal(self.ratings[:k], other.ratings)
-            and torch.equal(rr[:k], other_rr)
-        )
+        for name, rows, a, b in (
+            ("items", "row", self.items, other.items), ("comparisons", "comparison", self.comparisons, other.comparisons),
+            ("ties", "comparison", self.ties, other.ties), ("comparison raters", "comparison", cr, other_cr),
+            ("ratings", "rating", self.ratings, other.ratings), ("rating raters", "rating", rr, other_rr),
+        ):
+            if a.shape[0] < b.shape[0]:
+                return f"{a.shape[0]} {name}, fewer than the fitted {b.shape[0]}"
+            if a.shape[1:] != b.shape[1:]:
+                return f"{name} of shape {tuple(a.shape)}, the fitted {tuple(b.shape)}"
+            if b.shape[0] == 0:
+                continue
+            same = (a[: b.shape[0]] == b).reshape(b.shape[0], -1).all(-1)
+            if not bool(same.all()):
+                return f"{name} differ at {rows} {int((~same).nonzero()[0])}"
+        return None
 
     def for_rater(self, rater: int) -> PreferenceData:
         """The comparisons and ratings of one rater (all items kept, rater ids dropped).

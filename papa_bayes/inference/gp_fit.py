@@ -293,26 +293,6 @@ def _check_finite(post: GPPosterior) -> None:
 
 
 # ================================================================= dispatch
-def _how_it_differs(new: PreferenceData, old: PreferenceData) -> str:
-    """Where ``new`` stops extending ``old``: the first field that is shorter or differs."""
-    (new_cr, new_rr), (old_cr, old_rr) = new.rater_ids(), old.rater_ids()
-    for name, rows, a, b in (
-        ("items", "row", new.items, old.items), ("comparisons", "comparison", new.comparisons, old.comparisons),
-        ("ties", "comparison", new.ties, old.ties), ("comparison raters", "comparison", new_cr, old_cr),
-        ("ratings", "rating", new.ratings, old.ratings), ("rating raters", "rating", new_rr, old_rr),
-    ):
-        if a.shape[0] < b.shape[0]:
-            return f"{a.shape[0]} {name}, fewer than the fitted {b.shape[0]}"
-        if b.shape[0] == 0:
-            continue
-        if a.shape[1:] != b.shape[1:]:
-            return f"{name} of shape {tuple(a.shape)}, the fitted {tuple(b.shape)}"
-        same = (a[: b.shape[0]] == b).reshape(b.shape[0], -1).all(-1)
-        if not bool(same.all()):
-            return f"{name} differ at {rows} {int((~same).nonzero()[0])}"
-    return "it does not extend the fitted data"  # pragma: no cover  (extends() and this list agree)
-
-
 def update_gp_posterior(
     post: GPPosterior, data: PreferenceData, *, refit_hyperparameters: bool = False, num_steps: int | None = None
 ) -> GPPosterior:
@@ -329,9 +309,9 @@ def update_gp_posterior(
         raise InputDataError("post", "a GPPosterior", type(post).__name__)
     if not isinstance(data, PreferenceData):
         raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", type(data).__name__)
-    if not data.extends(post.data):
-        raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)",
-                             f"{data!r}: {_how_it_differs(data, post.data)}")
+    mismatch = data.extension_mismatch(post.data)
+    if mismatch is not None:
+        raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", f"{data!r}: {mismatch}")
     refit_hyperparameters = check_bool("refit_hyperparameters", refit_hyperparameters)
     if num_steps is not None:
         check_int("num_steps", num_steps)
