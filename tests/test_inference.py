@@ -381,8 +381,10 @@ def test_options_of_another_method_are_reported_not_dropped(recovery):
 
 
 @pytest.mark.filterwarnings("ignore:NUTS. max split R-hat")  # 5 draws: the point here is the bar only
-def test_nuts_shows_progress_by_default_and_fast_methods_do_not(recovery, capfd):
+def test_nuts_shows_progress_by_default_and_fast_methods_do_not(recovery, capfd, monkeypatch):
     """As Pyro's MCMC: a NUTS fit (minutes on large data) reports progress unless asked not to."""
+    for variable in ("CI", "PYTEST_XDIST_WORKER"):  # Pyro hides its bar on CI machines, whatever we ask
+        monkeypatch.delenv(variable, raising=False)
     small = PreferenceData(items=recovery[1].items, comparisons=recovery[1].comparisons[:20])
     quick = dict(method="nuts", num_samples=5, warmup_steps=5, num_chains=1)
     fit(LinearReward(), small, **quick)
