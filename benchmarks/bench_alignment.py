@@ -20,14 +20,13 @@ unless ``--exploration`` / ``--filter-quantile`` are given.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from operator import itemgetter
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, counts, markdown_table, output_folder, reals, result_files, run_main, write_results
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
 from papa_bayes.exceptions import InputDataError
 
@@ -56,18 +55,24 @@ def target_met(c: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--labels", type=int, nargs="+", default=[0, 5, 10, 20, 30, 60])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--eval-samples", type=int, default=256)
-    p.add_argument("--papa-steps", type=int, default=60)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="seeds, one run of every method each (the person, the sessions and the sampler)")
+    p.add_argument("--labels", type=int, nargs="+", default=[0, 5, 10, 20, 30, 60],
+                   help="label counts at which the recommendations are measured")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="methods to run (default all seven)")
+    p.add_argument("--eval-samples", type=int, default=256, help="recommended samples measured per checkpoint")
+    p.add_argument("--papa-steps", type=int, default=60, help="PAPA fine-tuning steps per checkpoint")
     p.add_argument("--features", choices=FEATURES, default="both", help="reward features (demo.make_setup)")
     p.add_argument("--exploration", type=float, default=None, help="share of each pool from the unsteered model "
                    "(default: run_session's)")
     p.add_argument("--filter-quantile", type=float, default=None, help="DiffusionCandidates' filter_quantile "
                    "(default: its own)")
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds-long run (seed 0, labels 0 and 2, 8 samples, region_pairs and papa) into "
+                   "benchmarks/results/tmp")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge result files of runs split by method, seed or labels into <out>/<name>.* and exit")
     p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")
@@ -77,12 +82,20 @@ def main(argv: list[str] | None = None) -> dict:
     args.labels = sorted(set(args.labels))  # checkpoints in order: labels_to reads the first one that reaches
     if args.labels[0] < 0:
         raise InputDataError("--labels", "label counts >= 0", args.labels[0])
+    counts("--seeds", args.seeds, minimum=0)
+    counts("--eval-samples", args.eval_samples)
+    counts("--papa-steps", args.papa_steps)
+    if args.exploration is not None:
+        reals("--exploration", args.exploration, maximum=1.0, inclusive_maximum=True)
+    if args.filter_quantile is not None:
+        reals("--filter-quantile", args.filter_quantile, strict=True, maximum=1.0)
     opts = {"rescale_every": 10, **({} if args.filter_quantile is None else {"filter_quantile": args.filter_quantile})}
     session_kw = {} if args.exploration is None else {"exploration": args.exploration}
     if args.tiny:
         args.seeds, args.labels, args.eval_samples, args.papa_steps = [0], [0, 2], 8, 2
         args.methods = ["region_pairs", "papa"]
         opts = {"pool_steps": 8, "recommend_steps": 10, "oversample": 2.0, "scale": 0.5, "num_base": 32}
+    out = output_folder(args.out, RESULTS / "tmp" if args.tiny else RESULTS)
     warnings.filterwarnings("ignore", category=UserWarning)
     setup = make_setup(features=args.features)
     curves: dict[str, dict[int, list[dict]]] = {m: {} for m in args.methods}
@@ -103,8 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"method": method, "seed": seed, **{k: c[k] for k in ("labels", *METRICS)}, "target_met": target_met(c)})
                 print(rows[-1], flush=True)
 
-    return report(curves, rows, args.labels, vars(args), args.out or (RESULTS / "tmp" if args.tiny else None),
-                  "bench_alignment" + ("_tiny" if args.tiny else ""))
+    return report(curves, rows, args.labels, vars(args), out, "bench_alignment" + ("_tiny" if args.tiny else ""))
 
 
 def report(curves: dict[str, dict[int, list[dict]]], rows: list[dict], labels: list[int], args: dict,
@@ -171,7 +183,8 @@ def merge(paths: list[str], out: Path | None, name: str) -> dict:
     after the session has chosen its pools' scale), so a rerun of the same sessions
     that measures only further labels extends the earlier curves.
     """
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    output_folder(out)
+    parts = result_files("--merge", paths, key="rows")
     key = itemgetter("method", "seed", "labels")
     owner = {key(r): i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
     rows = sorted((r for i, part in enumerate(parts) for r in part["rows"] if owner[key(r)] == i),
@@ -184,4 +197,4 @@ def merge(paths: list[str], out: Path | None, name: str) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import counts, machine, one_of, output_folder, reals, run_main
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
+    OBJECTIVES,
     DEFAULT_SCALES,
     DigitsPerson,
     Guidance,
@@ -148,12 +149,20 @@ def steering(model, posteriors: dict, person, *, args) -> list[dict]:
     return rows
 
 
+def _machine(info: dict | str) -> str:
+    """'x86_64 CPU, 1 threads' (and Python, papa_bayes, date) from :func:`benchmarks.common.machine`."""
+    if isinstance(info, str):  # files written before the machine was a record
+        return info
+    return (f"{info['cpu']} CPU, {info['threads']} threads, Python {info['python']}, papa_bayes {info['papa_bayes']}, "
+            f"{info['date']}")
+
+
 def markdown(result: dict) -> str:
     t = result["timing"]
     lines = [
         "# Diffusion benchmark",
         "",
-        f"Machine: {result['machine']}; torch {result['torch']}; seed {result['seed']}; "
+        f"Machine: {_machine(result['machine'])}; torch {result['torch']}; seed {result['seed']}; "
         f"{result['labels']} labels ({result['liked_labels']} liked).",
         "",
     ]
@@ -185,27 +194,38 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (seconds), for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--labels", type=int, default=20)
-    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes (seconds), for tests; replaces the sizes, scales and objectives")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the shown samples, the fit and every sampler")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    parser.add_argument("--labels", type=int, default=20, help="base samples the person rates like/dislike")
+    parser.add_argument("--num-samples", type=int, default=256, help="samples scored per steering row")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the steering runs")
-    parser.add_argument("--timing-samples", type=int, default=64)
-    parser.add_argument("--timing-steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-timing", action="store_true")
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
-    parser.add_argument("--objectives", nargs="+", default=["mean", "ucb", "thompson", "region"])
-    parser.add_argument("--quantile", type=float, default=0.6)
-    parser.add_argument("--window-stop", type=float, default=0.5)
-    parser.add_argument("--oversample", type=float, default=4.0)
-    parser.add_argument("--min-probability", type=float, default=0.75)
-    parser.add_argument("--guard-oversample", type=float, default=1.25)
-    parser.add_argument("--calibration-samples", type=int, default=512)
-    parser.add_argument("--rule-samples", type=int, default=64)
-    parser.add_argument("--rule-steps", type=int, default=20)
-    parser.add_argument("--rule-scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
+    parser.add_argument("--timing-samples", type=int, default=64, help="samples per timed sampling run")
+    parser.add_argument("--timing-steps", type=int, default=50, help="DDIM steps of the timed runs")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each kind (best reported)")
+    parser.add_argument("--skip-timing", action="store_true", help="skip the guidance-cost timing")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.3, 1.0, 3.0],
+                        help="normalized guidance scales of the per-objective rows")
+    parser.add_argument("--objectives", nargs="+", default=["mean", "ucb", "thompson", "region"], choices=OBJECTIVES,
+                        help="posterior objectives to steer by")
+    parser.add_argument("--quantile", type=float, default=0.6,
+                        help="quantile of the base samples' objective values that calibrates each objective (0-1)")
+    parser.add_argument("--window-stop", type=float, default=0.5,
+                        help="guidance acts on the first this share of the trajectory (0-1]")
+    parser.add_argument("--oversample", type=float, default=4.0,
+                        help="pool size / kept samples of the region pipeline (>= 1)")
+    parser.add_argument("--min-probability", type=float, default=0.75,
+                        help="preferred-region probability a kept sample of the region pipeline needs (0-1)")
+    parser.add_argument("--guard-oversample", type=float, default=1.25,
+                        help="pool size / kept samples of the mean pipeline (manifold guard only, >= 1)")
+    parser.add_argument("--calibration-samples", type=int, default=512,
+                        help="base samples that calibrate the objectives")
+    parser.add_argument("--rule-samples", type=int, default=64, help="samples per scale of the scale rule")
+    parser.add_argument("--rule-steps", type=int, default=20, help="DDIM steps of the scale rule's samples")
+    parser.add_argument("--rule-scales", type=float, nargs="+", default=list(DEFAULT_SCALES),
+                        help="the scales the scale rule chooses among")
     args = parser.parse_args(argv)
     if args.tiny:
         args.num_samples, args.steps, args.timing_samples, args.timing_steps = 8, 3, 4, 3
@@ -213,7 +233,19 @@ def main(argv: list[str] | None = None) -> dict:
         args.calibration_samples, args.rule_samples, args.rule_steps, args.oversample = 16, 8, 2, 2.0
         args.guard_oversample = 1.0
         args.rule_scales = [1.0]
-    out_dir = args.out or (RESULTS / "tmp" if args.tiny else RESULTS)
+    for option in ("labels", "num_samples", "steps", "timing_samples", "timing_steps", "repeats", "calibration_samples",
+                   "rule_samples", "rule_steps"):
+        counts(f"--{option.replace('_', '-')}", getattr(args, option))
+    counts("--seed", args.seed, minimum=0)
+    one_of("--objectives", args.objectives, OBJECTIVES)
+    reals("--scales", args.scales)
+    reals("--rule-scales", args.rule_scales)
+    reals("--quantile", args.quantile, strict=True, maximum=1.0)
+    reals("--window-stop", args.window_stop, strict=True, maximum=1.0, inclusive_maximum=True)
+    reals("--oversample", args.oversample, minimum=1.0)
+    reals("--guard-oversample", args.guard_oversample, minimum=1.0)
+    reals("--min-probability", args.min_probability, maximum=1.0, inclusive_maximum=True)
+    out_dir = output_folder(args.out, RESULTS / "tmp" if args.tiny else RESULTS)
     model = load_base_model()
     shown = sample(model, args.labels, num_inference_steps=args.steps, generator=_gen(10_000 + args.seed),
                    progress=False).images
@@ -226,8 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     features, posterior = posteriors["pca"]
     objective = PosteriorObjective(posterior, features, kind="region", threshold=0.0)
     result = {
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "benchmark": "bench_diffusion",
+        "machine": machine(),
         "torch": torch.__version__,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seed": args.seed,
         "labels": args.labels,
         "liked_labels": liked,
@@ -239,7 +273,6 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed),
         "steering": steering(model, posteriors, person, args=args),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "diffusion.md").write_text(markdown(result))
     print(markdown(result))
@@ -247,4 +280,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

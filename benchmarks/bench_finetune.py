@@ -29,12 +29,13 @@ default to ``benchmarks/results/tmp``).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, counts, markdown_table, output_folder, reals, run_main, write_results
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DigitsPerson,
@@ -50,6 +51,7 @@ from papa_bayes.diffusion import (
     sample,
     select_guidance_scale,
 )
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
 from papa_bayes.models import LinearReward
 
@@ -154,6 +156,19 @@ def papa_online(model, person, args, *, lr: float, regularizer: float) -> list[d
     return rows
 
 
+def papa_setting(pair: str) -> tuple[float, float]:
+    """``"LR:REGULARIZER"`` as ``(lr, regularizer)``, a positive learning rate and a regulariser >= 0."""
+    expected = "LR:REGULARIZER pairs such as 1e-4:1.0 (LR > 0, REGULARIZER >= 0)"
+    lr, colon, regularizer = pair.partition(":")
+    try:
+        values = float(lr), float(regularizer)
+    except ValueError:
+        values = None
+    if not colon or values is None or not (values[0] > 0 and values[1] >= 0) or not all(map(math.isfinite, values)):
+        raise InputDataError("--papa-settings", expected, repr(pair))
+    return values
+
+
 def markdown(result: dict) -> str:
     s = result["distillation"]
     lines = [
@@ -179,46 +194,69 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (seconds), for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes (seconds), for tests; replaces the sizes and keeps the first PAPA setting")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the shown samples, the fits and every sampler")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
     parser.add_argument("--labels", type=int, default=20, help="labels of the posterior the guidance uses")
-    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--num-samples", type=int, default=256, help="samples scored per row")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of every sampling run")
     parser.add_argument("--scale", type=float, default=None, help="guidance scale (default: the package's rule)")
-    parser.add_argument("--window-stop", type=float, default=0.8)
-    parser.add_argument("--calibration-samples", type=int, default=512)
-    parser.add_argument("--rule-samples", type=int, default=64)
-    parser.add_argument("--rule-steps", type=int, default=20)
-    parser.add_argument("--distill-samples", type=int, default=512)
-    parser.add_argument("--distill-steps", type=int, default=300)
-    parser.add_argument("--distill-lr", type=float, default=3e-4)
-    parser.add_argument("--anchor-weight", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--papa-labels", type=int, nargs="+", default=[20, 60, 150])
-    parser.add_argument("--papa-round", type=int, default=10)
-    parser.add_argument("--papa-steps", type=int, default=30)
-    parser.add_argument("--papa-settings", nargs="+", default=["1e-4:1.0", "1e-3:0.3"],
+    parser.add_argument("--window-stop", type=float, default=0.8,
+                        help="guidance acts on the first this share of the trajectory (0-1]")
+    parser.add_argument("--calibration-samples", type=int, default=512, help="base samples that calibrate the objective")
+    parser.add_argument("--rule-samples", type=int, default=64, help="samples per scale of the scale rule")
+    parser.add_argument("--rule-steps", type=int, default=20, help="DDIM steps of the scale rule's samples")
+    parser.add_argument("--distill-samples", type=int, default=512, help="guided samples the distillation trains on")
+    parser.add_argument("--distill-steps", type=int, default=300, help="optimizer steps of the distillation")
+    parser.add_argument("--distill-lr", type=float, default=3e-4, help="learning rate of the distillation")
+    parser.add_argument("--anchor-weight", type=float, default=0.1,
+                        help="weight of the distillation's pull toward the base model")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of the distillation")
+    parser.add_argument("--papa-labels", type=int, nargs="+", default=[20, 60, 150],
+                        help="label counts at which the PAPA models are scored")
+    parser.add_argument("--papa-round", type=int, default=10, help="labels per PAPA round")
+    parser.add_argument("--papa-steps", type=int, default=30, help="fine-tuning steps per PAPA round")
+    parser.add_argument("--papa-settings", nargs="+", default=["1e-4:1.0", "1e-3:0.3"], metavar="LR:REGULARIZER",
                         help="PAPA runs as LR:REGULARIZER pairs")
-    parser.add_argument("--papa-cutoff", type=float, default=0.4)
-    parser.add_argument("--papa-batch", type=int, default=32)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--papa-cutoff", type=float, default=0.4,
+                        help="PAPA's preference term acts on t >= this share of T (0-1)")
+    parser.add_argument("--papa-batch", type=int, default=32, help="batch size of PAPA's fine-tuning")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar during the distillation")
     args = parser.parse_args(argv)
     if args.tiny:
         args.num_samples, args.steps, args.labels, args.calibration_samples = 16, 3, 8, 16
         args.rule_samples, args.rule_steps, args.distill_samples, args.distill_steps = 8, 2, 16, 3
         args.papa_labels, args.papa_round, args.papa_steps, args.no_progress = [4, 8], 4, 2, True
         args.papa_settings = args.papa_settings[:1]
-    out_dir = args.out or (RESULTS / "tmp" if args.tiny else RESULTS)
-    model = load_base_model(args.checkpoint)
-    features = load_feature_map(None if args.checkpoint is None else Path(args.checkpoint) / "pca_features")
+    for option in ("labels", "num_samples", "steps", "calibration_samples", "rule_samples", "rule_steps",
+                   "distill_samples", "distill_steps", "batch_size", "papa_labels", "papa_round", "papa_steps",
+                   "papa_batch"):
+        counts(f"--{option.replace('_', '-')}", getattr(args, option))
+    counts("--seed", args.seed, minimum=0)
+    if args.scale is not None:
+        reals("--scale", args.scale)
+    reals("--window-stop", args.window_stop, strict=True, maximum=1.0, inclusive_maximum=True)
+    reals("--distill-lr", args.distill_lr, strict=True)
+    reals("--anchor-weight", args.anchor_weight)
+    reals("--papa-cutoff", args.papa_cutoff, maximum=1.0)
+    settings = [papa_setting(pair) for pair in args.papa_settings]
+    out_dir = output_folder(args.out, RESULTS / "tmp" if args.tiny else RESULTS)
+    try:
+        model = load_base_model(args.checkpoint)
+        features = load_feature_map(None if args.checkpoint is None else Path(args.checkpoint) / "pca_features")
+    except InputDataError as err:  # a checkpoint that is not one, under the option's name
+        if args.checkpoint is None or err.expected is None:
+            raise
+        raise InputDataError("--checkpoint", err.expected, err.actual) from None
     person = DigitsPerson()
     rows, summary = distillation(model, features, person, args)
-    settings = [tuple(float(v) for v in pair.split(":")) for pair in args.papa_settings]
     for lr, regularizer in settings:
         rows += papa_online(model, person, args, lr=lr, regularizer=regularizer)
     result = {
+        "args": vars(args),
         "seed": args.seed,
         "checkpoint": str(args.checkpoint or "shipped"),
         "labels": args.labels,
@@ -240,4 +278,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, counts, markdown_table, output_folder, reals, run_main, write_results
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
 from papa_bayes.users import SimulatedUser, simulate_comparisons
@@ -101,20 +101,35 @@ def _run(models: dict[str, Any], prob: dict[str, Any], *, seed: int, num_samples
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
-    p.add_argument("--items-per-comparison", type=float, default=0.5)
-    p.add_argument("--num-test-pairs", type=int, default=4000)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000], metavar="M",
+                   help="numbers of comparisons m")
+    p.add_argument("--items-per-comparison", type=float, default=0.5,
+                   help="distinct items per comparison (n = max(10, m * this))")
+    p.add_argument("--num-test-pairs", type=int, default=4000, help="held-out pairs of fresh items for the log-loss")
     p.add_argument("--num-samples", type=int, default=256, help="posterior draws kept")
     p.add_argument("--fit-repeats", type=int, default=3, help="fits per model for m <= 1000 (best time reported)")
-    p.add_argument("--update-repeats", type=int, default=5)
+    p.add_argument("--update-repeats", type=int, default=5, help="timed updates per model (best time reported)")
     p.add_argument("--pairwise-max-items", type=int, default=1000, help="skip PairwiseGP above this many items")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads for both models")
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds-long run (m=40, 200 test pairs, 32 draws, one fit) into benchmarks/results/tmp")
+    p.add_argument("--seed", type=int, default=0, help="seeds the person, the data and the fits")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     args = p.parse_args(argv)
     if args.tiny:
         args.sizes, args.num_test_pairs, args.num_samples, args.fit_repeats, args.update_repeats = [40], 200, 32, 1, 1
+    counts("--sizes", args.sizes)
+    reals("--items-per-comparison", args.items_per_comparison, minimum=0.0, strict=True)
+    counts("--num-test-pairs", args.num_test_pairs)
+    counts("--num-samples", args.num_samples)
+    counts("--fit-repeats", args.fit_repeats)
+    counts("--update-repeats", args.update_repeats)
+    counts("--pairwise-max-items", args.pairwise_max_items, minimum=0)
+    counts("--threads", args.threads)
+    counts("--seed", args.seed, minimum=0)
+    # A tiny run (what the tests do) never replaces the committed results.
+    name, out = ("bench_gp_tiny", output_folder(args.out, RESULTS / "tmp")) if args.tiny else ("bench_gp", output_folder(args.out))
     torch.set_num_threads(args.threads)
     try:  # NumPy's BLAS (PairwiseGP's Newton solver) gets the same threads
         from threadpoolctl import threadpool_limits
@@ -164,12 +179,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes += f"Load average (1, 5, 15 min) at the end: {load}.\n"
-    # A tiny run (what the tests do) never replaces the committed results.
-    name, out = ("bench_gp_tiny", args.out or RESULTS / "tmp") if args.tiny else ("bench_gp", args.out)
     write_results(name, {"args": vars(args), "rows": rows, "load_average": load}, markdown_table(rows, columns) + notes, out,
                   title="GP preference models: PreferenceGP (ELBO) vs BoTorch PairwiseGP (Laplace)")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, counts, markdown_table, output_folder, run_main, write_results
 from papa_bayes import LinearReward, fit
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
+
+
+METHODS = ("laplace", "svi", "nuts")
 
 
 def _problem(m: int, d: int, seed: int):
@@ -40,19 +43,32 @@ def _time(fn, repeats: int) -> tuple[float, list[float]]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 10000])
-    p.add_argument("--dims", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--methods", nargs="+", default=["laplace", "svi", "nuts"])
-    p.add_argument("--update-repeats", type=int, default=21)
+    p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 10000], metavar="M",
+                   help="numbers of comparisons m to fit")
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 32], metavar="D", help="feature dimensions d")
+    p.add_argument("--methods", nargs="+", default=["laplace", "svi", "nuts"], choices=METHODS,
+                   help="inference methods to time")
+    p.add_argument("--update-repeats", type=int, default=21,
+                   help="timed Laplace updates per setting (median reported; SVI and NUTS: 3)")
     p.add_argument("--num-samples", type=int, default=256, help="posterior draws kept (Laplace/SVI) / per chain (NUTS)")
     p.add_argument("--nuts-max-m", type=int, default=1000, help="skip NUTS above this m (minutes per fit on CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: an online loop's small ops)")
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds-long run (m=30, d=3, 3 repeats, 20 draws) into benchmarks/results/tmp")
+    p.add_argument("--seed", type=int, default=0, help="seeds the simulated person, the data and every fit")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     args = p.parse_args(argv)
     if args.tiny:
         args.sizes, args.dims, args.update_repeats, args.num_samples = [30], [3], 3, 20
+    counts("--sizes", args.sizes)
+    counts("--dims", args.dims)
+    counts("--update-repeats", args.update_repeats)
+    counts("--num-samples", args.num_samples)
+    counts("--nuts-max-m", args.nuts_max_m, minimum=0)
+    counts("--threads", args.threads)
+    counts("--seed", args.seed, minimum=0)
+    out = output_folder(args.out, RESULTS / "tmp" if args.tiny else RESULTS)
     torch.set_num_threads(args.threads)
 
     rows = []
@@ -80,11 +96,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(rows[-1], flush=True)
     table = markdown_table(rows, ["method", "m", "d", "fit_s", "update_ms", "update_repeats", "cosine"])
     path = write_results("bench_inference" + ("_tiny" if args.tiny else ""), {"rows": rows, "args": vars(args)}, table,
-                         args.out or (RESULTS / "tmp" if args.tiny else None), title="Fit and online-update time (median update over repeats)")
+                         out, title="Fit and online-update time (median update over repeats)")
     print(table)
     print(f"written to {path}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -47,23 +47,26 @@ from typing import Any
 import torch
 
 from papa_bayes import LinearReward, fit
-from papa_bayes.acquisition import queries_to_reach, run_active_learning, select_queries
+from benchmarks.common import counts, machine, one_of, output_folder, result_files, run_main
+from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, winner_first
 
 LEVEL = 0.9
 REFINE_STEPS = 20
+MODELS = ("learned", "refined", "scaled", "known")  # the ``:model`` part of an arm (none: learned)
+BOTORCH_ARMS = ("botorch_bald", "botorch_eubo")
 
 
 # ----------------------------------------------------------------------------- args
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dims", default="4,8,16", help="feature dimensions")
-    p.add_argument("--rationalities", default="0.5,1,5", help="user rationalities")
-    p.add_argument("--pool-size", type=int, default=500)
-    p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--dims", default="4,8,16", help="feature dimensions d, comma-separated")
+    p.add_argument("--rationalities", default="0.5,1,5", help="user rationalities, comma-separated (inf: noiseless)")
+    p.add_argument("--pool-size", type=int, default=500, help="N(0, I) items in the pool (every pair is a candidate)")
+    p.add_argument("--queries", type=int, default=50, help="answers per run (the first query is a random pair)")
+    p.add_argument("--seeds", type=int, default=20, help="runs per arm, on seeds --seed, --seed + 1, ...")
     p.add_argument(
         "--strategies", default="eig,eig:known,uncertainty:known,thompson:known,random:known",
         help="our arms: strategy[:model], model 'learned' (default: LinearReward(), rationality learned, "
@@ -72,29 +75,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or 'known' (APReL's setting: the user's rationality known, prior N(0, I/d))",
     )
     p.add_argument("--num-samples", type=int, default=256, help="posterior draws")
-    p.add_argument("--heldout-pairs", type=int, default=1000)
-    p.add_argument("--botorch", default="botorch_bald,botorch_eubo", help="BoTorch arms ('' for none)")
-    p.add_argument("--botorch-settings", default="8:1", help="d:rationality settings for the BoTorch arms ('all')")
+    p.add_argument("--heldout-pairs", type=int, default=1000, help="pairs of fresh items for the held-out log-loss")
+    p.add_argument("--botorch", default="botorch_bald,botorch_eubo",
+                   help=f"BoTorch arms, comma-separated, of {', '.join(BOTORCH_ARMS)} ('' for none)")
+    p.add_argument("--botorch-settings", default="8:1",
+                   help="d:rationality settings for the BoTorch arms, comma-separated ('all': every setting)")
     p.add_argument("--botorch-seeds", type=int, default=8, help="seeds of the BoTorch arms (slow: ~0.7 s a round)")
     p.add_argument("--botorch-candidates", type=int, default=2000, help="random candidate pairs per BoTorch round")
-    p.add_argument("--speed-repeats", type=int, default=20)
-    p.add_argument("--speed-m", default="50,200", help="comparison counts for the speed test")
-    p.add_argument("--skip-speed", action="store_true")
-    p.add_argument("--skip-protocol", action="store_true")
+    p.add_argument("--speed-repeats", type=int, default=20, help="timed repeats of each step of the speed test")
+    p.add_argument("--speed-m", default="50,200", help="comparison counts for the speed test, comma-separated")
+    p.add_argument("--skip-speed", action="store_true", help="skip the speed test")
+    p.add_argument("--skip-protocol", action="store_true", help="skip the label-efficiency protocol")
     p.add_argument("--time-botorch-all-pairs", action="store_true", help="time BoTorch BALD over all pairs once")
     p.add_argument("--liked-set-seeds", type=int, default=0, help="seeds of the set-valued-taste task (0: skip)")
-    p.add_argument("--liked-set-queries", type=int, default=30)
+    p.add_argument("--liked-set-queries", type=int, default=30, help="answers per run of the set-valued-taste task")
     p.add_argument(
         "--liked-set-strategies", default="eig,region,region@0.6,argmax,eubo,thompson,random",
         help="strategy[@q]: q sets the region to the pool's top 1 - q share",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (w*, pool, person and posterior draws of a run)")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     p.add_argument("--name", default="bench_queries", help="stem of the output files")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in several "
                    "files is pooled, on the same seeds the later file wins")
-    p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (output stem bench_queries_tiny)")
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds-long smoke run (d=3, pool 20, 4 queries, 1 seed; output stem bench_queries_tiny)")
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise InputDataError("--seeds", "at least 1 seed", args.seeds)
@@ -108,11 +114,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.strategies, args.botorch, args.name = "eig,eig:refined,random:known", "botorch_bald", "bench_queries_tiny"
     if args.out is None:
         args.out = "benchmarks/results/tmp" if args.tiny else "benchmarks/results"
+    if not args.merge:
+        _check_options(args)
     return args
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+def _check_options(args: argparse.Namespace) -> None:
+    """InputDataError naming the option, before hours of runs, for a value that would fail or mislead later."""
+    counts("--dims", _ints("--dims", args.dims))
+    for r in _floats(args.rationalities, "--rationalities"):
+        if not r > 0:
+            raise InputDataError("--rationalities", "positive numbers (inf: a noiseless user)", r)
+    counts("--pool-size", args.pool_size, minimum=2)
+    for option in ("queries", "num_samples", "heldout_pairs", "botorch_candidates", "speed_repeats", "liked_set_queries"):
+        counts(f"--{option.replace('_', '-')}", getattr(args, option))
+    counts("--liked-set-seeds", args.liked_set_seeds, minimum=0)
+    counts("--seed", args.seed, minimum=0)
+    counts("--speed-m", _ints("--speed-m", args.speed_m))
+    arms = [s for s in args.strategies.split(",") if s]
+    one_of("--strategies", [arm.partition(":")[0] for arm in arms], STRATEGIES)
+    one_of("--strategies (model after ':')", [arm.partition(":")[2] for arm in arms if ":" in arm], MODELS)
+    one_of("--botorch", [s for s in args.botorch.split(",") if s], BOTORCH_ARMS)
+    if args.botorch_settings != "all":
+        for setting in [s for s in args.botorch_settings.split(",") if s]:
+            d, _, r = setting.partition(":")
+            try:
+                float(d), float(r)
+            except ValueError:
+                raise InputDataError("--botorch-settings", "'all' or d:rationality pairs such as 8:1", repr(setting)) from None
+    for spec in [s for s in args.liked_set_strategies.split(",") if s]:
+        name, at, region = spec.partition("@")
+        one_of("--liked-set-strategies", [name], STRATEGIES)
+        q = _floats(region, "--liked-set-strategies")
+        if at and not (len(q) == 1 and 0 < q[0] < 1):
+            raise InputDataError("--liked-set-strategies", "strategy[@q] with 0 < q < 1", repr(spec))
+
+
+def _floats(text: str, option: str = "a comma-separated option") -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputDataError(option, "comma-separated numbers", repr(text)) from None
+
+
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputDataError(option, "comma-separated integers", repr(text))
+    return values
 
 
 # ------------------------------------------------------------------------ one setting
@@ -179,6 +231,8 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
     from botorch.models import PairwiseGP, PairwiseLaplaceMarginalLogLikelihood
     from gpytorch.kernels import LinearKernel, ScaleKernel
 
+    if arm not in BOTORCH_ARMS:  # any other name would silently run EUBO under that name
+        raise InputDataError("arm", f"one of {', '.join(BOTORCH_ARMS)}", repr(arm))
     w, pool, heldout = make_problem(d, rationality, seed, args.pool_size, args.heldout_pairs)
     user = SimulatedUser(w, rationality=rationality, seed=seed)
     n = pool.shape[0]
@@ -638,7 +692,7 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     :func:`pool_summaries`; on the same seeds the later file replaces the earlier;
     partly overlapping seeds raise :class:`~papa_bayes.exceptions.InputDataError`.
     """
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = result_files("--merge", paths, key="config")
     _check_same_protocol(parts, paths)
     result = dict(parts[0])
     result["config"] = {**parts[0]["config"], "name": args.name, "merged_from": list(paths)}
@@ -726,19 +780,13 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
 
 
 def _main(args) -> dict[str, Any]:
+    out = output_folder(args.out)  # a file in its way is refused now, not when the first arm has run
     if args.merge:
         return merge(args.merge, args)
-    out = Path(args.out)
     strategies = [s for s in args.strategies.split(",") if s]
     botorch_arms = [s for s in args.botorch.split(",") if s]
     settings = "all" if args.botorch_settings == "all" else {tuple(float(v) for v in s.split(":")) for s in args.botorch_settings.split(",") if s}
-    try:
-        from benchmarks.common import machine
-
-        info = machine()
-    except ImportError:  # run as a plain script
-        info = {"threads": torch.get_num_threads(), "torch": torch.__version__}
-    result: dict[str, Any] = {"benchmark": "bench_queries", "machine": info, "config": vars(args), "protocol": {}, "speed": None}
+    result: dict[str, Any] = {"benchmark": "bench_queries", "machine": machine(), "config": vars(args), "protocol": {}, "speed": None}
     raw: dict[str, Any] = {}
     start = time.perf_counter()
     if not args.skip_speed:
@@ -784,4 +832,4 @@ def _main(args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

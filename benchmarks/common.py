@@ -1,14 +1,21 @@
-"""Shared output helpers: every benchmark writes ``<name>.json`` and ``<name>.md``."""
+"""Shared helpers: every benchmark writes ``<name>.json`` and ``<name>.md``, checks its
+options before it starts (a mistake reads as one line naming the option, not as a
+traceback hours later), and records the machine and versions it ran on."""
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+import papa_bayes
+from papa_bayes.checks import check_float, check_int, read_json_object
+from papa_bayes.exceptions import InputDataError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -17,10 +24,68 @@ def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "papa_bayes": papa_bayes.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def output_folder(out: Path | str | None, default: Path = RESULTS) -> Path:
+    """``out`` (``default`` when None) as a folder that exists, made now rather than after the run.
+
+    Raises:
+        InputDataError: naming ``--out`` when the path is a file or the folder cannot be made.
+    """
+    folder = Path(default if out is None else out)
+    if folder.exists() and not folder.is_dir():
+        raise InputDataError("--out", "a folder (or a path where one can be made)", f"{folder} (a file)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputDataError("--out", "a folder (or a path where one can be made)",
+                             f"{folder} ({type(err).__name__}: {err.strerror or err})") from None
+    return folder
+
+
+def counts(option: str, values: int | Iterable[int], *, minimum: int = 1) -> None:
+    """InputDataError naming ``option`` unless every value is an integer >= ``minimum``."""
+    for value in [values] if isinstance(values, int) else values:
+        check_int(option, value, minimum=minimum)
+
+
+def reals(option: str, values: float | Iterable[float], **bounds: Any) -> None:
+    """InputDataError naming ``option`` unless every value is a finite number within ``bounds`` (as check_float)."""
+    for value in [values] if isinstance(values, (int, float)) else values:
+        check_float(option, value, **bounds)
+
+
+def one_of(option: str, values: Iterable[str], known: Iterable[str]) -> None:
+    """InputDataError naming ``option`` unless every value is one of ``known``."""
+    known = tuple(known)
+    for value in values:
+        if value not in known:
+            raise InputDataError(option, f"one of {', '.join(known)}", repr(value))
+
+
+def result_files(option: str, paths: Sequence[str], *, key: str) -> list[dict[str, Any]]:
+    """The JSON objects in ``paths`` (result files holding ``key``), or InputDataError naming ``option``."""
+    parts = []
+    for path in paths:
+        part = read_json_object(option, Path(path), f"a benchmark result file (JSON with {key!r})")
+        if key not in part:
+            raise InputDataError(option, f"a benchmark result file (JSON with {key!r})", f"{path} (no {key!r})")
+        parts.append(part)
+    return parts
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a benchmark's ``main`` as a script: a bad option reads as one line (exit 2), as argparse's own errors."""
+    try:
+        main()
+    except InputDataError as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -34,8 +99,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path | None = None, *, title: str = "") -> Path:
-    out = Path(out_dir) if out_dir is not None else RESULTS
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     payload = {"benchmark": name, "machine": machine(), **payload}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
     (out / f"{name}.md").write_text(f"# {title or name}\n\n{table}\nMachine: {payload['machine']}\n")

@@ -1,14 +1,16 @@
 """Argument checks shared across the package: each returns the value or raises
 :class:`~papa_bayes.exceptions.InputDataError` naming the field, what was expected
-and what came."""
+and what came; :func:`reading` and :func:`read_json_object` do the same for files."""
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -16,7 +18,8 @@ from torch import Tensor
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
-           "check_int", "check_path", "check_real_tensor", "is_integer_tensor", "plain_array", "shape_of"]
+           "check_int", "check_path", "check_real_tensor", "is_integer_tensor", "plain_array", "read_json_object",
+           "reading", "shape_of"]
 
 
 def _shown(value: Any) -> Any:
@@ -165,11 +168,42 @@ def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtyp
     return t.to(dtype)
 
 
-def check_path(name: str, value: Any) -> Path:
-    """``value`` as a Path, or InputDataError unless a str or ``os.PathLike``."""
+def check_path(name: str, value: Any, *, expected: str = "a path (str or os.PathLike)") -> Path:
+    """``value`` as a Path, or InputDataError unless a str or ``os.PathLike`` (``expected`` words the error)."""
     if not isinstance(value, (str, os.PathLike)):
-        raise InputDataError(name, "a path (str or os.PathLike)", type(value).__name__)
+        raise InputDataError(name, expected, type(value).__name__)
     return Path(value)
+
+
+@contextmanager
+def reading(name: str, expected: str, where: Any, *,
+            errors: tuple[type[BaseException], ...] = (OSError, ValueError)) -> Iterator[None]:
+    """Within: a missing, unreadable or corrupt file raises InputDataError rather than the reader's own error.
+
+    ``errors`` are what the reader raises for such a file (OSError and ValueError:
+    diffusers' and ``Path.read_text``'s words, JSONDecodeError and UnicodeDecodeError
+    among them); the error reads ``name: expected <expected>, got <where> (<Error>:
+    <its first line>)``. An InputDataError raised within passes unchanged.
+    """
+    try:
+        yield
+    except InputDataError:
+        raise
+    except errors as err:
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise InputDataError(name, expected, f"{where} ({type(err).__name__}: {detail})") from err
+
+
+def read_json_object(name: str, file: Path, expected: str, *, actual: Any = None) -> dict[str, Any]:
+    """The JSON object (a dict) in ``file``, or InputDataError(name, expected, ``actual``; the file by default)
+    when the file cannot be read, is no JSON or holds another JSON value."""
+    try:
+        value = json.loads(Path(file).read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        value = None
+    if not isinstance(value, dict):
+        raise InputDataError(name, expected, str(file) if actual is None else actual)
+    return value
 
 
 def check_float_dtype(name: str, value: Any) -> torch.dtype:

@@ -41,10 +41,11 @@ def _train(argv: list[str]) -> int:
 def _benchmark(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
         asked = bool(argv) and argv[0] in ("-h", "--help")
-        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment)",
+        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment;"
+              " run_all runs them in turn)",
               file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
-    name = argv[0] if argv[0].startswith("bench_") else f"bench_{argv[0]}"
+    name = argv[0] if argv[0].startswith("bench_") or argv[0] == "run_all" else f"bench_{argv[0]}"
     sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(f"benchmarks.{name}")
@@ -56,7 +57,7 @@ def _benchmark(argv: list[str]) -> int:
         else:
             folders = [Path(f) for f in importlib.import_module("benchmarks").__path__]
             here = sorted(f.stem.removeprefix("bench_") for folder in folders for f in folder.glob("bench_*.py"))
-            print(f"benchmarks/{name}.py not found; the benchmarks are: {', '.join(here)}.", file=sys.stderr)
+            print(f"benchmarks/{name}.py not found; the benchmarks are: {', '.join(here)} (and run_all).", file=sys.stderr)
         return 2
     program = sys.argv[0]
     sys.argv[0] = f"papa-bayes benchmark {argv[0]}"  # the benchmark's own --help and errors name the command

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, is_integer_tensor, plain_array
+from papa_bayes.checks import check_int, check_path, is_integer_tensor, plain_array, reading
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["PreferenceData", "check_preference_data"]
@@ -384,16 +384,24 @@ class PreferenceData:
         """Serialize losslessly; also write to ``path`` when given."""
         text = json.dumps(self.to_dict())
         if path is not None:
-            Path(path).write_text(text)
+            check_path("path", path).write_text(text)
         return text
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> PreferenceData:
+        """Inverse of :meth:`to_json`: from its text (a str starting with ``{``) or a file holding it.
+
+        Raises:
+            InputDataError: on a file that is missing or unreadable, text that is not
+                JSON, or JSON that :meth:`from_dict` refuses.
+        """
+        expected = "JSON text or a path to a JSON file"
         if not isinstance(text_or_path, (str, Path)):
-            raise InputDataError("text_or_path", "JSON text or a path to a JSON file", type(text_or_path).__name__)
+            raise InputDataError("text_or_path", expected, type(text_or_path).__name__)
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
+            with reading("text_or_path", expected, text_or_path):
+                text = Path(text_or_path).read_text()
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as err:

@@ -13,6 +13,7 @@ the options its sessions began with; people sharing one answer as different
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError, StoreError
-from papa_bayes.store import RaterLock, lock_rater
+from papa_bayes.store import PreferenceStore, RaterLock, lock_rater
 
 __all__ = ["TerminalUser", "main"]
 
@@ -113,8 +114,12 @@ def _holds_store(path: Path) -> bool:
     return path.is_dir() or (path.exists() and path.stat().st_size > 0)
 
 
-def _session_options(args: argparse.Namespace) -> tuple[dict, bool, int, list[int], int | None]:
-    """The session's options, resolved against what ``args.store`` recorded, and the store's state.
+def _session_options(args: argparse.Namespace, existing: PreferenceStore | None
+                     ) -> tuple[dict, bool, int, list[int], int | None]:
+    """The session's options, resolved against what the store ``existing`` recorded, and the store's state.
+
+    Args:
+        existing: the open store at ``args.store``, or None where there is none yet.
 
     Returns:
         ``(options, resuming, answers so far, other raters, num_features or None)``.
@@ -122,23 +127,20 @@ def _session_options(args: argparse.Namespace) -> tuple[dict, bool, int, list[in
     Raises:
         InputDataError: an option given differs from the one the store recorded.
     """
-    from papa_bayes.store import PreferenceStore
-
     others: list[int] = []
     resuming, before, recorded, num_features = False, 0, dict.fromkeys(SESSION_OPTIONS), None
-    if _holds_store(args.store):
-        with PreferenceStore(args.store, create=False) as existing:
-            others = [r for r in existing.raters() if r != args.rater]
-            config = existing.rater_config(args.rater)
-            resuming = config is not None
-            before = existing.num_answers(args.rater)
-            num_features = existing.num_features
-            if resuming:
-                recorded = _recorded_options(config)
-            for r in others:  # one store, one feature space
-                other = existing.rater_config(r)
-                if recorded["features"] is None and other is not None:
-                    recorded["features"] = _recorded_options(other)["features"]
+    if existing is not None:
+        others = [r for r in existing.raters() if r != args.rater]
+        config = existing.rater_config(args.rater)
+        resuming = config is not None
+        before = existing.num_answers(args.rater)
+        num_features = existing.num_features
+        if resuming:
+            recorded = _recorded_options(config)
+        for r in others:  # one store, one feature space
+            other = existing.rater_config(r)
+            if recorded["features"] is None and other is not None:
+                recorded["features"] = _recorded_options(other)["features"]
     options = {}
     for name, default in SESSION_OPTIONS.items():
         given, stored = getattr(args, name), recorded[name]
@@ -193,44 +195,42 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
         if not math.isfinite(args.scale) or args.scale < 0:
             raise InputDataError("--scale", "a number >= 0 or 'auto'", args.scale)
 
-    from papa_bayes.acquisition.selection import STRATEGIES, _strategy
+    from papa_bayes.acquisition.selection import check_strategy
     from papa_bayes.demo import FEATURES
-    from papa_bayes.store import PreferenceStore
 
     if args.features is not None and args.features not in FEATURES:
         raise InputDataError("--features", f"one of {FEATURES}", args.features)
     if args.strategy is not None:
-        try:
-            strategy = _strategy(args.strategy)
-        except InputDataError:
-            raise InputDataError("--strategy", f"one of {STRATEGIES}", args.strategy) from None
-        if strategy == "eubo" and args.query_type == "rating":
-            raise InputDataError("--strategy", "a strategy for like/dislike ratings (eubo needs two options)", strategy)
+        check_strategy(args.strategy, args.query_type, field="--strategy")
     # The store is checked before the model loads and before anything is written.
     if not args.store.parent.is_dir():
         raise InputDataError("--store", "a file in an existing folder", f"{args.store} ({args.store.parent} is not a folder)")
-    if _holds_store(args.store):
-        PreferenceStore(args.store, create=False).close()  # a folder, or not a papa_bayes store: StoreError
-    args.images = args.images or args.store.with_suffix(".queries")
-    if args.images.exists() and not args.images.is_dir():
-        raise InputDataError("--images", "a folder for the pictures", f"{args.images}, a file")
-    lock = _lock_rater(args.store, args.rater)
-    try:
-        return _label(args, read=read, write=write)
-    finally:
+    with contextlib.ExitStack() as held:
+        existing = None
+        if _holds_store(args.store):  # a folder, or not a papa_bayes store: StoreError
+            existing = held.enter_context(PreferenceStore(args.store, create=False))
+        args.images = args.images or args.store.with_suffix(".queries")
+        if args.images.exists() and not args.images.is_dir():
+            raise InputDataError("--images", "a folder for the pictures", f"{args.images}, a file")
+        lock = _lock_rater(args.store, args.rater)
         if lock is not None:
-            lock.close()
+            held.callback(lock.close)
+        return _label(args, existing, read=read, write=write)
 
 
-def _label(args: argparse.Namespace, *, read: Callable[[str], str], write: TextIO) -> int:
-    """The sitting of ``main``, once its arguments are checked and the rater's lock is held."""
+def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: Callable[[str], str],
+           write: TextIO) -> int:
+    """The sitting of ``main``, once its arguments are checked and the rater's lock is held.
+
+    ``existing`` is the store at ``args.store``, open (None where there is none yet):
+    it is read only now that the lock keeps this rater's other terminals out.
+    """
     from papa_bayes.demo import make_setup
     from papa_bayes.diffusion.candidates import DiffusionCandidates
     from papa_bayes.models import HierarchicalLinearReward, LinearReward
     from papa_bayes.session import PreferenceSession
-    from papa_bayes.store import PreferenceStore
 
-    options, resuming, before, others, num_features = _session_options(args)
+    options, resuming, before, others, num_features = _session_options(args, existing)
     setup = make_setup(features=options["features"])
     if num_features is not None and setup.feature_map.num_features != num_features:  # a store that did not record them
         raise InputDataError("--features", f"features with {num_features} dimensions, as {args.store} holds",
@@ -261,7 +261,10 @@ def _label(args: argparse.Namespace, *, read: Callable[[str], str], write: TextI
     finally:
         if session is not None:
             session.close()
-    with PreferenceStore(args.store, create=False) as stored:
-        n = stored.num_answers(args.rater)
+    if existing is not None:
+        n = existing.num_answers(args.rater)
+    else:  # created by the session
+        with PreferenceStore(args.store, create=False) as stored:
+            n = stored.num_answers(args.rater)
     print(f"{n} answers stored in {args.store}. Run the same command to continue.", file=write)
     return 0

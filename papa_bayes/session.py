@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
-from papa_bayes.acquisition.selection import _strategy
+from papa_bayes.acquisition.selection import check_strategy
 from papa_bayes.checks import check_bool, check_float, check_int, plain_array
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
@@ -144,6 +144,10 @@ def _entropy_proxy(post: RewardPosterior, features: Tensor) -> float:
     return float(sd.log().mean())
 
 
+#: Resample-move steps of the cold-start fit of the other raters' population (see ``_cold_start_model``).
+COLD_START_REFINE_STEPS = 20
+
+
 class PreferenceSession:
     """An online preference-elicitation session backed by a durable store.
 
@@ -198,8 +202,7 @@ class PreferenceSession:
     ) -> None:
         if query_type not in QUERY_TYPES:
             raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
-        if _strategy(strategy) == "eubo" and query_type == "rating":
-            raise InputDataError("strategy", "a strategy for like/dislike queries (EUBO needs two options)", strategy)
+        check_strategy(strategy, query_type)
         exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
         pool_size = check_int("pool_size", pool_size, minimum=2)
         num_draws = check_int("num_draws", num_draws)
@@ -250,6 +253,9 @@ class PreferenceSession:
         self.on_round = on_round
         self.generator = torch.Generator().manual_seed(self.seed)
         self.round = 0
+        # Set before a round's query is stored and cleared once the round is finished: while
+        # it is unset, no query of this round is stored, so step() need not read the store.
+        self._round_open = False
         self._posterior: RewardPosterior | None = None
         self._shown: list[int] = []
         self._rater_model_cache: Any | None = None
@@ -316,11 +322,10 @@ class PreferenceSession:
                 source_state = store.source_state(session.rater)
                 if source_state is not None and callable(getattr(source, "load_state", None)):
                     source.load_state(source_state)
-                if last.answer is None:  # killed while asking: ask again
-                    last = session._ask_and_update(last)
-                    session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
-                elif last.round not in store.finished_rounds(session.rater):  # killed after the answer was written
-                    session._finish_round(last, {"resumed": 1.0, **session._finetune_if_due()})
+                if last.answer is None or last.round not in store.finished_rounds(session.rater):
+                    # Killed while asking, or after the answer was written. The refit above saw every stored answer.
+                    session._round_open = True
+                    session._complete_open_round(last, refit=False)
                 else:
                     session.round = last.round + 1
         except BaseException:
@@ -384,7 +389,10 @@ class PreferenceSession:
         if others.num_observations == 0:
             population = prior_posterior(self.model, others, num_samples=self.num_draws, seed=self.seed)
         else:
-            population = fit(self.model, others, method="laplace", num_samples=self.num_draws, seed=self.seed)
+            # Refined draws: plain Laplace overstates the spread between raters (HierarchicalLinearReward's
+            # docstring), and with it the newcomer's prior; once per session, about a second.
+            population = fit(self.model, others, method="laplace", num_samples=self.num_draws, seed=self.seed,
+                             refine_steps=COLD_START_REFINE_STEPS)
         return population.new_rater_model()
 
     def _fit(self, data: PreferenceData) -> RewardPosterior:
@@ -419,14 +427,10 @@ class PreferenceSession:
         answering, by the update, ...) is finished first, as :meth:`resume` would:
         its stored query is asked again when unanswered.
         """
-        queries = self.store.queries(rater=self.rater)
-        if queries and queries[-1].round == self.round:  # asked in this round, which never finished
-            last = queries[-1]
-            if last.answer is None:
-                last = self._ask_and_update(last)
-            else:  # the answer is stored; the update may not have seen it
-                self._refit()
-            return self._finish_round(last, {"resumed": 1.0, **self._finetune_if_due()})
+        if self._round_open:  # an exception interrupted this round, perhaps after its query was stored
+            queries = self.store.queries(rater=self.rater)
+            if queries and queries[-1].round == self.round:
+                return self._complete_open_round(queries[-1])
         t0 = time.perf_counter()
         pool = self.source.candidates(self._posterior, self.pool_size, exploration=self.exploration, generator=self.generator)
         if pool.features.shape[1] != self.source.num_features:
@@ -441,6 +445,7 @@ class PreferenceSession:
         chosen = sel.indices[0].reshape(-1).tolist()
         item_a, item_b = idx[chosen[0]], idx[chosen[1]] if self.query_type == "pair" else None
         score = float(sel.scores[0])
+        self._round_open = True
         query_id = self.store.add_query(
             round=self.round, rater=self.rater, kind=self.query_type, item_a=item_a, item_b=item_b, score=score,
             rng_state=self.generator.get_state(), source_state=self._source_state(),
@@ -458,6 +463,18 @@ class PreferenceSession:
             **self._finetune_if_due(),
         }
         return self._finish_round(query, metrics)
+
+    def _complete_open_round(self, query: StoredQuery, *, refit: bool = True) -> RoundRecord:
+        """Finish the round of ``query``, stored in a round that an exception or a crash left open.
+
+        Asked again when unanswered; with its answer stored, the posterior is refitted
+        (``refit``), as the update may not have seen it.
+        """
+        if query.answer is None:
+            query = self._ask_and_update(query)
+        elif refit:
+            self._refit()
+        return self._finish_round(query, {"resumed": 1.0, **self._finetune_if_due()})
 
     def _source_state(self) -> dict[str, Any] | None:
         """The source's resumable state (sources with a ``state()`` method), else None."""
@@ -517,6 +534,7 @@ class PreferenceSession:
         self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics, source_state=self._source_state())
         record = RoundRecord(self.round, query, metrics)
         self.round += 1
+        self._round_open = False
         if self.on_round is not None:
             self.on_round(self, record)
         return record

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_int, check_path
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 
@@ -220,18 +220,22 @@ class PreferenceStore:
             always opened, never recreated.
 
     Raises:
-        StoreError: the file is corrupt, not a papa_bayes store, or from a newer schema.
+        InputDataError: a ``path`` that is not a str or os.PathLike.
+        StoreError: the file is corrupt, not a papa_bayes store, or from a newer schema;
+            ``path`` is a folder, or names no store (with ``create=False``) or lies in
+            no folder (with ``create=True``).
     """
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise InputDataError("path", "a file path (str or Path)", type(path).__name__)
-        self.path = Path(path)
+        self.path = check_path("path", path, expected="a file path (str or Path)")
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a folder; a store is a file (e.g. {self.path / 'session.db'}).")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if not exists and not create:
             raise StoreError(f"No store at {self.path}.")
+        if not exists and not self.path.parent.is_dir():  # sqlite3 would say "unable to open database file"
+            raise StoreError(f"Cannot create the store {self.path}: {self.path.parent} is not a folder "
+                             "(create it first).")
         if exists:
             self._check_header()
         conn = None
@@ -495,7 +499,10 @@ class PreferenceStore:
         return pending[-1] if pending else None
 
     def num_answers(self, rater: int | None = None) -> int:
-        return len(self.queries(rater=rater, answered=True))
+        """How many answers are stored (of ``rater``); counted in SQL, as sessions ask every round."""
+        sql = "SELECT COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id"
+        args = () if rater is None else (rater,)
+        return int(self.conn.execute(sql + (" WHERE q.rater = ?" if rater is not None else ""), args).fetchone()[0])
 
     def source_state(self, rater: int) -> dict[str, Any] | None:
         """The candidate source's state stored with ``rater``'s last query or finished round, or None."""

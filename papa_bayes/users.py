@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor, is_integer_tensor
-from papa_bayes.data import PreferenceData
+from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor
+from papa_bayes.data import PreferenceData, _as_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
 
@@ -99,19 +99,18 @@ def random_gp_utility(
 
 
 def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
-    """Order `m x 2` shown pairs winner first (PreferenceData's convention), given `m` bool answers."""
-    try:
-        pairs = pairs if isinstance(pairs, Tensor) else torch.as_tensor(pairs)
-        first_won = first_won if isinstance(first_won, Tensor) else torch.as_tensor(first_won)
-    except (TypeError, ValueError, RuntimeError):
-        raise InputDataError("pairs / first_won", "an `m x 2` index array and `m` bools", (type(pairs).__name__,
-                             type(first_won).__name__)) from None
-    if not is_integer_tensor(pairs) or pairs.numel() % 2:
-        raise InputDataError("pairs", "`m x 2` integer item indices", f"{tuple(pairs.shape)} {pairs.dtype}")
-    pairs = pairs.to(torch.long).reshape(-1, 2)
-    if first_won.dtype != torch.bool and first_won.numel() and not bool(((first_won == 0) | (first_won == 1)).all()):
-        raise InputDataError("first_won", "bools (or 0/1)", first_won.tolist()[:5])
-    first_won = first_won.to(torch.bool).reshape(-1)
+    """Order `m x 2` shown pairs winner first (PreferenceData's convention), given `m` bool answers.
+
+    One pair may come as a `2` vector. Indices and answers are read as PreferenceData
+    reads its ``comparisons`` and ``ties``: float indices and answers other than
+    bools or 0/1 raise :class:`~papa_bayes.exceptions.InputDataError`.
+    """
+    pairs = _as_tensor("pairs", pairs, torch.long)
+    if pairs.numel() == 0 or pairs.shape == (2,):
+        pairs = pairs.reshape(-1, 2)
+    if pairs.dim() != 2 or pairs.shape[-1] != 2:  # a `2 x m` array was read as pairs of other items, silently
+        raise InputDataError("pairs", "`m x 2` integer item indices", tuple(pairs.shape))
+    first_won = _as_tensor("first_won", first_won, torch.bool).reshape(-1)
     if first_won.shape[0] != pairs.shape[0]:
         raise InputDataError("first_won", f"{pairs.shape[0]} answers, one per pair", first_won.shape[0])
     return torch.where(first_won.unsqueeze(-1), pairs, pairs.flip(-1))
@@ -152,16 +151,8 @@ class SimulatedUser:
         threshold = check_float("threshold", threshold, minimum=-math.inf)
         seed = check_int("seed", seed, minimum=0)
         self.weights = None
-        if isinstance(utility, (list, tuple)) or (type(utility).__module__ == "numpy" and not callable(utility)):
-            # a weight vector as an array-like
-            try:
-                utility = torch.as_tensor(utility)
-            except (TypeError, ValueError, RuntimeError):
-                raise InputDataError("utility", "a `d` weight vector of numbers or a callable", type(utility).__name__) from None
-        if isinstance(utility, Tensor):
-            if utility.dtype == torch.bool or utility.is_complex():
-                raise InputDataError("utility", "real weights (a float or integer dtype)", str(utility.dtype))
-            self.weights = utility.to(torch.float64)
+        if isinstance(utility, (Tensor, list, tuple)) or (type(utility).__module__ == "numpy" and not callable(utility)):
+            self.weights = check_real_tensor("utility", utility, "a `d` weight vector of real numbers or a callable")
             if self.weights.dim() != 1 or self.weights.numel() == 0:
                 raise InputDataError("utility", "a non-empty `d` weight vector or a callable", tuple(self.weights.shape))
             if not bool(torch.isfinite(self.weights).all()):

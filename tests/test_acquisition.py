@@ -536,3 +536,36 @@ def test_houlsby_on_the_botorch_view_uses_the_posteriors_link(linear_post):
         assert torch.allclose(HoulsbyInformationGain(post.as_botorch_model())(X), HoulsbyInformationGain(post)(X))
     with pytest.raises(InputDataError, match="X"):
         HoulsbyInformationGain(post.as_botorch_model())(torch.zeros(3, 2, 5, dtype=torch.float64))
+
+
+def test_acquisitions_resolve_a_posterior_its_view_and_a_botorch_model_alike(linear_post, gp_setup):
+    """One resolve_model for DrawsAcquisitionFunction, HoulsbyInformationGain and botorch_qeubo (each had its
+    own copy of the branch): the same model, posterior and rater from each input, the same messages."""
+    from papa_bayes.acquisition.base import resolve_model
+    from papa_bayes.inference.posterior import PosteriorDrawsModel
+
+    post, items = linear_post
+    gp = gp_setup[0]
+    model, reward_posterior, rater = resolve_model(post)
+    assert isinstance(model, PosteriorDrawsModel) and model.reward_posterior is post
+    assert reward_posterior is post and rater is None
+    view = post.as_botorch_model(rater=2)
+    model, reward_posterior, rater = resolve_model(view)
+    assert model is view and reward_posterior is post and rater == 2
+    model, reward_posterior, rater = resolve_model(gp)
+    assert model is gp and reward_posterior is None and rater is None
+    for acq in (PairwiseInformationGain(view), ExpectedUtilityOfBestOption(view)):
+        assert acq.model is view and acq.reward_posterior is post and acq.rater == 2 and acq.link == post.link
+    houlsby = HoulsbyInformationGain(view)
+    assert houlsby.model is view and houlsby.link == post.link
+    with pytest.raises(InputDataError, match="X"):  # the posterior's width, taken from the view
+        houlsby(items[:2, :3].unsqueeze(0))
+    assert HoulsbyInformationGain(gp).link == "probit"
+    wrong = str(InputDataError("model", "a RewardPosterior or a BoTorch Model", "str"))
+    for make in (PairwiseInformationGain, ExpectedUtilityOfBestOption, HoulsbyInformationGain):
+        with pytest.raises(InputDataError) as err:
+            make("a model")
+        assert str(err.value) == wrong
+    with pytest.raises(InputDataError) as err:
+        botorch_qeubo(gp)
+    assert str(err.value) == str(InputDataError("posterior", "a RewardPosterior or its as_botorch_model()", "PairwiseGP"))

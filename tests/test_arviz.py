@@ -138,6 +138,15 @@ def test_module_converter_accepts_every_posterior(logit_data):
     idata = to_inference_data(post, seed=1)
     assert idata.attrs["method"] == "elbo" and idata.posterior["utility"].shape == (1, 8, 20)
     assert (idata.posterior_predictive["comparisons"] == post.to_inference_data(seed=1).posterior_predictive["comparisons"]).all()
+    from papa_bayes import InputDataError
+    from papa_bayes.checks import check_int
+
+    for bad in (-1, 1.5, "0"):  # checked by GPPosterior.to_inference_data, which the converter hands over to
+        with pytest.raises(InputDataError) as err:
+            to_inference_data(post, seed=bad)
+        with pytest.raises(InputDataError) as expected:
+            check_int("seed", bad, minimum=0)
+        assert str(err.value) == str(expected.value)
 
 
 def test_calibration_reads_lists_in_double_precision_and_names_both_shapes():

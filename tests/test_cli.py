@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,14 @@ def test_benchmark_whose_dependency_is_missing_is_not_reported_missing(benchmark
         main(["benchmark", "needs_dep"])
     assert main(["benchmark", "no_such_benchmark"]) == 2
     assert "benchmarks/bench_no_such_benchmark.py not found" in capsys.readouterr().err
+
+
+def test_benchmark_run_all_is_reached_by_its_name(monkeypatch, capsys):
+    """`papa-bayes benchmark run_all` looked for benchmarks/bench_run_all.py."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "run_all", "--help"])
+    assert info.value.code == 0 and "--tiny" in capsys.readouterr().out
 
 
 def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path, monkeypatch):

@@ -312,3 +312,21 @@ def test_to_dataframe_is_the_inverse_of_from_dataframe():
     comparisons, ratings, frame = plain.to_dataframe()
     assert "rater" not in comparisons.columns and list(frame.columns) == ["x0", "x1"] and len(ratings) == 0
     assert PreferenceData.from_dataframe(comparisons, frame, ratings=ratings) == plain
+
+
+def test_from_json_names_a_missing_or_unreadable_file(tmp_path):
+    """A missing file raised FileNotFoundError, a folder IsADirectoryError, a binary file UnicodeDecodeError."""
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    for path, error in ((tmp_path / "missing.json", "FileNotFoundError"), (tmp_path, "IsADirectoryError"),
+                        (tmp_path / "binary.json", "UnicodeDecodeError")):
+        for given in (path, str(path)):
+            with pytest.raises(InputDataError, match="^text_or_path:") as info:
+                PreferenceData.from_json(given)
+            assert str(path) in str(info.value) and error in str(info.value)
+
+
+def test_to_json_names_a_path_that_is_no_path():
+    """to_json(path=3) raised a raw TypeError from pathlib."""
+    data = PreferenceData(items=torch.zeros(2, 1), comparisons=[[0, 1]])
+    with pytest.raises(InputDataError, match="^path: expected a path"):
+        data.to_json(3)

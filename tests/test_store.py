@@ -200,3 +200,26 @@ def test_queries_carry_their_times_and_make_a_table(tmp_path):
         assert rows[0]["answer"] == "tie" and set(rows[0]) >= {"round", "rater", "kind", "asked", "answered"}
     with pytest.raises(InputDataError, match="path"):
         PreferenceStore(123)
+
+
+def test_a_store_in_a_missing_folder_says_so(tmp_path):
+    """sqlite3's "unable to open database file" came as "not a readable papa_bayes store ... left untouched"."""
+    with pytest.raises(StoreError, match="is not a folder"):
+        PreferenceStore(tmp_path / "nowhere" / "s.db")
+    assert not (tmp_path / "nowhere").exists()
+    with pytest.raises(StoreError, match="No store at"):
+        PreferenceStore(tmp_path / "nowhere" / "s.db", create=False)
+    with pytest.raises(InputDataError, match=r"^path: expected a file path \(str or Path\), got int"):
+        PreferenceStore(3)
+
+
+def test_num_answers_counts_per_rater_and_skips_pending_queries(tmp_path):
+    with PreferenceStore(tmp_path / "s.db") as store:
+        store.add_items(torch.randn(4, 3))
+        for rater, answer in ((0, "first"), (0, "tie"), (1, "like")):
+            kind = "rating" if answer == "like" else "pair"
+            q = store.add_query(round=0, rater=rater, kind=kind, item_a=0, item_b=None if kind == "rating" else 1)
+            store.record_answer(q, answer)
+        store.add_query(round=1, rater=0, kind="pair", item_a=2, item_b=3)  # asked, not answered
+        assert (store.num_answers(), store.num_answers(0), store.num_answers(1), store.num_answers(2)) == (3, 2, 1, 0)
+        assert store.num_answers(0) == len(store.queries(rater=0, answered=True))

@@ -281,3 +281,19 @@ def test_a_callable_utility_gives_one_value_per_item():
     with pytest.raises(InputDataError, match="3 utilities"):
         user.rate(_items(3, 2))
     assert SimulatedUser(lambda x: x.sum(-1)).compare(_items(3, 2), _items(3, 2, seed=1))[0].shape == (3,)
+
+
+def test_weights_as_a_list_of_floats_are_read_in_double():
+    """A list of Python floats went through float32: SimulatedUser([0.1]) held 0.10000000149."""
+    assert SimulatedUser([0.1, -0.3]).weights.tolist() == [0.1, -0.3]
+    assert SimulatedUser(torch.tensor([0.1, -0.3], dtype=torch.float32)).weights.dtype == torch.float64
+
+
+def test_winner_first_reads_only_m_x_2_pairs():
+    """A `2 x 3` array was reshaped into three pairs of other items, silently."""
+    with pytest.raises(InputDataError, match=r"^pairs: expected `m x 2`.*\(2, 3\)"):
+        winner_first([[0, 1, 2], [3, 4, 5]], [True, True, True])
+    assert winner_first([0, 1], [False]).tolist() == [[1, 0]]  # one pair as a `2` vector
+    assert winner_first(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)).shape == (0, 2)
+    with pytest.raises(InputDataError, match="^first_won:"):  # was reported as "pairs / first_won"
+        winner_first([[0, 1]], ["yes"])

@@ -43,6 +43,7 @@ __all__ = [
     "entropy_bits",
     "outcome_log_probs",
     "per_draw",
+    "resolve_model",
 ]
 
 LN2 = math.log(2.0)
@@ -130,6 +131,33 @@ def check_utility_model(model: Model) -> Model:
     return model
 
 
+def resolve_model(
+    model: RewardPosterior | Model, *, name: str = "model", draws_only: bool = False
+) -> tuple[Model, RewardPosterior | None, int | None]:
+    """The BoTorch model an acquisition function evaluates, the RewardPosterior behind it and the rater it views.
+
+    Args:
+        model: a RewardPosterior (its ``as_botorch_model()`` is used), one rater's
+            view of one (``posterior.as_botorch_model(rater=r)``) or, unless
+            ``draws_only``, any single-output BoTorch ``Model`` of the utility.
+        name: the argument's name in errors.
+        draws_only: accept only a RewardPosterior and its views.
+
+    Returns:
+        ``(botorch_model, reward_posterior, rater)``; the last two None for a plain
+        BoTorch model, the rater None for a RewardPosterior.
+    """
+    if isinstance(model, RewardPosterior):
+        return model.as_botorch_model(), model, None
+    if isinstance(model, PosteriorDrawsModel):
+        return model, model.reward_posterior, model.rater
+    if draws_only:
+        raise InputDataError(name, "a RewardPosterior or its as_botorch_model()", type(model).__name__)
+    if not isinstance(model, Model):
+        raise InputDataError(name, "a RewardPosterior or a BoTorch Model", type(model).__name__)
+    return check_utility_model(model), None, None
+
+
 def check_pending(X_pending: Any, query_size: int, d: int | None) -> Tensor | None:
     """Validate pending items (BoTorch's ``X_pending``): `m x d` with ``m < query_size``, or None."""
     if X_pending is None:
@@ -209,15 +237,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         num_samples: int = 1024,
         seed: int = 0,
     ) -> None:
-        posterior, rater = None, None
-        if isinstance(model, RewardPosterior):
-            posterior, model = model, model.as_botorch_model()
-        elif isinstance(model, PosteriorDrawsModel):  # one rater's view of a RewardPosterior
-            posterior, rater = model.reward_posterior, model.rater
-        elif not isinstance(model, Model):
-            raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
-        else:
-            check_utility_model(model)
+        model, posterior, rater = resolve_model(model)
         if posterior is not None:
             link = link or posterior.link
         super().__init__(model=model)

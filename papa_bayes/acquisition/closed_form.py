@@ -30,10 +30,10 @@ from botorch.models.model import Model
 from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, check_utility_model
+from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, resolve_model
 from papa_bayes.checks import check_float, check_real_tensor, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
+from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link
 
 __all__ = [
@@ -148,16 +148,10 @@ class HoulsbyInformationGain(AcquisitionFunction):
     """
 
     def __init__(self, model: RewardPosterior | Model, *, noise_scale: float = 1.0, link: str | None = None) -> None:
-        self._num_features = None
-        if isinstance(model, RewardPosterior):
-            link, self._num_features = link or model.link, model.num_features
-            model = model.as_botorch_model()
-        elif isinstance(model, PosteriorDrawsModel):  # one rater's view of a RewardPosterior: its link
-            link, self._num_features = link or model.reward_posterior.link, model.reward_posterior.num_features
-        elif not isinstance(model, Model):
-            raise InputDataError("model", "a RewardPosterior or a BoTorch Model", type(model).__name__)
-        else:
-            check_utility_model(model)
+        model, posterior, _ = resolve_model(model)
+        self._num_features = None if posterior is None else posterior.num_features
+        if posterior is not None:
+            link = link or posterior.link
         super().__init__(model=model)
         self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
         self.link = check_link(link or "probit")

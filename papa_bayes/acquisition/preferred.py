@@ -31,7 +31,7 @@ from botorch.acquisition.preference import qExpectedUtilityOfBestOption
 from botorch.models.model import Model
 from torch import Tensor
 
-from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, answer_log_probs
+from papa_bayes.acquisition.base import DrawsAcquisitionFunction, answer_log_probs, entropy_bits, resolve_model
 from papa_bayes.checks import check_int, is_integer_tensor, shape_of
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
@@ -71,10 +71,17 @@ def grouped_information(log_probs: Tensor | list[Tensor], groups: Tensor, num_gr
         raise InputDataError("groups", f"group ids in [0, {num_groups})", (int(groups.min()), int(groups.max())))
     if isinstance(log_probs, Tensor):
         log_probs = list(log_probs.unbind(-1))
+    s = log_probs[0].shape[0]
+    if groups.shape not in ((s,), log_probs[0].shape):
+        raise InputDataError("groups", f"shape ({s},) or {tuple(log_probs[0].shape)} (one group per draw)",
+                             tuple(groups.shape))
+    return _grouped_information(log_probs, groups, num_groups)
+
+
+def _grouped_information(log_probs: list[Tensor], groups: Tensor, num_groups: int) -> Tensor:
+    """:func:`grouped_information` without its checks, for groups the acquisition functions computed themselves."""
     probs = [lp.exp() for lp in log_probs]
     s, batch = probs[0].shape[0], probs[0].shape[1:]
-    if groups.shape not in ((s,), probs[0].shape):
-        raise InputDataError("groups", f"shape ({s},) or {tuple(probs[0].shape)} (one group per draw)", tuple(groups.shape))
     marginal = torch.stack([p.mean(0) for p in probs], -1)
     if groups.dim() == 1:  # one grouping shared by every query (e.g. the argmax)
         _, inverse = torch.unique(groups, return_inverse=True)
@@ -204,10 +211,10 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
         if self.query_size == 1:
             (u,) = utilities
             lp = answer_log_probs(u, None, link=self.link, threshold=self.like_threshold)
-            return grouped_information(lp, self.membership(u), 2)
+            return _grouped_information(lp, self.membership(u), 2)
         u_first, u_second = utilities
         lp = answer_log_probs(u_first, u_second, link=self.link, tie_strength=self.tie_strength)
-        return grouped_information(lp, self.membership(u_first) + 2 * self.membership(u_second), 4)
+        return _grouped_information(lp, self.membership(u_first) + 2 * self.membership(u_second), 4)
 
 
 class ArgmaxInformation(DrawsAcquisitionFunction):
@@ -252,7 +259,7 @@ class ArgmaxInformation(DrawsAcquisitionFunction):
             lp = answer_log_probs(utilities[0], None, link=self.link, threshold=self.like_threshold)
         else:
             lp = answer_log_probs(*utilities, link=self.link, tie_strength=self.tie_strength)
-        return grouped_information(lp, self.best, self.num_items)
+        return _grouped_information(lp, self.best, self.num_items)
 
 
 class ExpectedUtilityOfBestOption(DrawsAcquisitionFunction):
@@ -283,8 +290,5 @@ def botorch_qeubo(posterior: RewardPosterior | PosteriorDrawsModel, **kwargs: An
     ``forward``: `batch_shape x q x d` -> `batch_shape`; each draw counts once, so the
     value equals :class:`ExpectedUtilityOfBestOption`'s.
     """
-    if isinstance(posterior, RewardPosterior):
-        posterior = posterior.as_botorch_model()
-    elif not isinstance(posterior, PosteriorDrawsModel):
-        raise InputDataError("posterior", "a RewardPosterior or its as_botorch_model()", type(posterior).__name__)
-    return qExpectedUtilityOfBestOption(pref_model=posterior, **kwargs)
+    model, _, _ = resolve_model(posterior, name="posterior", draws_only=True)
+    return qExpectedUtilityOfBestOption(pref_model=model, **kwargs)

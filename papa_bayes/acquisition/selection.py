@@ -125,6 +125,26 @@ def _strategy(strategy: str) -> str:
     return name
 
 
+def check_strategy(strategy: str, query_type: str | None, *, field: str = "strategy") -> str:
+    """The strategy's name (aliases resolved), refused for a query type it cannot score.
+
+    Args:
+        strategy: one of :data:`STRATEGIES` or an alias.
+        query_type: ``"pair"``, ``"rating"``, or None (not known yet: any strategy).
+        field: the option named in the errors (e.g. ``"--strategy"`` for the CLI).
+
+    Raises:
+        InputDataError: an unknown strategy, or "eubo" for like/dislike queries.
+    """
+    try:
+        name = _strategy(strategy)
+    except InputDataError:
+        raise InputDataError(field, f"one of {STRATEGIES}", strategy) from None
+    if name == "eubo" and query_type == "rating":
+        raise InputDataError(field, "a strategy for like/dislike queries (EUBO needs two options)", strategy)
+    return name
+
+
 def make_acquisition(
     strategy: str,
     posterior: RewardPosterior,
@@ -177,8 +197,7 @@ def make_acquisition(
     if strategy == "argmax":
         return ArgmaxInformation(model, query_size=q, pool_utility=pool_utility)
     if strategy == "eubo":
-        if q != 2:
-            raise InputDataError("strategy", "a strategy for like/dislike queries (EUBO needs two options)", strategy)
+        check_strategy(strategy, query_type)  # EUBO compares two options: refused for ratings
         return ExpectedUtilityOfBestOption(model)
     if strategy == "uncertainty":
         return UtilityDifferenceVariance(model, query_size=q, threshold=threshold)

@@ -5,35 +5,52 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float
+from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError
-
-
-def _real(name: str, value: object) -> Tensor:
-    """``value`` as a float64 tensor, or InputDataError for text and other non-numbers."""
-    try:
-        t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise InputDataError(name, "an array-like of numbers", type(value).__name__) from None
-    if t.is_complex():
-        raise InputDataError(name, "real numbers", str(t.dtype))
-    if not isinstance(value, Tensor) and t.dtype == torch.float32 and not getattr(value, "dtype", None):
-        t = torch.as_tensor(value, dtype=torch.float64)  # Python floats: parse in double, not torch's default float32
-    return t.to(torch.float64)
 
 __all__ = ["expected_calibration_error", "interval_coverage", "reliability_curve"]
 
 
+def _real(name: str, value: object) -> Tensor:
+    """``value`` as a detached float64 tensor (:func:`check_real_tensor`), bools read as 0/1.
+
+    Outcomes often come as bools (``u_a > u_b``), so bools are numbers here.
+    """
+    try:
+        return check_real_tensor(name, value, "an array-like of numbers").detach()
+    except InputDataError as err:
+        if err.actual != str(torch.bool):
+            raise
+    return torch.as_tensor(value).detach().to(torch.float64)
+
+
 def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) -> tuple[Tensor, Tensor, Tensor]:
-    """Equal-width bins of predicted probability: (mean prediction, observed frequency, count), each `num_bins`."""
+    """Reliability diagram data over equal-width bins of predicted probability.
+
+    Args:
+        probs: `n` predicted probabilities of the event, in [0, 1].
+        outcomes: `n` 0/1 outcomes (bools too), in the same order and shape as
+            ``probs`` (dims of size 1 aside).
+        num_bins: number of equal-width bins on [0, 1].
+
+    Returns:
+        (mean prediction, observed frequency, count), each `num_bins`. Empty bins
+        hold 0 for the first two: plot only where ``count > 0``.
+
+    Raises:
+        InputDataError: empty input, shapes that do not pair each probability
+            with one outcome, probabilities outside [0, 1] (NaN too), outcomes
+            other than 0/1.
+    """
     probs, outcomes = _real("probs", probs), _real("outcomes", outcomes)
-    if probs.numel() != outcomes.numel():
+    # Equal sizes are not enough: `n x k` probabilities against `k x n` outcomes
+    # would pair the wrong rows; only dims of size 1 may differ.
+    if probs.squeeze().shape != outcomes.squeeze().shape:
         raise InputDataError("outcomes", f"one per probability (probs of shape {tuple(probs.shape)})", tuple(outcomes.shape))
     probs, outcomes = probs.reshape(-1), outcomes.reshape(-1)
     if probs.numel() == 0:
         raise InputDataError("probs", "at least one prediction", "empty")
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise InputDataError("num_bins", "a positive integer", num_bins)
+    num_bins = check_int("num_bins", num_bins, expected="a positive integer")
     outside = ~((probs >= 0) & (probs <= 1))  # NaN included
     if bool(outside.any()):
         i = int(outside.nonzero()[0])
@@ -54,7 +71,11 @@ def expected_calibration_error(probs: Tensor, outcomes: Tensor, *, num_bins: int
 
     Args:
         probs: `n` predicted probabilities of the event.
-        outcomes: `n` 0/1 outcomes.
+        outcomes: `n` 0/1 outcomes, paired with ``probs`` as in :func:`reliability_curve`.
+        num_bins: number of equal-width bins on [0, 1].
+
+    Returns:
+        The ECE, in [0, 1].
     """
     mean_p, freq, count = reliability_curve(probs, outcomes, num_bins=num_bins)
     return float(((count / count.sum()) * (mean_p - freq).abs()).sum())

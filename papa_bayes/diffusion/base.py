@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from papa_bayes.checks import check_device, check_float_dtype, check_path
+from papa_bayes.checks import check_device, check_float_dtype, check_path, reading
 from papa_bayes.diffusion.models import PREDICTION_TYPES, PixelDiffusion
 from papa_bayes.exceptions import InputDataError
 
@@ -155,15 +156,18 @@ def load_base_model(
     root = DEFAULT_CHECKPOINT if path is None else check_path("path", path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a checkpoint folder holding `unet/config.json`", str(root))
-    try:
+    with reading_checkpoint(root):
         unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype,
                                            low_cpu_mem_usage=False)
         if (root / "scheduler" / "scheduler_config.json").is_file():
             train_config = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True).config
         else:
             train_config = DIGITS_SCHEDULER_CONFIG
-    except (OSError, ValueError) as err:  # diffusers' words for missing or corrupt files; JSONDecodeError too
-        raise InputDataError("path", "a checkpoint whose `unet/` and `scheduler/` diffusers can read",
-                             f"{root} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
     unet = unet.to(device).eval().requires_grad_(False)
     return PixelDiffusion(unet, make_sampling_scheduler(train_config, kind=scheduler))
+
+
+def reading_checkpoint(root: Path) -> AbstractContextManager[None]:
+    """Within: diffusers' OSError / ValueError for a missing or corrupt file of checkpoint folder ``root``
+    (JSONDecodeError too) raises InputDataError on ``path``."""
+    return reading("path", "a checkpoint whose `unet/` and `scheduler/` diffusers can read", root)

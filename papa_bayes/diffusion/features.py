@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_finite, check_int, check_path, shape_of
+from papa_bayes.checks import check_finite, check_int, check_path, read_json_object, reading, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -402,6 +402,7 @@ def load_feature_map(
             ``model``/``fn`` is missing, or ``model``'s mid-block differs from the one
             the map was fitted on.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if directory is None:
@@ -411,16 +412,17 @@ def load_feature_map(
     root = check_path("directory", directory)
     if not (root / "feature_map.json").is_file():
         raise InputDataError("directory", "a folder holding `feature_map.json`", str(root))
-    try:
-        config = json.loads((root / "feature_map.json").read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        config = None
-    if not isinstance(config, dict):
-        raise InputDataError("feature_map.json", "a JSON object saved by save_feature_map",
-                             str(root / "feature_map.json"))
+    config = read_json_object("feature_map.json", root / "feature_map.json", "a JSON object saved by save_feature_map")
     weights = root / "feature_map.safetensors"
-    tensors = load_file(str(weights)) if weights.is_file() else {}
+    tensors = {}
+    if weights.is_file():
+        with reading("directory", "a folder whose `feature_map.safetensors` safetensors can read", weights,
+                     errors=(OSError, ValueError, SafetensorError)):
+            tensors = load_file(str(weights))
     kind = config.get("kind")
+    needed = {"midblock": ("timestep", "num_features"), "callable": ("num_features",)}.get(kind, ())
+    if missing := [key for key in needed if key not in config]:
+        raise InputDataError("feature_map.json", f"a {kind} map's settings {list(needed)}", f"{str(root)} without {missing}")
     if kind == "pca":
         missing = sorted({"mean", "components", "std"} - set(tensors))
         if missing:

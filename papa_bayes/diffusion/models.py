@@ -112,6 +112,14 @@ class DiffusionModel:
         """
         return self
 
+    def for_rows(self, rows: Tensor | slice) -> DiffusionModel:
+        """The model conditioned on rows ``rows`` (indices or a slice) of its per-sample inputs.
+
+        Fine-tuning picks a random batch of training samples with this; a model
+        without per-sample inputs returns itself.
+        """
+        return self
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
         """Move the networks (None keeps the device / dtype); returns ``self``.
 
@@ -259,19 +267,23 @@ class LatentDiffusion(DiffusionModel):
         return cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
 
     def for_samples(self, start: int, stop: int, num_samples: int) -> LatentDiffusion:
-        per_sample = {}
         for name in self._CONDITIONING:
             cond = getattr(self, name)
-            if cond is None or cond.shape[0] == 1:
-                continue
-            if cond.shape[0] != num_samples:
+            if cond is not None and cond.shape[0] not in (1, num_samples):
                 raise InputDataError(name, f"1 or {num_samples} rows (one per sample)", tuple(cond.shape))
-            per_sample[name] = cond[start:stop]
+        return self.for_rows(slice(start, stop))
+
+    def for_rows(self, rows: Tensor | slice) -> LatentDiffusion:
+        """A copy sharing the networks, its `n x L x D` conditioning cut to rows ``rows``
+        (`1 x L x D` conditioning, shared by every sample, stays); itself without any of `n` rows."""
+        per_sample = [name for name in self._CONDITIONING
+                      if getattr(self, name) is not None and getattr(self, name).shape[0] > 1]
         if not per_sample:
             return self
         batch = copy.copy(self)  # shares the networks
-        for name, cond in per_sample.items():
-            setattr(batch, name, cond)
+        for name in per_sample:
+            cond = getattr(self, name)
+            setattr(batch, name, cond[rows if isinstance(rows, slice) else rows.to(cond.device)])
         return batch
 
     def conditional_output(self, x_t: Tensor, t: Tensor) -> Tensor:

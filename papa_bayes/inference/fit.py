@@ -72,6 +72,7 @@ def fit(
             global RNG is left untouched).
         progress_bar: show Pyro's / tqdm progress bars. None (default): on for NUTS
             (minutes on large data; as Pyro's ``MCMC`` does), off for Laplace and SVI.
+            Pyro hides its NUTS bar whenever the ``CI`` environment variable is set.
         refine_steps: Laplace only: move the Gaussian draws toward the exact
             posterior (resample-move: twice ``num_samples`` Laplace draws resampled by
             their importance weights, then this many random-walk Metropolis steps
@@ -219,7 +220,7 @@ def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, A
     if refine:
         logw = importance_log_weights(model, data, space, raw, mode.expand_as(raw), H)
         cov = torch.cholesky_inverse(torch.linalg.cholesky(H))
-        raw, _, more = resample_move(model, data, space, raw, logw, s, cov, steps=refine, generator=gen)
+        raw, more = resample_move(model, data, space, raw, logw, s, cov, steps=refine, generator=gen)
         params, _ = space.unpack(raw)
         info = {**info, **more}
     mode_params, _ = space.unpack(mode.unsqueeze(0))
@@ -250,7 +251,7 @@ def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: 
         modes, hessians = torch.stack(fitted.modes)[k], torch.stack(fitted.hessians)[k]
         logw = importance_log_weights(model, data, fitted.space, raw, modes, hessians,
                                       fixed={fitted.site: params[fitted.site]})
-        theta, _, more = resample_move(model, data, space, space.pack(params), logw, s, cov, steps=refine, generator=gen)
+        theta, more = resample_move(model, data, space, space.pack(params), logw, s, cov, steps=refine, generator=gen)
         params, _ = space.unpack(theta)
         diagnostics.update(more)
     mean_params, _ = space.unpack(mean.unsqueeze(0))

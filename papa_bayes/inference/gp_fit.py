@@ -41,8 +41,15 @@ def _check_method(model: Any, method: str) -> None:
         raise InputDataError("method", f"one of {model.METHODS} for {type(model).__name__}", repr(method))
 
 
-def _warn_ignored(model: Any, method: str, ignored: list[str], uses: str) -> None:
-    """Warn about options set away from their defaults that ``method`` does not use (as ``fit`` does for Pyro models)."""
+def _warn_ignored(model: Any, method: str, options: tuple[tuple[str, Any, Any], ...], uses: str) -> None:
+    """Warn about options set away from their defaults that ``method`` does not use (as ``fit`` does for Pyro models).
+
+    Args:
+        options: ``(name, value, default)`` of each option ``method`` does not use;
+            those whose value is not their default are named (a None default: any value).
+    """
+    ignored = [name for name, value, default in options
+               if (value is not None if default is None else value != default)]
     if ignored:
         warnings.warn(f"{type(model).__name__} (method={method!r}) ignores {', '.join(ignored)}; {uses}.",
                       PapaBayesWarning, stacklevel=4)
@@ -170,14 +177,14 @@ def fit_preference_gp(
         raise InputDataError("optimizer", "'auto', 'ngd' or 'adam'", optimizer)
     spec.check_data(data)
     if method == "nuts":
-        _warn_ignored(spec, method, [name for name, value, default in (
+        _warn_ignored(spec, method, (
             ("num_steps", num_steps, None), ("batch_size", batch_size, 1024), ("learning_rate", learning_rate, 0.02),
             ("natural_lr", natural_lr, 0.3), ("optimizer", optimizer, "auto"),
-        ) if value != default], "they are ELBO options")
+        ), "they are ELBO options")
     else:
-        _warn_ignored(spec, method, [name for name, value, default in (
+        _warn_ignored(spec, method, (
             ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, 1),
-        ) if value != default], "they are NUTS options")
+        ), "they are NUTS options")
     start = time.perf_counter()
     if method == "nuts":
         return _fit_nuts(
@@ -316,9 +323,9 @@ def update_gp_posterior(
     if num_steps is not None:
         check_int("num_steps", num_steps)
     if post.method != "elbo":
-        _warn_ignored(post.model, post.method, [name for name, value, default in (
+        _warn_ignored(post.model, post.method, (
             ("refit_hyperparameters", refit_hyperparameters, False), ("num_steps", num_steps, None),
-        ) if value != default], "they are options of ELBO updates")
+        ), "they are options of ELBO updates")
     if post.method == "elbo":
         return _update_variational(post, data, refit_hyperparameters=refit_hyperparameters, num_steps=num_steps)
     if post.method == "laplace":

@@ -112,10 +112,10 @@ def fit_pairwise_gp(
     check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
     optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
     check_bool("progress_bar", progress_bar, optional=True)
-    _warn_ignored(spec, method, [name for name, value in (
-        ("num_steps", num_steps), ("warmup_steps", warmup_steps), ("num_chains", num_chains),
-        ("learning_rate", learning_rate),
-    ) if value is not None], "the Laplace fit has neither optimizer steps nor chains")
+    _warn_ignored(spec, method, (
+        ("num_steps", num_steps, None), ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, None),
+        ("learning_rate", learning_rate, None),
+    ), "the Laplace fit has neither optimizer steps nor chains")
     start = time.perf_counter()
     num_samples = num_samples or 512
     gp, transform, used = spec.build(data)

@@ -375,7 +375,7 @@ def resample_move(
     *,
     steps: int,
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor, dict[str, float]]:
+) -> tuple[Tensor, dict[str, float]]:
     """Resample-move (Gilks and Berzuini 2001): Laplace draws moved toward the exact posterior.
 
     The `N` proposal draws are resampled to ``num_samples`` by their importance
@@ -390,9 +390,9 @@ def resample_move(
         proposal_cov: `D x D` (the Laplace covariance).
 
     Returns:
-        (draws `num_samples x D`, their negative log posteriors `num_samples`,
-        info: ``refine_ess`` the importance sample's effective size as a share of N,
-        ``refine_acceptance`` the Metropolis acceptance rate).
+        (draws `num_samples x D`, info: ``refine_ess`` the importance sample's
+        effective size as a share of N, ``refine_acceptance`` the Metropolis
+        acceptance rate).
     """
     n = theta.shape[0]
     lw = torch.where(torch.isnan(log_weights), torch.full_like(log_weights, -math.inf), log_weights)
@@ -416,4 +416,4 @@ def resample_move(
         theta = torch.where(ok.unsqueeze(1), trial, theta)
         value = torch.where(ok, trial_value, value)
         accepted += float(ok.double().mean())
-    return theta, value, {"refine_ess": ess, "refine_acceptance": accepted / max(steps, 1)}
+    return theta, {"refine_ess": ess, "refine_acceptance": accepted / max(steps, 1)}

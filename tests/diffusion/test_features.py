@@ -209,3 +209,42 @@ def test_save_feature_map_refuses_a_file_path(images, tmp_path):
     (tmp_path / "taken").write_text("x")
     with pytest.raises(InputDataError, match="^directory:.*not a file"):  # was FileExistsError
         save_feature_map(PCAFeatures.fit(images, num_features=2), tmp_path / "taken")
+
+
+def test_corrupt_feature_map_weights_are_ours_to_reject(images, tmp_path):
+    """A damaged feature_map.safetensors raised safetensors' own SafetensorError."""
+    path = save_feature_map(PCAFeatures.fit(images, num_features=3), tmp_path / "pca")
+    (path / "feature_map.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputDataError, match="^directory:.*SafetensorError") as info:
+        load_feature_map(path)
+    assert str(path / "feature_map.safetensors") in str(info.value)
+
+
+def test_an_unreadable_feature_map_json_is_ours_to_reject(images, tmp_path, monkeypatch):
+    """An OSError reading feature_map.json (no permission, say) came through raw."""
+    from pathlib import Path
+
+    path = save_feature_map(PCAFeatures.fit(images, num_features=3), tmp_path / "pca")
+    read_text = Path.read_text
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "feature_map.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(InputDataError, match="^feature_map.json: expected a JSON object saved by save_feature_map"):
+        load_feature_map(path)
+
+
+def test_a_feature_map_json_missing_a_setting_is_ours_to_reject(tmp_path):
+    """A callable map's feature_map.json without num_features raised a raw KeyError."""
+    import json
+
+    fn = lambda x: x.flatten(1)[:, :2]  # noqa: E731
+    path = save_feature_map(CallableFeatures(fn, 2, name="two-pixels"), tmp_path / "callable")
+    config = json.loads((path / "feature_map.json").read_text())
+    del config["num_features"]
+    (path / "feature_map.json").write_text(json.dumps(config))
+    with pytest.raises(InputDataError, match=r"^feature_map.json:.*without \['num_features'\]"):
+        load_feature_map(path, fn=fn)

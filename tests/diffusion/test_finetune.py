@@ -527,3 +527,39 @@ def test_distilled_classifier_free_guidance_is_not_applied_twice(make_latent_mod
     distilled = distill_guidance(base, Guidance(lambda x: x.sum((1, 2, 3))), num_samples=4, num_inference_steps=2,
                                  steps=1, batch_size=2, generator=gen(0), progress_bar=False)
     assert distilled.cfg_scale == 1.0 and base.cfg_scale == 3.0  # the caller's model keeps its own
+
+
+def test_a_scheduler_config_that_is_no_json_object_is_ours_to_reject(pixel_model, tmp_path):
+    """A scheduler_config.json holding a list raised AttributeError ('list' object has no attribute 'get')."""
+    path = save_finetuned(pixel_model, tmp_path / "ckpt")
+    (path / "finetune.json").unlink()  # without the record, the scheduler's class is read from its config
+    (path / "scheduler" / "scheduler_config.json").write_text("[1]")
+    with pytest.raises(InputDataError, match="^path:.*diffusers can read.*holds a list"):
+        load_finetuned(path, base=pixel_model)
+
+
+def test_an_unreadable_record_is_ours_to_reject(pixel_model, tmp_path, monkeypatch):
+    """An OSError reading finetune.json (no permission, say) came through raw."""
+    from pathlib import Path
+
+    path = save_finetuned(pixel_model, tmp_path / "ckpt")
+    read_text = Path.read_text
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "finetune.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(InputDataError, match="^path: expected a folder whose `finetune.json` is a JSON object"):
+        load_finetuned(path)
+
+
+def test_loaders_name_a_missing_path(tmp_path):
+    from papa_bayes.diffusion import load_base_model, load_feature_map
+
+    missing = tmp_path / "nowhere"
+    for load, field in ((load_base_model, "path"), (load_finetuned, "path"), (load_feature_map, "directory")):
+        with pytest.raises(InputDataError, match=f"^{field}:") as info:
+            load(missing)
+        assert str(missing) in str(info.value)

@@ -133,17 +133,7 @@ def check_conditioning_rows(model: Any, n: int, what: str) -> None:
 
 def _with_rows(model: DiffusionModel, rows: Tensor | None) -> DiffusionModel:
     """``model`` conditioned on rows ``rows`` of its per-sample conditioning (itself without any)."""
-    if rows is None or not isinstance(model, LatentDiffusion):
-        return model
-    per_sample = [name for name in LatentDiffusion._CONDITIONING
-                  if getattr(model, name) is not None and getattr(model, name).shape[0] > 1]
-    if not per_sample:
-        return model
-    out = copy.copy(model)  # shares the networks
-    for name in per_sample:
-        cond = getattr(model, name)
-        setattr(out, name, cond[rows.to(cond.device)])
-    return out
+    return model if rows is None else model.for_rows(rows)
 
 
 def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", batch_size: int = 64) -> Tensor:

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from papa_bayes.checks import check_device, check_float_dtype, check_path
+from papa_bayes.checks import check_device, check_float_dtype, check_path, read_json_object
+from papa_bayes.diffusion.base import load_base_model, reading_checkpoint
 from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.exceptions import InputDataError, ModelError
@@ -139,12 +140,10 @@ def load_finetuned(
     root = check_path("path", path)
     if not (root / "unet" / "config.json").is_file():
         raise InputDataError("path", "a folder holding `unet/config.json`", str(root))
-    try:
-        record = json.loads((root / _INFO).read_text()) if (root / _INFO).is_file() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not isinstance(record, dict):
-        raise InputDataError("path", f"a folder whose `{_INFO}` is a JSON object (as save_finetuned writes)", str(root))
+    record = {}
+    if (root / _INFO).is_file():
+        expected = f"a folder whose `{_INFO}` is a JSON object (as save_finetuned writes)"
+        record = read_json_object("path", root / _INFO, expected, actual=str(root))
     if base is not None:
         for key, found, expected in (("model", type(base).__name__, "a {} (what the checkpoint was saved from)"),
                                      ("unet", type(base.unet).__name__, "a model with a {} denoiser, as saved")):
@@ -159,25 +158,28 @@ def load_finetuned(
     if base is None:
         if record.get("model", "PixelDiffusion") != "PixelDiffusion":
             raise InputDataError("base", f"the {record['model']} the checkpoint was fine-tuned from", None)
-        from papa_bayes.diffusion.base import load_base_model
-
         return load_base_model(root, scheduler=kind, device=device, dtype=dtype)
     model = copy.copy(base)
-    try:
+    with reading_checkpoint(root):
         unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
         config = root / "scheduler" / "scheduler_config.json"
         if config.is_file():
-            name = record.get("scheduler") or json.loads(config.read_text()).get("_class_name")
+            name = record.get("scheduler") or _saved_class_name(config)
             scheduler_class = _scheduler_class(name, fallback=type(base.scheduler))
             model.scheduler = scheduler_class.from_pretrained(root / "scheduler", local_files_only=True)
-    except (OSError, ValueError) as err:  # diffusers' words for missing or corrupt files; JSONDecodeError too
-        raise InputDataError("path", "a checkpoint whose `unet/` and `scheduler/` diffusers can read",
-                             f"{root} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
         if next(model.vae.parameters()).device != torch.device(device):
             model.vae = copy.deepcopy(model.vae).to(device)
     return model
+
+
+def _saved_class_name(config: Path) -> Any:
+    """The ``_class_name`` in a scheduler config; a ValueError (read as a corrupt file) when it holds no JSON object."""
+    saved = json.loads(config.read_text())
+    if not isinstance(saved, dict):  # was an AttributeError; diffusers reads a list as a Hub repository's name
+        raise ValueError(f"{config.name} holds a {type(saved).__name__}, not a JSON object")
+    return saved.get("_class_name")
 
 
 def _scheduler_class(name: Any, *, fallback: type) -> type:

@@ -1,0 +1,76 @@
+"""``papa-bayes label`` before its model loads: the store it reads, the strategies it refuses."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.labeling import main as label_main
+from papa_bayes.session import PreferenceSession
+from papa_bayes.store import PreferenceStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from session_worker import setup  # noqa: E402
+
+
+class _ModelLoaded(Exception):
+    pass
+
+
+@pytest.fixture
+def opens(monkeypatch):
+    """Stops the command where it would load the model; counts the stores it opened until then."""
+    import papa_bayes.demo
+
+    def refuse(*args, **kwargs):
+        raise _ModelLoaded
+
+    monkeypatch.setattr(papa_bayes.demo, "make_setup", refuse)
+    count = []
+    original = PreferenceStore.__init__
+
+    def counting(self, *args, **kwargs):
+        count.append(args[0] if args else kwargs["path"])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreferenceStore, "__init__", counting)
+    return count
+
+
+def test_an_existing_store_is_opened_once_to_check_and_read_it(tmp_path, opens):
+    store = tmp_path / "s.db"
+    source, user, _ = setup()
+    PreferenceSession(store, source, user, pool_size=8).run(1, progress=False)
+    del opens[:]
+    with pytest.raises(_ModelLoaded):  # it got past the store's checks and its options
+        label_main(["--store", str(store)], read=lambda _: "q", write=io.StringIO())
+    assert opens == [store]  # was opened twice: once to check it, once to read its options
+    with pytest.raises(_ModelLoaded):  # a new store: nothing to open before the session creates it
+        label_main(["--store", str(tmp_path / "new.db")], read=lambda _: "q", write=io.StringIO())
+    assert opens == [store] and not (tmp_path / "new.db").exists()
+
+
+def test_eubo_is_refused_for_ratings_in_the_same_words_everywhere(tmp_path):
+    from papa_bayes.acquisition import select_queries
+    from papa_bayes.data import PreferenceData
+    from papa_bayes.inference import prior_posterior
+    from papa_bayes.models import LinearReward
+
+    source, user, _ = setup()
+    with pytest.raises(InputDataError) as by_session:
+        PreferenceSession(tmp_path / "a.db", source, user, query_type="rating", strategy="eubo")
+    with pytest.raises(InputDataError) as by_command:
+        label_main(["--store", str(tmp_path / "b.db"), "--query-type", "rating", "--strategy", "eubo"])
+    items = source.items[:6]
+    post = prior_posterior(LinearReward(), PreferenceData(items=items), num_samples=16, seed=0)
+    with pytest.raises(InputDataError) as by_selection:
+        select_queries(post, items, strategy="eubo", query_type="rating")
+    fields = [e.value.field for e in (by_session, by_command, by_selection)]
+    assert fields == ["strategy", "--strategy", "strategy"]
+    assert len({e.value.expected for e in (by_session, by_command, by_selection)}) == 1
+    assert "EUBO needs two options" in str(by_command.value)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
