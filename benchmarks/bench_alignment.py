@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, counts, markdown_table, output_folder, reals, result_files, run_main, write_results
+from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, parse_with_tiny, reals, result_files,
+                               run_main, write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
 from papa_bayes.exceptions import InputDataError
 
@@ -69,14 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--filter-quantile", type=float, default=None, help="DiffusionCandidates' filter_quantile "
                    "(default: its own)")
     p.add_argument("--tiny", action="store_true",
-                   help="seconds-long run (seed 0, labels 0 and 2, 8 samples, region_pairs and papa) into "
-                   "benchmarks/results/tmp")
+                   help="seconds-long run (seed 0, labels 0 and 2, 8 samples, 2 PAPA steps, region_pairs and papa, "
+                   "short sampling runs) into benchmarks/results/tmp; options given explicitly are kept")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge result files of runs split by method, seed or labels into <out>/<name>.* and exit")
     p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")
-    args = p.parse_args(argv)
+    args = parse_with_tiny(p, argv, dict(seeds=[0], labels=[0, 2], eval_samples=8, papa_steps=2,
+                                         methods=["region_pairs", "papa"]))
     if args.merge:
         return merge(args.merge, args.out, args.name)
     args.labels = sorted(set(args.labels))  # checkpoints in order: labels_to reads the first one that reaches
@@ -89,12 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
         reals("--exploration", args.exploration, maximum=1.0, inclusive_maximum=True)
     if args.filter_quantile is not None:
         reals("--filter-quantile", args.filter_quantile, strict=True, maximum=1.0)
-    opts = {"rescale_every": 10, **({} if args.filter_quantile is None else {"filter_quantile": args.filter_quantile})}
+    quantile = {} if args.filter_quantile is None else {"filter_quantile": args.filter_quantile}
+    if args.tiny:  # short sampling runs (not options)
+        opts = {"pool_steps": 8, "recommend_steps": 10, "oversample": 2.0, "scale": 0.5, "num_base": 32, **quantile}
+    else:
+        opts = {"rescale_every": 10, **quantile}
     session_kw = {} if args.exploration is None else {"exploration": args.exploration}
-    if args.tiny:
-        args.seeds, args.labels, args.eval_samples, args.papa_steps = [0], [0, 2], 8, 2
-        args.methods = ["region_pairs", "papa"]
-        opts = {"pool_steps": 8, "recommend_steps": 10, "oversample": 2.0, "scale": 0.5, "num_base": 32}
     out = output_folder(args.out, RESULTS / "tmp" if args.tiny else RESULTS)
     warnings.filterwarnings("ignore", category=UserWarning)
     setup = make_setup(features=args.features)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import counts, machine, one_of, output_folder, reals, run_main
+from benchmarks.common import counts, machine, one_of, output_folder, parse_with_tiny, reals, run_main
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -195,7 +195,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true",
-                        help="tiny sizes (seconds), for tests; replaces the sizes, scales and objectives")
+                        help="tiny sizes, scales and objectives (seconds), for tests; options given explicitly "
+                        "are kept")
     parser.add_argument("--seed", type=int, default=0, help="seeds the shown samples, the fit and every sampler")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
@@ -226,13 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rule-steps", type=int, default=20, help="DDIM steps of the scale rule's samples")
     parser.add_argument("--rule-scales", type=float, nargs="+", default=list(DEFAULT_SCALES),
                         help="the scales the scale rule chooses among")
-    args = parser.parse_args(argv)
-    if args.tiny:
-        args.num_samples, args.steps, args.timing_samples, args.timing_steps = 8, 3, 4, 3
-        args.repeats, args.scales, args.objectives, args.labels = 1, [1.0], ["mean", "region"], 6
-        args.calibration_samples, args.rule_samples, args.rule_steps, args.oversample = 16, 8, 2, 2.0
-        args.guard_oversample = 1.0
-        args.rule_scales = [1.0]
+    args = parse_with_tiny(parser, argv, dict(
+        num_samples=8, steps=3, timing_samples=4, timing_steps=3,
+        repeats=1, scales=[1.0], objectives=["mean", "region"], labels=6,
+        calibration_samples=16, rule_samples=8, rule_steps=2, oversample=2.0,
+        guard_oversample=1.0, rule_scales=[1.0],
+    ))
     for option in ("labels", "num_samples", "steps", "timing_samples", "timing_steps", "repeats", "calibration_samples",
                    "rule_samples", "rule_steps"):
         counts(f"--{option.replace('_', '-')}", getattr(args, option))

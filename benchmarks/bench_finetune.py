@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, counts, markdown_table, output_folder, reals, run_main, write_results
+from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
+                               write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DigitsPerson,
@@ -195,7 +196,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true",
-                        help="tiny sizes (seconds), for tests; replaces the sizes and keeps the first PAPA setting")
+                        help="tiny sizes and the first PAPA setting (seconds), for tests; options given "
+                        "explicitly are kept")
     parser.add_argument("--seed", type=int, default=0, help="seeds the shown samples, the fits and every sampler")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
@@ -225,12 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="PAPA's preference term acts on t >= this share of T (0-1)")
     parser.add_argument("--papa-batch", type=int, default=32, help="batch size of PAPA's fine-tuning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during the distillation")
-    args = parser.parse_args(argv)
-    if args.tiny:
-        args.num_samples, args.steps, args.labels, args.calibration_samples = 16, 3, 8, 16
-        args.rule_samples, args.rule_steps, args.distill_samples, args.distill_steps = 8, 2, 16, 3
-        args.papa_labels, args.papa_round, args.papa_steps, args.no_progress = [4, 8], 4, 2, True
-        args.papa_settings = args.papa_settings[:1]
+    args = parse_with_tiny(parser, argv, dict(
+        num_samples=16, steps=3, labels=8, calibration_samples=16,
+        rule_samples=8, rule_steps=2, distill_samples=16, distill_steps=3,
+        papa_labels=[4, 8], papa_round=4, papa_steps=2, no_progress=True,
+        papa_settings=parser.get_default("papa_settings")[:1],
+    ))
     for option in ("labels", "num_samples", "steps", "calibration_samples", "rule_samples", "rule_steps",
                    "distill_samples", "distill_steps", "batch_size", "papa_labels", "papa_round", "papa_steps",
                    "papa_batch"):

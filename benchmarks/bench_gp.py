@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, counts, markdown_table, output_folder, reals, run_main, write_results
+from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
+                               write_results)
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
 from papa_bayes.users import SimulatedUser, simulate_comparisons
@@ -112,13 +113,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--pairwise-max-items", type=int, default=1000, help="skip PairwiseGP above this many items")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads for both models")
     p.add_argument("--tiny", action="store_true",
-                   help="seconds-long run (m=40, 200 test pairs, 32 draws, one fit) into benchmarks/results/tmp")
+                   help="seconds-long run (m=40, 200 test pairs, 32 draws, one fit and one update) into "
+                   "benchmarks/results/tmp; options given explicitly are kept")
     p.add_argument("--seed", type=int, default=0, help="seeds the person, the data and the fits")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
-    args = p.parse_args(argv)
-    if args.tiny:
-        args.sizes, args.num_test_pairs, args.num_samples, args.fit_repeats, args.update_repeats = [40], 200, 32, 1, 1
+    args = parse_with_tiny(p, argv, dict(sizes=[40], num_test_pairs=200, num_samples=32, fit_repeats=1,
+                                         update_repeats=1))
     counts("--sizes", args.sizes)
     reals("--items-per-comparison", args.items_per_comparison, minimum=0.0, strict=True)
     counts("--num-test-pairs", args.num_test_pairs)

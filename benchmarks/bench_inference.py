@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, counts, markdown_table, output_folder, run_main, write_results
+from benchmarks.common import RESULTS, counts, markdown_table, output_folder, parse_with_tiny, run_main, write_results
 from papa_bayes import LinearReward, fit
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
 
@@ -54,13 +54,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--nuts-max-m", type=int, default=1000, help="skip NUTS above this m (minutes per fit on CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: an online loop's small ops)")
     p.add_argument("--tiny", action="store_true",
-                   help="seconds-long run (m=30, d=3, 3 repeats, 20 draws) into benchmarks/results/tmp")
+                   help="seconds-long run (m=30, d=3, 3 repeats, 20 draws) into benchmarks/results/tmp; "
+                   "options given explicitly are kept")
     p.add_argument("--seed", type=int, default=0, help="seeds the simulated person, the data and every fit")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
-    args = p.parse_args(argv)
-    if args.tiny:
-        args.sizes, args.dims, args.update_repeats, args.num_samples = [30], [3], 3, 20
+    args = parse_with_tiny(p, argv, dict(sizes=[30], dims=[3], update_repeats=3, num_samples=20))
     counts("--sizes", args.sizes)
     counts("--dims", args.dims)
     counts("--update-repeats", args.update_repeats)

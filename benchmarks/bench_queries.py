@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from papa_bayes import LinearReward, fit
-from benchmarks.common import counts, machine, one_of, output_folder, result_files, run_main
+from benchmarks.common import counts, machine, one_of, output_folder, parse_with_tiny, result_files, run_main
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
@@ -100,18 +100,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in several "
                    "files is pooled, on the same seeds the later file wins")
     p.add_argument("--tiny", action="store_true",
-                   help="seconds-long smoke run (d=3, pool 20, 4 queries, 1 seed; output stem bench_queries_tiny)")
-    args = p.parse_args(argv)
+                   help="seconds-long smoke run (d=3, pool 20, 4 queries, 1 seed, 4 arms; output stem "
+                   "bench_queries_tiny); options given explicitly are kept")
+    args = parse_with_tiny(p, argv, dict(
+        dims="3", rationalities="1", pool_size=20, queries=4, seeds=1,
+        botorch_seeds=1, botorch_candidates=30, botorch_settings="all",
+        heldout_pairs=20, speed_repeats=1, speed_m="10", num_samples=32,
+        liked_set_seeds=1, liked_set_queries=4, liked_set_strategies="eig,region",
+        strategies="eig,eig:refined,random:known", botorch="botorch_bald", name="bench_queries_tiny",
+    ))
     if args.seeds < 1:
         raise InputDataError("--seeds", "at least 1 seed", args.seeds)
     if args.botorch and args.botorch_seeds < 1:
         raise InputDataError("--botorch-seeds", "at least 1 seed with BoTorch arms (--botorch '' for none)", args.botorch_seeds)
-    if args.tiny:
-        args.dims, args.rationalities, args.pool_size, args.queries, args.seeds = "3", "1", 20, 4, 1
-        args.botorch_seeds, args.botorch_candidates, args.botorch_settings = 1, 30, "all"
-        args.heldout_pairs, args.speed_repeats, args.speed_m, args.num_samples = 20, 1, "10", 32
-        args.liked_set_seeds, args.liked_set_queries, args.liked_set_strategies = 1, 4, "eig,region"
-        args.strategies, args.botorch, args.name = "eig,eig:refined,random:known", "botorch_bald", "bench_queries_tiny"
     if args.out is None:
         args.out = "benchmarks/results/tmp" if args.tiny else "benchmarks/results"
     if not args.merge:

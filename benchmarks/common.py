@@ -4,6 +4,7 @@ traceback hours later), and records the machine and versions it ran on."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -77,6 +78,25 @@ def result_files(option: str, paths: Sequence[str], *, key: str) -> list[dict[st
             raise InputDataError(option, f"a benchmark result file (JSON with {key!r})", f"{path} (no {key!r})")
         parts.append(part)
     return parts
+
+
+def parse_with_tiny(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                    tiny: dict[str, Any]) -> argparse.Namespace:
+    """``parser``'s options from ``argv``; with ``--tiny``, the options left off the command line take their
+    value in ``tiny`` (keyed by dest) instead of their default, and options given explicitly are kept, as in
+    ``papa-bayes demo --tiny``. Every value is then checked by the benchmark as usual.
+
+    Raises:
+        ValueError: a key of ``tiny`` that is none of the parser's options (a mistake in the benchmark).
+    """
+    args = parser.parse_args(argv)
+    if args.tiny:
+        unknown = set(tiny) - {action.dest for action in parser._actions}
+        if unknown:
+            raise ValueError(f"tiny values for options the parser does not have: {sorted(unknown)}")
+        parser.set_defaults(**tiny)  # a default is what an option left out takes; one given is parsed anew
+        args = parser.parse_args(argv)
+    return args
 
 
 def run_main(main: Callable[[], Any]) -> None:

@@ -101,6 +101,58 @@ def test_a_bad_option_is_refused_by_name_before_any_work(name, argv, option, mon
     assert option in message
 
 
+@pytest.mark.parametrize("name, argv, option", BAD, ids=[f"{n}{' '.join(a)}" for n, a, _ in BAD])
+def test_tiny_checks_the_options_given_explicitly(name, argv, option, monkeypatch, capsys, tmp_path):
+    # --tiny overwrote sizes and arms given on the command line, unchecked: `--tiny --sizes -5` ran m=30.
+    module = _no_work(monkeypatch, name)
+    message = _refusal(module.main, ["--tiny", *argv, "--out", str(tmp_path)], capsys)
+    assert option in message
+
+
+TINY_KEEPS = [  # (benchmark, explicit options, what the written JSON must record)
+    ("bench_inference", ["--sizes", "12", "--methods", "laplace"],
+     lambda result: {r["m"] for r in result["rows"]} == {12} and result["args"]["dims"] == [3]),  # was m=30
+    ("bench_gp", ["--sizes", "24"],
+     lambda result: [r["m"] for r in result["rows"]] == [24] and result["args"]["num_samples"] == 32),  # was m=40
+    ("bench_queries", ["--queries", "6", "--strategies", "random:known", "--botorch", "", "--skip-speed",
+                       "--liked-set-seeds", "0"],
+     lambda result: list(result["protocol"]["d3_r1"]) == ["random:known"]  # was eig, eig:refined, random:known
+     and len(result["protocol"]["d3_r1"]["random:known"]["alignment"]) == 6  # was 4 queries
+     and result["config"]["pool_size"] == 20 and "liked_set" not in result),
+]
+
+
+@pytest.mark.parametrize("name, argv, recorded", TINY_KEEPS, ids=[n for n, _, _ in TINY_KEEPS])
+def test_tiny_keeps_the_options_given_explicitly(name, argv, recorded, tmp_path):
+    # As `papa-bayes demo --tiny`: only the options left out take their tiny values.
+    importlib.import_module(f"benchmarks.{name}").main(["--tiny", *argv, "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*.json")
+    result = json.loads(path.read_text())
+    assert result["args" if "args" in result else "config"]["tiny"] is True
+    assert recorded(result), result
+
+
+def test_tiny_alignment_keeps_an_explicit_filter_quantile(monkeypatch, tmp_path):
+    # --tiny replaced the recommendation options wholesale, dropping --filter-quantile.
+    import benchmarks.bench_alignment as ba
+
+    class Started(Exception):
+        pass
+
+    def run_session(setup, **kwargs):
+        raise Started(kwargs)
+
+    monkeypatch.setattr(ba, "make_setup", lambda **kwargs: None)
+    monkeypatch.setattr(ba, "run_session", run_session)
+    with pytest.raises(Started) as started:
+        ba.main(["--tiny", "--methods", "region_pairs", "--filter-quantile", "0.3", "--eval-samples", "5",
+                 "--out", str(tmp_path)])
+    kwargs = started.value.args[0]
+    assert kwargs["candidate_options"]["filter_quantile"] == 0.3
+    assert kwargs["candidate_options"]["pool_steps"] == 8  # the tiny sampling runs all the same
+    assert kwargs["eval_samples"] == 5 and kwargs["checkpoints"] == [0, 2] and kwargs["seed"] == 0
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_an_output_folder_that_is_a_file_is_refused_before_the_run(name, monkeypatch, capsys, tmp_path):
     # It used to be found when the results were written: after hours at full size.

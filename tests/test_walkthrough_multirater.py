@@ -157,3 +157,14 @@ def test_a_sessions_cold_start_prior_is_not_widened_by_plain_laplace(tmp_path):
     # (1.0, 0.96, 0.92); refined (the session) about (0.68, 0.57, 0.42).
     assert float(sd(plain).min()) > 0.85
     assert float(sd(prior).max()) < 0.75
+
+
+def test_sparse_rater_ids_are_refused_before_the_fit_allocates_them():
+    """Rater id 10**7 made the Laplace fit ask torch for 7e15 bytes (a raw RuntimeError)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    data = PreferenceData(items=X, comparisons=[[0, 1], [2, 3], [4, 5]], comparison_rater=[0, 10**7, 10**7])
+    with pytest.raises(InputDataError, match=r"^comparison_rater/rating_rater:.*torch.unique.*largest id 10000000 for 2"):
+        fit(HierarchicalLinearReward(), data, method="laplace")
+    gaps = PreferenceData(items=X, comparisons=[[0, 1], [2, 3], [4, 5]], comparison_rater=[0, 2, 5])
+    assert fit(HierarchicalLinearReward(), gaps, method="laplace", num_samples=8).draws("w").shape == (8, 6, 2)

@@ -302,7 +302,8 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
     id without answers (a gap such as rater 1 in ids {0, 2}) keeps its row, whose
     posterior is the population's predictive (a fresh draw from the population);
     map sparse ids (e.g. database keys) to 0..R-1 first, e.g. with
-    ``torch.unique(ids, return_inverse=True)``, as every row is a latent variable.
+    ``torch.unique(ids, return_inverse=True)``, as every row is a latent variable
+    (ids leaving more than max(64, 3 x the raters) rows empty are refused).
 
     With few raters the plain Laplace fit (the default method) overstates
     ``population_scale``: 5 raters at d=3, its posterior mean was two to three
@@ -354,6 +355,13 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
 
     def priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
         d, R = check_model_data(data).num_features, data.num_raters
+        present = data.raters.numel()
+        if R - present > max(64, 3 * present):  # e.g. database keys as ids: 10**7 rows of offsets to fit
+            raise InputDataError(
+                "comparison_rater/rating_rater",
+                "rater ids 0..R-1 with few gaps (every id up to the largest is a row of rater_offset; "
+                "map sparse ids with torch.unique(ids, return_inverse=True))",
+                f"largest id {R - 1} for {present} raters")
         zeros = torch.zeros(d, dtype=torch.float64)
         return {
             "population_mean": dist.Normal(zeros, self.population_prior_scale).to_event(1),
