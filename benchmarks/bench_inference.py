@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for method in args.methods:
                 if method == "nuts" and m > args.nuts_max_m:
                     continue
-                kw = dict(method=method, seed=args.seed, num_samples=args.num_samples)
+                # timed: no progress bars (NUTS shows one by default)
+                kw = dict(method=method, seed=args.seed, num_samples=args.num_samples, progress_bar=False)
                 if method == "nuts":
                     kw.update(warmup_steps=20 if args.tiny else 300, num_chains=2)
                 if method == "svi" and args.tiny:

@@ -15,7 +15,8 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("bench_inference", "bench_gp", "bench_queries", "bench_diffusion", "bench_finetune", "bench_alignment")
+BENCHMARKS = ("bench_inference", "bench_calibration", "bench_gp", "bench_queries", "bench_diffusion", "bench_finetune",
+              "bench_alignment")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -41,8 +41,8 @@ def _train(argv: list[str]) -> int:
 def _benchmark(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
         asked = bool(argv) and argv[0] in ("-h", "--help")
-        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, diffusion, finetune, alignment;"
-              " run_all runs them in turn)",
+        print("usage: papa-bayes benchmark NAME [args...]   (NAME: inference, gp, queries, calibration, diffusion,"
+              " finetune, alignment; run_all runs them in turn)",
               file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     name = argv[0] if argv[0].startswith("bench_") or argv[0] == "run_all" else f"bench_{argv[0]}"

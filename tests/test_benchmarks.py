@@ -183,3 +183,42 @@ def test_run_all_runs_the_named_benchmarks(tmp_path, monkeypatch):
     assert called == [["--tiny"]]
     with pytest.raises(SystemExit):
         run_all.main(["bench_nothing"])
+
+
+def test_calibration_tiny_writes_the_table_and_both_figures_reproducibly(tmp_path):
+    from benchmarks.bench_calibration import main
+
+    tables = []
+    for run in ("a", "b"):
+        rows = main(["--tiny", "--methods", "laplace", "laplace_refined", "--out", str(tmp_path / run)])
+        assert [r["method"] for r in rows] == ["laplace", "laplace_refined"]
+        payload = json.loads((tmp_path / run / "bench_calibration_tiny.json").read_text())
+        assert payload["args"]["tiny"] is True and payload["args"]["datasets"] == 4
+        assert len(payload["raw"]["laplace"]["ranks"]["w"]) == 4  # 4 data sets x d=2
+        for name in ("ranks", "reliability"):
+            assert (tmp_path / run / f"bench_calibration_tiny_{name}.png").stat().st_size > 0
+        table = (tmp_path / run / "bench_calibration_tiny.md").read_text()
+        assert "| cov50_w | cov90_w |" in table and "sbc_p_rationality" in table
+        tables.append([{k: v for k, v in r.items() if not k.endswith("_s") and k not in ("s_per_fit", "s_median")}
+                       for r in payload["rows"]])
+    for first, second in zip(*tables):  # same seed, same figures (to the last bits of the refined fits' sums)
+        assert first.keys() == second.keys() and first["method"] == second["method"]
+        assert {k: v for k, v in first.items() if k != "method"} == pytest.approx(
+            {k: v for k, v in second.items() if k != "method"}, rel=1e-9)
+    for row in tables[0]:
+        assert 0.0 <= row["cov50_w"] <= row["cov90_w"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
+
+
+def test_calibration_refuses_bad_options_before_any_fit(monkeypatch, tmp_path):
+    import benchmarks.bench_calibration as bc
+
+    def started(*args, **kwargs):
+        raise AssertionError("bench_calibration started fitting before refusing the option")
+
+    monkeypatch.setattr(bc, "simulation_based_calibration", started)
+    for argv, option in ((["--methods", "bogus"], "--methods"), (["--datasets", "0"], "--datasets"),
+                         (["--sites", "v"], "--sites"), (["--num-bins", "1"], "--num-bins"),
+                         (["--rank-draws", "0"], "--rank-draws")):
+        for tiny in ([], ["--tiny"]):
+            with pytest.raises(InputDataError, match=option):
+                bc.main([*tiny, *argv, "--out", str(tmp_path)])

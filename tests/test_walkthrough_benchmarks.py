@@ -27,6 +27,7 @@ HEAVY = {
     "bench_diffusion": ("load_base_model",),
     "bench_finetune": ("load_base_model",),
     "bench_alignment": ("make_setup",),
+    "bench_calibration": ("simulation_based_calibration",),
 }
 
 
@@ -75,6 +76,8 @@ def test_every_option_is_explained_by_help(name, monkeypatch):
 
 
 BAD = [
+    ("bench_calibration", ["--datasets", "0"], "--datasets"),
+    ("bench_calibration", ["--methods", "bogus"], "--methods"),
     ("bench_inference", ["--sizes", "-5"], "--sizes"),
     ("bench_inference", ["--update-repeats", "0"], "--update-repeats"),  # was: no median for empty data
     ("bench_inference", ["--methods", "bogus"], "--methods"),
