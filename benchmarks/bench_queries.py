@@ -51,7 +51,7 @@ from benchmarks.common import counts, machine, one_of, output_folder, parse_with
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons, winner_first
+from papa_bayes.users import SimulatedUser, random_pairs, random_unit_vector, simulate_comparisons, winner_first
 
 LEVEL = 0.9
 REFINE_STEPS = 20
@@ -239,11 +239,10 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
     n = pool.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     # The same first random pair as run_active_learning draws for this seed.
-    a = torch.randint(0, n, (1,), generator=gen)
-    b = (a + torch.randint(1, n, (1,), generator=gen)) % n
-    shown = [[int(a), int(b)]]
-    won, _ = user.compare(pool[a], pool[b])
-    comps = winner_first(torch.tensor(shown), won)
+    first = random_pairs(n, 1, generator=gen)
+    shown = first.tolist()
+    won, _ = user.compare(pool[first[:, 0]], pool[first[:, 1]])
+    comps = winner_first(first, won)
     u_pool = user.utility(pool)
     truth = user.outcome_probabilities(*heldout)
     rec: dict[str, Any] = {k: [] for k in ("alignment", "log_loss", "regret", "information_bits", "select_seconds", "update_seconds")}
@@ -278,9 +277,8 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
         if t == args.queries - 1:
             break
         t0 = time.perf_counter()
-        ca = torch.randint(0, n, (args.botorch_candidates,), generator=gen)
-        cb = (ca + torch.randint(1, n, (args.botorch_candidates,), generator=gen)) % n
-        X = torch.stack([pool[ca], pool[cb]], -2)
+        candidates = random_pairs(n, args.botorch_candidates, generator=gen)
+        X = pool[candidates]  # `c x 2 x d`
         acq = PairwiseBayesianActiveLearningByDisagreement(gp) if arm == "botorch_bald" else AnalyticExpectedUtilityOfBestOption(gp)
         with torch.no_grad():
             vals = acq(X)
@@ -291,7 +289,7 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
         else:
             with torch.no_grad():
                 rec["information_bits"].append(float(PairwiseBayesianActiveLearningByDisagreement(gp)(X[j : j + 1])) / math.log(2))
-        pair = [int(ca[j]), int(cb[j])]
+        pair = candidates[j].tolist()
         shown.append(pair)
         won, _ = user.compare(pool[pair[0]].unsqueeze(0), pool[pair[1]].unsqueeze(0))
         comps = torch.cat([comps, winner_first(torch.tensor([pair]), won)])
@@ -453,9 +451,7 @@ def _botorch_speed(pool: torch.Tensor, data: PreferenceData, args) -> dict[str, 
     repeats = 1 if args.tiny else 3
     row: dict[str, Any] = {"fit": _timed(fit_gp, repeats)}
     gen = torch.Generator().manual_seed(1)
-    ca = torch.randint(0, pool.shape[0], (args.botorch_candidates,), generator=gen)
-    cb = (ca + 1 + torch.randint(0, pool.shape[0] - 1, (args.botorch_candidates,), generator=gen)) % pool.shape[0]
-    X = torch.stack([pool[ca], pool[cb]], -2)
+    X = pool[random_pairs(pool.shape[0], args.botorch_candidates, generator=gen)]  # `c x 2 x d`
     acq = PairwiseBayesianActiveLearningByDisagreement(holder["gp"])
     with torch.no_grad():
         row[f"bald_{args.botorch_candidates}_pairs"] = _timed(lambda: acq(X), repeats)

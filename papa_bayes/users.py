@@ -25,6 +25,7 @@ __all__ = [
     "random_unit_vector",
     "random_gp_utility",
     "winner_first",
+    "random_pairs",
     "simulate_comparisons",
     "simulate_ratings",
 ]
@@ -346,6 +347,13 @@ def _items(items: Any) -> Tensor:
     return t
 
 
+def random_pairs(n: int, m: int, *, generator: torch.Generator) -> Tensor:
+    """`m x 2` pairs of distinct indices of `n` items, uniform over ordered pairs (two ``randint`` draws)."""
+    a = torch.randint(0, n, (m,), generator=generator)
+    b = (a + torch.randint(1, n, (m,), generator=generator)) % n  # never a == b
+    return torch.stack([a, b], -1)
+
+
 def simulate_comparisons(
     user: SimulatedUser, items: Tensor, num_comparisons: int, *, generator: torch.Generator
 ) -> PreferenceData:
@@ -357,10 +365,9 @@ def simulate_comparisons(
     if n < 2:
         raise InputDataError("items", "at least 2 items", n)
     check_int("num_comparisons", num_comparisons, minimum=0)
-    a = torch.randint(0, n, (num_comparisons,), generator=generator)
-    b = (a + torch.randint(1, n, (num_comparisons,), generator=generator)) % n  # never a == b
-    won, tie = user.compare(items[a], items[b])
-    comps = winner_first(torch.stack([a, b], -1), won)
+    shown = random_pairs(n, num_comparisons, generator=generator)
+    won, tie = user.compare(items[shown[:, 0]], items[shown[:, 1]])
+    comps = winner_first(shown, won)
     return PreferenceData(items=items, comparisons=comps, ties=tie)
 
 

@@ -204,6 +204,7 @@ def test_sbc_refuses_bad_arguments_naming_them(laplace_sbc):
         (dict(model="LinearReward"), "model"),
         (dict(items=items[:, 0]), "items"),
         (dict(items=items[:1]), "items"),
+        (dict(items=torch.full_like(items, float("nan"))), "items"),
         (dict(num_comparisons=0), "num_comparisons"),
         (dict(num_datasets=0), "num_datasets"),
         (dict(method="mcmc"), "method"),

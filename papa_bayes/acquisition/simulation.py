@@ -25,7 +25,7 @@ from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior, check_posterior
-from papa_bayes.users import SimulatedUser, winner_first
+from papa_bayes.users import SimulatedUser, random_pairs, winner_first
 
 __all__ = ["ActiveLearningRun", "run_active_learning", "queries_to_reach", "estimated_weights", "weight_entropy_bits"]
 
@@ -214,10 +214,8 @@ def run_active_learning(
     truth_probs = user.outcome_probabilities(*heldout) if heldout is not None else None
     run = ActiveLearningRun(strategy=strategy)
 
-    a = torch.randint(0, n, (num_initial,), generator=gen)
-    b = (a + torch.randint(1, n, (num_initial,), generator=gen)) % n
-    shown = torch.stack([a, b], -1)
-    won, tie = user.compare(pool[a], pool[b])
+    shown = random_pairs(n, num_initial, generator=gen)
+    won, tie = user.compare(pool[shown[:, 0]], pool[shown[:, 1]])
     data = PreferenceData(items=pool, comparisons=winner_first(shown, won), ties=tie)
     t0 = time.perf_counter()
     post = _fit(model, data, num_samples, seed, fit_opts)

@@ -81,7 +81,11 @@ def expected_calibration_error(probs: Tensor, outcomes: Tensor, *, num_bins: int
     Returns:
         The ECE, in [0, 1].
     """
-    mean_p, freq, count = reliability_curve(probs, outcomes, num_bins=num_bins)
+    return _ece(*reliability_curve(probs, outcomes, num_bins=num_bins))
+
+
+def _ece(mean_p: Tensor, freq: Tensor, count: Tensor) -> float:
+    """The ECE of a :func:`reliability_curve`'s bins."""
     return float(((count / count.sum()) * (mean_p - freq).abs()).sum())
 
 
@@ -307,7 +311,7 @@ def plot_reliability(probs: Tensor, outcomes: Tensor, ax: Any = None, *, num_bin
     mean_p, freq, count = reliability_curve(probs, outcomes, num_bins=num_bins)
     num_bins = count.shape[0]
     filled = count > 0
-    ece = float(((count / count.sum()) * (mean_p - freq).abs()).sum())  # expected_calibration_error's
+    ece = _ece(mean_p, freq, count)
     ax = _axes(ax, figsize=(4, 4))
     ax.bar((torch.arange(num_bins) / num_bins).numpy(), (count / count.sum()).numpy(), width=1 / num_bins,
            align="edge", color="0.85", edgecolor="white", label="share of predictions")

@@ -21,13 +21,13 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_int, check_real_tensor
+from papa_bayes.checks import check_bool, check_finite, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.diagnostics.calibration import expected_calibration_error, interval_coverage, sbc_ranks, sbc_uniformity
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.fit import METHODS, fit
 from papa_bayes.models.base import PyroRewardModel
-from papa_bayes.users import winner_first
+from papa_bayes.users import random_pairs, winner_first
 
 __all__ = ["SBCResult", "simulation_based_calibration"]
 
@@ -140,8 +140,7 @@ def simulation_based_calibration(
     items = check_real_tensor("items", items, "`n x d` features").detach()
     if items.dim() != 2 or items.shape[0] < 2 or items.shape[1] < 1:
         raise InputDataError("items", "`n x d` features with n >= 2 items", tuple(items.shape))
-    if not bool(torch.isfinite(items).all()):
-        raise InputDataError("items", "finite values", "NaN or inf")
+    check_finite("items", items, "features")
     num_comparisons = check_int("num_comparisons", num_comparisons)
     num_datasets = check_int("num_datasets", num_datasets)
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
@@ -207,13 +206,6 @@ def _check_sites(sites: Sequence[str], truth: dict[str, Tensor]) -> None:
         raise InputDataError("sites", f"latent or derived sites of the model, among {sorted(truth)}", repr(unknown))
 
 
-def _random_pairs(n: int, m: int, generator: torch.Generator) -> Tensor:
-    """`m x 2` pairs of distinct item indices, uniform over ordered pairs (as ``simulate_comparisons``)."""
-    a = torch.randint(0, n, (m,), generator=generator)
-    b = (a + torch.randint(1, n, (m,), generator=generator)) % n
-    return torch.stack([a, b], -1)
-
-
 def _simulate(model: PyroRewardModel, items: Tensor, m: int, h: int,
               seed: int) -> tuple[dict[str, Tensor], PreferenceData, tuple[Tensor, Tensor, Tensor]]:
     """A prior draw (latent and derived sites), `m` answers to fit and `h` fresh answered pairs.
@@ -222,8 +214,8 @@ def _simulate(model: PyroRewardModel, items: Tensor, m: int, h: int,
         (truth: site -> `shape`, the winner-first data, (a, b, a won) of the fresh pairs: `h` each).
     """
     g = torch.Generator().manual_seed(seed)
-    pairs = _random_pairs(items.shape[0], m, g)
-    fresh = _random_pairs(items.shape[0], h, g)
+    pairs = random_pairs(items.shape[0], m, generator=g)
+    fresh = random_pairs(items.shape[0], h, generator=g)
     shown = PreferenceData(items=items, comparisons=pairs)  # the order as shown; answers come below
     with torch.random.fork_rng():  # Pyro samples from the global RNG: seed it here, restore it after
         torch.manual_seed(seed)

@@ -21,7 +21,7 @@ Distillation of Guided Diffusion Models", at the level of the distribution):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
@@ -109,12 +109,8 @@ def finetune_on_samples(
         >>> guided = sample(base, 1024, guidance=guidance, generator=torch.Generator().manual_seed(0))
         >>> distilled = finetune_on_samples(base, guided.samples, steps=300)
     """
-    steps = check_int("steps", steps)
-    lr = check_float("lr", lr, strict=True)
-    anchor_weight = check_float("anchor_weight", anchor_weight)
-    batch_size = check_int("batch_size", batch_size)
-    max_grad_norm = check_float("max_grad_norm", max_grad_norm, strict=True)
-    progress_bar = check_bool("progress_bar", progress_bar)
+    numbers = _check_numbers(steps=steps, lr=lr, anchor_weight=anchor_weight, batch_size=batch_size,
+                             max_grad_norm=max_grad_norm, progress_bar=progress_bar)
     device = check_training_options(device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
                                     lora_alpha=lora_alpha, lora_targets=lora_targets, generator=generator)
     warn_unused_lora_options(lora_rank, lora_alpha, lora_targets)
@@ -123,10 +119,19 @@ def finetune_on_samples(
     samples = check_samples("samples", samples, model.sample_shape)
     for m in (model, reference):
         check_conditioning_rows(m, samples.shape[0], "target sample")
-    return _train_on_samples(model, samples, reference=reference, steps=steps, lr=lr, anchor_weight=anchor_weight,
-                             batch_size=batch_size, max_grad_norm=max_grad_norm, generator=generator, device=device,
+    return _train_on_samples(model, samples, reference=reference, generator=generator, device=device,
                              mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                             lora_targets=lora_targets, progress_bar=progress_bar)
+                             lora_targets=lora_targets, **numbers)
+
+
+def _check_numbers(*, steps: Any, lr: Any, anchor_weight: Any, batch_size: Any, max_grad_norm: Any,
+                   progress_bar: Any) -> dict[str, Any]:
+    """The training numbers and switch that :func:`finetune_on_samples` and :func:`distill_guidance` share, checked."""
+    return {"steps": check_int("steps", steps), "lr": check_float("lr", lr, strict=True),
+            "anchor_weight": check_float("anchor_weight", anchor_weight),
+            "batch_size": check_int("batch_size", batch_size),
+            "max_grad_norm": check_float("max_grad_norm", max_grad_norm, strict=True),
+            "progress_bar": check_bool("progress_bar", progress_bar)}
 
 
 def _train_on_samples(model: DiffusionModel, samples: Tensor, *, reference: DiffusionModel | None, steps: int,
@@ -234,12 +239,8 @@ def distill_guidance(
     num_samples = check_int("num_samples", num_samples)
     check_int("num_inference_steps", num_inference_steps)
     check_int("sample_batch_size", sample_batch_size)
-    steps = check_int("steps", steps)
-    lr = check_float("lr", lr, strict=True)
-    anchor_weight = check_float("anchor_weight", anchor_weight)
-    batch_size = check_int("batch_size", batch_size)
-    max_grad_norm = check_float("max_grad_norm", max_grad_norm, strict=True)
-    progress_bar = check_bool("progress_bar", progress_bar)
+    numbers = _check_numbers(steps=steps, lr=lr, anchor_weight=anchor_weight, batch_size=batch_size,
+                             max_grad_norm=max_grad_norm, progress_bar=progress_bar)
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     if not callable(getattr(guidance, "guide", None)):
@@ -254,11 +255,10 @@ def distill_guidance(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     targets = sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=guidance,
-                     generator=generator, batch_size=sample_batch_size, progress=progress_bar).samples
-    distilled = _train_on_samples(model, targets, reference=None, steps=steps, lr=lr, anchor_weight=anchor_weight,
-                                  batch_size=batch_size, max_grad_norm=max_grad_norm, generator=generator,
-                                  device=device, mixed_precision=mixed_precision, lora_rank=lora_rank,
-                                  lora_alpha=lora_alpha, lora_targets=lora_targets, progress_bar=progress_bar)
+                     generator=generator, batch_size=sample_batch_size, progress=numbers["progress_bar"]).samples
+    distilled = _train_on_samples(model, targets, reference=None, generator=generator, device=device,
+                                  mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                                  lora_targets=lora_targets, **numbers)
     if getattr(distilled, "cfg_scale", 1.0) != 1.0:  # the targets carry the guidance: applying it again doubles it
         distilled.cfg_scale = 1.0
     return distilled
