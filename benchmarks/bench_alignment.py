@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
         for method in args.methods:
             if method == "papa":
                 curve = run_papa(setup, label_counts=args.labels, eval_samples=args.eval_samples, seed=seed,
-                                 steps=args.papa_steps, eval_steps=opts.get("recommend_steps", 50), progress=False)
+                                 steps=args.papa_steps, eval_steps=opts.get("recommend_steps", 50), progress_bar=False)
             else:
                 curve, session, _ = run_session(setup, num_labels=max(args.labels), checkpoints=args.labels,
                                                 eval_samples=args.eval_samples, seed=seed, candidate_options=opts,
-                                                progress=False, pool_size=8 if args.tiny else 16,
+                                                progress_bar=False, pool_size=8 if args.tiny else 16,
                                                 **session_kw, **METHODS[method])
                 discard_session(session)
             curves[method][seed] = [{k: c[k] for k in ("labels", *METRICS)} | ({"scale": c.get("scale")}) for c in curve]

@@ -75,12 +75,12 @@ def timing(model, objective, *, num_samples: int, steps: int, repeats: int, seed
     runs = {"unguided": None, "x0": Guidance(objective, scale=0.5, mode="x0"),
             "dps": Guidance(objective, scale=0.5, mode="dps")}
     best = {name: float("inf") for name in runs}
-    sample(model, 4, num_inference_steps=2, progress=False)  # warm-up
+    sample(model, 4, num_inference_steps=2, progress_bar=False)  # warm-up
     for _ in range(repeats):
         for name, guidance in runs.items():
             start = time.perf_counter()
             sample(model, num_samples, num_inference_steps=steps, guidance=guidance, generator=_gen(seed),
-                   batch_size=num_samples, progress=False)
+                   batch_size=num_samples, progress_bar=False)
             best[name] = min(best[name], time.perf_counter() - start)
     return {
         "num_samples": num_samples,
@@ -106,7 +106,7 @@ def steering(model, posteriors: dict, person, *, args) -> list[dict]:
     rows = []
     start = time.perf_counter()
     base = sample(model, max(n, args.calibration_samples), num_inference_steps=steps, generator=_gen(args.seed),
-                  progress=False)
+                  progress_bar=False)
     rows.append(_row("base model", "-", 0.0, evaluate_samples(base.images[:n]), time.perf_counter() - start))
     features, posterior = next(iter(posteriors.values()))
     for kind in args.objectives:
@@ -114,12 +114,12 @@ def steering(model, posteriors: dict, person, *, args) -> list[dict]:
         for scale in args.scales:
             start = time.perf_counter()
             out = sample(model, n, num_inference_steps=steps, guidance=Guidance(objective, scale=scale, window=window),
-                         generator=_gen(args.seed + 1), progress=False)
+                         generator=_gen(args.seed + 1), progress_bar=False)
             rows.append(_row(f"guided, x0, {next(iter(posteriors))}", kind, scale, evaluate_samples(out.images),
                              time.perf_counter() - start))
     for scale, stop in [(s, args.window_stop) for s in args.scales] + [(args.scales[len(args.scales) // 2], 1.0)]:
         start = time.perf_counter()
-        out = sample(model, n, num_inference_steps=steps, generator=_gen(args.seed + 1), progress=False,
+        out = sample(model, n, num_inference_steps=steps, generator=_gen(args.seed + 1), progress_bar=False,
                      guidance=Guidance(person.utility, scale=scale, window=(0.0, stop)))
         rows.append(_row(f"true utility, window (0, {stop:g})", "true", scale, evaluate_samples(out.images),
                          time.perf_counter() - start))
@@ -139,7 +139,7 @@ def steering(model, posteriors: dict, person, *, args) -> list[dict]:
             kept = sample_preferred(model, n, guidance=guidance.with_scale(chosen.scale), guard=guard,
                                     probability=objective.region_probability, oversample=oversample,
                                     min_probability=min_probability, num_inference_steps=steps,
-                                    generator=_gen(args.seed + 3), progress=False)
+                                    generator=_gen(args.seed + 3), progress_bar=False)
             what = f"filter P >= {min_probability:g}" if min_probability > 0 else "guard only"
             rows.append(_row(f"{kind} + {what} x{oversample:g}, {name} (rule scale)", kind, chosen.scale,
                              evaluate_samples(kept.images), time.perf_counter() - start, eligible=kept.eligible,
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = output_folder(args.out, RESULTS / "tmp" if args.tiny else RESULTS)
     model = load_base_model()
     shown = sample(model, args.labels, num_inference_steps=args.steps, generator=_gen(10_000 + args.seed),
-                   progress=False).images
+                   progress_bar=False).images
     person = DigitsPerson()
     posteriors, liked = {}, 0
     for name in ("pca", "midblock"):

@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> list:
     path.unlink(missing_ok=True)
 
     session = PreferenceSession(path, FeaturePool(items), user, pool_size=12, seed=args.seed)
-    session.run(args.first, progress=False)
+    session.run(args.first, progress_bar=False)
     session.close()
     print(f"stopped after {args.first} answers")
 
     session = PreferenceSession.resume(path, FeaturePool(items), user)
-    session.run(args.then, progress=False)
+    session.run(args.then, progress_bar=False)
     session.close()
     answers = _answers(path)
     for a in answers:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list:
     straight = args.out / "uninterrupted.db"
     straight.unlink(missing_ok=True)
     session = PreferenceSession(straight, FeaturePool(items), user, pool_size=12, seed=args.seed)
-    session.run(args.first + args.then, progress=False)
+    session.run(args.first + args.then, progress_bar=False)
     session.close()
     same = answers == _answers(straight)
     print(f"same questions and answers as an uninterrupted session: {same}")

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     store.unlink(missing_ok=True)
     session = PreferenceSession(store, source, DigitsUser(setup.person), query_type="rating", pool_size=8,
                                 seed=args.seed)
-    session.run(args.labels, progress=False)
+    session.run(args.labels, progress_bar=False)
     rec = session.recommend(8 if args.tiny else 64)
     metrics = evaluate_samples(rec.images, setup.liked)
     print("posterior mean weights on (ink, row centre, column centre, spread):", session.posterior.mean("w").tolist())

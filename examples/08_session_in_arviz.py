@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.out / "session.db"
     path.unlink(missing_ok=True)
     session = PreferenceSession(path, FeaturePool(items), user, pool_size=16, seed=args.seed, strategy="eig")
-    session.run(args.labels, progress=False)
+    session.run(args.labels, progress_bar=False)
 
     laplace = session.posterior.to_inference_data()
     with warnings.catch_warnings():

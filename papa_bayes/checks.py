@@ -4,13 +4,15 @@ and what came; :func:`reading` and :func:`read_json_object` do the same for file
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,7 +21,9 @@ from papa_bayes.exceptions import InputDataError
 
 __all__ = ["check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
            "check_int", "check_path", "check_real_tensor", "is_integer_tensor", "plain_array", "read_json_object",
-           "reading", "shape_of"]
+           "reading", "renamed_option", "shape_of"]
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 def _shown(value: Any) -> Any:
@@ -211,3 +215,33 @@ def check_float_dtype(name: str, value: Any) -> torch.dtype:
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise InputDataError(name, "a floating-point torch.dtype (e.g. torch.float32)", _shown(value))
     return value
+
+
+def renamed_option(old: str, new: str) -> Callable[[_Function], _Function]:
+    """Decorator: the keyword ``old`` of a function whose option is now ``new`` still works, for one release.
+
+    A call with ``old=`` warns (a FutureWarning naming the function and ``new=``) and
+    passes its value on as ``new=``, so that the function's own check of the value
+    applies to either name; a call with both raises InputDataError (field ``old``).
+
+    Example:
+        >>> @renamed_option("progress", "progress_bar")
+        ... def sample(model, *, progress_bar: bool = True): ...
+    """
+
+    def decorate(function: _Function) -> _Function:
+        name = function.__qualname__.removesuffix(".__init__")  # a class is called by its own name
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if old in kwargs:
+                if new in kwargs:
+                    raise InputDataError(old, f"only {new}= ({old}= is its old name)", f"both {old}= and {new}=")
+                warnings.warn(f"{name}: {old}= is deprecated and will be removed in the next release; "
+                              f"use {new}= instead.", FutureWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

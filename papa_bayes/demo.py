@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import renamed_option
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
     DEFAULT_LIKED,
@@ -123,12 +124,14 @@ def evaluate_posterior(source: DiffusionCandidates, posterior: Any, n: int, *, s
     """Recommend `n` samples with ``posterior`` (None: unsteered) and measure them."""
     gen = torch.Generator().manual_seed(seed)
     if posterior is None:
-        images = sample(source.model, n, num_inference_steps=source.recommend_steps, generator=gen, progress=False).images
+        images = sample(source.model, n, num_inference_steps=source.recommend_steps, generator=gen,
+                        progress_bar=False).images
     else:
         images = source.recommend(posterior, n, generator=gen).images
     return {**evaluate_samples(images, liked), "images": images}
 
 
+@renamed_option("progress", "progress_bar")
 def run_session(
     setup: DigitsSetup,
     *,
@@ -142,7 +145,7 @@ def run_session(
     seed: int = 0,
     store: Path | None = None,
     candidate_options: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> tuple[list[dict[str, Any]], PreferenceSession, DiffusionCandidates]:
     """Run one session and measure recommendations at each checkpoint (number of labels).
 
@@ -160,7 +163,7 @@ def run_session(
     curve = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=num_labels, desc=f"{strategy} {query_type}", disable=not progress)
+    bar = tqdm(total=num_labels, desc=f"{strategy} {query_type}", disable=not progress_bar)
     for labels in sorted(set(checkpoints) | {num_labels}):
         while session.store.num_answers(session.rater) < labels:
             session.step()
@@ -182,6 +185,7 @@ def discard_session(session: PreferenceSession) -> None:
         leftover.unlink(missing_ok=True)
 
 
+@renamed_option("progress", "progress_bar")
 def run_papa(
     setup: DigitsSetup,
     *,
@@ -191,7 +195,7 @@ def run_papa(
     steps: int = 200,
     eval_steps: int = 50,
     options: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     """PAPA's signed ELBO on `k` like/dislike labels of base samples, for each k.
 
@@ -201,7 +205,7 @@ def run_papa(
     from papa_bayes.diffusion import papa_finetune
 
     gen = torch.Generator().manual_seed(seed + 777)
-    pool = sample(setup.model, max(label_counts), num_inference_steps=20, generator=gen, progress=False).images
+    pool = sample(setup.model, max(label_counts), num_inference_steps=20, generator=gen, progress_bar=False).images
     signs = setup.person.rate(pool)
     curve = []
     for k in label_counts:
@@ -209,9 +213,9 @@ def run_papa(
             tuned = setup.model
         else:
             tuned = papa_finetune(setup.model, pool[:k], signs[:k], steps=steps, generator=torch.Generator().manual_seed(seed),
-                                  progress_bar=progress, **(options or {}))
+                                  progress_bar=progress_bar, **(options or {}))
         images = sample(tuned, eval_samples, num_inference_steps=eval_steps, generator=torch.Generator().manual_seed(seed + 10_000),
-                        progress=False).images
+                        progress_bar=False).images
         curve.append({**evaluate_samples(images, setup.liked), "labels": k, "images": images})
     return curve
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
 from papa_bayes.acquisition.selection import check_strategy
-from papa_bayes.checks import check_bool, check_float, check_int, plain_array
+from papa_bayes.checks import check_bool, check_float, check_int, plain_array, renamed_option
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -539,13 +539,15 @@ class PreferenceSession:
             self.on_round(self, record)
         return record
 
-    def run(self, num_rounds: int, *, progress: bool = True) -> list[RoundRecord]:
-        """Run ``num_rounds`` rounds with a progress bar."""
+    @renamed_option("progress", "progress_bar")
+    def run(self, num_rounds: int, *, progress_bar: bool = True) -> list[RoundRecord]:
+        """Run ``num_rounds`` rounds with a progress bar (``progress_bar=False``: none)."""
         from tqdm.auto import trange
 
         out = []
-        num_rounds, progress = check_int("num_rounds", num_rounds, minimum=0), check_bool("progress", progress)
-        for _ in trange(num_rounds, desc="labels", disable=not progress):
+        num_rounds = check_int("num_rounds", num_rounds, minimum=0)
+        progress_bar = check_bool("progress_bar", progress_bar)
+        for _ in trange(num_rounds, desc="labels", disable=not progress_bar):
             out.append(self.step())
         return out
 

@@ -33,4 +33,4 @@ if __name__ == "__main__":
     path, rounds, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     source, user, _ = setup()
     session = PreferenceSession(path, source, SlowUser(user, delay), pool_size=12, seed=3, strategy="eig")
-    session.run(rounds, progress=False)
+    session.run(rounds, progress_bar=False)

@@ -44,7 +44,7 @@ def opens(monkeypatch):
 def test_an_existing_store_is_opened_once_to_check_and_read_it(tmp_path, opens):
     store = tmp_path / "s.db"
     source, user, _ = setup()
-    PreferenceSession(store, source, user, pool_size=8).run(1, progress=False)
+    PreferenceSession(store, source, user, pool_size=8).run(1, progress_bar=False)
     del opens[:]
     with pytest.raises(_ModelLoaded):  # it got past the store's checks and its options
         label_main(["--store", str(store)], read=lambda _: "q", write=io.StringIO())

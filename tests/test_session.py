@@ -19,7 +19,7 @@ from session_worker import SlowUser, setup  # noqa: E402
 def test_session_moves_posterior_toward_preference(tmp_path):
     source, user, w = setup()
     session = PreferenceSession(tmp_path / "s.db", source, user, pool_size=12, seed=1, strategy="eig")
-    session.run(15, progress=False)
+    session.run(15, progress_bar=False)
     cos = torch.nn.functional.cosine_similarity(session.posterior.mean("w"), w, dim=0)
     assert float(cos) > 0.8
     hist = session.history
@@ -40,7 +40,7 @@ def test_session_moves_posterior_toward_preference(tmp_path):
 def test_like_dislike_session(tmp_path):
     source, user, w = setup()
     session = PreferenceSession(tmp_path / "r.db", source, user, query_type="rating", pool_size=12, seed=2, strategy="eig")
-    records = session.run(12, progress=False)
+    records = session.run(12, progress_bar=False)
     # Each round's record carries the answer it got (it used to say None).
     assert [r.query.answer for r in records] == [q.answer for q in session.store.queries()]
     assert all(r.query.answer in ("like", "dislike") for r in records)
@@ -51,7 +51,7 @@ def test_like_dislike_session(tmp_path):
 
 def test_existing_store_must_be_resumed(tmp_path):
     source, user, _ = setup()
-    PreferenceSession(tmp_path / "s.db", source, user, pool_size=8).run(2, progress=False)
+    PreferenceSession(tmp_path / "s.db", source, user, pool_size=8).run(2, progress_bar=False)
     with pytest.raises(StoreError, match="resume"):
         PreferenceSession(tmp_path / "s.db", source, user)
     with pytest.raises(InputDataError, match="query_type"):
@@ -116,14 +116,14 @@ def test_resume_after_kill_loses_nothing_and_continues(tmp_path):
     source, user, _ = setup()
     session = PreferenceSession.resume(path, source, SlowUser(user, 0.0))
     done = len(_answers(path))
-    session.run(total - done, progress=False)
+    session.run(total - done, progress_bar=False)
     after = _answers(path)
     assert after[: len(before)] == before  # nothing lost, nothing rewritten
     assert len(after) == total
 
     # The same session run without a crash asks the same questions.
     clean = tmp_path / "clean.db"
-    PreferenceSession(clean, source, SlowUser(user, 0.0), pool_size=12, seed=3, strategy="eig").run(total, progress=False)
+    PreferenceSession(clean, source, SlowUser(user, 0.0), pool_size=12, seed=3, strategy="eig").run(total, progress_bar=False)
     assert _answers(clean) == after
 
 
@@ -137,7 +137,7 @@ def test_several_raters_share_a_store_and_the_hierarchical_prior(tmp_path):
     path = tmp_path / "shared.db"
     s0 = PreferenceSession(path, source, user0, model=HierarchicalLinearReward(), rater=0, pool_size=12, seed=1,
                            strategy="eig")
-    s0.run(15, progress=False)
+    s0.run(15, progress_bar=False)
     with pytest.raises(StoreError, match="rater 0"):
         PreferenceSession(path, source, user0, rater=0)
     # A new rater starts from the population posterior of rater 0's answers, not from N(0, I).
@@ -145,7 +145,7 @@ def test_several_raters_share_a_store_and_the_hierarchical_prior(tmp_path):
                            strategy="eig")
     prior_mean = s1.posterior.mean("w")
     assert float(torch.nn.functional.cosine_similarity(prior_mean, w1, dim=0)) > 0.7
-    s1.run(6, progress=False)
+    s1.run(6, progress_bar=False)
     assert s1.data.num_comparisons == 6 and s0.data.num_comparisons == 15  # each rater sees only their answers
     assert len(s1.history) == 6 and len(s0.history) == 15
     cos1 = torch.nn.functional.cosine_similarity(s1.posterior.mean("w"), w1, dim=0)
@@ -175,7 +175,7 @@ def test_gp_reward_session(tmp_path):
     source, user, w = setup()
     session = PreferenceSession(tmp_path / "gp.db", source, user, model=PreferenceGP(num_inducing=32), pool_size=10,
                                 seed=3, strategy="region", refit_every=4)
-    session.run(8, progress=False)
+    session.run(8, progress_bar=False)
     post = session.posterior
     assert isinstance(post, GPPosterior) and post.data.num_comparisons == 8
     x = source.items[:5].clone().requires_grad_(True)
@@ -222,7 +222,7 @@ def test_resume_runs_the_finetune_a_crash_interrupted(tmp_path):
     path = tmp_path / "ft.db"
     killed = _FinetunePool(pool, kill_at_call=2)
     session = PreferenceSession(path, killed, user, pool_size=8, seed=1, finetune_every=2)
-    session.run(3, progress=False)
+    session.run(3, progress_bar=False)
     with pytest.raises(_Killed):
         session.step()  # round 3: its answer is stored, then the fine-tune is killed
     session.close()
@@ -232,7 +232,7 @@ def test_resume_runs_the_finetune_a_crash_interrupted(tmp_path):
     resumed = PreferenceSession.resume(path, resumed_source, user)
     assert resumed_source.calls == [4]  # round 3's fine-tune, on its 4 answers
     assert resumed.round == 4 and resumed.history[3]["finetuned"] == 1.0 and resumed.history[3]["resumed"] == 1.0
-    resumed.run(2, progress=False)
+    resumed.run(2, progress_bar=False)
     assert resumed_source.calls == [4, 6]  # the next one where it is due: round 5
 
 
@@ -266,7 +266,7 @@ def test_a_query_left_unanswered_makes_a_new_session_refuse(tmp_path):
 def test_pool_items_are_stored_as_steered_or_explore(tmp_path):
     pool, user, _ = setup()
     session = PreferenceSession(tmp_path / "s.db", pool, user, pool_size=8, exploration=0.25, seed=1)
-    session.run(2, progress=False)
+    session.run(2, progress_bar=False)
     rows = session.store.conn.execute("SELECT round, source, COUNT(*) FROM items GROUP BY round, source").fetchall()
     assert sorted(rows) == [(0, "explore", 8), (1, "explore", 2), (1, "steered", 6)]  # round 0: no posterior yet
 
@@ -297,19 +297,19 @@ def test_every_answer_is_committed_before_the_posterior_sees_it(tmp_path, monkey
 
     monkeypatch.setattr(session, "_fit", fit_checked)
     monkeypatch.setattr(PyroPosterior, "update", update_checked)
-    session.run(3, progress=False)
+    session.run(3, progress_bar=False)
     assert len(seen) == 3 and all(n_data == n_disk for n_data, n_disk in seen), seen
 
 
 def test_run_recommend_and_pool_refuse_bad_arguments(tmp_path):
     source, user, _ = setup()
     session = PreferenceSession(tmp_path / "a.db", source, user, pool_size=8)
-    session.run(2, progress=False)
+    session.run(2, progress_bar=False)
     for bad in (-1, "3", 2.5):
         with pytest.raises(InputDataError, match="num_rounds"):
-            session.run(bad, progress=False)
-    with pytest.raises(InputDataError, match="progress"):  # was read by its truthiness
-        session.run(1, progress="no")
+            session.run(bad, progress_bar=False)
+    with pytest.raises(InputDataError, match="^progress_bar:"):  # was read by its truthiness
+        session.run(1, progress_bar="no")
     for bad in (0, -1, 2.5, source.items.shape[0] + 1):
         with pytest.raises(InputDataError, match="n:"):
             session.recommend(bad)
@@ -327,7 +327,7 @@ def test_numpy_integers_are_integers(tmp_path):
     source, user, _ = setup()
     session = PreferenceSession(tmp_path / "n.db", source, user, pool_size=np.int64(8), refit_every=np.int64(2),
                                 seed=np.int32(1))
-    session.run(np.int64(2), progress=False)
+    session.run(np.int64(2), progress_bar=False)
     assert session.round == 2 and session.refit_every == 2 and type(session.refit_every) is int
 
 
@@ -336,7 +336,7 @@ def test_a_rater_answers_in_one_process_at_a_time(tmp_path):
     source, user, _ = setup()
     path = tmp_path / "s.db"
     first = PreferenceSession(path, source, user, pool_size=8)
-    first.run(1, progress=False)
+    first.run(1, progress_bar=False)
     first.close()  # releases the lock
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom papa_bayes.store import lock_rater\n"
@@ -348,7 +348,7 @@ def test_a_rater_answers_in_one_process_at_a_time(tmp_path):
         with pytest.raises(StoreError, match="Rater 0 is already answering"):
             PreferenceSession.resume(path, source, user)
         other = PreferenceSession(path, source, user, pool_size=8, rater=1)  # another rater: its own byte
-        other.run(1, progress=False)
+        other.run(1, progress_bar=False)
         other.close()
     finally:
         holder.kill()
@@ -362,7 +362,7 @@ def test_session_is_a_context_manager(tmp_path):
     """The session holds a file and the rater's lock: `with` closes both (it raised TypeError)."""
     source, user, _ = setup()
     with PreferenceSession(tmp_path / "s.db", source, user, pool_size=8) as session:
-        session.run(1, progress=False)
+        session.run(1, progress_bar=False)
     assert session._lock is None
     with pytest.raises(StoreError, match="closed"):
         session.step()
@@ -384,7 +384,7 @@ def test_a_step_after_an_interrupted_one_finishes_its_round(tmp_path, monkeypatc
 
     source, _, w = setup()
     clean = PreferenceSession(tmp_path / "clean.db", source, CallbackUser(_hidden_choice(w)), pool_size=8, seed=2)
-    clean.run(4, progress=False)
+    clean.run(4, progress_bar=False)
     calls = {"user": 0, "update": 0}
 
     def answer(a, b):
@@ -409,7 +409,7 @@ def test_a_step_after_an_interrupted_one_finishes_its_round(tmp_path, monkeypatc
     assert session.store.num_answers() == (2 if where == "update" else 1)  # an answer given is stored
     record = session.step()
     assert record.round == 1 and record.query.answer is not None
-    session.run(2, progress=False)
+    session.run(2, progress_bar=False)
     asked = [(q.round, q.item_a, q.item_b, q.answer) for q in session.store.queries()]
     assert asked == [(q.round, q.item_a, q.item_b, q.answer) for q in clean.store.queries()]
     assert [h["round"] for h in session.history] == [0, 1, 2, 3]
@@ -424,11 +424,11 @@ def test_looking_at_the_posterior_does_not_change_the_questions(tmp_path):
     asked = []
     for look in (False, True):
         path = tmp_path / f"m{look}.db"
-        PreferenceSession(path, source, user, pool_size=8, seed=1).run(2, progress=False)
+        PreferenceSession(path, source, user, pool_size=8, seed=1).run(2, progress_bar=False)
         session = PreferenceSession(path, source, user, pool_size=8, seed=5, rater=1)
         if look:
             assert session.posterior.data.num_observations == 0
-        session.run(2, progress=False)
+        session.run(2, progress_bar=False)
         asked.append([(q.item_a, q.item_b) for q in session.store.queries(rater=1)])
         session.close()
     assert asked[0] == asked[1]
@@ -444,7 +444,7 @@ def test_looking_at_the_posterior_does_not_change_the_questions(tmp_path):
 def test_resume_refuses_a_source_of_another_feature_dimension(tmp_path):
     """Resumed with a 3-feature source on a 4-feature store, the session only failed at the first pool."""
     source, user, _ = setup()
-    PreferenceSession(tmp_path / "s.db", source, user, pool_size=8).run(1, progress=False)
+    PreferenceSession(tmp_path / "s.db", source, user, pool_size=8).run(1, progress_bar=False)
     with pytest.raises(InputDataError, match="source.*4 features"):
         PreferenceSession.resume(tmp_path / "s.db", FeaturePool(torch.randn(20, 3)), user)
     PreferenceSession.resume(tmp_path / "s.db", source, user).close()  # the store was closed, the lock released
@@ -457,9 +457,9 @@ def test_closing_a_session_leaves_a_store_it_was_given_open(tmp_path):
     with PreferenceStore(tmp_path / "s.db") as store:
         first = PreferenceSession(store, source, user, pool_size=8, rater=0)
         second = PreferenceSession(store, source, user, pool_size=8, rater=1)
-        first.run(1, progress=False)
+        first.run(1, progress_bar=False)
         first.close()
-        second.run(1, progress=False)
+        second.run(1, progress_bar=False)
         second.close()
         assert store.raters() == [0, 1]
     with pytest.raises(StoreError, match="closed"):

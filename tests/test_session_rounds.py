@@ -31,7 +31,7 @@ def _asked(session):
 def _clean(tmp_path, rounds):
     source, user, _ = setup()
     clean = PreferenceSession(tmp_path / "clean.db", source, _CountingUser(user), pool_size=8, seed=2)
-    clean.run(rounds, progress=False)
+    clean.run(rounds, progress_bar=False)
     return clean
 
 
@@ -55,7 +55,7 @@ def test_an_update_that_fails_after_the_answer_is_stored_is_not_asked_again(tmp_
     record = session.step()  # finishes round 1 with its stored answer: refitted, not asked again
     assert asker.asked == 2 and record.round == 1 and record.metrics["resumed"] == 1.0
     assert record.query.answer is not None and session.posterior.data.num_comparisons == 2
-    session.run(2, progress=False)
+    session.run(2, progress_bar=False)
     assert asker.asked == 4 and [h["round"] for h in session.history] == [0, 1, 2, 3]
     assert _asked(session) == _asked(_clean(tmp_path, 4))
 
@@ -79,7 +79,7 @@ def test_a_query_stored_just_before_an_interrupt_is_asked_by_the_next_step(tmp_p
     assert len(session.store.queries()) == 2 and session.store.pending_query(0) is not None
     record = session.step()
     assert record.round == 1 and record.metrics["resumed"] == 1.0 and len(session.store.queries()) == 2
-    session.run(2, progress=False)
+    session.run(2, progress_bar=False)
     assert _asked(session) == _asked(_clean(tmp_path, 4))
 
 
@@ -146,5 +146,5 @@ def test_an_uninterrupted_step_does_not_read_the_query_history(tmp_path, monkeyp
         return queries(**kwargs)
 
     monkeypatch.setattr(session.store, "queries", listing)
-    session.run(3, progress=False)
+    session.run(3, progress_bar=False)
     assert listed == [] and session.store.num_answers() == 4

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_float, check_int
+from papa_bayes.checks import check_bool, check_float, check_int, renamed_option
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale, check_window
 from papa_bayes.diffusion.models import DiffusionModel
@@ -79,6 +79,7 @@ class DiffusionCandidates:
             ``"gaussian"`` keeps ranking samples that every draw puts in the region.
         num_base: base samples kept for calibration of the region threshold.
         seed: seeds the base samples (an integer >= 0).
+        progress_bar: show tqdm bars (base samples, recommendations, fine-tuning).
 
     Raises:
         InputDataError: on any bad option, before the base samples are drawn.
@@ -90,6 +91,7 @@ class DiffusionCandidates:
     the base model, which follows the newest posterior at once.
     """
 
+    @renamed_option("progress", "progress_bar")
     def __init__(
         self,
         model: DiffusionModel,
@@ -115,7 +117,7 @@ class DiffusionCandidates:
         region_method: str = "gaussian",
         num_base: int = 256,
         seed: int = 0,
-        progress: bool = False,
+        progress_bar: bool = False,
     ) -> None:
         if scale != "auto":
             scale = check_guidance_scale(scale)
@@ -160,9 +162,10 @@ class DiffusionCandidates:
         self.radius_scale = check_float("radius_scale", radius_scale, strict=True)
         num_base = check_int("num_base", num_base)
         self.seed = check_int("seed", seed, minimum=0)
-        self.progress = check_bool("progress", progress)
+        self.progress_bar = check_bool("progress_bar", progress_bar)
         gen = torch.Generator().manual_seed(self.seed)
-        self.base_images = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen, progress=progress).images
+        self.base_images = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen,
+                                  progress_bar=self.progress_bar).images
         self._calls = 0
         self._chosen_scale: float | None = None
         self.last_scale_selection = None
@@ -222,13 +225,13 @@ class DiffusionCandidates:
         parts, flags = [], []
         if n_explore:
             parts.append(sample(self.model, n_explore, num_inference_steps=self.pool_steps, generator=generator,
-                                progress=False).images)
+                                progress_bar=False).images)
             flags += [False] * n_explore
         if n - n_explore:
             rescale = self.rescale_every > 0 and self._calls % self.rescale_every == 0
             g = self.guidance(posterior, generator=generator, rescale=rescale)
             parts.append(sample(self.model, n - n_explore, num_inference_steps=self.pool_steps, guidance=g,
-                                generator=generator, progress=False).images)
+                                generator=generator, progress_bar=False).images)
             flags += [True] * (n - n_explore)
         self._calls += 1
         images = torch.cat(parts).detach()
@@ -249,7 +252,7 @@ class DiffusionCandidates:
         out = sample_preferred(
             model, n, guidance=guidance, probability=probability, guard=self.guard, oversample=self.oversample,
             min_probability=self.min_probability, num_inference_steps=self.recommend_steps,
-            generator=generator, progress=self.progress,
+            generator=generator, progress_bar=self.progress_bar,
         )
         with torch.no_grad():
             features = self.feature_map(out.images).to(torch.float64)
@@ -302,7 +305,7 @@ class DiffusionCandidates:
         if path is not None:  # before minutes of distillation, not after
             check_checkpoint_folder("path", path)
         g = self.guidance(posterior, generator=generator)
-        options = {"progress_bar": self.progress, "num_inference_steps": self.pool_steps} | options
+        options = {"progress_bar": self.progress_bar, "num_inference_steps": self.pool_steps} | options
         self.finetuned = distill_guidance(self.model, g, generator=generator, **options)
         if path is not None:
             save_finetuned(self.finetuned, path, info={"method": "distill_guidance", "scale": g.scale,

@@ -164,6 +164,16 @@ class PixelDiffusion(DiffusionModel):
         return self.unet(x_t, t).sample
 
 
+def check_rows(name: str, cond: Tensor | None, n: int, what: str) -> None:
+    """InputDataError unless conditioning ``cond`` (None: none) has 1 row, shared by all, or `n`, one per ``what``.
+
+    The one wording of a per-sample conditioning that does not match the samples:
+    in sampling (:meth:`LatentDiffusion.for_samples`), a denoiser call and fine-tuning.
+    """
+    if cond is not None and cond.shape[0] not in (1, n):
+        raise InputDataError(name, f"1 or {n} rows (one per {what})", tuple(cond.shape))
+
+
 class LatentDiffusion(DiffusionModel):
     """A latent ``UNet2DConditionModel`` with an ``AutoencoderKL`` (Stable Diffusion shape).
 
@@ -261,16 +271,13 @@ class LatentDiffusion(DiffusionModel):
 
     def _cond(self, name: str, n: int, like: Tensor) -> Tensor:
         cond = getattr(self, name)
-        if cond.shape[0] not in (1, n):
-            raise InputDataError(name, f"1 or {n} rows (one per sample of the batch)", tuple(cond.shape))
+        check_rows(name, cond, n, "sample of the batch")
         cond = cond.to(device=like.device, dtype=like.dtype)
         return cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
 
     def for_samples(self, start: int, stop: int, num_samples: int) -> LatentDiffusion:
         for name in self._CONDITIONING:
-            cond = getattr(self, name)
-            if cond is not None and cond.shape[0] not in (1, num_samples):
-                raise InputDataError(name, f"1 or {num_samples} rows (one per sample)", tuple(cond.shape))
+            check_rows(name, getattr(self, name), num_samples, "sample")
         return self.for_rows(slice(start, stop))
 
     def for_rows(self, rows: Tensor | slice) -> LatentDiffusion:

@@ -24,7 +24,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from papa_bayes.checks import check_bool, check_finite, check_float, check_generator, check_int, shape_of
+from papa_bayes.checks import (
+    check_bool,
+    check_finite,
+    check_float,
+    check_generator,
+    check_int,
+    renamed_option,
+    shape_of,
+)
 from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel
 from papa_bayes.exceptions import InputDataError
 
@@ -146,6 +154,7 @@ def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, de
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
 
 
+@renamed_option("progress", "progress_bar")
 def sample(
     model: DiffusionModel,
     num_samples: int,
@@ -157,7 +166,7 @@ def sample(
     batch_size: int = 256,
     initial_noise: Tensor | None = None,
     return_trajectory: bool = False,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> SamplerOutput:
     """Draw samples with the model's scheduler (DDIM or DDPM), optionally guided.
 
@@ -177,7 +186,7 @@ def sample(
         batch_size: samples denoised at once.
         initial_noise: `n x C x H x W` finite starting noise, instead of drawing it.
         return_trajectory: keep every ``x_t`` (for fine-tuners).
-        progress: show a tqdm bar.
+        progress_bar: show a tqdm bar.
 
     Returns:
         A :class:`SamplerOutput`.
@@ -194,7 +203,7 @@ def sample(
     batch_size = check_int("batch_size", batch_size)
     # eta > 1 asks for a negative variance: NaN samples
     eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
-    progress = check_bool("progress", progress)
+    progress_bar = check_bool("progress_bar", progress_bar)
     if guidance is not None and not all(callable(getattr(guidance, hook, None)) for hook in _GUIDANCE_HOOKS):
         raise InputDataError("guidance", "None or a Guidance", type(guidance).__name__)
     shape = (num_samples, *model.sample_shape)
@@ -221,7 +230,7 @@ def sample(
     images, samples, trajectories, objectives = [], [], [], []
     norms = torch.zeros(len(timesteps), dtype=torch.float64)
     bar = tqdm(total=math.ceil(num_samples / batch_size) * len(timesteps), desc="sampling",
-               disable=not progress, leave=False)
+               disable=not progress_bar, leave=False)
     for start in range(0, num_samples, batch_size):
         x = initial_noise[start:start + batch_size].to(device, dtype)
         batch_model = model.for_samples(start, start + x.shape[0], num_samples)  # per-sample conditioning sliced

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_float, shape_of
+from papa_bayes.checks import check_bool, check_float, renamed_option, shape_of
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import _initial_noise, check_sampling_arguments, sample
@@ -55,7 +55,7 @@ def _check_pool_arguments(model: Any, guidance: Any, num_samples: Any, num_infer
 
 
 def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_inference_steps: int,
-                             generator: torch.Generator | None, progress: bool) -> Callable[[Guidance | None], Any]:
+                             generator: torch.Generator | None, progress_bar: bool) -> Callable[[Guidance | None], Any]:
     """``pool(guidance)``: cheap pools that all start from the same noise and seed."""
     noise = _initial_noise((num_samples, *model.sample_shape), generator, model.device, model.dtype)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=noise.device
@@ -64,7 +64,7 @@ def _pools_from_shared_noise(model: DiffusionModel, num_samples: int, num_infere
     def pool(g: Guidance | None):
         gen = torch.Generator(device=generator.device if generator is not None else "cpu").manual_seed(seed)
         return sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=g,
-                      initial_noise=noise, generator=gen, progress=progress)
+                      initial_noise=noise, generator=gen, progress_bar=progress_bar)
 
     return pool
 
@@ -89,6 +89,7 @@ class ScaleSelection:
     objective: dict[float, float] = field(default_factory=dict)
 
 
+@renamed_option("progress", "progress_bar")
 def select_guidance_scale(
     model: DiffusionModel,
     guidance: Guidance,
@@ -101,7 +102,7 @@ def select_guidance_scale(
     num_samples: int = 64,
     num_inference_steps: int = 20,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    progress_bar: bool = False,
 ) -> ScaleSelection:
     """The largest scale whose cheap pool keeps manifold precision (see module doc).
 
@@ -120,7 +121,7 @@ def select_guidance_scale(
         num_samples: pool size per scale.
         num_inference_steps: steps per pool.
         generator: seeds the shared starting noise.
-        progress: show tqdm bars.
+        progress_bar: show tqdm bars.
 
     Returns:
         A :class:`ScaleSelection`. When the unguided pool's precision is 0 and no
@@ -141,10 +142,10 @@ def select_guidance_scale(
     radius_scale = check_float("radius_scale", radius_scale, strict=True)
     num_samples, num_inference_steps = _check_pool_arguments(model, guidance, num_samples, num_inference_steps,
                                                              generator)
-    progress = check_bool("progress", progress)
+    progress_bar = check_bool("progress_bar", progress_bar)
     if not callable(getattr(guard, "precision", None)):
         raise InputDataError("guard", "a ManifoldGuard (e.g. ManifoldGuard(reference_images))", type(guard).__name__)
-    pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
+    pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress_bar)
 
     base = guard.precision(pool(None).images, radius_scale=radius_scale)
     threshold = min_precision if min_precision is not None else min_relative_precision * base
@@ -156,7 +157,7 @@ def select_guidance_scale(
             "steering (scale 0.0). Pass min_precision, a larger radius_scale, or a guard whose reference "
             "data the model was trained on.",
             PapaBayesWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller's line, past renamed_option's wrapper
         )
         return result
     for s in checked:
@@ -190,6 +191,7 @@ class RecommendationScale:
     reached: bool = False
 
 
+@renamed_option("progress", "progress_bar")
 def select_recommendation_scale(
     model: DiffusionModel,
     guidance: Guidance,
@@ -202,7 +204,7 @@ def select_recommendation_scale(
     num_samples: int = 128,
     num_inference_steps: int = 20,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    progress_bar: bool = False,
 ) -> RecommendationScale:
     """The mildest steering whose best samples the posterior expects to be preferred.
 
@@ -231,7 +233,7 @@ def select_recommendation_scale(
         max_scale: no larger scale is tried (the precision rule's choice); None: all.
         num_samples / num_inference_steps: size and steps of each cheap pool.
         generator: seeds the shared starting noise.
-        progress: show tqdm bars.
+        progress_bar: show tqdm bars.
 
     Returns:
         A :class:`RecommendationScale`.
@@ -251,10 +253,10 @@ def select_recommendation_scale(
         checked = [s for s in checked if s <= max_scale] or [max_scale]
     num_samples, num_inference_steps = _check_pool_arguments(model, guidance, num_samples, num_inference_steps,
                                                              generator)
-    progress = check_bool("progress", progress)
+    progress_bar = check_bool("progress_bar", progress_bar)
     if not callable(score):
         raise InputDataError("score", "a callable of images returning (ranks, probabilities)", type(score).__name__)
-    pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress)
+    pool = _pools_from_shared_noise(model, num_samples, num_inference_steps, generator, progress_bar)
     reads_samples = getattr(guidance.objective, "input_space", "image") == "sample"
     num_keep = max(1, int(round(keep * num_samples)))
     result = RecommendationScale(scale=checked[-1], target=target)

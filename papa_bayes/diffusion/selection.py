@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_float, check_generator, check_int, shape_of
+from papa_bayes.checks import check_bool, check_float, check_generator, check_int, renamed_option, shape_of
 from papa_bayes.diffusion.guidance import Guidance
 from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
@@ -168,6 +168,7 @@ def select_preferred(
     return chosen
 
 
+@renamed_option("progress", "progress_bar")
 def sample_preferred(
     model: DiffusionModel,
     num_samples: int,
@@ -180,7 +181,7 @@ def sample_preferred(
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> PreferredSamples:
     """Sample a guided pool ``oversample`` times larger and keep ``num_samples`` of it.
 
@@ -203,7 +204,7 @@ def sample_preferred(
         num_inference_steps: denoising steps.
         generator: seeds the pool and the choice.
         batch_size: samples denoised at once.
-        progress: show a tqdm bar.
+        progress_bar: show a tqdm bar.
 
     Returns:
         :class:`PreferredSamples`.
@@ -222,10 +223,10 @@ def sample_preferred(
     min_probability = None if min_probability is None else check_float(
         "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
     batch_size = check_int("batch_size", batch_size)
-    progress = check_bool("progress", progress)
+    progress_bar = check_bool("progress_bar", progress_bar)
     pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
-                 batch_size=batch_size, progress=progress)
+                 batch_size=batch_size, progress_bar=progress_bar)
     if probability is None and guidance is not None:
         probability = getattr(guidance.objective, "region_probability", None)
     reads_samples = guidance is not None and getattr(guidance.objective, "input_space", "image") == "sample"

@@ -28,13 +28,14 @@ from papa_bayes.diffusion.base import (
 )
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
 from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
-from papa_bayes.checks import check_bool, check_device, check_float, check_int, check_path
+from papa_bayes.checks import check_bool, check_device, check_float, check_int, check_path, renamed_option
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.diffusion.sampler import sample
 
 __all__ = ["train_base_model", "fit_default_features", "main"]
 
 
+@renamed_option("progress", "progress_bar")
 def train_base_model(
     out_dir: str | Path,
     *,
@@ -45,7 +46,7 @@ def train_base_model(
     seed: int = 0,
     device: str | torch.device = "cpu",
     unet_config: dict | None = None,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> dict:
     """Train the base UNet on the generator split and save it with ``save_pretrained``.
 
@@ -59,7 +60,7 @@ def train_base_model(
         device: where to train.
         unet_config: entries replacing those of ``DIGITS_UNET_CONFIG`` (a larger or
             smaller UNet), a dict of ``UNet2DModel`` arguments.
-        progress: show a tqdm bar.
+        progress_bar: show a tqdm bar.
 
     Returns:
         A summary dict (final loss, seconds, steps), also written to ``train_log.json``.
@@ -77,7 +78,7 @@ def train_base_model(
     ema_decay = check_float("ema_decay", ema_decay, maximum=1.0)
     seed = check_int("seed", seed, minimum=0)
     device = check_device("device", device)
-    progress = check_bool("progress", progress)
+    progress_bar = check_bool("progress_bar", progress_bar)
     if unet_config is not None:
         check_unet_overrides("unet_config", unet_config)
     with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
@@ -99,7 +100,7 @@ def train_base_model(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start, running = time.time(), None
-    bar = tqdm(range(steps), desc="train base UNet", disable=not progress)
+    bar = tqdm(range(steps), desc="train base UNet", disable=not progress_bar)
     for i in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen).to(device)
         x0 = data[idx]
@@ -143,6 +144,7 @@ def train_base_model(
     return summary
 
 
+@renamed_option("progress", "progress_bar")
 def fit_default_features(
     checkpoint: str | Path,
     *,
@@ -150,7 +152,7 @@ def fit_default_features(
     num_features: int = 8,
     num_inference_steps: int = 50,
     seed: int = 0,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> PCAFeatures:
     """Fit the shipped feature maps on base samples and save them in the checkpoint.
 
@@ -175,14 +177,14 @@ def fit_default_features(
     """
     num_samples = check_int("num_samples", num_samples, minimum=2)  # PCA needs two
     num_features = check_int("num_features", num_features)
-    progress = check_bool("progress", progress)
+    progress_bar = check_bool("progress_bar", progress_bar)
     check_int("num_inference_steps", num_inference_steps)
     seed = check_int("seed", seed, minimum=0)
     if num_features > num_samples:
         raise InputDataError("num_features", f"at most num_samples = {num_samples}", num_features)
     model = load_base_model(checkpoint)
     out = sample(model, num_samples, num_inference_steps=num_inference_steps,
-                 generator=torch.Generator().manual_seed(seed), progress=progress)
+                 generator=torch.Generator().manual_seed(seed), progress_bar=progress_bar)
     pca = PCAFeatures.fit(out.images, num_features=num_features)
     save_feature_map(pca, Path(checkpoint) / "pca_features")
     mid = MidBlockFeatures(model, timestep=300, num_features=num_features).fit(out.images)
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_int("num_samples", args.feature_samples, minimum=2)
         check_int("num_inference_steps", args.feature_steps)
         feature_kwargs = dict(num_samples=args.feature_samples, num_inference_steps=args.feature_steps,
-                              seed=args.seed, progress=not args.no_progress)
+                              seed=args.seed, progress_bar=not args.no_progress)
         if args.features_only:
             fit_default_features(args.out, **feature_kwargs)
             return {"features": str(Path(args.out) / "pca_features")}
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             ema_decay=args.ema_decay,
             seed=args.seed,
             device=args.device,
-            progress=not args.no_progress,
+            progress_bar=not args.no_progress,
         )
         fit_default_features(args.out, **feature_kwargs)
     except InputDataError as err:

@@ -40,7 +40,7 @@ def test_session_finetunes_every_k_rounds_and_resume_reloads_the_weights(tmp_pat
     path = tmp_path / "ft.db"
     session = PreferenceSession(path, src, DigitsUser(setup.person), pool_size=6, seed=0, finetune_every=2,
                                 finetune_options={"num_samples": 8, "steps": 2, "batch_size": 4})
-    session.run(3, progress=False)
+    session.run(3, progress_bar=False)
     hist = session.history
     assert [h.get("finetuned", 0.0) for h in hist] == [0.0, 1.0, 0.0]
     assert hist[1]["seconds_finetune"] > 0
@@ -56,7 +56,7 @@ def test_session_finetunes_every_k_rounds_and_resume_reloads_the_weights(tmp_pat
     again = PreferenceSession.resume(path, src2, DigitsUser(setup.person))
     assert src2.finetuned is not None and again.finetune_every == 2
     assert torch.equal(next(src2.finetuned.unet.parameters()), tuned_w)
-    again.run(1, progress=False)
+    again.run(1, progress_bar=False)
     assert again.history[-1]["finetuned"] == 1.0  # round 3 is the second fine-tune
 
 
@@ -129,7 +129,7 @@ def test_recommendations_rank_a_mildly_steered_pool():
     rec_fixed = fixed.recommend(post, 4, generator=torch.Generator().manual_seed(5))
     g = fixed.guidance(post)
     pool = sample(setup.model, 8, num_inference_steps=4, guidance=g.with_scale(sel.scale),
-                  generator=torch.Generator().manual_seed(5), progress=False).images
+                  generator=torch.Generator().manual_seed(5), progress_bar=False).images
     p_pool = g.objective.region_probability(pool, method="gaussian")
     order = torch.argsort(setup.guard(pool).double() * 2 + p_pool, descending=True)
     assert torch.equal(rec_fixed.images, pool[order[:4]])
@@ -148,7 +148,7 @@ def test_resume_continues_the_auto_scale_where_it_stopped(tmp_path, pixel_model)
 
     # The model's own samples as the manifold: its unguided pools are on it, so the rule picks a real scale.
     reference = sample(pixel_model, 40, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                       progress=False).images
+                       progress_bar=False).images
     pca, guard = PCAFeatures.fit(reference, num_features=3), ManifoldGuard(reference)
 
     def source():  # round 1 chooses the scale; round 2 (not a multiple of rescale_every) keeps it
@@ -158,13 +158,13 @@ def test_resume_continues_the_auto_scale_where_it_stopped(tmp_path, pixel_model)
     kw = dict(pool_size=4, num_draws=32, seed=1)
     straight_src = source()
     straight = PreferenceSession(tmp_path / "a.db", straight_src, BrighterUser(), **kw)
-    straight.run(3, progress=False)
-    PreferenceSession(tmp_path / "b.db", source(), BrighterUser(), **kw).run(2, progress=False)
+    straight.run(3, progress_bar=False)
+    PreferenceSession(tmp_path / "b.db", source(), BrighterUser(), **kw).run(2, progress_bar=False)
     resumed_src = source()
     resumed = PreferenceSession.resume(tmp_path / "b.db", resumed_src, BrighterUser())
     assert straight_src.state()["chosen_scale"] in (0.5, 1.0)
     assert resumed_src.state() == {"calls": 2, "chosen_scale": straight_src.state()["chosen_scale"]}
-    resumed.run(1, progress=False)
+    resumed.run(1, progress_bar=False)
     assert resumed_src.state() == straight_src.state()
     a, b = PreferenceStore(tmp_path / "a.db"), PreferenceStore(tmp_path / "b.db")
     last_a, last_b = a.queries()[-1], b.queries()[-1]

@@ -118,7 +118,7 @@ def test_missing_checkpoint_raises(tmp_path):
 def test_committed_checkpoint_quality():
     """Issue 5's bar: judge share >= 0.75 of 256 base samples, every class 5%-15%."""
     model = load_base_model()
-    out = sample(model, 256, num_inference_steps=25, generator=torch.Generator().manual_seed(0), progress=False)
+    out = sample(model, 256, num_inference_steps=25, generator=torch.Generator().manual_seed(0), progress_bar=False)
     metrics = evaluate_samples(out.images)
     assert metrics["judge_share"] >= 0.75, metrics
     assert min(metrics["class_fractions"]) >= 0.05 and max(metrics["class_fractions"]) <= 0.15, metrics
@@ -135,7 +135,7 @@ def test_steering_with_the_true_reward_reaches_the_liked_digits():
     model, person = load_base_model(), DigitsPerson()
     guidance = Guidance(person.utility, scale=3.0, window=(0.0, 0.5))
     out = sample(model, 256, num_inference_steps=25, guidance=guidance, generator=torch.Generator().manual_seed(0),
-                 progress=False)
+                 progress_bar=False)
     metrics = evaluate_samples(out.images)
     assert metrics["preferred_fraction"] >= 0.9, metrics
     assert metrics["judge_share"] >= 0.75 and metrics["precision"] >= 0.72, metrics

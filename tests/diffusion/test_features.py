@@ -18,7 +18,7 @@ from papa_bayes.exceptions import InputDataError, ModelError
 @pytest.fixture(scope="module")
 def images(pixel_model):
     return sample(pixel_model, 40, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-                  progress=False).images
+                  progress_bar=False).images
 
 
 def test_pca_whitens_and_is_differentiable(images):

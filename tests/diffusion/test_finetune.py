@@ -63,7 +63,7 @@ def warm_model(pixel_model):
 @pytest.fixture
 def objective(warm_model, make_posterior):
     """Posterior-mean objective over PCA features of the warm model's samples."""
-    base = sample(warm_model, 64, num_inference_steps=4, generator=gen(0), progress=False)
+    base = sample(warm_model, 64, num_inference_steps=4, generator=gen(0), progress_bar=False)
     pca = PCAFeatures.fit(base.images, num_features=4)
     draws = torch.tensor([1.0, -0.5, 0.3, 0.0]) + 0.1 * torch.randn(16, 4, generator=gen(5))
     return PosteriorObjective(make_posterior(draws), pca, kind="mean")
@@ -84,7 +84,7 @@ def labeled():
 def test_distillation_moves_unguided_samples_toward_the_objective(warm_model, objective):
     before_weights = snapshot(warm_model)
     guidance = Guidance(objective, scale=2.0)
-    kw = dict(num_inference_steps=4, generator=gen(1), progress=False)
+    kw = dict(num_inference_steps=4, generator=gen(1), progress_bar=False)
     train = dict(steps=40, batch_size=32, lr=3e-3, anchor_weight=0.1, progress_bar=False)
     plain = sample(warm_model, 64, **kw)
     guided = sample(warm_model, 64, guidance=guidance, **kw)
@@ -92,7 +92,7 @@ def test_distillation_moves_unguided_samples_toward_the_objective(warm_model, ob
                                  **train)
     # Control: the same fine-tune on unguided samples.
     control = finetune_on_samples(warm_model, sample(warm_model, 64, num_inference_steps=4, generator=gen(2),
-                                                     progress=False).samples, generator=gen(2), **train)
+                                                     progress_bar=False).samples, generator=gen(2), **train)
     with torch.no_grad():
         v_plain, v_guided, v_after, v_control = (
             float(objective(sample(m, 64, **kw).images if m is not None else o.images).mean())
@@ -153,7 +153,7 @@ def test_papa_dislikes_cannot_diverge(pixel_model, labeled):
         ratios[bound] = float(denoising_errors(tuned, images, t).mean() / base_err)
     # Adam overshoots the per-sample bound a little (about 3x with bound 0.5), never without limit.
     assert 1.0 < ratios[0.5] < 4.0 and ratios[1e6] > 2 * ratios[0.5], ratios
-    out = sample(tuned, 8, num_inference_steps=4, generator=gen(1), progress=False)
+    out = sample(tuned, 8, num_inference_steps=4, generator=gen(1), progress_bar=False)
     assert bool(torch.isfinite(out.images).all())
 
 
@@ -165,7 +165,7 @@ def test_save_load_round_trip(pixel_model, labeled, tmp_path):
     for loaded in (load_finetuned(path), load_finetuned(path, base=pixel_model)):
         assert type(loaded.scheduler) is type(tuned.scheduler)
         assert max_weight_change(loaded, tuned) == 0.0
-        kw = dict(num_inference_steps=3, progress=False)
+        kw = dict(num_inference_steps=3, progress_bar=False)
         torch.testing.assert_close(sample(loaded, 4, generator=gen(2), **kw).images,
                                    sample(tuned, 4, generator=gen(2), **kw).images)
     with pytest.raises(InputDataError, match="path"):
@@ -182,7 +182,7 @@ def test_latent_model_fine_tunes_end_to_end(latent_model):
                                     progress_bar=False)
     for model in (tuned, distilled):
         assert max_weight_change(model, latent_model) > 0
-        out = sample(model, 2, num_inference_steps=2, generator=gen(4), progress=False)
+        out = sample(model, 2, num_inference_steps=2, generator=gen(4), progress_bar=False)
         assert out.images.shape == (2, 1, 8, 8) and bool(torch.isfinite(out.images).all())
     assert_unchanged(latent_model, before_weights)
     with pytest.raises(InputDataError, match="images"):
@@ -412,7 +412,7 @@ def test_checkpoint_loaded_in_another_dtype_samples(latent_model, tmp_path):
     vae_dtype = next(latent_model.vae.parameters()).dtype
     loaded = load_finetuned(path, base=latent_model, dtype=torch.bfloat16)
     assert loaded.dtype == torch.bfloat16
-    out = sample(loaded, 2, num_inference_steps=2, generator=gen(0), progress=False)  # was a RuntimeError
+    out = sample(loaded, 2, num_inference_steps=2, generator=gen(0), progress_bar=False)  # was a RuntimeError
     assert bool(torch.isfinite(out.images).all())
     assert next(latent_model.vae.parameters()).dtype == vae_dtype  # the base's autoencoder is untouched
 
@@ -449,7 +449,7 @@ def test_adapters_already_in_the_base_denoiser_are_kept(adapted_model, make_late
         tuned = finetune_on_samples(adapted_model, latents, lora_rank=lora_rank, **kw)
         torch.testing.assert_close(output(tuned), output(adapted_model), atol=1e-4, rtol=1e-4)
         assert not any("lora" in key for key in tuned.unet.state_dict())
-    kw = dict(num_inference_steps=2, progress=False)
+    kw = dict(num_inference_steps=2, progress_bar=False)
     for model in (adapted_model, tuned):  # the adapter's weights were saved under names diffusers cannot load
         loaded = load_finetuned(save_finetuned(model, tmp_path / "ckpt"), base=make_latent_model())
         torch.testing.assert_close(sample(loaded, 2, generator=gen(4), **kw).images,

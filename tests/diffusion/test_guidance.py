@@ -15,7 +15,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 @pytest.fixture(scope="module")
 def base_and_pca(pixel_model):
-    base = sample(pixel_model, 32, num_inference_steps=4, generator=gen(0), progress=False)
+    base = sample(pixel_model, 32, num_inference_steps=4, generator=gen(0), progress_bar=False)
     return base, PCAFeatures.fit(base.images, num_features=4)
 
 
@@ -35,7 +35,7 @@ def mean_utility(objective: PosteriorObjective, images: torch.Tensor) -> float:
 def test_guidance_increases_objective_over_unguided(pixel_model, base_and_pca, posterior, mode, kind):
     base, pca = base_and_pca
     objective = PosteriorObjective(posterior, pca, kind=kind).calibrate(base.images)
-    kwargs = dict(num_inference_steps=4, progress=False)
+    kwargs = dict(num_inference_steps=4, progress_bar=False)
     plain = sample(pixel_model, 16, generator=gen(1), **kwargs)
     guided = sample(pixel_model, 16, guidance=Guidance(objective, scale=0.5, mode=mode), generator=gen(1), **kwargs)
     objective.begin_batch(16, generator=gen(1))  # same Thompson draws as the guided run's first batch
@@ -50,7 +50,7 @@ def test_mean_utility_rises_monotonically_with_scale(pixel_model, base_and_pca, 
     objective = PosteriorObjective(posterior, pca, kind="mean")
     values = []
     for scale in (0.0, 0.05, 0.1, 0.2, 0.4):
-        out = sample(pixel_model, 16, num_inference_steps=4, progress=False, generator=gen(2),
+        out = sample(pixel_model, 16, num_inference_steps=4, progress_bar=False, generator=gen(2),
                      guidance=Guidance(objective, scale=scale))
         values.append(mean_utility(objective, out.images))
     assert all(b > a for a, b in zip(values, values[1:])), values
@@ -60,8 +60,8 @@ def test_region_objective_saturates(pixel_model, base_and_pca, posterior):
     """A sample surely in the preferred region feels no push: guided equals unguided."""
     base, pca = base_and_pca
     sure = PosteriorObjective(posterior, pca, kind="region", threshold=-1e6)
-    plain = sample(pixel_model, 8, num_inference_steps=4, generator=gen(3), progress=False)
-    guided = sample(pixel_model, 8, num_inference_steps=4, generator=gen(3), progress=False,
+    plain = sample(pixel_model, 8, num_inference_steps=4, generator=gen(3), progress_bar=False)
+    guided = sample(pixel_model, 8, num_inference_steps=4, generator=gen(3), progress_bar=False,
                     guidance=Guidance(sure, scale=2.0))
     torch.testing.assert_close(guided.images, plain.images)
     assert bool((guided.guidance_norms == 0).all())
@@ -100,7 +100,7 @@ def test_range_guard_keeps_shift_inside_data_range(pixel_model, base_and_pca, po
 def test_guidance_window_and_schedule(pixel_model, base_and_pca, posterior):
     _, pca = base_and_pca
     objective = PosteriorObjective(posterior, pca, kind="mean")
-    out = sample(pixel_model, 4, num_inference_steps=10, progress=False, generator=gen(0),
+    out = sample(pixel_model, 4, num_inference_steps=10, progress_bar=False, generator=gen(0),
                  guidance=Guidance(objective, scale=0.3, window=(0.2, 0.6), schedule="decay"))
     acting = out.guidance_norms > 0
     assert acting.tolist() == [False, False, True, True, True, True, False, False, False, False]
@@ -147,7 +147,7 @@ def test_region_needs_threshold_or_calibration(base_and_pca, posterior):
 def test_objective_of_wrong_shape_raises(pixel_model):
     guidance = Guidance(lambda images: images.sum(), scale=0.1)  # a scalar, not one value per sample
     with pytest.raises(InputDataError, match="objective"):
-        sample(pixel_model, 2, num_inference_steps=2, guidance=guidance, progress=False)
+        sample(pixel_model, 2, num_inference_steps=2, guidance=guidance, progress_bar=False)
 
 
 def test_region_calibration_sets_per_draw_quantiles(base_and_pca, posterior):
@@ -174,7 +174,7 @@ def test_at_quantile_equals_a_fresh_calibration(base_and_pca, posterior):
 
 
 def test_region_probability_methods(pixel_model, make_posterior):
-    base = sample(pixel_model, 48, num_inference_steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    base = sample(pixel_model, 48, num_inference_steps=3, generator=torch.Generator().manual_seed(0), progress_bar=False)
     pca = PCAFeatures.fit(base.images, num_features=3)
     draws = torch.tensor([[1.0, 0.0, 0.0]]) + 0.05 * torch.randn(128, 3, generator=torch.Generator().manual_seed(1))
     objective = PosteriorObjective(make_posterior(draws), pca, kind="region").calibrate(base.images, quantile=0.5)
@@ -253,7 +253,7 @@ class _Weighted:
 ])
 def test_guidance_rejects_what_its_callables_return(pixel_model, field, guidance):
     with pytest.raises(InputDataError, match=f"^{field}:"):
-        sample(pixel_model, 2, num_inference_steps=2, guidance=guidance, progress=False)
+        sample(pixel_model, 2, num_inference_steps=2, guidance=guidance, progress_bar=False)
 
 
 @pytest.mark.parametrize(("field", "kwargs"), [

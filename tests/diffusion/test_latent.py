@@ -15,7 +15,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 @pytest.fixture(scope="module")
 def latent_setup(latent_model):
-    base = sample(latent_model, 12, num_inference_steps=3, generator=gen(0), progress=False)
+    base = sample(latent_model, 12, num_inference_steps=3, generator=gen(0), progress_bar=False)
     return base, PCAFeatures.fit(base.images, num_features=3)
 
 
@@ -45,8 +45,8 @@ def test_latent_guided_sampling_end_to_end(make_latent_model, latent_setup, make
     model = make_latent_model(kind)
     _, pca = latent_setup
     objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(1))), pca, kind="mean")
-    plain = sample(model, 6, num_inference_steps=3, generator=gen(4), progress=False)
-    guided = sample(model, 6, num_inference_steps=3, generator=gen(4), progress=False,
+    plain = sample(model, 6, num_inference_steps=3, generator=gen(4), progress_bar=False)
+    guided = sample(model, 6, num_inference_steps=3, generator=gen(4), progress_bar=False,
                     guidance=Guidance(objective, scale=1.0, mode=mode, clamp=None))
     with torch.no_grad():
         before = objective(plain.images).mean()
@@ -55,11 +55,11 @@ def test_latent_guided_sampling_end_to_end(make_latent_model, latent_setup, make
 
 def test_classifier_free_guidance_and_midblock_features(make_latent_model, make_posterior):
     model = make_latent_model(cfg_scale=3.0, negative_encoder_hidden_states=torch.zeros(1, 3, 8))
-    base = sample(model, 6, num_inference_steps=3, generator=gen(0), progress=False)
+    base = sample(model, 6, num_inference_steps=3, generator=gen(0), progress_bar=False)
     features = MidBlockFeatures(model, timestep=50, num_features=2).fit(base.samples)
     assert features.input_space == "sample"
     objective = PosteriorObjective(make_posterior(torch.randn(8, 2, generator=gen(1))), features, kind="mean")
-    guided = sample(model, 6, num_inference_steps=3, generator=gen(0), progress=False,
+    guided = sample(model, 6, num_inference_steps=3, generator=gen(0), progress_bar=False,
                     guidance=Guidance(objective, scale=1.0, clamp=None))
     with torch.no_grad():
         assert float(guided.objective.mean()) > float(objective(base.samples).mean())
@@ -77,21 +77,21 @@ def test_per_sample_conditioning_follows_its_samples_across_batches(latent_model
 
     for kwargs in ({"encoder_hidden_states": cond},
                    {"encoder_hidden_states": cond, "negative_encoder_hidden_states": cond.flip(0), "cfg_scale": 2.0}):
-        whole = sample(model(**kwargs), 4, num_inference_steps=2, generator=gen(0), progress=False)
-        parts = sample(model(**kwargs), 4, num_inference_steps=2, generator=gen(0), batch_size=3, progress=False)
+        whole = sample(model(**kwargs), 4, num_inference_steps=2, generator=gen(0), progress_bar=False)
+        parts = sample(model(**kwargs), 4, num_inference_steps=2, generator=gen(0), batch_size=3, progress_bar=False)
         torch.testing.assert_close(parts.images, whole.images, atol=1e-5, rtol=1e-5)
     # the last sample (alone in the second batch) is conditioned on its own row
     noise = torch.randn(4, 4, 4, 4, generator=gen(0))
     parts = sample(model(encoder_hidden_states=cond), 4, num_inference_steps=2, initial_noise=noise, batch_size=3,
-                   progress=False)
+                   progress_bar=False)
     last = sample(model(encoder_hidden_states=cond[3:]), 1, num_inference_steps=2, initial_noise=noise[3:],
-                  progress=False)
+                  progress_bar=False)
     torch.testing.assert_close(parts.images[3:], last.images, atol=1e-5, rtol=1e-5)
     for field, kwargs in (("encoder_hidden_states", {"encoder_hidden_states": cond[:3]}),
                           ("negative_encoder_hidden_states", {"negative_encoder_hidden_states": cond[:2],
                                                               "cfg_scale": 2.0})):
         with pytest.raises(InputDataError, match=f"^{field}:"):
-            sample(model(**kwargs), 4, num_inference_steps=2, progress=False)
+            sample(model(**kwargs), 4, num_inference_steps=2, progress_bar=False)
 
 
 def test_latent_model_arguments_are_checked(latent_model):
@@ -150,5 +150,5 @@ def test_denoiser_and_autoencoder_may_differ_in_dtype(make_latent_model, latent_
     _, pca = latent_setup
     objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(1))), pca, kind="mean")
     for guidance in (None, Guidance(objective, scale=0.5, clamp=None)):  # was a RuntimeError when decoding
-        out = sample(model, 2, num_inference_steps=2, generator=gen(0), progress=False, guidance=guidance)
+        out = sample(model, 2, num_inference_steps=2, generator=gen(0), progress_bar=False, guidance=guidance)
         assert out.samples.dtype == torch.float16 and bool(torch.isfinite(out.images).all())

@@ -13,9 +13,9 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def test_same_generator_same_samples_and_trajectory(pixel_model):
-    a = sample(pixel_model, 6, num_inference_steps=4, generator=gen(3), progress=False, return_trajectory=True)
-    b = sample(pixel_model, 6, num_inference_steps=4, generator=gen(3), progress=False, return_trajectory=True)
-    c = sample(pixel_model, 6, num_inference_steps=4, generator=gen(4), progress=False)
+    a = sample(pixel_model, 6, num_inference_steps=4, generator=gen(3), progress_bar=False, return_trajectory=True)
+    b = sample(pixel_model, 6, num_inference_steps=4, generator=gen(3), progress_bar=False, return_trajectory=True)
+    c = sample(pixel_model, 6, num_inference_steps=4, generator=gen(4), progress_bar=False)
     assert torch.equal(a.images, b.images)
     assert not torch.allclose(a.images, c.images)
     assert a.trajectory.shape == (5, 6, 1, 8, 8)
@@ -25,18 +25,18 @@ def test_same_generator_same_samples_and_trajectory(pixel_model):
 
 
 def test_batching_does_not_change_samples(pixel_model):
-    whole = sample(pixel_model, 6, num_inference_steps=3, generator=gen(0), progress=False)
-    parts = sample(pixel_model, 6, num_inference_steps=3, generator=gen(0), batch_size=4, progress=False)
+    whole = sample(pixel_model, 6, num_inference_steps=3, generator=gen(0), progress_bar=False)
+    parts = sample(pixel_model, 6, num_inference_steps=3, generator=gen(0), batch_size=4, progress_bar=False)
     torch.testing.assert_close(whole.images, parts.images, atol=1e-5, rtol=1e-5)
 
 
 def test_ddpm_is_stochastic_but_seeded(make_pixel_model):
     model = make_pixel_model("ddpm")
-    a = sample(model, 4, num_inference_steps=3, generator=gen(1), progress=False)
-    b = sample(model, 4, num_inference_steps=3, generator=gen(1), progress=False)
+    a = sample(model, 4, num_inference_steps=3, generator=gen(1), progress_bar=False)
+    b = sample(model, 4, num_inference_steps=3, generator=gen(1), progress_bar=False)
     noise = torch.randn(4, 1, 8, 8, generator=gen(9))
-    c = sample(model, 4, num_inference_steps=3, generator=gen(1), initial_noise=noise, progress=False)
-    d = sample(model, 4, num_inference_steps=3, generator=gen(2), initial_noise=noise, progress=False)
+    c = sample(model, 4, num_inference_steps=3, generator=gen(1), initial_noise=noise, progress_bar=False)
+    d = sample(model, 4, num_inference_steps=3, generator=gen(2), initial_noise=noise, progress_bar=False)
     assert torch.equal(a.images, b.images)
     assert not torch.allclose(c.images, d.images)  # same start, different step noise
 
@@ -52,7 +52,7 @@ def test_model_output_split_join_round_trip(ptype):
 
 @pytest.mark.parametrize("ptype", ["sample", "v_prediction"])
 def test_other_prediction_types_sample(make_pixel_model, ptype):
-    out = sample(make_pixel_model(prediction_type=ptype), 3, num_inference_steps=3, generator=gen(), progress=False)
+    out = sample(make_pixel_model(prediction_type=ptype), 3, num_inference_steps=3, generator=gen(), progress_bar=False)
     assert out.images.shape == (3, 1, 8, 8) and bool(torch.isfinite(out.images).all())
 
 
@@ -61,7 +61,7 @@ def test_other_prediction_types_sample(make_pixel_model, ptype):
 def test_bad_sampler_input_raises(pixel_model, kwargs):
     args = {"num_samples": 3, "num_inference_steps": 2, **kwargs}
     with pytest.raises(InputDataError):
-        sample(pixel_model, args.pop("num_samples"), progress=False, **args)
+        sample(pixel_model, args.pop("num_samples"), progress_bar=False, **args)
 
 
 @pytest.mark.parametrize(("field", "kwargs"), [("eta", {"eta": 1.5}), ("eta", {"eta": -0.1}),
@@ -69,8 +69,8 @@ def test_bad_sampler_input_raises(pixel_model, kwargs):
                                                ("num_inference_steps", {"num_inference_steps": 1001})])
 def test_eta_and_step_count_are_checked(pixel_model, field, kwargs):
     with pytest.raises(InputDataError, match=f"^{field}:"):
-        sample(pixel_model, 2, progress=False, **{"num_inference_steps": 2, **kwargs})
-    ddim = sample(pixel_model, 2, num_inference_steps=3, eta=1.0, generator=gen(0), progress=False)
+        sample(pixel_model, 2, progress_bar=False, **{"num_inference_steps": 2, **kwargs})
+    ddim = sample(pixel_model, 2, num_inference_steps=3, eta=1.0, generator=gen(0), progress_bar=False)
     assert bool(torch.isfinite(ddim.images).all())
 
 
@@ -89,7 +89,7 @@ def test_eta_and_step_count_are_checked(pixel_model, field, kwargs):
 def test_sampler_arguments_are_ours_to_reject(pixel_model, field, kwargs):
     args = {"model": pixel_model, "num_samples": 2, "num_inference_steps": 2, **kwargs}
     with pytest.raises(InputDataError, match=f"^{field}:"):
-        sample(args.pop("model"), args.pop("num_samples"), progress=False, **args)
+        sample(args.pop("model"), args.pop("num_samples"), progress_bar=False, **args)
 
 
 def test_unknown_prediction_type_is_not_read_as_v_prediction():
@@ -111,7 +111,7 @@ class _CudaGenerator(torch.Generator):
 def test_generator_on_another_device_than_the_model_is_ours_to_reject(pixel_model):
     # was a RuntimeError from torch.randn (no CUDA), or diffusers' ValueError at the first DDPM step
     with pytest.raises(InputDataError, match="^generator:.*model's device"):
-        sample(pixel_model, 2, num_inference_steps=2, generator=_CudaGenerator(), progress=False)
+        sample(pixel_model, 2, num_inference_steps=2, generator=_CudaGenerator(), progress_bar=False)
 
 
 def test_steps_past_the_last_timestep_by_a_steps_offset_are_ours_to_reject(pixel_model):
@@ -121,8 +121,8 @@ def test_steps_past_the_last_timestep_by_a_steps_offset_are_ours_to_reject(pixel
 
     shifted = PixelDiffusion(pixel_model.unet, DDIMScheduler.from_config(pixel_model.scheduler.config, steps_offset=1))
     with pytest.raises(InputDataError, match="^num_inference_steps:.*999"):  # was IndexError from alphas[t]
-        sample(shifted, 1, num_inference_steps=1000, progress=False)
-    assert sample(shifted, 1, num_inference_steps=2, progress=False).timesteps.max() < 1000
+        sample(shifted, 1, num_inference_steps=1000, progress_bar=False)
+    assert sample(shifted, 1, num_inference_steps=2, progress_bar=False).timesteps.max() < 1000
 
 
 @pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "PNDMScheduler", "LCMScheduler"])
@@ -155,7 +155,7 @@ def test_a_schedule_without_training_timesteps_is_refused(pixel_model):
 
 
 def test_progress_flags_are_true_or_false_everywhere(pixel_model, tmp_path):
-    """``progress="no"`` was read by its truthiness (a bar shown); now refused under its name, before any work."""
+    """``progress_bar="no"`` was read by its truthiness (a bar shown); now refused under its name, before any work."""
     from papa_bayes.diffusion import (
         DiffusionCandidates,
         Guidance,
@@ -173,25 +173,20 @@ def test_progress_flags_are_true_or_false_everywhere(pixel_model, tmp_path):
     images = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     guidance = Guidance(lambda x: x.sum((1, 2, 3)))
     guard, phi = ManifoldGuard(images), PCAFeatures.fit(images, num_features=2)
-    calls = {
-        "progress": [
-            lambda bad: sample(pixel_model, 2, progress=bad),
-            lambda bad: sample_preferred(pixel_model, 2, progress=bad),
-            lambda bad: select_guidance_scale(pixel_model, guidance, guard, progress=bad),
-            lambda bad: select_recommendation_scale(pixel_model, guidance, score=lambda x: x, progress=bad),
-            lambda bad: DiffusionCandidates(pixel_model, phi, guard, progress=bad),
-            lambda bad: train_base_model(tmp_path / "base", steps=1, progress=bad),
-            lambda bad: fit_default_features(tmp_path / "base", progress=bad),
-        ],
-        "progress_bar": [
-            lambda bad: finetune_on_samples(pixel_model, images, steps=1, progress_bar=bad),
-            lambda bad: distill_guidance(pixel_model, guidance, num_samples=2, steps=1, progress_bar=bad),
-            lambda bad: papa_finetune(pixel_model, images[:2], [1, -1], steps=1, progress_bar=bad),
-        ],
-    }
-    for field, fns in calls.items():
-        for fn in fns:
-            for bad in ("no", 2, None):
-                with pytest.raises(InputDataError, match=f"^{field}: expected True or False"):
-                    fn(bad)
+    calls = [
+        lambda bad: sample(pixel_model, 2, progress_bar=bad),
+        lambda bad: sample_preferred(pixel_model, 2, progress_bar=bad),
+        lambda bad: select_guidance_scale(pixel_model, guidance, guard, progress_bar=bad),
+        lambda bad: select_recommendation_scale(pixel_model, guidance, score=lambda x: x, progress_bar=bad),
+        lambda bad: DiffusionCandidates(pixel_model, phi, guard, progress_bar=bad),
+        lambda bad: train_base_model(tmp_path / "base", steps=1, progress_bar=bad),
+        lambda bad: fit_default_features(tmp_path / "base", progress_bar=bad),
+        lambda bad: finetune_on_samples(pixel_model, images, steps=1, progress_bar=bad),
+        lambda bad: distill_guidance(pixel_model, guidance, num_samples=2, steps=1, progress_bar=bad),
+        lambda bad: papa_finetune(pixel_model, images[:2], [1, -1], steps=1, progress_bar=bad),
+    ]
+    for fn in calls:
+        for bad in ("no", 2, None):
+            with pytest.raises(InputDataError, match="^progress_bar: expected True or False"):
+                fn(bad)
     assert not (tmp_path / "base").exists()  # train_base_model refused before writing

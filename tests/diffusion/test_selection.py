@@ -44,25 +44,25 @@ def test_manifold_guard_accepts_reference_and_rejects_far_points():
 
 
 def test_sample_preferred_keeps_confident_on_manifold_samples(pixel_model, make_posterior):
-    base = sample(pixel_model, 48, num_inference_steps=3, generator=gen(0), progress=False)
+    base = sample(pixel_model, 48, num_inference_steps=3, generator=gen(0), progress_bar=False)
     pca = PCAFeatures.fit(base.images, num_features=3)
     posterior = make_posterior(torch.tensor([[1.0, 0.0, 0.0]]) + 0.1 * torch.randn(32, 3, generator=gen(1)))
     objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.5)
     guard = ManifoldGuard(base.images)
     out = sample_preferred(pixel_model, 8, guidance=Guidance(objective, scale=0.3), guard=guard, oversample=3,
-                           min_probability=0.8, num_inference_steps=3, generator=gen(2), progress=False)
+                           min_probability=0.8, num_inference_steps=3, generator=gen(2), progress_bar=False)
     assert out.images.shape == (8, 1, 8, 8) and out.pool_size == 24
     assert out.eligible >= 8
     assert bool((out.probability >= 0.8).all()) and bool(out.on_manifold.all())
     again = sample_preferred(pixel_model, 8, guidance=Guidance(objective, scale=0.3), guard=guard, oversample=3,
-                             min_probability=0.8, num_inference_steps=3, generator=gen(2), progress=False)
+                             min_probability=0.8, num_inference_steps=3, generator=gen(2), progress_bar=False)
     assert torch.equal(out.images, again.images)
     with pytest.raises(InputDataError):
-        sample_preferred(pixel_model, 8, oversample=0.5, progress=False)
+        sample_preferred(pixel_model, 8, oversample=0.5, progress_bar=False)
 
 
 def test_scale_rule_stops_at_the_precision_cliff(pixel_model, make_posterior):
-    base = sample(pixel_model, 64, num_inference_steps=3, generator=gen(0), progress=False)
+    base = sample(pixel_model, 64, num_inference_steps=3, generator=gen(0), progress_bar=False)
     pca = PCAFeatures.fit(base.images, num_features=3)
     objective = PosteriorObjective(make_posterior(torch.randn(16, 3, generator=gen(1))), pca, kind="mean")
     guard = ManifoldGuard(base.images)
@@ -89,7 +89,7 @@ def test_select_preferred_ranks_without_a_threshold():
 
 
 def test_recommendation_scale_is_the_mildest_that_reaches_the_target(pixel_model, make_posterior):
-    base = sample(pixel_model, 64, num_inference_steps=3, generator=gen(0), progress=False)
+    base = sample(pixel_model, 64, num_inference_steps=3, generator=gen(0), progress_bar=False)
     pca = PCAFeatures.fit(base.images, num_features=3)
     posterior = make_posterior(torch.tensor([[1.0, 0.0, 0.0]]) + 0.3 * torch.randn(64, 3, generator=gen(1)))
     objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base.images, quantile=0.95)
@@ -153,7 +153,7 @@ def test_sample_preferred_rejects_non_finite_probabilities_and_checks_numbers_fi
         p[::2] = float("nan")
         return p
 
-    kw = dict(num_inference_steps=2, generator=gen(0), progress=False)
+    kw = dict(num_inference_steps=2, generator=gen(0), progress_bar=False)
     with pytest.raises(InputDataError, match="probability"):  # NaN was read as 1 and won
         sample_preferred(pixel_model, 2, probability=half_nan, **kw)
     with pytest.raises(InputDataError, match="probability"):
@@ -178,8 +178,9 @@ def test_scale_rule_does_not_steer_when_no_unguided_sample_is_on_the_manifold(pi
     guard = ManifoldGuard(far)  # nothing the model makes lies near it: base precision 0
     g = Guidance(lambda x: x.flatten(1).mean(1))
     kw = dict(scales=(0.5, 50.0), num_samples=4, num_inference_steps=2, generator=gen(1))
-    with pytest.warns(PapaBayesWarning, match="precision 0"):
+    with pytest.warns(PapaBayesWarning, match="precision 0") as record:
         result = select_guidance_scale(pixel_model, g, guard, **kw)
+    assert record[0].filename == __file__  # the caller's line, not the progress= shim's
     assert result.base_precision == 0.0 and result.scale == 0.0 and result.precision == {}  # was 50.0
     floor = select_guidance_scale(pixel_model, g, guard, min_precision=0.5, **kw)  # an absolute floor still scans
     assert floor.scale == 0.0 and floor.precision == {0.5: 0.0}

@@ -19,11 +19,11 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     assert load_feature_map(tmp_path / "pca_features").num_features == 8
     wide = load_feature_map(tmp_path / "midblock32_features", model=load_base_model(tmp_path))
     assert wide.whiten is False and wide.num_features == 16  # 32, capped by the 16 fitting samples
-    fit_default_features(tmp_path, num_samples=16, num_features=4, num_inference_steps=2, progress=False)
+    fit_default_features(tmp_path, num_samples=16, num_features=4, num_inference_steps=2, progress_bar=False)
     model = load_base_model(tmp_path, scheduler="ddpm")
     assert model.dtype == torch.float32 and type(model.scheduler).__name__ == "DDPMScheduler"
     assert not model.scheduler.config.clip_sample
-    out = sample(model, 3, num_inference_steps=2, progress=False)
+    out = sample(model, 3, num_inference_steps=2, progress_bar=False)
     features = load_feature_map(tmp_path / "pca_features")
     assert isinstance(features, PCAFeatures) and features(out.images).shape == (3, 4)
 
@@ -33,9 +33,9 @@ TINY = {"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups":
 
 
 def test_training_is_seeded(tmp_path):
-    a = train_base_model(tmp_path / "a", steps=2, batch_size=4, seed=3, unet_config=TINY, progress=False)
-    b = train_base_model(tmp_path / "b", steps=2, batch_size=4, seed=3, unet_config=TINY, progress=False)
-    c = train_base_model(tmp_path / "c", steps=2, batch_size=4, seed=4, unet_config=TINY, progress=False)
+    a = train_base_model(tmp_path / "a", steps=2, batch_size=4, seed=3, unet_config=TINY, progress_bar=False)
+    b = train_base_model(tmp_path / "b", steps=2, batch_size=4, seed=3, unet_config=TINY, progress_bar=False)
+    c = train_base_model(tmp_path / "c", steps=2, batch_size=4, seed=4, unet_config=TINY, progress_bar=False)
     assert c["final_loss"] != a["final_loss"]
     assert a["final_loss"] == b["final_loss"]
     with pytest.raises(InputDataError):
@@ -68,13 +68,13 @@ def test_training_numbers_are_checked_before_the_unet_is_built(tmp_path, monkeyp
 
     monkeypatch.setattr(train, "make_digits_unet", no_unet)
     with pytest.raises(InputDataError) as info:
-        train_base_model(tmp_path, **{"steps": 2, "batch_size": 4, "progress": False, **kwargs})
+        train_base_model(tmp_path, **{"steps": 2, "batch_size": 4, "progress_bar": False, **kwargs})
     assert info.value.field == field
 
 
 def test_training_output_folder_is_a_path():
     with pytest.raises(InputDataError, match="^out_dir:"):  # was TypeError from pathlib
-        train_base_model(None, steps=2, batch_size=4, progress=False)
+        train_base_model(None, steps=2, batch_size=4, progress_bar=False)
 
 
 @pytest.mark.parametrize(
@@ -92,5 +92,5 @@ def test_feature_fitting_checks_its_numbers_before_sampling(monkeypatch, kwargs,
 
     monkeypatch.setattr(train, "sample", no_sampling)  # nothing is written to the checkpoint either
     with pytest.raises(InputDataError) as info:
-        fit_default_features(DEFAULT_CHECKPOINT, **{"num_samples": 16, "num_features": 4, "progress": False, **kwargs})
+        fit_default_features(DEFAULT_CHECKPOINT, **{"num_samples": 16, "num_features": 4, "progress_bar": False, **kwargs})
     assert info.value.field == field

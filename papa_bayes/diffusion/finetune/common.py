@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from papa_bayes.checks import check_bool, check_device, check_float, check_generator, check_int, shape_of
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
@@ -126,9 +126,7 @@ def check_conditioning_rows(model: Any, n: int, what: str) -> None:
     if not isinstance(model, LatentDiffusion):
         return
     for name in LatentDiffusion._CONDITIONING:
-        cond = getattr(model, name)
-        if cond is not None and cond.shape[0] not in (1, n):
-            raise InputDataError(name, f"1 row or {n} (one per {what})", tuple(cond.shape))
+        check_rows(name, getattr(model, name), n, what)
 
 
 def _with_rows(model: DiffusionModel, rows: Tensor | None) -> DiffusionModel:

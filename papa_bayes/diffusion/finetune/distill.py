@@ -255,7 +255,7 @@ def distill_guidance(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     targets = sample(model, num_samples, num_inference_steps=num_inference_steps, guidance=guidance,
-                     generator=generator, batch_size=sample_batch_size, progress=numbers["progress_bar"]).samples
+                     generator=generator, batch_size=sample_batch_size, progress_bar=numbers["progress_bar"]).samples
     distilled = _train_on_samples(model, targets, reference=None, generator=generator, device=device,
                                   mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                   lora_targets=lora_targets, **numbers)
