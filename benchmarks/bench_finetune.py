@@ -29,6 +29,7 @@ default to ``benchmarks/results/tmp``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, p
                                write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
+    DEFAULT_CHECKPOINT,
     DigitsPerson,
     Guidance,
     ManifoldGuard,
@@ -56,8 +58,32 @@ from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
 from papa_bayes.models import LinearReward
 
+ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("preferred_fraction", "judge_share", "precision", "recall", "liked_class_entropy")
 COLUMNS = ("method", "labels", *METRICS, "seconds")
+
+
+def checkpoint_identity(path: Path | str | None) -> str:
+    """What tells a reader which base model was tuned, the same on every machine.
+
+    A checkpoint inside the repository (the shipped one when ``path`` is None) is named by its
+    repository-relative path; any other by its folder name and the first 12 hex digits of the
+    sha256 of its UNet weight file(s) (concatenated in name order; for the usual single
+    ``diffusion_pytorch_model.safetensors`` what ``sha256sum`` prints), e.g.
+    ``"ft_ckpt (UNet weights sha256 0123456789ab)"``.
+    """
+    root = Path(DEFAULT_CHECKPOINT if path is None else path).resolve()
+    if root.is_relative_to(ROOT):
+        return root.relative_to(ROOT).as_posix()
+    weights = sorted(f for pattern in ("*.safetensors", "*.bin") for f in (root / "unet").glob(pattern))
+    if not weights:
+        return f"{root.name} (no UNet weight files found)"
+    digest = hashlib.sha256()
+    for file in weights:
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return f"{root.name} (UNet weights sha256 {digest.hexdigest()[:12]})"
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -71,7 +97,7 @@ def _row(method: str, labels: int, images: torch.Tensor, seconds: float) -> dict
 
 def fit_posterior(model, features, person, *, num_labels: int, steps: int, seed: int):
     """The person rates ``num_labels`` base samples; a linear reward is fitted (Laplace)."""
-    shown = sample(model, num_labels, num_inference_steps=steps, generator=_gen(10_000 + seed), progress=False).images
+    shown = sample(model, num_labels, num_inference_steps=steps, generator=_gen(10_000 + seed), progress_bar=False).images
     ratings = person.rate(shown)
     with torch.no_grad():
         items = features(shown).double()
@@ -85,7 +111,7 @@ def distillation(model, features, person, args) -> tuple[list[dict], dict]:
     start = time.perf_counter()
     posterior = fit_posterior(model, features, person, num_labels=args.labels, steps=steps, seed=args.seed)
     base = sample(model, max(n, args.calibration_samples), num_inference_steps=steps, generator=_gen(args.seed),
-                  progress=False)
+                  progress_bar=False)
     objective = PosteriorObjective(posterior, features, kind="region").calibrate(base.images)
     guidance = Guidance(objective, window=(0.0, args.window_stop))
     if args.scale is None:
@@ -101,13 +127,13 @@ def distillation(model, features, person, args) -> tuple[list[dict], dict]:
 
     start = time.perf_counter()
     guided = sample(model, n, num_inference_steps=steps, guidance=guidance, generator=_gen(args.seed + 1),
-                    progress=False)
+                    progress_bar=False)
     guided_seconds = time.perf_counter() - start
     rows.append(_row(f"guided (region, scale {scale:g})", args.labels, guided.images, guided_seconds))
 
     start = time.perf_counter()
     targets = sample(model, args.distill_samples, num_inference_steps=steps, guidance=guidance,
-                     generator=_gen(args.seed + 3), progress=False).samples
+                     generator=_gen(args.seed + 3), progress_bar=False).samples
     target_seconds = time.perf_counter() - start
     start = time.perf_counter()
     distilled = finetune_on_samples(model, targets, steps=args.distill_steps, lr=args.distill_lr,
@@ -115,7 +141,7 @@ def distillation(model, features, person, args) -> tuple[list[dict], dict]:
                                     generator=_gen(args.seed + 4), progress_bar=not args.no_progress)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    unguided = sample(distilled, n, num_inference_steps=steps, generator=_gen(args.seed + 1), progress=False)
+    unguided = sample(distilled, n, num_inference_steps=steps, generator=_gen(args.seed + 1), progress_bar=False)
     unguided_seconds = time.perf_counter() - start
     rows.append(_row("distilled, unguided", args.labels, unguided.images, unguided_seconds))
     g, d = rows[1], rows[2]
@@ -142,7 +168,7 @@ def papa_online(model, person, args, *, lr: float, regularizer: float) -> list[d
         start = time.perf_counter()
         k = min(args.papa_round, next(c for c in checkpoints if c > labels) - labels)  # stop at every checkpoint
         shown = sample(current, k, num_inference_steps=args.steps, generator=_gen(20_000 + args.seed + round_index),
-                       progress=False).images
+                       progress_bar=False).images
         current = papa_finetune(current, shown, person.rate(shown), reference=model, steps=args.papa_steps, lr=lr,
                                 regularizer_weight=regularizer, timestep_cutoff=args.papa_cutoff,
                                 batch_size=args.papa_batch, generator=_gen(30_000 + args.seed + round_index),
@@ -152,7 +178,7 @@ def papa_online(model, person, args, *, lr: float, regularizer: float) -> list[d
         seconds += time.perf_counter() - start
         if labels in checkpoints:
             out = sample(current, args.num_samples, num_inference_steps=args.steps, generator=_gen(args.seed + 1),
-                         progress=False)
+                         progress_bar=False)
             rows.append(_row(f"PAPA online (lr {lr:g}, regulariser {regularizer:g})", labels, out.images, seconds))
     return rows
 
@@ -173,7 +199,8 @@ def papa_setting(pair: str) -> tuple[float, float]:
 def markdown(result: dict) -> str:
     s = result["distillation"]
     lines = [
-        f"Seed {result['seed']}; {result['num_samples']} samples x {result['steps']} DDIM steps per row; "
+        f"Seed {result['seed']}; base model {result['checkpoint']}; "
+        f"{result['num_samples']} samples x {result['steps']} DDIM steps per row; "
         f"posterior from {result['labels']} like/dislike labels of base samples.",
         "",
         markdown_table(result["rows"], COLUMNS),
@@ -260,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "args": vars(args),
         "seed": args.seed,
-        "checkpoint": str(args.checkpoint or "shipped"),
+        "checkpoint": checkpoint_identity(args.checkpoint),
         "labels": args.labels,
         "num_samples": args.num_samples,
         "steps": args.steps,

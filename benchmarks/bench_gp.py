@@ -8,6 +8,7 @@ items).
 
     python -m benchmarks.bench_gp            # m in {100, 1000, 10000}; minutes
     python -m benchmarks.bench_gp --tiny     # seconds; what the tests run (writes results/tmp/bench_gp_tiny.*)
+    python -m benchmarks.bench_gp --repeats 3  # the whole timing three times: a median and a range of speed-ups
 
 Targets: PreferenceGP >= 5x faster than PairwiseGP at m=1000 with held-out log-loss
 no worse by more than 0.02 nats; 10^4 comparisons in < 60 s with peak memory < 4 GB.
@@ -22,6 +23,7 @@ import argparse
 import contextlib
 import os
 import resource
+import statistics
 import sys
 import time
 import warnings
@@ -96,8 +98,40 @@ def _run(models: dict[str, Any], prob: dict[str, Any], *, seed: int, num_samples
         with torch.no_grad():
             p = post.preference_probability(prob["first"], prob["second"])
         out[name] = {"fit_s": min(fits[name]), "update_s": min(updates[name]), "log_loss": _log_loss(p, prob["p_true"]),
-                     "peak_rss_gb": peak[name]}
+                     "peak_rss_gb": peak[name], "fit_times_s": fits[name]}
     return out
+
+
+def _repeated(models: dict[str, Any], prob: dict[str, Any], *, repeats: int, **options: Any) -> dict[str, Any]:
+    """``_run`` ``repeats`` times: each repeat's best times, their medians and, per repeat, PairwiseGP / PreferenceGP.
+
+    The two models alternate within every repeat, so a slow phase of a shared machine slows both. Log-loss and
+    peak memory are the last repeat's (the fits are seeded: every repeat gives the same posterior).
+    """
+    runs = [_run(models, prob, **options) for _ in range(repeats)]
+    out: dict[str, Any] = {}
+    for name in models:
+        last = runs[-1][name]
+        out[name] = {"fit_s": statistics.median(r[name]["fit_s"] for r in runs),
+                     "update_s": statistics.median(r[name]["update_s"] for r in runs),
+                     "log_loss": last["log_loss"], "peak_rss_gb": last["peak_rss_gb"],
+                     "fit_s_repeats": [r[name]["fit_s"] for r in runs],
+                     "fit_times_s": [r[name]["fit_times_s"] for r in runs]}
+    if "pairwise" in models:
+        out["fit_speedups"] = [r["pairwise"]["fit_s"] / r["gp"]["fit_s"] for r in runs]
+        out["update_speedups"] = [r["pairwise"]["update_s"] / r["gp"]["update_s"] for r in runs]
+    return out
+
+
+def _repeat_table(rows: list[dict[str, Any]], repeats: int) -> str:
+    """One line per size and repeat: that repeat's best fit time of each model and their ratio."""
+    lines = []
+    for row in rows:
+        pairwise = row.get("pairwise_fit_s_repeats", [""] * repeats)
+        speedups = row.get("fit_speedup_repeats", [""] * repeats)
+        lines += [{"m": row["m"], "repeat": i + 1, "gp_fit_s": gp, "pairwise_fit_s": pgp, "fit_speedup": ratio}
+                  for i, (gp, pgp, ratio) in enumerate(zip(row["gp_fit_s_repeats"], pairwise, speedups))]
+    return markdown_table(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -110,6 +144,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--num-samples", type=int, default=256, help="posterior draws kept")
     p.add_argument("--fit-repeats", type=int, default=3, help="fits per model for m <= 1000 (best time reported)")
     p.add_argument("--update-repeats", type=int, default=5, help="timed updates per model (best time reported)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="times the whole timing (fits and updates, models alternating) is repeated; above 1, times "
+                   "and speed-ups are medians over repeats and every repeat's times and speed-up are recorded")
     p.add_argument("--pairwise-max-items", type=int, default=1000, help="skip PairwiseGP above this many items")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads for both models")
     p.add_argument("--tiny", action="store_true",
@@ -126,6 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     counts("--num-samples", args.num_samples)
     counts("--fit-repeats", args.fit_repeats)
     counts("--update-repeats", args.update_repeats)
+    counts("--repeats", args.repeats)
     counts("--pairwise-max-items", args.pairwise_max_items, minimum=0)
     counts("--threads", args.threads)
     counts("--seed", args.seed, minimum=0)
@@ -154,13 +192,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             models = {"gp": PreferenceGP()}
             if n <= args.pairwise_max_items:
                 models["pairwise"] = PairwiseGPReward()
-            res = _run(models, prob, seed=args.seed, num_samples=args.num_samples, **repeats)
-            row.update({f"gp_{k}": v for k, v in res["gp"].items()})
+            res = _repeated(models, prob, repeats=args.repeats, seed=args.seed, num_samples=args.num_samples, **repeats)
+            hidden = () if args.repeats > 1 else ("fit_s_repeats", "fit_times_s")  # one repeat: the row as it was
+            row.update({f"gp_{k}": v for k, v in res["gp"].items() if k not in hidden})
             if "pairwise" in res:
                 pgp, gp = res["pairwise"], res["gp"]
-                row.update({f"pairwise_{k}": v for k, v in pgp.items() if k != "peak_rss_gb"})
-                row["fit_speedup"] = pgp["fit_s"] / gp["fit_s"]
-                row["update_speedup"] = pgp["update_s"] / gp["update_s"]
+                row.update({f"pairwise_{k}": v for k, v in pgp.items() if k not in ("peak_rss_gb", *hidden)})
+                row["fit_speedup"] = statistics.median(res["fit_speedups"])
+                row["update_speedup"] = statistics.median(res["update_speedups"])
+                if args.repeats > 1:
+                    row.update(fit_speedup_min=min(res["fit_speedups"]), fit_speedup_max=max(res["fit_speedups"]),
+                               fit_speedup_repeats=res["fit_speedups"], update_speedup_repeats=res["update_speedups"])
                 row["log_loss_gp_minus_pairwise"] = gp["log_loss"] - pgp["log_loss"]
             else:
                 row["pairwise_fit_s"] = f"skipped (n={n} > {args.pairwise_max_items})"
@@ -169,6 +211,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     columns = ["m", "n", "oracle_log_loss", "gp_fit_s", "pairwise_fit_s", "fit_speedup", "gp_update_s", "pairwise_update_s",
                "update_speedup", "gp_log_loss", "pairwise_log_loss", "log_loss_gp_minus_pairwise", "gp_peak_rss_gb"]
+    if args.repeats > 1:
+        columns[6:6] = ["fit_speedup_min", "fit_speedup_max"]
     notes = (
         f"\nTimes in seconds, the best of several runs, the two models interleaved (fits: {args.fit_repeats} for m <= 1000;"
         f" updates: {args.update_repeats};"
@@ -178,6 +222,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         " `fit_speedup` = PairwiseGP fit time / PreferenceGP fit time. `gp_peak_rss_gb` is the process's peak"
         " resident memory after its fits (an upper bound on a fit's own peak).\n"
     )
+    if args.repeats > 1:
+        notes += (
+            f"All of this was repeated {args.repeats} times in one process: the times and speed-ups above are the"
+            " medians over the repeats of each repeat's best times and of each repeat's speed-up, `fit_speedup_min` /"
+            " `_max` the range of the per-repeat fit speed-ups; every repeat's best fit times follow (all fit times"
+            " in the JSON, `*_fit_times_s`).\n\n" + _repeat_table(rows, args.repeats) + "\n"
+        )
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes += f"Load average (1, 5, 15 min) at the end: {load}.\n"
     write_results(name, {"args": vars(args), "rows": rows, "load_average": load}, markdown_table(rows, columns) + notes, out,

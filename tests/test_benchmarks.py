@@ -222,3 +222,71 @@ def test_calibration_refuses_bad_options_before_any_fit(monkeypatch, tmp_path):
         for tiny in ([], ["--tiny"]):
             with pytest.raises(InputDataError, match=option):
                 bc.main([*tiny, *argv, "--out", str(tmp_path)])
+
+
+ROWS_OF_ONE_REPEAT = {  # bench_gp's row as it was before --repeats: one repeat keeps it
+    "m", "n", "oracle_log_loss", "gp_fit_s", "gp_update_s", "gp_log_loss", "gp_peak_rss_gb", "pairwise_fit_s",
+    "pairwise_update_s", "pairwise_log_loss", "fit_speedup", "update_speedup", "log_loss_gp_minus_pairwise"}
+
+
+def test_gp_repeats_record_every_time_and_the_speedup_range(tmp_path):
+    # README's "2.7-7.2x across runs" came from runs no file held: --repeats records them all.
+    from benchmarks.bench_gp import main
+
+    main(["--tiny", "--out", str(tmp_path / "one")])
+    (one,) = json.loads((tmp_path / "one" / "bench_gp_tiny.json").read_text())["rows"]
+    assert set(one) == ROWS_OF_ONE_REPEAT and one["fit_speedup"] == one["pairwise_fit_s"] / one["gp_fit_s"]
+
+    main(["--tiny", "--repeats", "2", "--out", str(tmp_path / "two")])
+    payload = json.loads((tmp_path / "two" / "bench_gp_tiny.json").read_text())
+    assert payload["args"]["repeats"] == 2
+    (row,) = payload["rows"]
+    for model in ("gp", "pairwise"):
+        assert len(row[f"{model}_fit_s_repeats"]) == 2
+        assert [min(times) for times in row[f"{model}_fit_times_s"]] == row[f"{model}_fit_s_repeats"]  # best of each
+        assert row[f"{model}_fit_s"] == pytest.approx(sum(row[f"{model}_fit_s_repeats"]) / 2)  # median of two
+    ratios = [p / g for p, g in zip(row["pairwise_fit_s_repeats"], row["gp_fit_s_repeats"])]
+    assert row["fit_speedup_repeats"] == pytest.approx(ratios)
+    assert (row["fit_speedup_min"], row["fit_speedup_max"]) == (min(ratios), max(ratios))
+    assert row["fit_speedup"] == pytest.approx(sum(ratios) / 2)
+    assert row["gp_log_loss"] == one["gp_log_loss"] and row["pairwise_log_loss"] == one["pairwise_log_loss"]
+    table = (tmp_path / "two" / "bench_gp_tiny.md").read_text()
+    assert "| fit_speedup | fit_speedup_min | fit_speedup_max |" in table
+    assert "| m | repeat | gp_fit_s | pairwise_fit_s | fit_speedup |" in table
+    assert table.count(f"| {row['m']} | 1 |") == 1 and table.count(f"| {row['m']} | 2 |") == 1
+
+
+def test_gp_repeats_below_one_are_refused_before_any_fit(monkeypatch, tmp_path):
+    import benchmarks.bench_gp as bg
+
+    def started(*args, **kwargs):
+        raise AssertionError("bench_gp started before refusing --repeats")
+
+    monkeypatch.setattr(bg, "_problem", started)
+    monkeypatch.setattr(bg, "fit", started)
+    for tiny in ([], ["--tiny"]):
+        with pytest.raises(InputDataError, match="--repeats: expected an integer >= 1, got 0"):
+            bg.main([*tiny, "--repeats", "0", "--out", str(tmp_path)])
+
+
+def test_finetune_records_which_model_it_tuned_not_a_local_path(tmp_path):
+    # finetune.json said "checkpoint": "/tmp/ft_ckpt": a folder of the machine that ran it.
+    import hashlib
+    import shutil
+
+    from benchmarks.bench_finetune import ROOT, checkpoint_identity, main
+    from papa_bayes.diffusion import DEFAULT_CHECKPOINT
+
+    shipped = "papa_bayes/diffusion/checkpoints/digits_unet"
+    assert checkpoint_identity(None) == shipped
+    assert checkpoint_identity(ROOT / "benchmarks" / ".." / shipped) == shipped  # given absolute, still relative
+    copy = shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / "ft_ckpt")
+    weights = (copy / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert checkpoint_identity(copy) == f"ft_ckpt (UNet weights sha256 {hashlib.sha256(weights).hexdigest()[:12]})"
+
+    result = main(["--tiny", "--checkpoint", str(ROOT / shipped), "--out", str(tmp_path / "in")])
+    assert result["checkpoint"] == shipped
+    assert json.loads((tmp_path / "in" / "finetune.json").read_text())["checkpoint"] == shipped
+    assert f"base model {shipped};" in (tmp_path / "in" / "finetune.md").read_text()
+    outside = main(["--tiny", "--checkpoint", str(copy), "--out", str(tmp_path / "out")])
+    assert outside["checkpoint"] == checkpoint_identity(copy) and str(tmp_path) not in outside["checkpoint"]
