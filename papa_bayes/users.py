@@ -201,7 +201,9 @@ class SimulatedUser:
             InputDataError: features of another dimension than the weights, or a
                 utility that is not finite (NaN features, a callable returning NaN).
         """
-        u = torch.as_tensor(self._utility(x)).to(torch.float64).reshape(-1)
+        out = self._utility(x)
+        # Python floats parsed in double directly (through float32 they lose digits a near tie needs)
+        u = (out.to(torch.float64) if isinstance(out, Tensor) else torch.as_tensor(out, dtype=torch.float64)).reshape(-1)
         n = x.shape[0] if getattr(x, "ndim", 0) >= 2 else None  # 1-D: one item, or a callable's own convention
         if n is not None and u.numel() != n:
             raise InputDataError("utility", f"{n} utilities, one per item of the `{n} x ...` input",

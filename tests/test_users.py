@@ -289,6 +289,15 @@ def test_weights_as_a_list_of_floats_are_read_in_double():
     assert SimulatedUser(torch.tensor([0.1, -0.3], dtype=torch.float32)).weights.dtype == torch.float64
 
 
+
+def test_a_callable_returning_python_floats_is_read_in_double():
+    """A list of Python floats from the callable went through float32 (0.1 -> 0.10000000149):
+    a near tie between two items could change its answer."""
+    user = SimulatedUser(lambda x: [0.1 + 1e-9 * i for i in range(x.shape[0])])
+    u = user.utility(_items(3, 2))
+    assert u.dtype == torch.float64 and u.tolist() == [0.1, 0.1 + 1e-9, 0.1 + 2e-9]
+    assert SimulatedUser(lambda x: [True, False]).utility(_items(2, 2)).tolist() == [1.0, 0.0]
+
 def test_winner_first_reads_only_m_x_2_pairs():
     """A `2 x 3` array was reshaped into three pairs of other items, silently."""
     with pytest.raises(InputDataError, match=r"^pairs: expected `m x 2`.*\(2, 3\)"):

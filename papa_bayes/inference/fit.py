@@ -241,16 +241,14 @@ def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: 
     s = opts["num_samples"] or 1000
     refine = opts.get("refine_steps") or 0
     gen = _generator(opts["seed"] + 7919 * data.num_observations)
-    k, raw = fitted.component_draws(2 * s if refine else s, generator=gen)
-    params = fitted.params(k, raw)
+    k, raw, eta = fitted.component_draws(2 * s if refine else s, generator=gen)
+    params = fitted.params(k, raw, eta)
     space = UnconstrainedSpace(model.priors(data))
     mean, cov = mixture_moments(fitted, space)
     cov = cov + 1e-9 * torch.eye(space.dim, dtype=torch.float64)
     diagnostics = dict(fitted.info)
     if refine:
-        modes, hessians = torch.stack(fitted.modes)[k], torch.stack(fitted.hessians)[k]
-        logw = importance_log_weights(model, data, fitted.space, raw, modes, hessians,
-                                      fixed={fitted.site: params[fitted.site]})
+        logw = fitted.importance_log_weights(model, data, k, raw, eta)
         theta, more = resample_move(model, data, space, space.pack(params), logw, s, cov, steps=refine, generator=gen)
         params, _ = space.unpack(theta)
         diagnostics.update(more)

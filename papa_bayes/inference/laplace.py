@@ -189,12 +189,26 @@ class IntegratedLaplace:
     scale: float
     info: dict[str, Any]
 
+    @property
+    def spacing(self) -> float:
+        """The grid's step in log(site) (0 for a one-point grid): the width of each grid cell."""
+        return float(self.grid[1] - self.grid[0]) if self.grid.numel() > 1 else 0.0
+
     def draws(self, num_samples: int, *, generator: torch.Generator) -> dict[str, Tensor]:
         """`num_samples` draws of every site (the integrated one included): site -> `s x shape`."""
         return self.params(*self.component_draws(num_samples, generator=generator))
 
-    def component_draws(self, num_samples: int, *, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Grid components `s` and unconstrained draws `s x D'` of the other sites."""
+    def component_draws(self, num_samples: int, *, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Grid components `s`, unconstrained draws `s x D'` of the other sites, and log(site) `s`.
+
+        A draw of component k takes its log(site) uniformly in the grid cell around
+        ``grid[k]`` (width :attr:`spacing`) and the other sites from that point's
+        Gaussian: the mixture is a histogram of the site's posterior, not the
+        ``K`` atoms of the grid itself (whose ranks a simulation-based calibration
+        rejects), and stays a proper density for :meth:`importance_log_weights`.
+        The cell offsets are drawn after the other sites, so those are the same
+        draws as without them.
+        """
         k = torch.multinomial(self.log_weights.exp(), num_samples, replacement=True, generator=generator)
         eps = torch.randn(num_samples, self.space.dim, generator=generator, dtype=torch.float64)
         raw = torch.empty_like(eps)
@@ -202,19 +216,39 @@ class IntegratedLaplace:
             rows = k == j
             L = torch.linalg.cholesky(self.hessians[j])
             raw[rows] = self.modes[j] + torch.linalg.solve_triangular(L.T, eps[rows].T, upper=True).T
-        return k, raw
+        offset = torch.rand(num_samples, generator=generator, dtype=torch.float64) - 0.5
+        return k, raw, self.grid[k] + self.spacing * offset
 
-    def params(self, k: Tensor, raw: Tensor) -> dict[str, Tensor]:
+    def params(self, k: Tensor, raw: Tensor, eta: Tensor) -> dict[str, Tensor]:
         """Constrained values of every site from :meth:`component_draws`' output."""
         params, _ = self.space.unpack(raw)
-        params[self.site] = self.grid[k].exp()
+        params[self.site] = eta.exp()
         return params
+
+    def importance_log_weights(self, model: PyroRewardModel, data: PreferenceData, k: Tensor, raw: Tensor,
+                               eta: Tensor) -> Tensor:
+        """log p(eta, theta | data) - log q(eta, theta) up to one constant, for :meth:`component_draws`' output.
+
+        ``q`` is the histogram mixture: cell k has mass ``exp(log_weights[k])``, its
+        log(site) uniform over the cell and the other sites ``N(modes[k], H_k^-1)``.
+        With the cell's weight written as its Laplace evidence, the weight is
+        ``-f_eta(theta) + f_k(mode_k) + (theta - mode_k)' H_k (theta - mode_k) / 2 + eta - grid[k]``,
+        ``f_eta`` the negative log posterior of the other sites with the site at
+        ``exp(eta)`` and ``eta - grid[k]`` the Jacobian of the log (the grid
+        weights carry it at the grid point). Returns `s` log weights.
+        """
+        modes, hessians = torch.stack(self.modes)[k], torch.stack(self.hessians)[k]
+        at_grid = self.grid[k]
+        return importance_log_weights(model, data, self.space, raw, modes, hessians,
+                                      fixed={self.site: eta.exp()},
+                                      fixed_at_modes={self.site: at_grid.exp()}) + eta - at_grid
 
 
 def mixture_moments(fit: IntegratedLaplace, full: UnconstrainedSpace) -> tuple[Tensor, Tensor]:
     """Mean `D` and covariance `D x D` of the grid mixture in the joint unconstrained space ``full``.
 
-    (The integrated site's coordinate is its log, the grid's own coordinate.)
+    (The integrated site's coordinate is its log, the grid's own coordinate, uniform
+    over each grid cell as :meth:`IntegratedLaplace.component_draws` draws it.)
     """
     K, w = len(fit.modes), fit.log_weights.exp()
     offsets, i = {}, 0
@@ -230,6 +264,7 @@ def mixture_moments(fit: IntegratedLaplace, full: UnconstrainedSpace) -> tuple[T
     covs = torch.zeros(K, full.dim, full.dim, dtype=torch.float64)
     inv = torch.cholesky_inverse(torch.linalg.cholesky(torch.stack(fit.hessians)))
     covs[:, other_idx.unsqueeze(1), other_idx.unsqueeze(0)] = inv
+    covs[:, site_idx, site_idx] = fit.spacing**2 / 12  # uniform over each grid cell
     mean = (w.unsqueeze(1) * means).sum(0)
     centred = means - mean
     cov = (w.view(K, 1, 1) * (covs + centred.unsqueeze(2) * centred.unsqueeze(1))).sum(0)
@@ -340,6 +375,7 @@ def importance_log_weights(
     modes: Tensor,
     hessians: Tensor,
     fixed: dict[str, Tensor] | None = None,
+    fixed_at_modes: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """log p(theta | data) - log q(theta), up to one constant, for draws of Gaussians ``N(mode, H^-1)``.
 
@@ -354,14 +390,17 @@ def importance_log_weights(
         theta, modes: `N x D` draws and their components' modes (unconstrained).
         hessians: `N x D x D` (or `D x D`, shared) Hessians of ``f`` at the modes.
         fixed: site -> `N` values held fixed per draw (the integrated site).
+        fixed_at_modes: the same sites' values at which each mode was found (default
+            ``fixed``); they differ for a draw whose site lies off its grid point.
 
     Returns:
         `N` log weights (-inf where the exact density is zero).
     """
     f = _objective(model, data, space, fixed)
+    f_modes = f if fixed_at_modes is None else _objective(model, data, space, fixed_at_modes)
     delta = theta - modes
     quad = (delta.unsqueeze(-2) @ hessians @ delta.unsqueeze(-1)).reshape(-1)
-    return -f(theta) + f(modes) + 0.5 * quad
+    return -f(theta) + f_modes(modes) + 0.5 * quad
 
 
 def resample_move(
