@@ -422,3 +422,67 @@ def test_optimize_queries_region_and_argument_forms(setup):
     for strategy in ("region", "argmax"):  # the argument is reference_pool here, not make_acquisition's pool
         with pytest.raises(InputDataError, match="^reference_pool"):
             optimize_queries(post, bounds, strategy=strategy, **small)
+
+
+@pytest.fixture(scope="module")
+def region_setup():
+    """A linear posterior (d=4) from 27 noiseless answers, its pool and the box of designs."""
+    gen = _gen(0)
+    X = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    idx = torch.randint(0, 40, (30, 2), generator=gen)
+    idx = idx[idx[:, 0] != idx[:, 1]]
+    u = X @ torch.tensor([1.0, -0.5, 0.3, 0.0], dtype=torch.float64)
+    winner_first = torch.where((u[idx[:, 0]] > u[idx[:, 1]]).unsqueeze(-1), idx, idx.flip(-1))
+    from papa_bayes import PreferenceData
+
+    post = fit(LinearReward(), PreferenceData(items=X, comparisons=winner_first), method="laplace", seed=0)
+    return post, X, torch.tensor([[-2.0] * 4, [2.0] * 4], dtype=torch.float64)
+
+
+def test_smooth_region_membership_tends_to_the_step(region_setup):
+    """The logistic membership's information approaches the step's as its width goes to 0, and one-hot
+    soft groups give exactly the hard groups' information."""
+    from papa_bayes.acquisition.base import answer_log_probs
+    from papa_bayes.acquisition.preferred import (
+        PreferredRegionInformation, _grouped_information, _soft_grouped_information)
+
+    post, pool, _ = region_setup
+    designs = torch.rand(500, 2, 4, generator=_gen(1), dtype=torch.float64) * 4 - 2
+    for size, Q in ((2, designs), (1, designs[:, :1])):
+        make = lambda width: PreferredRegionInformation(post, pool=pool, region=0.75, query_size=size,  # noqa: E731
+                                                        membership_softness=width)
+        step = make(0.0)(Q)
+        gaps = [float((make(width)(Q) - step).abs().max()) for width in (0.3, 0.03, 1e-9)]
+        assert gaps[0] > 1e-3 and gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-6, (size, gaps)
+    u = post.utility(designs.reshape(-1, 4)).reshape(-1, 500, 2)
+    lp = answer_log_probs(u[..., 0], u[..., 1], link=post.link)
+    groups = torch.randint(0, 4, u.shape[:2], generator=_gen(2))
+    one_hot = torch.nn.functional.one_hot(groups, 4).double()
+    assert torch.allclose(_soft_grouped_information(lp, one_hot), _grouped_information(lp, groups, 4), atol=1e-10)
+
+
+def test_optimize_queries_region_is_smooth_and_reports_the_step_value(region_setup):
+    """With the step membership L-BFGS-B's line search fails (BoTorch warns "ABNORMAL"); the smooth
+    membership optimizes without warnings, to designs worth more information about the step membership."""
+    import warnings
+
+    from papa_bayes.acquisition import PreferredRegionInformation
+
+    post, pool, bounds = region_setup
+    opts = dict(strategy="region", reference_pool=pool, k=3, num_restarts=8, raw_samples=256, seed=0)
+    step = PreferredRegionInformation(post, pool=pool, region="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning, BoTorch's RuntimeWarning included, fails the test
+        X, values = optimize_queries(post, bounds, **opts)
+    assert torch.allclose(values, step(X), atol=1e-12)  # the step's information, best first
+    assert bool((values[:-1] >= values[1:]).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, step_values = optimize_queries(post, bounds, region_softness=0.0, **opts)
+    assert float(values[0]) > float(step_values[0]) + 0.005, (values, step_values)
+    with pytest.raises(InputDataError, match="region_softness"):
+        optimize_queries(post, bounds, region_softness=-0.1, **{**opts, "k": 1})
+    from papa_bayes.acquisition import make_acquisition
+
+    with pytest.raises(InputDataError, match="membership_softness.*'eig'"):
+        make_acquisition("eig", post, membership_softness=0.1)

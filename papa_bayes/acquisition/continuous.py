@@ -16,7 +16,7 @@ from botorch.optim import optimize_acqf
 from torch import Tensor
 
 from papa_bayes.acquisition.selection import _strategy, make_acquisition
-from papa_bayes.checks import check_int, check_real_tensor
+from papa_bayes.checks import check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.posterior import RewardPosterior, check_posterior
 
@@ -43,6 +43,7 @@ def optimize_queries(
     raw_samples: int = 256,
     seed: int = 0,
     options: dict | None = None,
+    region_softness: float = 0.1,
 ) -> tuple[Tensor, Tensor]:
     """Optimize query features in a box.
 
@@ -59,6 +60,10 @@ def optimize_queries(
             of rating queries without ratings yet).
         num_restarts, raw_samples, options: passed to ``optimize_acqf``.
         seed: seeds the raw samples (the global RNG is restored afterwards).
+        region_softness: "region" only: the width (noise units) of the smooth
+            region membership that is optimized; its step makes L-BFGS-B's line
+            search fail ("ABNORMAL"). The returned values are the step's. 0 optimizes
+            the step itself.
 
     Returns:
         (`k' x q x d` query features, `k'` acquisition values), k' <= k distinct
@@ -80,9 +85,11 @@ def optimize_queries(
     if options is not None and not isinstance(options, dict):
         raise InputDataError("options", "a dict of optimize_acqf options or None", type(options).__name__)
     k = check_int("k", k, maximum=num_restarts, expected=f"an integer between 1 and num_restarts ({num_restarts})")
+    region_softness = check_float("region_softness", region_softness, minimum=0.0)
     gen = torch.Generator().manual_seed(seed)
     try:
-        acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen)
+        acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen,
+                               membership_softness=region_softness if strategy == "region" else 0.0)
     except InputDataError as err:  # make_acquisition's argument is called pool; ours reference_pool
         if err.field != "pool":
             raise
@@ -109,4 +116,11 @@ def optimize_queries(
             stacklevel=2,
         )
     idx = torch.tensor(keep, dtype=torch.long)
-    return X[idx].detach(), values[idx].detach()
+    X, values = X[idx].detach(), values[idx].detach()
+    if strategy == "region" and region_softness > 0:  # report the information about the step membership
+        acq.membership_softness = 0.0
+        with torch.no_grad():
+            values = acq(X)
+        order = values.argsort(descending=True)
+        X, values = X[order], values[order]
+    return X, values

@@ -32,7 +32,7 @@ from botorch.models.model import Model
 from torch import Tensor
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, answer_log_probs, entropy_bits, resolve_model
-from papa_bayes.checks import check_int, is_integer_tensor, shape_of
+from papa_bayes.checks import check_float, check_int, is_integer_tensor, shape_of
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 
@@ -96,6 +96,20 @@ def _grouped_information(log_probs: list[Tensor], groups: Tensor, num_groups: in
             count = mask.sum(0)  # batch
             sums = torch.stack([(p * mask).sum(0) for p in probs], -1)
             conditional = conditional + count / s * entropy_bits(sums / count.clamp(min=1).unsqueeze(-1))
+    return (entropy_bits(marginal) - conditional).clamp(min=0.0)
+
+
+def _soft_grouped_information(log_probs: list[Tensor], weights: Tensor) -> Tensor:
+    """I(answer; g) in bits for soft groups: draw s is in group g with probability ``weights[s, ..., g]``.
+
+    ``weights`` is `s x batch x G` (rows summing to 1); one-hot weights give
+    :func:`_grouped_information`. ``p(y | g) = sum_s w_sg p_s(y) / sum_s w_sg``.
+    """
+    probs = torch.stack([lp.exp() for lp in log_probs], -1)  # s x batch x o
+    marginal = probs.mean(0)
+    mass = weights.sum(0)  # batch x G
+    joint = torch.einsum("s...g,s...o->...go", weights, probs)  # batch x G x o
+    conditional = (mass / weights.shape[0] * entropy_bits(joint / mass.clamp(min=torch.finfo(mass.dtype).tiny).unsqueeze(-1))).sum(-1)
     return (entropy_bits(marginal) - conditional).clamp(min=0.0)
 
 
@@ -180,6 +194,12 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
         region: see :func:`region_thresholds`.
         query_size: 2 (pairs) or 1 (like/dislike).
         pool_utility: `s x n` draws at the pool, if already computed.
+        membership_softness: 0 (default) for the step z = 1[u > tau]; a positive
+            width (utility, i.e. noise, units) for a logistic membership
+            P(z = 1) = sigmoid((u - tau) / width), which makes the value smooth in
+            the query's features (the step makes L-BFGS's line search fail; BoTorch
+            smooths its constraint indicators the same way). It tends to the step's
+            value as the width goes to 0.
     """
 
     def __init__(
@@ -190,11 +210,13 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
         region: str | float = "auto",
         query_size: int = 2,
         pool_utility: Tensor | None = None,
+        membership_softness: float = 0.0,
     ) -> None:
         super().__init__(model)
         posterior = self.reward_posterior
         if posterior is None:
             raise ModelError("PreferredRegionInformation needs a RewardPosterior (aligned draws).")
+        self.membership_softness = check_float("membership_softness", membership_softness, minimum=0.0)
         self.query_size = self._check_query_size(query_size)
         U = _pool_utility(posterior, pool, pool_utility, self.rater)
         self.threshold = region_thresholds(posterior, U, region)
@@ -207,13 +229,25 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
         """Per-draw membership z = 1[u > tau] of `s x batch` utilities: long `s x batch`."""
         return (u > self.threshold.to(u).reshape(-1, *([1] * (u.dim() - 1)))).long()
 
+    def membership_probability(self, u: Tensor) -> Tensor:
+        """Per-draw P(z = 1) of `s x batch` utilities under ``membership_softness`` (> 0): `s x batch`."""
+        tau = self.threshold.to(u).reshape(-1, *([1] * (u.dim() - 1)))
+        return torch.sigmoid((u - tau) / self.membership_softness)
+
     def score_draws(self, *utilities: Tensor) -> Tensor:
         if self.query_size == 1:
             (u,) = utilities
             lp = answer_log_probs(u, None, link=self.link, threshold=self.like_threshold)
+            if self.membership_softness > 0:
+                q = self.membership_probability(u)
+                return _soft_grouped_information(lp, torch.stack([1 - q, q], -1))
             return _grouped_information(lp, self.membership(u), 2)
         u_first, u_second = utilities
         lp = answer_log_probs(u_first, u_second, link=self.link, tie_strength=self.tie_strength)
+        if self.membership_softness > 0:  # groups z_a + 2 z_b, as the step's
+            qa, qb = self.membership_probability(u_first), self.membership_probability(u_second)
+            weights = torch.stack([(1 - qa) * (1 - qb), qa * (1 - qb), (1 - qa) * qb, qa * qb], -1)
+            return _soft_grouped_information(lp, weights)
         return _grouped_information(lp, self.membership(u_first) + 2 * self.membership(u_second), 4)
 
 
@@ -226,6 +260,12 @@ class ArgmaxInformation(DrawsAcquisitionFunction):
         pool: `n x d` items among which the best is sought; or give ``pool_utility``.
         query_size: 2 (pairs) or 1 (like/dislike).
         pool_utility: `s x n` draws at the pool, if already computed.
+        membership_softness: 0 (default) for the step z = 1[u > tau]; a positive
+            width (utility, i.e. noise, units) for a logistic membership
+            P(z = 1) = sigmoid((u - tau) / width), which makes the value smooth in
+            the query's features (the step makes L-BFGS's line search fail; BoTorch
+            smooths its constraint indicators the same way). It tends to the step's
+            value as the width goes to 0.
     """
 
     def __init__(

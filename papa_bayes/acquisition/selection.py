@@ -155,6 +155,7 @@ def make_acquisition(
     region: str | float = "auto",
     generator: torch.Generator | None = None,
     rater: int | None = None,
+    membership_softness: float = 0.0,
 ) -> DrawsAcquisitionFunction:
     """The BoTorch acquisition function behind a strategy.
 
@@ -170,9 +171,15 @@ def make_acquisition(
         rater: whose utility the queries are about (multi-rater models; default the
             population's). The acquisition then works on
             ``posterior.as_botorch_model(rater=rater)``.
+        membership_softness: "region" only: 0 for the step membership, a width for
+            a smooth one (see :class:`~papa_bayes.acquisition.PreferredRegionInformation`).
     """
     strategy = _strategy(strategy)
     check_posterior(posterior)
+    membership_softness = check_float("membership_softness", membership_softness, minimum=0.0)
+    if membership_softness > 0 and strategy != "region":
+        raise InputDataError("membership_softness", "0 unless the strategy is 'region'",
+                             f"{membership_softness} with strategy {strategy!r}")
     if query_type not in QUERY_TYPES:
         raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
     q = 2 if query_type == "pair" else 1
@@ -193,7 +200,8 @@ def make_acquisition(
     if strategy == "eig":
         return PairwiseInformationGain(model) if q == 2 else RatingInformationGain(model, threshold=threshold)
     if strategy == "region":
-        return PreferredRegionInformation(model, region=region, query_size=q, pool_utility=pool_utility)
+        return PreferredRegionInformation(model, region=region, query_size=q, pool_utility=pool_utility,
+                                          membership_softness=membership_softness)
     if strategy == "argmax":
         return ArgmaxInformation(model, query_size=q, pool_utility=pool_utility)
     if strategy == "eubo":
