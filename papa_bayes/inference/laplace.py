@@ -48,6 +48,24 @@ def _objective(model: PyroRewardModel, data: PreferenceData, space: Unconstraine
     return neg_log_post
 
 
+def _hessian_rows(grad: Tensor, x: Tensor) -> Tensor:
+    """`K x D x D` Hessian blocks from the `K x D` gradient (built with ``create_graph``) at `K x D` ``x``.
+
+    One vectorized backward pass over the D unit vectors (``is_grads_batched``);
+    where an operation has no batching rule, D passes, one row each.
+    """
+    K, D = x.shape
+    if D == 0:
+        return x.new_zeros(K, 0, 0)
+    try:
+        eye = torch.eye(D, dtype=grad.dtype).unsqueeze(1).expand(D, K, D)
+        (rows,) = torch.autograd.grad(grad, x, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+        return rows.transpose(0, 1)
+    except RuntimeError:
+        rows = [torch.autograd.grad(grad[:, i].sum(), x, retain_graph=i < D - 1)[0] for i in range(D)]
+        return torch.stack(rows, 1)
+
+
 def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
             polish: float = 1e-3) -> tuple[Tensor, Tensor, Tensor, int]:
     """Damped Newton with Armijo backtracking on K independent problems at once.
@@ -70,8 +88,7 @@ def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
         if not bool(torch.isfinite(value).all()):
             raise InferenceError(f"The log posterior is not finite at the starting point ({value.tolist()}).")
         (grad,) = torch.autograd.grad(value.sum(), x, create_graph=True)
-        rows = [torch.autograd.grad(grad[:, i].sum(), x, retain_graph=i < D - 1)[0] for i in range(D)]
-        H = torch.stack(rows, 1) if rows else x.new_zeros(K, 0, 0)
+        H = _hessian_rows(grad, x)
         H, grad, value, theta = 0.5 * (H + H.transpose(1, 2)).detach(), grad.detach(), value.detach(), theta.detach()
         damping = torch.zeros(K, dtype=torch.float64)
         for _ in range(30):  # Levenberg damping, per problem, until each system is positive definite
