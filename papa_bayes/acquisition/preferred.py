@@ -260,12 +260,6 @@ class ArgmaxInformation(DrawsAcquisitionFunction):
         pool: `n x d` items among which the best is sought; or give ``pool_utility``.
         query_size: 2 (pairs) or 1 (like/dislike).
         pool_utility: `s x n` draws at the pool, if already computed.
-        membership_softness: 0 (default) for the step z = 1[u > tau]; a positive
-            width (utility, i.e. noise, units) for a logistic membership
-            P(z = 1) = sigmoid((u - tau) / width), which makes the value smooth in
-            the query's features (the step makes L-BFGS's line search fail; BoTorch
-            smooths its constraint indicators the same way). It tends to the step's
-            value as the width goes to 0.
     """
 
     def __init__(
