@@ -525,3 +525,26 @@ def test_laplace_hessian_in_one_batched_pass_matches_row_by_row(monkeypatch):
     monkeypatch.setattr(laplace.torch.autograd, "grad", no_batching_rule)
     second = fit(model, data, method="laplace", num_samples=32, seed=1)
     assert torch.allclose(first.draws("w"), second.draws("w"), rtol=1e-9, atol=1e-12)
+
+
+def test_laplace_batches_hessian_rows_only_for_small_problems(monkeypatch):
+    """Large problems are memory-bound, where one batched pass was slower than D passes: they take
+    the rows one by one (the same Hessians), small ones in one batched pass."""
+    from papa_bayes.inference import laplace
+
+    real_grad, batched_calls = torch.autograd.grad, []
+
+    def spy(*args, **kwargs):
+        batched_calls.append(bool(kwargs.get("is_grads_batched")))
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(laplace.torch.autograd, "grad", spy)
+    gen = torch.Generator().manual_seed(0)
+    for d, m, batched in ((8, 100, True), (32, 2000, False)):
+        w = random_unit_vector(d, generator=gen)
+        data = simulate_comparisons(SimulatedUser(w, seed=d), torch.randn(400, d, generator=gen, dtype=torch.float64),
+                                    m, generator=gen)
+        assert laplace.batch_hessian_rows(11, m, d) == batched
+        batched_calls.clear()
+        fit(LinearReward(), data, method="laplace", num_samples=16)
+        assert any(batched_calls) == batched, (d, m)
