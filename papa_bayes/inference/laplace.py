@@ -77,7 +77,7 @@ def _hessian_rows(grad: Tensor, x: Tensor, batched: bool = True) -> Tensor:
             return rows.transpose(0, 1)
         except RuntimeError:
             pass
-    return torch.stack([torch.autograd.grad(grad[:, i].sum(), x, retain_graph=True)[0] for i in range(D)], 1)
+    return torch.stack([torch.autograd.grad(grad[:, i].sum(), x, retain_graph=i < D - 1)[0] for i in range(D)], 1)
 
 
 def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
@@ -85,8 +85,8 @@ def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
     """Damped Newton with Armijo backtracking on K independent problems at once.
 
     ``f`` maps `K x D` to `K` values, row k depending on point k only, so one batched
-    evaluation gives all K gradients and the Hessians come as K blocks from D backward
-    passes: K problems cost about as much as one.
+    evaluation gives all K gradients and the Hessians come as K blocks from the same
+    backward passes: K problems cost about as much as one.
 
     ``batched_hessian``: all Hessian rows from one backward pass (see
     :func:`batch_hessian_rows`), else one pass per row.
