@@ -436,9 +436,11 @@ class PreferenceSession:
         if pool.features.shape[1] != self.source.num_features:
             raise InputDataError("candidates.features", f"`n x {self.source.num_features}`", tuple(pool.features.shape))
         t_pool = time.perf_counter()
-        sources = ["steered" if steered else "explore" for steered in pool.steered.tolist()]
-        idx = self.store.add_items(pool.features, images=pool.images, source=sources, round=self.round,
-                                   rater=self.rater)
+        idx = self._unasked_pool(pool)
+        if idx is None:
+            sources = ["steered" if steered else "explore" for steered in pool.steered.tolist()]
+            idx = self.store.add_items(pool.features, images=pool.images, source=sources, round=self.round,
+                                       rater=self.rater)
         post = self._posterior or self._prior(self.data)
         sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
                              query_type=self.query_type, generator=self.generator)
@@ -463,6 +465,19 @@ class PreferenceSession:
             **self._finetune_if_due(),
         }
         return self._finish_round(query, metrics)
+
+    def _unasked_pool(self, pool: Any) -> list[int] | None:
+        """The stored indices of ``pool`` when a crash stored this very pool for this round before its query.
+
+        The restored random state draws the same pool again; its items are then not
+        stored twice. None (store the pool) when the round has no items yet, or
+        different ones (a source whose draws are not reproducible).
+        """
+        stored = self.store.round_items(rater=self.rater, round=self.round)
+        if len(stored) != pool.features.shape[0]:
+            return None
+        features = self.store.features()[torch.tensor(stored, dtype=torch.long)]
+        return stored if torch.equal(features, pool.features.detach().to(torch.float64).cpu()) else None
 
     def _complete_open_round(self, query: StoredQuery, *, refit: bool = True) -> RoundRecord:
         """Finish the round of ``query``, stored in a round that an exception or a crash left open.

@@ -394,6 +394,12 @@ class PreferenceStore:
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('num_features', ?)", (str(feats.shape[1]),))
         return list(range(start, start + feats.shape[0]))
 
+    def round_items(self, *, rater: int, round: int) -> list[int]:
+        """Indices of the items stored for ``rater``'s round ``round``, in index order."""
+        rows = self.conn.execute("SELECT idx FROM items WHERE rater=? AND round=? ORDER BY idx",
+                                 (check_int("rater", rater, minimum=0), check_int("round", round, minimum=0))).fetchall()
+        return [int(r[0]) for r in rows]
+
     @property
     def num_items(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])

@@ -127,6 +127,42 @@ def test_resume_after_kill_loses_nothing_and_continues(tmp_path):
     assert _answers(clean) == after
 
 
+def test_a_crash_between_pool_and_query_stores_the_pool_once(tmp_path, monkeypatch):
+    """Killed after a round's pool was stored but before its query (the kill test hit this window on a
+    loaded machine): the resumed session draws the same pool again and reuses the stored items, so its
+    store equals an uninterrupted run's, item indices included."""
+    import papa_bayes.session as session_module
+
+    total, kw = 6, dict(pool_size=12, seed=3, strategy="eig")
+    clean = tmp_path / "clean.db"
+    source, user, _ = setup()
+    PreferenceSession(clean, source, SlowUser(user, 0.0), **kw).run(total, progress_bar=False)
+    path = tmp_path / "crashed.db"
+    source, user, _ = setup()
+    session = PreferenceSession(path, source, SlowUser(user, 0.0), **kw)
+    session.run(3, progress_bar=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session_module, "select_queries", killed)
+    with pytest.raises(KeyboardInterrupt):
+        session.step()
+    session.close()
+    monkeypatch.undo()
+    with PreferenceStore(path, create=False) as store:
+        assert store.num_items == 4 * 12 and len(store.queries()) == 3  # the unasked pool is stored
+
+    source, user, _ = setup()
+    resumed = PreferenceSession.resume(path, source, SlowUser(user, 0.0))
+    resumed.run(total - 3, progress_bar=False)
+    resumed.close()
+    assert _answers(path) == _answers(clean)
+    with PreferenceStore(path, create=False) as a, PreferenceStore(clean, create=False) as b:
+        assert a.num_items == b.num_items == total * 12
+        assert torch.equal(a.features(), b.features())
+
+
 def test_several_raters_share_a_store_and_the_hierarchical_prior(tmp_path):
     from papa_bayes.models import HierarchicalLinearReward
     from papa_bayes.users import SimulatedUser
