@@ -585,11 +585,13 @@ def test_fine_tuners_and_guided_sampling_are_fixed_by_their_generator(pixel_mode
         torch.manual_seed(2)
         torch.rand(17)  # the global stream moved on: it must not matter
         again, other = snapshot(run(gen(11))), snapshot(run(gen(12)))
-        assert all(torch.equal(first[k], again[k]) for k in first), name
-        assert any(not torch.equal(first[k], other[k]) for k in first), name
+        # Equal up to the last bits torch's CPU reductions may round differently from run to run;
+        # a draw from the global RNG, or another seed, moves the weights by about 1e-3.
+        gap = lambda a, b: max(float((a[k].float() - b[k].float()).abs().max()) for k in a)  # noqa: E731
+        assert gap(first, again) <= 1e-6 and gap(first, other) > 1e-4, (name, gap(first, again), gap(first, other))
     draws = []
     for seed, global_seed in ((5, 1), (5, 2), (6, 1)):
         torch.manual_seed(global_seed)
         draws.append(sample(pixel_model, 4, guidance=guidance, num_inference_steps=3, generator=gen(seed),
                             progress_bar=False).images)
-    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert float((draws[0] - draws[1]).abs().max()) <= 1e-5 < float((draws[0] - draws[2]).abs().max())
