@@ -225,14 +225,17 @@ class PreferredRegionInformation(DrawsAcquisitionFunction):
         if query_size == 1:
             self.like_threshold = rating_threshold(posterior, U) if U is not None else self.threshold
 
+    def _margin(self, u: Tensor) -> Tensor:
+        """u - tau per draw, for `s x batch` utilities."""
+        return u - self.threshold.to(u).reshape(-1, *([1] * (u.dim() - 1)))
+
     def membership(self, u: Tensor) -> Tensor:
         """Per-draw membership z = 1[u > tau] of `s x batch` utilities: long `s x batch`."""
-        return (u > self.threshold.to(u).reshape(-1, *([1] * (u.dim() - 1)))).long()
+        return (self._margin(u) > 0).long()
 
     def membership_probability(self, u: Tensor) -> Tensor:
         """Per-draw P(z = 1) of `s x batch` utilities under ``membership_softness`` (> 0): `s x batch`."""
-        tau = self.threshold.to(u).reshape(-1, *([1] * (u.dim() - 1)))
-        return torch.sigmoid((u - tau) / self.membership_softness)
+        return torch.sigmoid(self._margin(u) / self.membership_softness)
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         if self.query_size == 1:
