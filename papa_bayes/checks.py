@@ -225,8 +225,17 @@ def renamed_option(old: str, new: str) -> Callable[[_Function], _Function]:
     applies to either name; a call with both raises InputDataError (field ``old``).
 
     Example:
+        >>> import warnings
+        >>> from papa_bayes.checks import renamed_option
         >>> @renamed_option("progress", "progress_bar")
-        ... def sample(model, *, progress_bar: bool = True): ...
+        ... def sample(model, *, progress_bar: bool = True):
+        ...     return progress_bar
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     sample(None, progress=False)
+        False
+        >>> print(caught[0].message)
+        sample: progress= is deprecated and will be removed in the next release; use progress_bar= instead.
     """
 
     def decorate(function: _Function) -> _Function:

@@ -89,9 +89,15 @@ class PreferenceData:
     :class:`~papa_bayes.exceptions.InputDataError` naming the field.
 
     Example:
+        >>> import torch
+        >>> from papa_bayes import PreferenceData
         >>> data = PreferenceData(items=torch.randn(5, 3), comparisons=[[0, 1], [2, 4]])
         >>> data.num_comparisons
         2
+        >>> PreferenceData(items=torch.randn(5, 3), comparisons=[[0, 5]])
+        Traceback (most recent call last):
+        ...
+        papa_bayes.exceptions.InputDataError: comparisons: expected ...
     """
 
     items: Tensor
@@ -456,6 +462,8 @@ class PreferenceData:
 
         Example:
             >>> import pandas as pd
+            >>> import torch
+            >>> from papa_bayes import PreferenceData
             >>> comparisons = pd.DataFrame({"winner": [0, 2], "loser": [1, 0], "rater": [0, 1]})
             >>> likes = pd.DataFrame({"item": [1, 2], "label": [True, False], "rater": [1, 1]})
             >>> data = PreferenceData.from_dataframe(comparisons, torch.randn(3, 2), ratings=likes)
@@ -479,7 +487,13 @@ class PreferenceData:
             `n x d` features, columns named by ``feature_names`` (else ``x0``, ``x1``, ...).
 
         Example:
+            >>> import torch
+            >>> from papa_bayes import PreferenceData
+            >>> data = PreferenceData(items=torch.randn(3, 2), comparisons=[[0, 1]], ratings=[[2, -1]],
+            ...                       feature_names=["hue", "size"])
             >>> comparisons, ratings, items = data.to_dataframe()
+            >>> comparisons.columns.tolist(), ratings.columns.tolist(), items.columns.tolist()
+            (['winner', 'loser', 'tie'], ['item', 'label'], ['hue', 'size'])
             >>> PreferenceData.from_dataframe(comparisons, items, ratings=ratings,
             ...                               feature_names=list(items.columns)) == data
             True

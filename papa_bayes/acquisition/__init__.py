@@ -18,8 +18,20 @@ of the utility; ``forward`` takes `batch_shape x 2 x d` (pairs) or
   :func:`exposure_diversity`.
 
 Example:
+    The most informative of the 1,225 pairs of a 50-item pool, after 10 answers:
+
+    >>> import torch
+    >>> from papa_bayes import LinearReward, fit
+    >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> pool = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    >>> data = simulate_comparisons(SimulatedUser([1.0, 0.0, 0.0, 0.0]), pool, 10, generator=gen)
+    >>> post = fit(LinearReward(), data, seed=0)
+    >>> from papa_bayes.acquisition import select_queries
     >>> sel = select_queries(post, pool, strategy="eig", k=1)
-    >>> first, second = pool[sel.indices[0]]
+    >>> first, second = pool[sel.indices[0]]  # ask: "first or second?"
+    >>> sel.num_candidates
+    1225
 """
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, outcome_log_probs

@@ -130,8 +130,21 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         link, noise_scale, num_samples, seed: as in :class:`DrawsAcquisitionFunction`.
 
     Example:
+        >>> import torch
+        >>> from papa_bayes import LinearReward, fit
+        >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> pool = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+        >>> data = simulate_comparisons(SimulatedUser([1.0, 0.0, 0.0, 0.0]), pool, 10, generator=gen)
+        >>> post = fit(LinearReward(), data, seed=0)
+        >>> from papa_bayes.acquisition import PairwiseInformationGain
         >>> eig = PairwiseInformationGain(post)
-        >>> eig(torch.stack([pool[pairs[:, 0]], pool[pairs[:, 1]]], -2))  # bits per pair
+        >>> pairs = torch.tensor([[0, 1], [2, 3], [4, 4]])
+        >>> bits = eig(torch.stack([pool[pairs[:, 0]], pool[pairs[:, 1]]], -2))  # `3 x 2 x d` -> `3`
+        >>> bits.shape
+        torch.Size([3])
+        >>> bool(bits[2].abs() < 1e-9)  # an item against itself teaches nothing
+        True
     """
 
     query_size = 2

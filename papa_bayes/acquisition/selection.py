@@ -310,8 +310,24 @@ def select_queries(
             the number of pairs (items), an unknown strategy, a missing generator.
 
     Example:
-        >>> sel = select_queries(post, pool, strategy="eig", k=1)
-        >>> i, j = sel.indices[0]
+        A batch of 3 diverse pairs from a 50-item pool, after 10 answers:
+
+        >>> import torch
+        >>> from papa_bayes import LinearReward, fit
+        >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> pool = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+        >>> data = simulate_comparisons(SimulatedUser([1.0, 0.0, 0.0, 0.0]), pool, 10, generator=gen)
+        >>> post = fit(LinearReward(), data, seed=0)
+        >>> from papa_bayes.acquisition import select_queries
+        >>> sel = select_queries(post, pool, strategy="eig", k=3)
+        >>> sel.indices.shape  # `k x 2` pool indices: ask "first or second?"
+        torch.Size([3, 2])
+        >>> bool((sel.information_bits > 0).all() and (sel.information_bits <= 1).all())
+        True
+        >>> ratings = select_queries(post, pool, query_type="rating", k=2)  # like/dislike
+        >>> ratings.indices.shape
+        torch.Size([2])
     """
     start = time.perf_counter()
     check_posterior(posterior)

@@ -132,8 +132,18 @@ def simulation_based_calibration(
             method or site, ``fit_options`` holding a reserved key, too few draws).
 
     Example:
-        >>> result = simulation_based_calibration(LinearReward(), torch.randn(200, 4), 50, 100)
-        >>> result.coverage["w"][0.9], result.uniformity("w", pooled=True)
+        Laplace on 30 data sets of 50 comparisons each (use 100 or more in earnest):
+
+        >>> import torch
+        >>> from papa_bayes import LinearReward
+        >>> from papa_bayes.diagnostics import simulation_based_calibration
+        >>> items = torch.randn(200, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> result = simulation_based_calibration(LinearReward(), items, 50, 30)
+        >>> bool(0.8 < result.coverage["w"][0.9] < 1.0)  # share of true w in the 90% intervals
+        True
+        >>> statistic, p_value = result.uniformity("w", pooled=True)  # chi-square test of the ranks
+        >>> bool(p_value > 0.01)
+        True
     """
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel (e.g. LinearReward())", type(model).__name__)

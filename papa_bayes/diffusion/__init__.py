@@ -3,12 +3,25 @@
 The only subpackage of papa_bayes that imports diffusers (DESIGN.md section 6).
 
 Example:
-    >>> from papa_bayes.diffusion import (Guidance, PosteriorObjective, load_base_model,
+    Sample the base model, let a simulated person rate the samples, fit a reward
+    posterior to the ratings and steer new samples toward its preferred region
+    (``num_inference_steps`` is 50 by default; 10 keeps this example fast):
+
+    >>> import torch
+    >>> from papa_bayes import LinearReward, PreferenceData, fit
+    >>> from papa_bayes.diffusion import (DigitsPerson, Guidance, PosteriorObjective, load_base_model,
     ...                                   load_feature_map, sample)
     >>> model, phi = load_base_model(), load_feature_map()
+    >>> base_images = sample(model, 32, num_inference_steps=10, progress_bar=False,
+    ...                      generator=torch.Generator().manual_seed(0)).images
+    >>> ratings = torch.stack([torch.arange(32), DigitsPerson().rate(base_images)], dim=1)  # (item, +1/-1)
+    >>> data = PreferenceData(items=phi(base_images), ratings=ratings)
+    >>> posterior = fit(LinearReward(), data, method="laplace", seed=0)
     >>> objective = PosteriorObjective(posterior, phi, kind="region").calibrate(base_images)
-    >>> out = sample(model, 64, guidance=Guidance(objective, scale=0.5),
-    ...              generator=torch.Generator().manual_seed(0))
+    >>> out = sample(model, 16, num_inference_steps=10, guidance=Guidance(objective, scale=0.5),
+    ...              progress_bar=False, generator=torch.Generator().manual_seed(1))
+    >>> out.images.shape
+    torch.Size([16, 1, 8, 8])
 """
 
 from papa_bayes.diffusion.base import (

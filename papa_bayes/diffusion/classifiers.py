@@ -95,8 +95,18 @@ class DigitsPerson:
         liked: the liked digit classes.
 
     Example:
+        Rate real digits of the judge split (which the person's classifier never saw):
+
+        >>> import torch
+        >>> from papa_bayes.diffusion import DigitsPerson, load_digits_splits
+        >>> digits = load_digits_splits().judge
         >>> person = DigitsPerson(liked=(1, 4, 7, 9))
-        >>> person.rate(images)  # `n` long, +1 like / -1 dislike
+        >>> answers = person.rate(digits.images)  # `n` long, +1 like / -1 dislike
+        >>> answers.shape == digits.labels.shape
+        True
+        >>> truly_liked = torch.isin(digits.labels, torch.tensor(person.liked))
+        >>> bool(((answers == 1) == truly_liked).float().mean() > 0.9)  # about 0.97
+        True
     """
 
     def __init__(self, liked: Sequence[int] = DEFAULT_LIKED) -> None:

@@ -314,8 +314,20 @@ class ConcatFeatures(FeatureMap):
             or a ``decode`` that is not callable.
 
     Example:
-        >>> phi = ConcatFeatures([load_feature_map(), load_feature_map(mid_dir, model=model)])
-        >>> phi(samples).shape  # n x 16
+        The shipped pixel-PCA map (8 features) beside the shipped mid-block map (8):
+
+        >>> import torch
+        >>> from papa_bayes.diffusion import (DEFAULT_CHECKPOINT, ConcatFeatures, load_base_model,
+        ...                                   load_feature_map, sample)
+        >>> model = load_base_model()
+        >>> mid = load_feature_map(DEFAULT_CHECKPOINT / "midblock_features", model=model)
+        >>> phi = ConcatFeatures([load_feature_map(), mid])
+        >>> phi.input_space  # the mid-block part reads diffused samples
+        'sample'
+        >>> samples = sample(model, 16, num_inference_steps=10, progress_bar=False,
+        ...                  generator=torch.Generator().manual_seed(0)).samples
+        >>> phi(samples).shape  # n x (8 + 8)
+        torch.Size([16, 16])
     """
 
     kind = "concat"

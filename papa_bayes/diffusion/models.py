@@ -143,7 +143,19 @@ class PixelDiffusion(DiffusionModel):
             :class:`LatentDiffusion`), besides what :class:`DiffusionModel` raises.
 
     Example:
-        >>> model = PixelDiffusion(UNet2DModel(sample_size=8, ...), DDIMScheduler(clip_sample=False))
+        Wrap a fresh (untrained, so its samples are noise) digits-sized UNet:
+
+        >>> import torch
+        >>> from diffusers import DDIMScheduler, UNet2DModel
+        >>> from papa_bayes.diffusion import DIGITS_UNET_CONFIG, PixelDiffusion, sample
+        >>> unet = UNet2DModel(**DIGITS_UNET_CONFIG)  # sample_size=8, in_channels=1, ...
+        >>> model = PixelDiffusion(unet, DDIMScheduler(clip_sample=False))
+        >>> model.sample_shape
+        (1, 8, 8)
+        >>> out = sample(model, 4, num_inference_steps=5, progress_bar=False,
+        ...              generator=torch.Generator().manual_seed(0))
+        >>> out.images.shape
+        torch.Size([4, 1, 8, 8])
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:

@@ -60,7 +60,25 @@ class PosteriorObjective:
             ``temperature`` or ``threshold``.
 
     Example:
+        A posterior fitted to a simulated person's ratings of base samples, on the
+        shipped pixel-PCA features, and its region calibrated on the same samples:
+
+        >>> import torch
+        >>> from papa_bayes import LinearReward, PreferenceData, fit
+        >>> from papa_bayes.diffusion import (DigitsPerson, Guidance, PosteriorObjective, load_base_model,
+        ...                                   load_feature_map, sample)
+        >>> model, pca = load_base_model(), load_feature_map()
+        >>> base_images = sample(model, 32, num_inference_steps=10, progress_bar=False,
+        ...                      generator=torch.Generator().manual_seed(0)).images
+        >>> ratings = torch.stack([torch.arange(32), DigitsPerson().rate(base_images)], dim=1)  # (item, +1/-1)
+        >>> data = PreferenceData(items=pca(base_images), ratings=ratings)
+        >>> posterior = fit(LinearReward(), data, method="laplace", seed=0)
         >>> objective = PosteriorObjective(posterior, pca, kind="region").calibrate(base_images)
+        >>> objective.tau.shape  # one threshold per posterior draw: the top 40% of base samples
+        torch.Size([1000])
+        >>> values = objective(base_images)  # `n` log P(in the preferred region), differentiable
+        >>> bool(values.shape == (32,) and (values <= 0).all())
+        True
         >>> guidance = Guidance(objective, scale=0.5)
     """
 

@@ -87,8 +87,25 @@ def fit(
         A :class:`RewardPosterior`.
 
     Example:
-        >>> post = fit(LinearReward(), data, method="nuts", seed=1)
-        >>> az.summary(post.to_inference_data())
+        NUTS, the reference (short chains to keep the example fast; the defaults
+        are 500 draws after 300 warm-up steps per chain):
+
+        >>> import arviz as az
+        >>> import torch
+        >>> from papa_bayes import LinearReward, fit
+        >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> items = torch.randn(20, 2, generator=gen, dtype=torch.float64)
+        >>> data = simulate_comparisons(SimulatedUser([2.0, 0.0]), items, 40, generator=gen)
+        >>> post = fit(LinearReward(), data, method="nuts", num_samples=100, warmup_steps=100,
+        ...            seed=0, progress_bar=False)
+        >>> post.num_chains, post.num_draws  # draws of both chains together
+        (2, 200)
+        >>> idata = post.to_inference_data()
+        >>> sorted(idata.groups())
+        ['constant_data', 'log_likelihood', 'observed_data', 'posterior', 'posterior_predictive', 'sample_stats']
+        >>> az.summary(idata, var_names=["w"]).index.tolist()
+        ['w[x0]', 'w[x1]']
     """
     check_preference_data(data)
     data.require_observations()

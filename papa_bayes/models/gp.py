@@ -345,8 +345,21 @@ class PreferenceGP:
         jitter: relative jitter on ``K_ZZ``.
 
     Example:
+        A person who likes items near the origin (a utility no linear model has):
+
+        >>> import torch
+        >>> from papa_bayes import fit
+        >>> from papa_bayes.models import PreferenceGP
+        >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> items = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+        >>> person = SimulatedUser(lambda x: -(x ** 2).sum(-1), link="probit", rationality=3.0)
+        >>> data = simulate_comparisons(person, items, 100, generator=gen)
         >>> post = fit(PreferenceGP(link="probit"), data, method="elbo", seed=0)
-        >>> post.utility(candidates).shape        # s x n joint draws
+        >>> candidates = torch.tensor([[0.0, 0.0], [2.0, 2.0]], dtype=torch.float64)
+        >>> u = post.utility(candidates)  # `s x n` joint draws
+        >>> u.shape[1], bool(u.mean(0)[0] > u.mean(0)[1])
+        (2, True)
     """
 
     METHODS = ("elbo", "nuts")

@@ -176,8 +176,19 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     ``ratings``.
 
     Example:
-        >>> post = fit(LinearReward(link="logit"), data, method="nuts")
-        >>> post.mean("w")
+        >>> import torch
+        >>> from papa_bayes import LinearReward, fit
+        >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> items = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+        >>> person = SimulatedUser([1.0, 0.5, 0.0], link="probit", rationality=2.0)
+        >>> data = simulate_comparisons(person, items, 80, generator=gen)
+        >>> post = fit(LinearReward(link="probit"), data, method="laplace", seed=0)
+        >>> post.mean("w").shape, post.draws("scaled_w").shape  # `d`; `s x d` (1000 draws)
+        (torch.Size([3]), torch.Size([1000, 3]))
+        >>> w = post.mean("w")
+        >>> bool(w[0] > w[1] > w[2].abs())  # the person's order of importance
+        True
     """
 
     dims = {"w": ["feature"], "scaled_w": ["feature"]}

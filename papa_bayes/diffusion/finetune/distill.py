@@ -106,8 +106,19 @@ def finetune_on_samples(
         ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     Example:
-        >>> guided = sample(base, 1024, guidance=guidance, generator=torch.Generator().manual_seed(0))
-        >>> distilled = finetune_on_samples(base, guided.samples, steps=300)
+        Targets guided toward a simulated person's true utility (a
+        :class:`~papa_bayes.diffusion.PosteriorObjective` in practice):
+
+        >>> import torch
+        >>> from papa_bayes.diffusion import DigitsPerson, Guidance, finetune_on_samples, load_base_model, sample
+        >>> base = load_base_model()
+        >>> guidance = Guidance(DigitsPerson().utility, scale=0.5)
+        >>> guided = sample(base, 32, num_inference_steps=10, guidance=guidance, progress_bar=False,
+        ...                 generator=torch.Generator().manual_seed(0))  # e.g. 1024 samples of 50 steps
+        >>> distilled = finetune_on_samples(base, guided.samples, steps=3,  # 300 by default; 3 keeps this fast
+        ...                                 progress_bar=False, generator=torch.Generator().manual_seed(0))
+        >>> distilled.scheduler is base.scheduler and distilled.unet is not base.unet
+        True
     """
     numbers = _check_numbers(steps=steps, lr=lr, anchor_weight=anchor_weight, batch_size=batch_size,
                              max_grad_norm=max_grad_norm, progress_bar=progress_bar)
@@ -231,10 +242,27 @@ def distill_guidance(
     about two minutes of one CPU core (``benchmarks/bench_finetune.py``).
 
     Example:
+        A posterior fitted to a simulated person's ratings of base samples, distilled
+        (the counts are tiny here; the defaults above are the realistic ones):
+
+        >>> import torch
+        >>> from papa_bayes import LinearReward, PreferenceData, fit
+        >>> from papa_bayes.diffusion import (DigitsPerson, Guidance, PosteriorObjective, distill_guidance,
+        ...                                   load_base_model, load_feature_map, sample)
+        >>> base, phi = load_base_model(), load_feature_map()
+        >>> base_images = sample(base, 32, num_inference_steps=10, progress_bar=False,
+        ...                      generator=torch.Generator().manual_seed(0)).images
+        >>> ratings = torch.stack([torch.arange(32), DigitsPerson().rate(base_images)], dim=1)  # (item, +1/-1)
+        >>> posterior = fit(LinearReward(), PreferenceData(items=phi(base_images), ratings=ratings),
+        ...                 method="laplace", seed=0)
         >>> objective = PosteriorObjective(posterior, phi, kind="region").calibrate(base_images)
-        >>> distilled = distill_guidance(load_base_model(), Guidance(objective, scale=0.5),
+        >>> distilled = distill_guidance(base, Guidance(objective, scale=0.5), num_samples=16,
+        ...                              num_inference_steps=10, steps=3, progress_bar=False,
         ...                              generator=torch.Generator().manual_seed(0))
-        >>> images = sample(distilled, 256).images
+        >>> images = sample(distilled, 16, num_inference_steps=10, progress_bar=False,  # no guidance needed
+        ...                 generator=torch.Generator().manual_seed(1)).images
+        >>> images.shape
+        torch.Size([16, 1, 8, 8])
     """
     num_samples = check_int("num_samples", num_samples)
     check_int("num_inference_steps", num_inference_steps)

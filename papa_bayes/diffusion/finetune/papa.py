@@ -141,8 +141,19 @@ def papa_finetune(
         ModelError: LoRA without ``peft``; a diverging loss.
 
     Example:
-        >>> shown = sample(base, 20, generator=torch.Generator().manual_seed(1)).images
-        >>> tuned = papa_finetune(base, shown, DigitsPerson().rate(shown))
+        One round of PAPA's online protocol: a simulated person labels 20 samples:
+
+        >>> import torch
+        >>> from papa_bayes.diffusion import DigitsPerson, load_base_model, papa_finetune, sample
+        >>> base = load_base_model()
+        >>> shown = sample(base, 20, num_inference_steps=10, progress_bar=False,
+        ...                generator=torch.Generator().manual_seed(1)).images
+        >>> tuned = papa_finetune(base, shown, DigitsPerson().rate(shown), steps=3,  # 30 by default
+        ...                       progress_bar=False, generator=torch.Generator().manual_seed(0))
+        >>> images = sample(tuned, 8, num_inference_steps=10, progress_bar=False,
+        ...                 generator=torch.Generator().manual_seed(2)).images
+        >>> images.shape
+        torch.Size([8, 1, 8, 8])
     """
     steps = check_int("steps", steps)
     lr = check_float("lr", lr, strict=True)
