@@ -77,6 +77,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``papa-bayes`` command: dispatch ``argv`` (default ``sys.argv[1:]``) to a subcommand; its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="papa-bayes",

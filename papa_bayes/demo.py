@@ -49,13 +49,14 @@ from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
 from papa_bayes.models import LinearReward
 from papa_bayes.session import PreferenceSession
+from papa_bayes.users import User
 
 __all__ = ["DigitsUser", "DigitsSetup", "make_setup", "run_session", "evaluate_posterior", "run_papa", "main"]
 
 METRICS = ("preferred_fraction", "judge_share", "precision", "recall", "liked_class_entropy")
 
 
-class DigitsUser:
+class DigitsUser(User):
     """The simulated person as a session user: answers on images, deterministically."""
 
     def __init__(self, person: DigitsPerson) -> None:
@@ -257,6 +258,7 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``papa-bayes demo``: run the digits demo with the options in ``argv``; its results (also written to ``--out``)."""
     p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0],
                                 formatter_class=_DefaultsShown)
     sizes = {"labels": (30, 3), "eval_samples": (64, 8), "papa_steps": (30, 2)}  # (full, --tiny)

@@ -26,11 +26,12 @@ from torch import Tensor
 from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.store import PreferenceStore, RaterLock, lock_rater
+from papa_bayes.users import User
 
 __all__ = ["TerminalUser", "main"]
 
 
-class TerminalUser:
+class TerminalUser(User):
     """Asks a person through a terminal (or any text streams).
 
     Args:
@@ -153,6 +154,7 @@ def _session_options(args: argparse.Namespace, existing: PreferenceStore | None
 
 
 def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, write: TextIO = sys.stdout) -> int:
+    """``papa-bayes label``: ask a person (``read`` answers, ``write`` prompts) with the options in ``argv``; exit status."""
     d = SESSION_OPTIONS
     kept = "; a resumed session keeps its own"
     p = argparse.ArgumentParser(prog="papa-bayes label", description=__doc__.splitlines()[0].replace("``", ""))

@@ -75,7 +75,7 @@ class CandidateSource(Protocol):
     # finished round and restores it on resume.
 
 
-class FeaturePool:
+class FeaturePool(CandidateSource):
     """Candidates drawn from a fixed set of feature vectors (no images).
 
     Steered candidates are the items a posterior draw ranks highest (one Thompson
@@ -264,6 +264,7 @@ class PreferenceSession:
 
     # ----------------------------------------------------------- configuration
     def config(self) -> dict[str, Any]:
+        """The session's options, JSON-serializable (stored with it; a resumed session checks them)."""
         return {
             "query_type": self.query_type, "strategy": self.strategy, "pool_size": self.pool_size,
             "exploration": self.exploration, "refit_every": self.refit_every, "num_draws": self.num_draws,

@@ -497,6 +497,7 @@ class PreferenceStore:
         return torch.from_numpy(np.frombuffer(row[0], dtype=np.uint8).copy())
 
     def finished_rounds(self, rater: int) -> set[int]:
+        """Numbers of ``rater``'s rounds whose record is stored."""
         return {r[0] for r in self.conn.execute("SELECT round FROM rounds WHERE rater=?", (rater,))}
 
     def pending_query(self, rater: int) -> StoredQuery | None:
@@ -533,6 +534,7 @@ class PreferenceStore:
             )
 
     def rounds(self, rater: int) -> list[dict[str, Any]]:
+        """``rater``'s finished rounds in order: ``{"round": r, **metrics}`` each."""
         rows = self.conn.execute("SELECT round, metrics FROM rounds WHERE rater=? ORDER BY round", (rater,)).fetchall()
         return [{"round": r, **json.loads(m)} for r, m in rows]
 

@@ -7,7 +7,7 @@ A simulated user's answers are reproducible from its seed: it owns a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -117,7 +117,23 @@ def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
     return torch.where(first_won.unsqueeze(-1), pairs, pairs.flip(-1))
 
 
-class SimulatedUser:
+class User(Protocol):
+    """Who answers queries: :class:`SimulatedUser`, :class:`CallbackUser`, a person at
+    a terminal (:class:`~papa_bayes.labeling.TerminalUser`), or any object with these
+    two methods."""
+
+    def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+        """Answer `n` pairwise queries: ``first[i]`` or ``second[i]`` (`n x ...` items each)?
+
+        Returns:
+            (``first_won`` `n` bool, ``tie`` `n` bool).
+        """
+
+    def rate(self, x: Tensor) -> Tensor:
+        """Answer `n` like/dislike queries on `n x ...` items: `n` long, +1 like / -1 dislike."""
+
+
+class SimulatedUser(User):
     """A person with a hidden utility who answers with noise.
 
     P(a preferred to b) = link(rationality * (u(a) - u(b))); with ``tie_margin`` > 0
@@ -227,17 +243,11 @@ class SimulatedUser:
         return comparison_log_probs(scaled, self.link, tie).exp()
 
     def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
-        """Answer `n` pairwise queries.
-
-        Returns:
-            (``first_won`` `n` bool, ``tie`` `n` bool).
-        """
         probs = self.outcome_probabilities(first, second)
         outcome = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
         return outcome == 0, outcome == 2
 
     def rate(self, x: Tensor) -> Tensor:
-        """Answer `n` like/dislike queries: `n` long, +1 like / -1 dislike."""
         margin = self.utility(x) - self.threshold
         p = (margin > 0).double() if math.isinf(self.rationality) else log_cdf(self.rationality * margin, self.link).exp()
         like = torch.rand(p.shape, generator=self.generator, dtype=torch.float64) < p
@@ -272,7 +282,7 @@ def _check_batch(name: str, items: Any) -> None:
                              else type(items).__name__)
 
 
-class CallbackUser:
+class CallbackUser(User):
     """A person answering through code.
 
     Args:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import pkgutil
 
 import pytest
@@ -17,12 +18,14 @@ import papa_bayes
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
+MODULES = ["papa_bayes"] + [info.name for info in pkgutil.walk_packages(papa_bayes.__path__, "papa_bayes.")]
+
+
 def _docstrings() -> list[doctest.DocTest]:
     """Every docstring of the package's own objects, as a doctest (most with no examples)."""
     finder = doctest.DocTestFinder(exclude_empty=False)
-    names = ["papa_bayes"] + [info.name for info in pkgutil.walk_packages(papa_bayes.__path__, "papa_bayes.")]
     found: dict[str, doctest.DocTest] = {}
-    for name in names:
+    for name in MODULES:
         for test in finder.find(importlib.import_module(name)):
             found.setdefault(test.name, test)
     return sorted(found.values(), key=lambda test: test.name)
@@ -45,6 +48,25 @@ def test_every_example_section_has_code_that_runs():
     sketches = [test.name for test in DOCSTRINGS
                 if test.docstring and "Example:" in test.docstring and not test.examples]
     assert not sketches, sketches
+
+
+def test_every_public_function_and_method_has_a_docstring():
+    # inherited ones count (``inspect.getdoc``), as they do in ``help()``
+    missing = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or getattr(value, "__module__", None) != name:
+                continue
+            if not (inspect.isfunction(value) or inspect.isclass(value)):
+                continue
+            if not inspect.getdoc(value):
+                missing.append(f"{name}.{attr}")
+            if inspect.isclass(value):
+                missing += [f"{name}.{attr}.{method}" for method, fn in vars(value).items()
+                            if not method.startswith("_") and inspect.isfunction(fn)
+                            and not inspect.getdoc(getattr(value, method))]
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("test", EXAMPLES, ids=[test.name for test in EXAMPLES])

@@ -40,6 +40,7 @@ class ExposureDiversity:
     num_cells: int
 
     def as_dict(self) -> dict[str, float | int]:
+        """The fields as a JSON-serializable dict."""
         return dict(vars(self))
 
 

@@ -64,8 +64,8 @@ class ActiveLearningRun:
     posterior: RewardPosterior | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if k != "posterior"}
-        return out
+        """The fields as a JSON-serializable dict, without the final posterior."""
+        return {k: v for k, v in vars(self).items() if k != "posterior"}
 
 
 def estimated_weights(posterior: RewardPosterior, pool: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from papa_bayes.diffusion.sampler import sample
 from papa_bayes.diffusion.scale import _checked_scales, select_guidance_scale, select_recommendation_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
+from papa_bayes.session import CandidateSource
 
 __all__ = ["DiffusionCandidates", "SESSION_SCALES"]
 
@@ -39,7 +40,7 @@ __all__ = ["DiffusionCandidates", "SESSION_SCALES"]
 SESSION_SCALES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
-class DiffusionCandidates:
+class DiffusionCandidates(CandidateSource):
     """Candidates from a (guided) diffusion model, for :class:`~papa_bayes.session.PreferenceSession`.
 
     Args:

@@ -173,15 +173,18 @@ class Guidance:
         self._normalizer = max(total, 1e-3)
 
     def begin_batch(self, n: int, *, generator: torch.Generator | None, device: torch.device) -> None:
+        """Called by the sampler before a batch of `n`: the objective's ``begin_batch`` (e.g. Thompson draws), if any."""
         hook = getattr(self.objective, "begin_batch", None)
         if hook is not None:
             hook(n, generator=generator, device=device)
 
     def acts_at(self, step: int, num_steps: int) -> bool:
+        """Whether guidance acts at sampler step ``step`` of ``num_steps`` (inside ``window``, scale > 0)."""
         p = step / num_steps
         return self.scale > 0 and self.window[0] <= p < self.window[1]
 
     def multiplier(self, step: int, num_steps: int) -> float:
+        """The ``schedule``'s factor at sampler step ``step`` of ``num_steps`` (progress through ``window``)."""
         start, stop = self.window
         value = self.schedule((step / num_steps - start) / (stop - start))
         return check_float("schedule", value, expected="a callable of the progress returning finite numbers >= 0")

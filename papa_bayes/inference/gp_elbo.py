@@ -42,6 +42,7 @@ class TrainingData:
         self.m, self.k = m, k
 
     def permuted(self, perm_c: Tensor, perm_r: Tensor) -> TrainingData:
+        """A copy with the comparisons in order ``perm_c`` and the ratings in order ``perm_r`` (for minibatches)."""
         out = copy.copy(self)
         out.first, out.second, out.ties = self.first[perm_c], self.second[perm_c], self.ties[perm_c]
         out.rated, out.like = self.rated[perm_r], self.like[perm_r]

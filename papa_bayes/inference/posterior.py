@@ -126,6 +126,7 @@ class RewardPosterior(ABC):
 
     # ------------------------------------------------------------ predictions
     def check_features(self, features: Any, name: str = "features") -> Tensor:
+        """``features`` as `n x d` float64 of this posterior's width, or InputDataError naming ``name``."""
         return check_features(features, self.num_features, name)
 
     def outcome_probabilities(self, first: Tensor, second: Tensor, *, rater: int | None = None) -> Tensor:

@@ -151,9 +151,11 @@ class PreferenceLikelihood(gpytorch.Module):
         return self._expect(self.comparison_log_prob(self._quadrature(mean, var), ties))
 
     def expected_rating_log_prob(self, mean: Tensor, var: Tensor, like: Tensor) -> Tensor:
+        """E over N(mean, var) of each rating's log-likelihood, by Gauss-Hermite quadrature: `k`."""
         return self._expect(self.rating_log_prob(self._quadrature(mean, var), like))
 
     def log_prior(self) -> Tensor:
+        """Log prior density of the likelihood's parameters (tie strength, like threshold): a scalar."""
         total = torch.zeros((), dtype=DTYPE)
         for _, module, prior, closure, _ in self.named_priors():
             total = total + prior.log_prob(closure(module)).sum()
@@ -276,6 +278,7 @@ class VariationalPreferenceGP(gpytorch.models.ApproximateGP):
         return 0.5 * (C.pow(2).sum() + m.pow(2).sum() - M - logdet)
 
     def hyper_log_prior(self) -> Tensor:
+        """Log prior density of the kernel's hyperparameters: a scalar."""
         total = torch.zeros((), dtype=DTYPE)
         for _, module, prior, closure, _ in self.covar_module.named_priors():
             total = total + prior.log_prob(closure(module)).sum()
@@ -404,9 +407,11 @@ class PreferenceGP:
             raise ModelError("The data holds ties but the model was built with ties=False; pass ties=True.")
 
     def make_kernel(self, d: int) -> ScaleKernel:
+        """A fresh ARD kernel on `d` features, with this specification's priors."""
         return make_kernel(d, self.kernel, lengthscale_prior=self.lengthscale_prior, outputscale_prior=self.outputscale_prior)
 
     def make_likelihood(self, data: PreferenceData) -> PreferenceLikelihood:
+        """The likelihood for ``data``'s kinds of answers (ties only with comparisons, a threshold only with ratings)."""
         return PreferenceLikelihood(
             link=self.link, ties=self.ties and data.num_comparisons > 0, ratings=data.num_ratings > 0,
             tie_prior=self.tie_prior, threshold_prior_scale=self.threshold_prior_scale,

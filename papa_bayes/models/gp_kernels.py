@@ -109,6 +109,7 @@ def make_kernel(
 
 
 def kernel_kind(kernel: ScaleKernel) -> str:
+    """``"rbf"`` or ``"matern52"``: the base kernel of ``kernel``."""
     return "rbf" if isinstance(kernel.base_kernel, RBFKernel) else "matern52"
 
 
@@ -207,6 +208,7 @@ def select_inducing_points(x: Tensor, num: int, *, generator: torch.Generator, m
 
 
 def check_single_rater(data: PreferenceData, model: str) -> None:
+    """ModelError naming ``model`` when ``data`` holds more than one rater."""
     if data.raters.numel() > 1:
         raise ModelError(
             f"{model} models one person's utility; the data holds raters {data.raters.tolist()}."

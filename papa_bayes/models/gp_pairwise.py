@@ -110,6 +110,7 @@ class PairwiseGPReward:
         return math.sqrt(2.0) if self.link == "probit" else 1.0
 
     def check_data(self, data: PreferenceData) -> None:
+        """ModelError unless ``data`` are one rater's strict comparisons (what BoTorch's PairwiseGP models)."""
         check_preference_data(data)
         data.require_observations()
         check_single_rater(data, type(self).__name__)

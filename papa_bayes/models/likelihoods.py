@@ -37,6 +37,7 @@ LINKS = ("logit", "probit")
 
 
 def check_link(link: str) -> str:
+    """``link`` if it is ``"logit"`` or ``"probit"``, else ModelError."""
     if not isinstance(link, str) or link not in LINKS:
         raise ModelError(f"link: expected one of {LINKS}, got {link!r}.")
     return link

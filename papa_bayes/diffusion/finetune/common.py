@@ -337,9 +337,11 @@ class TrainingCopy:
         return int(self.base.scheduler.config.num_train_timesteps)
 
     def parameters(self) -> list[torch.nn.Parameter]:
+        """The denoiser's trainable parameters (all of them, or the LoRA adapters')."""
         return [p for p in self.model.unet.parameters() if p.requires_grad]
 
     def randint(self, low: int, high: int, n: int) -> Tensor:
+        """`n` integers in [low, high) from the run's generator, on the training device."""
         return torch.randint(low, high, (n,), generator=self.generator).to(self.device)
 
     def noised(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
