@@ -293,6 +293,26 @@ def test_refined_laplace_corrects_the_shrunk_mean_of_few_answers(rationality):
     assert "refine_acceptance" in up.diagnostics and up.num_draws == 1000
 
 
+def _answers(d: int, m: int):
+    g = torch.Generator().manual_seed(100 * d + m)
+    X = torch.randn(200, d, generator=g, dtype=torch.float64)
+    return simulate_comparisons(SimulatedUser(2 * random_unit_vector(d, generator=g)), X, m, generator=g)
+
+
+def test_refinement_warns_when_its_importance_weights_collapse():
+    """30 answers at d=16: Laplace is far off, about 8 of the 2,000 proposal draws carry the weight."""
+    from papa_bayes.exceptions import PapaBayesWarning
+    from papa_bayes.inference.laplace import REFINE_MIN_ESS
+
+    with pytest.warns(PapaBayesWarning, match=r"weights of the 2000 proposal draws collapsed .*method='nuts'"):
+        post = fit(LinearReward(), _answers(16, 30), refine_steps=20, seed=0)
+    assert post.diagnostics["refine_ess"] < REFINE_MIN_ESS
+    with warnings.catch_warnings():  # 50 answers at d=8: about 45% of them, no warning
+        warnings.simplefilter("error", PapaBayesWarning)
+        post = fit(LinearReward(), _answers(8, 50), refine_steps=20, seed=0)
+    assert post.diagnostics["refine_ess"] > 10 * REFINE_MIN_ESS
+
+
 def test_resample_move_rejects_weights_that_are_all_zero():
     from papa_bayes.exceptions import InferenceError
     from papa_bayes.inference.laplace import resample_move

@@ -79,7 +79,11 @@ def fit(
             each; 20 is a good value). With few answers Laplace's mode-centred
             Gaussian is short of a logistic posterior (12 answers, d=6: its mean 25%
             short, sds up to 19%); refined draws match the exact posterior within a
-            few %. Cost: an update at m=200, d=8, 256 draws takes 78 ms instead of 15.
+            few %. Where Laplace is far off (30 answers at d=16; a hierarchical
+            model with few raters) the importance weights collapse onto a few
+            draws and it warns (``refine_ess`` below
+            :data:`~papa_bayes.inference.laplace.REFINE_MIN_ESS`): use NUTS there.
+            Cost: an update at m=200, d=8, 256 draws takes 78 ms instead of 15.
             Kept by :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
             ``refine_ess`` and ``refine_acceptance``. 0 (default): plain Laplace.
 

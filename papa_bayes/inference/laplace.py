@@ -439,6 +439,13 @@ def importance_log_weights(
     return -f(theta) + f_modes(modes) + 0.5 * quad
 
 
+#: Below this effective share of the proposal draws, :func:`resample_move` warns: the
+#: refined draws then descend from a handful of proposal draws. Measured: 0.2-0.4% for
+#: HierarchicalLinearReward with 5 raters at d=3 and for LinearReward with 30 answers at
+#: d=16 (where Laplace is far off); 12-90% for LinearReward at d=6-8 with 5-1,000 answers.
+REFINE_MIN_ESS = 0.01
+
+
 def resample_move(
     model: PyroRewardModel,
     data: PreferenceData,
@@ -468,6 +475,13 @@ def resample_move(
         (draws `num_samples x D`, info: ``refine_ess`` the importance sample's
         effective size as a share of N, ``refine_acceptance`` the Metropolis
         acceptance rate).
+
+    Warns:
+        PapaBayesWarning: when ``refine_ess`` is below :data:`REFINE_MIN_ESS`: the
+        weights have collapsed onto a few proposal draws, and ``steps`` random-walk
+        steps from them need not reach the posterior (on a 5-rater hierarchical
+        model the population scale stayed 1.3-1.7 times NUTS's after 20 steps and
+        1.2-1.5 times after 100).
     """
     n = theta.shape[0]
     lw = torch.where(torch.isnan(log_weights), torch.full_like(log_weights, -math.inf), log_weights)
@@ -475,6 +489,12 @@ def resample_move(
         raise InferenceError("resample_move: no proposal draw has a finite posterior density (check the model's support).")
     w = (lw - lw.max()).exp()
     ess = float(w.sum() ** 2 / (w**2).sum()) / n
+    if ess < REFINE_MIN_ESS:
+        warnings.warn(
+            f"Laplace refinement: the importance weights of the {n} proposal draws collapsed (effective sample "
+            f"size {ess:.2%} of them, about {ess * n:.0f} draws): the Gaussian approximation is far from the "
+            f"posterior, and {steps} Metropolis steps from so few draws need not reach it; check against "
+            "method='nuts'.", PapaBayesWarning, stacklevel=4)
     w = torch.minimum(w, w.mean() * math.sqrt(n))
     u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(num_samples, dtype=torch.float64)) / num_samples
     idx = torch.searchsorted(torch.cumsum(w / w.sum(), 0), u).clamp(max=n - 1)
