@@ -37,7 +37,7 @@ from papa_bayes.exceptions import InputDataError, PapaBayesWarning, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
 from papa_bayes.store import PreferenceStore, StoredQuery, lock_rater
-from papa_bayes.users import CallbackUser
+from papa_bayes.users import CallbackUser, User
 
 __all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
 
@@ -158,8 +158,9 @@ class PreferenceSession:
             :class:`~papa_bayes.store.PreferenceStore` (which :meth:`close` leaves open).
         source: a :class:`CandidateSource` (e.g. ``DiffusionCandidates`` or
             :class:`FeaturePool`).
-        user: answers queries: ``compare(first, second) -> (first_won, tie)`` and/or
-            ``rate(x) -> +1/-1`` on images (when the source has them) or features.
+        user: a :class:`~papa_bayes.users.User`, which answers queries:
+            ``compare(first, second) -> (first_won, tie)`` and/or ``rate(x) -> +1/-1``,
+            on images (when the source has them) or features.
         model: the reward model (default ``LinearReward(rationality=1.0)``: a
             Gaussian prior, so the Laplace update is exact at the start). A
             ``HierarchicalLinearReward`` pools the raters of the store (see above).
@@ -185,7 +186,7 @@ class PreferenceSession:
         self,
         store: str | Path | PreferenceStore,
         source: CandidateSource,
-        user: Any,
+        user: User,
         *,
         model: Any | None = None,
         query_type: str = "pair",
@@ -274,7 +275,7 @@ class PreferenceSession:
         }
 
     @classmethod
-    def resume(cls, path: str | Path, source: CandidateSource, user: Any, *, model: Any | None = None,
+    def resume(cls, path: str | Path, source: CandidateSource, user: User, *, model: Any | None = None,
                on_round: Any | None = None, rater: int | None = None) -> PreferenceSession:
         """Continue the session stored at ``path`` with the same source and user.
 

@@ -19,6 +19,7 @@ from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
 
 __all__ = [
+    "User",
     "SimulatedUser",
     "CallbackUser",
     "RandomFourierUtility",
