@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, parse_with_tiny, reals, result_files,
+from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, result_files,
                                run_main, write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
 from papa_bayes.exceptions import InputDataError
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true",
                    help="seconds-long run (seed 0, labels 0 and 2, 8 samples, 2 PAPA steps, region_pairs and papa, "
                    "short sampling runs) into benchmarks/results/tmp; options given explicitly are kept")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(p)
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge result files of runs split by method, seed or labels into <out>/<name>.* and exit")
     p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (RESULTS, counts, markdown_table, one_of, output_folder, parse_with_tiny, run_main,
+from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, one_of, output_folder, parse_with_tiny, run_main,
                                write_results)
 from papa_bayes import LinearReward
 from papa_bayes.diagnostics import plot_reliability, plot_sbc_ranks, simulation_based_calibration
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="seconds-long run (d=2, m=15, 4 data sets, NUTS 2, 19 rank draws) into benchmarks/results/tmp; "
                    "options given explicitly are kept")
     p.add_argument("--seed", type=int, default=0, help="seeds every data set and fit (data set i: (seed, i))")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(p)
     args = parse_with_tiny(p, argv, dict(dim=2, comparisons=15, items=20, datasets=4, nuts_datasets=2, heldout=20,
                                          rank_draws=19, num_samples=40, refine_steps=2, svi_steps=20, warmup_steps=20))
     counts("--dim", args.dim)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import counts, machine, one_of, output_folder, parse_with_tiny, reals, run_main
+from benchmarks.common import add_out_option, counts, machine, one_of, output_folder, parse_with_tiny, reals, run_main
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -198,8 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="tiny sizes, scales and objectives (seconds), for tests; options given explicitly "
                         "are kept")
     parser.add_argument("--seed", type=int, default=0, help="seeds the shown samples, the fit and every sampler")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(parser)
     parser.add_argument("--labels", type=int, default=20, help="base samples the person rates like/dislike")
     parser.add_argument("--num-samples", type=int, default=256, help="samples scored per steering row")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the steering runs")

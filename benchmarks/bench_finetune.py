@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
+from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
                                write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="tiny sizes and the first PAPA setting (seconds), for tests; options given "
                         "explicitly are kept")
     parser.add_argument("--seed", type=int, default=0, help="seeds the shown samples, the fits and every sampler")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(parser)
     parser.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
     parser.add_argument("--labels", type=int, default=20, help="labels of the posterior the guidance uses")
     parser.add_argument("--num-samples", type=int, default=256, help="samples scored per row")

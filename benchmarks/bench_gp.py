@@ -27,12 +27,11 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import (RESULTS, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
+from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
                                write_results)
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
@@ -153,8 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="seconds-long run (m=40, 200 test pairs, 32 draws, one fit and one update) into "
                    "benchmarks/results/tmp; options given explicitly are kept")
     p.add_argument("--seed", type=int, default=0, help="seeds the person, the data and the fits")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(p)
     args = parse_with_tiny(p, argv, dict(sizes=[40], num_test_pairs=200, num_samples=32, fit_repeats=1,
                                          update_repeats=1))
     counts("--sizes", args.sizes)

@@ -12,11 +12,10 @@ import argparse
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, counts, markdown_table, output_folder, parse_with_tiny, run_main, write_results
+from benchmarks.common import RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, run_main, write_results
 from papa_bayes import LinearReward, fit
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
 
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="seconds-long run (m=30, d=3, 3 repeats, 20 draws) into benchmarks/results/tmp; "
                    "options given explicitly are kept")
     p.add_argument("--seed", type=int, default=0, help="seeds the simulated person, the data and every fit")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(p)
     args = parse_with_tiny(p, argv, dict(sizes=[30], dims=[3], update_repeats=3, num_samples=20))
     counts("--sizes", args.sizes)
     counts("--dims", args.dims)

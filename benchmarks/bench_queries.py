@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from papa_bayes import LinearReward, fit
-from benchmarks.common import counts, machine, one_of, output_folder, parse_with_tiny, result_files, run_main
+from benchmarks.common import add_out_option, counts, machine, one_of, output_folder, parse_with_tiny, result_files, run_main
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="strategy[@q]: q sets the region to the pool's top 1 - q share",
     )
     p.add_argument("--seed", type=int, default=0, help="first seed (w*, pool, person and posterior draws of a run)")
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+    add_out_option(p)
     p.add_argument("--name", default="bench_queries", help="stem of the output files")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in several "
@@ -115,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputDataError("--botorch-seeds", "at least 1 seed with BoTorch arms (--botorch '' for none)", args.botorch_seeds)
     if args.out is None:
         args.out = "benchmarks/results/tmp" if args.tiny else "benchmarks/results"
+    args.out = str(args.out)  # the options go into the result's JSON
     if not args.merge:
         _check_options(args)
     return args

@@ -80,6 +80,12 @@ def result_files(option: str, paths: Sequence[str], *, key: str) -> list[dict[st
     return parts
 
 
+def add_out_option(parser: argparse.ArgumentParser) -> None:
+    """``--out``, the output folder (resolved by :func:`output_folder`), as every benchmark has it."""
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
+
+
 def parse_with_tiny(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                     tiny: dict[str, Any]) -> argparse.Namespace:
     """``parser``'s options from ``argv``; with ``--tiny``, the options left off the command line take their
