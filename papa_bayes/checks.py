@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,6 +216,19 @@ def check_float_dtype(name: str, value: Any) -> torch.dtype:
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise InputDataError(name, "a floating-point torch.dtype (e.g. torch.float32)", _shown(value))
     return value
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` of :func:`warnings.warn` that names the first caller outside papa_bayes.
+
+    Called from the function that warns: however deep in the package it sits (a fit
+    or an online update), the warning points at the user's line.
+    """
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def renamed_option(old: str, new: str) -> Callable[[_Function], _Function]:

@@ -304,9 +304,13 @@ def test_refinement_warns_when_its_importance_weights_collapse():
     from papa_bayes.exceptions import PapaBayesWarning
     from papa_bayes.inference.laplace import REFINE_MIN_ESS
 
-    with pytest.warns(PapaBayesWarning, match=r"weights of the 2000 proposal draws collapsed .*method='nuts'"):
-        post = fit(LinearReward(), _answers(16, 30), refine_steps=20, seed=0)
+    with pytest.warns(PapaBayesWarning, match=r"weights of the 2000 proposal draws collapsed .*method='nuts'") as fitted:
+        post = fit(LinearReward(), data := _answers(16, 30), refine_steps=20, seed=0)
     assert post.diagnostics["refine_ess"] < REFINE_MIN_ESS
+    with pytest.warns(PapaBayesWarning, match="collapsed") as updated:  # the update keeps the refinement
+        post.update(data.append(comparisons=[[0, 1]]))
+    # the warning names the user's line, from a fit or an update (the rationality's grid path is the deeper one)
+    assert {w.filename for w in fitted.list + updated.list} == {__file__}
     with warnings.catch_warnings():  # 50 answers at d=8: about 45% of them, no warning
         warnings.simplefilter("error", PapaBayesWarning)
         post = fit(LinearReward(), _answers(8, 50), refine_steps=20, seed=0)

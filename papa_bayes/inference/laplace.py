@@ -15,6 +15,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from papa_bayes.checks import caller_stacklevel
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, PapaBayesWarning
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
@@ -494,7 +495,7 @@ def resample_move(
             f"Laplace refinement: the importance weights of the {n} proposal draws collapsed (effective sample "
             f"size {ess:.2%} of them, about {ess * n:.0f} draws): the Gaussian approximation is far from the "
             f"posterior, and {steps} Metropolis steps from so few draws need not reach it; check against "
-            "method='nuts'.", PapaBayesWarning, stacklevel=4)
+            "method='nuts'.", PapaBayesWarning, stacklevel=caller_stacklevel())
     w = torch.minimum(w, w.mean() * math.sqrt(n))
     u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(num_samples, dtype=torch.float64)) / num_samples
     idx = torch.searchsorted(torch.cumsum(w / w.sum(), 0), u).clamp(max=n - 1)
