@@ -394,8 +394,9 @@ def test_options_of_another_method_are_reported_not_dropped(recovery):
     from papa_bayes.exceptions import PapaBayesWarning
 
     data = recovery[1]
-    with pytest.warns(PapaBayesWarning, match="ignores warmup_steps, num_chains"):
+    with pytest.warns(PapaBayesWarning, match="ignores warmup_steps, num_chains") as record:
         fit(LinearReward(), data, method="laplace", num_samples=16, warmup_steps=50, num_chains=4)
+    assert record[0].filename == __file__  # the user's line (checks.caller_stacklevel)
     with pytest.warns(PapaBayesWarning, match="ignores num_steps"):
         fit(LinearReward(), data, method="laplace", num_samples=16, num_steps=10)
     with warnings.catch_warnings():

@@ -16,7 +16,7 @@ from botorch.optim import optimize_acqf
 from torch import Tensor
 
 from papa_bayes.acquisition.selection import _strategy, make_acquisition
-from papa_bayes.checks import check_float, check_int, check_real_tensor
+from papa_bayes.checks import caller_stacklevel, check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.posterior import RewardPosterior, check_posterior
 
@@ -113,7 +113,7 @@ def optimize_queries(
             f"optimize_queries: the {num_restarts} restarts found {len(keep)} distinct optima, fewer than k={k}; "
             "raise num_restarts or raw_samples.",
             PapaBayesWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
     idx = torch.tensor(keep, dtype=torch.long)
     X, values = X[idx].detach(), values[idx].detach()

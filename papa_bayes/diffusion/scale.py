@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_float, renamed_option, shape_of
+from papa_bayes.checks import caller_stacklevel, check_bool, check_float, renamed_option, shape_of
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import _initial_noise, check_sampling_arguments, sample
@@ -157,7 +157,7 @@ def select_guidance_scale(
             "steering (scale 0.0). Pass min_precision, a larger radius_scale, or a guard whose reference "
             "data the model was trained on.",
             PapaBayesWarning,
-            stacklevel=3,  # the caller's line, past renamed_option's wrapper
+            stacklevel=caller_stacklevel(),
         )
         return result
     for s in checked:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.inference.mcmc_util import chain_results
-from papa_bayes.checks import check_bool, check_float
+from papa_bayes.checks import caller_stacklevel, check_bool, check_float
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.laplace import (
@@ -147,7 +147,7 @@ def fit(
     ) if method != used_by and value != default]
     if ignored:  # a Pyro user's num_chains=4 for Laplace would otherwise vanish without a word
         warnings.warn(f"fit(method={method!r}) ignores {', '.join(ignored)} (NUTS: warmup_steps, num_chains;"
-                      " SVI: num_steps, learning_rate).", PapaBayesWarning, stacklevel=2)
+                      " SVI: num_steps, learning_rate).", PapaBayesWarning, stacklevel=caller_stacklevel())
     options = dict(
         num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
         learning_rate=learning_rate, seed=seed, progress_bar=progress_bar, refine_steps=refine_steps,
@@ -337,7 +337,7 @@ def _nuts_diagnostics(post: PyroPosterior) -> None:
             f"NUTS: max split R-hat {post.diagnostics['r_hat_max']:.4f} (Pyro's; az.summary shows the"
             f" rank-normalized one, often larger), {post.diagnostics['divergences']} divergences;"
             " consider more warm-up or samples.",
-            PapaBayesWarning, stacklevel=4,
+            PapaBayesWarning, stacklevel=caller_stacklevel(),
         )
 
 

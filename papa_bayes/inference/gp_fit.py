@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool, check_float, check_int
+from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, PapaBayesWarning
 from papa_bayes.inference.fit import check_fit_options
@@ -52,7 +52,7 @@ def _warn_ignored(model: Any, method: str, options: tuple[tuple[str, Any, Any], 
                if (value is not None if default is None else value != default)]
     if ignored:
         warnings.warn(f"{type(model).__name__} (method={method!r}) ignores {', '.join(ignored)}; {uses}.",
-                      PapaBayesWarning, stacklevel=4)
+                      PapaBayesWarning, stacklevel=caller_stacklevel())
 
 
 def _random_features(kind: str, d: int, num_draws: int, num_features: int, seed: int) -> dict[str, Tensor]:
@@ -289,7 +289,7 @@ def _fit_nuts(
         warnings.warn(
             f"NUTS (GP hyperparameters): max split R-hat {diagnostics.get('r_hat_max', float('nan')):.4f},"
             f" {diagnostics.get('divergences', 0)} divergences; consider more warm-up or samples.",
-            PapaBayesWarning, stacklevel=3,
+            PapaBayesWarning, stacklevel=caller_stacklevel(),
         )
     return post
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_bool
+from papa_bayes.checks import caller_stacklevel, check_bool
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import PapaBayesWarning
 from papa_bayes.inference.fit import check_fit_options
@@ -134,7 +134,7 @@ def fit_pairwise_gp(
         info["fit_warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         if info["fit_failed"]:
             warnings.warn(
-                f"PairwiseGP hyperparameter fit failed ({info['fit_error']}); kept the initial values.", PapaBayesWarning, stacklevel=2
+                f"PairwiseGP hyperparameter fit failed ({info['fit_error']}); kept the initial values.", PapaBayesWarning, stacklevel=caller_stacklevel()
             )
     gp.eval()
     # Re-solve for the MAP at the final hyperparameters (the optimizer's last evaluation may differ).

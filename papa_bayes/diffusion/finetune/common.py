@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from papa_bayes.checks import check_bool, check_device, check_float, check_generator, check_int, shape_of
+from papa_bayes.checks import caller_stacklevel, check_bool, check_device, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
@@ -118,7 +118,7 @@ def warn_unused_lora_options(lora_rank: Any, lora_alpha: Any, lora_targets: Any)
                                        ("lora_targets", tuple(lora_targets) != DEFAULT_LORA_TARGETS)) if given]
     if unused:
         warnings.warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} ignored without lora_rank "
-                      "(a full fine-tune trains every weight).", PapaBayesWarning, stacklevel=3)
+                      "(a full fine-tune trains every weight).", PapaBayesWarning, stacklevel=caller_stacklevel())
 
 
 def check_conditioning_rows(model: Any, n: int, what: str) -> None:
