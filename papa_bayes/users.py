@@ -7,7 +7,7 @@ A simulated user's answers are reproducible from its seed: it owns a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -118,10 +118,11 @@ def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
     return torch.where(first_won.unsqueeze(-1), pairs, pairs.flip(-1))
 
 
+@runtime_checkable
 class User(Protocol):
     """Who answers queries: :class:`SimulatedUser`, :class:`CallbackUser`, a person at
     a terminal (:class:`~papa_bayes.labeling.TerminalUser`), or any object with these
-    two methods."""
+    two methods (``isinstance(obj, User)`` checks that it has them)."""
 
     def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
         """Answer `n` pairwise queries: ``first[i]`` or ``second[i]`` (`n x ...` items each)?

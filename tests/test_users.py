@@ -306,3 +306,19 @@ def test_winner_first_reads_only_m_x_2_pairs():
     assert winner_first(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)).shape == (0, 2)
     with pytest.raises(InputDataError, match="^first_won:"):  # was reported as "pairs / first_won"
         winner_first([[0, 1]], ["yes"])
+
+
+def test_every_user_is_a_user_and_other_objects_are_not(tmp_path):
+    from papa_bayes.demo import DigitsUser
+    from papa_bayes.diffusion import DigitsPerson
+    from papa_bayes.labeling import TerminalUser
+    from papa_bayes.users import User
+
+    users = [SimulatedUser([1.0, 0.0]), CallbackUser(lambda a, b: 0), DigitsUser(DigitsPerson()),
+             TerminalUser(tmp_path, read=lambda prompt: "1")]
+    assert all(isinstance(u, User) for u in users)
+
+    class OnlyCompares:
+        def compare(self, first, second): ...
+
+    assert not isinstance(OnlyCompares(), User) and not isinstance(object(), User)
