@@ -5,9 +5,12 @@ opened with the system viewer with ``--open``); the answer is typed. Every answe
 written to the store before anything else, so the session can be stopped at any
 time (Ctrl-C, or ``q``) and continued later with the same command. A store keeps
 the options its sessions began with; people sharing one answer as different
-``--rater`` s, and each rater in one terminal at a time.
+``--rater`` s, and each rater in one terminal at a time. With ``--recommend N`` the
+sitting ends by drawing N samples steered toward the rater's answers so far, saved
+as one picture: what the model has learned of their taste.
 
-    papa-bayes label --store my_taste.db --labels 20
+    papa-bayes label --store my_taste.db --labels 20 --recommend 64
+    papa-bayes label --store my_taste.db --labels 0 --recommend 64   # only look
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 import torch
 from torch import Tensor
@@ -27,6 +30,9 @@ from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.store import PreferenceStore, RaterLock, lock_rater
 from papa_bayes.users import User
+
+if TYPE_CHECKING:
+    from papa_bayes.session import PreferenceSession
 
 __all__ = ["TerminalUser", "main"]
 
@@ -178,6 +184,9 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
                    help=f"reward features: pca, midblock, both or midblock32 (default: {d['features']}; "
                         "a store keeps the features it began with)")
     p.add_argument("--seed", type=int, default=None, help=f"seed of the session (default: {d['seed']}{kept})")
+    p.add_argument("--recommend", type=int, default=0, metavar="N",
+                   help="after the sitting, draw N samples steered toward your answers and save them as one picture "
+                        "in the --images folder (default: %(default)s, none)")
     p.add_argument("--rater", type=int, default=0,
                    help="who is answering (default: %(default)s): several people may share one store, each with "
                         "their own posterior and a prior learned from the others' answers")
@@ -186,6 +195,8 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
         raise InputDataError("--labels", "a number >= 0", args.labels)
     if args.rater < 0:
         raise InputDataError("--rater", "a rater id >= 0", args.rater)
+    if args.recommend < 0:
+        raise InputDataError("--recommend", "a number of samples >= 0", args.recommend)
     for flag, value in (("--pool-steps", args.pool_steps), ("--num-base", args.num_base), ("--seed", args.seed)):
         if value is not None:
             check_int(flag, value, minimum=0 if flag == "--seed" else 1)
@@ -220,6 +231,18 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
         return _label(args, existing, read=read, write=write)
 
 
+def _recommend(session: PreferenceSession, args: argparse.Namespace, write: TextIO) -> Path:
+    """``args.recommend`` samples steered by the rater's posterior, saved as one grid picture; its path."""
+    from papa_bayes.diffusion import save_image_grid
+
+    answers = session.store.num_answers(session.rater)
+    print(f"Drawing {args.recommend} samples steered toward your {answers} answers...", file=write)
+    images = session.recommend(args.recommend).images
+    path = save_image_grid(images, args.images / f"rater{args.rater}_recommended_after_{answers}.png", upscale=12)
+    print(f"  recommended: {path}", file=write)
+    return path
+
+
 def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: Callable[[str], str],
            write: TextIO) -> int:
     """The sitting of ``main``, once its arguments are checked and the rater's lock is held.
@@ -233,6 +256,9 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     from papa_bayes.session import PreferenceSession
 
     options, resuming, before, others, num_features = _session_options(args, existing)
+    if args.recommend and before + args.labels == 0:  # before the model loads and anything is written
+        raise InputDataError("--recommend", f"answers of rater {args.rater} to steer by (--labels N, or a store "
+                             "that holds some)", f"none in {args.store} and --labels 0")
     setup = make_setup(features=options["features"])
     if num_features is not None and setup.feature_map.num_features != num_features:  # a store that did not record them
         raise InputDataError("--features", f"features with {num_features} dimensions, as {args.store} holds",
@@ -258,6 +284,8 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
             session.store.set_config({**session.config(), "label": options}, rater=args.rater)
         while session.store.num_answers(session.rater) - before < args.labels:
             session.step()
+        if args.recommend:
+            _recommend(session, args, write)
     except (KeyboardInterrupt, EOFError):
         print("\nStopped; every answer so far is saved.", file=write)
     finally:

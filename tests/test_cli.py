@@ -94,6 +94,27 @@ def test_benchmark_run_all_is_reached_by_its_name(monkeypatch, capsys):
     assert info.value.code == 0 and "--tiny" in capsys.readouterr().out
 
 
+def test_label_command_ends_with_recommendations_when_asked(tmp_path):
+    import matplotlib.image
+
+    from papa_bayes.labeling import main as label_main
+
+    store, out = tmp_path / "me.db", io.StringIO()
+    tiny = ["--store", str(store), "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"]
+    answers = iter(["1", "2"])
+    assert label_main(tiny + ["--labels", "2", "--recommend", "6"], read=lambda _: next(answers), write=out) == 0
+    picture = tmp_path / "me.queries" / "rater0_recommended_after_2.png"
+    assert f"recommended: {picture}" in out.getvalue()
+    grid = matplotlib.image.imread(picture)  # 6 digits of 8 x 8 pixels, 12 PNG pixels each, in a grid
+    assert grid.ndim == 3 and grid.shape[0] >= 96 and grid.shape[1] >= 2 * 96
+    with PreferenceStore(store, create=False) as s:
+        assert s.num_answers(0) == 2  # recommending asks nothing and stores no answer
+    # "only look": no new question, a picture named after the answers so far
+    out = io.StringIO()
+    assert label_main(tiny + ["--labels", "0", "--recommend", "4"], read=lambda _: "q", write=out) == 0
+    assert "picture:" not in out.getvalue() and (tmp_path / "me.queries" / "rater0_recommended_after_2.png").exists()
+
+
 def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path, monkeypatch):
     import pytest
 
@@ -106,7 +127,8 @@ def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path,
 
     monkeypatch.setattr(papa_bayes.demo, "make_setup", no_model)
     store = tmp_path / "s.sqlite"
-    for args, field in ((["--rater", "-1"], "--rater"), (["--scale", "abc"], "--scale")):
+    for args, field in ((["--rater", "-1"], "--rater"), (["--scale", "abc"], "--scale"), (["--recommend", "-2"], "--recommend"),
+                        (["--labels", "0", "--recommend", "4"], "--recommend: expected answers of rater 0")):
         with pytest.raises(InputDataError, match=field):
             label_main(["--store", str(store), *args], read=lambda _: "q", write=io.StringIO())
         assert not store.with_suffix(".queries").exists()
