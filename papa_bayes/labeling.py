@@ -236,7 +236,7 @@ def _recommend(session: PreferenceSession, args: argparse.Namespace, write: Text
     from papa_bayes.diffusion import save_image_grid
 
     answers = session.store.num_answers(session.rater)
-    print(f"Drawing {args.recommend} samples steered toward your {answers} answers...", file=write)
+    print(f"Drawing {args.recommend} samples steered toward your {answers} answers...", file=write, flush=True)
     images = session.recommend(args.recommend).images
     path = save_image_grid(images, args.images / f"rater{args.rater}_recommended_after_{answers}.png", upscale=12)
     print(f"  recommended: {path}", file=write)
@@ -282,7 +282,9 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
                                         strategy=options["strategy"], pool_size=16,
                                         seed=options["seed"] + 1009 * args.rater, rater=args.rater)
             session.store.set_config({**session.config(), "label": options}, rater=args.rater)
-        while session.store.num_answers(session.rater) - before < args.labels:
+        while (asked := session.store.num_answers(session.rater) - before) < args.labels:
+            # drawing and scoring a pool takes seconds (about a minute when the guidance scale is re-chosen)
+            print(f"Question {asked + 1} of {args.labels}: drawing candidates...", file=write, flush=True)
             session.step()
         if args.recommend:
             _recommend(session, args, write)

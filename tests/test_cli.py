@@ -26,6 +26,9 @@ def test_label_command_stores_answers_and_resumes(tmp_path):
     label_main(["--store", str(store), "--labels", "5", "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"], read=lambda _: next(answers), write=out)
     text = out.getvalue()
     assert "picture:" in text and "please answer" in text and "Stopped" in text
+    # progress: each question is announced before its candidates are drawn (seconds each)
+    assert text.index("Question 1 of 5: drawing candidates") < text.index("picture:")
+    assert "Question 4 of 5" in text and "Question 5 of 5" not in text  # stopped at the fourth
     with PreferenceStore(store, create=False) as s:
         got = [q.answer for q in s.queries(answered=True)]
     assert got == ["first", "second", "tie"]
