@@ -128,7 +128,8 @@ class User(Protocol):
         """Answer `n` pairwise queries: ``first[i]`` or ``second[i]`` (`n x ...` items each)?
 
         Returns:
-            (``first_won`` `n` bool, ``tie`` `n` bool).
+            (``first_won`` `n` bool, ``tie`` `n` bool); where ``tie`` is True,
+            ``first_won`` is not read (a tie's order carries nothing).
         """
 
     def rate(self, x: Tensor) -> Tensor:
