@@ -18,20 +18,20 @@ of the utility; ``forward`` takes `batch_shape x 2 x d` (pairs) or
   :func:`exposure_diversity`.
 
 Example:
-    The most informative of the 1,225 pairs of a 50-item pool, after 10 answers:
+    Fifteen answers of a simulated person, each question the pair of a 100-item
+    pool with the most expected information (:func:`select_queries` picks one; see
+    its example), the posterior updated online after every answer:
 
     >>> import torch
-    >>> from papa_bayes import LinearReward, fit
-    >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
-    >>> gen = torch.Generator().manual_seed(0)
-    >>> pool = torch.randn(50, 4, generator=gen, dtype=torch.float64)
-    >>> data = simulate_comparisons(SimulatedUser([1.0, 0.0, 0.0, 0.0]), pool, 10, generator=gen)
-    >>> post = fit(LinearReward(), data, seed=0)
-    >>> from papa_bayes.acquisition import select_queries
-    >>> sel = select_queries(post, pool, strategy="eig", k=1)
-    >>> first, second = pool[sel.indices[0]]  # ask: "first or second?"
-    >>> sel.num_candidates
-    1225
+    >>> from papa_bayes.acquisition import queries_to_reach, run_active_learning
+    >>> from papa_bayes.users import SimulatedUser
+    >>> pool = torch.randn(100, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> person = SimulatedUser([1.0, -1.0, 0.5], rationality=3.0, seed=0)
+    >>> run = run_active_learning(person, pool, strategy="eig", num_queries=15)
+    >>> len(run.alignment)  # cos(E[w], w*) after each answer
+    15
+    >>> queries_to_reach(run.alignment, 0.9) <= 15
+    True
 """
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, entropy_bits, outcome_log_probs

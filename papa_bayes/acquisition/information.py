@@ -130,16 +130,16 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         link, noise_scale, num_samples, seed: as in :class:`DrawsAcquisitionFunction`.
 
     Example:
+        Three answers about four items with two features (winner first), then the
+        bits each of three candidate pairs would bring:
+
         >>> import torch
-        >>> from papa_bayes import LinearReward, fit
-        >>> from papa_bayes.users import SimulatedUser, simulate_comparisons
-        >>> gen = torch.Generator().manual_seed(0)
-        >>> pool = torch.randn(50, 4, generator=gen, dtype=torch.float64)
-        >>> data = simulate_comparisons(SimulatedUser([1.0, 0.0, 0.0, 0.0]), pool, 10, generator=gen)
-        >>> post = fit(LinearReward(), data, seed=0)
+        >>> from papa_bayes import LinearReward, PreferenceData, fit
         >>> from papa_bayes.acquisition import PairwiseInformationGain
+        >>> pool = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+        >>> post = fit(LinearReward(), PreferenceData(items=pool, comparisons=[[0, 2], [0, 1], [1, 3]]), seed=0)
         >>> eig = PairwiseInformationGain(post)
-        >>> pairs = torch.tensor([[0, 1], [2, 3], [4, 4]])
+        >>> pairs = torch.tensor([[0, 1], [1, 2], [3, 3]])
         >>> bits = eig(torch.stack([pool[pairs[:, 0]], pool[pairs[:, 1]]], -2))  # `3 x 2 x d` -> `3`
         >>> bits.shape
         torch.Size([3])

@@ -134,7 +134,8 @@ def fit_pairwise_gp(
         info["fit_warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         if info["fit_failed"]:
             warnings.warn(
-                f"PairwiseGP hyperparameter fit failed ({info['fit_error']}); kept the initial values.", PapaBayesWarning, stacklevel=caller_stacklevel()
+                f"PairwiseGP hyperparameter fit failed ({info['fit_error']}); kept the initial values.",
+                PapaBayesWarning, stacklevel=caller_stacklevel(),
             )
     gp.eval()
     # Re-solve for the MAP at the final hyperparameters (the optimizer's last evaluation may differ).

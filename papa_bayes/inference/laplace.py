@@ -128,7 +128,8 @@ def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
             theta = theta - active.to(torch.float64).unsqueeze(1) * step
             break
         if steps == max_steps:
-            warnings.warn(f"Laplace: Newton's method did not converge in {max_steps} steps.", PapaBayesWarning, stacklevel=caller_stacklevel())
+            warnings.warn(f"Laplace: Newton's method did not converge in {max_steps} steps.", PapaBayesWarning,
+                          stacklevel=caller_stacklevel())
             break
         t = torch.ones(K, dtype=torch.float64)
         accepted = ~active
