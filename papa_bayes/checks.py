@@ -218,6 +218,18 @@ def check_float_dtype(name: str, value: Any) -> torch.dtype:
     return value
 
 
+def implements(obj: Any, name: str, protocol: type) -> bool:
+    """Whether ``obj`` has a callable ``name`` of its own, not ``protocol``'s placeholder.
+
+    A class that subclasses a protocol (``users.User``, ``session.CandidateSource``)
+    inherits its methods' docstring-only bodies: ``callable`` alone would accept a
+    subclass that never wrote the method.
+    """
+    if not callable(getattr(obj, name, None)):
+        return False
+    return getattr(type(obj), name, None) is not getattr(protocol, name, None)
+
+
 def caller_stacklevel() -> int:
     """The ``stacklevel`` of :func:`warnings.warn` that names the first caller outside papa_bayes.
 

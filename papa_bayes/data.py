@@ -194,26 +194,32 @@ class PreferenceData:
     # ------------------------------------------------------------------ sizes
     @property
     def num_items(self) -> int:
+        """`n`: items (rows of ``items``)."""
         return self.items.shape[0]
 
     @property
     def num_features(self) -> int:
+        """`d`: features per item."""
         return self.items.shape[1]
 
     @property
     def num_comparisons(self) -> int:
+        """`m`: comparisons, ties included."""
         return self.comparisons.shape[0]
 
     @property
     def num_ratings(self) -> int:
+        """`k`: like/dislike ratings."""
         return self.ratings.shape[0]
 
     @property
     def num_observations(self) -> int:
+        """`m + k`: comparisons and ratings."""
         return self.num_comparisons + self.num_ratings
 
     @property
     def has_ties(self) -> bool:
+        """Whether any comparison is a tie."""
         return bool(self.ties.any())
 
     @property
@@ -232,6 +238,7 @@ class PreferenceData:
 
     @property
     def num_raters(self) -> int:
+        """`R`: the largest rater id + 1 (1 without rater ids)."""
         return int(self.raters.max()) + 1
 
     def require_observations(self) -> None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from papa_bayes.acquisition import exposure_diversity, select_queries, weight_entropy_bits
 from papa_bayes.acquisition.selection import check_strategy
-from papa_bayes.checks import check_bool, check_float, check_int, plain_array, renamed_option
+from papa_bayes.checks import check_bool, check_float, check_int, implements, plain_array, renamed_option
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
@@ -63,12 +63,15 @@ class CandidateSource(Protocol):
 
     def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float, generator: torch.Generator) -> Candidates:
         """`n` candidates, a share ``exploration`` of them unsteered."""
+        raise NotImplementedError
 
     def recommend(self, posterior: RewardPosterior, n: int, *, generator: torch.Generator) -> Candidates:
         """`n` samples steered into the preferred region."""
+        raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
         """JSON-serializable description, stored with the session."""
+        raise NotImplementedError
 
     # Optional: a source whose choices depend on its own history (e.g. a guidance
     # scale re-chosen every few pools) also has ``state() -> dict`` (JSON-serializable)
@@ -218,8 +221,12 @@ class PreferenceSession:
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
         rater = check_int("rater", rater, minimum=0)
+        for name in ("candidates", "recommend", "config"):
+            if not implements(source, name, CandidateSource):
+                raise InputDataError("source", f"a CandidateSource with a {name}() method (e.g. FeaturePool or "
+                                     "DiffusionCandidates)", type(source).__name__)
         method = "compare" if query_type == "pair" else "rate"
-        if not callable(getattr(user, method, None)):  # before anything is stored
+        if not implements(user, method, User):  # before anything is stored
             raise InputDataError("user", f"an object with a {method}() method for {query_type!r} queries "
                                  "(e.g. a SimulatedUser or CallbackUser)", type(user).__name__)
         if isinstance(user, CallbackUser) and getattr(user, f"{method}_fn") is None:

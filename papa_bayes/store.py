@@ -345,6 +345,7 @@ class PreferenceStore:
 
     @property
     def schema_version(self) -> int:
+        """The store's schema version (at most :data:`SCHEMA_VERSION`: a newer store is refused on opening)."""
         return int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
 
     # ---------------------------------------------------------------- items
@@ -402,10 +403,12 @@ class PreferenceStore:
 
     @property
     def num_items(self) -> int:
+        """Items stored (every item ever shown, all raters)."""
         return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
     @property
     def num_features(self) -> int | None:
+        """`d` of the stored items (None before the first item)."""
         row = self.conn.execute("SELECT value FROM meta WHERE key='num_features'").fetchone()
         return None if row is None else int(row[0])
 

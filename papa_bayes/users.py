@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor
+from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor, implements
 from papa_bayes.data import PreferenceData, _as_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -122,7 +122,9 @@ def winner_first(pairs: Tensor, first_won: Tensor) -> Tensor:
 class User(Protocol):
     """Who answers queries: :class:`SimulatedUser`, :class:`CallbackUser`, a person at
     a terminal (:class:`~papa_bayes.labeling.TerminalUser`), or any object with these
-    two methods (``isinstance(obj, User)`` checks that it has them)."""
+    methods (``isinstance(obj, User)`` checks that it has both). A session needs only
+    the one its query type asks; a subclass that leaves one out is refused for it
+    before anything is stored."""
 
     def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
         """Answer `n` pairwise queries: ``first[i]`` or ``second[i]`` (`n x ...` items each)?
@@ -131,9 +133,11 @@ class User(Protocol):
             (``first_won`` `n` bool, ``tie`` `n` bool); where ``tie`` is True,
             ``first_won`` is not read (a tie's order carries nothing).
         """
+        raise NotImplementedError(f"{type(self).__name__} answers no pairwise queries (it has no compare())")
 
     def rate(self, x: Tensor) -> Tensor:
         """Answer `n` like/dislike queries on `n x ...` items: `n` long, +1 like / -1 dislike."""
+        raise NotImplementedError(f"{type(self).__name__} answers no like/dislike queries (it has no rate())")
 
 
 class SimulatedUser(User):
@@ -344,7 +348,7 @@ class CallbackUser(User):
 
 
 def _check_user(user: Any) -> None:
-    if not (callable(getattr(user, "compare", None)) and callable(getattr(user, "rate", None))):
+    if not (implements(user, "compare", User) and implements(user, "rate", User)):
         raise InputDataError("user", "a SimulatedUser or CallbackUser (with compare and rate)", type(user).__name__)
 
 

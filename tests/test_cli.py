@@ -106,7 +106,7 @@ def test_label_command_ends_with_recommendations_when_asked(tmp_path):
     tiny = ["--store", str(store), "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"]
     answers = iter(["1", "2"])
     assert label_main(tiny + ["--labels", "2", "--recommend", "6"], read=lambda _: next(answers), write=out) == 0
-    picture = tmp_path / "me.queries" / "rater0_recommended_after_2.png"
+    picture = tmp_path / "me.queries" / "rater0_recommended_after_2_n6.png"
     assert f"recommended: {picture}" in out.getvalue()
     grid = matplotlib.image.imread(picture)  # 6 digits of 8 x 8 pixels, 12 PNG pixels each, in a grid
     assert grid.ndim == 3 and grid.shape[0] >= 96 and grid.shape[1] >= 2 * 96
@@ -115,7 +115,9 @@ def test_label_command_ends_with_recommendations_when_asked(tmp_path):
     # "only look": no new question, a picture named after the answers so far
     out = io.StringIO()
     assert label_main(tiny + ["--labels", "0", "--recommend", "4"], read=lambda _: "q", write=out) == 0
-    assert "picture:" not in out.getvalue() and (tmp_path / "me.queries" / "rater0_recommended_after_2.png").exists()
+    assert "picture:" not in out.getvalue() and "Drawing 4 samples steered toward your 2 answers" in out.getvalue()
+    looked = tmp_path / "me.queries" / "rater0_recommended_after_2_n4.png"  # beside the first: N is in the name
+    assert f"recommended: {looked}" in out.getvalue() and matplotlib.image.imread(looked).shape != grid.shape
 
 
 def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import doctest
 import importlib
 import inspect
 import pkgutil
+import re
 
 import pytest
 
@@ -46,12 +47,12 @@ def test_the_package_has_docstring_examples():
 def test_every_example_section_has_code_that_runs():
     # an "Example:" of prose or of code without ``>>>`` would escape the test below
     sketches = [test.name for test in DOCSTRINGS
-                if test.docstring and "Example:" in test.docstring and not test.examples]
+                if test.docstring and re.search(r"^\s*Examples?:", test.docstring, re.M) and not test.examples]
     assert not sketches, sketches
 
 
 def test_every_public_function_and_method_has_a_docstring():
-    # inherited ones count (``inspect.getdoc``), as they do in ``help()``
+    # methods, classmethods, staticmethods and properties; inherited docstrings count, as in ``help()``
     missing = []
     for name in MODULES:
         module = importlib.import_module(name)
@@ -63,10 +64,19 @@ def test_every_public_function_and_method_has_a_docstring():
             if not inspect.getdoc(value):
                 missing.append(f"{name}.{attr}")
             if inspect.isclass(value):
-                missing += [f"{name}.{attr}.{method}" for method, fn in vars(value).items()
-                            if not method.startswith("_") and inspect.isfunction(fn)
-                            and not inspect.getdoc(getattr(value, method))]
+                missing += [f"{name}.{attr}.{member}" for member, raw in vars(value).items()
+                            if not member.startswith("_") and _undocumented_member(value, member, raw)]
     assert not missing, missing
+
+
+def _undocumented_member(cls: type, name: str, raw: object) -> bool:
+    """A method, classmethod, staticmethod or property of ``cls`` without a docstring, its bases' included."""
+    if isinstance(raw, property):
+        return not any(isinstance(vars(base).get(name), property) and inspect.getdoc(vars(base)[name])
+                       for base in cls.__mro__)
+    if inspect.isfunction(raw) or isinstance(raw, (classmethod, staticmethod)):
+        return not inspect.getdoc(getattr(cls, name))
+    return False
 
 
 @pytest.mark.parametrize("test", EXAMPLES, ids=[test.name for test in EXAMPLES])

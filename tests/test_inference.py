@@ -311,6 +311,9 @@ def test_refinement_warns_when_its_importance_weights_collapse():
         post.update(data.append(comparisons=[[0, 1]]))
     # the warning names the user's line, from a fit or an update (the rationality's grid path is the deeper one)
     assert {w.filename for w in fitted.list + updated.list} == {__file__}
+    # with 80 proposal draws the share stays above 1% (9%), but the same handful carries the weight
+    with pytest.warns(PapaBayesWarning, match=r"weights of the 80 proposal draws collapsed .*about 7 draws"):
+        fit(LinearReward(), data, refine_steps=20, seed=0, num_samples=40)
     with warnings.catch_warnings():  # 50 answers at d=8: about 45% of them, no warning
         warnings.simplefilter("error", PapaBayesWarning)
         post = fit(LinearReward(), _answers(8, 50), refine_steps=20, seed=0)

@@ -79,6 +79,33 @@ def test_a_user_without_the_needed_method_is_refused_before_the_store_is_created
     assert not (tmp_path / "u.db").exists()
 
 
+def test_a_protocol_subclass_without_the_method_is_refused_as_well(tmp_path):
+    """A User or CandidateSource subclass inherits docstring-only methods: callable, returning None."""
+    from papa_bayes.session import CandidateSource
+    from papa_bayes.users import User
+
+    source, user, _ = setup()
+
+    class ComparesOnly(User):
+        def compare(self, first, second):
+            return user.compare(first, second)
+
+    with pytest.raises(InputDataError, match=r"user.*rate\(\) method"):
+        PreferenceSession(tmp_path / "u.db", source, ComparesOnly(), query_type="rating")
+    with pytest.raises(NotImplementedError, match="ComparesOnly answers no like/dislike"):
+        ComparesOnly().rate(torch.zeros(1, 2))
+
+    class NoConfig(CandidateSource):
+        num_features = source.num_features
+        candidates, recommend = source.candidates, source.recommend
+
+    with pytest.raises(InputDataError, match=r"source: expected a CandidateSource with a config\(\) method"):
+        PreferenceSession(tmp_path / "u.db", NoConfig(), user)
+    assert not (tmp_path / "u.db").exists()
+    with PreferenceSession(tmp_path / "ok.db", source, ComparesOnly()) as session:  # pairs need compare only
+        session.step()
+
+
 def test_feature_pool_takes_array_likes_and_names_bad_items():
     pd = pytest.importorskip("pandas")
     items = torch.randn(5, 3, dtype=torch.float64)

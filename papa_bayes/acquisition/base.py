@@ -253,6 +253,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     # ----------------------------------------------------------------- draws
     @property
     def num_features(self) -> int | None:
+        """`d` of the reward posterior's features (None for a BoTorch model, whose width is not known)."""
         return None if self.reward_posterior is None else self.reward_posterior.num_features
 
     def utility_draws(self, X: Tensor) -> Tensor:

@@ -78,14 +78,17 @@ class DiffusionModel:
 
     @property
     def device(self) -> torch.device:
+        """The denoiser's device."""
         return next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The denoiser's parameter dtype."""
         return next(self.unet.parameters()).dtype
 
     @property
     def prediction_type(self) -> str:
+        """What the denoiser predicts: the scheduler's ``prediction_type`` ("epsilon" by default)."""
         return str(self.scheduler.config.get("prediction_type", "epsilon"))
 
     def new_scheduler(self) -> Any:
@@ -277,6 +280,7 @@ class LatentDiffusion(DiffusionModel):
 
     @property
     def scaling_factor(self) -> float:
+        """The VAE's latent scaling factor (1.0 when its config has none)."""
         return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
 
     _CONDITIONING = ("encoder_hidden_states", "negative_encoder_hidden_states")

@@ -82,7 +82,9 @@ def fit(
             few %. Where Laplace is far off (30 answers at d=16; a hierarchical
             model with few raters) the importance weights collapse onto a few
             draws and it warns (``refine_ess`` below
-            :data:`~papa_bayes.inference.laplace.REFINE_MIN_ESS`): use NUTS there.
+            :data:`~papa_bayes.inference.laplace.REFINE_MIN_ESS`, or fewer than
+            :data:`~papa_bayes.inference.laplace.REFINE_MIN_DRAWS` effective draws):
+            use NUTS there.
             Cost: an update at m=200, d=8, 256 draws takes 78 ms instead of 15.
             Kept by :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
             ``refine_ess`` and ``refine_acceptance``. 0 (default): plain Laplace.

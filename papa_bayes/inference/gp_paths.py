@@ -100,6 +100,7 @@ class PathwiseDraws:
 
     @property
     def num_draws(self) -> int:
+        """`s`: function draws."""
         return self.weights.shape[0]
 
     @classmethod

@@ -176,6 +176,7 @@ class GPPosterior(RewardPosterior):
     # ----------------------------------------------------------------- ArviZ
     @property
     def sample_stats(self) -> dict[str, Tensor]:
+        """Per-draw statistics for ArviZ's ``sample_stats`` group (``lp`` by default), name -> `chain x draw`."""
         if self._sample_stats is None:
             self._sample_stats = self._default_sample_stats()
         return self._sample_stats

@@ -446,6 +446,9 @@ def importance_log_weights(
 #: HierarchicalLinearReward with 5 raters at d=3 and for LinearReward with 30 answers at
 #: d=16 (where Laplace is far off); 12-90% for LinearReward at d=6-8 with 5-1,000 answers.
 REFINE_MIN_ESS = 0.01
+#: ... or below this many effective draws (a quarter of the proposal draws at most): with
+#: few draws the share cannot fall below 1% (one draw of 80 is 1.25%).
+REFINE_MIN_DRAWS = 20
 
 
 def resample_move(
@@ -479,7 +482,8 @@ def resample_move(
         acceptance rate).
 
     Warns:
-        PapaBayesWarning: when ``refine_ess`` is below :data:`REFINE_MIN_ESS`: the
+        PapaBayesWarning: when ``refine_ess`` is below :data:`REFINE_MIN_ESS`, or the
+        effective draws are fewer than :data:`REFINE_MIN_DRAWS` (or than N/4): the
         weights have collapsed onto a few proposal draws, and ``steps`` random-walk
         steps from them need not reach the posterior (on a 5-rater hierarchical
         model the population scale stayed 1.3-1.7 times NUTS's after 20 steps and
@@ -491,7 +495,7 @@ def resample_move(
         raise InferenceError("resample_move: no proposal draw has a finite posterior density (check the model's support).")
     w = (lw - lw.max()).exp()
     ess = float(w.sum() ** 2 / (w**2).sum()) / n
-    if ess < REFINE_MIN_ESS:
+    if ess < REFINE_MIN_ESS or ess * n < min(REFINE_MIN_DRAWS, n / 4):
         warnings.warn(
             f"Laplace refinement: the importance weights of the {n} proposal draws collapsed (effective sample "
             f"size {ess:.2%} of them, about {ess * n:.0f} draws): the Gaussian approximation is far from the "

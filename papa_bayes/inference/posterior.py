@@ -84,6 +84,7 @@ class RewardPosterior(ABC):
 
     @property
     def num_features(self) -> int:
+        """`d`: the features the posterior's utility reads (the data's)."""
         return self.data.num_features
 
     @property
@@ -190,6 +191,7 @@ class DrawsPosterior(EnsemblePosterior):
 
     @property
     def covariance_matrix(self) -> Tensor:
+        """Not defined: the posterior is an ensemble of draws, not a Gaussian (raises, naming what to use)."""
         raise _GaussianOnlyError(
             "PosteriorDrawsModel's posterior is an ensemble of posterior draws, not a Gaussian: it has no "
             "covariance_matrix, which BoTorch's AnalyticExpectedUtilityOfBestOption and "

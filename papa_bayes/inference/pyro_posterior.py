@@ -67,6 +67,7 @@ class PyroPosterior(RewardPosterior):
 
     @property
     def num_chains(self) -> int:
+        """Chains of the draws (NUTS's; 1 for Laplace and SVI)."""
         return self._chains
 
     def utility(self, features: Tensor, *, rater: int | None = None) -> Tensor:

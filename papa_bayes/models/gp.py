@@ -125,6 +125,7 @@ class PreferenceLikelihood(gpytorch.Module):
 
     @property
     def tie_strength(self) -> Tensor | None:
+        """The tie parameter (Davidson's nu or Glenn-David's tau), or None without ties."""
         return self.raw_tie_strength.exp() if self.ties else None
 
     def comparison_log_prob(self, diff: Tensor, ties: Tensor) -> Tensor:
@@ -206,6 +207,7 @@ class VariationalPreferenceGP(gpytorch.models.ApproximateGP):
     # --------------------------------------------------------- variational pieces
     @property
     def inducing_points(self) -> Tensor:
+        """`M x d` inducing points (standardized features)."""
         return self.variational_strategy.inducing_points
 
     @property
@@ -220,6 +222,7 @@ class VariationalPreferenceGP(gpytorch.models.ApproximateGP):
 
     @property
     def kind(self) -> str:
+        """``"rbf"`` or ``"matern52"``: the kernel's kind."""
         return kernel_kind(self.covar_module)
 
     def kernel(self, x1: Tensor, x2: Tensor) -> Tensor:

@@ -164,6 +164,7 @@ class FeatureStandardizer:
 
     @classmethod
     def fit(cls, items: Tensor, *, standardize: bool = True) -> FeatureStandardizer:
+        """The standardizer of ``items`` (`n x d`): their mean and sd per feature (0 and 1 with ``standardize=False`` or one item; a constant feature keeps sd 1)."""
         items = items.to(DTYPE)
         d = items.shape[-1]
         if not standardize or items.shape[0] < 2:

@@ -330,10 +330,12 @@ class TrainingCopy:
     # -- what step functions use ------------------------------------------------
     @property
     def alphas_cumprod(self) -> Tensor:
+        """The scheduler's cumulative alphas, `T` float32 on the training device."""
         return self.base.scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
 
     @property
     def num_train_timesteps(self) -> int:
+        """`T`: the scheduler's training timesteps."""
         return int(self.base.scheduler.config.num_train_timesteps)
 
     def parameters(self) -> list[torch.nn.Parameter]:
