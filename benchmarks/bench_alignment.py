@@ -24,8 +24,6 @@ import warnings
 from operator import itemgetter
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, result_files,
                                run_main, write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session

@@ -552,9 +552,9 @@ def markdown(result: dict[str, Any]) -> str:
         mk = sorted({t for t in (5, 10, 20, Tl) if t <= Tl})
         lines += [
             "## Set-valued taste (4 of 10 clusters liked; linear reward on features, misspecified)", "",
-            f"Preferred fraction of the 50 pool items with the highest posterior mean after t answers; entropy of the "
-            f"liked clusters among them (2 bits = all four liked clusters equally); share of selected queries comparing "
-            f"two liked items (a coin flip to the person) and two items of the same level; means over the runs (seeds).", "",
+            "Preferred fraction of the 50 pool items with the highest posterior mean after t answers; entropy of the "
+            "liked clusters among them (2 bits = all four liked clusters equally); share of selected queries comparing "
+            "two liked items (a coin flip to the person) and two items of the same level; means over the runs (seeds).", "",
             "| strategy | runs | " + " | ".join(f"preferred@{t}" for t in mk) + f" | liked entropy@{Tl} | both liked | same level |",
             "|" + "---|" * (len(mk) + 5),
         ]

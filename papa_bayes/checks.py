@@ -221,7 +221,7 @@ def check_float_dtype(name: str, value: Any) -> torch.dtype:
 def implements(obj: Any, name: str, protocol: type) -> bool:
     """Whether ``obj`` has a callable ``name`` of its own, not ``protocol``'s placeholder.
 
-    A class that subclasses a protocol (``users.User``, ``session.CandidateSource``)
+    A class that subclasses a protocol (``users.User``, ``sources.CandidateSource``)
     inherits its methods' docstring-only bodies: ``callable`` alone would accept a
     subclass that never wrote the method.
     """
@@ -240,6 +240,9 @@ def caller_stacklevel() -> int:
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
+    if frame is None or os.path.basename(frame.f_code.co_filename).startswith(("runpy", "<frozen runpy")):
+        # Run as a program (python -m papa_bayes.cli): no user line calls in, so name the package's outermost one.
+        return level - 1
     return level
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,11 @@ __all__ = ["PreferenceData", "check_preference_data"]
 
 
 def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool = True) -> Tensor:
-    """Convert without silent coercion: floats for an integer field are an error."""
+    """Convert without silent coercion (floats for an integer field are an error); always a copy.
+
+    A copy, so that the validated data never share memory with the caller's arrays:
+    a later change to those would bypass the checks.
+    """
     if isinstance(value, Tensor):
         t = value.detach()
     else:
@@ -30,19 +35,21 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
             t = torch.as_tensor(plain_array(value))
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
+    if t.numel() == 0 and dtype in (torch.long, torch.bool):
+        return t.to(dtype)  # an empty list ([]) reads as float32: it holds no value to coerce
     if dtype == torch.long:
         if not is_integer_tensor(t):
             # Indices are never coerced from floats or bools: that hides bugs upstream.
             raise InputDataError(name, "integer dtype", str(t.dtype))
-        return t.to(torch.long)
+        return t.to(torch.long, copy=True)
     if dtype == torch.bool:
         if t.dtype != torch.bool:
             if t.numel() and not bool(torch.all((t == 0) | (t == 1))):
                 raise InputDataError(name, "bool values (True/False or 0/1)", str(t.dtype))
-        return t.to(torch.bool)
+        return t.to(torch.bool, copy=True)
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
         raise InputDataError(name, "a real (floating point) dtype", str(t.dtype))
-    return t.to(dtype)
+    return t.to(dtype, copy=True)
 
 
 def _index_rows(name: str, value: Any, expected: str) -> Tensor:
@@ -289,6 +296,11 @@ class PreferenceData:
             r = _index_rows("ratings", ratings, "k' x 2")
             new_ratings = torch.cat([self.ratings, r])
             new_rrater = _append_rater("rating_rater", self.rating_rater, rating_rater, r.shape[0], self.num_ratings)
+        if (new_crater is None) != (new_rrater is None):  # ids for one kind now: the other kind's rows are rater 0
+            if new_crater is None:
+                new_crater = torch.zeros(new_comps.shape[0], dtype=torch.long)
+            else:
+                new_rrater = torch.zeros(new_ratings.shape[0], dtype=torch.long)
         return replace(
             self,
             items=new_items,
@@ -394,10 +406,14 @@ class PreferenceData:
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """Serialize losslessly; also write to ``path`` when given."""
+        """Serialize losslessly; also write to ``path`` when given.
+
+        The file is replaced in one step (written beside it, synced, then renamed):
+        a save that fails, e.g. on a full disk, leaves the previous file as it was.
+        """
         text = json.dumps(self.to_dict())
         if path is not None:
-            check_path("path", path).write_text(text)
+            _write_atomically(check_path("path", path), text)
         return text
 
     @classmethod
@@ -507,15 +523,18 @@ class PreferenceData:
         """
         import pandas as pd
 
-        comparisons = pd.DataFrame({"winner": self.comparisons[:, 0].numpy(), "loser": self.comparisons[:, 1].numpy(),
-                                    "tie": self.ties.numpy()})
-        ratings = pd.DataFrame({"item": self.ratings[:, 0].numpy(), "label": self.ratings[:, 1].numpy()})
+        def array(t: Tensor) -> Any:  # a copy: editing a frame must not edit the (validated) data
+            return t.numpy().copy()
+
+        comparisons = pd.DataFrame({"winner": array(self.comparisons[:, 0]), "loser": array(self.comparisons[:, 1]),
+                                    "tie": array(self.ties)})
+        ratings = pd.DataFrame({"item": array(self.ratings[:, 0]), "label": array(self.ratings[:, 1])})
         if self.comparison_rater is not None:
-            comparisons["rater"] = self.comparison_rater.numpy()
+            comparisons["rater"] = array(self.comparison_rater)
         if self.rating_rater is not None:
-            ratings["rater"] = self.rating_rater.numpy()
+            ratings["rater"] = array(self.rating_rater)
         names = list(self.feature_names) if self.feature_names else [f"x{j}" for j in range(self.num_features)]
-        return comparisons, ratings, pd.DataFrame(self.items.numpy(), columns=names)
+        return comparisons, ratings, pd.DataFrame(array(self.items), columns=names)
 
     def __eq__(self, other: object) -> bool:
         """Same items, answers, rater ids and feature names (the tensors compared exactly)."""
@@ -573,6 +592,20 @@ def _append_rater(name: str, old: Tensor | None, new: Any | None, rows: int, old
         new_t = new_t.expand(rows).clone()
     base = old if old is not None else torch.zeros(old_rows, dtype=torch.long)
     return torch.cat([base, new_t])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: written to a file beside it, synced, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_preference_data(data: Any, name: str = "data") -> PreferenceData:

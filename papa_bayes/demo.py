@@ -46,8 +46,6 @@ from papa_bayes.diffusion import (
 )
 from papa_bayes.diffusion.classifiers import _check_liked
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.inference import fit
-from papa_bayes.models import LinearReward
 from papa_bayes.session import PreferenceSession
 from papa_bayes.users import User
 

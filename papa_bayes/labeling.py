@@ -31,7 +31,8 @@ from torch import Tensor
 
 from papa_bayes.checks import check_int
 from papa_bayes.exceptions import InputDataError, StoreError
-from papa_bayes.store import PreferenceStore, RaterLock, lock_rater
+from papa_bayes.locks import RaterLock, lock_rater
+from papa_bayes.store import MAX_ID, PreferenceStore
 from papa_bayes.users import User
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def _recorded_options(config: dict) -> dict:
 
 
 def _lock_rater(store: Path, rater: int) -> RaterLock | None:
-    """Hold rater ``rater``'s lock of ``store`` for the sitting (:func:`~papa_bayes.store.lock_rater`).
+    """Hold rater ``rater``'s lock of ``store`` for the sitting (:func:`~papa_bayes.locks.lock_rater`).
 
     Taken before the model loads, so that a second terminal of the same rater is
     told at once; the session takes the same lock again (one process may).
@@ -198,13 +199,13 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     args = p.parse_args(argv)
     if args.labels < 0:
         raise InputDataError("--labels", "a number >= 0", args.labels)
-    if args.rater < 0:
-        raise InputDataError("--rater", "a rater id >= 0", args.rater)
+    check_int("--rater", args.rater, minimum=0, maximum=MAX_ID, expected="a rater id in [0, 2**63 - 1]")
     if args.recommend < 0:
         raise InputDataError("--recommend", "a number of samples >= 0", args.recommend)
     for flag, value in (("--pool-steps", args.pool_steps), ("--num-base", args.num_base), ("--seed", args.seed)):
         if value is not None:
-            check_int(flag, value, minimum=0 if flag == "--seed" else 1)
+            check_int(flag, value, minimum=0 if flag == "--seed" else 1,
+                      maximum=2**32 - 1 if flag == "--seed" else None)  # --seed: torch's range of seeds
     if args.scale is not None and args.scale != "auto":  # checked here, before the model loads
         try:
             args.scale = float(args.scale)
@@ -271,13 +272,25 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
                              f"{options['features']!r} ({setup.feature_map.num_features} dimensions)")
     source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=options["seed"],
                                  pool_steps=options["pool_steps"], scale=options["scale"], num_base=options["num_base"])
+    mine = source.config()["feature_map"]
+    configs = [existing.config, *map(existing.rater_config, existing.raters())] if existing is not None else []
+    for config in configs:  # e.g. of a store `papa-bayes demo` wrote, which records no --features
+        stored = ((config or {}).get("source") or {}).get("feature_map")
+        if stored is not None and stored != mine:  # one store, one feature space, even at equal dimension
+            raise InputDataError("--features", f"the feature map of the items in {args.store} ({stored['kind']}, "
+                                 f"fingerprint {stored['fingerprint']})",
+                                 f"{options['features']!r} ({mine['kind']}, fingerprint {mine['fingerprint']})")
     # Pictures are numbered by question, per rater, so that neither a later sitting nor
     # another person sharing the store overwrites a picture shown earlier.
     user = TerminalUser(args.images, read=read, write=write, open_images=args.open,
                         prefix=f"rater{args.rater}_query_", start=before)
     # People may answer "tie": the model says how (Davidson). With other raters in the
     # store, their answers give this rater's prior (hierarchical cold start).
-    model = HierarchicalLinearReward(ties=True) if others else LinearReward(rationality=1.0, ties=True)
+    if resuming:  # a resumed sitting keeps the model it began with, even when others have answered since
+        hierarchical = existing.rater_config(args.rater).get("model", "").startswith("HierarchicalLinearReward(")
+    else:
+        hierarchical = bool(others)
+    model = HierarchicalLinearReward(ties=True) if hierarchical else LinearReward(rationality=1.0, ties=True)
     session = None
     try:
         if resuming:  # a question left unanswered last time is asked first (inside resume), and counts
@@ -286,7 +299,7 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
         else:
             session = PreferenceSession(args.store, source, user, model=model, query_type=options["query_type"],
                                         strategy=options["strategy"], pool_size=16,
-                                        seed=options["seed"] + 1009 * args.rater, rater=args.rater)
+                                        seed=(options["seed"] + 1009 * args.rater) % 2**32, rater=args.rater)
             session.store.set_config({**session.config(), "label": options}, rater=args.rater)
         while (asked := session.store.num_answers(session.rater) - before) < args.labels:
             # drawing and scoring a pool takes seconds (about a minute when the guidance scale is re-chosen)

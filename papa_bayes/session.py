@@ -19,12 +19,13 @@ new rater starts from what the others taught.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,102 +36,16 @@ from papa_bayes.checks import check_bool, check_float, check_int, implements, pl
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
+from papa_bayes.locks import lock_rater
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
-from papa_bayes.store import PreferenceStore, StoredQuery, lock_rater
+from papa_bayes.sources import Candidates, CandidateSource, FeaturePool
+from papa_bayes.store import PreferenceStore, StoredQuery
 from papa_bayes.users import CallbackUser, User
 
+# Candidates, CandidateSource and FeaturePool live in papa_bayes.sources; re-exported as what a session takes.
 __all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
 
 QUERY_TYPES = ("pair", "rating")
-
-
-@dataclass
-class Candidates:
-    """A pool of candidates: `n x d` features, optional `n x ...` images, `n` steered flags."""
-
-    features: Tensor
-    images: Tensor | None
-    steered: Tensor
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-
-class CandidateSource(Protocol):
-    """Where candidates come from: a steerable sampler, or a fixed pool of items."""
-
-    num_features: int
-
-    def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float, generator: torch.Generator) -> Candidates:
-        """`n` candidates, a share ``exploration`` of them unsteered."""
-        raise NotImplementedError
-
-    def recommend(self, posterior: RewardPosterior, n: int, *, generator: torch.Generator) -> Candidates:
-        """`n` samples steered into the preferred region."""
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        """JSON-serializable description, stored with the session."""
-        raise NotImplementedError
-
-    # Optional: a source whose choices depend on its own history (e.g. a guidance
-    # scale re-chosen every few pools) also has ``state() -> dict`` (JSON-serializable)
-    # and ``load_state(dict)``; the session stores the state with each query and
-    # finished round and restores it on resume.
-
-
-class FeaturePool(CandidateSource):
-    """Candidates drawn from a fixed set of feature vectors (no images).
-
-    Steered candidates are the items a posterior draw ranks highest (one Thompson
-    draw per candidate, so the steered share stays diverse); exploration draws
-    uniformly.
-
-    Args:
-        items: `N x d` features.
-    """
-
-    def __init__(self, items: Tensor) -> None:
-        try:
-            self.items = torch.as_tensor(plain_array(items), dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise InputDataError("items", "an `N x d` array of real numbers", type(items).__name__) from None
-        if self.items.dim() != 2 or self.items.shape[0] < 2:
-            raise InputDataError("items", "shape `N x d` with N >= 2", tuple(self.items.shape))
-        if not bool(torch.isfinite(self.items).all()):
-            bad = int((~torch.isfinite(self.items)).any(1).nonzero()[0])
-            raise InputDataError("items", "finite features", f"a NaN or infinite value in row {bad}")
-        self.num_features = self.items.shape[1]
-
-    def candidates(self, posterior, n, *, exploration, generator):
-        N = self.items.shape[0]
-        n = min(n, N)
-        n_explore = n if posterior is None else int(round(exploration * n))
-        chosen = torch.randperm(N, generator=generator)[:n_explore].tolist()
-        steered = []
-        if n - n_explore > 0:
-            u = posterior.utility(self.items)  # s x N
-            draws = torch.randint(0, u.shape[0], (4 * n,), generator=generator)
-            for s in draws.tolist():
-                for i in torch.argsort(u[s], descending=True).tolist():
-                    if i not in chosen and i not in steered:
-                        steered.append(i)
-                        break
-                if len(steered) == n - n_explore:
-                    break
-        idx = torch.tensor(chosen + steered, dtype=torch.long)
-        flags = torch.tensor([False] * len(chosen) + [True] * len(steered))
-        return Candidates(self.items[idx], None, flags)
-
-    def recommend(self, posterior, n, *, generator):
-        if n > self.items.shape[0]:
-            raise InputDataError("n", f"at most the pool's {self.items.shape[0]} items", n)
-        mean = posterior.utility(self.items).mean(0)
-        idx = torch.argsort(mean, descending=True)[:n]
-        return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool))
-
-    def config(self):
-        return {"kind": "FeaturePool", "num_items": int(self.items.shape[0]), "num_features": self.num_features}
 
 
 @dataclass
@@ -146,6 +61,36 @@ def _entropy_proxy(post: RewardPosterior, features: Tensor) -> float:
     """Posterior entropy proxy: mean log sd of the utility over the pool (nats)."""
     sd = post.utility(features).std(0).clamp(min=1e-12)
     return float(sd.log().mean())
+
+
+def _check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
+    """InputDataError unless ``session``'s model and source are those of the stored configuration ``cfg``."""
+    stored, given = cfg.get("model"), repr(session.model)
+    if stored is not None and stored != given:
+        by_class = " object at 0x" in stored  # a model without a repr of its own: compare classes
+        if not by_class or stored.split(" object at ")[0].lstrip("<") != given.split(" object at ")[0].lstrip("<"):
+            raise InputDataError("model", f"the session's model, {stored}", given)
+    stored_source, given_source = cfg.get("source"), json.loads(json.dumps(session.source.config()))
+    # Only what was stored: a store written before a source recorded a setting does not refuse it now.
+    if isinstance(stored_source, dict) and any(given_source.get(k, ...) != v for k, v in stored_source.items()):
+        raise InputDataError("source", f"the session's source, {stored_source}", given_source)
+
+
+def _one_value(value: Any, allowed: tuple[float, ...]) -> float | None:
+    """The single value of a user's answer when it is one of ``allowed`` (bools read as 0/1), else None."""
+    try:
+        t = torch.as_tensor(plain_array(value))
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if t.numel() != 1 or t.is_complex():
+        return None
+    v = float(t.reshape(()))
+    return v if v in allowed else None
+
+
+def _shown_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 #: Resample-move steps of the cold-start fit of the other raters' population (see ``_cold_start_model``).
@@ -217,6 +162,11 @@ class PreferenceSession:
         if finetune_options is not None and not isinstance(finetune_options, dict):
             raise InputDataError("finetune_options", "None or a dict of fine-tuning options",
                                  type(finetune_options).__name__)
+        try:  # stored with the session (its config), so checked before the store is opened
+            json.dumps(finetune_options)
+        except (TypeError, ValueError) as err:
+            raise InputDataError("finetune_options", "JSON-serializable values (they are stored with the session)",
+                                 str(err)) from None
         if finetune_every is not None and not callable(getattr(source, "finetune", None)):
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
@@ -245,12 +195,18 @@ class PreferenceSession:
                 self.store.close()
             raise
         # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
+        problem: Exception | None = None
         if not _resuming and self.store.queries(rater=rater):
+            problem = StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them with "
+                                 f"PreferenceSession.resume(path, ..., rater={rater}).")
+        elif self.store.num_features not in (None, getattr(source, "num_features", None)):  # before anything is written
+            problem = InputDataError("source", f"a source of the store's {self.store.num_features} features",
+                                     f"{getattr(source, 'num_features', None)} features")
+        if problem is not None:
             self._release()
             if self._owns_store:
                 self.store.close()
-            raise StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them with "
-                             f"PreferenceSession.resume(path, ..., rater={rater}).")
+            raise problem
         self.source, self.user = source, user
         self.model = model if model is not None else LinearReward(rationality=1.0)
         self.finetune_every = finetune_every
@@ -292,8 +248,19 @@ class PreferenceSession:
         finished first: its query asked again when unanswered, its fine-tune run
         when that round is one of every ``finetune_every``.
 
+        The model and source must be the ones the session began with (their ``repr``
+        and ``config()`` are stored; a custom model without a ``repr`` of its own is
+        compared by class): answers of one model continued under another, or items
+        of another pool, would be a different experiment.
+
         Args:
+            model: the session's model (default ``LinearReward(rationality=1.0)``, the
+                default of a new session).
             rater: whose session to continue (default: the store's first session).
+
+        Raises:
+            StoreError: no session (of ``rater``) in the store.
+            InputDataError: a model or source other than the stored session's.
         """
         store = PreferenceStore(path, create=False)
         cfg = store.config if rater is None else store.rater_config(rater)
@@ -302,9 +269,6 @@ class PreferenceSession:
             what = "session configuration" if rater is None else f"session of rater {rater}"
             raise StoreError(f"{path} holds no {what}.")
         try:
-            if store.num_features is not None and getattr(source, "num_features", None) != store.num_features:
-                raise InputDataError("source", f"a source of the store's {store.num_features} features",
-                                     f"{getattr(source, 'num_features', None)} features")
             session = cls(
                 store, source, user, model=model, query_type=cfg["query_type"], strategy=cfg["strategy"],
                 pool_size=cfg["pool_size"], exploration=cfg["exploration"], refit_every=cfg["refit_every"],
@@ -316,6 +280,7 @@ class PreferenceSession:
             raise
         session._owns_store = True
         try:  # a failure here (Ctrl-C while the pending query is asked again, ...) releases the store and lock
+            _check_resumed(cfg, session)
             if session.finetune_every is not None and (session.finetune_path / "unet" / "config.json").is_file():
                 source.load_finetuned(session.finetune_path)
             queries = store.queries(rater=session.rater)
@@ -446,18 +411,29 @@ class PreferenceSession:
             if queries and queries[-1].round == self.round:
                 return self._complete_open_round(queries[-1])
         t0 = time.perf_counter()
-        pool = self.source.candidates(self._posterior, self.pool_size, exploration=self.exploration, generator=self.generator)
-        if pool.features.shape[1] != self.source.num_features:
-            raise InputDataError("candidates.features", f"`n x {self.source.num_features}`", tuple(pool.features.shape))
-        t_pool = time.perf_counter()
-        idx = self._unasked_pool(pool)
-        if idx is None:
-            sources = ["steered" if steered else "explore" for steered in pool.steered.tolist()]
-            idx = self.store.add_items(pool.features, images=pool.images, source=sources, round=self.round,
-                                       rater=self.rater)
-        post = self._posterior or self._prior(self.data)
-        sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
-                             query_type=self.query_type, generator=self.generator)
+        # A failure before the query is stored (in the source, the selection, ...) rewinds the random
+        # state, so that a retried step draws this round's pool again, as resume() would.
+        rng_state, source_state = self.generator.get_state(), self._source_state()
+        try:
+            pool = self.source.candidates(self._posterior, self.pool_size, exploration=self.exploration,
+                                          generator=self.generator)
+            if pool.features.shape[1] != self.source.num_features:
+                raise InputDataError("candidates.features", f"`n x {self.source.num_features}`",
+                                     tuple(pool.features.shape))
+            t_pool = time.perf_counter()
+            idx = self._unasked_pool(pool)
+            if idx is None:
+                sources = ["steered" if steered else "explore" for steered in pool.steered.tolist()]
+                idx = self.store.add_items(pool.features, images=pool.images, source=sources, round=self.round,
+                                           rater=self.rater)
+            post = self._posterior or self._prior(self.data)
+            sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
+                                 query_type=self.query_type, generator=self.generator)
+        except BaseException:
+            self.generator.set_state(rng_state)
+            if source_state is not None and callable(getattr(self.source, "load_state", None)):
+                self.source.load_state(source_state)
+            raise
         chosen = sel.indices[0].reshape(-1).tolist()
         item_a, item_b = idx[chosen[0]], idx[chosen[1]] if self.query_type == "pair" else None
         score = float(sel.scores[0])
@@ -547,9 +523,18 @@ class PreferenceSession:
                 return self.store.features()[i : i + 1]
 
         if query.kind == "pair":
-            won, tie = self.user.compare(view(query.item_a), view(query.item_b))
-            return "tie" if bool(tie[0]) else ("first" if bool(won[0]) else "second")
-        return "like" if int(self.user.rate(view(query.item_a))[0]) > 0 else "dislike"
+            answer = self.user.compare(view(query.item_a), view(query.item_b))
+            pair = answer if isinstance(answer, (tuple, list)) and len(answer) == 2 else (None, None)
+            won, tie = (_one_value(v, (0.0, 1.0)) for v in pair)
+            if won is None or tie is None:  # checked before anything is written: the query stays pending
+                raise InputDataError("user.compare", "(first_won, tie): two one-element tensors of bools (or 0/1)",
+                                     _shown_value(answer))
+            return "tie" if tie else ("first" if won else "second")
+        answer = self.user.rate(view(query.item_a))
+        like = _one_value(answer, (-1.0, 1.0))
+        if like is None:
+            raise InputDataError("user.rate", "a one-element tensor: +1 (like) or -1 (dislike)", _shown_value(answer))
+        return "like" if like > 0 else "dislike"
 
     def _finish_round(self, query: StoredQuery, metrics: dict[str, float]) -> RoundRecord:
         features = self.store.features()
@@ -581,11 +566,17 @@ class PreferenceSession:
         return out
 
     def recommend(self, n: int) -> Candidates:
-        """`n` samples steered by the current posterior."""
-        return self.source.recommend(self.posterior, check_int("n", n), generator=self.generator)
+        """`n` samples steered by the current posterior.
+
+        Drawn on a generator of their own, seeded by (seed, round): the session's
+        random stream, and with it an exact resume, does not depend on how often
+        recommendations were drawn, and the same answers give the same samples.
+        """
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + 7919 * self.round + 1) % 2**63)
+        return self.source.recommend(self.posterior, check_int("n", n), generator=gen)
 
     def close(self) -> None:
-        """Release this rater's lock (see :func:`~papa_bayes.store.lock_rater`) and close the store
+        """Release this rater's lock (see :func:`~papa_bayes.locks.lock_rater`) and close the store
         if the session opened it (a :class:`PreferenceStore` passed in stays open)."""
         self._release()
         if self._owns_store:

@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, check_path
+from papa_bayes.checks import check_int, check_path, plain_array
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 
-__all__ = ["PreferenceStore", "StoredQuery", "SCHEMA_VERSION", "RaterLock", "lock_rater"]
+__all__ = ["PreferenceStore", "StoredQuery", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -108,92 +106,13 @@ def _from_npy(blob: bytes) -> np.ndarray:
     return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
-class RaterLock:
-    """A rater's lock of a store, held by this process until :meth:`close` (see :func:`lock_rater`)."""
-
-    def __init__(self, key: Path, rater: int) -> None:
-        self._key, self.rater, self._open, self._pid = key, rater, True, os.getpid()
-
-    def close(self) -> None:
-        """Release it (once; a second call does nothing)."""
-        if not self._open:
-            return
-        self._open = False
-        with _LOCKS_GUARD:
-            entry = _LOCKS.get(self._key)
-            if self._pid != os.getpid() or entry is None or entry[0] != self._pid:  # (taken before a fork)
-                return
-            _, file, held = entry
-            held[self.rater] -= 1
-            if held[self.rater] == 0:
-                del held[self.rater]
-                import fcntl
-
-                fcntl.lockf(file, fcntl.LOCK_UN, 1, self.rater)
-            if not held:
-                del _LOCKS[self._key]
-                file.close()
-
-    def __del__(self) -> None:  # an abandoned session's lock goes with it, as an unreferenced file did
-        try:
-            self.close()
-        except Exception:  # (interpreter shutdown)
-            pass
-
-    def __enter__(self) -> RaterLock:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RaterLock({str(self._key)!r}, rater={self.rater}, {'held' if self._open else 'released'})"
+#: Rater and query ids are SQLite integers (and a rater's byte offset in the lock file): signed 64 bits.
+MAX_ID = 2**63 - 1
 
 
-# One open lock file per store and process, with how often each rater's byte is held: POSIX
-# record locks belong to the process, and closing *any* descriptor of the file drops them
-# all, so a second descriptor, closed, would release every other rater's lock (and a
-# rater's lock taken twice, as by ``papa-bayes label`` and its session, would go with the
-# first release). Keyed by pid too: a forked child inherits the table, not the locks.
-_LOCKS: dict[Path, tuple[int, TextIO, dict[int, int]]] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
-    """Hold rater ``rater``'s lock of the store at ``path`` until the returned lock is closed.
-
-    Two sessions of one rater at once, in two processes, would ask the same round
-    twice. The lock is one byte per rater of ``<store>.lock`` beside the store (a
-    POSIX record lock: released when the process ends, however it ends; held per
-    process, so one process may take a rater's lock again: it is released when
-    every one taken is closed). None where there are no such locks (Windows).
-
-    Raises:
-        StoreError: another process holds this rater's lock.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        return None
-    path = Path(path)
-    key = path.with_name(path.name + ".lock").resolve()
-    rater = int(rater)
-    with _LOCKS_GUARD:
-        entry = _LOCKS.get(key)
-        if entry is None or entry[0] != os.getpid():
-            entry = _LOCKS[key] = (os.getpid(), open(key, "a"), {})
-        _, file, held = entry
-        if rater not in held:
-            try:
-                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rater)
-            except OSError:
-                if not held:
-                    del _LOCKS[key]
-                    file.close()
-                raise StoreError(f"Rater {rater} is already answering in {path} (another process holds the "
-                                 "rater's session); a second person needs their own rater id.") from None
-        held[rater] = held.get(rater, 0) + 1
-    return RaterLock(key, rater)
+def _id(name: str, value: Any) -> int:
+    """A rater or query id as an int (NumPy and 0-d tensor integers too: SQLite would store those as blobs)."""
+    return check_int(name, value, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
 
 
 class _ClosedConnection:
@@ -312,7 +231,12 @@ class PreferenceStore:
         stored is also the store's default (:attr:`config`), and stays that rater's:
         a later configuration of the same rater replaces the default too.
         """
-        text = json.dumps(config)
+        if rater is not None:
+            rater = _id("rater", rater)
+        try:
+            text = json.dumps(config)
+        except (TypeError, ValueError) as err:
+            raise InputDataError("config", "JSON-serializable values", str(err)) from None
         with self._transaction():
             row = self.conn.execute("SELECT value FROM meta WHERE key='config'").fetchone()
             default = None if row is None else json.loads(row[0])
@@ -333,7 +257,7 @@ class PreferenceStore:
         (A store written before per-rater configurations holds only the default one,
         which is that of its rater.)
         """
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"config/rater{int(rater)}",)).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"config/rater{_id('rater', rater)}",)).fetchone()
         if row is not None:
             return json.loads(row[0])
         default = self.config
@@ -363,7 +287,13 @@ class PreferenceStore:
         ``source`` labels where the items came from: one label for all, or `n`
         labels, one per item (e.g. ``"steered"`` / ``"explore"``).
         """
-        feats = torch.as_tensor(features).detach().to(torch.float64).cpu()
+        try:
+            raw = torch.as_tensor(plain_array(features)).detach()
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError("features", "an `n x d` array of real numbers", type(features).__name__) from None
+        if raw.is_complex() or raw.dtype == torch.bool:  # as PreferenceData refuses them: stored items are permanent
+            raise InputDataError("features", "real numbers", str(raw.dtype))
+        feats = raw.to(torch.float64).cpu()
         if feats.dim() != 2:
             raise InputDataError("features", "shape `n x d`", tuple(feats.shape))
         d = self.num_features
@@ -377,7 +307,7 @@ class PreferenceStore:
         if images is not None and images.shape[0] != feats.shape[0]:
             raise InputDataError("images", f"{feats.shape[0]} images (one per item)", images.shape[0])
         round = None if round is None else check_int("round", round, minimum=0)
-        rater = None if rater is None else check_int("rater", rater, minimum=0)
+        rater = None if rater is None else _id("rater", rater)
         sources = [source] * feats.shape[0] if isinstance(source, str) else list(source)
         if len(sources) != feats.shape[0]:
             raise InputDataError("source", f"one label or {feats.shape[0]} (one per item)", f"{len(sources)} labels")
@@ -398,7 +328,7 @@ class PreferenceStore:
     def round_items(self, *, rater: int, round: int) -> list[int]:
         """Indices of the items stored for ``rater``'s round ``round``, in index order."""
         rows = self.conn.execute("SELECT idx FROM items WHERE rater=? AND round=? ORDER BY idx",
-                                 (check_int("rater", rater, minimum=0), check_int("round", round, minimum=0))).fetchall()
+                                 (_id("rater", rater), check_int("round", round, minimum=0))).fetchall()
         return [int(r[0]) for r in rows]
 
     @property
@@ -441,7 +371,7 @@ class PreferenceStore:
         source's (JSON-serializable, see :meth:`source_state`) right after choosing
         this query; both are written in the query's transaction.
         """
-        round, rater = check_int("round", round, minimum=0), check_int("rater", rater, minimum=0)
+        round, rater = check_int("round", round, minimum=0), _id("rater", rater)
         if kind not in ("pair", "rating"):
             raise InputDataError("kind", "'pair' or 'rating'", kind)
         if (kind == "pair") != (item_b is not None):
@@ -466,6 +396,7 @@ class PreferenceStore:
 
     def record_answer(self, query_id: int, answer: str) -> None:
         """Write an answer durably (committed and synced before returning)."""
+        query_id = _id("query_id", query_id)
         row = self.conn.execute("SELECT kind FROM queries WHERE id=?", (query_id,)).fetchone()
         if row is None:
             raise InputDataError("query_id", "the id of a stored query", query_id)
@@ -485,7 +416,7 @@ class PreferenceStore:
         cond, args = [], []
         if rater is not None:
             cond.append("q.rater = ?")
-            args.append(rater)
+            args.append(_id("rater", rater))
         if answered is not None:
             cond.append("a.answer IS NOT NULL" if answered else "a.answer IS NULL")
         if cond:
@@ -494,14 +425,14 @@ class PreferenceStore:
 
     def query_rng_state(self, query_id: int) -> Tensor | None:
         """The RNG state stored with a query (None when none was stored)."""
-        row = self.conn.execute("SELECT rng_state FROM queries WHERE id=?", (query_id,)).fetchone()
+        row = self.conn.execute("SELECT rng_state FROM queries WHERE id=?", (_id("query_id", query_id),)).fetchone()
         if row is None or row[0] is None:
             return None
         return torch.from_numpy(np.frombuffer(row[0], dtype=np.uint8).copy())
 
     def finished_rounds(self, rater: int) -> set[int]:
         """Numbers of ``rater``'s rounds whose record is stored."""
-        return {r[0] for r in self.conn.execute("SELECT round FROM rounds WHERE rater=?", (rater,))}
+        return {r[0] for r in self.conn.execute("SELECT round FROM rounds WHERE rater=?", (_id("rater", rater),))}
 
     def pending_query(self, rater: int) -> StoredQuery | None:
         """The last query asked of ``rater`` and not yet answered (after a crash)."""
@@ -511,12 +442,12 @@ class PreferenceStore:
     def num_answers(self, rater: int | None = None) -> int:
         """How many answers are stored (of ``rater``); counted in SQL, as sessions ask every round."""
         sql = "SELECT COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id"
-        args = () if rater is None else (rater,)
+        args = () if rater is None else (_id("rater", rater),)
         return int(self.conn.execute(sql + (" WHERE q.rater = ?" if rater is not None else ""), args).fetchone()[0])
 
     def source_state(self, rater: int) -> dict[str, Any] | None:
         """The candidate source's state stored with ``rater``'s last query or finished round, or None."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"source_state/rater{int(rater)}",)).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"source_state/rater{_id('rater', rater)}",)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def _put_source_state(self, rater: int, state: dict[str, Any]) -> None:
@@ -527,10 +458,11 @@ class PreferenceStore:
     def finish_round(self, *, rater: int, round: int, metrics: dict[str, Any], rng_state: Tensor | None = None,
                      source_state: dict[str, Any] | None = None) -> None:
         """Record a finished round's metrics (and the source's state at its end, as in :meth:`add_query`)."""
+        rater, round = _id("rater", rater), check_int("round", round, minimum=0)
         blob = None if rng_state is None else rng_state.numpy().tobytes()
         with self._transaction():
             if source_state is not None:
-                self._put_source_state(int(rater), source_state)
+                self._put_source_state(rater, source_state)
             self.conn.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?)",
                 (rater, round, json.dumps(metrics, default=float), blob, time.time()),
@@ -538,7 +470,8 @@ class PreferenceStore:
 
     def rounds(self, rater: int) -> list[dict[str, Any]]:
         """``rater``'s finished rounds in order: ``{"round": r, **metrics}`` each."""
-        rows = self.conn.execute("SELECT round, metrics FROM rounds WHERE rater=? ORDER BY round", (rater,)).fetchall()
+        rows = self.conn.execute("SELECT round, metrics FROM rounds WHERE rater=? ORDER BY round",
+                                 (_id("rater", rater),)).fetchall()
         return [{"round": r, **json.loads(m)} for r, m in rows]
 
     # ---------------------------------------------------------- to the model
@@ -549,6 +482,8 @@ class PreferenceStore:
         ``exclude_rater`` leaves one rater's answers out (e.g. to build a new rater's
         prior from the others).
         """
+        if exclude_rater is not None:
+            exclude_rater = _id("exclude_rater", exclude_rater)
         comps, ties, crater, ratings, rrater = [], [], [], [], []
         for q in self.queries(rater=rater, answered=True):
             if exclude_rater is not None and q.rater == exclude_rater:
@@ -560,7 +495,7 @@ class PreferenceStore:
             else:
                 ratings.append([q.item_a, 1 if q.answer == "like" else -1])
                 rrater.append(q.rater)
-        multi = rater is None and len(set(crater + rrater)) > 1
+        multi = rater is None and any(crater + rrater)  # all rater 0: one person, no ids needed
         return PreferenceData(
             items=self.features(),
             comparisons=torch.tensor(comps, dtype=torch.long).reshape(-1, 2),

@@ -569,3 +569,21 @@ def test_acquisitions_resolve_a_posterior_its_view_and_a_botorch_model_alike(lin
     with pytest.raises(InputDataError) as err:
         botorch_qeubo(gp)
     assert str(err.value) == str(InputDataError("posterior", "a RewardPosterior or its as_botorch_model()", "PairwiseGP"))
+
+
+@pytest.mark.parametrize("acquisition", ["pair", "rating"])
+def test_logit_information_has_zero_gradient_where_the_answer_is_certain(sharp_post, acquisition):
+    """Items 1e3 apart along the reward make every draw's sigmoid round to 1: the information is 0
+    and so is its gradient (xlogy(1 - p, 1 - p) gave -inf x sigmoid'(x) = 0 x -inf = NaN there)."""
+    post, _ = sharp_post
+    w = post.mean("w")
+    X = (1e3 * torch.stack([w, -w]) / w.norm()).unsqueeze(0)  # `1 x 2 x 4`
+    if acquisition == "pair":
+        acq = PairwiseInformationGain(post)
+    else:
+        acq, X = RatingInformationGain(post, threshold=0.0), X[:, :1]
+    X.requires_grad_(True)
+    bits = acq(X)
+    (grad,) = torch.autograd.grad(bits.sum(), X)
+    assert bits.abs().max().item() < 1e-12
+    assert torch.equal(grad, torch.zeros_like(grad))

@@ -252,7 +252,7 @@ def test_run_active_learning_passes_fit_options_to_every_update():
     w = random_unit_vector(3, generator=gen)
     pool = torch.randn(30, 3, generator=gen, dtype=torch.float64)
     fits = []
-    run = run_active_learning(
+    run_active_learning(
         SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=4, num_samples=64, seed=0,
         fit_options={"refine_steps": 3}, callback=lambda t, post: fits.append(post),
     )
@@ -486,3 +486,75 @@ def test_optimize_queries_region_is_smooth_and_reports_the_step_value(region_set
 
     with pytest.raises(InputDataError, match="membership_softness.*'eig'"):
         make_acquisition("eig", post, membership_softness=0.1)
+
+
+def test_optimize_queries_over_a_box_where_answers_become_certain():
+    """Over a +-100 box most pairs have margins beyond ~37 (sigmoid = 1 exactly); the logit EIG's
+    gradient was NaN there and BoTorch raised OptimizationGradientError."""
+    gen = _gen(0)
+    pool = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(torch.ones(4, dtype=torch.float64)), pool, 200, generator=gen)
+    post = fit(LinearReward(), data, seed=0, num_samples=256)
+    bounds = torch.tensor([[-100.0] * 4, [100.0] * 4], dtype=torch.float64)
+    # The default 8 restarts from 256 raw samples: some start where every draw is certain.
+    X, values = optimize_queries(post, bounds, num_restarts=8, raw_samples=256, seed=0)
+    assert X.shape == (1, 2, 4) and bool(torch.isfinite(values).all()) and values.item() > 0
+
+
+def test_heldout_log_loss_of_a_user_who_ties_with_a_model_that_cannot():
+    """The user's tie is cut and its two strict answers renormalized (it crashed: 3 outcomes vs 2)."""
+    pool = torch.randn(30, 3, generator=_gen(0), dtype=torch.float64)
+    first, second = pool[:10], pool[10:20]
+    person = SimulatedUser([1.0, -1.0, 0.5], rationality=3.0, tie_margin=0.5, seed=0)
+    posts = []
+    run = run_active_learning(person, pool, num_queries=3, num_samples=64, heldout=(first, second),
+                              callback=lambda t, post: posts.append(post))
+    assert len(run.log_loss) == 3
+    truth = person.outcome_probabilities(first, second)  # `10 x 3`: first, second, tie
+    assert truth.shape == (10, 3) and float(truth[:, 2].sum()) > 0.1  # the user does tie
+    truth = truth[:, :2] / truth[:, :2].sum(-1, keepdim=True)
+    with torch.no_grad():
+        pred = posts[-1].outcome_probabilities(first, second).mean(0)  # `10 x 2`
+    assert run.log_loss[-1] == pytest.approx(float(-(truth * pred.log()).sum(-1).mean()), rel=1e-12)
+    # The opposite case (the model ties, the user cannot) keeps its behaviour: the model's tie is cut.
+    strict = SimulatedUser([1.0, -1.0, 0.5], rationality=3.0, seed=0)
+    tied = run_active_learning(strict, pool, model=LinearReward(ties=True), num_queries=2, num_samples=64,
+                               heldout=(first, second))
+    assert all(0 < loss < 5 for loss in tied.log_loss)
+
+
+def test_exposure_diversity_with_a_feature_constant_over_the_reference():
+    """A feature constant over the reference is left out: an offset in it moves no shown item to
+    another cell (its std clamped to 1e-12 made a 1e-3 offset 1e9 and put every item in one cell)."""
+    ref = torch.randn(200, 3, generator=_gen(0), dtype=torch.float64)
+    ref[:, 2] = 0.0
+    shown = ref[:40].clone()
+    before = exposure_diversity(shown, ref, num_cells=8)
+    assert before.coverage == 0.875
+    for offset in (1e-3, -5.0, 1e6):
+        shown[:, 2] = offset
+        assert exposure_diversity(shown, ref, num_cells=8) == before
+    # A nonzero constant has a rounding-level computed std (~1e-15), not 0: left out as well.
+    ref[:, 2], shown[:, 2] = 7.3, 7.3 + 1e-3
+    assert exposure_diversity(shown, ref, num_cells=8) == before
+    # Every feature constant: one cell, which every shown item is in.
+    flat = exposure_diversity(torch.randn(5, 3, generator=_gen(1), dtype=torch.float64), torch.ones(10, 3, dtype=torch.float64))
+    assert (flat.num_cells, flat.coverage, flat.num_shown) == (1, 1.0, 5)
+
+
+def test_select_queries_takes_numpy_and_tensor_numbers_for_screen_and_region(setup):
+    post, pool = setup
+    plain = select_queries(post, pool, k=2, screen=100)
+    assert torch.equal(select_queries(post, pool, k=2, screen=np.int64(100)).indices, plain.indices)
+    assert torch.equal(select_queries(post, pool, k=2, screen=torch.tensor(100)).indices, plain.indices)
+    region = select_queries(post, pool, strategy="region", region=0.9)
+    for value in (np.float64(0.9), torch.tensor(0.9, dtype=torch.float64)):
+        assert torch.equal(select_queries(post, pool, strategy="region", region=value).indices, region.indices)
+    for value in (np.float32(0.9), torch.tensor(0.9)):  # float32 0.9 is another quantile, but a valid one
+        assert select_queries(post, pool, strategy="region", region=value).indices.shape == (1, 2)
+    for bad in (0, -3, True, 2.5, "100"):
+        with pytest.raises(InputDataError, match="screen"):
+            select_queries(post, pool, screen=bad)
+    for bad in (1.0, 0, np.float32(1.5), torch.tensor([0.2, 0.9]), "top", True, float("nan")):
+        with pytest.raises(InputDataError, match="region"):
+            select_queries(post, pool, strategy="region", region=bad)

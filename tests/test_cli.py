@@ -64,6 +64,14 @@ def test_label_command_serves_several_raters_from_one_store(tmp_path):
     assert "Resuming" in out.getvalue() and "rater 1" in out.getvalue()
     with PreferenceStore(store, create=False) as s:
         assert s.num_answers(1) == 3 and s.num_answers(0) == 3
+    # Rater 0 began alone (LinearReward); resumed now that rater 1 has answered, the sitting switched to the
+    # hierarchical model, pulling rater 0's posterior toward rater 1 (resume now refuses another model).
+    back = iter(["2"])
+    out = io.StringIO()
+    assert label_main(common + ["--labels", "1"], read=lambda _: next(back), write=out) == 0
+    assert "Resuming" in out.getvalue() and "rater 0" in out.getvalue()
+    with PreferenceStore(store, create=False) as s:
+        assert s.num_answers(0) == 4 and s.rater_config(0)["model"].startswith("LinearReward")
 
 
 @pytest.fixture
@@ -132,7 +140,8 @@ def test_label_command_checks_rater_and_scale_before_loading_the_model(tmp_path,
 
     monkeypatch.setattr(papa_bayes.demo, "make_setup", no_model)
     store = tmp_path / "s.sqlite"
-    for args, field in ((["--rater", "-1"], "--rater"), (["--scale", "abc"], "--scale"), (["--recommend", "-2"], "--recommend"),
+    for args, field in ((["--rater", "-1"], "--rater"), (["--rater", str(2**63)], "--rater"),
+                        (["--seed", str(2**32)], "--seed"), (["--scale", "abc"], "--scale"), (["--recommend", "-2"], "--recommend"),
                         (["--labels", "0", "--recommend", "4"], "--recommend: expected answers of rater 0")):
         with pytest.raises(InputDataError, match=field):
             label_main(["--store", str(store), *args], read=lambda _: "q", write=io.StringIO())
@@ -298,3 +307,26 @@ def test_one_rater_answers_in_one_terminal_at_a_time(tmp_path, capsys, no_model)
             main(["label", "--store", str(store), "--rater", "1"])
     finally:
         holder.communicate("")
+
+
+def test_label_refuses_another_feature_map_of_the_same_dimension(tmp_path):
+    """A store begun through the API (as `papa-bayes demo` writes one) records no label options: a new rater's
+    `--features midblock` passed the dimension check (8 = 8) against pixel-PCA items and mixed two spaces."""
+    from papa_bayes.demo import make_setup
+    from papa_bayes.diffusion.candidates import DiffusionCandidates
+    from papa_bayes.exceptions import InputDataError
+    from papa_bayes.labeling import main as label_main
+    from papa_bayes.session import PreferenceSession
+    from papa_bayes.users import CallbackUser
+
+    setup = make_setup(features="pca")
+    source = DiffusionCandidates(setup.model, setup.feature_map, setup.guard, pool_steps=4, scale=0.5, num_base=32)
+    store = tmp_path / "demo.db"
+    PreferenceSession(store, source, CallbackUser(lambda a, b: 0)).close()
+    with pytest.raises(InputDataError, match=r"--features: expected the feature map of the items in .*\(pca, "):
+        label_main(["--store", str(store), "--rater", "1", "--features", "midblock", "--labels", "0"],
+                   read=lambda _: "q", write=io.StringIO())
+    with PreferenceStore(store, create=False) as s:
+        assert s.rater_config(1) is None  # refused before anything was written
+    assert label_main(["--store", str(store), "--rater", "1", "--features", "pca", "--labels", "0"],
+                      read=lambda _: "q", write=io.StringIO()) == 0

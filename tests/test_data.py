@@ -330,3 +330,78 @@ def test_to_json_names_a_path_that_is_no_path():
     data = PreferenceData(items=torch.zeros(2, 1), comparisons=[[0, 1]])
     with pytest.raises(InputDataError, match="^path: expected a path"):
         data.to_json(3)
+
+
+def test_the_data_do_not_share_memory_with_the_callers_arrays():
+    """Validated data held views of the caller's arrays: a NaN written afterwards, or a comparison edited
+    into a self-comparison, went into the 'frozen' data unchecked."""
+    import numpy as np
+
+    X, C = np.zeros((3, 2)), torch.tensor([[0, 1]])
+    data = PreferenceData(items=X, comparisons=C, ratings=torch.tensor([[2, 1]]))
+    X[0, 0], C[0, 1] = np.nan, 0
+    assert bool(torch.isfinite(data.items).all()) and data.comparisons.tolist() == [[0, 1]]
+    items = torch.zeros(3, 2, dtype=torch.float64)
+    data = PreferenceData(items=items, comparisons=[[0, 1]])
+    items[1, 1] = float("inf")
+    assert bool(torch.isfinite(data.items).all())
+    comparisons, _, frame = data.to_dataframe()
+    frame.iloc[0, 0], comparisons.iloc[0, 1] = float("nan"), 0
+    assert bool(torch.isfinite(data.items).all()) and data.comparisons.tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("field", ["comparisons", "ratings", "ties", "comparison_rater"])
+def test_an_empty_list_is_empty_data_not_a_dtype_error(field):
+    """`comparisons=[]` was refused: 'expected integer dtype, got torch.float32' ([] reads as float)."""
+    data = PreferenceData(items=torch.randn(3, 2), **{field: []})
+    assert data.num_observations == 0
+    assert PreferenceData(items=torch.randn(3, 2), comparisons=[], ratings=[[0, 1]]).num_ratings == 1
+
+
+def test_appending_one_kind_with_rater_ids_to_mixed_data_without_ids():
+    """Mixed data without ids took new ratings of rater 1 only when the comparisons got ids too: refused.
+    The rows that had none are rater 0, as the default says."""
+    data = PreferenceData(items=torch.randn(4, 2), comparisons=[[0, 1]], ratings=[[2, 1]])
+    more = data.append(ratings=[[3, -1]], rating_rater=1)
+    assert more.comparison_rater.tolist() == [0] and more.rating_rater.tolist() == [0, 1]
+    assert more.for_rater(1).ratings.tolist() == [[3, -1]]
+    more = data.append(comparisons=[[2, 3]], comparison_rater=2)
+    assert more.comparison_rater.tolist() == [0, 2] and more.rating_rater.tolist() == [0]
+
+
+def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    """to_json(path) wrote over the file in place: a save that failed half-way (a full disk) left a
+    fragment, and every answer in it was lost."""
+    import builtins
+
+    path = tmp_path / "answers.json"
+    data = PreferenceData(items=torch.randn(3, 2), comparisons=[[0, 1]])
+    data.to_json(path)
+    before = path.read_text()
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[:10])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: FullDisk(real_open(*a, **k)))
+    with pytest.raises(OSError, match="No space"):
+        data.append(comparisons=[[1, 2]]).to_json(path)
+    monkeypatch.undo()
+    assert path.read_text() == before and PreferenceData.from_json(path) == data
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.json"]  # no temporary file left behind
+    data.append(comparisons=[[1, 2]]).to_json(path)
+    assert PreferenceData.from_json(path).num_comparisons == 2

@@ -302,7 +302,7 @@ def _answers(d: int, m: int):
 def test_refinement_warns_when_its_importance_weights_collapse():
     """30 answers at d=16: Laplace is far off, about 8 of the 2,000 proposal draws carry the weight."""
     from papa_bayes.exceptions import PapaBayesWarning
-    from papa_bayes.inference.laplace import REFINE_MIN_ESS
+    from papa_bayes.inference.refine import REFINE_MIN_ESS
 
     with pytest.warns(PapaBayesWarning, match=r"weights of the 2000 proposal draws collapsed .*method='nuts'") as fitted:
         post = fit(LinearReward(), data := _answers(16, 30), refine_steps=20, seed=0)
@@ -322,7 +322,7 @@ def test_refinement_warns_when_its_importance_weights_collapse():
 
 def test_resample_move_rejects_weights_that_are_all_zero():
     from papa_bayes.exceptions import InferenceError
-    from papa_bayes.inference.laplace import resample_move
+    from papa_bayes.inference.refine import resample_move
     from papa_bayes.inference.unconstrained import UnconstrainedSpace
 
     X = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -391,6 +391,23 @@ def test_laplace_update_is_warm_started(rationality):
     new = data.append(comparisons=[[3, 4]])
     warm = post.update(new).diagnostics["newton_steps"]
     assert warm < fit(model, new, method="laplace", num_samples=64).diagnostics["newton_steps"]
+
+
+def test_warnings_of_a_package_run_as_a_program_name_its_outermost_line():
+    """Under ``python -m`` no user line calls in: the warning names the package's line, not runpy's."""
+    import os
+
+    import papa_bayes.checks as checks
+
+    program = os.path.join(os.path.dirname(checks.__file__), "_as_program.py")  # a file name inside the package
+    namespace = {"warnings": warnings, "caller_stacklevel": checks.caller_stacklevel}
+    exec(compile("def warn():\n    warnings.warn('x', UserWarning, stacklevel=caller_stacklevel())\n",
+                 program, "exec"), namespace)
+    for runner in ("<frozen runpy>", "/usr/lib/python3.11/runpy.py", __file__):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exec(compile("warn()\n", runner, "exec"), namespace)
+        assert caught[0].filename == (__file__ if runner == __file__ else program), runner
 
 
 def test_options_of_another_method_are_reported_not_dropped(recovery):

@@ -402,7 +402,7 @@ def test_a_rater_answers_in_one_process_at_a_time(tmp_path):
     first.run(1, progress_bar=False)
     first.close()  # releases the lock
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom papa_bayes.store import lock_rater\n"
+        [sys.executable, "-c", "import sys, time\nfrom papa_bayes.locks import lock_rater\n"
          "lock = lock_rater(sys.argv[1], 0)\nprint('held', flush=True)\ntime.sleep(120)", str(path)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -545,7 +545,7 @@ def _other_process_takes(path, rater):
 def test_closing_one_lock_keeps_the_others_of_the_process(tmp_path):
     """POSIX record locks belong to the process and go with the first file closed: closing rater 0's
     session released rater 1's lock of a session still running (and the CLI's own lock, taken twice)."""
-    from papa_bayes.store import lock_rater
+    from papa_bayes.locks import lock_rater
 
     source, user, _ = setup()
     path = tmp_path / "s.db"

@@ -223,3 +223,55 @@ def test_num_answers_counts_per_rater_and_skips_pending_queries(tmp_path):
         store.add_query(round=1, rater=0, kind="pair", item_a=2, item_b=3)  # asked, not answered
         assert (store.num_answers(), store.num_answers(0), store.num_answers(1), store.num_answers(2)) == (3, 2, 1, 0)
         assert store.num_answers(0) == len(store.queries(rater=0, answered=True))
+
+
+def test_numpy_and_tensor_ids_find_what_int_ids_find(tmp_path):
+    """SQLite stored a NumPy integer as a blob: every `rater = ?` matched nothing, silently."""
+    import numpy as np
+
+    with PreferenceStore(tmp_path / "s.db") as s:
+        s.add_items(torch.randn(3, 2, dtype=torch.float64))
+        q = s.add_query(round=0, rater=1, kind="pair", item_a=0, item_b=1)
+        s.record_answer(np.int64(q), "first")
+        s.finish_round(rater=np.int64(1), round=np.int64(0), metrics={"a": 1.0})
+        for r in (1, np.int64(1), torch.tensor(1)):
+            assert s.num_answers(r) == 1 and len(s.queries(rater=r)) == 1 and s.finished_rounds(r) == {0}
+            assert s.preference_data(rater=r).num_comparisons == 1 and s.rounds(r)[0]["a"] == 1.0
+            assert s.preference_data(exclude_rater=r).num_comparisons == 0
+        for bad in (-1, 1.0, 2**63, "1"):
+            with pytest.raises(InputDataError, match="rater"):
+                s.num_answers(bad)
+        with pytest.raises(InputDataError, match="query_id"):
+            s.record_answer(1.5, "first")
+
+
+def test_a_single_rater_keeps_their_id_in_the_data(tmp_path):
+    """Only rater 2 had answered: the data carried no ids, so for_rater(2) was empty and rater 0 had the answer."""
+    with PreferenceStore(tmp_path / "s.db") as s:
+        s.add_items(torch.randn(3, 2, dtype=torch.float64))
+        s.record_answer(s.add_query(round=0, rater=2, kind="pair", item_a=0, item_b=1), "second")
+        data = s.preference_data()
+        assert data.comparison_rater.tolist() == [2] and data.for_rater(2).comparisons.tolist() == [[1, 0]]
+        assert data.for_rater(0).num_comparisons == 0
+        s.record_answer(s.add_query(round=0, rater=0, kind="pair", item_a=1, item_b=2), "first")
+        assert s.preference_data().comparison_rater.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.ones(2, 2, dtype=torch.complex128), "real numbers"),
+    (torch.ones(2, 2, dtype=torch.bool), "real numbers"),
+    ([["a", "b"]], "an `n x d` array of real numbers"),
+])
+def test_items_that_are_not_real_numbers_are_refused(tmp_path, bad, match):
+    """Complex features lost their imaginary part, bools became 0/1, and text raised numpy's ValueError."""
+    with PreferenceStore(tmp_path / "s.db") as s:
+        with pytest.raises(InputDataError, match=f"features: expected {match}"):
+            s.add_items(bad)
+        assert s.num_items == 0
+
+
+def test_a_config_that_json_cannot_hold_is_refused(tmp_path):
+    with PreferenceStore(tmp_path / "s.db") as s:
+        with pytest.raises(InputDataError, match="config: expected JSON-serializable"):
+            s.set_config({"dtype": torch.float32}, rater=0)
+        assert s.config is None

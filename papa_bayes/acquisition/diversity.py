@@ -4,7 +4,8 @@ Active queries and steering can shrink what a person sees to one corner of the
 space (an echo chamber): their answers then say nothing about the rest. The metric
 partitions a reference set (e.g. unsteered base samples) into cells around
 ``num_cells`` centres chosen by farthest-point traversal (deterministic), assigns
-every shown item to its nearest centre (features standardized by the reference),
+every shown item to its nearest centre (features standardized by the reference;
+features constant over the reference left out, see :func:`exposure_diversity`),
 and reports:
 
 - ``coverage``: share of cells shown at least once;
@@ -76,6 +77,14 @@ def _entropy_bits(counts: Tensor) -> float:
 def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16) -> ExposureDiversity:
     """Coverage and entropy of what was shown, over cells of a reference set.
 
+    Features are centred on the reference mean and divided by the reference standard
+    deviation. A feature with no spread in the reference (a standard deviation below
+    1e-12 of its largest magnitude: rounding) is left out. Every centre has the same
+    value in it, so it adds the same amount to a shown item's distance to each centre
+    and cannot change which is nearest; kept, and divided by its rounding-level
+    spread, it turned a tiny offset into a distance of ~1e9 that swamped the other
+    features in floating point and sent every shown item to one cell.
+
     Args:
         shown: `m x d` features of the items shown (every item of every query).
         reference: `n x d` features of reference items (e.g. unsteered samples).
@@ -96,8 +105,14 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
         if not bool(torch.isfinite(value).all()):
             bad = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())
             raise InputDataError(name, "finite values", f"non-finite at index {bad}")
-    loc = reference.mean(0)
-    scale = reference.std(0).clamp(min=1e-12) if reference.shape[0] > 1 else torch.ones(d, dtype=torch.float64)
+    if reference.shape[0] > 1:
+        scale = reference.std(0)
+        # Relative: a constant column's computed std is rounding (~1e-16 x its value), not 0.
+        varies = scale > 1e-12 * reference.abs().amax(0)
+    else:  # one reference item: one cell whatever the features, nothing to standardize by
+        scale, varies = torch.ones(d, dtype=reference.dtype), torch.ones(d, dtype=torch.bool)
+    loc, scale = reference.mean(0)[varies], scale[varies]
+    reference, shown = reference[:, varies], shown[:, varies]
     ref = (reference - loc) / scale
     centres = ref[farthest_point_centres(ref, num_cells)]
     c = centres.shape[0]

@@ -67,12 +67,17 @@ def _logit_binary_information(margin: Tensor) -> Tensor:
     """BALD in bits of a logit answer with `s x batch` margins (fast path).
 
     H(sigmoid(x)) = softplus(x) - x sigmoid(x): one sigmoid and one softplus per entry.
+    Its gradient, -x sigmoid'(x), is finite for any finite x (0 where sigmoid rounds to 0 or 1).
     """
     p = torch.sigmoid(margin)
     conditional = (torch.nn.functional.softplus(margin) - p * margin).mean(0)
     pm = p.mean(0)
-    marginal = -(torch.special.xlogy(pm, pm) + torch.special.xlogy(1 - pm, 1 - pm))
-    return ((marginal - conditional) / LN2).clamp(min=0.0)
+    # Where every draw is certain, pm rounds to exactly 0 or 1 and xlogy's gradient there
+    # is -inf; times sigmoid'(x) = 0 that is NaN, which stops BoTorch's optimizer.
+    # entropy_bits clamps inside the log: same values, gradient 0. It acts on `batch`
+    # entries only, so it costs nothing beside the `s x batch` sigmoid and softplus.
+    marginal = entropy_bits(torch.stack([pm, 1 - pm], -1))
+    return (marginal - conditional / LN2).clamp(min=0.0)
 
 
 def comparison_information_gain(

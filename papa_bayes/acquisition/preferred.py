@@ -122,22 +122,24 @@ def region_thresholds(
         posterior: the reward posterior.
         pool_utility: `s x n` draws at a reference pool (needed for a quantile).
         region: ``"like"`` (the posterior's like threshold), a quantile in (0, 1)
-            of the utility over the pool, or ``"auto"`` (the like threshold when the
-            posterior has one, else the 0.75 quantile: the pool's top quarter).
+            of the utility over the pool (a Python or NumPy number, or a one-number
+            tensor), or ``"auto"`` (the like threshold when the posterior has one,
+            else the 0.75 quantile: the pool's top quarter).
     """
-    if region in ("like", "auto"):
+    # isinstance first: ``tensor in ("like", "auto")`` would compare a tensor with strings.
+    if isinstance(region, str) and region in ("like", "auto"):
         try:
             return posterior.like_threshold_draws().to(torch.float64)
         except ModelError:
             if region == "like":
                 raise
             region = 0.75
-    if not isinstance(region, (int, float)) or not 0.0 < float(region) < 1.0:
-        raise InputDataError("region", "'like', 'auto' or a quantile in (0, 1)", region)
+    # check_float takes NumPy floats and one-number tensors as well as Python numbers.
+    region = check_float("region", region, strict=True, maximum=1.0, expected="'like', 'auto' or a quantile in (0, 1)")
     if pool_utility is None:
         raise InputDataError("pool", "a reference pool `n x d` to place the region's quantile", None)
     pool_utility = check_pool_utility(posterior, pool_utility)
-    return torch.quantile(pool_utility.to(torch.float64), float(region), dim=-1)
+    return torch.quantile(pool_utility.to(torch.float64), region, dim=-1)
 
 
 def rating_threshold(posterior: RewardPosterior, pool_utility: Tensor | None) -> Tensor:

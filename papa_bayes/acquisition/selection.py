@@ -349,8 +349,8 @@ def select_queries(
         raise InputDataError("batch", "one of ('auto', 'joint', 'dpp', 'top')", batch)
     if batch == "joint" and strategy != "eig":
         raise InputDataError("batch", "'joint' only with strategy 'eig' (use 'dpp')", batch)
-    if screen is not None and (isinstance(screen, bool) or not isinstance(screen, int) or screen < 1):
-        raise InputDataError("screen", "a positive integer or None", screen)
+    if screen is not None:  # like k: NumPy integers and 0-d integer tensors count, bools do not
+        screen = check_int("screen", screen, expected="a positive integer or None")
     if (strategy in ("random", "thompson") or exploration > 0) and not isinstance(generator, torch.Generator):
         raise InputDataError(
             "generator", f"a torch.Generator (strategy {strategy!r} / exploration draw random numbers)",

@@ -38,7 +38,9 @@ class ActiveLearningRun:
         strategy: the selection strategy.
         alignment: cos(E[w], w*) (NaN without true weights).
         log_loss: held-out expected log-loss in nats, against the user's true
-            answer probabilities (NaN without held-out pairs).
+            answer probabilities (NaN without held-out pairs). When only one of
+            the user and the model allows a tie, it is scored on the two strict
+            answers: the side with a tie has it cut and the rest renormalized.
         regret: u*(best pool item) - u*(item with the highest posterior mean).
         information_bits: expected information about the reward of each query
             asked (MC BALD under the posterior it was chosen with); NaN for the
@@ -158,7 +160,10 @@ def run_active_learning(
         num_samples: posterior draws.
         num_initial: random pairs before the first selection (>= 1).
         true_weights: `d` w* for alignment; default ``user.weights``.
-        heldout: (first `h x d`, second `h x d`) held-out pairs for log-loss.
+        heldout: (first `h x d`, second `h x d`) held-out pairs for log-loss. If
+            the user can tie (``tie_margin > 0``) and the model cannot, or the
+            reverse, the log-loss is over the strict answers (first, second)
+            only, each side's probabilities of those two renormalized to sum to 1.
         seed: seeds the initial pairs and the strategy's randomness.
         select_options: extra keyword arguments of :func:`select_queries` (not
             ``strategy``, ``k`` or ``generator``, which the run sets).
@@ -258,8 +263,18 @@ def _record(run, post, pool, w_true, u_pool, best, heldout, truth_probs) -> None
         else:
             run.alignment.append(math.nan)
         if heldout is not None:
-            pred = post.outcome_probabilities(*heldout).mean(0)[..., : truth_probs.shape[-1]]
-            pred = pred / pred.sum(-1, keepdim=True)
-            run.log_loss.append(float(-(truth_probs * pred.clamp(min=1e-12).log()).sum(-1).mean()))
+            pred = post.outcome_probabilities(*heldout).mean(0)
+            # Outcomes are (first, second[, tie]); a log-loss needs the same outcomes on
+            # both sides, so a tie only one side allows is cut from that side.
+            shared = min(pred.shape[-1], truth_probs.shape[-1])
+            pred, truth = _renormalized(pred, shared), _renormalized(truth_probs, shared)
+            run.log_loss.append(float(-(truth * pred.clamp(min=1e-12).log()).sum(-1).mean()))
         else:
             run.log_loss.append(math.nan)
+
+
+def _renormalized(probs: Tensor, num_outcomes: int) -> Tensor:
+    """The first ``num_outcomes`` answer probabilities of `h x o` ``probs``, rescaled to sum to 1: `h x num_outcomes`."""
+    kept = probs[..., :num_outcomes]
+    # A pair whose every kept outcome has probability 0 (a certain tie) scores 0, not 0/0.
+    return kept / kept.sum(-1, keepdim=True).clamp(min=torch.finfo(kept.dtype).tiny)

@@ -12,7 +12,6 @@ pairs are calibrated.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -192,7 +191,9 @@ def simulation_based_calibration(
             for level in LEVELS:
                 covered[site][level].append(interval_coverage(draws, truth[site], level=level))
         a, b, a_won = heldout
-        probs.append(post.preference_probability(items[a], items[b]).detach())
+        # The held-out answers are rater 0's (the simulated data carry no rater ids); a hierarchical
+        # posterior's default is the population's utility, which would score them against another person.
+        probs.append(post.preference_probability(items[a], items[b], rater=0).detach())
         outcomes.append(a_won)
         seconds.append(float(post.diagnostics.get("fit_seconds", float("nan"))))
         diagnostics.append({k: v for k, v in post.diagnostics.items() if isinstance(v, (int, float))})

@@ -30,7 +30,7 @@ from papa_bayes.diffusion.sampler import sample
 from papa_bayes.diffusion.scale import _checked_scales, select_guidance_scale, select_recommendation_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.session import CandidateSource
+from papa_bayes.sources import Candidates, CandidateSource
 
 __all__ = ["DiffusionCandidates", "SESSION_SCALES"]
 
@@ -180,6 +180,8 @@ class DiffusionCandidates(CandidateSource):
             "min_probability": self.min_probability, "recommend_scale": self.recommend_scale,
             "recommend_target": self.recommend_target, "region_method": self.region_method,
             "num_features": self.num_features, "seed": self.seed,
+            "feature_map": {"kind": self.feature_map.kind or type(self.feature_map).__name__,
+                            "fingerprint": self.feature_map.fingerprint()},
         }
 
     def state(self) -> dict[str, Any]:
@@ -218,8 +220,6 @@ class DiffusionCandidates(CandidateSource):
         return g.with_scale(self._chosen_scale)
 
     def candidates(self, posterior: Any, n: int, *, exploration: float, generator: torch.Generator):
-        from papa_bayes.session import Candidates
-
         if n < 1:
             raise InputDataError("n", "at least 1 candidate", n)
         n_explore = n if posterior is None else int(round(exploration * n))
@@ -241,8 +241,6 @@ class DiffusionCandidates(CandidateSource):
         return Candidates(features, images, torch.tensor(flags))
 
     def recommend(self, posterior: Any, n: int, *, generator: torch.Generator):
-        from papa_bayes.session import Candidates
-
         g = self.guidance(posterior, generator=generator)
         region = g.objective if self.filter_quantile is None else g.objective.at_quantile(self.filter_quantile)
         probability = partial(region.region_probability, method=self.region_method)

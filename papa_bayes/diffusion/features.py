@@ -15,6 +15,7 @@ the model checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -51,6 +52,22 @@ class FeatureMap(torch.nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-able settings that, with the saved tensors, rebuild the map."""
         return {"num_features": self.num_features}
+
+    def fingerprint(self) -> str:
+        """A short hash of the map's kind, settings and tensors: two maps with the same one compute the same features.
+
+        Stored with a session (``DiffusionCandidates.config()``), so that items are never
+        mixed from two maps of one dimension (pixel PCA and mid-block features both have
+        8). Each tensor enters by its shape and at most 4,096 evenly spaced values, so
+        that a large encoder's weights cost milliseconds, not a pass over all of them.
+        """
+        h = hashlib.sha256(json.dumps([type(self).__name__, self.kind, self.config()], sort_keys=True,
+                                      default=str).encode())
+        for name, t in sorted(self.state_dict().items()):
+            flat = t.detach().reshape(-1)
+            h.update(f"{name}{tuple(t.shape)}".encode())
+            h.update(flat[:: max(1, flat.numel() // 4096)].to(torch.float64).cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def _check_output(self, out: Tensor, n: int) -> Tensor:
         if not isinstance(out, Tensor) or tuple(out.shape) != (n, self.num_features):
@@ -444,6 +461,11 @@ def load_feature_map(
     if kind == "midblock":
         if model is None:
             raise InputDataError("model", "the DiffusionModel whose mid-block the map reads", None)
+        # Without its statistics the map would read as fitted with identity whitening: other features, silently.
+        missing = sorted({"mean", "components", "std"} - set(tensors))
+        if missing:
+            raise InputDataError("directory", "a mid-block map's `feature_map.safetensors` with mean, components "
+                                 "and std", f"{str(root)} without {missing}")
         fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"],
                                 whiten=config.get("whiten", True))
         for name, value in tensors.items():

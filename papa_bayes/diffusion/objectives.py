@@ -56,8 +56,8 @@ class PosteriorObjective:
 
     Raises:
         InputDataError: when the feature map's dimension differs from the posterior's,
-            the posterior has no draws, or on an unknown ``kind`` / bad ``kappa``,
-            ``temperature`` or ``threshold``.
+            the posterior has no draws (fewer than 2 for ``"ucb"``), or on an unknown
+            ``kind`` / bad ``kappa``, ``temperature`` or ``threshold``.
 
     Example:
         A posterior fitted to a simulated person's ratings of base samples, on the
@@ -106,6 +106,9 @@ class PosteriorObjective:
         num_draws = posterior.num_draws
         if isinstance(num_draws, bool) or not isinstance(num_draws, numbers.Integral) or num_draws < 1:
             raise InputDataError("posterior", "a RewardPosterior with num_draws >= 1", num_draws)
+        if kind == "ucb" and num_draws < 2:  # the standard deviation of one draw is NaN: guidance failed mid-sampling
+            raise InputDataError("posterior", "num_draws >= 2 for kind='ucb' (its optimism is the draws' standard "
+                                 "deviation)", num_draws)
         kappa = check_float("kappa", kappa)
         temperature = check_float("temperature", temperature, strict=True)
         self.posterior = posterior

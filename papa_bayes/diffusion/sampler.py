@@ -7,14 +7,16 @@ fine-tuners need the trajectory, so the loop is ours. Each step:
    ``x0`` and noise ``eps`` (any ``prediction_type``);
 2. when a :class:`~papa_bayes.diffusion.guidance.Guidance` acts at this step, it
    shifts ``x0`` by a normalized gradient of its objective and ``eps`` is re-derived
-   from ``x_t`` so both stay consistent (the shift then accumulates over the
-   trajectory in proportion to the log signal-to-noise range it spans, independent of
-   the number of steps);
+   from ``x_t`` so both stay consistent; the share of each shift that survives the
+   scheduler's step (:func:`step_gains`, per scheduler and ``eta``) sets the
+   guidance's normalizer, so that its scale is the total displacement whatever the
+   number of steps and the scheduler;
 3. the scheduler's own ``step`` moves ``x_t`` to the previous timestep.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from papa_bayes.exceptions import InputDataError
 if TYPE_CHECKING:  # pragma: no cover
     from papa_bayes.diffusion.guidance import Guidance
 
-__all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output", "step_gains"]
+__all__ = ["SamplerOutput", "sample", "split_model_output", "join_model_output", "step_gains", "guidance_generator"]
 
 #: What :func:`sample` calls on a guidance.
 _GUIDANCE_HOOKS = ("begin_trajectory", "begin_batch", "acts_at", "guide", "final_objective")
@@ -106,23 +108,80 @@ def join_model_output(x0: Tensor, eps: Tensor, alpha_bar: Tensor, prediction_typ
     return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
 
 
-def step_gains(scheduler, alphas: Tensor) -> Tensor:
+def step_gains(scheduler, alphas: Tensor, *, eta: float = 0.0) -> Tensor:
     """`T` share of a clean-sample shift at each step that survives into the next state.
 
     Shifting the predicted ``x0`` by ``delta`` with the noise re-derived from ``x_t``
-    moves the next state's own clean-sample estimate by ``kappa * delta`` with
-    ``kappa = 1 - sqrt(SNR_t / SNR_prev)`` (SNR = alpha_bar / (1 - alpha_bar)).
+    moves the next state ``x_prev`` by ``sqrt(a_prev) * kappa * delta``, i.e. its own
+    clean-sample estimate by ``kappa * delta`` (``a`` the cumulative alphas at the
+    step's timestep and at the one the scheduler steps to):
+
+    - DDIM (Song et al. 2021, eq. 12): ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``
+      with ``sigma^2 = eta^2 (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)``, so
+      ``kappa = 1 - sqrt((1 - a_prev - sigma^2) / a_prev) * sqrt(a_t / (1 - a_t))``
+      (``1 - sqrt(SNR_t / SNR_prev)`` at ``eta = 0``);
+    - DDPM (Ho et al. 2020, eq. 7): the posterior mean weighs ``x0`` by
+      ``sqrt(a_prev) (1 - a_t / a_prev) / (1 - a_t)``, so
+      ``kappa = (1 - a_t / a_prev) / (1 - a_t)`` (DDIM's at ``eta = 1``).
+
     Guidance divides by the sum of the gains of its steps, so that its scale is the
-    total displacement per value, whatever the number of steps.
+    total displacement per value, whatever the number of steps and the scheduler.
+
+    Args:
+        scheduler: a DDIM or DDPM scheduler after ``set_timesteps``.
+        alphas: `num_train_timesteps` cumulative alphas of its noise schedule.
+        eta: DDIM stochasticity in `[0, 1]`; ignored by DDPM (as by its ``step``).
+
+    Returns:
+        `T` gains in `[0, 1]` (float64, on the CPU), in the order of ``scheduler.timesteps``.
+
+    Raises:
+        InputDataError: on an ``eta`` outside `[0, 1]`.
     """
-    timesteps = scheduler.timesteps
-    final = getattr(scheduler, "final_alpha_cumprod", None)
-    final = torch.tensor(1.0) if final is None else torch.as_tensor(final)
-    a_t = alphas[timesteps.to(alphas.device)].to(torch.float64)
-    a_prev = torch.cat([a_t[1:], final.to(a_t).reshape(1)])
-    snr_t = a_t / (1 - a_t)
-    snr_prev = a_prev / (1 - a_prev).clamp_min(1e-20)
-    return (1 - (snr_t / snr_prev).sqrt()).clamp(0, 1).cpu()
+    from diffusers import DDPMScheduler
+
+    eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
+    alphas = alphas.detach().to("cpu", torch.float64)
+    timesteps = scheduler.timesteps.detach().to("cpu").long()
+    # The timestep each step goes to, as the scheduler's own `step` finds it, and the
+    # cumulative alpha it reads there (past the first timestep: 1, or DDIM's final one).
+    if isinstance(scheduler, DDPMScheduler):
+        prev = [int(scheduler.previous_timestep(t)) for t in scheduler.timesteps]
+        final = 1.0
+    else:
+        ratio = int(scheduler.config.num_train_timesteps) // int(scheduler.num_inference_steps)
+        prev = (timesteps - ratio).tolist()
+        final = float(getattr(scheduler, "final_alpha_cumprod", 1.0))
+    a_t = alphas[timesteps]
+    a_prev = torch.tensor([float(alphas[p]) if p >= 0 else final for p in prev], dtype=torch.float64)
+    if isinstance(scheduler, DDPMScheduler):
+        gains = (1 - a_t / a_prev) / (1 - a_t)
+    else:
+        variance = eta ** 2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        gains = 1 - ((1 - a_prev - variance).clamp_min(0) / a_prev).sqrt() * (a_t / (1 - a_t)).sqrt()
+    return gains.clamp(0, 1)
+
+
+def guidance_generator(generator: torch.Generator | None) -> torch.Generator:
+    """A generator for a guidance's own randomness (Thompson draws), derived from ``generator``'s state.
+
+    The derived generator is seeded by a hash of the caller's current state (the
+    global CPU one when ``generator`` is None), which it does not advance: the
+    guidance's draws then neither shift the sampler's noise stream (so guidance that
+    never acts reproduces unguided sampling, DDPM included) nor share its values
+    (a copy of the state would correlate the draws with the initial noise).
+
+    Args:
+        generator: the sampler's generator, or None.
+
+    Returns:
+        A fresh torch.Generator on ``generator``'s device (the CPU when None).
+    """
+    state = generator.get_state() if generator is not None else torch.get_rng_state()
+    digest = hashlib.sha256(b"papa_bayes.guidance" + state.cpu().numpy().tobytes()).digest()
+    seed = int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _check_generator(generator: object, model: DiffusionModel) -> None:
@@ -136,7 +195,14 @@ def _check_generator(generator: object, model: DiffusionModel) -> None:
 
 def check_sampling_arguments(model: Any, num_samples: Any, num_inference_steps: Any,
                              generator: Any) -> tuple[int, int]:
-    """A sampling run's model, counts and generator, checked before any work: ``(num_samples, num_inference_steps)``."""
+    """A sampling run's model, counts and generator, checked before any work: ``(num_samples, num_inference_steps)``.
+
+    Raises:
+        InputDataError: on a ``model`` that is not a DiffusionModel, counts that are
+            not integers >= 1, a ``num_inference_steps`` whose timesteps would run past
+            the last training timestep (a ``steps_offset``) or start in the lower half
+            of the noise schedule, or a bad ``generator``.
+    """
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel (wrap a diffusers UNet2DModel and scheduler in PixelDiffusion)",
                              type(model).__name__)
@@ -145,8 +211,27 @@ def check_sampling_arguments(model: Any, num_samples: Any, num_inference_steps: 
     num_train = int(model.scheduler.config.num_train_timesteps)
     if num_inference_steps > num_train:
         raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
+    timesteps = _timesteps(model, num_inference_steps)
+    if int(timesteps.max()) >= num_train:  # a steps_offset shifts "leading" timesteps past the last one
+        offset = int(model.scheduler.config.get("steps_offset", 0))
+        raise InputDataError("num_inference_steps", f"at most num_train_timesteps - steps_offset = "
+                             f"{num_train - offset} with this scheduler", num_inference_steps)
+    if int(timesteps[0]) < num_train // 2:
+        # The loop starts from pure noise at the first timestep: "leading" spacing puts a single step at
+        # t = 0, where the denoiser reads the noise as an almost clean sample and returns it nearly unchanged.
+        spacing = model.scheduler.config.get("timestep_spacing", "leading")
+        raise InputDataError("num_inference_steps", f"a count whose first timestep lies in the upper half of the "
+                             f"{num_train} training timesteps (at least 2 with timestep_spacing {spacing!r}; "
+                             f"this count starts at t = {int(timesteps[0])})", num_inference_steps)
     _check_generator(generator, model)
     return num_samples, num_inference_steps
+
+
+def _timesteps(model: DiffusionModel, num_inference_steps: int) -> Tensor:
+    """`T` timesteps the model's scheduler runs for ``num_inference_steps``, in order (on the CPU)."""
+    scheduler = model.new_scheduler()
+    scheduler.set_timesteps(num_inference_steps)
+    return scheduler.timesteps
 
 
 def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
@@ -174,13 +259,16 @@ def sample(
         model: the diffusion model (its device and dtype are used).
         num_samples: how many samples.
         num_inference_steps: denoising steps, at most the scheduler's
-            ``num_train_timesteps`` (less its ``steps_offset``, if any).
+            ``num_train_timesteps`` (less its ``steps_offset``, if any), and enough
+            that the first one lies in the upper half of the training timesteps (at
+            least 2 with the default "leading" spacing, whose single step is t = 0).
         guidance: a :class:`~papa_bayes.diffusion.guidance.Guidance`; None samples
             the base model.
         generator: on the CPU or the model's device; seeds the initial noise,
             stochastic steps and any per-sample randomness of the guidance
-            (Thompson draws). Same generator state, same samples (on the same
-            device and library versions).
+            (Thompson draws, from :func:`guidance_generator`, which leaves the
+            noise stream as unguided sampling draws it). Same generator state,
+            same samples (on the same device and library versions).
         eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
             variance); ignored by DDPM.
         batch_size: samples denoised at once.
@@ -194,7 +282,8 @@ def sample(
     Raises:
         InputDataError: on a ``model`` that is not a DiffusionModel, a
             ``num_samples``/``num_inference_steps``/``batch_size`` that is not an
-            integer >= 1, more steps than training timesteps, an ``eta`` outside
+            integer >= 1, more steps than training timesteps or too few to start
+            in the upper half of them, an ``eta`` outside
             `[0, 1]`, an ``initial_noise`` of the wrong shape or not finite, a
             ``generator`` that is not a torch.Generator on the CPU or the model's
             device, or a ``guidance`` that is not a Guidance.
@@ -216,16 +305,13 @@ def sample(
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = scheduler.timesteps
-    num_train = int(model.scheduler.config.num_train_timesteps)
-    if int(timesteps.max()) >= num_train:  # a steps_offset shifts "leading" timesteps past the last one
-        offset = int(model.scheduler.config.get("steps_offset", 0))
-        raise InputDataError("num_inference_steps", f"at most num_train_timesteps - steps_offset = "
-                             f"{num_train - offset} with this scheduler", num_inference_steps)
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    # Derived before any draw, from the generator as passed; it never advances `generator`.
+    guidance_gen = guidance_generator(generator) if guidance is not None else None
     if initial_noise is None:
         initial_noise = _initial_noise(shape, generator, device, dtype)
     if guidance is not None:
-        guidance.begin_trajectory(step_gains(scheduler, alphas))
+        guidance.begin_trajectory(step_gains(scheduler, alphas, eta=eta))
     step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
     images, samples, trajectories, objectives = [], [], [], []
     norms = torch.zeros(len(timesteps), dtype=torch.float64)
@@ -235,7 +321,7 @@ def sample(
         x = initial_noise[start:start + batch_size].to(device, dtype)
         batch_model = model.for_samples(start, start + x.shape[0], num_samples)  # per-sample conditioning sliced
         if guidance is not None:
-            guidance.begin_batch(x.shape[0], generator=generator, device=device)
+            guidance.begin_batch(x.shape[0], generator=guidance_gen, device=device)
         traj = [x.detach()] if return_trajectory else None
         for i, t in enumerate(timesteps):
             a_t = alphas[t]

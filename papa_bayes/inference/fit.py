@@ -15,19 +15,13 @@ import torch
 from torch import Tensor
 
 from papa_bayes.inference.mcmc_util import chain_results
-from papa_bayes.checks import caller_stacklevel, check_bool, check_float
+from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
-from papa_bayes.inference.laplace import (
-    importance_log_weights,
-    integrated_laplace,
-    laplace_draws,
-    laplace_mode,
-    mixture_moments,
-    resample_move,
-)
+from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, laplace_mode, mixture_moments
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.inference.pyro_posterior import PyroPosterior
+from papa_bayes.inference.refine import importance_log_weights, resample_move
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
 from papa_bayes.models.base import PyroRewardModel
 
@@ -82,8 +76,8 @@ def fit(
             few %. Where Laplace is far off (30 answers at d=16; a hierarchical
             model with few raters) the importance weights collapse onto a few
             draws and it warns (``refine_ess`` below
-            :data:`~papa_bayes.inference.laplace.REFINE_MIN_ESS`, or fewer than
-            :data:`~papa_bayes.inference.laplace.REFINE_MIN_DRAWS` effective draws):
+            :data:`~papa_bayes.inference.refine.REFINE_MIN_ESS`, or fewer than
+            :data:`~papa_bayes.inference.refine.REFINE_MIN_DRAWS` effective draws):
             use NUTS there.
             Cost: an update at m=200, d=8, 256 draws takes 78 ms instead of 15.
             Kept by :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
@@ -138,7 +132,7 @@ def fit(
     method = "laplace" if method is None else method
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
-    _check_refine_steps(refine_steps, method)
+    refine_steps = _check_refine_steps(refine_steps, method)
     if method == "nuts" and num_samples is not None and num_samples < 4:
         raise InputDataError("num_samples", "an integer >= 4 for NUTS (split R-hat halves each chain)", num_samples)
     if progress_bar is None:
@@ -169,12 +163,18 @@ def prior_posterior(
     first answers. Exact for Gaussian priors (e.g. ``LinearReward(rationality=1.0)``);
     the Laplace approximation of the prior otherwise. ``refine_steps`` as in
     :func:`fit` (kept by the updates).
+
+    Raises:
+        InputDataError: ``data`` holds answers (fit them with :func:`fit`).
     """
     if not isinstance(model, PyroRewardModel):
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     check_preference_data(data)
-    _check_refine_steps(refine_steps, "laplace")
+    refine_steps = _check_refine_steps(refine_steps, "laplace")
     check_fit_options(num_samples=num_samples, seed=seed)
+    if data.num_observations:  # conditioning on them would return a posterior under the prior's name
+        raise InputDataError("data", "items without answers (the prior is before any answer; fit() uses them)",
+                             f"{data.num_comparisons} comparisons and {data.num_ratings} ratings")
     # fit's defaults; not fit itself, which refuses data without answers.
     opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
                 learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
@@ -201,11 +201,11 @@ def check_fit_options(**options: Any) -> None:
             raise InputDataError(name, bound + ("" if required else " or None (the default)"), value)
 
 
-def _check_refine_steps(refine_steps: Any, method: str) -> None:
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
-        raise InputDataError("refine_steps", "a non-negative integer", refine_steps)
+def _check_refine_steps(refine_steps: Any, method: str) -> int:
+    refine_steps = check_int("refine_steps", refine_steps, minimum=0, expected="a non-negative integer")
     if refine_steps and method != "laplace":
         raise InputDataError("refine_steps", "0 unless method='laplace' (NUTS and SVI are not Gaussian draws)", refine_steps)
+    return refine_steps
 
 
 def update_posterior(post: PyroPosterior, data: PreferenceData) -> PyroPosterior:

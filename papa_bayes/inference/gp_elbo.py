@@ -343,7 +343,8 @@ def train_elbo(
 
     Data that fit in one batch: full-batch L-BFGS over everything. Larger data:
     minibatches, natural-gradient steps on ``q`` with Adam on the hyperparameters
-    (``optimizer="ngd"``, the default) or Adam on everything (``"adam"``).
+    (``optimizer="ngd"``, the default) or Adam on everything (``"adam"``; not on
+    updates, ``new_rows``, which always take natural-gradient steps on ``q``).
     """
     if optimizer not in ("auto", "ngd", "adam"):
         raise InputDataError("optimizer", "'auto', 'ngd' or 'adam'", optimizer)
@@ -367,7 +368,10 @@ def train_elbo(
         losses = _lbfgs(_trainable(gp, lik), lambda: objective(all_c, 1.0, all_r, 1.0), steps)
         optimizer = "lbfgs"
     else:
-        optimizer = "ngd" if optimizer == "auto" else optimizer
+        # An update fits q by natural gradients whatever ``optimizer`` says: Adam moves each coordinate by
+        # about its learning rate per step, too little in an update's 100 steps to take in new answers
+        # (measured: P(a > b) 0.0003 -> 0.0005 after 50 new answers for a, against 0.95 refitted).
+        optimizer = "ngd" if optimizer == "auto" or new_rows is not None else optimizer
         gen = _generator(seed + 3 + 104729 * (td.m + td.k))
         num_always = (0, 0) if new_rows is None else (td.m - new_rows[0], td.k - new_rows[1])
         pre: list[float] = []

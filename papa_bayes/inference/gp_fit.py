@@ -158,7 +158,9 @@ def fit_preference_gp(
         learning_rate: Adam's, for the hyperparameters (decayed tenfold over the run).
         natural_lr: step size of the natural-gradient steps on ``q`` (minibatches).
         optimizer: minibatch optimizer: ``"auto"``/``"ngd"`` (natural gradients on
-            ``q``, Adam on hyperparameters) or ``"adam"`` (Adam on everything).
+            ``q``, Adam on hyperparameters) or ``"adam"`` (Adam on everything; an
+            online ``update`` still takes natural-gradient steps on ``q``, as Adam's
+            few steps would barely move it).
         warmup_steps: NUTS warm-up per chain (default 200).
         num_chains: NUTS chains, run one after another.
         progress_bar: NUTS progress bar (None, the default: on, as in Pyro's ``MCMC``).

@@ -98,8 +98,21 @@ class PyroPosterior(RewardPosterior):
         return derived[site]
 
     def log_likelihood(self, data: PreferenceData | None = None) -> dict[str, Tensor]:
-        """Pointwise log-likelihood per draw of ``data`` (default the fitted data): site -> `s x m`."""
+        """Pointwise log-likelihood per draw of ``data`` (default the fitted data): site -> `s x m`.
+
+        Raises:
+            ModelError: ``data`` holds a kind of answer whose parameter the fit never
+                saw: ratings without a like/dislike threshold, or comparisons of a tie
+                model without a tie strength (fitted on ratings only).
+        """
         data = self.data if data is None else check_data(data, self.num_features)
+        name = type(self.model).__name__
+        if data.num_ratings and "threshold" not in self.params:
+            raise ModelError(f"{name} posterior has no like/dislike threshold to score ratings with: fit it on data "
+                             "with ratings.")
+        if getattr(self.model, "ties", False) and data.num_comparisons and "tie_strength" not in self.params:
+            raise ModelError(f"{name} posterior has no tie strength to score comparisons with: fit it on data with "
+                             "comparisons.")
         return self.model.log_likelihood(self.params, data)
 
     def update(self, data: PreferenceData) -> PyroPosterior:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-import torch
 import torch.distributions as tdist
 from torch import Tensor
 
 from papa_bayes.data import PreferenceData, check_preference_data
-from papa_bayes.exceptions import InputDataError
 
 __all__ = ["PyroRewardModel", "check_model_data"]
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from papa_bayes.checks import check_bool, check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.base import PyroRewardModel, check_model_data
 from papa_bayes.models.likelihoods import (
     check_link,

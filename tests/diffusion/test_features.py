@@ -100,6 +100,15 @@ def test_missing_feature_map_folder_raises(tmp_path):
         load_feature_map(tmp_path / "nowhere")
 
 
+def test_a_midblock_map_without_its_statistics_is_ours_to_reject(pixel_model, images, tmp_path):
+    """It loaded as fitted with identity whitening: other features than the saved map's, silently."""
+    mid = MidBlockFeatures(pixel_model, timestep=80, num_features=3).fit(images)
+    save_feature_map(mid, tmp_path / "mid")
+    (tmp_path / "mid" / "feature_map.safetensors").unlink()
+    with pytest.raises(InputDataError, match="^directory:.*mean, components and std.*without"):
+        load_feature_map(tmp_path / "mid", model=pixel_model)
+
+
 def test_pca_rejects_too_many_components(images):
     with pytest.raises(InputDataError, match="num_features"):
         PCAFeatures.fit(images[:3], num_features=5)
@@ -248,3 +257,16 @@ def test_a_feature_map_json_missing_a_setting_is_ours_to_reject(tmp_path):
     (path / "feature_map.json").write_text(json.dumps(config))
     with pytest.raises(InputDataError, match=r"^feature_map.json:.*without \['num_features'\]"):
         load_feature_map(path, fn=fn)
+
+
+def test_fingerprints_tell_maps_of_one_dimension_apart():
+    """Pixel PCA and mid-block maps both give 8 features; a session's config must still tell them apart."""
+    from papa_bayes.diffusion import DEFAULT_CHECKPOINT, load_base_model, load_feature_map
+
+    model = load_base_model()
+    pca, mid = load_feature_map(), load_feature_map(DEFAULT_CHECKPOINT / "midblock_features", model=model)
+    assert pca.num_features == mid.num_features and pca.fingerprint() != mid.fingerprint()
+    assert load_feature_map().fingerprint() == pca.fingerprint()  # the same map loaded again
+    refit = load_feature_map()
+    refit.components.data[0, 0] += 1e-3  # one value changed: another map
+    assert refit.fingerprint() != pca.fingerprint()

@@ -595,3 +595,48 @@ def test_fine_tuners_and_guided_sampling_are_fixed_by_their_generator(pixel_mode
         draws.append(sample(pixel_model, 4, guidance=guidance, num_inference_steps=3, generator=gen(seed),
                             progress_bar=False).images)
     assert float((draws[0] - draws[1]).abs().max()) <= 1e-5 < float((draws[0] - draws[2]).abs().max())
+
+
+def test_a_distilled_latent_models_cfg_scale_survives_its_checkpoint(make_latent_model, tmp_path):
+    """load_finetuned copied the base's cfg_scale 3 onto the distilled denoiser: CFG applied twice after reloading."""
+    import json
+
+    base = make_latent_model(cfg_scale=3.0, negative_encoder_hidden_states=torch.zeros(1, 3, 8))
+    distilled = distill_guidance(base, Guidance(lambda x: x.sum((1, 2, 3)), clamp=None), num_samples=2,
+                                 num_inference_steps=2, steps=1, batch_size=2, generator=gen(0), progress_bar=False)
+    path = save_finetuned(distilled, tmp_path / "distilled", info={"method": "distill_guidance"})
+    loaded = load_finetuned(path, base=base)
+    assert loaded.cfg_scale == 1.0 and base.cfg_scale == 3.0
+    kw = dict(num_inference_steps=2, progress_bar=False)
+    torch.testing.assert_close(sample(loaded, 2, generator=gen(1), **kw).images,
+                               sample(distilled, 2, generator=gen(1), **kw).images)
+    # a checkpoint written before cfg_scale was recorded: a distilled model's is 1.0, another's the base's
+    record = json.loads((path / "finetune.json").read_text())
+    del record["cfg_scale"]
+    (path / "finetune.json").write_text(json.dumps(record))
+    assert load_finetuned(path, base=base).cfg_scale == 1.0
+    record["info"] = {"method": "papa"}
+    (path / "finetune.json").write_text(json.dumps(record))
+    assert load_finetuned(path, base=base).cfg_scale == 3.0
+    # a saved scale the base has no negative embeddings for
+    record["cfg_scale"] = 2.0
+    (path / "finetune.json").write_text(json.dumps(record))
+    with pytest.raises(InputDataError, match="^base:.*negative_encoder_hidden_states.*cfg_scale = 2.0"):
+        load_finetuned(path, base=make_latent_model())
+
+
+def test_load_finetuned_without_base_keeps_the_saved_scheduler_config(pixel_model, tmp_path):
+    """Without base, the scheduler was rebuilt from the training config: clip_sample=True was dropped."""
+    from diffusers import DDIMScheduler
+
+    from papa_bayes.diffusion import PixelDiffusion
+
+    scheduler = DDIMScheduler.from_config(pixel_model.scheduler.config, clip_sample=True,
+                                          timestep_spacing="trailing")
+    clipped = PixelDiffusion(pixel_model.unet, scheduler)
+    loaded = load_finetuned(save_finetuned(clipped, tmp_path / "clipped"))
+    assert type(loaded.scheduler) is DDIMScheduler
+    assert loaded.scheduler.config.clip_sample and loaded.scheduler.config.timestep_spacing == "trailing"
+    kw = dict(num_inference_steps=3, progress_bar=False)
+    torch.testing.assert_close(sample(loaded, 3, generator=gen(2), **kw).images,
+                               sample(clipped, 3, generator=gen(2), **kw).images)

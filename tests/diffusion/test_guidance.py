@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from papa_bayes.diffusion import Guidance, PCAFeatures, PosteriorObjective, sample
+from papa_bayes.diffusion.sampler import guidance_generator
 from papa_bayes.exceptions import InputDataError, ModelError
 
 
@@ -38,7 +39,7 @@ def test_guidance_increases_objective_over_unguided(pixel_model, base_and_pca, p
     kwargs = dict(num_inference_steps=4, progress_bar=False)
     plain = sample(pixel_model, 16, generator=gen(1), **kwargs)
     guided = sample(pixel_model, 16, guidance=Guidance(objective, scale=0.5, mode=mode), generator=gen(1), **kwargs)
-    objective.begin_batch(16, generator=gen(1))  # same Thompson draws as the guided run's first batch
+    objective.begin_batch(16, generator=guidance_generator(gen(1)))  # the guided run's Thompson draws
     with torch.no_grad():
         before = objective(plain.images).mean()
     assert float(guided.objective.mean()) > float(before) + 0.05
@@ -292,3 +293,13 @@ def test_objective_inputs_are_checked(base_and_pca, posterior, make_posterior):
             objective.begin_batch(**kwargs)
     with pytest.raises(InputDataError, match="^values:"):
         objective.push_weight([0.5])
+
+
+def test_ucb_needs_two_posterior_draws(base_and_pca, make_posterior):
+    """A 1-draw posterior's standard deviation is NaN: UCB guidance failed mid-sampling with a ModelError."""
+    _, pca = base_and_pca
+    single = make_posterior(torch.randn(1, 4, generator=gen(0)))
+    with pytest.raises(InputDataError, match="^posterior: expected num_draws >= 2 for kind='ucb'.*got 1"):
+        PosteriorObjective(single, pca, kind="ucb")
+    for kind in ("mean", "thompson"):  # one draw is enough for these
+        PosteriorObjective(single, pca, kind=kind)

@@ -190,3 +190,83 @@ def test_progress_flags_are_true_or_false_everywhere(pixel_model, tmp_path):
             with pytest.raises(InputDataError, match="^progress_bar: expected True or False"):
                 fn(bad)
     assert not (tmp_path / "base").exists()  # train_base_model refused before writing
+
+
+class _ZeroNoiseDenoiser(torch.nn.Module):
+    """Predicts zero noise everywhere: the state's clean estimate ``x_t / sqrt(a_t)`` is carried through unchanged,
+    so whatever guidance adds to the final sample is exactly what its shifts left after each scheduler step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(sample_size=4, in_channels=1, cross_attention_dim=None)
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # gives the model a device and dtype
+
+    def forward(self, x, t):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("num_inference_steps", [10, 50])
+@pytest.mark.parametrize(("kind", "eta"), [("ddim", 0.0), ("ddpm", 0.0), ("ddim", 0.5), ("ddim", 1.0)])
+def test_guidance_scale_is_the_total_shift_per_value_whatever_the_scheduler(kind, eta, num_inference_steps):
+    """Was 1.375 (DDPM, 10 steps), 1.626 (DDPM, 50), 1.079 (DDIM eta 0.5): DDIM's eta-0 gain was used for all."""
+    from papa_bayes.diffusion import Guidance, PixelDiffusion, make_sampling_scheduler
+
+    model = PixelDiffusion(_ZeroNoiseDenoiser(), make_sampling_scheduler(kind=kind))
+    guidance = Guidance(lambda x: x.flatten(1).sum(1), scale=1.0, window=(0.0, 1.0), clamp=None)
+    kw = dict(num_inference_steps=num_inference_steps, eta=eta, progress_bar=False)
+    guided = sample(model, 3, guidance=guidance, generator=gen(0), **kw).samples
+    plain = sample(model, 3, generator=gen(0), **kw).samples  # same noise: the difference is the guidance's
+    shift = guided - plain
+    torch.testing.assert_close(shift, torch.ones_like(shift), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(("kind", "eta"), [("ddpm", 0.0), ("ddim", 1.0)])
+def test_thompson_guidance_that_never_acts_samples_as_unguided(make_pixel_model, make_posterior, kind, eta):
+    """Thompson draws came from the sampler's generator even at scale 0 and shifted the noise of every DDPM step."""
+    from papa_bayes.diffusion import Guidance, PCAFeatures, PosteriorObjective
+
+    model = make_pixel_model(kind)
+    pca = PCAFeatures.fit(torch.randn(16, 1, 8, 8, generator=gen(1)), num_features=3)
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(2))), pca, kind="thompson")
+    kw = dict(num_inference_steps=3, eta=eta, batch_size=2, progress_bar=False)
+    guided = sample(model, 4, guidance=Guidance(objective, scale=0.0), generator=gen(3), **kw)
+    plain = sample(model, 4, generator=gen(3), **kw)
+    assert torch.equal(guided.images, plain.images)
+    again = sample(model, 4, guidance=Guidance(objective, scale=1.0), generator=gen(3), **kw)  # acting: still seeded
+    assert torch.equal(again.images, sample(model, 4, guidance=Guidance(objective, scale=1.0), generator=gen(3),
+                                            **kw).images)
+
+
+def test_guidance_generator_is_fixed_by_the_callers_state_and_leaves_it_alone():
+    from papa_bayes.diffusion.sampler import guidance_generator
+
+    caller = gen(4)
+    state = caller.get_state()
+    first = torch.randint(0, 1000, (8,), generator=guidance_generator(caller))
+    assert torch.equal(caller.get_state(), state)  # not advanced
+    assert torch.equal(first, torch.randint(0, 1000, (8,), generator=guidance_generator(gen(4))))
+    assert not torch.equal(first, torch.randint(0, 1000, (8,), generator=guidance_generator(gen(5))))
+
+
+def test_a_single_leading_step_is_ours_to_reject(make_pixel_model):
+    """One step of "leading" spacing ran at t = 0 only and returned almost the starting noise."""
+    from diffusers import DDIMScheduler
+
+    from papa_bayes.diffusion import PixelDiffusion
+    from papa_bayes.diffusion.sampler import check_sampling_arguments
+
+    for kind in ("ddim", "ddpm"):
+        model = make_pixel_model(kind)
+        with pytest.raises(InputDataError, match="^num_inference_steps:.*upper half.*t = 0"):
+            sample(model, 2, num_inference_steps=1, progress_bar=False)
+        with pytest.raises(InputDataError, match="^num_inference_steps:"):  # the scale rules check the same way
+            check_sampling_arguments(model, 2, 1, None)
+        assert sample(model, 2, num_inference_steps=2, progress_bar=False).timesteps[0] >= 500
+    # "trailing" spacing puts a single step at the last timestep: a valid (if coarse) sampler
+    trailing = PixelDiffusion(model.unet, DDIMScheduler.from_config(model.scheduler.config,
+                                                                    timestep_spacing="trailing"))
+    assert sample(trailing, 2, num_inference_steps=1, progress_bar=False).timesteps.tolist() == [999]

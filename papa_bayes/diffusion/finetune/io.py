@@ -1,9 +1,10 @@
 """Checkpoints of fine-tuned models, in the base checkpoint's layout.
 
 A folder holds ``unet/`` (diffusers ``save_pretrained``, safetensors),
-``scheduler/`` (the model's sampling scheduler), ``finetune.json`` (what was saved
-and any caller's notes) and, when given, ``features/`` (a feature map). A pixel
-model's folder is also a valid :func:`~papa_bayes.diffusion.load_base_model` path.
+``scheduler/`` (the model's sampling scheduler), ``finetune.json`` (what was saved,
+a latent model's ``cfg_scale`` and any caller's notes) and, when given, ``features/``
+(a feature map). A pixel model's folder is also a valid
+:func:`~papa_bayes.diffusion.load_base_model` path.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import torch
 
-from papa_bayes.checks import check_device, check_float_dtype, check_path, read_json_object
+from papa_bayes.checks import check_device, check_float, check_float_dtype, check_path, read_json_object
 from papa_bayes.diffusion.base import load_base_model, reading_checkpoint
 from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder"]
@@ -97,6 +98,10 @@ def save_finetuned(
         "dtype": str(model.dtype).replace("torch.", ""),
         "info": dict(info or {}),
     }
+    if isinstance(model, LatentDiffusion):
+        # A distilled denoiser learned its base's classifier-free guidance (cfg_scale 1.0);
+        # the base's own scale, applied again on loading, would double it.
+        record["cfg_scale"] = float(model.cfg_scale)
     (root / _INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return root
 
@@ -120,16 +125,19 @@ def load_finetuned(
 
     Returns:
         The model, frozen and in eval mode, with the saved sampling scheduler (its
-        class too, whatever ``base`` samples with; ``base``'s class only when the
-        saved one is not a diffusers scheduler).
+        class and config too, whatever ``base`` samples with; ``base``'s class only
+        when the saved one is not a diffusers scheduler). A latent model gets the
+        saved ``cfg_scale`` (1.0 for a distilled model saved without one), not
+        ``base``'s.
 
     Raises:
         InputDataError: when ``path`` holds no saved denoiser (or unreadable or
             missing weights, an unreadable ``finetune.json`` or scheduler config),
             ``base`` is not a DiffusionModel or not of the kind the checkpoint was
-            saved from, a latent model is loaded without ``base``,
-            or on a device this machine does not have or a ``dtype`` that is not a
-            floating-point torch.dtype.
+            saved from, a latent model is loaded without ``base``, a saved
+            ``cfg_scale`` that is not a number >= 0 or that ``base`` has no negative
+            embeddings for, or on a device this machine does not have or a ``dtype``
+            that is not a floating-point torch.dtype.
     """
     if base is not None and not isinstance(base, DiffusionModel):
         raise InputDataError("base", "None or a DiffusionModel", type(base).__name__)
@@ -158,20 +166,55 @@ def load_finetuned(
     if base is None:
         if record.get("model", "PixelDiffusion") != "PixelDiffusion":
             raise InputDataError("base", f"the {record['model']} the checkpoint was fine-tuned from", None)
-        return load_base_model(root, scheduler=kind, device=device, dtype=dtype)
+        model = load_base_model(root, scheduler=kind, device=device, dtype=dtype)
+        if "scheduler" not in record:  # not saved by save_finetuned: a base checkpoint, read as load_base_model does
+            return model
+        # load_base_model rebuilds a sampler from the training config (clip_sample=False);
+        # the saved sampling scheduler is the model's own, clipping and spacing included.
+        with reading_checkpoint(root):
+            scheduler = _saved_scheduler(root, record, fallback=type(model.scheduler))
+        return model if scheduler is None else PixelDiffusion(model.unet, scheduler)
+    cfg_scale = _saved_cfg_scale(record, base)
     model = copy.copy(base)
     with reading_checkpoint(root):
         unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
-        config = root / "scheduler" / "scheduler_config.json"
-        if config.is_file():
-            name = record.get("scheduler") or _saved_class_name(config)
-            scheduler_class = _scheduler_class(name, fallback=type(base.scheduler))
-            model.scheduler = scheduler_class.from_pretrained(root / "scheduler", local_files_only=True)
+        scheduler = _saved_scheduler(root, record, fallback=type(base.scheduler))
+        if scheduler is not None:
+            model.scheduler = scheduler
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
+    if cfg_scale is not None:
+        model.cfg_scale = cfg_scale
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
         if next(model.vae.parameters()).device != torch.device(device):
             model.vae = copy.deepcopy(model.vae).to(device)
     return model
+
+
+def _saved_scheduler(root: Path, record: Mapping[str, Any], *, fallback: type) -> Any:
+    """The scheduler saved in ``root / "scheduler"`` (its class as recorded, else as its config names it), or None."""
+    config = root / "scheduler" / "scheduler_config.json"
+    if not config.is_file():
+        return None
+    name = record.get("scheduler") or _saved_class_name(config)
+    return _scheduler_class(name, fallback=fallback).from_pretrained(root / "scheduler", local_files_only=True)
+
+
+def _saved_cfg_scale(record: Mapping[str, Any], base: DiffusionModel) -> float | None:
+    """The classifier-free guidance scale a latent checkpoint samples with (None for pixel models).
+
+    Files written before ``cfg_scale`` was recorded hold none: a distilled model's is
+    1.0 (its denoiser learned the guidance), any other's the base's.
+    """
+    if not isinstance(base, LatentDiffusion):
+        return None
+    info = record.get("info")
+    distilled = isinstance(info, Mapping) and info.get("method") == "distill_guidance"
+    saved = record.get("cfg_scale", 1.0 if distilled else base.cfg_scale)
+    cfg_scale = check_float("path", saved, expected="a checkpoint whose `finetune.json` cfg_scale is a number >= 0")
+    if cfg_scale != 1.0 and base.negative_encoder_hidden_states is None:
+        raise InputDataError("base", f"a LatentDiffusion with negative_encoder_hidden_states (the checkpoint samples "
+                             f"with cfg_scale = {cfg_scale})", None)
+    return cfg_scale
 
 
 def _saved_class_name(config: Path) -> Any:

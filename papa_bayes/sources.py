@@ -1,0 +1,110 @@
+"""Where a session's candidates come from: the :class:`CandidateSource` protocol and a fixed pool.
+
+A source hands the session `n` candidates per round (:class:`Candidates`: features,
+optional images, which ones were steered by the posterior) and recommends samples
+from the preferred region. :class:`FeaturePool` draws from a fixed set of feature
+vectors; :class:`~papa_bayes.diffusion.DiffusionCandidates` samples a diffusion model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from papa_bayes.checks import plain_array
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.inference import RewardPosterior
+
+__all__ = ["Candidates", "CandidateSource", "FeaturePool"]
+
+
+@dataclass
+class Candidates:
+    """A pool of candidates: `n x d` features, optional `n x ...` images, `n` steered flags."""
+
+    features: Tensor
+    images: Tensor | None
+    steered: Tensor
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+class CandidateSource(Protocol):
+    """Where candidates come from: a steerable sampler, or a fixed pool of items."""
+
+    num_features: int
+
+    def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float, generator: torch.Generator) -> Candidates:
+        """`n` candidates, a share ``exploration`` of them unsteered."""
+        raise NotImplementedError
+
+    def recommend(self, posterior: RewardPosterior, n: int, *, generator: torch.Generator) -> Candidates:
+        """`n` samples steered into the preferred region."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable description, stored with the session."""
+        raise NotImplementedError
+
+    # Optional: a source whose choices depend on its own history (e.g. a guidance
+    # scale re-chosen every few pools) also has ``state() -> dict`` (JSON-serializable)
+    # and ``load_state(dict)``; the session stores the state with each query and
+    # finished round and restores it on resume.
+
+
+class FeaturePool(CandidateSource):
+    """Candidates drawn from a fixed set of feature vectors (no images).
+
+    Steered candidates are the items a posterior draw ranks highest (one Thompson
+    draw per candidate, so the steered share stays diverse); exploration draws
+    uniformly.
+
+    Args:
+        items: `N x d` features.
+    """
+
+    def __init__(self, items: Tensor) -> None:
+        try:
+            self.items = torch.as_tensor(plain_array(items), dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputDataError("items", "an `N x d` array of real numbers", type(items).__name__) from None
+        if self.items.dim() != 2 or self.items.shape[0] < 2:
+            raise InputDataError("items", "shape `N x d` with N >= 2", tuple(self.items.shape))
+        if not bool(torch.isfinite(self.items).all()):
+            bad = int((~torch.isfinite(self.items)).any(1).nonzero()[0])
+            raise InputDataError("items", "finite features", f"a NaN or infinite value in row {bad}")
+        self.num_features = self.items.shape[1]
+
+    def candidates(self, posterior, n, *, exploration, generator):
+        N = self.items.shape[0]
+        n = min(n, N)
+        n_explore = n if posterior is None else int(round(exploration * n))
+        chosen = torch.randperm(N, generator=generator)[:n_explore].tolist()
+        steered = []
+        if n - n_explore > 0:
+            u = posterior.utility(self.items)  # s x N
+            draws = torch.randint(0, u.shape[0], (4 * n,), generator=generator)
+            for s in draws.tolist():
+                for i in torch.argsort(u[s], descending=True).tolist():
+                    if i not in chosen and i not in steered:
+                        steered.append(i)
+                        break
+                if len(steered) == n - n_explore:
+                    break
+        idx = torch.tensor(chosen + steered, dtype=torch.long)
+        flags = torch.tensor([False] * len(chosen) + [True] * len(steered))
+        return Candidates(self.items[idx], None, flags)
+
+    def recommend(self, posterior, n, *, generator):
+        if n > self.items.shape[0]:
+            raise InputDataError("n", f"at most the pool's {self.items.shape[0]} items", n)
+        mean = posterior.utility(self.items).mean(0)
+        idx = torch.argsort(mean, descending=True)[:n]
+        return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool))
+
+    def config(self):
+        return {"kind": "FeaturePool", "num_items": int(self.items.shape[0]), "num_features": self.num_features}

@@ -1,0 +1,174 @@
+"""What a session checks before it writes: the user's answers, a resumed session's model and source,
+and the random stream that an exact resume depends on."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from papa_bayes.exceptions import InputDataError
+from papa_bayes.models import LinearReward
+from papa_bayes.session import FeaturePool, PreferenceSession
+from papa_bayes.store import PreferenceStore
+from papa_bayes.users import CallbackUser
+
+sys.path.insert(0, str(Path(__file__).parent))
+from session_worker import setup  # noqa: E402
+
+
+class _Answers:
+    """A user (any object with compare/rate will do) whose answers are given values."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def compare(self, first, second):
+        return self.value
+
+    def rate(self, x):
+        return self.value
+
+
+@pytest.mark.parametrize("query_type, answer", [
+    ("rating", torch.tensor([0.9])),  # stored as 'dislike' (int(0.9) == 0)
+    ("rating", torch.tensor([0])),
+    ("rating", torch.tensor([float("nan")])),
+    ("rating", "like"),
+    ("pair", (torch.tensor([float("nan")]), torch.tensor([0.0]))),  # stored as 'first' (bool(nan))
+    ("pair", (torch.tensor([0.5]), torch.tensor([False]))),
+    ("pair", (torch.tensor([True, False]), torch.tensor([False, False]))),
+    ("pair", torch.tensor([True])),
+])
+def test_an_answer_that_is_not_one_is_refused_before_it_is_stored(tmp_path, query_type, answer):
+    """A custom user's answer was stored as whatever int() or bool() made of it, for good: answers are
+    never overwritten. It is refused, naming the method; the query stays pending and is asked again."""
+    source, user, _ = setup()
+    session = PreferenceSession(tmp_path / "s.db", source, _Answers(answer), query_type=query_type, pool_size=8)
+    method = "compare" if query_type == "pair" else "rate"
+    with pytest.raises(InputDataError, match=f"user.{method}"):
+        session.step()
+    assert session.store.num_answers() == 0 and len(session.store.queries(answered=False)) == 1
+    session.user = user  # a user who answers properly finishes the open round with the same query
+    record = session.step()
+    assert record.round == 0 and session.store.num_answers() == 1
+    assert len(session.store.queries()) == 1
+
+
+@pytest.mark.parametrize("query_type, answer, stored", [
+    ("pair", (True, False), "first"), ("pair", (0, 1), "tie"), ("pair", (torch.tensor([0.0]), [False]), "second"),
+    ("rating", torch.tensor([-1]), "dislike"), ("rating", 1.0, "like"),
+])
+def test_answers_in_other_plain_forms_are_read(tmp_path, query_type, answer, stored):
+    source, _, _ = setup()
+    session = PreferenceSession(tmp_path / "s.db", source, _Answers(answer), query_type=query_type, pool_size=8,
+                                model=LinearReward(rationality=1.0, ties=query_type == "pair"))
+    assert session.step().query.answer == stored
+
+
+def test_resume_refuses_another_model_or_source(tmp_path):
+    """Resumed with another model (or none: the default), or another pool, the session went on silently."""
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    model = LinearReward(rationality=1.0, ties=True)
+    PreferenceSession(path, source, user, model=model, pool_size=8).run(2, progress_bar=False)
+    with pytest.raises(InputDataError, match="model: expected the session's model, LinearReward.*ties=True"):
+        PreferenceSession.resume(path, source, user, model=LinearReward(link="probit"))
+    with pytest.raises(InputDataError, match="model"):
+        PreferenceSession.resume(path, source, user)  # the default model is not the session's
+    other_pool = FeaturePool(torch.randn(100, 4, dtype=torch.float64))
+    with pytest.raises(InputDataError, match="source: expected the session's source"):
+        PreferenceSession.resume(path, other_pool, user, model=model)
+    session = PreferenceSession.resume(path, source, user, model=LinearReward(rationality=1.0, ties=True))
+    assert session.step().round == 2  # the same model, rebuilt, continues (the failed resumes released the lock)
+
+
+def test_a_model_without_a_repr_of_its_own_is_compared_by_class(tmp_path):
+    class Custom(LinearReward):
+        __repr__ = object.__repr__
+
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    PreferenceSession(path, source, user, model=Custom(rationality=1.0), pool_size=8).run(1, progress_bar=False)
+    PreferenceSession.resume(path, source, user, model=Custom(rationality=1.0)).close()
+    with pytest.raises(InputDataError, match="model"):
+        PreferenceSession.resume(path, source, user, model=LinearReward(rationality=1.0))
+
+
+def test_recommendations_leave_the_session_stream_alone(tmp_path):
+    """recommend() drew from the session's generator: a session that looked at recommendations asked other
+    questions than its resumed copy (which never saw them). They draw from (seed, round) now."""
+
+    from papa_bayes.sources import Candidates
+
+    class DrawingPool(FeaturePool):  # recommends as DiffusionCandidates does: by drawing
+        def recommend(self, posterior, n, *, generator):
+            idx = torch.randperm(self.items.shape[0], generator=generator)[:n]
+            return Candidates(self.items[idx], None, torch.ones(n, dtype=torch.bool))
+
+    _, user, _ = setup()
+    items = setup()[0].items
+    asked = []
+    for look in (False, True):
+        session = PreferenceSession(tmp_path / f"s{look}.db", DrawingPool(items), user, pool_size=8, seed=4)
+        session.run(2, progress_bar=False)
+        if look:
+            first = session.recommend(3).features
+            assert torch.equal(first, session.recommend(3).features)  # same answers, same recommendation
+        session.run(2, progress_bar=False)
+        asked.append([(q.item_a, q.item_b) for q in session.store.queries()])
+        session.close()
+    assert asked[0] == asked[1]
+
+
+def test_a_step_retried_after_a_failure_before_its_query_draws_the_same_pool(tmp_path, monkeypatch):
+    """select_queries failed once: the retried step stored a second pool under the round and asked other
+    questions than an uninterrupted session. It rewinds the random state, as resume() would."""
+    import papa_bayes.session as session_module
+
+    source, user, _ = setup()
+    clean = PreferenceSession(tmp_path / "clean.db", source, user, pool_size=8, seed=2)
+    clean.run(4, progress_bar=False)
+    session = PreferenceSession(tmp_path / "s.db", source, user, pool_size=8, seed=2)
+    session.run(2, progress_bar=False)
+    original, calls = session_module.select_queries, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("selection failed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "select_queries", fails_once)
+    with pytest.raises(RuntimeError, match="selection failed"):
+        session.step()
+    session.run(2, progress_bar=False)
+    assert session.store.num_items == clean.store.num_items == 4 * 8
+    assert [(q.item_a, q.item_b, q.answer) for q in session.store.queries()] == \
+        [(q.item_a, q.item_b, q.answer) for q in clean.store.queries()]
+
+
+def test_a_new_rater_with_a_source_of_another_dimension_is_refused_before_anything_is_stored(tmp_path):
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    PreferenceSession(path, source, user, pool_size=8).run(1, progress_bar=False)
+    with pytest.raises(InputDataError, match="source: expected a source of the store's 4 features, got 3"):
+        PreferenceSession(path, FeaturePool(torch.randn(20, 3)), user, rater=1)
+    with PreferenceStore(path, create=False) as store:
+        assert store.raters() == [0] and store.rater_config(1) is None
+
+
+def test_finetune_options_that_cannot_be_stored_are_refused_before_the_store_is_created(tmp_path):
+    source, user, _ = setup()
+    with pytest.raises(InputDataError, match="finetune_options: expected JSON-serializable"):
+        PreferenceSession(tmp_path / "s.db", source, user, finetune_options={"dtype": torch.float32})
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_a_callback_user_session_still_works_with_plain_int_answers(tmp_path):
+    source, _, w = setup()
+    session = PreferenceSession(tmp_path / "s.db", source, CallbackUser(lambda a, b: 0 if float(a @ w) > float(b @ w)
+                                                                        else 1), pool_size=8)
+    assert session.step().query.answer in ("first", "second")
