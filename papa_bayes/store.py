@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,9 @@ class PreferenceStore:
         create: create the file when missing (default True); an existing file is
             always opened, never recreated.
 
+    A store may be used from any thread (as a web server's worker threads answer),
+    one at a time as a session is; its writes are serialized.
+
     Raises:
         InputDataError: a ``path`` that is not a str or os.PathLike.
         StoreError: the file is corrupt, not a papa_bayes store, or from a newer schema;
@@ -159,7 +163,11 @@ class PreferenceStore:
             self._check_header()
         conn = None
         try:
-            conn = self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            # Any thread may use the store (a web server answers in its worker threads); the lock keeps
+            # one transaction at a time on the shared connection.
+            self._lock = threading.RLock()
+            conn = self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0,
+                                               check_same_thread=False)
             if exists:  # read-only checks first: journal_mode=WAL would rewrite a foreign file's header
                 self._check_existing()
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -209,19 +217,27 @@ class PreferenceStore:
             raise StoreError(f"{self.path} lacks tables {sorted(missing)}; it is corrupt or incomplete.")
 
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
+        def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+            self.conn, self.lock = conn, lock
 
         def __enter__(self):
-            self.conn.execute("BEGIN IMMEDIATE")
+            self.lock.acquire()
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.lock.release()
+                raise
             return self.conn
 
         def __exit__(self, exc_type, exc, tb):
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            try:
+                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.lock.release()
             return False
 
     def _transaction(self) -> PreferenceStore._Tx:
-        return PreferenceStore._Tx(self.conn)
+        return PreferenceStore._Tx(self.conn, self._lock)
 
     # --------------------------------------------------------------- config
     def set_config(self, config: dict[str, Any], *, rater: int | None = None) -> None:

@@ -172,3 +172,23 @@ def test_a_callback_user_session_still_works_with_plain_int_answers(tmp_path):
     session = PreferenceSession(tmp_path / "s.db", source, CallbackUser(lambda a, b: 0 if float(a @ w) > float(b @ w)
                                                                         else 1), pool_size=8)
     assert session.step().query.answer in ("first", "second")
+
+
+def test_a_session_steps_in_another_thread(tmp_path):
+    """Created in one thread and stepped in another (a web server's worker): sqlite3 refused."""
+    import threading
+
+    source, user, _ = setup()
+    session = PreferenceSession(tmp_path / "s.db", source, user, pool_size=8)
+    outcome = []
+
+    def step():
+        try:
+            outcome.append(session.step())
+        except Exception as err:  # noqa: BLE001 (the test reports it)
+            outcome.append(err)
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    thread.join()
+    assert outcome[0].query.answer is not None and session.store.num_answers() == 1

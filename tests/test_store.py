@@ -275,3 +275,29 @@ def test_a_config_that_json_cannot_hold_is_refused(tmp_path):
         with pytest.raises(InputDataError, match="config: expected JSON-serializable"):
             s.set_config({"dtype": torch.float32}, rater=0)
         assert s.config is None
+
+
+def test_a_store_is_usable_from_other_threads(tmp_path):
+    """A web server answers in worker threads: the store raised sqlite3's ProgrammingError ('objects created
+    in a thread can only be used in that same thread'). Writes from several threads are serialized."""
+    import threading
+
+    with PreferenceStore(tmp_path / "s.db") as s:
+        s.add_items(torch.randn(4, 2, dtype=torch.float64))
+        ids = [s.add_query(round=r, rater=0, kind="pair", item_a=0, item_b=1) for r in range(40)]
+        errors = []
+
+        def answer(part):
+            try:
+                for q in part:
+                    s.record_answer(q, "first")
+                    s.add_query(round=100, rater=1, kind="rating", item_a=2)
+            except Exception as err:  # noqa: BLE001 (reported below)
+                errors.append(err)
+
+        threads = [threading.Thread(target=answer, args=(ids[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and s.num_answers(0) == 40 and len(s.queries(rater=1)) == 40
