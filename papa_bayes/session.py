@@ -110,7 +110,8 @@ class PreferenceSession:
             ``compare(first, second) -> (first_won, tie)`` and/or ``rate(x) -> +1/-1``,
             on images (when the source has them) or features.
         model: the reward model (default ``LinearReward(rationality=1.0)``: a
-            Gaussian prior, so the Laplace update is exact at the start). A
+            Gaussian prior with the rationality fixed, so an update is one Newton
+            solve, without the rationality grid). A
             ``HierarchicalLinearReward`` pools the raters of the store (see above).
         query_type: ``"pair"`` or ``"rating"`` (like/dislike).
         strategy: an acquisition strategy of :func:`~papa_bayes.acquisition.select_queries`.

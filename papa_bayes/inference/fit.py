@@ -79,7 +79,8 @@ def fit(
             :data:`~papa_bayes.inference.refine.REFINE_MIN_ESS`, or fewer than
             :data:`~papa_bayes.inference.refine.REFINE_MIN_DRAWS` effective draws):
             use NUTS there.
-            Cost: an update at m=200, d=8, 256 draws takes 78 ms instead of 15.
+            Cost: about 5x a plain update (46 ms against 8 median at m=200, d=8,
+            256 draws, one thread; ``benchmarks/results/bench_queries.md``).
             Kept by :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
             ``refine_ess`` and ``refine_acceptance``. 0 (default): plain Laplace.
 

@@ -238,8 +238,8 @@ def distill_guidance(
         ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     On the digits task the defaults (512 targets, 300 steps of 64) bring unguided
-    samples to 0.99 of the guided preferred fraction at manifold precision 0.91, in
-    about two minutes of one CPU core (``benchmarks/bench_finetune.py``).
+    samples to 0.94 of the guided preferred fraction at manifold precision 0.96, in
+    about 80 s of one CPU core (``benchmarks/results/finetune.md``).
 
     Example:
         A posterior fitted to a simulated person's ratings of base samples, distilled
