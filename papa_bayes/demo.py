@@ -281,12 +281,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _check_liked(args.liked)
     except InputDataError as err:
         raise InputDataError("--liked", err.expected, err.actual) from None
-    for name in ("labels", "eval_samples", "papa_steps"):
-        if getattr(args, name) < 1:
-            raise InputDataError(f"--{name.replace('_', '-')}", "a positive integer", getattr(args, name))
+    for name, least in (("labels", 1), ("eval_samples", 4), ("papa_steps", 1)):
+        # eval_samples: manifold recall compares each sample with its 3 nearest neighbours
+        if getattr(args, name) < least:
+            raise InputDataError(f"--{name.replace('_', '-')}", f"an integer >= {least}", getattr(args, name))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    with warnings.catch_warnings():  # quiet for the demo's own run only, not for the rest of the process
+        warnings.filterwarnings("ignore", category=UserWarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """The demo of ``main``, its arguments checked."""
     t0 = time.time()
     setup = make_setup(args.liked, features=args.features)
     checkpoints = sorted({0, *(k for k in (10, 20, 30, 45, 60) if k < args.labels), args.labels})

@@ -162,7 +162,29 @@ def test_demo_refuses_zero_labels_before_loading_the_model(tmp_path, monkeypatch
             demo.main([flag, "0", "--tiny", "--out", str(tmp_path / "d")])
     with pytest.raises(InputDataError, match="^--liked:"):  # was named after make_setup's argument, after loading
         demo.main(["--liked", "11", "--out", str(tmp_path / "d")])
+    # 1-3 samples failed after a session had run (manifold recall needs more than its 3 neighbours)
+    with pytest.raises(InputDataError, match="--eval-samples: expected an integer >= 4, got 3"):
+        demo.main(["--eval-samples", "3", "--tiny", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
+
+
+def test_the_demo_leaves_the_process_warning_filters_as_they_were(tmp_path, monkeypatch):
+    """main() ignored every UserWarning (PapaBayesWarning among them) for the rest of the process."""
+    import warnings
+
+    import papa_bayes.demo as demo
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    def run(args):
+        warnings.warn("inside the demo", PapaBayesWarning)
+        return {}
+
+    monkeypatch.setattr(demo, "_run", run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert demo.main(["--tiny", "--out", str(tmp_path / "d")]) == {}
+        warnings.warn("after the demo", PapaBayesWarning)
+    assert [str(w.message) for w in caught] == ["after the demo"]
 
 
 def test_train_base_needs_an_out_folder_and_names_its_options(tmp_path, capsys):

@@ -570,3 +570,20 @@ def test_an_adam_fit_takes_in_new_answers_on_update():
     new = old.update(data.append(comparisons=[[0, 1]] * 50))
     assert before < 0.01 and float(new.preference_probability(items[:1], items[1:2])) > 0.7
     assert new.diagnostics["optimizer"] == "ngd"
+
+
+def test_a_minibatch_update_takes_the_first_answers_of_a_new_kind():
+    """Past one batch, an update with the first ratings (or the first comparisons of ratings-only data)
+    drew minibatch rows from an empty range: 'random_ expects from < to, got from=3 >= to=3'."""
+    from papa_bayes.users import SimulatedUser, simulate_comparisons
+
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    person = SimulatedUser(lambda x: -(x**2).sum(-1), link="probit", rationality=3.0)
+    data = simulate_comparisons(person, items, 40, generator=gen)
+    opts = dict(seed=0, num_samples=32, num_features=64, batch_size=16, num_steps=20)
+    post = PreferenceGP().fit(data, **opts).update(data.append(ratings=[[0, 1], [1, -1], [2, 1]]))
+    assert post.data.num_ratings == 3 and torch.isfinite(post.like_threshold_draws()).all()
+    ratings = PreferenceData(items=items, ratings=[[i, 1 if i % 2 else -1] for i in range(30)])
+    post = PreferenceGP().fit(ratings, **opts).update(ratings.append(comparisons=[[0, 1]]))
+    assert post.data.num_comparisons == 1

@@ -164,9 +164,13 @@ class DiffusionCandidates(CandidateSource):
         num_base = check_int("num_base", num_base)
         self.seed = check_int("seed", seed, minimum=0)
         self.progress_bar = check_bool("progress_bar", progress_bar)
+        self.num_base = num_base
         gen = torch.Generator().manual_seed(self.seed)
-        self.base_images = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen,
-                                  progress_bar=self.progress_bar).images
+        base = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen, progress_bar=self.progress_bar)
+        self.base_images = base.images
+        # What the feature map reads: decoded images, or diffused samples (a latent model's mid-block features).
+        self._reads_samples = getattr(feature_map, "input_space", "image") == "sample"
+        self._base_inputs = base.samples if self._reads_samples else base.images
         self._calls = 0
         self._chosen_scale: float | None = None
         self.last_scale_selection = None
@@ -179,7 +183,10 @@ class DiffusionCandidates(CandidateSource):
             "filter_quantile": self.filter_quantile, "pool_steps": self.pool_steps, "recommend_steps": self.recommend_steps, "oversample": self.oversample,
             "min_probability": self.min_probability, "recommend_scale": self.recommend_scale,
             "recommend_target": self.recommend_target, "region_method": self.region_method,
-            "num_features": self.num_features, "seed": self.seed,
+            "num_features": self.num_features, "seed": self.seed, "num_base": self.num_base,
+            "window": list(self.window), "scales": list(self.scales), "rescale_every": self.rescale_every,
+            "min_relative_precision": self.min_relative_precision, "radius_scale": self.radius_scale,
+            "recommend_rule_pool": list(self.recommend_rule_pool),
             "feature_map": {"kind": self.feature_map.kind or type(self.feature_map).__name__,
                             "fingerprint": self.feature_map.fingerprint()},
         }
@@ -202,10 +209,16 @@ class DiffusionCandidates(CandidateSource):
         self._chosen_scale = None if scale is None else float(scale)
 
     # ------------------------------------------------------------------ guidance
-    def guidance(self, posterior: Any, *, generator: torch.Generator | None = None, rescale: bool = False) -> Guidance:
-        """The guidance of ``posterior`` at the chosen scale (choosing it when needed)."""
+    def guidance(self, posterior: Any, *, generator: torch.Generator | None = None, rescale: bool = False,
+                 keep: bool = True) -> Guidance:
+        """The guidance of ``posterior`` at the chosen scale (choosing it when needed).
+
+        ``keep=False`` (recommendations, fine-tuning) uses the scale the pools chose,
+        or chooses one for this call only: the pools' scale, and the random draws of
+        its rule, then do not depend on whether anything else came first.
+        """
         objective = PosteriorObjective(posterior, self.feature_map, kind=self.kind).calibrate(
-            self.base_images, quantile=self.quantile
+            self._base_inputs, quantile=self.quantile
         )
         g = Guidance(objective, scale=1.0, window=self.window, clamp=(-1.0, 1.0))
         if self.scale != "auto":
@@ -216,32 +229,38 @@ class DiffusionCandidates(CandidateSource):
                                         min_relative_precision=self.min_relative_precision,
                                         radius_scale=self.radius_scale)
             self.last_scale_selection = sel
+            if not keep:
+                return g.with_scale(sel.scale)
             self._chosen_scale = sel.scale
         return g.with_scale(self._chosen_scale)
 
+    def _features(self, out: Any) -> Tensor:
+        """`n x d` features of a sampler output, from what the feature map reads (images or samples)."""
+        with torch.no_grad():
+            return self.feature_map(out.samples if self._reads_samples else out.images).to(torch.float64)
+
     def candidates(self, posterior: Any, n: int, *, exploration: float, generator: torch.Generator):
-        if n < 1:
-            raise InputDataError("n", "at least 1 candidate", n)
+        n = check_int("n", n, expected="at least 1 candidate")
+        exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
         n_explore = n if posterior is None else int(round(exploration * n))
-        parts, flags = [], []
+        outs, flags = [], []
         if n_explore:
-            parts.append(sample(self.model, n_explore, num_inference_steps=self.pool_steps, generator=generator,
-                                progress_bar=False).images)
+            outs.append(sample(self.model, n_explore, num_inference_steps=self.pool_steps, generator=generator,
+                               progress_bar=False))
             flags += [False] * n_explore
         if n - n_explore:
             rescale = self.rescale_every > 0 and self._calls % self.rescale_every == 0
             g = self.guidance(posterior, generator=generator, rescale=rescale)
-            parts.append(sample(self.model, n - n_explore, num_inference_steps=self.pool_steps, guidance=g,
-                                generator=generator, progress_bar=False).images)
+            outs.append(sample(self.model, n - n_explore, num_inference_steps=self.pool_steps, guidance=g,
+                               generator=generator, progress_bar=False))
             flags += [True] * (n - n_explore)
         self._calls += 1
-        images = torch.cat(parts).detach()
-        with torch.no_grad():
-            features = self.feature_map(images).to(torch.float64)
+        images = torch.cat([o.images for o in outs]).detach()
+        features = torch.cat([self._features(o) for o in outs])
         return Candidates(features, images, torch.tensor(flags))
 
     def recommend(self, posterior: Any, n: int, *, generator: torch.Generator):
-        g = self.guidance(posterior, generator=generator)
+        g = self.guidance(posterior, generator=generator, keep=False)
         region = g.objective if self.filter_quantile is None else g.objective.at_quantile(self.filter_quantile)
         probability = partial(region.region_probability, method=self.region_method)
         if self.finetuned is None:
@@ -252,10 +271,9 @@ class DiffusionCandidates(CandidateSource):
             model, n, guidance=guidance, probability=probability, guard=self.guard, oversample=self.oversample,
             min_probability=self.min_probability, num_inference_steps=self.recommend_steps,
             generator=generator, progress_bar=self.progress_bar,
+            probability_space="sample" if self._reads_samples else "image",
         )
-        with torch.no_grad():
-            features = self.feature_map(out.images).to(torch.float64)
-        return Candidates(features, out.images, torch.ones(n, dtype=torch.bool))
+        return Candidates(self._features(out), out.images, torch.ones(n, dtype=torch.bool))
 
     def _recommendation_scale(self, g: Guidance, probability: Any, generator: torch.Generator) -> float:
         """The scale of recommendations: see ``recommend_scale`` in the class doc."""
@@ -303,7 +321,7 @@ class DiffusionCandidates(CandidateSource):
 
         if path is not None:  # before minutes of distillation, not after
             check_checkpoint_folder("path", path)
-        g = self.guidance(posterior, generator=generator)
+        g = self.guidance(posterior, generator=generator, keep=False)
         options = {"progress_bar": self.progress_bar, "num_inference_steps": self.pool_steps} | options
         self.finetuned = distill_guidance(self.model, g, generator=generator, **options)
         if path is not None:

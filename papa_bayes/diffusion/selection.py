@@ -182,6 +182,7 @@ def sample_preferred(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     progress_bar: bool = True,
+    probability_space: str | None = None,
 ) -> PreferredSamples:
     """Sample a guided pool ``oversample`` times larger and keep ``num_samples`` of it.
 
@@ -205,6 +206,10 @@ def sample_preferred(
         generator: seeds the pool and the choice.
         batch_size: samples denoised at once.
         progress_bar: show a tqdm bar.
+        probability_space: what ``probability`` reads, ``"image"`` or ``"sample"``
+            (diffused samples, e.g. a latent model's mid-block features); default the
+            guidance objective's ``input_space``, else ``"image"`` (say it when
+            ``guidance`` is None and ``probability`` reads samples).
 
     Returns:
         :class:`PreferredSamples`.
@@ -224,12 +229,16 @@ def sample_preferred(
         "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
     batch_size = check_int("batch_size", batch_size)
     progress_bar = check_bool("progress_bar", progress_bar)
+    if probability_space is None:
+        probability_space = "image" if guidance is None else getattr(guidance.objective, "input_space", "image")
+    if probability_space not in ("image", "sample"):
+        raise InputDataError("probability_space", "'image', 'sample' or None", probability_space)
+    reads_samples = probability_space == "sample"
     pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
                  batch_size=batch_size, progress_bar=progress_bar)
     if probability is None and guidance is not None:
         probability = getattr(guidance.objective, "region_probability", None)
-    reads_samples = guidance is not None and getattr(guidance.objective, "input_space", "image") == "sample"
     if probability is not None:
         source = out.samples if reads_samples else out.images
         batches = [source[i:i + batch_size] for i in range(0, pool, batch_size)]

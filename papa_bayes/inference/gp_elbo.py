@@ -248,9 +248,15 @@ class _Batches:
 
     def draw(self) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor]:
         (a_c, a_r), g = self.always, self.generator
-        ci = torch.cat([torch.arange(a_c), torch.randint(a_c, self.m, (self.b_c,), generator=g)]) if self.m else None
-        ri = torch.cat([torch.arange(a_r), torch.randint(a_r, self.k, (self.b_r,), generator=g)]) if self.k else None
-        return ci, self.w_c, ri, self.w_r
+
+        def rows(always: int, n: int, drawn: int) -> Tensor | None:
+            if not n:
+                return None
+            if not drawn:  # every row is new (an update's first answers of this kind): nothing to sample from
+                return torch.arange(always)
+            return torch.cat([torch.arange(always), torch.randint(always, n, (drawn,), generator=g)])
+
+        return rows(a_c, self.m, self.b_c), self.w_c, rows(a_r, self.k, self.b_r), self.w_r
 
 
 def _natural_start(gp: VariationalPreferenceGP, lik: PreferenceLikelihood, td: TrainingData, steps: int = 8) -> None:

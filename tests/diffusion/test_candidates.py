@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from papa_bayes import LinearReward, PreferenceData, fit
@@ -215,3 +216,80 @@ def test_finetune_checks_its_path_before_distilling(tmp_path, pixel_model, monke
                                                              comparisons=torch.tensor([[0, 1]])), method="laplace")
     with pytest.raises(InputDataError, match="^path:"):  # was FileExistsError after the distillation
         src.finetune(post, generator=torch.Generator().manual_seed(0), path=tmp_path / "taken")
+
+
+def _pixel_source(pixel_model, **kwargs):
+    from papa_bayes.diffusion import ManifoldGuard, PCAFeatures
+
+    reference = sample(pixel_model, 40, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                       progress_bar=False).images
+    options = dict(scale="auto", scales=(0.5, 1.0), num_base=16, pool_steps=2, recommend_steps=2,
+                   recommend_rule_pool=(8, 2)) | kwargs
+    return DiffusionCandidates(pixel_model, PCAFeatures.fit(reference, num_features=3), ManifoldGuard(reference),
+                               **options)
+
+
+def test_a_recommendation_before_the_first_steered_pool_leaves_the_pools_alone(pixel_model):
+    """recommend() (or finetune()) before the first steered pool chose the pools' 'auto' scale on its own
+    generator and kept it: the next pool skipped the rule, so the pools and the session's random stream
+    depended on whether anyone had looked at recommendations."""
+    runs = []
+    for look in (False, True):
+        src, gen = _pixel_source(pixel_model), torch.Generator().manual_seed(0)
+        first = src.candidates(None, 6, exploration=0.5, generator=gen)
+        ratings = torch.stack([torch.arange(6), torch.tensor([1, -1, 1, -1, 1, -1])], -1)
+        post = fit(LinearReward(rationality=1.0), PreferenceData(items=first.features, ratings=ratings), num_samples=32)
+        if look:
+            src.recommend(post, 2, generator=torch.Generator().manual_seed(9))
+            assert src.state()["chosen_scale"] is None
+        pools = [src.candidates(post, 4, exploration=0.5, generator=gen).features for _ in range(2)]
+        runs.append((pools, gen.get_state(), src.state()))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0], runs[1][0]))
+    assert torch.equal(runs[0][1], runs[1][1]) and runs[0][2] == runs[1][2]
+
+
+def test_the_config_holds_every_setting_the_pools_depend_on(tmp_path, pixel_model):
+    """A session resumed with another num_base or window was accepted: config() left them out."""
+    from papa_bayes.exceptions import InputDataError
+    from papa_bayes.session import PreferenceSession
+    from papa_bayes.users import CallbackUser
+
+    user = CallbackUser(lambda a, b: 0)
+    PreferenceSession(tmp_path / "s.db", _pixel_source(pixel_model, scale=0.5), user, pool_size=4,
+                      num_draws=32).run(1, progress_bar=False)
+    for change in ({"num_base": 8}, {"window": (0.0, 0.2)}, {"scales": (0.5, 2.0)}, {"rescale_every": 2},
+                   {"radius_scale": 2.0}, {"min_relative_precision": 0.5}, {"recommend_rule_pool": (4, 2)}):
+        with pytest.raises(InputDataError, match="source: expected the session's source"):
+            PreferenceSession.resume(tmp_path / "s.db", _pixel_source(pixel_model, scale=0.5, **change), user)
+    PreferenceSession.resume(tmp_path / "s.db", _pixel_source(pixel_model, scale=0.5), user).close()
+
+
+def test_exploration_is_checked_before_any_sample(pixel_model):
+    from papa_bayes.exceptions import InputDataError
+
+    src = _pixel_source(pixel_model, scale=0.5)
+    for bad in (1.5, -0.5, float("nan")):
+        with pytest.raises(InputDataError, match="exploration"):
+            src.candidates(None, 4, exploration=bad, generator=torch.Generator().manual_seed(0))
+    assert src.state()["calls"] == 0
+
+
+def test_a_latent_model_with_a_feature_map_of_diffused_samples(latent_model):
+    """The pools, the calibration and the recommendations handed decoded images to a map that reads diffused
+    samples: 'expected a tensor of diffused samples n x 4 x h x w, got (3, 1, 8, 8)'."""
+    from papa_bayes.diffusion import ManifoldGuard, MidBlockFeatures
+
+    base = sample(latent_model, 8, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  progress_bar=False)
+    phi = MidBlockFeatures(latent_model, timestep=50, num_features=2).fit(base.samples)
+    src = DiffusionCandidates(latent_model, phi, ManifoldGuard(base.images), pool_steps=2, num_base=8, scale=0.5,
+                              recommend_scale="pool", recommend_steps=2)
+    gen = torch.Generator().manual_seed(1)
+    first = src.candidates(None, 4, exploration=0.5, generator=gen)
+    assert first.features.shape == (4, 2) and first.images.shape == (4, 1, 8, 8)
+    post = fit(LinearReward(rationality=1.0), PreferenceData(items=first.features, comparisons=[[0, 1], [2, 3]]),
+               num_samples=16)
+    pool = src.candidates(post, 4, exploration=0.5, generator=gen)
+    assert int(pool.steered.sum()) == 2 and torch.isfinite(pool.features).all()
+    rec = src.recommend(post, 2, generator=gen)
+    assert rec.features.shape == (2, 2) and rec.images.shape == (2, 1, 8, 8)
