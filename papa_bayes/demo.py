@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import renamed_option
+from papa_bayes.checks import check_float, check_int, renamed_option
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
     DEFAULT_LIKED,
@@ -285,8 +285,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # eval_samples: manifold recall compares each sample with its 3 nearest neighbours
         if getattr(args, name) < least:
             raise InputDataError(f"--{name.replace('_', '-')}", f"an integer >= {least}", getattr(args, name))
+    from papa_bayes.acquisition.selection import check_strategy
+
+    # Checked here, under the options' names, before the model loads and before --out's session.db goes.
+    check_strategy(args.strategy, args.query_type, field="--strategy")
+    check_float("--exploration", args.exploration, maximum=1.0, inclusive_maximum=True)
+    check_int("--seed", args.seed, minimum=0, maximum=2**31 - 1)  # the demo derives seeds up to seed + 10,000
+    if args.out.exists() and not args.out.is_dir():
+        raise InputDataError("--out", "a folder (or a path where one can be made)", f"{args.out} (a file)")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputDataError("--out", "a folder (or a path where one can be made)",
+                             f"{args.out} ({type(err).__name__}: {err.strerror or err})") from None
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    args.out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # quiet for the demo's own run only, not for the rest of the process
         warnings.filterwarnings("ignore", category=UserWarning)
         return _run(args)

@@ -166,6 +166,14 @@ def test_demo_refuses_zero_labels_before_loading_the_model(tmp_path, monkeypatch
     with pytest.raises(InputDataError, match="--eval-samples: expected an integer >= 4, got 3"):
         demo.main(["--eval-samples", "3", "--tiny", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
+    # These failed after the model loaded, named strategy/exploration/seed, with --out's session.db deleted.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "session.db").write_text("an earlier demo's answers")
+    for args, field in ((["--strategy", "eigg"], "--strategy"), (["--exploration", "1.5"], "--exploration"),
+                        (["--seed", "-1"], "--seed"), (["--out", str(tmp_path / "d" / "session.db")], "--out")):
+        with pytest.raises(InputDataError, match=f"^{field}:"):
+            demo.main(["--tiny", "--out", str(tmp_path / "d"), *args])
+    assert (tmp_path / "d" / "session.db").read_text() == "an earlier demo's answers"
 
 
 def test_the_demo_leaves_the_process_warning_filters_as_they_were(tmp_path, monkeypatch):
