@@ -24,8 +24,8 @@ import warnings
 from operator import itemgetter
 from pathlib import Path
 
-from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, result_files,
-                               run_main, write_results)
+from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts, file_stem, markdown_table, output_folder,
+                               parse_with_tiny, reals, result_files, run_main, write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
 from papa_bayes.exceptions import InputDataError
 
@@ -38,6 +38,12 @@ METHODS = {
     "random_likes": dict(query_type="rating", strategy="random"),
     "papa": None,
 }
+# What a run's rows depend on besides their (method, seed, labels): the options every run merged into one table
+# must share, with the methods that read them (None: all). --tiny sets the pools and the sampling runs of every
+# method; the sessions read the reward features, the exploration share and the recommendation filter; PAPA its
+# fine-tuning steps. A key a run does not record (files older than the option) reads None.
+PROTOCOL = (("eval_samples", None), ("tiny", None), ("features", "sessions"), ("exploration", "sessions"),
+            ("filter_quantile", "sessions"), ("papa_steps", "papa"))
 
 
 def labels_to(curve: list[dict], key: str, level: float) -> float | None:
@@ -73,16 +79,21 @@ def main(argv: list[str] | None = None) -> dict:
     add_out_option(p)
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge result files of runs split by method, seed or labels into <out>/<name>.* and exit")
-    p.add_argument("--name", default="bench_alignment", help="stem of the merged output files")
+    p.add_argument("--name", default="bench_alignment",
+                   help="stem of the merged output files (--tiny: bench_alignment_tiny)")
     args = parse_with_tiny(p, argv, dict(seeds=[0], labels=[0, 2], eval_samples=8, papa_steps=2,
-                                         methods=["region_pairs", "papa"]))
-    if args.merge:
-        return merge(args.merge, args.out, args.name)
+                                         methods=["region_pairs", "papa"], name="bench_alignment_tiny"))
+    file_stem("--name", args.name)
+    if args.merge:  # a tiny merge, as a tiny run, never replaces the committed results
+        return merge(args.merge, RESULTS / "tmp" if args.out is None and args.tiny else args.out, args.name)
     args.labels = sorted(set(args.labels))  # checkpoints in order: labels_to reads the first one that reaches
     if args.labels[0] < 0:
         raise InputDataError("--labels", "label counts >= 0", args.labels[0])
+    if "papa" in args.methods and args.labels[-1] < 1:  # PAPA fine-tunes on the largest count's base samples
+        raise InputDataError("--labels", "a label count >= 1 with --methods papa (PAPA is tuned on that many labels)",
+                             args.labels)
     counts("--seeds", args.seeds, minimum=0)
-    counts("--eval-samples", args.eval_samples)
+    counts("--eval-samples", args.eval_samples, minimum=MIN_SCORED_SAMPLES)
     counts("--papa-steps", args.papa_steps)
     if args.exploration is not None:
         reals("--exploration", args.exploration, maximum=1.0, inclusive_maximum=True)
@@ -137,8 +148,9 @@ def report(curves: dict[str, dict[int, list[dict]]], rows: list[dict], labels: l
     table += "\nLabels to 75% preferred, per seed: " + "; ".join(f"{m}: {v}" for m, v in l75.items()) + "\n"
     table += "Seeds meeting the full target (>= 90% preferred, judge >= 0.75, precision >= 0.72, entropy >= 1.8) within 20 labels: " + \
         "; ".join(f"{m}: {v}/{len(curves[m])}" for m, v in within20.items()) + "\n"
-    path = write_results(name, {"rows": rows, "summary": summary, "labels_to_75": l75, "within20": within20,
-                                "args": args}, table, out, title="Label efficiency on the digits task")
+    # "benchmark" names the benchmark, not the file stem (--name), so that a merge can tell its own files.
+    path = write_results(name, {"benchmark": "bench_alignment", "rows": rows, "summary": summary, "labels_to_75": l75,
+                                "within20": within20, "args": args}, table, out, title="Label efficiency on the digits task")
     plot = _plot(curves, summary, path.with_suffix(".png"))
     print(table)
     print(f"written to {path} and {plot}")
@@ -181,9 +193,17 @@ def merge(paths: list[str], out: Path | None, name: str) -> dict:
     Checkpoints do not change a session (each is measured with its own generator,
     after the session has chosen its pools' scale), so a rerun of the same sessions
     that measures only further labels extends the earlier curves.
+
+    Raises:
+        InputDataError: naming ``--merge``, for a file that is no bench_alignment result or
+            whose runs differ from the first's in an option of :data:`PROTOCOL`.
     """
     output_folder(out)
     parts = result_files("--merge", paths, key="rows")
+    for path, part in zip(paths, parts):
+        if not str(part.get("benchmark", "")).startswith("bench_alignment"):  # older files: their stem
+            raise InputDataError("--merge", "a bench_alignment result file", f"{path} (benchmark {part.get('benchmark')!r})")
+    _check_same_protocol(parts, paths)
     key = itemgetter("method", "seed", "labels")
     owner = {key(r): i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins
     rows = sorted((r for i, part in enumerate(parts) for r in part["rows"] if owner[key(r)] == i),
@@ -192,7 +212,37 @@ def merge(paths: list[str], out: Path | None, name: str) -> dict:
     for r in rows:
         curves[r["method"]].setdefault(r["seed"], []).append({k: r[k] for k in ("labels", *METRICS)})
     labels = sorted({r["labels"] for r in rows})
-    return report(curves, rows, labels, {"merged_from": list(paths), "runs": [p["args"] for p in parts]}, out, name)
+    return report(curves, rows, labels, {"merged_from": list(paths), "runs": [p.get("args") for p in parts]}, out, name)
+
+
+def _runs(args: dict | None) -> list[dict]:
+    """The options of every run a result file holds (a merged file lists its parts' under ``"runs"``)."""
+    if not isinstance(args, dict):
+        return [{}]
+    if "runs" in args:
+        return [run for part in args["runs"] for run in _runs(part)]
+    return [args]
+
+
+def _reads(readers: str | None, methods: list[str]) -> bool:
+    """Whether a run of ``methods`` reads an option read by ``readers`` (None: every method)."""
+    if readers == "papa":
+        return "papa" in methods
+    if readers == "sessions":
+        return any(m != "papa" for m in methods)
+    return True
+
+
+def _check_same_protocol(parts: list[dict], paths: list[str]) -> None:
+    """Rows merged into one table must come from runs that share the options of :data:`PROTOCOL`."""
+    runs = [(path, run) for path, part in zip(paths, parts) for run in _runs(part.get("args"))]
+    for key, readers in PROTOCOL:
+        holders = [(path, run) for path, run in runs if _reads(readers, run.get("methods") or list(METHODS))]
+        for path, run in holders[1:]:
+            ref_path, ref = holders[0]
+            if run.get(key) != ref.get(key):
+                raise InputDataError(f"--merge ({path})", f"{key} = {ref.get(key)!r} as in {ref_path} (one protocol "
+                                     "per table)", run.get(key))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_out_option, counts, machine, one_of, output_folder, parse_with_tiny, reals, run_main
+from benchmarks.common import (MIN_SCORED_SAMPLES, add_out_option, counts, machine, one_of, output_folder, parse_with_tiny, reals,
+                               run_main)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     for option in ("labels", "num_samples", "steps", "timing_samples", "timing_steps", "repeats", "calibration_samples",
                    "rule_samples", "rule_steps"):
         counts(f"--{option.replace('_', '-')}", getattr(args, option))
+    counts("--num-samples", args.num_samples, minimum=MIN_SCORED_SAMPLES)
     counts("--seed", args.seed, minimum=0)
     one_of("--objectives", args.objectives, OBJECTIVES)
     reals("--scales", args.scales)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
-                               write_results)
+from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny,
+                               reals, run_main, write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "distill_samples", "distill_steps", "batch_size", "papa_labels", "papa_round", "papa_steps",
                    "papa_batch"):
         counts(f"--{option.replace('_', '-')}", getattr(args, option))
+    counts("--num-samples", args.num_samples, minimum=MIN_SCORED_SAMPLES)
     counts("--seed", args.seed, minimum=0)
     if args.scale is not None:
         reals("--scale", args.scale)

@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"\nTimes in seconds, the best of several runs, the two models interleaved (fits: {args.fit_repeats} for m <= 1000;"
         f" updates: {args.update_repeats};"
         " the machine is shared),"
-        " one thread for both models; log-loss is the expected held-out"
-        " log-loss of the person's answers (cross-entropy to the true probabilities; the oracle is not 0)."
+        f" {'one thread' if args.threads == 1 else f'{args.threads} threads'} for both models; log-loss is the expected"
+        " held-out log-loss of the person's answers (cross-entropy to the true probabilities; the oracle is not 0)."
         " `fit_speedup` = PairwiseGP fit time / PreferenceGP fit time. `gp_peak_rss_gb` is the process's peak"
         " resident memory after its fits (an upper bound on a fit's own peak).\n"
     )

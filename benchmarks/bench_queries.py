@@ -47,13 +47,17 @@ from typing import Any
 import torch
 
 from papa_bayes import LinearReward, fit
-from benchmarks.common import add_out_option, counts, machine, one_of, output_folder, parse_with_tiny, result_files, run_main
+from benchmarks.common import (RESULTS, add_out_option, counts, file_stem, machine, one_of, output_folder, parse_with_tiny,
+                               result_files, run_main)
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.users import SimulatedUser, random_pairs, random_unit_vector, simulate_comparisons, winner_first
 
 LEVEL = 0.9
+# make_problem's seed term for a noiseless user (rationality inf): int(1000 * inf) overflows. As a
+# rationality of 1e6 would seed; a finite rationality that large is no setting of this protocol.
+INF_RATIONALITY_SEED = 10**9
 REFINE_STEPS = 20
 MODELS = ("learned", "refined", "scaled", "known")  # the ``:model`` part of an arm (none: learned)
 BOTORCH_ARMS = ("botorch_bald", "botorch_eubo")
@@ -113,8 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise InputDataError("--seeds", "at least 1 seed", args.seeds)
     if args.botorch and args.botorch_seeds < 1:
         raise InputDataError("--botorch-seeds", "at least 1 seed with BoTorch arms (--botorch '' for none)", args.botorch_seeds)
-    if args.out is None:
-        args.out = "benchmarks/results/tmp" if args.tiny else "benchmarks/results"
+    file_stem("--name", args.name)  # merges too: a name that is a path would fail only when the files are written
+    if args.out is None:  # the committed results' folder wherever the command runs from (not cwd-relative)
+        args.out = RESULTS / "tmp" if args.tiny else RESULTS
     args.out = str(args.out)  # the options go into the result's JSON
     if not args.merge:
         _check_options(args)
@@ -124,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_options(args: argparse.Namespace) -> None:
     """InputDataError naming the option, before hours of runs, for a value that would fail or mislead later."""
     counts("--dims", _ints("--dims", args.dims))
-    for r in _floats(args.rationalities, "--rationalities"):
+    rationalities = _floats(args.rationalities, "--rationalities")
+    for r in rationalities:
         if not r > 0:
             raise InputDataError("--rationalities", "positive numbers (inf: a noiseless user)", r)
     counts("--pool-size", args.pool_size, minimum=2)
@@ -136,6 +142,11 @@ def _check_options(args: argparse.Namespace) -> None:
     arms = [s for s in args.strategies.split(",") if s]
     one_of("--strategies", [arm.partition(":")[0] for arm in arms], STRATEGIES)
     one_of("--strategies (model after ':')", [arm.partition(":")[2] for arm in arms if ":" in arm], MODELS)
+    known = [arm for arm in arms if arm.partition(":")[2] == "known"]
+    if known and any(math.isinf(r) for r in rationalities):  # LinearReward(rationality=inf) is refused
+        raise InputDataError("--rationalities", f"finite rationalities with ':known' arms ({', '.join(known)}: the "
+                             "model is told the user's rationality; inf only with learned-rationality arms)",
+                             args.rationalities)
     one_of("--botorch", [s for s in args.botorch.split(",") if s], BOTORCH_ARMS)
     if args.botorch_settings != "all":
         for setting in [s for s in args.botorch_settings.split(",") if s]:
@@ -172,7 +183,8 @@ def _ints(option: str, text: str) -> list[int]:
 # ------------------------------------------------------------------------ one setting
 def make_problem(d: int, rationality: float, seed: int, pool_size: int, heldout_pairs: int):
     """w*, pool, held-out pairs of fresh items, for one seed (the same for every arm)."""
-    gen = torch.Generator().manual_seed(1_000_003 * d + 7919 * seed + int(1000 * rationality))
+    r_term = int(1000 * rationality) if math.isfinite(rationality) else INF_RATIONALITY_SEED
+    gen = torch.Generator().manual_seed(1_000_003 * d + 7919 * seed + r_term)
     w = random_unit_vector(d, generator=gen)
     pool = torch.randn(pool_size, d, generator=gen, dtype=torch.float64)
     fresh = torch.randn(max(pool_size // 2, 2), d, generator=gen, dtype=torch.float64)
@@ -692,8 +704,13 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     """
     parts = result_files("--merge", paths, key="config")
     _check_same_protocol(parts, paths)
-    result = dict(parts[0])
-    result["config"] = {**parts[0]["config"], "name": args.name, "merged_from": list(paths)}
+    # The protocol's settings (its horizon above all: the censored means and the table's columns) come from a
+    # file that ran the protocol, whatever the order of the files: a speed-only part (--skip-protocol) records
+    # the defaults of options it never used. Its speed section carries its own settings.
+    ref = next((part for part in parts if part.get("protocol")), None) or next(
+        (part for part in parts if part.get("liked_set")), parts[0])
+    result = {k: v for k, v in ref.items() if k not in ("liked_set", "speed")}  # both rebuilt below
+    result["config"] = {**ref["config"], "name": args.name, "merged_from": list(paths)}
     result["protocol"], result["speed"] = {}, None
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for part in parts:
@@ -722,11 +739,12 @@ def merge(paths: list[str], args) -> dict[str, Any]:
 
 
 PROTOCOL_KEYS = ("queries", "pool_size", "num_samples", "heldout_pairs", "botorch_candidates")
+LIKED_SET_KEYS = ("liked_set_queries", "pool_size", "num_samples")  # what liked_set_run reads besides the seed
 
 
 def _check_same_protocol(parts: list[dict[str, Any]], paths: list[str]) -> None:
     """Files merged into one table must share the protocol of their arms (and of their liked-set runs)."""
-    for section, keys in (("protocol", PROTOCOL_KEYS), ("liked_set", ("liked_set_queries",))):
+    for section, keys in (("protocol", PROTOCOL_KEYS), ("liked_set", LIKED_SET_KEYS)):
         holders = [(path, part["config"]) for path, part in zip(paths, parts) if part.get(section)]
         for path, cfg in holders[1:]:
             ref_path, ref = holders[0]

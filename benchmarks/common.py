@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -19,6 +20,9 @@ from papa_bayes.checks import check_float, check_int, read_json_object
 from papa_bayes.exceptions import InputDataError
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Samples a scored row needs: evaluate_samples' recall counts the reference digits inside the k-NN balls
+# of the samples (k = 3), so fewer than 4 fail, after the sampling, with "samples: expected more than k=3 points".
+MIN_SCORED_SAMPLES = 4
 
 
 def machine() -> dict[str, Any]:
@@ -67,6 +71,15 @@ def one_of(option: str, values: Iterable[str], known: Iterable[str]) -> None:
     for value in values:
         if value not in known:
             raise InputDataError(option, f"one of {', '.join(known)}", repr(value))
+
+
+def file_stem(option: str, value: str) -> str:
+    """``value`` if it can name files inside ``--out`` (no folder in it), else InputDataError naming ``option``:
+    ``--name a/b`` would fail only when the results are written, after the run."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    if not value or value in (".", "..") or any(sep in value for sep in separators):
+        raise InputDataError(option, "a file stem without a path separator (the files go into --out)", repr(value))
+    return value
 
 
 def result_files(option: str, paths: Sequence[str], *, key: str) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ def test_alignment_merge_keeps_the_last_file_of_each_method_seed_and_labels(tmp_
     paths = []
     for i, part in enumerate((old, new, more, longer)):
         paths.append(tmp_path / f"part{i}.json")
-        paths[-1].write_text(json.dumps(part))
+        paths[-1].write_text(json.dumps({"benchmark": "bench_alignment", **part}))
     out = merge([str(p) for p in paths], tmp_path, "merged")
     by = {(s["method"], s["labels"]): s for s in out["summary"]}
     # the old seed-0 row is gone; seed 2 comes from the third file; the fourth
@@ -148,7 +148,9 @@ def test_queries_and_alignment_check_their_seeds_and_labels():
     with pytest.raises(InputDataError, match="--botorch-seeds"):
         parse_args(["--botorch-seeds", "0"])
     assert parse_args(["--botorch-seeds", "0", "--botorch", ""]).botorch_seeds == 0  # no BoTorch arm: fine
-    assert parse_args(["--tiny"]).out == "benchmarks/results/tmp"  # tiny runs never touch the committed results
+    from benchmarks.common import RESULTS
+
+    assert parse_args(["--tiny"]).out == str(RESULTS / "tmp")  # tiny runs never touch the committed results
     from benchmarks.bench_alignment import main as alignment
 
     with pytest.raises(InputDataError, match="--labels"):
@@ -290,3 +292,236 @@ def test_finetune_records_which_model_it_tuned_not_a_local_path(tmp_path):
     assert f"base model {shipped};" in (tmp_path / "in" / "finetune.md").read_text()
     outside = main(["--tiny", "--checkpoint", str(copy), "--out", str(tmp_path / "out")])
     assert outside["checkpoint"] == checkpoint_identity(copy) and str(tmp_path) not in outside["checkpoint"]
+
+
+def _speed_section(pool_size: int) -> dict:
+    """A bench_queries speed section as speed() writes it (figures made up)."""
+    t = {"min_s": 0.01, "median_s": 0.02}
+    steps = ("update", "update_refined", "select_eig_all_pairs", "round_eig", "round_region", "select_eig_exhaustive_mc")
+    return {"pool_size": pool_size, "num_draws": 32, "threads": 1,
+            "m=10": {**{k: t for k in steps}, "botorch": {"fit": t, "bald_30_pairs": t}}}
+
+
+def test_queries_merge_takes_the_protocol_settings_from_a_file_that_ran_it(tmp_path):
+    # A speed-only part (--skip-protocol) listed first gave the merge its --queries (6 for curves of 4): the
+    # pooled censored means counted a miss as 7, the columns read align@6 and markdown() raised IndexError.
+    from benchmarks.bench_queries import merge, parse_args, summarize
+
+    T = 4
+    runs = {0: _fake_runs(5, 3, T), 3: _fake_runs(6, 3, T)}
+    direct = summarize([r for rs in runs.values() for r in rs], T)
+    assert direct["never_reached"] > 0  # the censored mean depends on the horizon
+    paths = []
+    for first, rs in runs.items():
+        cfg = vars(parse_args(["--skip-speed", "--seed", str(first), "--seeds", "3", "--queries", str(T)]))
+        part = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d8_r1": {"eig": summarize(rs, T)}}, "speed": None}
+        paths.append(tmp_path / f"part{first}.json")
+        paths[-1].write_text(json.dumps(part))
+    speed_cfg = vars(parse_args(["--skip-protocol", "--queries", "6", "--pool-size", "30"]))
+    (tmp_path / "speed.json").write_text(json.dumps(
+        {"benchmark": "bench_queries", "config": speed_cfg, "protocol": {}, "speed": _speed_section(30)}))
+    for i, order in enumerate(([tmp_path / "speed.json", *paths], [*paths, tmp_path / "speed.json"])):
+        args = parse_args(["--merge", *map(str, order), "--name", f"merged{i}", "--out", str(tmp_path)])
+        result = merge(args.merge, args)
+        assert result["config"]["queries"] == T and result["config"]["pool_size"] == 500  # the protocol's
+        eig = result["protocol"]["d8_r1"]["eig"]
+        assert eig["mean_queries_to_0.9_censored"] == direct["mean_queries_to_0.9_censored"]
+        assert result["speed"]["pool_size"] == 30
+        table = (tmp_path / f"merged{i}.md").read_text()
+        assert f"align@{T} |" in table and "align@6" not in table
+        assert "Pool 500 N(0, I) items" in table and "Pool 30 items = 435 pairs" in table  # each section its own
+
+
+def test_queries_merge_refuses_liked_set_runs_of_another_pool_or_draws(tmp_path):
+    # liked_set_run reads --pool-size and --num-samples: runs of different ones were pooled into one table.
+    from benchmarks.bench_queries import merge, parse_args
+
+    liked = {"eig": {"num_runs": 1, "preferred": [0.5] * 4, "liked_entropy_bits": [1.0] * 4, "both_liked_share": 0.0,
+                     "same_level_share": 0.5}}
+    for option, value, key in (("--pool-size", "30", "pool_size"), ("--num-samples", "16", "num_samples")):
+        paths = []
+        for i, extra in enumerate(([], [option, value])):
+            cfg = vars(parse_args(["--tiny", "--skip-protocol", "--skip-speed", "--seed", str(i), *extra]))
+            paths.append(tmp_path / f"liked{key}{i}.json")
+            paths[-1].write_text(json.dumps({"benchmark": "bench_queries", "config": cfg, "protocol": {}, "liked_set": liked}))
+        args = parse_args(["--merge", *map(str, paths), "--name", "bad", "--out", str(tmp_path)])
+        with pytest.raises(InputDataError, match=f"{key} = "):
+            merge(args.merge, args)
+
+
+def test_queries_noiseless_user_runs_and_known_arms_refuse_it(tmp_path):
+    # --rationalities inf (a noiseless user, as the help says) raised OverflowError seeding the problem.
+    from benchmarks.bench_queries import main, make_problem, parse_args
+
+    w, pool, (a, b) = make_problem(3, math.inf, 0, 20, 10)
+    assert pool.shape == (20, 3) and a.shape == b.shape == (10, 3)
+    assert not torch.equal(make_problem(3, 1.0, 0, 20, 10)[1], pool)
+    for strategies in ("random:known", "eig,thompson:known"):  # LinearReward refuses an infinite rationality
+        with pytest.raises(InputDataError, match="--rationalities: expected finite rationalities with ':known' arms"):
+            parse_args(["--rationalities", "1,inf", "--strategies", strategies])
+    result = main(["--tiny", "--rationalities", "inf", "--strategies", "random", "--botorch", "", "--skip-speed",
+                   "--liked-set-seeds", "0", "--out", str(tmp_path)])
+    assert list(result["protocol"]) == ["d3_rinf"] and len(result["protocol"]["d3_rinf"]["random"]["alignment"]) == 4
+
+
+def test_queries_default_out_is_the_results_folder_wherever_it_runs(tmp_path, monkeypatch):
+    # It was the relative "benchmarks/results": from another folder, results landed there.
+    from benchmarks.bench_queries import parse_args
+    from benchmarks.common import RESULTS
+
+    monkeypatch.chdir(tmp_path)
+    assert parse_args([]).out == str(RESULTS) and parse_args(["--tiny"]).out == str(RESULTS / "tmp")
+    assert parse_args(["--out", "x"]).out == "x"
+
+
+@pytest.mark.parametrize("name", ["a/b", "../up", "", ".."])
+def test_queries_and_alignment_refuse_a_name_that_is_a_path(name, tmp_path):
+    # --name a/b ran the whole benchmark, then failed writing <out>/a/b.json (FileNotFoundError).
+    from benchmarks.bench_alignment import main as alignment
+    from benchmarks.bench_queries import parse_args
+
+    (tmp_path / "part.json").write_text(json.dumps({"benchmark": "bench_alignment", "rows": [], "args": {}}))
+    for argv in ([], ["--merge", str(tmp_path / "part.json")]):
+        with pytest.raises(InputDataError, match="--name: expected a file stem without a path separator"):
+            parse_args([*argv, "--name", name, "--out", str(tmp_path)])
+        with pytest.raises(InputDataError, match="--name: expected a file stem"):
+            alignment([*argv, "--name", name, "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.json"]
+
+
+def _alignment_row(method: str, seed: int, labels: int) -> dict:
+    return {"method": method, "seed": seed, "labels": labels, "preferred_fraction": 0.8, "judge_share": 0.9,
+            "precision": 0.9, "recall": 0.2, "liked_class_entropy": 1.9}
+
+
+def _alignment_part(method: str, seed: int, **options) -> dict:
+    """A bench_alignment result of one run of ``method`` on ``seed`` with the defaults' options but ``options``."""
+    args = {"seeds": [seed], "labels": [0, 20], "methods": [method], "eval_samples": 256, "papa_steps": 60,
+            "features": "both", "exploration": None, "filter_quantile": None, "tiny": False, "merge": None,
+            "name": "bench_alignment", "out": None, **options}
+    return {"benchmark": "bench_alignment", "rows": [_alignment_row(method, seed, n) for n in (0, 20)], "args": args}
+
+
+def test_alignment_merge_refuses_runs_of_another_protocol_or_another_benchmark(tmp_path):
+    # Runs of other --eval-samples, --features, ... were merged into one table without a word; a bench_gp
+    # result (it has "rows" too) failed with KeyError 'seed'.
+    from benchmarks.bench_alignment import main
+
+    def merged(*parts, name="merged"):
+        paths = []
+        for part in parts:
+            paths.append(tmp_path / f"part{len(list(tmp_path.glob('part*.json')))}.json")
+            paths[-1].write_text(json.dumps(part))
+        return main(["--merge", *map(str, paths), "--name", name, "--out", str(tmp_path / "out")])
+
+    base = _alignment_part("eig_likes", 0)
+    for option, value, method in (("eval_samples", 128, "eig_likes"), ("tiny", True, "papa"),
+                                  ("features", "midblock", "eig_likes"), ("exploration", 0.2, "region_likes"),
+                                  ("filter_quantile", 0.3, "eig_likes")):
+        with pytest.raises(InputDataError, match=fr"--merge \(.*part\d+.json\): expected {option} = .* as in "):
+            merged(base, _alignment_part(method, 1, **{option: value}))
+    with pytest.raises(InputDataError, match="expected papa_steps = 60"):
+        merged(_alignment_part("papa", 0), _alignment_part("papa", 1, papa_steps=30))
+    # an option a method does not read may differ: PAPA reads no reward features, sessions no PAPA steps
+    mixed = merged(base, _alignment_part("papa", 1, features="midblock", papa_steps=30, exploration=0.2))
+    assert mixed["labels_to_75"] == {"eig_likes": [0], "papa": [0]}
+    # a merged file (any --name) merges again, its runs checked one by one
+    merged(base, _alignment_part("eig_pairs", 0), name="pooled")
+    pooled = json.loads((tmp_path / "out" / "pooled.json").read_text())
+    assert pooled["benchmark"] == "bench_alignment"
+    assert merged(pooled, _alignment_part("eig_likes", 2))["labels_to_75"] == {"eig_likes": [0, 0], "eig_pairs": [0]}
+    with pytest.raises(InputDataError, match="expected eval_samples = 256"):
+        merged(pooled, _alignment_part("eig_likes", 2, eval_samples=64))
+    gp = {"benchmark": "bench_gp", "rows": [{"m": 40, "n": 20}], "args": {"tiny": True}}
+    with pytest.raises(InputDataError, match=r"--merge: expected a bench_alignment result file, got .*part\d+.json "
+                                             r"\(benchmark 'bench_gp'\)"):
+        merged(base, gp)
+
+
+def test_alignment_tiny_merge_never_writes_over_the_committed_results(tmp_path, monkeypatch):
+    # --tiny --merge without --out wrote <results>/bench_alignment.*, as a full merge does.
+    import benchmarks.bench_alignment as ba
+
+    written = []
+    monkeypatch.setattr(ba, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(ba, "report", lambda curves, rows, labels, args, out, name: written.append((out, name)) or {})
+    (tmp_path / "part.json").write_text(json.dumps(_alignment_part("eig_likes", 0, tiny=True)))
+    ba.main(["--tiny", "--merge", str(tmp_path / "part.json")])
+    assert written == [(tmp_path / "results" / "tmp", "bench_alignment_tiny")]
+    ba.main(["--tiny", "--merge", str(tmp_path / "part.json"), "--name", "mine", "--out", str(tmp_path / "o")])
+    assert written[-1] == (tmp_path / "o", "mine")  # given explicitly: kept
+
+
+def test_calibration_checks_bins_and_rank_draws_against_the_draws_each_fit_keeps(monkeypatch, tmp_path):
+    # Both failed after the first method's whole run: --num-bins above the possible ranks, --rank-draws above the
+    # draws a fit keeps (Laplace, SVI: --num-samples; NUTS: 2 chains x --num-samples).
+    import benchmarks.bench_calibration as bc
+
+    def started(*args, **kwargs):
+        raise AssertionError("started")
+
+    monkeypatch.setattr(bc, "simulation_based_calibration", started)
+    for argv, message in (
+        (["--rank-draws", "19", "--num-bins", "21"], "--num-bins: expected at most --rank-draws + 1 = 20"),
+        (["--num-samples", "40", "--rank-draws", "41"], "--rank-draws: expected at most the 40 draws a laplace fit keeps"),
+        (["--methods", "svi", "--num-samples", "1000", "--rank-draws", "1001"], "at most the 1000 draws a svi fit keeps"),
+        (["--methods", "nuts", "--num-samples", "40", "--rank-draws", "81"], "at most the 80 draws a nuts fit keeps"),
+        (["--methods", "nuts", "--num-samples", "3", "--rank-draws", "2"], "--num-samples: expected an integer >= 4"),
+    ):
+        for tiny in ([], ["--tiny"]):
+            with pytest.raises(InputDataError, match=message.replace("(", r"\(").replace("+", r"\+")):
+                bc.main([*tiny, *argv, "--out", str(tmp_path)])
+    with pytest.raises(InputDataError, match="at most the 1000 draws a nuts fit keeps"):  # fit()'s default: 2 x 500
+        bc.main(["--methods", "nuts", "--rank-draws", "1001", "--out", str(tmp_path)])
+    for argv in (["--methods", "nuts", "--num-samples", "40", "--rank-draws", "80"],  # NUTS: both chains' draws
+                 ["--rank-draws", "19", "--num-bins", "20"], ["--methods", "laplace", "--rank-draws", "1000"]):
+        with pytest.raises(AssertionError, match="started"):  # accepted: the fits begin
+            bc.main([*argv, "--out", str(tmp_path)])
+
+
+def test_calibration_times_each_method_after_an_untimed_first_fit(monkeypatch, tmp_path):
+    # s_per_fit held each method's first fit in the process (Laplace: 0.64 s against 0.03 s for the others).
+    import benchmarks.bench_calibration as bc
+
+    calls, real = [], bc.simulation_based_calibration
+
+    def recorded(model, items, m, num_datasets, **kwargs):
+        calls.append((kwargs["method"], num_datasets))
+        return real(model, items, m, num_datasets, **kwargs)
+
+    monkeypatch.setattr(bc, "simulation_based_calibration", recorded)
+    rows = bc.main(["--tiny", "--methods", "laplace", "svi", "--out", str(tmp_path)])
+    assert calls == [("laplace", 1), ("laplace", 4), ("svi", 1), ("svi", 4)]
+    raw = json.loads((tmp_path / "bench_calibration_tiny.json").read_text())["raw"]
+    for row in rows:
+        assert row["first_fit_s"] > 0 and len(raw[row["method"]]["seconds"]) == 4
+        assert row["s_per_fit"] == pytest.approx(sum(raw[row["method"]]["seconds"]) / 4)
+
+
+def test_inference_fits_every_method_once_untimed_before_timing(monkeypatch, tmp_path):
+    # Only Laplace was warmed up: SVI's first timed fit took 1.1 s against 0.12 s.
+    import benchmarks.bench_inference as bi
+
+    calls, real = [], bi.fit
+
+    def recorded(model, data, **kwargs):
+        calls.append((kwargs["method"], data.num_observations))
+        return real(model, data, **kwargs)
+
+    monkeypatch.setattr(bi, "fit", recorded)
+    rows = bi.main(["--tiny", "--methods", "laplace", "svi", "--out", str(tmp_path)])
+    first = {method: next(n for m, n in calls if m == method) for method in ("laplace", "svi")}
+    assert first == {"laplace": 5, "svi": 5}  # the small warm-up problem, not the timed m = 30
+    assert [(m, n) for m, n in calls if n == 30] == [("laplace", 30), ("svi", 30)]
+    assert calls.index(("svi", 5)) < calls.index(("laplace", 30))  # every warm-up before any timed fit
+    payload = json.loads((tmp_path / "bench_inference_tiny.json").read_text())
+    assert set(payload["first_fit_s"]) == {"laplace", "svi"} and [r["method"] for r in rows] == ["laplace", "svi"]
+
+
+def test_gp_notes_say_the_threads_it_ran_with(tmp_path):
+    # The Markdown said "one thread for both models" whatever --threads was.
+    from benchmarks.bench_gp import main
+
+    main(["--tiny", "--threads", "2", "--out", str(tmp_path)])
+    notes = (tmp_path / "bench_gp_tiny.md").read_text()
+    assert "2 threads for both models" in notes and "one thread" not in notes

@@ -360,3 +360,40 @@ def test_label_refuses_another_feature_map_of_the_same_dimension(tmp_path):
         assert s.rater_config(1) is None  # refused before anything was written
     assert label_main(["--store", str(store), "--rater", "1", "--features", "pca", "--labels", "0"],
                       read=lambda _: "q", write=io.StringIO()) == 0
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training or fitting the feature maps fails the test: these arguments must be refused before either."""
+    import papa_bayes.diffusion.train as train
+
+    def started(*args, **kwargs):
+        raise AssertionError("train-base started before refusing its options")
+
+    monkeypatch.setattr(train, "train_base_model", started)
+    monkeypatch.setattr(train, "fit_default_features", started)
+
+
+def test_train_base_checks_out_and_feature_samples_before_training(tmp_path, capsys, no_training):
+    # Both were found only after the minutes of training: --out naming a file (when the UNet was saved) and
+    # --feature-samples below the maps' 8 features ("num_features: expected at most num_samples").
+    (tmp_path / "file").write_text("in the way\n")
+    for out, args, message in (
+        (tmp_path / "file", [], f"--out: expected a folder (or a path where one can be made), got {tmp_path / 'file'} (a file)"),
+        (tmp_path / "file" / "m", [], f"({tmp_path / 'file'} is a file)"),
+        (tmp_path / "m", ["--feature-samples", "4"], "--feature-samples: expected an integer >= 8, got 4"),
+    ):
+        assert main(["train-base", "--out", str(out), "--no-progress", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("papa-bayes train-base: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_base_features_only_names_out_and_says_what_it_rewrites(tmp_path, capsys):
+    # --features-only on a folder that is no checkpoint said "path: expected ..."; its help spoke of the PCA map only.
+    assert main(["train-base", "--features-only", "--out", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("papa-bayes train-base: error: --out: expected a checkpoint folder")
+    with pytest.raises(SystemExit):
+        main(["train-base", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "pca_features/, midblock_features/ and midblock32_features/" in text

@@ -94,6 +94,16 @@ BAD = [
     ("bench_finetune", ["--papa-labels", "-2"], "--papa-labels"),  # was: accepted, no PAPA rows
     ("bench_alignment", ["--eval-samples", "0"], "--eval-samples"),
     ("bench_alignment", ["--seeds", "-1"], "--seeds"),
+    # were: "samples: expected more than k=3 points" once the first samples were scored
+    ("bench_diffusion", ["--num-samples", "3"], "--num-samples: expected an integer >= 4"),
+    ("bench_finetune", ["--num-samples", "3"], "--num-samples: expected an integer >= 4"),
+    ("bench_alignment", ["--eval-samples", "3"], "--eval-samples: expected an integer >= 4"),
+    ("bench_alignment", ["--methods", "papa", "--labels", "0"], "--labels"),  # was: num_samples 0 from the sampler
+    ("bench_queries", ["--rationalities", "inf", "--strategies", "eig:known"], "--rationalities"),  # LinearReward's
+    ("bench_queries", ["--name", "a/b"], "--name"),  # was: FileNotFoundError when the results were written
+    ("bench_alignment", ["--name", "a/b"], "--name"),
+    ("bench_calibration", ["--rank-draws", "9", "--num-bins", "11"], "--num-bins"),  # were: after the first method
+    ("bench_calibration", ["--num-samples", "40", "--rank-draws", "50"], "--rank-draws"),
 ]
 
 

@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from papa_bayes.exceptions import InputDataError
 from papa_bayes.diffusion.sampler import sample
 
 __all__ = ["train_base_model", "fit_default_features", "main"]
+
+NUM_FEATURES = 8  # dimension of the shipped feature maps (fit_default_features' default)
 
 
 @renamed_option("progress", "progress_bar")
@@ -149,7 +152,7 @@ def fit_default_features(
     checkpoint: str | Path,
     *,
     num_samples: int = 1024,
-    num_features: int = 8,
+    num_features: int = NUM_FEATURES,
     num_inference_steps: int = 50,
     seed: int = 0,
     progress_bar: bool = True,
@@ -195,6 +198,18 @@ def fit_default_features(
     return pca
 
 
+def _check_out_folder(out: Path) -> None:
+    """InputDataError naming ``--out`` unless the folder exists or can be made (nothing is made now)."""
+    expected = "a folder (or a path where one can be made)"
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputDataError("--out", expected, f"{out} (a file)" if existing == out else f"{out} ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputDataError("--out", expected, f"{out} ({existing} is not writable)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; see ``--help``."""
     parser = argparse.ArgumentParser(prog="papa-bayes train-base", description="Train the digits base diffusion model.",
@@ -208,18 +223,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seeds initialization, batches, noise and the features")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--feature-samples", type=int, default=1024, help="base samples the PCA map is fitted on")
+    parser.add_argument("--feature-samples", type=int, default=1024,
+                        help=f"base samples the feature maps are fitted on (at least their {NUM_FEATURES} features)")
     parser.add_argument("--feature-steps", type=int, default=50, help="DDIM steps of those samples")
     parser.add_argument("--features-only", action="store_true",
-                        help="only refit the PCA feature map of an existing checkpoint")
+                        help="only refit the feature maps of an existing checkpoint (pca_features/, midblock_features/ "
+                        "and midblock32_features/ are rewritten; the UNet is kept)")
     args = parser.parse_args(argv)
-    options = {"out_dir": "--out", "checkpoint": "--out", "steps": "--steps", "batch_size": "--batch-size",
+    # "path": load_base_model's name for the checkpoint (--features-only reads --out as one)
+    options = {"out_dir": "--out", "checkpoint": "--out", "path": "--out", "steps": "--steps", "batch_size": "--batch-size",
                "learning_rate": "--learning-rate", "ema_decay": "--ema-decay", "seed": "--seed", "device": "--device",
                "num_samples": "--feature-samples", "num_inference_steps": "--feature-steps"}
     try:  # errors name the option the person typed, not the function's argument
-        # The feature map's options are checked before the minutes of training, not after.
-        check_int("num_samples", args.feature_samples, minimum=2)
+        # The feature maps' options and the output folder are checked before the minutes of training, not after.
+        check_int("num_samples", args.feature_samples, minimum=NUM_FEATURES)  # a PCA to as many components
         check_int("num_inference_steps", args.feature_steps)
+        if not args.features_only:
+            _check_out_folder(args.out)
         feature_kwargs = dict(num_samples=args.feature_samples, num_inference_steps=args.feature_steps,
                               seed=args.seed, progress_bar=not args.no_progress)
         if args.features_only:
@@ -237,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         fit_default_features(args.out, **feature_kwargs)
     except InputDataError as err:
-        if err.field not in options:
+        if err.field not in options or err.expected is None:  # a whole message: no field to rename
             raise
         raise InputDataError(options[err.field], err.expected, err.actual) from None
     print(json.dumps(summary, indent=2))
