@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,7 +33,10 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
         t = value.detach()
     else:
         try:
-            t = torch.as_tensor(plain_array(value))
+            # Through NumPy: Python floats stay float64 (torch.as_tensor would round them to float32), and
+            # a read-only array (pandas' .values) is copied rather than read in place (torch warns).
+            array = np.array(plain_array(value))
+            t = torch.as_tensor(value) if array.dtype == object else torch.from_numpy(array)
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
     if t.numel() == 0 and dtype in (torch.long, torch.bool):
@@ -459,7 +463,10 @@ class PreferenceData:
             df: `m` rows, one per comparison: columns ``winner`` and ``loser`` (item
                 indices, winner first), optionally ``tie`` (bools) and ``rater``
                 (integer ids). None for ratings only.
-            items: `n x d` features the indices refer to (a DataFrame too).
+            items: `n x d` features the indices refer to. A DataFrame too: its index
+                labels are then the item ids of ``df`` and ``ratings`` (a default
+                ``RangeIndex``: row numbers), its columns the feature names (unless
+                ``feature_names`` is given), and every column must hold numbers.
             winner / loser: column names of the item indices in ``df``.
             tie / rater: column names in ``df`` (``rater`` in ``ratings`` too). By
                 default "tie" and "rater", each used when the frame has it and
@@ -495,9 +502,10 @@ class PreferenceData:
             >>> PreferenceData.from_dataframe(None, torch.randn(3, 2), ratings=likes).num_ratings
             2
         """
-        from papa_bayes.data_frames import dataframe_fields
+        from papa_bayes.data_frames import dataframe_fields, dataframe_items
 
         fields = dataframe_fields(df, ratings, winner=winner, loser=loser, tie=tie, rater=rater, item=item, label=label)
+        items, fields, feature_names = dataframe_items(items, fields, feature_names)
         return cls(items=items, feature_names=feature_names, **fields)
 
     def to_dataframe(self) -> tuple[Any, Any, Any]:
@@ -507,7 +515,8 @@ class PreferenceData:
             ``(comparisons, ratings, items)``: `m` rows of ``winner``, ``loser``,
             ``tie`` and (where the data carry rater ids) ``rater``; `k` rows of
             ``item``, ``label`` (+1 like / -1 dislike) and ``rater`` likewise; the
-            `n x d` features, columns named by ``feature_names`` (else ``x0``, ``x1``, ...).
+            `n x d` features, columns named by ``feature_names`` (else numbered 0, 1, ...:
+            :meth:`from_dataframe` takes string column names as feature names).
 
         Example:
             >>> import torch
@@ -533,7 +542,7 @@ class PreferenceData:
             comparisons["rater"] = array(self.comparison_rater)
         if self.rating_rater is not None:
             ratings["rater"] = array(self.rating_rater)
-        names = list(self.feature_names) if self.feature_names else [f"x{j}" for j in range(self.num_features)]
+        names = list(self.feature_names) if self.feature_names else list(range(self.num_features))
         return comparisons, ratings, pd.DataFrame(array(self.items), columns=names)
 
     def __eq__(self, other: object) -> bool:

@@ -19,7 +19,7 @@ from papa_bayes.exceptions import InputDataError
 
 __all__ = ["dataframe_fields"]
 
-_ITEM_INDICES = "integer item indices (rows of items; map item labels to their row first)"
+_ITEM_INDICES = "integer item ids (rows of items, or the labels of an items DataFrame's index)"
 _LIKE = "+1 (like) or -1 (dislike), or bools (True = like, False = dislike)"
 
 
@@ -119,3 +119,48 @@ def dataframe_fields(
         raise InputDataError("rater", f"a rater column {str(rater)!r} in both df and ratings, or in neither",
                              f"one in {has} only ({lacks} has {list(lacking.columns)})")
     return fields
+
+
+def dataframe_items(items: Any, fields: dict[str, Any], feature_names: Any) -> tuple[Any, dict[str, Any], Any]:
+    """``(items, fields, feature_names)`` with an items DataFrame read as pandas users mean it.
+
+    Its index labels are the item ids the frames use (a default ``RangeIndex`` means
+    row numbers, as for an array), its columns the feature names (unless
+    ``feature_names`` is given), and every column must hold numbers. Anything else
+    passes unchanged.
+    """
+    if not (hasattr(items, "columns") and hasattr(items, "index") and hasattr(items, "dtypes")):
+        return items, fields, feature_names
+    text = [str(c) for c, dtype in zip(items.columns, items.dtypes)
+            if getattr(dtype, "kind", "O") not in "iuf"]  # bools, text, objects, categories, dates
+    if text:
+        raise InputDataError("items", "numeric feature columns (drop or encode the others)",
+                             f"non-numeric columns {text}")
+    if feature_names is None and len(items.columns) and all(isinstance(c, str) for c in items.columns):
+        feature_names = list(items.columns)
+    index = items.index
+    if not _is_row_numbers(index):
+        if not index.is_unique:
+            raise InputDataError("items", "an index of distinct item ids", "repeated labels in items.index")
+        fields = dict(fields)
+        for name, column in (("comparisons", None), ("ratings", 0)):
+            if name not in fields:
+                continue
+            ids = fields[name] if column is None else fields[name][:, column]
+            rows = torch.as_tensor(index.get_indexer(ids.reshape(-1).tolist()), dtype=torch.long).reshape(ids.shape)
+            if bool((rows < 0).any()):
+                missing = sorted({int(i) for i in ids.reshape(-1)[rows.reshape(-1) < 0]})[:5]
+                raise InputDataError(name, "item ids found in items.index", f"ids {missing} not in it")
+            if column is None:
+                fields[name] = rows
+            else:
+                fields[name] = torch.stack([rows, fields[name][:, 1]], -1)
+    return plain_array(items), fields, feature_names
+
+
+def _is_row_numbers(index: Any) -> bool:
+    """Whether a pandas index is 0, 1, ..., n - 1 in order (a default RangeIndex or the same numbers)."""
+    try:
+        return [int(i) for i in index] == list(range(len(index)))
+    except (TypeError, ValueError):
+        return False

@@ -180,6 +180,9 @@ class PreferenceSession:
         if not implements(user, method, User):  # before anything is stored
             raise InputDataError("user", f"an object with a {method}() method for {query_type!r} queries "
                                  "(e.g. a SimulatedUser or CallbackUser)", type(user).__name__)
+        model = model if model is not None else LinearReward(rationality=1.0)
+        if query_type == "pair" and getattr(user, "tie_margin", 0.0) > 0 and not getattr(model, "ties", False):
+            raise InputDataError("model", "a model with ties=True for a user who ties (tie_margin > 0)", repr(model))
         if isinstance(user, CallbackUser) and getattr(user, f"{method}_fn") is None:
             raise InputDataError("user", f"a CallbackUser with a {method}_fn for {query_type!r} queries",
                                  f"{method}_fn=None")
@@ -209,7 +212,7 @@ class PreferenceSession:
                 self.store.close()
             raise problem
         self.source, self.user = source, user
-        self.model = model if model is not None else LinearReward(rationality=1.0)
+        self.model = model
         self.finetune_every = finetune_every
         self.finetune_options = dict(finetune_options or {})
         self.query_type, self.strategy = query_type, strategy
@@ -394,10 +397,9 @@ class PreferenceSession:
             self._posterior = None
             return
         data = self.data
-        if data.num_observations == 0:
-            self._posterior = self._prior(data)
-        else:
-            self._posterior = self._fit(data)
+        # No answer yet (killed in round 0 after its pool was stored): no posterior, as in a new session,
+        # so that the retried first pool is drawn unsteered, as the pool that was stored.
+        self._posterior = None if data.num_observations == 0 else self._fit(data)
 
     # ----------------------------------------------------------------- round
     def step(self) -> RoundRecord:
@@ -530,6 +532,10 @@ class PreferenceSession:
             if won is None or tie is None:  # checked before anything is written: the query stays pending
                 raise InputDataError("user.compare", "(first_won, tie): two one-element tensors of bools (or 0/1)",
                                      _shown_value(answer))
+            if tie and not getattr(self.model, "ties", False):  # stored, it would stop every later update
+                raise InputDataError("user.compare", "a strict answer (the session's model has ties=False; "
+                                     "begin the session with e.g. LinearReward(rationality=1.0, ties=True) "
+                                     "to take ties)", "a tie")
             return "tie" if tie else ("first" if won else "second")
         answer = self.user.rate(view(query.item_a))
         like = _one_value(answer, (-1.0, 1.0))

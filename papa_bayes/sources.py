@@ -8,6 +8,7 @@ vectors; :class:`~papa_bayes.diffusion.DiffusionCandidates` samples a diffusion 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,4 +108,7 @@ class FeaturePool(CandidateSource):
         return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool))
 
     def config(self):
-        return {"kind": "FeaturePool", "num_items": int(self.items.shape[0]), "num_features": self.num_features}
+        # The items' digest: a resumed session with another pool of the same size is another experiment.
+        digest = hashlib.sha256(self.items.numpy().tobytes()).hexdigest()[:16]
+        return {"kind": "FeaturePool", "num_items": int(self.items.shape[0]), "num_features": self.num_features,
+                "items_sha256": digest}

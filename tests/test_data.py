@@ -222,7 +222,7 @@ def test_from_dataframe_says_how_to_code_text_ids():
     with pytest.raises(InputDataError, match=r"cat\.codes.*'alice' in row 0") as err:
         PreferenceData.from_dataframe(df, torch.randn(4, 2))
     assert err.value.field == "df['rater']"
-    with pytest.raises(InputDataError, match="item indices") as err:
+    with pytest.raises(InputDataError, match="integer item ids") as err:
         PreferenceData.from_dataframe(df.assign(winner=["a", "c"], rater=[0, 1]), torch.randn(4, 2))
     assert err.value.field == "df['winner']"
     coded = df.assign(rater=df["rater"].astype("category").cat.codes)  # the fix the message names
@@ -310,7 +310,7 @@ def test_to_dataframe_is_the_inverse_of_from_dataframe():
     assert back == full
     plain = PreferenceData(items=items, comparisons=[[1, 0]])  # no ids, no names, no ratings
     comparisons, ratings, frame = plain.to_dataframe()
-    assert "rater" not in comparisons.columns and list(frame.columns) == ["x0", "x1"] and len(ratings) == 0
+    assert "rater" not in comparisons.columns and list(frame.columns) == [0, 1] and len(ratings) == 0
     assert PreferenceData.from_dataframe(comparisons, frame, ratings=ratings) == plain
 
 
@@ -405,3 +405,38 @@ def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["answers.json"]  # no temporary file left behind
     data.append(comparisons=[[1, 2]]).to_json(path)
     assert PreferenceData.from_json(path).num_comparisons == 2
+
+
+def test_an_items_frame_is_read_by_its_index_and_columns():
+    """from_dataframe read the ids as row numbers of an items frame indexed otherwise (after sort_values, say):
+    the comparisons silently pointed at other items. Its column names were dropped too."""
+    import pandas as pd
+
+    items = pd.DataFrame([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]], columns=["hue", "size"], index=[30, 10, 40, 0])
+    data = PreferenceData.from_dataframe(pd.DataFrame({"winner": [30, 0], "loser": [10, 40]}), items,
+                                         ratings=pd.DataFrame({"item": [40], "label": [True]}))
+    assert data.items[data.comparisons[:, 0]].tolist() == [items.loc[30].tolist(), items.loc[0].tolist()]
+    assert data.items[data.ratings[0, 0]].tolist() == items.loc[40].tolist()
+    assert data.feature_names == ("hue", "size")
+    assert PreferenceData.from_dataframe(pd.DataFrame({"winner": [0]}, columns=["winner"]).assign(loser=1),
+                                         items.reset_index(drop=True), feature_names=["a", "b"]).feature_names == ("a", "b")
+    with pytest.raises(InputDataError, match=r"comparisons: expected item ids found in items.index, got ids \[7\]"):
+        PreferenceData.from_dataframe(pd.DataFrame({"winner": [7], "loser": [10]}), items)
+    with pytest.raises(InputDataError, match=r"items: expected numeric feature columns .*\['name'\]"):
+        PreferenceData.from_dataframe(pd.DataFrame({"winner": [0], "loser": [1]}),
+                                      pd.DataFrame({"name": ["a", "b"], "hue": [1.0, 2.0]}))
+
+
+def test_python_floats_keep_double_precision_and_read_only_arrays_raise_no_warning():
+    """torch.as_tensor read a list of Python floats as float32 (0.1 became 0.10000000149), and warned about
+    a read-only NumPy array (pandas' .values under copy-on-write) although the data copy it."""
+    import warnings
+
+    import numpy as np
+
+    assert PreferenceData(items=[[0.1, 0.2], [0.3, 0.4]], comparisons=[[0, 1]]).items[0, 0].item() == 0.1
+    frozen = np.arange(6.0).reshape(3, 2)
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert PreferenceData(items=frozen, comparisons=[[0, 1]]).items.tolist() == frozen.tolist()

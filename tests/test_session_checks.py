@@ -192,3 +192,57 @@ def test_a_session_steps_in_another_thread(tmp_path):
     thread.start()
     thread.join()
     assert outcome[0].query.answer is not None and session.store.num_answers() == 1
+
+
+def test_a_tie_the_model_cannot_take_is_refused_before_it_is_stored(tmp_path):
+    """A 'tie' was stored, then every update, step and resume raised 'the data holds ties but the model was
+    built with ties=False': the store could not be used again."""
+    from papa_bayes.users import SimulatedUser
+
+    source, _, _ = setup()
+    answers = iter([0, "tie", 1, 0])
+    session = PreferenceSession(tmp_path / "s.db", source, CallbackUser(lambda a, b: next(answers)), pool_size=8)
+    session.step()
+    with pytest.raises(InputDataError, match="user.compare: expected a strict answer .*ties=False"):
+        session.step()
+    assert session.store.num_answers() == 1 and len(session.store.queries(answered=False)) == 1
+    assert session.step().query.answer == "second" and session.step().round == 2  # the pending one asked again
+    with pytest.raises(InputDataError, match="model: expected a model with ties=True for a user who ties"):
+        PreferenceSession(tmp_path / "t.db", source, SimulatedUser([1.0, 0, 0, 0], tie_margin=1.0), pool_size=8)
+    tied = PreferenceSession(tmp_path / "u.db", source, CallbackUser(lambda a, b: "tie"), pool_size=8,
+                             model=LinearReward(rationality=1.0, ties=True))
+    assert tied.step().query.answer == "tie" and tied.posterior.data.has_ties
+
+
+def test_a_kill_in_round_zero_after_the_pool_was_stored_resumes_exactly(tmp_path, monkeypatch):
+    """Resume fitted 'the prior' when no answer was stored: the retried first pool was steered by it, did not
+    match the stored one, and was stored again (16 orphaned items, other questions than a clean run)."""
+    import papa_bayes.session as session_module
+
+    source, user, _ = setup()
+    kw = dict(pool_size=8, seed=3, strategy="eig")
+    clean = PreferenceSession(tmp_path / "clean.db", source, user, **kw)
+    clean.run(3, progress_bar=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    session = PreferenceSession(tmp_path / "s.db", source, user, **kw)
+    monkeypatch.setattr(session_module, "select_queries", killed)
+    with pytest.raises(KeyboardInterrupt):
+        session.step()
+    session.close()
+    monkeypatch.undo()
+    resumed = PreferenceSession.resume(tmp_path / "s.db", source, user)
+    resumed.run(3, progress_bar=False)
+    assert resumed.store.num_items == clean.store.num_items == 3 * 8
+    assert [(q.item_a, q.item_b) for q in resumed.store.queries()] == [(q.item_a, q.item_b) for q in clean.store.queries()]
+
+
+def test_resume_refuses_another_pool_of_the_same_size(tmp_path):
+    source, user, _ = setup()
+    PreferenceSession(tmp_path / "s.db", source, user, pool_size=8).run(1, progress_bar=False)
+    other = FeaturePool(source.items + 0.01)  # same size, other items
+    with pytest.raises(InputDataError, match="source: expected the session's source"):
+        PreferenceSession.resume(tmp_path / "s.db", other, user)
+    PreferenceSession.resume(tmp_path / "s.db", FeaturePool(source.items.clone()), user).close()

@@ -7,6 +7,13 @@ Groups: ``posterior``, ``sample_stats`` (``lp``, ``diverging``), ``log_likelihoo
 
 Data with both comparisons and ratings give two log-likelihood arrays; ArviZ then
 asks which one: ``az.loo(idata, var_name="comparisons")`` (or ``"ratings"``).
+
+Comparisons reach ArviZ oriented by item index: ``constant_data.compared_items``
+lists the lower index first, and the observed and replicated answers say which of
+the two won (1 first, 0 second; with ties 0 first, 1 second, 2 tie). Stored winner
+first, every observed answer would read "first", and ``az.plot_ppc`` /
+``az.plot_bpv`` would flag misfit for a model that fits. The log-likelihood of an
+answer does not depend on the orientation.
 """
 
 from __future__ import annotations
@@ -59,14 +66,34 @@ def data_coords(data: PreferenceData) -> dict[str, Any]:
     }
 
 
+def _orientation(data: PreferenceData, observed: dict[str, Tensor]) -> tuple[np.ndarray, bool] | None:
+    """(rows stored with the higher item index first, whether answers are 0/1 with 1 = first) or None."""
+    if not data.num_comparisons or "comparisons" not in observed:
+        return None
+    flip = _np(data.comparisons[:, 0] > data.comparisons[:, 1])
+    # Winner first: strict-only answers are all 1 (a Bernoulli "first won"); with ties, codes 0 (first) or 2.
+    binary = bool((_np(observed["comparisons"]) == 1).any())
+    return flip, binary
+
+
+def _oriented(values: np.ndarray, orientation: tuple[np.ndarray, bool] | None) -> np.ndarray:
+    """Answers of the stored orientation (`... x comparison`) in the index orientation (see the module doc)."""
+    if orientation is None:
+        return values
+    flip, binary = orientation
+    swapped = (1 - values) if binary else np.where(values == 2, 2, 1 - values)  # ties stay ties
+    return np.where(flip, swapped, values).astype(values.dtype)
+
+
 def data_groups(data: PreferenceData, observed: dict[str, Tensor]) -> tuple[dict, dict, dict]:
-    """(observed_data, constant_data, dims) for the standard observed sites."""
+    """(observed_data, constant_data, dims) for the standard observed sites (comparisons by item index)."""
     check_preference_data(data)
-    obs = {k: _outcomes(v) for k, v in observed.items()}
+    orientation = _orientation(data, observed)
+    obs = {k: _oriented(_outcomes(v), orientation) if k == "comparisons" else _outcomes(v) for k, v in observed.items()}
     const: dict[str, np.ndarray] = {"items": _np(data.items)}
     dims: dict[str, list[str]] = {"items": ["item", "feature"], "comparisons": ["comparison"], "ratings": ["rating"]}
     if data.num_comparisons:
-        const["compared_items"] = _np(data.comparisons)
+        const["compared_items"] = np.sort(_np(data.comparisons), axis=1)
         const["ties"] = _np(data.ties)
         dims.update(compared_items=["comparison", "outcome_pair"], ties=["comparison"])
         if data.comparison_rater is not None:
@@ -103,6 +130,7 @@ def build_inference_data(
     for ``az.plot_ppc``).
     """
     obs, const, all_dims = data_groups(data, observed)
+    orientation = _orientation(data, observed)
     scalars = {k: _np(v) for k, v in (constant or {}).items() if v.dim() == 0}
     const.update({k: _np(v) for k, v in (constant or {}).items() if v.dim() > 0})
     all_dims.update(dims or {})
@@ -115,7 +143,8 @@ def build_inference_data(
         sample_stats=conv(sample_stats),
         log_likelihood=conv(log_likelihood),
         posterior_predictive=None if posterior_predictive is None else {
-            k: _outcomes(v) for k, v in posterior_predictive.items()},
+            k: _oriented(_outcomes(v), orientation) if k == "comparisons" else _outcomes(v)
+            for k, v in posterior_predictive.items()},
         observed_data=obs,
         constant_data=const,
         coords={k: v for k, v in coords.items() if k in used},

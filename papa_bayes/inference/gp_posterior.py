@@ -199,7 +199,8 @@ class GPPosterior(RewardPosterior):
         - ``log_likelihood`` / ``posterior_predictive``: ``comparisons``
           `chain x draw x comparison`, ``ratings`` `chain x draw x rating` (integer
           answers: 1 first preferred, 0 second; with ties 0 first, 1 second, 2 tie;
-          1 like, 0 dislike).
+          1 like, 0 dislike; each pair's first item the one of lower index, see
+          :mod:`papa_bayes.diagnostics.arviz`).
         - ``observed_data``: their observed twins, `comparison` and `rating`.
         - ``sample_stats``: ``lp``, ``diverging`` `chain x draw`.
         - ``constant_data``: ``items`` `item x feature`, ``compared_items``
