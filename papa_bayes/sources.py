@@ -24,11 +24,17 @@ __all__ = ["Candidates", "CandidateSource", "FeaturePool"]
 
 @dataclass
 class Candidates:
-    """A pool of candidates: `n x d` features, optional `n x ...` images, `n` steered flags."""
+    """A pool of candidates: `n x d` features, optional `n x ...` images, `n` steered flags.
+
+    ``indices``: `n` rows of the source's own items where it has them (a
+    :class:`FeaturePool`: the rows of ``items``, to map back to your catalogue),
+    else None (a diffusion model's samples are new).
+    """
 
     features: Tensor
     images: Tensor | None
     steered: Tensor
+    indices: Tensor | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -98,14 +104,14 @@ class FeaturePool(CandidateSource):
                     break
         idx = torch.tensor(chosen + steered, dtype=torch.long)
         flags = torch.tensor([False] * len(chosen) + [True] * len(steered))
-        return Candidates(self.items[idx], None, flags)
+        return Candidates(self.items[idx], None, flags, idx)
 
     def recommend(self, posterior, n, *, generator):
         if n > self.items.shape[0]:
             raise InputDataError("n", f"at most the pool's {self.items.shape[0]} items", n)
         mean = posterior.utility(self.items).mean(0)
         idx = torch.argsort(mean, descending=True)[:n]
-        return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool))
+        return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool), idx)
 
     def config(self):
         # The items' digest: a resumed session with another pool of the same size is another experiment.

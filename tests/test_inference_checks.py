@@ -63,3 +63,20 @@ def test_sbc_scores_a_hierarchical_fit_by_the_rater_who_answered(monkeypatch):
     result = simulation_based_calibration(HierarchicalLinearReward(), items, 10, 2, num_rank_draws=9, num_heldout=5,
                                           fit_options={"num_samples": 16})
     assert raters == [0, 0] and result.probs.shape == (2, 5)
+
+
+def test_a_gaussian_sampler_on_the_draws_model_is_our_error():
+    """qEUBO with a SobolQMCNormalSampler raised BoTorch's NotImplementedError: DrawsPosterior does not
+    implement `base_sample_shape`."""
+    from botorch.acquisition.preference import qExpectedUtilityOfBestOption
+    from botorch.sampling import IIDNormalSampler, SobolQMCNormalSampler
+
+    post = fit(LinearReward(), PreferenceData(items=ITEMS, comparisons=[[0, 1], [3, 2], [0, 2]]), num_samples=16)
+    X = torch.tensor([[[2.0], [-1.0]], [[0.5], [1.0]]], dtype=torch.float64)  # 2 pairs `2 x 2 x 1`
+    for sampler in (SobolQMCNormalSampler(torch.Size([64])), IIDNormalSampler(torch.Size([64]))):
+        acquisition = qExpectedUtilityOfBestOption(pref_model=post.as_botorch_model(), sampler=sampler)
+        with pytest.raises(ModelError, match=r"fixed set of 16 posterior draws.*do not apply.*sampler=None"):
+            acquisition(X)
+    value = qExpectedUtilityOfBestOption(pref_model=post.as_botorch_model(), sampler=None)(X)
+    u = post.utility(X.reshape(-1, 1)).reshape(16, 2, 2)  # the same draws for both items of a pair
+    assert torch.allclose(value, u.max(-1).values.mean(0))

@@ -246,3 +246,17 @@ def test_resume_refuses_another_pool_of_the_same_size(tmp_path):
     with pytest.raises(InputDataError, match="source: expected the session's source"):
         PreferenceSession.resume(tmp_path / "s.db", other, user)
     PreferenceSession.resume(tmp_path / "s.db", FeaturePool(source.items.clone()), user).close()
+
+
+def test_a_feature_pool_says_which_of_its_items_it_recommends():
+    """Recommendations and pools came as bare feature vectors: a catalogue's ids had to be matched back by hand."""
+    source, _, w = setup()
+    gen = torch.Generator().manual_seed(0)
+    pool = source.candidates(None, 8, exploration=0.5, generator=gen)
+    assert torch.equal(source.items[pool.indices], pool.features) and len(set(pool.indices.tolist())) == 8
+    from papa_bayes.inference import prior_posterior
+    from papa_bayes.data import PreferenceData
+
+    post = prior_posterior(LinearReward(rationality=1.0), PreferenceData(items=source.items), num_samples=16)
+    best = source.recommend(post, 3, generator=gen)
+    assert torch.equal(source.items[best.indices], best.features)

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from papa_bayes.diffusion.digits import load_digits_splits
-from papa_bayes.checks import check_finite, shape_of
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.checks import caller_stacklevel, check_finite, shape_of
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 
 __all__ = ["DEFAULT_LIKED", "DigitsPerson", "DigitsJudge", "load_user_classifier", "load_judge"]
 
@@ -38,6 +38,31 @@ def _check_images(images: Tensor, name: str = "images") -> Tensor:
         raise InputDataError(name, "a tensor of shape `n x 1 x 8 x 8`", shape)
     check_finite(name, images, "pixels")  # a NaN digit would read as disliked
     return images
+
+
+def _warn_unit_range(name: str, images: Tensor, *, reference: Tensor | None = None) -> None:
+    """PapaBayesWarning when ``images`` look rescaled to `[0, 1]` where `[-1, 1]` is expected.
+
+    The digits (and the diffusion model's samples) lie in `[-1, 1]`, their background
+    at -1; diffusers pipelines and image files give `[0, 1]`, where every distance and
+    classifier score silently shifts. Digits with no negative pixel are that mistake.
+    Against a ``reference`` (a manifold's data, of any range), images warn when they
+    lie in `[0, 1]` while the reference has negative values. Empty batches pass.
+    """
+    if images.numel() == 0:
+        return
+    low, high = float(images.detach().min()), float(images.detach().max())
+    if low < 0:
+        return
+    if reference is not None and (high > 1 or reference.numel() == 0 or float(reference.detach().min()) >= 0):
+        return
+    where = "the model's range [-1, 1]" if reference is None else "the reference's range (it has negative values)"
+    warnings.warn(
+        f"{name}: expected images in {where}, got values in [{low:.3g}, {high:.3g}], none negative; "
+        "images in [0, 1] (as diffusers pipelines and image files give) score wrongly: rescale them with `2 * x - 1`.",
+        PapaBayesWarning,
+        stacklevel=caller_stacklevel(),
+    )
 
 
 def _check_liked(liked: Sequence[int]) -> tuple[int, ...]:
@@ -114,17 +139,27 @@ class DigitsPerson:
         self.classifier = load_user_classifier()
 
     def class_log_probs(self, images: Tensor) -> Tensor:
-        """`n x 10` log class probabilities of finite `n x 1 x 8 x 8` images, differentiable."""
+        """`n x 10` log class probabilities of finite `n x 1 x 8 x 8` images in `[-1, 1]`, differentiable.
+
+        Images with no negative pixel (as if in `[0, 1]`) warn: a PapaBayesWarning.
+        """
         images = _check_images(images)
+        _warn_unit_range("images", images)
+        return self._class_log_probs(images)
+
+    def _class_log_probs(self, images: Tensor) -> Tensor:
         layer = self.classifier.to(images.device)
         logits = torch.nn.functional.linear(
             images.reshape(images.shape[0], 64).float(), layer.weight, layer.bias  # 64, not -1: n may be 0
         )
         return torch.log_softmax(logits, dim=-1)
 
+    def _liked_log_prob(self, class_log_probs: Tensor) -> Tensor:
+        return torch.logsumexp(class_log_probs[:, list(self.liked)], dim=-1)
+
     def utility(self, images: Tensor) -> Tensor:
         """The true utility `n`: ``log P(class in liked)``, differentiable in ``images``."""
-        return torch.logsumexp(self.class_log_probs(images)[:, list(self.liked)], dim=-1)
+        return self._liked_log_prob(self.class_log_probs(images))
 
     def prob_liked(self, images: Tensor) -> Tensor:
         """`n` probabilities that an image's class is liked."""
@@ -149,8 +184,11 @@ class DigitsPerson:
         _check_images(second, "second")
         if first.shape[0] != second.shape[0]:
             raise InputDataError("second", f"{first.shape[0]} images, one per image of `first`", second.shape[0])
+        _warn_unit_range("first", first)
+        _warn_unit_range("second", second)
         with torch.no_grad():
-            return self.utility(first) > self.utility(second)
+            return self._liked_log_prob(self._class_log_probs(first)) > self._liked_log_prob(
+                self._class_log_probs(second))
 
 
 class DigitsJudge:
@@ -175,8 +213,15 @@ class DigitsJudge:
             self.svc.fit(split.images.reshape(len(split), -1).numpy(), split.labels.numpy())
 
     def predict_proba(self, images: Tensor) -> np.ndarray:
-        """`n x 10` class probabilities of finite `n x 1 x 8 x 8` images (clipped to `[-1, 1]`)."""
+        """`n x 10` class probabilities of finite `n x 1 x 8 x 8` images (clipped to `[-1, 1]`).
+
+        Images with no negative pixel (as if in `[0, 1]`) warn: a PapaBayesWarning.
+        """
         images = _check_images(images)
+        _warn_unit_range("images", images)
+        return self._predict_proba(images)
+
+    def _predict_proba(self, images: Tensor) -> np.ndarray:
         if images.shape[0] == 0:
             return np.zeros((0, 10))
         x = images.detach().to("cpu", torch.float64).clamp(-1, 1).reshape(images.shape[0], -1).numpy()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.diffusion.classifiers import DEFAULT_LIKED, _check_images, _check_liked, load_judge
+from papa_bayes.diffusion.classifiers import DEFAULT_LIKED, _check_images, _check_liked, _warn_unit_range, load_judge
 from papa_bayes.diffusion.digits import load_digits_splits
 from papa_bayes.checks import check_finite, check_int, shape_of
 from papa_bayes.exceptions import InputDataError
@@ -82,8 +82,17 @@ def manifold_membership(samples: Tensor, reference: Tensor, *, k: int = 3, radii
         reference: `m x ...` finite points with as many values per point.
         k: the neighbour rank of the balls (an integer >= 1).
         radii: precomputed `m` radii of ``reference`` (from :func:`knn_radii`), finite and >= 0.
+
+    Samples with no negative value beside a reference with some (images in `[0, 1]`
+    measured against data in `[-1, 1]`) warn: a PapaBayesWarning.
     """
     _check_pair(samples, reference)
+    _warn_unit_range("samples", samples, reference=reference)
+    return _membership(samples, reference, k=k, radii=radii)
+
+
+def _membership(samples: Tensor, reference: Tensor, *, k: int, radii: Tensor | None) -> Tensor:
+    """:func:`manifold_membership` of checked points, without the range warning."""
     x, ref = _flat(samples), _flat(reference)
     if radii is None:
         radii = knn_radii(ref, k=k)
@@ -106,7 +115,12 @@ def manifold_recall(samples: Tensor, reference: Tensor, *, k: int = 3) -> float:
     k = check_int("k", k)
     if samples.shape[0] <= k:  # the balls are the samples' own
         raise InputDataError("samples", f"more than k={k} points", samples.shape[0])
-    return float(manifold_membership(reference, samples, k=k).double().mean())
+    _warn_unit_range("samples", samples, reference=reference)
+    return _recall(samples, reference, k=k)
+
+
+def _recall(samples: Tensor, reference: Tensor, *, k: int) -> float:
+    return float(_membership(reference, samples, k=k, radii=None).double().mean())
 
 
 def class_entropy(classes: Tensor | np.ndarray, *, num_classes: int = 10) -> float:
@@ -145,6 +159,8 @@ def evaluate_samples(
 
     Args:
         images: the samples (n >= 1; clipped to `[-1, 1]` before measuring, as when shown).
+            Images with no negative pixel warn (a PapaBayesWarning): they are likely
+            in `[0, 1]`, as diffusers pipelines give, and every measure shifts.
         liked: the liked digit classes.
         reference: `m x 1 x 8 x 8` real digits for precision and recall (m > k); the
             judge split by default.
@@ -171,9 +187,17 @@ def evaluate_samples(
         raise InputDataError("images", "a non-empty tensor of shape `n x 1 x 8 x 8`", tuple(images.shape))
     liked = _check_liked(liked)
     k = check_int("k", k)
+    if images.shape[0] <= k:  # recall's balls are the images' own
+        raise InputDataError("images", f"more than k={k} images (recall's k-NN balls are theirs)", images.shape[0])
+    if reference is not None:
+        reference = _check_images(reference, "reference")
+    # Warned here, once, in the digits' own range; the measures below are called unwarned.
+    _warn_unit_range("images", images)
+    if reference is not None:
+        _warn_unit_range("reference", reference)
     images = images.detach().to("cpu", torch.float32).clamp(-1, 1)
-    ref = load_digits_splits().judge.images if reference is None else _check_images(reference, "reference")
-    proba = load_judge().predict_proba(images)
+    ref = load_digits_splits().judge.images if reference is None else reference
+    proba = load_judge()._predict_proba(images)
     classes = proba.argmax(axis=1)
     in_liked = np.isin(classes, liked)
     n = images.shape[0]
@@ -182,8 +206,8 @@ def evaluate_samples(
         "num_samples": int(n),
         "preferred_fraction": float(in_liked.mean()),
         "judge_share": float((proba.max(axis=1) >= 0.5).mean()),
-        "precision": manifold_precision(images, ref, k=k),
-        "recall": manifold_recall(images, ref, k=k),
+        "precision": float(_membership(images, ref, k=k, radii=None).double().mean()),
+        "recall": _recall(images, ref, k=k),
         "liked_class_entropy": class_entropy(classes[in_liked]),
         "class_fractions": [float(c) / n for c in counts],
     }

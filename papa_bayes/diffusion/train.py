@@ -131,6 +131,11 @@ def train_base_model(
     # (torch.nn.Module.to skips diffusers' warning about casting a loaded model.)
     torch.nn.Module.to(ema, dtype=torch.float16).save_pretrained(out / "unet", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
+    from papa_bayes.diffusion.finetune.io import pipeline_index
+    from papa_bayes.diffusion.models import PixelDiffusion
+
+    # So that diffusers opens the folder too: DDPMPipeline.from_pretrained(out).
+    (out / "model_index.json").write_text(json.dumps(pipeline_index(PixelDiffusion(ema, scheduler)), indent=2) + "\n")
     summary = {
         "steps": steps,
         "batch_size": batch_size,

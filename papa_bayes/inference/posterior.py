@@ -181,13 +181,30 @@ class _GaussianOnlyError(ModelError, AttributeError):
     """A Gaussian-only attribute asked of draws (an AttributeError too, so ``hasattr`` stays False)."""
 
 
+class _DrawsOnlyError(ModelError, NotImplementedError):
+    """What a sampler of Gaussian base samples asks of draws (a NotImplementedError too, as BoTorch's own)."""
+
+
 class DrawsPosterior(EnsemblePosterior):
     """BoTorch ``EnsemblePosterior`` of a RewardPosterior's draws: values `batch_shape x s x q x 1`.
 
     It has the mixture's ``mean`` and ``variance`` (BoTorch's analytic EI, UCB and
     PosteriorMean use them) but no ``covariance_matrix``: asking for one raises a
-    :class:`~papa_bayes.exceptions.ModelError` naming what to use instead.
+    :class:`~papa_bayes.exceptions.ModelError` naming what to use instead. Nor has it
+    Gaussian base samples: a ``SobolQMCNormalSampler`` or ``IIDNormalSampler`` passed
+    as an acquisition's ``sampler`` raises a ModelError; leave ``sampler=None`` and
+    BoTorch reads the draws with :class:`DrawsSampler`.
     """
+
+    @property
+    def base_sample_shape(self) -> torch.Size:
+        """Not defined: the posterior is a fixed set of draws, not a transformed N(0, 1) (raises, naming the fix)."""
+        raise _DrawsOnlyError(
+            f"PosteriorDrawsModel's posterior is a fixed set of {self.ensemble_size} posterior draws, not a Gaussian: "
+            "samplers of normal base samples (SobolQMCNormalSampler, IIDNormalSampler) do not apply. Leave the "
+            "acquisition's sampler=None: BoTorch then takes the draws' own sampler "
+            "(papa_bayes.inference.posterior.DrawsSampler), which reads each draw once."
+        )
 
     @property
     def covariance_matrix(self) -> Tensor:

@@ -640,3 +640,23 @@ def test_load_finetuned_without_base_keeps_the_saved_scheduler_config(pixel_mode
     kw = dict(num_inference_steps=3, progress_bar=False)
     torch.testing.assert_close(sample(loaded, 3, generator=gen(2), **kw).images,
                                sample(clipped, 3, generator=gen(2), **kw).images)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_pixel_checkpoint_opens_as_a_diffusers_pipeline(make_pixel_model, latent_model, tmp_path, kind):
+    import diffusers
+
+    model = make_pixel_model(kind)
+    path = save_finetuned(model, tmp_path / "ckpt", info={"method": "papa"})
+    pipeline = diffusers.DDIMPipeline.from_pretrained(path)  # was OSError: no file named model_index.json
+    saved = model.unet.state_dict()
+    loaded = pipeline.unet.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert pipeline.scheduler.config.clip_sample == model.scheduler.config.clip_sample
+    native = diffusers.DiffusionPipeline.from_pretrained(path)  # the pipeline of the saved scheduler
+    assert type(native).__name__ == ("DDIMPipeline" if kind == "ddim" else "DDPMPipeline")
+    assert type(native.scheduler) is type(model.scheduler)
+    assert type(load_finetuned(path).scheduler) is type(model.scheduler)  # still our checkpoint too
+    save_finetuned(latent_model, path)  # no pipeline folder: the pixel model's index would open the wrong one
+    assert not (path / "model_index.json").exists()

@@ -98,3 +98,42 @@ def test_liked_accepts_integer_sequences():
     assert DigitsPerson(liked=np.array([1, 4])).liked == (1, 4)
     assert DigitsPerson(liked=torch.tensor([7, 9])).liked == (7, 9)
     assert DigitsPerson(liked=[1, 4, 7, 9]).liked == (1, 4, 7, 9)
+
+
+def test_images_in_unit_range_warn_where_the_measure_depends_on_scale():
+    """Images in [0, 1] (a diffusers pipeline's output) scored silently: 0.594 preferred against 0.469."""
+    import warnings
+
+    from papa_bayes.diffusion import ManifoldGuard, load_digits_splits, load_judge
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    digits = load_digits_splits()
+    images, reference = digits.user.images[:16], digits.generator.images[:32]
+    unit = (images + 1) / 2
+    person, guard = DigitsPerson(), ManifoldGuard(reference)
+    calls = {
+        "evaluate_samples": lambda x: evaluate_samples(x, reference=reference),
+        "judge": lambda x: load_judge().predict_proba(x),
+        "person.rate": lambda x: person.rate(x),
+        "person.utility": lambda x: person.utility(x),
+        "person.prefers": lambda x: person.prefers(x, x),
+        "manifold_precision": lambda x: manifold_precision(x, reference),
+        "manifold_recall": lambda x: manifold_recall(x, reference),
+        "guard": lambda x: guard(x),
+    }
+    for name, call in calls.items():
+        with pytest.warns(PapaBayesWarning, match=r"\[-1, 1\]|reference") as record:
+            call(unit)
+        message = str(record[0].message)
+        assert "got values in [0, 1]" in message, (name, message)
+        assert record[0].filename == __file__, name  # points at the caller's line
+        assert len(record) == (2 if name == "person.prefers" else 1), name  # first and second, no repeats
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            call(images)  # the model's own range: no warning
+    with pytest.warns(PapaBayesWarning, match=r"^reference: expected images in the model's range \[-1, 1\]"):
+        evaluate_samples(images, reference=(reference + 1) / 2)
+    with warnings.catch_warnings():  # a manifold of [0, 1] data measures [0, 1] images as it should
+        warnings.simplefilter("error")
+        manifold_precision(unit, (reference + 1) / 2)
+        DigitsPerson().rate(images[:0])  # an empty batch has no range

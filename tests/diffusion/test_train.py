@@ -15,6 +15,12 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
                     "--feature-samples", "16", "--feature-steps", "2"])
     assert summary["steps"] == 2
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    from diffusers import DDPMPipeline
+
+    from papa_bayes.diffusion import DEFAULT_CHECKPOINT
+
+    for folder in (tmp_path, DEFAULT_CHECKPOINT):  # diffusers opens a trained folder, the shipped one too
+        assert type(DDPMPipeline.from_pretrained(folder).scheduler).__name__ == "DDPMScheduler"
     assert json.loads((tmp_path / "train_log.json").read_text())["seed"] == 0
     assert load_feature_map(tmp_path / "pca_features").num_features == 8
     wide = load_feature_map(tmp_path / "midblock32_features", model=load_base_model(tmp_path))

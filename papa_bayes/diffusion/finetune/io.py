@@ -4,7 +4,9 @@ A folder holds ``unet/`` (diffusers ``save_pretrained``, safetensors),
 ``scheduler/`` (the model's sampling scheduler), ``finetune.json`` (what was saved,
 a latent model's ``cfg_scale`` and any caller's notes) and, when given, ``features/``
 (a feature map). A pixel model's folder is also a valid
-:func:`~papa_bayes.diffusion.load_base_model` path.
+:func:`~papa_bayes.diffusion.load_base_model` path and, through its
+``model_index.json``, a diffusers pipeline folder: ``DDIMPipeline.from_pretrained(path)``
+(``DDPMPipeline`` for a model saved with a DDPM scheduler) opens it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion
 from papa_bayes.exceptions import InputDataError, ModelError
 
-__all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder"]
+__all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder", "pipeline_index"]
 
 _INFO = "finetune.json"
+_PIPELINE_INDEX = "model_index.json"
 
 
 def check_checkpoint_folder(name: str, path: Any) -> Path:
@@ -46,6 +49,12 @@ def save_finetuned(
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Save a (fine-tuned) model's denoiser and scheduler with ``save_pretrained``.
+
+    A pixel model with a diffusers denoiser also gets a ``model_index.json``, so that
+    the folder opens as a diffusers pipeline: ``DDIMPipeline.from_pretrained(path)``
+    (the pipeline of the saved scheduler, ``DDPMPipeline`` for a DDPM one; either class
+    reads the folder). A latent model's folder is no pipeline (its autoencoder and
+    text encoder stay with the base model) and gets none.
 
     Args:
         model: the model; only its denoiser and scheduler are written (a latent
@@ -87,6 +96,11 @@ def save_finetuned(
     root.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(root / "unet", safe_serialization=True)
     model.scheduler.save_pretrained(root / "scheduler")
+    index = pipeline_index(model)
+    if index is not None:
+        (root / _PIPELINE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    elif (root / _PIPELINE_INDEX).is_file():  # an earlier save's index would open this model as its pipeline
+        (root / _PIPELINE_INDEX).unlink()
     if feature_map is not None:
         save_feature_map(feature_map, root / "features")
     elif (root / "features" / "feature_map.json").is_file():  # an earlier save's map does not belong to this model
@@ -104,6 +118,48 @@ def save_finetuned(
         record["cfg_scale"] = float(model.cfg_scale)
     (root / _INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return root
+
+
+def pipeline_index(model: DiffusionModel) -> dict[str, Any] | None:
+    """The ``model_index.json`` of a diffusers pipeline of ``model``'s denoiser and scheduler, or None.
+
+    None for a latent model (its pipeline needs the base's autoencoder and text
+    encoder) or a denoiser diffusers does not export, which a pipeline cannot load.
+    """
+    import diffusers
+
+    if not isinstance(model, PixelDiffusion):
+        return None
+    unet, scheduler = _diffusers_class(type(model.unet)), _diffusers_class(type(model.scheduler))
+    if unet is None or scheduler is None:
+        return None
+    # DDIMPipeline converts any scheduler to DDIM on loading; DDPMPipeline keeps the saved one.
+    pipeline = "DDPMPipeline" if issubclass(scheduler, diffusers.DDPMScheduler) else "DDIMPipeline"
+    return {
+        "_class_name": pipeline,
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", unet.__name__],
+        "scheduler": ["diffusers", scheduler.__name__],
+    }
+
+
+def _diffusers_class(cls: type) -> type | None:
+    """The first class in ``cls``'s MRO that diffusers exports by its name (a subclass saves as its base), or None.
+
+    Mixins (``ModelMixin``, ``SchedulerMixin``) are no answer: a pipeline cannot build one from a config.
+    """
+    import diffusers
+
+    for base in cls.__mro__:
+        if not base.__module__.startswith("diffusers.") or base.__name__.endswith("Mixin"):
+            continue
+        try:
+            exported = getattr(diffusers, base.__name__, None)
+        except ImportError:  # a lazily imported class whose backend is missing
+            exported = None
+        if exported is base:
+            return base
+    return None
 
 
 def load_finetuned(
