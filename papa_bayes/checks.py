@@ -83,12 +83,14 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         upper = "" if maximum is None else f" and {'<=' if inclusive_maximum else '<'} {maximum:g}"
         expected = f"a finite number {bound}{upper}"
-    if isinstance(value, (bool, str, bytes)):  # text is not a number, even when float() parses it
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+    tensor_bool = isinstance(value, torch.Tensor) and value.dtype == torch.bool
+    if isinstance(value, (bool, str, bytes)) or numpy_bool or tensor_bool:  # text or a bool is not a number
         raise InputDataError(name, expected, _shown(value))
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise InputDataError(name, expected, value) from None
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # RuntimeError: a tensor of several numbers
+        raise InputDataError(name, expected, _shown(value)) from None
     above = maximum is not None and (x > maximum if inclusive_maximum else x >= maximum)
     if not math.isfinite(x) or x < minimum or (strict and x == minimum) or above:
         raise InputDataError(name, expected, value)
@@ -174,9 +176,11 @@ def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtyp
 
 
 def check_path(name: str, value: Any, *, expected: str = "a path (str or os.PathLike)") -> Path:
-    """``value`` as a Path, or InputDataError unless a str or ``os.PathLike`` (``expected`` words the error)."""
+    """``value`` as a Path, or InputDataError unless a non-empty str or ``os.PathLike`` (``expected`` words the error)."""
     if not isinstance(value, (str, os.PathLike)):
         raise InputDataError(name, expected, type(value).__name__)
+    if not os.fspath(value):  # Path("") is ".", the current folder: never what an empty name meant
+        raise InputDataError(name, expected, "''")
     return Path(value)
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,12 +55,18 @@ class TerminalUser(User):
         start: pictures already shown (numbering continues after them).
     """
 
-    def __init__(self, image_dir: Path, *, read: Callable[[str], str] = input, write: TextIO = sys.stdout,
+    def __init__(self, image_dir: Path, *, read: Callable[[str], str] = input, write: TextIO | None = None,
                  open_images: bool = False, prefix: str = "query_", start: int = 0) -> None:
         self.image_dir = Path(image_dir)
         self.image_dir.mkdir(parents=True, exist_ok=True)
-        self.read, self.write, self.open_images = read, write, open_images
+        # None: sys.stdout when written to, so that a redirected stdout (a notebook, pytest) is the one used
+        self._write, self.read, self.open_images = write, read, open_images
         self.prefix, self.count = prefix, start
+
+    @property
+    def write(self) -> TextIO:
+        """The stream prompts go to (``sys.stdout`` at the time of writing unless one was given)."""
+        return self._write if self._write is not None else sys.stdout
 
     def _show(self, images: Tensor) -> Path:
         from papa_bayes.diffusion import save_image_grid
@@ -68,9 +76,22 @@ class TerminalUser(User):
         save_image_grid(images, path, ncol=images.shape[0], upscale=16)
         print(f"  picture: {path}", file=self.write)
         if self.open_images:
-            opener = "open" if sys.platform == "darwin" else "xdg-open"
-            subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._open(path)
         return path
+
+    def _open(self, path: Path) -> None:
+        """Open a picture with the system viewer; where there is none, say so once and go on (the path is printed)."""
+        try:
+            if sys.platform == "win32":
+                os.startfile(path)  # type: ignore[attr-defined]  (Windows only)
+                return
+            opener = "open" if sys.platform == "darwin" else shutil.which("xdg-open")
+            if opener is None:
+                raise FileNotFoundError("xdg-open")
+            subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as err:
+            self.open_images = False
+            print(f"  (cannot open pictures here: {err}; open them from the paths above)", file=self.write)
 
     def _ask(self, prompt: str, answers: dict[str, object]) -> object:
         while True:
@@ -103,9 +124,14 @@ SESSION_OPTIONS = {"query_type": "pair", "strategy": "region", "features": "both
 def _recorded_options(config: dict) -> dict:
     """The session options a rater's stored configuration began with (None: not recorded)."""
     label, source = config.get("label", {}), config.get("source", {})
-    return {"query_type": config.get("query_type"), "strategy": config.get("strategy"),
+    from papa_bayes.acquisition.selection import check_strategy
+
+    strategy = config.get("strategy")
+    return {"query_type": config.get("query_type"),
+            "strategy": None if strategy is None else check_strategy(strategy, None),  # "bald" began as "eig"
             "features": label.get("features"), "pool_steps": label.get("pool_steps", source.get("pool_steps")),
-            "scale": label.get("scale", source.get("scale")), "num_base": label.get("num_base"),
+            "scale": label.get("scale", source.get("scale")),
+            "num_base": label.get("num_base", source.get("num_base")),
             "seed": label.get("seed", source.get("seed"))}
 
 
@@ -165,7 +191,7 @@ def _session_options(args: argparse.Namespace, existing: PreferenceStore | None
     return options, resuming, before, others, num_features
 
 
-def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, write: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, write: TextIO | None = None) -> int:
     """``papa-bayes label``: ask a person (``read`` answers, ``write`` prompts) with the options in ``argv``; exit status."""
     d = SESSION_OPTIONS
     kept = "; a resumed session keeps its own"
@@ -220,7 +246,7 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     if args.features is not None and args.features not in FEATURES:
         raise InputDataError("--features", f"one of {FEATURES}", args.features)
     if args.strategy is not None:
-        check_strategy(args.strategy, args.query_type, field="--strategy")
+        args.strategy = check_strategy(args.strategy, args.query_type, field="--strategy")  # aliases resolved
     # The store is checked before the model loads and before anything is written.
     if not args.store.parent.is_dir():
         raise InputDataError("--store", "a file in an existing folder", f"{args.store} ({args.store.parent} is not a folder)")
@@ -266,6 +292,11 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     if args.recommend and before + args.labels == 0:  # before the model loads and anything is written
         raise InputDataError("--recommend", f"answers of rater {args.rater} to steer by (--labels N, or a store "
                              "that holds some)", f"none in {args.store} and --labels 0")
+    try:  # before the model loads
+        args.images.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputDataError("--images", "a folder for the pictures (or a path where one can be made)",
+                             f"{args.images} ({type(err).__name__}: {err.strerror or err})") from None
     setup = make_setup(features=options["features"])
     if num_features is not None and setup.feature_map.num_features != num_features:  # a store that did not record them
         raise InputDataError("--features", f"features with {num_features} dimensions, as {args.store} holds",

@@ -153,7 +153,7 @@ class PreferenceSession:
     ) -> None:
         if query_type not in QUERY_TYPES:
             raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
-        check_strategy(strategy, query_type)
+        strategy = check_strategy(strategy, query_type)  # aliases resolved ("bald" is stored as "eig")
         exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
         pool_size = check_int("pool_size", pool_size, minimum=2)
         num_draws = check_int("num_draws", num_draws)

@@ -7,6 +7,7 @@ A simulated user's answers are reproducible from its seed: it owns a
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -168,12 +169,12 @@ class SimulatedUser(User):
         seed: int = 0,
     ) -> None:
         self.link = check_link(link)
-        if rationality != math.inf:  # math.inf: a noiseless user
+        if not (isinstance(rationality, numbers.Real) and rationality == math.inf):  # math.inf: a noiseless user
             check_float("rationality", rationality, strict=True,
                         expected="a positive number (math.inf for a noiseless user)")
         tie_margin = check_float("tie_margin", tie_margin)
         threshold = check_float("threshold", threshold, minimum=-math.inf)
-        seed = check_int("seed", seed, minimum=0)
+        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch's range of seeds
         self.weights = None
         if isinstance(utility, (Tensor, list, tuple)) or (type(utility).__module__ == "numpy" and not callable(utility)):
             self.weights = check_real_tensor("utility", utility, "a `d` weight vector of real numbers or a callable")
@@ -201,8 +202,8 @@ class SimulatedUser(User):
 
         ``kwargs`` (link, rationality, tie_margin, threshold) go to the constructor.
         """
-        seed = check_int("seed", seed, minimum=0)
-        gen = torch.Generator().manual_seed(seed + 104729)  # the draw's stream differs from the answers'
+        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)
+        gen = torch.Generator().manual_seed((seed + 104729) % 2**64)  # the draw's stream differs from the answers'
         utility = random_gp_utility(d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features, generator=gen)
         return cls(utility, seed=seed, **kwargs)
 
@@ -256,7 +257,9 @@ class SimulatedUser(User):
 
     def rate(self, x: Tensor) -> Tensor:
         margin = self.utility(x) - self.threshold
-        p = (margin > 0).double() if math.isinf(self.rationality) else log_cdf(self.rationality * margin, self.link).exp()
+        # Noiseless: link(inf * margin), and a coin flip at the threshold itself, as link(r * 0) = 1/2 for every r.
+        p = (torch.sign(margin) + 1) / 2 if math.isinf(self.rationality) else log_cdf(self.rationality * margin,
+                                                                                     self.link).exp()
         like = torch.rand(p.shape, generator=self.generator, dtype=torch.float64) < p
         return torch.where(like, 1, -1)
 
@@ -368,6 +371,8 @@ def _items(items: Any) -> Tensor:
 
 def random_pairs(n: int, m: int, *, generator: torch.Generator) -> Tensor:
     """`m x 2` pairs of distinct indices of `n` items, uniform over ordered pairs (two ``randint`` draws)."""
+    n, m = check_int("n", n, minimum=2), check_int("m", m, minimum=0)
+    check_generator("generator", generator)
     a = torch.randint(0, n, (m,), generator=generator)
     b = (a + torch.randint(1, n, (m,), generator=generator)) % n  # never a == b
     return torch.stack([a, b], -1)

@@ -74,3 +74,39 @@ def test_eubo_is_refused_for_ratings_in_the_same_words_everywhere(tmp_path):
     assert len({e.value.expected for e in (by_session, by_command, by_selection)}) == 1
     assert "EUBO needs two options" in str(by_command.value)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_pictures_folder_is_checked_before_the_model_loads(tmp_path, opens):
+    """--images under a file failed with NotADirectoryError from TerminalUser, after the model had loaded."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputDataError, match="--images: expected a folder for the pictures"):
+        label_main(["--store", str(tmp_path / "s.db"), "--images", str(tmp_path / "afile" / "pics")],
+                   read=lambda _: "q", write=io.StringIO())
+
+
+def test_a_terminal_without_a_picture_viewer_goes_on(tmp_path, monkeypatch):
+    """--open ended the sitting with FileNotFoundError: 'xdg-open' where no viewer is installed."""
+    import contextlib
+
+    import torch
+
+    from papa_bayes.labeling import TerminalUser
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no xdg-open on it
+    monkeypatch.setattr(sys, "platform", "linux")
+    out = io.StringIO()
+    user = TerminalUser(tmp_path / "pics", read=lambda _: "1", write=out, open_images=True)
+    pair = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    assert bool(user.compare(*pair)[0][0]) and bool(user.compare(*pair)[0][0])
+    assert out.getvalue().count("cannot open pictures here") == 1
+    redirected = io.StringIO()  # without write=, prompts go to sys.stdout as it is when they are written
+    with contextlib.redirect_stdout(redirected):
+        TerminalUser(tmp_path / "pics", read=lambda _: "2").compare(*pair)
+    assert "picture:" in redirected.getvalue()
+
+
+def test_a_resumed_sitting_keeps_the_stores_num_base_and_reads_strategy_aliases():
+    from papa_bayes.labeling import _recorded_options
+
+    recorded = _recorded_options({"query_type": "pair", "strategy": "bald", "source": {"num_base": 64, "seed": 3}})
+    assert recorded["num_base"] == 64 and recorded["seed"] == 3 and recorded["strategy"] == "eig"

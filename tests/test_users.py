@@ -322,3 +322,35 @@ def test_every_user_is_a_user_and_other_objects_are_not(tmp_path):
         def compare(self, first, second): ...
 
     assert not isinstance(OnlyCompares(), User) and not isinstance(object(), User)
+
+
+def test_users_check_seeds_rationalities_and_pairs_in_our_words():
+    """Reviewed: seeds past 64 bits, array rationalities and random_pairs' arguments raised torch's or NumPy's
+    own errors; random_pairs(generator=None) drew from the global RNG."""
+    import numpy as np
+
+    from papa_bayes.exceptions import InputDataError
+    from papa_bayes.users import random_pairs
+
+    for kwargs, field in (({"seed": 2**64}, "seed"), ({"rationality": torch.tensor([1.0, 2.0])}, "rationality"),
+                          ({"rationality": np.array([1.0, 2.0])}, "rationality"), ({"rationality": np.True_}, "rationality")):
+        with pytest.raises(InputDataError, match=field):
+            SimulatedUser([1.0, 0.0], **kwargs)
+    assert SimulatedUser.from_gp_draw(2, seed=2**64 - 1).seed == 2**64 - 1
+    g = torch.Generator().manual_seed(0)
+    for args, field in (((1, 3), "n"), ((3, -1), "m"), ((2.5, 2), "n")):
+        with pytest.raises(InputDataError, match=field):
+            random_pairs(*args, generator=g)
+    with pytest.raises(InputDataError, match="generator"):
+        random_pairs(3, 2, generator=None)
+
+
+def test_a_noiseless_user_flips_a_coin_at_the_threshold():
+    """Infinite rationality disliked every item exactly at the threshold (link(r * 0) = 1/2 for every r)."""
+    import math
+
+    person = SimulatedUser([1.0, 0.0], rationality=math.inf, threshold=1.0, seed=0)
+    at = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(4000, 2)
+    share = float((person.rate(at) > 0).double().mean())
+    assert 0.46 < share < 0.54
+    assert (person.rate(torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)) == torch.tensor([1, -1])).all()
