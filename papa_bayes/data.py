@@ -277,8 +277,14 @@ class PreferenceData:
             ties: `m'` tie flags of the new comparisons (default False); only with
                 ``comparisons``.
             ratings: `k' x 2` new (item, +1/-1) rows (one may be a `2` vector).
-            comparison_rater / rating_rater: ids of the new rows (needed when the data
-                already carries rater ids; default rater 0 otherwise).
+            comparison_rater / rating_rater: ids of the new rows (one id for all of
+                them may be given as a scalar). Needed when the data already carries
+                rater ids, of either kind: ratings appended to comparisons with ids
+                need ids too. Without any ids the new rows are rater 0.
+
+        Raises:
+            InputDataError: rows that do not fit (shape, indices past the combined
+                items), or new rows without rater ids where the data carries them.
         """
         new_items = self.items if items is None else torch.cat([self.items, _feature_rows(items, self.num_features)])
         new_comps, new_ties, new_crater = self.comparisons, self.ties, self.comparison_rater
@@ -290,16 +296,19 @@ class PreferenceData:
         if rating_rater is not None and ratings is None:
             raise InputDataError("rating_rater", "rater ids only with the new ratings they belong to",
                                  "rating_rater without ratings")
+        carries_ids = self.comparison_rater is not None or self.rating_rater is not None
         if comparisons is not None:
             c = _index_rows("comparisons", comparisons, "m' x 2")
             t = torch.zeros(c.shape[0], dtype=torch.bool) if ties is None else _as_tensor("ties", ties, torch.bool).reshape(-1)
             new_comps, new_ties = torch.cat([self.comparisons, c]), torch.cat([self.ties, t])
-            new_crater = _append_rater("comparison_rater", self.comparison_rater, comparison_rater, c.shape[0], self.num_comparisons)
+            new_crater = _append_rater("comparison_rater", self.comparison_rater, comparison_rater, c.shape[0],
+                                       self.num_comparisons, carries_ids)
         new_ratings, new_rrater = self.ratings, self.rating_rater
         if ratings is not None:
             r = _index_rows("ratings", ratings, "k' x 2")
             new_ratings = torch.cat([self.ratings, r])
-            new_rrater = _append_rater("rating_rater", self.rating_rater, rating_rater, r.shape[0], self.num_ratings)
+            new_rrater = _append_rater("rating_rater", self.rating_rater, rating_rater, r.shape[0], self.num_ratings,
+                                       carries_ids)
         if (new_crater is None) != (new_rrater is None):  # ids for one kind now: the other kind's rows are rater 0
             if new_crater is None:
                 new_crater = torch.zeros(new_comps.shape[0], dtype=torch.long)
@@ -591,11 +600,19 @@ def _feature_rows(items: Any, d: int) -> Tensor:
     return t
 
 
-def _append_rater(name: str, old: Tensor | None, new: Any | None, rows: int, old_rows: int) -> Tensor | None:
-    if old is None and new is None:
-        return None
+def _append_rater(name: str, old: Tensor | None, new: Any | None, rows: int, old_rows: int,
+                  carries_ids: bool) -> Tensor | None:
+    """The rater ids after ``append``: ``old`` then ``new`` (one id for all new rows; old rows without ids: 0).
+
+    Where the data carries rater ids (``carries_ids``, of either kind), new rows must bring
+    theirs: as rater 0 they would be given to one person silently, which the
+    constructor refuses for comparisons and ratings too.
+    """
     if new is None:
-        raise InputDataError(name, f"{rows} rater ids for the new rows (the data carries rater ids)", None)
+        if carries_ids and rows:
+            raise InputDataError(name, f"{rows} rater ids for the new rows (the data carries rater ids: comparisons "
+                                       "and ratings both have them or neither)", None)
+        return old  # no new rows, or data without ids (then None)
     new_t = _as_tensor(name, new, torch.long).reshape(-1)
     if new_t.numel() == 1 and rows > 1:
         new_t = new_t.expand(rows).clone()

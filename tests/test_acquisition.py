@@ -134,6 +134,18 @@ def test_mc_bald_matches_botorch_bald(gp_setup):
     assert ((closed - theirs).abs() / theirs).max() <= 0.05
 
 
+def test_houlsby_is_botorchs_bald_in_bits_where_botorch_has_nats(gp_setup):
+    """The docstring said noise_scale=1 "matches" BoTorch's BALD: the values differ by the factor ln 2."""
+    gp, _, Q = gp_setup
+    torch.manual_seed(0)
+    with torch.no_grad():
+        nats = PairwiseBayesianActiveLearningByDisagreement(gp, num_samples=16384)(Q)
+        bits = HoulsbyInformationGain(gp, noise_scale=1.0)(Q)
+    assert bits.min() > 0.02  # informative queries, so a relative error means something
+    assert ((nats - math.log(2) * bits).abs() / nats).max() <= 0.05  # BoTorch's = ln 2 x ours
+    assert ((nats - bits).abs() / nats).min() >= 0.3  # not the same numbers
+    assert "ln 2" in HoulsbyInformationGain.__doc__ and "nats" in HoulsbyInformationGain.__doc__
+
 def test_eubo_matches_botorch(gp_setup, linear_post):
     gp, _, Q = gp_setup
     with torch.no_grad():
@@ -493,6 +505,17 @@ def test_botorch_model_view_supports_or_refuses_botorch_features_clearly(linear_
         with pytest.raises(ModelError, match="HoulsbyInformationGain"):
             acq(X)
 
+
+def test_botorch_acquisitions_reading_the_gaussian_distribution_say_what_to_use(linear_post):
+    """qMaxValueEntropy reads posterior.distribution: a bare AttributeError 'distribution' on our draws."""
+    from botorch.acquisition.max_value_entropy_search import qMaxValueEntropy
+
+    post, items = linear_post
+    model = post.as_botorch_model()
+    acq = qMaxValueEntropy(model, candidate_set=items[:20])
+    with pytest.raises(ModelError, match="no distribution.*HoulsbyInformationGain"):
+        acq(items[:3].unsqueeze(-2))
+    assert not hasattr(model.posterior(items[:3].unsqueeze(-2)), "distribution")  # still an AttributeError too
 
 def test_botorch_mc_acquisitions_average_every_draw_whatever_the_batch(linear_post):
     """BoTorch's IndexSampler would resample the draws, independently per query of a batch:

@@ -3,6 +3,9 @@ optimize_queries for continuous features, exposure diversity, bad inputs."""
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from papa_bayes import LinearReward, fit
 from papa_bayes.acquisition import (
     STRATEGIES,
     PairwiseInformationGain,
+    ThompsonSampling,
     all_pairs,
     exposure_diversity,
     greedy_dpp,
@@ -278,6 +282,20 @@ def test_run_active_learning_passes_fit_options_to_every_update():
         run_active_learning(SimulatedUser(w, seed=0), pool, num_queries=2, select_options={"query_type": "rating"})
 
 
+def test_run_active_learning_with_botorchs_pairwise_gp():
+    """From the third answer on, each PairwiseGPReward update copied a copy of BoTorch's model, which failed."""
+    from papa_bayes.models import PairwiseGPReward
+
+    gen = _gen(9)
+    w = random_unit_vector(2, generator=gen)
+    pool = torch.rand(20, 2, generator=gen, dtype=torch.float64)
+    run = run_active_learning(SimulatedUser(w, seed=0), pool, model=PairwiseGPReward(), strategy="eig",
+                              num_queries=5, num_samples=32, seed=0)
+    assert run.posterior.method == "laplace" and run.posterior.data.num_comparisons == 5
+    assert len(run.queries) == 5 and len(run.update_seconds) == 5
+    assert all(i != j for i, j in run.queries)
+
+
 def test_k_larger_than_the_screen_still_gives_k_distinct_pairs(setup):
     post, pool = setup
     for batch in ("auto", "top", "dpp"):
@@ -464,8 +482,6 @@ def test_smooth_region_membership_tends_to_the_step(region_setup):
 def test_optimize_queries_region_is_smooth_and_reports_the_step_value(region_setup):
     """With the step membership L-BFGS-B's line search fails (BoTorch warns "ABNORMAL"); the smooth
     membership optimizes without warnings, to designs worth more information about the step membership."""
-    import warnings
-
     from papa_bayes.acquisition import PreferredRegionInformation
 
     post, pool, bounds = region_setup
@@ -558,3 +574,105 @@ def test_select_queries_takes_numpy_and_tensor_numbers_for_screen_and_region(set
     for bad in (1.0, 0, np.float32(1.5), torch.tensor([0.2, 0.9]), "top", True, float("nan")):
         with pytest.raises(InputDataError, match="region"):
             select_queries(post, pool, strategy="region", region=bad)
+
+
+@pytest.fixture(scope="module")
+def duplicated_best():
+    """A 3-d pool whose best item (by the posterior mean) appears four times."""
+    gen = _gen(11)
+    pool = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser([1.0, 0.0, 0.0], rationality=5.0, seed=0), pool, 40, generator=gen)
+    post = fit(LinearReward(), data, method="laplace", seed=0, num_samples=64)
+    best = int(post.utility(pool).mean(0).argmax())
+    return post, torch.cat([pool, pool[best].repeat(3, 1)])
+
+
+def test_thompson_and_eubo_never_ask_an_item_against_its_own_duplicate(duplicated_best):
+    """Both ranked a pair of two copies of the best item first (E[max(u_a, u_a)] = E[u_a]; both draws' argmax)."""
+    post, pool = duplicated_best
+    n = pool.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1)
+    distinct = ~(pool[i] == pool[j]).all(-1)
+    i, j = i[distinct], j[distinct]
+    U = post.utility(pool).detach()
+    eubo = torch.maximum(U[:, i], U[:, j]).mean(0)
+    sel = select_queries(post, pool, strategy="eubo", k=1, screen=None)
+    assert sel.indices[0].tolist() == [int(i[eubo.argmax()]), int(j[eubo.argmax()])]  # the next best pair
+    assert sel.num_candidates == int(distinct.sum())
+    for seed in range(10):
+        sel = select_queries(post, pool, strategy="thompson", k=1, generator=_gen(seed))
+        a, b = ThompsonSampling(post, generator=_gen(seed)).draws.tolist()  # the same two draws
+        value = torch.maximum(U[a, i] + U[b, j], U[a, j] + U[b, i])
+        assert sel.indices[0].tolist() == [int(i[value.argmax()]), int(j[value.argmax()])]
+        for strategy in ("thompson", "eubo", "random"):
+            sel = select_queries(post, pool, strategy=strategy, k=3, generator=_gen(seed))
+            assert not bool((pool[sel.indices[:, 0]] == pool[sel.indices[:, 1]]).all(-1).any()), strategy
+
+
+def test_a_pool_without_two_different_items_has_no_pair_to_ask(duplicated_best):
+    post, pool = duplicated_best
+    with pytest.raises(InputDataError, match="pool_features.*different features"):
+        select_queries(post, pool[:1].repeat(5, 1), strategy="eubo")
+    two = torch.cat([pool[:1].repeat(3, 1), pool[1:2].repeat(2, 1)])  # 10 pairs, 6 of two different items
+    assert select_queries(post, two, strategy="eubo", k=6, batch="top").num_candidates == 6
+    with pytest.raises(InputDataError, match=r"k: .*different features in the pool \(6\)"):
+        select_queries(post, two, strategy="eubo", k=7)
+
+
+def test_optimize_queries_thompson_redraws_when_both_draws_like_the_same_point():
+    """In a box, a linear reward's draws often share their best corner: the query was that corner twice."""
+    gen = _gen(12)
+    items = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    bounds = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+    small = dict(k=1, num_restarts=2, raw_samples=16)
+    unsure = fit(LinearReward(), simulate_comparisons(SimulatedUser([1.0, 0.0], seed=0), items, 10, generator=gen),
+                 method="laplace", seed=0, num_samples=64)
+    for seed in range(6):  # seeds 1 and 5 drew two draws with the same best corner
+        for strategy in ("thompson", "eubo"):
+            X, values = optimize_queries(unsure, bounds, strategy=strategy, seed=seed, **small)
+            assert X.shape == (1, 2, 2) and values.shape == (1,)
+            assert float((X[0, 0] - X[0, 1]).abs().max()) > 1e-4, (strategy, seed, X)
+    sure = fit(LinearReward(), simulate_comparisons(SimulatedUser([1.0, 1.0], rationality=3.0, seed=0), items, 20,
+                                                    generator=_gen(12)), method="laplace", seed=0, num_samples=64)
+    with pytest.raises(InputDataError, match="strategy: .*disagree on the best point.*'thompson' with 8 pairs"):
+        optimize_queries(sure, bounds, strategy="thompson", seed=0, **small)
+
+
+def test_dpp_batch_larger_than_the_dimension_stays_diverse():
+    """With k > d the chosen directions span the space after d picks; the rest used to go by quality alone."""
+    gen = _gen(13)
+    # 40 candidates in 2 directions' span: the 20 best all near 0 degrees, the 20 others near 90 degrees.
+    angle = torch.cat([0.05 * torch.randn(20, generator=gen), math.pi / 2 + 0.05 * torch.randn(20, generator=gen)])
+    directions = torch.stack([angle.cos(), angle.sin()]).double()  # 2 x M
+    vectors = torch.randn(64, 2, generator=gen, dtype=torch.float64) @ directions  # s x M, rank 2
+    quality = torch.cat([torch.linspace(2.0, 1.5, 20), torch.linspace(1.0, 0.5, 20)]).double()
+    pick = greedy_dpp(quality, vectors, 6)
+    assert len(set(pick.tolist())) == 6
+    near_zero = (pick < 20).tolist()
+    assert near_zero == [True, False] * 3  # rounds of two: one of each direction
+    # Through select_queries: each round of d = 2 picks is far from collinear, and less so than the top k.
+    w = random_unit_vector(2, generator=gen)
+    pool = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    post = fit(LinearReward(), simulate_comparisons(SimulatedUser(w, seed=0), pool, 10, generator=gen),
+               method="laplace", seed=0, num_samples=128)
+    u = post.utility(pool).detach()
+
+    def abs_corr(idx):
+        return torch.corrcoef((u[:, idx[:, 0]] - u[:, idx[:, 1]]).T).abs()
+
+    dpp = select_queries(post, pool, strategy="uncertainty", k=6, batch="dpp")
+    top = select_queries(post, pool, strategy="uncertainty", k=6, batch="top")
+    assert len({tuple(p) for p in dpp.indices.tolist()}) == 6
+    corr = abs_corr(dpp.indices)
+    assert all(float(corr[i, i + 1]) < 0.5 for i in (0, 2, 4)), corr
+    assert float(corr.mean()) < float(abs_corr(top.indices).mean())
+
+
+def test_optimize_queries_needs_a_raw_sample_per_restart(setup):
+    """Fewer raw samples than restarts was torch.multinomial's RuntimeError from inside optimize_acqf."""
+    post, _ = setup
+    bounds = torch.tensor([[-1.0] * 5, [1.0] * 5], dtype=torch.float64)
+    with pytest.raises(InputDataError, match=r"^raw_samples: expected an integer >= num_restarts \(4\), got 3\.$"):
+        optimize_queries(post, bounds, num_restarts=4, raw_samples=3)
+    X, values = optimize_queries(post, bounds, num_restarts=2, raw_samples=2, options={"maxiter": 5})
+    assert X.shape == (1, 2, 5) and values.shape == (1,)

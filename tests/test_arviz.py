@@ -145,7 +145,7 @@ def test_module_converter_accepts_every_posterior(logit_data):
         with pytest.raises(InputDataError) as err:
             to_inference_data(post, seed=bad)
         with pytest.raises(InputDataError) as expected:
-            check_int("seed", bad, minimum=0)
+            check_int("seed", bad, minimum=0, maximum=2**64 - 1)
         assert str(err.value) == str(expected.value)
 
 
@@ -186,3 +186,18 @@ def test_posterior_predictive_check_of_comparisons_does_not_flag_a_model_that_fi
         assert abs(float((obs == code).mean()) - float((rep == code).mean())) < 0.06
     p_value = float((rep.mean(axis=-1) >= obs.mean()).mean())
     assert 0.05 < p_value < 0.95
+
+
+def test_seeds_past_torchs_range_raise_our_error(logit_data):
+    """seed=2**64 reached torch.manual_seed, which raised a bare ValueError ("Overflow when unpacking long long")."""
+    from papa_bayes import InputDataError
+    from papa_bayes.diagnostics.arviz import to_inference_data
+
+    post = fit(LinearReward(), logit_data, method="laplace", num_samples=8, seed=0)
+    for bad in (2**64, 2**70):
+        with pytest.raises(InputDataError, match=r"seed: expected an integer in \[0, 18446744073709551615\]") as err:
+            to_inference_data(post, seed=bad)
+        assert err.value.field == "seed" and err.value.actual == bad
+    first = to_inference_data(post, seed=2**64 - 1)  # the largest seed torch takes still works, reproducibly
+    again = post.to_inference_data(seed=2**64 - 1)
+    assert (first.posterior_predictive["comparisons"] == again.posterior_predictive["comparisons"]).all()

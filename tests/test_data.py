@@ -440,3 +440,26 @@ def test_python_floats_keep_double_precision_and_read_only_arrays_raise_no_warni
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert PreferenceData(items=frozen, comparisons=[[0, 1]]).items.tolist() == frozen.tolist()
+
+
+@pytest.mark.parametrize("kind", ["ratings", "comparisons"])
+def test_append_of_the_other_kind_without_ids_to_data_with_rater_ids_is_refused(kind):
+    """Likes appended to comparisons with rater ids (or comparisons to likes with ids) went silently
+    to rater 0; the constructor refuses such data, and so does append, naming the rater field."""
+    items = torch.randn(4, 2)
+    if kind == "ratings":
+        data, rows, field = PreferenceData(items=items, comparisons=[[0, 1]], comparison_rater=[2]), [[3, 1]], "rating_rater"
+    else:
+        data, rows, field = PreferenceData(items=items, ratings=[[0, 1]], rating_rater=[2]), [[2, 3]], "comparison_rater"
+    with pytest.raises(InputDataError, match=f"{field}: expected .*rater ids") as err:
+        data.append(**{kind: rows})
+    assert err.value.field == field
+    with pytest.raises(InputDataError, match=field):  # as the constructor refuses the combined data
+        PreferenceData(items=items, comparisons=[[0, 1]], ratings=[[3, 1]],
+                       **{"comparison_rater" if field == "rating_rater" else "rating_rater": [2]})
+    more = data.append(**{kind: rows, field: [2]})  # with their ids they are taken
+    assert getattr(more, field).tolist() == [2] and more.num_raters == 3
+    for empty in (dict(comparisons=torch.zeros(0, 2, dtype=torch.long)), dict(ratings=torch.zeros(0, 2, dtype=torch.long))):
+        same = data.append(**empty)  # no new rows: no ids to ask for
+        assert same.num_observations == 1
+        assert [r.tolist() for r in same.rater_ids()] == [r.tolist() for r in data.rater_ids()]

@@ -587,3 +587,15 @@ def test_a_minibatch_update_takes_the_first_answers_of_a_new_kind():
     ratings = PreferenceData(items=items, ratings=[[i, 1 if i % 2 else -1] for i in range(30)])
     post = PreferenceGP().fit(ratings, **opts).update(ratings.append(comparisons=[[0, 1]]))
     assert post.data.num_comparisons == 1
+
+
+def test_gp_seeds_past_torchs_range_raise_our_error():
+    """GPPosterior.to_inference_data(seed=2**64) raised a bare ValueError from torch.Generator.manual_seed."""
+    post = fit(PreferenceGP(num_inducing=8), _tiny(), num_samples=4, seed=0)
+    for bad in (2**64, 2**70):
+        with pytest.raises(InputDataError, match=r"seed: expected an integer in \[0, 18446744073709551615\]") as err:
+            post.to_inference_data(seed=bad)
+        assert err.value.field == "seed" and err.value.actual == bad
+    first = post.to_inference_data(seed=2**64 - 1)  # the largest seed torch takes still works, reproducibly
+    again = post.to_inference_data(seed=2**64 - 1)
+    assert (first.posterior_predictive["comparisons"] == again.posterior_predictive["comparisons"]).all()

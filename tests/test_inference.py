@@ -97,6 +97,23 @@ def test_online_update_moves_toward_answer(recovery):
         post.log_likelihood(PreferenceData(items=torch.zeros(4, 3), comparisons=[[0, 1]]))
 
 
+def test_pairwise_gp_updates_again_and_again():
+    """A second PairwiseGPReward update used to fail: BoTorch's PairwiseGP copy carried MAP buffers with
+    autograd history, which copy.deepcopy refuses (RuntimeError: only graph leaves support deepcopy)."""
+    from papa_bayes.models import PairwiseGPReward
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(15, 2, generator=g, dtype=torch.float64)
+    data = simulate_comparisons(SimulatedUser(torch.tensor([1.0, -1.0]), seed=0), X, 8, generator=g)
+    posts = [fit(PairwiseGPReward(), data, num_samples=64, seed=0)]
+    for _ in range(3):  # each round: 3 more answers, all "item 0 over item 1"
+        data = data.append(comparisons=[[0, 1]] * 3)
+        posts.append(posts[-1].update(data))
+    prob = [float(p.preference_probability(X[:1], X[1:2])) for p in posts]
+    assert all(later > earlier for earlier, later in zip(prob, prob[1:])), prob
+    assert posts[-1].data.num_comparisons == 17 and posts[-1].state["gp"].comparisons.shape[0] >= 9
+
+
 def test_svi_and_nuts_update_warm(recovery):
     _, data, posts = recovery
     new = data.append(comparisons=[[3, 4], [5, 6]])

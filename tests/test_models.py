@@ -253,3 +253,17 @@ def test_python_float_options_are_read_in_double_precision():
     """check_real_tensor read Python floats through float32 (0.1 became 0.10000000149) before casting."""
     model = LinearReward(prior_loc=[0.1, 0.2])
     assert model.prior_loc.tolist() == [0.1, 0.2] and model.prior_loc.dtype == torch.float64
+
+
+def test_prior_tensors_are_copied_not_shared_with_the_caller():
+    """prior_loc and prior_scale_tril kept the caller's float64 tensors: editing them afterwards
+    changed the model's prior (and bypassed the checks, e.g. a negative diagonal)."""
+    loc = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    tril = torch.eye(2, dtype=torch.float64) * 2.0
+    model = LinearReward(prior_loc=loc, prior_scale_tril=tril)
+    loc.fill_(9.0)
+    tril.mul_(-1.0)
+    assert model.prior_loc.tolist() == [0.5, -0.5]
+    assert model.prior_scale_tril.tolist() == [[2.0, 0.0], [0.0, 2.0]]
+    prior = model._scaled_w_prior(2, torch.ones((), dtype=torch.float64))  # what log_prior and the Pyro model use
+    assert prior.mean.tolist() == [0.5, -0.5] and prior.scale_tril.tolist() == [[2.0, 0.0], [0.0, 2.0]]

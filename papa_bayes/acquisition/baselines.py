@@ -7,6 +7,10 @@
   (dueling Thompson sampling, Sui et al. 2017); as an acquisition function the value
   of a pair is ``max(u_i(a) + u_j(b), u_i(b) + u_j(a))`` for the two draws ``i, j``,
   whose maximiser over pairs is exactly (argmax u_i, argmax u_j) when they differ.
+  When they coincide it is that item against itself, which asks nothing:
+  :func:`~papa_bayes.acquisition.select_queries` never scores a pair of two equal
+  items (the next best pair wins) and :func:`~papa_bayes.acquisition.optimize_queries`
+  takes another pair of draws.
 """
 
 from __future__ import annotations

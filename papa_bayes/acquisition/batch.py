@@ -9,7 +9,9 @@
 - :func:`greedy_dpp` (greedy MAP of a determinantal point process; Chen et al. 2018):
   quality = the acquisition value, similarity = the posterior correlation of the
   queries' utility differences across draws, so two pairs that probe the same
-  direction of the reward are not both asked. Works for any strategy.
+  direction of the reward are not both asked. Works for any strategy, and for
+  batches larger than the number of directions the draws vary in (k > d for a
+  linear reward): a new round of diverse picks starts when they are all taken.
 
 :func:`pick_batch` applies one of them (or plain top-k) to scored candidates.
 """
@@ -108,8 +110,21 @@ def _sample_configurations(chosen_probs: Tensor, num: int, generator: torch.Gene
     return table, 1.0 / (num * marginal)
 
 
+#: Largest squared distance to the chosen directions' span at which it counts as
+#: holding every candidate (the rest is rounding).
+_SPAN_FULL = 1e-8
+
+
 def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
     """Greedy MAP of a DPP with kernel ``diag(q) K diag(q)``, K = correlation of ``vectors``.
+
+    Each step adds the candidate of largest ``q^2`` times its squared distance to
+    the span of the chosen ones (Chen et al. 2018). The vectors span at most as
+    many directions as the draws vary in (the feature dimension d of a linear
+    reward): once the chosen ones span them all, every distance is 0 and a plain
+    DPP's further picks would be arbitrary. A new round then starts: distances are
+    measured to the span of the picks of this round only, so that k > d picks come
+    as rounds of up to d diverse ones.
 
     Args:
         quality: `M` non-negative qualities (acquisition values, shifted if needed).
@@ -139,8 +154,12 @@ def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
     mask = torch.zeros(quality.shape[0], dtype=torch.bool)
     basis: list[Tensor] = []
     chosen: list[int] = []
+    varying = norm > 0  # a constant column has no direction (its residual stays 1)
     for _ in range(k):
-        gain = q2 * residual + 1e-30 * q2  # tiny tie-break toward quality once span is full
+        open_ = ~mask & varying
+        if basis and bool(open_.any()) and float(residual[open_].max()) <= _SPAN_FULL:
+            basis, residual = [], torch.ones_like(quality)  # every direction taken: a new round
+        gain = q2 * residual + 1e-30 * q2  # tiny tie-break toward quality
         gain[mask] = -math.inf
         j = int(gain.argmax())
         chosen.append(j)

@@ -138,8 +138,12 @@ class HoulsbyInformationGain(AcquisitionFunction):
     Args:
         model: a BoTorch model of the utility, a RewardPosterior or one rater's view
             of it (``posterior.as_botorch_model(rater=r)``).
-        noise_scale: sigma_n; ``sqrt(2)`` matches ``PairwiseGP``'s probit likelihood,
-            1 matches BoTorch's ``PairwiseBayesianActiveLearningByDisagreement``.
+        noise_scale: sigma_n; ``sqrt(2)`` matches ``PairwiseGP``'s probit likelihood.
+            With 1 and the probit link it is the information BoTorch's
+            ``PairwiseBayesianActiveLearningByDisagreement`` (``std_noise=0``)
+            estimates, but in bits where BoTorch reports nats: BoTorch's value is
+            about ``ln 2`` (0.693) times this one (BoTorch estimates the
+            conditional entropy by Monte Carlo, this uses Houlsby's approximation).
         link: ``"probit"`` (default for BoTorch models; a RewardPosterior's own link
             otherwise) or ``"logit"`` (approximate).
 

@@ -22,6 +22,9 @@ from papa_bayes.inference.posterior import RewardPosterior, check_posterior
 
 __all__ = ["optimize_queries"]
 
+#: Thompson sampling's fresh pairs of draws when both draws' best points coincide.
+_THOMPSON_TRIES = 8
+
 
 def _distinct(a: Tensor, b: Tensor, tol: float = 1e-4) -> bool:
     """Two `q x d` designs differ (a pair and its swap are the same query)."""
@@ -29,6 +32,19 @@ def _distinct(a: Tensor, b: Tensor, tol: float = 1e-4) -> bool:
     if a.shape[0] == 2:
         gap = min(gap, float((a - b.flip(0)).abs().max()))
     return gap > tol
+
+
+def _distinct_optima(X: Tensor, values: Tensor, k: int) -> list[int]:
+    """Up to k of the `r x q x d` optima ``X``, best first: distinct queries, none a pair of two equal points."""
+    keep: list[int] = []
+    for i in values.argsort(descending=True).tolist():
+        if X.shape[-2] == 2 and not _distinct(X[i, :1], X[i, 1:]):  # a point against itself asks nothing
+            continue
+        if all(_distinct(X[i], X[j]) for j in keep):
+            keep.append(i)
+        if len(keep) == k:
+            break
+    return keep
 
 
 def optimize_queries(
@@ -53,12 +69,16 @@ def optimize_queries(
         strategy: "eig", "region", "argmax", "eubo", "uncertainty" or "thompson".
         k: number of queries: the k best distinct local optima of the multi-start
             optimization (``k <= num_restarts``); a pair and its swap are the same
-            query. Fewer, with a :class:`~papa_bayes.exceptions.PapaBayesWarning`,
-            when the restarts found fewer distinct optima.
+            query, and a pair of two equal points is no query (EUBO and Thompson
+            sampling can end there; Thompson sampling then takes another pair of
+            posterior draws, up to 8 pairs). Fewer, with a
+            :class:`~papa_bayes.exceptions.PapaBayesWarning`, when the restarts
+            found fewer distinct optima.
         query_type: ``"pair"`` (`2 x d` designs) or ``"rating"`` (`1 x d`).
         reference_pool: `n x d` items for "region" / "argmax" (and the like threshold
             of rating queries without ratings yet).
-        num_restarts, raw_samples, options: passed to ``optimize_acqf``.
+        num_restarts, raw_samples, options: passed to ``optimize_acqf``
+            (``raw_samples >= num_restarts``: each restart starts from a raw sample).
         seed: seeds the raw samples (the global RNG is restored afterwards).
         region_softness: "region" only: the width (noise units) of the smooth
             region membership that is optimized; its step makes L-BFGS-B's line
@@ -68,6 +88,11 @@ def optimize_queries(
     Returns:
         (`k' x q x d` query features, `k'` acquisition values), k' <= k distinct
         queries, best first.
+
+    Raises:
+        InputDataError: bad arguments; (field ``num_restarts``) every restart
+            ended at a pair of two equal points; (field ``strategy``) Thompson
+            sampling's pairs of draws all liked the same point best.
     """
     strategy = _strategy(strategy)
     if strategy == "random":
@@ -80,7 +105,9 @@ def optimize_queries(
     if not bool(torch.isfinite(bounds).all()):
         raise InputDataError("bounds", "finite lower and upper bounds", bounds.tolist())
     num_restarts = check_int("num_restarts", num_restarts)
-    raw_samples = check_int("raw_samples", raw_samples)
+    # optimize_acqf starts each restart from a distinct raw sample (fewer: a RuntimeError of torch.multinomial)
+    raw_samples = check_int("raw_samples", raw_samples, minimum=num_restarts,
+                            expected=f"an integer >= num_restarts ({num_restarts})")
     seed = check_int("seed", seed, minimum=0)
     if options is not None and not isinstance(options, dict):
         raise InputDataError("options", "a dict of optimize_acqf options or None", type(options).__name__)
@@ -95,19 +122,28 @@ def optimize_queries(
             raise
         raise InputDataError("reference_pool", err.expected, err.actual) from None
     q = 2 if query_type == "pair" else 1
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        X, values = optimize_acqf(
-            acq, bounds=bounds, q=q, num_restarts=num_restarts, raw_samples=raw_samples,
-            return_best_only=False, options=options or {"maxiter": 100},
-        )
-    order = values.argsort(descending=True)
-    keep: list[int] = []
-    for i in order.tolist():  # distinct optima only
-        if all(_distinct(X[i], X[j]) for j in keep):
-            keep.append(i)
-        if len(keep) == k:
+    tries = _THOMPSON_TRIES if strategy == "thompson" and q == 2 else 1
+    for attempt in range(tries):
+        if attempt:  # both draws liked the same point best: another pair of draws
+            acq = make_acquisition(strategy, posterior, query_type=query_type, pool=reference_pool, generator=gen)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            X, values = optimize_acqf(
+                acq, bounds=bounds, q=q, num_restarts=num_restarts, raw_samples=raw_samples,
+                return_best_only=False, options=options or {"maxiter": 100},
+            )
+        keep = _distinct_optima(X, values, k)
+        if keep:
             break
+    if not keep and tries > 1:
+        raise InputDataError(
+            "strategy", "posterior draws that disagree on the best point in the box (Thompson sampling asks the best "
+            "point of one against that of another)", f"'thompson' with {tries} pairs of draws, each pair liking the "
+            "same point best: the posterior is sure of it; ask by 'eig' or 'eubo'",
+        )
+    if not keep:
+        raise InputDataError("num_restarts", "restarts that reach a pair of two different points (raise num_restarts "
+                             "or raw_samples)", f"{num_restarts} restarts, each ending at two equal points")
     if len(keep) < k:
         warnings.warn(
             f"optimize_queries: the {num_restarts} restarts found {len(keep)} distinct optima, fewer than k={k}; "

@@ -75,7 +75,8 @@ class QuerySelection:
             with ties).
         exploratory: `k` bool, True where the query was drawn at random.
         strategy, query_type: as asked.
-        num_candidates: pairs (or items) scored: every one of the pool.
+        num_candidates: pairs (or items) scored: every pair of two items with
+            different features (every item) of the pool.
         num_refined: how many of them were scored by Monte Carlo over every draw.
         seconds: wall time of the selection.
         details: extras (``batch_information_bits`` for joint batches, ...).
@@ -114,6 +115,22 @@ def all_pairs(n: int) -> tuple[Tensor, Tensor]:
 def _all_pairs(n: int) -> tuple[Tensor, Tensor]:
     idx = torch.triu_indices(n, n, offset=1)
     return idx[0], idx[1]
+
+
+def _distinct_pairs(pool: Tensor) -> tuple[Tensor, Tensor]:
+    """Every unordered pair i < j of `n x d` ``pool`` rows whose features differ: two equally long tensors.
+
+    A pair of two equal items asks nothing, yet EUBO and Thompson sampling rank it
+    first when the item is the best (``E[max(u_a, u_a)] = E[u_a]``; both draws'
+    argmax on the same features): duplicated rows would otherwise be asked against
+    each other.
+    """
+    first, second = all_pairs(pool.shape[0])
+    row = torch.unique(pool, dim=0, return_inverse=True)[1]  # one id per distinct feature vector
+    if int(row.max()) + 1 == pool.shape[0]:  # no duplicates: every pair
+        return first, second
+    keep = row[first] != row[second]
+    return first[keep], second[keep]
 
 
 def _strategy(strategy: str) -> str:
@@ -306,8 +323,9 @@ def select_queries(
         A :class:`QuerySelection`.
 
     Raises:
-        InputDataError: a pool of another dimension, an empty pool, k larger than
-            the number of pairs (items), an unknown strategy, a missing generator.
+        InputDataError: a pool of another dimension, an empty pool, a pool of fewer
+            than 2 distinct items for pairs, k larger than the number of pairs of
+            distinct items (of items), an unknown strategy, a missing generator.
 
     Example:
         A batch of 3 diverse pairs from a 50-item pool, after 10 answers:
@@ -336,10 +354,17 @@ def select_queries(
         raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
     pool = _check_pool(pool_features, posterior.num_features, query_type)
     n = pool.shape[0]
-    num_candidates = n * (n - 1) // 2 if query_type == "pair" else n
+    if query_type == "pair":
+        first, second = _distinct_pairs(pool)  # pairs of two equal items are never asked
+        if first.numel() == 0:
+            raise InputDataError("pool_features", "at least 2 items with different features for pair queries",
+                                 f"{n} items, all with the same features")
+    else:
+        first, second = torch.arange(n), None
+    num_candidates = first.numel()
     k = check_int("k", k, expected="a positive integer")
     if k > num_candidates:
-        what = "pairs" if query_type == "pair" else "items"
+        what = "pairs of items with different features" if query_type == "pair" else "items"
         raise InputDataError("k", f"at most the number of {what} in the pool ({num_candidates})", k)
     exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
     if chunk_size is not None:
@@ -366,10 +391,6 @@ def select_queries(
         U = posterior.utility(pool, rater=rater).detach().to(torch.float64)  # s x n
         s = U.shape[0]
         chunk = chunk_size or max(1, (1 << 21) // s)
-        if query_type == "pair":
-            first, second = all_pairs(n)
-        else:
-            first, second = torch.arange(n), None
         details: dict[str, Any] = {"num_draws": s}
         acq = None
         if k_chosen == 0:

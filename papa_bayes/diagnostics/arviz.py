@@ -161,7 +161,8 @@ def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceDa
 
     A :class:`PyroPosterior` (NUTS, SVI or Laplace): derived sites (e.g. per-rater
     ``w``) join the posterior group; the ``posterior_predictive`` group holds
-    replicated outcomes drawn per draw with ``seed``. A GP posterior converts
+    replicated outcomes drawn per draw with ``seed`` (an integer in [0, 2**64 - 1],
+    torch's range of seeds). A GP posterior converts
     itself (:meth:`~papa_bayes.inference.GPPosterior.to_inference_data`).
     """
     from papa_bayes.inference.posterior import RewardPosterior
@@ -169,7 +170,7 @@ def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceDa
 
     if not isinstance(post, RewardPosterior):
         raise InputDataError("post", "a RewardPosterior (what fit returns)", type(post).__name__)
-    check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch.manual_seed's range
     if not isinstance(post, PyroPosterior):
         return post.to_inference_data(seed=seed)
     model, data = post.model, post.data

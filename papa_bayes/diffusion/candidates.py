@@ -24,9 +24,9 @@ from torch import Tensor
 from papa_bayes.checks import check_bool, check_float, check_int, renamed_option
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale, check_window
-from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.diffusion.objectives import OBJECTIVES, REGION_METHODS, PosteriorObjective
-from papa_bayes.diffusion.sampler import sample
+from papa_bayes.diffusion.sampler import check_inference_steps, sample
 from papa_bayes.diffusion.scale import _checked_scales, select_guidance_scale, select_recommendation_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
@@ -60,7 +60,9 @@ class DiffusionCandidates(CandidateSource):
             With a threshold filter (``min_probability`` set) a narrower core (0.7)
             traded less diversity for purity than a stricter threshold; the default
             ranking needs no core.
-        pool_steps / recommend_steps: denoising steps of pools and of recommendations.
+        pool_steps / recommend_steps: denoising steps of pools and of recommendations
+            (counts the model's scheduler can run, as ``num_inference_steps`` of
+            :func:`~papa_bayes.diffusion.sample`).
         oversample / min_probability: of the recommendation filter: a pool
             ``oversample`` (>= 1) times larger is drawn; ``min_probability=None`` (default)
             keeps its best ``1 / oversample`` by region probability, a number keeps a
@@ -78,7 +80,7 @@ class DiffusionCandidates(CandidateSource):
         region_method: how the ranking's probability is computed
             (:meth:`~papa_bayes.diffusion.objectives.PosteriorObjective.region_probability`):
             ``"gaussian"`` keeps ranking samples that every draw puts in the region.
-        num_base: base samples kept for calibration of the region threshold.
+        num_base: base samples kept for calibration of the region threshold (>= 2).
         seed: seeds the base samples (an integer >= 0).
         progress_bar: show tqdm bars (base samples, recommendations, fine-tuning).
 
@@ -142,8 +144,8 @@ class DiffusionCandidates(CandidateSource):
         self.rescale_every = check_int("rescale_every", rescale_every, minimum=0)
         self.quantile = check_float("quantile", quantile, strict=True, maximum=1.0)
         self.window = check_window(window)
-        self.pool_steps = check_int("pool_steps", pool_steps)
-        self.recommend_steps = check_int("recommend_steps", recommend_steps)
+        self.pool_steps = check_inference_steps(model, pool_steps, "pool_steps")
+        self.recommend_steps = check_inference_steps(model, recommend_steps, "recommend_steps")
         self.oversample = check_float("oversample", oversample, minimum=1.0)
         self.min_probability = None if min_probability is None else check_float(
             "min_probability", min_probability, maximum=1.0, inclusive_maximum=True)
@@ -154,14 +156,16 @@ class DiffusionCandidates(CandidateSource):
         if not isinstance(recommend_rule_pool, (tuple, list)) or len(recommend_rule_pool) != 2:
             raise InputDataError("recommend_rule_pool", "(samples >= 1, steps >= 1)", recommend_rule_pool)
         self.recommend_rule_pool = (check_int("recommend_rule_pool[0] (samples)", recommend_rule_pool[0]),
-                                    check_int("recommend_rule_pool[1] (steps)", recommend_rule_pool[1]))
+                                    check_inference_steps(model, recommend_rule_pool[1],
+                                                          "recommend_rule_pool[1] (steps)"))
         self.region_method = region_method
         self.filter_quantile = None if filter_quantile is None else check_float(
             "filter_quantile", filter_quantile, strict=True, maximum=1.0)
         self.min_relative_precision = check_float("min_relative_precision", min_relative_precision, strict=True,
                                                   maximum=1.0, inclusive_maximum=True)
         self.radius_scale = check_float("radius_scale", radius_scale, strict=True)
-        num_base = check_int("num_base", num_base)
+        # The region's threshold is a quantile of the base samples' utilities: one sample has none.
+        num_base = check_int("num_base", num_base, minimum=2)
         self.seed = check_int("seed", seed, minimum=0)
         self.progress_bar = check_bool("progress_bar", progress_bar)
         self.num_base = num_base
@@ -213,6 +217,9 @@ class DiffusionCandidates(CandidateSource):
                  keep: bool = True) -> Guidance:
         """The guidance of ``posterior`` at the chosen scale (choosing it when needed).
 
+        A pixel model's guidance keeps its shifts inside the data range `[-1, 1]`;
+        a latent model's is not clamped (latents have no such range).
+
         ``keep=False`` (recommendations, fine-tuning) uses the scale the pools chose,
         or chooses one for this call only: the pools' scale, and the random draws of
         its rule, then do not depend on whether anything else came first.
@@ -220,7 +227,9 @@ class DiffusionCandidates(CandidateSource):
         objective = PosteriorObjective(posterior, self.feature_map, kind=self.kind).calibrate(
             self._base_inputs, quantile=self.quantile
         )
-        g = Guidance(objective, scale=1.0, window=self.window, clamp=(-1.0, 1.0))
+        # Pixels lie in [-1, 1]; a latent model's latents do not, and clamping them would cut the guidance.
+        clamp = None if isinstance(self.model, LatentDiffusion) else (-1.0, 1.0)
+        g = Guidance(objective, scale=1.0, window=self.window, clamp=clamp)
         if self.scale != "auto":
             return g.with_scale(float(self.scale))
         if self._chosen_scale is None or rescale:

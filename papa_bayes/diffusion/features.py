@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import check_finite, check_int, check_path, read_json_object, reading, shape_of
-from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.models import DiffusionModel, eval_mode
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = [
@@ -223,8 +223,15 @@ class MidBlockFeatures(FeatureMap):
         return x
 
     def pooled(self, x: Tensor) -> Tensor:
-        """`n x C` spatially averaged mid-block activations (not standardized) of `n x C x h x w` samples."""
+        """`n x C` spatially averaged mid-block activations (not standardized) of `n x C x h x w` samples.
+
+        The denoiser reads the samples in its own dtype (a bfloat16 one too) and in
+        eval mode; the activations come back in the samples' floating dtype (float32
+        for others).
+        """
         x = self._check_samples("x", x)
+        out_dtype = x.dtype if x.is_floating_point() else torch.float32
+        x = x.to(self.model.dtype)  # differentiable: guidance's gradient reaches the caller's dtype
         captured: list[Tensor] = []
 
         def hook(_module, _inputs, output):
@@ -235,14 +242,15 @@ class MidBlockFeatures(FeatureMap):
         alpha = self.model.scheduler.alphas_cumprod[self.timestep].to(x.device, x.dtype)
         handle = unet.mid_block.register_forward_hook(hook)
         try:
-            self.model.conditional_output(alpha.sqrt() * x, torch.tensor(self.timestep, device=x.device))
+            with eval_mode(self.model):  # a denoiser left in training would add its dropout to the features
+                self.model.conditional_output(alpha.sqrt() * x, torch.tensor(self.timestep, device=x.device))
         except _StopForward:
             pass
         finally:
             handle.remove()
         if not captured:
             raise ModelError("The denoiser's mid_block did not run; MidBlockFeatures needs a UNet with one.")
-        return captured[0].mean(dim=(-2, -1))
+        return captured[0].mean(dim=(-2, -1)).to(out_dtype)
 
     def fit(self, samples: Tensor, *, batch_size: int = 256) -> MidBlockFeatures:
         """Fit the standardization (and projection) on `n x C x H x W` samples; returns self.
@@ -305,6 +313,10 @@ class CallableFeatures(FeatureMap):
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim < 1:  # NumPy arrays reached the callable: torch's own TypeError
+            field = "samples" if self.input_space == "sample" else "images"
+            raise InputDataError(field, "a tensor of samples `n x ...` (convert arrays with torch.as_tensor)",
+                                 shape_of(x))
         return self._check_output(self.fn(x), x.shape[0])
 
     def config(self) -> dict[str, Any]:
@@ -380,6 +392,22 @@ class ConcatFeatures(FeatureMap):
         return {"num_features": self.num_features, "parts": [{"kind": m.kind, **m.config()} for m in self.parts]}
 
 
+def check_savable(feature_map: Any) -> FeatureMap:
+    """``feature_map`` unless it is no single FeatureMap (a ConcatFeatures) or an unfitted one: then InputDataError.
+
+    An unfitted :class:`MidBlockFeatures` would save identity statistics that load
+    as fitted ones: raw channels read as standardized features, silently.
+    """
+    if not isinstance(feature_map, FeatureMap):
+        raise InputDataError("feature_map", "a FeatureMap", type(feature_map).__name__)
+    if isinstance(feature_map, ConcatFeatures):
+        raise InputDataError("feature_map", "a single map (save each part of a ConcatFeatures on its own)", "ConcatFeatures")
+    if not getattr(feature_map, "fitted", True):
+        raise InputDataError("feature_map", "a fitted map (call .fit(samples) first)",
+                             f"an unfitted {type(feature_map).__name__}")
+    return feature_map
+
+
 def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
     """Save a feature map to ``directory`` (``feature_map.json`` + ``feature_map.safetensors``).
 
@@ -387,15 +415,13 @@ def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
     :class:`CallableFeatures` saves the callable's weights when it is a module.
 
     Raises:
-        InputDataError: on a ``feature_map`` that is not a single FeatureMap, or a
-            ``directory`` that is not a path or names a file (or lies inside one).
+        InputDataError: on a ``feature_map`` that is not a single FeatureMap or is
+            not fitted (a :class:`MidBlockFeatures` before :meth:`~MidBlockFeatures.fit`),
+            or a ``directory`` that is not a path or names a file (or lies inside one).
     """
     from safetensors.torch import save_file
 
-    if not isinstance(feature_map, FeatureMap):
-        raise InputDataError("feature_map", "a FeatureMap", type(feature_map).__name__)
-    if isinstance(feature_map, ConcatFeatures):
-        raise InputDataError("feature_map", "a single map (save each part of a ConcatFeatures on its own)", "ConcatFeatures")
+    check_savable(feature_map)
     from papa_bayes.diffusion.finetune.io import check_checkpoint_folder
 
     out = check_checkpoint_folder("directory", directory)

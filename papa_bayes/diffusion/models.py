@@ -14,7 +14,8 @@ The sampler drives DDIM and DDPM schedulers (any ``prediction_type``).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -28,19 +29,59 @@ __all__ = ["DiffusionModel", "PixelDiffusion", "LatentDiffusion"]
 #: The scheduler outputs the sampler reads (``prediction_type``).
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
+#: DDPM variance types whose variance the denoiser predicts (Nichol & Dhariwal 2021): not supported.
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+def _check_fixed_variance(unet: torch.nn.Module, scheduler: Any) -> None:
+    """ModelError for a learned-variance scheduler or a denoiser whose output is not one sample's channels.
+
+    The sampler reads the whole output as the noise (or ``x0``, ``v``) of the
+    sample; half of a `2C`-channel output is a variance it would mistake for it.
+    """
+    variance_type = scheduler.config.get("variance_type")
+    if variance_type in LEARNED_VARIANCE_TYPES:
+        raise ModelError(f"The scheduler's variance_type {variance_type!r} (a variance the denoiser learns) is "
+                         "not supported by the sampler; use a fixed one (e.g. `DDPMScheduler.from_config(config, "
+                         "variance_type='fixed_small')`) with a denoiser predicting the sample's channels only.")
+    config = getattr(unet, "config", None)
+    ins, outs = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+    if isinstance(ins, int) and isinstance(outs, int) and ins != outs:
+        learned = " (a learned-variance denoiser: noise and variance)" if outs == 2 * ins else ""
+        raise ModelError(f"The denoiser's out_channels = {outs} differ from its in_channels = {ins}{learned}; the "
+                         f"sampler needs one prediction per channel of the sample ({ins}), so it is not supported.")
+
+
+@contextmanager
+def eval_mode(model: DiffusionModel) -> Iterator[None]:
+    """Within: ``model``'s networks in eval mode (no dropout, as seeded sampling needs); each module's own
+    mode comes back after, so that a denoiser in training stays in training."""
+    networks = [m for m in (model.unet, getattr(model, "vae", None)) if isinstance(m, torch.nn.Module)]
+    modes = [(m, m.training) for net in networks for m in net.modules()]
+    for net in networks:
+        net.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 class DiffusionModel:
     """A denoiser with its scheduler; subclasses define how to call it and decode.
 
     Args:
-        unet: a diffusers denoiser (``UNet2DModel``, ``UNet2DConditionModel``, ...).
+        unet: a diffusers denoiser (``UNet2DModel``, ``UNet2DConditionModel``, ...)
+            predicting one value per channel of the sample.
         scheduler: a diffusers ``DDIMScheduler`` or ``DDPMScheduler`` (or a subclass)
-            with ``num_train_timesteps >= 1``. The sampler works on a fresh copy, so
-            this one is never mutated.
+            with ``num_train_timesteps >= 1`` and a fixed variance. The sampler works
+            on a fresh copy, so this one is never mutated.
 
     Raises:
         InputDataError: on a ``unet`` that is not a torch module.
-        ModelError: on another scheduler class, an unsupported ``prediction_type`` or
-            ``num_train_timesteps < 1``.
+        ModelError: on another scheduler class, an unsupported ``prediction_type``,
+            ``num_train_timesteps < 1``, a learned ``variance_type`` or a denoiser
+            whose ``out_channels`` differ from its ``in_channels``.
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:
@@ -62,6 +103,7 @@ class DiffusionModel:
         prediction = scheduler.config.get("prediction_type", "epsilon")
         if prediction not in PREDICTION_TYPES:
             raise ModelError(f"Unsupported prediction_type {prediction!r}.")
+        _check_fixed_variance(unet, scheduler)
         num_train = scheduler.config.get("num_train_timesteps")
         if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1 \
                 or len(scheduler.alphas_cumprod) != num_train:

@@ -35,7 +35,7 @@ from papa_bayes.checks import (
     renamed_option,
     shape_of,
 )
-from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel
+from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel, eval_mode
 from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -207,24 +207,36 @@ def check_sampling_arguments(model: Any, num_samples: Any, num_inference_steps: 
         raise InputDataError("model", "a DiffusionModel (wrap a diffusers UNet2DModel and scheduler in PixelDiffusion)",
                              type(model).__name__)
     num_samples = check_int("num_samples", num_samples)
-    num_inference_steps = check_int("num_inference_steps", num_inference_steps)
+    num_inference_steps = check_inference_steps(model, num_inference_steps)
+    _check_generator(generator, model)
+    return num_samples, num_inference_steps
+
+
+def check_inference_steps(model: DiffusionModel, value: Any, name: str = "num_inference_steps") -> int:
+    """``value`` as a count of denoising steps ``model``'s scheduler can run, or InputDataError naming ``name``.
+
+    The count must be an integer >= 1, at most the training timesteps (less a
+    ``steps_offset``), and large enough that its first timestep lies in the upper
+    half of them. Options that hold a step count (``pool_steps``) check it under
+    their own name, when they are set rather than when they are first used.
+    """
+    steps = check_int(name, value)
     num_train = int(model.scheduler.config.num_train_timesteps)
-    if num_inference_steps > num_train:
-        raise InputDataError("num_inference_steps", f"at most num_train_timesteps = {num_train}", num_inference_steps)
-    timesteps = _timesteps(model, num_inference_steps)
+    if steps > num_train:
+        raise InputDataError(name, f"at most num_train_timesteps = {num_train}", steps)
+    timesteps = _timesteps(model, steps)
     if int(timesteps.max()) >= num_train:  # a steps_offset shifts "leading" timesteps past the last one
         offset = int(model.scheduler.config.get("steps_offset", 0))
-        raise InputDataError("num_inference_steps", f"at most num_train_timesteps - steps_offset = "
-                             f"{num_train - offset} with this scheduler", num_inference_steps)
+        raise InputDataError(name, f"at most num_train_timesteps - steps_offset = {num_train - offset} "
+                             "with this scheduler", steps)
     if int(timesteps[0]) < num_train // 2:
         # The loop starts from pure noise at the first timestep: "leading" spacing puts a single step at
         # t = 0, where the denoiser reads the noise as an almost clean sample and returns it nearly unchanged.
         spacing = model.scheduler.config.get("timestep_spacing", "leading")
-        raise InputDataError("num_inference_steps", f"a count whose first timestep lies in the upper half of the "
+        raise InputDataError(name, f"a count whose first timestep lies in the upper half of the "
                              f"{num_train} training timesteps (at least 2 with timestep_spacing {spacing!r}; "
-                             f"this count starts at t = {int(timesteps[0])})", num_inference_steps)
-    _check_generator(generator, model)
-    return num_samples, num_inference_steps
+                             f"this count starts at t = {int(timesteps[0])})", steps)
+    return steps
 
 
 def _timesteps(model: DiffusionModel, num_inference_steps: int) -> Tensor:
@@ -237,6 +249,19 @@ def _timesteps(model: DiffusionModel, num_inference_steps: int) -> Tensor:
 def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
+
+
+def _step_noise_generators(generator: torch.Generator | None, num_samples: int) -> list[torch.Generator]:
+    """One generator per sample for the noise of stochastic steps, seeded from ``generator`` in one draw.
+
+    The scheduler's ``step`` draws a batch's noise from a list of generators row by
+    row (diffusers' ``randn_tensor``), so sample ``i`` gets the same noise whatever
+    the batch it is denoised in. The global CPU generator seeds them when
+    ``generator`` is None.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    seeds = torch.randint(0, 2**63 - 1, (num_samples,), generator=generator, device=device).tolist()
+    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
 
 @renamed_option("progress", "progress_bar")
@@ -265,16 +290,21 @@ def sample(
         guidance: a :class:`~papa_bayes.diffusion.guidance.Guidance`; None samples
             the base model.
         generator: on the CPU or the model's device; seeds the initial noise,
-            stochastic steps and any per-sample randomness of the guidance
-            (Thompson draws, from :func:`guidance_generator`, which leaves the
-            noise stream as unguided sampling draws it). Same generator state,
+            stochastic steps (DDPM, DDIM with ``eta > 0``: each sample's step noise
+            from a generator of its own, seeded from this one, so that sample ``i``
+            does not depend on ``batch_size``) and any per-sample randomness of the
+            guidance (Thompson draws, from :func:`guidance_generator`, which leaves
+            the noise stream as unguided sampling draws it). Same generator state,
             same samples (on the same device and library versions).
         eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
             variance); ignored by DDPM.
-        batch_size: samples denoised at once.
+        batch_size: samples denoised at once; the samples do not depend on it.
         initial_noise: `n x C x H x W` finite starting noise, instead of drawing it.
         return_trajectory: keep every ``x_t`` (for fine-tuners).
         progress_bar: show a tqdm bar.
+
+    The networks run in eval mode (dropout off: a seed fixes the samples); a
+    denoiser in train mode is back in it afterwards.
 
     Returns:
         A :class:`SamplerOutput`.
@@ -288,6 +318,8 @@ def sample(
             ``generator`` that is not a torch.Generator on the CPU or the model's
             device, or a ``guidance`` that is not a Guidance.
     """
+    from diffusers import DDPMScheduler
+
     num_samples, num_inference_steps = check_sampling_arguments(model, num_samples, num_inference_steps, generator)
     batch_size = check_int("batch_size", batch_size)
     # eta > 1 asks for a negative variance: NaN samples
@@ -304,7 +336,6 @@ def sample(
     device, dtype = model.device, model.dtype
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = scheduler.timesteps
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     # Derived before any draw, from the generator as passed; it never advances `generator`.
     guidance_gen = guidance_generator(generator) if guidance is not None else None
@@ -313,6 +344,23 @@ def sample(
     if guidance is not None:
         guidance.begin_trajectory(step_gains(scheduler, alphas, eta=eta))
     step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
+    # DDIM draws no step noise at eta 0: the caller's generator then advances by the initial noise alone.
+    stochastic = isinstance(scheduler, DDPMScheduler) or eta > 0
+    step_generators = _step_noise_generators(generator, num_samples) if stochastic else None
+    with eval_mode(model):
+        return _sample_batches(model, scheduler, initial_noise, guidance, guidance_gen, step_generators,
+                               step_kwargs, batch_size, return_trajectory, progress_bar)
+
+
+def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor, guidance: Guidance | None,
+                    guidance_gen: torch.Generator | None, step_generators: list[torch.Generator] | None,
+                    step_kwargs: dict[str, Any], batch_size: int, return_trajectory: bool,
+                    progress_bar: bool) -> SamplerOutput:
+    """The loop of :func:`sample`, on checked arguments, batch by batch."""
+    device, dtype = model.device, model.dtype
+    num_samples = initial_noise.shape[0]
+    timesteps = scheduler.timesteps
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     images, samples, trajectories, objectives = [], [], [], []
     norms = torch.zeros(len(timesteps), dtype=torch.float64)
     bar = tqdm(total=math.ceil(num_samples / batch_size) * len(timesteps), desc="sampling",
@@ -320,6 +368,7 @@ def sample(
     for start in range(0, num_samples, batch_size):
         x = initial_noise[start:start + batch_size].to(device, dtype)
         batch_model = model.for_samples(start, start + x.shape[0], num_samples)  # per-sample conditioning sliced
+        batch_generators = None if step_generators is None else step_generators[start:start + x.shape[0]]
         if guidance is not None:
             guidance.begin_batch(x.shape[0], generator=guidance_gen, device=device)
         traj = [x.detach()] if return_trajectory else None
@@ -332,7 +381,7 @@ def sample(
                 with torch.no_grad():
                     x0, eps = split_model_output(batch_model.model_output(x, t), x, a_t, model.prediction_type)
             out = join_model_output(x0, eps, a_t, model.prediction_type).to(dtype)
-            x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample.detach()
+            x = scheduler.step(out, t, x, generator=batch_generators, **step_kwargs).prev_sample.detach()
             if traj is not None:
                 traj.append(x)
             bar.update(1)

@@ -270,4 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from papa_bayes.cli import main as cli_main
+
+    # The same command as ``papa-bayes train-base``: a person's mistake reads as one line, not a traceback.
+    raise SystemExit(cli_main(["train-base", *sys.argv[1:]]))

@@ -138,10 +138,12 @@ def fit_pairwise_gp(
                 PapaBayesWarning, stacklevel=caller_stacklevel(),
             )
     gp.eval()
-    # Re-solve for the MAP at the final hyperparameters (the optimizer's last evaluation may differ).
+    # Re-solve for the MAP at the final hyperparameters (the optimizer's last evaluation may differ); without
+    # gradients, so that the model's MAP buffers stay graph leaves (see update_pairwise).
     with torch.no_grad():
         x0 = gp.utility.detach() if gp.utility is not None else None
-    set_train_data(gp, gp.unconsolidated_datapoints, gp.unconsolidated_comparisons, x0=(lambda _: x0) if x0 is not None else None)
+        set_train_data(gp, gp.unconsolidated_datapoints, gp.unconsolidated_comparisons,
+                       x0=(lambda _: x0) if x0 is not None else None)
     options = dict(num_samples=num_samples, num_features=num_features)
     post = _laplace_posterior(spec, data, gp, transform, seed=seed, num_samples=num_samples, num_features=num_features,
                               rff=None, options=options, diagnostics=info)
@@ -160,8 +162,11 @@ def update_pairwise(post: GPPosterior, data: PreferenceData) -> GPPosterior:
     used, comps = torch.unique(data.comparisons, return_inverse=True)
     X = post.transform(data.items[used])
     comps = spec.informative_comparisons(X, comps.reshape(-1, 2))
-    # warm start at the old posterior mean, in BoTorch's units
-    set_train_data(gp, X, comps, x0=lambda Z: post.draws.mean(Z) * spec.utility_scale)
+    # Warm start at the old posterior mean, in BoTorch's units. Without gradients: BoTorch's PairwiseGP.__deepcopy__
+    # leaves `__deepcopy__ = None` on the copy, so the next update copies this model with the default protocol,
+    # which refuses buffers with autograd history (RuntimeError: only graph leaves support deepcopy).
+    with torch.no_grad():
+        set_train_data(gp, X, comps, x0=lambda Z: post.draws.mean(Z) * spec.utility_scale)
     gp.eval()
     opts = post.options
     new = _laplace_posterior(spec, data, gp, post.transform, seed=post.state["seed"], num_samples=opts["num_samples"],

@@ -215,11 +215,12 @@ class GPPosterior(RewardPosterior):
         undefined R-hat).
 
         Args:
-            seed: seeds the replicated answers of ``posterior_predictive``.
+            seed: seeds the replicated answers of ``posterior_predictive``; an
+                integer in [0, 2**64 - 1] (torch's range of seeds).
         """
         from papa_bayes.diagnostics.arviz import build_inference_data
 
-        check_int("seed", seed, minimum=0)
+        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch.Generator.manual_seed's range
         data, C = self.data, self.num_chains
         shape = lambda t: t.reshape(C, -1, *t.shape[1:])  # noqa: E731
         with torch.no_grad():
@@ -227,7 +228,7 @@ class GPPosterior(RewardPosterior):
             dists = self._distributions(data, u)
             observed = self._observed(data)
             loglik = {k: shape(d.log_prob(observed[k])) for k, d in dists.items()}
-            gen = torch.Generator().manual_seed(int(seed))
+            gen = torch.Generator().manual_seed(seed)
             predictive = {}
             for k, d in dists.items():
                 if isinstance(d, torch.distributions.Categorical):

@@ -185,11 +185,24 @@ class _DrawsOnlyError(ModelError, NotImplementedError):
     """What a sampler of Gaussian base samples asks of draws (a NotImplementedError too, as BoTorch's own)."""
 
 
+def _gaussian_only(attribute: str) -> _GaussianOnlyError:
+    """The error for a Gaussian posterior's ``attribute`` asked of draws: what to use instead."""
+    return _GaussianOnlyError(
+        f"PosteriorDrawsModel's posterior is an ensemble of posterior draws, not a Gaussian: it has no {attribute}, "
+        "which BoTorch's Gaussian-only acquisitions need (AnalyticExpectedUtilityOfBestOption, "
+        "PairwiseBayesianActiveLearningByDisagreement, qMaxValueEntropy, ...). On a RewardPosterior use "
+        "papa_bayes.acquisition.ExpectedUtilityOfBestOption or BoTorch's qExpectedUtilityOfBestOption (EUBO), "
+        "PairwiseInformationGain (Monte Carlo BALD, the posterior's own link) or HoulsbyInformationGain "
+        "(closed-form BALD on the draws' moments)."
+    )
+
+
 class DrawsPosterior(EnsemblePosterior):
     """BoTorch ``EnsemblePosterior`` of a RewardPosterior's draws: values `batch_shape x s x q x 1`.
 
     It has the mixture's ``mean`` and ``variance`` (BoTorch's analytic EI, UCB and
-    PosteriorMean use them) but no ``covariance_matrix``: asking for one raises a
+    PosteriorMean use them) but neither a Gaussian ``distribution`` nor a
+    ``covariance_matrix``: asking for one raises a
     :class:`~papa_bayes.exceptions.ModelError` naming what to use instead. Nor has it
     Gaussian base samples: a ``SobolQMCNormalSampler`` or ``IIDNormalSampler`` passed
     as an acquisition's ``sampler`` raises a ModelError; leave ``sampler=None`` and
@@ -209,14 +222,13 @@ class DrawsPosterior(EnsemblePosterior):
     @property
     def covariance_matrix(self) -> Tensor:
         """Not defined: the posterior is an ensemble of draws, not a Gaussian (raises, naming what to use)."""
-        raise _GaussianOnlyError(
-            "PosteriorDrawsModel's posterior is an ensemble of posterior draws, not a Gaussian: it has no "
-            "covariance_matrix, which BoTorch's AnalyticExpectedUtilityOfBestOption and "
-            "PairwiseBayesianActiveLearningByDisagreement need. On a RewardPosterior use "
-            "papa_bayes.acquisition.ExpectedUtilityOfBestOption or BoTorch's qExpectedUtilityOfBestOption (EUBO), "
-            "PairwiseInformationGain (Monte Carlo BALD, the posterior's own link) or HoulsbyInformationGain "
-            "(closed-form BALD on the draws' moments)."
-        )
+        raise _gaussian_only("covariance_matrix")
+
+    @property
+    def distribution(self) -> Any:
+        """Not defined: there is no Gaussian (GPyTorch ``MultivariateNormal``) behind the draws (raises, naming
+        what to use). BoTorch's qMaxValueEntropy reads it."""
+        raise _gaussian_only("distribution")
 
 
 class DrawsSampler(IndexSampler):

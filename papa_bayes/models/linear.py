@@ -210,12 +210,15 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         self.ties = check_bool("ties", ties)
         check_float("prior_scale", prior_scale, strict=True)
         self.prior_scale = float(prior_scale)
-        self.prior_loc = None if prior_loc is None else check_real_tensor("prior_loc", prior_loc, "an array-like of real numbers").detach()
+        # Copies: a float64 tensor would otherwise be the caller's own, and editing it would change the prior.
+        self.prior_loc = None if prior_loc is None else check_real_tensor(
+            "prior_loc", prior_loc, "an array-like of real numbers").detach().clone()
         if self.prior_loc is not None and (self.prior_loc.dim() != 1 or self.prior_loc.numel() == 0):
             raise InputDataError("prior_loc", "a `d` vector", tuple(self.prior_loc.shape))
         if self.prior_loc is not None and not bool(torch.isfinite(self.prior_loc).all()):
             raise InputDataError("prior_loc", "finite values", self.prior_loc.tolist())
-        self.prior_scale_tril = None if prior_scale_tril is None else check_real_tensor("prior_scale_tril", prior_scale_tril, "an array-like of real numbers").detach()
+        self.prior_scale_tril = None if prior_scale_tril is None else check_real_tensor(
+            "prior_scale_tril", prior_scale_tril, "an array-like of real numbers").detach().clone()
         T = self.prior_scale_tril
         if T is not None and (
             T.dim() != 2 or T.shape[0] != T.shape[1] or not bool(torch.isfinite(T).all())

@@ -26,12 +26,14 @@ class DrawsPosterior:
         return self.draws.to(features.dtype) @ features.T
 
 
-def tiny_pixel_model(kind: str = "ddim", prediction_type: str = "epsilon") -> PixelDiffusion:
+def tiny_pixel_model(kind: str = "ddim", prediction_type: str = "epsilon", **overrides) -> PixelDiffusion:
+    """A tiny pixel model in eval mode; ``overrides`` replace UNet config entries (e.g. ``dropout``)."""
     torch.manual_seed(0)
-    unet = make_digits_unet(
-        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval().requires_grad_(False)
+    unet = make_digits_unet(**{
+        "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
+        "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D"),
+        **overrides,
+    }).eval().requires_grad_(False)
     scheduler = make_sampling_scheduler(kind=kind)
     scheduler = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
     return PixelDiffusion(unet, scheduler)
@@ -68,7 +70,7 @@ def latent_model() -> LatentDiffusion:
 
 @pytest.fixture
 def make_pixel_model():
-    """Factory of tiny pixel models: ``make_pixel_model(kind, prediction_type)``."""
+    """Factory of tiny pixel models: ``make_pixel_model(kind, prediction_type, **unet_overrides)``."""
     return tiny_pixel_model
 
 

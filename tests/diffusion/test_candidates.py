@@ -293,3 +293,56 @@ def test_a_latent_model_with_a_feature_map_of_diffused_samples(latent_model):
     assert int(pool.steered.sum()) == 2 and torch.isfinite(pool.features).all()
     rec = src.recommend(post, 2, generator=gen)
     assert rec.features.shape == (2, 2) and rec.images.shape == (2, 1, 8, 8)
+
+
+def test_a_latent_models_guidance_does_not_clamp_latents(latent_model, pixel_model):
+    """Guidance on latents was clamped to the pixels' [-1, 1]: shifts of latents outside it were cut to nothing."""
+    from papa_bayes.diffusion import ManifoldGuard, MidBlockFeatures
+
+    base = sample(latent_model, 8, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  progress_bar=False)
+    phi = MidBlockFeatures(latent_model, timestep=50, num_features=2).fit(base.samples)
+    src = DiffusionCandidates(latent_model, phi, ManifoldGuard(base.images), pool_steps=2, num_base=8, scale=0.5,
+                              recommend_steps=2)
+    post = fit(LinearReward(rationality=1.0), PreferenceData(items=torch.randn(4, 2, dtype=torch.float64),
+                                                             comparisons=[[0, 1], [2, 3]]), num_samples=16)
+    g = src.guidance(post)
+    assert g.clamp is None and g.scale == 0.5
+    # Latents far outside [-1, 1] still move (a clamp kept each value's base prediction there).
+    x_t = 3.0 * torch.randn(2, *latent_model.sample_shape, generator=torch.Generator().manual_seed(1))
+    g.begin_trajectory(torch.ones(2))
+    t = torch.tensor(500)
+    guided, _, shift = g.guide(latent_model, x_t, t, latent_model.scheduler.alphas_cumprod[t], step=0, num_steps=2)
+    x0 = guided - shift
+    outward = ((x0 > 1) & (shift > 0)) | ((x0 < -1) & (shift < 0))  # a clamp to [-1, 1] zeroes these
+    assert bool(outward.any())
+    assert _pixel_source(pixel_model, scale=0.5).guidance(_pixel_posterior()).clamp == (-1.0, 1.0)  # unchanged
+
+
+def _pixel_posterior():
+    return fit(LinearReward(rationality=1.0), PreferenceData(items=torch.randn(4, 3, dtype=torch.float64),
+                                                             comparisons=[[0, 1], [2, 3]]), num_samples=16)
+
+
+def test_step_counts_and_num_base_are_checked_under_their_own_names(pixel_model, monkeypatch):
+    """A step count the scheduler cannot run failed as "num_inference_steps" when first used (recommend_steps:
+    at the first recommendation), and num_base = 1 as "base" in the calibration of the first steered pool."""
+    import papa_bayes.diffusion.candidates as candidates_module
+    from papa_bayes.diffusion import ManifoldGuard, PCAFeatures
+    from papa_bayes.exceptions import InputDataError
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("base samples were drawn before the options were checked")
+
+    monkeypatch.setattr(candidates_module, "sample", no_sampling)
+    reference = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    parts = (pixel_model, PCAFeatures.fit(reference, num_features=2), ManifoldGuard(reference))
+    for options, field, detail in (
+            ({"pool_steps": 1}, "pool_steps", "upper half"),  # "leading" spacing: one step at t = 0
+            ({"pool_steps": 5000}, "pool_steps", "at most num_train_timesteps = 1000"),
+            ({"recommend_steps": 1}, "recommend_steps", "upper half"),
+            ({"recommend_steps": 5000}, "recommend_steps", "at most num_train_timesteps = 1000"),
+            ({"recommend_rule_pool": (8, 5000)}, r"recommend_rule_pool\[1\] \(steps\)", "at most"),
+            ({"num_base": 1}, "num_base", "an integer >= 2")):
+        with pytest.raises(InputDataError, match=f"^{field}: expected .*{detail}"):
+            DiffusionCandidates(*parts, scale=0.5, **{"pool_steps": 2, "recommend_steps": 2, **options})

@@ -270,3 +270,54 @@ def test_fingerprints_tell_maps_of_one_dimension_apart():
     refit = load_feature_map()
     refit.components.data[0, 0] += 1e-3  # one value changed: another map
     assert refit.fingerprint() != pca.fingerprint()
+
+
+def test_an_unfitted_midblock_map_is_not_saved(pixel_model, images, tmp_path):
+    """An unfitted map saved identity statistics and loaded as fitted: raw channels read as standardized ones."""
+    from papa_bayes.diffusion import save_finetuned
+
+    unfitted = MidBlockFeatures(pixel_model, num_features=3)
+    with pytest.raises(InputDataError, match=r"^feature_map: expected a fitted map \(call \.fit\(samples\) first\)"):
+        save_feature_map(unfitted, tmp_path / "mid")
+    with pytest.raises(InputDataError, match="^feature_map:.*fit"):  # was raised after the weights were written
+        save_finetuned(pixel_model, tmp_path / "ckpt", feature_map=unfitted)
+    assert not (tmp_path / "mid").exists() and not (tmp_path / "ckpt").exists()
+    save_feature_map(unfitted.fit(images), tmp_path / "mid")
+    torch.testing.assert_close(load_feature_map(tmp_path / "mid", model=pixel_model)(images), unfitted(images))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_midblock_features_of_a_low_precision_denoiser_read_float32_samples(make_pixel_model, images, dtype):
+    """A bfloat16 denoiser given float32 samples raised torch's "Input type (float) and bias type" error."""
+    full = MidBlockFeatures(make_pixel_model(), num_features=3).fit(images)
+    low = MidBlockFeatures(make_pixel_model().to(dtype=dtype), num_features=3).fit(images)  # the same weights
+    z = low(images)
+    assert z.dtype == torch.float32 and z.shape == (40, 3)
+    torch.testing.assert_close(z, full(images), atol=0.1, rtol=0.05)
+    x = images[:2].clone().requires_grad_(True)
+    low(x).sum().backward()  # guidance differentiates through the cast
+    assert x.grad.dtype == torch.float32 and float(x.grad.abs().sum()) > 0
+
+
+def test_callable_features_name_input_that_is_no_tensor(images):
+    """NumPy input reached the callable: a raw TypeError from torch (or a misleading "features" error)."""
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    for input_space, field in (("image", "images"), ("sample", "samples")):
+        feats = CallableFeatures(encoder, 3, input_space=input_space)
+        with pytest.raises(InputDataError, match=f"^{field}: expected a tensor.*got ndarray") as caught:
+            feats(images.numpy())
+        assert caught.value.field == field
+    with pytest.raises(InputDataError, match="^images:.*got float"):
+        CallableFeatures(encoder, 3)(1.0)
+    assert CallableFeatures(encoder, 3)(images).shape == (40, 3)
+
+
+def test_midblock_features_of_a_denoiser_in_train_mode_are_fixed(make_pixel_model, images):
+    """A denoiser left in train mode added its dropout: the same images gave other features each call."""
+    model = make_pixel_model(dropout=0.5)
+    model.unet.train()
+    mid = MidBlockFeatures(model, num_features=3).fit(images)
+    torch.testing.assert_close(mid(images), mid(images), atol=0, rtol=0)
+    assert model.unet.training  # its mode comes back
+    model.unet.eval()
+    torch.testing.assert_close(mid(images), MidBlockFeatures(model, num_features=3).fit(images)(images))

@@ -660,3 +660,53 @@ def test_pixel_checkpoint_opens_as_a_diffusers_pipeline(make_pixel_model, latent
     assert type(load_finetuned(path).scheduler) is type(model.scheduler)  # still our checkpoint too
     save_finetuned(latent_model, path)  # no pipeline folder: the pixel model's index would open the wrong one
     assert not (path / "model_index.json").exists()
+
+
+def _with_dropout(model, p: float = 0.5):
+    """``model`` with every dropout of its denoiser at ``p``, in train mode (as left by a training loop)."""
+    for module in model.unet.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    model.unet.train()
+    return model
+
+
+def test_the_frozen_reference_is_an_eval_copy_of_a_denoiser_in_train_mode(make_pixel_model, make_latent_model):
+    """A base left in train mode was the reference itself: its dropout gave another anchor every call."""
+    from papa_bayes.diffusion.finetune.common import TrainingCopy
+
+    x_t, t = torch.randn(3, 1, 8, 8, generator=gen(1)), torch.tensor([900, 500, 100])
+    base = make_pixel_model(dropout=0.5).to()
+    base.unet.train()
+    run = TrainingCopy.create(base, generator=gen(0))
+    assert run.reference is not base and not run.reference.unet.training
+    torch.testing.assert_close(run.reference_output(x_t, t), run.reference_output(x_t, t), atol=0, rtol=0)
+    assert base.unet.training  # the caller's model keeps its mode
+    base.unet.eval()
+    torch.testing.assert_close(run.reference_output(x_t, t), base.conditional_output(x_t, t))
+    assert TrainingCopy.create(base, generator=gen(0)).reference is base  # in eval mode: no copy needed
+
+    latent = _with_dropout(make_latent_model())  # LoRA: the reference is the copy with its adapters off
+    z = torch.randn(2, *latent.sample_shape, generator=gen(2))
+    lora = TrainingCopy.create(latent, lora_rank=2, generator=gen(0))
+    assert lora.reference is None and lora.model.unet.training
+    torch.testing.assert_close(lora.reference_output(z, t[:2]), lora.reference_output(z, t[:2]), atol=0, rtol=0)
+    assert lora.model.unet.training  # back in training after the reference pass
+
+
+def test_save_finetuned_checks_its_notes_before_writing(pixel_model, tmp_path):
+    """Notes JSON cannot write raised a raw TypeError after the weights were written."""
+    for info in ({(1, 2): "pair key"}, {1: "int key"}, {"nested": {(1, 2): 3}}):
+        with pytest.raises(InputDataError, match="^info:.*str keys") as caught:
+            save_finetuned(pixel_model, tmp_path / "notes", info=info)
+        assert caught.value.field == "info"
+        assert not (tmp_path / "notes").exists()
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(InputDataError, match="^info:"):  # was ValueError: Circular reference detected
+        save_finetuned(pixel_model, tmp_path / "notes", info=loop)
+    assert not (tmp_path / "notes").exists()
+    import json
+
+    path = save_finetuned(pixel_model, tmp_path / "notes", info={"scale": 0.5, "device": torch.device("cpu")})
+    assert json.loads((path / "finetune.json").read_text())["info"] == {"scale": 0.5, "device": "cpu"}

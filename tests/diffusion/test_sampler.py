@@ -270,3 +270,60 @@ def test_a_single_leading_step_is_ours_to_reject(make_pixel_model):
     trailing = PixelDiffusion(model.unet, DDIMScheduler.from_config(model.scheduler.config,
                                                                     timestep_spacing="trailing"))
     assert sample(trailing, 2, num_inference_steps=1, progress_bar=False).timesteps.tolist() == [999]
+
+
+@pytest.mark.parametrize(("kind", "eta"), [("ddpm", 0.0), ("ddim", 0.5), ("ddim", 1.0)])
+def test_stochastic_samples_do_not_depend_on_the_batch_size(make_pixel_model, kind, eta):
+    """The step noise was drawn per batch: sample i changed with batch_size (only the initial noise did not)."""
+    model = make_pixel_model(kind)
+    kw = dict(num_inference_steps=3, eta=eta, progress_bar=False)
+    whole = sample(model, 5, generator=gen(7), **kw).samples
+    for batch_size in (1, 2, 3):
+        parts = sample(model, 5, generator=gen(7), batch_size=batch_size, **kw).samples
+        torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(whole, sample(model, 5, generator=gen(8), **kw).samples)
+
+
+def test_deterministic_sampling_leaves_the_generator_where_the_initial_noise_left_it(pixel_model):
+    """No step noise is drawn at eta 0: the caller's stream advances by the initial noise alone."""
+    generator = gen(3)
+    sample(pixel_model, 4, num_inference_steps=3, generator=generator, progress_bar=False)
+    reference = gen(3)
+    torch.randn(4, 1, 8, 8, generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_sampling_runs_the_denoiser_in_eval_mode_and_restores_its_mode(make_pixel_model):
+    """A denoiser left in train mode sampled with dropout: the same seed gave other samples each call."""
+    model = make_pixel_model(dropout=0.5)
+    model.unet.train()
+    model.unet.mid_block.eval()  # a mixed state: each module's own mode comes back
+    kw = dict(num_inference_steps=3, progress_bar=False)
+    a = sample(model, 3, generator=gen(0), **kw).samples
+    b = sample(model, 3, generator=gen(0), **kw).samples
+    assert torch.equal(a, b)
+    assert model.unet.training and not model.unet.mid_block.training
+    assert all(m.training for name, m in model.unet.named_modules() if not name.startswith("mid_block"))
+    model.unet.eval()
+    torch.testing.assert_close(sample(model, 3, generator=gen(0), **kw).samples, a)
+
+
+def test_learned_variance_denoisers_are_refused_when_the_model_is_built(make_pixel_model):
+    """A DDPM scheduler with learned variance (a denoiser of 2 x C outputs) sampled garbage, silently."""
+    from diffusers import DDPMScheduler
+
+    from papa_bayes.diffusion import PixelDiffusion, make_digits_unet
+    from papa_bayes.exceptions import ModelError
+
+    wide = make_digits_unet(block_out_channels=(8, 16), norm_num_groups=4, out_channels=2)  # noise and variance
+    for variance_type in ("learned", "learned_range"):
+        with pytest.raises(ModelError, match=f"variance_type {variance_type!r}.*not supported"):
+            PixelDiffusion(wide, DDPMScheduler(variance_type=variance_type, clip_sample=False))
+    with pytest.raises(ModelError, match="out_channels = 2.*in_channels = 1"):  # was a raw broadcast error
+        PixelDiffusion(wide, DDPMScheduler(clip_sample=False))
+    narrow = make_pixel_model().unet
+    with pytest.raises(ModelError, match="variance_type 'learned_range'"):
+        PixelDiffusion(narrow, DDPMScheduler(variance_type="learned_range", clip_sample=False))
+    for variance_type in ("fixed_small", "fixed_large"):  # the fixed variances stay supported
+        model = PixelDiffusion(narrow, DDPMScheduler(variance_type=variance_type, clip_sample=False))
+        assert bool(torch.isfinite(sample(model, 2, num_inference_steps=3, progress_bar=False).samples).all())

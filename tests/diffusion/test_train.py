@@ -100,3 +100,15 @@ def test_feature_fitting_checks_its_numbers_before_sampling(monkeypatch, kwargs,
     with pytest.raises(InputDataError) as info:
         fit_default_features(DEFAULT_CHECKPOINT, **{"num_samples": 16, "num_features": 4, "progress_bar": False, **kwargs})
     assert info.value.field == field
+
+
+def test_module_entry_point_reports_a_bad_option_in_one_line(tmp_path):
+    """``python -m papa_bayes.diffusion.train`` is ``papa-bayes train-base``: our error, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "papa_bayes.diffusion.train", "--out", str(tmp_path / "m"), "--steps", "-3"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--steps" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m").exists()

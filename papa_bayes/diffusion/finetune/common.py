@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from papa_bayes.checks import caller_stacklevel, check_bool, check_device, check_float, check_generator, check_int, shape_of
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows, eval_mode
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
@@ -208,8 +208,12 @@ def merge_adapters(unet: torch.nn.Module) -> torch.nn.Module:
 
 
 def _frozen_on(model: DiffusionModel, device: torch.device) -> DiffusionModel:
-    """``model`` itself when it is on ``device``; else a frozen copy of its denoiser there."""
-    if model.device == device:
+    """``model`` itself when it is on ``device`` and in eval mode; else a frozen eval-mode copy of its denoiser there.
+
+    A denoiser in train mode (dropout) would give a reference no seed fixes; the
+    caller's model keeps its mode.
+    """
+    if model.device == device and not any(m.training for m in model.unet.modules()):
         return model
     out = copy.copy(model)
     out.unet = copy.deepcopy(model.unet).to(device).eval().requires_grad_(False)
@@ -364,8 +368,9 @@ class TrainingCopy:
 
     def reference_output(self, x_t: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
         """The frozen reference's float32 output (no gradient); ``rows`` as in :meth:`output`."""
-        if self.reference is None:
-            with torch.no_grad(), _autocast(self.device, self.mixed_precision), self.model.unet.disable_adapter():
+        if self.reference is None:  # the copy in training, adapters off: without its dropout, as a frozen reference
+            with torch.no_grad(), _autocast(self.device, self.mixed_precision), self.model.unet.disable_adapter(), \
+                    eval_mode(self.model):
                 return _with_rows(self.model, rows).conditional_output(x_t, t).float()
         # A float16 / bfloat16 reference runs in its own dtype: bf16 autocast over float16 weights fails
         # on CPU ("mixed dtype") and would only round a low-precision reference further.

@@ -64,8 +64,9 @@ def save_finetuned(
         path: the folder (created; an earlier checkpoint there is overwritten,
             its ``features/`` removed when no ``feature_map`` is given).
         feature_map: a :class:`~papa_bayes.diffusion.FeatureMap` to save in ``features/``.
-        info: a mapping of notes (method, settings, ...) stored in ``finetune.json``;
-            values JSON cannot hold are written as their ``str()``.
+        info: a mapping of notes (method, settings, ...) stored in ``finetune.json``,
+            with str keys (nested mappings too); values JSON cannot hold are written
+            as their ``str()``.
 
     Returns:
         The folder.
@@ -73,10 +74,10 @@ def save_finetuned(
     Raises:
         InputDataError: on a ``model`` that is not a DiffusionModel, a ``path`` that
             is not a str or os.PathLike or that names a file (or lies inside one), or
-            a ``feature_map`` that is not a single FeatureMap, or an ``info`` that is
-            not a mapping; before anything is written.
+            a ``feature_map`` that is not a single fitted FeatureMap, or an ``info``
+            that is not a mapping with str keys JSON can write; before anything is written.
     """
-    from papa_bayes.diffusion.features import ConcatFeatures, FeatureMap, save_feature_map
+    from papa_bayes.diffusion.features import ConcatFeatures, FeatureMap, check_savable, save_feature_map
 
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
@@ -87,8 +88,20 @@ def save_finetuned(
     if feature_map is not None and (not isinstance(feature_map, FeatureMap) or isinstance(feature_map, ConcatFeatures)):
         raise InputDataError("feature_map", "None or a single FeatureMap (not a ConcatFeatures)",
                              type(feature_map).__name__)
-    if info is not None and not isinstance(info, Mapping):
-        raise InputDataError("info", "None or a mapping of notes (a dict)", type(info).__name__)
+    if feature_map is not None:
+        check_savable(feature_map)  # fitted
+    record = {
+        "model": type(model).__name__,
+        "unet": type(model.unet).__name__,
+        "scheduler": type(model.scheduler).__name__,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "info": _checked_notes(info),
+    }
+    if isinstance(model, LatentDiffusion):
+        # A distilled denoiser learned its base's classifier-free guidance (cfg_scale 1.0);
+        # the base's own scale, applied again on loading, would double it.
+        record["cfg_scale"] = float(model.cfg_scale)
+    text = json.dumps(record, indent=2, default=str) + "\n"  # the notes were checked to write
     check_checkpoint_folder("path", root)
     unet = model.unet
     if has_adapters(unet):  # saved as peft's `base_layer` / `lora_A` keys, which from_pretrained drops
@@ -105,19 +118,38 @@ def save_finetuned(
         save_feature_map(feature_map, root / "features")
     elif (root / "features" / "feature_map.json").is_file():  # an earlier save's map does not belong to this model
         shutil.rmtree(root / "features")
-    record = {
-        "model": type(model).__name__,
-        "unet": type(model.unet).__name__,
-        "scheduler": type(model.scheduler).__name__,
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "info": dict(info or {}),
-    }
-    if isinstance(model, LatentDiffusion):
-        # A distilled denoiser learned its base's classifier-free guidance (cfg_scale 1.0);
-        # the base's own scale, applied again on loading, would double it.
-        record["cfg_scale"] = float(model.cfg_scale)
-    (root / _INFO).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (root / _INFO).write_text(text)
     return root
+
+
+def _checked_notes(info: Any) -> dict[str, Any]:
+    """``info`` as the dict ``finetune.json`` holds, or InputDataError unless JSON can write it as it reads back.
+
+    Keys must be str at every level: JSON turns ``1`` into ``"1"`` and has no tuple
+    keys. Values JSON cannot hold are written as their ``str()``; a mapping that
+    contains itself is refused.
+    """
+    expected = "None or a mapping of notes with str keys (nested mappings too) that JSON can write"
+    if info is None:
+        return {}
+    if not isinstance(info, Mapping):
+        raise InputDataError("info", "None or a mapping of notes (a dict)", type(info).__name__)
+    notes = dict(info)
+    try:
+        json.dumps(notes, default=str)
+    except (TypeError, ValueError) as err:  # a key of another type JSON refuses, a circular reference
+        raise InputDataError("info", expected, f"{type(err).__name__}: {err}") from None
+    pending: list[Any] = [notes]
+    while pending:  # what JSON writes as objects and arrays: no cycle left (json.dumps found none)
+        value = pending.pop()
+        if isinstance(value, dict):
+            keys = [k for k in value if not isinstance(k, str)]
+            if keys:
+                raise InputDataError("info", expected, f"the key {keys[0]!r} ({type(keys[0]).__name__})")
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
+    return notes
 
 
 def pipeline_index(model: DiffusionModel) -> dict[str, Any] | None:
