@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,15 +56,29 @@ def _row(frame: Any, i: int) -> str:
 
 def _column(field: str, frame: Any, name: str, expected: str) -> Tensor:
     """Column ``name`` as a tensor (an empty one as `0` long); text or other non-numbers raise InputDataError."""
-    values = plain_array(frame[name])
+    column = frame[name]
+    values = plain_array(column)
     if len(values) == 0:  # pandas types empty columns float64
         return torch.zeros(0, dtype=torch.long)
+    missing = column.isna() if hasattr(column, "isna") else None
+    if missing is not None and bool(missing.any()):
+        # (a nullable Int64 column's NA reads as a float NaN, which was reported as a float dtype)
+        i = int(np.flatnonzero(np.asarray(missing))[0])
+        raise InputDataError(f"{field}[{name!r}]", expected,
+                             f"a missing value ({column.iloc[i]}) in {_row(frame, i)}; drop or fill those rows")
+    if getattr(values, "dtype", None) == object:
+        # An object column of bools or ints (after concat, or a column first filled with None) holds
+        # numbers all the same: read them as NumPy would a list.
+        inferred = np.array(values.tolist())
+        if inferred.dtype.kind in "biuf":
+            values = inferred
     try:
         return torch.as_tensor(values)
     except (TypeError, ValueError, RuntimeError):
-        i = next((i for i, v in enumerate(values) if not isinstance(v, numbers.Number)), 0)
+        i = next((i for i, v in enumerate(values)
+                  if isinstance(v, bool) or not isinstance(v, numbers.Number)), 0)
         raise InputDataError(f"{field}[{name!r}]", expected,
-                             f"{frame[name].dtype} values, e.g. {values[i]!r} in {_row(frame, i)}") from None
+                             f"{column.dtype} values, e.g. {values[i]!r} in {_row(frame, i)}") from None
 
 
 def _index_column(field: str, frame: Any, name: str, expected: str) -> Tensor:
@@ -155,7 +170,9 @@ def dataframe_items(items: Any, fields: dict[str, Any], feature_names: Any) -> t
                 fields[name] = rows
             else:
                 fields[name] = torch.stack([rows, fields[name][:, 1]], -1)
-    return plain_array(items), fields, feature_names
+    # As float64: a nullable column (Int64, Float64) made the frame's array one of objects, refused
+    # as "not an array-like of numbers"; its NA reads as NaN, which the data's finiteness check names.
+    return items.to_numpy(dtype="float64", na_value=np.nan, copy=True), fields, feature_names
 
 
 def _is_row_numbers(index: Any) -> bool:

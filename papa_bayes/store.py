@@ -137,7 +137,9 @@ class PreferenceStore:
     Args:
         path: the SQLite file.
         create: create the file when missing (default True); an existing file is
-            always opened, never recreated.
+            always opened, never recreated. Several processes may open one new store
+            at once: one creates it, the others wait and open it. (An empty SQLite
+            file, with no table, counts as missing: it is made a store.)
 
     A store may be used from any thread (as a web server's worker threads answer),
     one at a time as a session is; its writes are serialized.
@@ -168,18 +170,26 @@ class PreferenceStore:
             self._lock = threading.RLock()
             conn = self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0,
                                                check_same_thread=False)
-            if exists:  # read-only checks first: journal_mode=WAL would rewrite a foreign file's header
-                self._check_existing()
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            # Read-only checks first: journal_mode=WAL would rewrite a foreign file's header. A file with
+            # no table yet is one another process is creating this moment (its schema not yet committed).
+            if exists and self._check_existing():
+                exists = False
+            self._set_wal()
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             if not exists:
                 with self._transaction():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self.conn.execute(statement)
-                    self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                    self.conn.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
+                    # Another process may have created the store since we looked (several workers opening
+                    # one new store at once): its schema, committed, is checked instead of written twice.
+                    exists = bool(self._tables())
+                    if not exists:
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                self.conn.execute(statement)
+                        self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                        self.conn.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
+                if exists:
+                    self._check_existing()
         except BaseException as err:
             if conn is not None:
                 conn.close()
@@ -189,6 +199,19 @@ class PreferenceStore:
                 ) from err
             raise
 
+    def _set_wal(self, timeout: float = 30.0) -> None:
+        """WAL journaling, waiting for a process that is creating the same store: SQLite answers
+        "database is locked" at once there, without waiting its busy timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     # ------------------------------------------------------------ integrity
     def _check_header(self) -> None:
         with open(self.path, "rb") as f:
@@ -196,11 +219,17 @@ class PreferenceStore:
         if head != b"SQLite format 3\x00":
             raise StoreError(f"{self.path} is not a SQLite file (corrupt, or some other file); it was left untouched.")
 
-    def _check_existing(self) -> None:
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _check_existing(self) -> bool:
+        """StoreError unless the file is a readable store; True when it is an empty SQLite file (no table)."""
         ok = self.conn.execute("PRAGMA quick_check").fetchone()[0]
         if ok != "ok":
             raise StoreError(f"{self.path} is corrupt (SQLite quick_check: {ok}); it was left untouched.")
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
+            return True  # nothing in it to keep: made a store like a new file
+        tables = self._tables()
         if "meta" not in tables:
             raise StoreError(f"{self.path} is a SQLite file but not a papa_bayes store (no 'meta' table).")
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -215,29 +244,43 @@ class PreferenceStore:
         missing = {"items", "queries", "answers", "rounds"} - tables
         if missing:
             raise StoreError(f"{self.path} lacks tables {sorted(missing)}; it is corrupt or incomplete.")
+        return False
 
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
-            self.conn, self.lock = conn, lock
+        def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
+            self.conn, self.lock, self.path = conn, lock, path
+
+        def _busy(self, err: sqlite3.OperationalError) -> StoreError:
+            # sqlite3's bare "database is locked" named neither the file nor what to do.
+            return StoreError(f"Could not write to the store {self.path} ({err}): another program held it "
+                              "longer than the 30 s wait; nothing was written, try again.")
 
         def __enter__(self):
             self.lock.acquire()
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
-            except BaseException:
+            except BaseException as err:
                 self.lock.release()
+                if isinstance(err, sqlite3.OperationalError):
+                    raise self._busy(err) from err
                 raise
             return self.conn
 
         def __exit__(self, exc_type, exc, tb):
             try:
-                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                try:
+                    self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                except sqlite3.OperationalError as err:
+                    if self.conn.in_transaction:  # a failed COMMIT leaves it open: every later BEGIN would fail
+                        self.conn.execute("ROLLBACK")
+                    if exc_type is None:
+                        raise self._busy(err) from err
             finally:
                 self.lock.release()
             return False
 
     def _transaction(self) -> PreferenceStore._Tx:
-        return PreferenceStore._Tx(self.conn, self._lock)
+        return PreferenceStore._Tx(self.conn, self._lock, self.path)
 
     # --------------------------------------------------------------- config
     def set_config(self, config: dict[str, Any], *, rater: int | None = None) -> None:

@@ -463,3 +463,35 @@ def test_append_of_the_other_kind_without_ids_to_data_with_rater_ids_is_refused(
         same = data.append(**empty)  # no new rows: no ids to ask for
         assert same.num_observations == 1
         assert [r.tolist() for r in same.rater_ids()] == [r.tolist() for r in data.rater_ids()]
+
+
+def test_from_dataframe_reads_nullable_and_object_columns_and_names_missing_values():
+    """pandas dtypes a real frame has: an items frame with a nullable Int64 / Float64 column was refused as
+    'items: expected an array-like of numbers, got ndarray'; object columns of bools or ints (after a concat)
+    as 'got object values, e.g. True in row 0'; an NA in an Int64 id column as 'expected integer dtype, got
+    torch.float64', which hides the missing row."""
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"winner": [0, 1], "loser": [2, 0], "tie": [False, True]})
+    feats = pd.DataFrame({"a": [0.5, 1.0, 2.0], "b": pd.array([1, 2, 3], dtype="Int64"),
+                          "c": pd.array([0.25, 1.5, 2.0], dtype="Float64")})
+    d = PreferenceData.from_dataframe(df, feats)
+    assert d.items.tolist() == [[0.5, 1.0, 0.25], [1.0, 2.0, 1.5], [2.0, 3.0, 2.0]]
+    assert d.feature_names == ("a", "b", "c")
+    with pytest.raises(InputDataError, match="items: expected finite values"):
+        PreferenceData.from_dataframe(df, feats.assign(b=pd.array([1, None, 3], dtype="Int64")))
+    mixed = df.astype({"winner": object, "tie": object})
+    d = PreferenceData.from_dataframe(mixed, feats)
+    assert d.comparisons.tolist() == [[0, 2], [1, 0]] and d.ties.tolist() == [False, True]
+    likes = pd.DataFrame({"item": [0, 2], "label": pd.Series([True, False], dtype=object)})
+    assert PreferenceData.from_dataframe(None, feats, ratings=likes).ratings.tolist() == [[0, 1], [2, -1]]
+    for frame, field in ((df.assign(winner=pd.array([0, None], dtype="Int64")), "df['winner']"),
+                         (df.assign(loser=[2.0, float("nan")]), "df['loser']"),
+                         (df.assign(tie=pd.array([False, None], dtype="boolean")), "df['tie']")):
+        with pytest.raises(InputDataError, match=r"missing value .* in row 1") as err:
+            PreferenceData.from_dataframe(frame, feats)
+        assert err.value.field == field
+    with pytest.raises(InputDataError, match=r"missing value .* in row 0") as err:
+        PreferenceData.from_dataframe(None, feats, ratings=likes.assign(label=pd.array([None, True], dtype="boolean")))
+    assert err.value.field == "ratings['label']"
+    with pytest.raises(InputDataError, match="integer dtype"):  # float ids stay refused (no silent coercion)
+        PreferenceData.from_dataframe(df.astype({"winner": float}), feats)

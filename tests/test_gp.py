@@ -599,3 +599,22 @@ def test_gp_seeds_past_torchs_range_raise_our_error():
     first = post.to_inference_data(seed=2**64 - 1)  # the largest seed torch takes still works, reproducibly
     again = post.to_inference_data(seed=2**64 - 1)
     assert (first.posterior_predictive["comparisons"] == again.posterior_predictive["comparisons"]).all()
+
+
+def test_kernel_priors_are_checked_and_the_callers_left_alone():
+    """A prior of the wrong batch shape failed deep in torch.distributions with a bare ValueError,
+    and fitting converted the caller's own float32 prior to float64 in place."""
+    from gpytorch.priors import GammaPrior, LogNormalPrior
+
+    data = PreferenceData(items=torch.rand(4, 2, dtype=torch.float64), comparisons=[[0, 1], [2, 3]])
+    wrong = LogNormalPrior(torch.zeros(3), torch.ones(3))  # 3 lengthscales for 2 features
+    for model in (PreferenceGP(lengthscale_prior=wrong), PairwiseGPReward(lengthscale_prior=wrong)):
+        with pytest.raises(InputDataError, match=r"lengthscale_prior: expected .*\(1, 2\)") as err:
+            model.fit(data)
+        assert err.value.field == "lengthscale_prior" and "(3,)" in err.value.actual
+    with pytest.raises(InputDataError, match="outputscale_prior"):  # one outputscale, not 5
+        PreferenceGP(outputscale_prior=GammaPrior(torch.full((5, 1), 2.0), torch.full((5, 1), 0.5))).fit(data)
+    mine = GammaPrior(torch.tensor(3.0), torch.tensor(6.0))  # float32, as BoTorch's examples write it
+    post = PreferenceGP(lengthscale_prior=mine).fit(data, num_samples=4)
+    assert mine.concentration.dtype == torch.float32 and mine.rate.dtype == torch.float32
+    assert post.hyperparameters["lengthscale"].dtype == torch.float64

@@ -80,3 +80,24 @@ def test_a_gaussian_sampler_on_the_draws_model_is_our_error():
     value = qExpectedUtilityOfBestOption(pref_model=post.as_botorch_model(), sampler=None)(X)
     u = post.utility(X.reshape(-1, 1)).reshape(16, 2, 2)  # the same draws for both items of a pair
     assert torch.allclose(value, u.max(-1).values.mean(0))
+
+
+def test_fit_passes_a_gp_models_own_options_on_and_names_them_for_a_pyro_model():
+    """fit(PreferenceGP(), data, batch_size=...) raised Python's TypeError: the GP's own options (minibatch,
+    optimizer) were reachable only through PreferenceGP().fit."""
+    from papa_bayes.models import PreferenceGP
+
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    first = torch.randint(0, 12, (30,), generator=gen)
+    second = (first + 1 + torch.randint(0, 11, (30,), generator=gen)) % 12
+    data = PreferenceData(items=items, comparisons=torch.stack([first, second], 1))
+    opts = dict(batch_size=8, optimizer="adam", num_steps=20, num_samples=16, seed=3)
+    via_fit, direct = fit(PreferenceGP(), data, **opts), PreferenceGP().fit(data, **opts)
+    assert torch.equal(via_fit.utility_mean(items), direct.utility_mean(items))
+    full = fit(PreferenceGP(), data, num_steps=20, num_samples=16, seed=3)  # another fit: the options arrived
+    assert not torch.allclose(via_fit.utility_mean(items), full.utility_mean(items))
+    with pytest.raises(InputDataError, match="batch_size"):
+        fit(PreferenceGP(), data, batch_size=0)
+    with pytest.raises(InputDataError, match=r"batch_size: expected only fit's own options for LinearReward"):
+        fit(LinearReward(), data, batch_size=8)

@@ -260,3 +260,24 @@ def test_a_feature_pool_says_which_of_its_items_it_recommends():
     post = prior_posterior(LinearReward(rationality=1.0), PreferenceData(items=source.items), num_samples=16)
     best = source.recommend(post, 3, generator=gen)
     assert torch.equal(source.items[best.indices], best.features)
+
+
+def test_a_session_that_fails_to_store_its_config_releases_its_lock(tmp_path):
+    """A source whose config() JSON cannot hold: the error came, but the half-built session, kept alive by the
+    traceback (a notebook keeps the last one), still held the rater's lock and the open store, so another
+    process (a web worker) was refused rater 0 until that traceback went."""
+    import papa_bayes.locks as locks
+
+    class TensorConfigPool(FeaturePool):
+        def config(self):
+            return {"items": self.items}
+
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    with pytest.raises(InputDataError, match="JSON") as err:
+        PreferenceSession(path, TensorConfigPool(source.items), user, pool_size=8)
+    assert err.value.__traceback__ is not None  # still alive, with every frame it names
+    assert (path.parent / "s.db.lock").resolve() not in locks._LOCKS
+    session = PreferenceSession(path, source, user, pool_size=8)  # the same rater, the store usable
+    session.run(1, progress_bar=False)
+    session.close()

@@ -301,3 +301,66 @@ def test_a_store_is_usable_from_other_threads(tmp_path):
         for t in threads:
             t.join()
         assert errors == [] and s.num_answers(0) == 40 and len(s.queries(rater=1)) == 40
+
+
+def _open_at(args):
+    path, start = args
+    import time
+
+    while time.time() < start:  # every worker opens the new store at the same moment
+        pass
+    try:
+        PreferenceStore(path).close()
+        return "ok"
+    except Exception as err:  # noqa: BLE001 (compared below)
+        return f"{type(err).__name__}: {err}"
+
+
+def test_workers_creating_one_new_store_at_once_all_open_it(tmp_path):
+    """Several processes (a web server's workers, one per rater) opening one new store at the same time:
+    all but one failed with StoreError '... is not a readable papa_bayes store (UNIQUE constraint failed:
+    meta.key)' or '(database is locked)', or '... not a papa_bayes store (no 'meta' table)'."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        for trial in range(6):
+            path = tmp_path / f"s{trial}.db"
+            outcomes = pool.map(_open_at, [(path, time.time() + 0.2)] * 4)
+            assert outcomes == ["ok"] * 4, outcomes
+            with PreferenceStore(path, create=False) as store:
+                assert store.schema_version == SCHEMA_VERSION
+
+
+def test_an_empty_sqlite_file_is_made_a_store(tmp_path):
+    """A SQLite file with no table yet (another process creating the store, its schema not yet committed)
+    was refused as 'not a papa_bayes store (no 'meta' table)'."""
+    path = tmp_path / "s.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    assert path.stat().st_size > 0
+    with PreferenceStore(path) as store:
+        store.add_items(torch.randn(2, 3))
+    with PreferenceStore(path, create=False) as store:
+        assert store.num_items == 2
+
+
+def test_a_store_another_program_holds_says_so_and_stays_usable(tmp_path):
+    """Another connection holding the write lock past the wait: record_answer raised sqlite3's bare
+    OperationalError('database is locked'); now a StoreError naming the file, and the store works after."""
+    path = tmp_path / "s.db"
+    with PreferenceStore(path) as store:
+        store.add_items(torch.randn(3, 2, dtype=torch.float64))
+        q = store.add_query(round=0, rater=0, kind="pair", item_a=0, item_b=1)
+        store.conn.execute("PRAGMA busy_timeout=100")  # (the store waits 30 s)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError, match=r"s\.db \(database is locked\).*nothing was written"):
+            store.record_answer(q, "first")
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.num_answers() == 0
+        store.record_answer(q, "first")
+        assert store.num_answers() == 1

@@ -110,3 +110,11 @@ def test_interval_coverage_checks_shapes_and_values():
     with pytest.raises(InputDataError, match="draws"):
         interval_coverage("abc", torch.zeros(3))
     assert interval_coverage([[0.1], [0.2], [0.3]], [0.2]).tolist() == [True]
+
+
+def test_float32_probabilities_fall_in_the_bins_their_values_name():
+    """float32 0.7 read as 0.69999999 in float64 and landed in [0.6, 0.7); float64 0.7 lands in [0.7, 0.8)."""
+    for dtype in (torch.float32, torch.float64):
+        probs = torch.tensor([0.1, 0.3, 0.7, 0.9], dtype=dtype)
+        _, _, count = reliability_curve(probs, torch.tensor([0, 0, 1, 1]), num_bins=10)
+        assert count.nonzero().reshape(-1).tolist() == [1, 3, 7, 9], dtype

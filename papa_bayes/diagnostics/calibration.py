@@ -46,6 +46,7 @@ def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) ->
             with one outcome, probabilities outside [0, 1] (NaN too), outcomes
             other than 0/1.
     """
+    given = probs
     probs, outcomes = _real("probs", probs), _real("outcomes", outcomes)
     # Equal sizes are not enough: `n x k` probabilities against `k x n` outcomes
     # would pair the wrong rows; only dims of size 1 may differ.
@@ -63,7 +64,11 @@ def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) ->
     if bool(other.any()):
         i = int(other.nonzero()[0])
         raise InputDataError("outcomes", "0/1 outcomes", f"{float(outcomes[i])} at index {i}")
-    bins = torch.clamp((probs * num_bins).long(), max=num_bins - 1)
+    # Bin in the precision the probabilities came in: float32's 0.7 is 0.69999999 in float64
+    # and would fall in [0.6, 0.7), where float64's 0.7 falls in [0.7, 0.8).
+    own = given.detach().reshape(-1) if isinstance(given, Tensor) and given.dtype in (torch.float16, torch.bfloat16,
+                                                                                     torch.float32) else probs
+    bins = torch.clamp((own * num_bins).long(), max=num_bins - 1)
     count = torch.bincount(bins, minlength=num_bins).to(torch.float64)
     mean_p = torch.bincount(bins, weights=probs, minlength=num_bins) / count.clamp(min=1)
     freq = torch.bincount(bins, weights=outcomes, minlength=num_bins) / count.clamp(min=1)

@@ -43,6 +43,7 @@ def fit(
     seed: int = 0,
     progress_bar: bool | None = None,
     refine_steps: int = 0,
+    **model_options: Any,
 ) -> RewardPosterior:
     """Fit a reward model to preference data.
 
@@ -128,8 +129,12 @@ def fit(
                 gp_options["num_chains"] = num_chains
             if learning_rate != 0.02:
                 gp_options["learning_rate"] = learning_rate
-            return model.fit(data, method=method, seed=seed, progress_bar=progress_bar, **gp_options)
+            return model.fit(data, method=method, seed=seed, progress_bar=progress_bar, **gp_options, **model_options)
         raise InputDataError("model", "a PyroRewardModel or a model with .fit(data)", type(model).__name__)
+    if model_options:
+        names = ", ".join(sorted(model_options))
+        raise InputDataError(names, f"only fit's own options for {type(model).__name__} (further options go to "
+                             "GP models' own fit)", f"{names}={list(model_options.values())!r}")
     method = "laplace" if method is None else method
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)

@@ -151,8 +151,9 @@ def fit_preference_gp(
         seed: seeds inducing-point choice, minibatches, posterior draws, NUTS.
         num_samples: posterior draws (ELBO: default 512; NUTS: per chain, default 200).
         num_features: random Fourier features of the prior part of each draw.
-        num_steps: optimizer steps (full-batch L-BFGS iterations, default 500; Adam
-            minibatch steps, default 1000).
+        num_steps: optimizer steps (full-batch L-BFGS iterations, default 500;
+            minibatch steps, default 300 with natural gradients, 1000 with
+            ``optimizer="adam"``).
         batch_size: comparisons + ratings per minibatch; data that fit in one batch
             (or ``batch_size=None``) train full-batch with L-BFGS.
         learning_rate: Adam's, for the hyperparameters (decayed tenfold over the run).

@@ -8,6 +8,7 @@ hot loops, feature standardization, and the choice of inducing points.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -85,15 +86,20 @@ def make_kernel(
     that probe lengthscales near zero are what broke BoTorch's PairwiseGP fits
     (botorch PR #1425); the outputscale lies in ``[1e-3, 1e3]``. ``variance_scale``
     puts the default outputscale prior and start in the kernel's units (see
-    :func:`default_outputscale_prior`).
+    :func:`default_outputscale_prior`). Priors you pass are copied (yours stay as they
+    are) and must fit the `1 x d` lengthscales and the scalar outputscale, else
+    :class:`InputDataError` names them.
     """
     if kind not in KERNELS:
         raise ModelError(f"kernel: expected one of {KERNELS}, got {kind!r}.")
     d = check_int("d", d)
     check_prior("lengthscale_prior", lengthscale_prior)
     check_prior("outputscale_prior", outputscale_prior)
-    ls_prior = lengthscale_prior if lengthscale_prior is not None else default_lengthscale_prior(d)
-    os_prior = outputscale_prior if outputscale_prior is not None else default_outputscale_prior(variance_scale)
+    # Copies: the kernel's ``.to(float64)`` below would otherwise convert the caller's prior in place.
+    ls_prior = copy.deepcopy(lengthscale_prior) if lengthscale_prior is not None else default_lengthscale_prior(d)
+    os_prior = copy.deepcopy(outputscale_prior) if outputscale_prior is not None else default_outputscale_prior(variance_scale)
+    _check_prior_shape("lengthscale_prior", ls_prior.to(DTYPE), (1, d), f"a prior over the `1 x d` lengthscales (d = {d})")
+    _check_prior_shape("outputscale_prior", os_prior.to(DTYPE), (), "a prior over the scalar outputscale")
     ls_init = float(min(max(math.sqrt(d), 0.1), 50.0))
     ls_constraint = GreaterThan(0.025, initial_value=ls_init)
     if kind == "rbf":
@@ -106,6 +112,24 @@ def make_kernel(
     kernel.base_kernel.lengthscale = torch.full((1, d), ls_init, dtype=DTYPE)
     kernel.outputscale = torch.tensor(start, dtype=DTYPE)
     return kernel
+
+
+def _check_prior_shape(name: str, prior: gpytorch.priors.Prior, shape: tuple[int, ...], expected: str) -> None:
+    """InputDataError unless ``prior``'s log density at a value of ``shape`` has ``shape`` (or fewer) elements.
+
+    A prior of another batch shape would fail deep inside GPyTorch, or worse, broadcast
+    (a `5 x 1` prior on `1 x d` lengthscales counts the log prior five times).
+    """
+    value = torch.ones(shape, dtype=DTYPE)
+    try:
+        log_prob = prior.log_prob(value)
+        ok = torch.broadcast_shapes(log_prob.shape, shape) == torch.Size(shape)
+    except (RuntimeError, ValueError):
+        ok = False
+    if not ok:
+        actual = f"a {type(prior).__name__} of batch shape {tuple(prior.batch_shape)}" \
+                 f" and event shape {tuple(prior.event_shape)}"
+        raise InputDataError(name, f"{expected}: batch shape broadcastable to {shape}", actual)
 
 
 def kernel_kind(kernel: ScaleKernel) -> str:
