@@ -442,18 +442,22 @@ class PreferenceSession:
             sel = select_queries(post, pool.features.to(torch.float64), strategy=self.strategy, k=1,
                                  query_type=self.query_type, generator=self.generator)
         except BaseException:
-            self.generator.set_state(rng_state)
-            if source_state is not None and callable(getattr(self.source, "load_state", None)):
-                self.source.load_state(source_state)
+            self._rewind(rng_state, source_state)
             raise
         chosen = sel.indices[0].reshape(-1).tolist()
         item_a, item_b = idx[chosen[0]], idx[chosen[1]] if self.query_type == "pair" else None
         score = float(sel.scores[0])
         self._round_open = True
-        query_id = self.store.add_query(
-            round=self.round, rater=self.rater, kind=self.query_type, item_a=item_a, item_b=item_b, score=score,
-            rng_state=self.generator.get_state(), source_state=self._source_state(),
-        )
+        try:
+            query_id = self.store.add_query(
+                round=self.round, rater=self.rater, kind=self.query_type, item_a=item_a, item_b=item_b, score=score,
+                rng_state=self.generator.get_state(), source_state=self._source_state(),
+            )
+        except BaseException:
+            if not self._round_query_stored():  # refused (busy, disk full): retried as if never drawn
+                self._round_open = False
+                self._rewind(rng_state, source_state)
+            raise
         query = StoredQuery(query_id, self.round, self.rater, self.query_type, item_a, item_b, score, None)
         t_select = time.perf_counter()
         query = self._ask_and_update(query)
@@ -467,6 +471,20 @@ class PreferenceSession:
             **self._finetune_if_due(),
         }
         return self._finish_round(query, metrics)
+
+    def _rewind(self, rng_state: Tensor, source_state: dict[str, Any] | None) -> None:
+        """Restore the random state of the round's start, so that a retried step draws its pool again."""
+        self.generator.set_state(rng_state)
+        if source_state is not None and callable(getattr(self.source, "load_state", None)):
+            self.source.load_state(source_state)
+
+    def _round_query_stored(self) -> bool:
+        """Whether this round's query reached the store (True when the store cannot say)."""
+        try:
+            queries = self.store.queries(rater=self.rater)
+        except Exception:
+            return True
+        return bool(queries) and queries[-1].round == self.round
 
     def _unasked_pool(self, pool: Any) -> list[int] | None:
         """The stored indices of ``pool`` when a crash stored this very pool for this round before its query.

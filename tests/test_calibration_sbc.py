@@ -117,6 +117,23 @@ def test_bad_input_is_refused_naming_the_field():
         assert err.value.field == field, (field, str(err.value))
 
 
+def test_coverage_takes_a_tensor_level_and_numpy_float32_bins_as_torch_float32():
+    """A 0-d tensor level passed the check and then failed in torch.quantile (RuntimeError, q's dtype); float32
+    NumPy probabilities were binned in float64 (0.7 -> [0.6, 0.7)), unlike the same float32 tensor."""
+    import numpy as np
+
+    from papa_bayes.diagnostics.calibration import interval_coverage, reliability_curve
+
+    draws = torch.randn(200, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    truth = torch.tensor([0.0, 0.5, 3.0], dtype=torch.float64)
+    for level in (torch.tensor(0.9), torch.tensor(0.9, dtype=torch.float64)):
+        assert torch.equal(interval_coverage(draws, truth, level=level), interval_coverage(draws, truth, level=0.9))
+    p = np.array([0.7, 0.3, 0.9], dtype=np.float32)
+    counts = reliability_curve(p, [1, 0, 1])[2]
+    assert torch.equal(counts, reliability_curve(torch.from_numpy(p), [1, 0, 1])[2])
+    assert counts[7] == 1 and counts[6] == 0
+
+
 def test_rank_histogram_has_bars_band_and_expected_line():
     ranks = _ranks(60, 19, k=2)
     ax = plot_sbc_ranks(ranks, 19, num_bins=5, title="w")
@@ -212,6 +229,7 @@ def test_sbc_refuses_bad_arguments_naming_them(laplace_sbc):
         (dict(method="mcmc"), "method"),
         (dict(sites="w"), "sites"),
         (dict(sites=("v",)), "sites"),
+        (dict(sites=("w", "w")), "sites"),  # would stack w's ranks twice per data set (2N rows)
         (dict(fit_options={"seed": 3}), "fit_options"),
         (dict(fit_options=[("num_samples", 3)]), "fit_options"),
         (dict(fit_options={"num_samples": 50}), "num_rank_draws"),  # 50 draws, 99 to rank among

@@ -414,6 +414,17 @@ def test_nuts_over_hyperparameters():
     assert {"r_hat_max", "ess_min", "divergences"} <= set(post.diagnostics)
 
 
+def test_nuts_refuses_fewer_than_four_draws_before_sampling():
+    """num_samples < 4 ran every chain, then failed in Pyro's split R-hat with a bare AssertionError."""
+    g = torch.Generator().manual_seed(14)
+    data = simulate_comparisons(SimulatedUser(two_bumps, seed=4), _uniform(10, g), 12, generator=g)
+    for call in (lambda: fit(PreferenceGP(), data, method="nuts", num_samples=3, warmup_steps=5, progress_bar=False),
+                 lambda: PreferenceGP().fit(data, method="nuts", num_samples=1, warmup_steps=5, progress_bar=False)):
+        with pytest.raises(InputDataError) as err:
+            call()
+        assert err.value.field == "num_samples", str(err.value)
+
+
 def test_minibatch_training_and_update():
     g = torch.Generator().manual_seed(15)
     person = SimulatedUser(two_bumps, link="probit", rationality=RATIONALITY, seed=5)

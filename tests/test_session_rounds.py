@@ -148,3 +148,26 @@ def test_an_uninterrupted_step_does_not_read_the_query_history(tmp_path, monkeyp
     monkeypatch.setattr(session.store, "queries", listing)
     session.run(3, progress_bar=False)
     assert listed == [] and session.store.num_answers() == 4
+
+
+def test_a_query_that_could_not_be_stored_is_drawn_again_by_the_next_step(tmp_path, monkeypatch):
+    """The store refused the query (busy, disk full): nothing of it was stored, so the next
+    step() draws the same pool and pair again, as a resume would, and no round is left open."""
+    from papa_bayes.exceptions import StoreError
+
+    source, user, _ = setup()
+    session = PreferenceSession(tmp_path / "s.db", source, _CountingUser(user), pool_size=8, seed=2)
+    session.step()
+
+    def refused(**kwargs):
+        raise StoreError("the store is busy")
+
+    monkeypatch.setattr(session.store, "add_query", refused)
+    with pytest.raises(StoreError, match="busy"):
+        session.step()
+    monkeypatch.undo()
+    assert len(session.store.queries()) == 1
+    record = session.step()
+    assert record.round == 1 and "resumed" not in record.metrics
+    session.run(2, progress_bar=False)
+    assert _asked(session) == _asked(_clean(tmp_path, 4))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,7 +66,9 @@ def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) ->
         i = int(other.nonzero()[0])
         raise InputDataError("outcomes", "0/1 outcomes", f"{float(outcomes[i])} at index {i}")
     # Bin in the precision the probabilities came in: float32's 0.7 is 0.69999999 in float64
-    # and would fall in [0.6, 0.7), where float64's 0.7 falls in [0.7, 0.8).
+    # and would fall in [0.6, 0.7), where float64's 0.7 falls in [0.7, 0.8). NumPy arrays too.
+    if not isinstance(given, Tensor) and isinstance(getattr(given, "dtype", None), np.dtype):
+        given = torch.as_tensor(given)
     own = given.detach().reshape(-1) if isinstance(given, Tensor) and given.dtype in (torch.float16, torch.bfloat16,
                                                                                      torch.float32) else probs
     bins = torch.clamp((own * num_bins).long(), max=num_bins - 1)
@@ -105,7 +108,7 @@ def interval_coverage(draws: Tensor, truth: Tensor, *, level: float = 0.9) -> Te
     Returns:
         `...` bool.
     """
-    check_float("level", level, strict=True, maximum=1.0)
+    level = check_float("level", level, strict=True, maximum=1.0)  # a float: a 0-d tensor would reach torch.quantile
     draws, truth = _draws_and_truth(draws, truth)
     lo = torch.quantile(draws, (1 - level) / 2, dim=0)
     hi = torch.quantile(draws, 1 - (1 - level) / 2, dim=0)

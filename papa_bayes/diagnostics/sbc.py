@@ -160,6 +160,8 @@ def simulation_based_calibration(
         raise InputDataError("method", f"one of {METHODS}", repr(method))
     if isinstance(sites, str) or not all(isinstance(s, str) for s in sites) or not len(sites):
         raise InputDataError("sites", "a non-empty sequence of site names (e.g. ('w',))", repr(sites))
+    if len(set(sites)) != len(sites):  # a repeated site would stack its ranks twice per data set
+        raise InputDataError("sites", "distinct site names", repr(sites))
     if fit_options is not None and not isinstance(fit_options, dict):
         raise InputDataError("fit_options", "None or a dict of fit()'s keyword arguments", type(fit_options).__name__)
     fit_options = dict(fit_options or {})

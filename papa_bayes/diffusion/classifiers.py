@@ -148,9 +148,10 @@ class DigitsPerson:
         return self._class_log_probs(images)
 
     def _class_log_probs(self, images: Tensor) -> Tensor:
-        layer = self.classifier.to(images.device)
+        layer = self.classifier  # shared between callers: its parameters are copied to the images' device, not moved
         logits = torch.nn.functional.linear(
-            images.reshape(images.shape[0], 64).float(), layer.weight, layer.bias  # 64, not -1: n may be 0
+            images.reshape(images.shape[0], 64).float(), layer.weight.to(images.device),
+            layer.bias.to(images.device),  # 64, not -1: n may be 0
         )
         return torch.log_softmax(logits, dim=-1)
 

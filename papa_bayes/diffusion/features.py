@@ -154,8 +154,11 @@ class PCAFeatures(FeatureMap):
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch stays `0 x D`
         if flat.shape[1] != self.mean.shape[0]:
             raise InputDataError("images", f"{self.mean.shape[0]} values per sample", flat.shape[1])
-        dt = flat.dtype
-        return ((flat - self.mean.to(dt)) @ self.components.to(dt).T) / self.std.to(dt)
+        # Integer images (uint8) would cast the statistics to integers: every feature 0.
+        flat = flat if flat.is_floating_point() else flat.to(torch.float32)
+        # The statistics follow the samples: a map fitted or loaded on the CPU reads CUDA samples too.
+        dev, dt = flat.device, flat.dtype
+        return ((flat - self.mean.to(dev, dt)) @ self.components.to(dev, dt).T) / self.std.to(dev, dt)
 
 
 class _StopForward(Exception):
@@ -213,6 +216,8 @@ class MidBlockFeatures(FeatureMap):
         self.register_buffer("std", torch.ones(channels))
         self.register_buffer("components", torch.eye(channels)[: self.num_features])
         self.fitted = False
+        # num_features = C projects on all C components too: whitened (or variance-kept) PCA, not raw channels.
+        self._project = num_features is not None
 
     def _check_samples(self, name: str, x: Any) -> Tensor:
         """``x`` unless not `n x C x h x w` with the model's ``C`` channels: then InputDataError."""
@@ -267,7 +272,7 @@ class MidBlockFeatures(FeatureMap):
         acts = acts.to(torch.float64)
         self.mean.copy_(acts.mean(0))
         self.std.copy_(acts.std(0).clamp_min(1e-6))
-        if self.num_features < self.channels:
+        if self._project:
             _, comps, std = _pca((acts - acts.mean(0)) / acts.std(0).clamp_min(1e-6), self.num_features)
             if self.whiten:
                 self.components.copy_(comps / std.unsqueeze(1))  # whitened projection
@@ -281,9 +286,10 @@ class MidBlockFeatures(FeatureMap):
             raise ModelError("MidBlockFeatures is not fitted: call .fit(samples) (e.g. 1024 base-model samples) "
                              "before mapping images.")
         acts = self.pooled(x)
-        dt = acts.dtype
-        z = (acts - self.mean.to(dt)) / self.std.to(dt)
-        return z @ self.components.to(dt).T
+        # The statistics stay where the map was built (the CPU) when the model runs elsewhere: they follow.
+        dev, dt = acts.device, acts.dtype
+        z = (acts - self.mean.to(dev, dt)) / self.std.to(dev, dt)
+        return z @ self.components.to(dev, dt).T
 
     def config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "timestep": self.timestep, "whiten": self.whiten}
@@ -454,8 +460,8 @@ def load_feature_map(
 
     Raises:
         InputDataError: when the folder holds no feature map (or an unreadable one),
-            ``model``/``fn`` is missing, or ``model``'s mid-block differs from the one
-            the map was fitted on.
+            ``model``/``fn`` is missing, ``model``'s mid-block differs from the one
+            the map was fitted on, or ``fn``'s weights do not match the saved ones.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -506,7 +512,11 @@ def load_feature_map(
         if fn is None:
             raise InputDataError("fn", f"the callable of the saved map {config.get('name')!r}", None)
         if tensors and isinstance(fn, torch.nn.Module):
-            fn.load_state_dict(tensors)
+            try:
+                fn.load_state_dict(tensors)
+            except RuntimeError as err:  # missing, unexpected or resized weights: another module than was saved
+                raise InputDataError("fn", f"a module whose weights match the saved map {config.get('name')!r}",
+                                     str(err).splitlines()[-1].strip()) from None
         return CallableFeatures(fn, config["num_features"], input_space=config.get("input_space", "image"),
                                 name=config.get("name", ""))
     raise InputDataError("feature_map.json", "kind 'pca', 'midblock' or 'callable'", kind)

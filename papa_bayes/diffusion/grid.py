@@ -36,7 +36,7 @@ def image_grid(images: Tensor, *, ncol: int | None = None, pad: int = 1) -> np.n
         raise InputDataError("images", "a non-empty tensor of shape `n x c x h x w`", shape)
     check_finite("images", images, "pixels")
     if ncol is not None:
-        check_int("ncol", ncol)
+        ncol = check_int("ncol", ncol)  # a 0-d tensor passes the check but not divmod
     pad = check_int("pad", pad, minimum=0)
     x = ((images.detach().to("cpu", torch.float32).clamp(-1, 1) + 1) / 2).numpy()
     n, c, h, w = x.shape

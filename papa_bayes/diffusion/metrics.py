@@ -131,7 +131,7 @@ def class_entropy(classes: Tensor | np.ndarray, *, num_classes: int = 10) -> flo
             rows) and every class is an integer in ``0..num_classes-1``.
     """
     num_classes = check_int("num_classes", num_classes)
-    values = np.asarray(classes)
+    values = classes.detach().cpu().numpy() if isinstance(classes, Tensor) else np.asarray(classes)  # GPU, autograd
     expected = f"integer classes in 0..{num_classes - 1}"
     if values.ndim != 1:
         raise InputDataError("classes", f"shape `n` ({expected})", values.shape)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_device, check_float, check_generator, check_int, shape_of
+from papa_bayes.checks import check_device, check_finite, check_float, check_generator, check_int, shape_of
 from papa_bayes.diffusion.features import FeatureMap
 from papa_bayes.exceptions import InputDataError, ModelError
 
@@ -224,7 +224,7 @@ class PosteriorObjective:
 
         Raises:
             InputDataError: on an unknown ``method``, unless exactly one of ``x``
-                and ``utility`` is given, on an ``x`` that is not a tensor, or a
+                and ``utility`` is given, on an ``x`` that is not a finite tensor, or a
                 ``utility`` that is not a finite `s x n` tensor (`s` the posterior's draws).
         """
         if method not in REGION_METHODS:
@@ -233,6 +233,8 @@ class PosteriorObjective:
             raise InputDataError("x / utility", "exactly one of them", "both" if x is not None else "neither")
         if x is not None and not isinstance(x, Tensor):
             raise InputDataError("x", "a tensor of samples `n x ...`", type(x).__name__)
+        if x is not None:
+            check_finite("x", x, "samples")  # a NaN sample's utility is NaN, which the share reads as outside
         if utility is not None:
             s = int(self.posterior.num_draws)
             if not isinstance(utility, Tensor) or utility.ndim != 2 or utility.shape[0] != s:

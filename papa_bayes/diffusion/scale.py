@@ -216,7 +216,7 @@ def select_recommendation_scale(
     ``max_scale``) whose cheap pool's kept samples have a posterior-expected share
     inside the preferred region (the mean of their region probabilities) of at
     least ``target``; the posterior alone decides, never a judge. The share grows
-    with the scale, so the grid is bisected (3 pools for 8 scales; all pools start
+    with the scale, so the grid is bisected (at most 4 pools for 8 scales; all pools start
     from the same noise).
 
     Args:
@@ -243,7 +243,7 @@ def select_recommendation_scale(
             ``model`` or ``guidance`` of another type, a ``score`` that is not
             callable, a bad ``num_samples``, ``num_inference_steps`` or
             ``generator`` (all before any sampling); when ``score`` returns other
-            than two `n` tensors.
+            than two `n` tensors, NaN ranks or probabilities outside `[0, 1]` (NaN included).
     """
     checked = _checked_scales(scales)
     keep = check_float("keep", keep, strict=True, maximum=1.0, inclusive_maximum=True)
@@ -270,8 +270,14 @@ def select_recommendation_scale(
                 found = tuple(shape_of(t)
                               for t in (ranks, probabilities))
                 raise InputDataError("score", f"two tensors of shape `n` = ({num_samples},)", found)
+            p = probabilities.detach().cpu().double()
+            # NaN ranks are kept first by topk; a NaN or log probability never reaches the target: both silently
+            nan_ranks = bool(ranks.isnan().any())
+            if nan_ranks or not bool(((p >= 0) & (p <= 1)).all()):
+                found = "NaN ranks" if nan_ranks else "probabilities outside [0, 1] or NaN"
+                raise InputDataError("score", "ranks without NaN and probabilities in [0, 1]", found)
             kept = ranks.detach().cpu().topk(num_keep).indices
-            value = float(probabilities.detach().cpu().double()[kept].mean())
+            value = float(p[kept].mean())
         result.expected_share[s] = value
         return value
 

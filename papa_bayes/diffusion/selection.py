@@ -35,8 +35,9 @@ from papa_bayes.checks import check_bool, check_float, check_generator, check_in
 from papa_bayes.diffusion.guidance import Guidance
 from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.objectives import PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["ManifoldGuard", "PreferredSamples", "select_preferred", "sample_preferred"]
 
@@ -215,10 +216,15 @@ def sample_preferred(
         :class:`PreferredSamples`.
 
     Raises:
-        InputDataError: on a bad number, or a ``guard`` / ``probability`` that is not
-            callable (checked before sampling), or when ``probability`` returns other
-            than `n` values in `[0, 1]` (NaN included).
+        InputDataError: on a bad number, a ``guidance`` that is not a Guidance, or a
+            ``guard`` / ``probability`` that is not callable (checked before sampling),
+            or when ``probability`` returns other than `n` values in `[0, 1]` (NaN included).
+        ModelError: before sampling, when ``probability`` is None and the guidance
+            objective is a :class:`PosteriorObjective` without a region (neither
+            ``threshold=`` nor :meth:`~PosteriorObjective.calibrate`).
     """
+    if guidance is not None and not isinstance(guidance, Guidance):  # a bare objective: AttributeError below
+        raise InputDataError("guidance", "None or a Guidance (e.g. Guidance(objective))", type(guidance).__name__)
     if guard is not None and not callable(guard):
         raise InputDataError("guard", "None or a ManifoldGuard (a callable of images)", type(guard).__name__)
     if probability is not None and not callable(probability):
@@ -234,11 +240,15 @@ def sample_preferred(
     if probability_space not in ("image", "sample"):
         raise InputDataError("probability_space", "'image', 'sample' or None", probability_space)
     reads_samples = probability_space == "sample"
+    if probability is None and guidance is not None:
+        probability = getattr(guidance.objective, "region_probability", None)
+        if isinstance(guidance.objective, PosteriorObjective) and guidance.objective.tau is None:
+            # its region_probability would raise only after the whole pool was sampled
+            raise ModelError("sample_preferred filters by the objective's region probability, which needs "
+                             "`threshold=` or a call to `calibrate(base_samples)`; or pass `probability=`.")
     pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
                  batch_size=batch_size, progress_bar=progress_bar)
-    if probability is None and guidance is not None:
-        probability = getattr(guidance.objective, "region_probability", None)
     if probability is not None:
         source = out.samples if reads_samples else out.images
         batches = [source[i:i + batch_size] for i in range(0, pool, batch_size)]

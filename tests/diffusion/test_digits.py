@@ -40,6 +40,16 @@ def test_splits_are_disjoint_stratified_and_fixed():
         assert float(split.images.min()) == -1.0 and float(split.images.max()) == 1.0
 
 
+def test_person_on_another_device_leaves_the_shared_classifier_where_it_is():
+    """Images on another device (meta stands in for a GPU here) are scored there; the classifier that every
+    DigitsPerson shares stays on its own device (it was moved in place, under every other caller)."""
+    person = DigitsPerson()
+    out = person._class_log_probs(torch.zeros(3, 1, 8, 8, device="meta"))  # past the checks, which read values
+    assert out.device.type == "meta" and tuple(out.shape) == (3, 10)
+    assert person.classifier.weight.device.type == "cpu" and DigitsPerson().classifier.weight.device.type == "cpu"
+    assert torch.isfinite(person.utility(torch.zeros(2, 1, 8, 8))).all()
+
+
 def test_person_and_judge_learn_their_own_splits():
     splits = load_digits_splits()
     person = DigitsPerson()
@@ -76,6 +86,8 @@ def test_metrics_on_real_digits_and_noise():
     assert noise["precision"] == 0.0 and noise["recall"] == 0.0
     assert math.isclose(class_entropy(torch.tensor([1, 4, 7, 9])), 2.0)
     assert class_entropy(torch.tensor([7, 7, 7])) == 0.0 and class_entropy(torch.tensor([], dtype=torch.long)) == 0.0
+    # classes straight from a differentiable classifier's output (NumPy refused a tensor that requires grad)
+    assert math.isclose(class_entropy(torch.tensor([1.0, 4.0], requires_grad=True)), 1.0)
     assert manifold_precision(splits.user.images, splits.generator.images) > 0.85
     with pytest.raises(InputDataError):
         evaluate_samples(torch.full((3, 1, 8, 8), float("nan")))

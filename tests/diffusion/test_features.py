@@ -321,3 +321,53 @@ def test_midblock_features_of_a_denoiser_in_train_mode_are_fixed(make_pixel_mode
     assert model.unet.training  # its mode comes back
     model.unet.eval()
     torch.testing.assert_close(mid(images), MidBlockFeatures(model, num_features=3).fit(images)(images))
+
+
+def test_feature_statistics_follow_the_samples_device(make_pixel_model, images):
+    """Statistics fitted on the CPU met CUDA samples: "Tensor on device cpu is not on the expected device".
+
+    The meta device stands in for a GPU: it checks devices as CUDA does, on any machine.
+    """
+    pca = PCAFeatures.fit(images, num_features=4)
+    assert pca(images.to("meta")).device.type == "meta"
+    model = make_pixel_model()
+    mid = MidBlockFeatures(model, num_features=3).fit(images)  # as fit() on a CUDA model: buffers stay put
+    torch.nn.Module.to(model.unet, "meta")
+    z = mid(images.to("meta"))
+    assert z.device.type == "meta" and z.shape == (40, 3)
+
+
+def test_pca_of_integer_images_matches_their_float_values(images):
+    """uint8 images cast the mean and components to integers: every feature came out 0."""
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pca = PCAFeatures.fit(pixels, num_features=4)  # fitting already read them as numbers
+    z = pca(pixels)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, pca(pixels.float()))
+    assert float(z.abs().max()) > 0.1
+
+
+def test_a_callable_map_loaded_with_another_module_is_ours_to_reject(images, tmp_path):
+    """Weights of another shape or names raised torch's RuntimeError from load_state_dict."""
+    save_feature_map(CallableFeatures(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), 3),
+                     tmp_path / "enc")
+    for other in (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)), torch.nn.Linear(64, 3)):
+        with pytest.raises(InputDataError, match="^fn: expected a module whose weights match") as caught:
+            load_feature_map(tmp_path / "enc", fn=other)
+        assert caught.value.field == "fn"
+
+
+def test_midblock_projects_on_every_component_when_asked_for_all_of_them(pixel_model, images):
+    """num_features = C gave raw standardized channels (correlated, whiten ignored), unlike C - 1."""
+    channels = MidBlockFeatures(pixel_model).channels
+    samples = sample(pixel_model, 64, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
+                     progress_bar=False).samples
+    for whiten in (True, False):
+        z = MidBlockFeatures(pixel_model, num_features=channels, whiten=whiten).fit(samples)(samples).double()
+        cov = torch.cov(z.T)
+        torch.testing.assert_close(cov - torch.diag(torch.diag(cov)), torch.zeros_like(cov), atol=1e-4, rtol=0)
+        assert float(torch.diag(cov).sum()) == pytest.approx(channels, rel=1e-3)
+        assert (float(torch.diag(cov)[0]) > 2) == (not whiten)  # variance-kept: the leading component dominates
+    raw = MidBlockFeatures(pixel_model).fit(samples)  # None: the standardized channels themselves
+    variances = torch.diag(torch.cov(raw(samples).T.double()))
+    torch.testing.assert_close(variances, torch.ones(channels, dtype=torch.float64), atol=1e-3, rtol=0)

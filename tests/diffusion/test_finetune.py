@@ -710,3 +710,19 @@ def test_save_finetuned_checks_its_notes_before_writing(pixel_model, tmp_path):
 
     path = save_finetuned(pixel_model, tmp_path / "notes", info={"scale": 0.5, "device": torch.device("cpu")})
     assert json.loads((path / "finetune.json").read_text())["info"] == {"scale": 0.5, "device": "cpu"}
+
+
+def test_a_denoiser_with_dropout_fine_tunes_the_same_for_the_same_generator(make_pixel_model, labeled):
+    """Dropout masks came from the global RNG: the same generator gave other weights after another global seed."""
+    images, signs = labeled
+    base = make_pixel_model(dropout=0.3)
+    for run in (lambda g: papa_finetune(base, images, signs, steps=4, batch_size=8, generator=g, progress_bar=False),
+                lambda g: finetune_on_samples(base, images, steps=4, batch_size=8, generator=g, progress_bar=False)):
+        torch.manual_seed(1)
+        first = snapshot(run(gen(11)))
+        torch.manual_seed(2)
+        state = torch.get_rng_state()
+        again = run(gen(11))
+        assert max_weight_change(again, base) > 1e-4  # it trained
+        assert all(torch.equal(first[k], v) for k, v in again.unet.state_dict().items())
+        assert torch.equal(torch.get_rng_state(), state)  # and left the global stream where it was

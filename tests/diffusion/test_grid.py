@@ -59,3 +59,8 @@ def test_save_image_grid_checks_channels_and_path(tmp_path, images, name, field)
         save_image_grid(images, None if name is None else tmp_path / name)
     assert info.value.field == field
     assert save_image_grid(torch.zeros(2, 3, 8, 8), tmp_path / "rgb.jpg").is_file()
+
+
+def test_image_grid_accepts_a_0d_integer_tensor_as_ncol():
+    """check_int accepts a 0-d integer tensor; the layout then failed in divmod with a TypeError."""
+    assert image_grid(IMAGES, ncol=torch.tensor(3)).shape == image_grid(IMAGES, ncol=3).shape == (19, 28)

@@ -284,7 +284,8 @@ def test_objective_inputs_are_checked(base_and_pca, posterior, make_posterior):
     u = objective.utility(base.images)
     for bad, field in ((dict(x=[0.0]), "x"), (dict(utility=u[:3]), "utility"),  # was a RuntimeError
                        (dict(utility=u[0]), "utility"),  # `n` was broadcast against the draws
-                       (dict(utility=torch.full_like(u, float("nan"))), "utility")):  # NaN read as outside
+                       (dict(utility=torch.full_like(u, float("nan"))), "utility"),  # NaN read as outside
+                       (dict(x=base.images.clone().fill_(float("nan"))), "x")):  # was a share of 0.0, silently
         with pytest.raises(InputDataError, match=f"^{field}:"):
             objective.region_probability(**bad)
     for kwargs, field in ((dict(n=-1), "n"), (dict(n=2.0), "n"), (dict(n=2, generator="seed"), "generator"),

@@ -167,7 +167,8 @@ def test_sample_preferred_rejects_non_finite_probabilities_and_checks_numbers_fi
     monkeypatch.setattr(selection, "sample", no_sampling)
     for bad, field in ((dict(num_samples=2.5), "num_samples"), (dict(min_probability=1.5), "min_probability"),
                        (dict(batch_size=0), "batch_size"),
-                       (dict(guard="guard"), "guard"), (dict(probability=0.5), "probability")):  # failed after sampling
+                       (dict(guard="guard"), "guard"), (dict(probability=0.5), "probability"),  # failed after sampling
+                       (dict(guidance=lambda x: x.flatten(1).mean(1)), "guidance")):  # was AttributeError
         with pytest.raises(InputDataError) as info:
             sample_preferred(pixel_model, **{"num_samples": 2, **bad}, **kw)
         assert info.value.field == field
@@ -239,3 +240,34 @@ def test_scale_rules_check_model_guidance_guard_and_pool_before_sampling(pixel_m
             assert info.value.field == field
     with pytest.raises(InputDataError, match="^score:"):  # was TypeError after the first pool
         select_recommendation_scale(pixel_model, g, score=None, num_samples=4, num_inference_steps=2)
+
+
+def test_sample_preferred_refuses_an_objective_without_region_before_sampling(pixel_model, make_posterior,
+                                                                              monkeypatch):
+    """A "mean" objective has region_probability, but no region: its ModelError came after the whole pool."""
+    import papa_bayes.diffusion.selection as selection
+    from papa_bayes.exceptions import ModelError
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the objective's region")
+
+    monkeypatch.setattr(selection, "sample", no_sampling)
+    pca = PCAFeatures.fit(torch.rand(16, 1, 8, 8, generator=gen(0)) * 2 - 1, num_features=3)
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 3, generator=gen(1))), pca, kind="mean")
+    for min_probability in (0.75, None):
+        with pytest.raises(ModelError, match="calibrate"):
+            sample_preferred(pixel_model, 2, guidance=Guidance(objective), min_probability=min_probability,
+                             num_inference_steps=2, progress_bar=False)
+
+
+@pytest.mark.parametrize(("score", "found"), [
+    (lambda x: (torch.zeros(x.shape[0]), torch.full((x.shape[0],), -0.1)), "outside"),  # log probabilities
+    (lambda x: (torch.zeros(x.shape[0]), torch.full((x.shape[0],), float("nan"))), "outside"),
+    (lambda x: (torch.full((x.shape[0],), float("nan")), torch.full((x.shape[0],), 0.9)), "NaN ranks"),
+])
+def test_recommendation_scale_rejects_nan_ranks_and_non_probabilities(pixel_model, score, found):
+    """Such scores never reached the target (the largest scale, silently) or kept NaN-ranked samples first."""
+    g = Guidance(lambda x: -x.flatten(1).pow(2).mean(1))
+    with pytest.raises(InputDataError, match=f"^score:.*{found}"):
+        select_recommendation_scale(pixel_model, g, score=score, scales=(0.5, 1.0), num_samples=4,
+                                    num_inference_steps=2, generator=gen(0))

@@ -418,25 +418,30 @@ class TrainingCopy:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         history: list[dict[str, float]] = []
         running: float | None = None
-        bar = tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False)
-        for i in bar:
-            loss, logs = step(i)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
-                                     shape_of(loss))
-            if not bool(torch.isfinite(loss)):
-                raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            sched.step()
-            value = float(loss.detach())
-            history.append({"loss": value, **logs})
-            running = value if running is None else 0.95 * running + 0.05 * value
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{running:.4g}")
-        bar.close()
+        # A denoiser with dropout draws its masks from the global RNG: seed it from ours, then restore it.
+        # The seed is read off a copy of our generator, so the batches, timesteps and noise stay as they were.
+        seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().set_state(self.generator.get_state())))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            bar = tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False)
+            for i in bar:
+                loss, logs = step(i)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
+                                         shape_of(loss))
+                if not bool(torch.isfinite(loss)):
+                    raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                opt.step()
+                sched.step()
+                value = float(loss.detach())
+                history.append({"loss": value, **logs})
+                running = value if running is None else 0.95 * running + 0.05 * value
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{running:.4g}")
+            bar.close()
         return history
 
     def finish(self) -> DiffusionModel:
