@@ -419,9 +419,9 @@ class PreferenceSession:
         its stored query is asked again when unanswered.
         """
         if self._round_open:  # an exception interrupted this round, perhaps after its query was stored
-            queries = self.store.queries(rater=self.rater)
-            if queries and queries[-1].round == self.round:
-                return self._complete_open_round(queries[-1])
+            stored = self._round_query()
+            if stored is not None:
+                return self._complete_open_round(stored)
         t0 = time.perf_counter()
         # A failure before the query is stored (in the source, the selection, ...) rewinds the random
         # state, so that a retried step draws this round's pool again, as resume() would.
@@ -454,7 +454,11 @@ class PreferenceSession:
                 rng_state=self.generator.get_state(), source_state=self._source_state(),
             )
         except BaseException:
-            if not self._round_query_stored():  # refused (busy, disk full): retried as if never drawn
+            try:
+                stored = self._round_query() is not None
+            except Exception:  # the store cannot say: the round stays open, for the next step to look again
+                stored = True
+            if not stored:  # refused (busy, disk full): retried as if never drawn
                 self._round_open = False
                 self._rewind(rng_state, source_state)
             raise
@@ -478,13 +482,10 @@ class PreferenceSession:
         if source_state is not None and callable(getattr(self.source, "load_state", None)):
             self.source.load_state(source_state)
 
-    def _round_query_stored(self) -> bool:
-        """Whether this round's query reached the store (True when the store cannot say)."""
-        try:
-            queries = self.store.queries(rater=self.rater)
-        except Exception:
-            return True
-        return bool(queries) and queries[-1].round == self.round
+    def _round_query(self) -> StoredQuery | None:
+        """This round's query when it reached the store, else None."""
+        queries = self.store.queries(rater=self.rater)
+        return queries[-1] if queries and queries[-1].round == self.round else None
 
     def _unasked_pool(self, pool: Any) -> list[int] | None:
         """The stored indices of ``pool`` when a crash stored this very pool for this round before its query.

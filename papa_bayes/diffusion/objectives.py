@@ -198,9 +198,13 @@ class PosteriorObjective:
         out.tau = torch.quantile(self.base_utility, float(quantile), dim=1)
         return out
 
-    def _region_logits(self, u: Tensor) -> Tensor:
+    def check_region(self, advice: str = "") -> None:
+        """ModelError unless the preferred region is set (``threshold=`` or :meth:`calibrate`); ``advice`` ends it."""
         if self.tau is None or self.width is None:
-            raise ModelError("The region objective needs `threshold=` or a call to `calibrate(base_samples)`.")
+            raise ModelError(f"The region objective needs `threshold=` or a call to `calibrate(base_samples)`{advice}.")
+
+    def _region_logits(self, u: Tensor) -> Tensor:
+        self.check_region()
         tau = self.tau.to(u.device, u.dtype).view(-1, 1)
         width = self.width.to(u.device, u.dtype).view(-1, 1)
         return (u - tau) / width

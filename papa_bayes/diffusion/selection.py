@@ -37,7 +37,7 @@ from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.objectives import PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import InputDataError
 
 __all__ = ["ManifoldGuard", "PreferredSamples", "select_preferred", "sample_preferred"]
 
@@ -242,10 +242,8 @@ def sample_preferred(
     reads_samples = probability_space == "sample"
     if probability is None and guidance is not None:
         probability = getattr(guidance.objective, "region_probability", None)
-        if isinstance(guidance.objective, PosteriorObjective) and guidance.objective.tau is None:
-            # its region_probability would raise only after the whole pool was sampled
-            raise ModelError("sample_preferred filters by the objective's region probability, which needs "
-                             "`threshold=` or a call to `calibrate(base_samples)`; or pass `probability=`.")
+        if isinstance(guidance.objective, PosteriorObjective):  # its region_probability would raise after sampling
+            guidance.objective.check_region("; or pass `probability=` to sample_preferred")
     pool = max(num_samples, int(round(num_samples * oversample)))
     out = sample(model, pool, num_inference_steps=num_inference_steps, guidance=guidance, generator=generator,
                  batch_size=batch_size, progress_bar=progress_bar)
