@@ -85,7 +85,11 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
         expected = f"a finite number {bound}{upper}"
     numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
     tensor_bool = isinstance(value, torch.Tensor) and value.dtype == torch.bool
-    if isinstance(value, (bool, str, bytes)) or numpy_bool or tensor_bool:  # text or a bool is not a number
+    # float() of a NumPy complex drops the imaginary part (with only a ComplexWarning)
+    complex_ = (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)) \
+        or getattr(getattr(value, "dtype", None), "kind", None) == "c" \
+        or (isinstance(value, Tensor) and value.is_complex())
+    if isinstance(value, (bool, str, bytes)) or numpy_bool or tensor_bool or complex_:  # text, a bool: no real number
         raise InputDataError(name, expected, _shown(value))
     try:
         x = float(value)

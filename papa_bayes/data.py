@@ -7,7 +7,7 @@ convention); ratings are PAPA's like/dislike answers on single items.
 from __future__ import annotations
 
 import json
-import math
+import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,10 +35,20 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
         try:
             # Through NumPy: Python floats stay float64 (torch.as_tensor would round them to float32), and
             # a read-only array (pandas' .values) is copied rather than read in place (torch warns).
-            array = np.array(plain_array(value))
+            array = listed = np.array(plain_array(value))
+            if array.dtype == object:
+                # Numbers held as objects (a nullable Int64 frame, an array of mixed columns): read as NumPy
+                # reads their list, as from_dataframe reads such a column.
+                listed = array.tolist()
+                inferred = np.array(listed)
+                array = inferred if inferred.dtype.kind in "biuf" else array
             t = torch.as_tensor(value) if array.dtype == object else torch.from_numpy(array)
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
+        if dtype != torch.bool and t.dtype != torch.bool and _holds_bool(value if listed is array else listed):
+            # NumPy reads [[0, True]] as integers: a bool among numbers would pass as 1 (an index, a like).
+            raise InputDataError(name, "integer dtype" if dtype == torch.long else "a real (floating point) dtype",
+                                 "bools among the numbers")
     if t.numel() == 0 and dtype in (torch.long, torch.bool):
         return t.to(dtype)  # an empty list ([]) reads as float32: it holds no value to coerce
     if dtype == torch.long:
@@ -56,11 +66,18 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
     return t.to(dtype, copy=True)
 
 
+def _holds_bool(value: Any) -> bool:
+    """Whether a (nested) list or tuple holds a bool: NumPy and torch read ``[0, True]`` as integers."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) in (np.bool_, torch.bool)
+
+
 def _index_rows(name: str, value: Any, expected: str) -> Tensor:
     """New `m x 2` index rows for ``append`` (one row may come as a `2` vector; empty: `0 x 2`)."""
-    if not _numel(value):
-        return torch.zeros(0, 2, dtype=torch.long)
     t = _as_tensor(name, value, torch.long)
+    if t.ndim == 1 and t.numel() == 0:  # [] (a `0 x 3` or `3 x 0` array is a wrong shape, not empty rows)
+        return torch.zeros(0, 2, dtype=torch.long)
     if t.shape == (2,):
         t = t.reshape(1, 2)
     _check_shape(name, t, expected, 2, 2)
@@ -134,7 +151,7 @@ class PreferenceData:
         n = items.shape[0]
 
         comps = _as_tensor("comparisons", self.comparisons, torch.long)
-        if comps.numel() == 0:
+        if comps.ndim == 1 and comps.numel() == 0:  # [] (a `0 x 3` or `3 x 0` array is a wrong shape, not empty data)
             comps = comps.reshape(0, 2)
         _check_shape("comparisons", comps, "m x 2", 2, 2)
         self._check_indices("comparisons", comps, n)
@@ -146,14 +163,12 @@ class PreferenceData:
         m = comps.shape[0]
 
         ties = torch.zeros(m, dtype=torch.bool) if self.ties is None else _as_tensor("ties", self.ties, torch.bool)
-        if ties.numel() == 0:
-            ties = ties.reshape(0)
         if ties.shape != (m,):
             raise InputDataError("ties", f"shape `m` = ({m},)", tuple(ties.shape))
         set_("ties", ties)
 
         ratings = _as_tensor("ratings", self.ratings, torch.long)
-        if ratings.numel() == 0:
+        if ratings.ndim == 1 and ratings.numel() == 0:
             ratings = ratings.reshape(0, 2)
         _check_shape("ratings", ratings, "k x 2", 2, 2)
         self._check_indices("ratings[:, 0]", ratings[:, 0], n)
@@ -168,8 +183,6 @@ class PreferenceData:
             if value is None:
                 continue
             r = _as_tensor(name, value, torch.long)
-            if r.numel() == 0:
-                r = r.reshape(0)
             if r.shape != (size,):
                 raise InputDataError(name, f"shape ({size},), one id per row", tuple(r.shape))
             if r.numel() and int(r.min()) < 0:
@@ -397,8 +410,13 @@ class PreferenceData:
         missing = [k for k in ("items", "comparisons", "ties", "ratings") if k not in d]
         if missing:
             raise InputDataError(missing[0], "a field of PreferenceData.to_dict()", "missing")
+        rows = d["items"]
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+            # (a str would be read row by row, character by character: "abc" as hex numbers)
+            raise InputDataError("items", "a list of rows of numbers (float.hex strings or numbers)",
+                                 type(rows).__name__)
         try:
-            items = [[float.fromhex(v) if isinstance(v, str) else float(v) for v in row] for row in d["items"]]
+            items = [[_json_number(v) for v in row] for row in rows]
         except (TypeError, ValueError):
             raise InputDataError("items", "rows of numbers (float.hex strings or numbers)", "unreadable values") from None
         if items:
@@ -575,6 +593,15 @@ class PreferenceData:
         )
 
 
+def _json_number(value: Any) -> float:
+    """A feature value of ``to_dict``: a ``float.hex`` str or a number; a bool is refused, as the constructor does."""
+    if isinstance(value, str):
+        return float.fromhex(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(type(value).__name__)
+    return float(value)
+
+
 def _json_rows(value: Any, empty_shape: tuple[int, ...]) -> Any:
     """A JSON list as it is (the constructor checks its dtype and shape); an empty one typed empty."""
     if isinstance(value, list) and not value:
@@ -582,20 +609,10 @@ def _json_rows(value: Any, empty_shape: tuple[int, ...]) -> Any:
     return value
 
 
-def _numel(x: Any) -> int:
-    shape = getattr(x, "shape", None)  # tensors, NumPy arrays, pandas frames: no conversion needed
-    if shape is not None:
-        return int(math.prod(shape))
-    try:
-        return int(math.prod(torch.as_tensor(x).shape))
-    except (TypeError, ValueError, RuntimeError):
-        return 1  # not empty: the conversion that follows names the field and the problem
-
-
 def _feature_rows(items: Any, d: int) -> Tensor:
     t = _as_tensor("items", items, torch.float64)
-    if t.ndim == 1 and t.numel() == d:
-        t = t.reshape(1, d)
+    if t.ndim == 1 and t.numel() in (0, d):  # one item as a `d` vector; [] as no item (as comparisons=[])
+        t = t.reshape(-1, d)
     _check_shape("items", t, f"n x {d}", 2, d)
     return t
 

@@ -155,6 +155,8 @@ def run_session(
     is best; pairs between two liked digits teach the reward to rank one liked digit
     above the others, which narrows steering onto a few digits.
     """
+    num_labels = check_int("num_labels", num_labels, minimum=0)
+    checkpoints = _label_counts("checkpoints", checkpoints, maximum=num_labels)
     source = _candidates(setup, seed, **(candidate_options or {}))
     path = store or Path(tempfile.gettempdir()) / f"papa_bayes_session_{seed}_{time.time_ns()}.db"
     session = PreferenceSession(path, source, DigitsUser(setup.person), query_type=query_type, strategy=strategy,
@@ -162,25 +164,47 @@ def run_session(
     curve = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=num_labels, desc=f"{strategy} {query_type}", disable=not progress_bar)
-    for labels in sorted(set(checkpoints) | {num_labels}):
-        while session.store.num_answers(session.rater) < labels:
-            session.step()
-            bar.update(1)
-        post = session.posterior if labels > 0 else None
-        m = evaluate_posterior(source, post, eval_samples, seed=seed + 10_000, liked=setup.liked)
-        m["labels"] = labels
-        m["scale"] = source._chosen_scale
-        curve.append(m)
-    bar.close()
+    try:
+        with tqdm(total=num_labels, desc=f"{strategy} {query_type}", disable=not progress_bar) as bar:
+            for labels in sorted(set(checkpoints) | {num_labels}):
+                while session.store.num_answers(session.rater) < labels:
+                    session.step()
+                    bar.update(1)
+                post = session.posterior if labels > 0 else None
+                m = evaluate_posterior(source, post, eval_samples, seed=seed + 10_000, liked=setup.liked)
+                m["labels"] = labels
+                m["scale"] = source._chosen_scale
+                curve.append(m)
+    except BaseException:  # the caller never gets the session: release its store and lock
+        if store is None:  # nobody can resume a temporary store the caller never named: do not leave it behind
+            discard_session(session)
+        else:  # a named store is the caller's to resume
+            session.close()
+        raise
     return curve, session, source
+
+
+def _label_counts(name: str, counts: Any, *, maximum: int | None = None) -> list[int]:
+    """``counts`` as a non-empty list of label counts in ``[0, maximum]``, or InputDataError naming ``name``."""
+    expected = "a non-empty sequence of label counts >= 0" + (f" and <= num_labels ({maximum})" if maximum is not None
+                                                              else "")
+    try:
+        if isinstance(counts, (str, bytes)):
+            raise TypeError
+        counts = list(counts)  # a list, range, NumPy array or 1-d tensor
+    except TypeError:
+        raise InputDataError(name, expected, repr(counts)) from None
+    if not counts:
+        raise InputDataError(name, expected, "an empty sequence")
+    return [check_int(name, k, minimum=0, maximum=maximum, expected=expected) for k in counts]
 
 
 def discard_session(session: PreferenceSession) -> None:
     """Close a session of :func:`run_session` run without a ``store`` and delete its temporary store."""
     session.close()
     path = Path(session.store.path)
-    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for suffix in ("", "-wal", "-shm", ".lock"):  # the database, SQLite's journal files, the raters' lock file
+        leftover = path.with_name(path.name + suffix)
         leftover.unlink(missing_ok=True)
 
 
@@ -203,6 +227,7 @@ def run_papa(
     """
     from papa_bayes.diffusion import papa_finetune
 
+    label_counts = _label_counts("label_counts", label_counts)
     gen = torch.Generator().manual_seed(seed + 777)
     pool = sample(setup.model, max(label_counts), num_inference_steps=20, generator=gen, progress_bar=False).images
     signs = setup.person.rate(pool)

@@ -127,7 +127,7 @@ class PreferenceSession:
             ``<store>_finetuned/rater<r>`` and reloaded on resume. None: never.
         finetune_options: keyword arguments of the source's ``finetune`` (e.g.
             ``steps``, ``num_samples`` of ``distill_guidance``).
-        num_draws: posterior draws kept.
+        num_draws: posterior draws kept (at least 2).
         rater: the rater id of this session's answers (several raters may share a
             store, one session each).
         seed: seeds every random choice of the session (an integer >= 0).
@@ -159,7 +159,8 @@ class PreferenceSession:
         strategy = check_strategy(strategy, query_type)  # aliases resolved ("bald" is stored as "eig")
         exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
         pool_size = check_int("pool_size", pool_size, minimum=2)
-        num_draws = check_int("num_draws", num_draws)
+        # Two at least: each round's metrics read the draws' spread (one draw has no standard deviation).
+        num_draws = check_int("num_draws", num_draws, minimum=2)
         seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)  # the fits' range (torch's seeds)
         refit_every, finetune_every = (None if every is None else check_int(name, every, expected="a positive integer or None")
                                        for name, every in (("refit_every", refit_every), ("finetune_every", finetune_every)))

@@ -176,10 +176,12 @@ class SimulatedUser(User):
         threshold = check_float("threshold", threshold, minimum=-math.inf)
         seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch's range of seeds
         self.weights = None
-        if isinstance(utility, (Tensor, list, tuple)) or (type(utility).__module__ == "numpy" and not callable(utility)):
+        numpy_array = type(utility).__module__ == "numpy" and not callable(utility)
+        if isinstance(utility, (Tensor, list, tuple)) or numpy_array:
             self.weights = check_real_tensor("utility", utility, "a `d` weight vector of real numbers or a callable")
             if self.weights.dim() != 1 or self.weights.numel() == 0:
-                raise InputDataError("utility", "a non-empty `d` weight vector or a callable", tuple(self.weights.shape))
+                raise InputDataError("utility", "a non-empty `d` weight vector or a callable",
+                                     tuple(self.weights.shape))
             if not bool(torch.isfinite(self.weights).all()):
                 raise InputDataError("utility", "finite weights", self.weights.tolist())
             self._utility = self._linear
@@ -204,7 +206,8 @@ class SimulatedUser(User):
         """
         seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)
         gen = torch.Generator().manual_seed((seed + 104729) % 2**64)  # the draw's stream differs from the answers'
-        utility = random_gp_utility(d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features, generator=gen)
+        utility = random_gp_utility(d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features,
+                                    generator=gen)
         return cls(utility, seed=seed, **kwargs)
 
     def reset(self) -> None:
@@ -227,7 +230,8 @@ class SimulatedUser(User):
         """
         out = self._utility(x)
         # Python floats parsed in double directly (through float32 they lose digits a near tie needs)
-        u = (out.to(torch.float64) if isinstance(out, Tensor) else torch.as_tensor(out, dtype=torch.float64)).reshape(-1)
+        u = out.to(torch.float64) if isinstance(out, Tensor) else torch.as_tensor(out, dtype=torch.float64)
+        u = u.reshape(-1)
         n = x.shape[0] if getattr(x, "ndim", 0) >= 2 else None  # 1-D: one item, or a callable's own convention
         if n is not None and u.numel() != n:
             raise InputDataError("utility", f"{n} utilities, one per item of the `{n} x ...` input",
@@ -264,7 +268,8 @@ class SimulatedUser(User):
         return torch.where(like, 1, -1)
 
     def __repr__(self) -> str:
-        return f"SimulatedUser(link={self.link!r}, rationality={self.rationality}, tie_margin={self.tie_margin}, seed={self.seed})"
+        return (f"SimulatedUser(link={self.link!r}, rationality={self.rationality}, tie_margin={self.tie_margin}, "
+                f"seed={self.seed})")
 
 
 def _callback_answer(ans: Any, expected: str) -> Any:
@@ -283,6 +288,11 @@ def _callback_answer(ans: Any, expected: str) -> Any:
     if isinstance(ans, bool):
         raise InputDataError("answer", f"{expected}, not a bool", ans)
     return ans
+
+
+def _shown_answer(ans: Any) -> Any:
+    """An answer as an error shows it: text quoted, so that the answer "0" does not read as the valid 0."""
+    return repr(ans) if isinstance(ans, str) else ans
 
 
 def _check_batch(name: str, items: Any) -> None:
@@ -304,7 +314,9 @@ class CallbackUser(User):
     kind) or anything else raises :class:`~papa_bayes.exceptions.InputDataError`.
     """
 
-    def __init__(self, compare_fn: Callable[[Any, Any], Any] | None = None, rate_fn: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, compare_fn: Callable[[Any, Any], Any] | None = None, rate_fn: Callable[[Any], Any] | None = None
+    ) -> None:
         for name, fn in (("compare_fn", compare_fn), ("rate_fn", rate_fn)):
             if fn is not None and not callable(fn):
                 raise InputDataError(name, "a callable or None", type(fn).__name__)
@@ -328,7 +340,7 @@ class CallbackUser(User):
                 won.append(ans == 0)
                 tie.append(False)
             else:
-                raise InputDataError("answer", "0 (first), 1 (second) or 'tie'", ans)
+                raise InputDataError("answer", "0 (first), 1 (second) or 'tie'", _shown_answer(ans))
         return torch.tensor(won, dtype=torch.bool), torch.tensor(tie, dtype=torch.bool)
 
     def rate(self, x: Tensor) -> Tensor:
@@ -339,7 +351,7 @@ class CallbackUser(User):
         for item in x:
             ans = _callback_answer(self.rate_fn(item), "+1 (like) or -1 (dislike)")
             if ans not in (1, -1):
-                raise InputDataError("answer", "+1 (like) or -1 (dislike)", ans)
+                raise InputDataError("answer", "+1 (like) or -1 (dislike)", _shown_answer(ans))
             out.append(int(ans))
         return torch.tensor(out, dtype=torch.long)
 
@@ -395,7 +407,9 @@ def simulate_comparisons(
     return PreferenceData(items=items, comparisons=comps, ties=tie)
 
 
-def simulate_ratings(user: SimulatedUser, items: Tensor, num_ratings: int, *, generator: torch.Generator) -> PreferenceData:
+def simulate_ratings(
+    user: SimulatedUser, items: Tensor, num_ratings: int, *, generator: torch.Generator
+) -> PreferenceData:
     """Random items rated like/dislike by ``user``."""
     _check_user(user)
     items = _items(items)

@@ -591,7 +591,8 @@ def test_acquisitions_resolve_a_posterior_its_view_and_a_botorch_model_alike(lin
         assert str(err.value) == wrong
     with pytest.raises(InputDataError) as err:
         botorch_qeubo(gp)
-    assert str(err.value) == str(InputDataError("posterior", "a RewardPosterior or its as_botorch_model()", "PairwiseGP"))
+    expected = InputDataError("posterior", "a RewardPosterior or its as_botorch_model()", "PairwiseGP")
+    assert str(err.value) == str(expected)
 
 
 @pytest.mark.parametrize("acquisition", ["pair", "rating"])
@@ -610,3 +611,41 @@ def test_logit_information_has_zero_gradient_where_the_answer_is_certain(sharp_p
     (grad,) = torch.autograd.grad(bits.sum(), X)
     assert bits.abs().max().item() < 1e-12
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_non_finite_pool_utility_is_refused(linear_post):
+    """NaN draws at the reference pool were taken: the region's quantile and the argmax became meaningless (0 bits)."""
+    post, items = linear_post
+    U = post.utility(items).detach().clone()
+    U[3, 5] = math.nan
+    for make in (lambda: PreferredRegionInformation(post, pool_utility=U),
+                 lambda: ArgmaxInformation(post, pool_utility=U)):
+        with pytest.raises(InputDataError, match=r"^pool_utility: expected `512 x n` finite float draws"):
+            make()
+
+
+def test_a_one_draw_posterior_has_zero_not_nan_variance(linear_post):
+    """With one draw the sample variance (s - 1 = 0) was NaN in forward, 0 in select_queries."""
+    post, items = linear_post
+    one = fit(LinearReward(), post.data, method="laplace", num_samples=1)
+    pairs = items[:8].reshape(4, 2, 4)
+    assert torch.isfinite(HoulsbyInformationGain(one)(pairs)).all()
+    assert torch.equal(UtilityDifferenceVariance(one)(pairs), torch.zeros(4, dtype=torch.float64))
+    rated = UtilityDifferenceVariance(one, query_size=1, threshold=0.0)(pairs[:, :1])
+    assert torch.equal(rated, torch.zeros(4, dtype=torch.float64))
+
+
+def test_thompson_draws_of_a_botorch_model_are_checked(gp_setup):
+    """On a BoTorch model the draw indices were not checked: 5000 of 1024 was an IndexError, -1 wrapped round."""
+    gp, _, Q = gp_setup
+    for bad in ([0, 5000], [0, -1], [0, 1024]):
+        with pytest.raises(InputDataError, match=r"^draws: expected draw indices in \[0, 1024\)"):
+            ThompsonSampling(gp, draws=bad)
+    assert ThompsonSampling(gp, draws=[0, 1023])(Q).shape == (30,)
+
+
+def test_houlsby_information_gain_refuses_non_finite_moments():
+    """A NaN mean or variance gave NaN bits, silently."""
+    for mean, var, field in (([math.nan, 0.0], [1.0, 1.0], "mean_diff"), ([0.0, 0.0], [1.0, math.inf], "var_diff")):
+        with pytest.raises(InputDataError, match=rf"^{field}: expected finite"):
+            houlsby_information_gain(torch.tensor(mean), torch.tensor(var))

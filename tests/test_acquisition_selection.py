@@ -224,7 +224,8 @@ def test_run_active_learning_records_curves():
     gen = _gen(7)
     w = random_unit_vector(3, generator=gen)
     pool = torch.randn(30, 3, generator=gen, dtype=torch.float64)
-    heldout = (torch.randn(20, 3, generator=gen, dtype=torch.float64), torch.randn(20, 3, generator=gen, dtype=torch.float64))
+    heldout = (torch.randn(20, 3, generator=gen, dtype=torch.float64),
+               torch.randn(20, 3, generator=gen, dtype=torch.float64))
     seen = []
     run = run_active_learning(
         SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=5, num_samples=64, heldout=heldout,
@@ -267,7 +268,8 @@ def test_run_active_learning_passes_fit_options_to_every_update():
     # A GP model is fitted by its own default method (the run used to force method="laplace" on it).
     from papa_bayes.models import PreferenceGP
 
-    gp_run = run_active_learning(SimulatedUser(w, seed=0), pool[:12], model=PreferenceGP(), num_queries=2, num_samples=32)
+    gp_run = run_active_learning(SimulatedUser(w, seed=0), pool[:12], model=PreferenceGP(), num_queries=2,
+                                 num_samples=32)
     assert gp_run.posterior.method == "elbo" and len(gp_run.alignment) == 2
     plain = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="eig", num_queries=2, num_samples=64, seed=0)
     assert "refine_acceptance" not in plain.posterior.diagnostics
@@ -381,7 +383,8 @@ def test_run_active_learning_with_a_reused_user_answers_as_a_fresh_one():
     user = SimulatedUser(w, seed=0)
     first = run_active_learning(user, pool, strategy="random", num_queries=6, num_samples=64, seed=0)
     again = run_active_learning(user, pool, strategy="random", num_queries=6, num_samples=64, seed=0)
-    fresh = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="random", num_queries=6, num_samples=64, seed=0)
+    fresh = run_active_learning(SimulatedUser(w, seed=0), pool, strategy="random", num_queries=6, num_samples=64,
+                                seed=0)
     # Same answers, so the same posteriors (up to the last bits of floating point); without the reset
     # the second run's answers, and its alignment curve, would differ.
     assert again.alignment == pytest.approx(first.alignment, rel=1e-9)
@@ -554,7 +557,8 @@ def test_exposure_diversity_with_a_feature_constant_over_the_reference():
     ref[:, 2], shown[:, 2] = 7.3, 7.3 + 1e-3
     assert exposure_diversity(shown, ref, num_cells=8) == before
     # Every feature constant: one cell, which every shown item is in.
-    flat = exposure_diversity(torch.randn(5, 3, generator=_gen(1), dtype=torch.float64), torch.ones(10, 3, dtype=torch.float64))
+    flat = exposure_diversity(torch.randn(5, 3, generator=_gen(1), dtype=torch.float64),
+                              torch.ones(10, 3, dtype=torch.float64))
     assert (flat.num_cells, flat.coverage, flat.num_shown) == (1, 1.0, 5)
 
 
@@ -676,3 +680,85 @@ def test_optimize_queries_needs_a_raw_sample_per_restart(setup):
         optimize_queries(post, bounds, num_restarts=4, raw_samples=3)
     X, values = optimize_queries(post, bounds, num_restarts=2, raw_samples=2, options={"maxiter": 5})
     assert X.shape == (1, 2, 5) and values.shape == (1,)
+
+
+def test_a_pool_given_as_lists_of_floats_is_read_in_double(setup):
+    """A list pool was parsed in float32: two items 1e-9 apart became one, and the only pair was refused."""
+    post, pool = setup
+    near = [[1.0, 0.0, 0.0, 0.0, 0.0], [1.0 + 1e-9, 0.0, 0.0, 0.0, 0.0]]
+    sel = select_queries(post, near)
+    assert sel.indices.tolist() == [[0, 1]]
+    assert sel.features(near).dtype == torch.float64
+    assert torch.equal(sel.features(near), torch.tensor(near, dtype=torch.float64)[sel.indices])
+    listed = select_queries(post, pool.tolist(), k=2)
+    assert torch.equal(listed.indices, select_queries(post, pool, k=2).indices)
+
+
+def test_optimize_queries_names_an_empty_reference_pool_and_bad_bounds(setup):
+    """An empty reference pool was reported as ``pool_utility``; NaN or swapped bounds as a wrong shape."""
+    post, _ = setup
+    bounds = torch.tensor([[-1.0] * 5, [1.0] * 5], dtype=torch.float64)
+    with pytest.raises(InputDataError, match=r"^reference_pool: expected a non-empty `n x 5` pool"):
+        optimize_queries(post, bounds, strategy="region", reference_pool=torch.zeros(0, 5, dtype=torch.float64))
+    with pytest.raises(InputDataError, match=r"^bounds: expected finite lower and upper bounds, got \[\[nan"):
+        optimize_queries(post, torch.full((2, 5), math.nan, dtype=torch.float64))
+    with pytest.raises(InputDataError, match=r"^bounds: expected lower < upper in every feature, got lower \[1\.0"):
+        optimize_queries(post, bounds.flip(0))
+    with pytest.raises(InputDataError, match=r"^bounds: expected shape `2 x 5` lower and upper bounds, got \(2, 4\)"):
+        optimize_queries(post, bounds[:, :4])
+
+
+def test_batch_helpers_take_numpy_integers_and_refuse_non_finite_vectors():
+    """k as a NumPy integer was refused (check_int takes it everywhere else); NaN similarity vectors were used."""
+    gen = torch.Generator().manual_seed(0)
+    quality = torch.rand(6, generator=gen, dtype=torch.float64)
+    vectors = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+    assert torch.equal(greedy_dpp(quality, vectors, np.int64(3)), greedy_dpp(quality, vectors, 3))
+    assert torch.equal(greedy_dpp(quality, vectors, torch.tensor(3)), greedy_dpp(quality, vectors, 3))
+    probs = torch.rand(16, 6, 1, generator=gen, dtype=torch.float64)
+    probs = torch.cat([probs, 1 - probs], -1)
+    assert torch.equal(greedy_joint_information(probs, np.int64(2))[0], greedy_joint_information(probs, 2)[0])
+    for bad in (True, 2.0, 0, 7):
+        with pytest.raises(InputDataError, match="^k: "):
+            greedy_dpp(quality, vectors, bad)
+    vectors[3, 2] = math.nan
+    with pytest.raises(InputDataError, match=r"^vectors: expected `16 x 6` finite per-draw values"):
+        greedy_dpp(quality, vectors, 2)
+
+
+def test_exposure_diversity_reports_no_negative_zero():
+    """All shown items in one cell gave entropy_bits = -0.0 (and normalized_entropy -0.0) in reports."""
+    ref = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for shown, reference in ((ref[:1].expand(4, 2), ref), (ref[:3], ref[:1])):
+        figures = exposure_diversity(shown, reference)
+        for name in ("entropy_bits", "normalized_entropy", "reference_entropy_bits"):
+            value = getattr(figures, name)
+            assert math.copysign(1.0, value) == 1.0, (name, value)
+
+
+def test_run_active_learning_names_a_non_finite_pool(setup):
+    """A NaN in the pool, or a pool of another width than the user's weights, was reported by the user as
+    field ``x``, not the ``pool`` passed."""
+    pool = torch.randn(6, 5, generator=_gen(), dtype=torch.float64)
+    pool[2, 1] = math.nan
+    with pytest.raises(InputDataError, match=r"^pool: expected finite"):
+        run_active_learning(SimulatedUser(torch.ones(5, dtype=torch.float64)), pool, num_queries=2)
+    with pytest.raises(InputDataError, match=r"^pool: expected `n x 3` candidate items \(the user's 3 weights\)"):
+        run_active_learning(SimulatedUser(torch.ones(3, dtype=torch.float64)), pool.nan_to_num(), num_queries=2)
+
+
+@pytest.mark.parametrize("query_type", ["pair", "rating"])
+@pytest.mark.parametrize("strategy", ["random", "thompson"])
+def test_exploratory_queries_of_random_and_thompson_are_scored(setup, strategy, query_type):
+    """Their exploratory queries' scores were NaN, against "`k` value of each query under the strategy"."""
+    post, pool = setup
+    for exploration in (0.5, 1.0):
+        sel = select_queries(post, pool, strategy=strategy, query_type=query_type, k=6, exploration=exploration,
+                             generator=_gen(3))
+        assert bool(sel.exploratory.any())
+        assert bool(torch.isfinite(sel.scores).all()), sel.scores
+        if strategy == "random":
+            assert bool(((sel.scores >= 0) & (sel.scores < 1)).all())
+        again = select_queries(post, pool, strategy=strategy, query_type=query_type, k=6, exploration=exploration,
+                               generator=_gen(3))
+        assert torch.equal(sel.indices, again.indices) and torch.equal(sel.scores, again.scores)

@@ -46,11 +46,26 @@ def test_ties_get_a_uniform_share_and_a_generator_makes_them_reproducible():
     assert share.shape == (6,) and float((share - 1 / 6).abs().max()) < 0.02
     again = sbc_ranks(draws, truth, generator=torch.Generator().manual_seed(3))
     assert torch.equal(ranks, again)
-    assert torch.equal(sbc_ranks(draws, truth), sbc_ranks(draws, truth))  # default: seeded, reproducible
     # Ties on top of draws strictly below: 2 below, 2 equal -> rank in {2, 3, 4}.
     draws = torch.tensor([[-1.0], [-2.0], [0.0], [0.0], [1.0]], dtype=torch.float64).expand(5, 3000)
-    ranks = sbc_ranks(draws, torch.zeros(3000, dtype=torch.float64))
+    ranks = sbc_ranks(draws, torch.zeros(3000, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
     assert set(ranks.tolist()) == {2, 3, 4}
+
+
+def test_ties_without_a_generator_are_refused_rather_than_broken_alike_in_every_call():
+    # A fixed default seed broke the ties of every data set of an SBC loop the same way:
+    # 200 data sets whose 5 draws all equal the truth got one rank, not uniform ranks.
+    draws, truth = torch.zeros(5, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(InputDataError, match="generator") as err:
+        sbc_ranks(draws, truth)
+    assert err.value.field == "generator" and "equal to the truth at index (0,)" in str(err.value)
+    gen = torch.Generator().manual_seed(0)
+    ranks = torch.stack([sbc_ranks(draws, truth, generator=gen) for _ in range(200)])
+    assert len(set(ranks.reshape(-1).tolist())) == 6  # one generator for the loop: every rank 0..5 turns up
+    # Without ties no generator is needed, and none is drawn from.
+    plain = torch.tensor([[-1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+    assert sbc_ranks(plain, torch.tensor([0.0, 5.0], dtype=torch.float64)).tolist() == [1, 2]
+    assert sbc_ranks(plain[:, 0], torch.tensor(0.5, dtype=torch.float64)).tolist() == 1  # scalar truth
 
 
 def test_exact_draws_give_uniform_ranks():

@@ -495,3 +495,87 @@ def test_from_dataframe_reads_nullable_and_object_columns_and_names_missing_valu
     assert err.value.field == "ratings['label']"
     with pytest.raises(InputDataError, match="integer dtype"):  # float ids stay refused (no silent coercion)
         PreferenceData.from_dataframe(df.astype({"winner": float}), feats)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(ratings=[[0, True]]), "ratings"),  # was read as a like (+1)
+        (dict(comparisons=[[True, 2]]), "comparisons"),  # was item 1
+        (dict(comparison_rater=[1, False]), "comparison_rater"),
+        (dict(items=[[True, 0.5], [1.0, 2.0]], comparisons=[]), "items"),
+    ],
+)
+def test_bools_among_numbers_in_a_list_are_refused_as_bool_arrays_are(kw, field):
+    """NumPy reads [[0, True]] as integers: a bool in a list of indices passed as 1 where a bool array is refused."""
+    import numpy as np
+
+    with pytest.raises(InputDataError) as err:
+        _data(**kw)
+    assert err.value.field == field and "bools" in str(err.value)
+    with pytest.raises(InputDataError, match="comparisons"):
+        _data().append(comparisons=[np.True_, 3])
+    assert _data(ratings=[[0, 1]], ties=[True, 0]).ties.tolist() == [True, False]  # tie flags stay bools
+
+
+def test_from_dict_refuses_bool_and_non_list_items_as_the_constructor_does():
+    """from_dict read JSON true/false features as 1.0/0.0 (the constructor refuses bool items) and a str row by row."""
+    d = _data().to_dict()
+    with pytest.raises(InputDataError, match="items"):
+        PreferenceData.from_dict({**d, "items": [[True, False, True]] * 5})
+    with pytest.raises(InputDataError, match="items: expected a list of rows"):
+        PreferenceData.from_dict({**d, "items": "abcde"})  # was [[10.0], [11.0], ...]: float.fromhex of each letter
+    assert PreferenceData.from_dict({**d, "items": [[1, 2.5, "0x1.8p+0"]] * 5}).items[0].tolist() == [1.0, 2.5, 1.5]
+
+
+@pytest.mark.parametrize("field, shape", [("comparisons", (3, 0)), ("comparisons", (0, 3)), ("ratings", (2, 0)),
+                                          ("ties", (0, 1)), ("comparison_rater", (0, 4))])
+def test_empty_arrays_of_the_wrong_shape_are_refused_not_read_as_empty(field, shape):
+    """A `3 x 0` comparisons array was silently reshaped to `0 x 2`: three rows became none."""
+    kw = {field: torch.zeros(shape, dtype=torch.long)}
+    if field in ("ties", "comparison_rater"):
+        kw["comparisons"] = []
+    with pytest.raises(InputDataError) as err:
+        _data(**kw)
+    assert err.value.field == field and str(tuple(shape)) in str(err.value)
+    with pytest.raises(InputDataError, match="comparisons"):
+        _data().append(comparisons=torch.zeros(3, 0, dtype=torch.long))
+    assert _data(comparisons=[], ratings=torch.zeros(0)).num_observations == 0  # [] and `0` vectors stay empty data
+
+
+def test_append_takes_an_empty_list_of_items_as_it_does_of_comparisons():
+    d = _data()
+    assert d.append(items=[]) == d and d.append(comparisons=[]) == d and d.append(items=[], ratings=[]) == d
+
+
+def test_check_float_refuses_numpy_complex_numbers_as_it_does_python_and_torch_ones():
+    """check_float(np.complex128(1 + 2j)) returned 1.0: float() dropped the imaginary part with only a warning."""
+    import warnings
+
+    import numpy as np
+
+    from papa_bayes.checks import check_float
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no ComplexWarning on the way either)
+        for value in (1 + 2j, np.complex128(1 + 2j), np.complex64(1), np.array(1 + 0j), torch.tensor(1 + 0j)):
+            with pytest.raises(InputDataError, match="scale"):
+                check_float("scale", value)
+        assert check_float("scale", np.float32(0.5)) == 0.5 and check_float("scale", np.int64(2)) == 2.0
+
+
+def test_numbers_held_as_objects_are_read_as_numbers_by_the_constructor():
+    """A nullable Int64 frame of comparisons (its array holds objects) was refused: 'expected an array-like of
+    numbers, got DataFrame', though from_dataframe reads such columns."""
+    import numpy as np
+    import pandas as pd
+
+    pairs = pd.DataFrame({"winner": [0, 2], "loser": [1, 4]}, dtype="Int64")
+    assert _data(comparisons=pairs).comparisons.tolist() == [[0, 1], [2, 4]]
+    assert _data(comparisons=np.array([[0, 1], [2, 4]], dtype=object)).comparisons.dtype == torch.long
+    features = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5]}).astype({"a": "Int64", "b": "Float64"})
+    assert PreferenceData(items=features).items.tolist() == [[1.0, 0.5], [2.0, 1.5]]
+    with pytest.raises(InputDataError, match="comparisons: expected integer dtype, got bools"):
+        _data(comparisons=np.array([[0, True], [2, 4]], dtype=object))
+    with pytest.raises(InputDataError, match="comparisons"):
+        _data(comparisons=np.array([[0.0, 1], [2, 4]], dtype=object))

@@ -258,8 +258,6 @@ def test_unsupported_data_raise_model_error():
     for model in (PreferenceGP(), PairwiseGPReward()):
         with pytest.raises(ModelError, match="one person"):
             fit(model, raters)
-    with pytest.raises(ModelError, match="kernel"):
-        PreferenceGP(kernel="linear")
 
 
 def test_gp_model_options_are_checked():
@@ -285,6 +283,20 @@ def test_gp_model_options_are_checked():
             PreferenceGP().fit(data, **kwargs)
     with pytest.raises(InputDataError, match="optimize_hyperparameters"):
         PairwiseGPReward().fit(data, optimize_hyperparameters="no")
+
+
+def test_an_unknown_kernel_is_bad_input_naming_the_allowed_ones():
+    from papa_bayes.models.gp import make_kernel
+
+    builds = {"kernel": (lambda k: PreferenceGP(kernel=k), lambda k: PairwiseGPReward(kernel=k)),
+              "kind": (lambda k: make_kernel(2, k),)}
+    for field, calls in builds.items():
+        for build in calls:
+            for kernel in ("linear", None, ["rbf"]):
+                with pytest.raises(InputDataError) as err:  # a ValueError too; it used to be a ModelError
+                    build(kernel)
+                assert err.value.field == field and str(err.value) == (
+                    f"{field}: expected one of ('rbf', 'matern52'), got {kernel!r}.")
 
 
 # ------------------------------------------------------------------ draws and interfaces
@@ -412,6 +424,29 @@ def test_nuts_over_hyperparameters():
     assert idata.posterior["lengthscale"].shape == (1, 25, 4) and "diverging" in idata.sample_stats
     assert idata.attrs["hyperparameters"] == "posterior draws" and "lengthscale" not in idata.constant_data
     assert {"r_hat_max", "ess_min", "divergences"} <= set(post.diagnostics)
+
+
+def test_nuts_lp_is_the_log_joint_in_the_models_coordinates_as_pyros():
+    """lp was NUTS's unconstrained log density: off by the log-Jacobian of the log transforms and N(0, I)'s constant."""
+    g = torch.Generator().manual_seed(14)
+    data = simulate_comparisons(SimulatedUser(two_bumps, seed=4), _uniform(10, g), 12, generator=g)
+    spec = PreferenceGP()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = fit(spec, data, method="nuts", num_samples=4, warmup_steps=4, num_chains=1, seed=0, progress_bar=False)
+    # The last draw, rebuilt from its parts as LinearReward's log_joint adds them: the priors of the
+    # sampled values in their own units, the whitened utilities' N(0, I), the likelihood.
+    z = post.state["nuts_last"]["values"]["utility_whitened"]
+    ls, os_ = post.hyperparameters["lengthscale"][-1, -1], post.hyperparameters["outputscale"][-1, -1]
+    kernel = spec.make_kernel(data.num_features)
+    with torch.no_grad():
+        expected = (kernel.base_kernel.lengthscale_prior.log_prob(ls).sum() + kernel.outputscale_prior.log_prob(os_)
+                    + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum()
+                    + post.log_likelihood()["comparisons"][-1].sum())
+    lp = post.sample_stats["lp"]
+    # (the utilities at the items come from the pathwise draws: equal to the anchors' L z up to the jitter)
+    assert lp.shape == (1, 4) and float(lp[-1, -1]) == pytest.approx(float(expected), abs=1e-3)
+    assert post.to_inference_data().sample_stats["lp"].values[-1, -1] == pytest.approx(float(lp[-1, -1]))
 
 
 def test_nuts_refuses_fewer_than_four_draws_before_sampling():

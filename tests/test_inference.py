@@ -236,6 +236,19 @@ def test_laplace_survives_a_single_far_apart_comparison():
         assert float(post.preference_probability(X[:1], X[1:2])) > 0.5
 
 
+def test_standard_deviation_of_a_single_draw_posterior_is_refused_not_nan():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 2, generator=g, dtype=torch.float64)
+    post = fit(LinearReward(), PreferenceData(items=X, comparisons=[[0, 1], [2, 3]]), method="laplace", num_samples=1)
+    assert post.num_draws == 1 and bool(torch.isfinite(post.mean("w")).all())
+    for call in (lambda: post.utility_mean_std(X[:3]), lambda: post.std("w")):
+        with pytest.raises(InputDataError, match="num_samples") as err:
+            call()
+        assert err.value.field == "num_samples" and "a posterior of 1 draw" in str(err.value)
+    mean, sd = fit(LinearReward(), post.data, method="laplace", num_samples=2).utility_mean_std(X[:3])
+    assert mean.shape == sd.shape == (3,) and bool(torch.isfinite(sd).all())
+
+
 def test_learned_rationality_does_not_collapse_in_high_dimension():
     """d=16, 30 answers: the joint Laplace mode had rationality 0.02 and cos 0.21; NUTS 0.51 and 0.76."""
     g = torch.Generator().manual_seed(0)

@@ -68,8 +68,10 @@ def test_outcome_probabilities_sum_to_one_and_tie_grows_with_strength():
 def test_bad_model_options():
     from papa_bayes import InputDataError
 
-    with pytest.raises(ModelError, match="link"):
+    with pytest.raises(InputDataError, match=r"link: expected one of \('logit', 'probit'\), got 'cauchit'"):
         LinearReward(link="cauchit")
+    with pytest.raises(InputDataError, match="link: .* got None"):
+        LinearReward(link=None)
     with pytest.raises(InputDataError, match="prior_scale"):
         LinearReward(prior_scale=-1.0)
     with pytest.raises(InputDataError, match="rationality"):

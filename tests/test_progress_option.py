@@ -107,3 +107,41 @@ def test_progress_is_the_old_name_of_progress_bar(name, tiny, tmp_path, capsys):
     assert (bar in capsys.readouterr().err) == shown  # its value was used, not the default
     with pytest.raises(InputDataError, match="^progress: expected only progress_bar=.*got both progress= and "):
         call(tiny, tmp_path / "both", progress=shown, progress_bar=shown)
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda t, path: run_session(t.setup, num_labels=2, checkpoints=[1, 5], store=path), "checkpoints"),
+    (lambda t, path: run_session(t.setup, num_labels=-1, checkpoints=[0], store=path), "num_labels"),
+    (lambda t, path: run_session(t.setup, num_labels=2, checkpoints=2, store=path), "checkpoints"),
+    (lambda t, path: run_papa(t.setup, label_counts=[]), "label_counts"),  # was max()'s bare ValueError
+    (lambda t, path: run_papa(t.setup, label_counts=[2, -1]), "label_counts"),
+])
+def test_demo_runs_refuse_label_counts_they_cannot_keep(tiny, tmp_path, call, field):
+    # A checkpoint above num_labels made run_session ask more questions than num_labels (its bar overran).
+    with pytest.raises(InputDataError, match=f"^{field}: expected"):
+        call(tiny, tmp_path / "s.db")
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_run_session_removes_its_temporary_store_when_a_step_raises(tiny, tmp_path, monkeypatch):
+    import papa_bayes.demo as demo
+
+    monkeypatch.setattr(demo.tempfile, "gettempdir", lambda: str(tmp_path))
+
+    def broken_step(self):
+        raise RuntimeError("the person closed the window")
+
+    monkeypatch.setattr(PreferenceSession, "step", broken_step)
+    options = dict(num_base=2, pool_steps=2, recommend_steps=2, scale=1.0, recommend_scale="pool", oversample=1.0)
+    with pytest.raises(RuntimeError, match="closed the window"):
+        run_session(tiny.setup, num_labels=1, checkpoints=[1], eval_samples=4, pool_size=2,
+                    candidate_options=options, progress_bar=False)
+    assert not list(tmp_path.glob("papa_bayes_session_*")), "a temporary store nobody can name was left behind"
+    named = tmp_path / "named.db"  # a store the caller named is theirs to resume: kept, and closed
+    closed = []
+    close = PreferenceSession.close
+    monkeypatch.setattr(PreferenceSession, "close", lambda self: closed.append(self.store.path) or close(self))
+    with pytest.raises(RuntimeError, match="closed the window"):
+        run_session(tiny.setup, num_labels=1, checkpoints=[1], eval_samples=4, pool_size=2, store=named,
+                    candidate_options=options, progress_bar=False)
+    assert named.exists() and [str(p) for p in closed] == [str(named)]

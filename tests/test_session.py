@@ -60,7 +60,8 @@ def test_existing_store_must_be_resumed(tmp_path):
 
 @pytest.mark.parametrize("bad", [
     dict(strategy="bogus"), dict(strategy="eubo", query_type="rating"), dict(exploration="0.5"),
-    dict(exploration=1.5), dict(pool_size=2.5), dict(pool_size=1), dict(num_draws=0), dict(num_draws=2.5),
+    dict(exploration=1.5), dict(pool_size=2.5), dict(pool_size=1), dict(num_draws=0), dict(num_draws=1),
+    dict(num_draws=2.5),
     dict(seed=-1), dict(seed=1.5), dict(seed=2**32), dict(finetune_options=[("steps", 2)]),
 ])
 def test_bad_options_are_refused_before_the_store_is_created(tmp_path, bad):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,7 +100,8 @@ def test_gp_draw_user_reproducible_and_rbf_covariance():
     # Over many draws, E[u(x) u(x')] approaches the RBF kernel.
     gen = torch.Generator().manual_seed(0)
     pts = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 1.0]], dtype=torch.float64)
-    vals = torch.stack([random_gp_utility(2, lengthscale=0.7, num_features=256, generator=gen)(pts) for _ in range(3000)])
+    vals = torch.stack([random_gp_utility(2, lengthscale=0.7, num_features=256, generator=gen)(pts)
+                        for _ in range(3000)])
     emp = vals.T @ vals / vals.shape[0]
     sq = torch.cdist(pts, pts) ** 2
     assert torch.allclose(emp, torch.exp(-sq / (2 * 0.7**2)), atol=0.07)
@@ -113,7 +115,8 @@ def test_random_fourier_utility_rejects_bad_input():
         RandomFourierUtility(3, lengthscale=-1.0, generator=torch.Generator())
     gen = torch.Generator().manual_seed(0)
     for kwargs, field in (({"lengthscale": "1"}, "lengthscale"), ({"lengthscale": torch.ones(2)}, "lengthscale"),
-                          ({"lengthscale": float("inf")}, "lengthscale"), ({"outputscale": float("inf")}, "outputscale"),
+                          ({"lengthscale": float("inf")}, "lengthscale"),
+                          ({"outputscale": float("inf")}, "outputscale"),
                           ({"outputscale": "1"}, "outputscale"), ({"num_features": 2.5}, "num_features"),
                           ({"num_features": True}, "num_features")):
         with pytest.raises(InputDataError, match=field):
@@ -333,7 +336,8 @@ def test_users_check_seeds_rationalities_and_pairs_in_our_words():
     from papa_bayes.users import random_pairs
 
     for kwargs, field in (({"seed": 2**64}, "seed"), ({"rationality": torch.tensor([1.0, 2.0])}, "rationality"),
-                          ({"rationality": np.array([1.0, 2.0])}, "rationality"), ({"rationality": np.True_}, "rationality")):
+                          ({"rationality": np.array([1.0, 2.0])}, "rationality"),
+                          ({"rationality": np.True_}, "rationality")):
         with pytest.raises(InputDataError, match=field):
             SimulatedUser([1.0, 0.0], **kwargs)
     assert SimulatedUser.from_gp_draw(2, seed=2**64 - 1).seed == 2**64 - 1
@@ -354,3 +358,14 @@ def test_a_noiseless_user_flips_a_coin_at_the_threshold():
     share = float((person.rate(at) > 0).double().mean())
     assert 0.46 < share < 0.54
     assert (person.rate(torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)) == torch.tensor([1, -1])).all()
+
+
+def test_a_callback_answer_in_text_is_quoted_in_the_error():
+    """The answer "0" (text) read "expected 0 (first), 1 (second) or 'tie', got 0.": the valid answer it was not."""
+    x = _items(2)
+    with pytest.raises(InputDataError, match=r"^answer: expected 0 \(first\), 1 \(second\) or 'tie', got '0'\.$"):
+        CallbackUser(lambda a, b: "0").compare(x[:1], x[1:])
+    with pytest.raises(InputDataError, match=r"^answer: expected \+1 \(like\) or -1 \(dislike\), got '1'\.$"):
+        CallbackUser(rate_fn=lambda a: "1").rate(x)
+    won, tie = CallbackUser(lambda a, b: np.str_("tie")).compare(x[:1], x[1:])
+    assert tie.tolist() == [True]

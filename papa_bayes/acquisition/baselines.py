@@ -67,7 +67,9 @@ class UtilityDifferenceVariance(DrawsAcquisitionFunction):
             :class:`DrawsAcquisitionFunction`.
     """
 
-    def __init__(self, model: RewardPosterior | Model, *, query_size: int = 2, threshold: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, model: RewardPosterior | Model, *, query_size: int = 2, threshold: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(model, **kwargs)
         self.query_size = self._check_query_size(query_size)
         self.threshold = self._threshold_draws(threshold) if self.query_size == 1 else None
@@ -76,8 +78,16 @@ class UtilityDifferenceVariance(DrawsAcquisitionFunction):
         if self.query_size == 1:
             u = utilities[0]
             thr = per_draw(self.threshold, u)
-            return (u if thr is None else u - thr).var(0)
-        return (utilities[0] - utilities[1]).var(0)
+            return _draw_variance(u if thr is None else u - thr)
+        return _draw_variance(utilities[0] - utilities[1])
+
+
+def _draw_variance(values: Tensor) -> Tensor:
+    """Sample variance over the draws (dim 0) of `s x batch` values: `batch`.
+
+    0 for one draw (as select_queries' moments), not the NaN of dividing by s - 1 = 0.
+    """
+    return values.var(0, correction=1 if values.shape[0] > 1 else 0)
 
 
 class ThompsonSampling(DrawsAcquisitionFunction):
@@ -89,7 +99,9 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         generator: picks the draws.
         query_size: 2 (pairs: two distinct draws) or 1 (like/dislike: one draw; the
             item that draw likes best is shown).
-        draws: explicit draw indices (``query_size`` of them) instead of random ones.
+        draws: explicit draw indices (``query_size`` of them) instead of random ones: in
+            [0, s) for a RewardPosterior of s draws, [0, 1024) for a BoTorch model (whose
+            posterior is sampled 1024 times); required for a BoTorch model.
     """
 
     def __init__(
@@ -120,7 +132,9 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         self.draws = draws.to(torch.long).reshape(-1)
         if self.draws.numel() != self.query_size:
             raise InputDataError("draws", f"{self.query_size} draw indices", self.draws.numel())
-        if s is not None and not bool(((self.draws >= 0) & (self.draws < s)).all()):
+        if s is None:  # a BoTorch model: its posterior is sampled num_samples times (negative ones would wrap round)
+            s = self.num_samples
+        if not bool(((self.draws >= 0) & (self.draws < s)).all()):
             raise InputDataError("draws", f"draw indices in [0, {s})", self.draws.tolist())
 
     def score_draws(self, *utilities: Tensor) -> Tensor:

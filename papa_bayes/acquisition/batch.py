@@ -32,9 +32,10 @@ from papa_bayes.inference.posterior import RewardPosterior
 __all__ = ["greedy_joint_information", "greedy_dpp", "pick_batch"]
 
 
-def _check_batch_size(k: Any, num_candidates: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_candidates:
-        raise InputDataError("k", f"an integer in [1, {num_candidates}] (the number of candidates)", k)
+def _check_batch_size(k: Any, num_candidates: int) -> int:
+    """``k`` as an int in [1, num_candidates] (NumPy integers and 0-d integer tensors too, as check_int)."""
+    return check_int("k", k, maximum=num_candidates,
+                     expected=f"an integer in [1, {num_candidates}] (the number of candidates)")
 
 
 def greedy_joint_information(
@@ -62,7 +63,7 @@ def greedy_joint_information(
         raise InputDataError("probs", "`s x M x o` per-draw answer probabilities (o >= 2)",
                              shape_of(probs))
     s, M, o = probs.shape
-    _check_batch_size(k, M)
+    k = _check_batch_size(k, M)
     check_int("max_configurations", max_configurations)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InputDataError("generator", "a torch.Generator or None", type(generator).__name__)
@@ -104,7 +105,8 @@ def _sample_configurations(chosen_probs: Tensor, num: int, generator: torch.Gene
     draw = torch.randint(0, s, (num,), generator=generator)
     answers = torch.multinomial(chosen_probs[draw].reshape(num * j, o), 1, generator=generator).reshape(num, j)
     # table[s, c] = prod_i probs[s, i, answers[c, i]]
-    picked = chosen_probs.unsqueeze(1).expand(s, num, j, o).gather(-1, answers.reshape(1, num, j, 1).expand(s, num, j, 1))
+    index = answers.reshape(1, num, j, 1).expand(s, num, j, 1)
+    picked = chosen_probs.unsqueeze(1).expand(s, num, j, o).gather(-1, index)
     table = picked.squeeze(-1).prod(-1)  # s x num
     marginal = table.mean(0).clamp(min=1e-300)
     return table, 1.0 / (num * marginal)
@@ -143,9 +145,11 @@ def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
                              shape_of(quality))
     M = quality.shape[0]
     if not isinstance(vectors, Tensor) or vectors.dim() != 2 or vectors.shape[1] != M:
-        raise InputDataError("vectors", f"`s x {M}` per-draw values (one column per candidate)",
+        raise InputDataError("vectors", f"`s x {M}` finite per-draw values (one column per candidate)",
                              shape_of(vectors))
-    _check_batch_size(k, M)
+    if not bool(torch.isfinite(vectors).all()):  # NaN residuals made argmax pick in index order
+        raise InputDataError("vectors", f"`{vectors.shape[0]} x {M}` finite per-draw values", "NaN or inf values")
+    k = _check_batch_size(k, M)
     V = vectors - vectors.mean(0)
     norm = V.norm(dim=0)
     V = V / norm.clamp(min=1e-12)

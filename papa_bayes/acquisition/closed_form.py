@@ -31,7 +31,7 @@ from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, resolve_model
-from papa_bayes.checks import check_float, check_real_tensor, is_integer_tensor
+from papa_bayes.checks import check_finite, check_float, check_real_tensor, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.models.likelihoods import check_link
@@ -80,6 +80,8 @@ def houlsby_information_gain(
     """
     check_float("noise_scale", noise_scale, strict=True)
     mean_diff, var_diff = _same_shape(("mean_diff", mean_diff), ("var_diff", var_diff))
+    check_finite("mean_diff", mean_diff.detach(), "posterior means")
+    check_finite("var_diff", var_diff.detach(), "posterior variances")
     scale = noise_scale / (_LOGIT_TO_PROBIT if check_link(link) == "logit" else 1.0)
     m = mean_diff / scale
     v = var_diff.clamp(min=0.0) / scale**2
@@ -170,7 +172,8 @@ class HoulsbyInformationGain(AcquisitionFunction):
         posterior = self.model.posterior(X)
         if isinstance(posterior, EnsemblePosterior):
             diff = posterior.values[..., 0, 0] - posterior.values[..., 1, 0]  # batch x s
-            mean, var = diff.mean(-1), diff.var(-1)
+            # One draw: variance 0 (as utility_moments), not the NaN of dividing by s - 1 = 0.
+            mean, var = diff.mean(-1), diff.var(-1, correction=1 if diff.shape[-1] > 1 else 0)
         else:
             mu = posterior.mean.squeeze(-1)
             cov = posterior.covariance_matrix

@@ -100,10 +100,14 @@ def optimize_queries(
     check_posterior(posterior)
     d = posterior.num_features
     bounds = check_real_tensor("bounds", bounds, f"`2 x {d}` lower and upper bounds")
-    if bounds.shape != (2, d) or not bool((bounds[1] > bounds[0]).all()):
-        raise InputDataError("bounds", f"shape `2 x {d}` with lower < upper", tuple(bounds.shape))
+    # Shape, then finiteness, then order: a NaN fails ``lower < upper`` too and was reported as a wrong shape.
+    if bounds.shape != (2, d):
+        raise InputDataError("bounds", f"shape `2 x {d}` lower and upper bounds", tuple(bounds.shape))
     if not bool(torch.isfinite(bounds).all()):
         raise InputDataError("bounds", "finite lower and upper bounds", bounds.tolist())
+    if not bool((bounds[1] > bounds[0]).all()):
+        raise InputDataError("bounds", "lower < upper in every feature",
+                             f"lower {bounds[0].tolist()}, upper {bounds[1].tolist()}")
     num_restarts = check_int("num_restarts", num_restarts)
     # optimize_acqf starts each restart from a distinct raw sample (fewer: a RuntimeError of torch.multinomial)
     raw_samples = check_int("raw_samples", raw_samples, minimum=num_restarts,

@@ -71,7 +71,8 @@ def farthest_point_centres(reference: Tensor, num_cells: int) -> Tensor:
 
 def _entropy_bits(counts: Tensor) -> float:
     p = counts.double() / counts.sum().clamp(min=1)
-    return float(-(torch.special.xlogy(p, p)).sum() / math.log(2.0))
+    # + 0.0: one occupied cell gives -(0) = -0.0, which reports (and JSON) would show as "-0.0".
+    return float(-(torch.special.xlogy(p, p)).sum() / math.log(2.0)) + 0.0
 
 
 def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16) -> ExposureDiversity:

@@ -52,7 +52,8 @@ def information_from_log_probs(log_probs: Tensor | list[Tensor]) -> Tensor:
     """
     if isinstance(log_probs, Tensor):
         if log_probs.dim() < 2:
-            raise InputDataError("log_probs", "`s x batch x o` (or a list of `s x batch` tensors)", tuple(log_probs.shape))
+            raise InputDataError("log_probs", "`s x batch x o` (or a list of `s x batch` tensors)",
+                                 tuple(log_probs.shape))
         log_probs = list(log_probs.unbind(-1))
     if len(log_probs) < 2:
         raise InputDataError("log_probs", "at least two answers (o >= 2)", len(log_probs))

@@ -66,7 +66,8 @@ def grouped_information(log_probs: Tensor | list[Tensor], groups: Tensor, num_gr
     """
     check_int("num_groups", num_groups)
     if not is_integer_tensor(groups):
-        raise InputDataError("groups", "an integer tensor of group ids", getattr(groups, "dtype", type(groups).__name__))
+        raise InputDataError("groups", "an integer tensor of group ids",
+                             getattr(groups, "dtype", type(groups).__name__))
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
         raise InputDataError("groups", f"group ids in [0, {num_groups})", (int(groups.min()), int(groups.max())))
     if isinstance(log_probs, Tensor):
@@ -109,7 +110,8 @@ def _soft_grouped_information(log_probs: list[Tensor], weights: Tensor) -> Tenso
     marginal = probs.mean(0)
     mass = weights.sum(0)  # batch x G
     joint = torch.einsum("s...g,s...o->...go", weights, probs)  # batch x G x o
-    conditional = (mass / weights.shape[0] * entropy_bits(joint / mass.clamp(min=torch.finfo(mass.dtype).tiny).unsqueeze(-1))).sum(-1)
+    given_group = joint / mass.clamp(min=torch.finfo(mass.dtype).tiny).unsqueeze(-1)  # p(y | g)
+    conditional = (mass / weights.shape[0] * entropy_bits(given_group)).sum(-1)
     return (entropy_bits(marginal) - conditional).clamp(min=0.0)
 
 
@@ -157,12 +159,15 @@ def rating_threshold(posterior: RewardPosterior, pool_utility: Tensor | None) ->
 
 
 def check_pool_utility(posterior: RewardPosterior, pool_utility: Any) -> Tensor:
-    """`s x n` utility draws at a reference pool (``n >= 1``, ``s`` the posterior's draws), or InputDataError."""
+    """`s x n` finite utility draws at a reference pool (``n >= 1``, ``s`` the posterior's draws), or InputDataError."""
     s = posterior.num_draws
+    expected = f"`{s} x n` finite float draws at the pool (n >= 1, one row per posterior draw)"
     if not isinstance(pool_utility, Tensor) or pool_utility.dim() != 2 or pool_utility.shape[0] != s \
             or pool_utility.shape[1] == 0 or not pool_utility.is_floating_point():
-        raise InputDataError("pool_utility", f"`{s} x n` float draws at the pool (n >= 1, one row per posterior draw)",
-                             shape_of(pool_utility))
+        raise InputDataError("pool_utility", expected, shape_of(pool_utility))
+    # A NaN draw would place the region's quantile and the argmax silently wrong (every query then scores 0).
+    if not bool(torch.isfinite(pool_utility.detach()).all()):
+        raise InputDataError("pool_utility", expected, "NaN or inf values")
     return pool_utility
 
 

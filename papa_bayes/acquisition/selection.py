@@ -36,7 +36,11 @@ from papa_bayes.acquisition.closed_form import (
     pair_moments,
     utility_moments,
 )
-from papa_bayes.acquisition.information import PairwiseInformationGain, RatingInformationGain, information_from_log_probs
+from papa_bayes.acquisition.information import (
+    PairwiseInformationGain,
+    RatingInformationGain,
+    information_from_log_probs,
+)
 from papa_bayes.acquisition.preferred import (
     ArgmaxInformation,
     ExpectedUtilityOfBestOption,
@@ -96,12 +100,15 @@ class QuerySelection:
     def features(self, pool_features: Tensor) -> Tensor:
         """The queries' features: `k x 2 x d` (pairs) or `k x 1 x d` (items)."""
         idx = self.indices if self.indices.dim() == 2 else self.indices.unsqueeze(-1)
-        try:
-            pool = torch.as_tensor(pool_features)
+        try:  # a list or array in double, as select_queries read it
+            pool = pool_features if isinstance(pool_features, Tensor) else torch.as_tensor(
+                pool_features, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
-            raise InputDataError("pool_features", "the `n x d` pool the queries index", type(pool_features).__name__) from None
+            raise InputDataError("pool_features", "the `n x d` pool the queries index",
+                                 type(pool_features).__name__) from None
         if pool.dim() < 1 or (idx.numel() and int(idx.max()) >= pool.shape[0]):
-            raise InputDataError("pool_features", f"the `n x d` pool the queries index (n > {int(idx.max()) if idx.numel() else 0})",
+            largest = int(idx.max()) if idx.numel() else 0
+            raise InputDataError("pool_features", f"the `n x d` pool the queries index (n > {largest})",
                                  tuple(pool.shape))
         return pool[idx]
 
@@ -205,8 +212,11 @@ def make_acquisition(
     if pool_utility is not None:
         pool_utility = check_pool_utility(posterior, pool_utility)
     elif pool is not None:
+        pool = posterior.check_features(pool, "pool")
+        if pool.shape[0] == 0:  # named here: optimize_queries reports it as its reference_pool
+            raise InputDataError("pool", f"a non-empty `n x {posterior.num_features}` pool", "an empty pool")
         with torch.no_grad():
-            pool_utility = posterior.utility(posterior.check_features(pool, "pool"), rater=rater)
+            pool_utility = posterior.utility(pool, rater=rater)
     threshold = None
     if q == 1 and strategy in ("eig", "uncertainty"):
         try:
@@ -233,16 +243,18 @@ def make_acquisition(
 
 def _check_rater(rater: Any) -> int | None:
     """None (the population) or a rater id (a non-negative integer)."""
-    return None if rater is None else check_int("rater", rater, minimum=0, expected="None or a rater id (an integer >= 0)")
+    if rater is None:
+        return None
+    return check_int("rater", rater, minimum=0, expected="None or a rater id (an integer >= 0)")
 
 
 def _check_pool(pool_features: Any, d: int, query_type: str) -> Tensor:
     if pool_features is None:
         raise InputDataError("pool_features", f"an `n x {d}` tensor of candidate items", None)
-    pool = torch.as_tensor(pool_features) if not isinstance(pool_features, Tensor) else pool_features
-    if pool.dim() == 2 and pool.shape[0] == 0:
+    # check_features reads lists and arrays in double: through float32, items 1e-9 apart would merge.
+    pool = check_features(pool_features, d, "pool_features").detach()
+    if pool.shape[0] == 0:
         raise InputDataError("pool_features", f"a non-empty `n x {d}` pool", "an empty pool")
-    pool = check_features(pool, d, "pool_features").detach()
     need = 2 if query_type == "pair" else 1
     if pool.shape[0] < need:
         raise InputDataError("pool_features", f"at least {need} items for {query_type} queries", pool.shape[0])
@@ -257,7 +269,9 @@ def _chunked(fn, first: Tensor, second: Tensor | None, U: Tensor, chunk: int) ->
     return torch.cat(out) if out else U.new_zeros(0)
 
 
-def _screen_scores(strategy: str, acq: DrawsAcquisitionFunction, U: Tensor, first: Tensor, second: Tensor, link: str) -> Tensor:
+def _screen_scores(
+    strategy: str, acq: DrawsAcquisitionFunction, U: Tensor, first: Tensor, second: Tensor, link: str
+) -> Tensor:
     """Closed-form value of every pair from the draws' Gaussian moments: `P`."""
     mean, cov = utility_moments(U)
     m, v = pair_moments(mean, cov, first, second)
@@ -432,11 +446,18 @@ def select_queries(
         if num_explore:
             extra = _random_distinct(num_candidates, num_explore, cand, generator)
             cand = torch.cat([cand, extra])
+            args = [U[:, first[extra]]] + ([] if second is None else [U[:, second[extra]]])
             if acq is not None:
-                args = [U[:, first[extra]]] + ([] if second is None else [U[:, second[extra]]])
                 filler = acq.score_draws(*args)
-            else:
-                filler = torch.full((num_explore,), math.nan, dtype=torch.float64)
+            elif strategy == "random":  # a uniform draw, as for the random strategy's own queries
+                filler = torch.rand(num_explore, generator=generator, dtype=torch.float64)
+            else:  # thompson: each query valued under its own pair (or single) of draws, as _thompson's
+                q = 1 if second is None else 2
+                filler = torch.stack([
+                    ThompsonSampling(posterior, generator=generator, query_size=q).score_draws(
+                        *(a[:, i : i + 1] for a in args)).reshape(())
+                    for i in range(num_explore)
+                ])
             scores = torch.cat([scores, filler])
         exploratory = torch.zeros(k, dtype=torch.bool)
         exploratory[k_chosen:] = True
@@ -444,7 +465,8 @@ def select_queries(
         if second is not None:
             indices = torch.stack([first[cand], second[cand]], -1)
             lp = outcome_log_probs(
-                U[:, indices[:, 0]], U[:, indices[:, 1]], link=posterior.link, tie_strength=posterior.tie_strength_draws()
+                U[:, indices[:, 0]], U[:, indices[:, 1]], link=posterior.link,
+                tie_strength=posterior.tie_strength_draws(),
             )
         else:
             indices = first[cand]

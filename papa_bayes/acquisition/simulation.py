@@ -128,7 +128,8 @@ def _check_reserved(field: str, options: dict[str, Any], reserved: tuple[str, ..
     """Keys that run_active_learning sets itself may not be passed again in an options dict."""
     clash = sorted(set(options) & set(reserved))
     if clash:
-        raise InputDataError(field, f"no keys among {reserved} (set them with run_active_learning's own arguments)", clash)
+        raise InputDataError(field, f"no keys among {reserved} (set them with run_active_learning's own arguments)",
+                             clash)
 
 
 def run_active_learning(
@@ -188,6 +189,12 @@ def run_active_learning(
     n = pool.shape[0]
     if n < 2:
         raise InputDataError("pool", "at least 2 items", n)
+    # Checked here, so that the error names the pool passed rather than the user's argument ``x``.
+    if not bool(torch.isfinite(pool).all()):
+        raise InputDataError("pool", "finite `n x d` candidate items", "NaN or inf values")
+    if user.weights is not None and (pool.dim() != 2 or pool.shape[-1] != user.weights.shape[0]):
+        d = user.weights.shape[0]
+        raise InputDataError("pool", f"`n x {d}` candidate items (the user's {d} weights)", tuple(pool.shape))
     num_queries = check_int("num_queries", num_queries)
     num_initial = check_int("num_initial", num_initial, maximum=num_queries,
                             expected=f"between 1 and num_queries ({num_queries})")
@@ -274,7 +281,11 @@ def _record(run, post, pool, w_true, u_pool, best, heldout, truth_probs) -> None
 
 
 def _renormalized(probs: Tensor, num_outcomes: int) -> Tensor:
-    """The first ``num_outcomes`` answer probabilities of `h x o` ``probs``, rescaled to sum to 1: `h x num_outcomes`."""
+    """The first ``num_outcomes`` answer probabilities of `h x o` ``probs``, rescaled to sum to 1.
+
+    Returns:
+        `h x num_outcomes`.
+    """
     kept = probs[..., :num_outcomes]
     # A pair whose every kept outcome has probability 0 (a certain tie) scores 0, not 0/0.
     return kept / kept.sum(-1, keepdim=True).clamp(min=torch.finfo(kept.dtype).tiny)

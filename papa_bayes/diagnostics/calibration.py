@@ -148,22 +148,30 @@ def sbc_ranks(draws: Tensor, truth: Tensor, *, generator: torch.Generator | None
     Args:
         draws: `s x ...` posterior draws (finite).
         truth: `...` true values (finite).
-        generator: breaks ties; None: a generator seeded 0 (the ranks are then
-            reproducible; without ties it draws nothing that matters).
+        generator: breaks ties; needed only when a draw equals the truth. None with
+            ties raises: a fixed default seed would break the ties of every data set of
+            an SBC loop alike (correlated ranks), and the global RNG is hidden state.
+            Pass one generator for the whole loop (as
+            :func:`~papa_bayes.diagnostics.simulation_based_calibration` does).
 
     Returns:
         `...` long ranks in [0, s].
 
     Raises:
         InputDataError: empty draws, a ``truth`` not of the draws' shape without
-            `s`, non-finite values, a ``generator`` that is no CPU ``torch.Generator``.
+            `s`, non-finite values, a ``generator`` that is no CPU ``torch.Generator``,
+            or None while some draw equals the truth.
     """
     draws, truth = _draws_and_truth(draws, truth)
     generator = check_generator("generator", generator, optional=True, cpu=True)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
     below = (draws < truth).sum(0)
     equal = (draws == truth).sum(0)
+    if generator is None:
+        if bool((equal > 0).any()):
+            bad = tuple(torch.nonzero(equal > 0)[0].tolist())
+            raise InputDataError("generator", "a CPU torch.Generator to break the ties of draws equal to the truth",
+                                 f"None with {int(equal[bad])} draw(s) equal to the truth at index {bad}")
+        return below  # no ties: nothing to draw (a given generator draws either way: its stream stays as it was)
     share = torch.rand(truth.shape, generator=generator, dtype=torch.float64)
     return below + torch.floor(share * (equal + 1).to(torch.float64)).long()  # share < 1: at most `equal`
 

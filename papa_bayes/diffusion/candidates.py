@@ -14,6 +14,7 @@ preferred region (:func:`~papa_bayes.diffusion.scale.select_recommendation_scale
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -316,18 +317,28 @@ class DiffusionCandidates(CandidateSource):
             path: folder to save the fine-tuned model in (``save_finetuned``); None:
                 keep it in memory only.
             options: passed to :func:`~papa_bayes.diffusion.distill_guidance`
-                (``num_samples``, ``steps``, ``lr``, ``lora_rank``, ...).
+                (``num_samples``, ``steps``, ``lr``, ``lora_rank``, ...); its ``model``,
+                ``guidance`` and ``generator`` are this source's model, its guidance
+                and ``generator``.
 
         Returns:
             The fine-tuned model, also kept as :attr:`finetuned` for :meth:`recommend`.
 
         Raises:
-            InputDataError: on a ``path`` that names a file or lies inside one (before
-                any work), or a bad option of :func:`~papa_bayes.diffusion.distill_guidance`.
+            InputDataError: on a ``path`` that names a file or lies inside one, an
+                option :func:`~papa_bayes.diffusion.distill_guidance` does not take or that
+                this method sets itself (all before any work), or a bad option value.
         """
         from papa_bayes.diffusion.finetune import distill_guidance, save_finetuned
         from papa_bayes.diffusion.finetune.io import check_checkpoint_folder
 
+        # Else `model=` or a misspelt option was distill_guidance's TypeError, after the guidance was built.
+        params = inspect.signature(distill_guidance).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            known = sorted(set(params) - {"model", "guidance", "generator"})
+            if unknown := sorted(set(options) - set(known)):
+                raise InputDataError("options", f"options of distill_guidance ({', '.join(known)}); model, guidance "
+                                     "and generator are the source's own", unknown)
         if path is not None:  # before minutes of distillation, not after
             check_checkpoint_folder("path", path)
         g = self.guidance(posterior, generator=generator, keep=False)

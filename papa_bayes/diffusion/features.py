@@ -230,13 +230,14 @@ class MidBlockFeatures(FeatureMap):
     def pooled(self, x: Tensor) -> Tensor:
         """`n x C` spatially averaged mid-block activations (not standardized) of `n x C x h x w` samples.
 
-        The denoiser reads the samples in its own dtype (a bfloat16 one too) and in
-        eval mode; the activations come back in the samples' floating dtype (float32
-        for others).
+        The denoiser reads the samples on its own device, in its own dtype (a bfloat16
+        one too) and in eval mode; the activations come back on the denoiser's device,
+        in the samples' floating dtype (float32 for others).
         """
         x = self._check_samples("x", x)
         out_dtype = x.dtype if x.is_floating_point() else torch.float32
-        x = x.to(self.model.dtype)  # differentiable: guidance's gradient reaches the caller's dtype
+        # Differentiable: guidance's gradient reaches the caller's device and dtype.
+        x = x.to(self.model.device, self.model.dtype)
         captured: list[Tensor] = []
 
         def hook(_module, _inputs, output):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 from pathlib import Path
 
@@ -15,12 +17,28 @@ from papa_bayes.exceptions import InputDataError
 __all__ = ["image_grid", "save_image_grid"]
 
 
-def _image_formats() -> set[str]:
-    """File extensions ``matplotlib.image.imsave`` writes: its vector formats and Pillow's writers."""
+@functools.cache
+def _image_formats() -> frozenset[str]:
+    """File extensions ``matplotlib.image.imsave`` writes: its vector formats and Pillow's RGBA writers.
+
+    imsave hands Pillow an RGBA image (gray images too, through the colormap) and
+    drops the alpha for JPEG only; Pillow's other writers that cannot store RGBA
+    (PCX, MSP, XBM, Palm, BLP, MPO, ...) or have no handler installed (GRIB, HDF5,
+    WMF, ...) failed with Pillow's own error. Each writer is tried once, on a tiny
+    image, as imsave calls it.
+    """
     import PIL.Image
 
     PIL.Image.init()
-    return {"pdf", "ps", "eps", "svg", "jpg"} | {name.lower() for name in PIL.Image.SAVE}
+    probe = PIL.Image.new("RGBA", (4, 4))
+    writers = set()
+    for name in PIL.Image.SAVE:
+        try:
+            probe.save(io.BytesIO(), format=name, dpi=(100, 100))
+        except Exception:  # each plugin words its refusal its own way: OSError, ValueError, ...
+            continue
+        writers.add(name.lower())
+    return frozenset({"pdf", "ps", "eps", "svg", "jpg", "jpeg"} | writers)
 
 
 def image_grid(images: Tensor, *, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -55,7 +73,8 @@ def save_image_grid(images: Tensor, path: str | Path, *, ncol: int | None = None
 
     ``ncol`` is :func:`image_grid`'s; ``upscale`` (>= 1) is the side in PNG pixels of one image pixel.
     The images have 1 (gray), 3 (RGB) or 4 (RGBA) channels; ``path`` ends in an
-    image format matplotlib writes (``.png``; ``.jpg``, ``.pdf``, ``.svg``, ...).
+    image format matplotlib writes in RGBA (``.png``; ``.jpg``, ``.pdf``, ``.svg``, ``.tiff``,
+    ``.webp``, ...; the error on another lists those this Pillow writes).
 
     Raises:
         InputDataError: on bad images (see :func:`image_grid`) or channel count, a
@@ -66,7 +85,8 @@ def save_image_grid(images: Tensor, path: str | Path, *, ncol: int | None = None
     upscale = check_int("upscale", upscale)
     out = check_path("path", path)
     if out.suffix.lower().lstrip(".") not in _image_formats():
-        raise InputDataError("path", "a file name ending in an image format (e.g. .png)", str(out))
+        formats = ", ".join(f".{name}" for name in sorted(_image_formats()))
+        raise InputDataError("path", f"a file name ending in an image format matplotlib writes ({formats})", str(out))
     if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] not in (1, 3, 4):
         raise InputDataError("images", "1 (gray), 3 (RGB) or 4 (RGBA) channels", images.shape[1])
     grid = image_grid(images, ncol=ncol)

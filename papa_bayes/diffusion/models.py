@@ -26,6 +26,24 @@ from papa_bayes.exceptions import InputDataError, ModelError
 __all__ = ["DiffusionModel", "PixelDiffusion", "LatentDiffusion"]
 
 
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether ``a`` and ``b`` name the same device, an index-less one (``"cuda"``) read as the current one.
+
+    ``torch.device("cuda") != torch.device("cuda:0")``, though a tensor moved to the
+    first lands on the second (and ``"cpu"`` on ``"cpu:0"``'s one CPU).
+    """
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and _device_index(a) == _device_index(b)
+
+
+def _device_index(device: torch.device) -> int:
+    if device.index is not None:
+        return device.index
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.current_device()
+    return 0
+
+
 #: The scheduler outputs the sampler reads (``prediction_type``).
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 

@@ -315,6 +315,7 @@ def sample(
             integer >= 1, more steps than training timesteps or too few to start
             in the upper half of them, an ``eta`` outside
             `[0, 1]`, an ``initial_noise`` of the wrong shape or not finite, a
+            ``return_trajectory`` or ``progress_bar`` that is not True or False, a
             ``generator`` that is not a torch.Generator on the CPU or the model's
             device, or a ``guidance`` that is not a Guidance.
     """
@@ -325,6 +326,8 @@ def sample(
     # eta > 1 asks for a negative variance: NaN samples
     eta = check_float("eta", eta, maximum=1.0, inclusive_maximum=True)
     progress_bar = check_bool("progress_bar", progress_bar)
+    # A truthy "no" kept every x_t, `(T + 1)` times the samples' memory.
+    return_trajectory = check_bool("return_trajectory", return_trajectory)
     if guidance is not None and not all(callable(getattr(guidance, hook, None)) for hook in _GUIDANCE_HOOKS):
         raise InputDataError("guidance", "None or a Guidance", type(guidance).__name__)
     shape = (num_samples, *model.sample_shape)
@@ -347,15 +350,17 @@ def sample(
     # DDIM draws no step noise at eta 0: the caller's generator then advances by the initial noise alone.
     stochastic = isinstance(scheduler, DDPMScheduler) or eta > 0
     step_generators = _step_noise_generators(generator, num_samples) if stochastic else None
-    with eval_mode(model):
+    total = math.ceil(num_samples / batch_size) * len(scheduler.timesteps)
+    # The bar closes when a step raises too (a guidance's error, a NaN feature): else it stays half drawn.
+    with eval_mode(model), tqdm(total=total, desc="sampling", disable=not progress_bar, leave=False) as bar:
         return _sample_batches(model, scheduler, initial_noise, guidance, guidance_gen, step_generators,
-                               step_kwargs, batch_size, return_trajectory, progress_bar)
+                               step_kwargs, batch_size, return_trajectory, bar)
 
 
 def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor, guidance: Guidance | None,
                     guidance_gen: torch.Generator | None, step_generators: list[torch.Generator] | None,
                     step_kwargs: dict[str, Any], batch_size: int, return_trajectory: bool,
-                    progress_bar: bool) -> SamplerOutput:
+                    bar: Any) -> SamplerOutput:
     """The loop of :func:`sample`, on checked arguments, batch by batch."""
     device, dtype = model.device, model.dtype
     num_samples = initial_noise.shape[0]
@@ -363,8 +368,6 @@ def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     images, samples, trajectories, objectives = [], [], [], []
     norms = torch.zeros(len(timesteps), dtype=torch.float64)
-    bar = tqdm(total=math.ceil(num_samples / batch_size) * len(timesteps), desc="sampling",
-               disable=not progress_bar, leave=False)
     for start in range(0, num_samples, batch_size):
         x = initial_noise[start:start + batch_size].to(device, dtype)
         batch_model = model.for_samples(start, start + x.shape[0], num_samples)  # per-sample conditioning sliced
@@ -393,7 +396,6 @@ def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor
             trajectories.append(torch.stack(traj))
         if guidance is not None:
             objectives.append(guidance.final_objective(batch_model, x))
-    bar.close()
     return SamplerOutput(
         images=torch.cat(images),
         samples=torch.cat(samples),

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from papa_bayes.checks import check_bool, check_float, check_generator, check_int, renamed_option, shape_of
 from papa_bayes.diffusion.guidance import Guidance
-from papa_bayes.diffusion.metrics import knn_radii, manifold_membership
+from papa_bayes.diffusion.metrics import _check_points, knn_radii, manifold_membership
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.objectives import PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
@@ -55,12 +55,19 @@ class ManifoldGuard:
         radius_scale = check_float("radius_scale", radius_scale, strict=True)
         if not isinstance(reference, Tensor):
             raise InputDataError("reference", "a tensor of shape `m x ...`", type(reference).__name__)
+        if reference.is_complex():  # the float32 copy would drop the imaginary parts with torch's warning only
+            raise InputDataError("reference", "a real tensor of shape `m x ...`", str(reference.dtype))
         self.reference = reference.detach().to("cpu", torch.float32)
         self.radii = knn_radii(self.reference, k=k) * radius_scale
 
     def __call__(self, images: Tensor, *, radius_scale: float = 1.0) -> Tensor:
         """`n` bool: which images lie on the reference manifold (balls times ``radius_scale`` > 0)."""
         radius_scale = check_float("radius_scale", radius_scale, strict=True)
+        # Checked here, under the caller's name: manifold_membership would call them "samples".
+        _check_points("images", images)
+        if images[0].numel() != self.reference[0].numel():
+            raise InputDataError("images", f"{self.reference[0].numel()} values per image like the reference",
+                                 images[0].numel())
         return manifold_membership(images, self.reference, radii=self.radii * radius_scale)
 
     def precision(self, images: Tensor, *, radius_scale: float = 1.0) -> float:

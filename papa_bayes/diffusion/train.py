@@ -103,28 +103,29 @@ def train_base_model(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start, running = time.time(), None
-    bar = tqdm(range(steps), desc="train base UNet", disable=not progress_bar)
-    for i in bar:
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen).to(device)
-        x0 = data[idx]
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        # Warm the average up quickly so that short runs still save a useful model.
-        decay = min(ema_decay, (1 + i) / (10 + i))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if i % 20 == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
+    # Closed when a step raises too: an open bar would garble what is printed next.
+    with tqdm(range(steps), desc="train base UNet", disable=not progress_bar) as bar:
+        for i in bar:
+            idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen).to(device)
+            x0 = data[idx]
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
+            a = alphas[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            # Warm the average up quickly so that short runs still save a useful model.
+            decay = min(ema_decay, (1 + i) / (10 + i))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), unet.parameters()):
+                    pe.lerp_(p, 1 - decay)
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{running:.4f}")
     seconds = time.time() - start
     out.mkdir(parents=True, exist_ok=True)
     # float16 storage halves the committed size; load_base_model casts back to float32.

@@ -15,6 +15,7 @@ jittered per chain, like the linear model's NUTS starts at its Laplace mode.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,6 +123,24 @@ class _Target:
     def potential(self, p: dict[str, Tensor]) -> Tensor:
         return -self.log_density(p)
 
+    def log_jacobian(self, p: dict[str, Tensor]) -> Tensor:
+        """log |d constrained / d unconstrained| of :meth:`constrained`: the terms :meth:`log_density` adds."""
+        out = p["log_lengthscale"].sum(-1) + p["log_outputscale"]  # d(floor + e^x)/dx = e^x, d(e^x)/dx = e^x
+        if self.with_ties:
+            out = out + p["log_tie_strength"]
+        return out
+
+    def log_joint(self, p: dict[str, Tensor]) -> Tensor:
+        """log p(hyperparameters, whitened utilities, data) in the model's own (constrained) coordinates.
+
+        What the Pyro models report as ``lp`` (``log_joint``: normalized priors of the
+        latent sites as sampled, no Jacobian): :meth:`log_density` without the
+        Jacobian of the log transforms and with N(0, I)'s normalizing constant for
+        the `M` whitened utilities ``z``, so ``lp`` reads the same across models
+        and does not depend on NUTS's parametrization.
+        """
+        return self.log_density(p) - self.log_jacobian(p) - 0.5 * self.M * math.log(2 * math.pi)
+
 
 def _anchors(X: Tensor, data: PreferenceData, previous: Tensor | None, seed: int) -> tuple[Tensor, Tensor]:
     """Distinct observed items (previous anchors first) and each item's anchor index."""
@@ -176,7 +195,8 @@ def fit_nuts_draws(
 
     Returns:
         dict with ``hyper`` (`chain x draw x ...`), ``anchors`` `M x d`,
-        ``anchor_draws`` `s x M`, ``anchor_chol`` `s x M x M`, ``lp`` and
+        ``anchor_draws`` `s x M`, ``anchor_chol`` `s x M x M`, ``lp`` (the log joint
+        density in constrained coordinates, :meth:`_Target.log_joint`) and
         ``diverging`` (`chain x draw`), ``last`` (warm start for ``update``),
         ``diagnostics``.
     """
@@ -218,7 +238,7 @@ def fit_nuts_draws(
         hyper_flat = target.constrained(flat)
         L = target.cholesky(hyper_flat["lengthscale"], hyper_flat["outputscale"])
         u = (L @ flat["utility_whitened"].unsqueeze(-1)).squeeze(-1)
-        lp = target.log_density(flat).reshape(num_chains, num_samples)
+        lp = target.log_joint(flat).reshape(num_chains, num_samples)
     hyper = {k: v.reshape(num_chains, num_samples, *v.shape[1:]) for k, v in hyper_flat.items()}
     rhat = {k: float(split_gelman_rubin(v).max()) for k, v in hyper.items()}
     ess = {k: float(effective_sample_size(v).min()) for k, v in hyper.items()}

@@ -11,7 +11,7 @@ from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.gp_paths import PathwiseDraws
 from papa_bayes.checks import check_int
-from papa_bayes.inference.posterior import RewardPosterior, check_data
+from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_std
 from papa_bayes.models.gp import FeatureStandardizer
 from papa_bayes.models.likelihoods import comparison_distribution, comparison_outcome, rating_distribution, rating_outcome
 
@@ -109,7 +109,7 @@ class GPPosterior(RewardPosterior):
 
     def utility_mean_std(self, features: Tensor, *, rater: int | None = None) -> tuple[Tensor, Tensor]:
         features = self.check_features(features)
-        return self.utility_mean(features, rater=rater), self.utility(features, rater=rater).std(0)
+        return self.utility_mean(features, rater=rater), draws_std(self.utility(features, rater=rater))
 
     def _flat(self, name: str) -> Tensor | None:
         v = self.hyperparameters.get(name)
@@ -176,7 +176,15 @@ class GPPosterior(RewardPosterior):
     # ----------------------------------------------------------------- ArviZ
     @property
     def sample_stats(self) -> dict[str, Tensor]:
-        """Per-draw statistics for ArviZ's ``sample_stats`` group (``lp`` by default), name -> `chain x draw`."""
+        """Per-draw statistics for ArviZ's ``sample_stats`` group, name -> `chain x draw`.
+
+        ``lp``: for NUTS, the log joint density of the data and the sampled latent
+        values in the model's own coordinates (hyperparameter priors, N(0, I) of the
+        whitened utilities of the observed items, likelihood; no Jacobian of NUTS's
+        unconstrained space), as the Pyro models' ``lp``; for ELBO and Laplace fits,
+        the log-likelihood plus the hyperparameters' log prior. ``diverging``: NUTS's
+        divergences (all False for ELBO and Laplace).
+        """
         if self._sample_stats is None:
             self._sample_stats = self._default_sample_stats()
         return self._sample_stats

@@ -27,7 +27,8 @@ from papa_bayes.models.likelihoods import comparison_log_probs, log_cdf
 if TYPE_CHECKING:
     import arviz
 
-__all__ = ["RewardPosterior", "PosteriorDrawsModel", "DrawsPosterior", "DrawsSampler", "check_data", "check_features", "check_posterior"]
+__all__ = ["RewardPosterior", "PosteriorDrawsModel", "DrawsPosterior", "DrawsSampler", "check_data", "check_features",
+           "check_posterior", "draws_std"]
 
 
 def check_features(features: Any, d: int, name: str = "features") -> Tensor:
@@ -48,6 +49,17 @@ def check_features(features: Any, d: int, name: str = "features") -> Tensor:
     if not bool(torch.isfinite(features.detach()).all()):
         raise InputDataError(name, "finite values", "NaN or inf")
     return features
+
+
+def draws_std(draws: Tensor) -> Tensor:
+    """Standard deviation over the `s` draws of `s x ...` ``draws``, or InputDataError for one draw.
+
+    One draw has no spread: ``Tensor.std`` would return NaN (with only a warning).
+    """
+    if draws.shape[0] < 2:
+        raise InputDataError("num_samples", "at least 2 posterior draws for a standard deviation (refit with "
+                             "num_samples >= 2)", f"a posterior of {draws.shape[0]} draw")
+    return draws.std(0)
 
 
 def check_posterior(posterior: Any) -> RewardPosterior:
@@ -165,9 +177,13 @@ class RewardPosterior(ABC):
         return log_cdf(u - self.like_threshold_draws().to(u).unsqueeze(-1), self.link).exp()
 
     def utility_mean_std(self, features: Tensor, *, rater: int | None = None) -> tuple[Tensor, Tensor]:
-        """Posterior mean and standard deviation of the utility: two `n` tensors."""
+        """Posterior mean and standard deviation of the utility: two `n` tensors.
+
+        Raises:
+            InputDataError: a posterior of one draw (``num_samples=1``), which has no standard deviation.
+        """
         u = self.utility(self.check_features(features), rater=rater)
-        return u.mean(0), u.std(0)
+        return u.mean(0), draws_std(u)
 
     def as_botorch_model(self, *, rater: int | None = None) -> PosteriorDrawsModel:
         """A BoTorch ``Model`` whose posterior at ``X`` holds the utility draws."""

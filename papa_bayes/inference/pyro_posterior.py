@@ -9,7 +9,7 @@ from torch import Tensor
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.inference.posterior import RewardPosterior, check_data
+from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_std
 from papa_bayes.models.base import PyroRewardModel
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ class PyroPosterior(RewardPosterior):
             (``s = chain * draw``; Pyro's ``MCMC.get_samples()`` layout, what
             ``Predictive(model, posterior_samples=post.params)`` takes).
         sample_stats: ArviZ-named sampler statistics (``lp``, ``diverging``, ...),
-            each `chain x draw`.
+            each `chain x draw`; ``lp`` is the model's ``log_joint`` of the draw
+            (log prior of the latent sites in their own, constrained units plus the
+            log-likelihood; no Jacobian of NUTS's unconstrained space).
         method: ``"nuts"``, ``"svi"`` or ``"laplace"``.
         state: what the method needs for a warm-started :meth:`update`.
         diagnostics: method-specific diagnostics (R-hat, ESS, ELBO trace, Newton steps).
@@ -85,8 +87,8 @@ class PyroPosterior(RewardPosterior):
         return self.draws(site).mean(0)
 
     def std(self, site: str) -> Tensor:
-        """Posterior standard deviation of a latent or derived site: `shape`."""
-        return self.draws(site).std(0)
+        """Posterior standard deviation of a latent or derived site: `shape` (InputDataError for one draw)."""
+        return draws_std(self.draws(site))
 
     def draws(self, site: str) -> Tensor:
         """All draws of a latent or derived site (e.g. ``"w"``): `s x shape`."""

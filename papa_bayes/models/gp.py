@@ -42,6 +42,7 @@ from papa_bayes.models.gp_kernels import (  # noqa: F401  (re-exported: the GP's
     DTYPE,
     KERNELS,
     FeatureStandardizer,
+    check_kernel,
     check_prior,
     check_single_rater,
     default_lengthscale_prior,
@@ -388,9 +389,7 @@ class PreferenceGP:
     ) -> None:
         self.link = check_link(link)
         self.ties = check_bool("ties", ties)
-        if kernel not in KERNELS:
-            raise ModelError(f"kernel: expected one of {KERNELS}, got {kernel!r}.")
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
         self.num_inducing = check_int("num_inducing", num_inducing)
         self.learn_inducing_locations = check_bool("learn_inducing_locations", learn_inducing_locations)
         self.lengthscale_prior = check_prior("lengthscale_prior", lengthscale_prior)

@@ -27,6 +27,7 @@ __all__ = [
     "DTYPE",
     "KERNELS",
     "FeatureStandardizer",
+    "check_kernel",
     "check_prior",
     "check_single_rater",
     "default_lengthscale_prior",
@@ -43,6 +44,13 @@ DTYPE = torch.float64
 
 
 # ---------------------------------------------------------------- kernel and priors
+def check_kernel(kernel: object, name: str = "kernel") -> str:
+    """``kernel`` if it is one of :data:`KERNELS`, else InputDataError (a bad option, not a model limitation)."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise InputDataError(name, f"one of {KERNELS}", repr(kernel))
+    return kernel
+
+
 def check_prior(name: str, prior: object) -> gpytorch.priors.Prior | None:
     """A GPyTorch prior or None (the default prior), or InputDataError."""
     if prior is not None and not isinstance(prior, gpytorch.priors.Prior):
@@ -90,8 +98,7 @@ def make_kernel(
     are) and must fit the `1 x d` lengthscales and the scalar outputscale, else
     :class:`InputDataError` names them.
     """
-    if kind not in KERNELS:
-        raise ModelError(f"kernel: expected one of {KERNELS}, got {kind!r}.")
+    check_kernel(kind, "kind")
     d = check_int("d", d)
     check_prior("lengthscale_prior", lengthscale_prior)
     check_prior("outputscale_prior", outputscale_prior)

@@ -28,7 +28,7 @@ from torch import Tensor
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.checks import check_bool, check_float
-from papa_bayes.models.gp_kernels import KERNELS, FeatureStandardizer, check_prior, check_single_rater, make_kernel
+from papa_bayes.models.gp_kernels import FeatureStandardizer, check_kernel, check_prior, check_single_rater, make_kernel
 from papa_bayes.models.likelihoods import check_link
 
 if TYPE_CHECKING:
@@ -90,9 +90,7 @@ class PairwiseGPReward:
         jitter: float = 1e-6,
     ) -> None:
         self.link = check_link(link)
-        if kernel not in KERNELS:
-            raise ModelError(f"kernel: expected one of {KERNELS}, got {kernel!r}.")
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel)
         self.lengthscale_prior = check_prior("lengthscale_prior", lengthscale_prior)
         self.outputscale_prior = check_prior("outputscale_prior", outputscale_prior)
         self.standardize = check_bool("standardize", standardize)

@@ -37,9 +37,9 @@ LINKS = ("logit", "probit")
 
 
 def check_link(link: str) -> str:
-    """``link`` if it is ``"logit"`` or ``"probit"``, else ModelError."""
+    """``link`` if it is ``"logit"`` or ``"probit"``, else InputDataError (a bad argument, as an unknown kernel)."""
     if not isinstance(link, str) or link not in LINKS:
-        raise ModelError(f"link: expected one of {LINKS}, got {link!r}.")
+        raise InputDataError("link", f"one of {LINKS}", repr(link))
     return link
 
 

@@ -218,6 +218,22 @@ def test_finetune_checks_its_path_before_distilling(tmp_path, pixel_model, monke
         src.finetune(post, generator=torch.Generator().manual_seed(0), path=tmp_path / "taken")
 
 
+@pytest.mark.parametrize("option", ["model", "guidance", "stepz"])
+def test_finetune_refuses_options_it_sets_itself_or_distillation_lacks(pixel_model, option):
+    """finetune(post, generator=g, model=m) was distill_guidance's TypeError "got multiple values for argument
+    'model'" (a misspelt option its "unexpected keyword argument"), after the guidance was built."""
+    from papa_bayes.diffusion import ManifoldGuard, PCAFeatures
+    from papa_bayes.exceptions import InputDataError
+
+    phi = PCAFeatures.fit(torch.randn(16, 1, 8, 8), num_features=2)
+    src = DiffusionCandidates(pixel_model, phi, ManifoldGuard(torch.randn(16, 1, 8, 8)), scale=0.5, num_base=4,
+                              pool_steps=2)
+    post = fit(LinearReward(rationality=1.0), PreferenceData(items=torch.randn(4, 2, dtype=torch.float64),
+                                                             comparisons=torch.tensor([[0, 1]])), method="laplace")
+    with pytest.raises(InputDataError, match=rf"^options: .*steps.*got \['{option}'\]"):
+        src.finetune(post, generator=torch.Generator().manual_seed(0), **{option: pixel_model})
+
+
 def _pixel_source(pixel_model, **kwargs):
     from papa_bayes.diffusion import ManifoldGuard, PCAFeatures
 

@@ -371,3 +371,17 @@ def test_midblock_projects_on_every_component_when_asked_for_all_of_them(pixel_m
     raw = MidBlockFeatures(pixel_model).fit(samples)  # None: the standardized channels themselves
     variances = torch.diag(torch.cov(raw(samples).T.double()))
     torch.testing.assert_close(variances, torch.ones(channels, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_midblock_pooled_moves_the_samples_to_the_denoisers_device(make_pixel_model, images):
+    """pooled() ran the denoiser on the caller's device: CPU samples met a CUDA model ("not on the expected device").
+
+    The meta device stands in for a GPU: it checks devices as CUDA does, on any machine.
+    """
+    model = make_pixel_model()
+    mid = MidBlockFeatures(model, num_features=3).fit(images)
+    torch.nn.Module.to(model.unet, "meta")
+    acts = mid.pooled(images[:4])
+    assert acts.device.type == "meta" and tuple(acts.shape) == (4, mid.channels)
+    z = mid(images[:4])  # forward reads pooled(): the same samples map too
+    assert z.device.type == "meta" and tuple(z.shape) == (4, 3)

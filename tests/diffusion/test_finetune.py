@@ -694,6 +694,49 @@ def test_the_frozen_reference_is_an_eval_copy_of_a_denoiser_in_train_mode(make_p
     assert lora.model.unet.training  # back in training after the reference pass
 
 
+def test_a_device_named_without_its_index_is_the_one_the_reference_is_on(pixel_model, monkeypatch):
+    """device="cuda" met a reference on "cuda:0" (torch.device("cuda") != torch.device("cuda:0")): a needless
+    deep copy of the reference denoiser. "cpu:0" against the CPU shows the same on any machine."""
+    from papa_bayes.diffusion.finetune.common import TrainingCopy
+
+    assert TrainingCopy.create(pixel_model, device="cpu:0", generator=gen(0)).reference is pixel_model
+    from papa_bayes.diffusion.models import same_device
+
+    assert same_device("cpu", torch.device("cpu:0")) and not same_device("cpu", "meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # "cuda" is the current GPU, here the second
+    assert same_device("cuda", "cuda:1") and not same_device("cuda", "cuda:0") and not same_device("cuda:1", "cpu")
+
+
+def test_the_training_bar_is_closed_when_a_step_raises(pixel_model, monkeypatch):
+    """The bar is closed by the loop itself when a step raises, not by the garbage collector finalizing
+    tqdm's iterator (which CPython happens to do at once; another interpreter need not)."""
+    import tqdm.auto
+
+    import papa_bayes.diffusion.finetune.common as common
+
+    bars = []
+
+    class RecordedBar(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.was_closed = False
+            bars.append(self)
+
+        def close(self):
+            self.was_closed = True
+            super().close()
+
+    def failing_step(i):
+        raise RuntimeError("the step failed")
+
+    monkeypatch.setattr(common, "tqdm", RecordedBar)
+    run = common.TrainingCopy.create(pixel_model, generator=gen(0))
+    with pytest.raises(RuntimeError, match="the step failed"):
+        run.train(failing_step, steps=3, lr=1e-3, desc="test", progress_bar=True)
+    assert len(bars) == 1 and bars[0].was_closed
+
+
 def test_save_finetuned_checks_its_notes_before_writing(pixel_model, tmp_path):
     """Notes JSON cannot write raised a raw TypeError after the weights were written."""
     for info in ({(1, 2): "pair key"}, {1: "int key"}, {"nested": {(1, 2): 3}}):

@@ -64,3 +64,15 @@ def test_save_image_grid_checks_channels_and_path(tmp_path, images, name, field)
 def test_image_grid_accepts_a_0d_integer_tensor_as_ncol():
     """check_int accepts a 0-d integer tensor; the layout then failed in divmod with a TypeError."""
     assert image_grid(IMAGES, ncol=torch.tensor(3)).shape == image_grid(IMAGES, ncol=3).shape == (19, 28)
+
+
+@pytest.mark.parametrize("suffix", ["pcx", "msp", "xbm", "palm", "mpo"])
+def test_save_image_grid_refuses_writers_that_cannot_store_its_rgba_image(tmp_path, suffix):
+    """Every Pillow writer counted as a format, but imsave hands Pillow an RGBA image: "Cannot save RGBA images
+    as PCX" (Pillow's OSError or ValueError) after the check had let the name through."""
+    with pytest.raises(InputDataError, match=r"^path: .*\.png.*\.tiff") as info:
+        save_image_grid(IMAGES, tmp_path / f"g.{suffix}")
+    assert info.value.field == "path" and f".{suffix}," not in str(info.value).split("got")[0]
+    assert not (tmp_path / f"g.{suffix}").exists()
+    for fine in ("g.tiff", "g.bmp", "g.jpeg"):
+        assert save_image_grid(IMAGES, tmp_path / fine).is_file()

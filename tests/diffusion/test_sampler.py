@@ -327,3 +327,53 @@ def test_learned_variance_denoisers_are_refused_when_the_model_is_built(make_pix
     for variance_type in ("fixed_small", "fixed_large"):  # the fixed variances stay supported
         model = PixelDiffusion(narrow, DDPMScheduler(variance_type=variance_type, clip_sample=False))
         assert bool(torch.isfinite(sample(model, 2, num_inference_steps=3, progress_bar=False).samples).all())
+
+
+def test_the_progress_bar_is_closed_when_a_guided_step_raises(pixel_model, monkeypatch):
+    """The sampling bar was closed after the loop only: a guidance that raised left it open (half drawn, in a
+    notebook for as long as the traceback lived)."""
+    import tqdm.auto
+
+    import papa_bayes.diffusion.sampler as sampler
+
+    bars = []
+
+    class RecordedBar(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.was_closed = False
+            bars.append(self)
+
+        def close(self):
+            self.was_closed = True
+            super().close()
+
+    class FailingGuidance:  # what sample() calls on a guidance; guide() fails at the first step
+        def begin_trajectory(self, gains):
+            pass
+
+        def begin_batch(self, n, *, generator, device):
+            pass
+
+        def acts_at(self, step, num_steps):
+            return True
+
+        def guide(self, *args, **kwargs):
+            raise RuntimeError("the guidance failed")
+
+        def final_objective(self, model, x):
+            pass
+
+    monkeypatch.setattr(sampler, "tqdm", RecordedBar)
+    with pytest.raises(RuntimeError, match="the guidance failed"):
+        sample(pixel_model, 2, num_inference_steps=3, guidance=FailingGuidance(), generator=gen(0))
+    assert len(bars) == 1 and bars[0].was_closed
+
+
+@pytest.mark.parametrize("flag", ["no", "False", 2, None])
+def test_return_trajectory_is_true_or_false(pixel_model, flag):
+    """return_trajectory="no" was truthy: every x_t was kept, `(T + 1)` times the samples' memory, silently."""
+    with pytest.raises(InputDataError, match="^return_trajectory: expected True or False") as info:
+        sample(pixel_model, 2, num_inference_steps=2, return_trajectory=flag, progress_bar=False)
+    assert info.value.field == "return_trajectory"
+    assert sample(pixel_model, 2, num_inference_steps=2, return_trajectory=1, progress_bar=False).trajectory is not None

@@ -204,6 +204,21 @@ def test_manifold_guard_bad_input():
         ManifoldGuard(ref)(ref, radius_scale=-1.0)
 
 
+def test_manifold_guard_names_its_own_arguments_and_refuses_complex_reference():
+    """guard(images) blamed bad images on "samples", a name the caller never used; a complex reference lost
+    its imaginary part with only torch's warning."""
+    ref = torch.randn(10, 1, 8, 8, generator=gen(0))
+    guard = ManifoldGuard(ref)
+    for bad in (torch.randn(3, 1, 8, 7), torch.full((3, 1, 8, 8), float("nan")), ref[:0], ref.numpy()):
+        for check in (guard, guard.precision):
+            with pytest.raises(InputDataError, match="^images: expected") as info:
+                check(bad)
+            assert info.value.field == "images"
+    with pytest.raises(InputDataError, match=r"^reference: expected a real tensor .*complex64") as info:
+        ManifoldGuard(ref.to(torch.complex64) + 1j)
+    assert info.value.field == "reference"
+
+
 def test_scale_rules_check_model_guidance_guard_and_pool_before_sampling(pixel_model, monkeypatch):
     import papa_bayes.diffusion.scale as scale_module
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from papa_bayes.checks import caller_stacklevel, check_bool, check_device, check_float, check_generator, check_int, shape_of
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows, eval_mode
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows, eval_mode, same_device
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
@@ -213,7 +213,7 @@ def _frozen_on(model: DiffusionModel, device: torch.device) -> DiffusionModel:
     A denoiser in train mode (dropout) would give a reference no seed fixes; the
     caller's model keeps its mode.
     """
-    if model.device == device and not any(m.training for m in model.unet.modules()):
+    if same_device(model.device, device) and not any(m.training for m in model.unet.modules()):
         return model
     out = copy.copy(model)
     out.unet = copy.deepcopy(model.unet).to(device).eval().requires_grad_(False)
@@ -423,25 +423,25 @@ class TrainingCopy:
         seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().set_state(self.generator.get_state())))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            bar = tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False)
-            for i in bar:
-                loss, logs = step(i)
-                if not isinstance(loss, Tensor) or loss.numel() != 1:
-                    raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
-                                         shape_of(loss))
-                if not bool(torch.isfinite(loss)):
-                    raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                opt.step()
-                sched.step()
-                value = float(loss.detach())
-                history.append({"loss": value, **logs})
-                running = value if running is None else 0.95 * running + 0.05 * value
-                if i % 10 == 0:
-                    bar.set_postfix(loss=f"{running:.4g}")
-            bar.close()
+            # Closed when a step raises too (a NaN loss, a bad step): else the bar stays on screen, half drawn.
+            with tqdm(range(steps), desc=desc, disable=not progress_bar, leave=False) as bar:
+                for i in bar:
+                    loss, logs = step(i)
+                    if not isinstance(loss, Tensor) or loss.numel() != 1:
+                        raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
+                                             shape_of(loss))
+                    if not bool(torch.isfinite(loss)):
+                        raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    value = float(loss.detach())
+                    history.append({"loss": value, **logs})
+                    running = value if running is None else 0.95 * running + 0.05 * value
+                    if i % 10 == 0:
+                        bar.set_postfix(loss=f"{running:.4g}")
         return history
 
     def finish(self) -> DiffusionModel:

@@ -23,7 +23,7 @@ import torch
 from papa_bayes.checks import check_device, check_float, check_float_dtype, check_path, read_json_object
 from papa_bayes.diffusion.base import load_base_model, reading_checkpoint
 from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, same_device
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder", "pipeline_index"]
@@ -273,7 +273,7 @@ def load_finetuned(
     if cfg_scale is not None:
         model.cfg_scale = cfg_scale
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
-        if next(model.vae.parameters()).device != torch.device(device):
+        if not same_device(next(model.vae.parameters()).device, device):
             model.vae = copy.deepcopy(model.vae).to(device)
     return model
 
