@@ -84,3 +84,31 @@ def make_latent_model():
 def make_posterior():
     """Factory of stand-in posteriors from `s x d` weight draws."""
     return DrawsPosterior
+
+
+@pytest.fixture
+def recorded_bars(monkeypatch):
+    """``record(module)``: the module's ``tqdm`` records its bars; returns the list they go into.
+
+    Each bar gets ``was_closed``, set when its own ``close`` runs (not by the garbage collector finalizing an
+    iterator, which CPython happens to do at once and another interpreter need not).
+    """
+    import tqdm.auto
+
+    def record(module) -> list:
+        bars = []
+
+        class RecordedBar(tqdm.auto.tqdm):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.was_closed = False
+                bars.append(self)
+
+            def close(self):
+                self.was_closed = True
+                super().close()
+
+        monkeypatch.setattr(module, "tqdm", RecordedBar)
+        return bars
+
+    return record

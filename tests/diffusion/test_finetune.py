@@ -708,29 +708,16 @@ def test_a_device_named_without_its_index_is_the_one_the_reference_is_on(pixel_m
     assert same_device("cuda", "cuda:1") and not same_device("cuda", "cuda:0") and not same_device("cuda:1", "cpu")
 
 
-def test_the_training_bar_is_closed_when_a_step_raises(pixel_model, monkeypatch):
+def test_the_training_bar_is_closed_when_a_step_raises(pixel_model, recorded_bars):
     """The bar is closed by the loop itself when a step raises, not by the garbage collector finalizing
     tqdm's iterator (which CPython happens to do at once; another interpreter need not)."""
-    import tqdm.auto
-
     import papa_bayes.diffusion.finetune.common as common
 
-    bars = []
-
-    class RecordedBar(tqdm.auto.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.was_closed = False
-            bars.append(self)
-
-        def close(self):
-            self.was_closed = True
-            super().close()
+    bars = recorded_bars(common)
 
     def failing_step(i):
         raise RuntimeError("the step failed")
 
-    monkeypatch.setattr(common, "tqdm", RecordedBar)
     run = common.TrainingCopy.create(pixel_model, generator=gen(0))
     with pytest.raises(RuntimeError, match="the step failed"):
         run.train(failing_step, steps=3, lr=1e-3, desc="test", progress_bar=True)

@@ -329,24 +329,12 @@ def test_learned_variance_denoisers_are_refused_when_the_model_is_built(make_pix
         assert bool(torch.isfinite(sample(model, 2, num_inference_steps=3, progress_bar=False).samples).all())
 
 
-def test_the_progress_bar_is_closed_when_a_guided_step_raises(pixel_model, monkeypatch):
+def test_the_progress_bar_is_closed_when_a_guided_step_raises(pixel_model, recorded_bars):
     """The sampling bar was closed after the loop only: a guidance that raised left it open (half drawn, in a
     notebook for as long as the traceback lived)."""
-    import tqdm.auto
-
     import papa_bayes.diffusion.sampler as sampler
 
-    bars = []
-
-    class RecordedBar(tqdm.auto.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.was_closed = False
-            bars.append(self)
-
-        def close(self):
-            self.was_closed = True
-            super().close()
+    bars = recorded_bars(sampler)
 
     class FailingGuidance:  # what sample() calls on a guidance; guide() fails at the first step
         def begin_trajectory(self, gains):
@@ -364,7 +352,6 @@ def test_the_progress_bar_is_closed_when_a_guided_step_raises(pixel_model, monke
         def final_objective(self, model, x):
             pass
 
-    monkeypatch.setattr(sampler, "tqdm", RecordedBar)
     with pytest.raises(RuntimeError, match="the guidance failed"):
         sample(pixel_model, 2, num_inference_steps=3, guidance=FailingGuidance(), generator=gen(0))
     assert len(bars) == 1 and bars[0].was_closed
