@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge:  # a tiny merge, as a tiny run, never replaces the committed results
         return merge(args.merge, RESULTS / "tmp" if args.out is None and args.tiny else args.out, args.name)
     args.labels = sorted(set(args.labels))  # checkpoints in order: labels_to reads the first one that reaches
+    # A repeated seed or method ran again and wrote its rows twice, which the summary (one curve per method and
+    # seed) did not count, and a later merge did ("2/2" seeds for one).
+    args.seeds, args.methods = list(dict.fromkeys(args.seeds)), list(dict.fromkeys(args.methods))
     if args.labels[0] < 0:
         raise InputDataError("--labels", "label counts >= 0", args.labels[0])
     if "papa" in args.methods and args.labels[-1] < 1:  # PAPA fine-tunes on the largest count's base samples

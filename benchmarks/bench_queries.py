@@ -130,6 +130,8 @@ def _check_options(args: argparse.Namespace) -> None:
     """InputDataError naming the option, before hours of runs, for a value that would fail or mislead later."""
     counts("--dims", _ints("--dims", args.dims))
     rationalities = _floats(args.rationalities, "--rationalities")
+    if not rationalities:  # an empty list ran no setting and wrote an empty table over <out>/<name>.*
+        raise InputDataError("--rationalities", "comma-separated numbers", repr(args.rationalities))
     for r in rationalities:
         if not r > 0:
             raise InputDataError("--rationalities", "positive numbers (inf: a noiseless user)", r)
@@ -148,6 +150,13 @@ def _check_options(args: argparse.Namespace) -> None:
                              "model is told the user's rationality; inf only with learned-rationality arms)",
                              args.rationalities)
     one_of("--botorch", [s for s in args.botorch.split(",") if s], BOTORCH_ARMS)
+    # Nothing to run would still write its empty result over <out>/<name>.* (by default the committed one).
+    if not args.skip_protocol and not arms and not [s for s in args.botorch.split(",") if s]:
+        raise InputDataError("--strategies", "at least one arm (here or in --botorch), or --skip-protocol",
+                             repr(args.strategies))
+    if args.skip_protocol and args.skip_speed and args.liked_set_seeds == 0:
+        raise InputDataError("--skip-protocol", "something to run: the protocol, the speed test (no --skip-speed) "
+                             "or the set-valued-taste task (--liked-set-seeds > 0)", "--skip-speed --liked-set-seeds 0")
     if args.botorch_settings != "all":
         for setting in [s for s in args.botorch_settings.split(",") if s]:
             d, _, r = setting.partition(":")
@@ -763,14 +772,20 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
     per-query figures are weighted by the number of runs.
     """
     pieces = sorted(pieces, key=lambda s: s["seeds"][0][0])
+    shown = lambda s: ", ".join(f"{lo}-{hi}" for lo, hi in s["seeds"])  # noqa: E731
+    for i, first in enumerate(pieces):
+        for second in pieces[i + 1:]:
+            if any(lo0 <= hi1 and lo1 <= hi0 for lo0, hi0 in first["seeds"] for lo1, hi1 in second["seeds"]):
+                pooled = [s for s in (first, second) if len(s["seeds"]) > 1]
+                raise InputDataError(
+                    f"merge ({label})",
+                    "runs of one arm on the same seeds (the later file replaces the earlier) or on disjoint ones"
+                    + (": an arm pooled over several seed ranges is replaced only by runs on all of them (merge the "
+                       "reruns into one file first)" if pooled else ""),
+                    f"seeds {shown(first)}{' (pooled)' if len(first['seeds']) > 1 else ''} and "
+                    f"{shown(second)}{' (pooled)' if len(second['seeds']) > 1 else ''}",
+                )
     ranges = sorted(r for s in pieces for r in s["seeds"])
-    for (lo0, hi0), (lo1, hi1) in zip(ranges, ranges[1:]):
-        if hi0 >= lo1:
-            raise InputDataError(
-                f"merge ({label})",
-                "runs of one arm on identical or disjoint seeds",
-                f"seeds {lo0}-{hi0} and {lo1}-{hi1}",
-            )
     ns = [s["num_runs"] for s in pieces]
     total = sum(ns)
     out: dict[str, Any] = {"num_runs": total, "seeds": ranges}

@@ -21,8 +21,8 @@ from torch import Tensor
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
-           "check_int", "check_path", "check_real_tensor", "is_integer_tensor", "plain_array", "read_json_object",
-           "reading", "renamed_option", "shape_of"]
+           "check_int", "check_path", "check_real_tensor", "holds_bool", "is_integer_tensor", "plain_array",
+           "read_json_object", "reading", "renamed_option", "shape_of"]
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
@@ -40,6 +40,13 @@ def shape_of(value: Any) -> Any:
 def is_integer_tensor(value: Any) -> bool:
     """True for a tensor of an integer dtype (not bool, floating or complex)."""
     return isinstance(value, Tensor) and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+
+
+def holds_bool(value: Any) -> bool:
+    """Whether a (nested) list or tuple holds a bool: NumPy and torch read ``[0, True]`` as integers."""
+    if isinstance(value, (list, tuple)):
+        return any(holds_bool(v) for v in value)
+    return isinstance(value, bool) or str(getattr(value, "dtype", None)) in ("bool", "torch.bool")  # NumPy's, torch's
 
 
 def plain_array(value: Any) -> Any:
@@ -73,9 +80,10 @@ def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = 
 
 def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
                 maximum: float | None = None, inclusive_maximum: bool = False, expected: str | None = None) -> float:
-    """``value`` as a finite float in the given range, or InputDataError (also for a bool or str).
+    """``value`` as a finite float in the given range, or InputDataError (also for a bool, a str or an array).
 
-    The range is ``> minimum`` (``strict``) or ``>= minimum``, and, with ``maximum``,
+    NumPy numbers and 0-d tensors or arrays count; an array of one number does not (as in
+    :func:`check_int`). The range is ``> minimum`` (``strict``) or ``>= minimum``, and, with ``maximum``,
     ``< maximum`` or (``inclusive_maximum``) ``<= maximum``. ``expected`` replaces
     the error's wording of the range.
     """
@@ -89,7 +97,9 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
     complex_ = (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)) \
         or getattr(getattr(value, "dtype", None), "kind", None) == "c" \
         or (isinstance(value, Tensor) and value.is_complex())
-    if isinstance(value, (bool, str, bytes)) or numpy_bool or tensor_bool or complex_:  # text, a bool: no real number
+    # An array of one number is refused as check_int refuses it (float() would read a tensor's, not NumPy's).
+    array = getattr(value, "ndim", 0) != 0
+    if isinstance(value, (bool, str, bytes)) or numpy_bool or tensor_bool or complex_ or array:
         raise InputDataError(name, expected, _shown(value))
     try:
         x = float(value)
@@ -132,7 +142,8 @@ def check_device(name: str, value: Any) -> torch.device:
 
 
 def check_bool(name: str, value: Any, *, optional: bool = False) -> bool | None:
-    """``value`` as a bool (NumPy bools and the integers 0 and 1 too; None when ``optional``), or InputDataError.
+    """``value`` as a bool (NumPy bools, 0-d tensors and the integers 0 and 1 too; None when ``optional``), or
+    InputDataError.
 
     ``bool("no")`` is True: text or any other object is refused rather than read by
     its truthiness.
@@ -140,6 +151,8 @@ def check_bool(name: str, value: Any, *, optional: bool = False) -> bool | None:
     if optional and value is None:
         return None
     numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")  # without importing NumPy
+    if isinstance(value, Tensor) and value.dim() == 0 and (value.dtype == torch.bool or is_integer_tensor(value)):
+        value = value.item()  # a 0-d tensor counts, as in check_int; one of several elements does not
     if isinstance(value, bool) or numpy_bool or (isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)
     raise InputDataError(name, "None, True or False" if optional else "True or False", _shown(value))
@@ -156,7 +169,8 @@ def check_generator(name: str, value: Any, *, optional: bool = False, cpu: bool 
 
 
 def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtype | None = torch.float64) -> Tensor:
-    """``value`` as a tensor of real numbers, or InputDataError for text, bools and complex numbers.
+    """``value`` as a tensor of real numbers, or InputDataError for text, bools (among numbers too) and complex
+    numbers.
 
     The result has ``dtype``; with ``dtype=None`` a floating tensor keeps its own
     (anything else, lists of floats too, becomes float64). Gradients are kept: acquisition values are
@@ -171,8 +185,12 @@ def check_real_tensor(name: str, value: Any, expected: str, *, dtype: torch.dtyp
                 t = torch.as_tensor(value, dtype=torch.float64)  # Python floats: parse in double, not float32
         except (TypeError, ValueError, RuntimeError):
             raise InputDataError(name, expected, type(value).__name__) from None
+    shown = expected if "real" in expected else f"{expected} (real numbers)"  # said once
+    if t.dtype != torch.bool and holds_bool(value):
+        # [True, 2] reads as integers: its bool would pass as 1. The error names the bools as an array of
+        # them is named (diagnostics.calibration, which reads bools as 0/1, tells them by that actual).
+        raise InputDataError(name, f"{shown}, not bools among them", str(torch.bool))
     if t.dtype == torch.bool or t.is_complex():
-        shown = expected if "real" in expected else f"{expected} (real numbers)"  # said once
         raise InputDataError(name, shown, str(t.dtype))
     if dtype is None:
         return t if isinstance(value, Tensor) and t.is_floating_point() else t.to(torch.float64)

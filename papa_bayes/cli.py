@@ -46,7 +46,9 @@ def _benchmark(argv: list[str]) -> int:
               file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     name = argv[0] if argv[0].startswith("bench_") or argv[0] == "run_all" else f"bench_{argv[0]}"
-    sys.path.insert(0, str(Path.cwd()))
+    here = str(Path.cwd())
+    if here not in sys.path:  # once: a program calling main() for each benchmark would grow sys.path each time
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(f"benchmarks.{name}")
     except ModuleNotFoundError as err:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, check_path, is_integer_tensor, plain_array, reading
+from papa_bayes.checks import check_int, check_path, holds_bool, is_integer_tensor, plain_array, reading
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["PreferenceData", "check_preference_data"]
@@ -45,7 +45,7 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
             t = torch.as_tensor(value) if array.dtype == object else torch.from_numpy(array)
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
-        if dtype != torch.bool and t.dtype != torch.bool and _holds_bool(value if listed is array else listed):
+        if dtype != torch.bool and t.dtype != torch.bool and holds_bool(value if listed is array else listed):
             # NumPy reads [[0, True]] as integers: a bool among numbers would pass as 1 (an index, a like).
             raise InputDataError(name, "integer dtype" if dtype == torch.long else "a real (floating point) dtype",
                                  "bools among the numbers")
@@ -64,13 +64,6 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
         raise InputDataError(name, "a real (floating point) dtype", str(t.dtype))
     return t.to(dtype, copy=True)
-
-
-def _holds_bool(value: Any) -> bool:
-    """Whether a (nested) list or tuple holds a bool: NumPy and torch read ``[0, True]`` as integers."""
-    if isinstance(value, (list, tuple)):
-        return any(_holds_bool(v) for v in value)
-    return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) in (np.bool_, torch.bool)
 
 
 def _index_rows(name: str, value: Any, expected: str) -> Tensor:
@@ -287,8 +280,8 @@ class PreferenceData:
             items: `n' x d` new items, appended after the existing ones.
             comparisons: `m' x 2` new comparisons, winner first (one pair may be
                 given as a `2` vector).
-            ties: `m'` tie flags of the new comparisons (default False); only with
-                ``comparisons``.
+            ties: `m'` tie flags of the new comparisons (default False; one pair's may
+                be a scalar); only with ``comparisons``.
             ratings: `k' x 2` new (item, +1/-1) rows (one may be a `2` vector).
             comparison_rater / rating_rater: ids of the new rows (one id for all of
                 them may be given as a scalar). Needed when the data already carries
@@ -312,7 +305,12 @@ class PreferenceData:
         carries_ids = self.comparison_rater is not None or self.rating_rater is not None
         if comparisons is not None:
             c = _index_rows("comparisons", comparisons, "m' x 2")
-            t = torch.zeros(c.shape[0], dtype=torch.bool) if ties is None else _as_tensor("ties", ties, torch.bool).reshape(-1)
+            t = torch.zeros(c.shape[0], dtype=torch.bool) if ties is None else _as_tensor("ties", ties, torch.bool)
+            if t.ndim == 0:  # the flag of one pair (given as a `2` vector)
+                t = t.reshape(1)
+            if t.shape != (c.shape[0],):  # an `m' x 1` column is refused, as the constructor refuses it
+                raise InputDataError("ties", f"shape `m'` = ({c.shape[0]},), one flag per new comparison",
+                                     tuple(t.shape))
             new_comps, new_ties = torch.cat([self.comparisons, c]), torch.cat([self.ties, t])
             new_crater = _append_rater("comparison_rater", self.comparison_rater, comparison_rater, c.shape[0],
                                        self.num_comparisons, carries_ids)
@@ -426,6 +424,10 @@ class PreferenceData:
                 raise InputDataError("items", "rows of equal length (`n x d`)", "ragged rows") from None
         else:
             items_t = torch.zeros(0, check_int("num_features", d.get("num_features")), dtype=torch.float64)
+        if d.get("num_features") is not None and items_t.shape[1] != check_int("num_features", d["num_features"]):
+            # a file edited by hand, or two files' fields mixed: the rows and the count disagree
+            raise InputDataError("num_features", f"the length of the items' rows ({items_t.shape[1]})",
+                                 d["num_features"])
         return cls(
             items=items_t,
             comparisons=_json_rows(d["comparisons"], (0, 2)),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import is_integer_tensor, plain_array
+from papa_bayes.checks import holds_bool, is_integer_tensor, plain_array
 from papa_bayes.data import _as_tensor, _OptionalColumn
 from papa_bayes.exceptions import InputDataError
 
@@ -28,12 +28,20 @@ def _rater_ids(field: str, name: str) -> str:
     return f"integer rater ids (map text ids to codes first, e.g. {field}[{name!r}].astype('category').cat.codes)"
 
 
+def _has_column(argument: str, frame: Any, name: Any) -> bool:
+    """Whether ``frame`` has a column ``name``; InputDataError (naming ``argument``) for a name pandas can't look up."""
+    try:
+        return name in frame.columns
+    except TypeError:  # a list or another unhashable value (pandas raises TypeError): no column's name
+        raise InputDataError(argument, "a column name (e.g. a str)", type(name).__name__) from None
+
+
 def _check_frame(field: str, frame: Any, required: dict[str, str]) -> None:
     """InputDataError unless ``frame`` is a DataFrame with the ``required`` columns (argument -> column name)."""
     if not hasattr(frame, "columns"):
         raise InputDataError(field, "a pandas DataFrame", type(frame).__name__)
     for argument, name in required.items():
-        if name not in frame.columns:
+        if not _has_column(argument, frame, name):
             raise InputDataError(field, f"a column named {name!r} (or {argument}= naming the column)",
                                  list(frame.columns))
 
@@ -42,7 +50,7 @@ def _optional_column(argument: str, name: str | None, field: str, frame: Any) ->
     """The column ``argument`` names in ``frame``: None when not asked for or a default name absent."""
     if name is None or (isinstance(name, _OptionalColumn) and name not in frame.columns):
         return None
-    if name not in frame.columns:
+    if not _has_column(argument, frame, name):
         raise InputDataError(argument, f"the name of a column of {field} (it has {list(frame.columns)}) or None",
                              repr(name))
     return name
@@ -54,9 +62,15 @@ def _row(frame: Any, i: int) -> str:
     return f"row {i}" if label == i else f"row {i} (index {label!r})"
 
 
-def _column(field: str, frame: Any, name: str, expected: str) -> Tensor:
-    """Column ``name`` as a tensor (an empty one as `0` long); text or other non-numbers raise InputDataError."""
+def _column(field: str, frame: Any, name: str, expected: str, *, bools_among_numbers: bool = False) -> Tensor:
+    """Column ``name`` as a tensor (an empty one as `0` long); text or other non-numbers raise InputDataError.
+
+    So do bools among numbers in an object column (NumPy reads ``[True, 2]`` as ``[1, 2]``), as the
+    constructor refuses them in a list, unless ``bools_among_numbers`` (a column of flags: 0/1 and bools).
+    """
     column = frame[name]
+    if hasattr(column, "columns"):  # several columns of that name (a concat along columns): a frame, not a column
+        raise InputDataError(f"{field}[{name!r}]", "one column of that name", f"{len(column.columns)} columns")
     values = plain_array(column)
     if len(values) == 0:  # pandas types empty columns float64
         return torch.zeros(0, dtype=torch.long)
@@ -69,7 +83,13 @@ def _column(field: str, frame: Any, name: str, expected: str) -> Tensor:
     if getattr(values, "dtype", None) == object:
         # An object column of bools or ints (after concat, or a column first filled with None) holds
         # numbers all the same: read them as NumPy would a list.
-        inferred = np.array(values.tolist())
+        listed = values.tolist()
+        inferred = np.array(listed)
+        if inferred.dtype.kind in "iuf" and not bools_among_numbers:
+            i = next((i for i, v in enumerate(listed) if holds_bool(v)), None)
+            if i is not None:
+                raise InputDataError(f"{field}[{name!r}]", expected,
+                                     f"bools among the numbers, e.g. {listed[i]!r} in {_row(frame, i)}")
         if inferred.dtype.kind in "biuf":
             values = inferred
     try:
@@ -116,7 +136,8 @@ def dataframe_fields(
         pairs = [_index_column("df", df, c, _ITEM_INDICES) for c in (winner, loser)]
         fields["comparisons"] = torch.stack(pairs, -1)
         if tie_col is not None:
-            fields["ties"] = _as_tensor(f"df[{tie_col!r}]", _column("df", df, tie_col, "bools"), torch.bool)
+            ties = _column("df", df, tie_col, "bools", bools_among_numbers=True)
+            fields["ties"] = _as_tensor(f"df[{tie_col!r}]", ties, torch.bool)
         if rater_col is not None:
             fields["comparison_rater"] = _index_column("df", df, rater_col, _rater_ids("df", rater_col))
     if ratings is not None:
@@ -176,8 +197,8 @@ def dataframe_items(items: Any, fields: dict[str, Any], feature_names: Any) -> t
 
 
 def _is_row_numbers(index: Any) -> bool:
-    """Whether a pandas index is 0, 1, ..., n - 1 in order (a default RangeIndex or the same numbers)."""
-    try:
-        return [int(i) for i in index] == list(range(len(index)))
-    except (TypeError, ValueError):
-        return False
+    """Whether a pandas index is 0, 1, ..., n - 1 in order (a default RangeIndex or the same numbers).
+
+    Compared as numbers, not truncated: the labels 0.5, 1.5 or "0", "1" are item ids, not row numbers.
+    """
+    return all(not holds_bool(i) and isinstance(i, numbers.Real) and i == row for row, i in enumerate(index))

@@ -143,7 +143,9 @@ def _lock_rater(store: Path, rater: int) -> RaterLock | None:
     """
     try:
         return lock_rater(store, rater)
-    except StoreError:
+    except StoreError as err:
+        if isinstance(err.__cause__, OSError):  # a lock file that cannot be written: lock_rater's words say so
+            raise
         raise StoreError(f"Rater {rater} is already answering in {store} (another papa-bayes label runs); "
                          "a second person needs their own --rater.") from None
 

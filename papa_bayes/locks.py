@@ -77,7 +77,7 @@ def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
     every one taken is closed). None where there are no such locks (Windows).
 
     Raises:
-        StoreError: another process holds this rater's lock.
+        StoreError: another process holds this rater's lock, or the lock file cannot be written.
     """
     try:
         import fcntl
@@ -89,7 +89,13 @@ def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
     with _LOCKS_GUARD:
         entry = _LOCKS.get(key)
         if entry is None or entry[0] != os.getpid():
-            entry = _LOCKS[key] = (os.getpid(), open(key, "a"), {})
+            try:
+                file = open(key, "a")
+            except OSError as err:  # (a read-only folder): a store error, as the store's own would be
+                raise StoreError(f"Cannot take rater {rater}'s lock of {path}: {key} cannot be written "
+                                 f"({type(err).__name__}: {err.strerror or err}); the store's folder must be "
+                                 "writable.") from err
+            entry = _LOCKS[key] = (os.getpid(), file, {})
         _, file, held = entry
         if rater not in held:
             try:

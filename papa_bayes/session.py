@@ -42,7 +42,7 @@ from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.locks import lock_rater
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
 from papa_bayes.sources import Candidates, CandidateSource, FeaturePool
-from papa_bayes.store import PreferenceStore, StoredQuery
+from papa_bayes.store import MAX_ID, PreferenceStore, StoredQuery
 from papa_bayes.users import CallbackUser, User
 
 # Candidates, CandidateSource and FeaturePool live in papa_bayes.sources; re-exported as what a session takes.
@@ -175,7 +175,8 @@ class PreferenceSession:
         if finetune_every is not None and not callable(getattr(source, "finetune", None)):
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
-        rater = check_int("rater", rater, minimum=0)
+        # (the store's ids and the lock file's byte offsets are signed 64 bits)
+        rater = check_int("rater", rater, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
         for name in ("candidates", "recommend", "config"):
             if not implements(source, name, CandidateSource):
                 raise InputDataError("source", f"a CandidateSource with a {name}() method (e.g. FeaturePool or "
@@ -202,14 +203,18 @@ class PreferenceSession:
             if self._owns_store:
                 self.store.close()
             raise
-        # Any query, even one left unanswered by a crash, belongs to a session that only resume() continues.
         problem: Exception | None = None
-        if not _resuming and self.store.queries(rater=rater):
-            problem = StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them with "
-                                 f"PreferenceSession.resume(path, ..., rater={rater}).")
-        elif self.store.num_features not in (None, getattr(source, "num_features", None)):  # before anything is written
-            problem = InputDataError("source", f"a source of the store's {self.store.num_features} features",
-                                     f"{getattr(source, 'num_features', None)} features")
+        try:  # before anything is asked: an answer typed into a read-only store would be lost
+            self.store.check_writable()
+        except StoreError as err:
+            problem = err
+        else:  # any query, even one left unanswered by a crash, belongs to a session that only resume() continues
+            if not _resuming and self.store.queries(rater=rater):
+                problem = StoreError(f"{self.store.path} already holds queries of rater {rater}; continue them "
+                                     f"with PreferenceSession.resume(path, ..., rater={rater}).")
+            elif self.store.num_features not in (None, getattr(source, "num_features", None)):  # before writing
+                problem = InputDataError("source", f"a source of the store's {self.store.num_features} features",
+                                         f"{getattr(source, 'num_features', None)} features")
         if problem is not None:
             self._release()
             if self._owns_store:
@@ -224,6 +229,7 @@ class PreferenceSession:
         self.refit_every, self.num_draws = refit_every, num_draws
         self.rater, self.seed = rater, seed
         self.on_round = on_round
+        self._closed = False
         self.generator = torch.Generator().manual_seed(self.seed)
         self.round = 0
         # Set before a round's query is stored and cleared once the round is finished: while
@@ -273,9 +279,11 @@ class PreferenceSession:
             rater: whose session to continue (default: the store's first session).
 
         Raises:
-            StoreError: no session (of ``rater``) in the store.
-            InputDataError: a model or source other than the stored session's.
+            StoreError: no session (of ``rater``) in the store, or a store this process cannot write.
+            InputDataError: a model or source other than the stored session's, or a ``rater`` that is no id.
         """
+        if rater is not None:  # before the store is opened, so that a bad id leaves nothing open
+            rater = check_int("rater", rater, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
         store = PreferenceStore(path, create=False)
         cfg = store.config if rater is None else store.rater_config(rater)
         if cfg is None:
@@ -419,6 +427,9 @@ class PreferenceSession:
         answering, by the update, ...) is finished first, as :meth:`resume` would:
         its stored query is asked again when unanswered.
         """
+        if self._closed:  # its rater's lock is released: another process may be asking this rater's rounds
+            raise StoreError(f"This session of rater {self.rater} in {self.store.path} is closed; continue it with "
+                             f"PreferenceSession.resume(path, ..., rater={self.rater}).")
         if self._round_open:  # an exception interrupted this round, perhaps after its query was stored
             stored = self._round_query()
             if stored is not None:
@@ -613,7 +624,9 @@ class PreferenceSession:
 
     def close(self) -> None:
         """Release this rater's lock (see :func:`~papa_bayes.locks.lock_rater`) and close the store
-        if the session opened it (a :class:`PreferenceStore` passed in stays open)."""
+        if the session opened it (a :class:`PreferenceStore` passed in stays open); a later :meth:`step`
+        raises :class:`StoreError`."""
+        self._closed = True
         self._release()
         if self._owns_store:
             self.store.close()

@@ -116,6 +116,20 @@ def _id(name: str, value: Any) -> int:
     return check_int(name, value, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
 
 
+_READ_ONLY = ("the file or its folder is read-only (SQLite writes <store>-wal and <store>-shm beside the "
+              "file); nothing was written.")
+
+
+def _read_only(err: BaseException | None) -> bool:
+    """Whether ``err`` is SQLite's refusal to write a read-only file (or one in a read-only folder)."""
+    return isinstance(err, sqlite3.OperationalError) and getattr(err, "sqlite_errorname", "").startswith(
+        "SQLITE_READONLY")
+
+
+class _Undo(Exception):
+    """Rolls a probing transaction back (:meth:`PreferenceStore.check_writable`)."""
+
+
 class _ClosedConnection:
     """Stands in for a closed store's connection: any use names the closed store (sqlite3's
     ProgrammingError did not), closing again does nothing."""
@@ -148,7 +162,8 @@ class PreferenceStore:
         InputDataError: a ``path`` that is not a str or os.PathLike.
         StoreError: the file is corrupt, not a papa_bayes store, or from a newer schema;
             ``path`` is a folder, or names no store (with ``create=False``) or lies in
-            no folder (with ``create=True``).
+            no folder (with ``create=True``); SQLite cannot open it there (a read-only folder). A read-only
+            file opens for reading; a write to it raises StoreError (see :meth:`check_writable`).
     """
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
@@ -193,6 +208,11 @@ class PreferenceStore:
         except BaseException as err:
             if conn is not None:
                 conn.close()
+            if _read_only(err):  # (a folder SQLite cannot write its -wal and -shm files in): a store, not writable
+                raise StoreError(f"Cannot open the store {self.path} ({err}): {_READ_ONLY}") from err
+            if getattr(err, "sqlite_errorname", "").startswith("SQLITE_CANTOPEN"):  # not "not a store"
+                raise StoreError(f"Cannot open the store {self.path} ({err}): SQLite could not open or create it "
+                                 "there (a read-only folder?); nothing was written.") from err
             if isinstance(err, sqlite3.DatabaseError):
                 raise StoreError(
                     f"{self.path} is not a readable papa_bayes store ({err}); the file was left untouched."
@@ -250,7 +270,9 @@ class PreferenceStore:
         def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
             self.conn, self.lock, self.path = conn, lock, path
 
-        def _busy(self, err: sqlite3.OperationalError) -> StoreError:
+        def _refused(self, err: sqlite3.OperationalError) -> StoreError:
+            if _read_only(err):
+                return StoreError(f"Could not write to the store {self.path} ({err}): {_READ_ONLY}")
             # sqlite3's bare "database is locked" named neither the file nor what to do.
             return StoreError(f"Could not write to the store {self.path} ({err}): another program held it "
                               "longer than the 30 s wait; nothing was written, try again.")
@@ -262,7 +284,7 @@ class PreferenceStore:
             except BaseException as err:
                 self.lock.release()
                 if isinstance(err, sqlite3.OperationalError):
-                    raise self._busy(err) from err
+                    raise self._refused(err) from err
                 raise
             return self.conn
 
@@ -274,13 +296,27 @@ class PreferenceStore:
                     if self.conn.in_transaction:  # a failed COMMIT leaves it open: every later BEGIN would fail
                         self.conn.execute("ROLLBACK")
                     if exc_type is None:
-                        raise self._busy(err) from err
+                        raise self._refused(err) from err
             finally:
                 self.lock.release()
+            if _read_only(exc):  # (sqlite3's own error named neither the file nor why)
+                raise self._refused(exc) from exc
             return False
 
     def _transaction(self) -> PreferenceStore._Tx:
         return PreferenceStore._Tx(self.conn, self._lock, self.path)
+
+    def check_writable(self) -> None:
+        """StoreError unless this process may write to the store (a read-only file or folder takes no answer).
+
+        A session checks it before it asks anything: an answer typed, then refused, would be lost.
+        """
+        try:
+            with self._transaction():  # a write SQLite refuses at once on a read-only file; else rolled back
+                self.conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+                raise _Undo
+        except _Undo:
+            pass
 
     # --------------------------------------------------------------- config
     def set_config(self, config: dict[str, Any], *, rater: int | None = None) -> None:

@@ -275,7 +275,8 @@ class SimulatedUser(User):
 def _callback_answer(ans: Any, expected: str) -> Any:
     """A callback's answer as a plain Python value: a one-number tensor or array gives its number.
 
-    Bools of every kind are refused: True == 1 would read as the second item (or a like).
+    Bools of every kind are refused: True == 1 would read as the second item (or a like); so are
+    complex numbers, as 1 + 0j == 1 would.
     """
     if isinstance(ans, (Tensor, np.ndarray, np.generic)):
         size = ans.numel() if isinstance(ans, Tensor) else ans.size
@@ -287,6 +288,8 @@ def _callback_answer(ans: Any, expected: str) -> Any:
         ans = ans.item()
     if isinstance(ans, bool):
         raise InputDataError("answer", f"{expected}, not a bool", ans)
+    if isinstance(ans, numbers.Complex) and not isinstance(ans, numbers.Real):
+        raise InputDataError("answer", f"{expected}, not a complex number", ans)
     return ans
 
 
@@ -311,7 +314,8 @@ class CallbackUser(User):
         rate_fn: ``(item) -> +1 / -1``.
 
     An answer may be a Python, NumPy or one-element torch number; a bool (of any
-    kind) or anything else raises :class:`~papa_bayes.exceptions.InputDataError`.
+    kind), a complex number or anything else raises
+    :class:`~papa_bayes.exceptions.InputDataError`.
     """
 
     def __init__(

@@ -525,3 +525,61 @@ def test_gp_notes_say_the_threads_it_ran_with(tmp_path):
     main(["--tiny", "--threads", "2", "--out", str(tmp_path)])
     notes = (tmp_path / "bench_gp_tiny.md").read_text()
     assert "2 threads for both models" in notes and "one thread" not in notes
+
+
+def test_alignment_runs_a_repeated_seed_or_method_once(monkeypatch, tmp_path):
+    # `--seeds 0 0` ran seed 0 twice and wrote its rows twice: the summary counted one curve ("x/1") while the
+    # JSON rows held two, and a merge of that file counted both ("2/2" seeds meeting the target for one seed).
+    import benchmarks.bench_alignment as ba
+
+    calls = []
+
+    def curve(method, seed, labels):
+        calls.append((method, seed))
+        return [{"labels": n, "preferred_fraction": 0.95, "judge_share": 0.9, "precision": 0.9, "recall": 0.2,
+                 "liked_class_entropy": 1.9} for n in labels]
+
+    monkeypatch.setattr(ba, "make_setup", lambda **kwargs: None)
+    monkeypatch.setattr(ba, "discard_session", lambda session: None)
+    monkeypatch.setattr(ba, "run_papa", lambda setup, label_counts, seed, **kw: curve("papa", seed, label_counts))
+    monkeypatch.setattr(ba, "run_session", lambda setup, checkpoints, seed, **kw: (curve("session", seed, checkpoints),
+                                                                                    None, None))
+    ba.main(["--seeds", "0", "0", "--methods", "papa", "papa", "eig_likes", "--labels", "5", "10",
+             "--eval-samples", "8", "--out", str(tmp_path)])
+    assert calls == [("papa", 0), ("session", 0)]
+    payload = json.loads((tmp_path / "bench_alignment.json").read_text())
+    keys = [(r["method"], r["seed"], r["labels"]) for r in payload["rows"]]
+    assert len(keys) == len(set(keys)) == 4
+    assert payload["args"]["seeds"] == [0] and payload["args"]["methods"] == ["papa", "eig_likes"]
+    merged = ba.merge([str(tmp_path / "bench_alignment.json")], tmp_path, "merged")
+    assert {s["seeds_meeting_target"] for s in merged["summary"]} == {"1/1"}
+
+
+def test_queries_merge_names_a_pooled_arm_it_cannot_partly_replace(tmp_path):
+    # An arm pooled over seeds 0-1 and 2-3, merged with a rerun of seeds 0-1 alone, was refused as "expected runs
+    # of one arm on identical or disjoint seeds, got seeds 0-1 and 0-1": identical as far as the message showed.
+    from benchmarks.bench_queries import merge, parse_args
+
+    def part(name, seeds):
+        summary = {"num_runs": sum(hi - lo + 1 for lo, hi in seeds), "seeds": seeds, "alignment": [0.5, 0.9],
+                   "alignment_se": [0.1, 0.1], "log_loss": [0.6, 0.5], "log_loss_se": [0.0, 0.0], "regret": [1.0, 0.5],
+                   "regret_se": [0.0, 0.0], "queries_to_0.9": [2] * sum(hi - lo + 1 for lo, hi in seeds),
+                   "never_reached": 0, "mean_queries_to_0.9_reached": 2, "mean_queries_to_0.9_censored": 2,
+                   "expected_bits_per_query": 0.5, "expected_bits_curve": [0.5], "seconds_per_query": 0.1,
+                   "select_seconds": 0.05}
+        cfg = vars(parse_args(["--tiny", "--queries", "2", "--seed", str(seeds[0][0])]))
+        path = tmp_path / f"{name}.json"
+        payload = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d3_r1": {"eig": summary}}}
+        path.write_text(json.dumps(payload))
+        return str(path)
+
+    pooled, rerun = part("pooled", [[0, 1], [2, 3]]), part("rerun", [[0, 1]])
+    args = parse_args(["--merge", pooled, rerun, "--name", "bad", "--out", str(tmp_path)])
+    with pytest.raises(InputDataError) as refused:
+        merge(args.merge, args)
+    message = str(refused.value)
+    assert "0-1, 2-3" in message and "pooled" in message
+    # the same seeds as the pooled arm, or disjoint ones, still merge
+    again = part("again", [[0, 1], [2, 3]])
+    args = parse_args(["--merge", pooled, again, "--name", "ok", "--out", str(tmp_path)])
+    assert merge(args.merge, args)["protocol"]["d3_r1"]["eig"]["num_runs"] == 4

@@ -97,6 +97,14 @@ def test_benchmark_whose_dependency_is_missing_is_not_reported_missing(benchmark
     assert "benchmarks/bench_no_such_benchmark.py not found" in capsys.readouterr().err
 
 
+def test_benchmark_adds_the_working_directory_to_sys_path_once(benchmarks_checkout, capsys):
+    """Each call inserted the folder again: a program running benchmarks in turn grew sys.path by one per call."""
+    (benchmarks_checkout / "benchmarks" / "bench_noop.py").write_text("def main(argv):\n    pass\n")
+    for _ in range(3):
+        assert main(["benchmark", "noop"]) == 0
+    assert sys.path.count(str(benchmarks_checkout)) == 1
+
+
 def test_benchmark_run_all_is_reached_by_its_name(monkeypatch, capsys):
     """`papa-bayes benchmark run_all` looked for benchmarks/bench_run_all.py."""
     monkeypatch.chdir(Path(__file__).resolve().parents[1])

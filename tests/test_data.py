@@ -579,3 +579,112 @@ def test_numbers_held_as_objects_are_read_as_numbers_by_the_constructor():
         _data(comparisons=np.array([[0, True], [2, 4]], dtype=object))
     with pytest.raises(InputDataError, match="comparisons"):
         _data(comparisons=np.array([[0.0, 1], [2, 4]], dtype=object))
+
+
+def test_an_object_column_of_bools_among_numbers_is_refused_as_a_list_of_them_is():
+    """A column holding True and 2 as objects (after a concat) read as [1, 2]: the bool passed as item 1,
+    though the constructor refuses [[True, 2]]. Tie flags may still mix bools and 0/1, as in a list."""
+    import pandas as pd
+
+    items = torch.randn(3, 2, dtype=torch.float64)
+    mixed = pd.Series([True, 2], dtype=object)
+    with pytest.raises(InputDataError, match=r"df\['winner'\]: expected integer item ids .*got bools among the "
+                                             r"numbers, e.g. True in row 0\."):
+        PreferenceData.from_dataframe(pd.DataFrame({"winner": mixed, "loser": [0, 0]}), items)
+    with pytest.raises(InputDataError, match=r"ratings\['label'\]: .*got bools among the numbers"):
+        PreferenceData.from_dataframe(None, items, ratings=pd.DataFrame(
+            {"item": [0, 1], "label": pd.Series([True, -1], dtype=object)}))
+    pairs = pd.DataFrame({"winner": pd.Series([1, 2], dtype=object), "loser": [0, 0],
+                          "tie": pd.Series([True, 0], dtype=object)})
+    data = PreferenceData.from_dataframe(pairs, items)
+    assert data.comparisons.tolist() == [[1, 0], [2, 0]] and data.ties.tolist() == [True, False]
+
+
+def test_an_items_index_of_fractional_labels_is_read_as_ids_not_row_numbers():
+    """The index 0.5, 1.5 was truncated to 0, 1 and taken for row numbers: ids 0 and 1 found items."""
+    import pandas as pd
+
+    pairs = pd.DataFrame({"winner": [0], "loser": [1]})
+    for index in ([0.5, 1.5], ["0", "1"]):
+        items = pd.DataFrame({"hue": [1.0, 2.0]}, index=index)
+        with pytest.raises(InputDataError, match=r"comparisons: expected item ids found in items.index, "
+                                                 r"got ids \[0, 1\]"):
+            PreferenceData.from_dataframe(pairs, items)
+    whole = pd.DataFrame({"hue": [1.0, 2.0]}, index=[0.0, 1.0])  # the row numbers all the same
+    assert PreferenceData.from_dataframe(pairs, whole).comparisons.tolist() == [[0, 1]]
+
+
+def test_check_bool_and_check_float_read_arrays_as_check_int_does():
+    """check_bool refused torch.tensor(True) though it took np.bool_(True); check_float took torch.tensor([0.5])
+    but refused np.array([0.5]). As check_int: a 0-d tensor counts, an array of one number does not."""
+    import numpy as np
+
+    from papa_bayes.checks import check_bool, check_float, check_int
+
+    assert check_int("n", torch.tensor(2)) == 2
+    assert check_bool("flag", torch.tensor(True)) is True and check_bool("flag", torch.tensor(0)) is False
+    assert check_bool("flag", np.bool_(True)) is True
+    assert check_float("scale", torch.tensor(0.5)) == 0.5 and check_float("scale", np.float64(0.5)) == 0.5
+    for one_element in (torch.tensor([1]), np.array([1])):
+        with pytest.raises(InputDataError, match="n: expected an integer"):
+            check_int("n", one_element)
+    for one_element in (torch.tensor([0.5]), np.array([0.5]), torch.tensor([[0.5]])):
+        with pytest.raises(InputDataError, match="scale: expected a finite number >= 0"):
+            check_float("scale", one_element)
+    for value in (torch.tensor([True]), torch.tensor(2), torch.tensor(0.0), np.array([True])):
+        with pytest.raises(InputDataError, match="flag: expected True or False"):
+            check_bool("flag", value)
+
+
+def test_check_real_tensor_refuses_bools_among_numbers_as_it_refuses_bool_arrays():
+    """[True, 2] read as [1., 2.]: the bool passed as the number 1. calibration's outcomes still read bools as 0/1."""
+    from papa_bayes.checks import check_real_tensor
+    from papa_bayes.diagnostics.calibration import _real
+
+    for value in ([True, 2.0], [[0.5], [True]], (1, torch.tensor(False))):
+        with pytest.raises(InputDataError, match=r"weights: expected .*real numbers.*bools.*got torch.bool\.") as info:
+            check_real_tensor("weights", value, "`d` weights")
+        assert info.value.actual == str(torch.bool)
+    assert check_real_tensor("weights", [1, 2.5], "`d` weights").tolist() == [1.0, 2.5]
+    assert _real("outcomes", [True, 0]).tolist() == [1.0, 0.0]
+
+
+def test_append_refuses_a_column_of_ties_as_the_constructor_does():
+    """append(ties=[[True], [False]]) flattened the `m x 1` column that the constructor refuses."""
+    d = _data()
+    with pytest.raises(InputDataError, match=r"ties: expected shape `m` = \(2,\), got \(2, 1\)"):
+        _data(ties=[[True], [False]])
+    with pytest.raises(InputDataError, match=r"ties: expected shape `m'` = \(2,\).*got \(2, 1\)"):
+        d.append(comparisons=[[0, 1], [1, 2]], ties=[[True], [False]])
+    with pytest.raises(InputDataError, match=r"ties: expected shape `m'` = \(2,\).*got \(1,\)"):
+        d.append(comparisons=[[0, 1], [1, 2]], ties=[True])
+    assert d.append(comparisons=[[0, 1], [1, 2]], ties=[True, False]).ties.tolist() == [False, False, True, False]
+    assert d.append(comparisons=[3, 4], ties=True).ties.tolist() == [False, False, True]
+
+
+def test_from_dict_checks_num_features_against_the_items():
+    """A num_features that disagreed with the items' rows was not read: only empty items used it."""
+    d = _data().to_dict()
+    assert PreferenceData.from_dict(d) == _data(items=PreferenceData.from_dict(d).items)
+    with pytest.raises(InputDataError, match=r"num_features: expected the length of the items' rows \(3\), got 5\."):
+        PreferenceData.from_dict({**d, "num_features": 5})
+    with pytest.raises(InputDataError, match="num_features"):
+        PreferenceData.from_dict({**d, "num_features": True})
+    assert PreferenceData.from_dict({k: v for k, v in d.items() if k != "num_features"}).num_features == 3
+
+
+def test_from_dataframe_names_a_repeated_column_and_a_column_name_pandas_cannot_look_up():
+    """Two columns named 'winner' (a concat along columns) raised pandas' 'truth value of a Series is
+    ambiguous'; winner=['winner'] raised TypeError: unhashable type."""
+    import pandas as pd
+
+    items = torch.randn(3, 2, dtype=torch.float64)
+    twice = pd.concat([pd.DataFrame({"winner": [0, 1]}), pd.DataFrame({"winner": [1, 2], "loser": [2, 0]})], axis=1)
+    with pytest.raises(InputDataError, match=r"df\['winner'\]: expected one column of that name, got 2 columns\."):
+        PreferenceData.from_dataframe(twice, items)
+    pairs = pd.DataFrame({"winner": [0, 1], "loser": [1, 2]})
+    for option in ("winner", "tie", "rater"):
+        with pytest.raises(InputDataError, match=rf"^{option}: expected a column name \(e.g. a str\), got list\.$"):
+            PreferenceData.from_dataframe(pairs, items, **{option: [option]})
+    with pytest.raises(InputDataError, match=r"^item: expected a column name"):
+        PreferenceData.from_dataframe(None, items, ratings=pd.DataFrame({"item": [0], "label": [1]}), item=["item"])

@@ -110,3 +110,22 @@ def test_a_resumed_sitting_keeps_the_stores_num_base_and_reads_strategy_aliases(
 
     recorded = _recorded_options({"query_type": "pair", "strategy": "bald", "source": {"num_base": 64, "seed": 3}})
     assert recorded["num_base"] == 64 and recorded["seed"] == 3 and recorded["strategy"] == "eig"
+
+
+def test_a_lock_file_that_cannot_be_written_is_not_called_another_terminal(tmp_path, monkeypatch):
+    """``papa-bayes label`` told a person whose store folder is read-only that their rater was already answering
+    in another terminal (it reworded every lock error so; before, the lock's PermissionError escaped bare)."""
+    import papa_bayes.locks as locks
+    from papa_bayes.exceptions import StoreError
+    from papa_bayes.labeling import _lock_rater
+
+    def no_lock_file(path, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(locks, "open", no_lock_file, raising=False)
+    with pytest.raises(StoreError, match="cannot be written") as err:
+        _lock_rater(tmp_path / "s.db", 0)
+    assert "already answering" not in str(err.value)
+    monkeypatch.undo()
+    with _lock_rater(tmp_path / "s.db", 0):  # held: another process is refused in the --rater words
+        pass

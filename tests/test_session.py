@@ -603,3 +603,79 @@ def test_on_round_callback_user_and_store_are_checked_before_anything_is_stored(
     assert not path.exists()
     with PreferenceSession(path, source, CallbackUser(lambda a, b: 0), on_round=lambda s, r: None) as session:
         session.step()
+
+
+def test_a_closed_session_refuses_to_step_even_with_a_store_it_was_given(tmp_path):
+    """close() released the rater's lock but left a given store open, and step() went on asking and storing
+    without the lock (another process could resume the same rater meanwhile); with a store it opened, step()
+    drew a whole pool before the closed store stopped it."""
+    source, user, _ = setup()
+    with PreferenceStore(tmp_path / "s.db") as store:
+        session = PreferenceSession(store, source, user, pool_size=8)
+        session.run(1, progress_bar=False)
+        session.close()
+        session.close()  # twice: nothing more
+        with pytest.raises(StoreError, match="closed.*resume"):
+            session.step()
+        assert store.num_answers() == 1 and len(store.queries()) == 1
+    drawn = []
+
+    class CountingPool(FeaturePool):
+        def candidates(self, *args, **kwargs):
+            drawn.append(1)
+            return super().candidates(*args, **kwargs)
+
+    owned = PreferenceSession(tmp_path / "t.db", CountingPool(source.items), user, pool_size=8)
+    owned.close()
+    with pytest.raises(StoreError, match="closed"):
+        owned.step()
+    assert drawn == []
+
+
+def test_a_read_only_store_is_refused_before_a_pending_query_is_asked(tmp_path, monkeypatch):
+    """Resuming a read-only store asked its pending query again, then lost the person's answer to sqlite3's
+    bare OperationalError; the session now checks that it may write before it asks anything."""
+    source, user, _ = setup()
+    session = PreferenceSession(tmp_path / "s.db", source, user, pool_size=8)
+    session.run(1, progress_bar=False)
+    monkeypatch.setattr(PreferenceStore, "record_answer", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        session.step()  # killed while asking: round 1's query stays pending
+    session.close()
+    monkeypatch.undo()
+    from test_store import _read_only
+
+    _read_only(monkeypatch)
+    asked = []
+
+    class Asked:
+        def compare(self, first, second):
+            asked.append(1)
+            return user.compare(first, second)
+
+    with pytest.raises(StoreError, match="read-only"):
+        PreferenceSession.resume(tmp_path / "s.db", source, Asked())
+    assert asked == []
+    monkeypatch.undo()
+    resumed = PreferenceSession.resume(tmp_path / "s.db", source, Asked())  # the lock and store were released
+    assert asked == [1] and resumed.store.num_answers() == 2
+    resumed.close()
+
+
+def test_a_lock_file_that_cannot_be_written_is_a_store_error(tmp_path, monkeypatch):
+    """In a folder where ``<store>.lock`` cannot be created, lock_rater raised the bare PermissionError, and the
+    session left its store open (it closed it only on a StoreError)."""
+    import papa_bayes.locks as locks
+
+    closed = []
+    close = PreferenceStore.close
+    monkeypatch.setattr(PreferenceStore, "close", lambda self: (closed.append(1), close(self)))
+
+    def no_lock_file(path, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(locks, "open", no_lock_file, raising=False)
+    source, user, _ = setup()
+    with pytest.raises(StoreError, match=r"s\.db\.lock cannot be written.*Permission denied"):
+        PreferenceSession(tmp_path / "s.db", source, user, pool_size=8)
+    assert closed == [1]

@@ -281,3 +281,17 @@ def test_a_session_that_fails_to_store_its_config_releases_its_lock(tmp_path):
     session = PreferenceSession(path, source, user, pool_size=8)  # the same rater, the store usable
     session.run(1, progress_bar=False)
     session.close()
+
+
+def test_a_rater_id_beyond_the_stores_range_is_refused_before_the_store_is_created(tmp_path):
+    """A rater of 2**63 (the store's ids are signed 64 bits) raised OverflowError from the lock, after the
+    store file was created."""
+    source, user, _ = setup()
+    with pytest.raises(InputDataError, match=r"rater: expected an integer id in \[0, 2\*\*63 - 1\]"):
+        PreferenceSession(tmp_path / "s.db", source, user, rater=2**63)
+    assert not (tmp_path / "s.db").exists()
+    session = PreferenceSession(tmp_path / "s.db", source, user, pool_size=6, rater=2**63 - 1)  # the largest id
+    session.run(1, progress_bar=False)
+    session.close()
+    with pytest.raises(InputDataError, match="rater"):  # before the store is opened (it was left open)
+        PreferenceSession.resume(tmp_path / "missing.db", source, user, rater=-1)

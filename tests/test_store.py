@@ -364,3 +364,35 @@ def test_a_store_another_program_holds_says_so_and_stays_usable(tmp_path):
         assert store.num_answers() == 0
         store.record_answer(q, "first")
         assert store.num_answers() == 1
+
+
+def _read_only(monkeypatch):
+    """Open every store read-only (SQLite's mode=ro), as a file without write permission opens; root, who runs
+    these tests in containers, writes files whatever their permissions say."""
+    connect = sqlite3.connect
+
+    def read_only_connect(path, **kwargs):
+        return connect(f"file:{path}?mode=ro", uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only_connect)
+
+
+def test_a_read_only_store_is_read_and_refuses_writes_with_a_store_error(tmp_path, monkeypatch):
+    """A read-only file opened, then every write raised sqlite3's bare OperationalError ("attempt to write a
+    readonly database"), naming neither the file nor why."""
+    with PreferenceStore(tmp_path / "s.db") as store:
+        store.add_items(torch.randn(3, 2))
+    _read_only(monkeypatch)
+    with PreferenceStore(tmp_path / "s.db", create=False) as store:
+        assert store.num_items == 3  # reading works
+        with pytest.raises(StoreError, match=r"s\.db.*read-only"):
+            store.set_config({"a": 1})
+        with pytest.raises(StoreError, match="read-only"):
+            store.add_items(torch.randn(1, 2))
+        with pytest.raises(StoreError, match="read-only"):
+            store.check_writable()
+        assert store.num_items == 3 and store.config is None
+    monkeypatch.undo()
+    with PreferenceStore(tmp_path / "s.db") as store:
+        store.check_writable()  # a probe: nothing written
+        assert store.num_items == 3 and store.config is None

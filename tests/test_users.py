@@ -276,6 +276,16 @@ def test_callback_answers_from_numpy_and_torch():
     assert "compare_fn=" in repr(CallbackUser(lambda a, b: 0))
 
 
+def test_callback_answers_that_are_complex_numbers_are_refused():
+    """1 + 0j == 1 read as "second" (or a like); rate() failed with int()'s TypeError."""
+    x = _items(2, 2)
+    for ans in (1 + 0j, np.complex128(1), torch.tensor(1 + 0j), np.array([-1 + 0j])):
+        with pytest.raises(InputDataError, match=r"^answer: expected .*, not a complex number, got"):
+            CallbackUser(lambda a, b, ans=ans: ans).compare(x[:1], x[1:])
+        with pytest.raises(InputDataError, match=r"^answer: expected \+1 \(like\) or -1 \(dislike\), not a complex"):
+            CallbackUser(rate_fn=lambda i, ans=ans: ans).rate(x)
+
+
 def test_a_callable_utility_gives_one_value_per_item():
     """A callable returning one number for `n` items answered one query for `n` pairs, silently."""
     user = SimulatedUser(lambda x: x.sum())

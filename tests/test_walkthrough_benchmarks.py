@@ -104,6 +104,11 @@ BAD = [
     ("bench_alignment", ["--name", "a/b"], "--name"),
     ("bench_calibration", ["--rank-draws", "9", "--num-bins", "11"], "--num-bins"),  # were: after the first method
     ("bench_calibration", ["--num-samples", "40", "--rank-draws", "50"], "--rank-draws"),
+    # were: accepted, ran no setting (or nothing) and wrote an empty table over <out>/<name>.*
+    ("bench_queries", ["--rationalities", ""], "--rationalities"),
+    ("bench_queries", ["--strategies", "", "--botorch", ""], "--strategies"),
+    ("bench_queries", ["--skip-protocol", "--skip-speed", "--liked-set-seeds", "0"], "--skip-protocol"),
+    ("bench_inference", ["--num-samples", "3"], "--num-samples"),  # was: fit()'s own "num_samples" error
 ]
 
 

@@ -85,6 +85,32 @@ def eval_mode(model: DiffusionModel) -> Iterator[None]:
             module.training = training
 
 
+def check_scheduler(unet: torch.nn.Module, scheduler: Any) -> None:
+    """ModelError unless the sampler can drive ``scheduler`` with ``unet``: see :class:`DiffusionModel`'s Raises."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "config"):
+        raise ModelError(
+            f"{type(scheduler).__name__} has no `alphas_cumprod`; use a DDIMScheduler or DDPMScheduler."
+        )
+    # Others with alphas_cumprod fail mid-sampling (Euler-type: float sigmas as timesteps; PNDM, UniPC:
+    # no generator in step) or sample garbage silently (LCM, TCD: consistency steps).
+    if not isinstance(scheduler, (DDIMScheduler, DDPMScheduler)):
+        raise ModelError(
+            f"{type(scheduler).__name__} is not supported by the sampler; use a DDIMScheduler or DDPMScheduler "
+            "with the same noise schedule (e.g. `DDIMScheduler.from_config(scheduler.config)`)."
+        )
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ModelError(f"Unsupported prediction_type {prediction!r}.")
+    _check_fixed_variance(unet, scheduler)
+    num_train = scheduler.config.get("num_train_timesteps")
+    if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1 \
+            or len(scheduler.alphas_cumprod) != num_train:
+        raise ModelError(f"The scheduler's num_train_timesteps must be an integer >= 1 (one alpha_cumprod per "
+                         f"training timestep), got {num_train!r}.")
+
+
 class DiffusionModel:
     """A denoiser with its scheduler; subclasses define how to call it and decode.
 
@@ -105,28 +131,7 @@ class DiffusionModel:
     def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:
         if not isinstance(unet, torch.nn.Module):
             raise InputDataError("unet", "a torch.nn.Module denoiser (a diffusers UNet)", type(unet).__name__)
-        from diffusers import DDIMScheduler, DDPMScheduler
-
-        if not hasattr(scheduler, "alphas_cumprod") or not hasattr(scheduler, "config"):
-            raise ModelError(
-                f"{type(scheduler).__name__} has no `alphas_cumprod`; use a DDIMScheduler or DDPMScheduler."
-            )
-        # Others with alphas_cumprod fail mid-sampling (Euler-type: float sigmas as timesteps; PNDM, UniPC:
-        # no generator in step) or sample garbage silently (LCM, TCD: consistency steps).
-        if not isinstance(scheduler, (DDIMScheduler, DDPMScheduler)):
-            raise ModelError(
-                f"{type(scheduler).__name__} is not supported by the sampler; use a DDIMScheduler or DDPMScheduler "
-                "with the same noise schedule (e.g. `DDIMScheduler.from_config(scheduler.config)`)."
-            )
-        prediction = scheduler.config.get("prediction_type", "epsilon")
-        if prediction not in PREDICTION_TYPES:
-            raise ModelError(f"Unsupported prediction_type {prediction!r}.")
-        _check_fixed_variance(unet, scheduler)
-        num_train = scheduler.config.get("num_train_timesteps")
-        if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1 \
-                or len(scheduler.alphas_cumprod) != num_train:
-            raise ModelError(f"The scheduler's num_train_timesteps must be an integer >= 1 (one alpha_cumprod per "
-                             f"training timestep), got {num_train!r}.")
+        check_scheduler(unet, scheduler)
         self.unet = unet
         self.scheduler = scheduler
 

@@ -35,7 +35,7 @@ from papa_bayes.checks import (
     renamed_option,
     shape_of,
 )
-from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel, eval_mode
+from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel, eval_mode, same_device
 from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -187,8 +187,9 @@ def guidance_generator(generator: torch.Generator | None) -> torch.Generator:
 def _check_generator(generator: object, model: DiffusionModel) -> None:
     """InputDataError unless None or a torch.Generator on the CPU or on ``model``'s device."""
     check_generator("generator", generator, optional=True)
-    # A generator elsewhere (a CUDA one for a CPU model) would fail inside torch or diffusers, mid-trajectory.
-    if generator is not None and generator.device.type not in ("cpu", model.device.type):
+    # A generator elsewhere (a CUDA one for a CPU model, or on another GPU) would fail inside torch or diffusers,
+    # mid-trajectory.
+    if generator is not None and generator.device.type != "cpu" and not same_device(generator.device, model.device):
         raise InputDataError("generator", f"None or a torch.Generator on the CPU or on the model's device "
                              f"({model.device})", f"a generator on {generator.device}")
 

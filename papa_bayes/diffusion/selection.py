@@ -264,6 +264,7 @@ def sample_preferred(
         filt = torch.ones(pool, dtype=torch.float64)
     on = guard(out.images) if guard is not None else torch.ones(pool, dtype=torch.bool)
     idx = select_preferred(filt, num_samples, on_manifold=on, min_probability=min_probability, generator=generator)
+    on = on.to("cpu")  # as select_preferred read it: a guard's verdicts may come on the images' device
     eligible = int(_eligible(filt, on, min_probability).sum())
     return PreferredSamples(
         images=out.images[idx],

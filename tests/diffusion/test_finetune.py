@@ -529,12 +529,18 @@ def test_distilled_classifier_free_guidance_is_not_applied_twice(make_latent_mod
     assert distilled.cfg_scale == 1.0 and base.cfg_scale == 3.0  # the caller's model keeps its own
 
 
-def test_a_scheduler_config_that_is_no_json_object_is_ours_to_reject(pixel_model, tmp_path):
+def test_a_scheduler_config_that_is_no_json_object_is_ours_to_reject(pixel_model, latent_model, tmp_path):
     """A scheduler_config.json holding a list raised AttributeError ('list' object has no attribute 'get')."""
-    path = save_finetuned(pixel_model, tmp_path / "ckpt")
+    path = save_finetuned(latent_model, tmp_path / "ckpt")
     (path / "finetune.json").unlink()  # without the record, the scheduler's class is read from its config
     (path / "scheduler" / "scheduler_config.json").write_text("[1]")
     with pytest.raises(InputDataError, match="^path:.*diffusers can read.*holds a list"):
+        load_finetuned(path, base=latent_model)
+    # a pixel base reads a folder without the record as load_base_model does (diffusers reads the config)
+    path = save_finetuned(pixel_model, tmp_path / "pixel")
+    (path / "finetune.json").unlink()
+    (path / "scheduler" / "scheduler_config.json").write_text("[1]")
+    with pytest.raises(InputDataError, match="^path:.*diffusers can read"):
         load_finetuned(path, base=pixel_model)
 
 
@@ -640,6 +646,37 @@ def test_load_finetuned_without_base_keeps_the_saved_scheduler_config(pixel_mode
     kw = dict(num_inference_steps=3, progress_bar=False)
     torch.testing.assert_close(sample(loaded, 3, generator=gen(2), **kw).images,
                                sample(clipped, 3, generator=gen(2), **kw).images)
+
+
+def test_a_base_checkpoint_reads_the_same_with_a_pixel_base_as_without(pixel_model):
+    """With base, a folder save_finetuned did not write sampled with its training DDPMScheduler (a pixel base was
+    to set only the device and dtype); without, with the DDIM sampler load_base_model builds from it."""
+    from papa_bayes.diffusion import load_base_model
+    from papa_bayes.diffusion.base import DEFAULT_CHECKPOINT
+
+    without = load_finetuned(DEFAULT_CHECKPOINT)
+    with_base = load_finetuned(DEFAULT_CHECKPOINT, base=pixel_model)
+    assert type(with_base.scheduler) is type(without.scheduler) is type(load_base_model().scheduler)
+    assert dict(with_base.scheduler.config) == dict(without.scheduler.config)
+    assert with_base.device == pixel_model.device and with_base.dtype == pixel_model.dtype
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_a_checkpoint_whose_scheduler_the_sampler_cannot_drive_is_refused_on_loading(pixel_model, latent_model,
+                                                                                       tmp_path, with_base):
+    """A folder's PNDMScheduler (Stable Diffusion's) replaced the model's unchecked: sampling failed at its first
+    step (PNDM's step takes no generator) instead of load_finetuned naming the checkpoint."""
+    import json
+
+    from diffusers import PNDMScheduler
+
+    base = latent_model if with_base else None
+    path = save_finetuned(latent_model if with_base else pixel_model, tmp_path / "ckpt")
+    PNDMScheduler.from_config(pixel_model.scheduler.config).save_pretrained(path / "scheduler")
+    record = json.loads((path / "finetune.json").read_text())
+    (path / "finetune.json").write_text(json.dumps({**record, "scheduler": "PNDMScheduler"}))
+    with pytest.raises(InputDataError, match="^path:.*DDIMScheduler or DDPMScheduler.*PNDMScheduler"):
+        load_finetuned(path, base=base)
 
 
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])

@@ -114,6 +114,28 @@ def test_generator_on_another_device_than_the_model_is_ours_to_reject(pixel_mode
         sample(pixel_model, 2, num_inference_steps=2, generator=_CudaGenerator(), progress_bar=False)
 
 
+def test_a_generator_on_another_gpu_than_the_model_is_ours_to_reject(pixel_model):
+    """Only the device type was compared: a generator on cuda:1 passed for a model on cuda:0 and failed in torch."""
+    import copy
+
+    from papa_bayes.diffusion import PixelDiffusion
+
+    class OnFirstGpu(PixelDiffusion):
+        @property
+        def device(self) -> torch.device:
+            return torch.device("cuda:0")
+
+    class SecondGpuGenerator(torch.Generator):
+        @property
+        def device(self) -> torch.device:
+            return torch.device("cuda:1")
+
+    model = copy.copy(pixel_model)
+    model.__class__ = OnFirstGpu
+    with pytest.raises(InputDataError, match=r"^generator:.*model's device \(cuda:0\).*cuda:1"):
+        sample(model, 2, num_inference_steps=2, generator=SecondGpuGenerator(), progress_bar=False)
+
+
 def test_steps_past_the_last_timestep_by_a_steps_offset_are_ours_to_reject(pixel_model):
     from diffusers import DDIMScheduler
 

@@ -174,6 +174,29 @@ def test_sample_preferred_rejects_non_finite_probabilities_and_checks_numbers_fi
         assert info.value.field == field
 
 
+class _OnAnotherDevice(torch.Tensor):
+    """A tensor that says it lies elsewhere (as on a GPU): any op with it but a copy (`.to`, `.cpu`) fails."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.to, torch.Tensor.cpu) or func.__name__ == "__get__":  # copies, .shape, .dtype
+            plain = [a.as_subclass(torch.Tensor) if isinstance(a, _OnAnotherDevice) else a for a in args]
+            return func(*plain, **(kwargs or {}))
+        raise RuntimeError(f"Expected all tensors to be on the same device ({func.__name__})")
+
+
+def test_sample_preferred_reads_a_guards_verdicts_on_the_cpu(pixel_model):
+    """select_preferred copied a guard's verdicts to the CPU, but sample_preferred went on with the original:
+    a guard answering on the images' GPU failed at `on & (p >= min_probability)`."""
+
+    def guard(images):
+        return torch.tensor([True, False] * (images.shape[0] // 2)).as_subclass(_OnAnotherDevice)
+
+    out = sample_preferred(pixel_model, 2, guard=guard, probability=lambda x: torch.full((x.shape[0],), 0.9),
+                           min_probability=0.5, num_inference_steps=2, generator=gen(0), progress_bar=False)
+    assert type(out.on_manifold) is torch.Tensor and out.on_manifold.tolist() == [True, True] and out.eligible == 4
+
+
 def test_scale_rule_does_not_steer_when_no_unguided_sample_is_on_the_manifold(pixel_model):
     far = torch.full((20, 1, 8, 8), 50.0) + torch.randn(20, 1, 8, 8, generator=gen(0))
     guard = ManifoldGuard(far)  # nothing the model makes lies near it: base precision 0

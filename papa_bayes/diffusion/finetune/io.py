@@ -23,7 +23,7 @@ import torch
 from papa_bayes.checks import check_device, check_float, check_float_dtype, check_path, read_json_object
 from papa_bayes.diffusion.base import load_base_model, reading_checkpoint
 from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, same_device
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, check_scheduler, same_device
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder", "pipeline_index"]
@@ -214,13 +214,16 @@ def load_finetuned(
     Returns:
         The model, frozen and in eval mode, with the saved sampling scheduler (its
         class and config too, whatever ``base`` samples with; ``base``'s class only
-        when the saved one is not a diffusers scheduler). A latent model gets the
+        when the saved one is not a diffusers scheduler; a folder that
+        :func:`save_finetuned` did not write reads as :func:`load_base_model` reads it,
+        with a pixel ``base`` too). A latent model gets the
         saved ``cfg_scale`` (1.0 for a distilled model saved without one), not
         ``base``'s.
 
     Raises:
         InputDataError: when ``path`` holds no saved denoiser (or unreadable or
-            missing weights, an unreadable ``finetune.json`` or scheduler config),
+            missing weights, an unreadable ``finetune.json`` or scheduler config, or a
+            scheduler the sampler cannot drive, such as PNDM),
             ``base`` is not a DiffusionModel or not of the kind the checkpoint was
             saved from, a latent model is loaded without ``base``, a saved
             ``cfg_scale`` that is not a number >= 0 or that ``base`` has no negative
@@ -251,7 +254,9 @@ def load_finetuned(
     if dtype is None:
         dtype = base.dtype if base is not None else torch.float32
     kind = "ddpm" if record.get("scheduler") == "DDPMScheduler" else "ddim"
-    if base is None:
+    # A folder save_finetuned did not write (a base checkpoint) keeps a training scheduler in `scheduler/`, which
+    # load_base_model turns into a sampler; a pixel base only sets the device and dtype, so it reads the same.
+    if base is None or (isinstance(base, PixelDiffusion) and "scheduler" not in record):
         if record.get("model", "PixelDiffusion") != "PixelDiffusion":
             raise InputDataError("base", f"the {record['model']} the checkpoint was fine-tuned from", None)
         model = load_base_model(root, scheduler=kind, device=device, dtype=dtype)
@@ -261,6 +266,8 @@ def load_finetuned(
         # the saved sampling scheduler is the model's own, clipping and spacing included.
         with reading_checkpoint(root):
             scheduler = _saved_scheduler(root, record, fallback=type(model.scheduler))
+        if scheduler is not None:
+            _check_loaded(root, model, scheduler)
         return model if scheduler is None else PixelDiffusion(model.unet, scheduler)
     cfg_scale = _saved_cfg_scale(record, base)
     model = copy.copy(base)
@@ -270,6 +277,7 @@ def load_finetuned(
         if scheduler is not None:
             model.scheduler = scheduler
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
+    _check_loaded(root, model)
     if cfg_scale is not None:
         model.cfg_scale = cfg_scale
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
@@ -285,6 +293,16 @@ def _saved_scheduler(root: Path, record: Mapping[str, Any], *, fallback: type) -
         return None
     name = record.get("scheduler") or _saved_class_name(config)
     return _scheduler_class(name, fallback=fallback).from_pretrained(root / "scheduler", local_files_only=True)
+
+
+def _check_loaded(root: Path, model: DiffusionModel, scheduler: Any = None) -> None:
+    """InputDataError on ``path`` unless the sampler can drive ``model``'s denoiser with the loaded ``scheduler``
+    (``model``'s own when None): a folder's PNDM or learned-variance scheduler failed mid-sampling."""
+    try:
+        check_scheduler(model.unet, model.scheduler if scheduler is None else scheduler)
+    except ModelError as err:
+        raise InputDataError("path", "a checkpoint whose scheduler the sampler drives (a DDIMScheduler or "
+                             "DDPMScheduler with a fixed variance)", f"{root} ({err})") from None
 
 
 def _saved_cfg_scale(record: Mapping[str, Any], base: DiffusionModel) -> float | None:
