@@ -23,7 +23,14 @@ Example:
 """
 
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesError, PapaBayesWarning
+from papa_bayes.exceptions import (
+    InferenceError,
+    InputDataError,
+    ModelError,
+    PapaBayesError,
+    PapaBayesWarning,
+    StoreError,
+)
 from papa_bayes.inference import PyroPosterior, RewardPosterior, fit
 from papa_bayes.models import HierarchicalLinearReward, LinearReward
 
@@ -39,5 +46,7 @@ __all__ = [
     "PapaBayesError",
     "InputDataError",
     "ModelError",
+    "InferenceError",
+    "StoreError",
     "PapaBayesWarning",
 ]

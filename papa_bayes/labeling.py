@@ -12,8 +12,9 @@ as one picture: what the model has learned of their taste.
     papa-bayes label --store my_taste.db --labels 20 --recommend 64
     papa-bayes label --store my_taste.db --labels 0 --recommend 64   # only look
 
-(``--labels 0`` asks nothing new; a question a crash left unanswered is still asked
-first, as on every resume.)
+(``--labels 0`` asks nothing new; a question left unanswered, by ``q``, Ctrl-C or a
+crash, is still asked first, as on every resume, and stopping at it again skips the
+recommendations.)
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ class TerminalUser(User):
 
     def _ask(self, prompt: str, answers: dict[str, object]) -> object:
         while True:
-            reply = self.read(prompt).strip().lower()
+            try:
+                reply = self.read(prompt).strip().lower()
+            except UnicodeDecodeError:  # bytes the terminal's encoding cannot read: no answer, not a traceback
+                reply = ""
             if reply in ("q", "quit", "exit"):
                 raise KeyboardInterrupt
             if reply in answers:
@@ -197,14 +201,18 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     """``papa-bayes label``: ask a person (``read`` answers, ``write`` prompts) with the options in ``argv``; exit status."""
     d = SESSION_OPTIONS
     kept = "; a resumed session keeps its own"
-    p = argparse.ArgumentParser(prog="papa-bayes label", description=__doc__.splitlines()[0].replace("``", ""))
+    p = argparse.ArgumentParser(prog="papa-bayes label", description=__doc__.splitlines()[0].replace("``", ""),
+                                epilog="Answers: 1 (left), 2 (right) or t (tie) for pairs, y or n for ratings; q, "
+                                       "Ctrl-C or Ctrl-D stops, every answer kept; the same command continues.")
     p.add_argument("--store", type=Path, required=True,
                    help="the session's SQLite file: created when missing (in an existing folder), else resumed")
     p.add_argument("--labels", type=int, default=20, help="questions to ask in this sitting (default: %(default)s)")
     # The session's options default to None, "not given": a resumed session takes the stored ones.
     p.add_argument("--query-type", choices=("pair", "rating"), default=None,
                    help=f"pair: which of two you prefer; rating: like or dislike one (default: {d['query_type']}{kept})")
-    p.add_argument("--strategy", default=None, help=f"acquisition strategy (default: {d['strategy']}{kept})")
+    p.add_argument("--strategy", default=None,
+                   help="how the next question is chosen: eig, region, argmax, eubo (pairs only), uncertainty, "
+                        f"thompson or random (default: {d['strategy']}{kept})")
     p.add_argument("--images", type=Path, default=None,
                    help="folder for query pictures (default: the store's path with suffix .queries)")
     p.add_argument("--open", action="store_true", help="open each picture with the system viewer")
@@ -255,14 +263,29 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     with contextlib.ExitStack() as held:
         existing = None
         if _holds_store(args.store):  # a folder, or not a papa_bayes store: StoreError
-            existing = held.enter_context(PreferenceStore(args.store, create=False))
-        args.images = args.images or args.store.with_suffix(".queries")
+            try:
+                existing = held.enter_context(PreferenceStore(args.store, create=False))
+            except StoreError as err:  # the store's own words, naming the option as every other mistake does
+                raise StoreError(f"--store: {err}") from err.__cause__
+        if args.images is None:  # beside the store; a store named *.queries keeps its name whole
+            default = args.store.with_suffix(".queries")
+            args.images = default if default != args.store else args.store.with_name(args.store.name + ".queries")
+        elif args.images.resolve() == args.store.resolve():  # the pictures' folder would take the store's place
+            raise InputDataError("--images", "a folder for the pictures other than the --store file", str(args.images))
         if args.images.exists() and not args.images.is_dir():
             raise InputDataError("--images", "a folder for the pictures", f"{args.images}, a file")
+        if args.recommend and args.labels == 0 and existing is None:  # before the lock file is made
+            _refuse_recommend(args)
         lock = _lock_rater(args.store, args.rater)
         if lock is not None:
             held.callback(lock.close)
         return _label(args, existing, read=read, write=write)
+
+
+def _refuse_recommend(args: argparse.Namespace) -> None:
+    """InputDataError: ``--recommend`` with nothing to steer by (no stored answers, ``--labels 0``)."""
+    raise InputDataError("--recommend", f"answers of rater {args.rater} to steer by (--labels N, or a store "
+                         "that holds some)", f"none in {args.store} and --labels 0")
 
 
 def _recommend(session: PreferenceSession, args: argparse.Namespace, write: TextIO) -> Path:
@@ -292,8 +315,15 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
 
     options, resuming, before, others, num_features = _session_options(args, existing)
     if args.recommend and before + args.labels == 0:  # before the model loads and anything is written
-        raise InputDataError("--recommend", f"answers of rater {args.rater} to steer by (--labels N, or a store "
-                             "that holds some)", f"none in {args.store} and --labels 0")
+        _refuse_recommend(args)
+    if resuming:  # e.g. the simulated person of a store `papa-bayes demo` wrote: said here, not by resume's check
+        began = existing.rater_config(args.rater).get("model")
+        ours = (repr(LinearReward(rationality=1.0, ties=True)), repr(HierarchicalLinearReward(ties=True)))
+        if began is not None and began not in ours:
+            raise InputDataError("--rater", "a rater whose session papa-bayes label began",
+                                 f"rater {args.rater} of {args.store}, whose session another program began with "
+                                 f"{began.split('(')[0]}(ties={'ties=True' in began}, ...); answer as a new rater "
+                                 f"(e.g. --rater {max(existing.raters()) + 1})")
     try:  # before the model loads
         args.images.mkdir(parents=True, exist_ok=True)
     except OSError as err:

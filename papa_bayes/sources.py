@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import plain_array
+from papa_bayes.checks import check_float, check_generator, check_int, plain_array
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import RewardPosterior
 
@@ -71,12 +71,14 @@ class FeaturePool(CandidateSource):
     uniformly.
 
     Args:
-        items: `N x d` features.
+        items: `N x d` features (copied: editing them later does not change the pool).
     """
 
     def __init__(self, items: Tensor) -> None:
         try:
-            self.items = torch.as_tensor(plain_array(items), dtype=torch.float64)
+            # A copy on the CPU, as PreferenceData copies its inputs: the pool, and the digest a
+            # resume is checked against, must not change when the caller edits their array.
+            self.items = torch.as_tensor(plain_array(items), dtype=torch.float64).detach().to("cpu", copy=True)
         except (TypeError, ValueError, RuntimeError):
             raise InputDataError("items", "an `N x d` array of real numbers", type(items).__name__) from None
         if self.items.dim() != 2 or self.items.shape[0] < 2:
@@ -86,7 +88,13 @@ class FeaturePool(CandidateSource):
             raise InputDataError("items", "finite features", f"a NaN or infinite value in row {bad}")
         self.num_features = self.items.shape[1]
 
-    def candidates(self, posterior, n, *, exploration, generator):
+    def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float,
+                   generator: torch.Generator) -> Candidates:
+        # Checked as DiffusionCandidates checks them: a negative n or an exploration share
+        # outside [0, 1] returned more candidates than asked for, None drew from the global RNG.
+        n = check_int("n", n, expected="at least 1 candidate")
+        exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
+        generator = check_generator("generator", generator, cpu=True)
         N = self.items.shape[0]
         n = min(n, N)
         n_explore = n if posterior is None else int(round(exploration * n))
@@ -106,14 +114,14 @@ class FeaturePool(CandidateSource):
         flags = torch.tensor([False] * len(chosen) + [True] * len(steered))
         return Candidates(self.items[idx], None, flags, idx)
 
-    def recommend(self, posterior, n, *, generator):
-        if n > self.items.shape[0]:
-            raise InputDataError("n", f"at most the pool's {self.items.shape[0]} items", n)
+    def recommend(self, posterior: RewardPosterior, n: int, *, generator: torch.Generator) -> Candidates:
+        N = self.items.shape[0]
+        n = check_int("n", n, maximum=N, expected=f"an integer in [1, {N}] (the pool's items)")
         mean = posterior.utility(self.items).mean(0)
         idx = torch.argsort(mean, descending=True)[:n]
         return Candidates(self.items[idx], None, torch.ones(len(idx), dtype=torch.bool), idx)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         # The items' digest: a resumed session with another pool of the same size is another experiment.
         digest = hashlib.sha256(self.items.numpy().tobytes()).hexdigest()[:16]
         return {"kind": "FeaturePool", "num_items": int(self.items.shape[0]), "num_features": self.num_features,

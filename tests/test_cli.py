@@ -405,3 +405,11 @@ def test_train_base_features_only_names_out_and_says_what_it_rewrites(tmp_path, 
         main(["train-base", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "pca_features/, midblock_features/ and midblock32_features/" in text
+
+
+def test_python_dash_m_runs_the_command():
+    """``python -m papa_bayes`` said "'papa_bayes' is a package and cannot be directly executed"."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "papa_bayes", "label", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: papa-bayes label"), done.stderr

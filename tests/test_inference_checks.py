@@ -101,3 +101,46 @@ def test_fit_passes_a_gp_models_own_options_on_and_names_them_for_a_pyro_model()
         fit(PreferenceGP(), data, batch_size=0)
     with pytest.raises(InputDataError, match=r"batch_size: expected only fit's own options for LinearReward"):
         fit(LinearReward(), data, batch_size=8)
+
+
+def test_a_numpy_seed_draws_what_the_same_python_seed_draws():
+    """fit derived its streams' seeds from a NumPy seed in NumPy's arithmetic, which wraps: np.int16(30000)
+    plus 7919 per answer (Laplace) came out as another seed. (32-bit NumPy seeds wrap harmlessly: torch's
+    CPU generator reads a seed modulo 2**32.)"""
+    data = PreferenceData(items=ITEMS, comparisons=[[0, 1], [3, 2], [0, 2]])
+    for seed in (np.int16(30000), np.uint16(2**16 - 1)):
+        post = fit(LinearReward(rationality=1.0), data, num_samples=8, seed=seed)
+        same = fit(LinearReward(rationality=1.0), data, num_samples=8, seed=int(seed))
+        assert torch.equal(post.params["scaled_w"], same.params["scaled_w"])
+        assert type(post.options["seed"]) is int
+    # Refinement draws 2 * num_samples proposals: 2 * np.uint8(200) wrapped to 144.
+    prior = prior_posterior(LinearReward(rationality=1.0), PreferenceData(items=ITEMS), num_samples=np.uint8(200),
+                            refine_steps=1, seed=np.uint32(3))
+    same = prior_posterior(LinearReward(rationality=1.0), PreferenceData(items=ITEMS), num_samples=200,
+                           refine_steps=1, seed=3)
+    assert torch.equal(prior.params["scaled_w"], same.params["scaled_w"])
+
+
+def test_cold_start_from_a_one_draw_posterior_is_our_error():
+    """new_rater_model() of a one-draw posterior failed in torch's Cholesky (torch.cov of one draw is NaN)."""
+    from papa_bayes import HierarchicalLinearReward
+
+    data = PreferenceData(items=ITEMS, comparisons=[[0, 1], [3, 2]], comparison_rater=[0, 1])
+    post = fit(HierarchicalLinearReward(), data, num_samples=1)
+    with pytest.raises(InputDataError, match="num_samples: expected at least 2 posterior draws"):
+        post.new_rater_model()
+    assert fit(HierarchicalLinearReward(), data, num_samples=2).new_rater_model().prior_loc.shape == (1,)
+
+
+def test_an_update_on_data_that_does_not_extend_the_fit_says_where():
+    """PyroPosterior.update named only the new data's sizes (GPPosterior.update says where it differs), and
+    printed the whole repr of a non-data argument."""
+    data = PreferenceData(items=ITEMS, comparisons=[[0, 1], [3, 2]])
+    post = fit(LinearReward(rationality=1.0), data, num_samples=8)
+    other = PreferenceData(items=ITEMS, comparisons=[[0, 1], [2, 3], [0, 2]])
+    with pytest.raises(InputDataError, match=r"data: expected the fitted data with rows appended.*"
+                                             r"comparisons differ at comparison 1"):
+        post.update(other)
+    with pytest.raises(InputDataError, match="got dict"):
+        post.update({"items": ITEMS.tolist()})
+    assert post.update(data.append(comparisons=[[0, 2]])).data.num_comparisons == 3

@@ -46,8 +46,8 @@ def test_an_existing_store_is_opened_once_to_check_and_read_it(tmp_path, opens):
     source, user, _ = setup()
     PreferenceSession(store, source, user, pool_size=8).run(1, progress_bar=False)
     del opens[:]
-    with pytest.raises(_ModelLoaded):  # it got past the store's checks and its options
-        label_main(["--store", str(store)], read=lambda _: "q", write=io.StringIO())
+    with pytest.raises(_ModelLoaded):  # it got past the store's checks and its options (rater 0's began elsewhere)
+        label_main(["--store", str(store), "--rater", "1"], read=lambda _: "q", write=io.StringIO())
     assert opens == [store]  # was opened twice: once to check it, once to read its options
     with pytest.raises(_ModelLoaded):  # a new store: nothing to open before the session creates it
         label_main(["--store", str(tmp_path / "new.db")], read=lambda _: "q", write=io.StringIO())
@@ -129,3 +129,66 @@ def test_a_lock_file_that_cannot_be_written_is_not_called_another_terminal(tmp_p
     monkeypatch.undo()
     with _lock_rater(tmp_path / "s.db", 0):  # held: another process is refused in the --rater words
         pass
+
+
+def test_an_answer_the_terminal_cannot_decode_is_asked_again(tmp_path):
+    """A byte the terminal's encoding cannot read (a Latin-1 "é" in a UTF-8 locale) ended the sitting with a
+    UnicodeDecodeError traceback from ``input``."""
+    import torch
+
+    from papa_bayes.labeling import TerminalUser
+
+    replies = iter([b"\xff".decode, lambda: "2"])
+
+    def read(prompt):
+        return next(replies)()
+
+    out = io.StringIO()
+    user = TerminalUser(tmp_path / "pics", read=read, write=out)
+    first_won, tie = user.compare(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8))
+    assert not bool(first_won[0]) and not bool(tie[0])
+    assert "please answer one of" in out.getvalue()
+
+
+def test_store_errors_name_the_store_option(tmp_path, capsys, opens):
+    """README: "a mistake gets a one-line error naming the option"; a folder or a file that is no store was
+    refused in the store's words only ("... is a folder; a store is a file")."""
+    from papa_bayes.cli import main as cli_main
+
+    (tmp_path / "notes.txt").write_text("not a store")
+    for store in (tmp_path, tmp_path / "notes.txt"):
+        assert cli_main(["label", "--store", str(store)]) == 2
+        assert capsys.readouterr().err.startswith("papa-bayes label: error: --store: ")
+
+
+def test_a_store_named_queries_keeps_its_place(tmp_path, opens):
+    """--store x.queries took the pictures' default folder (the store's path with suffix .queries) for itself:
+    the folder was made where the store belonged, and the sitting ended with "x.queries is a folder"."""
+    store = tmp_path / "x.queries"
+    with pytest.raises(_ModelLoaded):
+        label_main(["--store", str(store)], read=lambda _: "q", write=io.StringIO())
+    assert not store.exists() and (tmp_path / "x.queries.queries").is_dir()
+    with pytest.raises(InputDataError, match="--images: expected a folder for the pictures other than"):
+        label_main(["--store", str(tmp_path / "y.db"), "--images", str(tmp_path / "y.db")],
+                   read=lambda _: "q", write=io.StringIO())
+    assert not (tmp_path / "y.db").exists()
+
+
+def test_recommend_with_nothing_to_steer_by_leaves_nothing_behind(tmp_path, opens):
+    """A new store with --labels 0 --recommend N was refused after the rater's lock file had been made."""
+    with pytest.raises(InputDataError, match="--recommend: expected answers of rater 0"):
+        label_main(["--store", str(tmp_path / "s.db"), "--labels", "0", "--recommend", "4"],
+                   read=lambda _: "q", write=io.StringIO())
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_rater_another_program_began_is_refused_by_name(tmp_path, opens):
+    """Resuming the simulated person of a store `papa-bayes demo` (or the API) wrote loaded the model, printed
+    "Resuming", then failed with "model: expected the session's model, LinearReward(... ties=False ...)"."""
+    store = tmp_path / "s.db"
+    source, user, _ = setup()
+    PreferenceSession(store, source, user, pool_size=8).run(1, progress_bar=False)
+    out = io.StringIO()
+    with pytest.raises(InputDataError, match=r"--rater: expected a rater whose session papa-bayes label began") as err:
+        label_main(["--store", str(store)], read=lambda _: "q", write=out)
+    assert "--rater 1" in str(err.value) and "Resuming" not in out.getvalue()

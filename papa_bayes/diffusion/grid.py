@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,9 @@ def _image_formats() -> frozenset[str]:
     writers = set()
     for name in PIL.Image.SAVE:
         try:
-            probe.save(io.BytesIO(), format=name, dpi=(100, 100))
+            with warnings.catch_warnings():  # Pillow deprecates some writers (IM): not ours to show at each save
+                warnings.simplefilter("ignore", DeprecationWarning)
+                probe.save(io.BytesIO(), format=name, dpi=(100, 100))
         except Exception:  # each plugin words its refusal its own way: OSError, ValueError, ...
             continue
         writers.add(name.lower())

@@ -59,7 +59,7 @@ def fit(
             ``"laplace"``).
         num_samples: draws per chain (NUTS, default 500, at least 4) or in total
             (SVI, Laplace; default 1000).
-        warmup_steps: NUTS warm-up per chain (default 300; started at the Laplace mode).
+        warmup_steps: NUTS warm-up per chain (default 300, 150 for an update; started at the Laplace mode).
         num_chains: NUTS chains, run one after another.
         num_steps: SVI steps (default 1000 from the Laplace start; 200 for an update).
         learning_rate: SVI Adam learning rate.
@@ -112,8 +112,11 @@ def fit(
     check_preference_data(data)
     data.require_observations()
     progress_bar = check_bool("progress_bar", progress_bar, optional=True)
-    check_fit_options(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
-                   learning_rate=learning_rate, seed=seed)
+    # Python ints from here on: a small NumPy seed wraps in the streams' arithmetic (np.int16(30000) + 7919 * m).
+    checked = check_fit_options(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
+                                num_steps=num_steps, learning_rate=learning_rate, seed=seed)
+    num_samples, warmup_steps, num_chains, num_steps, learning_rate, seed = (checked[k] for k in (
+        "num_samples", "warmup_steps", "num_chains", "num_steps", "learning_rate", "seed"))
     if not isinstance(model, PyroRewardModel):
         if refine_steps:
             raise InputDataError("refine_steps", "0 for GP models (refinement is for Pyro models' Laplace draws)",
@@ -177,7 +180,8 @@ def prior_posterior(
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     check_preference_data(data)
     refine_steps = _check_refine_steps(refine_steps, "laplace")
-    check_fit_options(num_samples=num_samples, seed=seed)
+    checked = check_fit_options(num_samples=num_samples, seed=seed)
+    num_samples, seed = checked["num_samples"], checked["seed"]
     if data.num_observations:  # conditioning on them would return a posterior under the prior's name
         raise InputDataError("data", "items without answers (the prior is before any answer; fit() uses them)",
                              f"{data.num_comparisons} comparisons and {data.num_ratings} ratings")
@@ -187,30 +191,40 @@ def prior_posterior(
     return _fit_laplace(model, data, opts, None)
 
 
-def check_fit_options(**options: Any) -> None:
+def check_fit_options(**options: Any) -> dict[str, Any]:
     """Numeric fitting options, any of them: counts are integers in range (None: the
-    default, except for ``num_chains`` and ``seed``), ``learning_rate`` positive."""
+    default, except for ``num_chains`` and ``seed``), ``learning_rate`` positive.
+
+    Returns:
+        The options as Python numbers (counts ``int``, ``learning_rate`` ``float``; None kept): NumPy
+        integers would wrap in the arithmetic that derives seeds and sizes from them.
+    """
+    checked: dict[str, Any] = {}
     lowest = {"num_samples": 1, "warmup_steps": 0, "num_chains": 1, "num_steps": 1, "seed": 0, "num_features": 1}
     # Fits derive their streams' seeds from ``seed`` (e.g. seed * 1000 + chain); 32 bits keeps them within torch's.
     highest = {"seed": 2**32 - 1}
     for name, value in options.items():
         if name == "learning_rate":
-            check_float(name, value, strict=True)
+            checked[name] = check_float(name, value, strict=True)
             continue
         required = name in ("num_chains", "seed")
         if value is None and not required:
+            checked[name] = None
             continue
         low, high = lowest[name], highest.get(name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
                 or (high is not None and value > high):
             bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
             raise InputDataError(name, bound + ("" if required else " or None (the default)"), value)
+        checked[name] = int(value)
+    return checked
 
 
 def _check_refine_steps(refine_steps: Any, method: str) -> int:
     refine_steps = check_int("refine_steps", refine_steps, minimum=0, expected="a non-negative integer")
     if refine_steps and method != "laplace":
-        raise InputDataError("refine_steps", "0 unless method='laplace' (NUTS and SVI are not Gaussian draws)", refine_steps)
+        raise InputDataError("refine_steps", "0 unless method='laplace' (NUTS and SVI are not Gaussian draws)",
+                             refine_steps)
     return refine_steps
 
 
@@ -235,7 +249,8 @@ def _mode_values(post: PyroPosterior | None) -> dict[str, Tensor] | None:
     return {k: v.median(0).values if v.dim() else v for k, v in post.params.items()}
 
 
-def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
+                 warm: PyroPosterior | None) -> PyroPosterior:
     if "rationality" in model.priors(data):
         return _fit_integrated_laplace(model, data, opts, warm)
     space = UnconstrainedSpace(model.priors(data))
@@ -296,7 +311,8 @@ def _draws_posterior(model: PyroRewardModel, data: PreferenceData, params: dict[
                          sample_stats=stats, state=state, options=opts, diagnostics=diagnostics)
 
 
-def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
+              warm: PyroPosterior | None) -> PyroPosterior:
     from pyro.infer import MCMC, NUTS
     from pyro.infer.autoguide.initialization import init_to_value
 
@@ -349,7 +365,8 @@ def _nuts_diagnostics(post: PyroPosterior) -> None:
         )
 
 
-def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any], warm: PyroPosterior | None) -> PyroPosterior:
+def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
+             warm: PyroPosterior | None) -> PyroPosterior:
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoMultivariateNormal
     from pyro.infer.autoguide.initialization import init_to_value

@@ -118,8 +118,12 @@ class PyroPosterior(RewardPosterior):
         return self.model.log_likelihood(self.params, data)
 
     def update(self, data: PreferenceData) -> PyroPosterior:
-        if not isinstance(data, PreferenceData) or not data.extends(self.data):
-            raise InputDataError("data", "the fitted data with rows appended (PreferenceData.append)", repr(data))
+        expected = "the fitted data with rows appended (PreferenceData.append)"
+        if not isinstance(data, PreferenceData):
+            raise InputDataError("data", expected, type(data).__name__)
+        mismatch = data.extension_mismatch(self.data)  # where it stops extending, as GPPosterior.update says
+        if mismatch is not None:
+            raise InputDataError("data", expected, f"{data!r}: {mismatch}")
         from papa_bayes.inference.fit import update_posterior
 
         return update_posterior(self, data)
@@ -143,12 +147,16 @@ class PyroPosterior(RewardPosterior):
         rater's ``w`` is the moment-matched Gaussian of ``mean + scale * N(0, I)``
         over the posterior draws, and its rationality prior is moment-matched in
         log space.
+
+        Raises:
+            InputDataError: a posterior of one draw (``num_samples=1``), which has no covariance.
         """
         from papa_bayes.models.linear import HierarchicalLinearReward, LinearReward
 
         if not isinstance(self.model, HierarchicalLinearReward):
             raise ModelError("new_rater_model() needs a HierarchicalLinearReward posterior.")
         mu, tau = self.params["population_mean"], self.params["population_scale"]
+        draws_std(mu)  # one draw has no covariance (torch.cov: NaN, then a failed Cholesky): InputDataError
         # E[w] = E[mu]; Cov[w] = Cov[mu] + E[diag(tau^2)].
         loc = mu.mean(0)
         cov = torch.cov(mu.T).reshape(loc.shape[0], -1) + torch.diag((tau**2).mean(0))
