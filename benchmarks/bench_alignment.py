@@ -24,8 +24,9 @@ import warnings
 from operator import itemgetter
 from pathlib import Path
 
-from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts, file_stem, markdown_table, output_folder,
-                               parse_with_tiny, reals, result_files, run_main, write_results)
+from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, DefaultsHelpFormatter, add_out_option, counts, file_stem,
+                               markdown_table, output_folder, parse_with_tiny, reals, result_files, run_main,
+                               write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
 from papa_bayes.exceptions import InputDataError
 
@@ -59,7 +60,7 @@ def target_met(c: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds, one run of every method each (the person, the sessions and the sampler)")
     p.add_argument("--labels", type=int, nargs="+", default=[0, 5, 10, 20, 30, 60],

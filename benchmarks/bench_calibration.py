@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, one_of, output_folder, parse_with_tiny, run_main,
-                               write_results)
+from benchmarks.common import (RESULTS, DefaultsHelpFormatter, add_out_option, counts, markdown_table, one_of,
+                               output_folder, parse_with_tiny, run_main, write_results)
 from papa_bayes import LinearReward
 from papa_bayes.diagnostics import plot_reliability, plot_sbc_ranks, simulation_based_calibration
 from papa_bayes.diagnostics.sbc import LEVELS, SBCResult
@@ -128,7 +128,7 @@ def _plot(results: dict[str, SBCResult], num_bins: int | None, out: Path, name: 
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--dim", type=int, default=4, help="feature dimension d")
     p.add_argument("--comparisons", type=int, default=50, help="answers per simulated data set (m)")
     p.add_argument("--items", type=int, default=200, help="size of the item pool the pairs are drawn from")

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (MIN_SCORED_SAMPLES, add_out_option, counts, machine, one_of, output_folder, parse_with_tiny, reals,
-                               run_main)
+from benchmarks.common import (MIN_SCORED_SAMPLES, DefaultsHelpFormatter, add_out_option, counts, machine, one_of,
+                               output_folder, parse_with_tiny, reals, run_main)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -194,7 +194,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes, scales and objectives (seconds), for tests; options given explicitly "
                         "are kept")

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny,
-                               reals, run_main, write_results)
+from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, DefaultsHelpFormatter, add_out_option, counts,
+                               markdown_table, output_folder, parse_with_tiny, reals, run_main, write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -221,7 +221,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes and the first PAPA setting (seconds), for tests; options given "
                         "explicitly are kept")

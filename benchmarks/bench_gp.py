@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, reals, run_main,
-                               write_results)
+from benchmarks.common import (RESULTS, DefaultsHelpFormatter, add_out_option, counts, markdown_table, output_folder,
+                               parse_with_tiny, reals, run_main, write_results)
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
 from papa_bayes.users import SimulatedUser, simulate_comparisons
@@ -134,7 +134,7 @@ def _repeat_table(rows: list[dict[str, Any]], repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000], metavar="M",
                    help="numbers of comparisons m")
     p.add_argument("--items-per-comparison", type=float, default=0.5,

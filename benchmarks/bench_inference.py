@@ -15,7 +15,8 @@ import warnings
 
 import torch
 
-from benchmarks.common import RESULTS, add_out_option, counts, markdown_table, output_folder, parse_with_tiny, run_main, write_results
+from benchmarks.common import (RESULTS, DefaultsHelpFormatter, add_out_option, counts, markdown_table, output_folder,
+                               parse_with_tiny, run_main, write_results)
 from papa_bayes import LinearReward, fit
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
@@ -52,7 +53,7 @@ def _fit_options(method: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 10000], metavar="M",
                    help="numbers of comparisons m to fit")
     p.add_argument("--dims", type=int, nargs="+", default=[8, 32], metavar="D", help="feature dimensions d")

@@ -47,8 +47,8 @@ from typing import Any
 import torch
 
 from papa_bayes import LinearReward, fit
-from benchmarks.common import (RESULTS, add_out_option, counts, file_stem, machine, one_of, output_folder, parse_with_tiny,
-                               result_files, run_main)
+from benchmarks.common import (RESULTS, DefaultsHelpFormatter, add_out_option, counts, file_stem, machine, one_of,
+                               output_folder, parse_with_tiny, result_files, run_main)
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
@@ -65,7 +65,7 @@ BOTORCH_ARMS = ("botorch_bald", "botorch_eubo")
 
 # ----------------------------------------------------------------------------- args
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--dims", default="4,8,16", help="feature dimensions d, comma-separated")
     p.add_argument("--rationalities", default="0.5,1,5", help="user rationalities, comma-separated (inf: noiseless)")
     p.add_argument("--pool-size", type=int, default=500, help="N(0, I) items in the pool (every pair is a candidate)")
@@ -164,12 +164,23 @@ def _check_options(args: argparse.Namespace) -> None:
                 float(d), float(r)
             except ValueError:
                 raise InputDataError("--botorch-settings", "'all' or d:rationality pairs such as 8:1", repr(setting)) from None
+        # BoTorch arms alone on settings none of the protocol's would run nothing and write empty tables.
+        protocol = {(float(d), r) for d in _ints("--dims", args.dims) for r in rationalities}
+        if not args.skip_protocol and not arms and not protocol & _botorch_settings(args.botorch_settings):
+            shown = ", ".join(f"{d:g}:{r:g}" for d, r in sorted(protocol))
+            raise InputDataError("--botorch-settings", f"'all' or a setting of --dims and --rationalities ({shown}) "
+                                 "when the BoTorch arms are the only arms", repr(args.botorch_settings))
     for spec in [s for s in args.liked_set_strategies.split(",") if s]:
         name, at, region = spec.partition("@")
         one_of("--liked-set-strategies", [name], STRATEGIES)
         q = _floats(region, "--liked-set-strategies")
         if at and not (len(q) == 1 and 0 < q[0] < 1):
             raise InputDataError("--liked-set-strategies", "strategy[@q] with 0 < q < 1", repr(spec))
+
+
+def _botorch_settings(text: str) -> set[tuple[float, ...]] | str:
+    """``--botorch-settings`` as (d, rationality) pairs, or 'all'."""
+    return "all" if text == "all" else {tuple(float(v) for v in s.split(":")) for s in text.split(",") if s}
 
 
 def _floats(text: str, option: str = "a comma-separated option") -> list[float]:
@@ -816,7 +827,7 @@ def _main(args) -> dict[str, Any]:
         return merge(args.merge, args)
     strategies = [s for s in args.strategies.split(",") if s]
     botorch_arms = [s for s in args.botorch.split(",") if s]
-    settings = "all" if args.botorch_settings == "all" else {tuple(float(v) for v in s.split(":")) for s in args.botorch_settings.split(",") if s}
+    settings = _botorch_settings(args.botorch_settings)
     result: dict[str, Any] = {"benchmark": "bench_queries", "machine": machine(), "config": vars(args), "protocol": {}, "speed": None}
     raw: dict[str, Any] = {}
     start = time.perf_counter()

@@ -23,18 +23,20 @@ import torch  # noqa: E402
 
 from papa_bayes import LinearReward, fit  # noqa: E402
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons  # noqa: E402
+from papa_bayes.checks import bounded_arg  # noqa: E402
+
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-features", type=int, default=8)
-    parser.add_argument("--num-items", type=int, default=500)
-    parser.add_argument("--num-comparisons", type=int, default=200)
-    parser.add_argument("--rationality", type=float, default=1.0)
-    parser.add_argument("--num-samples", type=int, default=500, help="NUTS draws per chain")
-    parser.add_argument("--warmup-steps", type=int, default=300)
-    parser.add_argument("--num-chains", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-features", type=bounded_arg(int, 1), default=8)
+    parser.add_argument("--num-items", type=bounded_arg(int, 2), default=500)
+    parser.add_argument("--num-comparisons", type=bounded_arg(int, 1), default=200)
+    parser.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.0)
+    parser.add_argument("--num-samples", type=bounded_arg(int, 4), default=500, help="NUTS draws per chain")
+    parser.add_argument("--warmup-steps", type=bounded_arg(int, 0), default=300)
+    parser.add_argument("--num-chains", type=bounded_arg(int, 1), default=2)
+    parser.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     parser.add_argument("--out", type=Path, default=Path("example_output/01"))
     args = parser.parse_args(argv)
 

@@ -34,6 +34,8 @@ from papa_bayes.diagnostics.calibration import expected_calibration_error, relia
 from papa_bayes.inference import fit  # noqa: E402
 from papa_bayes.models import LinearReward, PairwiseGPReward, PreferenceGP  # noqa: E402
 from papa_bayes.users import SimulatedUser, simulate_comparisons  # noqa: E402
+from papa_bayes.checks import bounded_arg  # noqa: E402
+
 
 
 def two_bumps(x: torch.Tensor) -> torch.Tensor:
@@ -52,21 +54,24 @@ def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-items", type=int, default=200, help="items the person compares")
-    parser.add_argument("--num-comparisons", type=int, default=300)
-    parser.add_argument("--num-test-items", type=int, default=500)
-    parser.add_argument("--num-test-pairs", type=int, default=4000)
-    parser.add_argument("--rationality", type=float, default=1.5, help="answers' inverse noise (probit)")
-    parser.add_argument("--num-samples", type=int, default=512, help="posterior draws")
+    parser.add_argument("--num-items", type=bounded_arg(int, 2), default=200, help="items the person compares")
+    parser.add_argument("--num-comparisons", type=bounded_arg(int, 1), default=300)
+    parser.add_argument("--num-test-items", type=bounded_arg(int, 2), default=500)
+    parser.add_argument("--num-test-pairs", type=bounded_arg(int, 1), default=4000)
+    parser.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.5,
+                        help="answers' inverse noise (probit)")
+    parser.add_argument("--num-samples", type=bounded_arg(int, 1), default=512, help="posterior draws")
     parser.add_argument("--no-pairwise-gp", action="store_true", help="skip BoTorch's PairwiseGP")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (small linear algebra runs best on one)")
-    parser.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=bounded_arg(int, 1), default=1,
+                        help="torch threads (small linear algebra runs best on one)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a seconds-long run (tests); sizes given explicitly are kept")
+    parser.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     parser.add_argument("--out", type=Path, default=Path("example_output/02"))
     args = parser.parse_args(argv)
-    if args.tiny:
-        args.num_items, args.num_comparisons, args.num_test_items, args.num_test_pairs = 40, 60, 60, 300
-        args.num_samples = 64
+    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
+        parser.set_defaults(num_items=40, num_comparisons=60, num_test_items=60, num_test_pairs=300, num_samples=64)
+        args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 

@@ -26,23 +26,28 @@ import torch
 
 from papa_bayes.acquisition import queries_to_reach, run_active_learning
 from papa_bayes.users import SimulatedUser, random_unit_vector
+from papa_bayes.checks import bounded_arg
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dim", type=int, default=8, help="feature dimension d")
-    p.add_argument("--pool-size", type=int, default=500, help="candidate items (all pairs are scored)")
-    p.add_argument("--queries", type=int, default=30, help="answers per run")
-    p.add_argument("--seeds", type=int, default=5, help="independent runs (paired across strategies)")
-    p.add_argument("--rationality", type=float, default=1.0, help="the simulated user's rationality")
-    p.add_argument("--num-samples", type=int, default=256, help="posterior draws")
+    p.add_argument("--dim", type=bounded_arg(int, 1), default=8, help="feature dimension d")
+    p.add_argument("--pool-size", type=bounded_arg(int, 2), default=500, help="candidate items (all pairs are scored)")
+    p.add_argument("--queries", type=bounded_arg(int, 1), default=30, help="answers per run")
+    p.add_argument("--seeds", type=bounded_arg(int, 1), default=5, help="independent runs (paired across strategies)")
+    p.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.0,
+                   help="the simulated user's rationality")
+    p.add_argument("--num-samples", type=bounded_arg(int, 1), default=256, help="posterior draws")
     p.add_argument("--strategies", default="eig,random", help="comma-separated strategies to compare")
-    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--seed", type=bounded_arg(int, 0), default=0, help="base seed")
     p.add_argument("--out", default="example_output/03", help="output folder")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes (d=3, pool 40, 6 queries, 2 seeds)")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny sizes (d=3, pool 40, 6 queries, 2 seeds); sizes given explicitly are kept")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.dim, args.pool_size, args.queries, args.seeds, args.num_samples = 3, 40, 6, 2, 64
+    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
+        p.set_defaults(dim=3, pool_size=40, queries=6, seeds=2, num_samples=64)
+        args = p.parse_args(argv)
     return args
 
 

@@ -20,21 +20,24 @@ from pathlib import Path
 from papa_bayes.demo import DigitsUser, make_setup
 from papa_bayes.diffusion import DiffusionCandidates, evaluate_samples, save_image_grid
 from papa_bayes.session import PreferenceSession
+from papa_bayes.checks import bounded_arg
+
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=int, default=20)
+    p.add_argument("--labels", type=bounded_arg(int, 1), default=20)
     p.add_argument("--query-type", choices=("pair", "rating"), default="pair")
-    p.add_argument("--pool-size", type=int, default=16)
-    p.add_argument("--recommend", type=int, default=64)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool-size", type=bounded_arg(int, 2), default=16)
+    p.add_argument("--recommend", type=bounded_arg(int, 4), default=64)
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
+    p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/04"))
     args = p.parse_args(argv)
     opts: dict = {}
-    if args.tiny:
-        args.labels, args.pool_size, args.recommend = 2, 4, 4
+    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
+        p.set_defaults(labels=2, pool_size=4, recommend=4)
+        args = p.parse_args(argv)
         opts = dict(scale=0.5, num_base=16, pool_steps=4, recommend_steps=5, oversample=2.0)
     args.out.mkdir(parents=True, exist_ok=True)
 

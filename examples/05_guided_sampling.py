@@ -38,16 +38,18 @@ from papa_bayes.diffusion import (
 )
 from papa_bayes.inference import fit
 from papa_bayes.models import LinearReward
+from papa_bayes.checks import bounded_arg
+
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-samples", type=int, default=128, help="steered samples to draw")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    parser.add_argument("--labels", type=int, default=20, help="base samples the person rates")
-    parser.add_argument("--pool-scale-samples", type=int, default=64, help="pool size of the scale rule")
-    parser.add_argument("--oversample", type=float, default=4.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=bounded_arg(int, 4), default=128, help="steered samples to draw")
+    parser.add_argument("--steps", type=bounded_arg(int, 1), default=25, help="DDIM steps")
+    parser.add_argument("--labels", type=bounded_arg(int, 1), default=20, help="base samples the person rates")
+    parser.add_argument("--pool-scale-samples", type=bounded_arg(int, 1), default=64, help="pool size of the scale rule")
+    parser.add_argument("--oversample", type=bounded_arg(float, 1), default=4.0)
+    parser.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for before/after PNG grids")
     args = parser.parse_args(argv)
     gen = lambda offset: torch.Generator().manual_seed(args.seed + offset)  # noqa: E731

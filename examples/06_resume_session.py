@@ -21,19 +21,22 @@ import torch
 from papa_bayes.session import FeaturePool, PreferenceSession
 from papa_bayes.store import PreferenceStore
 from papa_bayes.users import SimulatedUser, random_unit_vector
+from papa_bayes.checks import bounded_arg
+
 
 
 def main(argv: list[str] | None = None) -> list:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--first", type=int, default=5)
-    p.add_argument("--then", type=int, default=5)
-    p.add_argument("--num-features", type=int, default=4)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first", type=bounded_arg(int, 1), default=5)
+    p.add_argument("--then", type=bounded_arg(int, 1), default=5)
+    p.add_argument("--num-features", type=bounded_arg(int, 1), default=4)
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
+    p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/06"))
     args = p.parse_args(argv)
-    if args.tiny:
-        args.first, args.then = 2, 2
+    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
+        p.set_defaults(first=2, then=2)
+        args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)
     items = torch.randn(100, args.num_features, generator=g, dtype=torch.float64)

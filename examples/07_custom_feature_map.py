@@ -27,6 +27,8 @@ from papa_bayes.diffusion import (
     save_feature_map,
 )
 from papa_bayes.session import PreferenceSession
+from papa_bayes.checks import bounded_arg
+
 
 
 def ink_features(images: torch.Tensor) -> torch.Tensor:
@@ -43,14 +45,15 @@ def ink_features(images: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=int, default=10)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", type=bounded_arg(int, 1), default=10)
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
+    p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/07"))
     args = p.parse_args(argv)
     opts: dict = {}
-    if args.tiny:
-        args.labels = 2
+    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
+        p.set_defaults(labels=2)
+        args = p.parse_args(argv)
         opts = dict(scale=0.5, num_base=16, pool_steps=4, recommend_steps=5, oversample=2.0)
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
+__all__ = ["bounded_arg", "check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
            "check_int", "check_path", "check_real_tensor", "holds_bool", "is_integer_tensor", "plain_array",
            "read_json_object", "reading", "renamed_option", "shape_of"]
 
@@ -30,6 +30,33 @@ _Function = TypeVar("_Function", bound=Callable[..., Any])
 def _shown(value: Any) -> Any:
     """``value`` as an error shows it: a str quoted, so that "3" does not read as 3."""
     return repr(value) if isinstance(value, str) else value
+
+
+def bounded_arg(kind: type, low: float, *, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``kind(text)``, at least ``low`` (above it if ``strict``), else argparse's one-line error.
+
+    The examples' command lines use it, so that ``--queries -2`` reads "argument --queries: expected an integer
+    >= 1, got '-2'" (exit 2) instead of a traceback from deep inside.
+
+    Example:
+        >>> import argparse
+        >>> from papa_bayes.checks import bounded_arg
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = parser.add_argument("--queries", type=bounded_arg(int, 1), default=20)
+        >>> parser.parse_args(["--queries", "5"]).queries
+        5
+    """
+    import argparse
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not (value > low if strict else value >= low):  # NaN too
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} "
+                                             f"{'>' if strict else '>='} {low:g}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # text that is no number: argparse's "invalid int value: 'x'"
+    return parse
 
 
 def shape_of(value: Any) -> Any:

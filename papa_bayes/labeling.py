@@ -115,7 +115,7 @@ class TerminalUser(User):
     def rate(self, images: Tensor) -> Tensor:
         """Ask about one item (`1 x ...`): `1` long, +1 like / -1 dislike."""
         self._show(images)
-        ans = self._ask("Do you like it? [y] yes  [n] no: ", {"y": 1, "n": -1})
+        ans = self._ask("Do you like it? [y]es  [n]o: ", {"y": 1, "yes": 1, "n": -1, "no": -1})
         return torch.tensor([ans], dtype=torch.long)
 
 
@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     d = SESSION_OPTIONS
     kept = "; a resumed session keeps its own"
     p = argparse.ArgumentParser(prog="papa-bayes label", description=__doc__.splitlines()[0].replace("``", ""),
-                                epilog="Answers: 1 (left), 2 (right) or t (tie) for pairs, y or n for ratings; q, "
-                                       "Ctrl-C or Ctrl-D stops, every answer kept; the same command continues.")
+                                epilog="Answers: 1 (left), 2 (right) or t (tie) for pairs, y (yes) or n (no) for "
+                                       "ratings; q, Ctrl-C or Ctrl-D stops, every answer kept; the same command "
+                                       "continues.")
     p.add_argument("--store", type=Path, required=True,
                    help="the session's SQLite file: created when missing (in an existing folder), else resumed")
     p.add_argument("--labels", type=int, default=20, help="questions to ask in this sitting (default: %(default)s)")
@@ -358,6 +359,9 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     try:
         if resuming:  # a question left unanswered last time is asked first (inside resume), and counts
             print(f"Resuming {args.store} (rater {args.rater}): {before} answers so far.", file=write)
+            if existing.pending_query(args.rater) is not None:  # numbered as the questions after it are
+                again = f"Question 1 of {args.labels}" if args.labels else "The question"
+                print(f"{again}: asked again, left unanswered last time.", file=write, flush=True)
             session = PreferenceSession.resume(args.store, source, user, model=model, rater=args.rater)
         else:
             session = PreferenceSession(args.store, source, user, model=model, query_type=options["query_type"],

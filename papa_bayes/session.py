@@ -235,6 +235,9 @@ class PreferenceSession:
         # Set before a round's query is stored and cleared once the round is finished: while
         # it is unset, no query of this round is stored, so step() need not read the store.
         self._round_open = False
+        # The random state of an open round's start while the store could not say whether its query was
+        # stored: rewound to when the next step() finds none, so that it draws the same pool again.
+        self._round_start: tuple[Tensor, dict[str, Any] | None] | None = None
         self._posterior: RewardPosterior | None = None
         self._shown: list[int] = []
         self._rater_model_cache: Any | None = None
@@ -433,7 +436,11 @@ class PreferenceSession:
         if self._round_open:  # an exception interrupted this round, perhaps after its query was stored
             stored = self._round_query()
             if stored is not None:
+                self._round_start = None
                 return self._complete_open_round(stored)
+            if self._round_start is not None:  # not stored after all: drawn again, as a resume would
+                self._rewind(*self._round_start)
+                self._round_start = None
         t0 = time.perf_counter()
         # A failure before the query is stored (in the source, the selection, ...) rewinds the random
         # state, so that a retried step draws this round's pool again, as resume() would.
@@ -469,7 +476,7 @@ class PreferenceSession:
             try:
                 stored = self._round_query() is not None
             except Exception:  # the store cannot say: the round stays open, for the next step to look again
-                stored = True
+                stored, self._round_start = True, (rng_state, source_state)
             if not stored:  # refused (busy, disk full): retried as if never drawn
                 self._round_open = False
                 self._rewind(rng_state, source_state)

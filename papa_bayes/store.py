@@ -126,6 +126,12 @@ def _read_only(err: BaseException | None) -> bool:
         "SQLITE_READONLY")
 
 
+def _busy(err: BaseException) -> bool:
+    """Whether ``err`` is SQLite's "database is locked": another connection held the store past the wait."""
+    name = getattr(err, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) if name else "locked" in str(err)
+
+
 class _Undo(Exception):
     """Rolls a probing transaction back (:meth:`PreferenceStore.check_writable`)."""
 
@@ -273,6 +279,8 @@ class PreferenceStore:
         def _refused(self, err: sqlite3.OperationalError) -> StoreError:
             if _read_only(err):
                 return StoreError(f"Could not write to the store {self.path} ({err}): {_READ_ONLY}")
+            if not _busy(err):  # (a full disk, an I/O error, ...): SQLite's own reason, not a lock
+                return StoreError(f"Could not write to the store {self.path} ({err}); nothing was written.")
             # sqlite3's bare "database is locked" named neither the file nor what to do.
             return StoreError(f"Could not write to the store {self.path} ({err}): another program held it "
                               "longer than the 30 s wait; nothing was written, try again.")

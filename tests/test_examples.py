@@ -7,6 +7,7 @@ each example's docstring commands use the example's own flags.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import importlib.util
@@ -60,6 +61,66 @@ def test_example_runs_tiny(name, tmp_path):
         warnings.simplefilter("ignore")
         module.main([*TINY_ARGS[name], "--seed", "0", "--out", str(tmp_path)])
     assert any(tmp_path.iterdir()), "the example wrote no output"
+
+
+class _Started(Exception):
+    """Raised where an example makes its output folder: its options are read by then."""
+
+
+def _options_read(module, argv: list[str], monkeypatch) -> argparse.Namespace:
+    """The options ``module.main(argv)`` runs with, as they stand when it makes its output folder (and stops)."""
+    parsed = []
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def record(self, args=None, namespace=None):
+        parsed.append(parse_args(self, args, namespace))
+        return parsed[-1]
+
+    def stop(self, *args, **kwargs):
+        raise _Started
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", record)
+    monkeypatch.setattr(Path, "mkdir", stop)
+    with pytest.raises(_Started):
+        module.main(argv)
+    return parsed[-1]
+
+
+TINY_KEEPS = [  # (example, a size given with --tiny, what the run reads: that size and the other sizes' tiny ones)
+    ("02_gp_preferences.py", ["--num-items", "30"], {"num_items": 30, "num_comparisons": 60}),
+    ("03_active_learning.py", ["--queries", "3"], {"queries": 3, "dim": 3}),
+    ("04_full_loop.py", ["--labels", "3"], {"labels": 3, "pool_size": 4}),
+    ("06_resume_session.py", ["--first", "3"], {"first": 3, "then": 2}),
+    ("07_custom_feature_map.py", ["--labels", "3"], {"labels": 3}),
+    ("08_session_in_arviz.py", ["--labels", "4"], {"labels": 4, "num_samples": 30}),
+]
+
+
+@pytest.mark.parametrize("name, argv, expected", TINY_KEEPS, ids=[name[:2] for name, _, _ in TINY_KEEPS])
+def test_tiny_keeps_the_sizes_given_explicitly(name, argv, expected, monkeypatch, tmp_path):
+    # was: --tiny overwrote them (06 --tiny --first 3 stopped after 2 answers), unlike the benchmarks' --tiny
+    args = _options_read(_load(EXAMPLES / name), ["--tiny", *argv, "--out", str(tmp_path / "out")], monkeypatch)
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+BAD_SIZES = {  # a size of each example, given a negative value
+    "01_bradley_terry_recovery.py": "--num-comparisons", "02_gp_preferences.py": "--num-items",
+    "03_active_learning.py": "--pool-size", "04_full_loop.py": "--labels", "05_guided_sampling.py": "--steps",
+    "06_resume_session.py": "--first", "07_custom_feature_map.py": "--labels",
+    "08_session_in_arviz.py": "--num-samples",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SIZES))
+def test_a_negative_size_is_argparse_one_line_error(name, monkeypatch, capsys, tmp_path):
+    # was: accepted, then a traceback from the library (or a run of the tiny size with --tiny)
+    option = BAD_SIZES[name]
+    for argv in ([option, "-5"], ["--tiny", option, "-5"]) if name in {n for n, _, _ in TINY_KEEPS} else ([option, "-5"],):
+        with pytest.raises(SystemExit) as exit:
+            _options_read(_load(EXAMPLES / name), [*argv, "--out", str(tmp_path / "out")], monkeypatch)
+        assert exit.value.code == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert re.search(rf"error: argument {option}: expected an integer >= \d, got '-5'$", line), line
 
 
 def _help(main, argv: list[str]) -> str:

@@ -664,3 +664,22 @@ def test_kernel_priors_are_checked_and_the_callers_left_alone():
     post = PreferenceGP(lengthscale_prior=mine).fit(data, num_samples=4)
     assert mine.concentration.dtype == torch.float32 and mine.rate.dtype == torch.float32
     assert post.hyperparameters["lengthscale"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("model", [PreferenceGP, PairwiseGPReward])
+def test_a_numpy_seed_given_to_a_gp_fit_draws_what_the_same_python_seed_draws(model):
+    """The GP fits, called directly (model.fit), kept a NumPy seed: np.uint16(65535) + 1 wrapped to 0 in the draws'
+    stream seeds, and np.int16(30000) + 7919 * M overflowed in an update's new noise."""
+    g = torch.Generator().manual_seed(5)
+    items = torch.rand(8, 2, generator=g, dtype=torch.float64)
+    data = PreferenceData(items=items, comparisons=[[0, 1], [3, 2], [4, 5], [6, 7], [1, 2]])
+    more = PreferenceData(items=items, comparisons=[[0, 1], [3, 2], [4, 5], [6, 7], [1, 2], [7, 0]])
+    opts = dict(num_samples=8, num_features=16) | ({"num_steps": 5} if model is PreferenceGP else {})
+    x = items[:4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in (np.uint16(2**16 - 1), np.int16(30000)):
+            post, same = model().fit(data, seed=seed, **opts), model().fit(data, seed=int(seed), **opts)
+            assert torch.equal(post.utility(x), same.utility(x)), seed
+            assert type(post.state["seed"]) is int
+            assert torch.equal(post.update(more).utility(x), same.update(more).utility(x)), seed

@@ -623,3 +623,27 @@ def test_laplace_batches_hessian_rows_only_for_small_problems(monkeypatch):
         batched_calls.clear()
         fit(LinearReward(), data, method="laplace", num_samples=16)
         assert any(batched_calls) == batched, (d, m)
+
+
+def test_successive_svi_fits_do_not_share_their_draws_noise():
+    """SVI's final draws used the stream `seed + 1` whatever the data, so an update (or a fit of more answers)
+    drew the very noise of the fit before, as Laplace's per-data-size stream avoids. Whitened by their own mean
+    and covariance, the draws of `loc + L eps` are the whitened `eps`: equal to rounding when `eps` is shared."""
+
+    def whitened(post):
+        centred = post.params["scaled_w"] - post.params["scaled_w"].mean(0)
+        chol = torch.linalg.cholesky(centred.T @ centred / len(centred))
+        return torch.linalg.solve_triangular(chol, centred.T, upper=False).T
+
+    items = torch.tensor([[2.0, 0.5], [-2.0, 1.0], [0.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+    three = PreferenceData(items=items, comparisons=[[0, 1], [3, 2], [0, 2]])
+    four = three.append(comparisons=[[3, 1]])
+    opts = dict(method="svi", num_samples=64, num_steps=20, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = fit(LinearReward(rationality=1.0), three, **opts)
+        later = [first.update(four), fit(LinearReward(rationality=1.0), four, **opts)]
+        again = fit(LinearReward(rationality=1.0), three, **opts)
+    assert torch.equal(again.params["scaled_w"], first.params["scaled_w"])  # the same data and seed: the same draws
+    for post in later:
+        assert float((whitened(post) - whitened(first)).abs().max()) > 0.5

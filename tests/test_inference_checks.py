@@ -144,3 +144,26 @@ def test_an_update_on_data_that_does_not_extend_the_fit_says_where():
     with pytest.raises(InputDataError, match="got dict"):
         post.update({"items": ITEMS.tolist()})
     assert post.update(data.append(comparisons=[[0, 2]])).data.num_comparisons == 3
+
+
+def test_fit_options_take_0d_integer_tensors_as_check_int_does():
+    """check_fit_options refused a 0-d integer tensor (num_samples=torch.tensor(32)) that check_int, and so
+    refine_steps beside it, accepted."""
+    from papa_bayes.inference.fit import check_fit_options
+
+    data = PreferenceData(items=ITEMS, comparisons=[[0, 1], [3, 2], [0, 2]])
+    post = fit(LinearReward(rationality=1.0), data, refine_steps=torch.tensor(3), num_samples=torch.tensor(32),
+               seed=torch.tensor(1, dtype=torch.int16))
+    same = fit(LinearReward(rationality=1.0), data, refine_steps=3, num_samples=32, seed=1)
+    assert torch.equal(post.params["scaled_w"], same.params["scaled_w"])
+    assert all(type(post.options[k]) is int for k in ("num_samples", "seed", "refine_steps"))
+    checked = check_fit_options(num_chains=torch.tensor(2), warmup_steps=torch.tensor(0), seed=np.uint8(7))
+    assert checked == {"num_chains": 2, "warmup_steps": 0, "seed": 7}
+    assert all(type(v) is int for v in checked.values())
+    # what check_int refuses: a one-element tensor, a float or bool tensor, a value out of range
+    for name, bad in (("num_samples", torch.tensor([32])), ("num_samples", torch.tensor(32.0)),
+                      ("seed", torch.tensor(True)), ("num_chains", torch.tensor(0)), ("seed", torch.tensor(-1)),
+                      ("num_samples", True), ("seed", 2**32)):
+        with pytest.raises(InputDataError, match=f"^{name}: expected an integer") as info:
+            check_fit_options(**{name: bad})
+        assert info.value.field == name

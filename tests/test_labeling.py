@@ -192,3 +192,26 @@ def test_a_rater_another_program_began_is_refused_by_name(tmp_path, opens):
     with pytest.raises(InputDataError, match=r"--rater: expected a rater whose session papa-bayes label began") as err:
         label_main(["--store", str(store)], read=lambda _: "q", write=out)
     assert "--rater 1" in str(err.value) and "Resuming" not in out.getvalue()
+
+
+def test_ratings_take_yes_and_no_and_the_question_asked_again_is_numbered(tmp_path, capsys):
+    """A rating took only y or n ("yes", as the prompt spelled it, was refused); and on resume the question
+    left unanswered was asked with no "Question 1 of N" header while the next was announced as "Question 2 of N"."""
+    store = tmp_path / "me.db"
+    tiny = ["--store", str(store), "--pool-steps", "4", "--scale", "0.5", "--num-base", "32"]
+    answers = iter(["Yes", "q"])  # the second question is left unanswered
+    out = io.StringIO()
+    label_main(tiny + ["--query-type", "rating", "--features", "pca", "--labels", "3"],
+               read=lambda _: next(answers), write=out)
+    assert "please answer" not in out.getvalue()
+    answers = iter([" NO ", "y"])
+    out = io.StringIO()
+    label_main(tiny + ["--labels", "2"], read=lambda _: next(answers), write=out)
+    text = out.getvalue()
+    assert text.index("Resuming") < text.index("Question 1 of 2: asked again") < text.index("picture:")
+    assert text.index("Question 2 of 2") > text.index("picture:") and "please answer" not in text
+    with PreferenceStore(store, create=False) as s:
+        assert [q.answer for q in s.queries(answered=True)] == ["like", "dislike", "like"]
+    with pytest.raises(SystemExit):
+        label_main(["--help"])
+    assert "y (yes) or n (no) for ratings" in " ".join(capsys.readouterr().out.split())

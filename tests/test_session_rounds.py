@@ -150,24 +150,35 @@ def test_an_uninterrupted_step_does_not_read_the_query_history(tmp_path, monkeyp
     assert listed == [] and session.store.num_answers() == 4
 
 
-def test_a_query_that_could_not_be_stored_is_drawn_again_by_the_next_step(tmp_path, monkeypatch):
-    """The store refused the query (busy, disk full): nothing of it was stored, so the next
-    step() draws the same pool and pair again, as a resume would, and no round is left open."""
+@pytest.mark.parametrize("listing", ["readable", "unreadable"])
+def test_a_query_that_could_not_be_stored_is_drawn_again_by_the_next_step(tmp_path, monkeypatch, listing):
+    """The store refused the query (busy, disk full): nothing of it was stored, so the next step() draws
+    the same pool and pair again, as a resume would, and the pool is not stored twice. When the store
+    could not even list its queries after the failure ("unreadable"), the round stays open and the next
+    step(), finding no stored query for it, rewinds the round's random state (it drew a second pool)."""
     from papa_bayes.exceptions import StoreError
 
     source, user, _ = setup()
     session = PreferenceSession(tmp_path / "s.db", source, _CountingUser(user), pool_size=8, seed=2)
     session.step()
+    queries = session.store.queries
 
     def refused(**kwargs):
         raise StoreError("the store is busy")
 
+    def unreadable(**kwargs):
+        monkeypatch.setattr(session.store, "queries", queries)  # readable again from the next call on
+        raise StoreError("disk I/O error")
+
     monkeypatch.setattr(session.store, "add_query", refused)
-    with pytest.raises(StoreError, match="busy"):
+    if listing == "unreadable":
+        monkeypatch.setattr(session.store, "queries", unreadable)
+    with pytest.raises(StoreError, match="busy|disk I/O"):
         session.step()
     monkeypatch.undo()
     assert len(session.store.queries()) == 1
     record = session.step()
     assert record.round == 1 and "resumed" not in record.metrics
+    assert len(session.store.round_items(rater=0, round=1)) == 8
     session.run(2, progress_bar=False)
     assert _asked(session) == _asked(_clean(tmp_path, 4))

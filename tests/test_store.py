@@ -396,3 +396,41 @@ def test_a_read_only_store_is_read_and_refuses_writes_with_a_store_error(tmp_pat
     with PreferenceStore(tmp_path / "s.db") as store:
         store.check_writable()  # a probe: nothing written
         assert store.num_items == 3 and store.config is None
+
+
+class _FailingCommit:
+    """A store's connection whose COMMIT fails as SQLite's does on a full disk; all else passes through."""
+
+    def __init__(self, conn, message="database or disk is full", name="SQLITE_FULL"):
+        self.conn, self.message, self.name = conn, message, name
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            err = sqlite3.OperationalError(self.message)
+            err.sqlite_errorname = self.name
+            raise err
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_a_commit_that_fails_for_another_reason_than_a_lock_says_why(tmp_path):
+    """A COMMIT refused on a full disk was reported as "another program held it longer than the 30 s wait";
+    now a StoreError naming the file and SQLite's own reason, and the store stays usable."""
+    path = tmp_path / "s.db"
+    with PreferenceStore(path) as store:
+        store.add_items(torch.randn(3, 2, dtype=torch.float64))
+        q = store.add_query(round=0, rater=0, kind="pair", item_a=0, item_b=1)
+        conn, store.conn = store.conn, _FailingCommit(store.conn)
+        with pytest.raises(StoreError, match=r"s\.db \(database or disk is full\)") as info:
+            store.record_answer(q, "first")
+        assert "another program" not in str(info.value) and "30 s" not in str(info.value)
+        store.conn = conn
+        assert not conn.in_transaction and store.num_answers() == 0  # rolled back
+        store.record_answer(q, "first")
+        assert store.num_answers() == 1
+        store.conn = _FailingCommit(conn, "database is locked", "SQLITE_BUSY")  # a lock is still named as one
+        with pytest.raises(StoreError, match="another program held it"):
+            store.add_items(torch.randn(1, 2, dtype=torch.float64))
+        store.conn = conn

@@ -75,6 +75,22 @@ def test_every_option_is_explained_by_help(name, monkeypatch):
     assert not bare, f"{name} --help says nothing about {bare}"
 
 
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_help_shows_each_default(name, monkeypatch, capsys):
+    # was: no default in any benchmark's --help (e.g. bench_inference --update-repeats 21 only in the source)
+    module = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as exit:
+        (getattr(module, "parse_args", None) or module.main)(["--help"])
+    assert exit.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps at spaces
+    shown = [a for a in _parser(monkeypatch, name)._actions
+             if a.default not in (None, False, argparse.SUPPRESS) and "(default " not in a.help]
+    assert shown, f"{name} has no option with a default to show"
+    for action in shown:
+        value = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+        assert f"(default: {value})" in text, f"{name} --help does not say {action.option_strings[0]}'s default"
+
+
 BAD = [
     ("bench_calibration", ["--datasets", "0"], "--datasets"),
     ("bench_calibration", ["--methods", "bogus"], "--methods"),
@@ -108,6 +124,9 @@ BAD = [
     ("bench_queries", ["--rationalities", ""], "--rationalities"),
     ("bench_queries", ["--strategies", "", "--botorch", ""], "--strategies"),
     ("bench_queries", ["--skip-protocol", "--skip-speed", "--liked-set-seeds", "0"], "--skip-protocol"),
+    # BoTorch arms alone on no setting of --dims x --rationalities (5 is no d of the defaults' or --tiny's)
+    ("bench_queries", ["--strategies", "", "--botorch-settings", "5:1"], "--botorch-settings: expected 'all' or a"),
+    ("bench_queries", ["--strategies", "", "--botorch-settings", ""], "--botorch-settings"),
     ("bench_inference", ["--num-samples", "3"], "--num-samples"),  # was: fit()'s own "num_samples" error
 ]
 

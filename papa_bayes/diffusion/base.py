@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from papa_bayes.checks import check_device, check_float_dtype, check_path, reading
-from papa_bayes.diffusion.models import PREDICTION_TYPES, PixelDiffusion
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.diffusion.models import PREDICTION_TYPES, PixelDiffusion, check_scheduler
+from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -142,7 +142,8 @@ def load_base_model(
 
     Raises:
         InputDataError: when ``path`` is not a folder holding ``unet/config.json`` (or
-            its weights or configs are missing or unreadable), or
+            its weights or configs are missing or unreadable, or its scheduler or
+            denoiser has a learned variance, which the sampler cannot drive), or
             on an unknown ``scheduler``, a device this machine does not have, or a
             ``dtype`` that is not a floating-point torch.dtype.
     """
@@ -163,8 +164,24 @@ def load_base_model(
             train_config = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True).config
         else:
             train_config = DIGITS_SCHEDULER_CONFIG
+    try:  # the folder's config, not an argument of the caller's, is at fault
+        sampler = make_sampling_scheduler(train_config, kind=scheduler)
+    except InputDataError as err:
+        raise InputDataError("path", "a checkpoint whose scheduler config the sampler reads",
+                             f"{root} ({err})") from None
+    check_loaded(root, unet, sampler)  # a learned-variance scheduler or denoiser: was a ModelError
     unet = unet.to(device).eval().requires_grad_(False)
-    return PixelDiffusion(unet, make_sampling_scheduler(train_config, kind=scheduler))
+    return PixelDiffusion(unet, sampler)
+
+
+def check_loaded(root: Path, unet: torch.nn.Module, scheduler: Any) -> None:
+    """InputDataError on ``path`` unless the sampler can drive checkpoint ``root``'s denoiser ``unet`` with the
+    ``scheduler`` loaded from it: a folder's PNDM or learned-variance scheduler failed mid-sampling."""
+    try:
+        check_scheduler(unet, scheduler)
+    except ModelError as err:
+        raise InputDataError("path", "a checkpoint whose scheduler the sampler drives (a DDIMScheduler or "
+                             "DDPMScheduler with a fixed variance)", f"{root} ({err})") from None
 
 
 def reading_checkpoint(root: Path) -> AbstractContextManager[None]:

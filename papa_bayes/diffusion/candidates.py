@@ -210,8 +210,10 @@ class DiffusionCandidates(CandidateSource):
         calls, scale = state.get("calls"), state.get("chosen_scale")
         if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
             raise InputDataError("state['calls']", "a number of pools >= 0", calls)
+        # A store's scale is a number the rule chose (>= 0): a str, bool, NaN or list is a corrupt state.
+        scale = None if scale is None else check_guidance_scale(scale, "state['chosen_scale']")
         self._calls = calls
-        self._chosen_scale = None if scale is None else float(scale)
+        self._chosen_scale = scale
 
     # ------------------------------------------------------------------ guidance
     def guidance(self, posterior: Any, *, generator: torch.Generator | None = None, rescale: bool = False,

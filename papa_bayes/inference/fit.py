@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 import warnings
 from typing import Any
@@ -193,7 +192,8 @@ def prior_posterior(
 
 def check_fit_options(**options: Any) -> dict[str, Any]:
     """Numeric fitting options, any of them: counts are integers in range (None: the
-    default, except for ``num_chains`` and ``seed``), ``learning_rate`` positive.
+    default, except for ``num_chains`` and ``seed``; NumPy integers and 0-d integer
+    tensors count, as in :func:`~papa_bayes.checks.check_int`), ``learning_rate`` positive.
 
     Returns:
         The options as Python numbers (counts ``int``, ``learning_rate`` ``float``; None kept): NumPy
@@ -212,11 +212,10 @@ def check_fit_options(**options: Any) -> dict[str, Any]:
             checked[name] = None
             continue
         low, high = lowest[name], highest.get(name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
-                or (high is not None and value > high):
-            bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-            raise InputDataError(name, bound + ("" if required else " or None (the default)"), value)
-        checked[name] = int(value)
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        # as check_int reads integers: NumPy's and 0-d integer tensors count, bools do not
+        checked[name] = check_int(name, value, minimum=low, maximum=high,
+                                  expected=bound + ("" if required else " or None (the default)"))
     return checked
 
 
@@ -397,7 +396,9 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
         s = opts["num_samples"] or 1000
         with torch.no_grad():
             q = guide.get_posterior()
-            eps = torch.randn(s, q.loc.shape[-1], generator=_generator(opts["seed"] + 1), dtype=torch.float64)
+            # A stream per data size, as Laplace draws: successive updates do not share their noise.
+            gen = _generator(opts["seed"] + 1 + 7919 * data.num_observations)
+            eps = torch.randn(s, q.loc.shape[-1], generator=gen, dtype=torch.float64)
             raw = q.loc + eps @ q.scale_tril.T
     params, _ = space.unpack(raw.detach())
     lp = model.log_joint(params, data)

@@ -170,11 +170,14 @@ def fit_preference_gp(
         A :class:`GPPosterior`.
     """
     _check_method(spec, method)
-    check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features, num_steps=num_steps,
-                      learning_rate=learning_rate, warmup_steps=warmup_steps, num_chains=num_chains)
+    # Python numbers from here on, as fit's: a small NumPy seed wraps in the streams' arithmetic (seed + 1).
+    checked = check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features, num_steps=num_steps,
+                                learning_rate=learning_rate, warmup_steps=warmup_steps, num_chains=num_chains)
+    seed, num_samples, num_features, num_steps, learning_rate, warmup_steps, num_chains = (checked[k] for k in (
+        "seed", "num_samples", "num_features", "num_steps", "learning_rate", "warmup_steps", "num_chains"))
     if batch_size is not None:
-        check_int("batch_size", batch_size)
-    check_float("natural_lr", natural_lr, strict=True)
+        batch_size = check_int("batch_size", batch_size)
+    natural_lr = check_float("natural_lr", natural_lr, strict=True)
     check_bool("progress_bar", progress_bar, optional=True)
     if optimizer not in ("auto", "ngd", "adam"):
         raise InputDataError("optimizer", "'auto', 'ngd' or 'adam'", optimizer)

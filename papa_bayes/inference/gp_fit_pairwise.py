@@ -109,7 +109,9 @@ def fit_pairwise_gp(
     from botorch.models.pairwise_gp import PairwiseLaplaceMarginalLogLikelihood
 
     _check_method(spec, method)
-    check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
+    # Python ints from here on, as fit's: a small NumPy seed wraps in the streams' arithmetic (seed + 1).
+    checked = check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
+    seed, num_samples, num_features = checked["seed"], checked["num_samples"], checked["num_features"]
     optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
     check_bool("progress_bar", progress_bar, optional=True)
     _warn_ignored(spec, method, (

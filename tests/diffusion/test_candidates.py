@@ -362,3 +362,19 @@ def test_step_counts_and_num_base_are_checked_under_their_own_names(pixel_model,
             ({"num_base": 1}, "num_base", "an integer >= 2")):
         with pytest.raises(InputDataError, match=f"^{field}: expected .*{detail}"):
             DiffusionCandidates(*parts, scale=0.5, **{"pool_steps": 2, "recommend_steps": 2, **options})
+
+
+def test_load_state_refuses_a_chosen_scale_that_is_no_number_as_bad_input(pixel_model):
+    """A stored chosen_scale "abc" raised float()'s ValueError (a list: TypeError); "1.5", True, NaN and -1 were
+    taken as scales."""
+    from papa_bayes.exceptions import InputDataError
+
+    src = _pixel_source(pixel_model, num_base=4)
+    src.load_state({"calls": 1, "chosen_scale": 0.5})
+    for bad in ("abc", "1.5", [1.0], True, float("nan"), -1.0):
+        with pytest.raises(InputDataError, match=r"^state\['chosen_scale'\]: expected a finite number >= 0") as info:
+            src.load_state({"calls": 3, "chosen_scale": bad})
+        assert info.value.field == "state['chosen_scale']"
+    assert src.state() == {"calls": 1, "chosen_scale": 0.5}  # a refused state leaves the source as it was
+    src.load_state({"calls": 2, "chosen_scale": None})
+    assert src.state() == {"calls": 2, "chosen_scale": None}

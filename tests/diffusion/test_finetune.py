@@ -793,3 +793,55 @@ def test_a_denoiser_with_dropout_fine_tunes_the_same_for_the_same_generator(make
         assert max_weight_change(again, base) > 1e-4  # it trained
         assert all(torch.equal(first[k], v) for k, v in again.unet.state_dict().items())
         assert torch.equal(torch.get_rng_state(), state)  # and left the global stream where it was
+
+
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_load_base_model_refuses_a_learned_variance_training_scheduler_as_a_bad_path(pixel_model, tmp_path,
+                                                                                        variance_type):
+    """A folder whose training scheduler learns its variance raised the model's ModelError, where load_finetuned
+    names the folder (InputDataError on path)."""
+    from diffusers import DDPMScheduler
+
+    from papa_bayes.diffusion import load_base_model
+
+    pixel_model.unet.save_pretrained(tmp_path / "unet")
+    DDPMScheduler(variance_type=variance_type, clip_sample=False).save_pretrained(tmp_path / "scheduler")
+    for load in (lambda: load_base_model(tmp_path), lambda: load_base_model(tmp_path, scheduler="ddpm"),
+                 lambda: load_finetuned(tmp_path)):
+        with pytest.raises(InputDataError, match=f"^path:.*fixed variance.*{tmp_path}.*{variance_type}") as info:
+            load()
+        assert info.value.field == "path"
+
+
+def test_a_checkpoint_of_a_ddpm_scheduler_subclass_reloads_with_ddpm(pixel_model, latent_model, tmp_path):
+    """A subclass of DDPMScheduler (no diffusers name) reloaded as a DDIMScheduler with the DDPM config, though
+    model_index.json named DDPMScheduler: the reloaded model sampled another way than the saved one."""
+    import json
+
+    from diffusers import DDPMScheduler
+
+    from papa_bayes.diffusion import LatentDiffusion, PixelDiffusion
+
+    class MyDDPM(DDPMScheduler):
+        pass
+
+    pixel = PixelDiffusion(pixel_model.unet, MyDDPM.from_config(pixel_model.scheduler.config,
+                                                                 variance_type="fixed_large"))
+    path = save_finetuned(pixel, tmp_path / "pixel")
+    assert json.loads((path / "model_index.json").read_text())["scheduler"] == ["diffusers", "DDPMScheduler"]
+    kw = dict(num_inference_steps=3, progress_bar=False)
+    for base in (None, pixel_model):  # pixel_model samples with DDIM
+        loaded = load_finetuned(path, base=base)
+        assert type(loaded.scheduler) is DDPMScheduler and loaded.scheduler.config.variance_type == "fixed_large"
+        torch.testing.assert_close(sample(loaded, 2, generator=gen(3), **kw).images,
+                                   sample(pixel, 2, generator=gen(3), **kw).images)
+    # a checkpoint written before finetune.json recorded the diffusers class: model_index.json names it
+    record = json.loads((path / "finetune.json").read_text())
+    del record["diffusers_scheduler"]
+    (path / "finetune.json").write_text(json.dumps(record))
+    assert type(load_finetuned(path).scheduler) is DDPMScheduler
+    # a latent model has no model_index.json: finetune.json records the diffusers class
+    latent = LatentDiffusion(latent_model.unet, latent_model.vae, MyDDPM(clip_sample=False),
+                             encoder_hidden_states=latent_model.encoder_hidden_states)
+    assert type(load_finetuned(save_finetuned(latent, tmp_path / "latent"), base=latent_model).scheduler) \
+        is DDPMScheduler

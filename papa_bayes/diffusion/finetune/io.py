@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from papa_bayes.checks import check_device, check_float, check_float_dtype, check_path, read_json_object
-from papa_bayes.diffusion.base import load_base_model, reading_checkpoint
+from papa_bayes.diffusion.base import check_loaded, load_base_model, reading_checkpoint
 from papa_bayes.diffusion.finetune.common import has_adapters, merge_adapters
-from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, check_scheduler, same_device
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, same_device
 from papa_bayes.exceptions import InputDataError, ModelError
 
 __all__ = ["save_finetuned", "load_finetuned", "check_checkpoint_folder", "pipeline_index"]
@@ -94,6 +94,8 @@ def save_finetuned(
         "model": type(model).__name__,
         "unet": type(model.unet).__name__,
         "scheduler": type(model.scheduler).__name__,
+        # what loading builds when the class above is no diffusers class (a subclass saves as its diffusers base)
+        "diffusers_scheduler": getattr(_diffusers_class(type(model.scheduler)), "__name__", None),
         "dtype": str(model.dtype).replace("torch.", ""),
         "info": _checked_notes(info),
     }
@@ -213,8 +215,10 @@ def load_finetuned(
 
     Returns:
         The model, frozen and in eval mode, with the saved sampling scheduler (its
-        class and config too, whatever ``base`` samples with; ``base``'s class only
-        when the saved one is not a diffusers scheduler; a folder that
+        class and config too, whatever ``base`` samples with; a subclass of a diffusers
+        scheduler, such as of ``DDPMScheduler``, as that diffusers class, which
+        ``model_index.json`` names too; ``base``'s class only when the saved one is
+        neither; a folder that
         :func:`save_finetuned` did not write reads as :func:`load_base_model` reads it,
         with a pixel ``base`` too). A latent model gets the
         saved ``cfg_scale`` (1.0 for a distilled model saved without one), not
@@ -230,6 +234,8 @@ def load_finetuned(
             embeddings for, or on a device this machine does not have or a ``dtype``
             that is not a floating-point torch.dtype.
     """
+    from diffusers import DDPMScheduler
+
     if base is not None and not isinstance(base, DiffusionModel):
         raise InputDataError("base", "None or a DiffusionModel", type(base).__name__)
     if device is not None:
@@ -253,7 +259,11 @@ def load_finetuned(
         device = base.device if base is not None else "cpu"
     if dtype is None:
         dtype = base.dtype if base is not None else torch.float32
-    kind = "ddpm" if record.get("scheduler") == "DDPMScheduler" else "ddim"
+    with reading_checkpoint(root):
+        saved_class = _saved_scheduler_class(root, record)
+    # the sampler load_base_model builds for a folder save_finetuned did not write: DDIM, whatever trained it
+    saved_ddpm = "scheduler" in record and saved_class is not None and issubclass(saved_class, DDPMScheduler)
+    kind = "ddpm" if saved_ddpm else "ddim"
     # A folder save_finetuned did not write (a base checkpoint) keeps a training scheduler in `scheduler/`, which
     # load_base_model turns into a sampler; a pixel base only sets the device and dtype, so it reads the same.
     if base is None or (isinstance(base, PixelDiffusion) and "scheduler" not in record):
@@ -265,7 +275,7 @@ def load_finetuned(
         # load_base_model rebuilds a sampler from the training config (clip_sample=False);
         # the saved sampling scheduler is the model's own, clipping and spacing included.
         with reading_checkpoint(root):
-            scheduler = _saved_scheduler(root, record, fallback=type(model.scheduler))
+            scheduler = _saved_scheduler(root, saved_class or type(model.scheduler))
         if scheduler is not None:
             _check_loaded(root, model, scheduler)
         return model if scheduler is None else PixelDiffusion(model.unet, scheduler)
@@ -273,7 +283,7 @@ def load_finetuned(
     model = copy.copy(base)
     with reading_checkpoint(root):
         unet = type(base.unet).from_pretrained(root / "unet", local_files_only=True, torch_dtype=dtype)
-        scheduler = _saved_scheduler(root, record, fallback=type(base.scheduler))
+        scheduler = _saved_scheduler(root, saved_class or type(base.scheduler))
         if scheduler is not None:
             model.scheduler = scheduler
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
@@ -286,23 +296,42 @@ def load_finetuned(
     return model
 
 
-def _saved_scheduler(root: Path, record: Mapping[str, Any], *, fallback: type) -> Any:
-    """The scheduler saved in ``root / "scheduler"`` (its class as recorded, else as its config names it), or None."""
-    config = root / "scheduler" / "scheduler_config.json"
-    if not config.is_file():
+def _saved_scheduler(root: Path, cls: type) -> Any:
+    """The scheduler saved in ``root / "scheduler"``, built as ``cls``, or None when there is none."""
+    if not (root / "scheduler" / "scheduler_config.json").is_file():
         return None
-    name = record.get("scheduler") or _saved_class_name(config)
-    return _scheduler_class(name, fallback=fallback).from_pretrained(root / "scheduler", local_files_only=True)
+    return cls.from_pretrained(root / "scheduler", local_files_only=True)
+
+
+def _saved_scheduler_class(root: Path, record: Mapping[str, Any]) -> type | None:
+    """The diffusers class of the scheduler saved in ``root``, or None when nothing names one.
+
+    The first diffusers class among: the class ``finetune.json`` records, the diffusers
+    class it saved as (a subclass of one, such as of ``DDPMScheduler``, is not
+    importable by name), the pipeline's ``model_index.json`` entry (which names that
+    diffusers class; checkpoints saved before it was recorded) and the scheduler
+    config's ``_class_name``.
+    """
+    def names() -> Any:  # read in turn: a file is read only when the ones before name no diffusers class
+        yield record.get("scheduler")
+        yield record.get("diffusers_scheduler")
+        index = root / _PIPELINE_INDEX
+        if index.is_file():
+            entry = json.loads(index.read_text())
+            entry = entry.get("scheduler") if isinstance(entry, dict) else None
+            if isinstance(entry, list) and len(entry) == 2:
+                yield entry[1]
+        config = root / "scheduler" / "scheduler_config.json"
+        if config.is_file():
+            yield _saved_class_name(config)
+
+    return next((cls for cls in map(_scheduler_class, names()) if cls is not None), None)
 
 
 def _check_loaded(root: Path, model: DiffusionModel, scheduler: Any = None) -> None:
     """InputDataError on ``path`` unless the sampler can drive ``model``'s denoiser with the loaded ``scheduler``
-    (``model``'s own when None): a folder's PNDM or learned-variance scheduler failed mid-sampling."""
-    try:
-        check_scheduler(model.unet, model.scheduler if scheduler is None else scheduler)
-    except ModelError as err:
-        raise InputDataError("path", "a checkpoint whose scheduler the sampler drives (a DDIMScheduler or "
-                             "DDPMScheduler with a fixed variance)", f"{root} ({err})") from None
+    (``model``'s own when None), as :func:`~papa_bayes.diffusion.base.check_loaded` says."""
+    check_loaded(root, model.unet, model.scheduler if scheduler is None else scheduler)
 
 
 def _saved_cfg_scale(record: Mapping[str, Any], base: DiffusionModel) -> float | None:
@@ -331,12 +360,12 @@ def _saved_class_name(config: Path) -> Any:
     return saved.get("_class_name")
 
 
-def _scheduler_class(name: Any, *, fallback: type) -> type:
-    """The diffusers scheduler class called ``name`` (as saved), else ``fallback``."""
+def _scheduler_class(name: Any) -> type | None:
+    """The diffusers scheduler class called ``name`` (as saved), else None."""
     import diffusers
 
     try:
         cls = getattr(diffusers, name) if isinstance(name, str) else None
     except (AttributeError, ImportError):
         cls = None
-    return cls if isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin) else fallback
+    return cls if isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin) else None
