@@ -683,3 +683,18 @@ def test_a_numpy_seed_given_to_a_gp_fit_draws_what_the_same_python_seed_draws(mo
             assert torch.equal(post.utility(x), same.utility(x)), seed
             assert type(post.state["seed"]) is int
             assert torch.equal(post.update(more).utility(x), same.update(more).utility(x)), seed
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern52"])
+def test_unstandardized_features_far_from_the_origin_fit_as_near_it(kernel):
+    """The plain-torch kernel expanded |a - b|^2 = |a|^2 + |b|^2 - 2 a.b without centring (GPyTorch's distance
+    centres): for standardize=False features near 1e6 it cancelled catastrophically and the ELBO fit raised
+    NotPSDError, although a stationary kernel gives a translated data set the same posterior."""
+    near = _tiny()
+    far = PreferenceData(items=near.items + 1e6, comparisons=near.comparisons)
+    X = _uniform(5, torch.Generator().manual_seed(21))
+    posts = [fit(PreferenceGP(standardize=False, kernel=kernel), d, seed=0, num_samples=8) for d in (near, far)]
+    assert torch.allclose(posts[1].utility_mean(X + 1e6), posts[0].utility_mean(X), atol=1e-4)
+    with torch.no_grad():  # the exact variational marginals (the draws' prior features are not translation-equivariant)
+        var = [post.state["gp"].marginals(post.transform(x))[1] for post, x in zip(posts, (X, X + 1e6))]
+    assert torch.allclose(var[1], var[0], atol=1e-4)

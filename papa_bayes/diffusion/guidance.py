@@ -168,9 +168,12 @@ class Guidance:
     def begin_trajectory(self, gains: Tensor) -> None:
         """Set the normalizer from the `T` per-step gains (see :func:`~papa_bayes.diffusion.sampler.step_gains`)."""
         num_steps = gains.shape[0]
-        total = sum(float(gains[i]) * self.multiplier(i, num_steps)
-                    for i in range(num_steps) if self.acts_at(i, num_steps))
-        self._normalizer = max(total, 1e-3)
+        acting = [(float(gains[i]), self.multiplier(i, num_steps))
+                  for i in range(num_steps) if self.acts_at(i, num_steps)]
+        total = sum(gain * m for gain, m in acting)
+        # The floor (a mean gain of 1e-3) scales with the schedule, so that a schedule's overall size cancels.
+        floor = 1e-3 * sum(m for _, m in acting)
+        self._normalizer = max(total, floor) if floor > 0 else 1.0  # no push at all: any normalizer
 
     def begin_batch(self, n: int, *, generator: torch.Generator | None, device: torch.device) -> None:
         """Called by the sampler before a batch of `n`: the objective's ``begin_batch`` (e.g. Thompson draws), if any."""
@@ -216,11 +219,16 @@ class Guidance:
         w = weight(values) if weight is not None else torch.ones_like(values)
         if weight is not None:
             self._check_push_weight(w, values.shape[0])
-        flat = grad.flatten(1).float()
-        norm = flat.norm(dim=1).clamp_min(1e-12)
+        # Each gradient is divided by its largest value first: its norm in float32 underflowed to 0 (overflowed
+        # to inf) for gradients below about 1e-19 (above 1e19) per value, and its floor of 1e-12 shrank the push
+        # of small ones, against the scale's independence of the reward's. (Not float64: MPS has none.)
+        flat = grad.flatten(1).to(torch.promote_types(grad.dtype, torch.float32))
+        peak = flat.abs().amax(dim=1, keepdim=True)
+        unit = flat / torch.where(peak > 0, peak, torch.ones_like(peak))  # a zero gradient stays zero: no push
+        norm = unit.norm(dim=1).clamp_min(1e-12)  # >= 1 unless the gradient is zero
         size = math.sqrt(flat.shape[1])
-        factor = self.scale / self._normalizer * self.multiplier(step, num_steps) * size * w.float() / norm
-        shift = (factor.view(-1, *([1] * (grad.ndim - 1))) * grad.float()).to(x0.dtype)
+        factor = self.scale / self._normalizer * self.multiplier(step, num_steps) * size * w.to(flat.dtype) / norm
+        shift = (factor.view(-1, *([1] * (grad.ndim - 1))) * unit.view_as(grad)).to(x0.dtype)
         guided = x0 + shift
         if self.clamp is not None:
             low, high = self.clamp

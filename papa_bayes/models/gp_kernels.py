@@ -165,8 +165,13 @@ def stationary_kernel(x1: Tensor, x2: Tensor, lengthscale: Tensor, outputscale: 
 
     Returns:
         `... x n x M`.
+
+    Both inputs are shifted by one common point first (the kernel is stationary, so
+    the value is the same), as GPyTorch's distance does: the expansion below cancels
+    catastrophically for inputs far from the origin (unstandardized features near 1e6).
     """
-    a, b = x1 / lengthscale, x2 / lengthscale
+    shift = (x2 if x2.shape[-2] else x1).detach().mean(-2, keepdim=True)
+    a, b = (x1 - shift) / lengthscale, (x2 - shift) / lengthscale
     r2 = (a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(-2) - 2 * a @ b.transpose(-1, -2)).clamp_min(0)
     rho = _correlation(r2, kind)
     return outputscale[..., None, None] * rho if outputscale.dim() else outputscale * rho

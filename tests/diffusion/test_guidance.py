@@ -46,6 +46,24 @@ def test_guidance_increases_objective_over_unguided(pixel_model, base_and_pca, p
     assert bool(torch.isfinite(guided.images).all())
 
 
+@pytest.mark.parametrize("space, kind, eta", [("pixel", "ddpm", 0.0), ("pixel", "ddim", 0.5), ("latent", "ddim", 0.0),
+                                              ("latent", "ddpm", 0.0), ("latent", "ddim", 0.5)])
+@pytest.mark.parametrize("mode", ["x0", "dps"])
+def test_guidance_raises_the_objective_of_every_sample_for_each_model_and_scheduler(
+        make_pixel_model, make_latent_model, make_posterior, space, kind, eta, mode):
+    """From the same noise (and step noise), each guided sample ends with a higher objective than its unguided twin."""
+    model = make_pixel_model(kind) if space == "pixel" else make_latent_model(kind)
+    kwargs = dict(num_inference_steps=4, progress_bar=False, eta=eta, batch_size=3)  # 3 does not divide 5
+    base = sample(model, 16, generator=gen(0), **kwargs)
+    objective = PosteriorObjective(make_posterior(torch.randn(20, 4, generator=gen(3))),
+                                   PCAFeatures.fit(base.images, num_features=4), kind="region").calibrate(base.images)
+    clamp = None if space == "latent" else (-1, 1)
+    guidance = Guidance(objective, scale=1.0, mode=mode, window=(0.0, 1.0), clamp=clamp)
+    guided = sample(model, 5, guidance=guidance, generator=gen(1), **kwargs)
+    plain = sample(model, 5, guidance=guidance.with_scale(0.0), generator=gen(1), **kwargs)
+    assert bool((guided.objective > plain.objective).all()), (guided.objective, plain.objective)
+
+
 def test_mean_utility_rises_monotonically_with_scale(pixel_model, base_and_pca, posterior):
     base, pca = base_and_pca
     objective = PosteriorObjective(posterior, pca, kind="mean")
@@ -106,6 +124,30 @@ def test_guidance_window_and_schedule(pixel_model, base_and_pca, posterior):
     acting = out.guidance_norms > 0
     assert acting.tolist() == [False, False, True, True, True, True, False, False, False, False]
     assert out.guidance_norms[2] > out.guidance_norms[5]
+
+
+def test_a_schedule_of_small_values_pushes_as_hard_as_its_normalized_shape(pixel_model, base_and_pca, posterior):
+    """The normalizer divides by the schedule: a constant 1e-4 pushes as "constant" does (the floor was absolute)."""
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean")
+    norms = [sample(pixel_model, 4, num_inference_steps=5, progress_bar=False, generator=gen(1),
+                    guidance=Guidance(objective, scale=1.0, window=(0.0, 1.0), clamp=None,
+                                      schedule=lambda p, c=c: c)).guidance_norms for c in (1.0, 1e-4)]
+    assert bool((norms[0] > 0).all())
+    torch.testing.assert_close(norms[1], norms[0])
+
+
+def test_push_does_not_depend_on_the_reward_scale_even_far_from_one(pixel_model, base_and_pca, posterior):
+    """Per-sample normalization in float32 lost gradients below about 1e-19 per value (norm 0, or floored at
+    1e-12) and above about 1e19 (norm inf): such rewards pushed nothing."""
+    _, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean")
+    norms = [sample(pixel_model, 4, num_inference_steps=5, progress_bar=False, generator=gen(1),
+                    guidance=Guidance(lambda x, c=c: c * objective(x), scale=1.0, window=(0.0, 1.0), clamp=None)
+                    ).guidance_norms for c in (1.0, 1e-16, 1e-25, 1e30)]
+    assert bool((norms[0] > 0).all())
+    for other in norms[1:]:
+        torch.testing.assert_close(other, norms[0], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("scale", [-0.1, float("nan"), float("inf"), "big", "0.5", True])  # text, bools: no numbers
