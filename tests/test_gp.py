@@ -698,3 +698,15 @@ def test_unstandardized_features_far_from_the_origin_fit_as_near_it(kernel):
     with torch.no_grad():  # the exact variational marginals (the draws' prior features are not translation-equivariant)
         var = [post.state["gp"].marginals(post.transform(x))[1] for post, x in zip(posts, (X, X + 1e6))]
     assert torch.allclose(var[1], var[0], atol=1e-4)
+
+
+def test_nuts_anchors_are_found_exactly_for_features_far_from_the_origin():
+    """torch.cdist's default (|a|^2 + |b|^2 - 2 a.b above 25 rows) mapped items near 1e8 to the wrong anchors."""
+    from papa_bayes.inference.gp_nuts import _anchors
+
+    gen = torch.Generator().manual_seed(0)
+    X = 1e8 + torch.rand(40, 3, generator=gen, dtype=torch.float64)
+    data = PreferenceData(X, comparisons=torch.stack([torch.arange(0, 40, 2), torch.arange(1, 40, 2)], -1))
+    anchors, index = _anchors(X, data, None, seed=0)
+    assert anchors.shape[0] == 40
+    assert torch.equal(anchors[index], X)  # every item maps to itself, not to a neighbour

@@ -27,7 +27,13 @@ from papa_bayes.inference.gp_nuts import fit_nuts_draws, seeded
 from papa_bayes.inference.gp_paths import PathwiseDraws, draw_frequencies
 from papa_bayes.inference.gp_posterior import GPPosterior
 from papa_bayes.models.gp import PreferenceGP, PreferenceLikelihood, VariationalPreferenceGP
-from papa_bayes.models.gp_kernels import DTYPE, FeatureStandardizer, kernel_kind, select_inducing_points
+from papa_bayes.models.gp_kernels import (
+    DTYPE,
+    FeatureStandardizer,
+    exact_distances,
+    kernel_kind,
+    select_inducing_points,
+)
 
 __all__ = ["fit_preference_gp", "update_gp_posterior", "seeded"]
 
@@ -224,11 +230,11 @@ def _update_variational(post: GPPosterior, data: PreferenceData, *, refit_hyperp
     new_idx = torch.unique(torch.cat([data.comparisons[old.num_comparisons:].reshape(-1), data.ratings[old.num_ratings:, 0]]))
     if room > 0 and new_idx.numel():
         cand = X[new_idx]
-        dist = torch.cdist(cand, gp.inducing_points.detach()).min(-1).values
+        dist = exact_distances(cand, gp.inducing_points.detach()).min(-1).values
         cand = cand[dist > 1e-3]
         if cand.shape[0]:
             extra = select_inducing_points(cand, room, generator=_generator(post.state["seed"] + data.num_observations))
-            extra = extra[torch.cdist(extra, gp.inducing_points.detach()).min(-1).values > 1e-3]
+            extra = extra[exact_distances(extra, gp.inducing_points.detach()).min(-1).values > 1e-3]
             if extra.shape[0]:
                 gp = gp.extended(extra)
     lik_new = spec.make_likelihood(data)

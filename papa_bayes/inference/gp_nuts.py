@@ -32,6 +32,7 @@ from papa_bayes.models.gp import (
     FeatureStandardizer,
     PreferenceGP,
     VariationalPreferenceGP,
+    exact_distances,
     select_inducing_points,
     stationary_kernel,
 )
@@ -150,14 +151,14 @@ def _anchors(X: Tensor, data: PreferenceData, previous: Tensor | None, seed: int
     if previous is None:
         anchors = select_inducing_points(pts, pts.shape[0], generator=gen)
     else:
-        far = torch.cdist(pts, previous).min(-1).values > 1e-3
+        far = exact_distances(pts, previous).min(-1).values > 1e-3
         extra = select_inducing_points(pts[far], pts.shape[0], generator=gen) if bool(far.any()) else pts[:0]
         anchors = torch.cat([previous, extra])
     if anchors.shape[0] > MAX_NUTS_ITEMS:
         raise ModelError(
             f"method='nuts' is for small data: {anchors.shape[0]} distinct items (at most {MAX_NUTS_ITEMS}); use method='elbo'."
         )
-    return anchors, torch.cdist(X, anchors).argmin(-1)
+    return anchors, exact_distances(X, anchors).argmin(-1)
 
 
 def _elbo_start(spec: PreferenceGP, data: PreferenceData, X: Tensor, anchors: Tensor, target: _Target) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from papa_bayes.models.gp import stationary_kernel
+from papa_bayes.models.gp import exact_distances, stationary_kernel
 
 __all__ = ["PathwiseDraws", "stationary_kernel", "draw_frequencies", "match_rows"]
 
@@ -52,7 +52,7 @@ def match_rows(new: Tensor, old: Tensor) -> Tensor:
     """For each row of ``new`` (`M x d`), the index of an identical row of ``old`` or -1: `M` long."""
     if old.shape[0] == 0 or new.shape[0] == 0:
         return torch.full((new.shape[0],), -1, dtype=torch.long)
-    dist, idx = torch.cdist(new, old, compute_mode="donot_use_mm_for_euclid_dist").min(-1)  # exact zeros
+    dist, idx = exact_distances(new, old).min(-1)  # exact zeros
     return torch.where(dist == 0, idx, torch.full_like(idx, -1))
 
 

@@ -47,6 +47,7 @@ from papa_bayes.models.gp_kernels import (  # noqa: F401  (re-exported: the GP's
     check_single_rater,
     default_lengthscale_prior,
     default_outputscale_prior,
+    exact_distances,
     kernel_kind,
     make_kernel,
     select_inducing_points,

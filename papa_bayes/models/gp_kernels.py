@@ -32,6 +32,7 @@ __all__ = [
     "check_single_rater",
     "default_lengthscale_prior",
     "default_outputscale_prior",
+    "exact_distances",
     "kernel_kind",
     "make_kernel",
     "select_inducing_points",
@@ -212,6 +213,15 @@ class FeatureStandardizer:
 
     def __call__(self, x: Tensor) -> Tensor:
         return (x.to(DTYPE) - self.center) / self.scale
+
+
+def exact_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances `n x m` between the rows of ``a`` (`n x d`) and ``b`` (`m x d`), row by row.
+
+    ``torch.cdist``'s default turns to ``|a|^2 + |b|^2 - 2 a.b`` above 25 rows, which cancels for features far from
+    the origin (unstandardized, near 1e8: distances of order 1 came out as several units) and gives no exact zeros.
+    """
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def select_inducing_points(x: Tensor, num: int, *, generator: torch.Generator, min_distance: float = 1e-3) -> Tensor:
