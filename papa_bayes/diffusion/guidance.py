@@ -24,6 +24,7 @@ The range guard keeps the shift from pushing any value outside the data range
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor
 from papa_bayes.checks import check_float, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import split_model_output
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
 __all__ = ["Guidance", "SCHEDULES", "check_guidance_scale", "check_window"]
 
@@ -170,6 +171,10 @@ class Guidance:
         num_steps = gains.shape[0]
         acting = [(float(gains[i]), self.multiplier(i, num_steps))
                   for i in range(num_steps) if self.acts_at(i, num_steps)]
+        if self.scale > 0 and not acting:  # a window narrower than one step: the samples come out unguided
+            warnings.warn(f"Guidance(window={self.window}) holds none of the {num_steps} sampler steps (step i acts when "
+                          f"i / {num_steps} lies in the window): nothing is guided; widen the window or take more "
+                          "steps.", PapaBayesWarning, stacklevel=3)
         total = sum(gain * m for gain, m in acting)
         # The floor (a mean gain of 1e-3) scales with the schedule, so that a schedule's overall size cancels.
         floor = 1e-3 * sum(m for _, m in acting)

@@ -346,3 +346,22 @@ def test_ucb_needs_two_posterior_draws(base_and_pca, make_posterior):
         PosteriorObjective(single, pca, kind="ucb")
     for kind in ("mean", "thompson"):  # one draw is enough for these
         PosteriorObjective(single, pca, kind=kind)
+
+
+def test_a_window_that_holds_no_step_warns_that_nothing_is_guided(pixel_model, base_and_pca, posterior):
+    """window=(0.9, 1.0) with 5 steps holds no step (i / 5 for i < 5): the samples came out unguided, silently."""
+    import warnings
+
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    base, pca = base_and_pca
+    objective = PosteriorObjective(posterior, pca, kind="mean").calibrate(base.images)
+    kwargs = dict(num_inference_steps=5, progress_bar=False)
+    with pytest.warns(PapaBayesWarning, match=r"window=\(0.9, 1.0\)\) holds none of the 5 sampler steps"):
+        guided = sample(pixel_model, 2, guidance=Guidance(objective, scale=1.0, window=(0.9, 1.0)), generator=gen(1),
+                        **kwargs)
+    assert torch.equal(guided.images, sample(pixel_model, 2, generator=gen(1), **kwargs).images)  # indeed unguided
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)  # a window that holds a step, or scale 0, stays quiet
+        sample(pixel_model, 2, guidance=Guidance(objective, scale=1.0, window=(0.7, 1.0)), generator=gen(1), **kwargs)
+        sample(pixel_model, 2, guidance=Guidance(objective, scale=0.0, window=(0.9, 1.0)), generator=gen(1), **kwargs)
