@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (RESULTS, DefaultsHelpFormatter, add_out_option, counts, markdown_table, one_of,
+from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, one_of,
                                output_folder, parse_with_tiny, run_main, write_results)
 from papa_bayes import LinearReward
 from papa_bayes.diagnostics import plot_reliability, plot_sbc_ranks, simulation_based_calibration
 from papa_bayes.diagnostics.sbc import LEVELS, SBCResult
+from papa_bayes.checks import DefaultsHelpFormatter
 from papa_bayes.exceptions import InputDataError
 
 METHODS = ("laplace", "laplace_refined", "svi", "nuts")

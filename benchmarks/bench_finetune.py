@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, DefaultsHelpFormatter, add_out_option, counts,
+from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts,
                                markdown_table, output_folder, parse_with_tiny, reals, run_main, write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
@@ -56,6 +56,7 @@ from papa_bayes.diffusion import (
 )
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
+from papa_bayes.checks import DefaultsHelpFormatter
 from papa_bayes.models import LinearReward
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,11 @@ import warnings
 
 import torch
 
-from benchmarks.common import (RESULTS, DefaultsHelpFormatter, add_out_option, counts, markdown_table, output_folder,
+from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder,
                                parse_with_tiny, run_main, write_results)
 from papa_bayes import LinearReward, fit
 from papa_bayes.exceptions import InputDataError
+from papa_bayes.checks import DefaultsHelpFormatter
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -92,22 +91,6 @@ def result_files(option: str, paths: Sequence[str], *, key: str) -> list[dict[st
             raise InputDataError(option, f"a benchmark result file (JSON with {key!r})", f"{path} (no {key!r})")
         parts.append(part)
     return parts
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every benchmark's ``--help``: each option's default after its help (a list as typed: ``0 1 2``), except
-    where it says nothing (None, a flag's False) or where the help says it in words (``"(default all seven)"``)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or "(default " in (action.help or ""):
-            return action.help
-        text = super()._get_help_string(action) or ""
-        if isinstance(action.default, (list, tuple)) and text.endswith("%(default)s)"):
-            text = text[:-len("%(default)s)")] + " ".join(map(str, action.default)).replace("%", "%%") + ")"
-        return text
-
-    def _split_lines(self, text: str, width: int) -> list[str]:  # a default such as eig,eig:known kept whole
-        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
 
 
 def add_out_option(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,6 @@ from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_compari
 from papa_bayes.checks import bounded_arg  # noqa: E402
 
 
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-features", type=bounded_arg(int, 1), default=8)

@@ -37,7 +37,6 @@ from papa_bayes.users import SimulatedUser, simulate_comparisons  # noqa: E402
 from papa_bayes.checks import bounded_arg  # noqa: E402
 
 
-
 def two_bumps(x: torch.Tensor) -> torch.Tensor:
     """The hidden utility: bumps of height 3 and 2 at +-(0.5, 0.5, 0, 0), width 0.5: `n`."""
     x = torch.as_tensor(x, dtype=torch.float64)

@@ -29,7 +29,6 @@ from papa_bayes.users import SimulatedUser, random_unit_vector
 from papa_bayes.checks import bounded_arg
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=bounded_arg(int, 1), default=8, help="feature dimension d")

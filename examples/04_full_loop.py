@@ -23,7 +23,6 @@ from papa_bayes.session import PreferenceSession
 from papa_bayes.checks import bounded_arg
 
 
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--labels", type=bounded_arg(int, 1), default=20)

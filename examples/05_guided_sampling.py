@@ -41,7 +41,6 @@ from papa_bayes.models import LinearReward
 from papa_bayes.checks import bounded_arg
 
 
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-samples", type=bounded_arg(int, 4), default=128, help="steered samples to draw")

@@ -24,7 +24,6 @@ from papa_bayes.users import SimulatedUser, random_unit_vector
 from papa_bayes.checks import bounded_arg
 
 
-
 def main(argv: list[str] | None = None) -> list:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--first", type=bounded_arg(int, 1), default=5)

@@ -30,7 +30,6 @@ from papa_bayes.session import PreferenceSession
 from papa_bayes.checks import bounded_arg
 
 
-
 def ink_features(images: torch.Tensor) -> torch.Tensor:
     """`n x 1 x 8 x 8` in [-1, 1] -> `n x 4`: total ink, its vertical and horizontal centre, spread."""
     ink = (images + 1) / 2

@@ -29,7 +29,6 @@ from papa_bayes.users import SimulatedUser, random_unit_vector  # noqa: E402
 from papa_bayes.checks import bounded_arg  # noqa: E402
 
 
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--labels", type=bounded_arg(int, 1), default=30)

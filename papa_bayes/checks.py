@@ -4,12 +4,14 @@ and what came; :func:`reading` and :func:`read_json_object` do the same for file
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
 import numbers
 import os
 import sys
+import textwrap
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["bounded_arg", "check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
+__all__ = ["DefaultsHelpFormatter", "bounded_arg", "check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
            "check_int", "check_path", "check_real_tensor", "holds_bool", "is_integer_tensor", "plain_array",
            "read_json_object", "reading", "renamed_option", "shape_of"]
 
@@ -30,6 +32,23 @@ _Function = TypeVar("_Function", bound=Callable[..., Any])
 def _shown(value: Any) -> Any:
     """``value`` as an error shows it: a str quoted, so that "3" does not read as 3."""
     return repr(value) if isinstance(value, str) else value
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of the demo and the benchmarks: each option's default after its help (a list as typed:
+    ``0 1 2``), except where it says nothing (None, a flag's False) or where the help says it in words
+    (``"(default all seven)"``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default " in (action.help or ""):
+            return action.help
+        text = super()._get_help_string(action) or ""
+        if isinstance(action.default, (list, tuple)) and text.endswith("%(default)s)"):
+            text = text[:-len("%(default)s)")] + " ".join(map(str, action.default)).replace("%", "%%") + ")"
+        return text
+
+    def _split_lines(self, text: str, width: int) -> list[str]:  # a default such as eig,eig:known kept whole
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
 
 
 def bounded_arg(kind: type, low: float, *, strict: bool = False) -> Callable[[str], Any]:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_int, renamed_option
+from papa_bayes.checks import DefaultsHelpFormatter, check_float, check_int, renamed_option
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
     DEFAULT_LIKED,
@@ -46,6 +46,7 @@ from papa_bayes.diffusion import (
 )
 from papa_bayes.diffusion.classifiers import _check_liked
 from papa_bayes.exceptions import InputDataError
+from papa_bayes.locks import lock_file
 from papa_bayes.session import PreferenceSession
 from papa_bayes.users import User
 
@@ -203,9 +204,8 @@ def discard_session(session: PreferenceSession) -> None:
     """Close a session of :func:`run_session` run without a ``store`` and delete its temporary store."""
     session.close()
     path = Path(session.store.path)
-    for suffix in ("", "-wal", "-shm", ".lock"):  # the database, SQLite's journal files, the raters' lock file
-        leftover = path.with_name(path.name + suffix)
-        leftover.unlink(missing_ok=True)
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), lock_file(path)):
+        leftover.unlink(missing_ok=True)  # the database, SQLite's journal files, the raters' lock file
 
 
 @renamed_option("progress", "progress_bar")
@@ -273,17 +273,10 @@ def _row(name: str, c: dict[str, Any]) -> str:
             f"{c['precision']:.3f} | {c['liked_class_entropy']:.2f} |")
 
 
-class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except None ones (their help says what None means)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``papa-bayes demo``: run the digits demo with the options in ``argv``; its results (also written to ``--out``)."""
     p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0],
-                                formatter_class=_DefaultsShown)
+                                formatter_class=DefaultsHelpFormatter)
     sizes = {"labels": (30, 3), "eval_samples": (64, 8), "papa_steps": (30, 2)}  # (full, --tiny)
     p.add_argument("--labels", type=int, help="labels per method (default 30; 3 with --tiny)")
     p.add_argument("--liked", type=int, nargs="+", default=list(DEFAULT_LIKED), help="the digits the person likes")

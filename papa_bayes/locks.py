@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from papa_bayes.exceptions import StoreError
 
-__all__ = ["RaterLock", "lock_rater"]
+__all__ = ["RaterLock", "lock_file", "lock_rater"]
 
 
 class RaterLock:
@@ -67,6 +67,12 @@ _LOCKS: dict[Path, tuple[int, TextIO, dict[int, int]]] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
+def lock_file(path: str | Path) -> Path:
+    """The file holding the raters' locks of the store at ``path``: ``<store>.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
 def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
     """Hold rater ``rater``'s lock of the store at ``path`` until the returned lock is closed.
 
@@ -84,7 +90,7 @@ def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
     except ImportError:  # Windows: no lock
         return None
     path = Path(path)
-    key = path.with_name(path.name + ".lock").resolve()
+    key = lock_file(path).resolve()
     rater = int(rater)
     with _LOCKS_GUARD:
         entry = _LOCKS.get(key)

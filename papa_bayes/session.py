@@ -42,7 +42,7 @@ from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.locks import lock_rater
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
 from papa_bayes.sources import Candidates, CandidateSource, FeaturePool
-from papa_bayes.store import MAX_ID, PreferenceStore, StoredQuery
+from papa_bayes.store import PreferenceStore, StoredQuery, check_id
 from papa_bayes.users import CallbackUser, User
 
 # Candidates, CandidateSource and FeaturePool live in papa_bayes.sources; re-exported as what a session takes.
@@ -175,8 +175,7 @@ class PreferenceSession:
         if finetune_every is not None and not callable(getattr(source, "finetune", None)):
             raise InputDataError("source", "a source with a finetune() method (e.g. DiffusionCandidates) "
                                  "when finetune_every is set", type(source).__name__)
-        # (the store's ids and the lock file's byte offsets are signed 64 bits)
-        rater = check_int("rater", rater, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
+        rater = check_id("rater", rater)  # the store's ids and the lock file's byte offsets are signed 64 bits
         for name in ("candidates", "recommend", "config"):
             if not implements(source, name, CandidateSource):
                 raise InputDataError("source", f"a CandidateSource with a {name}() method (e.g. FeaturePool or "
@@ -286,7 +285,7 @@ class PreferenceSession:
             InputDataError: a model or source other than the stored session's, or a ``rater`` that is no id.
         """
         if rater is not None:  # before the store is opened, so that a bad id leaves nothing open
-            rater = check_int("rater", rater, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
+            rater = check_id("rater", rater)
         store = PreferenceStore(path, create=False)
         cfg = store.config if rater is None else store.rater_config(rater)
         if cfg is None:

@@ -111,8 +111,8 @@ def _from_npy(blob: bytes) -> np.ndarray:
 MAX_ID = 2**63 - 1
 
 
-def _id(name: str, value: Any) -> int:
-    """A rater or query id as an int (NumPy and 0-d tensor integers too: SQLite would store those as blobs)."""
+def check_id(name: str, value: Any) -> int:
+    """A rater or query id as an int, or InputDataError naming ``name`` (NumPy and 0-d tensor integers too: SQLite would store those as blobs)."""
     return check_int(name, value, minimum=0, maximum=MAX_ID, expected="an integer id in [0, 2**63 - 1]")
 
 
@@ -335,7 +335,7 @@ class PreferenceStore:
         a later configuration of the same rater replaces the default too.
         """
         if rater is not None:
-            rater = _id("rater", rater)
+            rater = check_id("rater", rater)
         try:
             text = json.dumps(config)
         except (TypeError, ValueError) as err:
@@ -360,7 +360,7 @@ class PreferenceStore:
         (A store written before per-rater configurations holds only the default one,
         which is that of its rater.)
         """
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"config/rater{_id('rater', rater)}",)).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"config/rater{check_id('rater', rater)}",)).fetchone()
         if row is not None:
             return json.loads(row[0])
         default = self.config
@@ -410,7 +410,7 @@ class PreferenceStore:
         if images is not None and images.shape[0] != feats.shape[0]:
             raise InputDataError("images", f"{feats.shape[0]} images (one per item)", images.shape[0])
         round = None if round is None else check_int("round", round, minimum=0)
-        rater = None if rater is None else _id("rater", rater)
+        rater = None if rater is None else check_id("rater", rater)
         sources = [source] * feats.shape[0] if isinstance(source, str) else list(source)
         if len(sources) != feats.shape[0]:
             raise InputDataError("source", f"one label or {feats.shape[0]} (one per item)", f"{len(sources)} labels")
@@ -431,7 +431,7 @@ class PreferenceStore:
     def round_items(self, *, rater: int, round: int) -> list[int]:
         """Indices of the items stored for ``rater``'s round ``round``, in index order."""
         rows = self.conn.execute("SELECT idx FROM items WHERE rater=? AND round=? ORDER BY idx",
-                                 (_id("rater", rater), check_int("round", round, minimum=0))).fetchall()
+                                 (check_id("rater", rater), check_int("round", round, minimum=0))).fetchall()
         return [int(r[0]) for r in rows]
 
     @property
@@ -474,7 +474,7 @@ class PreferenceStore:
         source's (JSON-serializable, see :meth:`source_state`) right after choosing
         this query; both are written in the query's transaction.
         """
-        round, rater = check_int("round", round, minimum=0), _id("rater", rater)
+        round, rater = check_int("round", round, minimum=0), check_id("rater", rater)
         if kind not in ("pair", "rating"):
             raise InputDataError("kind", "'pair' or 'rating'", kind)
         if (kind == "pair") != (item_b is not None):
@@ -499,7 +499,7 @@ class PreferenceStore:
 
     def record_answer(self, query_id: int, answer: str) -> None:
         """Write an answer durably (committed and synced before returning)."""
-        query_id = _id("query_id", query_id)
+        query_id = check_id("query_id", query_id)
         row = self.conn.execute("SELECT kind FROM queries WHERE id=?", (query_id,)).fetchone()
         if row is None:
             raise InputDataError("query_id", "the id of a stored query", query_id)
@@ -519,7 +519,7 @@ class PreferenceStore:
         cond, args = [], []
         if rater is not None:
             cond.append("q.rater = ?")
-            args.append(_id("rater", rater))
+            args.append(check_id("rater", rater))
         if answered is not None:
             cond.append("a.answer IS NOT NULL" if answered else "a.answer IS NULL")
         if cond:
@@ -528,14 +528,14 @@ class PreferenceStore:
 
     def query_rng_state(self, query_id: int) -> Tensor | None:
         """The RNG state stored with a query (None when none was stored)."""
-        row = self.conn.execute("SELECT rng_state FROM queries WHERE id=?", (_id("query_id", query_id),)).fetchone()
+        row = self.conn.execute("SELECT rng_state FROM queries WHERE id=?", (check_id("query_id", query_id),)).fetchone()
         if row is None or row[0] is None:
             return None
         return torch.from_numpy(np.frombuffer(row[0], dtype=np.uint8).copy())
 
     def finished_rounds(self, rater: int) -> set[int]:
         """Numbers of ``rater``'s rounds whose record is stored."""
-        return {r[0] for r in self.conn.execute("SELECT round FROM rounds WHERE rater=?", (_id("rater", rater),))}
+        return {r[0] for r in self.conn.execute("SELECT round FROM rounds WHERE rater=?", (check_id("rater", rater),))}
 
     def pending_query(self, rater: int) -> StoredQuery | None:
         """The last query asked of ``rater`` and not yet answered (after a crash)."""
@@ -545,12 +545,12 @@ class PreferenceStore:
     def num_answers(self, rater: int | None = None) -> int:
         """How many answers are stored (of ``rater``); counted in SQL, as sessions ask every round."""
         sql = "SELECT COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id"
-        args = () if rater is None else (_id("rater", rater),)
+        args = () if rater is None else (check_id("rater", rater),)
         return int(self.conn.execute(sql + (" WHERE q.rater = ?" if rater is not None else ""), args).fetchone()[0])
 
     def source_state(self, rater: int) -> dict[str, Any] | None:
         """The candidate source's state stored with ``rater``'s last query or finished round, or None."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"source_state/rater{_id('rater', rater)}",)).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"source_state/rater{check_id('rater', rater)}",)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def _put_source_state(self, rater: int, state: dict[str, Any]) -> None:
@@ -561,7 +561,7 @@ class PreferenceStore:
     def finish_round(self, *, rater: int, round: int, metrics: dict[str, Any], rng_state: Tensor | None = None,
                      source_state: dict[str, Any] | None = None) -> None:
         """Record a finished round's metrics (and the source's state at its end, as in :meth:`add_query`)."""
-        rater, round = _id("rater", rater), check_int("round", round, minimum=0)
+        rater, round = check_id("rater", rater), check_int("round", round, minimum=0)
         blob = None if rng_state is None else rng_state.numpy().tobytes()
         with self._transaction():
             if source_state is not None:
@@ -574,7 +574,7 @@ class PreferenceStore:
     def rounds(self, rater: int) -> list[dict[str, Any]]:
         """``rater``'s finished rounds in order: ``{"round": r, **metrics}`` each."""
         rows = self.conn.execute("SELECT round, metrics FROM rounds WHERE rater=? ORDER BY round",
-                                 (_id("rater", rater),)).fetchall()
+                                 (check_id("rater", rater),)).fetchall()
         return [{"round": r, **json.loads(m)} for r, m in rows]
 
     # ---------------------------------------------------------- to the model
@@ -586,7 +586,7 @@ class PreferenceStore:
         prior from the others).
         """
         if exclude_rater is not None:
-            exclude_rater = _id("exclude_rater", exclude_rater)
+            exclude_rater = check_id("exclude_rater", exclude_rater)
         comps, ties, crater, ratings, rrater = [], [], [], [], []
         for q in self.queries(rater=rater, answered=True):
             if exclude_rater is not None and q.rater == exclude_rater:

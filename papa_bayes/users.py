@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, check_generator, check_int, check_real_tensor, implements
+from papa_bayes.checks import _shown, check_float, check_generator, check_int, check_real_tensor, implements
 from papa_bayes.data import PreferenceData, _as_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -293,11 +293,6 @@ def _callback_answer(ans: Any, expected: str) -> Any:
     return ans
 
 
-def _shown_answer(ans: Any) -> Any:
-    """An answer as an error shows it: text quoted, so that the answer "0" does not read as the valid 0."""
-    return repr(ans) if isinstance(ans, str) else ans
-
-
 def _check_batch(name: str, items: Any) -> None:
     """`n` items to iterate over, one query each."""
     if (isinstance(items, Tensor) and items.dim() == 0) or not hasattr(items, "__len__"):
@@ -344,7 +339,7 @@ class CallbackUser(User):
                 won.append(ans == 0)
                 tie.append(False)
             else:
-                raise InputDataError("answer", "0 (first), 1 (second) or 'tie'", _shown_answer(ans))
+                raise InputDataError("answer", "0 (first), 1 (second) or 'tie'", _shown(ans))
         return torch.tensor(won, dtype=torch.bool), torch.tensor(tie, dtype=torch.bool)
 
     def rate(self, x: Tensor) -> Tensor:
@@ -355,7 +350,7 @@ class CallbackUser(User):
         for item in x:
             ans = _callback_answer(self.rate_fn(item), "+1 (like) or -1 (dislike)")
             if ans not in (1, -1):
-                raise InputDataError("answer", "+1 (like) or -1 (dislike)", _shown_answer(ans))
+                raise InputDataError("answer", "+1 (like) or -1 (dislike)", _shown(ans))
             out.append(int(ans))
         return torch.tensor(out, dtype=torch.long)
 

@@ -40,6 +40,7 @@ __all__ = [
     "check_pending",
     "check_utility_model",
     "check_query_X",
+    "draw_variance",
     "entropy_bits",
     "outcome_log_probs",
     "per_draw",
@@ -58,6 +59,15 @@ def entropy_bits(probs: Tensor, dim: int = -1) -> Tensor:
     """
     tiny = torch.finfo(probs.dtype).tiny if probs.is_floating_point() else 1e-300
     return -(probs * probs.clamp(min=tiny).log()).sum(dim) / LN2
+
+
+def draw_variance(values: Tensor, dim: int = 0) -> Tensor:
+    """Sample variance of ``values`` over the draws (dimension ``dim``).
+
+    0 for one draw (as :func:`~papa_bayes.acquisition.closed_form.utility_moments`' ``max(s - 1, 1)``), not the NaN
+    of dividing by s - 1 = 0.
+    """
+    return values.var(dim, correction=1 if values.shape[dim] > 1 else 0)
 
 
 def per_draw(values: Tensor | None, like: Tensor) -> Tensor | None:

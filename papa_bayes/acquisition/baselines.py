@@ -21,7 +21,7 @@ import torch
 from botorch.models.model import Model
 from torch import Tensor
 
-from papa_bayes.acquisition.base import DrawsAcquisitionFunction, per_draw
+from papa_bayes.acquisition.base import DrawsAcquisitionFunction, draw_variance, per_draw
 from papa_bayes.checks import check_generator, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
@@ -78,16 +78,8 @@ class UtilityDifferenceVariance(DrawsAcquisitionFunction):
         if self.query_size == 1:
             u = utilities[0]
             thr = per_draw(self.threshold, u)
-            return _draw_variance(u if thr is None else u - thr)
-        return _draw_variance(utilities[0] - utilities[1])
-
-
-def _draw_variance(values: Tensor) -> Tensor:
-    """Sample variance over the draws (dim 0) of `s x batch` values: `batch`.
-
-    0 for one draw (as select_queries' moments), not the NaN of dividing by s - 1 = 0.
-    """
-    return values.var(0, correction=1 if values.shape[0] > 1 else 0)
+            return draw_variance(u if thr is None else u - thr)
+        return draw_variance(utilities[0] - utilities[1])
 
 
 class ThompsonSampling(DrawsAcquisitionFunction):

@@ -30,7 +30,7 @@ from botorch.models.model import Model
 from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, resolve_model
+from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, draw_variance, resolve_model
 from papa_bayes.checks import check_finite, check_float, check_real_tensor, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
@@ -172,8 +172,7 @@ class HoulsbyInformationGain(AcquisitionFunction):
         posterior = self.model.posterior(X)
         if isinstance(posterior, EnsemblePosterior):
             diff = posterior.values[..., 0, 0] - posterior.values[..., 1, 0]  # batch x s
-            # One draw: variance 0 (as utility_moments), not the NaN of dividing by s - 1 = 0.
-            mean, var = diff.mean(-1), diff.var(-1, correction=1 if diff.shape[-1] > 1 else 0)
+            mean, var = diff.mean(-1), draw_variance(diff, dim=-1)
         else:
             mu = posterior.mean.squeeze(-1)
             cov = posterior.covariance_matrix

@@ -277,7 +277,7 @@ def load_finetuned(
         with reading_checkpoint(root):
             scheduler = _saved_scheduler(root, saved_class or type(model.scheduler))
         if scheduler is not None:
-            _check_loaded(root, model, scheduler)
+            check_loaded(root, model.unet, scheduler)
         return model if scheduler is None else PixelDiffusion(model.unet, scheduler)
     cfg_scale = _saved_cfg_scale(record, base)
     model = copy.copy(base)
@@ -287,7 +287,7 @@ def load_finetuned(
         if scheduler is not None:
             model.scheduler = scheduler
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
-    _check_loaded(root, model)
+    check_loaded(root, model.unet, model.scheduler)
     if cfg_scale is not None:
         model.cfg_scale = cfg_scale
     if isinstance(model, LatentDiffusion) and model.vae is not None and device is not None:
@@ -326,12 +326,6 @@ def _saved_scheduler_class(root: Path, record: Mapping[str, Any]) -> type | None
             yield _saved_class_name(config)
 
     return next((cls for cls in map(_scheduler_class, names()) if cls is not None), None)
-
-
-def _check_loaded(root: Path, model: DiffusionModel, scheduler: Any = None) -> None:
-    """InputDataError on ``path`` unless the sampler can drive ``model``'s denoiser with the loaded ``scheduler``
-    (``model``'s own when None), as :func:`~papa_bayes.diffusion.base.check_loaded` says."""
-    check_loaded(root, model.unet, model.scheduler if scheduler is None else scheduler)
 
 
 def _saved_cfg_scale(record: Mapping[str, Any], base: DiffusionModel) -> float | None:
