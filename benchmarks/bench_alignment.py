@@ -25,10 +25,10 @@ from operator import itemgetter
 from pathlib import Path
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts, file_stem,
-                               markdown_table, output_folder, parse_with_tiny, reals, result_files, run_main,
+                               markdown_table, output_folder, reals, result_files, run_main,
                                write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.exceptions import InputDataError
 
 METHODS = {

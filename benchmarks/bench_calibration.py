@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, one_of,
-                               output_folder, parse_with_tiny, run_main, write_results)
+                               output_folder, run_main, write_results)
 from papa_bayes import LinearReward
 from papa_bayes.diagnostics import plot_reliability, plot_sbc_ranks, simulation_based_calibration
 from papa_bayes.diagnostics.sbc import LEVELS, SBCResult
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
+from papa_bayes.inference.mcmc_util import check_nuts_samples
 from papa_bayes.exceptions import InputDataError
 
 METHODS = ("laplace", "laplace_refined", "svi", "nuts")
@@ -181,8 +182,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.num_bins is not None and args.num_bins > args.rank_draws + 1:
         raise InputDataError("--num-bins", f"at most --rank-draws + 1 = {args.rank_draws + 1} (the possible ranks)",
                              args.num_bins)
-    if "nuts" in args.methods and args.num_samples is not None and args.num_samples < 4:
-        raise InputDataError("--num-samples", "an integer >= 4 with NUTS (split R-hat halves each chain)", args.num_samples)
+    if "nuts" in args.methods and args.num_samples is not None:
+        check_nuts_samples(args.num_samples, "--num-samples")
     for method in args.methods:
         if args.rank_draws > draws_kept(method, args.num_samples):
             per = f"{NUTS_CHAINS} chains x --num-samples" if method == "nuts" else "--num-samples"

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, add_out_option, counts, machine, one_of,
-                               output_folder, parse_with_tiny, reals, run_main)
+                               output_folder, reals, run_main)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -52,7 +52,7 @@ from papa_bayes.diffusion import (
     select_guidance_scale,
 )
 from papa_bayes.inference import fit
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.models import LinearReward
 
 RESULTS = Path(__file__).resolve().parent / "results"

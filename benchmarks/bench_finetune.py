@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts,
-                               markdown_table, output_folder, parse_with_tiny, reals, run_main, write_results)
+                               markdown_table, output_folder, reals, run_main, write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -56,7 +56,7 @@ from papa_bayes.diffusion import (
 )
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.models import LinearReward
 
 ROOT = Path(__file__).resolve().parents[1]

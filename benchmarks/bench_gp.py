@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder,
-                               parse_with_tiny, reals, run_main, write_results)
+                               reals, run_main, write_results)
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.users import SimulatedUser, simulate_comparisons
 
 

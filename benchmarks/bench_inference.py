@@ -16,10 +16,10 @@ import warnings
 import torch
 
 from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder,
-                               parse_with_tiny, run_main, write_results)
+                               run_main, write_results)
 from papa_bayes import LinearReward, fit
-from papa_bayes.exceptions import InputDataError
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
+from papa_bayes.inference.mcmc_util import check_nuts_samples
 from papa_bayes.users import SimulatedUser, random_unit_vector, simulate_comparisons
 
 
@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     counts("--dims", args.dims)
     counts("--update-repeats", args.update_repeats)
     counts("--num-samples", args.num_samples)
-    if "nuts" in args.methods and args.num_samples < 4:  # fit() refuses it, naming its own num_samples
-        raise InputDataError("--num-samples", "an integer >= 4 with NUTS (split R-hat halves each chain)",
-                             args.num_samples)
+    if "nuts" in args.methods:  # before any work, under the option's name (fit() would name its num_samples)
+        check_nuts_samples(args.num_samples, "--num-samples")
     counts("--nuts-max-m", args.nuts_max_m, minimum=0)
     counts("--threads", args.threads)
     counts("--seed", args.seed, minimum=0)

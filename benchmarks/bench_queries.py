@@ -48,11 +48,11 @@ import torch
 
 from papa_bayes import LinearReward, fit
 from benchmarks.common import (RESULTS, add_out_option, counts, file_stem, machine, one_of,
-                               output_folder, parse_with_tiny, result_files, run_main)
+                               output_folder, result_files, run_main)
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.checks import DefaultsHelpFormatter
+from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.users import SimulatedUser, random_pairs, random_unit_vector, simulate_comparisons, winner_first
 
 LEVEL = 0.9

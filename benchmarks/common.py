@@ -99,25 +99,6 @@ def add_out_option(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default benchmarks/results; --tiny: benchmarks/results/tmp)")
 
 
-def parse_with_tiny(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                    tiny: dict[str, Any]) -> argparse.Namespace:
-    """``parser``'s options from ``argv``; with ``--tiny``, the options left off the command line take their
-    value in ``tiny`` (keyed by dest) instead of their default, and options given explicitly are kept, as in
-    ``papa-bayes demo --tiny``. Every value is then checked by the benchmark as usual.
-
-    Raises:
-        ValueError: a key of ``tiny`` that is none of the parser's options (a mistake in the benchmark).
-    """
-    args = parser.parse_args(argv)
-    if args.tiny:
-        unknown = set(tiny) - {action.dest for action in parser._actions}
-        if unknown:
-            raise ValueError(f"tiny values for options the parser does not have: {sorted(unknown)}")
-        parser.set_defaults(**tiny)  # a default is what an option left out takes; one given is parsed anew
-        args = parser.parse_args(argv)
-    return args
-
-
 def run_main(main: Callable[[], Any]) -> None:
     """Run a benchmark's ``main`` as a script: a bad option reads as one line (exit 2), as argparse's own errors."""
     try:

@@ -34,7 +34,7 @@ from papa_bayes.diagnostics.calibration import expected_calibration_error, relia
 from papa_bayes.inference import fit  # noqa: E402
 from papa_bayes.models import LinearReward, PairwiseGPReward, PreferenceGP  # noqa: E402
 from papa_bayes.users import SimulatedUser, simulate_comparisons  # noqa: E402
-from papa_bayes.checks import bounded_arg  # noqa: E402
+from papa_bayes.checks import bounded_arg, parse_with_tiny  # noqa: E402
 
 
 def two_bumps(x: torch.Tensor) -> torch.Tensor:
@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                         help="a seconds-long run (tests); sizes given explicitly are kept")
     parser.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     parser.add_argument("--out", type=Path, default=Path("example_output/02"))
-    args = parser.parse_args(argv)
-    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
-        parser.set_defaults(num_items=40, num_comparisons=60, num_test_items=60, num_test_pairs=300, num_samples=64)
-        args = parser.parse_args(argv)
+    # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
+    args = parse_with_tiny(parser, argv, dict(num_items=40, num_comparisons=60, num_test_items=60, num_test_pairs=300,
+                                              num_samples=64))
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 

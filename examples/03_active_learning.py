@@ -26,7 +26,7 @@ import torch
 
 from papa_bayes.acquisition import queries_to_reach, run_active_learning
 from papa_bayes.users import SimulatedUser, random_unit_vector
-from papa_bayes.checks import bounded_arg
+from papa_bayes.checks import bounded_arg, parse_with_tiny
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,10 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="example_output/03", help="output folder")
     p.add_argument("--tiny", action="store_true",
                    help="tiny sizes (d=3, pool 40, 6 queries, 2 seeds); sizes given explicitly are kept")
-    args = p.parse_args(argv)
-    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
-        p.set_defaults(dim=3, pool_size=40, queries=6, seeds=2, num_samples=64)
-        args = p.parse_args(argv)
+    # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
+    args = parse_with_tiny(p, argv, dict(dim=3, pool_size=40, queries=6, seeds=2, num_samples=64))
     return args
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from papa_bayes.demo import DigitsUser, make_setup
 from papa_bayes.diffusion import DiffusionCandidates, evaluate_samples, save_image_grid
 from papa_bayes.session import PreferenceSession
-from papa_bayes.checks import bounded_arg
+from papa_bayes.checks import bounded_arg, parse_with_tiny
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,12 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/04"))
-    args = p.parse_args(argv)
-    opts: dict = {}
-    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
-        p.set_defaults(labels=2, pool_size=4, recommend=4)
-        args = p.parse_args(argv)
-        opts = dict(scale=0.5, num_base=16, pool_steps=4, recommend_steps=5, oversample=2.0)
+    # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
+    args = parse_with_tiny(p, argv, dict(labels=2, pool_size=4, recommend=4))
+    opts: dict = dict(scale=0.5, num_base=16, pool_steps=4, recommend_steps=5, oversample=2.0) if args.tiny else {}
     args.out.mkdir(parents=True, exist_ok=True)
 
     setup = make_setup()

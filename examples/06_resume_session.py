@@ -21,7 +21,7 @@ import torch
 from papa_bayes.session import FeaturePool, PreferenceSession
 from papa_bayes.store import PreferenceStore
 from papa_bayes.users import SimulatedUser, random_unit_vector
-from papa_bayes.checks import bounded_arg
+from papa_bayes.checks import bounded_arg, parse_with_tiny
 
 
 def main(argv: list[str] | None = None) -> list:
@@ -32,10 +32,8 @@ def main(argv: list[str] | None = None) -> list:
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/06"))
-    args = p.parse_args(argv)
-    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
-        p.set_defaults(first=2, then=2)
-        args = p.parse_args(argv)
+    # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
+    args = parse_with_tiny(p, argv, dict(first=2, then=2))
     args.out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)
     items = torch.randn(100, args.num_features, generator=g, dtype=torch.float64)

@@ -27,7 +27,7 @@ from papa_bayes.diffusion import (
     save_feature_map,
 )
 from papa_bayes.session import PreferenceSession
-from papa_bayes.checks import bounded_arg
+from papa_bayes.checks import bounded_arg, parse_with_tiny
 
 
 def ink_features(images: torch.Tensor) -> torch.Tensor:
@@ -48,12 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/07"))
-    args = p.parse_args(argv)
-    opts: dict = {}
-    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
-        p.set_defaults(labels=2)
-        args = p.parse_args(argv)
-        opts = dict(scale=0.5, num_base=16, pool_steps=4, recommend_steps=5, oversample=2.0)
+    # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
+    args = parse_with_tiny(p, argv, dict(labels=2))
+    opts: dict = dict(scale=0.5, num_base=16, pool_steps=4, recommend_steps=5, oversample=2.0) if args.tiny else {}
     args.out.mkdir(parents=True, exist_ok=True)
 
     phi = CallableFeatures(ink_features, num_features=4, name="ink")

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from papa_bayes import LinearReward, fit  # noqa: E402
 from papa_bayes.session import FeaturePool, PreferenceSession  # noqa: E402
 from papa_bayes.users import SimulatedUser, random_unit_vector  # noqa: E402
-from papa_bayes.checks import bounded_arg  # noqa: E402
+from papa_bayes.checks import bounded_arg, parse_with_tiny  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,10 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/08"))
-    args = p.parse_args(argv)
-    if args.tiny:  # only the sizes left off the command line shrink (as the benchmarks' --tiny)
-        p.set_defaults(labels=6, num_samples=30)
-        args = p.parse_args(argv)
+    # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
+    args = parse_with_tiny(p, argv, dict(labels=6, num_samples=30))
     args.out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)
     items = torch.randn(200, 4, generator=g, dtype=torch.float64)

@@ -15,16 +15,17 @@ import textwrap
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["DefaultsHelpFormatter", "bounded_arg", "check_bool", "check_device", "check_finite", "check_float", "check_float_dtype", "check_generator",
-           "check_int", "check_path", "check_real_tensor", "holds_bool", "is_integer_tensor", "plain_array",
-           "read_json_object", "reading", "renamed_option", "shape_of"]
+__all__ = ["DefaultsHelpFormatter", "bounded_arg", "check_bool", "check_device", "check_finite", "check_float",
+           "check_float_dtype", "check_generator", "check_int", "check_path", "check_real_tensor", "holds_bool",
+           "is_integer_tensor", "parse_with_tiny", "plain_array", "read_json_object", "reading", "renamed_option",
+           "shape_of"]
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
@@ -76,6 +77,25 @@ def bounded_arg(kind: type, low: float, *, strict: bool = False) -> Callable[[st
 
     parse.__name__ = kind.__name__  # text that is no number: argparse's "invalid int value: 'x'"
     return parse
+
+
+def parse_with_tiny(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                    tiny: dict[str, Any]) -> argparse.Namespace:
+    """``parser``'s options from ``argv``; with ``--tiny``, the options left off the command line take their
+    value in ``tiny`` (keyed by dest) instead of their default, and options given explicitly are kept, as in
+    ``papa-bayes demo --tiny``. Every value is then checked by the caller as usual (the benchmarks, the examples).
+
+    Raises:
+        ValueError: a key of ``tiny`` that is none of the parser's options (a mistake in the caller).
+    """
+    args = parser.parse_args(argv)
+    if args.tiny:
+        unknown = set(tiny) - {action.dest for action in parser._actions}
+        if unknown:
+            raise ValueError(f"tiny values for options the parser does not have: {sorted(unknown)}")
+        parser.set_defaults(**tiny)  # a default is what an option left out takes; one given is parsed anew
+        args = parser.parse_args(argv)
+    return args
 
 
 def shape_of(value: Any) -> Any:

@@ -13,7 +13,7 @@ import pyro.optim
 import torch
 from torch import Tensor
 
-from papa_bayes.inference.mcmc_util import chain_results
+from papa_bayes.inference.mcmc_util import chain_results, check_nuts_samples
 from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
@@ -141,8 +141,8 @@ def fit(
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
     refine_steps = _check_refine_steps(refine_steps, method)
-    if method == "nuts" and num_samples is not None and num_samples < 4:
-        raise InputDataError("num_samples", "an integer >= 4 for NUTS (split R-hat halves each chain)", num_samples)
+    if method == "nuts" and num_samples is not None:
+        check_nuts_samples(num_samples)
     if progress_bar is None:
         progress_bar = method == "nuts"
     ignored = [name for name, used_by, value, default in (

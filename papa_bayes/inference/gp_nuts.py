@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.inference.mcmc_util import chain_results
+from papa_bayes.inference.mcmc_util import chain_results, check_nuts_samples
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import ModelError
 from papa_bayes.inference.gp_elbo import TrainingData, train_elbo
 from papa_bayes.models.gp import (
     DTYPE,
@@ -204,8 +204,7 @@ def fit_nuts_draws(
     from pyro.infer import MCMC, NUTS
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
-    if num_samples < 4:  # Pyro asserts it (a bare AssertionError), and only after every chain has run
-        raise InputDataError("num_samples", "an integer >= 4 for NUTS (split R-hat halves each chain)", num_samples)
+    check_nuts_samples(num_samples)
     X = transform(data.items)
     anchors, item_to_anchor = _anchors(X, data, None if init is None else init["anchors"], seed)
     target = _Target(spec, data, anchors, item_to_anchor)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["chain_results"]
+from papa_bayes.exceptions import InputDataError
+
+__all__ = ["check_nuts_samples", "chain_results"]
+
+
+def check_nuts_samples(num_samples: Any, name: str = "num_samples") -> None:
+    """InputDataError naming ``name`` when fewer than 4 draws per NUTS chain are asked for: split R-hat halves each
+    chain (Pyro asserts it with a bare AssertionError, and only after every chain has run)."""
+    if num_samples < 4:
+        raise InputDataError(name, "an integer >= 4 for NUTS (split R-hat halves each chain)", num_samples)
 
 
 def chain_results(mcmc, num_samples: int) -> tuple[dict[str, Tensor], Tensor, float]:
