@@ -23,6 +23,15 @@ from papa_bayes.exceptions import InputDataError
 __all__ = ["PreferenceData", "check_preference_data"]
 
 
+def _numbers_held_as_objects(values: Any) -> tuple[Any, list]:
+    """An object array's values read as NumPy reads their list (numbers held as objects: a nullable Int64 frame,
+    an array of mixed columns, a concatenated column), or ``values`` itself when they are not all numbers; and that
+    list (where a bool among the numbers is still to be seen)."""
+    listed = values.tolist()
+    inferred = np.array(listed)
+    return (inferred if inferred.dtype.kind in "biuf" else values), listed
+
+
 def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool = True) -> Tensor:
     """Convert without silent coercion (floats for an integer field are an error); always a copy.
 
@@ -36,12 +45,8 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
             # Through NumPy: Python floats stay float64 (torch.as_tensor would round them to float32), and
             # a read-only array (pandas' .values) is copied rather than read in place (torch warns).
             array = listed = np.array(plain_array(value))
-            if array.dtype == object:
-                # Numbers held as objects (a nullable Int64 frame, an array of mixed columns): read as NumPy
-                # reads their list, as from_dataframe reads such a column.
-                listed = array.tolist()
-                inferred = np.array(listed)
-                array = inferred if inferred.dtype.kind in "biuf" else array
+            if array.dtype == object:  # as from_dataframe reads such a column
+                array, listed = _numbers_held_as_objects(array)
             t = torch.as_tensor(value) if array.dtype == object else torch.from_numpy(array)
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err

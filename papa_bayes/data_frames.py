@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import holds_bool, is_integer_tensor, plain_array
-from papa_bayes.data import _as_tensor, _OptionalColumn
+from papa_bayes.data import _as_tensor, _numbers_held_as_objects, _OptionalColumn
 from papa_bayes.exceptions import InputDataError
 
 __all__ = ["dataframe_fields"]
@@ -83,15 +83,12 @@ def _column(field: str, frame: Any, name: str, expected: str, *, bools_among_num
     if getattr(values, "dtype", None) == object:
         # An object column of bools or ints (after concat, or a column first filled with None) holds
         # numbers all the same: read them as NumPy would a list.
-        listed = values.tolist()
-        inferred = np.array(listed)
-        if inferred.dtype.kind in "iuf" and not bools_among_numbers:
+        values, listed = _numbers_held_as_objects(values)
+        if values.dtype.kind in "iuf" and not bools_among_numbers:
             i = next((i for i, v in enumerate(listed) if holds_bool(v)), None)
             if i is not None:
                 raise InputDataError(f"{field}[{name!r}]", expected,
                                      f"bools among the numbers, e.g. {listed[i]!r} in {_row(frame, i)}")
-        if inferred.dtype.kind in "biuf":
-            values = inferred
     try:
         return torch.as_tensor(values)
     except (TypeError, ValueError, RuntimeError):

@@ -317,14 +317,17 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     options, resuming, before, others, num_features = _session_options(args, existing)
     if args.recommend and before + args.labels == 0:  # before the model loads and anything is written
         _refuse_recommend(args)
-    if resuming:  # e.g. the simulated person of a store `papa-bayes demo` wrote: said here, not by resume's check
-        began = existing.rater_config(args.rater).get("model")
-        ours = (repr(LinearReward(rationality=1.0, ties=True)), repr(HierarchicalLinearReward(ties=True)))
-        if began is not None and began not in ours:
-            raise InputDataError("--rater", "a rater whose session papa-bayes label began",
-                                 f"rater {args.rater} of {args.store}, whose session another program began with "
-                                 f"{began.split('(')[0]}(ties={'ties=True' in began}, ...); answer as a new rater "
-                                 f"(e.g. --rater {max(existing.raters()) + 1})")
+    # People may answer "tie": the model says how (Davidson). With other raters in the
+    # store, their answers give this rater's prior (hierarchical cold start); a resumed
+    # sitting keeps the model it began with, even when others have answered since.
+    began = existing.rater_config(args.rater).get("model") if resuming else None
+    hierarchical = (began or "").startswith("HierarchicalLinearReward(") if resuming else bool(others)
+    model = HierarchicalLinearReward(ties=True) if hierarchical else LinearReward(rationality=1.0, ties=True)
+    if began is not None and began != repr(model):  # another program's session: said here, not by resume's check
+        raise InputDataError("--rater", "a rater whose session papa-bayes label began",
+                             f"rater {args.rater} of {args.store}, whose session another program began with "
+                             f"{began.split('(')[0]}(ties={'ties=True' in began}, ...); answer as a new rater "
+                             f"(e.g. --rater {max(existing.raters()) + 1})")
     try:  # before the model loads
         args.images.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -348,13 +351,6 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     # another person sharing the store overwrites a picture shown earlier.
     user = TerminalUser(args.images, read=read, write=write, open_images=args.open,
                         prefix=f"rater{args.rater}_query_", start=before)
-    # People may answer "tie": the model says how (Davidson). With other raters in the
-    # store, their answers give this rater's prior (hierarchical cold start).
-    if resuming:  # a resumed sitting keeps the model it began with, even when others have answered since
-        hierarchical = existing.rater_config(args.rater).get("model", "").startswith("HierarchicalLinearReward(")
-    else:
-        hierarchical = bool(others)
-    model = HierarchicalLinearReward(ties=True) if hierarchical else LinearReward(rationality=1.0, ties=True)
     session = None
     try:
         if resuming:  # a question left unanswered last time is asked first (inside resume), and counts
