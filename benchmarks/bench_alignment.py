@@ -25,8 +25,8 @@ from operator import itemgetter
 from pathlib import Path
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts, file_stem,
-                               markdown_table, output_folder, reals, result_files, run_main,
-                               write_results)
+                               markdown_table, output_folder, reals, recorded_args, result_files,
+                               run_main, write_results)
 from papa_bayes.demo import FEATURES, METRICS, discard_session, make_setup, run_papa, run_session
 from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.exceptions import InputDataError
@@ -126,12 +126,15 @@ def main(argv: list[str] | None = None) -> dict:
                                                 progress_bar=False, pool_size=8 if args.tiny else 16,
                                                 **session_kw, **METHODS[method])
                 discard_session(session)
-            curves[method][seed] = [{k: c[k] for k in ("labels", *METRICS)} | ({"scale": c.get("scale")}) for c in curve]
+            curves[method][seed] = [{k: c[k] for k in ("labels", *METRICS)} | ({"scale": c.get("scale")})
+                                    for c in curve]
             for c in curves[method][seed]:
-                rows.append({"method": method, "seed": seed, **{k: c[k] for k in ("labels", *METRICS)}, "target_met": target_met(c)})
+                rows.append({"method": method, "seed": seed, **{k: c[k] for k in ("labels", *METRICS)},
+                             "target_met": target_met(c)})
                 print(rows[-1], flush=True)
 
-    return report(curves, rows, args.labels, vars(args), out, "bench_alignment" + ("_tiny" if args.tiny else ""))
+    return report(curves, rows, args.labels, recorded_args(args, out), out,
+                  "bench_alignment" + ("_tiny" if args.tiny else ""))
 
 
 def report(curves: dict[str, dict[int, list[dict]]], rows: list[dict], labels: list[int], args: dict,
@@ -151,11 +154,13 @@ def report(curves: dict[str, dict[int, list[dict]]], rows: list[dict], labels: l
                 for m, by_seed in curves.items()}
     table = markdown_table(summary, ["method", "labels", *METRICS, "seeds_meeting_target"])
     table += "\nLabels to 75% preferred, per seed: " + "; ".join(f"{m}: {v}" for m, v in l75.items()) + "\n"
-    table += "Seeds meeting the full target (>= 90% preferred, judge >= 0.75, precision >= 0.72, entropy >= 1.8) within 20 labels: " + \
+    table += ("Seeds meeting the full target (>= 90% preferred, judge >= 0.75, precision >= 0.72, entropy >= 1.8) "
+              "within 20 labels: ") + \
         "; ".join(f"{m}: {v}/{len(curves[m])}" for m, v in within20.items()) + "\n"
     # "benchmark" names the benchmark, not the file stem (--name), so that a merge can tell its own files.
     path = write_results(name, {"benchmark": "bench_alignment", "rows": rows, "summary": summary, "labels_to_75": l75,
-                                "within20": within20, "args": args}, table, out, title="Label efficiency on the digits task")
+                                "within20": within20, "args": args}, table, out,
+                         title="Label efficiency on the digits task")
     plot = _plot(curves, summary, path.with_suffix(".png"))
     print(table)
     print(f"written to {path} and {plot}")
@@ -207,7 +212,8 @@ def merge(paths: list[str], out: Path | None, name: str) -> dict:
     parts = result_files("--merge", paths, key="rows")
     for path, part in zip(paths, parts):
         if not str(part.get("benchmark", "")).startswith("bench_alignment"):  # older files: their stem
-            raise InputDataError("--merge", "a bench_alignment result file", f"{path} (benchmark {part.get('benchmark')!r})")
+            raise InputDataError("--merge", "a bench_alignment result file",
+                                 f"{path} (benchmark {part.get('benchmark')!r})")
     _check_same_protocol(parts, paths)
     key = itemgetter("method", "seed", "labels")
     owner = {key(r): i for i, part in enumerate(parts) for r in part["rows"]}  # the last file wins

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, add_out_option, counts, machine, one_of,
-                               output_folder, reals, run_main)
+                               output_folder, reals, recorded_args, run_main)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "bench_diffusion",
         "machine": machine(),
         "torch": torch.__version__,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": recorded_args(args, out_dir),
         "seed": args.seed,
         "labels": args.labels,
         "liked_labels": liked,

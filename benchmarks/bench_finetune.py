@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, RESULTS, add_out_option, counts,
-                               markdown_table, output_folder, reals, run_main, write_results)
+                               markdown_table, output_folder, reals, recorded_args, run_main,
+                               write_results)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -98,7 +99,8 @@ def _row(method: str, labels: int, images: torch.Tensor, seconds: float) -> dict
 
 def fit_posterior(model, features, person, *, num_labels: int, steps: int, seed: int):
     """The person rates ``num_labels`` base samples; a linear reward is fitted (Laplace)."""
-    shown = sample(model, num_labels, num_inference_steps=steps, generator=_gen(10_000 + seed), progress_bar=False).images
+    shown = sample(model, num_labels, num_inference_steps=steps, generator=_gen(10_000 + seed),
+                   progress_bar=False).images
     ratings = person.rate(shown)
     with torch.no_grad():
         items = features(shown).double()
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale", type=float, default=None, help="guidance scale (default: the package's rule)")
     parser.add_argument("--window-stop", type=float, default=0.8,
                         help="guidance acts on the first this share of the trajectory (0-1]")
-    parser.add_argument("--calibration-samples", type=int, default=512, help="base samples that calibrate the objective")
+    parser.add_argument("--calibration-samples", type=int, default=512,
+                        help="base samples that calibrate the objective")
     parser.add_argument("--rule-samples", type=int, default=64, help="samples per scale of the scale rule")
     parser.add_argument("--rule-steps", type=int, default=20, help="DDIM steps of the scale rule's samples")
     parser.add_argument("--distill-samples", type=int, default=512, help="guided samples the distillation trains on")
@@ -286,7 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
     for lr, regularizer in settings:
         rows += papa_online(model, person, args, lr=lr, regularizer=regularizer)
     result = {
-        "args": vars(args),
+        # The checkpoint as the result names it below: a path given on the command line is this machine's.
+        "args": {**recorded_args(args, out_dir),
+                 "checkpoint": None if args.checkpoint is None else checkpoint_identity(args.checkpoint)},
         "seed": args.seed,
         "checkpoint": checkpoint_identity(args.checkpoint),
         "labels": args.labels,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder,
-                               reals, run_main, write_results)
+                               reals, recorded_args, run_main, write_results)
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
 from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     counts("--threads", args.threads)
     counts("--seed", args.seed, minimum=0)
     # A tiny run (what the tests do) never replaces the committed results.
-    name, out = ("bench_gp_tiny", output_folder(args.out, RESULTS / "tmp")) if args.tiny else ("bench_gp", output_folder(args.out))
+    name, out = (("bench_gp_tiny", output_folder(args.out, RESULTS / "tmp")) if args.tiny
+                 else ("bench_gp", output_folder(args.out)))
     torch.set_num_threads(args.threads)
     try:  # NumPy's BLAS (PairwiseGP's Newton solver) gets the same threads
         from threadpoolctl import threadpool_limits
@@ -208,12 +209,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(row)
             print(row, flush=True)
 
-    columns = ["m", "n", "oracle_log_loss", "gp_fit_s", "pairwise_fit_s", "fit_speedup", "gp_update_s", "pairwise_update_s",
-               "update_speedup", "gp_log_loss", "pairwise_log_loss", "log_loss_gp_minus_pairwise", "gp_peak_rss_gb"]
+    columns = ["m", "n", "oracle_log_loss", "gp_fit_s", "pairwise_fit_s", "fit_speedup", "gp_update_s",
+               "pairwise_update_s", "update_speedup", "gp_log_loss", "pairwise_log_loss", "log_loss_gp_minus_pairwise",
+               "gp_peak_rss_gb"]
     if args.repeats > 1:
         columns[6:6] = ["fit_speedup_min", "fit_speedup_max"]
     notes = (
-        f"\nTimes in seconds, the best of several runs, the two models interleaved (fits: {args.fit_repeats} for m <= 1000;"
+        "\nTimes in seconds, the best of several runs, the two models interleaved"
+        f" (fits: {args.fit_repeats} for m <= 1000;"
         f" updates: {args.update_repeats};"
         " the machine is shared),"
         f" {'one thread' if args.threads == 1 else f'{args.threads} threads'} for both models; log-loss is the expected"
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes += f"Load average (1, 5, 15 min) at the end: {load}.\n"
-    write_results(name, {"args": vars(args), "rows": rows, "load_average": load}, markdown_table(rows, columns) + notes, out,
+    write_results(name, {"args": recorded_args(args, out), "rows": rows, "load_average": load},
+                  markdown_table(rows, columns) + notes, out,
                   title="GP preference models: PreferenceGP (ELBO) vs BoTorch PairwiseGP (Laplace)")
     return rows
 

@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, output_folder,
-                               run_main, write_results)
+                               recorded_args, run_main, write_results)
 from papa_bayes import LinearReward, fit
 from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.inference.mcmc_util import check_nuts_samples
@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     repeats = args.update_repeats if method == "laplace" else (1 if args.tiny else 3)
                     upd_s, _ = _time(lambda: post.update(new), repeats)
                 cos = float(torch.nn.functional.cosine_similarity(post.mean("w"), w, dim=0))
-                rows.append(dict(method=method, m=m, d=d, fit_s=fit_s, update_ms=1000 * upd_s, update_repeats=repeats, cosine=cos))
+                rows.append(dict(method=method, m=m, d=d, fit_s=fit_s, update_ms=1000 * upd_s, update_repeats=repeats,
+                                 cosine=cos))
                 print(rows[-1], flush=True)
     table = markdown_table(rows, ["method", "m", "d", "fit_s", "update_ms", "update_repeats", "cosine"])
     path = write_results("bench_inference" + ("_tiny" if args.tiny else ""),
-                         {"rows": rows, "args": vars(args), "first_fit_s": first_fit_s}, table,
+                         {"rows": rows, "args": recorded_args(args, out), "first_fit_s": first_fit_s}, table,
                          out, title="Fit and online-update time (median update over repeats)")
     print(table)
     print(f"written to {path}")

@@ -48,10 +48,11 @@ import torch
 
 from papa_bayes import LinearReward, fit
 from benchmarks.common import (RESULTS, add_out_option, counts, file_stem, machine, one_of,
-                               output_folder, result_files, run_main)
+                               output_folder, recorded_args, recorded_folder, result_files,
+                               run_main)
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.users import SimulatedUser, random_pairs, random_unit_vector, simulate_comparisons, winner_first
 
@@ -102,8 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_out_option(p)
     p.add_argument("--name", default="bench_queries", help="stem of the output files")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in several "
-                   "files is pooled, on the same seeds the later file wins")
+                   help="merge earlier result files into <out>/<name>.* and exit: an arm run on disjoint seeds in "
+                   "several files is pooled, on the same seeds the later file wins")
     p.add_argument("--tiny", action="store_true",
                    help="seconds-long smoke run (d=3, pool 20, 4 queries, 1 seed, 4 arms; output stem "
                    "bench_queries_tiny); options given explicitly are kept")
@@ -117,11 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds < 1:
         raise InputDataError("--seeds", "at least 1 seed", args.seeds)
     if args.botorch and args.botorch_seeds < 1:
-        raise InputDataError("--botorch-seeds", "at least 1 seed with BoTorch arms (--botorch '' for none)", args.botorch_seeds)
+        raise InputDataError("--botorch-seeds", "at least 1 seed with BoTorch arms (--botorch '' for none)",
+                             args.botorch_seeds)
     file_stem("--name", args.name)  # merges too: a name that is a path would fail only when the files are written
     if args.out is None:  # the committed results' folder wherever the command runs from (not cwd-relative)
         args.out = RESULTS / "tmp" if args.tiny else RESULTS
-    args.out = str(args.out)  # the options go into the result's JSON
+    args.out = str(args.out)  # the result records it by recorded_args (relative to the repository)
     if not args.merge:
         _check_options(args)
     return args
@@ -137,7 +139,8 @@ def _check_options(args: argparse.Namespace) -> None:
         if not r > 0:
             raise InputDataError("--rationalities", "positive numbers (inf: a noiseless user)", r)
     counts("--pool-size", args.pool_size, minimum=2)
-    for option in ("queries", "num_samples", "heldout_pairs", "botorch_candidates", "speed_repeats", "liked_set_queries"):
+    for option in ("queries", "num_samples", "heldout_pairs", "botorch_candidates", "speed_repeats",
+                   "liked_set_queries"):
         counts(f"--{option.replace('_', '-')}", getattr(args, option))
     counts("--liked-set-seeds", args.liked_set_seeds, minimum=0)
     counts("--seed", args.seed, minimum=0)
@@ -164,13 +167,23 @@ def _check_options(args: argparse.Namespace) -> None:
             try:
                 float(d), float(r)
             except ValueError:
-                raise InputDataError("--botorch-settings", "'all' or d:rationality pairs such as 8:1", repr(setting)) from None
+                raise InputDataError("--botorch-settings", "'all' or d:rationality pairs such as 8:1",
+                                     repr(setting)) from None
         # BoTorch arms alone on settings none of the protocol's would run nothing and write empty tables.
         protocol = {(float(d), r) for d in _ints("--dims", args.dims) for r in rationalities}
         if not args.skip_protocol and not arms and not protocol & _botorch_settings(args.botorch_settings):
             shown = ", ".join(f"{d:g}:{r:g}" for d, r in sorted(protocol))
             raise InputDataError("--botorch-settings", f"'all' or a setting of --dims and --rationalities ({shown}) "
                                  "when the BoTorch arms are the only arms", repr(args.botorch_settings))
+        # Beside other arms, a setting no protocol setting matches is no error (the default 8:1 with --dims 4
+        # runs our arms only), but the BoTorch arms' absence from the tables should not pass unsaid.
+        unmatched = sorted(_botorch_settings(args.botorch_settings) - protocol)
+        botorch = [s for s in args.botorch.split(",") if s]
+        if botorch and not args.skip_protocol and unmatched:
+            shown = ", ".join(f"{d:g}:{r:g}" for d, r in sorted(protocol))
+            warnings.warn(f"--botorch-settings: {', '.join(f'{d:g}:{r:g}' for d, r in unmatched)} match(es) no "
+                          f"setting of --dims and --rationalities ({shown}); the BoTorch arms ({', '.join(botorch)}) "
+                          "do not run there", PapaBayesWarning, stacklevel=2)
     for spec in [s for s in args.liked_set_strategies.split(",") if s]:
         name, at, region = spec.partition("@")
         one_of("--liked-set-strategies", [name], STRATEGIES)
@@ -279,7 +292,8 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
     comps = winner_first(first, won)
     u_pool = user.utility(pool)
     truth = user.outcome_probabilities(*heldout)
-    rec: dict[str, Any] = {k: [] for k in ("alignment", "log_loss", "regret", "information_bits", "select_seconds", "update_seconds")}
+    rec: dict[str, Any] = {k: [] for k in ("alignment", "log_loss", "regret", "information_bits", "select_seconds",
+                                           "update_seconds")}
     rec["information_bits"].append(math.nan)
     basis = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
     for t in range(args.queries):
@@ -313,7 +327,8 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
         t0 = time.perf_counter()
         candidates = random_pairs(n, args.botorch_candidates, generator=gen)
         X = pool[candidates]  # `c x 2 x d`
-        acq = PairwiseBayesianActiveLearningByDisagreement(gp) if arm == "botorch_bald" else AnalyticExpectedUtilityOfBestOption(gp)
+        acq = (PairwiseBayesianActiveLearningByDisagreement(gp) if arm == "botorch_bald"
+               else AnalyticExpectedUtilityOfBestOption(gp))
         with torch.no_grad():
             vals = acq(X)
         j = int(vals.argmax())
@@ -322,7 +337,8 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
             rec["information_bits"].append(float(vals[j]) / math.log(2))
         else:
             with torch.no_grad():
-                rec["information_bits"].append(float(PairwiseBayesianActiveLearningByDisagreement(gp)(X[j : j + 1])) / math.log(2))
+                bald = PairwiseBayesianActiveLearningByDisagreement(gp)(X[j : j + 1])
+                rec["information_bits"].append(float(bald) / math.log(2))
         pair = candidates[j].tolist()
         shown.append(pair)
         won, _ = user.compare(pool[pair[0]].unsqueeze(0), pool[pair[1]].unsqueeze(0))
@@ -333,7 +349,8 @@ def _run_botorch(arm: str, d: int, rationality: float, seed: int, args) -> dict[
 
 
 # ---------------------------------------------------------------- set-valued taste
-def liked_set_run(strategy: str, seed: int, args, *, num_classes: int = 10, num_liked: int = 4, d: int = 8) -> dict[str, Any]:
+def liked_set_run(strategy: str, seed: int, args, *, num_classes: int = 10, num_liked: int = 4,
+                  d: int = 8) -> dict[str, Any]:
     """A taste that is a set: ``num_liked`` of ``num_classes`` clusters liked, the rest not.
 
     Like PAPA's digits task ({1, 4, 7, 9} liked) with a linear reward on features
@@ -418,7 +435,8 @@ def summarize(runs: list[dict[str, Any]], num_queries: int) -> dict[str, Any]:
     out.update(reach_summary([queries_to_reach(r["alignment"], LEVEL) for r in runs], num_queries))
     bits = [b for r in runs for b in r["information_bits"] if not math.isnan(b)]
     out["expected_bits_per_query"] = statistics.mean(bits) if bits else None
-    info_curve = [statistics.mean(x) for x in zip(*[r["information_bits"][1:] for r in runs])] if runs[0]["information_bits"][1:] else []
+    info_curve = ([statistics.mean(x) for x in zip(*[r["information_bits"][1:] for r in runs])]
+                  if runs[0]["information_bits"][1:] else [])
     out["expected_bits_curve"] = [round(v, 5) for v in info_curve]
     secs = [s for r in runs for s in r["seconds_per_query"]]
     out["seconds_per_query"] = statistics.mean(secs) if secs else None
@@ -442,7 +460,8 @@ def speed(args) -> dict[str, Any]:
 
     Also the update with refined draws (``fit(refine_steps=REFINE_STEPS)``, the 'refined' arms).
     """
-    out: dict[str, Any] = {"pool_size": args.pool_size, "num_draws": args.num_samples, "threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"pool_size": args.pool_size, "num_draws": args.num_samples,
+                           "threads": torch.get_num_threads()}
     d = 8
     w, pool, _ = make_problem(d, 1.0, 0, args.pool_size, 10)
     user = SimulatedUser(w, seed=0)
@@ -457,8 +476,10 @@ def speed(args) -> dict[str, Any]:
             "update_refined": _timed(lambda: refined.update(new), args.speed_repeats),
             "select_eig_all_pairs": _timed(lambda: select_queries(post, pool, strategy="eig"), args.speed_repeats),
             "round_eig": _timed(lambda: select_queries(post.update(new), pool, strategy="eig"), args.speed_repeats),
-            "round_region": _timed(lambda: select_queries(post.update(new), pool, strategy="region"), max(args.speed_repeats // 4, 1)),
-            "select_eig_exhaustive_mc": _timed(lambda: select_queries(post, pool, strategy="eig", screen=None), 1 if args.tiny else 2),
+            "round_region": _timed(lambda: select_queries(post.update(new), pool, strategy="region"),
+                                   max(args.speed_repeats // 4, 1)),
+            "select_eig_exhaustive_mc": _timed(lambda: select_queries(post, pool, strategy="eig", screen=None),
+                                               1 if args.tiny else 2),
         }
         out[f"m={m}"] = row
         out[f"m={m}"]["botorch"] = _botorch_speed(pool, data, args)
@@ -555,9 +576,11 @@ def markdown(result: dict[str, Any]) -> str:
         "LinearReward(prior_scale=1/sqrt(d)) (rationality learned, prior N(0, I/d): N(0, I) items get unit-variance "
         "utilities), `known` = APReL's setting (the user's rationality known, prior N(0, I/d)); "
         f"{cfg['num_samples']} posterior draws; BoTorch arms: PairwiseGP (linear kernel) refitted each round, "
-        f"best of {cfg['botorch_candidates']} random pairs. Queries to alignment {LEVEL}: mean over runs that reached it "
+        f"best of {cfg['botorch_candidates']} random pairs. Queries to alignment {LEVEL}: mean over runs that "
+        "reached it "
         f"(runs that never did, of how many) and the censored mean counting a miss as {cfg['queries'] + 1}; "
-        f"'within {SHORT_HORIZON}': the same over the first {SHORT_HORIZON} answers (the horizon of the issue's BoTorch reference). "
+        f"'within {SHORT_HORIZON}': the same over the first {SHORT_HORIZON} answers (the horizon of the issue's "
+        "BoTorch reference). "
         "Bits/query: expected information about the reward of the asked query under the arm's own posterior "
         "(a binary answer carries at most 1 bit; BoTorch arms: its BALD, which assumes unit probit noise). "
         "s/query: one selection + one update, wall time on the shared 2-core machine. "
@@ -569,12 +592,15 @@ def markdown(result: dict[str, Any]) -> str:
     marks = sorted(set(marks))
     for key, arms in result["protocol"].items():
         lines += [f"## {key}", ""]
-        head = "| arm | runs | " + " | ".join(f"align@{t}" for t in marks) + f" | to {LEVEL} (never/runs) | censored | within {SHORT_HORIZON} (never) | log-loss@{T} | regret@{T} | bits/query | s/query |"
+        head = ("| arm | runs | " + " | ".join(f"align@{t}" for t in marks)
+                + f" | to {LEVEL} (never/runs) | censored | within {SHORT_HORIZON} (never) | log-loss@{T} | regret@{T}"
+                " | bits/query | s/query |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for arm, s in arms.items():
             align = " | ".join(_fmt(s["alignment"][t - 1]) for t in marks)
             lines.append(
-                f"| {arm} | {_runs(s)} | {align} | {_fmt(s['mean_queries_to_0.9_reached'], 1)} ({s['never_reached']}/{s['num_runs']}) "
+                f"| {arm} | {_runs(s)} | {align} | {_fmt(s['mean_queries_to_0.9_reached'], 1)} "
+                f"({s['never_reached']}/{s['num_runs']}) "
                 f"| {_fmt(s['mean_queries_to_0.9_censored'], 1)} | {_within(s['queries_to_0.9'], SHORT_HORIZON)} "
                 f"| {_fmt(s['log_loss'][-1])} | {_fmt(s['regret'][-1])} "
                 f"| {_fmt(s['expected_bits_per_query'])} | {_fmt(s['seconds_per_query'])} |"
@@ -587,21 +613,26 @@ def markdown(result: dict[str, Any]) -> str:
             "## Set-valued taste (4 of 10 clusters liked; linear reward on features, misspecified)", "",
             "Preferred fraction of the 50 pool items with the highest posterior mean after t answers; entropy of the "
             "liked clusters among them (2 bits = all four liked clusters equally); share of selected queries comparing "
-            "two liked items (a coin flip to the person) and two items of the same level; means over the runs (seeds).", "",
-            "| strategy | runs | " + " | ".join(f"preferred@{t}" for t in mk) + f" | liked entropy@{Tl} | both liked | same level |",
+            "two liked items (a coin flip to the person) and two items of the same level; means over the runs "
+            "(seeds).", "",
+            "| strategy | runs | " + " | ".join(f"preferred@{t}" for t in mk)
+            + f" | liked entropy@{Tl} | both liked | same level |",
             "|" + "---|" * (len(mk) + 5),
         ]
         for strategy, v in result["liked_set"].items():
             lines.append(
                 f"| {strategy} | {v['num_runs']} | " + " | ".join(_fmt(v["preferred"][t - 1]) for t in mk)
-                + f" | {_fmt(v['liked_entropy_bits'][-1], 2)} | {_fmt(v['both_liked_share'], 2)} | {_fmt(v['same_level_share'], 2)} |"
+                + f" | {_fmt(v['liked_entropy_bits'][-1], 2)} | {_fmt(v['both_liked_share'], 2)}"
+                f" | {_fmt(v['same_level_share'], 2)} |"
             )
         lines.append("")
     if result.get("speed"):
         sp = result["speed"]
         lines += ["## Speed of one online round (single thread)", "",
-                  f"Pool {sp['pool_size']} items = {sp['pool_size'] * (sp['pool_size'] - 1) // 2} pairs, {sp['num_draws']} draws, d = 8; min / median seconds.", "",
-                  "| m | update | update, refined draws | EIG over all pairs | update + EIG | update + region | exhaustive MC EIG | BoTorch fit | BoTorch BALD (random candidates) | BoTorch BALD all pairs |",
+                  f"Pool {sp['pool_size']} items = {sp['pool_size'] * (sp['pool_size'] - 1) // 2} pairs, "
+                  f"{sp['num_draws']} draws, d = 8; min / median seconds.", "",
+                  "| m | update | update, refined draws | EIG over all pairs | update + EIG | update + region "
+                  "| exhaustive MC EIG | BoTorch fit | BoTorch BALD (random candidates) | BoTorch BALD all pairs |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for key, row in sp.items():
             if not key.startswith("m="):
@@ -610,8 +641,10 @@ def markdown(result: dict[str, Any]) -> str:
             cand = next((v for k, v in b.items() if k.startswith("bald_") and k.endswith("_pairs")), None)
             mm = lambda r: f"{r['min_s']:.3f} / {r['median_s']:.3f}"  # noqa: E731
             lines.append(
-                f"| {key[2:]} | {mm(row['update'])} | {mm(row['update_refined']) if 'update_refined' in row else '-'} | {mm(row['select_eig_all_pairs'])} | {mm(row['round_eig'])} | {mm(row['round_region'])} "
-                f"| {mm(row['select_eig_exhaustive_mc'])} | {mm(b['fit'])} | {mm(cand) if cand else '-'} | {_fmt(b.get('bald_all_pairs_s'), 1)} |"
+                f"| {key[2:]} | {mm(row['update'])} | {mm(row['update_refined']) if 'update_refined' in row else '-'} "
+                f"| {mm(row['select_eig_all_pairs'])} | {mm(row['round_eig'])} | {mm(row['round_region'])} "
+                f"| {mm(row['select_eig_exhaustive_mc'])} | {mm(b['fit'])} | {mm(cand) if cand else '-'} "
+                f"| {_fmt(b.get('bald_all_pairs_s'), 1)} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -619,7 +652,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 _COLOURS = {
     "eig": "tab:blue", "uncertainty": "tab:orange", "thompson": "tab:green", "random": "tab:red",
-    "region": "tab:purple", "eubo": "tab:brown", "argmax": "tab:pink", "botorch_bald": "black", "botorch_eubo": "tab:gray",
+    "region": "tab:purple", "eubo": "tab:brown", "argmax": "tab:pink", "botorch_bald": "black",
+    "botorch_eubo": "tab:gray",
 }
 
 
@@ -642,7 +676,8 @@ def plot(result: dict[str, Any], out: Path, name: str) -> None:
     dims = sorted({int(k.split("_")[0][1:]) for k in keys})
     rats = sorted({float(k.split("_")[1][1:]) for k in keys})
     single = len(dims) * len(rats) == 1
-    for metric, label in (("alignment", "alignment cos(E[w], w*)"), ("log_loss", "held-out log-loss (nats)"), ("regret", "regret of the recommended item")):
+    for metric, label in (("alignment", "alignment cos(E[w], w*)"), ("log_loss", "held-out log-loss (nats)"),
+                          ("regret", "regret of the recommended item")):
         size = (8, 4.5) if single else (4 * len(rats) + 2, 3 * len(dims))
         fig, axes = plt.subplots(len(dims), len(rats), figsize=size, squeeze=False)
         for i, d in enumerate(dims):
@@ -731,7 +766,8 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     ref = next((part for part in parts if part.get("protocol")), None) or next(
         (part for part in parts if part.get("liked_set")), parts[0])
     result = {k: v for k, v in ref.items() if k not in ("liked_set", "speed")}  # both rebuilt below
-    result["config"] = {**ref["config"], "name": args.name, "merged_from": list(paths)}
+    result["config"] = {**ref["config"], "name": args.name, "out": recorded_folder(args.out),
+                        "merged_from": list(paths)}
     result["protocol"], result["speed"] = {}, None
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for part in parts:
@@ -752,7 +788,8 @@ def merge(paths: list[str], args) -> dict[str, Any]:
             result["speed"] = part["speed"]
     queries = result["config"]["queries"]
     result["protocol"] = {
-        key: {arm: pool_summaries(pieces, f"{key} {arm}", queries) if len(pieces) > 1 else pieces[0] for arm, pieces in arms.items()}
+        key: {arm: pool_summaries(pieces, f"{key} {arm}", queries) if len(pieces) > 1 else pieces[0]
+              for arm, pieces in arms.items()}
         for key, arms in found.items()
     }
     write_outputs(result, {}, Path(args.out))
@@ -818,7 +855,8 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
     for key in ("expected_bits_per_query", "seconds_per_query", "select_seconds"):
         out[key] = weighted(key)
     curves = [(s["expected_bits_curve"], n) for s, n in zip(pieces, ns)]
-    out["expected_bits_curve"] = [round(sum(c[t] * n for c, n in curves) / total, 5) for t in range(len(curves[0][0]))] if curves[0][0] else []
+    out["expected_bits_curve"] = ([round(sum(c[t] * n for c, n in curves) / total, 5) for t in range(len(curves[0][0]))]
+                                  if curves[0][0] else [])
     return out
 
 
@@ -829,7 +867,8 @@ def _main(args) -> dict[str, Any]:
     strategies = [s for s in args.strategies.split(",") if s]
     botorch_arms = [s for s in args.botorch.split(",") if s]
     settings = _botorch_settings(args.botorch_settings)
-    result: dict[str, Any] = {"benchmark": "bench_queries", "machine": machine(), "config": vars(args), "protocol": {}, "speed": None}
+    result: dict[str, Any] = {"benchmark": "bench_queries", "machine": machine(), "config": recorded_args(args, out),
+                              "protocol": {}, "speed": None}
     raw: dict[str, Any] = {}
     start = time.perf_counter()
     if not args.skip_speed:
@@ -851,7 +890,8 @@ def _main(args) -> dict[str, Any]:
                     s = result["protocol"][key][arm]
                     print(
                         f"[{time.perf_counter() - start:7.0f} s] {key} {arm:>14}: align@end {s['alignment'][-1]:.3f}, "
-                        f"to {LEVEL}: {_fmt(s['mean_queries_to_0.9_reached'], 1)} (never {s['never_reached']}/{s['num_runs']}), "
+                        f"to {LEVEL}: {_fmt(s['mean_queries_to_0.9_reached'], 1)} "
+                        f"(never {s['never_reached']}/{s['num_runs']}), "
                         f"{_fmt(s['seconds_per_query'])} s/query", flush=True,
                     )
                     write_outputs(result, raw, out)
@@ -864,8 +904,9 @@ def _main(args) -> dict[str, Any]:
             result["liked_set"][strategy] = summarize_liked(runs)
             s = result["liked_set"][strategy]
             print(
-                f"[{time.perf_counter() - start:7.0f} s] liked set {strategy:>12}: preferred@end {s['preferred'][-1]:.3f}, "
-                f"liked-class entropy {s['liked_entropy_bits'][-1]:.2f} bits, both-liked queries {s['both_liked_share']:.2f}",
+                f"[{time.perf_counter() - start:7.0f} s] liked set {strategy:>12}: "
+                f"preferred@end {s['preferred'][-1]:.3f}, liked-class entropy {s['liked_entropy_bits'][-1]:.2f} bits, "
+                f"both-liked queries {s['both_liked_share']:.2f}",
                 flush=True,
             )
             write_outputs(result, raw, out)

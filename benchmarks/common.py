@@ -20,6 +20,7 @@ from papa_bayes.checks import check_float, check_int, read_json_object
 from papa_bayes.exceptions import InputDataError
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]  # the repository
 # Samples a scored row needs: evaluate_samples' recall counts the reference digits inside the k-NN balls
 # of the samples (k = 3), so fewer than 4 fail, after the sampling, with "samples: expected more than k=3 points".
 MIN_SCORED_SAMPLES = 4
@@ -51,6 +52,23 @@ def output_folder(out: Path | str | None, default: Path = RESULTS) -> Path:
         raise InputDataError("--out", "a folder (or a path where one can be made)",
                              f"{folder} ({type(err).__name__}: {err.strerror or err})") from None
     return folder
+
+
+def recorded_folder(folder: Path | str) -> str | None:
+    """``folder`` as a result file records it: relative to the repository when inside it (``benchmarks/results``).
+
+    A folder outside the repository is recorded as None: its machine path (``/tmp/cal``) says nothing on another
+    machine, and results are often run there and copied into ``benchmarks/results`` afterwards.
+    """
+    resolved = Path(folder).resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else None
+
+
+def recorded_args(args: argparse.Namespace, folder: Path | str) -> dict[str, Any]:
+    """The options as a result file records them: ``out`` the folder written to (:func:`recorded_folder`, the
+    default resolved too), other paths as text."""
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return {**options, "out": recorded_folder(folder)}
 
 
 def counts(option: str, values: int | Iterable[int], *, minimum: int = 1) -> None:
@@ -118,7 +136,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
-def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path | None = None, *, title: str = "") -> Path:
+def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path | None = None, *,
+                  title: str = "") -> Path:
     out = output_folder(out_dir)
     payload = {"benchmark": name, "machine": machine(), **payload}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))

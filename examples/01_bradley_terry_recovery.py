@@ -6,7 +6,8 @@ cos(E[w], w*), the largest R-hat and the divergences, and saves a forest plot of
 against the truth as OUT/forest_w.png (default OUT: example_output/01).
 
     python examples/01_bradley_terry_recovery.py --num-comparisons 200 --out out/
-    python examples/01_bradley_terry_recovery.py --num-comparisons 40 --num-samples 30 --warmup-steps 30 --num-features 3
+    python examples/01_bradley_terry_recovery.py --num-comparisons 40 --num-samples 30 --warmup-steps 30 \\
+        --num-features 3
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ax.set_title("w: 90% intervals (x: true direction, rescaled)")
     plt.savefig(args.out / "forest_w.png", dpi=100, bbox_inches="tight")
     plt.close("all")
-    return {"cosine": cosine, "r_hat_max": post.diagnostics["r_hat_max"], "divergences": post.diagnostics["divergences"]}
+    return {"cosine": cosine, "r_hat_max": post.diagnostics["r_hat_max"],
+            "divergences": post.diagnostics["divergences"]}
 
 
 if __name__ == "__main__":

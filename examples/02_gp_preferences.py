@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     width = max(len(k) for k in results)
     print(f"{'model':<{width}}  log-loss  CE(truth)    ECE   fit s")
     for name, r in results.items():
-        print(f"{name:<{width}}  {r['held_out_log_loss']:8.4f}  {r['cross_entropy_to_truth']:9.4f}  {r['ece']:.3f}  {r['fit_seconds']:6.2f}")
+        print(f"{name:<{width}}  {r['held_out_log_loss']:8.4f}  {r['cross_entropy_to_truth']:9.4f}  {r['ece']:.3f}"
+              f"  {r['fit_seconds']:6.2f}")
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
@@ -130,8 +131,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     fig.tight_layout()
     fig.savefig(args.out / "reliability.png", dpi=120)
     plt.close(fig)
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
-    print("(the first GP fit of a process also pays ~2 s for torch's first optimizer step importing its compiler stack)")
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "results": results}, indent=2))
+    print("(the first GP fit of a process also pays ~2 s for torch's first optimizer step importing its compiler "
+          "stack)")
     print(f"wrote {args.out / 'reliability.png'} and {args.out / 'results.json'}")
     assert all(math.isfinite(r["held_out_log_loss"]) for r in results.values())
     return results

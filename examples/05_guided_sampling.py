@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-samples", type=bounded_arg(int, 4), default=128, help="steered samples to draw")
     parser.add_argument("--steps", type=bounded_arg(int, 1), default=25, help="DDIM steps")
     parser.add_argument("--labels", type=bounded_arg(int, 1), default=20, help="base samples the person rates")
-    parser.add_argument("--pool-scale-samples", type=bounded_arg(int, 1), default=64, help="pool size of the scale rule")
+    parser.add_argument("--pool-scale-samples", type=bounded_arg(int, 1), default=64,
+                        help="pool size of the scale rule")
     parser.add_argument("--oversample", type=bounded_arg(float, 1), default=4.0)
     parser.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for before/after PNG grids")

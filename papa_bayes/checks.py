@@ -120,6 +120,11 @@ def plain_array(value: Any) -> Any:
     return value.to_numpy(copy=True) if hasattr(value, "to_numpy") and hasattr(value, "shape") else value
 
 
+def _is_numpy_array(value: Any) -> bool:
+    """Whether ``value`` is a NumPy array (told without importing NumPy, as :func:`check_bool` tells its bools)."""
+    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
+
+
 def check_finite(name: str, value: Tensor, what: str = "values") -> Tensor:
     """``value`` unless it holds NaN, inf or complex numbers: then InputDataError (shapes are the caller's)."""
     if value.is_complex() or not bool(torch.isfinite(value).all()):
@@ -131,13 +136,16 @@ def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = 
               expected: str | None = None) -> int:
     """``value`` as an int, or InputDataError unless an integer >= ``minimum`` (and <= ``maximum``).
 
-    NumPy integers and 0-d integer tensors count; bools do not. ``expected``
-    replaces the error's wording of the range (e.g. to say what the bounds are).
+    NumPy integers and 0-d integer tensors or arrays count (as :func:`check_float` counts 0-d ones); bools,
+    arrays of one number and integers held as floats do not. ``expected`` replaces the error's wording of the
+    range (e.g. to say what the bounds are).
     """
     if expected is None:
         expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
     if is_integer_tensor(value) and value.dim() == 0:
         value = int(value)
+    elif _is_numpy_array(value) and value.ndim == 0 and value.dtype.kind in "iu":  # np.array(3); not np.array(True)
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum \
             or (maximum is not None and value > maximum):
         raise InputDataError(name, expected, _shown(value))
@@ -157,7 +165,9 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         upper = "" if maximum is None else f" and {'<=' if inclusive_maximum else '<'} {maximum:g}"
         expected = f"a finite number {bound}{upper}"
-    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+    # np.array(True) too: a 0-d array is no np.bool_, and float() of it reads 1.0
+    numpy_bool = type(value).__module__ == "numpy" and (type(value).__name__ in ("bool_", "bool")
+                                                        or getattr(getattr(value, "dtype", None), "kind", None) == "b")
     tensor_bool = isinstance(value, torch.Tensor) and value.dtype == torch.bool
     # float() of a NumPy complex drops the imaginary part (with only a ComplexWarning)
     complex_ = (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)) \

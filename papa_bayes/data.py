@@ -33,27 +33,44 @@ def _numbers_held_as_objects(values: Any) -> tuple[Any, list]:
 
 
 def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool = True) -> Tensor:
-    """Convert without silent coercion (floats for an integer field are an error); always a copy.
+    """Convert without silent coercion (floats for an integer field are an error); always a copy, on the CPU.
 
     A copy, so that the validated data never share memory with the caller's arrays:
-    a later change to those would bypass the checks.
+    a later change to those would bypass the checks. On the CPU, so that every field sits
+    beside the index tensors made here, NumPy (``to_dataframe``) can read it, and the models,
+    which compute in float64 on the CPU, take it as it is.
     """
     if isinstance(value, Tensor):
-        t = value.detach()
+        if value.device.type == "meta":  # no values to read (.cpu() raises NotImplementedError)
+            raise InputDataError(name, "a tensor holding values", "a tensor on the meta device")
+        t = value.detach().cpu()
     else:
+        big = None
         try:
             # Through NumPy: Python floats stay float64 (torch.as_tensor would round them to float32), and
             # a read-only array (pandas' .values) is copied rather than read in place (torch warns).
             array = listed = np.array(plain_array(value))
             if array.dtype == object:  # as from_dataframe reads such a column
                 array, listed = _numbers_held_as_objects(array)
+            if dtype == torch.long and array.dtype.kind in "fuO":
+                # NumPy reads [[2**63, 0]] as floats, [[2**70, 0]] as objects: the error named a float dtype
+                big = _beyond_int64(value if listed is array else listed)
             t = torch.as_tensor(value) if array.dtype == object else torch.from_numpy(array)
         except (TypeError, ValueError, RuntimeError) as err:
+            if big is not None:
+                raise InputDataError(name, _INT64_IDS, big) from None
             raise InputDataError(name, "an array-like of numbers", type(value).__name__) from err
         if dtype != torch.bool and t.dtype != torch.bool and holds_bool(value if listed is array else listed):
             # NumPy reads [[0, True]] as integers: a bool among numbers would pass as 1 (an index, a like).
             raise InputDataError(name, "integer dtype" if dtype == torch.long else "a real (floating point) dtype",
                                  "bools among the numbers")
+        if big is not None:
+            raise InputDataError(name, _INT64_IDS, big)
+    if dtype == torch.long and t.dtype == torch.uint64 and t.numel() and bool((t.view(torch.long) < 0).any()):
+        # From 2**63 on, the cast to long wraps to negative ids (an id 2**64 - 1 was reported as -1, or
+        # matched an items index label -1). Compared through the bits: torch has no uint64 comparisons.
+        first = t.reshape(-1)[(t.view(torch.long) < 0).reshape(-1).nonzero()[0, 0]]
+        raise InputDataError(name, _INT64_IDS, f"{int(first.view(torch.long)) + 2**64} (uint64)")
     if t.numel() == 0 and dtype in (torch.long, torch.bool):
         return t.to(dtype)  # an empty list ([]) reads as float32: it holds no value to coerce
     if dtype == torch.long:
@@ -69,6 +86,17 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
         raise InputDataError(name, "a real (floating point) dtype", str(t.dtype))
     return t.to(dtype, copy=True)
+
+
+_INT64_IDS = "integers that int64 holds (-2**63 to 2**63 - 1)"
+
+
+def _beyond_int64(listed: Any) -> int | None:
+    """The first Python int in a (nested) list that int64 cannot hold, or None."""
+    if isinstance(listed, (list, tuple)):
+        return next((big for v in listed if (big := _beyond_int64(v)) is not None), None)
+    is_int = isinstance(listed, numbers.Integral) and not isinstance(listed, bool)
+    return int(listed) if is_int and not -2**63 <= listed < 2**63 else None
 
 
 def _index_rows(name: str, value: Any, expected: str) -> Tensor:
@@ -112,7 +140,10 @@ class PreferenceData:
         feature_names: optional `d` names of the features.
 
     Every field is validated on construction; bad input raises
-    :class:`~papa_bayes.exceptions.InputDataError` naming the field.
+    :class:`~papa_bayes.exceptions.InputDataError` naming the field. Every field is a
+    copy on the CPU, whatever the device of the tensors given: the index tensors are
+    made there, and the models compute in float64 on the CPU (move ``items`` to a GPU
+    where a method of yours needs them there).
 
     Example:
         >>> import torch
@@ -567,7 +598,7 @@ class PreferenceData:
         import pandas as pd
 
         def array(t: Tensor) -> Any:  # a copy: editing a frame must not edit the (validated) data
-            return t.numpy().copy()
+            return t.cpu().numpy().copy()  # (the fields are on the CPU: NumPy reads no other device)
 
         comparisons = pd.DataFrame({"winner": array(self.comparisons[:, 0]), "loser": array(self.comparisons[:, 1]),
                                     "tie": array(self.ties)})

@@ -173,6 +173,10 @@ def dataframe_items(items: Any, fields: dict[str, Any], feature_names: Any) -> t
         feature_names = list(items.columns)
     index = items.index
     if not _is_row_numbers(index):
+        bools = [label for label in index if holds_bool(label)]
+        if bools:  # pandas matches the id 1 to the label True (and 0 to False): another item, silently
+            raise InputDataError("items", "an index of integer item ids (not bools)",
+                                 f"bool labels {bools[:5]} in items.index")
         if not index.is_unique:
             raise InputDataError("items", "an index of distinct item ids", "repeated labels in items.index")
         fields = dict(fields)

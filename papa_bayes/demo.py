@@ -120,7 +120,8 @@ def _candidates(setup: DigitsSetup, seed: int, **kw: Any) -> DiffusionCandidates
     return DiffusionCandidates(setup.model, setup.feature_map, setup.guard, seed=seed, **kw)
 
 
-def evaluate_posterior(source: DiffusionCandidates, posterior: Any, n: int, *, seed: int, liked: Sequence[int]) -> dict[str, Any]:
+def evaluate_posterior(source: DiffusionCandidates, posterior: Any, n: int, *, seed: int,
+                       liked: Sequence[int]) -> dict[str, Any]:
     """Recommend `n` samples with ``posterior`` (None: unsteered) and measure them."""
     gen = torch.Generator().manual_seed(seed)
     if posterior is None:
@@ -236,10 +237,11 @@ def run_papa(
         if k == 0:
             tuned = setup.model
         else:
-            tuned = papa_finetune(setup.model, pool[:k], signs[:k], steps=steps, generator=torch.Generator().manual_seed(seed),
-                                  progress_bar=progress_bar, **(options or {}))
-        images = sample(tuned, eval_samples, num_inference_steps=eval_steps, generator=torch.Generator().manual_seed(seed + 10_000),
-                        progress_bar=False).images
+            tuned = papa_finetune(setup.model, pool[:k], signs[:k], steps=steps,
+                                  generator=torch.Generator().manual_seed(seed), progress_bar=progress_bar,
+                                  **(options or {}))
+        images = sample(tuned, eval_samples, num_inference_steps=eval_steps,
+                        generator=torch.Generator().manual_seed(seed + 10_000), progress_bar=False).images
         curve.append({**evaluate_samples(images, setup.liked), "labels": k, "images": images})
     return curve
 
@@ -274,7 +276,7 @@ def _row(name: str, c: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``papa-bayes demo``: run the digits demo with the options in ``argv``; its results (also written to ``--out``)."""
+    """``papa-bayes demo``: run the digits demo with the options in ``argv``; its results (also in ``--out``)."""
     p = argparse.ArgumentParser(prog="papa-bayes demo", description=__doc__.splitlines()[0],
                                 formatter_class=DefaultsHelpFormatter)
     sizes = {"labels": (30, 3), "eval_samples": (64, 8), "papa_steps": (30, 2)}  # (full, --tiny)

@@ -323,11 +323,13 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     began = existing.rater_config(args.rater).get("model") if resuming else None
     hierarchical = (began or "").startswith("HierarchicalLinearReward(") if resuming else bool(others)
     model = HierarchicalLinearReward(ties=True) if hierarchical else LinearReward(rationality=1.0, ties=True)
-    if began is not None and began != repr(model):  # another program's session: said here, not by resume's check
+    # Another program's session (perhaps registered, nothing asked yet: no rater of the store asked anything):
+    # said here, not by resume's check.
+    if began is not None and began != repr(model):
         raise InputDataError("--rater", "a rater whose session papa-bayes label began",
                              f"rater {args.rater} of {args.store}, whose session another program began with "
                              f"{began.split('(')[0]}(ties={'ties=True' in began}, ...); answer as a new rater "
-                             f"(e.g. --rater {max(existing.raters()) + 1})")
+                             f"(e.g. --rater {max([*existing.raters(), args.rater]) + 1})")
     try:  # before the model loads
         args.images.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -91,9 +93,37 @@ def _one_value(value: Any, allowed: tuple[float, ...]) -> float | None:
     return v if v in allowed else None
 
 
+def _shown_items(data: PreferenceData) -> list[int]:
+    """The items of every answered query in ``data`` (a pair's two, a rating's one): what the exposure metrics count.
+
+    Read from the stored answers, not kept beside them: an interrupt between an answer's write and
+    a running list's update left that answer's items out of every later round's metrics.
+    """
+    return data.comparisons.reshape(-1).tolist() + data.ratings[:, 0].tolist()
+
+
 def _shown_value(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# The sessions of this process that ask, by (store, rater). The rater's lock is held per process (``papa-bayes
+# label`` takes it again for its session), so it let a second session of one rater in one process begin
+# beside the first: it overwrote the first's stored settings (a resume then continued the first's questions
+# with the second's seed) and both asked round 0. The newer one asks; the older one, left open (a notebook
+# cell run again), refuses to step. Weak: a session dropped unclosed no longer counts.
+_ASKING: weakref.WeakValueDictionary[tuple[Path, int], PreferenceSession] = weakref.WeakValueDictionary()
+_ASKING_GUARD = threading.Lock()
+
+
+def _take_over_rater(session: PreferenceSession) -> None:
+    """Make ``session`` the one of its store and rater that asks in this process (the older one stops)."""
+    key = (Path(session.store.path).resolve(), session.rater)
+    with _ASKING_GUARD:
+        older = _ASKING.get(key)
+        if older is not None and older is not session:
+            older._superseded = True
+        _ASKING[key] = session
 
 
 #: Resample-move steps of the cold-start fit of the other raters' population (see ``_cold_start_model``).
@@ -119,7 +149,8 @@ class PreferenceSession:
         query_type: ``"pair"`` or ``"rating"`` (like/dislike).
         strategy: an acquisition strategy of :func:`~papa_bayes.acquisition.select_queries`.
         pool_size: candidates per round (>= 2).
-        exploration: share of each pool drawn from the unsteered source, in [0, 1].
+        exploration: share of each pool drawn from the unsteered source, in [0, 1]; on average
+            where ``exploration * pool_size`` is not whole (rounded up or down at random).
         refit_every: refit from scratch every this many rounds (None: online only).
         finetune_every: every this many rounds, fine-tune the source's model on the
             current posterior's steering (the source needs a ``finetune`` method, as
@@ -129,7 +160,8 @@ class PreferenceSession:
             ``steps``, ``num_samples`` of ``distill_guidance``).
         num_draws: posterior draws kept (at least 2).
         rater: the rater id of this session's answers (several raters may share a
-            store, one session each).
+            store, one session each: another process's session of the rater is refused;
+            a newer one in this process, begun or resumed, stops this one's :meth:`step`).
         seed: seeds every random choice of the session (an integer >= 0).
         on_round: optional callback ``(session, record)`` after each round.
     """
@@ -196,6 +228,7 @@ class PreferenceSession:
             raise InputDataError("store", "a path (str or Path) or a PreferenceStore", type(store).__name__)
         self._owns_store = not isinstance(store, PreferenceStore)  # close() leaves a store it was given open
         self.store = PreferenceStore(store) if self._owns_store else store
+        self.rater, self._closed, self._superseded, self._lock = rater, False, False, None
         try:  # one process per rater: another one's answers would take the same rounds
             self._lock = lock_rater(self.store.path, rater)
         except StoreError:
@@ -226,9 +259,8 @@ class PreferenceSession:
         self.query_type, self.strategy = query_type, strategy
         self.pool_size, self.exploration = pool_size, exploration
         self.refit_every, self.num_draws = refit_every, num_draws
-        self.rater, self.seed = rater, seed
+        self.seed = seed
         self.on_round = on_round
-        self._closed = False
         self.generator = torch.Generator().manual_seed(self.seed)
         self.round = 0
         # Set before a round's query is stored and cleared once the round is finished: while
@@ -248,6 +280,7 @@ class PreferenceSession:
                 if self._owns_store:
                     self.store.close()
                 raise
+            _take_over_rater(self)  # its settings replaced those of an older session of this process: that one stops
 
     # ----------------------------------------------------------- configuration
     def config(self) -> dict[str, Any]:
@@ -305,11 +338,11 @@ class PreferenceSession:
         session._owns_store = True
         try:  # a failure here (Ctrl-C while the pending query is asked again, ...) releases the store and lock
             _check_resumed(cfg, session)
+            _take_over_rater(session)  # accepted: before it finishes an open round
             if session.finetune_every is not None and (session.finetune_path / "unet" / "config.json").is_file():
                 source.load_finetuned(session.finetune_path)
             queries = store.queries(rater=session.rater)
-            session._shown = [i for q in queries if q.answer is not None for i in (q.item_a, q.item_b) if i is not None]
-            session._refit()
+            session._refit()  # (and the items shown, from the stored answers)
             if queries:
                 last = queries[-1]
                 # The RNG state right after the last query was chosen: nothing random
@@ -414,9 +447,10 @@ class PreferenceSession:
 
     def _refit(self) -> None:
         if self.store.num_items == 0:  # (an empty store has no feature dimension to build data with)
-            self._posterior = None
+            self._posterior, self._shown = None, []
             return
         data = self.data
+        self._shown = _shown_items(data)
         # No answer yet (killed in round 0 after its pool was stored): no posterior, as in a new session,
         # so that the retried first pool is drawn unsteered, as the pool that was stored.
         self._posterior = None if data.num_observations == 0 else self._fit(data)
@@ -432,6 +466,9 @@ class PreferenceSession:
         if self._closed:  # its rater's lock is released: another process may be asking this rater's rounds
             raise StoreError(f"This session of rater {self.rater} in {self.store.path} is closed; continue it with "
                              f"PreferenceSession.resume(path, ..., rater={self.rater}).")
+        if self._superseded:  # it would ask the rounds the newer one asks, under the newer one's stored settings
+            raise StoreError(f"A newer session of rater {self.rater} in {self.store.path} was begun or resumed in "
+                             "this process; this one no longer asks: step the newer one.")
         if self._round_open:  # an exception interrupted this round, perhaps after its query was stored
             stored = self._round_query()
             if stored is not None:
@@ -556,8 +593,8 @@ class PreferenceSession:
         """Ask, write the answer durably, then update the posterior; the query with its answer."""
         answer = self._ask(query)
         self.store.record_answer(query.id, answer)  # durable before anything else
-        self._shown += [query.item_a] + ([query.item_b] if query.item_b is not None else [])
         data = self.data
+        self._shown = _shown_items(data)
         if self._posterior is None or (self.refit_every and (self.round + 1) % self.refit_every == 0):
             self._posterior = self._fit(data)
         else:
@@ -644,6 +681,10 @@ class PreferenceSession:
         self.close()
 
     def _release(self) -> None:
+        key = (Path(self.store.path).resolve(), self.rater)
+        with _ASKING_GUARD:
+            if _ASKING.get(key) is self:
+                del _ASKING[key]
         if getattr(self, "_lock", None) is not None:
             self._lock.close()
             self._lock = None

@@ -9,6 +9,7 @@ vectors; :class:`~papa_bayes.diffusion.DiffusionCandidates` samples a diffusion 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,7 +20,10 @@ from papa_bayes.checks import check_float, check_generator, check_int, plain_arr
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import RewardPosterior
 
-__all__ = ["Candidates", "CandidateSource", "FeaturePool"]
+__all__ = ["Candidates", "CandidateSource", "FeaturePool", "check_pool_request", "num_unsteered"]
+
+#: A share of n below this distance from an integer is that integer (0.1 * 30 is 3.0000000000000004).
+_WHOLE = 1e-9
 
 
 @dataclass
@@ -46,7 +50,7 @@ class CandidateSource(Protocol):
     num_features: int
 
     def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float, generator: torch.Generator) -> Candidates:
-        """`n` candidates, a share ``exploration`` of them unsteered."""
+        """`n` candidates, on average a share ``exploration`` of them unsteered."""
         raise NotImplementedError
 
     def recommend(self, posterior: RewardPosterior, n: int, *, generator: torch.Generator) -> Candidates:
@@ -61,6 +65,47 @@ class CandidateSource(Protocol):
     # scale re-chosen every few pools) also has ``state() -> dict`` (JSON-serializable)
     # and ``load_state(dict)``; the session stores the state with each query and
     # finished round and restores it on resume.
+
+
+def check_pool_request(n: Any, exploration: Any) -> tuple[int, float]:
+    """The arguments of :meth:`CandidateSource.candidates`, checked: (``n``, ``exploration``).
+
+    Shared by the sources (:class:`FeaturePool`, :class:`~papa_bayes.diffusion.DiffusionCandidates`):
+    a negative ``n`` or a share outside [0, 1] returned more candidates than asked for.
+
+    Raises:
+        InputDataError: ``n`` not an integer >= 1, ``exploration`` not a number in [0, 1].
+    """
+    n = check_int("n", n, expected="at least 1 candidate")
+    exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
+    return n, exploration
+
+
+def num_unsteered(posterior: RewardPosterior | None, n: int, exploration: float, *,
+                  generator: torch.Generator) -> int:
+    """How many of ``n`` candidates to draw unsteered: on average ``exploration * n``, all of them without a posterior.
+
+    ``exploration * n`` is rounded at random (up with probability its fractional part), so that the
+    share over rounds is ``exploration``: ``round`` never explored at 0.05 of 8 (0.4), and at 0.75 of 2
+    (1.5, rounded half to even) left no candidate steered. A whole ``exploration * n`` (0.25 of 32)
+    draws nothing from ``generator``.
+
+    Args:
+        posterior: the posterior steering draws from; None before the first answer.
+        n, exploration: as checked by :func:`check_pool_request`.
+        generator: the source's generator (CPU or not).
+
+    Returns:
+        An integer in [0, n].
+    """
+    if posterior is None:
+        return n
+    share = exploration * n
+    whole = math.floor(share + _WHOLE)
+    if share - whole > _WHOLE:
+        up = torch.rand((), generator=generator, dtype=torch.float64, device=generator.device)
+        whole += int(float(up) < share - whole)
+    return min(whole, n)
 
 
 class FeaturePool(CandidateSource):
@@ -90,14 +135,11 @@ class FeaturePool(CandidateSource):
 
     def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float,
                    generator: torch.Generator) -> Candidates:
-        # Checked as DiffusionCandidates checks them: a negative n or an exploration share
-        # outside [0, 1] returned more candidates than asked for, None drew from the global RNG.
-        n = check_int("n", n, expected="at least 1 candidate")
-        exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
-        generator = check_generator("generator", generator, cpu=True)
+        n, exploration = check_pool_request(n, exploration)
+        generator = check_generator("generator", generator, cpu=True)  # None drew from the global RNG
         N = self.items.shape[0]
         n = min(n, N)
-        n_explore = n if posterior is None else int(round(exploration * n))
+        n_explore = num_unsteered(posterior, n, exploration, generator=generator)
         chosen = torch.randperm(N, generator=generator)[:n_explore].tolist()
         steered = []
         if n - n_explore > 0:

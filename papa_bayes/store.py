@@ -276,7 +276,7 @@ class PreferenceStore:
         def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
             self.conn, self.lock, self.path = conn, lock, path
 
-        def _refused(self, err: sqlite3.OperationalError) -> StoreError:
+        def _refused(self, err: sqlite3.DatabaseError) -> StoreError:
             if _read_only(err):
                 return StoreError(f"Could not write to the store {self.path} ({err}): {_READ_ONLY}")
             if not _busy(err):  # (a full disk, an I/O error, ...): SQLite's own reason, not a lock
@@ -291,7 +291,7 @@ class PreferenceStore:
                 self.conn.execute("BEGIN IMMEDIATE")
             except BaseException as err:
                 self.lock.release()
-                if isinstance(err, sqlite3.OperationalError):
+                if isinstance(err, sqlite3.DatabaseError):  # (a lock, a read-only or corrupt file)
                     raise self._refused(err) from err
                 raise
             return self.conn
@@ -300,14 +300,20 @@ class PreferenceStore:
             try:
                 try:
                     self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-                except sqlite3.OperationalError as err:
+                except sqlite3.DatabaseError as err:  # (a full disk, a corrupt file, a lock, ...)
                     if self.conn.in_transaction:  # a failed COMMIT leaves it open: every later BEGIN would fail
-                        self.conn.execute("ROLLBACK")
+                        try:
+                            self.conn.execute("ROLLBACK")
+                        except sqlite3.DatabaseError:  # the first failure is the one to report
+                            pass
                     if exc_type is None:
                         raise self._refused(err) from err
             finally:
                 self.lock.release()
-            if _read_only(exc):  # (sqlite3's own error named neither the file nor why)
+            # SQLite's error inside the body (a full disk on INSERT, a read-only file, ...) named neither the
+            # store nor that nothing was written. The store's own errors pass unchanged, and so does a broken
+            # constraint: the store's checks before each write should have caught it (a bug, not the file).
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
                 raise self._refused(exc) from exc
             return False
 

@@ -85,7 +85,9 @@ class RandomFourierUtility:
             x = x.unsqueeze(0)
         if x.dim() != 2 or x.shape[-1] != self.d:
             raise InputDataError("x", f"shape `n x {self.d}`", tuple(x.shape))
-        return self.scale * torch.cos(x @ self.omega.T + self.phase) @ self.weights
+        # The draw lives on the CPU; items on a GPU are answered there (a CPU/CUDA matmul raised).
+        omega, phase, weights = (t.to(x.device) for t in (self.omega, self.phase, self.weights))
+        return self.scale * torch.cos(x @ omega.T + phase) @ weights
 
     def __repr__(self) -> str:
         return f"RandomFourierUtility(d={self.d}, num_features={self.weights.numel()})"
@@ -156,6 +158,13 @@ class SimulatedUser(User):
         tie_margin: 0 for strict answers.
         threshold: like threshold on the utility scale.
         seed: seeds the user's own generator (a non-negative integer).
+
+    :meth:`compare` and :meth:`rate` read their items as every :class:`User` does, as
+    `n x ...` batches: a 1-D tensor is `n` single-number items (as :class:`CallbackUser`
+    calls its function on each number), never one item of `d` features; one item is
+    `1 x d`. With `d` > 1 weights a 1-D batch is therefore refused, and a callable
+    utility must give one utility per item. Items may sit on a GPU; the answers are
+    drawn on the CPU from the user's generator, so they are the same on any device.
     """
 
     def __init__(
@@ -219,7 +228,7 @@ class SimulatedUser(User):
         x = check_real_tensor("x", x, f"`n x {d}` features")
         if x.dim() not in (1, 2) or x.shape[-1] != d:
             raise InputDataError("x", f"shape `n x {d}` (the weights' dimension)", tuple(x.shape))
-        return x @ self.weights
+        return x @ self.weights.to(x.device)  # items on a GPU: a CPU/CUDA matmul raised
 
     def utility(self, x: Tensor) -> Tensor:
         """The hidden utility: `n`.
@@ -241,9 +250,32 @@ class SimulatedUser(User):
             raise InputDataError("x", "items with a finite utility", f"{float(u[bad])} at item {bad}")
         return u
 
+    def _batch_utility(self, name: str, x: Any) -> Tensor:
+        """`n` utilities, on the CPU, of a batch of `n x ...` items read as the User protocol reads it.
+
+        A 1-D batch is `n` single-number items, as :class:`CallbackUser` reads it: read as one
+        item of `d` features (as :meth:`utility` reads it), the same queries got one answer here
+        and `d` there.
+        """
+        if self.weights is not None:
+            d = self.weights.shape[0]
+            x = check_real_tensor(name, x, f"a batch of `n x {d}` features")
+            if x.dim() == 1:
+                if d != 1:
+                    raise InputDataError(name, f"a batch of `n x {d}` items (one item as `1 x {d}`, e.g. "
+                                               "x.unsqueeze(0); a 1-D batch is `n` single-number items)",
+                                         tuple(x.shape))
+                x = x.unsqueeze(-1)
+        u = self.utility(x)
+        if getattr(x, "ndim", None) == 1 and u.numel() != x.shape[0]:
+            raise InputDataError("utility", f"{x.shape[0]} utilities, one per item of the 1-D batch (`n` "
+                                            "single-number items; one item of `d` features is `1 x d`)",
+                                 f"{u.numel()} values")
+        return u.cpu()  # the answers are drawn from the user's CPU generator: the same on every device
+
     def outcome_probabilities(self, first: Tensor, second: Tensor) -> Tensor:
-        """`n x 2` (first, second) or `n x 3` (..., tie) answer probabilities for `n` items each."""
-        u_first, u_second = self.utility(first), self.utility(second)
+        """`n x 2` (first, second) or `n x 3` (..., tie) answer probabilities for `n` items each (`n x ...`)."""
+        u_first, u_second = self._batch_utility("first", first), self._batch_utility("second", second)
         if u_first.shape != u_second.shape:
             raise InputDataError("second", f"{u_first.shape[0]} items, one per item of first", u_second.shape[0])
         diff = u_first - u_second
@@ -260,7 +292,7 @@ class SimulatedUser(User):
         return outcome == 0, outcome == 2
 
     def rate(self, x: Tensor) -> Tensor:
-        margin = self.utility(x) - self.threshold
+        margin = self._batch_utility("x", x) - self.threshold
         # Noiseless: link(inf * margin), and a coin flip at the threshold itself, as link(r * 0) = 1/2 for every r.
         p = (torch.sign(margin) + 1) / 2 if math.isinf(self.rationality) else log_cdf(self.rationality * margin,
                                                                                      self.link).exp()
@@ -294,8 +326,9 @@ def _callback_answer(ans: Any, expected: str) -> Any:
 
 
 def _check_batch(name: str, items: Any) -> None:
-    """`n` items to iterate over, one query each."""
-    if (isinstance(items, Tensor) and items.dim() == 0) or not hasattr(items, "__len__"):
+    """`n` items to iterate over, one query each (a str would be read character by character)."""
+    if (isinstance(items, Tensor) and items.dim() == 0) or not hasattr(items, "__len__") \
+            or isinstance(items, (str, bytes)):
         raise InputDataError(name, "a batch of `n` items (`n x ...`)", tuple(items.shape) if isinstance(items, Tensor)
                              else type(items).__name__)
 
@@ -310,7 +343,9 @@ class CallbackUser(User):
 
     An answer may be a Python, NumPy or one-element torch number; a bool (of any
     kind), a complex number or anything else raises
-    :class:`~papa_bayes.exceptions.InputDataError`.
+    :class:`~papa_bayes.exceptions.InputDataError`. The items are `n x ...` batches,
+    each function called on ``first[i]`` (a 1-D batch: on each number), as
+    :class:`SimulatedUser` reads them.
     """
 
     def __init__(
@@ -367,14 +402,9 @@ def _check_user(user: Any) -> None:
 
 
 def _items(items: Any) -> Tensor:
-    """`n x ...` items: a tensor as it is, anything else as a float64 tensor."""
-    if isinstance(items, Tensor):
-        t = items
-    else:
-        try:
-            t = torch.as_tensor(items, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise InputDataError("items", "an `n x d` tensor of items", type(items).__name__) from None
+    """`n x ...` items: a tensor as it is, anything else as a float64 tensor (read as PreferenceData reads its
+    items: a bool among the numbers is refused, not read as 1.0)."""
+    t = items if isinstance(items, Tensor) else _as_tensor("items", items, torch.float64)
     if t.dim() < 1:
         raise InputDataError("items", "an `n x d` tensor of items", tuple(t.shape))
     return t

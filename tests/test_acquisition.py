@@ -620,7 +620,7 @@ def test_non_finite_pool_utility_is_refused(linear_post):
     U[3, 5] = math.nan
     for make in (lambda: PreferredRegionInformation(post, pool_utility=U),
                  lambda: ArgmaxInformation(post, pool_utility=U)):
-        with pytest.raises(InputDataError, match=r"^pool_utility: expected `512 x n` finite float draws"):
+        with pytest.raises(InputDataError, match=r"^pool_utility: expected finite real utility draws at the pool"):
             make()
 
 
@@ -649,3 +649,31 @@ def test_houlsby_information_gain_refuses_non_finite_moments():
     for mean, var, field in (([math.nan, 0.0], [1.0, 1.0], "mean_diff"), ([0.0, 0.0], [1.0, math.inf], "var_diff")):
         with pytest.raises(InputDataError, match=rf"^{field}: expected finite"):
             houlsby_information_gain(torch.tensor(mean), torch.tensor(var))
+
+
+@pytest.mark.parametrize("mean", [9.0, 40.0, -40.0])
+def test_houlsby_gradient_is_finite_where_the_answer_is_certain(mean):
+    """Past |m| / sqrt(1 + v) ~ 8.3 Phi rounds to 1: xlogy(1 - p, 1 - p)'s -inf gradient times Phi's tiny (or
+    underflowed) derivative made the gradient inf or NaN, which stops BoTorch's optimizer; the value is 0."""
+    m = torch.tensor([mean, 0.5], dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([0.01, 0.3], dtype=torch.float64, requires_grad=True)
+    bits = houlsby_information_gain(m, v)
+    grad_m, grad_v = torch.autograd.grad(bits.sum(), (m, v))
+    assert bits[0].item() == 0.0 and bits[1].item() > 0.0
+    assert torch.isfinite(grad_m).all() and torch.isfinite(grad_v).all()
+    assert grad_m[0].item() == 0.0 and grad_v[0].item() == 0.0
+    p = torch.special.ndtr(torch.tensor(0.5 / math.sqrt(1.3), dtype=torch.float64))  # values as before
+    h = -(p * p.log2() + (1 - p) * (1 - p).log2())
+    c = math.sqrt(math.pi * math.log(2.0) / 2.0)
+    expected = h - c / math.sqrt(0.3 + c**2) * math.exp(-0.25 / (2 * (0.3 + c**2)))
+    assert bits[1].item() == pytest.approx(float(expected), abs=1e-12)
+
+
+def test_random_queries_answer_in_the_dtype_of_x(linear_post):
+    """forward returned float64 for float32 queries, unlike every other acquisition (BoTorch: X's dtype)."""
+    post, items = linear_post
+    X = items[:8].reshape(4, 2, 4)
+    values = RandomQueries(post, generator=torch.Generator().manual_seed(0))(X.float())
+    assert values.dtype == torch.float32 and values.shape == (4,)
+    again = RandomQueries(post, generator=torch.Generator().manual_seed(0))(X)
+    assert again.dtype == torch.float64 and torch.equal(values, again.float())

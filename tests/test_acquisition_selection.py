@@ -602,7 +602,7 @@ def test_thompson_and_eubo_never_ask_an_item_against_its_own_duplicate(duplicate
     eubo = torch.maximum(U[:, i], U[:, j]).mean(0)
     sel = select_queries(post, pool, strategy="eubo", k=1, screen=None)
     assert sel.indices[0].tolist() == [int(i[eubo.argmax()]), int(j[eubo.argmax()])]  # the next best pair
-    assert sel.num_candidates == int(distinct.sum())
+    assert sel.num_candidates == int(distinct.sum()) - 3 * 29  # the copies' pairs are their original's
     for seed in range(10):
         sel = select_queries(post, pool, strategy="thompson", k=1, generator=_gen(seed))
         a, b = ThompsonSampling(post, generator=_gen(seed)).draws.tolist()  # the same two draws
@@ -617,10 +617,11 @@ def test_a_pool_without_two_different_items_has_no_pair_to_ask(duplicated_best):
     post, pool = duplicated_best
     with pytest.raises(InputDataError, match="pool_features.*different features"):
         select_queries(post, pool[:1].repeat(5, 1), strategy="eubo")
-    two = torch.cat([pool[:1].repeat(3, 1), pool[1:2].repeat(2, 1)])  # 10 pairs, 6 of two different items
-    assert select_queries(post, two, strategy="eubo", k=6, batch="top").num_candidates == 6
-    with pytest.raises(InputDataError, match=r"k: .*different features in the pool \(6\)"):
-        select_queries(post, two, strategy="eubo", k=7)
+    two = torch.cat([pool[:1].repeat(3, 1), pool[1:2].repeat(2, 1)])  # 10 pairs, 6 of them the same question
+    sel = select_queries(post, two, strategy="eubo", k=1, batch="top")
+    assert sel.num_candidates == 1 and sel.indices.tolist() == [[0, 3]]  # the first row of each item
+    with pytest.raises(InputDataError, match=r"k: .*different features in the pool \(1\)"):
+        select_queries(post, two, strategy="eubo", k=2)
 
 
 def test_optimize_queries_thompson_redraws_when_both_draws_like_the_same_point():
@@ -722,8 +723,11 @@ def test_batch_helpers_take_numpy_integers_and_refuse_non_finite_vectors():
         with pytest.raises(InputDataError, match="^k: "):
             greedy_dpp(quality, vectors, bad)
     vectors[3, 2] = math.nan
-    with pytest.raises(InputDataError, match=r"^vectors: expected `16 x 6` finite per-draw values"):
+    with pytest.raises(InputDataError, match=r"^vectors: expected finite real per-draw values, got NaN"):
         greedy_dpp(quality, vectors, 2)
+    quality[1] = math.inf
+    with pytest.raises(InputDataError, match=r"^quality: expected finite real qualities, got NaN"):
+        greedy_dpp(quality, vectors.nan_to_num(), 2)
 
 
 def test_exposure_diversity_reports_no_negative_zero():
@@ -762,3 +766,49 @@ def test_exploratory_queries_of_random_and_thompson_are_scored(setup, strategy, 
         again = select_queries(post, pool, strategy=strategy, query_type=query_type, k=6, exploration=exploration,
                                generator=_gen(3))
         assert torch.equal(sel.indices, again.indices) and torch.equal(sel.scores, again.scores)
+
+
+def _questions(pool, indices):
+    """Each query as the (unordered) feature values it asks about."""
+    rows = [tuple(tuple(pool[i].tolist()) for i in (q if isinstance(q, list) else [q])) for q in indices.tolist()]
+    return [tuple(sorted(r)) for r in rows]
+
+
+@pytest.mark.parametrize("batch", ["top", "dpp", "joint"])
+def test_a_batch_never_asks_the_same_question_twice_through_duplicated_rows(setup, batch):
+    """Pairs of copies of two items were distinct candidates: "top" (and "joint") filled the batch with one
+    question asked several times, by pool indices (0, 4), (1, 3), (1, 4)."""
+    post, pool = setup
+    dup = torch.cat([pool[:1].repeat(3, 1), pool[1:2].repeat(2, 1), pool[2:3], pool[3:4]])  # 4 distinct items
+    sel = select_queries(post, dup, strategy="eig", k=3, batch=batch)
+    assert len(set(_questions(dup, sel.indices))) == 3, sel.indices.tolist()
+    assert sel.num_candidates == 6  # 4 distinct items: 6 questions
+    assert set(sel.indices.reshape(-1).tolist()) <= {0, 3, 5, 6}  # each item by its first row
+
+
+@pytest.mark.parametrize(("strategy", "query_type"), [("random", "pair"), ("random", "rating"), ("eubo", "pair"),
+                                                      ("thompson", "pair"), ("thompson", "rating")])
+def test_exploration_and_every_strategy_keep_duplicated_rows_to_one_question(setup, strategy, query_type):
+    """Exploratory and random queries could also draw copies of a question already in the batch."""
+    post, pool = setup
+    dup = torch.cat([pool[:4]] * 3)
+    k = 6 if query_type == "pair" else 4
+    for seed in range(5):
+        sel = select_queries(post, dup, strategy=strategy, k=k, query_type=query_type, exploration=0.5,
+                             generator=_gen(seed), batch="top")
+        assert len(set(_questions(dup, sel.indices))) == k, (seed, sel.indices.tolist())
+    with pytest.raises(InputDataError, match=r"^k: expected at most the number of items with different features"):
+        select_queries(post, dup, strategy="random", k=5, query_type="rating", generator=_gen())
+
+
+
+def test_joint_information_of_float32_probabilities_stays_finite():
+    """A configuration's probability (a product over the chosen queries) underflowed in float32 after ~130
+    picks: importance weights 1/0 gave inf, then NaN bits; the picks match those of the same numbers in double."""
+    gen = _gen(0)
+    p = torch.rand(8, 160, 1, generator=gen) * 0.5 + 0.25
+    probs = torch.cat([p, 1 - p], -1)  # float32
+    picks, bits = greedy_joint_information(probs, 150, max_configurations=256, generator=_gen(1))
+    assert bool(torch.isfinite(bits).all())
+    picks64, bits64 = greedy_joint_information(probs.double(), 150, max_configurations=256, generator=_gen(1))
+    assert torch.equal(picks, picks64) and torch.equal(bits, bits64)

@@ -31,7 +31,8 @@ def idata(logit_data):
 
 
 def test_groups_dims_and_coords(idata, logit_data):
-    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data", "constant_data"):
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data",
+                  "constant_data"):
         assert hasattr(idata, group), group
     post = idata.posterior
     assert post["w"].dims == ("chain", "draw", "feature")
@@ -107,12 +108,14 @@ def _hand_made_idata():
         observed={"comparisons": torch.ones(3, dtype=torch.float64)},
         log_likelihood={"comparisons": torch.full((1, 6, 3), -0.5, dtype=torch.float64)},
         posterior_predictive={"comparisons": replicated}, dims={"utility": ["item"], "lengthscale": ["feature"]},
-        constant={"outputscale": torch.tensor(2.0, dtype=torch.float64), "lengthscale": torch.ones(2, dtype=torch.float64)},
+        constant={"outputscale": torch.tensor(2.0, dtype=torch.float64),
+                  "lengthscale": torch.ones(2, dtype=torch.float64)},
     )
 
 
 def test_binary_outcomes_are_discrete_so_plot_ppc_runs():
-    """0/1 answers stored as floats made az.plot_ppc draw KDEs and fail (ValueError) on draws that replicate every answer."""
+    """0/1 answers stored as floats made az.plot_ppc draw KDEs and fail (ValueError) on draws that replicate every
+    answer."""
     idata = _hand_made_idata()
     assert idata.observed_data["comparisons"].dtype.kind == "i"
     assert idata.posterior_predictive["comparisons"].dtype.kind == "i"
@@ -133,11 +136,13 @@ def test_module_converter_accepts_every_posterior(logit_data):
     from papa_bayes.diagnostics import to_inference_data
     from papa_bayes.models import PreferenceGP
 
-    data = PreferenceData(items=logit_data.items[:20], comparisons=logit_data.comparisons[:0].new_tensor([[0, 1], [2, 3], [4, 5], [1, 6]]))
+    data = PreferenceData(items=logit_data.items[:20],
+                          comparisons=logit_data.comparisons[:0].new_tensor([[0, 1], [2, 3], [4, 5], [1, 6]]))
     post = fit(PreferenceGP(num_inducing=8), data, num_samples=8, seed=0)
     idata = to_inference_data(post, seed=1)
     assert idata.attrs["method"] == "elbo" and idata.posterior["utility"].shape == (1, 8, 20)
-    assert (idata.posterior_predictive["comparisons"] == post.to_inference_data(seed=1).posterior_predictive["comparisons"]).all()
+    again = post.to_inference_data(seed=1).posterior_predictive["comparisons"]
+    assert (idata.posterior_predictive["comparisons"] == again).all()
     from papa_bayes import InputDataError
     from papa_bayes.checks import check_int
 
@@ -157,7 +162,8 @@ def test_calibration_reads_lists_in_double_precision_and_names_both_shapes():
     from papa_bayes import InputDataError
     from papa_bayes.diagnostics import expected_calibration_error
 
-    assert expected_calibration_error([0.1, 0.9], [0, 1]) == expected_calibration_error(np.array([0.1, 0.9]), np.array([0, 1]))
+    assert expected_calibration_error([0.1, 0.9], [0, 1]) == expected_calibration_error(np.array([0.1, 0.9]),
+                                                                                        np.array([0, 1]))
     assert expected_calibration_error([0.1, 0.9], [0, 1]) == pytest.approx(0.1, abs=1e-15)
     with pytest.raises(InputDataError, match=r"\(4, 3\)"):
         expected_calibration_error(torch.rand(4, 3), torch.tensor([0, 1, 1]))

@@ -19,6 +19,8 @@ def test_benchmark_runs_tiny(name, tmp_path):
     module.main(["--tiny", "--out", str(tmp_path)])
     outputs = list(tmp_path.glob("*.json"))
     assert outputs, "no JSON written"
+    for path in outputs:  # the options are recorded without the machine's --out (was its absolute path)
+        assert str(tmp_path) not in path.read_text(), path.name
     payload = json.loads(outputs[0].read_text())
     assert isinstance(payload, dict) and payload
     assert list(tmp_path.glob("*.md"))
@@ -78,7 +80,8 @@ def _fake_runs(seed: int, count: int, T: int) -> list[dict]:
             "alignment": align.tolist(), "log_loss": torch.rand(T, generator=g).tolist(),
             "regret": torch.rand(T, generator=g).tolist(),
             "information_bits": [math.nan] + torch.rand(T - 1, generator=g).tolist(),
-            "seconds_per_query": torch.rand(T - 1, generator=g).tolist(), "select_seconds": torch.rand(T - 1, generator=g).tolist(),
+            "seconds_per_query": torch.rand(T - 1, generator=g).tolist(),
+            "select_seconds": torch.rand(T - 1, generator=g).tolist(),
         })
     return runs
 
@@ -91,7 +94,8 @@ def test_queries_merge_pools_an_arm_run_on_disjoint_seeds(tmp_path):
     paths = []
     for first, rs in runs.items():
         cfg = vars(parse_args(["--seed", str(first), "--seeds", str(len(rs)), "--queries", str(T)]))
-        part = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d8_r1": {"eig": summarize(rs, T)}}, "speed": None}
+        part = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d8_r1": {"eig": summarize(rs, T)}},
+                "speed": None}
         if first == 105:  # a second arm on these seeds only: merged as before, not pooled
             part["protocol"]["d8_r1"]["random"] = summarize(rs, T)
         paths.append(tmp_path / f"part{first}.json")
@@ -111,8 +115,10 @@ def test_queries_merge_pools_an_arm_run_on_disjoint_seeds(tmp_path):
     assert "| 12 (seeds 100-111) |" in (tmp_path / "pooled.md").read_text()
     # a pooled file pools again with further seeds
     cfg = vars(parse_args(["--seed", "112", "--seeds", "2", "--queries", str(T)]))
-    (tmp_path / "more.json").write_text(json.dumps({"config": cfg, "protocol": {"d8_r1": {"eig": summarize(_fake_runs(3, 2, T), T)}}}))
-    args = parse_args(["--merge", str(tmp_path / "pooled.json"), str(tmp_path / "more.json"), "--name", "more", "--out", str(tmp_path)])
+    more = {"config": cfg, "protocol": {"d8_r1": {"eig": summarize(_fake_runs(3, 2, T), T)}}}
+    (tmp_path / "more.json").write_text(json.dumps(more))
+    args = parse_args(["--merge", str(tmp_path / "pooled.json"), str(tmp_path / "more.json"), "--name", "more",
+                       "--out", str(tmp_path)])
     assert merge(args.merge, args)["protocol"]["d8_r1"]["eig"]["num_runs"] == 14
     assert "| 14 (seeds 100-113) |" in (tmp_path / "more.md").read_text()
     # the same seeds twice: the later file replaces; overlapping seeds are refused
@@ -121,7 +127,8 @@ def test_queries_merge_pools_an_arm_run_on_disjoint_seeds(tmp_path):
     overlap = json.loads(paths[1].read_text())
     overlap["config"]["seed"] = 103
     (tmp_path / "overlap.json").write_text(json.dumps(overlap))
-    args = parse_args(["--merge", str(paths[0]), str(tmp_path / "overlap.json"), "--name", "bad", "--out", str(tmp_path)])
+    args = parse_args(["--merge", str(paths[0]), str(tmp_path / "overlap.json"), "--name", "bad",
+                       "--out", str(tmp_path)])
     with pytest.raises(InputDataError, match=r"seeds 100-104 and 103-105"):
         merge(args.merge, args)
 
@@ -297,7 +304,8 @@ def test_finetune_records_which_model_it_tuned_not_a_local_path(tmp_path):
 def _speed_section(pool_size: int) -> dict:
     """A bench_queries speed section as speed() writes it (figures made up)."""
     t = {"min_s": 0.01, "median_s": 0.02}
-    steps = ("update", "update_refined", "select_eig_all_pairs", "round_eig", "round_region", "select_eig_exhaustive_mc")
+    steps = ("update", "update_refined", "select_eig_all_pairs", "round_eig", "round_region",
+             "select_eig_exhaustive_mc")
     return {"pool_size": pool_size, "num_draws": 32, "threads": 1,
             "m=10": {**{k: t for k in steps}, "botorch": {"fit": t, "bald_30_pairs": t}}}
 
@@ -314,7 +322,8 @@ def test_queries_merge_takes_the_protocol_settings_from_a_file_that_ran_it(tmp_p
     paths = []
     for first, rs in runs.items():
         cfg = vars(parse_args(["--skip-speed", "--seed", str(first), "--seeds", "3", "--queries", str(T)]))
-        part = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d8_r1": {"eig": summarize(rs, T)}}, "speed": None}
+        part = {"benchmark": "bench_queries", "config": cfg, "protocol": {"d8_r1": {"eig": summarize(rs, T)}},
+                "speed": None}
         paths.append(tmp_path / f"part{first}.json")
         paths[-1].write_text(json.dumps(part))
     speed_cfg = vars(parse_args(["--skip-protocol", "--queries", "6", "--pool-size", "30"]))
@@ -343,7 +352,8 @@ def test_queries_merge_refuses_liked_set_runs_of_another_pool_or_draws(tmp_path)
         for i, extra in enumerate(([], [option, value])):
             cfg = vars(parse_args(["--tiny", "--skip-protocol", "--skip-speed", "--seed", str(i), *extra]))
             paths.append(tmp_path / f"liked{key}{i}.json")
-            paths[-1].write_text(json.dumps({"benchmark": "bench_queries", "config": cfg, "protocol": {}, "liked_set": liked}))
+            paths[-1].write_text(json.dumps({"benchmark": "bench_queries", "config": cfg, "protocol": {},
+                                             "liked_set": liked}))
         args = parse_args(["--merge", *map(str, paths), "--name", "bad", "--out", str(tmp_path)])
         with pytest.raises(InputDataError, match=f"{key} = "):
             merge(args.merge, args)
@@ -463,8 +473,10 @@ def test_calibration_checks_bins_and_rank_draws_against_the_draws_each_fit_keeps
     monkeypatch.setattr(bc, "simulation_based_calibration", started)
     for argv, message in (
         (["--rank-draws", "19", "--num-bins", "21"], "--num-bins: expected at most --rank-draws + 1 = 20"),
-        (["--num-samples", "40", "--rank-draws", "41"], "--rank-draws: expected at most the 40 draws a laplace fit keeps"),
-        (["--methods", "svi", "--num-samples", "1000", "--rank-draws", "1001"], "at most the 1000 draws a svi fit keeps"),
+        (["--num-samples", "40", "--rank-draws", "41"],
+         "--rank-draws: expected at most the 40 draws a laplace fit keeps"),
+        (["--methods", "svi", "--num-samples", "1000", "--rank-draws", "1001"],
+         "at most the 1000 draws a svi fit keeps"),
         (["--methods", "nuts", "--num-samples", "40", "--rank-draws", "81"], "at most the 80 draws a nuts fit keeps"),
         (["--methods", "nuts", "--num-samples", "3", "--rank-draws", "2"], "--num-samples: expected an integer >= 4"),
     ):

@@ -211,7 +211,8 @@ def test_sbc_is_reproducible_from_its_seed(laplace_sbc):
     items, result = laplace_sbc
     # The first data sets do not depend on how many follow.
     again = simulation_based_calibration(LinearReward(), items, 30, 3, method="laplace", seed=5,
-                                         sites=("w", "rationality"), fit_options={"num_samples": 200}, num_rank_draws=49, num_heldout=40)
+                                         sites=("w", "rationality"), fit_options={"num_samples": 200},
+                                         num_rank_draws=49, num_heldout=40)
     assert torch.equal(again.ranks["w"], result.ranks["w"][:3])
     # Equal up to rounding: torch's CPU reductions may round the last bit differently from run to
     # run (4e-17 here, about one time in ten, the code before 2026-12-02 too).

@@ -25,7 +25,8 @@ EXAMPLES = ROOT / "examples"
 README = ROOT / "README.md"
 
 TINY_ARGS = {
-    "01_bradley_terry_recovery.py": ["--num-comparisons", "40", "--num-samples", "30", "--warmup-steps", "30", "--num-features", "3"],
+    "01_bradley_terry_recovery.py": ["--num-comparisons", "40", "--num-samples", "30", "--warmup-steps", "30",
+                                     "--num-features", "3"],
     "02_gp_preferences.py": ["--tiny"],
     "03_active_learning.py": ["--tiny"],
     "04_full_loop.py": ["--tiny"],
@@ -115,7 +116,8 @@ BAD_SIZES = {  # a size of each example, given a negative value
 def test_a_negative_size_is_argparse_one_line_error(name, monkeypatch, capsys, tmp_path):
     # was: accepted, then a traceback from the library (or a run of the tiny size with --tiny)
     option = BAD_SIZES[name]
-    for argv in ([option, "-5"], ["--tiny", option, "-5"]) if name in {n for n, _, _ in TINY_KEEPS} else ([option, "-5"],):
+    tiny_too = name in {n for n, _, _ in TINY_KEEPS}
+    for argv in ([option, "-5"], ["--tiny", option, "-5"]) if tiny_too else ([option, "-5"],):
         with pytest.raises(SystemExit) as exit:
             _options_read(_load(EXAMPLES / name), [*argv, "--out", str(tmp_path / "out")], monkeypatch)
         assert exit.value.code == 2

@@ -32,15 +32,14 @@ def test_refine_steps_takes_numpy_integers_as_the_other_counts_do():
 
 
 def test_log_likelihood_of_answers_the_fit_has_no_parameter_for():
-    """Ratings scored by a fit without a threshold raised a TypeError (Tensor - None); comparisons scored
-    by a tie model fitted on ratings only, a RuntimeError about dtypes."""
+    """Ratings scored by a fit without a threshold raised a TypeError (Tensor - None)."""
     post = fit(LinearReward(), PreferenceData(items=ITEMS, comparisons=[[0, 1], [3, 2]]), num_samples=16)
     with pytest.raises(ModelError, match="no like/dislike threshold"):
         post.log_likelihood(PreferenceData(items=ITEMS, ratings=[[0, 1]]))
     assert post.log_likelihood(PreferenceData(items=ITEMS, comparisons=[[1, 2]]))["comparisons"].shape == (16, 1)
     tied = fit(LinearReward(ties=True), PreferenceData(items=ITEMS, ratings=[[0, 1], [1, -1]]), num_samples=16)
-    with pytest.raises(ModelError, match="no tie strength"):
-        tied.log_likelihood(PreferenceData(items=ITEMS, comparisons=[[0, 1]]))
+    # a tie model has its tie strength (at its prior) before any comparison: it scores them
+    assert tied.log_likelihood(PreferenceData(items=ITEMS, comparisons=[[0, 1]]))["comparisons"].shape == (16, 1)
     assert tied.log_likelihood(PreferenceData(items=ITEMS, ratings=[[2, 1]]))["ratings"].shape == (16, 1)
 
 
@@ -158,8 +157,7 @@ def test_fit_options_take_0d_integer_tensors_as_check_int_does():
     assert torch.equal(post.params["scaled_w"], same.params["scaled_w"])
     assert all(type(post.options[k]) is int for k in ("num_samples", "seed", "refine_steps"))
     checked = check_fit_options(num_chains=torch.tensor(2), warmup_steps=torch.tensor(0), seed=np.uint8(7))
-    assert checked == {"num_chains": 2, "warmup_steps": 0, "seed": 7}
-    assert all(type(v) is int for v in checked.values())
+    assert checked == (2, 0, 7) and all(type(v) is int for v in checked)  # in the order passed
     # what check_int refuses: a one-element tensor, a float or bool tensor, a value out of range
     for name, bad in (("num_samples", torch.tensor([32])), ("num_samples", torch.tensor(32.0)),
                       ("seed", torch.tensor(True)), ("num_chains", torch.tensor(0)), ("seed", torch.tensor(-1)),

@@ -215,3 +215,14 @@ def test_ratings_take_yes_and_no_and_the_question_asked_again_is_numbered(tmp_pa
     with pytest.raises(SystemExit):
         label_main(["--help"])
     assert "y (yes) or n (no) for ratings" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_rater_another_program_registered_without_asking_is_refused_by_name(tmp_path, opens):
+    """The refusal's suggested free rater id took max() of the raters that were asked something: with none,
+    a raw ValueError ("max() arg is an empty sequence") instead of the message."""
+    store = tmp_path / "s.db"
+    source, user, _ = setup()
+    PreferenceSession(store, source, user, pool_size=8, rater=2).close()  # registered, nothing asked
+    with pytest.raises(InputDataError, match=r"--rater: expected a rater whose session papa-bayes label began") as err:
+        label_main(["--store", str(store), "--rater", "2"], read=lambda _: "q", write=io.StringIO())
+    assert "--rater 3" in str(err.value)

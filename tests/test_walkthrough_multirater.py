@@ -119,7 +119,8 @@ def test_held_out_predictions_per_rater_are_calibrated_and_beat_the_population()
         tau = torch.randn(d, generator=g, dtype=torch.float64).abs()  # HalfNormal(1), the model's prior below
         W = mu + tau * torch.randn(R, d, generator=g, dtype=torch.float64)
         X = torch.randn(200, d, generator=g, dtype=torch.float64)
-        post = fit(HierarchicalLinearReward(scale_prior_scale=1.0), _raters(W, X, [30] * R, g), method="laplace", seed=rep)
+        post = fit(HierarchicalLinearReward(scale_prior_scale=1.0), _raters(W, X, [30] * R, g), method="laplace",
+                   seed=rep)
         for r in range(R):
             held = simulate_comparisons(SimulatedUser(W[r], seed=1000 + 10 * rep + r), X, 50, generator=g).comparisons
             flip = torch.rand(50, generator=g) < 0.5  # predict P(a won) for pairs in a random orientation
@@ -172,7 +173,8 @@ def test_sparse_rater_ids_are_refused_before_the_fit_allocates_them():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(20, 2, generator=g, dtype=torch.float64)
     data = PreferenceData(items=X, comparisons=[[0, 1], [2, 3], [4, 5]], comparison_rater=[0, 10**7, 10**7])
-    with pytest.raises(InputDataError, match=r"^comparison_rater/rating_rater:.*torch.unique.*largest id 10000000 for 2"):
+    with pytest.raises(InputDataError,
+                       match=r"^comparison_rater/rating_rater:.*torch.unique.*largest id 10000000 for 2"):
         fit(HierarchicalLinearReward(), data, method="laplace")
     gaps = PreferenceData(items=X, comparisons=[[0, 1], [2, 3], [4, 5]], comparison_rater=[0, 2, 5])
     assert fit(HierarchicalLinearReward(), gaps, method="laplace", num_samples=8).draws("w").shape == (8, 6, 2)

@@ -44,8 +44,11 @@ class RandomQueries(DrawsAcquisitionFunction):
         self.query_size = self._check_query_size(query_size)
 
     def forward(self, X: Tensor) -> Tensor:
+        """`batch_shape` uniform values, in ``X``'s dtype and on its device as every other acquisition's."""
         X = self.check_X(X)
-        return torch.rand(X.shape[:-2], generator=self.generator, dtype=torch.float64)
+        # Drawn where the generator lives (in double: the same numbers whatever X's dtype), then moved to X.
+        values = torch.rand(X.shape[:-2], generator=self.generator, dtype=torch.float64, device=self.generator.device)
+        return values.to(X)
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         return torch.rand(utilities[0].shape[1:], generator=self.generator, dtype=torch.float64)

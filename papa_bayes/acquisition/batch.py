@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition.base import LN2, DrawsAcquisitionFunction, outcome_log_probs
-from papa_bayes.checks import check_int, shape_of
+from papa_bayes.checks import check_finite, check_generator, check_int, shape_of
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
 
@@ -65,10 +65,12 @@ def greedy_joint_information(
     s, M, o = probs.shape
     k = _check_batch_size(k, M)
     check_int("max_configurations", max_configurations)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputDataError("generator", "a torch.Generator or None", type(generator).__name__)
+    check_generator("generator", generator, optional=True)
     if not bool(((probs >= 0) & (probs <= 1)).all()):
         raise InputDataError("probs", "probabilities in [0, 1]", "values outside [0, 1] or NaN")
+    # In double: a configuration's probability is a product over the chosen queries, which in float32
+    # underflowed to 0 after ~130 picks of p ~ 0.5 (importance weights 1/0, inf and NaN bits).
+    probs = probs.to(torch.float64)
     cond = -torch.special.xlogy(probs, probs).sum(-1).mean(0)  # M: E_theta H[y_m | theta], nats
     table = probs.new_ones(s, 1)  # per-draw probability of each configuration of chosen answers
     weights = probs.new_ones(1)  # importance weight of each configuration (1 when exact)
@@ -108,7 +110,7 @@ def _sample_configurations(chosen_probs: Tensor, num: int, generator: torch.Gene
     index = answers.reshape(1, num, j, 1).expand(s, num, j, 1)
     picked = chosen_probs.unsqueeze(1).expand(s, num, j, o).gather(-1, index)
     table = picked.squeeze(-1).prod(-1)  # s x num
-    marginal = table.mean(0).clamp(min=1e-300)
+    marginal = table.mean(0).clamp(min=torch.finfo(table.dtype).tiny)
     return table, 1.0 / (num * marginal)
 
 
@@ -140,15 +142,14 @@ def greedy_dpp(quality: Tensor, vectors: Tensor, k: int) -> Tensor:
     Returns:
         `k` chosen candidate indices, in the order chosen.
     """
-    if not isinstance(quality, Tensor) or quality.dim() != 1 or not bool(torch.isfinite(quality).all()):
-        raise InputDataError("quality", "`M` finite qualities",
-                             shape_of(quality))
+    if not isinstance(quality, Tensor) or quality.dim() != 1:
+        raise InputDataError("quality", "`M` finite qualities", shape_of(quality))
+    check_finite("quality", quality, "qualities")
     M = quality.shape[0]
     if not isinstance(vectors, Tensor) or vectors.dim() != 2 or vectors.shape[1] != M:
         raise InputDataError("vectors", f"`s x {M}` finite per-draw values (one column per candidate)",
                              shape_of(vectors))
-    if not bool(torch.isfinite(vectors).all()):  # NaN residuals made argmax pick in index order
-        raise InputDataError("vectors", f"`{vectors.shape[0]} x {M}` finite per-draw values", "NaN or inf values")
+    check_finite("vectors", vectors, "per-draw values")  # NaN residuals made argmax pick in index order
     k = _check_batch_size(k, M)
     V = vectors - vectors.mean(0)
     norm = V.norm(dim=0)

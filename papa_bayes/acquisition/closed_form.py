@@ -30,7 +30,14 @@ from botorch.models.model import Model
 from botorch.posteriors.ensemble import EnsemblePosterior
 from torch import Tensor
 
-from papa_bayes.acquisition.base import LN2, check_pending, check_query_X, draw_variance, resolve_model
+from papa_bayes.acquisition.base import (
+    LN2,
+    check_pending,
+    check_query_X,
+    draw_variance,
+    entropy_bits,
+    resolve_model,
+)
 from papa_bayes.checks import check_finite, check_float, check_real_tensor, is_integer_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior
@@ -51,7 +58,13 @@ _SQRT2 = math.sqrt(2.0)
 
 
 def _binary_entropy_bits(p: Tensor) -> Tensor:
-    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / LN2
+    """H(p) in bits of a `batch` probability (0 at 0 and 1, with a finite gradient there).
+
+    ``xlogy``'s gradient is -inf where ``Phi`` rounds to exactly 0 or 1 (|m| / sqrt(1 + v) > ~8.3):
+    times Phi's tiny or underflowed derivative that is inf or NaN, which stops BoTorch's optimizer.
+    :func:`entropy_bits` clamps inside the log: the same values, a gradient of 0.
+    """
+    return entropy_bits(torch.stack([p, 1 - p], -1))
 
 
 def _same_shape(*named: tuple[str, Tensor]) -> list[Tensor]:

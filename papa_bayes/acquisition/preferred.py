@@ -32,7 +32,7 @@ from botorch.models.model import Model
 from torch import Tensor
 
 from papa_bayes.acquisition.base import DrawsAcquisitionFunction, answer_log_probs, entropy_bits, resolve_model
-from papa_bayes.checks import check_float, check_int, is_integer_tensor, shape_of
+from papa_bayes.checks import check_finite, check_float, check_int, is_integer_tensor, shape_of
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import PosteriorDrawsModel, RewardPosterior
 
@@ -166,8 +166,7 @@ def check_pool_utility(posterior: RewardPosterior, pool_utility: Any) -> Tensor:
             or pool_utility.shape[1] == 0 or not pool_utility.is_floating_point():
         raise InputDataError("pool_utility", expected, shape_of(pool_utility))
     # A NaN draw would place the region's quantile and the argmax silently wrong (every query then scores 0).
-    if not bool(torch.isfinite(pool_utility.detach()).all()):
-        raise InputDataError("pool_utility", expected, "NaN or inf values")
+    check_finite("pool_utility", pool_utility.detach(), "utility draws at the pool")
     return pool_utility
 
 

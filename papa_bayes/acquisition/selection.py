@@ -79,8 +79,9 @@ class QuerySelection:
             with ties).
         exploratory: `k` bool, True where the query was drawn at random.
         strategy, query_type: as asked.
-        num_candidates: pairs (or items) scored: every pair of two items with
-            different features (every item) of the pool.
+        num_candidates: pairs (or items) scored: one pair per two different
+            feature vectors of the pool (one item per feature vector); copies of
+            a row are represented by its first row.
         num_refined: how many of them were scored by Monte Carlo over every draw.
         seconds: wall time of the selection.
         details: extras (``batch_information_bits`` for joint batches, ...).
@@ -124,20 +125,33 @@ def _all_pairs(n: int) -> tuple[Tensor, Tensor]:
     return idx[0], idx[1]
 
 
+def _distinct_items(pool: Tensor) -> Tensor:
+    """The first row of each distinct feature vector of `n x d` ``pool``, ascending: `m` indices (m <= n)."""
+    n = pool.shape[0]
+    row = torch.unique(pool, dim=0, return_inverse=True)[1]  # one id per distinct feature vector
+    num_distinct = int(row.max()) + 1
+    if num_distinct == n:  # no duplicates: every row
+        return torch.arange(n)
+    first = torch.full((num_distinct,), n, dtype=torch.long).scatter_reduce(0, row, torch.arange(n), reduce="amin")
+    return first.sort().values
+
+
 def _distinct_pairs(pool: Tensor) -> tuple[Tensor, Tensor]:
-    """Every unordered pair i < j of `n x d` ``pool`` rows whose features differ: two equally long tensors.
+    """One unordered pair i < j of `n x d` ``pool`` rows per pair of different feature vectors: two equally long
+    tensors.
 
     A pair of two equal items asks nothing, yet EUBO and Thompson sampling rank it
     first when the item is the best (``E[max(u_a, u_a)] = E[u_a]``; both draws'
     argmax on the same features): duplicated rows would otherwise be asked against
-    each other.
+    each other. And a pair of copies of two items asks what the pair of the items
+    themselves asks: kept, one question filled several places of a batch (``"top"``
+    took every copy of the best pair). Each feature vector is represented by its first row.
     """
-    first, second = all_pairs(pool.shape[0])
-    row = torch.unique(pool, dim=0, return_inverse=True)[1]  # one id per distinct feature vector
-    if int(row.max()) + 1 == pool.shape[0]:  # no duplicates: every pair
+    keep = _distinct_items(pool)
+    first, second = all_pairs(keep.shape[0])
+    if keep.shape[0] == pool.shape[0]:  # no duplicates: every pair
         return first, second
-    keep = row[first] != row[second]
-    return first[keep], second[keep]
+    return keep[first], keep[second]
 
 
 def _strategy(strategy: str) -> str:
@@ -313,7 +327,8 @@ def select_queries(
 
     Args:
         posterior: any :class:`~papa_bayes.RewardPosterior`.
-        pool_features: `n x d` candidate items.
+        pool_features: `n x d` candidate items. Rows with equal features are one item:
+            no batch asks the same question twice (the first of the rows is returned).
         strategy: one of :data:`STRATEGIES` (``"bald"`` is an alias of ``"eig"``).
         k: number of queries.
         query_type: ``"pair"`` (all n(n-1)/2 pairs) or ``"rating"`` (like/dislike on
@@ -339,7 +354,7 @@ def select_queries(
     Raises:
         InputDataError: a pool of another dimension, an empty pool, a pool of fewer
             than 2 distinct items for pairs, k larger than the number of pairs of
-            distinct items (of items), an unknown strategy, a missing generator.
+            distinct items (of distinct items), an unknown strategy, a missing generator.
 
     Example:
         A batch of 3 diverse pairs from a 50-item pool, after 10 answers:
@@ -369,16 +384,16 @@ def select_queries(
     pool = _check_pool(pool_features, posterior.num_features, query_type)
     n = pool.shape[0]
     if query_type == "pair":
-        first, second = _distinct_pairs(pool)  # pairs of two equal items are never asked
+        first, second = _distinct_pairs(pool)  # neither two equal items nor copies of a pair already there
         if first.numel() == 0:
             raise InputDataError("pool_features", "at least 2 items with different features for pair queries",
                                  f"{n} items, all with the same features")
     else:
-        first, second = torch.arange(n), None
+        first, second = _distinct_items(pool), None  # a copy of an item asks what the item asks
     num_candidates = first.numel()
     k = check_int("k", k, expected="a positive integer")
     if k > num_candidates:
-        what = "pairs of items with different features" if query_type == "pair" else "items"
+        what = "pairs of items with different features" if query_type == "pair" else "items with different features"
         raise InputDataError("k", f"at most the number of {what} in the pool ({num_candidates})", k)
     exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
     if chunk_size is not None:
@@ -446,18 +461,19 @@ def select_queries(
         if num_explore:
             extra = _random_distinct(num_candidates, num_explore, cand, generator)
             cand = torch.cat([cand, extra])
-            args = [U[:, first[extra]]] + ([] if second is None else [U[:, second[extra]]])
-            if acq is not None:
-                filler = acq.score_draws(*args)
-            elif strategy == "random":  # a uniform draw, as for the random strategy's own queries
+            if strategy == "random":  # a uniform draw, as for the random strategy's own queries: no draws needed
                 filler = torch.rand(num_explore, generator=generator, dtype=torch.float64)
-            else:  # thompson: each query valued under its own pair (or single) of draws, as _thompson's
-                q = 1 if second is None else 2
-                filler = torch.stack([
-                    ThompsonSampling(posterior, generator=generator, query_size=q).score_draws(
-                        *(a[:, i : i + 1] for a in args)).reshape(())
-                    for i in range(num_explore)
-                ])
+            else:
+                args = [U[:, first[extra]]] + ([] if second is None else [U[:, second[extra]]])
+                if acq is not None:
+                    filler = acq.score_draws(*args)
+                else:  # thompson: each query valued under its own pair (or single) of draws, as _thompson's
+                    q = 1 if second is None else 2
+                    filler = torch.stack([
+                        ThompsonSampling(posterior, generator=generator, query_size=q).score_draws(
+                            *(a[:, i : i + 1] for a in args)).reshape(())
+                        for i in range(num_explore)
+                    ])
             scores = torch.cat([scores, filler])
         exploratory = torch.zeros(k, dtype=torch.bool)
         exploratory[k_chosen:] = True

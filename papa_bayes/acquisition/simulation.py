@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.acquisition.selection import _strategy, select_queries
-from papa_bayes.checks import check_float, check_int, check_real_tensor
+from papa_bayes.checks import check_finite, check_float, check_int, check_real_tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.posterior import RewardPosterior, check_posterior
@@ -190,8 +190,7 @@ def run_active_learning(
     if n < 2:
         raise InputDataError("pool", "at least 2 items", n)
     # Checked here, so that the error names the pool passed rather than the user's argument ``x``.
-    if not bool(torch.isfinite(pool).all()):
-        raise InputDataError("pool", "finite `n x d` candidate items", "NaN or inf values")
+    check_finite("pool", pool, "`n x d` candidate items")
     if user.weights is not None and (pool.dim() != 2 or pool.shape[-1] != user.weights.shape[0]):
         d = user.weights.shape[0]
         raise InputDataError("pool", f"`n x {d}` candidate items (the user's {d} weights)", tuple(pool.shape))

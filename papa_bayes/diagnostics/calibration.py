@@ -52,7 +52,8 @@ def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) ->
     # Equal sizes are not enough: `n x k` probabilities against `k x n` outcomes
     # would pair the wrong rows; only dims of size 1 may differ.
     if probs.squeeze().shape != outcomes.squeeze().shape:
-        raise InputDataError("outcomes", f"one per probability (probs of shape {tuple(probs.shape)})", tuple(outcomes.shape))
+        raise InputDataError("outcomes", f"one per probability (probs of shape {tuple(probs.shape)})",
+                             tuple(outcomes.shape))
     probs, outcomes = probs.reshape(-1), outcomes.reshape(-1)
     if probs.numel() == 0:
         raise InputDataError("probs", "at least one prediction", "empty")
@@ -66,9 +67,15 @@ def reliability_curve(probs: Tensor, outcomes: Tensor, *, num_bins: int = 10) ->
         i = int(other.nonzero()[0])
         raise InputDataError("outcomes", "0/1 outcomes", f"{float(outcomes[i])} at index {i}")
     # Bin in the precision the probabilities came in: float32's 0.7 is 0.69999999 in float64
-    # and would fall in [0.6, 0.7), where float64's 0.7 falls in [0.7, 0.8). NumPy arrays too.
-    if not isinstance(given, Tensor) and isinstance(getattr(given, "dtype", None), np.dtype):
-        given = torch.as_tensor(given)
+    # and would fall in [0.6, 0.7), where float64's 0.7 falls in [0.7, 0.8). NumPy arrays too, and lists of
+    # NumPy float32 scalars (a model's outputs one by one), which check_real_tensor parses as Python floats.
+    if not isinstance(given, Tensor):
+        try:
+            kind = np.asarray(given).dtype
+        except (TypeError, ValueError, RuntimeError):  # e.g. a list of tensors that need grad
+            kind = None
+        if kind in (np.float16, np.float32):
+            given = torch.as_tensor(np.asarray(given))
     own = given.detach().reshape(-1) if isinstance(given, Tensor) and given.dtype in (torch.float16, torch.bfloat16,
                                                                                      torch.float32) else probs
     bins = torch.clamp((own * num_bins).long(), max=num_bins - 1)
@@ -122,7 +129,8 @@ def _draws_and_truth(draws: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
     if draws.dim() < 1 or draws.shape[0] == 0:
         raise InputDataError("draws", "`s x ...` with at least one draw", tuple(draws.shape))
     if truth.shape != draws.shape[1:]:
-        raise InputDataError("truth", f"shape {tuple(draws.shape[1:])} (the draws' shape without `s`)", tuple(truth.shape))
+        raise InputDataError("truth", f"shape {tuple(draws.shape[1:])} (the draws' shape without `s`)",
+                             tuple(truth.shape))
     for name, value in (("draws", draws), ("truth", truth)):
         if not bool(torch.isfinite(value).all()):
             bad = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())

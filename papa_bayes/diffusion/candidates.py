@@ -31,7 +31,7 @@ from papa_bayes.diffusion.sampler import check_inference_steps, sample
 from papa_bayes.diffusion.scale import _checked_scales, select_guidance_scale, select_recommendation_scale
 from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
-from papa_bayes.sources import Candidates, CandidateSource
+from papa_bayes.sources import Candidates, CandidateSource, check_pool_request, num_unsteered
 
 __all__ = ["DiffusionCandidates", "SESSION_SCALES"]
 
@@ -252,9 +252,8 @@ class DiffusionCandidates(CandidateSource):
             return self.feature_map(out.samples if self._reads_samples else out.images).to(torch.float64)
 
     def candidates(self, posterior: Any, n: int, *, exploration: float, generator: torch.Generator):
-        n = check_int("n", n, expected="at least 1 candidate")
-        exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
-        n_explore = n if posterior is None else int(round(exploration * n))
+        n, exploration = check_pool_request(n, exploration)
+        n_explore = num_unsteered(posterior, n, exploration, generator=generator)
         outs, flags = [], []
         if n_explore:
             outs.append(sample(self.model, n_explore, num_inference_steps=self.pool_steps, generator=generator,
@@ -335,12 +334,10 @@ class DiffusionCandidates(CandidateSource):
         from papa_bayes.diffusion.finetune.io import check_checkpoint_folder
 
         # Else `model=` or a misspelt option was distill_guidance's TypeError, after the guidance was built.
-        params = inspect.signature(distill_guidance).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            known = sorted(set(params) - {"model", "guidance", "generator"})
-            if unknown := sorted(set(options) - set(known)):
-                raise InputDataError("options", f"options of distill_guidance ({', '.join(known)}); model, guidance "
-                                     "and generator are the source's own", unknown)
+        known = sorted(set(inspect.signature(distill_guidance).parameters) - {"model", "guidance", "generator"})
+        if unknown := sorted(set(options) - set(known)):
+            raise InputDataError("options", f"options of distill_guidance ({', '.join(known)}); model, guidance "
+                                 "and generator are the source's own", unknown)
         if path is not None:  # before minutes of distillation, not after
             check_checkpoint_folder("path", path)
         g = self.guidance(posterior, generator=generator, keep=False)

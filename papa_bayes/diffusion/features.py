@@ -174,7 +174,10 @@ class MidBlockFeatures(FeatureMap):
     ``num_features`` set, projected on their principal components.
 
     Args:
-        model: the diffusion model whose denoiser is read (not saved with the map).
+        model: the diffusion model whose denoiser is read (not saved with the map); a
+            conditional one with a single `1 x L x D` ``encoder_hidden_states`` row,
+            shared by every sample (the map may steer a model with per-sample
+            conditioning that shares its denoiser).
         timestep: the training timestep the sample is presented at, in
             `[0, num_train_timesteps)`.
         num_features: project to this many components (`1` to `C`); None keeps all
@@ -188,6 +191,11 @@ class MidBlockFeatures(FeatureMap):
             fitted to 20 random labels of real digits (the generator split) met "top samples >= 90% liked with >= 1.8
             bits of liked-class entropy" in 35% of draws against 13% whitened and 18%
             for the 16 whitened pixel-PCA + mid-block features.
+
+    Raises:
+        InputDataError: on a ``model`` that is not a DiffusionModel or conditions each
+            sample on its own row, or a ``timestep`` / ``num_features`` out of range.
+        ModelError: on a denoiser without a ``mid_block``.
     """
 
     kind = "midblock"
@@ -200,6 +208,14 @@ class MidBlockFeatures(FeatureMap):
         mid_block = getattr(model.unet, "mid_block", None)
         if mid_block is None:
             raise ModelError("MidBlockFeatures needs a denoiser with a mid_block (a diffusers UNet).")
+        cond = getattr(model, "encoder_hidden_states", None)
+        if isinstance(cond, Tensor) and cond.shape[0] > 1:
+            # Row i conditions the i-th sample of whatever batch the map reads (a sampler's batch, a pool being
+            # scored, fitting samples): features of a sample would hang on its place in the batch, and batches of
+            # other sizes fail, mid-sampling.
+            raise InputDataError("model", "a model whose encoder_hidden_states has 1 row, shared by every sample "
+                                 "(a feature map reads each sample alike; build it on a model with one shared "
+                                 "conditioning)", f"encoder_hidden_states of {cond.shape[0]} rows {tuple(cond.shape)}")
         channels = int(mid_block.resnets[-1].out_channels)
         if num_features is not None:
             num_features = check_int("num_features", num_features, maximum=channels,
@@ -293,7 +309,11 @@ class MidBlockFeatures(FeatureMap):
         return z @ self.components.to(dev, dt).T
 
     def config(self) -> dict[str, Any]:
-        return {"num_features": self.num_features, "timestep": self.timestep, "whiten": self.whiten}
+        config = {"num_features": self.num_features, "timestep": self.timestep, "whiten": self.whiten}
+        # num_features=None keeps the C raw channels, num_features=C projects on C components: both store
+        # C, and only this tells them apart (a reloaded map refits as the saved one did). A projecting map
+        # stores nothing more, so that its fingerprint (kept with labelling sessions) stays what it was.
+        return config if self._project else {**config, "project": False}
 
 
 class CallableFeatures(FeatureMap):
@@ -499,8 +519,11 @@ def load_feature_map(
         if missing:
             raise InputDataError("directory", "a mid-block map's `feature_map.safetensors` with mean, components "
                                  "and std", f"{str(root)} without {missing}")
-        fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"],
-                                whiten=config.get("whiten", True))
+        project = config.get("project", True)  # absent: saved by a projecting map, or before the key existed
+        if not isinstance(project, bool):
+            raise InputDataError("feature_map.json", "a mid-block map's `project` true or false", project)
+        fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"] if project
+                                else None, whiten=config.get("whiten", True))
         for name, value in tensors.items():
             buffer = getattr(fmap, name)
             if buffer.shape != value.shape:  # fitted on another model's mid-block

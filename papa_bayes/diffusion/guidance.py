@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_float, shape_of
+from papa_bayes.checks import caller_stacklevel, check_float, shape_of
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import split_model_output
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
@@ -174,7 +174,7 @@ class Guidance:
         if self.scale > 0 and not acting:  # a window narrower than one step: the samples come out unguided
             warnings.warn(f"Guidance(window={self.window}) holds none of the {num_steps} sampler steps (step i acts when "
                           f"i / {num_steps} lies in the window): nothing is guided; widen the window or take more "
-                          "steps.", PapaBayesWarning, stacklevel=3)
+                          "steps.", PapaBayesWarning, stacklevel=caller_stacklevel())
         total = sum(gain * m for gain, m in acting)
         # The floor (a mean gain of 1e-3) scales with the schedule, so that a schedule's overall size cancels.
         floor = 1e-3 * sum(m for _, m in acting)

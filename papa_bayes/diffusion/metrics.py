@@ -43,12 +43,21 @@ def _check_points(name: str, x: Tensor) -> Tensor:
     return x
 
 
-def _check_pair(samples: Tensor, reference: Tensor) -> None:
-    """Both point sets checked, and ``samples`` with as many values per point as ``reference``."""
-    _check_points("samples", samples)
-    _check_points("reference", reference)
+def _check_pair(samples: Tensor, reference: Tensor, *, name: str = "samples", check_reference: bool = True) -> None:
+    """Both point sets checked, and ``samples`` with as many values per point as ``reference``.
+
+    Args:
+        samples: `n x ...` points, named ``name`` in errors (a caller's own argument name).
+        reference: `m x ...` points.
+        check_reference: False when ``reference`` was checked once already (a
+            :class:`~papa_bayes.diffusion.selection.ManifoldGuard`'s, at construction),
+            so that a call does not scan the whole reference again.
+    """
+    _check_points(name, samples)
+    if check_reference:
+        _check_points("reference", reference)
     if samples[0].numel() != reference[0].numel():
-        raise InputDataError("samples", f"{reference[0].numel()} values per point like the reference",
+        raise InputDataError(name, f"{reference[0].numel()} values per point like the reference",
                              samples[0].numel())
 
 

@@ -27,7 +27,7 @@ from papa_bayes.checks import caller_stacklevel, check_bool, check_float, rename
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.sampler import _initial_noise, check_sampling_arguments, sample
-from papa_bayes.diffusion.selection import ManifoldGuard
+from papa_bayes.diffusion.selection import ManifoldGuard, _check_probability
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 
 __all__ = ["DEFAULT_SCALES", "ScaleSelection", "select_guidance_scale", "RecommendationScale", "select_recommendation_scale"]
@@ -265,17 +265,18 @@ def select_recommendation_scale(
         out = pool(guidance.with_scale(s))
         x = out.samples if reads_samples else out.images
         with torch.no_grad():
-            ranks, probabilities = score(x)
-            if not all(isinstance(t, Tensor) and tuple(t.shape) == (num_samples,) for t in (ranks, probabilities)):
-                found = tuple(shape_of(t)
-                              for t in (ranks, probabilities))
-                raise InputDataError("score", f"two tensors of shape `n` = ({num_samples},)", found)
-            p = probabilities.detach().cpu().double()
+            scored = score(x)
+            if not isinstance(scored, (tuple, list)) or len(scored) != 2:  # a lone tensor unpacked with ValueError
+                found = f"a {type(scored).__name__} of {len(scored)}" if isinstance(scored, (tuple, list)) \
+                    else type(scored).__name__
+                raise InputDataError("score", "a pair (ranks, probabilities) of `n` tensors", found)
+            ranks, probabilities = scored
+            if not isinstance(ranks, Tensor) or tuple(ranks.shape) != (num_samples,):
+                raise InputDataError("score", f"ranks, a tensor of shape `n` = ({num_samples},)", shape_of(ranks))
             # NaN ranks are kept first by topk; a NaN or log probability never reaches the target: both silently
-            nan_ranks = bool(ranks.isnan().any())
-            if nan_ranks or not bool(((p >= 0) & (p <= 1)).all()):
-                found = "NaN ranks" if nan_ranks else "probabilities outside [0, 1] or NaN"
-                raise InputDataError("score", "ranks without NaN and probabilities in [0, 1]", found)
+            if bool(ranks.isnan().any()):
+                raise InputDataError("score", "ranks without NaN", "NaN ranks")
+            p = _check_probability(probabilities, num_samples, name="score")
             kept = ranks.detach().cpu().topk(num_keep).indices
             value = float(p[kept].mean())
         result.expected_share[s] = value

@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import check_bool, check_float, check_generator, check_int, renamed_option, shape_of
+from papa_bayes.diffusion.classifiers import _warn_unit_range
 from papa_bayes.diffusion.guidance import Guidance
-from papa_bayes.diffusion.metrics import _check_points, knn_radii, manifold_membership
+from papa_bayes.diffusion.metrics import _check_pair, _membership, knn_radii
 from papa_bayes.diffusion.models import DiffusionModel
 from papa_bayes.diffusion.objectives import PosteriorObjective
 from papa_bayes.diffusion.sampler import sample
@@ -58,17 +59,16 @@ class ManifoldGuard:
         if reference.is_complex():  # the float32 copy would drop the imaginary parts with torch's warning only
             raise InputDataError("reference", "a real tensor of shape `m x ...`", str(reference.dtype))
         self.reference = reference.detach().to("cpu", torch.float32)
-        self.radii = knn_radii(self.reference, k=k) * radius_scale
+        self.k = check_int("k", k)
+        self.radii = knn_radii(self.reference, k=self.k) * radius_scale
 
     def __call__(self, images: Tensor, *, radius_scale: float = 1.0) -> Tensor:
         """`n` bool: which images lie on the reference manifold (balls times ``radius_scale`` > 0)."""
         radius_scale = check_float("radius_scale", radius_scale, strict=True)
-        # Checked here, under the caller's name: manifold_membership would call them "samples".
-        _check_points("images", images)
-        if images[0].numel() != self.reference[0].numel():
-            raise InputDataError("images", f"{self.reference[0].numel()} values per image like the reference",
-                                 images[0].numel())
-        return manifold_membership(images, self.reference, radii=self.radii * radius_scale)
+        # The reference was checked once, by knn_radii at construction; only the images are, under their name.
+        _check_pair(images, self.reference, name="images", check_reference=False)
+        _warn_unit_range("images", images, reference=self.reference)
+        return _membership(images, self.reference, k=self.k, radii=self.radii * radius_scale)
 
     def precision(self, images: Tensor, *, radius_scale: float = 1.0) -> float:
         """Share of ``images`` on the reference manifold (balls times ``radius_scale``)."""
@@ -97,17 +97,17 @@ class PreferredSamples:
     eligible: int
 
 
-def _check_probability(probability: Any, n: int | None = None) -> Tensor:
-    """`N` float64 CPU probabilities, or InputDataError unless 1-D (of length ``n``) in `[0, 1]`."""
+def _check_probability(probability: Any, n: int | None = None, *, name: str = "probability") -> Tensor:
+    """`N` float64 CPU probabilities, or InputDataError (naming ``name``) unless 1-D (of length ``n``) in `[0, 1]`."""
     shape = f"`N` = ({n},)" if n is not None else "`N` (N >= 1)"
     if not isinstance(probability, Tensor) or probability.ndim != 1 or probability.shape[0] == 0 or (
             n is not None and probability.shape[0] != n):
         found = shape_of(probability)
-        raise InputDataError("probability", f"a tensor of shape {shape}", found)
+        raise InputDataError(name, f"probabilities, a tensor of shape {shape}", found)
     p = probability.detach().to("cpu", torch.float64)
     inside = (p >= 0) & (p <= 1)  # False for NaN
     if not bool(inside.all()):
-        raise InputDataError("probability", "probabilities in [0, 1]", p[~inside][0].item())
+        raise InputDataError(name, "probabilities in [0, 1]", p[~inside][0].item())
     return p
 
 

@@ -112,10 +112,9 @@ def fit(
     data.require_observations()
     progress_bar = check_bool("progress_bar", progress_bar, optional=True)
     # Python ints from here on: a small NumPy seed wraps in the streams' arithmetic (np.int16(30000) + 7919 * m).
-    checked = check_fit_options(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
-                                num_steps=num_steps, learning_rate=learning_rate, seed=seed)
-    num_samples, warmup_steps, num_chains, num_steps, learning_rate, seed = (checked[k] for k in (
-        "num_samples", "warmup_steps", "num_chains", "num_steps", "learning_rate", "seed"))
+    num_samples, warmup_steps, num_chains, num_steps, learning_rate, seed = check_fit_options(
+        num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
+        learning_rate=learning_rate, seed=seed)
     if not isinstance(model, PyroRewardModel):
         if refine_steps:
             raise InputDataError("refine_steps", "0 for GP models (refinement is for Pyro models' Laplace draws)",
@@ -179,8 +178,7 @@ def prior_posterior(
         raise InputDataError("model", "a PyroRewardModel", type(model).__name__)
     check_preference_data(data)
     refine_steps = _check_refine_steps(refine_steps, "laplace")
-    checked = check_fit_options(num_samples=num_samples, seed=seed)
-    num_samples, seed = checked["num_samples"], checked["seed"]
+    num_samples, seed = check_fit_options(num_samples=num_samples, seed=seed)
     if data.num_observations:  # conditioning on them would return a posterior under the prior's name
         raise InputDataError("data", "items without answers (the prior is before any answer; fit() uses them)",
                              f"{data.num_comparisons} comparisons and {data.num_ratings} ratings")
@@ -190,14 +188,21 @@ def prior_posterior(
     return _fit_laplace(model, data, opts, None)
 
 
-def check_fit_options(**options: Any) -> dict[str, Any]:
+def check_fit_options(**options: Any) -> tuple[Any, ...]:
     """Numeric fitting options, any of them: counts are integers in range (None: the
     default, except for ``num_chains`` and ``seed``; NumPy integers and 0-d integer
     tensors count, as in :func:`~papa_bayes.checks.check_int`), ``learning_rate`` positive.
 
+    Example:
+        >>> import numpy as np
+        >>> from papa_bayes.inference.fit import check_fit_options
+        >>> check_fit_options(num_samples=np.int16(200), seed=3)
+        (200, 3)
+
     Returns:
-        The options as Python numbers (counts ``int``, ``learning_rate`` ``float``; None kept): NumPy
-        integers would wrap in the arithmetic that derives seeds and sizes from them.
+        The options in the order they were passed, as Python numbers (counts ``int``,
+        ``learning_rate`` ``float``; None kept): NumPy integers would wrap in the
+        arithmetic that derives seeds and sizes from them.
     """
     checked: dict[str, Any] = {}
     lowest = {"num_samples": 1, "warmup_steps": 0, "num_chains": 1, "num_steps": 1, "seed": 0, "num_features": 1}
@@ -216,7 +221,7 @@ def check_fit_options(**options: Any) -> dict[str, Any]:
         # as check_int reads integers: NumPy's and 0-d integer tensors count, bools do not
         checked[name] = check_int(name, value, minimum=low, maximum=high,
                                   expected=bound + ("" if required else " or None (the default)"))
-    return checked
+    return tuple(checked.values())
 
 
 def _check_refine_steps(refine_steps: Any, method: str) -> int:

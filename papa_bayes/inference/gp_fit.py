@@ -177,10 +177,9 @@ def fit_preference_gp(
     """
     _check_method(spec, method)
     # Python numbers from here on, as fit's: a small NumPy seed wraps in the streams' arithmetic (seed + 1).
-    checked = check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features, num_steps=num_steps,
-                                learning_rate=learning_rate, warmup_steps=warmup_steps, num_chains=num_chains)
-    seed, num_samples, num_features, num_steps, learning_rate, warmup_steps, num_chains = (checked[k] for k in (
-        "seed", "num_samples", "num_features", "num_steps", "learning_rate", "warmup_steps", "num_chains"))
+    seed, num_samples, num_features, num_steps, learning_rate, warmup_steps, num_chains = check_fit_options(
+        seed=seed, num_samples=num_samples, num_features=num_features, num_steps=num_steps,
+        learning_rate=learning_rate, warmup_steps=warmup_steps, num_chains=num_chains)
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size)
     natural_lr = check_float("natural_lr", natural_lr, strict=True)
@@ -241,6 +240,8 @@ def _update_variational(post: GPPosterior, data: PreferenceData, *, refit_hyperp
     lik_old: PreferenceLikelihood = post.state["likelihood"]
     lik_new.load_state_dict(lik_old.state_dict(), strict=False)
     new_params = {n for n, _ in lik_new.named_parameters()} - {n for n, _ in lik_old.named_parameters()}
+    if lik_new.ties and data.num_comparisons and not old.num_comparisons:  # at its prior until the first comparisons
+        new_params.add("raw_tie_strength")
     learn_inducing = gp.variational_strategy.inducing_points.requires_grad
     if not refit_hyperparameters:  # hyperparameters stay fixed between full fits; new likelihood parameters are fitted
         gp.covar_module.requires_grad_(False)

@@ -110,8 +110,7 @@ def fit_pairwise_gp(
 
     _check_method(spec, method)
     # Python ints from here on, as fit's: a small NumPy seed wraps in the streams' arithmetic (seed + 1).
-    checked = check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
-    seed, num_samples, num_features = checked["seed"], checked["num_samples"], checked["num_features"]
+    seed, num_samples, num_features = check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
     optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
     check_bool("progress_bar", progress_bar, optional=True)
     _warn_ignored(spec, method, (

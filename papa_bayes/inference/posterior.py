@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import arviz
 
 __all__ = ["RewardPosterior", "PosteriorDrawsModel", "DrawsPosterior", "DrawsSampler", "check_data", "check_features",
-           "check_posterior", "draws_std"]
+           "check_posterior", "draws_cov", "draws_std"]
 
 
 def check_features(features: Any, d: int, name: str = "features") -> Tensor:
@@ -51,15 +51,23 @@ def check_features(features: Any, d: int, name: str = "features") -> Tensor:
     return features
 
 
-def draws_std(draws: Tensor) -> Tensor:
-    """Standard deviation over the `s` draws of `s x ...` ``draws``, or InputDataError for one draw.
-
-    One draw has no spread: ``Tensor.std`` would return NaN (with only a warning).
-    """
+def _check_spread(draws: Tensor, what: str) -> None:
+    """InputDataError unless there are 2 draws or more: one draw has no spread (torch gives NaN, with a warning)."""
     if draws.shape[0] < 2:
-        raise InputDataError("num_samples", "at least 2 posterior draws for a standard deviation (refit with "
-                             "num_samples >= 2)", f"a posterior of {draws.shape[0]} draw")
+        raise InputDataError("num_samples", f"at least 2 posterior draws for a {what} (refit with num_samples >= 2)",
+                             f"a posterior of {draws.shape[0]} draw")
+
+
+def draws_std(draws: Tensor) -> Tensor:
+    """Standard deviation over the `s` draws of `s x ...` ``draws``, or InputDataError for one draw."""
+    _check_spread(draws, "standard deviation")
     return draws.std(0)
+
+
+def draws_cov(draws: Tensor) -> Tensor:
+    """Covariance `k x k` over the `s` draws of `s x k` ``draws``, or InputDataError for one draw."""
+    _check_spread(draws, "covariance")
+    return torch.cov(draws.T).reshape(draws.shape[1], draws.shape[1])  # k = 1: torch.cov gives a 0-d tensor
 
 
 def check_posterior(posterior: Any) -> RewardPosterior:

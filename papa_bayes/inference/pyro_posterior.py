@@ -9,7 +9,7 @@ from torch import Tensor
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_std
+from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_cov, draws_std
 from papa_bayes.models.base import PyroRewardModel
 
 if TYPE_CHECKING:
@@ -103,18 +103,14 @@ class PyroPosterior(RewardPosterior):
         """Pointwise log-likelihood per draw of ``data`` (default the fitted data): site -> `s x m`.
 
         Raises:
-            ModelError: ``data`` holds a kind of answer whose parameter the fit never
-                saw: ratings without a like/dislike threshold, or comparisons of a tie
-                model without a tie strength (fitted on ratings only).
+            ModelError: ``data`` holds ratings but the fit had none, so no like/dislike
+                threshold. (A tie model has its tie strength whatever it was fitted on.)
         """
         data = self.data if data is None else check_data(data, self.num_features)
         name = type(self.model).__name__
         if data.num_ratings and "threshold" not in self.params:
             raise ModelError(f"{name} posterior has no like/dislike threshold to score ratings with: fit it on data "
                              "with ratings.")
-        if getattr(self.model, "ties", False) and data.num_comparisons and "tie_strength" not in self.params:
-            raise ModelError(f"{name} posterior has no tie strength to score comparisons with: fit it on data with "
-                             "comparisons.")
         return self.model.log_likelihood(self.params, data)
 
     def update(self, data: PreferenceData) -> PyroPosterior:
@@ -156,10 +152,9 @@ class PyroPosterior(RewardPosterior):
         if not isinstance(self.model, HierarchicalLinearReward):
             raise ModelError("new_rater_model() needs a HierarchicalLinearReward posterior.")
         mu, tau = self.params["population_mean"], self.params["population_scale"]
-        draws_std(mu)  # one draw has no covariance (torch.cov: NaN, then a failed Cholesky): InputDataError
         # E[w] = E[mu]; Cov[w] = Cov[mu] + E[diag(tau^2)].
         loc = mu.mean(0)
-        cov = torch.cov(mu.T).reshape(loc.shape[0], -1) + torch.diag((tau**2).mean(0))
+        cov = draws_cov(mu) + torch.diag((tau**2).mean(0))
         kwargs: dict[str, Any] = dict(
             link=self.model.link,
             ties=self.model.ties,

@@ -414,9 +414,11 @@ class PreferenceGP:
         return make_kernel(d, self.kernel, lengthscale_prior=self.lengthscale_prior, outputscale_prior=self.outputscale_prior)
 
     def make_likelihood(self, data: PreferenceData) -> PreferenceLikelihood:
-        """The likelihood for ``data``'s kinds of answers (ties only with comparisons, a threshold only with ratings)."""
+        """The likelihood for ``data``'s kinds of answers: a threshold only with ratings; a tie strength whenever
+        the model has ties, even before any comparison (then at its prior), so that the posterior predicts the
+        three outcomes of a comparison and scores tied answers."""
         return PreferenceLikelihood(
-            link=self.link, ties=self.ties and data.num_comparisons > 0, ratings=data.num_ratings > 0,
+            link=self.link, ties=self.ties, ratings=data.num_ratings > 0,
             tie_prior=self.tie_prior, threshold_prior_scale=self.threshold_prior_scale,
         )
 

@@ -106,7 +106,9 @@ class _LinkPriors:
 
     def _other_priors(self, data: PreferenceData) -> dict[str, dist.Distribution]:
         out: dict[str, dist.Distribution] = {}
-        if self.ties and data.num_comparisons:
+        # The tie strength even before any comparison (its posterior then is its prior): a tie model's posterior
+        # predicts three outcomes and scores tied answers whatever it was fitted on.
+        if self.ties:
             out["tie_strength"] = dist.LogNormal(*_f64(*self.tie_prior))
         if data.num_ratings:
             out["threshold"] = dist.Normal(*_f64(0.0, self.threshold_prior_scale))

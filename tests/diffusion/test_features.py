@@ -373,6 +373,26 @@ def test_midblock_projects_on_every_component_when_asked_for_all_of_them(pixel_m
     torch.testing.assert_close(variances, torch.ones(channels, dtype=torch.float64), atol=1e-3, rtol=0)
 
 
+def test_midblock_map_of_raw_channels_reloads_as_raw_channels(pixel_model, images, tmp_path):
+    """num_features=None saved num_features = C and reloaded as a projection on C components: the same
+    features until refitted, then whitened components instead of the standardized channels."""
+    import json
+
+    channels = MidBlockFeatures(pixel_model).channels
+    for num_features in (None, channels):
+        mid = MidBlockFeatures(pixel_model, timestep=80, num_features=num_features).fit(images)
+        loaded = load_feature_map(save_feature_map(mid, tmp_path / f"mid{num_features}"), model=pixel_model)
+        assert loaded.config() == mid.config() and loaded.fingerprint() == mid.fingerprint()
+        torch.testing.assert_close(loaded(images), mid(images))
+        refit = images[:20]
+        torch.testing.assert_close(loaded.fit(refit)(images), mid.fit(refit)(images))
+    projected = json.loads((tmp_path / f"mid{channels}" / "feature_map.json").read_text())
+    assert "project" not in projected  # a projecting map's config, and so its fingerprint, stay as they were
+    (tmp_path / "midNone" / "feature_map.json").write_text(json.dumps({**projected, "project": "no"}))
+    with pytest.raises(InputDataError, match="^feature_map.json:.*project"):
+        load_feature_map(tmp_path / "midNone", model=pixel_model)
+
+
 def test_midblock_pooled_moves_the_samples_to_the_denoisers_device(make_pixel_model, images):
     """pooled() ran the denoiser on the caller's device: CPU samples met a CUDA model ("not on the expected device").
 

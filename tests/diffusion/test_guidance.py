@@ -357,9 +357,10 @@ def test_a_window_that_holds_no_step_warns_that_nothing_is_guided(pixel_model, b
     base, pca = base_and_pca
     objective = PosteriorObjective(posterior, pca, kind="mean").calibrate(base.images)
     kwargs = dict(num_inference_steps=5, progress_bar=False)
-    with pytest.warns(PapaBayesWarning, match=r"window=\(0.9, 1.0\)\) holds none of the 5 sampler steps"):
+    with pytest.warns(PapaBayesWarning, match=r"window=\(0.9, 1.0\)\) holds none of the 5 sampler steps") as record:
         guided = sample(pixel_model, 2, guidance=Guidance(objective, scale=1.0, window=(0.9, 1.0)), generator=gen(1),
                         **kwargs)
+    assert record[0].filename == __file__  # the caller's line (was the progress= shim's, in papa_bayes.checks)
     assert torch.equal(guided.images, sample(pixel_model, 2, generator=gen(1), **kwargs).images)  # indeed unguided
     with warnings.catch_warnings():
         warnings.simplefilter("error", PapaBayesWarning)  # a window that holds a step, or scale 0, stays quiet

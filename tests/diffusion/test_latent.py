@@ -94,6 +94,28 @@ def test_per_sample_conditioning_follows_its_samples_across_batches(latent_model
             sample(model(**kwargs), 4, num_inference_steps=2, progress_bar=False)
 
 
+def test_midblock_features_refuse_per_sample_conditioning_and_steer_it_from_a_shared_one(latent_model,
+                                                                                       make_posterior):
+    """A map on a model with one conditioning row per sample failed mid-sampling whenever a batch held
+    another number of samples than rows (batch_size, fitting, pools), and read each sample by its place in
+    the batch."""
+    from papa_bayes.diffusion import LatentDiffusion
+
+    cond = torch.randn(4, 3, 8, generator=gen(2))
+    per_sample = LatentDiffusion(latent_model.unet, latent_model.vae, latent_model.scheduler,
+                                 encoder_hidden_states=cond)
+    with pytest.raises(InputDataError, match=r"^model: .*1 row.*got encoder_hidden_states of 4 rows") as info:
+        MidBlockFeatures(per_sample, timestep=50)
+    assert info.value.field == "model"
+    base = sample(per_sample, 4, num_inference_steps=2, generator=gen(0), progress_bar=False)
+    shared = MidBlockFeatures(latent_model, timestep=50, num_features=2).fit(torch.cat([base.samples] * 2),
+                                                                            batch_size=3)
+    objective = PosteriorObjective(make_posterior(torch.randn(8, 2, generator=gen(1))), shared, kind="mean")
+    runs = [sample(per_sample, 4, num_inference_steps=2, generator=gen(0), batch_size=batch_size, progress_bar=False,
+                   guidance=Guidance(objective, scale=1.0, clamp=None)) for batch_size in (4, 3)]
+    torch.testing.assert_close(runs[1].samples, runs[0].samples, atol=1e-5, rtol=1e-5)
+
+
 def test_latent_model_arguments_are_checked(latent_model):
     from papa_bayes.diffusion import LatentDiffusion, PixelDiffusion
 

@@ -6,6 +6,7 @@ import torch
 from papa_bayes.diffusion import (
     Guidance,
     ManifoldGuard,
+    manifold_membership,
     PCAFeatures,
     PosteriorObjective,
     sample,
@@ -242,6 +243,31 @@ def test_manifold_guard_names_its_own_arguments_and_refuses_complex_reference():
     assert info.value.field == "reference"
 
 
+def test_manifold_guard_checks_its_reference_once_and_each_call_only_its_images(monkeypatch):
+    """Each guard(images) scanned the images twice and the whole stored reference again for NaN
+    (its own check, then manifold_membership's), and its range warning named the images "samples"."""
+    import papa_bayes.diffusion.metrics as metrics_module
+
+    ref = torch.randn(40, 1, 8, 8, generator=gen(0))
+    guard = ManifoldGuard(ref)
+    scanned = []
+    real_check_finite = metrics_module.check_finite
+
+    def counting(name, value, *args, **kwargs):
+        scanned.append(name)
+        return real_check_finite(name, value, *args, **kwargs)
+
+    monkeypatch.setattr(metrics_module, "check_finite", counting)
+    images = torch.randn(5, 1, 8, 8, generator=gen(1))
+    assert guard(images).tolist() == manifold_membership(images, ref).tolist()
+    scanned.clear()
+    guard(images)
+    guard.precision(images)
+    assert scanned == ["images", "images"]
+    with pytest.warns(PapaBayesWarning, match=r"^images: expected images in the reference's range"):
+        guard((images.clamp(-1, 1) + 1) / 2)
+
+
 def test_scale_rules_check_model_guidance_guard_and_pool_before_sampling(pixel_model, monkeypatch):
     import papa_bayes.diffusion.scale as scale_module
 
@@ -299,9 +325,11 @@ def test_sample_preferred_refuses_an_objective_without_region_before_sampling(pi
 
 
 @pytest.mark.parametrize(("score", "found"), [
-    (lambda x: (torch.zeros(x.shape[0]), torch.full((x.shape[0],), -0.1)), "outside"),  # log probabilities
-    (lambda x: (torch.zeros(x.shape[0]), torch.full((x.shape[0],), float("nan"))), "outside"),
+    (lambda x: (torch.zeros(x.shape[0]), torch.full((x.shape[0],), -0.1)), r"in \[0, 1\], got -0.1"),  # logs
+    (lambda x: (torch.zeros(x.shape[0]), torch.full((x.shape[0],), float("nan"))), r"in \[0, 1\], got nan"),
     (lambda x: (torch.full((x.shape[0],), float("nan")), torch.full((x.shape[0],), 0.9)), "NaN ranks"),
+    (lambda x: (torch.zeros(x.shape[0]), torch.ones(x.shape[0] + 1)), r"probabilities.*\(4,\), got \(5,\)"),
+    (lambda x: torch.zeros(x.shape[0]), "a pair.*got Tensor"),  # was ValueError: too many values to unpack
 ])
 def test_recommendation_scale_rejects_nan_ranks_and_non_probabilities(pixel_model, score, found):
     """Such scores never reached the target (the largest scale, silently) or kept NaN-ranked samples first."""
