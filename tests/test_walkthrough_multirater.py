@@ -136,7 +136,7 @@ def test_held_out_predictions_per_rater_are_calibrated_and_beat_the_population()
 
 
 def test_a_sessions_cold_start_prior_is_not_widened_by_plain_laplace(tmp_path):
-    """Plain Laplace put population_scale at 2-3x NUTS's; the session's cold start refines its draws."""
+    """Plain Laplace put population_scale at 2-3x NUTS's; the session's cold start integrates it out."""
     from papa_bayes.session import FeaturePool, PreferenceSession
     from papa_bayes.store import PreferenceStore
 
@@ -155,17 +155,17 @@ def test_a_sessions_cold_start_prior_is_not_widened_by_plain_laplace(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             prior = s._rater_model
-    # the refinement's weights collapse here (its diagnostics say 0.1-0.2%), which the session knows
-    assert not [w for w in caught if "Laplace refinement" in str(w.message)]
-    with pytest.warns(PapaBayesWarning, match="Laplace refinement"):  # where a user refines, they are told
-        fit(HierarchicalLinearReward(), others, method="laplace", seed=0, refine_steps=20)
+    assert not [w for w in caught if issubclass(w.category, PapaBayesWarning)]
     plain = fit(HierarchicalLinearReward(), others, method="laplace", seed=0).new_rater_model()
+    refined = fit(HierarchicalLinearReward(), others, method="laplace", seed=0, refine_steps=20).new_rater_model()
     sd = lambda model: model.prior_scale_tril.pow(2).sum(-1).sqrt()  # noqa: E731
     assert torch.allclose(prior.prior_loc, plain.prior_loc, atol=0.3)  # same population, centred alike
     # Measured prior sds: NUTS (400 draws, seeds 0 and 1) about (0.53, 0.39, 0.29); plain Laplace about
-    # (1.0, 0.96, 0.92); refined (the session) about (0.68, 0.57, 0.42).
+    # (1.0, 0.96, 0.92); refined about (0.68, 0.57, 0.42); the session's (nested Laplace) (0.61, 0.43, 0.33).
+    nuts = torch.tensor([0.53, 0.39, 0.29], dtype=torch.float64)
     assert float(sd(plain).min()) > 0.85
-    assert float(sd(prior).max()) < 0.75
+    assert float(sd(refined).max()) > 0.6
+    assert bool((sd(prior) < 1.3 * nuts).all()), sd(prior)
 
 
 def test_sparse_rater_ids_are_refused_before_the_fit_allocates_them():

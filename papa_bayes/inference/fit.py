@@ -18,6 +18,7 @@ from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, laplace_mode, mixture_moments
+from papa_bayes.inference.nested_laplace import nested_draws, nested_laplace
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.inference.pyro_posterior import PyroPosterior
 from papa_bayes.inference.refine import importance_log_weights, resample_move
@@ -42,6 +43,7 @@ def fit(
     seed: int = 0,
     progress_bar: bool | None = None,
     refine_steps: int = 0,
+    integrate_scale: bool = False,
     **model_options: Any,
 ) -> RewardPosterior:
     """Fit a reward model to preference data.
@@ -83,6 +85,18 @@ def fit(
             256 draws, one thread; ``benchmarks/results/bench_queries.md``).
             Kept by :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
             ``refine_ess`` and ``refine_acceptance``. 0 (default): plain Laplace.
+        integrate_scale: Laplace only, for models with a ``population_scale`` site
+            (:class:`~papa_bayes.models.HierarchicalLinearReward`): integrate the
+            population scale out by a nested Laplace approximation (INLA; see
+            :func:`~papa_bayes.inference.nested_laplace.nested_laplace`) instead of
+            taking the joint mode, which overstates it with few raters (5 raters at
+            d=3: posterior means 0.86/0.81/0.70 against NUTS's 0.43/0.27/0.18; nested
+            0.47/0.31/0.22). Cost: a few hundred conditional Newton fits in batches:
+            5 raters x 30 answers, one thread, 0.25-0.4 s a fit or update at d=3 and
+            0.6-1.3 s at d=8 (plain Laplace 0.03-0.09 s). Kept by
+            :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
+            ``scale_ess`` (the effective share of the scale's proposals). Not with
+            ``refine_steps``. False (default): the joint Laplace fit.
 
     Returns:
         A :class:`RewardPosterior`.
@@ -119,6 +133,9 @@ def fit(
         if refine_steps:
             raise InputDataError("refine_steps", "0 for GP models (refinement is for Pyro models' Laplace draws)",
                                  refine_steps)
+        if integrate_scale:
+            raise InputDataError("integrate_scale", "False for GP models (it is for HierarchicalLinearReward)",
+                                 integrate_scale)
         # GP models (PreferenceGP, PairwiseGPReward) fit themselves and validate their
         # own methods (model.METHODS); method=None picks the model's default.
         if hasattr(model, "fit"):
@@ -140,6 +157,7 @@ def fit(
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
     refine_steps = _check_refine_steps(refine_steps, method)
+    integrate_scale = _check_integrate_scale(integrate_scale, method, refine_steps, model, data)
     if method == "nuts" and num_samples is not None:
         check_nuts_samples(num_samples)
     if progress_bar is None:
@@ -155,6 +173,8 @@ def fit(
         num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, num_steps=num_steps,
         learning_rate=learning_rate, seed=seed, progress_bar=progress_bar, refine_steps=refine_steps,
     )
+    if integrate_scale:  # only then: the options of every other fit stay as they were
+        options["integrate_scale"] = True
     start = time.perf_counter()
     post = {"laplace": _fit_laplace, "nuts": _fit_nuts, "svi": _fit_svi}[method](model, data, options, None)
     post.diagnostics["fit_seconds"] = time.perf_counter() - start
@@ -232,6 +252,23 @@ def _check_refine_steps(refine_steps: Any, method: str) -> int:
     return refine_steps
 
 
+def _check_integrate_scale(integrate_scale: Any, method: str, refine_steps: int, model: PyroRewardModel,
+                           data: PreferenceData) -> bool:
+    integrate_scale = check_bool("integrate_scale", integrate_scale)
+    if not integrate_scale:
+        return False
+    if method != "laplace":
+        raise InputDataError("integrate_scale", "False unless method='laplace' (NUTS and SVI sample the scale)",
+                             integrate_scale)
+    if refine_steps:
+        raise InputDataError("refine_steps", "0 with integrate_scale=True (the nested fit weights its own draws)",
+                             refine_steps)
+    if "population_scale" not in model.priors(data):
+        raise InputDataError("integrate_scale", "False for a model without a population_scale site "
+                             "(e.g. HierarchicalLinearReward has one)", integrate_scale)
+    return True
+
+
 def update_posterior(post: PyroPosterior, data: PreferenceData) -> PyroPosterior:
     """Warm-started refit on extended data (used by ``PyroPosterior.update``)."""
     start = time.perf_counter()
@@ -255,6 +292,8 @@ def _mode_values(post: PyroPosterior | None) -> dict[str, Tensor] | None:
 
 def _fit_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
                  warm: PyroPosterior | None) -> PyroPosterior:
+    if opts.get("integrate_scale"):
+        return _fit_nested_laplace(model, data, opts, warm)
     if "rationality" in model.priors(data):
         return _fit_integrated_laplace(model, data, opts, warm)
     space = UnconstrainedSpace(model.priors(data))
@@ -304,6 +343,30 @@ def _fit_integrated_laplace(model: PyroRewardModel, data: PreferenceData, opts: 
     state = {"mode": {k: v[0] for k, v in mean_params.items()}, "theta": mean,
              "hessian": torch.cholesky_inverse(torch.linalg.cholesky(cov)), "integrated": fitted}
     return _draws_posterior(model, data, params, opts, state, diagnostics)
+
+
+def _fit_nested_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
+                        warm: PyroPosterior | None) -> PyroPosterior:
+    """Laplace with ``population_scale`` integrated out (see :func:`nested_laplace`).
+
+    A first fit starts from the joint Laplace mode; ``state["nested"]`` keeps the
+    fit (the warm start of the next update). A learned rationality stays among the
+    conditional sites.
+    """
+    previous = warm.state.get("nested") if warm is not None else None
+    init = None
+    if previous is None:
+        joint = UnconstrainedSpace(model.priors(data))
+        mode, _, joint, _ = laplace_mode(model, data, init=None if warm is None else joint.initial(_mode_values(warm)))
+        init = {k: v[0] for k, v in joint.unpack(mode.unsqueeze(0))[0].items()}
+    fitted = nested_laplace(model, data, "population_scale", warm=previous, init=init)
+    gen = _generator(opts["seed"] + 7919 * data.num_observations)
+    params, diagnostics = nested_draws(model, data, fitted, opts["num_samples"] or 1000, generator=gen)
+    mode, _ = fitted.space.unpack(fitted.conditional_mode.unsqueeze(0))
+    mode = {k: v[0] for k, v in mode.items()}
+    mode[fitted.site] = fitted.center.exp()
+    diagnostics["outer_steps"] = fitted.info["outer_steps"]
+    return _draws_posterior(model, data, params, opts, {"mode": mode, "nested": fitted}, diagnostics)
 
 
 def _draws_posterior(model: PyroRewardModel, data: PreferenceData, params: dict[str, Tensor], opts: dict[str, Any],

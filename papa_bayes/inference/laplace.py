@@ -81,7 +81,8 @@ def _hessian_rows(grad: Tensor, x: Tensor, batched: bool = True) -> Tensor:
 
 
 def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
-            polish: float = 1e-3, batched_hessian: bool = True) -> tuple[Tensor, Tensor, Tensor, int]:
+            polish: float = 1e-3, batched_hessian: bool = True,
+            hessian=None) -> tuple[Tensor, Tensor, Tensor, int]:
     """Damped Newton with Armijo backtracking on K independent problems at once.
 
     ``f`` maps `K x D` to `K` values, row k depending on point k only, so one batched
@@ -89,7 +90,9 @@ def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
     backward passes: K problems cost about as much as one.
 
     ``batched_hessian``: all Hessian rows from one backward pass (see
-    :func:`batch_hessian_rows`), else one pass per row.
+    :func:`batch_hessian_rows`), else one pass per row. ``hessian``: a function
+    ``(grad, x) -> K x D x D`` in place of :func:`_hessian_rows` (e.g. one that knows the
+    Hessian's sparsity).
 
     Returns:
         (points `K x D`, Hessians `K x D x D` (regularized where not positive definite),
@@ -105,7 +108,7 @@ def _newton(f, theta: Tensor, *, max_steps: int = 100, tol: float = 1e-5,
         if not bool(torch.isfinite(value).all()):
             raise InferenceError(f"The log posterior is not finite at the starting point ({value.tolist()}).")
         (grad,) = torch.autograd.grad(value.sum(), x, create_graph=True)
-        H = _hessian_rows(grad, x, batched_hessian)
+        H = _hessian_rows(grad, x, batched_hessian) if hessian is None else hessian(grad, x)
         H, grad, value, theta = 0.5 * (H + H.transpose(1, 2)).detach(), grad.detach(), value.detach(), theta.detach()
         damping = torch.zeros(K, dtype=torch.float64)
         for _ in range(30):  # Levenberg damping, per problem, until each system is positive definite
