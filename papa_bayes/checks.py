@@ -333,14 +333,15 @@ def implements(obj: Any, name: str, protocol: type) -> bool:
 
 
 def caller_stacklevel() -> int:
-    """The ``stacklevel`` of :func:`warnings.warn` that names the first caller outside papa_bayes.
+    """The ``stacklevel`` of :func:`warnings.warn` that names the first caller outside papa_bayes (and torch).
 
     Called from the function that warns: however deep in the package it sits (a fit
-    or an online update), the warning points at the user's line.
+    or an online update, or a feature map's ``forward`` under torch's ``Module.__call__``),
+    the warning points at the user's line.
     """
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    skip = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
     if frame is None or os.path.basename(frame.f_code.co_filename).startswith(("runpy", "<frozen runpy")):
         # Run as a program (python -m papa_bayes.cli): no user line calls in, so name the package's outermost one.

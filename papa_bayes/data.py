@@ -407,9 +407,19 @@ class PreferenceData:
     def for_rater(self, rater: int) -> PreferenceData:
         """The comparisons and ratings of one rater (all items kept, rater ids dropped).
 
-        ``rater`` is a non-negative integer id; data without rater ids belong to rater 0.
+        ``rater`` is an id of the data's raters, ``0`` to ``num_raters - 1``: one with answers,
+        or one below the largest id without any (a rater of a hierarchical model, which counts
+        every id below the largest, whose answers are yet to come). Data without rater ids
+        belong to rater 0.
+
+        Raises:
+            InputDataError: ``rater`` is no non-negative integer, or is beyond the data's raters
+                (a typo gave empty data, and a fit of it the prior, without a word).
         """
         rater = check_int("rater", rater, minimum=0)
+        if rater >= self.num_raters:
+            raise InputDataError("rater", f"an id of the data's raters, 0 to {self.num_raters - 1} (with answers: "
+                                 f"{self.raters.tolist()})", rater)
         cr, rr = self.rater_ids()  # rater 0 where the data carries no ids
         cm, rm = cr == rater, rr == rater
         return PreferenceData(

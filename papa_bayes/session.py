@@ -68,16 +68,72 @@ def _entropy_proxy(post: RewardPosterior, features: Tensor) -> float:
 
 
 def _check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
-    """InputDataError unless ``session``'s model and source are those of the stored configuration ``cfg``."""
+    """InputDataError unless ``session``'s model and source are those of the stored configuration ``cfg``.
+
+    The error names the settings that differ, with their stored and given values (a diffusion source's
+    configuration has some twenty settings, a model's repr may hold a prior's whole covariance).
+    """
     stored, given = cfg.get("model"), repr(session.model)
     if stored is not None and stored != given:
         by_class = " object at 0x" in stored  # a model without a repr of its own: compare classes
         if not by_class or stored.split(" object at ")[0].lstrip("<") != given.split(" object at ")[0].lstrip("<"):
-            raise InputDataError("model", f"the session's model, {stored}", given)
+            expected, got = _model_difference(stored, given)
+            raise InputDataError("model", f"the session's model, {expected}", got)
     stored_source, given_source = cfg.get("source"), json.loads(json.dumps(session.source.config()))
     # Only what was stored: a store written before a source recorded a setting does not refuse it now.
     if isinstance(stored_source, dict) and any(given_source.get(k, ...) != v for k, v in stored_source.items()):
-        raise InputDataError("source", f"the session's source, {stored_source}", given_source)
+        differ = [k for k, v in stored_source.items() if given_source.get(k, ...) != v]
+        if "kind" in differ:  # another kind of source: its other settings are beside the point
+            differ = ["kind"]
+        raise InputDataError("source", "the session's source, with "
+                             + _settings(stored_source, differ, "not stored") + " (the settings that differ)",
+                             _settings(given_source, differ, "not set"))
+
+
+def _settings(values: dict[str, Any], keys: list[str], missing: str, *, shown: Any = repr) -> str:
+    """``k=v, ...`` of ``keys`` in ``values``, each value as ``shown`` writes it (``k missing`` where absent)."""
+    return ", ".join(f"{k}={shown(values[k])}" if k in values else f"{k} {missing}" for k in keys)
+
+
+def _model_difference(stored: str, given: str) -> tuple[str, str]:
+    """(stored, given) reprs of two models, cut to the fields that differ where both are ``Name(k=v, ...)`` of
+    one class; whole otherwise (another class: its fields are beside the point, and its name is the news)."""
+    a, b = _repr_fields(stored), _repr_fields(given)
+    if a is None or b is None or a[0] != b[0]:
+        return stored, given
+    (name, old), (_, new) = a, b
+    differ = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+    return (f"{name} with {_settings(old, differ, 'not stored', shown=str)} (the fields that differ)",
+            _settings(new, differ, "not set", shown=str))
+
+
+def _repr_fields(text: str) -> tuple[str, dict[str, str]] | None:
+    """``("Name", {"k": "v", ...})`` of a repr ``Name(k=v, ...)`` (split at its top-level commas), else None."""
+    name, paren, body = text.partition("(")
+    if not paren or not name.isidentifier() or not body.endswith(")"):
+        return None
+    parts, depth, quote, start = [], 0, "", 0
+    body = body[:-1]
+    for i, ch in enumerate(body):
+        if quote:
+            quote = "" if ch == quote and body[i - 1] != "\\" else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    parts.append(body[start:])
+    fields = {}
+    for part in parts:
+        key, eq, value = part.strip().partition("=")
+        if not eq or not key.isidentifier():
+            return None
+        fields[key] = value
+    return (name, fields) if depth == 0 and not quote else None
 
 
 def _one_value(value: Any, allowed: tuple[float, ...]) -> float | None:

@@ -165,10 +165,22 @@ def test_for_rater_checks_the_rater_id():
     # Data without rater ids belong to rater 0 only.
     plain = _data(ratings=[[0, 1]])
     assert (plain.for_rater(0).num_comparisons, plain.for_rater(0).num_ratings) == (2, 1)
-    assert (plain.for_rater(1).num_comparisons, plain.for_rater(1).num_ratings) == (0, 0)
     for bad in (-1, "a", 1.5, True):
         with pytest.raises(InputDataError, match="rater"):
             d.for_rater(bad)
+
+
+def test_for_rater_refuses_a_rater_the_data_does_not_have():
+    """An id beyond the data's raters (a typo, an id of another data set) gave empty data without a word,
+    and a fit of it the prior. Ids below the largest are raters of a hierarchical model, with or without
+    answers: kept."""
+    d = _data(comparison_rater=[0, 2])
+    assert d.for_rater(1).num_observations == 0  # a rater without answers (yet)
+    for data, bad, present in ((d, 3, "[0, 2]"), (_data(ratings=[[0, 1]]), 1, "[0]")):
+        with pytest.raises(InputDataError) as err:
+            data.for_rater(bad)
+        assert err.value.field == "rater" and err.value.actual == bad
+        assert f"with answers: {present}" in str(err.value), str(err.value)
 
 
 def test_feature_names_are_a_sequence_of_names():

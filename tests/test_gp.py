@@ -507,7 +507,7 @@ def _tiny() -> PreferenceData:
 def test_options_a_method_does_not_use_warn_and_misspelt_ones_raise():
     """PairwiseGP used to swallow every keyword: a misspelt ``num_sample=4`` gave 512 draws without a word."""
     data = _tiny()
-    with pytest.raises(TypeError, match="num_sample"):
+    with pytest.raises(InputDataError, match="num_sample"):
         PairwiseGPReward().fit(data, num_sample=4)
     for model, kwargs, ignored in (
         (PairwiseGPReward(), dict(num_steps=5), "num_steps"),
@@ -710,3 +710,50 @@ def test_nuts_anchors_are_found_exactly_for_features_far_from_the_origin():
     anchors, index = _anchors(X, data, None, seed=0)
     assert anchors.shape[0] == 40
     assert torch.equal(anchors[index], X)  # every item maps to itself, not to a neighbour
+
+
+def test_a_misspelt_option_names_the_options_there_are():
+    """fit(PreferenceGP(), data, num_inducng=8) raised a bare TypeError of an internal function
+    ("fit_preference_gp() got an unexpected keyword argument"), naming no option it takes."""
+    data = _tiny()
+    for call, name, close in (
+        (lambda: fit(PreferenceGP(num_inducing=8), data, num_inducng=8), "num_inducng", "num_inducing"),
+        (lambda: PreferenceGP(num_inducing=8).fit(data, num_sample=4), "num_sample", "num_samples"),
+        (lambda: fit(PairwiseGPReward(), data, optimise_hyperparameters=False), "optimise_hyperparameters",
+         "optimize_hyperparameters"),
+        (lambda: PairwiseGPReward().fit(data, num_sample=4), "num_sample", "num_samples"),
+        (lambda: fit(LinearReward(), data, num_sampels=4), "num_sampels", "num_samples"),
+    ):
+        with pytest.raises(InputDataError) as err:
+            call()
+        assert err.value.field == name and close in str(err.value), str(err.value)
+        assert "one of [" in err.value.expected and "'seed'" in err.value.expected, str(err.value)
+    with pytest.raises(InputDataError) as err:  # a model's own argument, given to fit
+        fit(PreferenceGP(), data, num_inducing=8)
+    assert "PreferenceGP(num_inducing=...)" in str(err.value) and err.value.actual == 8, str(err.value)
+
+
+def test_nuts_defaults_are_the_same_through_fit_and_the_models_fit(monkeypatch):
+    """fit(PreferenceGP(), data, method="nuts") ran 2 chains, PreferenceGP().fit(data, method="nuts") one."""
+    import inspect
+
+    import papa_bayes.inference.gp_fit as gp_fit
+
+    class Sampled(Exception):
+        pass
+
+    seen = []
+
+    def record(spec, data, transform, **options):  # what NUTS would run, without running it
+        seen.append((options["num_chains"], options["num_samples"], options["warmup_steps"]))
+        raise Sampled
+
+    monkeypatch.setattr(gp_fit, "fit_nuts_draws", record)
+    data = _tiny()
+    for call in (lambda: fit(PreferenceGP(), data, method="nuts", progress_bar=False),
+                 lambda: PreferenceGP().fit(data, method="nuts", progress_bar=False),
+                 lambda: fit(PreferenceGP(), data, method="nuts", num_chains=3, progress_bar=False)):
+        with pytest.raises(Sampled):
+            call()
+    assert seen[0] == seen[1] and seen[2][0] == 3, seen
+    assert seen[0][0] == inspect.signature(fit).parameters["num_chains"].default  # as for Pyro models

@@ -85,6 +85,30 @@ def test_resume_refuses_another_model_or_source(tmp_path):
     assert session.step().round == 2  # the same model, rebuilt, continues (the failed resumes released the lock)
 
 
+def test_a_refused_resume_names_the_settings_that_differ(tmp_path):
+    """The refusal printed the stored and the given source's whole configurations (a diffusion source's
+    has twenty settings) and the models' whole reprs: which setting differed was left to the reader."""
+    source, user, _ = setup()
+    path = tmp_path / "s.db"
+    model = LinearReward(rationality=1.0, ties=True)
+    PreferenceSession(path, source, user, model=model, pool_size=8).run(1, progress_bar=False)
+    shifted = FeaturePool(source.items + 1.0)  # as many items: only the digest differs
+    with pytest.raises(InputDataError) as err:
+        PreferenceSession.resume(path, shifted, user, model=model)
+    message = str(err.value)
+    stored, given = source.config()["items_sha256"], shifted.config()["items_sha256"]
+    assert message.startswith("source: expected the session's source") and err.value.field == "source"
+    assert f"items_sha256={stored!r}" in message and f"items_sha256={given!r}" in message, message
+    assert "num_items" not in message and "kind" not in message, message
+    with pytest.raises(InputDataError) as err:
+        PreferenceSession.resume(path, source, user, model=LinearReward(rationality=1.0, ties=True, link="probit"))
+    message = str(err.value)
+    assert message.startswith("model: expected the session's model, LinearReward"), message
+    assert "link='logit'" in message and "link='probit'" in message, message
+    assert "prior_scale" not in message and "tie_prior" not in message, message
+    PreferenceSession.resume(path, source, user, model=model).close()
+
+
 def test_a_model_without_a_repr_of_its_own_is_compared_by_class(tmp_path):
     class Custom(LinearReward):
         __repr__ = object.__repr__

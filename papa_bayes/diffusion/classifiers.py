@@ -41,21 +41,41 @@ def _check_images(images: Tensor, name: str = "images") -> Tensor:
 
 
 def _warn_unit_range(name: str, images: Tensor, *, reference: Tensor | None = None) -> None:
-    """PapaBayesWarning when ``images`` look rescaled to `[0, 1]` where `[-1, 1]` is expected.
+    """PapaBayesWarning when ``images`` look rescaled to `[0, 1]`, or far off, where `[-1, 1]` is expected.
 
     The digits (and the diffusion model's samples) lie in `[-1, 1]`, their background
     at -1; diffusers pipelines and image files give `[0, 1]`, where every distance and
     classifier score silently shifts. Digits with no negative pixel are that mistake.
     Against a ``reference`` (a manifold's data, of any range), images warn when they
-    lie in `[0, 1]` while the reference has negative values. Empty batches pass.
+    lie in `[0, 1]` while the reference has negative values.
+
+    Images far outside the expected range warn too, whatever their sign: beyond the
+    range (`[-1, 1]`, or the reference's) widened by twice its width on each side,
+    e.g. 0..255 pixels (uint8 range) beside data in `[-1, 1]`; the advice is then
+    ``x / 127.5 - 1``. Empty batches pass.
     """
     if images.numel() == 0:
         return
     low, high = float(images.detach().min()), float(images.detach().max())
-    if low < 0:
+    if reference is None:
+        ref_low, ref_high, where = -1.0, 1.0, "the model's range [-1, 1]"
+    elif reference.numel() == 0:
         return
-    if reference is not None and (high > 1 or reference.numel() == 0 or float(reference.detach().min()) >= 0):
+    else:
+        ref_low, ref_high = float(reference.detach().min()), float(reference.detach().max())
+        where = f"the reference's range [{ref_low:.3g}, {ref_high:.3g}]"
+    width = ref_high - ref_low or max(abs(ref_high), 1.0)  # a constant reference: its own scale
+    if low < ref_low - 2 * width or high > ref_high + 2 * width:  # e.g. 0..255 pixels, the uint8 range
+        advice = "`x / 127.5 - 1` (0..255 pixels to [-1, 1])" if high > 2 else "the reference's scale"
+        warnings.warn(
+            f"{name}: expected images in {where}, got values in [{low:.3g}, {high:.3g}], far outside it; "
+            f"they score wrongly: rescale them, e.g. with {advice}.",
+            PapaBayesWarning,
+            stacklevel=caller_stacklevel(),
+        )
         return
+    if low < 0 or (reference is not None and (high > 1 or ref_low >= 0)):
+        return  # negative values (or a reference without any): not the [0, 1] mistake
     where = "the model's range [-1, 1]" if reference is None else "the reference's range (it has negative values)"
     warnings.warn(
         f"{name}: expected images in {where}, got values in [{low:.3g}, {high:.3g}], none negative; "

@@ -15,18 +15,22 @@ the model checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import types
+import warnings
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_finite, check_int, check_path, read_json_object, reading, shape_of
+from papa_bayes.checks import (caller_stacklevel, check_finite, check_int, check_path, read_json_object, reading,
+                               shape_of)
 from papa_bayes.diffusion.models import DiffusionModel, eval_mode
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
 __all__ = [
     "FeatureMap",
@@ -64,9 +68,7 @@ class FeatureMap(torch.nn.Module):
         h = hashlib.sha256(json.dumps([type(self).__name__, self.kind, self.config()], sort_keys=True,
                                       default=str).encode())
         for name, t in sorted(self.state_dict().items()):
-            flat = t.detach().reshape(-1)
-            h.update(f"{name}{tuple(t.shape)}".encode())
-            h.update(flat[:: max(1, flat.numel() // 4096)].to(torch.float64).cpu().numpy().tobytes())
+            _hash_tensor(h, name, t)
         return h.hexdigest()[:16]
 
     def _check_output(self, out: Tensor, n: int) -> Tensor:
@@ -75,6 +77,102 @@ class FeatureMap(torch.nn.Module):
             raise InputDataError("features", f"shape `n x d` = ({n}, {self.num_features})", shape)
         check_finite("features", out.detach())  # a NaN feature would give NaN utilities, gradients and samples
         return out
+
+
+def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    """Feed ``h`` a tensor's name, shape and at most 4,096 evenly spaced values."""
+    flat = t.detach().reshape(-1)
+    h.update(f"{name}{tuple(t.shape)}".encode())
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    h.update(flat[:: max(1, flat.numel() // 4096)].to(torch.float64).cpu().numpy().tobytes())
+
+
+_PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global names ``code`` and the functions defined in it read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _hash_module_code(h: Any, module: torch.nn.Module, depth: int = 0) -> None:
+    """Feed ``h`` a module's class, its ``forward``'s code and its plain settings (not its weights)."""
+    h.update(f"module {type(module).__module__}.{type(module).__qualname__}".encode())
+    _hash_callable(h, getattr(type(module).forward, "__code__", None), depth + 1)
+    _hash_callable(h, {k: v for k, v in vars(module).items()
+                       if isinstance(v, _PLAIN_VALUES) and not k.startswith("_") and k != "training"}, depth + 1)
+
+
+def _hash_callable(h: Any, obj: Any, depth: int = 0) -> None:
+    """Feed ``h`` what decides what ``obj`` computes, as far as it can be read.
+
+    A function enters by its module, qualified name, bytecode and constants (not its
+    line numbers), defaults, closure values and the plain values and tensors among
+    the globals it reads; a bound method by its function and its object; a
+    ``functools.partial`` by its function and arguments; a module by its class and
+    weights; any other callable by its class, its ``__call__`` and its attributes.
+    Tensors enter as in :meth:`FeatureMap.fingerprint`. Deeper than 6 levels,
+    or for what is none of these (a C extension's object), only the type enters.
+    """
+    h.update(b"|")
+    if depth > 6:
+        h.update(type(obj).__qualname__.encode())
+    elif isinstance(obj, _PLAIN_VALUES):
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+    elif isinstance(obj, Tensor):
+        _hash_tensor(h, "tensor", obj)
+    elif isinstance(obj, (tuple, list, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        h.update(f"{type(obj).__name__}{len(items)}".encode())
+        for item in items:
+            _hash_callable(h, item, depth + 1)
+    elif isinstance(obj, dict):
+        h.update(f"dict{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _hash_callable(h, obj[key], depth + 1)
+    elif isinstance(obj, types.CodeType):
+        h.update(obj.co_code + repr((obj.co_names, obj.co_argcount, obj.co_kwonlyargcount)).encode())
+        _hash_callable(h, obj.co_consts, depth + 1)
+    elif isinstance(obj, types.FunctionType):
+        h.update(f"function {obj.__module__}.{obj.__qualname__}".encode())
+        _hash_callable(h, obj.__code__, depth + 1)
+        _hash_callable(h, (obj.__defaults__, obj.__kwdefaults__), depth + 1)
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # an empty cell (a name assigned after the function was made)
+                cells.append(None)
+        _hash_callable(h, cells, depth + 1)
+        # Global values the function reads (a weight tensor, a scale), not modules or other functions.
+        read = {name: obj.__globals__[name] for name in sorted(_code_names(obj.__code__))
+                if name in obj.__globals__ and isinstance(obj.__globals__[name], (*_PLAIN_VALUES, Tensor))}
+        _hash_callable(h, read, depth + 1)
+    elif isinstance(obj, types.MethodType):
+        _hash_callable(h, (obj.__func__, obj.__self__), depth + 1)
+    elif isinstance(obj, functools.partial):
+        _hash_callable(h, (obj.func, obj.args, obj.keywords), depth + 1)
+    elif isinstance(obj, torch.nn.Module):
+        _hash_module_code(h, obj, depth)
+        for name, t in sorted(obj.state_dict().items()):
+            _hash_tensor(h, name, t)
+    elif isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType)):
+        h.update(f"{type(obj).__name__} {getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}".encode())
+        h.update(getattr(obj, "__name__", "").encode())
+    else:
+        h.update(f"object {type(obj).__module__}.{type(obj).__qualname__}".encode())
+        call = getattr(type(obj), "__call__", None)
+        if isinstance(call, types.FunctionType):
+            _hash_callable(h, call.__code__, depth + 1)
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            _hash_callable(h, state, depth + 1)
 
 
 def _check_fit_samples(name: str, samples: Any) -> Tensor:
@@ -110,6 +208,12 @@ class PCAFeatures(FeatureMap):
         std: `d` standard deviations along them, finite and > 0 (ones when not whitened).
 
     Use :meth:`fit` to build one from samples (e.g. 1024 base-model samples).
+
+    Images far beyond the scale of the fitting data warn (a PapaBayesWarning): values
+    above 10 times the largest magnitude of ``mean`` (at least 1), such as 0..255
+    pixels read by a map fitted on images in `[-1, 1]`, whose features would be
+    hundreds of standard deviations out. Inputs that need a gradient (guidance's
+    predicted clean samples, which stray far at high noise) are not checked.
 
     Raises:
         InputDataError: on tensors of mismatched shapes or with non-finite values, or
@@ -156,9 +260,28 @@ class PCAFeatures(FeatureMap):
             raise InputDataError("images", f"{self.mean.shape[0]} values per sample", flat.shape[1])
         # Integer images (uint8) would cast the statistics to integers: every feature 0.
         flat = flat if flat.is_floating_point() else flat.to(torch.float32)
+        _warn_far_scale("images", flat, self.mean)
         # The statistics follow the samples: a map fitted or loaded on the CPU reads CUDA samples too.
         dev, dt = flat.device, flat.dtype
         return ((flat - self.mean.to(dev, dt)) @ self.components.to(dev, dt).T) / self.std.to(dev, dt)
+
+
+def _warn_far_scale(name: str, flat: Tensor, mean: Tensor) -> None:
+    """PapaBayesWarning when ``flat`` reaches 10 times beyond the fitting data's scale (``mean``'s, at least 1)."""
+    # Not inside guidance (inputs that need a gradient): its predicted clean samples stray far at high noise,
+    # and a check there would cost a device sync per step. Meta tensors have no values to read.
+    if flat.numel() == 0 or flat.requires_grad or flat.device.type == "meta":
+        return
+    scale = max(1.0, float(mean.abs().max()))
+    top = float(flat.detach().abs().max())
+    if top > 10 * scale:
+        warnings.warn(
+            f"{name}: values up to {top:.4g}, far beyond the scale of the data the map was fitted on (mean within "
+            f"+-{scale:.3g}): their features lie many standard deviations out. Images in 0..255 pixels for a map "
+            "fitted on images in [-1, 1]? Rescale them with `x / 127.5 - 1`.",
+            PapaBayesWarning,
+            stacklevel=caller_stacklevel(),
+        )
 
 
 class _StopForward(Exception):
@@ -194,7 +317,10 @@ class MidBlockFeatures(FeatureMap):
 
     Raises:
         InputDataError: on a ``model`` that is not a DiffusionModel or conditions each
-            sample on its own row, or a ``timestep`` / ``num_features`` out of range.
+            sample on its own row, or a ``timestep`` / ``num_features`` out of range;
+            when mapping or fitting, on samples that are not `n x C x H x W` of the
+            model's ``sample_shape`` (its UNet's ``sample_size``; a latent model's
+            latents, not decoded images).
         ModelError: on a denoiser without a ``mid_block``.
     """
 
@@ -236,15 +362,21 @@ class MidBlockFeatures(FeatureMap):
         self._project = num_features is not None
 
     def _check_samples(self, name: str, x: Any) -> Tensor:
-        """``x`` unless not `n x C x h x w` with the model's ``C`` channels: then InputDataError."""
-        channels = self.model.sample_shape[0]
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != channels:
+        """``x`` unless not `n x C x H x W` of the model's ``sample_shape``: then InputDataError.
+
+        The denoiser, being convolutional, would run on another size too, but its
+        mid-block would then see other content at every position: features unlike the
+        fitted ones (and a latent model's decoded images, not its latents, fail so).
+        """
+        c, hgt, wid = self.model.sample_shape
+        if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (c, hgt, wid):
             found = shape_of(x)
-            raise InputDataError(name, f"a tensor of diffused samples `n x {channels} x h x w`", found)
+            raise InputDataError(name, f"a tensor of diffused samples `n x {c} x {hgt} x {wid}` (the model's "
+                                 "sample_shape)", found)
         return x
 
     def pooled(self, x: Tensor) -> Tensor:
-        """`n x C` spatially averaged mid-block activations (not standardized) of `n x C x h x w` samples.
+        """`n x C` spatially averaged mid-block activations (not standardized) of `n x C x H x W` samples.
 
         The denoiser reads the samples on its own device, in its own dtype (a bfloat16
         one too) and in eval mode; the activations come back on the denoiser's device,
@@ -279,8 +411,8 @@ class MidBlockFeatures(FeatureMap):
 
         Raises:
             InputDataError: on fewer than 2 samples (at least ``num_features`` when
-                projecting), non-finite ones, a wrong channel count, or a
-                ``batch_size`` that is not an integer >= 1.
+                projecting), non-finite ones, a shape other than the model's
+                ``sample_shape``, or a ``batch_size`` that is not an integer >= 1.
         """
         batch_size = check_int("batch_size", batch_size)
         samples = _check_fit_samples("samples", self._check_samples("samples", samples))
@@ -324,6 +456,15 @@ class CallableFeatures(FeatureMap):
         num_features: ``d``.
         input_space: ``"image"`` (decoded images) or ``"sample"`` (diffused tensor).
         name: a label stored in the saved config.
+
+    Its :meth:`fingerprint` covers the callable itself, so that two different lambdas
+    of one dimension do not pass for one map: a function's module, qualified name,
+    bytecode and constants, defaults, closure values and the plain values and tensors
+    among the globals it reads; a module's class, ``forward`` code, plain settings and
+    weights; a bound method's object, a ``functools.partial``'s arguments. It is
+    stable across runs of one Python version (bytecode differs between versions), and
+    blind to what the callable reaches beyond that (an attribute of a global object,
+    a file it reads): give such callables distinct ``name`` s.
     """
 
     kind = "callable"
@@ -348,6 +489,15 @@ class CallableFeatures(FeatureMap):
 
     def config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "input_space": self.input_space, "name": self.name}
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings, the weights and the callable's identity (see the class docstring)."""
+        h = hashlib.sha256(super().fingerprint().encode())
+        if isinstance(self.fn, torch.nn.Module):  # its weights entered with the map's own state_dict
+            _hash_module_code(h, self.fn)
+        else:
+            _hash_callable(h, self.fn)
+        return h.hexdigest()[:16]
 
 
 class ConcatFeatures(FeatureMap):
@@ -476,13 +626,16 @@ def load_feature_map(
     Args:
         directory: the folder; defaults to the PCA map shipped with the base model.
         model: the diffusion model, needed by :class:`MidBlockFeatures`.
-        fn: the callable, needed by :class:`CallableFeatures` (its weights are restored
-            when it is a module and weights were saved).
+        fn: the callable, needed by :class:`CallableFeatures` and only by it: a
+            ``torch.nn.Module`` when the map was saved with weights (they are restored
+            into it), any callable otherwise.
 
     Raises:
         InputDataError: when the folder holds no feature map (or an unreadable one),
             ``model``/``fn`` is missing, ``model``'s mid-block differs from the one
-            the map was fitted on, or ``fn``'s weights do not match the saved ones.
+            the map was fitted on, ``fn``'s weights do not match the saved ones, or
+            ``fn`` would be ignored: given for a map that is no callable one, or not
+            a module where weights were saved (the weights could not be restored).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -502,6 +655,9 @@ def load_feature_map(
                      errors=(OSError, ValueError, SafetensorError)):
             tensors = load_file(str(weights))
     kind = config.get("kind")
+    if fn is not None and kind in ("pca", "midblock"):  # silently unused: not the map the caller meant
+        raise InputDataError("fn", f"None for the {kind} map in {str(root)} (fn is for a map saved from a "
+                             "CallableFeatures)", getattr(fn, "__name__", type(fn).__name__))
     needed = {"midblock": ("timestep", "num_features"), "callable": ("num_features",)}.get(kind, ())
     if missing := [key for key in needed if key not in config]:
         raise InputDataError("feature_map.json", f"a {kind} map's settings {list(needed)}", f"{str(root)} without {missing}")
@@ -535,7 +691,11 @@ def load_feature_map(
     if kind == "callable":
         if fn is None:
             raise InputDataError("fn", f"the callable of the saved map {config.get('name')!r}", None)
-        if tensors and isinstance(fn, torch.nn.Module):
+        if tensors and not isinstance(fn, torch.nn.Module):  # the saved weights would be dropped, silently
+            raise InputDataError("fn", f"a torch.nn.Module to restore the {len(tensors)} saved weight tensors of the "
+                                 f"map {config.get('name')!r} into ({str(root)} holds `feature_map.safetensors`)",
+                                 f"a {type(fn).__name__} {getattr(fn, '__name__', '')}".rstrip())
+        if tensors:
             try:
                 fn.load_state_dict(tensors)
             except RuntimeError as err:  # missing, unexpected or resized weights: another module than was saved

@@ -18,7 +18,8 @@ saturating region objective, so that a sample already surely liked feels no push
 per-sample normalization alone would undo the saturation).
 
 The range guard keeps the shift from pushing any value outside the data range
-(``clamp``) without clipping what the base model predicts itself.
+(``clamp``; by default the pixel range of a pixel model, none for a latent one)
+without clipping what the base model predicts itself.
 """
 
 from __future__ import annotations
@@ -90,13 +91,25 @@ class Guidance:
             91% at 0.93 (and scale 3, 99% at 0.91).
         schedule: name in :data:`SCHEDULES` or a callable of the progress in `[0, 1)`
             returning a finite multiplier >= 0.
-        clamp: `(low, high)` data range the shift may not push values out of
-            (None for latents or unbounded data).
+        clamp: `(low, high)` data range the shift may not push values out of,
+            None for none, or ``"auto"`` (default): the pixel range `(-1, 1)` for a
+            model whose samples are its images (:class:`~papa_bayes.diffusion.PixelDiffusion`),
+            none for a latent model (latents have no such range: the pixel range cut
+            a :class:`~papa_bayes.diffusion.LatentDiffusion`'s guidance silently).
+
+    The normalizer makes ``scale`` the total push whatever the number of steps, but
+    its *effect* still weakens as the steps grow: every later denoiser pass pulls
+    part of each push back toward the data, and more steps make more such passes.
+    On the digits (a region objective of a posterior of 30 labels, window
+    `(0, 0.8)`, 128 samples from the same noise; unguided P(region) 0.36), scale 1.0
+    gave P(region) 0.79 / 0.73 / 0.67 at 10 / 20 / 50 DDIM steps; at 50 steps scales
+    1.25 / 1.5 / 2.0 gave 0.72 / 0.77 / 0.82. Choose a scale at the step count it
+    will sample with (as :class:`~papa_bayes.diffusion.DiffusionCandidates` does).
 
     Raises:
         InputDataError: on an objective that is not callable, an unknown ``mode`` or
-            ``schedule``, a ``window`` or ``clamp`` that is not a pair of numbers in
-            order, a bad ``scale``; at sampling time, on objective values of the
+            ``schedule``, a ``window`` that is not a pair of numbers in order, a
+            ``clamp`` that is not one, None or ``"auto"``, a bad ``scale``; at sampling time, on objective values of the
             wrong shape or without a gradient, push weights outside `[0, 1]`, or a
             schedule value that is not a finite number >= 0.
 
@@ -134,7 +147,7 @@ class Guidance:
         mode: str = "x0",
         window: tuple[float, float] = (0.0, 0.5),
         schedule: str | Callable[[float], float] = "constant",
-        clamp: tuple[float, float] | None = (-1.0, 1.0),
+        clamp: tuple[float, float] | str | None = "auto",
     ) -> None:
         if not callable(objective):
             raise InputDataError("objective", "a callable of images", type(objective).__name__)
@@ -152,10 +165,11 @@ class Guidance:
         self.mode = mode
         self.window = (start, stop)
         self.schedule = schedule
-        if clamp is not None:
-            low, high = _number_pair("clamp", clamp, "`(low, high)` with low < high, or None")
+        if clamp is not None and not (isinstance(clamp, str) and clamp == "auto"):
+            expected = "`(low, high)` with low < high, None or 'auto'"
+            low, high = _number_pair("clamp", clamp, expected)
             if not low < high:
-                raise InputDataError("clamp", "`(low, high)` with low < high, or None", clamp)
+                raise InputDataError("clamp", expected, clamp)
             clamp = (low, high)
         self.clamp = clamp
         self._normalizer = 1.0
@@ -235,13 +249,21 @@ class Guidance:
         factor = self.scale / self._normalizer * self.multiplier(step, num_steps) * size * w.to(flat.dtype) / norm
         shift = (factor.view(-1, *([1] * (grad.ndim - 1))) * unit.view_as(grad)).to(x0.dtype)
         guided = x0 + shift
-        if self.clamp is not None:
-            low, high = self.clamp
+        data_range = self.data_range(model)
+        if data_range is not None:
+            low, high = data_range
             # The shift may not carry a value out of range; the base prediction is kept.
             guided = torch.where(shift > 0, torch.minimum(guided, x0.clamp_min(high)),
                                  torch.maximum(guided, x0.clamp_max(low)))
         eps = (x_t - alpha_bar.sqrt() * guided) / (1 - alpha_bar).sqrt()
         return guided, eps.to(x0.dtype), guided - x0
+
+    def data_range(self, model: DiffusionModel) -> tuple[float, float] | None:
+        """The `(low, high)` range the shift keeps ``model``'s samples in (None: none), ``clamp`` resolved."""
+        if self.clamp != "auto":
+            return self.clamp
+        # Samples that are the images (no decoder of their own) are pixels in [-1, 1]; decoded ones are latents.
+        return (-1.0, 1.0) if type(model).decode is DiffusionModel.decode else None
 
     def _input(self, model: DiffusionModel, x0: Tensor) -> Tensor:
         """What the objective reads: decoded images, or the diffused sample itself."""

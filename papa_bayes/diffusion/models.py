@@ -109,6 +109,30 @@ def check_scheduler(unet: torch.nn.Module, scheduler: Any) -> None:
             or len(scheduler.alphas_cumprod) != num_train:
         raise ModelError(f"The scheduler's num_train_timesteps must be an integer >= 1 (one alpha_cumprod per "
                          f"training timestep), got {num_train!r}.")
+    _check_terminal_snr(scheduler, prediction)
+
+
+#: Below this cumulative alpha the last training timestep counts as pure noise (zero terminal SNR): diffusers'
+#: ``rescale_betas_zero_snr`` gives exactly 0, the usual schedules 4e-5 (linear) to 2e-9 (cosine).
+ZERO_SNR_ALPHA_BAR = 1e-12
+
+
+def _check_terminal_snr(scheduler: Any, prediction: str) -> None:
+    """ModelError for noise prediction on a schedule whose last timestep is pure noise (zero terminal SNR).
+
+    There ``x_t`` holds nothing of ``x0`` and ``x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)``
+    divides by zero: the samples came out NaN, silently, once a step ran there
+    ("trailing" spacing). Lin et al. 2024 ("Common Diffusion Noise Schedules and
+    Sample Steps are Flawed"), whom diffusers' ``rescale_betas_zero_snr`` follows,
+    pair it with v-prediction.
+    """
+    alpha_bar = float(scheduler.alphas_cumprod[-1])
+    if prediction == "epsilon" and not alpha_bar >= ZERO_SNR_ALPHA_BAR:  # NaN too
+        raise ModelError(f"The scheduler's last timestep has zero signal-to-noise ratio (alphas_cumprod[-1] = "
+                         f"{alpha_bar:.3g}, e.g. rescale_betas_zero_snr=True) with prediction_type 'epsilon': the "
+                         "clean sample cannot be recovered from predicted noise there (NaN samples). Use a "
+                         "denoiser trained with prediction_type 'v_prediction' (or 'sample'), or a schedule "
+                         "without zero terminal SNR.")
 
 
 class DiffusionModel:
@@ -124,8 +148,10 @@ class DiffusionModel:
     Raises:
         InputDataError: on a ``unet`` that is not a torch module.
         ModelError: on another scheduler class, an unsupported ``prediction_type``,
-            ``num_train_timesteps < 1``, a learned ``variance_type`` or a denoiser
-            whose ``out_channels`` differ from its ``in_channels``.
+            ``num_train_timesteps < 1``, a learned ``variance_type``, a denoiser
+            whose ``out_channels`` differ from its ``in_channels``, or
+            ``prediction_type="epsilon"`` on a zero-terminal-SNR schedule
+            (``rescale_betas_zero_snr=True``: it needs ``"v_prediction"``).
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any) -> None:

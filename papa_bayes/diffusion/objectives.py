@@ -39,6 +39,29 @@ OBJECTIVES = ("mean", "ucb", "thompson", "region")
 REGION_METHODS = ("share", "smooth", "gaussian")
 
 
+def _check_fingerprint(posterior: Any, feature_map: Any, given: str | None) -> str | None:
+    """The feature map's fingerprint, or InputDataError where it is not the one the posterior's features had.
+
+    The posterior's is ``given`` or its ``feature_fingerprint`` attribute (a str);
+    None when neither is known (or the map has no fingerprint to compare).
+    """
+    if given is not None and not isinstance(given, str):
+        raise InputDataError("feature_fingerprint", "None or a str (a FeatureMap's fingerprint())",
+                             type(given).__name__)
+    recorded = getattr(posterior, "feature_fingerprint", None)
+    known = [(name, v) for name, v in (("feature_fingerprint", given), ("posterior.feature_fingerprint", recorded))
+             if isinstance(v, str)]
+    if not known or not callable(getattr(feature_map, "fingerprint", None)):
+        return None
+    fingerprint = feature_map.fingerprint()  # only when needed: a large encoder's weights take a moment
+    for name, value in known:
+        if fingerprint != value:
+            kind = getattr(feature_map, "kind", "") or type(feature_map).__name__
+            raise InputDataError("feature_map", f"the feature map the posterior's items were computed with "
+                                 f"(fingerprint {value}, from {name})", f"a {kind} map with fingerprint {fingerprint}")
+    return fingerprint
+
+
 class PosteriorObjective:
     """A guidance objective `n` of images from a reward posterior and a feature map.
 
@@ -53,11 +76,19 @@ class PosteriorObjective:
         temperature: sigmoid width of ``"region"`` (a finite number > 0), relative to
             each draw's spread of utility under base samples (absolute when
             ``threshold`` is given and no calibration ran).
+        feature_fingerprint: the :meth:`~papa_bayes.diffusion.FeatureMap.fingerprint`
+            of the map the posterior's items were computed with, e.g. a session's
+            ``source.config()["feature_map"]["fingerprint"]`` (as a store keeps it).
+            A posterior with a ``feature_fingerprint`` attribute (a str) gives it too.
+            When known, ``feature_map`` must have that fingerprint: a map of the same
+            dimension but other features (pixel PCA for mid-block, another encoder)
+            would steer by a reward it was never fitted to, silently.
 
     Raises:
         InputDataError: when the feature map's dimension differs from the posterior's,
-            the posterior has no draws (fewer than 2 for ``"ucb"``), or on an unknown
-            ``kind`` / bad ``kappa``, ``temperature`` or ``threshold``.
+            or its fingerprint from a known ``feature_fingerprint``, the posterior has
+            no draws (fewer than 2 for ``"ucb"``), or on an unknown ``kind`` / bad
+            ``kappa``, ``temperature``, ``threshold`` or ``feature_fingerprint``.
 
     Example:
         A posterior fitted to a simulated person's ratings of base samples, on the
@@ -91,6 +122,7 @@ class PosteriorObjective:
         kappa: float = 1.0,
         threshold: float | Tensor | None = None,
         temperature: float = 0.1,
+        feature_fingerprint: str | None = None,
     ) -> None:
         if kind not in OBJECTIVES:
             raise InputDataError("kind", f"one of {OBJECTIVES}", kind)
@@ -103,6 +135,7 @@ class PosteriorObjective:
             raise InputDataError(
                 "feature_map", f"num_features equal to the posterior's ({posterior.num_features})", d_phi
             )
+        self.feature_fingerprint = _check_fingerprint(posterior, feature_map, feature_fingerprint)
         num_draws = posterior.num_draws
         if isinstance(num_draws, bool) or not isinstance(num_draws, numbers.Integral) or num_draws < 1:
             raise InputDataError("posterior", "a RewardPosterior with num_draws >= 1", num_draws)

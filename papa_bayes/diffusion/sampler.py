@@ -36,7 +36,7 @@ from papa_bayes.checks import (
     shape_of,
 )
 from papa_bayes.diffusion.models import PREDICTION_TYPES, DiffusionModel, eval_mode, same_device
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.exceptions import InputDataError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from papa_bayes.diffusion.guidance import Guidance
@@ -253,16 +253,20 @@ def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, de
 
 
 def _step_noise_generators(generator: torch.Generator | None, num_samples: int) -> list[torch.Generator]:
-    """One generator per sample for the noise of stochastic steps, seeded from ``generator`` in one draw.
+    """One generator per sample for the noise of stochastic steps, derived from ``generator``'s state.
 
     The scheduler's ``step`` draws a batch's noise from a list of generators row by
     row (diffusers' ``randn_tensor``), so sample ``i`` gets the same noise whatever
-    the batch it is denoised in. The global CPU generator seeds them when
-    ``generator`` is None.
+    the batch it is denoised in. Sample ``i``'s generator is seeded by a hash of the
+    caller's state (the global CPU one when ``generator`` is None) and ``i``, which
+    does not advance it: the seeds were once drawn from ``generator`` after the
+    `n`-sized initial noise, so sample ``i`` changed with ``num_samples``.
     """
+    state = generator.get_state() if generator is not None else torch.get_rng_state()
+    root = hashlib.sha256(b"papa_bayes.step_noise" + state.cpu().numpy().tobytes()).digest()
     device = generator.device if generator is not None else torch.device("cpu")
-    seeds = torch.randint(0, 2**63 - 1, (num_samples,), generator=generator, device=device).tolist()
-    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    seeds = (hashlib.sha256(root + i.to_bytes(8, "little")).digest() for i in range(num_samples))
+    return [torch.Generator(device=device).manual_seed(int.from_bytes(d[:8], "little") & (2**63 - 1)) for d in seeds]
 
 
 @renamed_option("progress", "progress_bar")
@@ -292,11 +296,13 @@ def sample(
             the base model.
         generator: on the CPU or the model's device; seeds the initial noise,
             stochastic steps (DDPM, DDIM with ``eta > 0``: each sample's step noise
-            from a generator of its own, seeded from this one, so that sample ``i``
-            does not depend on ``batch_size``) and any per-sample randomness of the
+            from a generator of its own, derived from this one's state and the
+            sample's index, so that sample ``i`` depends on neither ``batch_size``
+            nor ``num_samples``) and any per-sample randomness of the
             guidance (Thompson draws, from :func:`guidance_generator`, which leaves
-            the noise stream as unguided sampling draws it). Same generator state,
-            same samples (on the same device and library versions).
+            the noise stream as unguided sampling draws it). Only the initial noise
+            advances it. Same generator state, same samples (on the same device and
+            library versions).
         eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
             variance); ignored by DDPM.
         batch_size: samples denoised at once; the samples do not depend on it.
@@ -319,6 +325,8 @@ def sample(
             ``return_trajectory`` or ``progress_bar`` that is not True or False, a
             ``generator`` that is not a torch.Generator on the CPU or the model's
             device, or a ``guidance`` that is not a Guidance.
+        ModelError: when the samples or decoded images come out NaN or infinite
+            (instead of returning them).
     """
     from diffusers import DDPMScheduler
 
@@ -341,21 +349,31 @@ def sample(
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(num_inference_steps, device=device)
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    # Derived before any draw, from the generator as passed; it never advances `generator`.
+    # Derived before any draw, from the generator as passed; neither advances `generator`, which moves by the
+    # initial noise alone (whatever the scheduler), and sample i's step noise does not depend on num_samples.
     guidance_gen = guidance_generator(generator) if guidance is not None else None
+    stochastic = isinstance(scheduler, DDPMScheduler) or eta > 0
+    step_generators = _step_noise_generators(generator, num_samples) if stochastic else None
     if initial_noise is None:
         initial_noise = _initial_noise(shape, generator, device, dtype)
     if guidance is not None:
         guidance.begin_trajectory(step_gains(scheduler, alphas, eta=eta))
     step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
-    # DDIM draws no step noise at eta 0: the caller's generator then advances by the initial noise alone.
-    stochastic = isinstance(scheduler, DDPMScheduler) or eta > 0
-    step_generators = _step_noise_generators(generator, num_samples) if stochastic else None
     total = math.ceil(num_samples / batch_size) * len(scheduler.timesteps)
     # The bar closes when a step raises too (a guidance's error, a NaN feature): else it stays half drawn.
     with eval_mode(model), tqdm(total=total, desc="sampling", disable=not progress_bar, leave=False) as bar:
         return _sample_batches(model, scheduler, initial_noise, guidance, guidance_gen, step_generators,
                                step_kwargs, batch_size, return_trajectory, bar)
+
+
+def _check_finite_samples(samples: Tensor, images: Tensor, start: int, prediction_type: str) -> None:
+    """ModelError when a batch's final samples or decoded images hold NaN or infinite values."""
+    for what, values in (("samples", samples), ("decoded images", images)):
+        if not bool(torch.isfinite(values).all()):
+            raise ModelError(
+                f"The sampler produced NaN or infinite {what} (batch from sample {start}), with prediction_type "
+                f"{prediction_type!r}. Causes: a zero-terminal-SNR schedule with epsilon prediction, an overflow "
+                "in float16 (sample in float32), or a diverged denoiser.")
 
 
 def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor, guidance: Guidance | None,
@@ -391,6 +409,7 @@ def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor
             bar.update(1)
         with torch.no_grad():
             decoded = batch_model.decode(x)
+        _check_finite_samples(x, decoded, start, model.prediction_type)
         samples.append(x)
         images.append(decoded.detach())
         if traj is not None:

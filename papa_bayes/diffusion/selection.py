@@ -25,6 +25,7 @@ pool's best quarter, so the guidance may be mild and the pool diverse
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -176,6 +177,46 @@ def select_preferred(
     return chosen
 
 
+_GUARD = "None, a ManifoldGuard or a callable of `n` images returning `n` bool verdicts"
+
+
+def _check_guard(guard: Any, model: Any) -> None:
+    """InputDataError (naming ``guard``) for a guard that cannot judge ``model``'s images, before any sampling.
+
+    A class (``ManifoldGuard`` itself) is callable but builds a guard from the images;
+    a :class:`ManifoldGuard` of a pixel model must hold as many values per reference
+    image as the model's images (a latent model's decoded size is known only after).
+    """
+    if guard is None:
+        return
+    if isinstance(guard, type) or not callable(guard):
+        found = f"the class {guard.__name__}" if isinstance(guard, type) else type(guard).__name__
+        raise InputDataError("guard", _GUARD + " (e.g. ManifoldGuard(reference_images))", found)
+    if isinstance(guard, ManifoldGuard) and isinstance(model, DiffusionModel) \
+            and type(model).decode is DiffusionModel.decode:  # the samples are the images
+        _check_guard_size(guard, math.prod(model.sample_shape))
+
+
+def _check_guard_size(guard: ManifoldGuard, values: int) -> None:
+    if guard.reference[0].numel() != values:
+        raise InputDataError("guard", f"a ManifoldGuard whose reference images have {values} values each, like "
+                             "the model's images", f"reference images of shape {tuple(guard.reference.shape[1:])}")
+
+
+def _guard_verdicts(guard: Any, images: Tensor) -> Tensor:
+    """`n` bool verdicts of ``guard`` on ``images`` (all True without one), or InputDataError naming ``guard``."""
+    n = images.shape[0]
+    if guard is None:
+        return torch.ones(n, dtype=torch.bool)
+    if isinstance(guard, ManifoldGuard):
+        _check_guard_size(guard, images[0].numel())
+    on = guard(images)
+    if not isinstance(on, Tensor) or on.dtype != torch.bool or tuple(on.shape) != (n,):
+        found = (on.dtype, tuple(on.shape)) if isinstance(on, Tensor) else type(on).__name__
+        raise InputDataError("guard", f"{_GUARD}; it returned other than a bool tensor of shape ({n},)", found)
+    return on
+
+
 @renamed_option("progress", "progress_bar")
 def sample_preferred(
     model: DiffusionModel,
@@ -203,7 +244,8 @@ def sample_preferred(
             guidance objective's ``region_probability`` when it has one. Without one,
             every candidate counts as preferred (probability 1 in the filter, NaN in
             the result).
-        guard: a :class:`ManifoldGuard`; None keeps every candidate's quality as is.
+        guard: a :class:`ManifoldGuard` (or a callable of `n` images returning `n`
+            bool verdicts); None keeps every candidate's quality as is.
         oversample: pool size / ``num_samples`` (>= 1).
         min_probability: eligibility threshold of the preference filter. Stricter
             keeps only the samples the posterior is surest about, which early on are
@@ -223,17 +265,19 @@ def sample_preferred(
         :class:`PreferredSamples`.
 
     Raises:
-        InputDataError: on a bad number, a ``guidance`` that is not a Guidance, or a
-            ``guard`` / ``probability`` that is not callable (checked before sampling),
-            or when ``probability`` returns other than `n` values in `[0, 1]` (NaN included).
+        InputDataError: on a bad number, a ``guidance`` that is not a Guidance, a
+            ``guard`` that is not one (a class, a ManifoldGuard whose reference images
+            differ in size from a pixel model's) or a ``probability`` that is not
+            callable (all checked before sampling); when ``probability`` returns other
+            than `n` values in `[0, 1]` (NaN included) or ``guard`` other than `n`
+            bool verdicts.
         ModelError: before sampling, when ``probability`` is None and the guidance
             objective is a :class:`PosteriorObjective` without a region (neither
             ``threshold=`` nor :meth:`~PosteriorObjective.calibrate`).
     """
     if guidance is not None and not isinstance(guidance, Guidance):  # a bare objective: AttributeError below
         raise InputDataError("guidance", "None or a Guidance (e.g. Guidance(objective))", type(guidance).__name__)
-    if guard is not None and not callable(guard):
-        raise InputDataError("guard", "None or a ManifoldGuard (a callable of images)", type(guard).__name__)
+    _check_guard(guard, model)
     if probability is not None and not callable(probability):
         raise InputDataError("probability", "None or a callable of images", type(probability).__name__)
     num_samples = check_int("num_samples", num_samples)
@@ -262,9 +306,9 @@ def sample_preferred(
     else:  # no probability: every candidate counts as preferred
         p = torch.full((pool,), float("nan"), dtype=torch.float64)
         filt = torch.ones(pool, dtype=torch.float64)
-    on = guard(out.images) if guard is not None else torch.ones(pool, dtype=torch.bool)
+    # On the CPU, as select_preferred reads them: a guard's verdicts may come on the images' device.
+    on = _guard_verdicts(guard, out.images).to("cpu")
     idx = select_preferred(filt, num_samples, on_manifold=on, min_probability=min_probability, generator=generator)
-    on = on.to("cpu")  # as select_preferred read it: a guard's verdicts may come on the images' device
     eligible = int(_eligible(filt, on, min_probability).sum())
     return PreferredSamples(
         images=out.images[idx],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
 import pyro
 import pyro.infer
@@ -29,6 +32,12 @@ __all__ = ["fit", "prior_posterior", "METHODS"]
 
 METHODS = ("nuts", "svi", "laplace")
 
+# NUTS chains unless asked otherwise, for Pyro models and PreferenceGP alike: fit(PreferenceGP(), data,
+# method="nuts") ran 2 chains and PreferenceGP().fit(data, method="nuts") 1.
+NUTS_NUM_CHAINS = 2
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
 
 def fit(
     model: Any,
@@ -37,7 +46,7 @@ def fit(
     method: str | None = None,
     num_samples: int | None = None,
     warmup_steps: int | None = None,
-    num_chains: int = 2,
+    num_chains: int = NUTS_NUM_CHAINS,
     num_steps: int | None = None,
     learning_rate: float = 0.02,
     seed: int = 0,
@@ -59,9 +68,11 @@ def fit(
             (``PreferenceGP``: ``"elbo"`` or ``"nuts"``; ``PairwiseGPReward``:
             ``"laplace"``).
         num_samples: draws per chain (NUTS, default 500, at least 4) or in total
-            (SVI, Laplace; default 1000).
-        warmup_steps: NUTS warm-up per chain (default 300, 150 for an update; started at the Laplace mode).
-        num_chains: NUTS chains, run one after another.
+            (SVI, Laplace; default 1000). GP models: their own defaults (``PreferenceGP``:
+            200 per NUTS chain, 512 ELBO draws; ``PairwiseGPReward``: 512).
+        warmup_steps: NUTS warm-up per chain (default 300, 150 for an update; started at the Laplace mode;
+            ``PreferenceGP``: 200, 100 for an update).
+        num_chains: NUTS chains, run one after another (default 2, for GP models as for Pyro models).
         num_steps: SVI steps (default 1000 from the Laplace start; 200 for an update).
         learning_rate: SVI Adam learning rate.
         seed: an integer in [0, 2**32 - 1]; seeds every random draw of the fit (the
@@ -97,9 +108,15 @@ def fit(
             :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets
             ``scale_ess`` (the effective share of the scale's proposals). Not with
             ``refine_steps``. False (default): the joint Laplace fit.
+        **model_options: further options of a GP model's own fit (e.g. ``batch_size`` of
+            :func:`~papa_bayes.inference.gp_fit.fit_preference_gp`); none for Pyro models.
 
     Returns:
         A :class:`RewardPosterior`.
+
+    Raises:
+        InputDataError: an option out of range, or one neither ``fit`` nor the model's fit takes
+            (a misspelt name: the error lists the options there are).
 
     Example:
         NUTS, the reference (short chains to keep the example fast; the defaults
@@ -143,16 +160,16 @@ def fit(
             gp_options = {k: v for k, v in gp_options.items() if v is not None}
             # Set away from fit's defaults (or NUTS's chains): passed on, and the model's fit warns
             # where its method does not use them, as below for Pyro models.
-            if method == "nuts" or num_chains != 2:
+            if method == "nuts" or num_chains != NUTS_NUM_CHAINS:
                 gp_options["num_chains"] = num_chains
             if learning_rate != 0.02:
                 gp_options["learning_rate"] = learning_rate
             return model.fit(data, method=method, seed=seed, progress_bar=progress_bar, **gp_options, **model_options)
         raise InputDataError("model", "a PyroRewardModel or a model with .fit(data)", type(model).__name__)
     if model_options:
-        names = ", ".join(sorted(model_options))
-        raise InputDataError(names, f"only fit's own options for {type(model).__name__} (further options go to "
-                             "GP models' own fit)", f"{names}={list(model_options.values())!r}")
+        own = [name for name, p in inspect.signature(fit).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        check_option_names(model_options, own, where=f"only fit's own options for {type(model).__name__}",
+                           note="further options go to GP models' own fit", model=model)
     method = "laplace" if method is None else method
     if method not in METHODS:
         raise InputDataError("method", f"one of {METHODS}", method)
@@ -163,7 +180,7 @@ def fit(
     if progress_bar is None:
         progress_bar = method == "nuts"
     ignored = [name for name, used_by, value, default in (
-        ("warmup_steps", "nuts", warmup_steps, None), ("num_chains", "nuts", num_chains, 2),
+        ("warmup_steps", "nuts", warmup_steps, None), ("num_chains", "nuts", num_chains, NUTS_NUM_CHAINS),
         ("num_steps", "svi", num_steps, None), ("learning_rate", "svi", learning_rate, 0.02),
     ) if method != used_by and value != default]
     if ignored:  # a Pyro user's num_chains=4 for Laplace would otherwise vanish without a word
@@ -203,7 +220,7 @@ def prior_posterior(
         raise InputDataError("data", "items without answers (the prior is before any answer; fit() uses them)",
                              f"{data.num_comparisons} comparisons and {data.num_ratings} ratings")
     # fit's defaults; not fit itself, which refuses data without answers.
-    opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=2, num_steps=None,
+    opts = dict(num_samples=num_samples, warmup_steps=None, num_chains=NUTS_NUM_CHAINS, num_steps=None,
                 learning_rate=0.02, seed=seed, progress_bar=False, refine_steps=refine_steps)
     return _fit_laplace(model, data, opts, None)
 
@@ -242,6 +259,63 @@ def check_fit_options(**options: Any) -> tuple[Any, ...]:
         checked[name] = check_int(name, value, minimum=low, maximum=high,
                                   expected=bound + ("" if required else " or None (the default)"))
     return tuple(checked.values())
+
+
+def check_option_names(options: dict[str, Any], accepted: Iterable[str], *, where: str, note: str = "",
+                       model: Any = None) -> None:
+    """InputDataError naming the ``options`` that are none of ``accepted`` (and the options that are).
+
+    Args:
+        options: the keyword arguments given.
+        accepted: the names taken.
+        where: whose options they are (``"PreferenceGP's fit options"``).
+        note: added to the expectation, in parentheses.
+        model: a model whose constructor's arguments, given to a fit, are named as such.
+
+    Raises:
+        InputDataError: field the unknown names, expected the accepted ones (and the nearest name of
+            each unknown one), actual the value (a dict of them where several are unknown).
+    """
+    accepted = list(accepted)
+    unknown = [name for name in options if name not in accepted]
+    if not unknown:
+        return
+    # A model's own argument given to its fit (num_inducing=...), or a misspelt one, is named as the model's.
+    init = [] if model is None else [
+        name for name, p in inspect.signature(type(model).__init__).parameters.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    hints = []
+    for name in unknown:
+        if name in init:
+            hints.append(f"{name} is an argument of {type(model).__name__}({name}=...)")
+            continue
+        for close in difflib.get_close_matches(name, accepted + init, n=1):
+            hints.append(f"{name}: did you mean {close}?" if close in accepted
+                         else f"{name}: did you mean {type(model).__name__}({close}=...)?")
+    extra = "; ".join(([note] if note else []) + hints)
+    expected = f"{where}, one of {accepted}" + (f" ({extra})" if extra else "")
+    actual = options[unknown[0]] if len(unknown) == 1 else {name: options[name] for name in unknown}
+    raise InputDataError(", ".join(unknown), expected, actual)
+
+
+def named_options(func: _Function) -> _Function:
+    """Decorator: a call of ``func(model, data, **options)`` with an option ``func`` does not take raises
+    InputDataError listing those it takes (not Python's bare TypeError, which names an internal function).
+
+    For the GP models' fits, which :func:`fit` hands its further options to.
+    """
+    parameters = inspect.signature(func).parameters
+    accepted = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+    @functools.wraps(func)
+    def checked(*args: Any, **options: Any) -> Any:
+        model = args[0] if args else None
+        where = f"an option of {type(model).__name__}'s fit" if model is not None else f"an option of {func.__name__}"
+        check_option_names({k: v for k, v in options.items() if k not in parameters}, accepted, where=where,
+                           model=model)
+        return func(*args, **options)
+
+    return checked  # type: ignore[return-value]
 
 
 def _check_refine_steps(refine_steps: Any, method: str) -> int:

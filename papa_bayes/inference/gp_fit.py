@@ -21,7 +21,7 @@ from torch import Tensor
 from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, PapaBayesWarning
-from papa_bayes.inference.fit import check_fit_options
+from papa_bayes.inference.fit import NUTS_NUM_CHAINS, check_fit_options, named_options
 from papa_bayes.inference.gp_elbo import TrainingData, train_elbo
 from papa_bayes.inference.gp_nuts import fit_nuts_draws, seeded
 from papa_bayes.inference.gp_paths import PathwiseDraws, draw_frequencies
@@ -36,6 +36,12 @@ from papa_bayes.models.gp_kernels import (
 )
 
 __all__ = ["fit_preference_gp", "update_gp_posterior", "seeded"]
+
+
+# PreferenceGP's NUTS defaults, through fit() and PreferenceGP.fit alike: draws and warm-up steps per chain
+# (warm-up of an update: half). The chains are fit's (NUTS_NUM_CHAINS).
+NUTS_NUM_SAMPLES = 200
+NUTS_WARMUP_STEPS = 200
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -131,6 +137,7 @@ def _variational_posterior(
     )
 
 
+@named_options
 def fit_preference_gp(
     spec: PreferenceGP,
     data: PreferenceData,
@@ -145,7 +152,7 @@ def fit_preference_gp(
     natural_lr: float = 0.3,
     optimizer: str = "auto",
     warmup_steps: int | None = None,
-    num_chains: int = 1,
+    num_chains: int = NUTS_NUM_CHAINS,
     progress_bar: bool | None = None,
 ) -> GPPosterior:
     """Fit a :class:`PreferenceGP`.
@@ -155,7 +162,7 @@ def fit_preference_gp(
         data: comparisons (ties need ``spec.ties``) and/or ratings of one person.
         method: ``"elbo"`` (default) or ``"nuts"``.
         seed: seeds inducing-point choice, minibatches, posterior draws, NUTS.
-        num_samples: posterior draws (ELBO: default 512; NUTS: per chain, default 200).
+        num_samples: posterior draws (ELBO: default 512; NUTS: per chain, default 200, at least 4).
         num_features: random Fourier features of the prior part of each draw.
         num_steps: optimizer steps (full-batch L-BFGS iterations, default 500;
             minibatch steps, default 300 with natural gradients, 1000 with
@@ -168,8 +175,8 @@ def fit_preference_gp(
             ``q``, Adam on hyperparameters) or ``"adam"`` (Adam on everything; an
             online ``update`` still takes natural-gradient steps on ``q``, as Adam's
             few steps would barely move it).
-        warmup_steps: NUTS warm-up per chain (default 200).
-        num_chains: NUTS chains, run one after another.
+        warmup_steps: NUTS warm-up per chain (default 200; 100 for an update).
+        num_chains: NUTS chains, run one after another (default 2, as :func:`~papa_bayes.inference.fit`'s).
         progress_bar: NUTS progress bar (None, the default: on, as in Pyro's ``MCMC``).
 
     Returns:
@@ -194,13 +201,14 @@ def fit_preference_gp(
         ), "they are ELBO options")
     else:
         _warn_ignored(spec, method, (
-            ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, 1),
+            ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, NUTS_NUM_CHAINS),
         ), "they are NUTS options")
     start = time.perf_counter()
     if method == "nuts":
         return _fit_nuts(
-            spec, data, seed=seed, num_samples=num_samples or 200, warmup_steps=warmup_steps, num_chains=num_chains,
-            num_features=num_features, progress_bar=progress_bar is not False, warm=None, start=start,
+            spec, data, seed=seed, num_samples=num_samples or NUTS_NUM_SAMPLES, warmup_steps=warmup_steps,
+            num_chains=num_chains, num_features=num_features, progress_bar=progress_bar is not False, warm=None,
+            start=start,
         )
     num_samples = num_samples or 512
     gp, lik, transform = spec.build(data, seed=seed)
@@ -274,7 +282,7 @@ def _fit_nuts(
     transform = warm.transform if warm is not None else FeatureStandardizer.fit(data.items, standardize=spec.standardize)
     result = fit_nuts_draws(
         spec, data, transform, seed=seed, num_samples=num_samples,
-        warmup_steps=warmup_steps if warmup_steps is not None else (100 if warm is not None else 200),
+        warmup_steps=warmup_steps if warmup_steps is not None else NUTS_WARMUP_STEPS // (2 if warm is not None else 1),
         num_chains=num_chains, progress_bar=progress_bar, init=None if warm is None else warm.state.get("nuts_last"),
     )
     s = num_chains * num_samples

@@ -19,7 +19,7 @@ from torch import Tensor
 from papa_bayes.checks import caller_stacklevel, check_bool
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import PapaBayesWarning
-from papa_bayes.inference.fit import check_fit_options
+from papa_bayes.inference.fit import check_fit_options, named_options
 from papa_bayes.inference.gp_fit import _base_noise, _check_finite, _check_method, _random_features, _warn_ignored
 from papa_bayes.inference.gp_nuts import seeded
 from papa_bayes.inference.gp_paths import PathwiseDraws, match_rows
@@ -74,6 +74,7 @@ def _laplace_posterior(
     )
 
 
+@named_options
 def fit_pairwise_gp(
     spec: PairwiseGPReward,
     data: PreferenceData,

@@ -323,7 +323,7 @@ def test_a_latent_models_guidance_does_not_clamp_latents(latent_model, pixel_mod
     post = fit(LinearReward(rationality=1.0), PreferenceData(items=torch.randn(4, 2, dtype=torch.float64),
                                                              comparisons=[[0, 1], [2, 3]]), num_samples=16)
     g = src.guidance(post)
-    assert g.clamp is None and g.scale == 0.5
+    assert g.data_range(latent_model) is None and g.scale == 0.5
     # Latents far outside [-1, 1] still move (a clamp kept each value's base prediction there).
     x_t = 3.0 * torch.randn(2, *latent_model.sample_shape, generator=torch.Generator().manual_seed(1))
     g.begin_trajectory(torch.ones(2))
@@ -332,7 +332,7 @@ def test_a_latent_models_guidance_does_not_clamp_latents(latent_model, pixel_mod
     x0 = guided - shift
     outward = ((x0 > 1) & (shift > 0)) | ((x0 < -1) & (shift < 0))  # a clamp to [-1, 1] zeroes these
     assert bool(outward.any())
-    assert _pixel_source(pixel_model, scale=0.5).guidance(_pixel_posterior()).clamp == (-1.0, 1.0)  # unchanged
+    assert _pixel_source(pixel_model, scale=0.5).guidance(_pixel_posterior()).data_range(pixel_model) == (-1.0, 1.0)
 
 
 def _pixel_posterior():

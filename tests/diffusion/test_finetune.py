@@ -845,3 +845,15 @@ def test_a_checkpoint_of_a_ddpm_scheduler_subclass_reloads_with_ddpm(pixel_model
                              encoder_hidden_states=latent_model.encoder_hidden_states)
     assert type(load_finetuned(save_finetuned(latent, tmp_path / "latent"), base=latent_model).scheduler) \
         is DDPMScheduler
+
+
+def test_each_fine_tuner_labels_its_training_bar_with_its_own_name(pixel_model, recorded_bars):
+    """finetune_on_samples' bar read "distill guidance", the label of the function that calls it."""
+    import papa_bayes.diffusion.finetune.common as common
+
+    bars = recorded_bars(common)
+    targets = sample(pixel_model, 4, num_inference_steps=2, generator=gen(0), progress_bar=False).samples
+    finetune_on_samples(pixel_model, targets, steps=1, batch_size=2, generator=gen(0), progress_bar=True)
+    distill_guidance(pixel_model, Guidance(lambda x: x.flatten(1).mean(1)), num_samples=2, num_inference_steps=2,
+                     steps=1, batch_size=2, generator=gen(0), progress_bar=True)
+    assert [bar.desc for bar in bars] == ["fine-tune on samples", "distill guidance"]

@@ -366,3 +366,31 @@ def test_a_window_that_holds_no_step_warns_that_nothing_is_guided(pixel_model, b
         warnings.simplefilter("error", PapaBayesWarning)  # a window that holds a step, or scale 0, stays quiet
         sample(pixel_model, 2, guidance=Guidance(objective, scale=1.0, window=(0.7, 1.0)), generator=gen(1), **kwargs)
         sample(pixel_model, 2, guidance=Guidance(objective, scale=0.0, window=(0.9, 1.0)), generator=gen(1), **kwargs)
+
+
+class _SumOfSample:
+    """An objective of the diffused sample itself: its gradient pushes every value up."""
+
+    input_space = "sample"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).sum(1)
+
+
+def test_the_default_range_guard_clamps_pixels_but_not_latents(pixel_model, latent_model):
+    """The pixel range (-1, 1) was the default for every model: a latent model's guided sample() had its push cut
+    wherever a latent exceeded 1 (latents are not in [-1, 1]), silently."""
+    for model, pixel in ((latent_model, False), (pixel_model, True)):
+        x_t = 3 * torch.randn(4, *model.sample_shape, generator=gen(3))  # many predicted x0 values beyond 1
+        t = torch.tensor(600)
+        a = model.scheduler.alphas_cumprod[600]
+        kw = dict(step=0, num_steps=4)
+        x0, _, default = Guidance(_SumOfSample(), scale=1.0).guide(model, x_t, t, a, **kw)
+        _, _, free = Guidance(_SumOfSample(), scale=1.0, clamp=None).guide(model, x_t, t, a, **kw)
+        _, _, pixels = Guidance(_SumOfSample(), scale=1.0, clamp=(-1, 1)).guide(model, x_t, t, a, **kw)
+        assert bool((x0 > 1).any()) and bool((free > 0).all())
+        torch.testing.assert_close(default, pixels if pixel else free)
+        assert Guidance(_SumOfSample()).data_range(model) == ((-1.0, 1.0) if pixel else None)
+    with pytest.raises(InputDataError, match="'auto'") as info:
+        Guidance(_SumOfSample(), clamp="pixels")
+    assert info.value.field == "clamp"

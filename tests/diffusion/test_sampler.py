@@ -386,3 +386,42 @@ def test_return_trajectory_is_true_or_false(pixel_model, flag):
         sample(pixel_model, 2, num_inference_steps=2, return_trajectory=flag, progress_bar=False)
     assert info.value.field == "return_trajectory"
     assert sample(pixel_model, 2, num_inference_steps=2, return_trajectory=1, progress_bar=False).trajectory is not None
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_noise_prediction_on_a_zero_terminal_snr_schedule_is_refused(make_pixel_model, kind):
+    """A zero-terminal-SNR schedule with epsilon prediction gave NaN images silently ("trailing": the first step
+    divides by sqrt(alphas_cumprod[-1]) = 0); v-prediction is what such schedules need."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from papa_bayes.diffusion import PixelDiffusion
+    from papa_bayes.exceptions import ModelError
+
+    cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
+    zero_snr = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
+    unet = make_pixel_model(kind).unet
+    with pytest.raises(ModelError, match="zero signal-to-noise.*v_prediction"):
+        PixelDiffusion(unet, cls(**zero_snr))
+    v_model = PixelDiffusion(unet, cls(prediction_type="v_prediction", **zero_snr))
+    out = sample(v_model, 2, num_inference_steps=4, generator=gen(0), progress_bar=False)
+    assert bool(torch.isfinite(out.images).all())
+    swapped = make_pixel_model(kind)
+    swapped.scheduler = cls(**zero_snr)  # after the model's check: the sampler refuses the NaN samples themselves
+    with pytest.raises(ModelError, match="NaN or infinite samples"):
+        sample(swapped, 2, num_inference_steps=4, generator=gen(0), progress_bar=False)
+
+
+@pytest.mark.parametrize(("kind", "eta"), [("ddpm", 0.0), ("ddim", 0.5)])
+def test_stochastic_samples_do_not_depend_on_the_number_of_samples(make_pixel_model, kind, eta):
+    """The step-noise seeds were drawn from the generator after the `n`-sized initial noise: sample 0 of a
+    4-sample DDPM run differed from sample 0 of an 8-sample one (DDIM at eta 0 kept them, drawing no step noise)."""
+    model = make_pixel_model(kind)
+    kw = dict(num_inference_steps=3, eta=eta, progress_bar=False)
+    few = sample(model, 4, generator=gen(7), **kw).samples
+    many = sample(model, 8, generator=gen(7), **kw).samples
+    torch.testing.assert_close(few, many[:4], atol=1e-5, rtol=1e-5)
+    generator = gen(3)  # as at eta 0: the caller's stream advances by the initial noise alone
+    sample(model, 4, generator=generator, **kw)
+    reference = gen(3)
+    torch.randn(4, 1, 8, 8, generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())

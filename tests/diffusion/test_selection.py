@@ -337,3 +337,24 @@ def test_recommendation_scale_rejects_nan_ranks_and_non_probabilities(pixel_mode
     with pytest.raises(InputDataError, match=f"^score:.*{found}"):
         select_recommendation_scale(pixel_model, g, score=score, scales=(0.5, 1.0), num_samples=4,
                                     num_inference_steps=2, generator=gen(0))
+
+
+def test_a_bad_guard_is_refused_under_its_own_name_before_the_pool_is_sampled(pixel_model, monkeypatch):
+    """The class ManifoldGuard (callable) or a guard of other-sized reference images passed the check, the whole
+    pool was sampled, then the error named `on_manifold` (select_preferred's argument) or `images`."""
+    import papa_bayes.diffusion.selection as selection
+
+    kw = dict(num_inference_steps=2, generator=gen(0), progress_bar=False)
+    with pytest.raises(InputDataError) as info:  # verdicts of another kind can only be seen after sampling
+        sample_preferred(pixel_model, 2, guard=lambda images: torch.ones(images.shape[0]), **kw)
+    assert info.value.field == "guard"
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the guard")
+
+    monkeypatch.setattr(selection, "sample", no_sampling)
+    small = ManifoldGuard(torch.randn(10, 1, 4, 4, generator=gen(0)))  # 16 values per image; the model's have 64
+    for guard in (ManifoldGuard, small, "guard"):
+        with pytest.raises(InputDataError) as info:
+            sample_preferred(pixel_model, 2, guard=guard, **kw)
+        assert info.value.field == "guard"

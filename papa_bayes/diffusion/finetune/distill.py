@@ -132,7 +132,7 @@ def finetune_on_samples(
         check_conditioning_rows(m, samples.shape[0], "target sample")
     return _train_on_samples(model, samples, reference=reference, generator=generator, device=device,
                              mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                             lora_targets=lora_targets, **numbers)
+                             lora_targets=lora_targets, desc="fine-tune on samples", **numbers)
 
 
 def _check_numbers(*, steps: Any, lr: Any, anchor_weight: Any, batch_size: Any, max_grad_norm: Any,
@@ -149,8 +149,9 @@ def _train_on_samples(model: DiffusionModel, samples: Tensor, *, reference: Diff
                       lr: float, anchor_weight: float, batch_size: int, max_grad_norm: float,
                       generator: torch.Generator | None, device: torch.device, mixed_precision: bool | None,
                       lora_rank: int | None, lora_alpha: float | None, lora_targets: Sequence[str],
-                      progress_bar: bool) -> DiffusionModel:
-    """The training of :func:`finetune_on_samples`, its arguments already checked (and warned about)."""
+                      progress_bar: bool, desc: str) -> DiffusionModel:
+    """The training of :func:`finetune_on_samples`, its arguments already checked (and warned about);
+    ``desc`` labels its progress bar (the caller's own name for the run)."""
     run = TrainingCopy.create(model, reference=reference, device=device, mixed_precision=mixed_precision,
                               lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
                               generator=generator)
@@ -170,7 +171,7 @@ def _train_on_samples(model: DiffusionModel, samples: Tensor, *, reference: Diff
             logs["anchor"] = float(anchor.detach())
         return loss, logs
 
-    run.train(step, steps=steps, lr=lr, desc="distill guidance", progress_bar=progress_bar,
+    run.train(step, steps=steps, lr=lr, desc=desc, progress_bar=progress_bar,
               max_grad_norm=max_grad_norm)
     return run.finish()
 
@@ -286,7 +287,7 @@ def distill_guidance(
                      generator=generator, batch_size=sample_batch_size, progress_bar=numbers["progress_bar"]).samples
     distilled = _train_on_samples(model, targets, reference=None, generator=generator, device=device,
                                   mixed_precision=mixed_precision, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                                  lora_targets=lora_targets, **numbers)
+                                  lora_targets=lora_targets, desc="distill guidance", **numbers)
     if getattr(distilled, "cfg_scale", 1.0) != 1.0:  # the targets carry the guidance: applying it again doubles it
         distilled.cfg_scale = 1.0
     return distilled
