@@ -239,10 +239,11 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     check_int("--rater", args.rater, minimum=0, maximum=MAX_ID, expected="a rater id in [0, 2**63 - 1]")
     if args.recommend < 0:
         raise InputDataError("--recommend", "a number of samples >= 0", args.recommend)
-    for flag, value in (("--pool-steps", args.pool_steps), ("--num-base", args.num_base), ("--seed", args.seed)):
+    # --num-base: DiffusionCandidates' num_base (a region's calibration needs two samples); --seed: torch's range
+    for flag, value, minimum, maximum in (("--pool-steps", args.pool_steps, 1, None),
+                                          ("--num-base", args.num_base, 2, None), ("--seed", args.seed, 0, 2**32 - 1)):
         if value is not None:
-            check_int(flag, value, minimum=0 if flag == "--seed" else 1,
-                      maximum=2**32 - 1 if flag == "--seed" else None)  # --seed: torch's range of seeds
+            check_int(flag, value, minimum=minimum, maximum=maximum)
     if args.scale is not None and args.scale != "auto":  # checked here, before the model loads
         try:
             args.scale = float(args.scale)

@@ -96,6 +96,9 @@ def test_a_nested_posterior_is_a_full_posterior_and_updates_nested():
     post = fit(HierarchicalLinearReward(), data, method="laplace", seed=0, num_samples=200, integrate_scale=True)
     assert post.draws("population_scale").shape == (200, 2) and post.draws("rater_offset").shape == (200, 3, 2)
     assert post.draws("w").shape == (200, 3, 2) and bool((post.draws("population_scale") > 0).all())
+    # resampled copies in random order, not side by side (an ArviZ trace of steps, a biased first half)
+    scale = post.draws("population_scale")[:, 0]
+    assert float((scale[1:] == scale[:-1]).double().mean()) < 0.2
     # every draw's sites are consistent: its log joint is finite
     assert bool(torch.isfinite(post.sample_stats["lp"]).all())
     idata = post.to_inference_data()

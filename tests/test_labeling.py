@@ -226,3 +226,10 @@ def test_a_rater_another_program_registered_without_asking_is_refused_by_name(tm
     with pytest.raises(InputDataError, match=r"--rater: expected a rater whose session papa-bayes label began") as err:
         label_main(["--store", str(store), "--rater", "2"], read=lambda _: "q", write=io.StringIO())
     assert "--rater 3" in str(err.value)
+
+
+def test_num_base_below_two_is_refused_under_its_option(tmp_path):
+    """--num-base 1 passed the command's check (>= 1) and failed in DiffusionCandidates as 'num_base'."""
+    with pytest.raises(InputDataError, match=r"^--num-base: expected .*>= 2.*got 1"):
+        label_main(["--store", str(tmp_path / "s.db"), "--num-base", "1"], read=lambda _: "q", write=io.StringIO())
+    assert not (tmp_path / "s.db").exists()  # refused before anything was made

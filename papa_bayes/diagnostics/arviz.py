@@ -1,9 +1,12 @@
 """The one module that hands posteriors to ArviZ.
 
-Groups: ``posterior``, ``sample_stats`` (``lp``, ``diverging``), ``log_likelihood``
-(one value per observation, so ``az.loo`` works), ``posterior_predictive``,
-``observed_data``, ``constant_data``; dims ``feature``, ``comparison``, ``rating``,
-``item``, ``rater``, each with coordinates.
+Groups: ``posterior``, ``sample_stats`` (``lp``; ``diverging`` for NUTS only),
+``log_likelihood`` (one value per observation, so ``az.loo`` works),
+``posterior_predictive``, ``observed_data``, ``constant_data``; with ``prior=True``
+also ``prior`` and ``prior_predictive`` (draws of the model's prior by Pyro's
+``Predictive``, the same variables, dims and coding as ``posterior`` and
+``posterior_predictive``); dims ``feature``, ``comparison``, ``rating``, ``item``,
+``rater``, each with coordinates.
 
 Data with both comparisons and ratings give two log-likelihood arrays; ArviZ then
 asks which one: ``az.loo(idata, var_name="comparisons")`` (or ``"ratings"``).
@@ -14,6 +17,23 @@ the two won (1 first, 0 second; with ties 0 first, 1 second, 2 tie). Stored winn
 first, every observed answer would read "first", and ``az.plot_ppc`` /
 ``az.plot_bpv`` would flag misfit for a model that fits. The log-likelihood of an
 answer does not depend on the orientation.
+
+Ratings keep their order: ``constant_data.rated_item`` names the item, and the
+observed and replicated answers code a like (+1 in ``PreferenceData.ratings``) as 1
+and a dislike (-1) as 0 (the Bernoulli outcome of the likelihood).
+
+How the posterior was fitted: ``idata.attrs`` holds ``method`` and the options that
+change the posterior (``seed``; Laplace: ``refine_steps``, ``integrate_scale``; NUTS:
+``num_chains``, ``warmup_steps``; SVI: ``num_steps``, ``learning_rate``);
+``sample_stats.attrs`` holds the fit's scalar diagnostics (e.g. ``refine_ess``,
+``refine_acceptance``, ``scale_ess``, ``newton_steps``; NUTS: ``r_hat_max``,
+``ess_min``, ``divergences``).
+
+Laplace and SVI draws are independent draws of an approximate posterior, stored as
+one chain: their ESS (``az.ess``) is meaningful, R-hat is not (ArviZ needs two
+chains, logs "Shape validation failed" and reports ``r_hat`` NaN;
+``az.summary(idata, kind="stats")`` leaves the diagnostics out). They have no
+divergences, so ``sample_stats`` has no ``diverging``.
 """
 
 from __future__ import annotations
@@ -26,14 +46,17 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_bool, check_int
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError
 
 if TYPE_CHECKING:
     from papa_bayes.inference.posterior import RewardPosterior
 
-__all__ = ["to_inference_data", "build_inference_data", "data_coords", "data_groups"]
+__all__ = [
+    "to_inference_data", "build_inference_data", "data_coords", "data_groups", "fit_attrs", "diagnostic_attrs",
+    "prior_draws", "FIT_OPTIONS",
+]
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -120,6 +143,8 @@ def build_inference_data(
     extra_coords: dict[str, Any] | None = None,
     attrs: dict[str, Any] | None = None,
     constant: dict[str, Tensor] | None = None,
+    prior: dict[str, Tensor] | None = None,
+    prior_predictive: dict[str, Tensor] | None = None,
 ) -> az.InferenceData:
     """Assemble InferenceData from `chain x draw x ...` tensors (for any posterior type).
 
@@ -127,7 +152,8 @@ def build_inference_data(
     ``constant_data`` group, beside the data's own, without chain and draw dims
     (scalars stay 0-d, where ArviZ would invent a ``NAME_dim_0`` of length 1).
     Whole-number observed and replicated answers are stored as integers (discrete
-    for ``az.plot_ppc``).
+    for ``az.plot_ppc``). ``prior`` / ``prior_predictive``: `chain x draw x ...`
+    draws of the prior, with the dims of ``posterior`` / ``posterior_predictive``.
     """
     obs, const, all_dims = data_groups(data, observed)
     orientation = _orientation(data, observed)
@@ -138,13 +164,15 @@ def build_inference_data(
     coords.update(extra_coords or {})
     conv = lambda d: None if d is None else {k: _np(v) for k, v in d.items()}  # noqa: E731
     used = {dim for v in all_dims.values() for dim in v}
+    replicated = lambda d: None if d is None else {  # noqa: E731
+        k: _oriented(_outcomes(v), orientation) if k == "comparisons" else _outcomes(v) for k, v in d.items()}
     idata = az.from_dict(
         posterior=conv(posterior),
         sample_stats=conv(sample_stats),
         log_likelihood=conv(log_likelihood),
-        posterior_predictive=None if posterior_predictive is None else {
-            k: _oriented(_outcomes(v), orientation) if k == "comparisons" else _outcomes(v)
-            for k, v in posterior_predictive.items()},
+        posterior_predictive=replicated(posterior_predictive),
+        prior=conv(prior),
+        prior_predictive=replicated(prior_predictive),
         observed_data=obs,
         constant_data=const,
         coords={k: v for k, v in coords.items() if k in used},
@@ -156,7 +184,84 @@ def build_inference_data(
     return idata
 
 
-def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceData:
+#: Options of ``fit`` that change a posterior, by method (recorded in ``idata.attrs``).
+FIT_OPTIONS = {
+    "laplace": ("refine_steps", "integrate_scale"),
+    "nuts": ("num_chains", "warmup_steps"),
+    "svi": ("num_steps", "learning_rate"),
+}
+
+
+def _attr(value: Any) -> Any:
+    """A netCDF-storable attribute (int, float or str) or None for what is not a scalar."""
+    if isinstance(value, Tensor):
+        value = value.item() if value.numel() == 1 else None
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)  # netCDF has no booleans
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return value if isinstance(value, str) else None
+
+
+def fit_attrs(post: Any) -> dict[str, Any]:
+    """``method``, ``seed`` and the method's :data:`FIT_OPTIONS` of a :class:`PyroPosterior`, as used.
+
+    Options left at None (a default) are read from ``post.diagnostics`` where the fit
+    records the value used (``warmup_steps``, ``num_steps``); ``refine_steps`` 0 and
+    ``integrate_scale`` 0 (False) mark a plain Laplace fit.
+    """
+    attrs: dict[str, Any] = {"method": post.method}
+    defaults = {"refine_steps": 0, "integrate_scale": False}
+    for name in ("seed", *FIT_OPTIONS.get(post.method, ())):
+        value = post.options.get(name)
+        if value is None:
+            value = post.diagnostics.get(name, defaults.get(name))
+        value = _attr(value)
+        if value is not None:
+            attrs[name] = value
+    return attrs
+
+
+def diagnostic_attrs(post: Any) -> dict[str, Any]:
+    """The scalar entries of ``post.diagnostics`` (e.g. ``refine_ess``, ``scale_ess``), for ``sample_stats.attrs``."""
+    out = {k: _attr(v) for k, v in post.diagnostics.items()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def prior_draws(post: Any, num_samples: int, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(prior, prior_predictive) of a :class:`PyroPosterior`'s model on its data, `1 x num_samples x ...`.
+
+    The model's observed sites are unconditioned and its prior drawn with Pyro's
+    ``Predictive`` (vectorized over draws, a draw at a time for a model that does
+    not vectorize), under the global RNG seeded by ``seed`` and restored after.
+    ``prior`` holds the latent sites and the model's derived sites, as ``posterior``
+    does; ``prior_predictive`` the observed sites, as ``posterior_predictive``.
+    """
+    import pyro
+    from pyro.infer import Predictive
+
+    model, data = post.model, post.data
+    observed = model.observed(data)
+    sites = [*post.params, *observed]
+    free = pyro.poutine.uncondition(model)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        try:
+            out = Predictive(free, num_samples=num_samples, return_sites=sites, parallel=True)(data)
+        except (RuntimeError, ValueError):  # a user's model that does not broadcast over a draw dim
+            torch.manual_seed(seed)
+            out = Predictive(free, num_samples=num_samples, return_sites=sites)(data)
+        # Predictive keeps the singleton dims a site has left of the model's plates: back to the posterior's shapes.
+        params = {k: out[k].reshape(num_samples, *v.shape[1:]) for k, v in post.params.items()}
+        params.update(model.derived(params, data))
+        replicated = {k: out[k].reshape(num_samples, *v.shape) for k, v in observed.items()}
+    return {k: v.unsqueeze(0) for k, v in params.items()}, {k: v.unsqueeze(0) for k, v in replicated.items()}
+
+
+def to_inference_data(post: RewardPosterior, *, seed: int = 0, prior: bool = False,
+                      num_prior_samples: int = 500) -> az.InferenceData:
     """Convert a posterior to ArviZ (the same as ``post.to_inference_data(seed=seed)``).
 
     A :class:`PyroPosterior` (NUTS, SVI or Laplace): derived sites (e.g. per-rater
@@ -164,6 +269,31 @@ def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceDa
     replicated outcomes drawn per draw with ``seed`` (an integer in [0, 2**64 - 1],
     torch's range of seeds). A GP posterior converts
     itself (:meth:`~papa_bayes.inference.GPPosterior.to_inference_data`).
+
+    Args:
+        post: the posterior (what ``fit`` returns).
+        seed: seeds the replicated answers (and with ``prior=True`` the prior's draws).
+        prior: also fill ``prior`` and ``prior_predictive`` (`1 x num_prior_samples x ...`,
+            the dims of ``posterior`` and ``posterior_predictive``) with draws of the
+            model's prior on the fitted data (:func:`prior_draws`), for prior/posterior
+            overlays (``az.plot_dist_comparison``) and prior predictive checks
+            (``az.plot_ppc(idata, group="prior")``). Off by default: the draws cost time.
+            Pyro models only: a GP posterior has no Pyro model to draw its prior from
+            (its prior is over utilities at the items, with point-estimated or separately
+            sampled hyperparameters), so ``prior=True`` raises there.
+        num_prior_samples: draws of the prior (with ``prior=True``).
+
+    Raises:
+        InputDataError: ``prior=True`` for a GP posterior; a seed or ``num_prior_samples`` out of range.
+
+    Example:
+        >>> import arviz as az
+        >>> import torch
+        >>> from papa_bayes import LinearReward, PreferenceData, fit
+        >>> data = PreferenceData(items=torch.randn(6, 2, dtype=torch.float64), comparisons=[[0, 1], [3, 2]])
+        >>> idata = fit(LinearReward(), data, seed=0).to_inference_data(prior=True, num_prior_samples=100)
+        >>> idata.prior["w"].dims, idata.prior_predictive["comparisons"].shape
+        (('chain', 'draw', 'feature'), (1, 100, 2))
     """
     from papa_bayes.inference.posterior import RewardPosterior
     from papa_bayes.inference.pyro_posterior import PyroPosterior
@@ -171,8 +301,10 @@ def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceDa
     if not isinstance(post, RewardPosterior):
         raise InputDataError("post", "a RewardPosterior (what fit returns)", type(post).__name__)
     seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch.manual_seed's range
-    if not isinstance(post, PyroPosterior):
-        return post.to_inference_data(seed=seed)
+    prior = check_bool("prior", prior)
+    num_prior_samples = check_int("num_prior_samples", num_prior_samples, minimum=1)
+    if not isinstance(post, PyroPosterior):  # a GP posterior converts itself (and refuses prior=True)
+        return post.to_inference_data(seed=seed, prior=prior)
     model, data = post.model, post.data
     C, S = post.num_chains, post.num_draws // post.num_chains
     shape = lambda t: t.reshape(C, S, *t.shape[1:])  # noqa: E731
@@ -185,13 +317,21 @@ def to_inference_data(post: RewardPosterior, *, seed: int = 0) -> az.InferenceDa
         torch.manual_seed(seed)
         predictive = {k: shape(d.sample()) for k, d in dists.items()}
     dims = {k: v for k, v in model.dims.items() if k in posterior}
-    return build_inference_data(
+    prior_groups = prior_draws(post, num_prior_samples, seed) if prior else (None, None)
+    # Only NUTS diverges: Laplace and SVI fits carry an all-False placeholder that would pass for a sampler's verdict.
+    stats = {k: v for k, v in post.sample_stats.items() if k != "diverging" or post.method == "nuts"}
+    idata = build_inference_data(
         posterior=posterior,
         data=data,
         observed=observed,
         log_likelihood=loglik,
         posterior_predictive=predictive,
-        sample_stats=post.sample_stats,
+        sample_stats=stats or None,
         dims=dims,
-        attrs={"inference_library": "pyro", "method": post.method, "model": repr(model)},
+        attrs={"inference_library": "pyro", **fit_attrs(post), "model": repr(model)},
+        prior=prior_groups[0],
+        prior_predictive=prior_groups[1],
     )
+    if "sample_stats" in idata.groups():
+        idata.sample_stats.attrs.update(diagnostic_attrs(post))
+    return idata

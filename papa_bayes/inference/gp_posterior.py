@@ -10,7 +10,7 @@ from torch import Tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.gp_paths import PathwiseDraws
-from papa_bayes.checks import check_int
+from papa_bayes.checks import check_bool, check_int
 from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_std
 from papa_bayes.models.gp import FeatureStandardizer
 from papa_bayes.models.likelihoods import comparison_distribution, comparison_outcome, rating_distribution, rating_outcome
@@ -197,7 +197,7 @@ class GPPosterior(RewardPosterior):
         C = self.num_chains
         return {"lp": lp.reshape(C, -1), "diverging": torch.zeros(C, self.num_draws // C, dtype=torch.bool)}
 
-    def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
+    def to_inference_data(self, *, seed: int = 0, prior: bool = False) -> arviz.InferenceData:
         """ArviZ groups: utilities at the items (``posterior``), pointwise
         ``log_likelihood`` (``az.loo`` works), replicated answers, data.
 
@@ -225,9 +225,15 @@ class GPPosterior(RewardPosterior):
         Args:
             seed: seeds the replicated answers of ``posterior_predictive``; an
                 integer in [0, 2**64 - 1] (torch's range of seeds).
+            prior: True is refused (InputDataError): a GP's prior is over utilities at
+                the items, with no Pyro model whose prior ArviZ's ``prior`` group could hold
+                (the Pyro models' ``to_inference_data(prior=True)`` gives one).
         """
         from papa_bayes.diagnostics.arviz import build_inference_data
 
+        if check_bool("prior", prior):
+            raise InputDataError("prior", "False for a GP posterior (no Pyro model to draw the prior from; the "
+                                 "Pyro models' posteriors give prior groups)", prior)
         seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch.Generator.manual_seed's range
         data, C = self.data, self.num_chains
         shape = lambda t: t.reshape(C, -1, *t.shape[1:])  # noqa: E731

@@ -133,8 +133,9 @@ class RewardPosterior(ABC):
         """
 
     @abstractmethod
-    def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
-        """ArviZ InferenceData (see :mod:`papa_bayes.diagnostics.arviz`); ``seed`` draws the replicated answers."""
+    def to_inference_data(self, *, seed: int = 0, prior: bool = False) -> arviz.InferenceData:
+        """ArviZ InferenceData (see :mod:`papa_bayes.diagnostics.arviz`); ``seed`` draws the replicated answers,
+        ``prior=True`` adds ``prior`` and ``prior_predictive`` groups where the model can give them."""
 
     # ---------------------------------------------------------- nuisance draws
     def tie_strength_draws(self) -> Tensor | None:

@@ -124,17 +124,20 @@ class PyroPosterior(RewardPosterior):
 
         return update_posterior(self, data)
 
-    def to_inference_data(self, *, seed: int = 0) -> arviz.InferenceData:
+    def to_inference_data(self, *, seed: int = 0, prior: bool = False,
+                          num_prior_samples: int = 500) -> arviz.InferenceData:
         """ArviZ InferenceData; ``seed`` draws the replicated answers of ``posterior_predictive``.
 
         Groups ``posterior`` (latent and derived sites, `chain x draw x shape`),
-        ``sample_stats`` (``lp``, ``diverging``), ``log_likelihood`` and
+        ``sample_stats`` (``lp``; ``diverging`` for NUTS), ``log_likelihood`` and
         ``posterior_predictive`` (`chain x draw x m` / `... x k`), ``observed_data``,
-        ``constant_data``; see :mod:`papa_bayes.diagnostics.arviz`.
+        ``constant_data``; with ``prior=True`` also ``prior`` and ``prior_predictive``
+        (``num_prior_samples`` draws of the model's prior); see
+        :func:`papa_bayes.diagnostics.arviz.to_inference_data`.
         """
         from papa_bayes.diagnostics.arviz import to_inference_data
 
-        return to_inference_data(self, seed=seed)
+        return to_inference_data(self, seed=seed, prior=prior, num_prior_samples=num_prior_samples)
 
     def new_rater_model(self, **overrides: Any):
         """Cold start: a :class:`LinearReward` whose prior is this population's posterior predictive.
