@@ -49,7 +49,11 @@ def _exact_one_feature(data: PreferenceData, raters: int) -> tuple[float, list[f
 
 
 def test_the_population_scale_matches_quadrature_where_the_joint_mode_doubles_it():
-    """d=1, three raters with 10 answers: exact E[scale] 0.38; the joint Laplace fit 0.76, nested 0.50-0.53."""
+    """d=1, three raters with 10 answers: exact E[scale] 0.38; the joint Laplace fit 0.76, nested 0.38-0.43.
+
+    (0.50-0.53 until the proposal's density was corrected on 2026-12-04: it had a split normal's
+    normalizer for draws that fall on either side of the mode half the time.)
+    """
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 1, generator=g, dtype=torch.float64)
     data = _raters(torch.tensor([[1.0], [1.6], [0.6]], dtype=torch.float64), X, [10, 10, 10], g)
@@ -60,14 +64,14 @@ def test_the_population_scale_matches_quadrature_where_the_joint_mode_doubles_it
     plain_error = abs(float(plain.mean("population_scale")) - exact_scale)
     nested_error = abs(float(nested.mean("population_scale")) - exact_scale)
     assert plain_error > 0.3  # the failure this path exists for
-    assert nested_error < 0.4 * plain_error
-    assert float(nested.mean("population_scale")) < 1.45 * exact_scale
+    assert nested_error < 0.2 * plain_error
+    assert abs(float(nested.mean("population_scale")) / exact_scale - 1) < 0.15
     # (the per-rater weights keep Laplace's own error with 10 logistic answers: means 0.05-0.17 short)
     assert torch.allclose(nested.mean("w")[:, 0], torch.tensor(exact_w, dtype=torch.float64), atol=0.25)
     assert nested.diagnostics["scale_ess"] > 0.5
 
 
-def test_the_walkthrough_population_scale_is_within_a_third_of_nuts():
+def test_the_walkthrough_population_scale_is_within_fifteen_percent_of_nuts():
     """Five raters (four with 100 answers, one with 3) around a population of scale 0.3 (the walkthrough's).
 
     NUTS (2 chains x 1,000 draws, max R-hat 1.007) gave posterior means (0.435, 0.274, 0.183);
@@ -82,10 +86,10 @@ def test_the_walkthrough_population_scale_is_within_a_third_of_nuts():
     for seed in (0, 1):
         post = fit(HierarchicalLinearReward(), data, method="laplace", seed=seed, integrate_scale=True)
         ratio = post.mean("population_scale") / nuts
-        assert bool((ratio < 1.3).all()) and bool((ratio > 1 / 1.3).all()), ratio
+        assert bool((ratio < 1.15).all()) and bool((ratio > 1 / 1.15).all()), ratio  # measured 0.97-1.10
         # the newcomer's prior (population predictive) is no longer twice NUTS's (about 0.53, 0.39, 0.29)
         sd = post.new_rater_model().prior_scale_tril.pow(2).sum(-1).sqrt()
-        assert float(sd.max()) < 0.7
+        assert float(sd.max()) < 0.62
 
 
 def test_a_nested_posterior_is_a_full_posterior_and_updates_nested():
@@ -110,6 +114,21 @@ def test_a_nested_posterior_is_a_full_posterior_and_updates_nested():
     # the default path is untouched: no option recorded, the joint fit's draws
     plain = fit(HierarchicalLinearReward(), data, method="laplace", seed=0, num_samples=200)
     assert "integrate_scale" not in plain.options and "nested" not in plain.state
+
+
+def test_without_information_about_the_scale_its_prior_comes_back():
+    """One rater, two answers: E[scale] is its HalfNormal(0.5) prior's, 0.399 (NUTS 0.40 / 0.39).
+
+    The joint Laplace fit gave 0.68 / 0.67, the nested fit 0.52 / 0.49 until its proposal's density was
+    corrected; log(scale)'s posterior then has the prior's tail toward 0, which falls off only exponentially.
+    """
+    X = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    data = PreferenceData(items=X, comparisons=[[0, 1], [2, 3]])
+    prior_mean = 0.5 * math.sqrt(2 / math.pi)
+    for seed in (0, 1):
+        post = fit(HierarchicalLinearReward(), data, method="laplace", seed=seed, num_samples=4000, integrate_scale=True)
+        assert torch.allclose(post.mean("population_scale"), torch.full((2,), prior_mean, dtype=torch.float64),
+                              rtol=0.12), post.mean("population_scale")
 
 
 def test_integrate_scale_is_refused_where_it_does_not_apply():

@@ -161,11 +161,11 @@ def test_a_sessions_cold_start_prior_is_not_widened_by_plain_laplace(tmp_path):
     sd = lambda model: model.prior_scale_tril.pow(2).sum(-1).sqrt()  # noqa: E731
     assert torch.allclose(prior.prior_loc, plain.prior_loc, atol=0.3)  # same population, centred alike
     # Measured prior sds: NUTS (400 draws, seeds 0 and 1) about (0.53, 0.39, 0.29); plain Laplace about
-    # (1.0, 0.96, 0.92); refined about (0.68, 0.57, 0.42); the session's (nested Laplace) (0.61, 0.43, 0.33).
+    # (1.0, 0.96, 0.92); refined about (0.68, 0.57, 0.42); the session's (nested Laplace) (0.55, 0.37, 0.33).
     nuts = torch.tensor([0.53, 0.39, 0.29], dtype=torch.float64)
     assert float(sd(plain).min()) > 0.85
     assert float(sd(refined).max()) > 0.6
-    assert bool((sd(prior) < 1.3 * nuts).all()), sd(prior)
+    assert bool((sd(prior) < 1.2 * nuts).all()) and bool((sd(prior) > nuts / 1.2).all()), sd(prior)
 
 
 def test_sparse_rater_ids_are_refused_before_the_fit_allocates_them():

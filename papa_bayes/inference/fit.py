@@ -102,7 +102,7 @@ def fit(
             :func:`~papa_bayes.inference.nested_laplace.nested_laplace`) instead of
             taking the joint mode, which overstates it with few raters (5 raters at
             d=3: posterior means 0.86/0.81/0.70 against NUTS's 0.43/0.27/0.18; nested
-            0.47/0.31/0.22). Cost: a few hundred conditional Newton fits in batches:
+            0.42/0.27/0.20). Cost: a few hundred conditional Newton fits in batches:
             5 raters x 30 answers, one thread, 0.25-0.4 s a fit or update at d=3 and
             0.6-1.3 s at d=8 (plain Laplace 0.03-0.09 s). Kept by
             :meth:`~RewardPosterior.update`; ``posterior.diagnostics`` gets

@@ -325,13 +325,13 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
     ``population_scale``: 5 raters at d=3, its posterior mean was two to four
     times NUTS's, so per-rater intervals and the cold-start prior came out about
     twice as wide. ``fit(..., method="laplace", integrate_scale=True)`` integrates
-    the scale out (nested Laplace, as INLA) and brings it to 1.1-1.3 times NUTS's
-    at 5-15 times plain Laplace's cost (0.25-0.4 s a fit at d=3, 0.6-1.3 s at d=8);
+    the scale out (nested Laplace, as INLA) and brings it within about 10% of
+    NUTS's (0.97-1.10 times) at 5-15 times plain Laplace's cost (0.25-0.4 s a fit at d=3, 0.6-1.3 s at d=8);
     ``refine_steps=20`` only to 1.3-1.7 times (and warns that its importance
     weights collapsed); SVI's full-rank Gaussian needs about 3,000 steps to match
     NUTS's means, with sds 40% too small. A
     :class:`~papa_bayes.session.PreferenceSession`'s cold start integrates the
-    scale out (its newcomer's prior sds 1.1-1.2 times NUTS's). Use
+    scale out (its newcomer's prior sds 0.96-1.12 times NUTS's). Use
     ``method="nuts"`` when the spread between raters must be exact.
 
     Args:
