@@ -17,6 +17,19 @@ of the utility; ``forward`` takes `batch_shape x 2 x d` (pairs) or
   exploration), :func:`optimize_queries` (continuous features), and
   :func:`exposure_diversity`.
 
+With BoTorch's optimizers: ``optimize_acqf(acq, bounds, q=2)`` optimizes a pair
+jointly (what :func:`optimize_queries` does), and with one pending item
+(``acq.set_X_pending(anchor)``) ``optimize_acqf_discrete(acq, q=1, choices=pool)``
+finds the anchor's best partner in a pool. ``optimize_acqf_discrete(acq, q=2,
+choices=pool)`` does not work for a pairwise acquisition: BoTorch builds that
+batch one item at a time, valuing each candidate alone (`n x 1 x d`), which a pair
+acquisition refuses with an ``InputDataError``. For the best pairs of a pool use
+:func:`select_queries` (all pairs scored at once, batches with diversity).
+
+A :class:`~papa_bayes.RewardPosterior` brings its own link and noise units: an
+acquisition's ``link=`` or ``noise_scale=`` are for plain BoTorch models, and
+one that differs from the posterior's is an ``InputDataError``.
+
 Example:
     Fifteen answers of a simulated person, each question the pair of a 100-item
     pool with the most expected information (:func:`select_queries` picks one; see

@@ -41,6 +41,8 @@ __all__ = [
     "check_utility_model",
     "check_query_X",
     "draw_variance",
+    "answer_noise",
+    "model_num_features",
     "entropy_bits",
     "outcome_log_probs",
     "per_draw",
@@ -168,6 +170,54 @@ def resolve_model(
     return check_utility_model(model), None, None
 
 
+def answer_noise(
+    posterior: RewardPosterior | None, link: Any, noise_scale: Any
+) -> tuple[str, float]:
+    """The answer link and noise scale an acquisition function uses: ``(link, noise_scale)``.
+
+    A RewardPosterior's utilities are in noise units under its own link, so its
+    ``(posterior.link, 1.0)`` is used; an explicit ``link`` or ``noise_scale`` that
+    differs is refused rather than silently overriding it (or silently ignored). For
+    a plain BoTorch model (``posterior`` None) the given values, by default
+    ``("probit", 1.0)``.
+
+    Raises:
+        InputDataError: (field ``link`` / ``noise_scale``) a bad value, or one
+            other than the RewardPosterior's.
+    """
+    link = None if link is None else check_link(link)
+    noise_scale = None if noise_scale is None else check_float("noise_scale", noise_scale, strict=True)
+    if posterior is None:
+        return link or "probit", 1.0 if noise_scale is None else noise_scale
+    if link is not None and link != posterior.link:
+        raise InputDataError("link", f"None or {posterior.link!r}: a RewardPosterior's answers follow its own link "
+                             f"(refit with the model's link={link!r} to change it)", repr(link))
+    if noise_scale is not None and noise_scale != 1.0:
+        raise InputDataError("noise_scale", "None or 1: a RewardPosterior's utilities are already in noise units "
+                             "(noise_scale is for plain BoTorch models)", noise_scale)
+    return posterior.link, 1.0
+
+
+def model_num_features(model: Model) -> int | None:
+    """`d` of the features a plain BoTorch model takes, read from its training inputs; None where unknown.
+
+    ``PairwiseGP.datapoints`` are the untransformed items; ``train_inputs`` are read
+    only without an ``input_transform`` (which may change the width, and after
+    which BoTorch stores transformed inputs there).
+    """
+    try:
+        datapoints = getattr(model, "datapoints", None)
+        if isinstance(datapoints, Tensor) and datapoints.dim() >= 2:
+            return int(datapoints.shape[-1])
+        inputs = getattr(model, "train_inputs", None)
+        if getattr(model, "input_transform", None) is None and isinstance(inputs, (tuple, list)) and len(inputs) == 1:
+            if isinstance(inputs[0], Tensor) and inputs[0].dim() >= 2:
+                return int(inputs[0].shape[-1])
+    except (AttributeError, NotImplementedError, RuntimeError):  # a model whose attributes need data it lacks
+        pass
+    return None
+
+
 def check_pending(X_pending: Any, query_size: int, d: int | None) -> Tensor | None:
     """Validate pending items (BoTorch's ``X_pending``): `m x d` with ``m < query_size``, or None."""
     if X_pending is None:
@@ -217,12 +267,15 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
             (``posterior.as_botorch_model(rater=r)``: that rater's utility, the same
             nuisance draws), or any single-output BoTorch ``Model`` of the utility
             (e.g. ``PairwiseGP``), whose posterior is sampled.
-        link: answer link for a plain BoTorch model (default ``"probit"``); a
-            RewardPosterior's own link is used otherwise.
-        noise_scale: utilities are divided by it before the link, so that
-            P(a preferred) = F((u(a) - u(b)) / noise_scale). 1 for RewardPosteriors
-            (utilities are in noise units); ``sqrt(2)`` matches ``PairwiseGP``'s
-            probit likelihood.
+        link: answer link for a plain BoTorch model (default ``"probit"``). A
+            RewardPosterior's own link is used: None (default) or that same link;
+            another is an :class:`~papa_bayes.exceptions.InputDataError` (field
+            ``link``).
+        noise_scale: for a plain BoTorch model, utilities are divided by it before
+            the link, so that P(a preferred) = F((u(a) - u(b)) / noise_scale)
+            (default 1; ``sqrt(2)`` matches ``PairwiseGP``'s probit likelihood). A
+            RewardPosterior's utilities are in noise units: None or 1, another
+            value is an InputDataError (field ``noise_scale``).
         num_samples: draws taken from a non-ensemble model's posterior.
         seed: seed of those draws' base samples (fixed, so ``forward`` is
             deterministic and smooth in ``X``).
@@ -231,7 +284,17 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     fixed items of every query: with one pending item, ``forward`` takes
     `batch_shape x 1 x d` and values each item paired with it, so that
     ``optimize_acqf(acq, bounds, q=1)`` or ``optimize_acqf_discrete(acq, q=1,
-    choices=...)`` finds the best partner of a fixed anchor.
+    choices=...)`` finds the best partner of a fixed anchor. For the best pair of
+    a pool use :func:`~papa_bayes.acquisition.select_queries`, not
+    ``optimize_acqf_discrete(acq, q=2, choices=pool)``: BoTorch builds that batch
+    one item at a time, valuing each candidate alone as a `1 x d` query, which a
+    pairwise acquisition refuses (it has no value for one item without a pending
+    partner).
+
+    For a plain BoTorch model the feature width `d` is read from the model
+    (``PairwiseGP.datapoints``, or ``train_inputs`` without an input transform),
+    so that ``X`` of another width is an InputDataError rather than an error from
+    inside the model.
 
     Subclasses set ``query_size`` (2 or 1) and implement :meth:`score_draws`.
     """
@@ -243,18 +306,18 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         model: RewardPosterior | Model,
         *,
         link: str | None = None,
-        noise_scale: float = 1.0,
+        noise_scale: float | None = None,
         num_samples: int = 1024,
         seed: int = 0,
     ) -> None:
         model, posterior, rater = resolve_model(model)
-        if posterior is not None:
-            link = link or posterior.link
+        link, noise_scale = answer_noise(posterior, link, noise_scale)
         super().__init__(model=model)
         self.reward_posterior = posterior
         self.rater = rater
-        self.link = check_link(link or "probit")
-        self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
+        self.link = link
+        self.noise_scale = noise_scale
+        self._model_features = model_num_features(model) if posterior is None else None
         self.num_samples = check_int("num_samples", num_samples)
         self.seed = check_int("seed", seed, minimum=0)
         self._sampler: tuple[str, MCSampler] | None = None
@@ -263,8 +326,8 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     # ----------------------------------------------------------------- draws
     @property
     def num_features(self) -> int | None:
-        """`d` of the reward posterior's features (None for a BoTorch model, whose width is not known)."""
-        return None if self.reward_posterior is None else self.reward_posterior.num_features
+        """`d`: the reward posterior's features, or those a BoTorch model was trained on (None where unknown)."""
+        return self._model_features if self.reward_posterior is None else self.reward_posterior.num_features
 
     def utility_draws(self, X: Tensor) -> Tensor:
         """Joint utility draws at the query's items.

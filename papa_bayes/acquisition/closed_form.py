@@ -32,10 +32,12 @@ from torch import Tensor
 
 from papa_bayes.acquisition.base import (
     LN2,
+    answer_noise,
     check_pending,
     check_query_X,
     draw_variance,
     entropy_bits,
+    model_num_features,
     resolve_model,
 )
 from papa_bayes.checks import check_finite, check_float, check_real_tensor, is_integer_tensor
@@ -148,32 +150,41 @@ class HoulsbyInformationGain(AcquisitionFunction):
 
     Uses the posterior mean and covariance of the two utilities: exact Gaussian
     moments for a GP (e.g. BoTorch ``PairwiseGP``), the draws' moments for a
-    :class:`~papa_bayes.RewardPosterior` (whose link is then used).
+    :class:`~papa_bayes.RewardPosterior` (whose own link and noise units are then
+    used).
 
     Args:
         model: a BoTorch model of the utility, a RewardPosterior or one rater's view
             of it (``posterior.as_botorch_model(rater=r)``).
-        noise_scale: sigma_n; ``sqrt(2)`` matches ``PairwiseGP``'s probit likelihood.
-            With 1 and the probit link it is the information BoTorch's
-            ``PairwiseBayesianActiveLearningByDisagreement`` (``std_noise=0``)
-            estimates, but in bits where BoTorch reports nats: BoTorch's value is
-            about ``ln 2`` (0.693) times this one (BoTorch estimates the
-            conditional entropy by Monte Carlo, this uses Houlsby's approximation).
-        link: ``"probit"`` (default for BoTorch models; a RewardPosterior's own link
-            otherwise) or ``"logit"`` (approximate).
+        noise_scale: sigma_n, for a BoTorch model (default 1); ``sqrt(2)`` matches
+            ``PairwiseGP``'s probit likelihood. With 1 and the probit link it is the
+            information BoTorch's ``PairwiseBayesianActiveLearningByDisagreement``
+            (``std_noise=0``) estimates, but in bits where BoTorch reports nats:
+            BoTorch's value is about ``ln 2`` (0.693) times this one (BoTorch
+            estimates the conditional entropy by Monte Carlo, this uses Houlsby's
+            approximation). A RewardPosterior is in noise units: None or 1, another
+            value is an :class:`~papa_bayes.exceptions.InputDataError`.
+        link: for a BoTorch model ``"probit"`` (default) or ``"logit"``
+            (approximate). A RewardPosterior's own link is used: None or that link,
+            another is an InputDataError (field ``link``).
+
+    For a BoTorch model the feature width `d` is read from the model
+    (``PairwiseGP.datapoints``, or ``train_inputs`` without an input transform):
+    ``X`` of another width is an InputDataError (field ``X``).
 
     ``forward``: `batch_shape x 2 x d` -> `batch_shape` bits; `batch_shape x 1 x d`
     after ``set_X_pending`` of one item fixed in every pair (as BoTorch's pending points).
     """
 
-    def __init__(self, model: RewardPosterior | Model, *, noise_scale: float = 1.0, link: str | None = None) -> None:
+    def __init__(
+        self, model: RewardPosterior | Model, *, noise_scale: float | None = None, link: str | None = None
+    ) -> None:
         model, posterior, _ = resolve_model(model)
-        self._num_features = None if posterior is None else posterior.num_features
-        if posterior is not None:
-            link = link or posterior.link
+        self._num_features = model_num_features(model) if posterior is None else posterior.num_features
+        link, noise_scale = answer_noise(posterior, link, noise_scale)
         super().__init__(model=model)
-        self.noise_scale = check_float("noise_scale", noise_scale, strict=True)
-        self.link = check_link(link or "probit")
+        self.noise_scale = noise_scale
+        self.link = link
         self.X_pending: Tensor | None = None  # BoTorch reads it (optimize_acqf_discrete) before any set_X_pending
 
     def set_X_pending(self, X_pending: Tensor | None = None) -> None:

@@ -19,6 +19,7 @@ from papa_bayes.acquisition.selection import _strategy, make_acquisition
 from papa_bayes.checks import caller_stacklevel, check_float, check_int, check_real_tensor
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.inference.posterior import RewardPosterior, check_posterior
+from papa_bayes.models.linear import HierarchicalLinearReward, LinearReward
 
 __all__ = ["optimize_queries"]
 
@@ -26,21 +27,42 @@ __all__ = ["optimize_queries"]
 _THOMPSON_TRIES = 8
 
 
-def _distinct(a: Tensor, b: Tensor, tol: float = 1e-4) -> bool:
-    """Two `q x d` designs differ (a pair and its swap are the same query)."""
-    gap = float((a - b).abs().max())
-    if a.shape[0] == 2:
-        gap = min(gap, float((a - b.flip(0)).abs().max()))
-    return gap > tol
+def linear_in_features(posterior: RewardPosterior) -> bool:
+    """Whether the posterior's utility is linear in the features (``LinearReward``, ``HierarchicalLinearReward``).
+
+    Then u(a) - u(b) = w . (a - b): a pair's answer depends on ``a - b`` alone.
+    """
+    return isinstance(getattr(posterior, "model", None), (LinearReward, HierarchicalLinearReward))
 
 
-def _distinct_optima(X: Tensor, values: Tensor, k: int) -> list[int]:
+#: Two designs are one question when no feature differs by more than this fraction of the box's width: the
+#: optimizer stops within about 1e-4 of the box's width of a flat optimum, differently from each start.
+_SAME_QUESTION = 1e-3
+
+
+def _distinct(a: Tensor, b: Tensor, width: Tensor, *, linear: bool = False) -> bool:
+    """Two `q x d` designs are different questions (``width``: `d`, the box's).
+
+    A pair and its swap are the same question; with ``linear`` (a utility linear in
+    the features) so are two pairs whose differences ``a - b`` agree up to sign.
+    """
+    if linear and a.shape[0] == 2:
+        a, b = a[0] - a[1], b[0] - b[1]
+        gap = min(float(((a - b).abs() / width).max()), float(((a + b).abs() / width).max()))
+    else:
+        gap = float(((a - b).abs() / width).max())
+        if a.shape[0] == 2:
+            gap = min(gap, float(((a - b.flip(0)).abs() / width).max()))
+    return gap > _SAME_QUESTION
+
+
+def _distinct_optima(X: Tensor, values: Tensor, k: int, width: Tensor, *, linear: bool = False) -> list[int]:
     """Up to k of the `r x q x d` optima ``X``, best first: distinct queries, none a pair of two equal points."""
     keep: list[int] = []
     for i in values.argsort(descending=True).tolist():
-        if X.shape[-2] == 2 and not _distinct(X[i, :1], X[i, 1:]):  # a point against itself asks nothing
+        if X.shape[-2] == 2 and not _distinct(X[i, :1], X[i, 1:], width):  # a point against itself asks nothing
             continue
-        if all(_distinct(X[i], X[j]) for j in keep):
+        if all(_distinct(X[i], X[j], width, linear=linear) for j in keep):
             keep.append(i)
         if len(keep) == k:
             break
@@ -69,7 +91,11 @@ def optimize_queries(
         strategy: "eig", "region", "argmax", "eubo", "uncertainty" or "thompson".
         k: number of queries: the k best distinct local optima of the multi-start
             optimization (``k <= num_restarts``); a pair and its swap are the same
-            query, and a pair of two equal points is no query (EUBO and Thompson
+            query, and under a utility linear in the features (``LinearReward``,
+            ``HierarchicalLinearReward``) so are two pairs with the same
+            difference ``a - b`` up to sign (the answer depends on it alone);
+            designs within 0.1% of the box's width in every feature are one
+            query; a pair of two equal points is no query (EUBO and Thompson
             sampling can end there; Thompson sampling then takes another pair of
             posterior draws, up to 8 pairs). Fewer, with a
             :class:`~papa_bayes.exceptions.PapaBayesWarning`, when the restarts
@@ -126,6 +152,7 @@ def optimize_queries(
             raise
         raise InputDataError("reference_pool", err.expected, err.actual) from None
     q = 2 if query_type == "pair" else 1
+    linear = q == 2 and linear_in_features(posterior)
     tries = _THOMPSON_TRIES if strategy == "thompson" and q == 2 else 1
     for attempt in range(tries):
         if attempt:  # both draws liked the same point best: another pair of draws
@@ -136,7 +163,7 @@ def optimize_queries(
                 acq, bounds=bounds, q=q, num_restarts=num_restarts, raw_samples=raw_samples,
                 return_best_only=False, options=options or {"maxiter": 100},
             )
-        keep = _distinct_optima(X, values, k)
+        keep = _distinct_optima(X, values, k, bounds[1] - bounds[0], linear=linear)
         if keep:
             break
     if not keep and tries > 1:
@@ -149,9 +176,12 @@ def optimize_queries(
         raise InputDataError("num_restarts", "restarts that reach a pair of two different points (raise num_restarts "
                              "or raw_samples)", f"{num_restarts} restarts, each ending at two equal points")
     if len(keep) < k:
+        why = (" (the posterior's utility is linear in the features, so a pair asks only about a - b: pairs with "
+               "the same difference, up to sign, are the same question)") if linear else ""
         warnings.warn(
-            f"optimize_queries: the {num_restarts} restarts found {len(keep)} distinct optima, fewer than k={k}; "
-            "raise num_restarts or raw_samples.",
+            f"optimize_queries: the {num_restarts} restarts found {len(keep)} distinct optima, fewer than k={k}"
+            f"{why}; raise num_restarts or raw_samples, or pick k questions from a pool with select_queries "
+            "(batch_size=k).",
             PapaBayesWarning,
             stacklevel=caller_stacklevel(),
         )

@@ -162,7 +162,7 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         ties: bool | None = None,
         tie_strength: Any = None,
         link: str | None = None,
-        noise_scale: float = 1.0,
+        noise_scale: float | None = None,
         num_samples: int = 1024,
         seed: int = 0,
     ) -> None:
@@ -197,7 +197,7 @@ class RatingInformationGain(DrawsAcquisitionFunction):
         *,
         threshold: Any = None,
         link: str | None = None,
-        noise_scale: float = 1.0,
+        noise_scale: float | None = None,
         num_samples: int = 1024,
         seed: int = 0,
     ) -> None:

@@ -345,15 +345,27 @@ class PosteriorDrawsModel(EnsembleModel):
             output_indices: None or ``[0]`` (one output).
             posterior_transform: None or a ``ScalarizedPosteriorTransform`` with one
                 weight (``offset + weight * u``).
+            observation_noise: None or False only. The answers' noise is not
+                Gaussian noise on the utility but the link's, so ``True`` or a
+                Tensor raises a :class:`~papa_bayes.exceptions.ModelError` rather
+                than returning the noiseless draws.
 
         Returns:
             A :class:`DrawsPosterior` with values `batch_shape x s x q x 1`.
         """
         if output_indices is not None and list(output_indices) != [0]:
             raise InputDataError("output_indices", "None or [0] (the model's one output, the utility)", output_indices)
-        if isinstance(kwargs.get("observation_noise"), Tensor):
-            raise ModelError("PosteriorDrawsModel's posterior is of the utility: it takes no observation noise "
-                             "(the answers' noise is in the link).")
+        noise = kwargs.get("observation_noise")
+        if isinstance(noise, Tensor) or bool(noise):  # None and False: the draws as they are
+            raise ModelError(
+                "PosteriorDrawsModel's posterior is of the utility: it takes no observation_noise (got "
+                f"{type(noise).__name__ if isinstance(noise, Tensor) else repr(noise)}). The answers' noise is in the "
+                "link, not Gaussian noise on the utility: call posterior(X) (observation_noise=False), and for the "
+                "answers' probabilities use RewardPosterior.outcome_probabilities. BoTorch acquisitions that ask for "
+                "observation noise (qMaxValueEntropy, qJointEntropySearch, ...) assume a Gaussian posterior; on a "
+                "RewardPosterior use papa_bayes.acquisition.PairwiseInformationGain (Monte Carlo BALD, the "
+                "posterior's own link) or HoulsbyInformationGain (closed-form BALD on the draws' moments)."
+            )
         if posterior_transform is not None and not isinstance(posterior_transform, ScalarizedPosteriorTransform):
             raise ModelError("PosteriorDrawsModel supports posterior_transform=ScalarizedPosteriorTransform only, "
                              f"got {type(posterior_transform).__name__}.")
