@@ -22,3 +22,13 @@ def _seed_and_clean():
     torch.manual_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on 2 shared
+    cores, 2 threads spin against each other (6x slower for small online updates)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

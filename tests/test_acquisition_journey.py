@@ -22,12 +22,7 @@ from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 from papa_bayes.users import SimulatedUser, simulate_comparisons
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from papa_bayes.acquisition import run_active_learning
 from papa_bayes.users import SimulatedUser, random_unit_vector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (6x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _alignment_after(strategy: str, seed: int, num_queries: int = 20) -> float:

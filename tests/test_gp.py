@@ -25,13 +25,7 @@ from papa_bayes.users import SimulatedUser, simulate_comparisons, simulate_ratin
 RATIONALITY = 1.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small linear algebra: one thread (two threads on a shared 2-core machine run ~50x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_bumps(x: torch.Tensor) -> torch.Tensor:
