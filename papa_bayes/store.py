@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_int, check_path, plain_array
+from papa_bayes.checks import _shown, check_int, check_path, holds_bool, plain_array
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 
@@ -105,6 +105,38 @@ def _npy(array: np.ndarray) -> bytes:
 
 def _from_npy(blob: bytes) -> np.ndarray:
     return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def _json(name: str, value: Any, **options: Any) -> str:
+    """``value`` as JSON text, or InputDataError naming ``name`` (json's bare TypeError named no argument)."""
+    try:
+        return json.dumps(value, **options)
+    except (TypeError, ValueError) as err:
+        raise InputDataError(name, "JSON-serializable values", str(err)) from None
+
+
+
+def _source_state_json(state: Any) -> str:
+    """A candidate source's state (a JSON-serializable dict) as JSON text, or InputDataError."""
+    if not isinstance(state, dict):
+        raise InputDataError("source_state", "None or a dict (a source's state())", type(state).__name__)
+    return _json("source_state", state)
+
+
+def _metric_number(value: Any) -> float:
+    """A metric JSON cannot hold as it is (a NumPy or 0-d torch number) as a float; TypeError for anything else."""
+    if isinstance(value, (str, bytes)) or (hasattr(value, "dtype") and getattr(value, "ndim", 0) != 0):
+        raise TypeError(f"Object of type {type(value).__name__} is not a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"Object of type {type(value).__name__} is not a number") from None
+
+
+def _shown_metrics(metrics: Any) -> str:
+    if isinstance(metrics, dict):
+        return f"keys {sorted({type(k).__name__ for k in metrics if not isinstance(k, str)})}"
+    return type(metrics).__name__
 
 
 #: Rater and query ids are SQLite integers (and a rater's byte offset in the lock file): signed 64 bits.
@@ -342,10 +374,9 @@ class PreferenceStore:
         """
         if rater is not None:
             rater = check_id("rater", rater)
-        try:
-            text = json.dumps(config)
-        except (TypeError, ValueError) as err:
-            raise InputDataError("config", "JSON-serializable values", str(err)) from None
+        if not isinstance(config, dict):  # another kind replaced a session's settings: resume() then failed
+            raise InputDataError("config", "a dict of settings", type(config).__name__)
+        text = _json("config", config)
         with self._transaction():
             row = self.conn.execute("SELECT value FROM meta WHERE key='config'").fetchone()
             default = None if row is None else json.loads(row[0])
@@ -417,6 +448,8 @@ class PreferenceStore:
             raise InputDataError("images", f"{feats.shape[0]} images (one per item)", images.shape[0])
         round = None if round is None else check_int("round", round, minimum=0)
         rater = None if rater is None else check_id("rater", rater)
+        if not isinstance(source, (str, Sequence)):  # (None: a bare "'NoneType' object is not iterable")
+            raise InputDataError("source", f"one str label or {feats.shape[0]} (one per item)", type(source).__name__)
         sources = [source] * feats.shape[0] if isinstance(source, str) else list(source)
         if len(sources) != feats.shape[0]:
             raise InputDataError("source", f"one label or {feats.shape[0]} (one per item)", f"{len(sources)} labels")
@@ -491,15 +524,25 @@ class PreferenceStore:
                 raise InputDataError(name, f"the index of a stored item (0 to {n - 1})", item)
         if item_b is not None and int(item_a) == int(item_b):
             raise InputDataError("item_b", f"an item other than item_a ({item_a}): a pair compares two items", item_b)
+        if score is not None:  # (a selection's score may be infinite: any real number is stored)
+            try:
+                if isinstance(score, (str, bytes)) or holds_bool(score) or getattr(score, "ndim", 0) != 0:
+                    raise TypeError
+                score = float(score)
+            except (TypeError, ValueError):  # text gave a bare ValueError; True was stored as 1.0
+                raise InputDataError("score", "None or a real number", _shown(score)) from None
+        if rng_state is not None and not (isinstance(rng_state, Tensor) and rng_state.dtype == torch.uint8):
+            raise InputDataError("rng_state", "None or a torch.Generator's state (a uint8 tensor)",
+                                 type(rng_state).__name__)
+        state_text = None if source_state is None else _source_state_json(source_state)
         with self._transaction():
-            if source_state is not None:
-                self._put_source_state(rater, source_state)
+            if state_text is not None:
+                self._put_source_state(rater, state_text)
             cur = self.conn.execute(
                 "INSERT INTO queries (round, rater, kind, item_a, item_b, score, asked, rng_state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (round, rater, kind, int(item_a), None if item_b is None else int(item_b),
-                 None if score is None else float(score), time.time(),
-                 None if rng_state is None else rng_state.numpy().tobytes()),
+                (round, rater, kind, int(item_a), None if item_b is None else int(item_b), score, time.time(),
+                 None if rng_state is None else rng_state.cpu().numpy().tobytes()),
             )
             return int(cur.lastrowid)
 
@@ -559,22 +602,31 @@ class PreferenceStore:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"source_state/rater{check_id('rater', rater)}",)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def _put_source_state(self, rater: int, state: dict[str, Any]) -> None:
+    def _put_source_state(self, rater: int, text: str) -> None:
+        """Store ``rater``'s source state, as :func:`_source_state_json` wrote it (checked before the transaction)."""
         key = f"source_state/rater{rater}"
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(state)))
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text))
 
     # ---------------------------------------------------------------- rounds
     def finish_round(self, *, rater: int, round: int, metrics: dict[str, Any], rng_state: Tensor | None = None,
                      source_state: dict[str, Any] | None = None) -> None:
         """Record a finished round's metrics (and the source's state at its end, as in :meth:`add_query`)."""
         rater, round = check_id("rater", rater), check_int("round", round, minimum=0)
-        blob = None if rng_state is None else rng_state.numpy().tobytes()
+        # Read back as {"round": r, **metrics}: anything but a dict of str keys made rounds() raise, for good.
+        if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+            raise InputDataError("metrics", "a dict of str names to numbers", _shown_metrics(metrics))
+        text = _json("metrics", metrics, default=_metric_number)
+        if rng_state is not None and not (isinstance(rng_state, Tensor) and rng_state.dtype == torch.uint8):
+            raise InputDataError("rng_state", "None or a torch.Generator's state (a uint8 tensor)",
+                                 type(rng_state).__name__)
+        blob = None if rng_state is None else rng_state.cpu().numpy().tobytes()
+        state_text = None if source_state is None else _source_state_json(source_state)
         with self._transaction():
-            if source_state is not None:
-                self._put_source_state(rater, source_state)
+            if state_text is not None:
+                self._put_source_state(rater, state_text)
             self.conn.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?)",
-                (rater, round, json.dumps(metrics, default=float), blob, time.time()),
+                (rater, round, text, blob, time.time()),
             )
 
     def rounds(self, rater: int) -> list[dict[str, Any]]:

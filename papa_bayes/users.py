@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import _shown, check_float, check_generator, check_int, check_real_tensor, implements
+from papa_bayes.checks import (
+    _shown, check_float, check_generator, check_int, check_real_tensor, implements, plain_array,
+)
 from papa_bayes.data import PreferenceData, _as_tensor
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.models.likelihoods import check_link, comparison_log_probs, log_cdf
@@ -234,13 +236,21 @@ class SimulatedUser(User):
         """The hidden utility: `n`.
 
         Raises:
-            InputDataError: features of another dimension than the weights, or a
-                utility that is not finite (NaN features, a callable returning NaN).
+            InputDataError: features of another dimension than the weights, a utility
+                that is not finite (NaN features, a callable returning NaN), or a callable
+                returning anything but real numbers (None, text, complex numbers; bools read as 0/1).
         """
         out = self._utility(x)
-        # Python floats parsed in double directly (through float32 they lose digits a near tie needs)
-        u = out.to(torch.float64) if isinstance(out, Tensor) else torch.as_tensor(out, dtype=torch.float64)
-        u = u.reshape(-1)
+        expected = "real numbers, one utility per item (a `n` tensor)"
+        if not isinstance(out, Tensor):
+            try:  # Python floats parsed in double directly (through float32 they lose digits a near tie needs)
+                # (NumPy arrays keep their dtype: a complex one is refused below, not cut to its real part)
+                out = torch.as_tensor(plain_array(out), dtype=None if hasattr(out, "dtype") else torch.float64)
+            except (TypeError, ValueError, RuntimeError):  # None, text, objects: torch's bare TypeError
+                raise InputDataError("utility", expected, _shown(out)) from None
+        if out.is_complex():  # its imaginary part was dropped, with a mere warning
+            raise InputDataError("utility", expected, f"a tensor of {out.dtype}")
+        u = out.detach().to(torch.float64).reshape(-1)
         n = x.shape[0] if getattr(x, "ndim", 0) >= 2 else None  # 1-D: one item, or a callable's own convention
         if n is not None and u.numel() != n:
             raise InputDataError("utility", f"{n} utilities, one per item of the `{n} x ...` input",
@@ -281,8 +291,8 @@ class SimulatedUser(User):
         diff = u_first - u_second
         if math.isinf(self.rationality):
             scaled = torch.sign(diff) * 1e6
-        else:
-            scaled = self.rationality * diff
+        else:  # (a rationality near 1e308 overflowed to inf: NaN probabilities; past 1e6 the answer is sure anyway)
+            scaled = (self.rationality * diff).clamp(-1e6, 1e6)
         tie = torch.tensor(self.tie_margin, dtype=torch.float64) if self.tie_margin > 0 else None
         return comparison_log_probs(scaled, self.link, tie).exp()
 

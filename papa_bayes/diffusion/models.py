@@ -234,7 +234,10 @@ class PixelDiffusion(DiffusionModel):
 
     Raises:
         InputDataError: on a conditional denoiser (a ``UNet2DConditionModel``: use
-            :class:`LatentDiffusion`), besides what :class:`DiffusionModel` raises.
+            :class:`LatentDiffusion`), or one whose ``config`` gives no sample size
+            (``sample_size`` an integer >= 1 or a pair of them, ``in_channels`` an
+            integer >= 1: the shape of what is sampled), besides what
+            :class:`DiffusionModel` raises.
 
     Example:
         Wrap a fresh (untrained, so its samples are noise) digits-sized UNet:
@@ -258,6 +261,20 @@ class PixelDiffusion(DiffusionModel):
         if getattr(getattr(unet, "config", None), "cross_attention_dim", None) is not None:
             raise InputDataError("unet", "an unconditional denoiser such as UNet2DModel (a UNet2DConditionModel "
                                  "goes in LatentDiffusion)", type(unet).__name__)
+        # sample_shape reads them when sampling starts: UNet2DModel(sample_size=None) failed there, in Python's words.
+        config = getattr(unet, "config", None)
+        size, channels = getattr(config, "sample_size", None), getattr(config, "in_channels", None)
+        try:
+            if isinstance(size, (tuple, list)):
+                h, w = size
+                check_int("sample_size", h), check_int("sample_size", w)
+            else:
+                check_int("sample_size", size)
+            check_int("in_channels", channels)
+        except (InputDataError, ValueError):
+            raise InputDataError("unet", "a denoiser whose config has a sample_size (an integer >= 1 or a pair "
+                                 "`(h, w)` of them) and in_channels (an integer >= 1): the shape of a sample",
+                                 f"sample_size = {size!r}, in_channels = {channels!r}") from None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -303,7 +320,8 @@ class LatentDiffusion(DiffusionModel):
         InputDataError: on conditioning of the wrong shape, dtype or not finite, a
             bad ``cfg_scale`` or ``latent_size``, a ``unet`` without a
             ``cross_attention_dim``, or a ``vae`` that is not an autoencoder module
-            with ``decode``.
+            with ``decode``, or one whose ``latent_channels`` differ from the denoiser's
+            ``in_channels`` (decoding would fail only after every denoising step).
     """
 
     def __init__(
@@ -323,6 +341,11 @@ class LatentDiffusion(DiffusionModel):
                                  type(unet).__name__)
         if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
             raise InputDataError("vae", "a torch.nn.Module autoencoder (an AutoencoderKL)", type(vae).__name__)
+        ins = getattr(unet.config, "in_channels", None)
+        latent = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if isinstance(ins, int) and isinstance(latent, int) and ins != latent:
+            raise InputDataError("vae", f"an autoencoder with latent_channels = {ins} (the denoiser's in_channels)",
+                                 f"latent_channels = {latent}")
         self.vae = vae
         cfg_scale = check_float("cfg_scale", cfg_scale)
         if cfg_scale != 1.0 and negative_encoder_hidden_states is None:

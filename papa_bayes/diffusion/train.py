@@ -16,6 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -62,16 +63,20 @@ def train_base_model(
         seed: seeds the weights, batches, timesteps and noise (an integer >= 0).
         device: where to train.
         unet_config: entries replacing those of ``DIGITS_UNET_CONFIG`` (a larger or
-            smaller UNet), a dict of ``UNet2DModel`` arguments.
+            smaller UNet), a dict of ``UNet2DModel`` arguments that diffusers can build;
+            ``sample_size``, ``in_channels`` and ``out_channels`` may only restate the
+            digits' `1 x 8 x 8`. A UNet with dropout draws its masks from ``seed`` too.
         progress_bar: show a tqdm bar.
 
     Returns:
         A summary dict (final loss, seconds, steps), also written to ``train_log.json``.
 
     Raises:
-        InputDataError: on a step count, batch size, learning rate, decay or seed out of
-            range, a device this machine does not have, or a ``unet_config`` that is
-            not a dict of UNet2DModel arguments.
+        InputDataError: before any training, on a step count, batch size, learning
+            rate, decay or seed out of range, a device this machine does not have, an
+            ``out_dir`` that is (or lies inside) a file or is not writable, or a
+            ``unet_config`` that is not a dict of UNet2DModel arguments, that diffusers
+            cannot build or that changes the digits' shape.
     """
     # Checked before the UNet is built: a bad number should not cost a model.
     out = check_path("out_dir", out_dir)
@@ -83,11 +88,72 @@ def train_base_model(
     device = check_device("device", device)
     progress_bar = check_bool("progress_bar", progress_bar)
     if unet_config is not None:
-        check_unet_overrides("unet_config", unet_config)
-    with torch.random.fork_rng(devices=[]):  # diffusers initialises weights from the global RNG
+        _check_digits_shape(check_unet_overrides("unet_config", unet_config))
+    _check_out_folder(out, "out_dir")  # a file there would surface only after the minutes of training
+    # diffusers initialises the weights, and dropout draws its masks, from the global RNG: both come from
+    # `seed`, and the caller's RNG state comes back.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        unet = make_digits_unet(**(unet_config or {}))
-    unet = unet.to(device=device, dtype=torch.float32).train()
+        try:
+            unet = make_digits_unet(**(unet_config or {}))
+        except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as err:  # diffusers' and torch's checks
+            detail = str(err).splitlines()[0] if str(err) else ""
+            raise InputDataError("unet_config", "UNet2DModel arguments diffusers can build",
+                                 f"{unet_config} ({type(err).__name__}: {detail})") from None
+        unet = unet.to(device=device, dtype=torch.float32).train()
+        ema, running, seconds, scheduler = _train(unet, steps=steps, batch_size=batch_size,
+                                                  learning_rate=learning_rate, ema_decay=ema_decay, seed=seed,
+                                                  device=device, progress_bar=progress_bar)
+    out.mkdir(parents=True, exist_ok=True)
+    # float16 storage halves the committed size; load_base_model casts back to float32.
+    # (torch.nn.Module.to skips diffusers' warning about casting a loaded model.)
+    torch.nn.Module.to(ema, dtype=torch.float16).save_pretrained(out / "unet", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    from papa_bayes.diffusion.finetune.io import pipeline_index
+    from papa_bayes.diffusion.models import PixelDiffusion
+
+    # So that diffusers opens the folder too: DDPMPipeline.from_pretrained(out).
+    (out / "model_index.json").write_text(json.dumps(pipeline_index(PixelDiffusion(ema, scheduler)), indent=2) + "\n")
+    summary = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "ema_decay": ema_decay,
+        "seed": seed,
+        "split_seed": DIGITS_SPLIT_SEED,
+        "unet_config": unet_config or {},
+        "final_loss": running,
+        "seconds": round(seconds, 1),
+        "torch": torch.__version__,
+    }
+    (out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+#: What the digits fix in a UNet: `1 x 8 x 8` samples (``unet_config`` may only restate it).
+_DIGITS_SHAPE = {"in_channels": 1, "out_channels": 1, "sample_size": 8}
+
+
+def _check_digits_shape(unet_config: dict) -> None:
+    """InputDataError when ``unet_config`` changes the digits' channels or size.
+
+    A UNet is size-agnostic: one of ``sample_size`` 16 trains on the 8x8 digits
+    without complaint and then samples 16x16 noise; 3 input channels fail at the
+    first step, in torch's words; 2 output channels (a learned variance) only once
+    the minutes of training are over.
+    """
+    for key, value in _DIGITS_SHAPE.items():
+        given = unet_config.get(key, value)
+        same = given == value or (key == "sample_size" and isinstance(given, (tuple, list))
+                                  and list(given) == [value, value])
+        if isinstance(given, bool) or not same:
+            raise InputDataError("unet_config", f"{key} = {value} (the digits are `1 x 8 x 8`) or no {key} entry",
+                                 f"{key} = {given!r}")
+
+
+def _train(unet: torch.nn.Module, *, steps: int, batch_size: int, learning_rate: float, ema_decay: float,
+           seed: int, device: torch.device, progress_bar: bool) -> tuple[torch.nn.Module, float, float, Any]:
+    """The DDPM training loop of :func:`train_base_model`; returns ``(ema, final_loss, seconds, scheduler)``."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = make_train_scheduler()
@@ -126,31 +192,7 @@ def train_base_model(
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{running:.4f}")
-    seconds = time.time() - start
-    out.mkdir(parents=True, exist_ok=True)
-    # float16 storage halves the committed size; load_base_model casts back to float32.
-    # (torch.nn.Module.to skips diffusers' warning about casting a loaded model.)
-    torch.nn.Module.to(ema, dtype=torch.float16).save_pretrained(out / "unet", safe_serialization=True)
-    scheduler.save_pretrained(out / "scheduler")
-    from papa_bayes.diffusion.finetune.io import pipeline_index
-    from papa_bayes.diffusion.models import PixelDiffusion
-
-    # So that diffusers opens the folder too: DDPMPipeline.from_pretrained(out).
-    (out / "model_index.json").write_text(json.dumps(pipeline_index(PixelDiffusion(ema, scheduler)), indent=2) + "\n")
-    summary = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "ema_decay": ema_decay,
-        "seed": seed,
-        "split_seed": DIGITS_SPLIT_SEED,
-        "unet_config": unet_config or {},
-        "final_loss": running,
-        "seconds": round(seconds, 1),
-        "torch": torch.__version__,
-    }
-    (out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return ema, running, time.time() - start, scheduler
 
 
 @renamed_option("progress", "progress_bar")
@@ -204,16 +246,16 @@ def fit_default_features(
     return pca
 
 
-def _check_out_folder(out: Path) -> None:
-    """InputDataError naming ``--out`` unless the folder exists or can be made (nothing is made now)."""
+def _check_out_folder(out: Path, name: str = "--out") -> None:
+    """InputDataError naming ``name`` unless the folder exists or can be made (nothing is made now)."""
     expected = "a folder (or a path where one can be made)"
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputDataError("--out", expected, f"{out} (a file)" if existing == out else f"{out} ({existing} is a file)")
+        raise InputDataError(name, expected, f"{out} (a file)" if existing == out else f"{out} ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputDataError("--out", expected, f"{out} ({existing} is not writable)")
+        raise InputDataError(name, expected, f"{out} ({existing} is not writable)")
 
 
 def main(argv: list[str] | None = None) -> dict:
