@@ -115,6 +115,15 @@ def _json(name: str, value: Any, **options: Any) -> str:
         raise InputDataError(name, "JSON-serializable values", str(err)) from None
 
 
+def _rng_blob(rng_state: Any) -> bytes | None:
+    """A torch.Generator's state (a uint8 tensor) as the bytes stored, None for None; else InputDataError."""
+    if rng_state is None:
+        return None
+    if not (isinstance(rng_state, Tensor) and rng_state.dtype == torch.uint8):
+        raise InputDataError("rng_state", "None or a torch.Generator's state (a uint8 tensor)",
+                             type(rng_state).__name__)
+    return rng_state.cpu().numpy().tobytes()
+
 
 def _source_state_json(state: Any) -> str:
     """A candidate source's state (a JSON-serializable dict) as JSON text, or InputDataError."""
@@ -531,9 +540,7 @@ class PreferenceStore:
                 score = float(score)
             except (TypeError, ValueError):  # text gave a bare ValueError; True was stored as 1.0
                 raise InputDataError("score", "None or a real number", _shown(score)) from None
-        if rng_state is not None and not (isinstance(rng_state, Tensor) and rng_state.dtype == torch.uint8):
-            raise InputDataError("rng_state", "None or a torch.Generator's state (a uint8 tensor)",
-                                 type(rng_state).__name__)
+        blob = _rng_blob(rng_state)
         state_text = None if source_state is None else _source_state_json(source_state)
         with self._transaction():
             if state_text is not None:
@@ -541,8 +548,7 @@ class PreferenceStore:
             cur = self.conn.execute(
                 "INSERT INTO queries (round, rater, kind, item_a, item_b, score, asked, rng_state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (round, rater, kind, int(item_a), None if item_b is None else int(item_b), score, time.time(),
-                 None if rng_state is None else rng_state.cpu().numpy().tobytes()),
+                (round, rater, kind, int(item_a), None if item_b is None else int(item_b), score, time.time(), blob),
             )
             return int(cur.lastrowid)
 
@@ -616,10 +622,7 @@ class PreferenceStore:
         if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
             raise InputDataError("metrics", "a dict of str names to numbers", _shown_metrics(metrics))
         text = _json("metrics", metrics, default=_metric_number)
-        if rng_state is not None and not (isinstance(rng_state, Tensor) and rng_state.dtype == torch.uint8):
-            raise InputDataError("rng_state", "None or a torch.Generator's state (a uint8 tensor)",
-                                 type(rng_state).__name__)
-        blob = None if rng_state is None else rng_state.cpu().numpy().tobytes()
+        blob = _rng_blob(rng_state)
         state_text = None if source_state is None else _source_state_json(source_state)
         with self._transaction():
             if state_text is not None:

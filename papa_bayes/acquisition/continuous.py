@@ -46,14 +46,14 @@ def _distinct(a: Tensor, b: Tensor, width: Tensor, *, linear: bool = False) -> b
     A pair and its swap are the same question; with ``linear`` (a utility linear in
     the features) so are two pairs whose differences ``a - b`` agree up to sign.
     """
-    if linear and a.shape[0] == 2:
-        a, b = a[0] - a[1], b[0] - b[1]
-        gap = min(float(((a - b).abs() / width).max()), float(((a + b).abs() / width).max()))
-    else:
-        gap = float(((a - b).abs() / width).max())
-        if a.shape[0] == 2:
-            gap = min(gap, float(((a - b.flip(0)).abs() / width).max()))
-    return gap > _SAME_QUESTION
+    def gap(x: Tensor, y: Tensor) -> float:  # the largest difference, in box widths
+        return float(((x - y).abs() / width).max())
+
+    if a.shape[0] != 2:
+        return gap(a, b) > _SAME_QUESTION
+    if linear:  # the questions a - b and b - a (one question, swapped)
+        return min(gap(a[0] - a[1], b[0] - b[1]), gap(a[0] - a[1], b[1] - b[0])) > _SAME_QUESTION
+    return min(gap(a, b), gap(a, b.flip(0))) > _SAME_QUESTION
 
 
 def _distinct_optima(X: Tensor, values: Tensor, k: int, width: Tensor, *, linear: bool = False) -> list[int]:

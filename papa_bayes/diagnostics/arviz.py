@@ -318,15 +318,13 @@ def to_inference_data(post: RewardPosterior, *, seed: int = 0, prior: bool = Fal
         predictive = {k: shape(d.sample()) for k, d in dists.items()}
     dims = {k: v for k, v in model.dims.items() if k in posterior}
     prior_groups = prior_draws(post, num_prior_samples, seed) if prior else (None, None)
-    # Only NUTS diverges: Laplace and SVI fits carry an all-False placeholder that would pass for a sampler's verdict.
-    stats = {k: v for k, v in post.sample_stats.items() if k != "diverging" or post.method == "nuts"}
     idata = build_inference_data(
         posterior=posterior,
         data=data,
         observed=observed,
         log_likelihood=loglik,
         posterior_predictive=predictive,
-        sample_stats=stats or None,
+        sample_stats=post.sample_stats,
         dims=dims,
         attrs={"inference_library": "pyro", **fit_attrs(post), "model": repr(model)},
         prior=prior_groups[0],

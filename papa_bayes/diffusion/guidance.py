@@ -262,8 +262,7 @@ class Guidance:
         """The `(low, high)` range the shift keeps ``model``'s samples in (None: none), ``clamp`` resolved."""
         if self.clamp != "auto":
             return self.clamp
-        # Samples that are the images (no decoder of their own) are pixels in [-1, 1]; decoded ones are latents.
-        return (-1.0, 1.0) if type(model).decode is DiffusionModel.decode else None
+        return (-1.0, 1.0) if model.samples_are_images else None
 
     def _input(self, model: DiffusionModel, x0: Tensor) -> Tensor:
         """What the objective reads: decoded images, or the diffused sample itself."""

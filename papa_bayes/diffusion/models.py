@@ -198,6 +198,12 @@ class DiffusionModel:
         """Images (`n x c x h x w`, about `[-1, 1]`) from clean diffused tensors."""
         return x0
 
+    @property
+    def samples_are_images(self) -> bool:
+        """Whether a sample is its own image, in `[-1, 1]` (a model without a decoder of its own, as
+        :class:`PixelDiffusion`); False where ``decode`` maps latents to images."""
+        return type(self).decode is DiffusionModel.decode
+
     def for_samples(self, start: int, stop: int, num_samples: int) -> DiffusionModel:
         """The model that denoises samples ``start:stop`` of ``num_samples`` (a sampler batch).
 

@@ -192,8 +192,7 @@ def _check_guard(guard: Any, model: Any) -> None:
     if isinstance(guard, type) or not callable(guard):
         found = f"the class {guard.__name__}" if isinstance(guard, type) else type(guard).__name__
         raise InputDataError("guard", _GUARD + " (e.g. ManifoldGuard(reference_images))", found)
-    if isinstance(guard, ManifoldGuard) and isinstance(model, DiffusionModel) \
-            and type(model).decode is DiffusionModel.decode:  # the samples are the images
+    if isinstance(guard, ManifoldGuard) and isinstance(model, DiffusionModel) and model.samples_are_images:
         _check_guard_size(guard, math.prod(model.sample_shape))
 
 

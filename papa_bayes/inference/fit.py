@@ -445,11 +445,11 @@ def _fit_nested_laplace(model: PyroRewardModel, data: PreferenceData, opts: dict
 
 def _draws_posterior(model: PyroRewardModel, data: PreferenceData, params: dict[str, Tensor], opts: dict[str, Any],
                      state: dict[str, Any], diagnostics: dict[str, Any]) -> PyroPosterior:
-    """Laplace (or refined) draws, `S` per site, as a one-chain posterior with their log joint."""
+    """Laplace (or refined) draws, `S` per site, as a one-chain posterior with their log joint (no sampler:
+    no ``diverging``)."""
     lp = model.log_joint(params, data)
-    stats = {"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, lp.shape[-1], dtype=torch.bool)}
     return PyroPosterior(model, data, {k: v.unsqueeze(0) for k, v in params.items()}, method="laplace",
-                         sample_stats=stats, state=state, options=opts, diagnostics=diagnostics)
+                         sample_stats={"lp": lp.unsqueeze(0)}, state=state, options=opts, diagnostics=diagnostics)
 
 
 def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
@@ -547,7 +547,7 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
     samples = {k: v.unsqueeze(0) for k, v in params.items()}
     return PyroPosterior(
         model, data, samples, method="svi",
-        sample_stats={"lp": lp.unsqueeze(0), "diverging": torch.zeros(1, s, dtype=torch.bool)},
+        sample_stats={"lp": lp.unsqueeze(0)},  # no sampler, no divergences
         state={"mode": laplace.state["mode"]}, options=opts,
         diagnostics={"elbo": [-v for v in losses], "num_steps": steps},
     )

@@ -312,6 +312,13 @@ def mixture_moments(fit: IntegratedLaplace, full: UnconstrainedSpace) -> tuple[T
     return mean, cov
 
 
+def laplace_log_evidence(value: Tensor, H: Tensor) -> Tensor:
+    """Laplace's estimate `K` of log p(data, fixed sites) from `K` conditional modes: ``-f(mode) + D/2 log 2 pi
+    - 1/2 log|H|`` (``value`` = f at the modes, ``H`` their `K x D x D` Hessians, f the negative log joint)."""
+    half_logdet = torch.linalg.cholesky(H).diagonal(dim1=1, dim2=2).log().sum(1)
+    return -value + 0.5 * H.shape[-1] * math.log(2 * math.pi) - half_logdet
+
+
 def integrated_laplace(
     model: PyroRewardModel,
     data: PreferenceData,
@@ -352,9 +359,7 @@ def integrated_laplace(
         modes, H, value, n = _newton(_objective(model, data, others, {site: eta.exp()}), start,
                                      batched_hessian=batch_hessian_rows(len(eta), data.num_observations, others.dim))
         newton += n
-        # Laplace: -f(mode) + D/2 log 2 pi - 1/2 log|H|, plus eta for d beta / d eta.
-        half_logdet = torch.linalg.cholesky(H).diagonal(dim1=1, dim2=2).log().sum(1)
-        return modes, H, -value + 0.5 * others.dim * math.log(2 * math.pi) - half_logdet + eta
+        return modes, H, laplace_log_evidence(value, H) + eta  # + eta: d beta / d eta
 
     if warm is not None:
         if warm.space.dim == others.dim:

@@ -27,7 +27,7 @@ from torch import Tensor
 from papa_bayes.checks import caller_stacklevel
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, PapaBayesWarning
-from papa_bayes.inference.laplace import _newton, _objective, batch_hessian_rows
+from papa_bayes.inference.laplace import _newton, _objective, batch_hessian_rows, laplace_log_evidence
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
 from papa_bayes.models.base import PyroRewardModel
 
@@ -111,13 +111,6 @@ class NestedLaplace:
             parts.append(math.log(share) + log_q)
         return torch.logsumexp(torch.stack(parts), 0)
 
-    def mean_cov(self) -> tuple[Tensor, Tensor]:
-        """Mean `d` and covariance `d x d` of the skewed Gaussian in ``s``."""
-        a, b = self.sd_neg, self.sd_pos
-        shift = (b - a) * math.sqrt(2 / math.pi) / 2  # mean of a split normal (per axis)
-        var = (a**2 + b**2) / 2 - shift**2
-        return self.center + self.axes @ shift, self.axes @ torch.diag(var) @ self.axes.T
-
 
 def _block_hessian(space: UnconstrainedSpace, block: str):
     """A Hessian function for :func:`_newton` when ``block``'s rows (`R x k`) do not interact.
@@ -189,10 +182,7 @@ class _Marginal:
                                                                             self.others.dim),
                                          hessian=self.hessian)
         self.newton_steps += n
-        half_logdet = torch.linalg.cholesky(H).diagonal(dim1=1, dim2=2).log().sum(1)
-        # -f(mode) + D'/2 log 2 pi - 1/2 log|H|, plus sum(s) for d scale / d s.
-        logev = -value + 0.5 * self.others.dim * math.log(2 * math.pi) - half_logdet + s.sum(1)
-        return modes, H, logev
+        return modes, H, laplace_log_evidence(value, H) + s.sum(1)  # + sum(s): d scale / d s
 
 
 def nested_laplace(
