@@ -30,9 +30,10 @@ from papa_bayes.checks import bounded_arg  # noqa: E402
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-features", type=bounded_arg(int, 1), default=8)
-    parser.add_argument("--num-items", type=bounded_arg(int, 2), default=500)
+    parser.add_argument("--num-items", type=bounded_arg(int, 2), default=500, help="items the pairs are drawn from")
     parser.add_argument("--num-comparisons", type=bounded_arg(int, 1), default=200)
-    parser.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.0)
+    parser.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.0,
+                        help="the simulated person's (logit answers); the model learns its own")
     parser.add_argument("--num-samples", type=bounded_arg(int, 4), default=500, help="NUTS draws per chain")
     parser.add_argument("--warmup-steps", type=bounded_arg(int, 0), default=300)
     parser.add_argument("--num-chains", type=bounded_arg(int, 1), default=2)

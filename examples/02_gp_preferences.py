@@ -10,7 +10,8 @@ same random pairwise comparisons we fit
 
 then score P(a preferred to b) on held-out pairs of new items: log-loss against the
 person's answers (and against the true probabilities), expected calibration error,
-and a reliability plot saved as PNG.
+and a reliability plot: OUT/reliability.png and OUT/results.json (default OUT:
+example_output/02).
 
     python examples/02_gp_preferences.py --out example_output/02
     python examples/02_gp_preferences.py --tiny      # seconds
@@ -133,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     plt.close(fig)
     (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "results": results}, indent=2))
-    print("(the first GP fit of a process also pays ~2 s for torch's first optimizer step importing its compiler "
-          "stack)")
+    print("(the first GP fit of a process also pays about 1 s for torch's first optimizer step importing its "
+          "compiler stack)")
     print(f"wrote {args.out / 'reliability.png'} and {args.out / 'results.json'}")
     assert all(math.isfinite(r["held_out_log_loss"]) for r in results.values())
     return results

@@ -2,7 +2,8 @@
 
 A simulated person with a hidden linear reward ``u(x) = w* . x`` (w* uniform on the
 sphere, logit answers with rationality 1) compares pairs drawn from a pool of 500
-items. After every answer the Laplace posterior is updated online; the next pair is
+items. After every answer the Laplace posterior of ``LinearReward()`` (rationality
+learned) is updated online; the next pair is
 either the one with the largest expected information gain among all 124,750 pairs
 of the pool ("eig") or a random pair ("random"). The plot shows the alignment
 cos(E[w], w*) against the number of answers, mean and standard error over seeds.
@@ -38,11 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.0,
                    help="the simulated user's rationality")
     p.add_argument("--num-samples", type=bounded_arg(int, 1), default=256, help="posterior draws")
-    p.add_argument("--strategies", default="eig,random", help="comma-separated strategies to compare")
+    p.add_argument("--strategies", default="eig,random",
+                   help="comma-separated strategies to compare (papa_bayes.acquisition.STRATEGIES)")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0, help="base seed")
     p.add_argument("--out", default="example_output/03", help="output folder")
     p.add_argument("--tiny", action="store_true",
-                   help="tiny sizes (d=3, pool 40, 6 queries, 2 seeds); sizes given explicitly are kept")
+                   help="tiny sizes (d=3, pool 40, 6 queries, 2 seeds, 64 draws); sizes given explicitly are kept")
     # --tiny shrinks only the sizes left off the command line (as the benchmarks' --tiny)
     args = parse_with_tiny(p, argv, dict(dim=3, pool_size=40, queries=6, seeds=2, num_samples=64))
     return args

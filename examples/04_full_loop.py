@@ -1,7 +1,8 @@
 """The full online loop in Python: ask, update, steer, recommend.
 
 A simulated person who likes digits {1, 4, 7, 9} answers pairwise queries about
-samples of the bundled diffusion model; the posterior steers the sampler; the
+samples of the bundled diffusion model, chosen by their information about the
+preferred region (strategy "region"); the posterior steers the sampler; the
 recommended samples are measured by the independent judge and saved as a grid.
 Prints each round's expected information (bits) and exposure coverage, then the
 judge's measures of the recommended samples (preferred fraction, judge share,
@@ -25,10 +26,10 @@ from papa_bayes.checks import bounded_arg, parse_with_tiny
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=bounded_arg(int, 1), default=20)
-    p.add_argument("--query-type", choices=("pair", "rating"), default="pair")
-    p.add_argument("--pool-size", type=bounded_arg(int, 2), default=16)
-    p.add_argument("--recommend", type=bounded_arg(int, 4), default=64)
+    p.add_argument("--labels", type=bounded_arg(int, 1), default=20, help="answers (rounds)")
+    p.add_argument("--query-type", choices=("pair", "rating"), default="pair", help="pair or like/dislike questions")
+    p.add_argument("--pool-size", type=bounded_arg(int, 2), default=16, help="candidate samples per round")
+    p.add_argument("--recommend", type=bounded_arg(int, 4), default=64, help="recommended samples measured")
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/04"))

@@ -10,7 +10,7 @@ scale the rule chose, and preferred fraction, judge share, precision and liked-c
 entropy of the base and the steered samples. With ``--out DIR`` it also writes
 DIR/before.png and DIR/after.png (without it, nothing is written).
 
-    python examples/05_guided_sampling.py --out out/05                    # ~1-2 min on CPU
+    python examples/05_guided_sampling.py --out out/05                    # about a minute on 2 CPU cores
     python examples/05_guided_sampling.py --num-samples 8 --steps 5 --labels 8 --pool-scale-samples 8
 """
 
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--labels", type=bounded_arg(int, 1), default=20, help="base samples the person rates")
     parser.add_argument("--pool-scale-samples", type=bounded_arg(int, 1), default=64,
                         help="pool size of the scale rule")
-    parser.add_argument("--oversample", type=bounded_arg(float, 1), default=4.0)
+    parser.add_argument("--oversample", type=bounded_arg(float, 1), default=4.0,
+                        help="steered pool size / --num-samples, before the guarded selection")
     parser.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for before/after PNG grids")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Use your own feature map: any differentiable callable from images to `n x d`.
 
-Here a hand-made map (ink, vertical and horizontal balance of the digit) replaces
+Here a hand-made map (total ink, its row and column centre, its horizontal spread) replaces
 the shipped PCA features; with real weights, a CLIP or DINO encoder plugs in the
 same way through ``CallableFeatures``. Guidance differentiates through it. Prints
 the posterior mean weight of each feature and the judge's measures of the
@@ -31,7 +31,7 @@ from papa_bayes.checks import bounded_arg, parse_with_tiny
 
 
 def ink_features(images: torch.Tensor) -> torch.Tensor:
-    """`n x 1 x 8 x 8` in [-1, 1] -> `n x 4`: total ink, its vertical and horizontal centre, spread."""
+    """`n x 1 x 8 x 8` in [-1, 1] -> `n x 4`: total ink, its row and column centre, its spread across columns."""
     ink = (images + 1) / 2
     ink = ink[:, 0]
     total = ink.sum((1, 2)) + 1e-6
@@ -44,7 +44,7 @@ def ink_features(images: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=bounded_arg(int, 1), default=10)
+    p.add_argument("--labels", type=bounded_arg(int, 1), default=10, help="like/dislike answers")
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/07"))

@@ -31,8 +31,9 @@ from papa_bayes.checks import bounded_arg, parse_with_tiny  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=bounded_arg(int, 1), default=30)
-    p.add_argument("--num-samples", type=bounded_arg(int, 4), default=300)
+    p.add_argument("--labels", type=bounded_arg(int, 1), default=30, help="answers of the session (pairs, EIG)")
+    p.add_argument("--num-samples", type=bounded_arg(int, 4), default=300,
+                   help="NUTS draws per chain (2 chains), and as many warm-up steps")
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (tests); sizes given explicitly are kept")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0)
     p.add_argument("--out", type=Path, default=Path("example_output/08"))

@@ -42,6 +42,7 @@ from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.locks import lock_rater
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
+from papa_bayes.session_resume import check_resumed, model_record
 from papa_bayes.sources import Candidates, CandidateSource, FeaturePool
 from papa_bayes.store import PreferenceStore, StoredQuery, check_id
 from papa_bayes.users import CallbackUser, User
@@ -50,6 +51,7 @@ from papa_bayes.users import CallbackUser, User
 __all__ = ["Candidates", "CandidateSource", "FeaturePool", "PreferenceSession", "RoundRecord", "QUERY_TYPES"]
 
 QUERY_TYPES = ("pair", "rating")
+DEFAULT_POOL_SIZE = 32  # candidates per round unless a session says otherwise
 
 
 @dataclass
@@ -65,75 +67,6 @@ def _entropy_proxy(post: RewardPosterior, features: Tensor) -> float:
     """Posterior entropy proxy: mean log sd of the utility over the pool (nats)."""
     sd = post.utility(features).std(0).clamp(min=1e-12)
     return float(sd.log().mean())
-
-
-def _check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
-    """InputDataError unless ``session``'s model and source are those of the stored configuration ``cfg``.
-
-    The error names the settings that differ, with their stored and given values (a diffusion source's
-    configuration has some twenty settings, a model's repr may hold a prior's whole covariance).
-    """
-    stored, given = cfg.get("model"), repr(session.model)
-    if stored is not None and stored != given:
-        by_class = " object at 0x" in stored  # a model without a repr of its own: compare classes
-        if not by_class or stored.split(" object at ")[0].lstrip("<") != given.split(" object at ")[0].lstrip("<"):
-            expected, got = _model_difference(stored, given)
-            raise InputDataError("model", f"the session's model, {expected}", got)
-    stored_source, given_source = cfg.get("source"), json.loads(json.dumps(session.source.config()))
-    # Only what was stored: a store written before a source recorded a setting does not refuse it now.
-    if isinstance(stored_source, dict) and any(given_source.get(k, ...) != v for k, v in stored_source.items()):
-        differ = [k for k, v in stored_source.items() if given_source.get(k, ...) != v]
-        if "kind" in differ:  # another kind of source: its other settings are beside the point
-            differ = ["kind"]
-        raise InputDataError("source", "the session's source, with "
-                             + _settings(stored_source, differ, "not stored") + " (the settings that differ)",
-                             _settings(given_source, differ, "not set"))
-
-
-def _settings(values: dict[str, Any], keys: list[str], missing: str, *, shown: Any = repr) -> str:
-    """``k=v, ...`` of ``keys`` in ``values``, each value as ``shown`` writes it (``k missing`` where absent)."""
-    return ", ".join(f"{k}={shown(values[k])}" if k in values else f"{k} {missing}" for k in keys)
-
-
-def _model_difference(stored: str, given: str) -> tuple[str, str]:
-    """(stored, given) reprs of two models, cut to the fields that differ where both are ``Name(k=v, ...)`` of
-    one class; whole otherwise (another class: its fields are beside the point, and its name is the news)."""
-    a, b = _repr_fields(stored), _repr_fields(given)
-    if a is None or b is None or a[0] != b[0]:
-        return stored, given
-    (name, old), (_, new) = a, b
-    differ = [k for k in {**old, **new} if old.get(k) != new.get(k)]
-    return (f"{name} with {_settings(old, differ, 'not stored', shown=str)} (the fields that differ)",
-            _settings(new, differ, "not set", shown=str))
-
-
-def _repr_fields(text: str) -> tuple[str, dict[str, str]] | None:
-    """``("Name", {"k": "v", ...})`` of a repr ``Name(k=v, ...)`` (split at its top-level commas), else None."""
-    name, paren, body = text.partition("(")
-    if not paren or not name.isidentifier() or not body.endswith(")"):
-        return None
-    parts, depth, quote, start = [], 0, "", 0
-    body = body[:-1]
-    for i, ch in enumerate(body):
-        if quote:
-            quote = "" if ch == quote and body[i - 1] != "\\" else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(body[start:i])
-            start = i + 1
-    parts.append(body[start:])
-    fields = {}
-    for part in parts:
-        key, eq, value = part.strip().partition("=")
-        if not eq or not key.isidentifier():
-            return None
-        fields[key] = value
-    return (name, fields) if depth == 0 and not quote else None
 
 
 def _one_value(value: Any, allowed: tuple[float, ...]) -> float | None:
@@ -199,7 +132,8 @@ class PreferenceSession:
             ``HierarchicalLinearReward`` pools the raters of the store (see above).
         query_type: ``"pair"`` or ``"rating"`` (like/dislike).
         strategy: an acquisition strategy of :func:`~papa_bayes.acquisition.select_queries`.
-        pool_size: candidates per round (>= 2).
+        pool_size: candidates per round (>= 2). None (default): 32, or all the items of a
+            smaller pool (a source's ``max_candidates``); a larger number is refused.
         exploration: share of each pool drawn from the unsteered source, in [0, 1]; on average
             where ``exploration * pool_size`` is not whole (rounded up or down at random).
         refit_every: refit from scratch every this many rounds (None: online only).
@@ -226,7 +160,7 @@ class PreferenceSession:
         model: Any | None = None,
         query_type: str = "pair",
         strategy: str = "region",
-        pool_size: int = 32,
+        pool_size: int | None = None,
         exploration: float = 0.25,
         refit_every: int | None = None,
         finetune_every: int | None = None,
@@ -241,6 +175,9 @@ class PreferenceSession:
             raise InputDataError("query_type", f"one of {QUERY_TYPES}", query_type)
         strategy = check_strategy(strategy, query_type)  # aliases resolved ("bald" is stored as "eig")
         exploration = check_float("exploration", exploration, maximum=1.0, inclusive_maximum=True)
+        max_candidates = getattr(source, "max_candidates", None)  # a FeaturePool hands out each item once a round
+        if pool_size is None:
+            pool_size = min(DEFAULT_POOL_SIZE, max_candidates or DEFAULT_POOL_SIZE)
         pool_size = check_int("pool_size", pool_size, minimum=2)
         # Two at least: each round's metrics read the draws' spread (one draw has no standard deviation).
         num_draws = check_int("num_draws", num_draws, minimum=2)
@@ -263,6 +200,9 @@ class PreferenceSession:
             if not implements(source, name, CandidateSource):
                 raise InputDataError("source", f"a CandidateSource with a {name}() method (e.g. FeaturePool or "
                                      "DiffusionCandidates)", type(source).__name__)
+        if not _resuming and max_candidates is not None and pool_size > max_candidates:
+            raise InputDataError("pool_size", f"at most the source's {max_candidates} candidates (a pool's items)",
+                                 pool_size)
         method = "compare" if query_type == "pair" else "rate"
         if not implements(user, method, User):  # before anything is stored
             raise InputDataError("user", f"an object with a {method}() method for {query_type!r} queries "
@@ -340,7 +280,8 @@ class PreferenceSession:
             "query_type": self.query_type, "strategy": self.strategy, "pool_size": self.pool_size,
             "exploration": self.exploration, "refit_every": self.refit_every, "num_draws": self.num_draws,
             "finetune_every": self.finetune_every, "finetune_options": self.finetune_options,
-            "rater": self.rater, "seed": self.seed, "model": repr(self.model), "source": self.source.config(),
+            "rater": self.rater, "seed": self.seed, "model": repr(self.model),
+            "model_record": model_record(self.model), "source": self.source.config(),
         }
 
     @classmethod
@@ -354,10 +295,11 @@ class PreferenceSession:
         finished first: its query asked again when unanswered, its fine-tune run
         when that round is one of every ``finetune_every``.
 
-        The model and source must be the ones the session began with (their ``repr``
-        and ``config()`` are stored; a custom model without a ``repr`` of its own is
-        compared by class): answers of one model continued under another, or items
-        of another pool, would be a different experiment.
+        The model and source must be the ones the session began with (the model's
+        class and the fields its ``repr`` shows, and the source's ``config()``, are
+        stored; a custom model whose ``repr`` names no fields is compared by ``repr``,
+        by class when it has no ``repr`` of its own): answers of one model continued
+        under another, or items of another pool, would be a different experiment.
 
         Args:
             model: the session's model (default ``LinearReward(rationality=1.0)``, the
@@ -388,7 +330,7 @@ class PreferenceSession:
             raise
         session._owns_store = True
         try:  # a failure here (Ctrl-C while the pending query is asked again, ...) releases the store and lock
-            _check_resumed(cfg, session)
+            check_resumed(cfg, session)
             _take_over_rater(session)  # accepted: before it finishes an open round
             if session.finetune_every is not None and (session.finetune_path / "unet" / "config.json").is_file():
                 source.load_finetuned(session.finetune_path)
@@ -531,8 +473,9 @@ class PreferenceSession:
         # state, so that a retried step draws this round's pool again, as resume() would.
         rng_state, source_state = self.generator.get_state(), self._source_state()
         try:
-            pool = self.source.candidates(self._posterior, self.pool_size, exploration=self.exploration,
-                                          generator=self.generator)
+            # min: a store begun before pool_size was checked against the pool drew the whole pool each round
+            n = min(self.pool_size, getattr(self.source, "max_candidates", self.pool_size))
+            pool = self.source.candidates(self._posterior, n, exploration=self.exploration, generator=self.generator)
             if pool.features.shape[1] != self.source.num_features:
                 raise InputDataError("candidates.features", f"`n x {self.source.num_features}`",
                                      tuple(pool.features.shape))

@@ -61,6 +61,8 @@ class CandidateSource(Protocol):
         """JSON-serializable description, stored with the session."""
         raise NotImplementedError
 
+    # Optional: a source that can hand out only so many candidates per call (a pool of items)
+    # has ``max_candidates`` (an int); without it, any number.
     # Optional: a source whose choices depend on its own history (e.g. a guidance
     # scale re-chosen every few pools) also has ``state() -> dict`` (JSON-serializable)
     # and ``load_state(dict)``; the session stores the state with each query and
@@ -117,6 +119,10 @@ class FeaturePool(CandidateSource):
 
     Args:
         items: `N x d` features (copied: editing them later does not change the pool).
+
+    A pool hands out at most its `N` items per call (``max_candidates``): a request for
+    more (a session's ``pool_size``) is refused rather than cut to `N`, so that a
+    session's stored ``pool_size`` is the number of candidates its rounds drew.
     """
 
     def __init__(self, items: Tensor) -> None:
@@ -132,13 +138,16 @@ class FeaturePool(CandidateSource):
             bad = int((~torch.isfinite(self.items)).any(1).nonzero()[0])
             raise InputDataError("items", "finite features", f"a NaN or infinite value in row {bad}")
         self.num_features = self.items.shape[1]
+        self.max_candidates = self.items.shape[0]
 
     def candidates(self, posterior: RewardPosterior | None, n: int, *, exploration: float,
                    generator: torch.Generator) -> Candidates:
         n, exploration = check_pool_request(n, exploration)
         generator = check_generator("generator", generator, cpu=True)  # None drew from the global RNG
         N = self.items.shape[0]
-        n = min(n, N)
+        if n > N:  # cut to N, a round drew fewer candidates than the session's stored pool_size said
+            raise InputDataError("n", f"at most the pool's {N} items (a session's pool_size: one candidate per item)",
+                                 n)
         n_explore = num_unsteered(posterior, n, exploration, generator=generator)
         chosen = torch.randperm(N, generator=generator)[:n_explore].tolist()
         steered = []

@@ -164,9 +164,10 @@ class SimulatedUser(User):
     :meth:`compare` and :meth:`rate` read their items as every :class:`User` does, as
     `n x ...` batches: a 1-D tensor is `n` single-number items (as :class:`CallbackUser`
     calls its function on each number), never one item of `d` features; one item is
-    `1 x d`. With `d` > 1 weights a 1-D batch is therefore refused, and a callable
-    utility must give one utility per item. Items may sit on a GPU; the answers are
-    drawn on the CPU from the user's generator, so they are the same on any device.
+    `1 x d`. With `d` > 1 weights or GP draw (:meth:`from_gp_draw`) a 1-D batch is
+    therefore refused, and another callable utility must give one utility per item.
+    Items may sit on a GPU; the answers are drawn on the CPU from the user's generator,
+    so they are the same on any device.
     """
 
     def __init__(
@@ -200,6 +201,9 @@ class SimulatedUser(User):
             self._utility = utility
         else:
             raise InputDataError("utility", "a `d` weight vector or a callable", type(utility).__name__)
+        # A utility of known feature width (weights, a GP draw) reads batches alike: a 1-D batch is `n` items at d=1.
+        self._num_features = self.weights.shape[0] if self.weights is not None else (
+            utility.d if isinstance(utility, RandomFourierUtility) else None)
         self.rationality = float(rationality)
         self.tie_margin = float(tie_margin)
         self.threshold = float(threshold)
@@ -267,8 +271,8 @@ class SimulatedUser(User):
         item of `d` features (as :meth:`utility` reads it), the same queries got one answer here
         and `d` there.
         """
-        if self.weights is not None:
-            d = self.weights.shape[0]
+        if self._num_features is not None:
+            d = self._num_features
             x = check_real_tensor(name, x, f"a batch of `n x {d}` features")
             if x.dim() == 1:
                 if d != 1:

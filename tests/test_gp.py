@@ -371,7 +371,9 @@ def test_inference_data_holds_hyperparameters_and_utilities(small):
         assert "point estimates" in idata.attrs["hyperparameters"]
         assert idata.posterior["utility"].dims == ("chain", "draw", "item") and idata.posterior["utility"].shape == (1, s, n)
         assert idata.log_likelihood["comparisons"].shape == (1, s, m)
-        assert set(idata.sample_stats) >= {"lp", "diverging"}
+        # ELBO / Laplace draws have no sampler: no (all-False) diverging, as the Pyro models' SVI and Laplace
+        assert "lp" in idata.sample_stats and "diverging" not in idata.sample_stats
+        assert "diverging" not in post.sample_stats and post.sample_stats["lp"].shape == (1, s)
         assert "comparisons" in idata.observed_data and "comparisons" in idata.posterior_predictive
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -416,6 +418,7 @@ def test_nuts_over_hyperparameters():
     assert post.sample_stats["lp"].shape == (1, 25)
     idata = post.to_inference_data()
     assert idata.posterior["lengthscale"].shape == (1, 25, 4) and "diverging" in idata.sample_stats
+    assert idata.sample_stats["diverging"].dtype == bool and idata.sample_stats["diverging"].shape == (1, 25)
     assert idata.attrs["hyperparameters"] == "posterior draws" and "lengthscale" not in idata.constant_data
     assert {"r_hat_max", "ess_min", "divergences"} <= set(post.diagnostics)
 
@@ -751,3 +754,22 @@ def test_nuts_defaults_are_the_same_through_fit_and_the_models_fit(monkeypatch):
             call()
     assert seen[0] == seen[1] and seen[2][0] == 3, seen
     assert seen[0][0] == inspect.signature(fit).parameters["num_chains"].default  # as for Pyro models
+
+
+def test_a_pairwise_gp_fit_shows_a_bar_over_its_hyperparameter_iterations(capsys, monkeypatch):
+    """A PairwiseGPReward fit spent seconds inside BoTorch's optimizer without a sign of life."""
+    import papa_bayes.inference.gp_fit_pairwise as pairwise_fit
+
+    data = _tiny()
+    shown = fit(PairwiseGPReward(), data, seed=0, progress_bar=True)
+    bar = capsys.readouterr().err
+    assert "PairwiseGP hyperparameters" in bar and "loss=" in bar
+    quiet = fit(PairwiseGPReward(), data, seed=0, progress_bar=False)
+    assert "PairwiseGP hyperparameters" not in capsys.readouterr().err
+    x = data.items[:6]
+    assert torch.equal(shown.utility(x), quiet.utility(x))  # the bar does not change the fit
+    fit(PairwiseGPReward(), data, seed=0)  # by default, only for fits of many items (seconds)
+    assert "PairwiseGP hyperparameters" not in capsys.readouterr().err
+    monkeypatch.setattr(pairwise_fit, "BAR_MIN_ITEMS", 5)
+    fit(PairwiseGPReward(), data, seed=0)
+    assert "PairwiseGP hyperparameters" in capsys.readouterr().err

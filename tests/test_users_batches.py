@@ -71,3 +71,21 @@ def test_utilities_follow_the_items_device():
     for utility in (gp, SimulatedUser([1.0, 2.0])._linear):
         u = utility(x)
         assert u.device.type == "meta" and u.shape == (4,)
+
+
+def test_a_gp_draw_user_reads_batches_as_the_linear_user_does():
+    """At d=1 the GP-draw user refused the 1-D batch (`n` single-number items) the linear d=1 user answers."""
+    gp, linear = SimulatedUser.from_gp_draw(1, seed=0), SimulatedUser([1.0], seed=0)
+    for user in (gp, linear):
+        won, tie = user.compare(FIRST, SECOND)
+        assert won.shape == tie.shape == (3,)
+        assert user.rate(FIRST).shape == (3,)
+    assert torch.allclose(gp.outcome_probabilities(FIRST, SECOND),
+                          gp.outcome_probabilities(FIRST[:, None], SECOND[:, None]))  # `n` is `n x 1`
+    # d > 1: the same refusal, naming the batch, as the linear user's (it named the utility's count)
+    for user in (SimulatedUser.from_gp_draw(3, seed=0), SimulatedUser([1.0, 2.0, 3.0])):
+        with pytest.raises(InputDataError, match=r"^first: expected a batch of `n x 3` items \(one item as `1 x 3`"):
+            user.compare(FIRST, SECOND)
+        with pytest.raises(InputDataError, match=r"^x: expected a batch of `n x 3` items"):
+            user.rate(FIRST)
+        assert user.compare(FIRST[None], SECOND[None])[0].shape == (1,)

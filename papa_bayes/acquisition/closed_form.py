@@ -110,6 +110,8 @@ def gaussian_expected_max(mean_first: Tensor, mean_second: Tensor, var_diff: Ten
     """E[max(u_a, u_b)] for jointly Gaussian utilities (analytic EUBO, Lin et al. 2022): `batch`."""
     mean_first, mean_second, var_diff = _same_shape(
         ("mean_first", mean_first), ("mean_second", mean_second), ("var_diff", var_diff))
+    for name, value in (("mean_first", mean_first), ("mean_second", mean_second), ("var_diff", var_diff)):
+        check_finite(name, value.detach(), "posterior moments")  # NaN would come back as the expected maximum
     sd = var_diff.clamp(min=1e-18).sqrt()
     z = (mean_first - mean_second) / sd
     pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
@@ -121,6 +123,7 @@ def utility_moments(utility_draws: Tensor) -> tuple[Tensor, Tensor]:
     utility_draws = check_real_tensor("utility_draws", utility_draws, "`s x n` utility draws", dtype=None)
     if utility_draws.dim() != 2 or utility_draws.shape[0] == 0:
         raise InputDataError("utility_draws", "`s x n` utility draws (s >= 1)", tuple(utility_draws.shape))
+    check_finite("utility_draws", utility_draws.detach(), "utility draws")
     s = utility_draws.shape[0]
     mean = utility_draws.mean(0)
     centred = utility_draws - mean
@@ -140,6 +143,8 @@ def pair_moments(mean: Tensor, cov: Tensor, first: Tensor, second: Tensor) -> tu
             raise InputDataError(name, f"item indices in [0, {n - 1}]", (int(idx.min()), int(idx.max())))
     if first.shape != second.shape:
         raise InputDataError("second", f"shape {tuple(first.shape)} (that of first)", tuple(second.shape))
+    check_finite("mean", mean.detach(), "posterior means")
+    check_finite("cov", cov.detach(), "posterior covariances")
     diag = cov.diagonal()
     var = diag[first] + diag[second] - 2.0 * cov.reshape(-1)[first * n + second]
     return mean[first] - mean[second], var.clamp(min=0.0)
@@ -174,6 +179,10 @@ class HoulsbyInformationGain(AcquisitionFunction):
 
     ``forward``: `batch_shape x 2 x d` -> `batch_shape` bits; `batch_shape x 1 x d`
     after ``set_X_pending`` of one item fixed in every pair (as BoTorch's pending points).
+
+    The answer is binary: a posterior with ties is scored as if its people never
+    answered "tie" (:class:`~papa_bayes.acquisition.PairwiseInformationGain` counts the
+    information of the three outcomes).
     """
 
     def __init__(

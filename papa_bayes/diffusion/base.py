@@ -143,7 +143,8 @@ def load_base_model(
     Raises:
         InputDataError: when ``path`` is not a folder holding ``unet/config.json`` (or
             its weights or configs are missing or unreadable, or its scheduler or
-            denoiser has a learned variance, which the sampler cannot drive), or
+            denoiser has a learned variance, which the sampler cannot drive, or its
+            denoiser is one :class:`PixelDiffusion` refuses), or
             on an unknown ``scheduler``, a device this machine does not have, or a
             ``dtype`` that is not a floating-point torch.dtype.
     """
@@ -171,7 +172,10 @@ def load_base_model(
                              f"{root} ({err})") from None
     check_loaded(root, unet, sampler)  # a learned-variance scheduler or denoiser: was a ModelError
     unet = unet.to(device).eval().requires_grad_(False)
-    return PixelDiffusion(unet, sampler)
+    try:
+        return PixelDiffusion(unet, sampler)
+    except InputDataError as err:  # a sample_size its blocks cannot restore, class labels: the folder's denoiser
+        raise InputDataError("path", "a checkpoint whose denoiser PixelDiffusion drives", f"{root} ({err})") from None
 
 
 def check_loaded(root: Path, unet: torch.nn.Module, scheduler: Any) -> None:

@@ -69,7 +69,7 @@ def _warn_unit_range(name: str, images: Tensor, *, reference: Tensor | None = No
         advice = "`x / 127.5 - 1` (0..255 pixels to [-1, 1])" if high > 2 else "the reference's scale"
         warnings.warn(
             f"{name}: expected images in {where}, got values in [{low:.3g}, {high:.3g}], far outside it; "
-            f"they score wrongly: rescale them, e.g. with {advice}.",
+            f"they are misread (scored, guarded or trained on as other images): rescale them, e.g. with {advice}.",
             PapaBayesWarning,
             stacklevel=caller_stacklevel(),
         )
@@ -79,7 +79,7 @@ def _warn_unit_range(name: str, images: Tensor, *, reference: Tensor | None = No
     where = "the model's range [-1, 1]" if reference is None else "the reference's range (it has negative values)"
     warnings.warn(
         f"{name}: expected images in {where}, got values in [{low:.3g}, {high:.3g}], none negative; "
-        "images in [0, 1] (as diffusers pipelines and image files give) score wrongly: rescale them with `2 * x - 1`.",
+        "images in [0, 1] (as diffusers pipelines and image files give) are misread: rescale them with `2 * x - 1`.",
         PapaBayesWarning,
         stacklevel=caller_stacklevel(),
     )

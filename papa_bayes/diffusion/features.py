@@ -611,7 +611,10 @@ def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     if tensors:
         save_file(tensors, str(out / "feature_map.safetensors"))
-    (out / "feature_map.json").write_text(json.dumps({"kind": feature_map.kind, **feature_map.config()}, indent=2))
+    saved = {"kind": feature_map.kind, **feature_map.config()}
+    if isinstance(feature_map, MidBlockFeatures):  # not in config(): the fingerprints sessions keep stay as they were
+        saved["sample_shape"] = list(feature_map.model.sample_shape)
+    (out / "feature_map.json").write_text(json.dumps(saved, indent=2))
     return out
 
 
@@ -633,7 +636,8 @@ def load_feature_map(
     Raises:
         InputDataError: when the folder holds no feature map (or an unreadable one),
             ``model``/``fn`` is missing, ``model``'s mid-block differs from the one
-            the map was fitted on, ``fn``'s weights do not match the saved ones, or
+            the map was fitted on (in width, or in the shape of the samples it reads,
+            as saved since that was kept), ``fn``'s weights do not match the saved ones, or
             ``fn`` would be ignored: given for a map that is no callable one, or not
             a module where weights were saved (the weights could not be restored).
     """
@@ -680,6 +684,12 @@ def load_feature_map(
             raise InputDataError("feature_map.json", "a mid-block map's `project` true or false", project)
         fmap = MidBlockFeatures(model, timestep=config["timestep"], num_features=config["num_features"] if project
                                 else None, whiten=config.get("whiten", True))
+        shape = config.get("sample_shape")  # absent: saved before it was kept
+        if shape is not None and shape != list(model.sample_shape):
+            # The mid-block, as wide, would read other inputs: statistics of other activations, silently.
+            saved = tuple(shape) if isinstance(shape, list) else shape
+            raise InputDataError("model", f"the DiffusionModel the map was fitted on (samples of shape {saved!r})",
+                                 f"a model sampling {tuple(model.sample_shape)}")
         for name, value in tensors.items():
             buffer = getattr(fmap, name)
             if buffer.shape != value.shape:  # fitted on another model's mid-block

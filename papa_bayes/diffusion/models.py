@@ -70,6 +70,29 @@ def _check_fixed_variance(unet: torch.nn.Module, scheduler: Any) -> None:
                          f"sampler needs one prediction per channel of the sample ({ins}), so it is not supported.")
 
 
+def _check_plain_inputs(unet: torch.nn.Module, wrapper: str, inputs: str) -> None:
+    """InputDataError on ``unet`` when it needs inputs ``wrapper``'s own denoiser call never passes.
+
+    A class-conditional UNet (``class_embed_type`` / ``num_class_embeds``) or one
+    with added conditioning (SDXL's ``addition_embed_type="text_time"``, image
+    embeddings) failed at the first sampler step, in diffusers' or torch's words.
+    A subclass that overrides the denoiser call (and passes them itself) is not checked.
+    """
+    config = getattr(unet, "config", None)
+    needs = []
+    if getattr(unet, "class_embedding", None) is not None:
+        needs.append("class labels (class_embed_type / num_class_embeds)")
+    addition = getattr(config, "addition_embed_type", None)
+    if addition not in (None, "text"):
+        needs.append(f"added conditioning (addition_embed_type {addition!r})")
+    projection = getattr(config, "encoder_hid_dim_type", None)
+    if projection in ("image_proj", "ip_image_proj"):
+        needs.append(f"image embeddings (encoder_hid_dim_type {projection!r})")
+    if needs:
+        raise InputDataError("unet", f"a denoiser that {wrapper} drives with {inputs} alone (subclass it and "
+                             "override model_output to pass more)", "one that needs " + " and ".join(needs))
+
+
 @contextmanager
 def eval_mode(model: DiffusionModel) -> Iterator[None]:
     """Within: ``model``'s networks in eval mode (no dropout, as seeded sampling needs); each module's own
@@ -242,8 +265,11 @@ class PixelDiffusion(DiffusionModel):
         InputDataError: on a conditional denoiser (a ``UNet2DConditionModel``: use
             :class:`LatentDiffusion`), or one whose ``config`` gives no sample size
             (``sample_size`` an integer >= 1 or a pair of them, ``in_channels`` an
-            integer >= 1: the shape of what is sampled), besides what
-            :class:`DiffusionModel` raises.
+            integer >= 1: the shape of what is sampled), a ``UNet2DModel`` whose
+            ``sample_size`` is not divisible by ``2 ** (len(down_block_types) - 1)``,
+            or one that needs inputs besides the sample and timestep (class labels:
+            ``class_embed_type`` / ``num_class_embeds``) unless a subclass overrides
+            ``model_output``, besides what :class:`DiffusionModel` raises.
 
     Example:
         Wrap a fresh (untrained, so its samples are noise) digits-sized UNet:
@@ -267,20 +293,23 @@ class PixelDiffusion(DiffusionModel):
         if getattr(getattr(unet, "config", None), "cross_attention_dim", None) is not None:
             raise InputDataError("unet", "an unconditional denoiser such as UNet2DModel (a UNet2DConditionModel "
                                  "goes in LatentDiffusion)", type(unet).__name__)
+        if type(self).model_output is PixelDiffusion.model_output:
+            _check_plain_inputs(unet, "PixelDiffusion", "the sample and timestep")
         # sample_shape reads them when sampling starts: UNet2DModel(sample_size=None) failed there, in Python's words.
         config = getattr(unet, "config", None)
         size, channels = getattr(config, "sample_size", None), getattr(config, "in_channels", None)
         try:
             if isinstance(size, (tuple, list)):
                 h, w = size
-                check_int("sample_size", h), check_int("sample_size", w)
+                h, w = check_int("sample_size", h), check_int("sample_size", w)
             else:
-                check_int("sample_size", size)
+                h = w = check_int("sample_size", size)
             check_int("in_channels", channels)
         except (InputDataError, ValueError):
             raise InputDataError("unet", "a denoiser whose config has a sample_size (an integer >= 1 or a pair "
                                  "`(h, w)` of them) and in_channels (an integer >= 1): the shape of a sample",
                                  f"sample_size = {size!r}, in_channels = {channels!r}") from None
+        _check_halvable(unet, h, w)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -291,6 +320,25 @@ class PixelDiffusion(DiffusionModel):
 
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.unet(x_t, t).sample
+
+
+def _check_halvable(unet: torch.nn.Module, h: int, w: int) -> None:
+    """InputDataError on ``unet`` (a ``UNet2DModel``) unless its down path can halve `h x w` and its up path restore it.
+
+    Each down block but the last halves the size (rounding up); the up path doubles
+    it back, and a size not divisible by ``2 ** (blocks - 1)`` came back other than
+    the skip connections': torch's size mismatch at the first sampler step.
+    (``UNet2DConditionModel`` pads its up path to any size.)
+    """
+    from diffusers import UNet2DModel
+
+    if not isinstance(unet, UNet2DModel):
+        return
+    halvings = max(len(unet.config.down_block_types) - 1, 0)
+    factor = 2 ** halvings
+    if h % factor or w % factor:
+        raise InputDataError("unet", f"a sample_size divisible by {factor} (its {halvings} down blocks that halve "
+                             "the size must be undone exactly by the up blocks)", f"sample_size = {(h, w)!r}")
 
 
 def check_rows(name: str, cond: Tensor | None, n: int, what: str) -> None:
@@ -312,8 +360,8 @@ class LatentDiffusion(DiffusionModel):
         scheduler: DDIM or DDPM scheduler.
         encoder_hidden_states: `1 x L x D` or `n x L x D` finite float conditioning
             (e.g. text embeddings; `n` rows: one per sample, when sampling `n`; `D`
-            the UNet's ``cross_attention_dim``); zeros of `1 x 1 x cross_attention_dim`
-            when omitted.
+            the UNet's ``cross_attention_dim``, or its ``encoder_hid_dim`` when it
+            projects the embeddings); zeros of `1 x 1 x D` when omitted.
         negative_encoder_hidden_states: unconditional embeddings for classifier-free
             guidance (`1` or `n` rows, the same `L x D` as above); required when
             ``cfg_scale != 1``.
@@ -325,7 +373,9 @@ class LatentDiffusion(DiffusionModel):
     Raises:
         InputDataError: on conditioning of the wrong shape, dtype or not finite, a
             bad ``cfg_scale`` or ``latent_size``, a ``unet`` without a
-            ``cross_attention_dim``, or a ``vae`` that is not an autoencoder module
+            ``cross_attention_dim`` or one that needs inputs besides the conditioning
+            (class labels, SDXL's added ``text_time`` conditioning, image embeddings)
+            unless a subclass overrides the denoiser calls, or a ``vae`` that is not an autoencoder module
             with ``decode``, or one whose ``latent_channels`` differ from the denoiser's
             ``in_channels`` (decoding would fail only after every denoising step).
     """
@@ -352,14 +402,19 @@ class LatentDiffusion(DiffusionModel):
         if isinstance(ins, int) and isinstance(latent, int) and ins != latent:
             raise InputDataError("vae", f"an autoencoder with latent_channels = {ins} (the denoiser's in_channels)",
                                  f"latent_channels = {latent}")
+        if type(self).model_output is LatentDiffusion.model_output \
+                and type(self).conditional_output is LatentDiffusion.conditional_output:
+            _check_plain_inputs(unet, "LatentDiffusion", "the latents, timestep and encoder_hidden_states")
         self.vae = vae
         cfg_scale = check_float("cfg_scale", cfg_scale)
         if cfg_scale != 1.0 and negative_encoder_hidden_states is None:
             raise InputDataError("negative_encoder_hidden_states", "a tensor when cfg_scale != 1", None)
-        dim = getattr(unet.config, "cross_attention_dim", None)
-        dim = int(dim) if isinstance(dim, int) else None  # a per-block tuple is not checked
+        dim = self._embedding_dim(unet)
         if encoder_hidden_states is None:
-            encoder_hidden_states = torch.zeros(1, 1, int(unet.config.cross_attention_dim))
+            if dim is None:  # int() of a per-block tuple was a TypeError
+                raise InputDataError("encoder_hidden_states", "a tensor `1 x L x D` (the denoiser's "
+                                     "cross_attention_dim is per block, so no default zeros can be made)", None)
+            encoder_hidden_states = torch.zeros(1, 1, dim[0])
         self._check_conditioning("encoder_hidden_states", encoder_hidden_states, dim)
         if negative_encoder_hidden_states is not None:
             self._check_conditioning("negative_encoder_hidden_states", negative_encoder_hidden_states, dim)
@@ -386,10 +441,24 @@ class LatentDiffusion(DiffusionModel):
             raise InputDataError("latent_size", expected, repr(size) if isinstance(size, str) else size) from None
 
     @staticmethod
-    def _check_conditioning(name: str, cond: Any, dim: int | None) -> None:
-        shape = "`1 x L x D` or `n x L x D`" + (f" with D = {dim} (cross_attention_dim)" if dim is not None else "")
+    def _embedding_dim(unet: torch.nn.Module) -> tuple[int, str] | None:
+        """``(D, config key)`` of the embeddings ``unet`` reads; None for a per-block ``cross_attention_dim``.
+
+        A ``text_proj`` denoiser (``encoder_hid_dim`` set) projects embeddings of
+        ``encoder_hid_dim`` to its ``cross_attention_dim``: it reads the former.
+        """
+        config = unet.config
+        projected = getattr(config, "encoder_hid_dim", None)
+        if getattr(config, "encoder_hid_dim_type", None) == "text_proj" and isinstance(projected, int):
+            return int(projected), "encoder_hid_dim"
+        dim = getattr(config, "cross_attention_dim", None)
+        return (int(dim), "cross_attention_dim") if isinstance(dim, int) else None  # a per-block tuple: unchecked
+
+    @staticmethod
+    def _check_conditioning(name: str, cond: Any, dim: tuple[int, str] | None) -> None:
+        shape = "`1 x L x D` or `n x L x D`" + (f" with D = {dim[0]} ({dim[1]})" if dim is not None else "")
         if not isinstance(cond, Tensor) or cond.ndim != 3 or 0 in cond.shape or (
-                dim is not None and cond.shape[2] != dim):
+                dim is not None and cond.shape[2] != dim[0]):
             raise InputDataError(name, f"a tensor of shape {shape}", shape_of(cond))
         if not cond.is_floating_point() or not bool(torch.isfinite(cond).all()):
             raise InputDataError(name, "finite floating-point embeddings", str(cond.dtype))

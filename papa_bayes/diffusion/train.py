@@ -14,7 +14,9 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,19 @@ from papa_bayes.diffusion.base import (
 )
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
 from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
-from papa_bayes.checks import check_bool, check_device, check_float, check_int, check_path, renamed_option
-from papa_bayes.exceptions import InputDataError
+from papa_bayes.checks import (
+    caller_stacklevel, check_bool, check_device, check_float, check_int, check_path, renamed_option,
+)
+from papa_bayes.exceptions import InputDataError, PapaBayesWarning
 from papa_bayes.diffusion.sampler import sample
 
 __all__ = ["train_base_model", "fit_default_features", "main"]
 
 NUM_FEATURES = 8  # dimension of the shipped feature maps (fit_default_features' default)
+#: The folders :func:`fit_default_features` saves its maps in, fitted to the checkpoint's UNet and its samples.
+DEFAULT_FEATURE_MAPS = ("pca_features", "midblock_features", "midblock32_features")
+#: What :func:`~papa_bayes.diffusion.save_feature_map` writes in a map's folder.
+_FEATURE_MAP_FILES = frozenset({"feature_map.json", "feature_map.safetensors"})
 
 
 @renamed_option("progress", "progress_bar")
@@ -67,6 +75,13 @@ def train_base_model(
             ``sample_size``, ``in_channels`` and ``out_channels`` may only restate the
             digits' `1 x 8 x 8`. A UNet with dropout draws its masks from ``seed`` too.
         progress_bar: show a tqdm bar.
+
+    An earlier model's default feature maps in ``out_dir`` (``pca_features/``,
+    ``midblock_features/`` and ``midblock32_features/`` as :func:`fit_default_features`
+    saved them) are removed once training is done: fitted to the earlier UNet, they
+    do not describe the new one. Refit them with :func:`fit_default_features` (as
+    ``papa-bayes train-base`` does). Any other feature map there, or one of those
+    folders holding files of another origin, is kept, with a PapaBayesWarning naming it.
 
     Returns:
         A summary dict (final loss, seconds, steps), also written to ``train_log.json``.
@@ -104,6 +119,7 @@ def train_base_model(
         ema, running, seconds, scheduler = _train(unet, steps=steps, batch_size=batch_size,
                                                   learning_rate=learning_rate, ema_decay=ema_decay, seed=seed,
                                                   device=device, progress_bar=progress_bar)
+    _drop_stale_feature_maps(out)  # before the new weights: a crash while saving leaves no map of the old UNet
     out.mkdir(parents=True, exist_ok=True)
     # float16 storage halves the committed size; load_base_model casts back to float32.
     # (torch.nn.Module.to skips diffusers' warning about casting a loaded model.)
@@ -237,13 +253,42 @@ def fit_default_features(
     out = sample(model, num_samples, num_inference_steps=num_inference_steps,
                  generator=torch.Generator().manual_seed(seed), progress_bar=progress_bar)
     pca = PCAFeatures.fit(out.images, num_features=num_features)
-    save_feature_map(pca, Path(checkpoint) / "pca_features")
     mid = MidBlockFeatures(model, timestep=300, num_features=num_features).fit(out.images)
-    save_feature_map(mid, Path(checkpoint) / "midblock_features")
     wide = min(32, num_samples, mid.channels)  # fewer only for tiny test runs
     mid32 = MidBlockFeatures(model, timestep=300, num_features=wide, whiten=False).fit(out.images)
-    save_feature_map(mid32, Path(checkpoint) / "midblock32_features")
+    for name, feature_map in zip(DEFAULT_FEATURE_MAPS, (pca, mid, mid32)):
+        save_feature_map(feature_map, Path(checkpoint) / name)
     return pca
+
+
+def _drop_stale_feature_maps(out: Path) -> None:
+    """Remove the default feature maps (:data:`DEFAULT_FEATURE_MAPS`) of an earlier model in ``out``.
+
+    Only a real folder of that name holding nothing but what ``save_feature_map`` writes
+    is removed; any other folder with a ``feature_map.json`` (a map of the caller's, a
+    link, a default folder with other files in it) is kept and named in a PapaBayesWarning.
+    """
+    if not out.is_dir():
+        return
+    kept = []
+    for folder in sorted(out.iterdir()):
+        if not (folder.is_dir() and (folder / "feature_map.json").is_file()):
+            continue
+        files = list(folder.iterdir())
+        ours = folder.name in DEFAULT_FEATURE_MAPS and not folder.is_symlink() and all(
+            f.name in _FEATURE_MAP_FILES and f.is_file() and not f.is_symlink() for f in files)
+        if ours:
+            shutil.rmtree(folder)
+        else:
+            kept.append(folder.name)
+    if kept:
+        warnings.warn(
+            f"out_dir: {out} holds feature maps other than fit_default_features' own ({', '.join(kept)}), kept as "
+            "they are; any fitted to the earlier model (its samples or its denoiser) does not match the new weights: "
+            "refit it.",
+            PapaBayesWarning,
+            stacklevel=caller_stacklevel(),
+        )
 
 
 def _check_out_folder(out: Path, name: str = "--out") -> None:

@@ -177,7 +177,8 @@ def fit_preference_gp(
             few steps would barely move it).
         warmup_steps: NUTS warm-up per chain (default 200; 100 for an update).
         num_chains: NUTS chains, run one after another (default 2, as :func:`~papa_bayes.inference.fit`'s).
-        progress_bar: NUTS progress bar (None, the default: on, as in Pyro's ``MCMC``).
+        progress_bar: NUTS progress bar (None, the default: on, as in Pyro's ``MCMC``); the ELBO
+            fit shows none (True warns).
 
     Returns:
         A :class:`GPPosterior`.
@@ -200,8 +201,9 @@ def fit_preference_gp(
             ("natural_lr", natural_lr, 0.3), ("optimizer", optimizer, "auto"),
         ), "they are ELBO options")
     else:
-        _warn_ignored(spec, method, (
+        _warn_ignored(spec, method, (  # progress_bar=False asks for nothing the ELBO fit would show
             ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, NUTS_NUM_CHAINS),
+            ("progress_bar", progress_bar or None, None),
         ), "they are NUTS options")
     start = time.perf_counter()
     if method == "nuts":

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from papa_bayes.checks import caller_stacklevel, check_bool
 from papa_bayes.data import PreferenceData
@@ -74,6 +75,18 @@ def _laplace_posterior(
     )
 
 
+#: More items than this (BoTorch's consolidated datapoints) and a fit shows its bar by default:
+#: measured 0.7 s among 100 items, 5-6 s among 500 (1,000 comparisons, d=4, one thread).
+BAR_MIN_ITEMS = 200
+
+
+def _advance(bar: Any, result: Any) -> None:
+    """One L-BFGS-B iteration done (BoTorch's optimizer callback): the bar shows the negative evidence."""
+    bar.update(1)
+    if getattr(result, "fval", None) is not None:
+        bar.set_postfix(loss=f"{float(result.fval):.4g}", refresh=False)
+
+
 @named_options
 def fit_pairwise_gp(
     spec: PairwiseGPReward,
@@ -100,7 +113,9 @@ def fit_pairwise_gp(
         num_samples: posterior draws (default 512).
         num_features: random Fourier features per draw.
         optimize_hyperparameters: False keeps the kernel's initial values.
-        progress_bar: accepted from :func:`~papa_bayes.inference.fit`; no bar is shown.
+        progress_bar: a tqdm bar over the optimizer's iterations (the evidence after each).
+            None (default): shown when the data hold more than :data:`BAR_MIN_ITEMS` items
+            (a fit of seconds).
         num_steps, warmup_steps, num_chains, learning_rate: accepted from
             :func:`~papa_bayes.inference.fit` and unused (BoTorch's optimizer runs to
             convergence; no sampling): a value other than None warns.
@@ -113,7 +128,7 @@ def fit_pairwise_gp(
     # Python ints from here on, as fit's: a small NumPy seed wraps in the streams' arithmetic (seed + 1).
     seed, num_samples, num_features = check_fit_options(seed=seed, num_samples=num_samples, num_features=num_features)
     optimize_hyperparameters = check_bool("optimize_hyperparameters", optimize_hyperparameters)
-    check_bool("progress_bar", progress_bar, optional=True)
+    progress_bar = check_bool("progress_bar", progress_bar, optional=True)
     _warn_ignored(spec, method, (
         ("num_steps", num_steps, None), ("warmup_steps", warmup_steps, None), ("num_chains", num_chains, None),
         ("learning_rate", learning_rate, None),
@@ -121,6 +136,8 @@ def fit_pairwise_gp(
     start = time.perf_counter()
     num_samples = num_samples or 512
     gp, transform, used = spec.build(data)
+    if progress_bar is None:
+        progress_bar = gp.datapoints.shape[-2] > BAR_MIN_ITEMS
     info: dict[str, Any] = {"fit_failed": False}
     if optimize_hyperparameters:
         mll = PairwiseLaplaceMarginalLogLikelihood(gp.likelihood, gp)
@@ -128,7 +145,8 @@ def fit_pairwise_gp(
         with seeded(seed), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                fit_gpytorch_mll(mll)
+                with tqdm(desc="PairwiseGP hyperparameters", unit="it", disable=not progress_bar, leave=False) as bar:
+                    fit_gpytorch_mll(mll, optimizer_kwargs={"callback": lambda _, result: _advance(bar, result)})
             except (ModelFittingError, RuntimeError, ValueError) as err:
                 gp.covar_module.load_state_dict(before)
                 info["fit_failed"] = True

@@ -42,6 +42,10 @@ __all__ = ["fit_nuts_draws", "seeded", "MAX_NUTS_ITEMS"]
 
 MAX_NUTS_ITEMS = 300
 LENGTHSCALE_FLOOR = 0.025  # the kernel's lower bound (see make_kernel)
+#: Least relative jitter of the anchors' kernel matrix under NUTS. The sampler's Cholesky has no retry (the ELBO's
+#: psd_safe_cholesky adds jitter where one fails), and with ``PreferenceGP(jitter=0)`` the matrix of 20 close items
+#: in d=1 is singular in float64: torch's error inside Pyro, NaN tree weights. The default 1e-6 is above it.
+MIN_NUTS_JITTER = 1e-8
 
 
 @contextlib.contextmanager
@@ -65,7 +69,7 @@ class _Target:
         self.ls_prior = kernel.base_kernel.lengthscale_prior
         self.os_prior = kernel.outputscale_prior
         self.lik = spec.make_likelihood(data)
-        self.kind, self.link, self.jitter = spec.kernel, spec.link, spec.jitter
+        self.kind, self.link, self.jitter = spec.kernel, spec.link, max(spec.jitter, MIN_NUTS_JITTER)
         self.anchors = anchors
         self.M, self.d = anchors.shape
         a = item_to_anchor
@@ -163,7 +167,8 @@ def _anchors(X: Tensor, data: PreferenceData, previous: Tensor | None, seed: int
 
 def _elbo_start(spec: PreferenceGP, data: PreferenceData, X: Tensor, anchors: Tensor, target: _Target) -> dict[str, Tensor]:
     """Unconstrained start from the type-II ML ELBO fit with every anchor an inducing point."""
-    gp = VariationalPreferenceGP(anchors, spec.make_kernel(data.num_features), learn_inducing_locations=False, jitter=spec.jitter)
+    gp = VariationalPreferenceGP(anchors, spec.make_kernel(data.num_features), learn_inducing_locations=False,
+                                 jitter=target.jitter)
     lik = spec.make_likelihood(data)
     train_elbo(gp, lik, TrainingData(data, X), num_steps=200, batch_size=None, learning_rate=0.0, seed=0)
     with torch.no_grad():

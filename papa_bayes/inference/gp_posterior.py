@@ -183,19 +183,20 @@ class GPPosterior(RewardPosterior):
         whitened utilities of the observed items, likelihood; no Jacobian of NUTS's
         unconstrained space), as the Pyro models' ``lp``; for ELBO and Laplace fits,
         the log-likelihood plus the hyperparameters' log prior. ``diverging``: NUTS's
-        divergences (all False for ELBO and Laplace).
+        divergences, for NUTS only (ELBO and Laplace draws have no sampler to diverge, as
+        the Pyro models' SVI and Laplace fits).
         """
         if self._sample_stats is None:
             self._sample_stats = self._default_sample_stats()
         return self._sample_stats
 
     def _default_sample_stats(self) -> dict[str, Tensor]:
-        """``lp``: log-likelihood of the data plus the hyperparameters' log prior, per draw."""
+        """``lp``: log-likelihood of the data plus the hyperparameters' log prior, per draw (ELBO, Laplace)."""
         with torch.no_grad():
             lp = sum(v.sum(-1) for v in self.log_likelihood().values())
         lp = lp + self.state.get("hyper_log_prior", 0.0)
         C = self.num_chains
-        return {"lp": lp.reshape(C, -1), "diverging": torch.zeros(C, self.num_draws // C, dtype=torch.bool)}
+        return {"lp": lp.reshape(C, -1)}
 
     def to_inference_data(self, *, seed: int = 0, prior: bool = False) -> arviz.InferenceData:
         """ArviZ groups: utilities at the items (``posterior``), pointwise
@@ -210,7 +211,7 @@ class GPPosterior(RewardPosterior):
           1 like, 0 dislike; each pair's first item the one of lower index, see
           :mod:`papa_bayes.diagnostics.arviz`).
         - ``observed_data``: their observed twins, `comparison` and `rating`.
-        - ``sample_stats``: ``lp``, ``diverging`` `chain x draw`.
+        - ``sample_stats``: ``lp`` `chain x draw`; NUTS also ``diverging``.
         - ``constant_data``: ``items`` `item x feature`, ``compared_items``
           `comparison x outcome_pair`, ``ties``, ``rated_item``; ELBO and Laplace fits
           also their point estimates: ``lengthscale`` `feature`, 0-d ``outputscale``,

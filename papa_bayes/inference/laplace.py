@@ -17,9 +17,9 @@ from torch import Tensor
 
 from papa_bayes.checks import caller_stacklevel
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InferenceError, PapaBayesWarning
+from papa_bayes.exceptions import InferenceError, ModelError, PapaBayesWarning
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
-from papa_bayes.models.base import PyroRewardModel
+from papa_bayes.models.base import PyroRewardModel, check_model_sites
 
 __all__ = [
     "laplace_mode", "laplace_draws", "IntegratedLaplace", "integrated_laplace", "mixture_moments",
@@ -170,6 +170,7 @@ def laplace_mode(
     Returns:
         (mode `D`, Hessian of the negative log posterior `D x D`, space, info).
     """
+    check_model_sites(model, data)  # its priors must be laid out as the Pyro model samples (SVI reads them so)
     space = UnconstrainedSpace(model.priors(data))
     theta = (space.initial() if init is None else init.clone()).to(torch.float64)
     mode, H, value, steps = _newton(_objective(model, data, space), theta.unsqueeze(0),
@@ -319,6 +320,26 @@ def laplace_log_evidence(value: Tensor, H: Tensor) -> Tensor:
     return -value + 0.5 * H.shape[-1] * math.log(2 * math.pi) - half_logdet
 
 
+def _log_prior_moments(site: str, prior: Any) -> tuple[float, float]:
+    """Mean and sd of log(site) under its prior (placing the grid's first scan): a LogNormal's own; else matched
+    to the prior's mean and variance, (0, 1) where they are not finite (e.g. a HalfCauchy)."""
+    if isinstance(prior, dist.LogNormal):
+        return float(prior.loc), float(prior.scale)
+    probe = torch.tensor([1e-300, 1.0, 1e300, -1.0], dtype=torch.float64)
+    if (not isinstance(prior, torch.distributions.Distribution) or tuple(prior.batch_shape + prior.event_shape)
+            or prior.support.check(probe).tolist() != [True, True, True, False]):
+        raise ModelError(f"A site named {site!r} is integrated on a grid of its log by Laplace: its prior must be a "
+                         f"scalar with a positive support (e.g. LogNormal or Gamma), got {prior!r}.")
+    try:
+        mean, var = float(prior.mean), float(prior.variance)
+    except (NotImplementedError, RuntimeError, ValueError):
+        mean, var = math.nan, math.nan
+    if not (math.isfinite(mean) and math.isfinite(var) and mean > 0 and var > 0):
+        return 0.0, 1.0
+    sd2 = math.log1p(var / mean**2)
+    return math.log(mean) - sd2 / 2, math.sqrt(sd2)
+
+
 def integrated_laplace(
     model: PyroRewardModel,
     data: PreferenceData,
@@ -339,17 +360,16 @@ def integrated_laplace(
 
     Args:
         model, data: the model and data.
-        site: the integrated site; its prior must be a LogNormal.
+        site: the integrated site, a positive scalar (LogNormal prior, or any other whose log-moments
+            the grid's first scan is placed by).
         warm: the previous fit (warm start of every conditional mode and of the grid).
         init: constrained starting values of the other sites.
         num_points: grid points K (odd keeps the centre on the grid).
         width: half-width of the grid in sds of the fitted Gaussian.
     """
+    check_model_sites(model, data)
     priors = model.priors(data)
-    prior = priors.get(site)
-    if not isinstance(prior, dist.LogNormal):
-        raise InferenceError(f"integrated_laplace needs a LogNormal prior on {site!r}, got {type(prior).__name__}.")
-    mu, sd = float(prior.loc), float(prior.scale)
+    mu, sd = _log_prior_moments(site, priors.get(site))
     others = UnconstrainedSpace({k: v for k, v in priors.items() if k != site})
     newton = 0
 

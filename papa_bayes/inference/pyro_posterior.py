@@ -10,7 +10,7 @@ from torch import Tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_cov, draws_std
-from papa_bayes.models.base import PyroRewardModel
+from papa_bayes.models.base import PyroRewardModel, check_model_link
 
 if TYPE_CHECKING:
     import arviz
@@ -54,7 +54,7 @@ class PyroPosterior(RewardPosterior):
         self.data = data
         self.samples = samples
         self.method = method
-        self.link = model.link
+        self.link = check_model_link(model)
         self.sample_stats = sample_stats or {}
         self.state = state or {}
         self.options = options or {}

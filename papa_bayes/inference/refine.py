@@ -85,7 +85,7 @@ def resample_move(
 
     The `N` proposal draws are resampled to ``num_samples`` by their importance
     weights (truncated at sqrt(N) times the mean, Ionides 2008; systematic
-    resampling), then each takes ``steps`` random-walk Metropolis steps on the
+    resampling, shuffled), then each takes ``steps`` random-walk Metropolis steps on the
     exact posterior with proposal covariance ``2.38^2 / D * proposal_cov``
     (Roberts, Gelman and Gilks 1997), all draws at once.
 
@@ -95,9 +95,9 @@ def resample_move(
         proposal_cov: `D x D` (the Laplace covariance).
 
     Returns:
-        (draws `num_samples x D`, info: ``refine_ess`` the importance sample's
-        effective size as a share of N, ``refine_acceptance`` the Metropolis
-        acceptance rate).
+        (draws `num_samples x D` in random order, reproducible from ``generator``;
+        info: ``refine_ess`` the importance sample's effective size as a share of N,
+        ``refine_acceptance`` the Metropolis acceptance rate).
 
     Warns:
         PapaBayesWarning: when ``refine_ess`` is below :data:`REFINE_MIN_ESS`, or the
@@ -110,7 +110,8 @@ def resample_move(
     n = theta.shape[0]
     lw = torch.where(torch.isnan(log_weights), torch.full_like(log_weights, -math.inf), log_weights)
     if not torch.isfinite(lw).any():
-        raise InferenceError("resample_move: no proposal draw has a finite posterior density (check the model's support).")
+        raise InferenceError("resample_move: no proposal draw has a finite posterior density "
+                             "(check the model's support).")
     w = (lw - lw.max()).exp()
     ess = float(w.sum() ** 2 / (w**2).sum()) / n
     if ess < REFINE_MIN_ESS or ess * n < min(REFINE_MIN_DRAWS, n / 4):
@@ -120,8 +121,13 @@ def resample_move(
             f"posterior, and {steps} Metropolis steps from so few draws need not reach it; check against "
             "method='nuts'.", PapaBayesWarning, stacklevel=caller_stacklevel())
     w = torch.minimum(w, w.mean() * math.sqrt(n))
-    u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(num_samples, dtype=torch.float64)) / num_samples
+    u = torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(num_samples, dtype=torch.float64)
+    u = u / num_samples
     idx = torch.searchsorted(torch.cumsum(w / w.sum(), 0), u).clamp(max=n - 1)
+    # in random order (as nested_draws): systematic resampling puts each ancestor's copies side by side, and
+    # a few Metropolis steps leave them close: ArviZ's ESS over the draw order read that as autocorrelation
+    # (213 of 600 draws at d=6 with 12 answers, lag-1 autocorrelation 0.3), and even thinning kept neighbours
+    idx = idx[torch.randperm(num_samples, generator=generator)]
     theta = theta[idx]
     f = _objective(model, data, space)
     value = f(theta)

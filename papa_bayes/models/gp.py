@@ -350,7 +350,8 @@ class PreferenceGP:
         tie_prior: (loc, scale) of the LogNormal prior of the tie strength.
         threshold_prior_scale: sd of the Normal prior of the like threshold.
         standardize: standardize features with the training items' mean and sd.
-        jitter: relative jitter on ``K_ZZ``.
+        jitter: relative jitter on ``K_ZZ`` (NUTS uses at least 1e-8: its sampler's
+            Cholesky has no retry, where the ELBO's adds jitter when one fails).
 
     Example:
         A person who likes items near the origin (a utility no linear model has):

@@ -23,6 +23,7 @@ import torch
 from botorch.models.likelihoods.pairwise import PairwiseLogitLikelihood, PairwiseProbitLikelihood
 from botorch.models.pairwise_gp import PairwiseGP
 from botorch.models.utils.assorted import consolidate_duplicates
+from linear_operator.utils.errors import NotPSDError
 from torch import Tensor
 
 from papa_bayes.data import PreferenceData, check_preference_data
@@ -58,6 +59,15 @@ class PairwiseGPReward:
     with BoTorch's ``fit_gpytorch_mll``. ``update`` keeps the hyperparameters and
     re-solves for the MAP utilities from the previous ones (warm start).
 
+    Cost: nearly all of a fit is one call to ``fit_gpytorch_mll`` (SciPy's L-BFGS-B
+    over the kernel hyperparameters, 15-20 iterations, each re-solving the MAP
+    utilities with dense `n x n` algebra); ``fit(..., progress_bar=True)`` shows a bar
+    over those iterations (by default, above 200 items). Measured with
+    1,000 comparisons, d=4, one CPU thread: 0.7 s among 100 items, 5-6 s among 500,
+    24 s among 1,000 (849 distinct after consolidation); with 500 items
+    ``optimize_hyperparameters=False`` takes 0.4 s and an ``update`` by one comparison
+    0.2 s.
+
     Args:
         link: ``"probit"`` (BoTorch's default) or ``"logit"``.
         kernel: ``"rbf"`` or ``"matern52"``.
@@ -68,7 +78,8 @@ class PairwiseGPReward:
         standardize: standardize features with the training items' mean and sd.
         consolidate_atol: items closer than this (standardized units) are merged by
             BoTorch (its fix for near-duplicate items, botorch PR #1754).
-        jitter: PairwiseGP's Cholesky jitter.
+        jitter: PairwiseGP's Cholesky jitter (BoTorch adds it only where a Cholesky
+            fails: with 0 a singular kernel matrix is an InputDataError naming it).
 
     Raises:
         ModelError: at fit, on data with ties, ratings or several raters.
@@ -187,4 +198,10 @@ def set_train_data(gp: PairwiseGP, X: Tensor, comparisons: Tensor, *, x0: Callab
     else:
         with torch.no_grad():
             gp._x0 = x0(gp.datapoints).detach().to(torch.float64).reshape(-1).numpy().copy()
-    gp.set_train_data(X, comparisons, update_model=True)
+    try:
+        gp.set_train_data(X, comparisons, update_model=True)
+    except NotPSDError as err:  # BoTorch retries with `jitter` only: 0 (or a tiny one) leaves it no retry
+        raise InputDataError(
+            "jitter", f"a jitter (PairwiseGPReward(jitter=...), default 1e-6) that makes the kernel matrix of these"
+            f" {gp.datapoints.shape[-2]} items positive definite", f"{gp._jitter!r} ({err})",
+        ) from None

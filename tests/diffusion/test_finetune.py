@@ -110,7 +110,7 @@ def test_distillation_moves_unguided_samples_toward_the_objective(warm_model, ob
 
 
 def test_anchor_weight_keeps_the_denoiser_near_the_base(pixel_model):
-    targets = torch.full((16, 1, 8, 8), 0.7)
+    targets = torch.full((16, 1, 8, 8), -0.7)  # (+0.7, none negative, warns: images in [0, 1]?)
     kw = dict(steps=15, lr=1e-3, batch_size=16, progress_bar=False)
     free = finetune_on_samples(pixel_model, targets, anchor_weight=0.0, generator=gen(4), **kw)
     anchored = finetune_on_samples(pixel_model, targets, anchor_weight=20.0, generator=gen(4), **kw)
@@ -220,7 +220,7 @@ def test_mixed_precision_runs_and_returns_the_base_dtype(pixel_model, labeled):
     ],
 )
 def test_papa_bad_input(pixel_model, kwargs, field):
-    args = {"images": torch.zeros(4, 1, 8, 8), "signs": [1, -1, 1, -1], **kwargs}
+    args = {"images": -torch.ones(4, 1, 8, 8), "signs": [1, -1, 1, -1], **kwargs}  # a blank digit
     with pytest.raises(InputDataError) as info:
         papa_finetune(pixel_model, args.pop("images"), args.pop("signs"), progress_bar=False, **args)
     assert info.value.field == field
@@ -496,7 +496,7 @@ def test_per_sample_conditioning_follows_its_samples_in_fine_tuning(latent_model
         assert seen == [batch.float().tolist()]
     with pytest.raises(InputDataError, match="^encoder_hidden_states:"):  # 4 rows, 3 samples
         finetune_on_samples(model, latents[:3], steps=1, progress_bar=False)
-    papa_finetune(model, torch.zeros(4, 1, 8, 8), [1, -1, 1, -1], steps=1, batch_size=3, progress_bar=False)
+    papa_finetune(model, -torch.ones(4, 1, 8, 8), [1, -1, 1, -1], steps=1, batch_size=3, progress_bar=False)
 
 
 def test_max_grad_norm_is_an_option(pixel_model, labeled):
@@ -857,3 +857,41 @@ def test_each_fine_tuner_labels_its_training_bar_with_its_own_name(pixel_model, 
     distill_guidance(pixel_model, Guidance(lambda x: x.flatten(1).mean(1)), num_samples=2, num_inference_steps=2,
                      steps=1, batch_size=2, generator=gen(0), progress_bar=True)
     assert [bar.desc for bar in bars] == ["fine-tune on samples", "distill guidance"]
+
+
+def test_fine_tuning_on_pixels_outside_the_models_range_warns(pixel_model, latent_model, labeled):
+    """0..255 targets trained a [-1, 1] model toward them silently, where the judges and guards warn."""
+    import warnings
+
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    images, _ = labeled  # in [-1, 1]
+    kw = dict(steps=1, batch_size=4, generator=gen(0), progress_bar=False)
+    for bad, message in ((images * 127.5 + 127.5, r"far outside it.*`x / 127\.5 - 1`"),
+                         ((images + 1) / 2, r"none negative.*`2 \* x - 1`")):
+        with pytest.warns(PapaBayesWarning, match=r"^samples: expected images in the model's range \[-1, 1\], "
+                                                  f"got values in .*{message}") as caught:
+            finetune_on_samples(pixel_model, bad, **kw)
+        assert caught[0].filename == __file__  # the user's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)
+        finetune_on_samples(pixel_model, images, **kw)
+        latents = 50 * torch.randn(4, *latent_model.sample_shape, generator=gen(2))  # latents: no range of theirs
+        finetune_on_samples(latent_model, latents, **kw)
+
+
+def test_papa_on_images_outside_the_models_range_warns(pixel_model, labeled):
+    """PAPA's fine-tune took 0..255 or [0, 1] labeled images without a word (finetune_on_samples warned)."""
+    import warnings
+
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    images, signs = labeled  # in [-1, 1]
+    kw = dict(steps=1, batch_size=4, generator=gen(0), progress_bar=False)
+    for bad in (images * 127.5 + 127.5, (images + 1) / 2):
+        with pytest.warns(PapaBayesWarning, match=r"^images: expected images in the model's range \[-1, 1\]") as w:
+            papa_finetune(pixel_model, bad, signs, **kw)
+        assert w[0].filename == __file__  # the user's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)
+        papa_finetune(pixel_model, images, signs, **kw)

@@ -112,3 +112,37 @@ def test_module_entry_point_reports_a_bad_option_in_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "--steps" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_training_into_a_checkpoint_removes_its_stale_default_feature_maps(tmp_path):
+    """The feature maps fitted to the earlier UNet stayed beside the new weights, and loaded without a word."""
+    import warnings
+
+    from papa_bayes.diffusion import save_feature_map
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    DEFAULT_FEATURE_MAPS = ("pca_features", "midblock_features", "midblock32_features")  # fit_default_features'
+
+    kw = dict(steps=2, batch_size=4, unet_config=TINY, progress_bar=False)
+    train_base_model(tmp_path, **kw)
+    fit_default_features(tmp_path, num_samples=8, num_features=2, num_inference_steps=2, progress_bar=False)
+    assert all((tmp_path / name / "feature_map.json").is_file() for name in DEFAULT_FEATURE_MAPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)  # only ours there: removed without a word
+        train_base_model(tmp_path, seed=1, **kw)
+    assert not any((tmp_path / name).exists() for name in DEFAULT_FEATURE_MAPS)
+    assert (tmp_path / "unet").is_dir() and (tmp_path / "scheduler").is_dir()
+
+    # Maps it does not recognise as fit_default_features' own are kept, and named.
+    fit_default_features(tmp_path, num_samples=8, num_features=2, num_inference_steps=2, progress_bar=False)
+    save_feature_map(load_feature_map(tmp_path / "pca_features"), tmp_path / "my_features")
+    (tmp_path / "midblock_features" / "notes.txt").write_text("mine")
+    (tmp_path / "unrelated").mkdir()
+    with pytest.warns(PapaBayesWarning, match=r"^out_dir: .* feature maps other than fit_default_features' own "
+                                              r"\(midblock_features, my_features\), kept") as caught:
+        train_base_model(tmp_path, seed=2, **kw)
+    assert caught[0].filename == __file__
+    assert not (tmp_path / "pca_features").exists() and not (tmp_path / "midblock32_features").exists()
+    assert (tmp_path / "midblock_features" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "my_features" / "feature_map.json").is_file() and (tmp_path / "unrelated").is_dir()
+    assert list(load_base_model(tmp_path).unet.config.block_out_channels) == [8, 16]

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from papa_bayes.checks import caller_stacklevel, check_bool, check_device, check_float, check_generator, check_int, shape_of
+from papa_bayes.diffusion.classifiers import _warn_unit_range
 from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion, check_rows, eval_mode, same_device
 from papa_bayes.diffusion.sampler import join_model_output
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
@@ -145,12 +146,15 @@ def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", b
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     batch_size = check_int("batch_size", batch_size)
     if not isinstance(model, LatentDiffusion):
-        return check_samples(name, images, model.sample_shape)
+        images = check_samples(name, images, model.sample_shape)
+        _warn_unit_range(name, images)  # 0..255 or [0, 1] images: the model would learn (or unlearn) other images
+        return images
     channels = int(getattr(model.vae.config, "in_channels", 3))
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != channels:
         found = shape_of(images)
         raise InputDataError(name, f"a tensor of shape `n x {channels} x h x w`", found)
     images = check_samples(name, images, tuple(images.shape[1:]))
+    _warn_unit_range(name, images)  # the autoencoder's input range is [-1, 1] too
     vae = model.vae
     param = next(vae.parameters())
     with torch.no_grad():

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import check_bool, check_float, check_int
+from papa_bayes.diffusion.classifiers import _warn_unit_range
 from papa_bayes.diffusion.finetune.common import (
     DEFAULT_LORA_TARGETS,
     TrainingCopy,
@@ -71,6 +72,9 @@ def finetune_on_samples(
         samples: `n x C x H x W` target samples in the diffused space (pixels, or
             latents for a latent model), e.g. ``sample(model, n, guidance=g).samples``.
             A latent model's conditioning has 1 row or `n`: row `i` conditions sample `i`.
+            Pixels far outside the model's range `[-1, 1]` (0..255 images) or with none
+            negative (images in `[0, 1]`) warn (a PapaBayesWarning), as the judges and
+            guards do: the model would learn to generate them.
         steps: optimizer steps.
         lr: AdamW peak learning rate (> 0).
         anchor_weight: weight (>= 0) of the anchor to ``reference`` on the same noisy inputs.
@@ -128,6 +132,8 @@ def finetune_on_samples(
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
     samples = check_samples("samples", samples, model.sample_shape)
+    if model.samples_are_images:  # pixels in [-1, 1]: 0..255 or [0, 1] images train toward other images
+        _warn_unit_range("samples", samples)
     for m in (model, reference):
         check_conditioning_rows(m, samples.shape[0], "target sample")
     return _train_on_samples(model, samples, reference=reference, generator=generator, device=device,
