@@ -183,3 +183,21 @@ def test_builtin_models_pass_the_site_check():
     for model in (LinearReward(ties=True), LinearReward(rationality=2.0, link="probit", ties=True),
                   HierarchicalLinearReward(ties=True, rationality=None)):
         fit(model, data, seed=0, num_samples=20)
+
+
+def test_a_model_that_does_not_broadcast_over_svi_particles_is_told_how(data):
+    """Pyro's 'Model and guide shapes disagree at site' was all a user got from SVI for an ordinary-looking model."""
+
+    class Unbroadcast(ScaleMixtureReward):
+        def __call__(self, data):
+            s = pyro.sample("s", dist.HalfNormal(_f64(1.0)))
+            w = pyro.sample("w", dist.Normal(torch.zeros(data.num_features, dtype=torch.float64), s).to_event(1))
+            X, c = data.items, data.comparisons
+            diff = ((X[c[:, 0]] - X[c[:, 1]]) * w).sum(-1)
+            with pyro.plate("comparison", data.num_comparisons):
+                pyro.sample("comparisons", comparison_distribution(diff, "logit"),
+                            obs=self.observed(data)["comparisons"])
+
+    fit(Unbroadcast(), data, seed=0, num_samples=20)  # Laplace never runs the Pyro model's particles
+    with pytest.raises(ModelError, match=r"vectorized particles.*`P x 1 x d`.*Pyro said"):
+        fit(Unbroadcast(), data, method="svi", seed=0, num_samples=20, num_steps=3)

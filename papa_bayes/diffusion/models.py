@@ -14,14 +14,15 @@ The sampler drives DDIM and DDPM schedulers (any ``prediction_type``).
 from __future__ import annotations
 
 import copy
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
-from papa_bayes.checks import check_device, check_float, check_float_dtype, check_int, shape_of
-from papa_bayes.exceptions import InputDataError, ModelError
+from papa_bayes.checks import caller_stacklevel, check_device, check_float, check_float_dtype, check_int, shape_of
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 
 __all__ = ["DiffusionModel", "PixelDiffusion", "LatentDiffusion"]
 
@@ -392,6 +393,14 @@ class LatentDiffusion(DiffusionModel):
         latent_size: int | tuple[int, int] | None = None,
     ) -> None:
         super().__init__(unet, scheduler)
+        if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
+            # DDIMScheduler() and DDPMScheduler() clip by default (pixel models' [-1, 1]); Stable Diffusion's do not
+            warnings.warn(
+                "scheduler: expected clip_sample=False and thresholding=False for latents (their range is not "
+                f"[-1, 1]), got clip_sample={scheduler.config.get('clip_sample')}, thresholding="
+                f"{scheduler.config.get('thresholding')}: every step clips the predicted clean latents; build it "
+                "with clip_sample=False (e.g. DDIMScheduler.from_config(config, clip_sample=False)).",
+                PapaBayesWarning, stacklevel=caller_stacklevel())
         if not isinstance(getattr(getattr(unet, "config", None), "cross_attention_dim", None), (int, tuple, list)):
             raise InputDataError("unet", "a conditional denoiser with a cross_attention_dim (a UNet2DConditionModel)",
                                  type(unet).__name__)

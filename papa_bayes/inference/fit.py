@@ -19,7 +19,7 @@ from torch import Tensor
 from papa_bayes.inference.mcmc_util import chain_results, check_nuts_samples
 from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData, check_preference_data
-from papa_bayes.exceptions import InputDataError, PapaBayesWarning
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesError, PapaBayesWarning
 from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, laplace_mode, mixture_moments
 from papa_bayes.inference.nested_laplace import nested_draws, nested_laplace
 from papa_bayes.inference.posterior import RewardPosterior
@@ -534,7 +534,16 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
         from tqdm.auto import trange
 
         for _ in trange(steps, disable=not opts["progress_bar"], desc="SVI"):
-            losses.append(svi.step(data))
+            try:
+                losses.append(svi.step(data))
+            except ValueError as err:  # Pyro's words for a model that does not broadcast over the particles
+                if isinstance(err, PapaBayesError) or losses:
+                    raise
+                raise ModelError(
+                    f"{type(model).__name__}(data) failed under SVI's vectorized particles (Trace_ELBO(num_particles=8, "
+                    "vectorize_particles=True, max_plate_nesting=1)): a global site's draw carries a particle dim "
+                    "left of the plates (a scalar `P x 1`, a `d` vector `P x 1 x d`), so broadcast over it (e.g. "
+                    f"utilities as `(x * w).sum(-1)`; see PyroRewardModel's docstring). Pyro said: {err}") from err
         s = opts["num_samples"] or 1000
         with torch.no_grad():
             q = guide.get_posterior()

@@ -174,3 +174,24 @@ def test_denoiser_and_autoencoder_may_differ_in_dtype(make_latent_model, latent_
     for guidance in (None, Guidance(objective, scale=0.5, clamp=None)):  # was a RuntimeError when decoding
         out = sample(model, 2, num_inference_steps=2, generator=gen(0), progress_bar=False, guidance=guidance)
         assert out.samples.dtype == torch.float16 and bool(torch.isfinite(out.images).all())
+
+
+def test_a_latent_model_with_a_clipping_scheduler_warns(latent_model):
+    """DDIMScheduler() clips the predicted clean sample to [-1, 1] by default: right for pixels, wrong for latents,
+    and a latent model took it without a word."""
+    import warnings
+
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from papa_bayes.diffusion import LatentDiffusion
+    from papa_bayes.exceptions import PapaBayesWarning
+
+    cond = torch.randn(1, 3, 8, generator=gen(1))
+    for scheduler in (DDIMScheduler(), DDPMScheduler(clip_sample=False, thresholding=True)):
+        with pytest.warns(PapaBayesWarning, match=r"^scheduler: expected clip_sample=False and thresholding=False") as w:
+            LatentDiffusion(latent_model.unet, latent_model.vae, scheduler, encoder_hidden_states=cond)
+        assert w[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PapaBayesWarning)
+        LatentDiffusion(latent_model.unet, latent_model.vae, DDIMScheduler(clip_sample=False),
+                        encoder_hidden_states=cond)
