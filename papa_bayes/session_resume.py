@@ -144,9 +144,15 @@ def _record_difference(stored: dict[str, Any], given: dict[str, Any], stored_rep
     if stored.get("class") != given["class"]:
         return stored_repr or str(stored.get("class")), given_repr
     old, new = stored["fields"], given["fields"]
-    differ = [k for k, v in old.items() if new.get(k, ...) != v]
-    return (f"{given['class']} with {_settings(old, differ, 'not stored', shown=_field_text)} (the fields that "
-            "differ)", _settings(new, differ, "not set", shown=_field_text))
+    return _fields_that_differ(given["class"], old, new, [k for k, v in old.items() if new.get(k, ...) != v],
+                               shown=_field_text)
+
+
+def _fields_that_differ(name: str, old: dict[str, Any], new: dict[str, Any], differ: list[str], *,
+                        shown: Any) -> tuple[str, str]:
+    """(stored, given) model of class ``name`` as a refusal names them: only the fields in ``differ``."""
+    return (f"{name} with {_settings(old, differ, 'not stored', shown=shown)} (the fields that differ)",
+            _settings(new, differ, "not set", shown=shown))
 
 
 def _settings(values: dict[str, Any], keys: list[str], missing: str, *, shown: Any = repr) -> str:
@@ -161,9 +167,7 @@ def _model_difference(stored: str, given: str) -> tuple[str, str]:
     if a is None or b is None or a[0] != b[0]:
         return stored, given
     (name, old), (_, new) = a, b
-    differ = [k for k in {**old, **new} if old.get(k) != new.get(k)]
-    return (f"{name} with {_settings(old, differ, 'not stored', shown=str)} (the fields that differ)",
-            _settings(new, differ, "not set", shown=str))
+    return _fields_that_differ(name, old, new, [k for k in {**old, **new} if old.get(k) != new.get(k)], shown=str)
 
 
 def _repr_fields(text: str) -> tuple[str, dict[str, str]] | None:

@@ -112,6 +112,11 @@ def gaussian_expected_max(mean_first: Tensor, mean_second: Tensor, var_diff: Ten
         ("mean_first", mean_first), ("mean_second", mean_second), ("var_diff", var_diff))
     for name, value in (("mean_first", mean_first), ("mean_second", mean_second), ("var_diff", var_diff)):
         check_finite(name, value.detach(), "posterior moments")  # NaN would come back as the expected maximum
+    return _gaussian_expected_max(mean_first, mean_second, var_diff)
+
+
+def _gaussian_expected_max(mean_first: Tensor, mean_second: Tensor, var_diff: Tensor) -> Tensor:
+    """:func:`gaussian_expected_max` of checked moments (e.g. of draws :func:`utility_moments` checked)."""
     sd = var_diff.clamp(min=1e-18).sqrt()
     z = (mean_first - mean_second) / sd
     pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
@@ -145,6 +150,12 @@ def pair_moments(mean: Tensor, cov: Tensor, first: Tensor, second: Tensor) -> tu
         raise InputDataError("second", f"shape {tuple(first.shape)} (that of first)", tuple(second.shape))
     check_finite("mean", mean.detach(), "posterior means")
     check_finite("cov", cov.detach(), "posterior covariances")
+    return _pair_moments(mean, cov, first, second)
+
+
+def _pair_moments(mean: Tensor, cov: Tensor, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`pair_moments` of checked moments and indices (e.g. every pair of a pool, moments of checked draws)."""
+    n = mean.shape[0]
     diag = cov.diagonal()
     var = diag[first] + diag[second] - 2.0 * cov.reshape(-1)[first * n + second]
     return mean[first] - mean[second], var.clamp(min=0.0)

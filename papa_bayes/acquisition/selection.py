@@ -31,9 +31,9 @@ from papa_bayes.acquisition.base import DrawsAcquisitionFunction, outcome_log_pr
 from papa_bayes.acquisition.baselines import RandomQueries, ThompsonSampling, UtilityDifferenceVariance
 from papa_bayes.acquisition.batch import pick_batch
 from papa_bayes.acquisition.closed_form import (
-    gaussian_expected_max,
+    _gaussian_expected_max,
+    _pair_moments,
     houlsby_information_gain,
-    pair_moments,
     utility_moments,
 )
 from papa_bayes.acquisition.information import (
@@ -287,10 +287,11 @@ def _screen_scores(
     strategy: str, acq: DrawsAcquisitionFunction, U: Tensor, first: Tensor, second: Tensor, link: str
 ) -> Tensor:
     """Closed-form value of every pair from the draws' Gaussian moments: `P`."""
+    # The draws are checked once (utility_moments); their moments and the pool's pairs need no second pass.
     mean, cov = utility_moments(U)
-    m, v = pair_moments(mean, cov, first, second)
+    m, v = _pair_moments(mean, cov, first, second)
     if strategy == "eubo":
-        return gaussian_expected_max(mean[first], mean[second], v)
+        return _gaussian_expected_max(mean[first], mean[second], v)
     bald = houlsby_information_gain(m, v, link=link)
     if strategy == "region":
         # I(y; z_a, z_b) <= H(z_a) + H(z_b): pairs of items with certain membership score 0.
@@ -442,7 +443,7 @@ def select_queries(
             )
             if strategy == "uncertainty" and second is not None:
                 mean, cov = utility_moments(U)
-                scores = pair_moments(mean, cov, first, second)[1]  # exact: the draws' variance
+                scores = _pair_moments(mean, cov, first, second)[1]  # exact: the draws' variance
                 cand = torch.arange(num_candidates)
             elif second is not None and screen is not None and num_candidates > max(screen, k_chosen):
                 screened = _screen_scores(strategy, acq, U, first, second, posterior.link)
