@@ -153,6 +153,9 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputDataError("--rationalities", f"finite rationalities with ':known' arms ({', '.join(known)}: the "
                              "model is told the user's rationality; inf only with learned-rationality arms)",
                              args.rationalities)
+    if known and any(not 1e-3 <= r <= 1e3 for r in rationalities):  # LinearReward's range for a fixed rationality
+        raise InputDataError("--rationalities", f"rationalities in [0.001, 1000] with ':known' arms "
+                             f"({', '.join(known)}: the range of LinearReward's fixed rationality)", args.rationalities)
     one_of("--botorch", [s for s in args.botorch.split(",") if s], BOTORCH_ARMS)
     # Nothing to run would still write its empty result over <out>/<name>.* (by default the committed one).
     if not args.skip_protocol and not arms and not [s for s in args.botorch.split(",") if s]:

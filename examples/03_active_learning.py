@@ -25,9 +25,32 @@ from pathlib import Path
 
 import torch
 
-from papa_bayes.acquisition import queries_to_reach, run_active_learning
+from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning
+from papa_bayes.acquisition.selection import check_strategy
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.users import SimulatedUser, random_unit_vector
 from papa_bayes.checks import bounded_arg, parse_with_tiny
+
+
+def strategy_list(text: str) -> list[str]:
+    """An argparse ``type=``: comma-separated strategies, each named once (aliases resolved), at least one.
+
+    Checked before any run: an unknown name stopped the script with a traceback after the runs before it, and an
+    empty list (or a strategy twice, e.g. "eig,bald") ran nothing (or counted each seed twice) without a word.
+    """
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected at least one of {STRATEGIES}, got {text!r}")
+    strategies: list[str] = []
+    for name in names:
+        try:
+            strategy = check_strategy(name, "pair")
+        except InputDataError:
+            raise argparse.ArgumentTypeError(f"expected strategies among {STRATEGIES}, got {name!r}") from None
+        if strategy in strategies:
+            raise argparse.ArgumentTypeError(f"expected each strategy once, got {strategy!r} twice in {text!r}")
+        strategies.append(strategy)
+    return strategies
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rationality", type=bounded_arg(float, 0, strict=True), default=1.0,
                    help="the simulated user's rationality")
     p.add_argument("--num-samples", type=bounded_arg(int, 1), default=256, help="posterior draws")
-    p.add_argument("--strategies", default="eig,random",
-                   help="comma-separated strategies to compare (papa_bayes.acquisition.STRATEGIES)")
+    p.add_argument("--strategies", type=strategy_list, default="eig,random",
+                   help="comma-separated strategies to compare, each once (papa_bayes.acquisition.STRATEGIES)")
     p.add_argument("--seed", type=bounded_arg(int, 0), default=0, help="base seed")
     p.add_argument("--out", default="example_output/03", help="output folder")
     p.add_argument("--tiny", action="store_true",
@@ -63,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    strategies = args.strategies
     curves: dict[str, list[list[float]]] = {s: [] for s in strategies}
     seconds: dict[str, list[float]] = {s: [] for s in strategies}
     for r in range(args.seeds):

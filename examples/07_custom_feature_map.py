@@ -35,7 +35,7 @@ def ink_features(images: torch.Tensor) -> torch.Tensor:
     ink = (images + 1) / 2
     ink = ink[:, 0]
     total = ink.sum((1, 2)) + 1e-6
-    rows = torch.arange(8, dtype=ink.dtype)
+    rows = torch.arange(8, dtype=ink.dtype, device=ink.device)  # on the images' device (a GPU too)
     cy = (ink.sum(2) * rows).sum(1) / total
     cx = (ink.sum(1) * rows).sum(1) / total
     spread = (ink.sum(1) * (rows - cx.unsqueeze(1)) ** 2).sum(1) / total

@@ -91,6 +91,33 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, *, allow_float: bool =
 _INT64_IDS = "integers that int64 holds (-2**63 to 2**63 - 1)"
 
 
+def _refuse_text_ids(name: str, value: Any) -> None:
+    """InputDataError naming the way out for rater ids given as text ("an array-like of numbers, got list" did not)."""
+    text = _first_text(value)
+    if text is not None:
+        raise InputDataError(name, "integer rater ids (map text ids to 0..R-1 first, e.g. with pandas.factorize "
+                             "or pd.Categorical(ids, categories=names).codes)", repr(text))
+
+
+def _first_text(value: Any) -> str | None:
+    """The first str (or bytes) in a list, tuple or NumPy / pandas array of ids, or None."""
+    if isinstance(value, (str, bytes)):
+        return value if isinstance(value, str) else value.decode(errors="replace")
+    if isinstance(value, Tensor):
+        return None
+    values = plain_array(value)
+    if getattr(values, "dtype", None) is not None and values.dtype.kind not in "OUS":
+        return None  # numbers: nothing to look through
+    if not isinstance(values, (list, tuple)) and not hasattr(values, "tolist"):
+        return None
+    listed = values.tolist() if hasattr(values, "tolist") else values
+    for v in listed if isinstance(listed, (list, tuple)) else [listed]:
+        found = _first_text(v) if isinstance(v, (str, bytes, list, tuple)) else None
+        if found is not None:
+            return found
+    return None
+
+
 def _beyond_int64(listed: Any) -> int | None:
     """The first Python int in a (nested) list that int64 cannot hold, or None."""
     if isinstance(listed, (list, tuple)):
@@ -211,6 +238,7 @@ class PreferenceData:
             value = getattr(self, name)
             if value is None:
                 continue
+            _refuse_text_ids(name, value)
             r = _as_tensor(name, value, torch.long)
             if r.shape != (size,):
                 raise InputDataError(name, f"shape ({size},), one id per row", tuple(r.shape))
@@ -678,6 +706,7 @@ def _append_rater(name: str, old: Tensor | None, new: Any | None, rows: int, old
             raise InputDataError(name, f"{rows} rater ids for the new rows (the data carries rater ids: comparisons "
                                        "and ratings both have them or neither)", None)
         return old  # no new rows, or data without ids (then None)
+    _refuse_text_ids(name, new)
     new_t = _as_tensor(name, new, torch.long).reshape(-1)
     if new_t.numel() == 1 and rows > 1:
         new_t = new_t.expand(rows).clone()

@@ -156,7 +156,10 @@ def _lock_rater(store: Path, rater: int) -> RaterLock | None:
 
 def _holds_store(path: Path) -> bool:
     """Whether ``path`` is something to open as a store, not a path to create one at."""
-    return path.is_dir() or (path.exists() and path.stat().st_size > 0)
+    try:
+        return path.is_dir() or (path.exists() and path.stat().st_size > 0)
+    except OSError:  # (a name too long, a folder that may not be entered): the store's error says so, naming it
+        return True
 
 
 def _session_options(args: argparse.Namespace, existing: PreferenceStore | None
@@ -314,6 +317,7 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     from papa_bayes.diffusion.candidates import DiffusionCandidates
     from papa_bayes.models import HierarchicalLinearReward, LinearReward
     from papa_bayes.session import PreferenceSession
+    from papa_bayes.session_resume import record_matches
 
     options, resuming, before, others, num_features = _session_options(args, existing)
     if args.recommend and before + args.labels == 0:  # before the model loads and anything is written
@@ -321,15 +325,28 @@ def _label(args: argparse.Namespace, existing: PreferenceStore | None, *, read: 
     # People may answer "tie": the model says how (Davidson). With other raters in the
     # store, their answers give this rater's prior (hierarchical cold start); a resumed
     # sitting keeps the model it began with, even when others have answered since.
-    began = existing.rater_config(args.rater).get("model") if resuming else None
-    hierarchical = (began or "").startswith("HierarchicalLinearReward(") if resuming else bool(others)
+    # The model's class and fields are read from the stored record (model_record); a store written before
+    # the record keeps only the model's repr, read as then.
+    began_config = existing.rater_config(args.rater) if resuming else {}
+    began, record = began_config.get("model"), began_config.get("model_record")
+    if not (isinstance(record, dict) and isinstance(record.get("fields"), dict)):
+        record = None
+    if not resuming:
+        hierarchical = bool(others)
+    elif record is not None:
+        hierarchical = record.get("class") == "HierarchicalLinearReward"
+    else:
+        hierarchical = (began or "").startswith("HierarchicalLinearReward(")
     model = HierarchicalLinearReward(ties=True) if hierarchical else LinearReward(rationality=1.0, ties=True)
     # Another program's session (perhaps registered, nothing asked yet: no rater of the store asked anything):
     # said here, not by resume's check.
-    if began is not None and began != repr(model):
+    same = record_matches(record, model)  # None: no record, the repr says
+    if same is False or (same is None and began is not None and began != repr(model)):
+        name, ties = ((record.get("class"), record["fields"].get("ties")) if record is not None
+                      else (began.split("(")[0], "ties=True" in began))
         raise InputDataError("--rater", "a rater whose session papa-bayes label began",
                              f"rater {args.rater} of {args.store}, whose session another program began with "
-                             f"{began.split('(')[0]}(ties={'ties=True' in began}, ...); answer as a new rater "
+                             f"{name}(ties={ties}, ...); answer as a new rater "
                              f"(e.g. --rater {max([*existing.raters(), args.rater]) + 1})")
     try:  # before the model loads
         args.images.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Two sessions of one rater at once, in two processes, would ask the same round tw
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -68,8 +69,9 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def lock_file(path: str | Path) -> Path:
-    """The file holding the raters' locks of the store at ``path``: ``<store>.lock`` beside it."""
-    path = Path(path)
+    """The file holding the raters' locks of the store at ``path``: ``<store>.lock`` beside it (absolute; beside
+    the file a symlink leads to, so that a store reached by two paths has one lock)."""
+    path = Path(path).resolve()
     return path.with_name(path.name + ".lock")
 
 
@@ -83,14 +85,14 @@ def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
     every one taken is closed). None where there are no such locks (Windows).
 
     Raises:
-        StoreError: another process holds this rater's lock, or the lock file cannot be written.
+        StoreError: another process holds this rater's lock, or the lock file cannot be written or locked.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no lock
         return None
     path = Path(path)
-    key = lock_file(path).resolve()
+    key = lock_file(path)
     rater = int(rater)
     with _LOCKS_GUARD:
         entry = _LOCKS.get(key)
@@ -106,10 +108,15 @@ def lock_rater(path: str | Path, rater: int) -> RaterLock | None:
         if rater not in held:
             try:
                 fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rater)
-            except OSError:
+            except OSError as err:
                 if not held:
                     del _LOCKS[key]
                     file.close()
+                if err.errno not in (errno.EACCES, errno.EAGAIN):  # (ENOLCK: a file system without locks)
+                    raise StoreError(f"Cannot take rater {rater}'s lock of {path}: {key} cannot be locked "
+                                     f"({type(err).__name__}: {err.strerror or err}); the store's folder must be "
+                                     "on a file system with POSIX locks (e.g. not a network share without "
+                                     "them).") from err
                 raise StoreError(f"Rater {rater} is already answering in {path} (another process holds the "
                                  "rater's session); a second person needs their own rater id.") from None
         held[rater] = held.get(rater, 0) + 1

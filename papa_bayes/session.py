@@ -41,7 +41,7 @@ from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.locks import lock_rater
-from papa_bayes.models import HierarchicalLinearReward, LinearReward, PyroRewardModel
+from papa_bayes.models import HierarchicalLinearReward, LinearReward, PairwiseGPReward, PyroRewardModel
 from papa_bayes.session_resume import check_resumed, model_record
 from papa_bayes.sources import Candidates, CandidateSource, FeaturePool
 from papa_bayes.store import PreferenceStore, StoredQuery, check_id
@@ -118,8 +118,8 @@ class PreferenceSession:
     """An online preference-elicitation session backed by a durable store.
 
     Args:
-        store: path of the SQLite store (created when missing; an existing store
-            must be continued with :meth:`resume`), or an open
+        store: path of the SQLite store (created when missing; a session of ``rater``
+            it already holds must be continued with :meth:`resume`), or an open
             :class:`~papa_bayes.store.PreferenceStore` (which :meth:`close` leaves open).
         source: a :class:`CandidateSource` (e.g. ``DiffusionCandidates`` or
             :class:`FeaturePool`).
@@ -210,6 +210,10 @@ class PreferenceSession:
         model = model if model is not None else LinearReward(rationality=1.0)
         if query_type == "pair" and getattr(user, "tie_margin", 0.0) > 0 and not getattr(model, "ties", False):
             raise InputDataError("model", "a model with ties=True for a user who ties (tie_margin > 0)", repr(model))
+        if query_type == "rating" and isinstance(model, PairwiseGPReward):  # its first fit failed, an answer stored
+            raise InputDataError("model", "a model of like/dislike ratings for 'rating' queries (PairwiseGPReward, "
+                                 "BoTorch's PairwiseGP, takes only comparisons: use PreferenceGP or LinearReward)",
+                                 repr(model))
         if isinstance(user, CallbackUser) and getattr(user, f"{method}_fn") is None:
             raise InputDataError("user", f"a CallbackUser with a {method}_fn for {query_type!r} queries",
                                  f"{method}_fn=None")
@@ -293,7 +297,9 @@ class PreferenceSession:
         query (and the source's state, for sources with ``load_state``) restored,
         the last fine-tuned weights reloaded, and a round a crash left unfinished is
         finished first: its query asked again when unanswered, its fine-tune run
-        when that round is one of every ``finetune_every``.
+        when that round is one of every ``finetune_every``. A
+        ``HierarchicalLinearReward`` session's prior is learned again from the other
+        raters' answers as the store holds them now (those given since count too).
 
         The model and source must be the ones the session began with (the model's
         class and the fields its ``repr`` shows, and the source's ``config()``, are
@@ -315,9 +321,11 @@ class PreferenceSession:
         store = PreferenceStore(path, create=False)
         cfg = store.config if rater is None else store.rater_config(rater)
         if cfg is None:
+            asked = store.raters()
             store.close()
             what = "session configuration" if rater is None else f"session of rater {rater}"
-            raise StoreError(f"{path} holds no {what}.")
+            held = f"the raters it holds: {', '.join(map(str, asked))}" if asked else "no rater was asked anything"
+            raise StoreError(f"{path} holds no {what} ({held}).")
         try:
             session = cls(
                 store, source, user, model=model, query_type=cfg["query_type"], strategy=cfg["strategy"],
@@ -410,7 +418,8 @@ class PreferenceSession:
         return self._rater_model_cache
 
     def _cold_start_model(self) -> Any:
-        others = self.store.preference_data(exclude_rater=self.rater)
+        # (no items yet, as before the first round of a new store: the store has no feature dimension, the source has)
+        others = self.store.preference_data(exclude_rater=self.rater) if self.store.num_items else self.data
         if others.num_observations == 0:
             population = prior_posterior(self.model, others, num_samples=self.num_draws, seed=self.seed)
         else:

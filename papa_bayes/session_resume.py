@@ -30,13 +30,10 @@ def check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
     configuration has some twenty settings, a model's repr may hold a prior's whole covariance).
     """
     stored_record = cfg.get("model_record")
-    given_record = json.loads(json.dumps(model_record(session.model)))
-    if (isinstance(stored_record, dict) and isinstance(stored_record.get("fields"), dict)
-            and given_record["fields"] is not None):
-        # Only the stored fields: a field a later version adds (at the default that the stored session had)
-        # does not refuse the session, as with a source's settings below.
-        old, new = stored_record["fields"], given_record["fields"]
-        if stored_record.get("class") != given_record["class"] or any(new.get(k, ...) != v for k, v in old.items()):
+    same = record_matches(stored_record, session.model)
+    if same is not None:
+        if not same:
+            given_record = json.loads(json.dumps(model_record(session.model)))
             expected, got = _record_difference(stored_record, given_record, cfg.get("model"), repr(session.model))
             raise InputDataError("model", f"the session's model, {expected}", got)
     else:  # a store written before the record, or a model whose fields its repr does not say: the reprs
@@ -50,6 +47,23 @@ def check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
         raise InputDataError("source", "the session's source, with "
                              + _settings(stored_source, differ, "not stored") + " (the settings that differ)",
                              _settings(given_source, differ, "not set"))
+
+
+def record_matches(stored: Any, model: Any) -> bool | None:
+    """Whether ``model`` is the one whose :func:`model_record` was stored (``stored``, as read back from JSON):
+    its class and every stored field equal. None where that cannot be told from records: ``stored`` is no
+    record with fields (a store written before the record), or ``model``'s repr names no known fields.
+
+    Only the stored fields: a field a later version adds (at the default that the stored session had)
+    does not refuse the session, as with a source's settings.
+    """
+    if not (isinstance(stored, dict) and isinstance(stored.get("fields"), dict)):
+        return None
+    given = json.loads(json.dumps(model_record(model)))
+    if given["fields"] is None:
+        return None
+    return stored.get("class") == given["class"] and all(given["fields"].get(k, ...) == v
+                                                         for k, v in stored["fields"].items())
 
 
 def _check_resumed_repr(stored: str | None, given: str) -> None:

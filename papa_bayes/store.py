@@ -206,25 +206,32 @@ class PreferenceStore:
     one at a time as a session is; its writes are serialized.
 
     Raises:
-        InputDataError: a ``path`` that is not a str or os.PathLike.
+        InputDataError: a ``path`` that is not a str or os.PathLike, or holds a NUL character.
         StoreError: the file is corrupt, not a papa_bayes store, or from a newer schema;
             ``path`` is a folder, or names no store (with ``create=False``) or lies in
-            no folder (with ``create=True``); SQLite cannot open it there (a read-only folder). A read-only
-            file opens for reading; a write to it raises StoreError (see :meth:`check_writable`).
+            no folder (with ``create=True``); SQLite, or the file system, cannot open it there (a read-only
+            folder, a name too long). A read-only file opens for reading; a write to it raises StoreError
+            (see :meth:`check_writable`).
     """
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = check_path("path", path, expected="a file path (str or Path)")
-        if self.path.is_dir():
-            raise StoreError(f"{self.path} is a folder; a store is a file (e.g. {self.path / 'session.db'}).")
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        if not exists and not create:
-            raise StoreError(f"No store at {self.path}.")
-        if not exists and not self.path.parent.is_dir():  # sqlite3 would say "unable to open database file"
-            raise StoreError(f"Cannot create the store {self.path}: {self.path.parent} is not a folder "
-                             "(create it first).")
-        if exists:
-            self._check_header()
+        if "\0" in str(self.path):  # (sqlite3: a bare ValueError "embedded null byte")
+            raise InputDataError("path", "a file path (str or Path) without NUL characters", repr(str(self.path)))
+        try:  # (a name too long, a folder that may not be entered: the OSError named neither store nor cause)
+            if self.path.is_dir():
+                raise StoreError(f"{self.path} is a folder; a store is a file (e.g. {self.path / 'session.db'}).")
+            exists = self.path.exists() and self.path.stat().st_size > 0
+            if not exists and not create:
+                raise StoreError(f"No store at {self.path}.")
+            if not exists and not self.path.parent.is_dir():  # sqlite3 would say "unable to open database file"
+                raise StoreError(f"Cannot create the store {self.path}: {self.path.parent} is not a folder "
+                                 "(create it first).")
+            if exists:
+                self._check_header()
+        except OSError as err:
+            raise StoreError(f"Cannot open the store {self.path} ({type(err).__name__}: {err.strerror or err}); "
+                             "nothing was written.") from err
         conn = None
         try:
             # Any thread may use the store (a web server answers in its worker threads); the lock keeps

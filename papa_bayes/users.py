@@ -156,7 +156,7 @@ class SimulatedUser(User):
         utility: a `d` weight vector (linear utility; a tensor, NumPy array or list)
             or any callable mapping `n x ...` inputs (features or images) to `n` utilities.
         link: ``"logit"`` or ``"probit"``.
-        rationality: inverse noise; ``math.inf`` answers without error.
+        rationality: inverse noise (a number, or a 0-d tensor or array); ``math.inf`` answers without error.
         tie_margin: 0 for strict answers.
         threshold: like threshold on the utility scale.
         seed: seeds the user's own generator (a non-negative integer).
@@ -181,7 +181,13 @@ class SimulatedUser(User):
         seed: int = 0,
     ) -> None:
         self.link = check_link(link)
-        if not (isinstance(rationality, numbers.Real) and rationality == math.inf):  # math.inf: a noiseless user
+        # math.inf: a noiseless user; a 0-d tensor or array of inf too, as check_float takes them for finite values
+        infinite = isinstance(rationality, numbers.Real) and rationality == math.inf
+        if not infinite and isinstance(rationality, (Tensor, np.ndarray)) and rationality.ndim == 0 \
+                and (rationality.dtype.is_floating_point if isinstance(rationality, Tensor)
+                     else rationality.dtype.kind == "f"):
+            infinite = float(rationality) == math.inf
+        if not infinite:
             check_float("rationality", rationality, strict=True,
                         expected="a positive number (math.inf for a noiseless user)")
         tie_margin = check_float("tie_margin", tie_margin)
@@ -204,7 +210,7 @@ class SimulatedUser(User):
         # A utility of known feature width (weights, a GP draw) reads batches alike: a 1-D batch is `n` items at d=1.
         self._num_features = self.weights.shape[0] if self.weights is not None else (
             utility.d if isinstance(utility, RandomFourierUtility) else None)
-        self.rationality = float(rationality)
+        self.rationality = math.inf if infinite else float(rationality)
         self.tie_margin = float(tie_margin)
         self.threshold = float(threshold)
         self.seed = seed
@@ -280,6 +286,8 @@ class SimulatedUser(User):
                                                "x.unsqueeze(0); a 1-D batch is `n` single-number items)",
                                          tuple(x.shape))
                 x = x.unsqueeze(-1)
+            if x.dim() != 2 or x.shape[-1] != d:  # named here: the weights' own check names its argument x
+                raise InputDataError(name, f"a batch of `n x {d}` items", tuple(x.shape))
         u = self.utility(x)
         if getattr(x, "ndim", None) == 1 and u.numel() != x.shape[0]:
             raise InputDataError("utility", f"{x.shape[0]} utilities, one per item of the 1-D batch (`n` "

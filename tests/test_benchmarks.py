@@ -369,6 +369,10 @@ def test_queries_noiseless_user_runs_and_known_arms_refuse_it(tmp_path):
     for strategies in ("random:known", "eig,thompson:known"):  # LinearReward refuses an infinite rationality
         with pytest.raises(InputDataError, match="--rationalities: expected finite rationalities with ':known' arms"):
             parse_args(["--rationalities", "1,inf", "--strategies", strategies])
+    for far in ("1e4", "1e-4"):  # outside LinearReward's range for a fixed rationality: refused before any run
+        with pytest.raises(InputDataError, match=r"--rationalities: expected rationalities in \[0.001, 1000\]"):
+            parse_args(["--rationalities", f"1,{far}", "--strategies", "eig:known"])
+    assert parse_args(["--rationalities", "1e4", "--strategies", "eig"]).rationalities == "1e4"
     result = main(["--tiny", "--rationalities", "inf", "--strategies", "random", "--botorch", "", "--skip-speed",
                    "--liked-set-seeds", "0", "--out", str(tmp_path)])
     assert list(result["protocol"]) == ["d3_rinf"] and len(result["protocol"]["d3_rinf"]["random"]["alignment"]) == 4

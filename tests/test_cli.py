@@ -378,7 +378,7 @@ def no_training(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("train-base started before refusing its options")
 
-    monkeypatch.setattr(train, "train_base_model", started)
+    monkeypatch.setattr(train, "_train", started)
     monkeypatch.setattr(train, "fit_default_features", started)
 
 

@@ -226,6 +226,15 @@ def check_pending(X_pending: Any, query_size: int, d: int | None) -> Tensor | No
     expected = f"shape `m x {dd}` with m < {query_size} (items fixed in every query of {query_size})"
     X_pending = check_real_tensor("X_pending", X_pending, expected, dtype=None)
     if X_pending.dim() != 2 or X_pending.shape[0] >= query_size or (d is not None and X_pending.shape[-1] != d):
+        if X_pending.dim() == 2 and X_pending.shape[0] >= query_size:
+            # BoTorch's sequential greedy optimizers (optimize_acqf_discrete with q > 1, optimize_acqf with
+            # sequential=True, optimize_acqf_discrete_local_search) pend the items they chose so far: this
+            # refusal then reached the user, who had set no X_pending, with no word of why.
+            one = "one item" if query_size == 1 else f"{query_size} items"
+            expected += ("; BoTorch's sequential optimizers (optimize_acqf_discrete with q > 1, optimize_acqf with "
+                         "sequential=True, optimize_acqf_discrete_local_search) pend the items they chose, which a "
+                         f"query of {one} has no room for: ask them for one query at a time (q = its items not "
+                         "pending), or for k queries from a pool use select_queries(k=...)")
         raise InputDataError("X_pending", expected, tuple(X_pending.shape))
     return check_finite("X_pending", X_pending, "features")
 
@@ -248,8 +257,13 @@ def check_query_X(X: Any, query_size: int, d: int | None, X_pending: Tensor | No
         if m:
             expected += f" ({query_size} items per query, {m} of them pending: set_X_pending(None) to pass all)"
         elif X.dim() >= 3 and X.shape[-2] < q:
+            # BoTorch's sequential optimizers (optimize_acqf_discrete with q > 1, sequential=True,
+            # optimize_acqf_mixed, local search) value one item at a time: the user never passed this X.
             expected += (f" (to value {X.shape[-2]} item(s) against fixed ones, set_X_pending(the fixed "
-                         f"`{q - X.shape[-2]} x {dd}` items) first; for every pair of a pool, select_queries)")
+                         f"`{q - X.shape[-2]} x {dd}` items) first. BoTorch's sequential optimizers "
+                         "(optimize_acqf_discrete with q > 1, optimize_acqf with sequential=True, optimize_acqf_mixed, "
+                         f"local search) value one item at a time: optimize a query of {q} jointly with "
+                         f"optimize_acqf(acq, bounds, q={q}), or for queries from a pool use select_queries)")
         raise InputDataError("X", expected, tuple(X.shape))
     check_finite("X", X.detach(), "features")
     if m:
@@ -289,7 +303,11 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
     ``optimize_acqf_discrete(acq, q=2, choices=pool)``: BoTorch builds that batch
     one item at a time, valuing each candidate alone as a `1 x d` query, which a
     pairwise acquisition refuses (it has no value for one item without a pending
-    partner).
+    partner). Likewise BoTorch's sequential q > 1 (``optimize_acqf_discrete``,
+    ``sequential=True``, local search) pends the items it chose so far, more than a
+    query holds (a like/dislike query holds one item): an
+    :class:`~papa_bayes.exceptions.InputDataError` (field ``X_pending``) saying so;
+    :func:`~papa_bayes.acquisition.select_queries` chooses batches of k.
 
     For a plain BoTorch model the feature width `d` is read from the model
     (``PairwiseGP.datapoints``, or ``train_inputs`` without an input transform),

@@ -180,8 +180,8 @@ def optimize_queries(
                "the same difference, up to sign, are the same question)") if linear else ""
         warnings.warn(
             f"optimize_queries: the {num_restarts} restarts found {len(keep)} distinct optima, fewer than k={k}"
-            f"{why}; raise num_restarts or raw_samples, or pick k questions from a pool with select_queries "
-            "(batch_size=k).",
+            f"{why}; raise num_restarts or raw_samples, or pick k questions from a pool with "
+            f"select_queries(posterior, pool, k={k}).",
             PapaBayesWarning,
             stacklevel=caller_stacklevel(),
         )

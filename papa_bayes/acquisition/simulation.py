@@ -92,7 +92,7 @@ def weight_entropy_bits(posterior: RewardPosterior) -> float:
     """Gaussian-approximation entropy (bits) of the draws of ``u(e_j) - u(0)``, j = 1..d.
 
     For a linear reward these are the weights in noise units, ``rationality * w``;
-    for any reward, the linear part the answers inform.
+    for any reward, the linear part the answers inform. NaN for a posterior of one draw.
     """
     check_posterior(posterior)
     d = posterior.num_features
@@ -100,6 +100,8 @@ def weight_entropy_bits(posterior: RewardPosterior) -> float:
     with torch.no_grad():
         u = posterior.utility(basis)
     W = u[:, 1:] - u[:, :1]
+    if W.shape[0] < 2:  # one draw has no spread: torch.cov warned and gave NaN anyway
+        return math.nan
     cov = torch.atleast_2d(torch.cov(W.T)) + 1e-12 * torch.eye(d, dtype=torch.float64)
     logdet = torch.linalg.slogdet(cov).logabsdet
     return float((0.5 * (d * math.log(2 * math.pi * math.e) + logdet)) / math.log(2.0))

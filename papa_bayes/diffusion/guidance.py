@@ -113,6 +113,11 @@ class Guidance:
             wrong shape or without a gradient, push weights outside `[0, 1]`, or a
             schedule value that is not a finite number >= 0.
 
+    Warns:
+        PapaBayesWarning: at sampling time, once per trajectory, when the objective's
+            gradient is zero for every sample of a batch that has a push weight (a
+            feature map through ``round`` or ``argmax``: nothing would be guided).
+
     Example:
         Steer toward the preferred region of a reward posterior fitted to a simulated
         person's ratings of base samples; from the same noise, guided samples are more
@@ -173,6 +178,7 @@ class Guidance:
             clamp = (low, high)
         self.clamp = clamp
         self._normalizer = 1.0
+        self._warned_flat = False  # the zero-gradient warning, once per trajectory
 
     def with_scale(self, scale: float) -> Guidance:
         """A copy with another scale (same objective object)."""
@@ -193,6 +199,7 @@ class Guidance:
         # The floor (a mean gain of 1e-3) scales with the schedule, so that a schedule's overall size cancels.
         floor = 1e-3 * sum(m for _, m in acting)
         self._normalizer = max(total, floor) if floor > 0 else 1.0  # no push at all: any normalizer
+        self._warned_flat = False
 
     def begin_batch(self, n: int, *, generator: torch.Generator | None, device: torch.device) -> None:
         """Called by the sampler before a batch of `n`: the objective's ``begin_batch`` (e.g. Thompson draws), if any."""
@@ -238,6 +245,13 @@ class Guidance:
         w = weight(values) if weight is not None else torch.ones_like(values)
         if weight is not None:
             self._check_push_weight(w, values.shape[0])
+        if not self._warned_flat and bool((w > 0).any()) and not bool(grad.any()):
+            # A feature map through round / argmax / a threshold has gradient 0 everywhere: no push, silently.
+            self._warned_flat = True
+            warnings.warn(f"The guidance objective's gradient is zero for every sample of the batch at sampler step "
+                          f"{step} of {num_steps}: nothing is pushed there. A feature map or reward that is not "
+                          "differentiable almost everywhere (round, argmax, a threshold) guides nothing; use a "
+                          "smooth one.", PapaBayesWarning, stacklevel=caller_stacklevel())
         # Each gradient is divided by its largest value first: its norm in float32 underflowed to 0 (overflowed
         # to inf) for gradients below about 1e-19 (above 1e19) per value, and its floor of 1e-12 shrank the push
         # of small ones, against the scale's independence of the reward's. (Not float64: MPS has none.)

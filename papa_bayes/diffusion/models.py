@@ -268,9 +268,11 @@ class PixelDiffusion(DiffusionModel):
             (``sample_size`` an integer >= 1 or a pair of them, ``in_channels`` an
             integer >= 1: the shape of what is sampled), a ``UNet2DModel`` whose
             ``sample_size`` is not divisible by ``2 ** (len(down_block_types) - 1)``,
-            or one that needs inputs besides the sample and timestep (class labels:
-            ``class_embed_type`` / ``num_class_embeds``) unless a subclass overrides
-            ``model_output``, besides what :class:`DiffusionModel` raises.
+            one that needs inputs besides the sample and timestep (class labels:
+            ``class_embed_type`` / ``num_class_embeds``), or a score-SDE ``UNet2DModel``
+            (``time_embedding_type="fourier"``: continuous noise levels, not timesteps) or
+            one whose ``"learned"`` time embedding has fewer rows than the scheduler's timesteps,
+            unless a subclass overrides ``model_output``, besides what :class:`DiffusionModel` raises.
 
     Example:
         Wrap a fresh (untrained, so its samples are noise) digits-sized UNet:
@@ -296,6 +298,7 @@ class PixelDiffusion(DiffusionModel):
                                  "goes in LatentDiffusion)", type(unet).__name__)
         if type(self).model_output is PixelDiffusion.model_output:
             _check_plain_inputs(unet, "PixelDiffusion", "the sample and timestep")
+            _check_discrete_time(unet, scheduler)
         # sample_shape reads them when sampling starts: UNet2DModel(sample_size=None) failed there, in Python's words.
         config = getattr(unet, "config", None)
         size, channels = getattr(config, "sample_size", None), getattr(config, "in_channels", None)
@@ -321,6 +324,30 @@ class PixelDiffusion(DiffusionModel):
 
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.unet(x_t, t).sample
+
+
+def _check_discrete_time(unet: torch.nn.Module, scheduler: Any) -> None:
+    """InputDataError on a ``UNet2DModel`` whose time embedding cannot read ``scheduler``'s timesteps.
+
+    - a score-SDE one (``time_embedding_type="fourier"``; Song et al. 2021, NCSN++)
+      reads its time input as a continuous noise level ``sigma`` and divides its
+      output by it: the sampler's discrete DDIM / DDPM timesteps reach ``t = 0``,
+      where the output is infinite, and the samples came out NaN only after every
+      step (a ModelError blaming the schedule or float16);
+    - a ``"learned"`` one has a table of ``num_train_timesteps`` rows: fewer than the
+      scheduler's timesteps failed at the first step, in torch's words (an IndexError).
+    """
+    config = getattr(unet, "config", None)
+    embedding = getattr(config, "time_embedding_type", None)
+    rows, num_train = getattr(config, "num_train_timesteps", None), scheduler.config.get("num_train_timesteps")
+    if embedding == "learned" and isinstance(rows, int) and isinstance(num_train, int) and rows < num_train:
+        raise InputDataError("unet", f"a learned time embedding with a row per training timestep of the scheduler "
+                             f"(num_train_timesteps >= {num_train})", f"num_train_timesteps = {rows}")
+    if embedding == "fourier":
+        raise InputDataError("unet", "a denoiser of discrete timesteps trained for a DDPM / DDIM schedule "
+                             "(time_embedding_type 'positional' or 'learned')", "a score-SDE UNet2DModel with "
+                             "time_embedding_type 'fourier' (it reads a continuous noise level sigma and divides its "
+                             "output by it: NaN samples at t = 0; not supported)")
 
 
 def _check_halvable(unet: torch.nn.Module, h: int, w: int) -> None:

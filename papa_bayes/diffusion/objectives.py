@@ -257,7 +257,8 @@ class PosteriorObjective:
                 at 0 or 1 the way a share of finitely many draws does, so it still
                 ranks samples that every draw puts inside the region (by how far
                 inside, relative to the posterior's uncertainty, up to about 8
-                standard deviations, where it rounds to 1 in float64).
+                standard deviations, where it rounds to 1 in float64); a posterior of
+                one draw has no spread to measure, and gives the share (0 or 1).
 
         Raises:
             InputDataError: on an unknown ``method``, unless exactly one of ``x``

@@ -366,14 +366,20 @@ def sample(
                                step_kwargs, batch_size, return_trajectory, bar)
 
 
-def _check_finite_samples(samples: Tensor, images: Tensor, start: int, prediction_type: str) -> None:
+def _check_finite_samples(samples: Tensor, images: Tensor, start: int, prediction_type: str,
+                          guidance: Guidance | None = None) -> None:
     """ModelError when a batch's final samples or decoded images hold NaN or infinite values."""
+    scale = getattr(guidance, "scale", None)
+    # A huge scale without a data range to stop its push (clamp=None, a latent model) overflowed silently too.
+    guided = " or a diverged denoiser" if not isinstance(scale, (int, float)) or scale <= 0 else (
+        f", a diverged denoiser, or a guidance scale too large for samples without a data range to hold them "
+        f"(scale = {scale:g}, clamp = {getattr(guidance, 'clamp', None)!r})")
     for what, values in (("samples", samples), ("decoded images", images)):
         if not bool(torch.isfinite(values).all()):
             raise ModelError(
                 f"The sampler produced NaN or infinite {what} (batch from sample {start}), with prediction_type "
                 f"{prediction_type!r}. Causes: a zero-terminal-SNR schedule with epsilon prediction, an overflow "
-                "in float16 (sample in float32), or a diverged denoiser.")
+                f"in float16 (sample in float32){guided}.")
 
 
 def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor, guidance: Guidance | None,
@@ -409,7 +415,7 @@ def _sample_batches(model: DiffusionModel, scheduler: Any, initial_noise: Tensor
             bar.update(1)
         with torch.no_grad():
             decoded = batch_model.decode(x)
-        _check_finite_samples(x, decoded, start, model.prediction_type)
+        _check_finite_samples(x, decoded, start, model.prediction_type, guidance)
         samples.append(x)
         images.append(decoded.detach())
         if traj is not None:

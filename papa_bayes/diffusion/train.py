@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -35,7 +36,7 @@ from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_fe
 from papa_bayes.checks import (
     caller_stacklevel, check_bool, check_device, check_float, check_int, check_path, renamed_option,
 )
-from papa_bayes.exceptions import InputDataError, PapaBayesWarning
+from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 from papa_bayes.diffusion.sampler import sample
 
 __all__ = ["train_base_model", "fit_default_features", "main"]
@@ -68,7 +69,7 @@ def train_base_model(
         batch_size: digits per step.
         learning_rate: AdamW peak learning rate (> 0; linear warm-up, cosine decay).
         ema_decay: decay of the weight average that is saved, in `[0, 1)`.
-        seed: seeds the weights, batches, timesteps and noise (an integer >= 0).
+        seed: seeds the weights, batches, timesteps and noise (an integer in [0, 2**64 - 1], torch's seeds).
         device: where to train.
         unet_config: entries replacing those of ``DIGITS_UNET_CONFIG`` (a larger or
             smaller UNet), a dict of ``UNet2DModel`` arguments that diffusers can build;
@@ -91,7 +92,10 @@ def train_base_model(
             rate, decay or seed out of range, a device this machine does not have, an
             ``out_dir`` that is (or lies inside) a file or is not writable, or a
             ``unet_config`` that is not a dict of UNet2DModel arguments, that diffusers
-            cannot build or that changes the digits' shape.
+            cannot build, that changes the digits' shape or whose values the saved
+            config (JSON) cannot hold (NumPy and tensor numbers and arrays are read as Python ones).
+        ModelError: when the loss or the weights become NaN or infinite (a learning rate
+            too high); nothing is written then.
     """
     # Checked before the UNet is built: a bad number should not cost a model.
     out = check_path("out_dir", out_dir)
@@ -99,11 +103,12 @@ def train_base_model(
     batch_size = check_int("batch_size", batch_size)
     learning_rate = check_float("learning_rate", learning_rate, strict=True)
     ema_decay = check_float("ema_decay", ema_decay, maximum=1.0)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0, maximum=_MAX_SEED)
     device = check_device("device", device)
     progress_bar = check_bool("progress_bar", progress_bar)
     if unet_config is not None:
-        _check_digits_shape(check_unet_overrides("unet_config", unet_config))
+        unet_config = _plain_config(check_unet_overrides("unet_config", unet_config))
+        _check_digits_shape(unet_config)
     _check_out_folder(out, "out_dir")  # a file there would surface only after the minutes of training
     # diffusers initialises the weights, and dropout draws its masks, from the global RNG: both come from
     # `seed`, and the caller's RNG state comes back.
@@ -115,7 +120,8 @@ def train_base_model(
             detail = str(err).splitlines()[0] if str(err) else ""
             raise InputDataError("unet_config", "UNet2DModel arguments diffusers can build",
                                  f"{unet_config} ({type(err).__name__}: {detail})") from None
-        unet = unet.to(device=device, dtype=torch.float32).train()
+        # torch.nn.Module.to: diffusers' own `to` logs a warning about float32 modules at any dtype.
+        unet = torch.nn.Module.to(unet, device=device, dtype=torch.float32).train()
         ema, running, seconds, scheduler = _train(unet, steps=steps, batch_size=batch_size,
                                                   learning_rate=learning_rate, ema_decay=ema_decay, seed=seed,
                                                   device=device, progress_bar=progress_bar)
@@ -144,6 +150,31 @@ def train_base_model(
     }
     (out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+#: torch's range of seeds is [0, 2**64 - 1]; a larger one was torch's "Overflow when unpacking long long".
+_MAX_SEED = 2**64 - 1
+
+
+def _plain_config(unet_config: dict) -> dict:
+    """``unet_config`` with NumPy and tensor numbers (in lists and tuples too) and arrays as Python ones, or
+    InputDataError unless JSON can write it: diffusers saves the config as JSON, which failed once the training
+    was over."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(v) for v in value)
+        if isinstance(value, np.generic) or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0):
+            return value.item()
+        return value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+
+    config = {key: plain(value) for key, value in unet_config.items()}
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise InputDataError("unet_config", "UNet2DModel arguments JSON can write (numbers, str, lists of them)",
+                                 f"{key} = {value!r}") from None
+    return config
 
 
 #: What the digits fix in a UNet: `1 x 8 x 8` samples (``unet_config`` may only restate it).
@@ -195,6 +226,9 @@ def _train(unet: torch.nn.Module, *, steps: int, batch_size: int, learning_rate:
             a = alphas[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
             loss = torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
+            value = loss.item()
+            if not math.isfinite(value):  # was trained on, and saved, NaN weights: a checkpoint that samples NaN
+                raise ModelError(f"train base UNet: the loss became {value} at step {i}; lower the learning rate.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -205,9 +239,12 @@ def _train(unet: torch.nn.Module, *, steps: int, batch_size: int, learning_rate:
             with torch.no_grad():
                 for pe, p in zip(ema.parameters(), unet.parameters()):
                     pe.lerp_(p, 1 - decay)
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            running = value if running is None else 0.98 * running + 0.02 * value
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{running:.4f}")
+    if not all(bool(torch.isfinite(p).all()) for p in ema.parameters()):  # the last step's update
+        raise ModelError(f"train base UNet: the weights became non-finite at step {steps - 1}; lower the learning "
+                         "rate.")
     return ema, running, time.time() - start, scheduler
 
 
@@ -246,7 +283,7 @@ def fit_default_features(
     num_features = check_int("num_features", num_features)
     progress_bar = check_bool("progress_bar", progress_bar)
     check_int("num_inference_steps", num_inference_steps)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0, maximum=_MAX_SEED)
     if num_features > num_samples:
         raise InputDataError("num_features", f"at most num_samples = {num_samples}", num_features)
     model = load_base_model(checkpoint)
@@ -307,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; see ``--help``."""
     parser = argparse.ArgumentParser(prog="papa-bayes train-base", description="Train the digits base diffusion model.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True,
+    # a str, checked by train_base_model / load_base_model: as a Path, an empty --out ("$UNSET") was "." (the cwd)
+    parser.add_argument("--out", required=True,
                         help=f"output folder (to regenerate the shipped checkpoint: {DEFAULT_CHECKPOINT})")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=128, help="digits per step")
@@ -328,11 +366,10 @@ def main(argv: list[str] | None = None) -> dict:
                "learning_rate": "--learning-rate", "ema_decay": "--ema-decay", "seed": "--seed", "device": "--device",
                "num_samples": "--feature-samples", "num_inference_steps": "--feature-steps"}
     try:  # errors name the option the person typed, not the function's argument
-        # The feature maps' options and the output folder are checked before the minutes of training, not after.
+        # The feature maps' options are checked before the minutes of training, not after (train_base_model
+        # checks the output folder, and its own numbers, before it trains).
         check_int("num_samples", args.feature_samples, minimum=NUM_FEATURES)  # a PCA to as many components
         check_int("num_inference_steps", args.feature_steps)
-        if not args.features_only:
-            _check_out_folder(args.out)
         feature_kwargs = dict(num_samples=args.feature_samples, num_inference_steps=args.feature_steps,
                               seed=args.seed, progress_bar=not args.no_progress)
         if args.features_only:

@@ -19,7 +19,7 @@ from torch import Tensor
 from papa_bayes.inference.mcmc_util import chain_results, check_nuts_samples
 from papa_bayes.checks import caller_stacklevel, check_bool, check_float, check_int
 from papa_bayes.data import PreferenceData, check_preference_data
-from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesError, PapaBayesWarning
+from papa_bayes.exceptions import InferenceError, InputDataError, ModelError, PapaBayesError, PapaBayesWarning
 from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, laplace_mode, mixture_moments
 from papa_bayes.inference.nested_laplace import nested_draws, nested_laplace
 from papa_bayes.inference.posterior import RewardPosterior
@@ -447,7 +447,17 @@ def _draws_posterior(model: PyroRewardModel, data: PreferenceData, params: dict[
                      state: dict[str, Any], diagnostics: dict[str, Any]) -> PyroPosterior:
     """Laplace (or refined) draws, `S` per site, as a one-chain posterior with their log joint (no sampler:
     no ``diverging``)."""
-    lp = model.log_joint(params, data)
+    try:
+        lp = model.log_joint(params, data)
+    except (ValueError, RuntimeError) as err:  # e.g. a user's Normal(0, s) at a draw s = 0
+        if isinstance(err, PapaBayesError):
+            raise
+        raise InferenceError(
+            f"{type(model).__name__}.log_joint failed at the Laplace draws ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). The Gaussian "
+            "around the mode put draws where the model is undefined, as when the mode sits at the edge of a site's "
+            "support (a scale at 0: a funnel; see PyroRewardModel's docstring); reparameterise the model or use "
+            "method='nuts'.") from err
     return PyroPosterior(model, data, {k: v.unsqueeze(0) for k, v in params.items()}, method="laplace",
                          sample_stats={"lp": lp.unsqueeze(0)}, state=state, options=opts, diagnostics=diagnostics)
 
@@ -506,6 +516,28 @@ def _nuts_diagnostics(post: PyroPosterior) -> None:
         )
 
 
+def _guide_order(guide: Any, space: UnconstrainedSpace) -> Tensor:
+    """`D` indices: coordinate ``i`` of the autoguide's latent vector is coordinate ``order[i]`` of ``space``.
+
+    The guide packs the sites in the order its prototype trace samples them; ``space`` in ``priors()``'s.
+    """
+    start, offsets = 0, {}
+    for name in space.names:
+        offsets[name] = start
+        start += space.sizes[name]
+    parts = []
+    for name, site in guide.prototype_trace.iter_stochastic_nodes():
+        size = int(guide._unconstrained_shapes[name].numel())
+        if name not in offsets or size != space.sizes[name]:
+            raise ModelError(f"SVI's guide has a site {name!r} of {size} unconstrained values; "
+                             f"priors(data) has {space.sizes.get(name, 'no such site')}.")
+        parts.append(torch.arange(offsets[name], offsets[name] + size))
+    order = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    if order.numel() != space.dim:
+        raise ModelError(f"SVI's guide has {order.numel()} latent values, priors(data) {space.dim}.")
+    return order
+
+
 def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
              warm: PyroPosterior | None) -> PyroPosterior:
     from pyro.infer import SVI, Trace_ELBO
@@ -520,10 +552,13 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
         torch.manual_seed(opts["seed"] + 31 * data.num_observations)
         guide = AutoMultivariateNormal(model, init_loc_fn=init_to_value(values=laplace.state["mode"]), init_scale=0.05)
         guide(data)  # build parameters
+        # The guide's latent vector lays its sites out in the model's sampling order: map it to the Laplace
+        # space's coordinates by site name, whatever order priors() lists them in.
+        order = _guide_order(guide, space)
         # Start the covariance at the Laplace one: the ELBO then only refines it.
         with torch.no_grad():
             cov = torch.cholesky_inverse(torch.linalg.cholesky(laplace.state["hessian"]))
-            L = torch.linalg.cholesky(cov)
+            L = torch.linalg.cholesky(cov[order][:, order])
             scale = L.diagonal()
             guide.scale = scale
             guide.scale_tril = L / scale.unsqueeze(-1)
@@ -539,6 +574,13 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
             except ValueError as err:  # Pyro's words for a model that does not broadcast over the particles
                 if isinstance(err, PapaBayesError) or losses:
                     raise
+                if "to satisfy the constraint" in str(err):  # a value out of support, not a shape: say so
+                    raise InferenceError(
+                        f"{type(model).__name__}(data) failed at SVI's first step: a draw of its guide left a "
+                        f"site's support (Pyro said: {str(err).splitlines()[0]}). The guide starts at the Laplace "
+                        "fit; a mode at the edge of a site's support (a scale at 0: a funnel; see PyroRewardModel's "
+                        "docstring) gives it a degenerate start: reparameterise the model or use method='nuts'."
+                    ) from err
                 raise ModelError(
                     f"{type(model).__name__}(data) failed under SVI's vectorized particles (Trace_ELBO(num_particles=8, "
                     "vectorize_particles=True, max_plate_nesting=1)): a global site's draw carries a particle dim "
@@ -550,7 +592,7 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
             # A stream per data size, as Laplace draws: successive updates do not share their noise.
             gen = _generator(opts["seed"] + 1 + 7919 * data.num_observations)
             eps = torch.randn(s, q.loc.shape[-1], generator=gen, dtype=torch.float64)
-            raw = q.loc + eps @ q.scale_tril.T
+            raw = (q.loc + eps @ q.scale_tril.T)[:, torch.argsort(order)]  # back to the space's coordinates
     params, _ = space.unpack(raw.detach())
     lp = model.log_joint(params, data)
     samples = {k: v.unsqueeze(0) for k, v in params.items()}

@@ -27,15 +27,17 @@ class UnconstrainedSpace:
         self.priors = priors
         self.names = list(priors)
         self.shapes = {k: tuple(p.batch_shape + p.event_shape) for k, p in priors.items()}
-        self.sizes = {k: math.prod(s) for k, s in self.shapes.items()}
         self.transforms = {k: biject_to(p.support) for k, p in priors.items()}
+        # Unconstrained shapes: a simplex of k values has k - 1 coordinates (stick-breaking), as in Pyro's autoguides.
+        self.raw_shapes = {k: tuple(self.transforms[k].inverse_shape(torch.Size(s))) for k, s in self.shapes.items()}
+        self.sizes = {k: math.prod(s) for k, s in self.raw_shapes.items()}
         self.dim = sum(self.sizes.values())
 
     def unpack(self, theta: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """`s x D` unconstrained -> (constrained site values `s x shape`, log|J| `s`)."""
         out, logdet, i = {}, theta.new_zeros(theta.shape[:-1]), 0
         for k in self.names:
-            raw = theta[..., i : i + self.sizes[k]].reshape(*theta.shape[:-1], *self.shapes[k])
+            raw = theta[..., i : i + self.sizes[k]].reshape(*theta.shape[:-1], *self.raw_shapes[k])
             i += self.sizes[k]
             t = self.transforms[k]
             value = t(raw)
@@ -52,7 +54,7 @@ class UnconstrainedSpace:
         for k in self.names:
             v = values[k]
             raw = self.transforms[k].inv(v)
-            parts.append(raw.reshape(*raw.shape[: raw.dim() - len(self.shapes[k])], -1))
+            parts.append(raw.reshape(*raw.shape[: raw.dim() - len(self.raw_shapes[k])], -1))
         return torch.cat(parts, dim=-1)
 
     def initial(self, previous: dict[str, Tensor] | None = None) -> Tensor:
@@ -64,7 +66,7 @@ class UnconstrainedSpace:
                 centre = p.mean if torch.isfinite(p.mean).all() else p.sample()
             except NotImplementedError:
                 centre = p.sample()
-            raw = self.transforms[k].inv(centre.to(torch.float64)).reshape(self.shapes[k]).clone()
+            raw = self.transforms[k].inv(centre.to(torch.float64)).reshape(self.raw_shapes[k]).clone()
             if previous is not None and k in previous:
                 old = previous[k].reshape(previous[k].shape[-len(self.shapes[k]) :] if self.shapes[k] else ())
                 old_raw = self.transforms[k].inv(old)

@@ -123,23 +123,26 @@ class PyroRewardModel(ABC):
     With the linear models ``parallel=True`` works too, and ``az.from_pyro(mcmc)`` finds the
     pointwise log-likelihood of a user's own ``MCMC(NUTS(model))`` run.
 
-    A model of one's own (a sketch: ``u = w . x``, ``w ~ N(0, s^2 I)``, ``s ~ HalfNormal(1)``)::
+    A model of one's own (a sketch: ``u = w . x``, ``w ~ N(0, s^2 I)``, ``s ~ LogNormal(0, 1)``; a prior
+    with mass at ``s = 0``, such as ``HalfNormal``, makes a funnel whose joint mode is ``s = 0``: with few answers
+    Laplace, and so the start of NUTS and SVI, then fails; sample ``w = s * z``, ``z ~ N(0, I)`` instead, as
+    :class:`~papa_bayes.models.HierarchicalLinearReward` does)::
 
         class MyReward(PyroRewardModel):
             dims = {"w": ["feature"]}
             link = "logit"                      # required: what preference_probability and the acquisition use
 
             def priors(self, data):            # every latent site, in the order __call__ samples them
-                return {"s": dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)),
+                return {"s": dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.0),
                         "w": dist.Normal(torch.zeros(data.num_features, dtype=torch.float64), 1.0).to_event(1)}
 
             def log_prior(self, params, data):  # w's prior depends on s: the placeholder above is not it
                 s = params["s"]
-                return (dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)).log_prob(s)
+                return (dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.0).log_prob(s)
                         + dist.Normal(0.0, s.unsqueeze(-1)).log_prob(params["w"]).sum(-1))
 
             def __call__(self, data):
-                s = pyro.sample("s", dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)))
+                s = pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.0))
                 w = pyro.sample("w", dist.Normal(torch.zeros(data.num_features, dtype=torch.float64),
                                                  s.unsqueeze(-1)).to_event(1))
                 c = data.comparisons

@@ -76,8 +76,10 @@ class PairwiseGPReward:
             units, twice the variance for probit: see ``utility_scale``). A prior you
             pass is on BoTorch's outputscale.
         standardize: standardize features with the training items' mean and sd.
-        consolidate_atol: items closer than this (standardized units) are merged by
-            BoTorch (its fix for near-duplicate items, botorch PR #1754).
+        consolidate_atol: items within this of each other in every coordinate
+            (max-norm distance, standardized units) are merged by BoTorch into one
+            point (its fix for near-duplicate items, botorch PR #1754); an item that
+            is another's duplicate and kept for a third (a chain) stays unmerged.
         jitter: PairwiseGP's Cholesky jitter (BoTorch adds it only where a Cholesky
             fails: with 0 a singular kernel matrix is an InputDataError naming it).
 
@@ -153,7 +155,7 @@ class PairwiseGPReward:
         return gp, transform, used
 
     def informative_comparisons(self, X: Tensor, comparisons: Tensor) -> Tensor:
-        """Drop comparisons of an item with its near-duplicate (standardized distance < ``consolidate_atol``).
+        """Drop comparisons of an item with its near-duplicate (max-norm distance < ``consolidate_atol``).
 
         BoTorch merges near-duplicates into one point and would keep such a pair as a
         self-comparison, which its comparison matrix encodes as a one-sided loss

@@ -73,6 +73,15 @@ def _left_of_plates(value: Tensor) -> Tensor:
     return value.unsqueeze(-2) if value.dim() == 2 else value
 
 
+#: Fixed rationalities accepted (noise units per unit of ``w . x``). Outside, fits go wrong numerically: at
+#: 1e-300 the prior of ``scaled_w`` (sd ``rationality * prior_scale``) underflows and Laplace/SVI stop at their
+#: start; below about 1e-4 SVI's steps in ``scaled_w`` are many prior sds of ``w`` (its posterior mean of ``w``
+#: was -43 at 1e-6 where Laplace's is -0.25); a hierarchical fit's weights blew up to 1e31 at 1e6 and its Newton
+#: steps failed at 1e30. Within the range every answer ranges from a near coin flip (1e-3) to near certain
+#: (1e3) for standardized features; ``prior_scale`` expresses anything beyond.
+RATIONALITY_RANGE = (1e-3, 1e3)
+
+
 def _f64(*values: float) -> list[Tensor]:
     """Prior parameters as float64 tensors, whatever torch's default dtype."""
     return [torch.tensor(float(v), dtype=torch.float64) for v in values]
@@ -96,7 +105,10 @@ class _LinkPriors:
         tie_prior: tuple[float, float],
     ) -> None:
         """Check and keep the nuisance sites' settings (shared by both models' constructors)."""
-        self.rationality = None if rationality is None else check_float("rationality", rationality, strict=True)
+        self.rationality = None if rationality is None else check_float(
+            "rationality", rationality, minimum=RATIONALITY_RANGE[0], maximum=RATIONALITY_RANGE[1],
+            inclusive_maximum=True, expected=f"None (learned) or a finite number in [{RATIONALITY_RANGE[0]:g}, "
+            f"{RATIONALITY_RANGE[1]:g}] (noise units per unit of w . x)")
         self.rationality_prior = check_prior_pair("rationality_prior", rationality_prior)
         self.threshold_prior_scale = check_float("threshold_prior_scale", threshold_prior_scale, strict=True)
         self.tie_prior = check_prior_pair("tie_prior", tie_prior)
@@ -167,7 +179,8 @@ class LinearReward(_LinkPriors, PyroRewardModel):
         prior_loc: `d` prior mean of ``w`` (default zeros).
         prior_scale_tril: `d x d` Cholesky factor of a full prior covariance of ``w``
             (e.g. from :meth:`PyroPosterior.new_rater_model`); overrides ``prior_scale``.
-        rationality: a fixed rationality; ``None`` (default) learns it.
+        rationality: a fixed rationality, in [1e-3, 1e3] (outside, fits fail or go wrong); ``None`` (default)
+            learns it.
         rationality_prior: (loc, scale) of the LogNormal prior of the rationality.
         threshold_prior_scale: sd of the Normal prior of the like/dislike threshold
             (noise units).
@@ -337,7 +350,7 @@ class HierarchicalLinearReward(_LinkPriors, PyroRewardModel):
     Args:
         population_prior_scale: sd of the Normal prior of the population mean.
         scale_prior_scale: scale of the HalfNormal prior of the population scale.
-        rationality: fixed at 1 by default: with per-rater weights of learned
+        rationality: fixed at 1 by default (a fixed value in [1e-3, 1e3]): with per-rater weights of learned
             population scale, a learned rationality only trades off against the
             weights' magnitude (a ridge in the posterior); pass ``None`` to learn it.
         (others as in :class:`LinearReward`)

@@ -435,7 +435,8 @@ class TrainingCopy:
                         raise InputDataError("step", "a function returning (a one-value loss tensor, logs)",
                                              shape_of(loss))
                     if not bool(torch.isfinite(loss)):
-                        raise ModelError(f"{desc}: the loss became {float(loss)} at step {i}; lower the learning rate.")
+                        raise ModelError(f"{desc}: the loss became {float(loss.detach())} at step {i}; "
+                                         "lower the learning rate.")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

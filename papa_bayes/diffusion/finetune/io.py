@@ -229,7 +229,9 @@ def load_finetuned(
             missing weights, an unreadable ``finetune.json`` or scheduler config, or a
             scheduler the sampler cannot drive, such as PNDM),
             ``base`` is not a DiffusionModel or not of the kind the checkpoint was
-            saved from, a latent model is loaded without ``base``, a saved
+            saved from, a latent ``base`` whose autoencoder's latent channels or
+            conditioning width do not fit the saved denoiser, a latent model is loaded
+            without ``base``, a saved
             ``cfg_scale`` that is not a number >= 0 or that ``base`` has no negative
             embeddings for, or on a device this machine does not have or a ``dtype``
             that is not a floating-point torch.dtype.
@@ -286,6 +288,8 @@ def load_finetuned(
         scheduler = _saved_scheduler(root, saved_class or type(base.scheduler))
         if scheduler is not None:
             model.scheduler = scheduler
+    if isinstance(base, LatentDiffusion):
+        _check_fits_base(unet, base)
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
     check_loaded(root, model.unet, model.scheduler)
     if cfg_scale is not None:
@@ -294,6 +298,26 @@ def load_finetuned(
         if not same_device(next(model.vae.parameters()).device, device):
             model.vae = copy.deepcopy(model.vae).to(device)
     return model
+
+
+def _check_fits_base(unet: torch.nn.Module, base: LatentDiffusion) -> None:
+    """InputDataError on ``base`` unless its autoencoder and conditioning fit the loaded latent denoiser ``unet``.
+
+    ``base`` is copied, not rebuilt: without this, a checkpoint of another base (other latent
+    channels, text embeddings of another width) loaded, then failed in torch's words mid-sampling.
+    """
+    ins = getattr(unet.config, "in_channels", None)
+    latent = getattr(getattr(base.vae, "config", None), "latent_channels", None)
+    if isinstance(ins, int) and isinstance(latent, int) and ins != latent:
+        raise InputDataError("base", f"a model whose autoencoder has latent_channels = {ins} (the saved "
+                             "denoiser's in_channels; the model the checkpoint was fine-tuned from)",
+                             f"latent_channels = {latent}")
+    dim = LatentDiffusion._embedding_dim(unet)
+    for name in LatentDiffusion._CONDITIONING:
+        cond = getattr(base, name)
+        if dim is not None and isinstance(cond, torch.Tensor) and cond.ndim == 3 and cond.shape[2] != dim[0]:
+            raise InputDataError("base", f"a model whose {name} are `L x D` with D = {dim[0]} (the saved denoiser's "
+                                 f"{dim[1]}; the model the checkpoint was fine-tuned from)", f"D = {cond.shape[2]}")
 
 
 def _saved_scheduler(root: Path, cls: type) -> Any:
