@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (MIN_SCORED_SAMPLES, add_out_option, counts, machine, one_of,
-                               output_folder, reals, recorded_args, run_main)
+                               output_folder, reals, recorded_args, run_main, write_text)
 from papa_bayes.data import PreferenceData
 from papa_bayes.diffusion import (
     DEFAULT_CHECKPOINT,
@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed),
         "steering": steering(model, posteriors, person, args=args),
     }
-    (out_dir / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "diffusion.md").write_text(markdown(result))
+    write_text(out_dir / "diffusion.json", json.dumps(result, indent=2) + "\n")  # whole or not at all
+    write_text(out_dir / "diffusion.md", markdown(result))
     print(markdown(result))
     return result
 

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     add_out_option(p)
     args = parse_with_tiny(p, argv, dict(sizes=[40], num_test_pairs=200, num_samples=32, fit_repeats=1,
                                          update_repeats=1))
+    args.sizes = list(dict.fromkeys(args.sizes))  # a repeated size was run again: a second row of the same m
     counts("--sizes", args.sizes)
     reals("--items-per-comparison", args.items_per_comparison, minimum=0.0, strict=True)
     counts("--num-test-pairs", args.num_test_pairs)

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0, help="seeds the simulated person, the data and every fit")
     add_out_option(p)
     args = parse_with_tiny(p, argv, dict(sizes=[30], dims=[3], update_repeats=3, num_samples=20))
+    # A repeated value was timed again and written as a second row of the same setting.
+    args.sizes, args.dims, args.methods = (list(dict.fromkeys(v)) for v in (args.sizes, args.dims, args.methods))
     counts("--sizes", args.sizes)
     counts("--dims", args.dims)
     counts("--update-repeats", args.update_repeats)

@@ -49,7 +49,7 @@ import torch
 from papa_bayes import LinearReward, fit
 from benchmarks.common import (RESULTS, add_out_option, counts, file_stem, machine, one_of,
                                output_folder, recorded_args, recorded_folder, result_files,
-                               run_main)
+                               run_main, write_text)
 from papa_bayes.acquisition import STRATEGIES, queries_to_reach, run_active_learning, select_queries
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, PapaBayesWarning
@@ -527,11 +527,11 @@ def _botorch_speed(pool: torch.Tensor, data: PreferenceData, args) -> dict[str, 
 def write_outputs(result: dict[str, Any], raw: dict[str, Any], out: Path) -> None:
     name = result["config"]["name"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    write_text(out / f"{name}.json", json.dumps(result, indent=1))
     if raw:
         (out / "tmp").mkdir(exist_ok=True)
-        (out / "tmp" / f"{name}_runs.json").write_text(json.dumps(raw))
-    (out / f"{name}.md").write_text(markdown(result))
+        write_text(out / "tmp" / f"{name}_runs.json", json.dumps(raw))
+    write_text(out / f"{name}.md", markdown(result))
     if result["protocol"]:
         plot(result, out, name)
     if result.get("liked_set"):
@@ -590,6 +590,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Written by benchmarks/bench_queries.py.",
         "",
     ]
+    if result.get("partial"):
+        lines[1:1] = ["", "**Partial: written while the run went on; it did not finish (yet). `--merge` refuses it.**"]
     T = cfg["queries"]
     marks = [t for t in (10, 20, 30, T) if t <= T]
     marks = sorted(set(marks))
@@ -762,6 +764,10 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     partly overlapping seeds raise :class:`~papa_bayes.exceptions.InputDataError`.
     """
     parts = result_files("--merge", paths, key="config")
+    for path, part in zip(paths, parts):
+        if part.get("partial"):  # its missing arms and settings would pass for never run
+            raise InputDataError("--merge", "result files of finished runs",
+                                 f"{path} (written while its run went on, and that run did not finish)")
     _check_same_protocol(parts, paths)
     # The protocol's settings (its horizon above all: the censored means and the table's columns) come from a
     # file that ran the protocol, whatever the order of the files: a speed-only part (--skip-protocol) records
@@ -769,26 +775,28 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     ref = next((part for part in parts if part.get("protocol")), None) or next(
         (part for part in parts if part.get("liked_set")), parts[0])
     result = {k: v for k, v in ref.items() if k not in ("liked_set", "speed")}  # both rebuilt below
+    # Every part's own options under "runs": the reference's alone said, e.g., 8 BoTorch seeds of an arm whose
+    # 20 runs came from another part.
     result["config"] = {**ref["config"], "name": args.name, "out": recorded_folder(args.out),
-                        "merged_from": list(paths)}
+                        "merged_from": list(paths), "runs": [part["config"] for part in parts]}
     result["protocol"], result["speed"] = {}, None
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    liked: dict[str, list[dict[str, Any]]] = {}  # the set-valued-taste task's strategies, pooled as the arms
     for part in parts:
         first = int(part["config"].get("seed", 0))
         for key, arms in part.get("protocol", {}).items():
             for arm, summary in arms.items():
-                summary = {**summary, "seeds": summary.get("seeds") or [[first, first + summary["num_runs"] - 1]]}
-                earlier = found.setdefault(key, {}).setdefault(arm, [])
-                same = [i for i, s in enumerate(earlier) if s["seeds"] == summary["seeds"]]
-                if same:
-                    earlier[same[0]] = summary
-                else:
-                    earlier.append(summary)
+                _add_piece(found.setdefault(key, {}).setdefault(arm, []), summary, first)
         if part.get("liked_set"):
-            result.setdefault("liked_set", {}).update(part["liked_set"])
-            result["config"].update({k: part["config"][k] for k in ("liked_set_seeds", "liked_set_queries")})
+            for strategy, summary in part["liked_set"].items():
+                _add_piece(liked.setdefault(strategy, []), summary, first)
+            result["config"]["liked_set_queries"] = part["config"]["liked_set_queries"]
         if part.get("speed"):
             result["speed"] = part["speed"]
+    if liked:  # runs split by seed were replaced by the last file's (the tables said 1 run where 2 ran)
+        result["liked_set"] = {s: _pool_liked(pieces, f"liked set {s}") if len(pieces) > 1 else pieces[0]
+                               for s, pieces in liked.items()}
+        result["config"]["liked_set_seeds"] = max(v["num_runs"] for v in result["liked_set"].values())
     queries = result["config"]["queries"]
     result["protocol"] = {
         key: {arm: pool_summaries(pieces, f"{key} {arm}", queries) if len(pieces) > 1 else pieces[0]
@@ -797,6 +805,17 @@ def merge(paths: list[str], args) -> dict[str, Any]:
     }
     write_outputs(result, {}, Path(args.out))
     return result
+
+
+def _add_piece(earlier: list[dict[str, Any]], summary: dict[str, Any], first: int) -> None:
+    """``summary`` (an arm's or a liked-set strategy's) with its ``"seeds"`` (from ``first``, its file's ``--seed``,
+    when it records none) into ``earlier``, replacing one on the same seeds."""
+    summary = {**summary, "seeds": summary.get("seeds") or [[first, first + summary["num_runs"] - 1]]}
+    same = [i for i, s in enumerate(earlier) if s["seeds"] == summary["seeds"]]
+    if same:
+        earlier[same[0]] = summary
+    else:
+        earlier.append(summary)
 
 
 PROTOCOL_KEYS = ("queries", "pool_size", "num_samples", "heldout_pairs", "botorch_candidates")
@@ -816,13 +835,9 @@ def _check_same_protocol(parts: list[dict[str, Any]], paths: list[str]) -> None:
                     )
 
 
-def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -> dict[str, Any]:
-    """One arm's summary over runs on disjoint seeds, from summaries with ``"seeds"``.
-
-    Per-run lists are joined in the order of the pieces' first seeds; curves' means
-    and standard errors are pooled exactly (within- plus between-piece variance);
-    per-query figures are weighted by the number of runs.
-    """
+def _disjoint(pieces: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """``pieces`` (summaries with ``"seeds"``) in the order of their first seeds, or InputDataError naming
+    ``label`` where two of them share a seed."""
     pieces = sorted(pieces, key=lambda s: s["seeds"][0][0])
     shown = lambda s: ", ".join(f"{lo}-{hi}" for lo, hi in s["seeds"])  # noqa: E731
     for i, first in enumerate(pieces):
@@ -837,6 +852,17 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
                     f"seeds {shown(first)}{' (pooled)' if len(first['seeds']) > 1 else ''} and "
                     f"{shown(second)}{' (pooled)' if len(second['seeds']) > 1 else ''}",
                 )
+    return pieces
+
+
+def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -> dict[str, Any]:
+    """One arm's summary over runs on disjoint seeds, from summaries with ``"seeds"``.
+
+    Per-run lists are joined in the order of the pieces' first seeds; curves' means
+    and standard errors are pooled exactly (within- plus between-piece variance);
+    per-query figures are weighted by the number of runs.
+    """
+    pieces = _disjoint(pieces, label)
     ranges = sorted(r for s in pieces for r in s["seeds"])
     ns = [s["num_runs"] for s in pieces]
     total = sum(ns)
@@ -863,6 +889,21 @@ def pool_summaries(pieces: list[dict[str, Any]], label: str, num_queries: int) -
     return out
 
 
+def _pool_liked(pieces: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """One liked-set strategy's summary (:func:`summarize_liked`) over runs on disjoint seeds: means weighted by
+    the number of runs."""
+    pieces = _disjoint(pieces, label)
+    ns = [s["num_runs"] for s in pieces]
+    total = sum(ns)
+    mean = lambda values: sum(v * n for v, n in zip(values, ns)) / total  # noqa: E731
+    out: dict[str, Any] = {"num_runs": total, "seeds": sorted(r for s in pieces for r in s["seeds"])}
+    for key in ("preferred", "liked_entropy_bits"):
+        out[key] = [round(mean(values), 4) for values in zip(*[s[key] for s in pieces])]
+    for key in ("both_liked_share", "same_level_share"):
+        out[key] = mean([s[key] for s in pieces])
+    return out
+
+
 def _main(args) -> dict[str, Any]:
     out = output_folder(args.out)  # a file in its way is refused now, not when the first arm has run
     if args.merge:
@@ -870,8 +911,9 @@ def _main(args) -> dict[str, Any]:
     strategies = [s for s in args.strategies.split(",") if s]
     botorch_arms = [s for s in args.botorch.split(",") if s]
     settings = _botorch_settings(args.botorch_settings)
+    # "partial" until the end: a run interrupted leaves files that say so (and that --merge refuses).
     result: dict[str, Any] = {"benchmark": "bench_queries", "machine": machine(), "config": recorded_args(args, out),
-                              "protocol": {}, "speed": None}
+                              "protocol": {}, "speed": None, "partial": True}
     raw: dict[str, Any] = {}
     start = time.perf_counter()
     if not args.skip_speed:
@@ -914,6 +956,7 @@ def _main(args) -> dict[str, Any]:
             )
             write_outputs(result, raw, out)
     result["seconds"] = time.perf_counter() - start
+    del result["partial"]
     write_outputs(result, raw, out)
     return result
 

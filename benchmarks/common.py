@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,11 +27,22 @@ ROOT = RESULTS.parents[1]  # the repository
 MIN_SCORED_SAMPLES = 4
 
 
+def commit() -> str | None:
+    """The checkout's commit (``git rev-parse HEAD``; the code may hold changes not in it), None outside one."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "papa_bayes": papa_bayes.__version__,
+        "commit": commit(),  # papa_bayes.__version__ has read 0.1.0 through every change
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -136,10 +148,27 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all: written beside it, then renamed over it.
+
+    A run interrupted while writing (Ctrl-C) left a truncated JSON, or a new JSON beside the Markdown of the
+    run before, in place of its results.
+    """
+    path = Path(path)
+    part = path.with_name(f".{path.name}.part")
+    try:
+        part.write_text(text)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path | None = None, *,
                   title: str = "") -> Path:
     out = output_folder(out_dir)
     payload = {"benchmark": name, "machine": machine(), **payload}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-    (out / f"{name}.md").write_text(f"# {title or name}\n\n{table}\nMachine: {payload['machine']}\n")
+    markdown = f"# {title or name}\n\n{table}\nMachine: {payload['machine']}\n"
+    text = json.dumps(payload, indent=2, default=str)  # both made before either file is replaced
+    write_text(out / f"{name}.json", text)
+    write_text(out / f"{name}.md", markdown)
     return out / f"{name}.md"

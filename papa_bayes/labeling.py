@@ -94,7 +94,22 @@ class TerminalUser(User):
             self.open_images = False
             print(f"  (cannot open pictures here: {err}; open them from the paths above)", file=self.write)
 
-    def _ask(self, prompt: str, answers: dict[str, object]) -> object:
+    def _discard_typeahead(self) -> None:
+        """Forget what was typed at the terminal before the question was shown (while candidates were drawn):
+        an answer typed twice, or early, is not this question's answer (asking with ``input`` on a terminal)."""
+        if self.read is not input:
+            return
+        try:
+            import termios
+
+            if sys.stdin is not None and sys.stdin.isatty():
+                termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+        except (ImportError, OSError, ValueError):  # (Windows; a closed or unusual stdin): nothing to forget
+            pass
+
+    def _ask(self, prompt: str, answers: dict[str, object], hint: str) -> object:
+        """The value in ``answers`` of the first reply that is one of its keys (``hint`` lists them for a person)."""
+        self._discard_typeahead()
         while True:
             try:
                 reply = self.read(prompt).strip().lower()
@@ -104,20 +119,25 @@ class TerminalUser(User):
                 raise KeyboardInterrupt
             if reply in answers:
                 return answers[reply]
-            print(f"  please answer one of {sorted(answers)} (q to stop)", file=self.write)
+            print(f"  please answer one of {hint}; q to stop", file=self.write)
 
     def compare(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
         """Ask about one pair (`1 x ...` items, side by side in one picture): (`1` first_won, `1` tie)."""
         self._show(torch.cat([first, second]))
-        ans = self._ask("Which do you prefer? [1] left  [2] right  [t] tie: ", {"1": 0, "2": 1, "t": 2})
+        # the words of the prompt count too, as "yes" does for a rating
+        ans = self._ask("Which do you prefer? [1] left  [2] right  [t] tie: ",
+                        {"1": 0, "left": 0, "2": 1, "right": 1, "t": 2, "tie": 2}, "1 (left), 2 (right), t (tie)")
         return torch.tensor([ans in (0, 2)]), torch.tensor([ans == 2])
 
     def rate(self, images: Tensor) -> Tensor:
         """Ask about one item (`1 x ...`): `1` long, +1 like / -1 dislike."""
         self._show(images)
-        ans = self._ask("Do you like it? [y]es  [n]o: ", {"y": 1, "yes": 1, "n": -1, "no": -1})
+        ans = self._ask("Do you like it? [y]es  [n]o: ", {"y": 1, "yes": 1, "n": -1, "no": -1}, "y (yes), n (no)")
         return torch.tensor([ans], dtype=torch.long)
 
+
+#: The most samples ``--recommend`` draws (in one batch, into one picture: 256 take about 1.5 min and 0.7 GB).
+MAX_RECOMMEND = 1024
 
 #: The options that shape a rater's session, with their defaults. A store records
 #: them; a resumed session keeps its own, and the features are the store's.
@@ -232,7 +252,8 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     p.add_argument("--seed", type=int, default=None, help=f"seed of the session (default: {d['seed']}{kept})")
     p.add_argument("--recommend", type=int, default=0, metavar="N",
                    help="after the sitting, draw N samples steered toward your answers and save them as one picture "
-                        "in the --images folder (default: %(default)s, none; 64 take about 20 s on two CPU cores)")
+                        f"in the --images folder (default: %(default)s, none; at most {MAX_RECOMMEND}; 64 take about "
+                        "20 s on two CPU cores)")
     p.add_argument("--rater", type=int, default=0,
                    help="who is answering (default: %(default)s): several people may share one store, each with "
                         "their own posterior and a prior learned from the others' answers")
@@ -240,8 +261,9 @@ def main(argv: list[str] | None = None, *, read: Callable[[str], str] = input, w
     if args.labels < 0:
         raise InputDataError("--labels", "a number >= 0", args.labels)
     check_int("--rater", args.rater, minimum=0, maximum=MAX_ID, expected="a rater id in [0, 2**63 - 1]")
-    if args.recommend < 0:
-        raise InputDataError("--recommend", "a number of samples >= 0", args.recommend)
+    # at most one picture's worth, drawn in one batch: 10**12 ended the sitting in an allocation error's traceback
+    check_int("--recommend", args.recommend, minimum=0, maximum=MAX_RECOMMEND,
+              expected=f"a number of samples in [0, {MAX_RECOMMEND}]")
     # --num-base: DiffusionCandidates' num_base (a region's calibration needs two samples); --seed: torch's range
     for flag, value, minimum, maximum in (("--pool-steps", args.pool_steps, 1, None),
                                           ("--num-base", args.num_base, 2, None), ("--seed", args.seed, 0, 2**32 - 1)):

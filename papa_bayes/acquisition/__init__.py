@@ -74,7 +74,14 @@ from papa_bayes.acquisition.preferred import (
     grouped_information,
     region_thresholds,
 )
-from papa_bayes.acquisition.selection import STRATEGIES, QuerySelection, all_pairs, make_acquisition, select_queries
+from papa_bayes.acquisition.selection import (
+    MAX_PAIRS,
+    STRATEGIES,
+    QuerySelection,
+    all_pairs,
+    make_acquisition,
+    select_queries,
+)
 from papa_bayes.acquisition.simulation import (
     ActiveLearningRun,
     estimated_weights,
@@ -96,6 +103,7 @@ __all__ = [
     "UtilityDifferenceVariance",
     "ThompsonSampling",
     "STRATEGIES",
+    "MAX_PAIRS",
     "QuerySelection",
     "select_queries",
     "make_acquisition",

@@ -293,6 +293,10 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         num_samples: draws taken from a non-ensemble model's posterior.
         seed: seed of those draws' base samples (fixed, so ``forward`` is
             deterministic and smooth in ``X``).
+        X_pending: `m x d` pending items, as :meth:`set_X_pending` (BoTorch's
+            ``X_pending=`` of its MC acquisitions); None (default) for none. Checked
+            against the class's ``query_size``: a subclass that sets its own per
+            instance applies it after setting it (see :meth:`_set_initial_pending`).
 
     Pending items (BoTorch's ``X_pending``, set with :meth:`set_X_pending`) are
     fixed items of every query: with one pending item, ``forward`` takes
@@ -327,6 +331,7 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         noise_scale: float | None = None,
         num_samples: int = 1024,
         seed: int = 0,
+        X_pending: Tensor | None = None,
     ) -> None:
         model, posterior, rater = resolve_model(model)
         link, noise_scale = answer_noise(posterior, link, noise_scale)
@@ -340,6 +345,12 @@ class DrawsAcquisitionFunction(AcquisitionFunction):
         self.seed = check_int("seed", seed, minimum=0)
         self._sampler: tuple[str, MCSampler] | None = None
         self.X_pending: Tensor | None = None  # BoTorch reads it (optimize_acqf_discrete) before any set_X_pending
+        self._set_initial_pending(X_pending)
+
+    def _set_initial_pending(self, X_pending: Tensor | None) -> None:
+        """The constructor's ``X_pending``: :meth:`set_X_pending` unless None (call once ``query_size`` is set)."""
+        if X_pending is not None:
+            self.set_X_pending(X_pending)
 
     # ----------------------------------------------------------------- draws
     @property

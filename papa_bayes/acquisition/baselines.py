@@ -36,12 +36,21 @@ class RandomQueries(DrawsAcquisitionFunction):
         model: a RewardPosterior or BoTorch model (only its feature count is used).
         generator: the source of randomness.
         query_size: 2 (pairs) or 1 (like/dislike).
+        X_pending: pending items, as ``set_X_pending`` (BoTorch's ``X_pending=``).
     """
 
-    def __init__(self, model: RewardPosterior | Model, *, generator: torch.Generator, query_size: int = 2) -> None:
+    def __init__(
+        self,
+        model: RewardPosterior | Model,
+        *,
+        generator: torch.Generator,
+        query_size: int = 2,
+        X_pending: Tensor | None = None,
+    ) -> None:
         super().__init__(model)
         self.generator = check_generator("generator", generator)
         self.query_size = self._check_query_size(query_size)
+        self._set_initial_pending(X_pending)
 
     def forward(self, X: Tensor) -> Tensor:
         """`batch_shape` uniform values, in ``X``'s dtype and on its device as every other acquisition's."""
@@ -66,16 +75,24 @@ class UtilityDifferenceVariance(DrawsAcquisitionFunction):
             the utility.
         query_size: 2 (pairs) or 1 (like/dislike).
         threshold: `s` like-threshold draws or one number (like/dislike only).
+        X_pending: pending items, as ``set_X_pending`` (BoTorch's ``X_pending=``).
         kwargs: ``link``, ``noise_scale``, ``num_samples``, ``seed`` of
             :class:`DrawsAcquisitionFunction`.
     """
 
     def __init__(
-        self, model: RewardPosterior | Model, *, query_size: int = 2, threshold: Any = None, **kwargs: Any
+        self,
+        model: RewardPosterior | Model,
+        *,
+        query_size: int = 2,
+        threshold: Any = None,
+        X_pending: Tensor | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.query_size = self._check_query_size(query_size)
         self.threshold = self._threshold_draws(threshold) if self.query_size == 1 else None
+        self._set_initial_pending(X_pending)
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         if self.query_size == 1:
@@ -97,6 +114,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         draws: explicit draw indices (``query_size`` of them) instead of random ones: in
             [0, s) for a RewardPosterior of s draws, [0, 1024) for a BoTorch model (whose
             posterior is sampled 1024 times); required for a BoTorch model.
+        X_pending: pending items, as ``set_X_pending`` (BoTorch's ``X_pending=``).
     """
 
     def __init__(
@@ -106,6 +124,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
         generator: torch.Generator | None = None,
         query_size: int = 2,
         draws: Any = None,
+        X_pending: Tensor | None = None,
     ) -> None:
         super().__init__(model)
         self.query_size = self._check_query_size(query_size)
@@ -131,6 +150,7 @@ class ThompsonSampling(DrawsAcquisitionFunction):
             s = self.num_samples
         if not bool(((self.draws >= 0) & (self.draws < s)).all()):
             raise InputDataError("draws", f"draw indices in [0, {s})", self.draws.tolist())
+        self._set_initial_pending(X_pending)
 
     def score_draws(self, *utilities: Tensor) -> Tensor:
         if self.query_size == 1:

@@ -183,6 +183,8 @@ class HoulsbyInformationGain(AcquisitionFunction):
         link: for a BoTorch model ``"probit"`` (default) or ``"logit"``
             (approximate). A RewardPosterior's own link is used: None or that link,
             another is an InputDataError (field ``link``).
+        X_pending: one pending item `1 x d`, as :meth:`set_X_pending` (BoTorch's
+            ``X_pending=``); None (default) for none.
 
     For a BoTorch model the feature width `d` is read from the model
     (``PairwiseGP.datapoints``, or ``train_inputs`` without an input transform):
@@ -197,7 +199,12 @@ class HoulsbyInformationGain(AcquisitionFunction):
     """
 
     def __init__(
-        self, model: RewardPosterior | Model, *, noise_scale: float | None = None, link: str | None = None
+        self,
+        model: RewardPosterior | Model,
+        *,
+        noise_scale: float | None = None,
+        link: str | None = None,
+        X_pending: Tensor | None = None,
     ) -> None:
         model, posterior, _ = resolve_model(model)
         self._num_features = model_num_features(model) if posterior is None else posterior.num_features
@@ -206,6 +213,8 @@ class HoulsbyInformationGain(AcquisitionFunction):
         self.noise_scale = noise_scale
         self.link = link
         self.X_pending: Tensor | None = None  # BoTorch reads it (optimize_acqf_discrete) before any set_X_pending
+        if X_pending is not None:
+            self.set_X_pending(X_pending)
 
     def set_X_pending(self, X_pending: Tensor | None = None) -> None:
         """Fix one item of every pair (`1 x d`), or None to clear; see ``forward``."""

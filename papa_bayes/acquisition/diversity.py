@@ -87,7 +87,10 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
     features in floating point and sent every shown item to one cell.
 
     Args:
-        shown: `m x d` features of the items shown (every item of every query).
+        shown: `m x d` features of the items shown (every item of every query), or
+            the queries' `k x q x d` features as ``QuerySelection.features(pool)``
+            gives them (`k x 2 x d` pairs, `k x 1 x d` items): each item of each
+            query counts as shown, the same as their `kq x d` rows.
         reference: `n x d` features of reference items (e.g. unsteered samples).
         num_cells: number of cells (at most the number of distinct reference items).
 
@@ -99,8 +102,10 @@ def exposure_diversity(shown: Tensor, reference: Tensor, *, num_cells: int = 16)
     if reference.dim() != 2 or reference.shape[0] == 0:
         raise InputDataError("reference", "a non-empty `n x d` tensor", tuple(reference.shape))
     d = reference.shape[1]
+    if shown.dim() == 3 and shown.shape[-1] == d:  # queries' features (QuerySelection.features): every item shown
+        shown = shown.reshape(-1, d)
     if shown.dim() != 2 or shown.shape[1] != d:
-        raise InputDataError("shown", f"shape `m x {d}`", tuple(shown.shape))
+        raise InputDataError("shown", f"shape `m x {d}` (items) or `k x q x {d}` (queries' items)", tuple(shown.shape))
     check_int("num_cells", num_cells)
     for name, value in (("shown", shown), ("reference", reference)):
         if not bool(torch.isfinite(value).all()):

@@ -133,7 +133,7 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         ties: None (default) follows the posterior; False forces strict answers;
             True requires tie draws or ``tie_strength``.
         tie_strength: a fixed tie parameter (for BoTorch models).
-        link, noise_scale, num_samples, seed: as in :class:`DrawsAcquisitionFunction`.
+        link, noise_scale, num_samples, seed, X_pending: as in :class:`DrawsAcquisitionFunction`.
 
     Example:
         Three answers about four items with two features (winner first), then the
@@ -165,6 +165,7 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         noise_scale: float | None = None,
         num_samples: int = 1024,
         seed: int = 0,
+        X_pending: Tensor | None = None,
     ) -> None:
         super().__init__(model, link=link, noise_scale=noise_scale, num_samples=num_samples, seed=seed)
         ties = None if ties is None else check_bool("ties", ties)
@@ -172,6 +173,7 @@ class PairwiseInformationGain(DrawsAcquisitionFunction):
         if ties and tie is None:
             raise ModelError("ties=True needs a posterior with ties or an explicit tie_strength.")
         self.tie_strength = tie
+        self._set_initial_pending(X_pending)
 
     def score_draws(self, u_first: Tensor, u_second: Tensor) -> Tensor:  # type: ignore[override]
         return comparison_information_gain(u_first, u_second, link=self.link, tie_strength=self.tie_strength)
@@ -186,7 +188,7 @@ class RatingInformationGain(DrawsAcquisitionFunction):
         model: a RewardPosterior or a BoTorch model of the utility.
         threshold: `s` like-threshold draws (noise units) or one number; default the
             posterior's ``like_threshold_draws()``.
-        link, noise_scale, num_samples, seed: as in :class:`DrawsAcquisitionFunction`.
+        link, noise_scale, num_samples, seed, X_pending: as in :class:`DrawsAcquisitionFunction`.
     """
 
     query_size = 1
@@ -200,6 +202,7 @@ class RatingInformationGain(DrawsAcquisitionFunction):
         noise_scale: float | None = None,
         num_samples: int = 1024,
         seed: int = 0,
+        X_pending: Tensor | None = None,
     ) -> None:
         super().__init__(model, link=link, noise_scale=noise_scale, num_samples=num_samples, seed=seed)
         if threshold is None:
@@ -213,6 +216,7 @@ class RatingInformationGain(DrawsAcquisitionFunction):
                     "torch.quantile(posterior.utility(pool), 0.5, dim=-1), which select_queries uses then."
                 ) from None
         self.threshold = self._threshold_draws(threshold)
+        self._set_initial_pending(X_pending)
 
     def score_draws(self, u: Tensor) -> Tensor:  # type: ignore[override]
         return rating_information_gain(u, self.threshold, link=self.link)

@@ -58,7 +58,11 @@ DIGITS_SCHEDULER_CONFIG: dict[str, Any] = {
 
 
 def make_digits_unet(**overrides: Any):
-    """A fresh (untrained) base-model UNet; ``overrides`` replace config entries.
+    """A fresh (untrained) base-model UNet in float32; ``overrides`` replace config entries.
+
+    Built in float32 whatever torch's default dtype (as :func:`load_base_model` loads
+    it): under ``torch.set_default_dtype(torch.float64)`` it came out in float64 and,
+    its initialization drawn in float64, with other weights from the same seed.
 
     Raises:
         InputDataError: on an override that is no ``UNet2DModel`` argument.
@@ -66,7 +70,12 @@ def make_digits_unet(**overrides: Any):
     from diffusers import UNet2DModel
 
     check_unet_overrides("overrides", overrides)
-    return UNet2DModel(**{**DIGITS_UNET_CONFIG, **overrides})
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return UNet2DModel(**{**DIGITS_UNET_CONFIG, **overrides})
+    finally:
+        torch.set_default_dtype(default)
 
 
 def check_unet_overrides(name: str, overrides: Any) -> dict[str, Any]:
@@ -151,8 +160,9 @@ def load_base_model(
     from diffusers import DDPMScheduler, UNet2DModel
 
     device = check_device("device", device)
-    if dtype is not None:  # None: diffusers' default, float32
-        dtype = check_float_dtype("dtype", dtype)
+    # None: float32, as documented (diffusers' own default follows torch's: float64 after
+    # torch.set_default_dtype(torch.float64), twice the memory and not the dtype the model was trained in).
+    dtype = torch.float32 if dtype is None else check_float_dtype("dtype", dtype)
     if scheduler not in ("ddim", "ddpm"):
         raise InputDataError("scheduler", "'ddim' or 'ddpm'", scheduler)
     root = DEFAULT_CHECKPOINT if path is None else check_path("path", path)

@@ -257,7 +257,11 @@ class PCAFeatures(FeatureMap):
                                  shape_of(x))
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch stays `0 x D`
         if flat.shape[1] != self.mean.shape[0]:
-            raise InputDataError("images", f"{self.mean.shape[0]} values per sample", flat.shape[1])
+            # A map fitted on a latent model's latents, then handed its decoded images, said no more than this.
+            raise InputDataError("images", f"{self.mean.shape[0]} values per sample (what the map was fitted on; "
+                                 "it reads decoded images: one fitted on a latent model's diffused samples reads "
+                                 "them as CallableFeatures(phi, phi.num_features, input_space='sample'))",
+                                 flat.shape[1])
         # Integer images (uint8) would cast the statistics to integers: every feature 0.
         flat = flat if flat.is_floating_point() else flat.to(torch.float32)
         _warn_far_scale("images", flat, self.mean)
@@ -354,9 +358,11 @@ class MidBlockFeatures(FeatureMap):
         self.timestep = int(timestep)
         self.whiten = bool(whiten)
         self.channels = channels
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("std", torch.ones(channels))
-        self.register_buffer("components", torch.eye(channels)[: self.num_features])
+        # float32, as PCAFeatures' (not the default dtype): under torch.set_default_dtype(torch.float64) the map was
+        # saved in float64 and its fingerprint, over unrounded statistics, differed from one fitted under float32.
+        self.register_buffer("mean", torch.zeros(channels, dtype=torch.float32))
+        self.register_buffer("std", torch.ones(channels, dtype=torch.float32))
+        self.register_buffer("components", torch.eye(channels, dtype=torch.float32)[: self.num_features])
         self.fitted = False
         # num_features = C projects on all C components too: whitened (or variance-kept) PCA, not raw channels.
         self._project = num_features is not None

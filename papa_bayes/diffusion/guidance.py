@@ -80,7 +80,10 @@ class Guidance:
             ``begin_batch(n, *, generator, device)`` (per-batch randomness, e.g.
             Thompson draws) -- e.g. a :class:`~papa_bayes.diffusion.objectives.PosteriorObjective`
             -- or be any callable such as a simulated person's true utility.
-        scale: normalized guidance scale (>= 0; 0 disables guidance).
+        scale: normalized guidance scale (>= 0; 0 disables guidance): the reward's push,
+            about the total displacement per value (see above), not classifier-free
+            guidance's weight (diffusers' ``guidance_scale``, e.g. 7.5, is
+            :class:`~papa_bayes.diffusion.LatentDiffusion`'s ``cfg_scale``; both may act at once).
         mode: ``"x0"`` (gradient on the predicted clean sample) or ``"dps"``
             (gradient through the denoiser).
         window: `(start, stop)` fractions of the trajectory where guidance acts; the

@@ -14,6 +14,7 @@ The sampler drives DDIM and DDPM schedulers (any ``prediction_type``).
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -323,7 +324,9 @@ class PixelDiffusion(DiffusionModel):
         return (int(cfg.in_channels), int(h), int(w))
 
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.unet(x_t, t).sample
+        # In the denoiser's dtype: float64 inputs (made under torch.set_default_dtype(torch.float64)) failed in
+        # its first convolution, in torch's words.
+        return self.unet(x_t.to(self.dtype), t).sample
 
 
 def _check_discrete_time(unet: torch.nn.Module, scheduler: Any) -> None:
@@ -369,6 +372,31 @@ def _check_halvable(unet: torch.nn.Module, h: int, w: int) -> None:
                              "the size must be undone exactly by the up blocks)", f"sample_size = {(h, w)!r}")
 
 
+def _latent_factor(vae: Any, key: str) -> float:
+    """``vae``'s ``config`` entry ``key`` (``"scaling_factor"``, default 1.0, or ``"shift_factor"``, default 0.0).
+
+    Raises:
+        InputDataError: on a value that is not a finite number (> 0 for ``scaling_factor``): a
+            ``scaling_factor`` of 0 was read as 1.0 silently, a negative one flipped the latents.
+    """
+    default = 1.0 if key == "scaling_factor" else 0.0
+    value = getattr(getattr(vae, "config", None), key, None)
+    if value is None:
+        return default
+    positive = key == "scaling_factor"
+    bound = " > 0" if positive else ""
+    expected = f"an autoencoder whose config's {key} is a finite number{bound} (or None: {default})"
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputDataError("vae", expected, f"{key} = {value!r}") from None
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise InputDataError("vae", expected, f"{key} = {value!r}")
+    return number
+
+
 def check_rows(name: str, cond: Tensor | None, n: int, what: str) -> None:
     """InputDataError unless conditioning ``cond`` (None: none) has 1 row, shared by all, or `n`, one per ``what``.
 
@@ -384,17 +412,19 @@ class LatentDiffusion(DiffusionModel):
 
     Args:
         unet: the latent denoiser.
-        vae: the autoencoder; latents are decoded as ``vae.decode(z / scaling_factor)``.
+        vae: the autoencoder; latents are decoded as ``vae.decode(z / scaling_factor + shift_factor)``
+            (its config's, 1.0 and 0.0 when it has none), as diffusers' pipelines do.
         scheduler: DDIM or DDPM scheduler.
         encoder_hidden_states: `1 x L x D` or `n x L x D` finite float conditioning
             (e.g. text embeddings; `n` rows: one per sample, when sampling `n`; `D`
             the UNet's ``cross_attention_dim``, or its ``encoder_hid_dim`` when it
             projects the embeddings); zeros of `1 x 1 x D` when omitted.
-        negative_encoder_hidden_states: unconditional embeddings for classifier-free
-            guidance (`1` or `n` rows, the same `L x D` as above); required when
-            ``cfg_scale != 1``.
-        cfg_scale: classifier-free guidance weight, a finite number >= 0 (1 disables
-            it, 0 samples the unconditional model).
+        negative_encoder_hidden_states: unconditional (or negative-prompt) embeddings for
+            classifier-free guidance (`1` or `n` rows, the same `L x D` as above); required
+            when ``cfg_scale != 1``, unused (with a warning) when it is 1.
+        cfg_scale: classifier-free guidance weight, a finite number >= 0: diffusers'
+            ``guidance_scale`` (e.g. 7.5), not :class:`~papa_bayes.diffusion.Guidance`'s
+            reward ``scale``; 1 (the default) disables it, 0 samples the unconditional model.
         latent_size: `h x w` of the latents, an integer >= 1 or a pair of them;
             defaults to ``unet.config.sample_size``.
 
@@ -405,7 +435,14 @@ class LatentDiffusion(DiffusionModel):
             (class labels, SDXL's added ``text_time`` conditioning, image embeddings)
             unless a subclass overrides the denoiser calls, or a ``vae`` that is not an autoencoder module
             with ``decode``, or one whose ``latent_channels`` differ from the denoiser's
-            ``in_channels`` (decoding would fail only after every denoising step).
+            ``in_channels`` (decoding would fail only after every denoising step), or whose
+            config's ``scaling_factor`` is not a finite number > 0 (``shift_factor``: finite).
+            Prompts (strings) are refused: there is no text encoder; pass their embeddings.
+            Sampling with ``cfg_scale != 1`` set afterwards without negative embeddings raises too.
+
+    Warns:
+        PapaBayesWarning: on ``negative_encoder_hidden_states`` with ``cfg_scale = 1`` (not
+            used), or a scheduler that clips the predicted clean latents (``clip_sample``).
     """
 
     def __init__(
@@ -441,10 +478,17 @@ class LatentDiffusion(DiffusionModel):
         if type(self).model_output is LatentDiffusion.model_output \
                 and type(self).conditional_output is LatentDiffusion.conditional_output:
             _check_plain_inputs(unet, "LatentDiffusion", "the latents, timestep and encoder_hidden_states")
+        for key in ("scaling_factor", "shift_factor"):  # a bad one decoded inf / NaN images after every step
+            _latent_factor(vae, key)
         self.vae = vae
         cfg_scale = check_float("cfg_scale", cfg_scale)
         if cfg_scale != 1.0 and negative_encoder_hidden_states is None:
             raise InputDataError("negative_encoder_hidden_states", "a tensor when cfg_scale != 1", None)
+        if cfg_scale == 1.0 and negative_encoder_hidden_states is not None:
+            # diffusers' guidance_scale defaults to 7.5, ours to 1.0 (off): the negative prompt was dropped silently.
+            warnings.warn("negative_encoder_hidden_states: expected cfg_scale != 1 with them (classifier-free "
+                          "guidance, diffusers' guidance_scale, e.g. 7.5), got cfg_scale=1.0: guidance is off and "
+                          "they are not used.", PapaBayesWarning, stacklevel=caller_stacklevel())
         dim = self._embedding_dim(unet)
         if encoder_hidden_states is None:
             if dim is None:  # int() of a per-block tuple was a TypeError
@@ -493,6 +537,12 @@ class LatentDiffusion(DiffusionModel):
     @staticmethod
     def _check_conditioning(name: str, cond: Any, dim: tuple[int, str] | None) -> None:
         shape = "`1 x L x D` or `n x L x D`" + (f" with D = {dim[0]} ({dim[1]})" if dim is not None else "")
+        prompts = isinstance(cond, (list, tuple)) and len(cond) > 0 and all(isinstance(c, str) for c in cond)
+        if isinstance(cond, str) or prompts:
+            # A prompt was "got str": the wrapper has no text encoder, which the message did not say.
+            raise InputDataError(name, f"text embeddings, a tensor of shape {shape} (papa_bayes has no text "
+                                 "encoder: encode the prompts first, e.g. with a diffusers pipeline's "
+                                 "`encode_prompt` or its `text_encoder`)", f"the prompt(s) {cond!r}")
         if not isinstance(cond, Tensor) or cond.ndim != 3 or 0 in cond.shape or (
                 dim is not None and cond.shape[2] != dim[0]):
             raise InputDataError(name, f"a tensor of shape {shape}", shape_of(cond))
@@ -505,8 +555,13 @@ class LatentDiffusion(DiffusionModel):
 
     @property
     def scaling_factor(self) -> float:
-        """The VAE's latent scaling factor (1.0 when its config has none)."""
-        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+        """The VAE's latent scaling factor (1.0 when it has no config or its config has none)."""
+        return _latent_factor(self.vae, "scaling_factor")
+
+    @property
+    def shift_factor(self) -> float:
+        """The VAE's latent shift (0.0 when it has no config or its config has none; SD3's and Flux's have one)."""
+        return _latent_factor(self.vae, "shift_factor")
 
     _CONDITIONING = ("encoder_hidden_states", "negative_encoder_hidden_states")
 
@@ -535,14 +590,19 @@ class LatentDiffusion(DiffusionModel):
         return batch
 
     def conditional_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        x_t = x_t.to(self.dtype)  # as PixelDiffusion's: float64 latents failed in the denoiser
         cond = self._cond("encoder_hidden_states", x_t.shape[0], x_t)
         return self.unet(x_t, t, encoder_hidden_states=cond).sample
 
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        x_t = x_t.to(self.dtype)
         n = x_t.shape[0]
         cond = self._cond("encoder_hidden_states", n, x_t)
         if self.cfg_scale == 1.0:
             return self.conditional_output(x_t, t)
+        if self.negative_encoder_hidden_states is None:  # cfg_scale set after construction: was an AttributeError
+            raise InputDataError("negative_encoder_hidden_states", f"a tensor when cfg_scale != 1 (cfg_scale = "
+                                 f"{self.cfg_scale})", None)
         uncond = self._cond("negative_encoder_hidden_states", n, x_t)
         out = self.unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         out_uncond, out_cond = out.chunk(2)
@@ -551,13 +611,15 @@ class LatentDiffusion(DiffusionModel):
     def decode(self, x0: Tensor) -> Tensor:
         """Images `n x c x h x w` in the autoencoder's dtype from `n x C x H x W` latents.
 
+        As diffusers' pipelines: ``vae.decode(z / scaling_factor + shift_factor)``.
+
         The latents move to the autoencoder's device and dtype first: a float16
         denoiser may run with a float32 autoencoder (as SDXL upcasts its VAE).
         """
         param = next(self.vae.parameters(), None)
         if param is not None:
             x0 = x0.to(device=param.device, dtype=param.dtype)
-        return self.vae.decode(x0 / self.scaling_factor).sample
+        return self.vae.decode(x0 / self.scaling_factor + self.shift_factor).sample
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LatentDiffusion:
         if device is not None:

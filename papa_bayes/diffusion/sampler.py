@@ -306,7 +306,7 @@ def sample(
         eta: DDIM stochasticity in `[0, 1]` (0: deterministic DDIM, 1: DDPM's
             variance); ignored by DDPM.
         batch_size: samples denoised at once; the samples do not depend on it.
-        initial_noise: `n x C x H x W` finite starting noise, instead of drawing it.
+        initial_noise: `n x C x H x W` finite floating-point starting noise, instead of drawing it.
         return_trajectory: keep every ``x_t`` (for fine-tuners).
         progress_bar: show a tqdm bar.
 
@@ -321,7 +321,7 @@ def sample(
             ``num_samples``/``num_inference_steps``/``batch_size`` that is not an
             integer >= 1, more steps than training timesteps or too few to start
             in the upper half of them, an ``eta`` outside
-            `[0, 1]`, an ``initial_noise`` of the wrong shape or not finite, a
+            `[0, 1]`, an ``initial_noise`` of the wrong shape, not floating-point or not finite, a
             ``return_trajectory`` or ``progress_bar`` that is not True or False, a
             ``generator`` that is not a torch.Generator on the CPU or the model's
             device, or a ``guidance`` that is not a Guidance.
@@ -344,6 +344,8 @@ def sample(
         if not isinstance(initial_noise, Tensor) or tuple(initial_noise.shape) != shape:
             found = shape_of(initial_noise)
             raise InputDataError("initial_noise", f"a tensor of shape {shape}", found)
+        if not initial_noise.is_floating_point():  # an integer or bool tensor was cast to the model's dtype silently
+            raise InputDataError("initial_noise", "floating-point values", str(initial_noise.dtype))
         check_finite("initial_noise", initial_noise)
     device, dtype = model.device, model.dtype
     scheduler = model.new_scheduler()

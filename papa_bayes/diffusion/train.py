@@ -328,7 +328,7 @@ def _drop_stale_feature_maps(out: Path) -> None:
         )
 
 
-def _check_out_folder(out: Path, name: str = "--out") -> None:
+def _check_out_folder(out: Path, name: str) -> None:
     """InputDataError naming ``name`` unless the folder exists or can be made (nothing is made now)."""
     expected = "a folder (or a path where one can be made)"
     existing = out

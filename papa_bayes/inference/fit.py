@@ -24,6 +24,7 @@ from papa_bayes.inference.laplace import integrated_laplace, laplace_draws, lapl
 from papa_bayes.inference.nested_laplace import nested_draws, nested_laplace
 from papa_bayes.inference.posterior import RewardPosterior
 from papa_bayes.inference.pyro_posterior import PyroPosterior
+from papa_bayes.inference import svi
 from papa_bayes.inference.refine import importance_log_weights, resample_move
 from papa_bayes.inference.unconstrained import UnconstrainedSpace
 from papa_bayes.models.base import PyroRewardModel
@@ -37,6 +38,9 @@ METHODS = ("nuts", "svi", "laplace")
 NUTS_NUM_CHAINS = 2
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
+
+#: Laplace draws whose moments start SVI's decentred guide (papa_bayes.inference.svi).
+SVI_INIT_DRAWS = 1000
 
 
 def fit(
@@ -62,7 +66,9 @@ def fit(
             or a GP model exposing ``fit(data, ...)``.
         data: the comparisons and/or ratings.
         method: ``"nuts"`` (reference; R-hat, ESS and divergences in
-            ``posterior.diagnostics``), ``"svi"`` (full-rank Gaussian guide) or
+            ``posterior.diagnostics``), ``"svi"`` (full-rank Gaussian guide; for
+            ``LinearReward`` with a learned rationality over the log rationality and
+            the weights partly decentred from it, see :mod:`papa_bayes.inference.svi`) or
             ``"laplace"`` (Newton; fast, for the online loop). Default (None):
             ``"laplace"`` for Pyro models, the model's own default for GP models
             (``PreferenceGP``: ``"elbo"`` or ``"nuts"``; ``PairwiseGPReward``:
@@ -544,33 +550,51 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
     from pyro.infer.autoguide import AutoMultivariateNormal
     from pyro.infer.autoguide.initialization import init_to_value
 
-    laplace = _fit_laplace(model, data, {**opts, "num_samples": 2}, warm)
-    space = UnconstrainedSpace(model.priors(data))
+    priors = model.priors(data)
+    # LinearReward with a learned rationality: the guide is Gaussian in (log rationality, scaled_w standardized by
+    # its prior given the rationality), not in (log rationality, scaled_w), a funnel under a wide rationality prior
+    # (see papa_bayes.inference.svi). It starts at the moments of Laplace's draws there.
+    site = svi.decentred_site(model, priors)
+    laplace = _fit_laplace(model, data, {**opts, "num_samples": 2 if site is None else SVI_INIT_DRAWS}, warm)
+    space = UnconstrainedSpace(priors if site is None else svi.guide_priors(priors, site))
+    if site is None:
+        guide_model, init, mean = model, laplace.state["mode"], None
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(laplace.state["hessian"]))
+    else:
+        lam = svi.centredness(model, data, laplace.params)
+        guide_model = svi.decentred_model(model, site, lam)
+        theta = space.pack(svi.to_guide_values(model, data, laplace.params, lam))
+        mean, cov = theta.mean(0), torch.cov(theta.T).reshape(space.dim, space.dim)
+        cov = cov + 1e-9 * torch.eye(space.dim, dtype=torch.float64)
+        init = {k: v[0] for k, v in space.unpack(mean.unsqueeze(0))[0].items()}
     steps = opts["num_steps"] or (1000 if warm is None else 200)
     # A private param store: fits never see each other's guide parameters.
     with torch.random.fork_rng(), pyro.get_param_store().scope():
         torch.manual_seed(opts["seed"] + 31 * data.num_observations)
-        guide = AutoMultivariateNormal(model, init_loc_fn=init_to_value(values=laplace.state["mode"]), init_scale=0.05)
+        guide = AutoMultivariateNormal(guide_model, init_loc_fn=init_to_value(values=init), init_scale=0.05)
         guide(data)  # build parameters
         # The guide's latent vector lays its sites out in the model's sampling order: map it to the Laplace
         # space's coordinates by site name, whatever order priors() lists them in.
         order = _guide_order(guide, space)
-        # Start the covariance at the Laplace one: the ELBO then only refines it.
+        # Start the covariance at the Laplace one (the decentred guide: at its draws' moments there): the ELBO then
+        # only refines it.
         with torch.no_grad():
-            cov = torch.cholesky_inverse(torch.linalg.cholesky(laplace.state["hessian"]))
+            if mean is not None:
+                guide.loc.copy_(mean[order])
             L = torch.linalg.cholesky(cov[order][:, order])
             scale = L.diagonal()
             guide.scale = scale
             guide.scale_tril = L / scale.unsqueeze(-1)
         optim = pyro.optim.ClippedAdam({"lr": opts["learning_rate"] / 4, "lrd": 0.1 ** (1 / steps)})
         # max_plate_nesting as Pyro would guess it (and log at INFO on every fit); particles go left of it.
-        svi = SVI(model, guide, optim, Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1))
+        elbo = SVI(guide_model, guide, optim, Trace_ELBO(num_particles=8, vectorize_particles=True,
+                                                        max_plate_nesting=1))
         losses = []
         from tqdm.auto import trange
 
         for _ in trange(steps, disable=not opts["progress_bar"], desc="SVI"):
             try:
-                losses.append(svi.step(data))
+                losses.append(elbo.step(data))
             except ValueError as err:  # Pyro's words for a model that does not broadcast over the particles
                 if isinstance(err, PapaBayesError) or losses:
                     raise
@@ -594,11 +618,14 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
             eps = torch.randn(s, q.loc.shape[-1], generator=gen, dtype=torch.float64)
             raw = (q.loc + eps @ q.scale_tril.T)[:, torch.argsort(order)]  # back to the space's coordinates
     params, _ = space.unpack(raw.detach())
+    if site is not None:
+        params = svi.from_guide_values(model, data, params, lam)
     lp = model.log_joint(params, data)
     samples = {k: v.unsqueeze(0) for k, v in params.items()}
     return PyroPosterior(
         model, data, samples, method="svi",
         sample_stats={"lp": lp.unsqueeze(0)},  # no sampler, no divergences
         state={"mode": laplace.state["mode"]}, options=opts,
-        diagnostics={"elbo": [-v for v in losses], "num_steps": steps},
+        diagnostics={"elbo": [-v for v in losses], "num_steps": steps,
+                     **({} if site is None else {"centredness": lam.tolist()})},
     )

@@ -156,8 +156,11 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     The sampled site is ``scaled_w = rationality * w`` (the weights in noise units,
     whose prior given the rationality is ``N(rationality * prior_loc,
     rationality^2 * prior_cov)``): the likelihood sees only ``scaled_w``, so the
-    posterior is close to Gaussian there and Laplace/SVI match NUTS; ``w`` itself
-    is reported as the derived site ``scaled_w / rationality``. This is the same
+    posterior is close to Gaussian there when the data are informative and
+    Laplace/SVI match NUTS (where they are not, a wide ``rationality_prior`` makes a
+    funnel, and SVI's guide decentres ``scaled_w`` from the rationality: see
+    :mod:`papa_bayes.inference.svi`); ``w`` itself is reported as the derived site
+    ``scaled_w / rationality``. This is the same
     model as ``w ~ N(prior_loc, prior_cov)``, ``u = rationality * w . x``.
 
     Raters are pooled: one ``w`` for everyone, whatever rater ids the data carry, so

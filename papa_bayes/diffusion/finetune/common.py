@@ -36,7 +36,9 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "TrainingCopy",
     "check_conditioning_rows",
+    "check_images",
     "check_lora_targets",
+    "check_reference",
     "check_samples",
     "check_training_options",
     "encode_images",
@@ -94,6 +96,27 @@ def check_training_options(
     return device
 
 
+def check_reference(model: DiffusionModel, reference: Any) -> None:
+    """InputDataError unless ``reference`` is None or a DiffusionModel of ``model``'s sample shape, prediction
+    type and training noise schedule: the loss compares their raw outputs at ``model``'s noisy inputs."""
+    if reference is None:
+        return
+    if not isinstance(reference, DiffusionModel):
+        raise InputDataError("reference", "a DiffusionModel", type(reference).__name__)
+    if tuple(reference.sample_shape) != tuple(model.sample_shape):
+        raise InputDataError("reference", f"a model of sample shape {model.sample_shape}",
+                             tuple(reference.sample_shape))
+    # Another prediction type (v for epsilon) or schedule: the regulariser / anchor pulled toward other quantities.
+    if reference.prediction_type != model.prediction_type:
+        raise InputDataError("reference", f"a model of prediction_type {model.prediction_type!r}",
+                             repr(reference.prediction_type))
+    mine, theirs = (m.scheduler.alphas_cumprod.detach().cpu().double() for m in (model, reference))
+    if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-5, atol=1e-8):
+        raise InputDataError("reference", f"a model of the same training noise schedule ({mine.shape[0]} "
+                             "timesteps, the same alphas_cumprod)", f"{theirs.shape[0]} timesteps"
+                             + ("" if mine.shape != theirs.shape else " of other alphas_cumprod"))
+
+
 def check_lora_targets(model: DiffusionModel, lora_targets: Sequence[str]) -> None:
     """InputDataError unless every name in ``lora_targets`` names modules of ``model``'s denoiser.
 
@@ -135,16 +158,15 @@ def _with_rows(model: DiffusionModel, rows: Tensor | None) -> DiffusionModel:
     return model if rows is None else model.for_rows(rows)
 
 
-def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", batch_size: int = 64) -> Tensor:
-    """Clean diffused samples `n x C x H x W` of images (the identity for pixel models).
+def check_images(model: DiffusionModel, images: Any, *, name: str = "images") -> Tensor:
+    """``images`` checked as :func:`encode_images` takes them, without encoding: `n x C x H x W` finite floats
+    (a latent model's: its autoencoder's channels, any `h x w`), or InputDataError; far outside `[-1, 1]` warns.
 
-    Latent models encode with their autoencoder (the posterior mean, times the
-    scaling factor), ``batch_size`` (>= 1) images at a time, as Stable Diffusion
-    training does.
+    Fine-tuners call it before the other per-image checks (labels, conditioning rows), then
+    :func:`encode_images` with ``checked=True``: a bad label should not cost an autoencoder pass.
     """
     if not isinstance(model, DiffusionModel):
         raise InputDataError("model", "a DiffusionModel", type(model).__name__)
-    batch_size = check_int("batch_size", batch_size)
     if not isinstance(model, LatentDiffusion):
         images = check_samples(name, images, model.sample_shape)
         _warn_unit_range(name, images)  # 0..255 or [0, 1] images: the model would learn (or unlearn) other images
@@ -153,15 +175,49 @@ def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", b
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != channels:
         found = shape_of(images)
         raise InputDataError(name, f"a tensor of shape `n x {channels} x h x w`", found)
+    factor = _downsampling(model.vae)
+    hw = tuple(s * factor for s in model.sample_shape[1:]) if factor is not None else None
+    if hw is not None and tuple(images.shape[2:]) != hw:  # else a pass of the autoencoder, or torch's conv error
+        raise InputDataError(name, f"a tensor of shape `n x {channels} x {hw[0]} x {hw[1]}` (the latents' "
+                             f"{model.sample_shape[1]} x {model.sample_shape[2]} times the autoencoder's "
+                             f"downsampling {factor})", tuple(images.shape))
     images = check_samples(name, images, tuple(images.shape[1:]))
     _warn_unit_range(name, images)  # the autoencoder's input range is [-1, 1] too
+    return images
+
+
+def _downsampling(vae: Any) -> int | None:
+    """An ``AutoencoderKL``'s image-to-latent downsampling (as diffusers' pipelines compute it); None for others."""
+    from diffusers import AutoencoderKL
+
+    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    if not isinstance(vae, AutoencoderKL) or not isinstance(blocks, (tuple, list)) or not blocks:
+        return None
+    return 2 ** (len(blocks) - 1)
+
+
+def encode_images(model: DiffusionModel, images: Any, *, name: str = "images", batch_size: int = 64,
+                  checked: bool = False) -> Tensor:
+    """Clean diffused samples `n x C x H x W` of images (the identity for pixel models).
+
+    Latent models encode with their autoencoder (the posterior mean, less the
+    shift factor, times the scaling factor: the inverse of
+    :meth:`~papa_bayes.diffusion.LatentDiffusion.decode`), ``batch_size`` (>= 1) images
+    at a time, as Stable Diffusion training does. ``checked=True``: ``images`` come from :func:`check_images` (not
+    checked, nor warned about, again).
+    """
+    if not checked:
+        images = check_images(model, images, name=name)
+    batch_size = check_int("batch_size", batch_size)
+    if not isinstance(model, LatentDiffusion):
+        return images
     vae = model.vae
     param = next(vae.parameters())
     with torch.no_grad():
-        latents = torch.cat([
+        latents = (torch.cat([
             vae.encode(images[i:i + batch_size].to(param.device, param.dtype)).latent_dist.mean
             for i in range(0, images.shape[0], batch_size)
-        ]) * model.scaling_factor
+        ]) - model.shift_factor) * model.scaling_factor  # a shift_factor (SD3's, Flux's) was ignored
     if tuple(latents.shape[1:]) != model.sample_shape:
         raise InputDataError(name, f"images that encode to latents of shape {model.sample_shape}",
                              tuple(images.shape))
@@ -281,7 +337,8 @@ class TrainingCopy:
 
         Raises:
             InputDataError: on a model or reference that is not a DiffusionModel (or
-                of another sample shape), a bad option (see
+                of another sample shape, prediction type or noise schedule: see
+                :func:`check_reference`), a bad option (see
                 :func:`check_training_options`), or ``lora_targets`` that name no
                 module of the denoiser (see :func:`check_lora_targets`).
         """
@@ -292,11 +349,7 @@ class TrainingCopy:
         device = device if device is not None else base.device
         if lora_rank is not None:
             check_lora_targets(base, lora_targets)
-        if reference is not None and not isinstance(reference, DiffusionModel):
-            raise InputDataError("reference", "a DiffusionModel", type(reference).__name__)
-        if reference is not None and tuple(reference.sample_shape) != tuple(base.sample_shape):
-            raise InputDataError("reference", f"a model of sample shape {base.sample_shape}",
-                                 tuple(reference.sample_shape))
+        check_reference(base, reference)
         if mixed_precision is None:
             mixed_precision = device.type == "cuda"
         if generator is None:
@@ -356,7 +409,8 @@ class TrainingCopy:
 
     def noised(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(x_t, target)``: `x0` noised to timesteps `t` and the denoiser's regression target."""
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        # float32 whatever the default dtype: a float64 default drew other values (and other fine-tuned weights)
+        noise = torch.randn(x0.shape, generator=self.generator, dtype=torch.float32).to(self.device)
         a = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         return x_t, join_model_output(x0, noise, a, self.base.prediction_type)

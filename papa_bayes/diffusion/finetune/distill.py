@@ -80,7 +80,8 @@ def finetune_on_samples(
         anchor_weight: weight (>= 0) of the anchor to ``reference`` on the same noisy inputs.
         batch_size: samples per step (drawn with replacement).
         max_grad_norm: the gradient is clipped to this global norm (> 0) before each step.
-        reference: the frozen anchor model; ``model`` when None.
+        reference: the frozen anchor model, of ``model``'s sample shape, prediction type
+            and training noise schedule; ``model`` when None.
         generator: CPU generator of batches, timesteps and noise (seed 0 when None).
         device: training device (``model.device`` when None); the result comes back
             on ``model``'s device and dtype.
@@ -106,7 +107,8 @@ def finetune_on_samples(
     Raises:
         InputDataError: on samples of the wrong shape or non-finite, conditioning
             with other than 1 or `n` rows, ``lora_targets`` naming no module of the
-            denoiser, or a bad number, device, generator or switch.
+            denoiser, a ``reference`` of another sample shape, prediction type or
+            noise schedule, or a bad number, device, generator or switch.
         ModelError: when LoRA is asked for and ``peft`` is missing, or training diverges.
 
     Example:

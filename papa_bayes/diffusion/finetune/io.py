@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,6 +104,8 @@ def save_finetuned(
         # A distilled denoiser learned its base's classifier-free guidance (cfg_scale 1.0);
         # the base's own scale, applied again on loading, would double it.
         record["cfg_scale"] = float(model.cfg_scale)
+        # Its latents decode right only through an autoencoder of the same scaling (checked on loading).
+        record["scaling_factor"], record["shift_factor"] = model.scaling_factor, model.shift_factor
     text = json.dumps(record, indent=2, default=str) + "\n"  # the notes were checked to write
     check_checkpoint_folder("path", root)
     unet = model.unet
@@ -229,9 +232,9 @@ def load_finetuned(
             missing weights, an unreadable ``finetune.json`` or scheduler config, or a
             scheduler the sampler cannot drive, such as PNDM),
             ``base`` is not a DiffusionModel or not of the kind the checkpoint was
-            saved from, a latent ``base`` whose autoencoder's latent channels or
-            conditioning width do not fit the saved denoiser, a latent model is loaded
-            without ``base``, a saved
+            saved from, a latent ``base`` whose autoencoder's latent channels,
+            ``scaling_factor`` or ``shift_factor``, or conditioning width do not fit the
+            saved denoiser, a latent model is loaded without ``base``, a saved
             ``cfg_scale`` that is not a number >= 0 or that ``base`` has no negative
             embeddings for, or on a device this machine does not have or a ``dtype``
             that is not a floating-point torch.dtype.
@@ -290,6 +293,7 @@ def load_finetuned(
             model.scheduler = scheduler
     if isinstance(base, LatentDiffusion):
         _check_fits_base(unet, base)
+        _check_latent_factors(record, base)
     model.unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
     check_loaded(root, model.unet, model.scheduler)
     if cfg_scale is not None:
@@ -318,6 +322,20 @@ def _check_fits_base(unet: torch.nn.Module, base: LatentDiffusion) -> None:
         if dim is not None and isinstance(cond, torch.Tensor) and cond.ndim == 3 and cond.shape[2] != dim[0]:
             raise InputDataError("base", f"a model whose {name} are `L x D` with D = {dim[0]} (the saved denoiser's "
                                  f"{dim[1]}; the model the checkpoint was fine-tuned from)", f"D = {cond.shape[2]}")
+
+
+def _check_latent_factors(record: Mapping[str, Any], base: LatentDiffusion) -> None:
+    """InputDataError unless ``base``'s autoencoder scales latents as the saved model's did (when recorded).
+
+    Another ``scaling_factor`` (a base rebuilt with ``AutoencoderKL``'s default 0.18215 instead of SDXL's
+    0.13025, or none) decoded the fine-tuned denoiser's latents to images of the wrong range, silently.
+    """
+    for key in ("scaling_factor", "shift_factor"):
+        saved, actual = record.get(key), getattr(base, key)
+        if isinstance(saved, (int, float)) and not isinstance(saved, bool) \
+                and not math.isclose(float(saved), actual, rel_tol=1e-6, abs_tol=1e-12):
+            raise InputDataError("base", f"a model whose autoencoder has {key} = {saved} (the model the checkpoint "
+                                 "was fine-tuned from: its latents decode through that scaling)", f"{key} = {actual}")
 
 
 def _saved_scheduler(root: Path, cls: type) -> Any:
