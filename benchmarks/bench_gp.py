@@ -35,6 +35,7 @@ from benchmarks.common import (RESULTS, add_out_option, counts, markdown_table, 
                                reals, recorded_args, run_main, write_results)
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
+from papa_bayes.models.gp_pairwise import MAX_PAIRWISE_ITEMS
 from papa_bayes.checks import DefaultsHelpFormatter, parse_with_tiny
 from papa_bayes.users import SimulatedUser, simulate_comparisons
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             repeats = dict(fit_repeats=args.fit_repeats if m <= 1000 else 1, update_repeats=args.update_repeats)
             models = {"gp": PreferenceGP()}
             if n <= args.pairwise_max_items:
-                models["pairwise"] = PairwiseGPReward()
+                models["pairwise"] = PairwiseGPReward(max_items=max(args.pairwise_max_items, MAX_PAIRWISE_ITEMS))
             res = _repeated(models, prob, repeats=args.repeats, seed=args.seed, num_samples=args.num_samples, **repeats)
             hidden = () if args.repeats > 1 else ("fit_s_repeats", "fit_times_s")  # one repeat: the row as it was
             row.update({f"gp_{k}": v for k, v in res["gp"].items() if k not in hidden})

@@ -22,6 +22,7 @@ new rater starts from what the others taught.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -63,10 +64,52 @@ class RoundRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _entropy_proxy(post: RewardPosterior, features: Tensor) -> float:
-    """Posterior entropy proxy: mean log sd of the utility over the pool (nats)."""
+def _entropy_proxy(post: RewardPosterior, features: Tensor, counts: Tensor | None = None) -> float:
+    """Posterior entropy proxy: mean log sd of the utility over the pool (nats).
+
+    ``counts``: how many items each (distinct) row of ``features`` stands for, a weighted mean; None: 1 each.
+    """
     sd = post.utility(features).std(0).clamp(min=1e-12)
-    return float(sd.log().mean())
+    if counts is None:
+        return float(sd.log().mean())
+    return float((counts * sd.log()).sum() / counts.sum())
+
+
+class _DistinctItems:
+    """The distinct feature rows of a store's items, and how many stored items each stands for.
+
+    A session stores every pool it draws (`pool_size` items a round), so a :class:`FeaturePool` of
+    `N` items is stored again and again: 96,000 rows after 3,000 rounds of 32 for at most `N`
+    distinct ones. The round's ``posterior_log_sd`` took `num_draws` utilities of every stored row
+    (a `256 x 96,000` matrix, 200 MB, each round); over the distinct rows, weighted by their
+    counts, it is the same mean. Updated with the rows stored since the last round only.
+    """
+
+    def __init__(self) -> None:
+        self.index: dict[bytes, int] = {}
+        self.rows: list[Tensor] = []
+        self.counts: list[int] = []
+        self.read = 0  # stored rows counted so far
+        self._stacked: tuple[Tensor, Tensor] | None = None
+
+    def update(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """From the store's `n x d` features: the `u x d` distinct rows (in order of first storage) and `u` counts."""
+        if features.shape[0] < self.read:  # (not the store these rows were counted in): counted afresh
+            self.__init__()
+        for row in features[self.read :]:
+            key = row.numpy().tobytes()
+            j = self.index.get(key)
+            if j is None:
+                self.index[key] = len(self.rows)
+                self.rows.append(row.clone())
+                self.counts.append(1)
+            else:
+                self.counts[j] += 1
+        if self._stacked is None or self.read != features.shape[0]:
+            rows = torch.stack(self.rows) if self.rows else features[:0]
+            self._stacked = (rows, torch.tensor(self.counts, dtype=features.dtype))
+        self.read = features.shape[0]
+        return self._stacked
 
 
 def _one_value(value: Any, allowed: tuple[float, ...]) -> float | None:
@@ -88,6 +131,42 @@ def _shown_items(data: PreferenceData) -> list[int]:
     a running list's update left that answer's items out of every later round's metrics.
     """
     return data.comparisons.reshape(-1).tolist() + data.ratings[:, 0].tolist()
+
+
+#: The fields of a cold-start LinearReward (``PyroPosterior.new_rater_model``), kept in the store as JSON.
+_LINEAR_FIELDS = ("link", "ties", "prior_scale", "prior_loc", "prior_scale_tril", "rationality", "rationality_prior",
+                  "threshold_prior_scale", "tie_prior")
+
+
+def _linear_record(model: LinearReward) -> dict[str, Any]:
+    """A LinearReward's fields as JSON values (tensors as nested lists: JSON's floats read back exactly)."""
+    out = {}
+    for name in _LINEAR_FIELDS:
+        value = getattr(model, name)
+        out[name] = value.tolist() if isinstance(value, Tensor) else list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _linear_from_record(record: dict[str, Any]) -> LinearReward:
+    kwargs = dict(record)
+    for name in ("prior_loc", "prior_scale_tril"):
+        if kwargs[name] is not None:
+            kwargs[name] = torch.tensor(kwargs[name], dtype=torch.float64)
+    for name in ("rationality_prior", "tie_prior"):
+        kwargs[name] = tuple(kwargs[name])
+    return LinearReward(**kwargs)
+
+
+def _cold_start_key(session: PreferenceSession, others: PreferenceData) -> str:
+    """What a cold-start prior is learned from: the model, seed, draws and the others' answers and their items'
+    features (a digest; not the items no answer names, as this rater's own pools, which the fit never reads)."""
+    digest = hashlib.sha256()
+    for t in (others.items[others.comparisons], others.items[others.ratings[:, 0]], others.comparisons, others.ties,
+              others.ratings, others.comparison_rater, others.rating_rater):
+        digest.update(b"-" if t is None else t.contiguous().numpy().tobytes() + str(tuple(t.shape)).encode())
+    record = json.dumps([model_record(session.model), repr(session.model), session.seed, session.num_draws],
+                        sort_keys=True, default=str)
+    return hashlib.sha256(record.encode()).hexdigest()[:32] + digest.hexdigest()[:32]
 
 
 def _shown_value(value: Any) -> str:
@@ -267,6 +346,10 @@ class PreferenceSession:
         self._posterior: RewardPosterior | None = None
         self._shown: list[int] = []
         self._rater_model_cache: Any | None = None
+        self._distinct = _DistinctItems()
+        # No item of this round lies below this index (the items stored when the round before ended; 0 when
+        # unknown): the search for the items a crash stored for it starts there.
+        self._round_items_from = 0
         if not _resuming:
             try:  # (a source whose config() JSON cannot hold): the lock and store go, not kept by the traceback
                 self.store.set_config(self.config(), rater=self.rater)
@@ -299,13 +382,20 @@ class PreferenceSession:
         finished first: its query asked again when unanswered, its fine-tune run
         when that round is one of every ``finetune_every``. A
         ``HierarchicalLinearReward`` session's prior is learned again from the other
-        raters' answers as the store holds them now (those given since count too).
+        raters' answers as the store holds them now (those given since count too); while
+        they are the ones it was last learned from, the prior kept in the store is read back
+        instead (the same prior: the fit takes a minute with 30 raters' 100 answers each).
 
         The model and source must be the ones the session began with (the model's
         class and the fields its ``repr`` shows, and the source's ``config()``, are
         stored; a custom model whose ``repr`` names no fields is compared by ``repr``,
         by class when it has no ``repr`` of its own): answers of one model continued
-        under another, or items of another pool, would be a different experiment.
+        under another, or items of another pool, would be a different experiment. A
+        ``DiffusionCandidates`` source's config holds its base model's fingerprint
+        (denoiser config and weights, scheduler, autoencoder, conditioning:
+        :func:`papa_bayes.diffusion.candidates.model_fingerprint`), so another diffusion
+        model is refused; ``DiffusionCandidates(..., accept_new_conditioning=True)``
+        continues with another prompt on purpose.
 
         Args:
             model: the session's model (default ``LinearReward(rationality=1.0)``, the
@@ -420,16 +510,27 @@ class PreferenceSession:
     def _cold_start_model(self) -> Any:
         # (no items yet, as before the first round of a new store: the store has no feature dimension, the source has)
         others = self.store.preference_data(exclude_rater=self.rater) if self.store.num_items else self.data
+        # Learned once from a set of the others' answers and kept in the store: a resume with the same answers
+        # reads it back (the fit took 17 s with 20 raters' 100 answers each at d=8, 80 s with 30, at every resume).
+        key = _cold_start_key(self, others)
+        kept = self.store.cold_start(self.rater) if others.num_observations else None
+        if kept is not None and kept.get("key") == key:
+            return _linear_from_record(kept["prior"])
         if others.num_observations == 0:
             population = prior_posterior(self.model, others, num_samples=self.num_draws, seed=self.seed)
         else:
             # Plain Laplace overstates the spread between raters (HierarchicalLinearReward's docstring), and with
             # it the newcomer's prior; the population scale integrated out (nested Laplace) brings it within
-            # about 10% of NUTS's (refine_steps=20, used here until 2026-12-04: 1.3-1.8 times); once per session,
-            # under 1.5 s.
+            # about 10% of NUTS's (refine_steps=20, used here until 2026-12-04: 1.3-1.8 times); once per set of the
+            # others' answers (kept in the store). Its cost grows with the raters and answers: 17 s for 20 raters'
+            # 100 answers each (d=8, one thread), 80 s for 30 (nested_draws' conditional fits: 256 proposals,
+            # each Hessian 2d + 1 Hessian-vector products over every answer).
             population = fit(self.model, others, method="laplace", num_samples=self.num_draws, seed=self.seed,
                              integrate_scale=True)
-        return population.new_rater_model()
+        model = population.new_rater_model()
+        if others.num_observations and type(model) is LinearReward:
+            self.store.set_cold_start(self.rater, {"key": key, "prior": _linear_record(model)})
+        return model
 
     def _fit(self, data: PreferenceData) -> RewardPosterior:
         model = self._rater_model
@@ -550,10 +651,10 @@ class PreferenceSession:
         stored twice. None (store the pool) when the round has no items yet, or
         different ones (a source whose draws are not reproducible).
         """
-        stored = self.store.round_items(rater=self.rater, round=self.round)
+        stored = self.store.round_items(rater=self.rater, round=self.round, start=self._round_items_from)
         if len(stored) != pool.features.shape[0]:
             return None
-        features = self.store.features()[torch.tensor(stored, dtype=torch.long)]
+        features = self.store.features(stored)
         return stored if torch.equal(features, pool.features.detach().to(torch.float64).cpu()) else None
 
     def _complete_open_round(self, query: StoredQuery, *, refit: bool = True) -> RoundRecord:
@@ -607,7 +708,7 @@ class PreferenceSession:
             try:
                 return self.store.images([i])
             except InputDataError:
-                return self.store.features()[i : i + 1]
+                return self.store.features([i])  # (that row only: the whole store's were read twice a round)
 
         if query.kind == "pair":
             answer = self.user.compare(view(query.item_a), view(query.item_b))
@@ -630,7 +731,7 @@ class PreferenceSession:
     def _finish_round(self, query: StoredQuery, metrics: dict[str, float]) -> RoundRecord:
         features = self.store.features()
         post = self._posterior
-        metrics["posterior_log_sd"] = _entropy_proxy(post, features)
+        metrics["posterior_log_sd"] = _entropy_proxy(post, *self._distinct.update(features))
         shown = features[torch.tensor(self._shown, dtype=torch.long)]
         div = exposure_diversity(shown, features, num_cells=min(16, features.shape[0]))
         metrics["exposure_entropy_bits"] = float(div.entropy_bits)
@@ -638,6 +739,7 @@ class PreferenceSession:
         metrics["num_answers"] = float(self.store.num_answers(self.rater))
         self.store.finish_round(rater=self.rater, round=self.round, metrics=metrics, source_state=self._source_state())
         record = RoundRecord(self.round, query, metrics)
+        self._round_items_from = features.shape[0]  # every item stored until now: the next round's come later
         self.round += 1
         self._round_open = False
         if self.on_round is not None:

@@ -27,7 +27,10 @@ def check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
     """InputDataError unless ``session``'s model and source are those of the stored configuration ``cfg``.
 
     The error names the settings that differ, with their stored and given values (a diffusion source's
-    configuration has some twenty settings, a model's repr may hold a prior's whole covariance).
+    configuration has some twenty settings, a model's repr may hold a prior's whole covariance); within a
+    record both hold as dicts, the one entry that differs (``model.scheduler.prediction_type``). Only the
+    stored settings are compared, and none the source's ``_unchecked_on_resume`` names (dotted paths it
+    accepts changed on purpose, e.g. a diffusion source's ``accept_new_conditioning``).
     """
     stored_record = cfg.get("model_record")
     same = record_matches(stored_record, session.model)
@@ -41,12 +44,36 @@ def check_resumed(cfg: dict[str, Any], session: PreferenceSession) -> None:
     stored_source, given_source = cfg.get("source"), json.loads(json.dumps(session.source.config()))
     # Only what was stored: a store written before a source recorded a setting does not refuse it now.
     if isinstance(stored_source, dict) and any(given_source.get(k, ...) != v for k, v in stored_source.items()):
-        differ = [k for k, v in stored_source.items() if given_source.get(k, ...) != v]
+        old, new = _flat_settings(stored_source, given_source)
+        unchecked = tuple(getattr(session.source, "_unchecked_on_resume", ()))  # changed on purpose
+        differ = [k for k, v in old.items() if new.get(k, ...) != v
+                  and not any(k == u or k.startswith(u + ".") for u in unchecked)]
         if "kind" in differ:  # another kind of source: its other settings are beside the point
             differ = ["kind"]
-        raise InputDataError("source", "the session's source, with "
-                             + _settings(stored_source, differ, "not stored") + " (the settings that differ)",
-                             _settings(given_source, differ, "not set"))
+        if differ:
+            raise InputDataError("source", "the session's source, with "
+                                 + _settings(old, differ, "not stored") + " (the settings that differ)",
+                                 _settings(new, differ, "not set"))
+
+
+def _flat_settings(stored: dict[str, Any], given: dict[str, Any], prefix: str = ""
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(stored, given) settings with the dicts both hold opened into dotted keys (``model.scheduler.beta_end``),
+    so that a refusal names the one setting of a nested record that differs, not the whole record. Only the
+    stored keys: a key a later version (of papa_bayes, or of diffusers' configs) adds does not refuse."""
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    for k, v in stored.items():
+        g = given.get(k, ...)
+        if isinstance(v, dict) and isinstance(g, dict) and v != g:
+            inner_old, inner_new = _flat_settings(v, g, f"{prefix}{k}.")
+            old |= inner_old
+            new |= inner_new
+        else:
+            old[prefix + k] = v
+            if g is not ...:
+                new[prefix + k] = g
+    return old, new
 
 
 def record_matches(stored: Any, model: Any) -> bool | None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from papa_bayes.data import PreferenceData
-from papa_bayes.exceptions import InputDataError, PapaBayesWarning
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference import fit
 from papa_bayes.models import PairwiseGPReward, PreferenceGP
 
@@ -70,11 +70,14 @@ def test_closed_forms_refuse_nan_moments():
     assert torch.allclose(gaussian_expected_max(one, zero, zero), one)
 
 
-def test_elbo_progress_bar_true_warns():
-    """fit(PreferenceGP(), data, progress_bar=True) showed no bar and said nothing (other NUTS options warn)."""
+def test_elbo_progress_bar_true_shows_a_bar(capsys):
+    """fit(PreferenceGP(), data, progress_bar=True) showed no bar and said nothing (then only warned it ignored the
+    option); a minute-long ELBO fit now shows a bar when asked (tests/test_gp_scale.py checks it)."""
     data = PreferenceData(items=torch.randn(4, 2, dtype=torch.float64), comparisons=[[0, 1], [2, 3]])
-    with pytest.warns(PapaBayesWarning, match="ignores progress_bar"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         fit(PreferenceGP(), data, seed=0, num_samples=8, progress_bar=True)
+    assert "PreferenceGP ELBO" in capsys.readouterr().err
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit(PreferenceGP(), data, seed=0, num_samples=8, progress_bar=False)

@@ -115,11 +115,29 @@ def test_the_docstring_custom_model_fits_few_answers_by_every_method():
     assert idata.log_likelihood["comparisons"].shape == (1, 200, 8)
 
 
-class _Funnel(PyroRewardModel):
-    """``s ~ HalfNormal(1)``, ``w ~ N(0, s^2 I)``: the joint mode is at s = 0 with few answers."""
+class _LinearComparisons(PyroRewardModel):
+    """``u = w . x`` under a logit link: the observation part of the two custom models below."""
 
     dims = {"w": ["feature"]}
     link = "logit"
+
+    def observe(self, data, w):
+        c = data.comparisons
+        diff = ((data.items[c[:, 0]] - data.items[c[:, 1]]) * w).sum(-1)
+        with pyro.plate("comparison", data.num_comparisons):
+            pyro.sample("comparisons", comparison_distribution(diff, "logit"), obs=self.observed(data)["comparisons"])
+
+    def observation_distributions(self, params, data):
+        c = data.comparisons
+        return {"comparisons": comparison_distribution(params["w"] @ (data.items[c[:, 0]] - data.items[c[:, 1]]).T,
+                                                       "logit")}
+
+    def utility(self, params, features, *, rater=None):
+        return params["w"] @ features.T
+
+
+class _Funnel(_LinearComparisons):
+    """``s ~ HalfNormal(1)``, ``w ~ N(0, s^2 I)``: the joint mode is at s = 0 with few answers."""
 
     def priors(self, data):
         return {"s": dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)),
@@ -134,18 +152,7 @@ class _Funnel(PyroRewardModel):
         s = pyro.sample("s", dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)))
         w = pyro.sample("w", dist.Normal(torch.zeros(data.num_features, dtype=torch.float64),
                                          s.unsqueeze(-1)).to_event(1))
-        c = data.comparisons
-        diff = ((data.items[c[:, 0]] - data.items[c[:, 1]]) * w).sum(-1)
-        with pyro.plate("comparison", data.num_comparisons):
-            pyro.sample("comparisons", comparison_distribution(diff, "logit"), obs=self.observed(data)["comparisons"])
-
-    def observation_distributions(self, params, data):
-        c = data.comparisons
-        return {"comparisons": comparison_distribution(params["w"] @ (data.items[c[:, 0]] - data.items[c[:, 1]]).T,
-                                                       "logit")}
-
-    def utility(self, params, features, *, rater=None):
-        return params["w"] @ features.T
+        self.observe(data, w)
 
 
 def test_laplace_draws_a_user_model_cannot_score_raise_inference_error_with_a_hint():
@@ -182,29 +189,15 @@ def test_svi_names_a_draw_out_of_support_not_a_broadcasting_mistake():
     assert "particle dim" not in str(info.value) and "\n" not in str(info.value)
 
 
-class _SimplexWeights(PyroRewardModel):
+class _SimplexWeights(_LinearComparisons):
     """``u = w . x`` with ``w ~ Dirichlet(1, ..., 1)``: a site of `d` values with `d - 1` unconstrained coordinates."""
-
-    dims = {"w": ["feature"]}
-    link = "logit"
 
     def priors(self, data):
         return {"w": dist.Dirichlet(torch.ones(data.num_features, dtype=torch.float64))}
 
     def __call__(self, data):
         w = pyro.sample("w", dist.Dirichlet(torch.ones(data.num_features, dtype=torch.float64)))
-        c = data.comparisons
-        diff = ((data.items[c[:, 0]] - data.items[c[:, 1]]) * w).sum(-1)
-        with pyro.plate("comparison", data.num_comparisons):
-            pyro.sample("comparisons", comparison_distribution(diff, "logit"), obs=self.observed(data)["comparisons"])
-
-    def observation_distributions(self, params, data):
-        c = data.comparisons
-        return {"comparisons": comparison_distribution(params["w"] @ (data.items[c[:, 0]] - data.items[c[:, 1]]).T,
-                                                       "logit")}
-
-    def utility(self, params, features, *, rater=None):
-        return params["w"] @ features.T
+        self.observe(data, w)
 
 
 def test_a_simplex_site_fits_by_laplace_and_svi():

@@ -14,7 +14,9 @@ preferred region (:func:`~papa_bayes.diffusion.scale.select_recommendation_scale
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,9 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import check_bool, check_float, check_int, renamed_option
-from papa_bayes.diffusion.features import FeatureMap
+from papa_bayes.diffusion.features import FeatureMap, _hash_tensor
 from papa_bayes.diffusion.guidance import Guidance, check_guidance_scale, check_window
-from papa_bayes.diffusion.models import DiffusionModel
+from papa_bayes.diffusion.models import DiffusionModel, LatentDiffusion
 from papa_bayes.diffusion.objectives import OBJECTIVES, REGION_METHODS, PosteriorObjective
 from papa_bayes.diffusion.sampler import check_inference_steps, sample
 from papa_bayes.diffusion.scale import _checked_scales, select_guidance_scale, select_recommendation_scale
@@ -33,12 +35,71 @@ from papa_bayes.diffusion.selection import ManifoldGuard, sample_preferred
 from papa_bayes.exceptions import InputDataError
 from papa_bayes.sources import Candidates, CandidateSource, check_pool_request, num_unsteered
 
-__all__ = ["DiffusionCandidates", "SESSION_SCALES"]
+__all__ = ["DiffusionCandidates", "SESSION_SCALES", "model_fingerprint"]
 
 #: Scales the session's rule scans: the grid of the measured alignment benchmark
 #: (benchmarks/results/bench_alignment.md), kept explicit so a change of the
 #: sampler's own defaults does not silently change what was measured.
 SESSION_SCALES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def _settings_record(obj: Any) -> dict[str, Any]:
+    """``{"class": name, **config}`` of a diffusers object (denoiser, scheduler, autoencoder) as JSON.
+
+    Keys starting with ``_`` (``_name_or_path``, ``_diffusers_version``, ...) say where and with what it was
+    saved, not what it computes: left out, so that a checkpoint moved or saved again compares equal.
+    """
+    config = getattr(obj, "config", None)
+    items = config.items() if hasattr(config, "items") else ()
+    fields = {str(k): v for k, v in items if not str(k).startswith("_")}
+    return {"class": type(obj).__name__, **json.loads(json.dumps(fields, sort_keys=True, default=str))}
+
+
+def _weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights: each tensor's name, shape and at most 4,096 evenly spaced values,
+    rounded to float16 (a float32 model and its ``.half()`` copy compare equal; another training does not)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        flat = t.detach().reshape(-1)
+        flat = flat[:: max(1, flat.numel() // 4096)]  # sampled before rounding: no pass over all the weights
+        _hash_tensor(h, f"{name}{tuple(t.shape)}", flat.to(torch.float16) if flat.is_floating_point() else flat)
+    return h.hexdigest()[:16]
+
+
+def _tensor_fingerprint(*tensors: Tensor | None) -> str:
+    """A short hash of tensors' shapes and every value (as float32): conditioning embeddings."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: DiffusionModel) -> dict[str, Any]:
+    """What a resumed session compares of a diffusion model, as JSON.
+
+    The wrapper's class and sample shape; the denoiser's class and config, and a hash of its
+    weights (:func:`_weights_fingerprint`, milliseconds even for Stable Diffusion's); the
+    scheduler's class and config; a latent model's autoencoder (class and config, with its
+    ``scaling_factor`` and ``shift_factor``, and weights) and its conditioning (a hash of the
+    embeddings, and ``cfg_scale``).
+    """
+    record: dict[str, Any] = {
+        "class": type(model).__name__, "sample_shape": list(model.sample_shape),
+        "denoiser": _settings_record(model.unet), "weights": _weights_fingerprint(model.unet),
+        "scheduler": _settings_record(model.scheduler),
+    }
+    if isinstance(model, LatentDiffusion):
+        record["vae"] = {**_settings_record(model.vae), "scaling_factor": model.scaling_factor,
+                         "shift_factor": model.shift_factor}
+        record["vae_weights"] = _weights_fingerprint(model.vae)
+        record["conditioning"] = _tensor_fingerprint(model.encoder_hidden_states,
+                                                     model.negative_encoder_hidden_states)
+        record["cfg_scale"] = model.cfg_scale
+    return record
 
 
 class DiffusionCandidates(CandidateSource):
@@ -92,6 +153,14 @@ class DiffusionCandidates(CandidateSource):
         num_base: base samples kept for calibration of the region threshold (>= 2).
         seed: seeds the base samples (an integer >= 0).
         progress_bar: show tqdm bars (base samples, recommendations, fine-tuning).
+        accept_new_conditioning: a resumed session (:meth:`~papa_bayes.session.PreferenceSession.resume`)
+            accepts a latent model's conditioning (prompt embeddings, ``cfg_scale``) other than the
+            stored session's: for a prompt changed on purpose (the answers so far were given on images
+            of the old one). The model itself (denoiser, weights, scheduler, autoencoder) must stay.
+
+    A session stores the model's fingerprint with this source's settings (see
+    :func:`model_fingerprint`), so that one resumed with another model, whose samples the
+    stored answers were not about, is refused, naming what differs.
 
     Raises:
         InputDataError: on any bad option, before the base samples are drawn.
@@ -130,6 +199,7 @@ class DiffusionCandidates(CandidateSource):
         num_base: int = 256,
         seed: int = 0,
         progress_bar: bool = False,
+        accept_new_conditioning: bool = False,
     ) -> None:
         if scale != "auto":
             scale = check_guidance_scale(scale)
@@ -177,6 +247,7 @@ class DiffusionCandidates(CandidateSource):
         num_base = check_int("num_base", num_base, minimum=2)
         self.seed = check_int("seed", seed, minimum=0)
         self.progress_bar = check_bool("progress_bar", progress_bar)
+        self.accept_new_conditioning = check_bool("accept_new_conditioning", accept_new_conditioning)
         self.num_base = num_base
         gen = torch.Generator().manual_seed(self.seed)
         base = sample(model, num_base, num_inference_steps=self.pool_steps, generator=gen, progress_bar=self.progress_bar)
@@ -202,7 +273,13 @@ class DiffusionCandidates(CandidateSource):
             "recommend_rule_pool": list(self.recommend_rule_pool),
             "feature_map": {"kind": self.feature_map.kind or type(self.feature_map).__name__,
                             "fingerprint": self.feature_map.fingerprint()},
+            "model": model_fingerprint(self.model),  # the base model's, also after fine-tuning
         }
+
+    @property
+    def _unchecked_on_resume(self) -> tuple[str, ...]:
+        """Settings of :meth:`config` (dotted paths) a resumed session does not compare."""
+        return ("model.conditioning", "model.cfg_scale") if self.accept_new_conditioning else ()
 
     def state(self) -> dict[str, Any]:
         """The state pools depend on besides the posterior and the generator.

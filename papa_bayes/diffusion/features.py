@@ -206,6 +206,11 @@ class PCAFeatures(FeatureMap):
         mean: `D` mean of the fitting samples.
         components: `d x D` orthonormal principal directions.
         std: `d` standard deviations along them, finite and > 0 (ones when not whitened).
+        input_shape: the shape `...` of one sample the map was fitted on (whose values make `D`), e.g.
+            `(1, 8, 8)`; samples of another shape are refused, even of as many values (a map fitted on
+            a latent model's `4 x 4 x 4` latents reading its `1 x 8 x 8` decoded images). None (maps
+            saved before it was kept): any shape of `D` values. Not part of :meth:`fingerprint`, which
+            stays that of maps saved before.
 
     Use :meth:`fit` to build one from samples (e.g. 1024 base-model samples).
 
@@ -216,13 +221,14 @@ class PCAFeatures(FeatureMap):
     predicted clean samples, which stray far at high noise) are not checked.
 
     Raises:
-        InputDataError: on tensors of mismatched shapes or with non-finite values, or
-            a ``std`` that is not > 0.
+        InputDataError: on tensors of mismatched shapes or with non-finite values, a
+            ``std`` that is not > 0, or an ``input_shape`` that is not of `D` values.
     """
 
     kind = "pca"
 
-    def __init__(self, mean: Tensor, components: Tensor, std: Tensor) -> None:
+    def __init__(self, mean: Tensor, components: Tensor, std: Tensor, *,
+                 input_shape: tuple[int, ...] | list[int] | None = None) -> None:
         for name, value in (("mean", mean), ("components", components), ("std", std)):
             if not isinstance(value, Tensor):
                 raise InputDataError(name, "a tensor", type(value).__name__)
@@ -233,7 +239,15 @@ class PCAFeatures(FeatureMap):
         if tuple(std.shape) != (components.shape[0],) or not bool((std > 0).all()):
             raise InputDataError("std", f"`d` = {components.shape[0]} values > 0 (one per component)",
                                  tuple(std.shape) if tuple(std.shape) != (components.shape[0],) else "values <= 0")
+        if input_shape is not None:
+            ok = isinstance(input_shape, (tuple, list)) and all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in input_shape)
+            if not ok or math.prod(input_shape) != mean.shape[0]:
+                raise InputDataError("input_shape", f"a shape of D = {mean.shape[0]} values (positive integers)",
+                                     input_shape)
+            input_shape = tuple(input_shape)
         super().__init__(components.shape[0])
+        self.input_shape: tuple[int, ...] | None = input_shape
         self.register_buffer("mean", mean.to(torch.float32))
         self.register_buffer("components", components.to(torch.float32))
         self.register_buffer("std", std.to(torch.float32))
@@ -249,7 +263,7 @@ class PCAFeatures(FeatureMap):
         num_features = check_int("num_features", num_features)
         samples = _check_fit_samples("samples", samples)
         mean, comps, std = _pca(samples.detach().reshape(samples.shape[0], -1), num_features)
-        return cls(mean, comps, std if whiten else torch.ones_like(std))
+        return cls(mean, comps, std if whiten else torch.ones_like(std), input_shape=tuple(samples.shape[1:]))
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim < 1:
@@ -262,6 +276,12 @@ class PCAFeatures(FeatureMap):
                                  "it reads decoded images: one fitted on a latent model's diffused samples reads "
                                  "them as CallableFeatures(phi, phi.num_features, input_space='sample'))",
                                  flat.shape[1])
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            # As many values in another layout (4 x 4 x 4 latents, 1 x 8 x 8 images): features of nothing, silently.
+            shape = " x ".join(map(str, self.input_shape))
+            raise InputDataError("images", f"samples of shape `n x {shape}` (what the map was fitted on; a map "
+                                 "fitted on a latent model's diffused samples reads them as CallableFeatures(phi, "
+                                 "phi.num_features, input_space='sample'))", tuple(x.shape))
         # Integer images (uint8) would cast the statistics to integers: every feature 0.
         flat = flat if flat.is_floating_point() else flat.to(torch.float32)
         _warn_far_scale("images", flat, self.mean)
@@ -618,6 +638,8 @@ def save_feature_map(feature_map: FeatureMap, directory: str | Path) -> Path:
     if tensors:
         save_file(tensors, str(out / "feature_map.safetensors"))
     saved = {"kind": feature_map.kind, **feature_map.config()}
+    if isinstance(feature_map, PCAFeatures) and feature_map.input_shape is not None:  # not in config(): as below
+        saved["input_shape"] = list(feature_map.input_shape)
     if isinstance(feature_map, MidBlockFeatures):  # not in config(): the fingerprints sessions keep stay as they were
         saved["sample_shape"] = list(feature_map.model.sample_shape)
     (out / "feature_map.json").write_text(json.dumps(saved, indent=2))
@@ -676,7 +698,10 @@ def load_feature_map(
         if missing:
             raise InputDataError("directory", "a PCA map's `feature_map.safetensors` with mean, components and std",
                                  f"{str(root)} without {missing}")
-        return PCAFeatures(tensors["mean"], tensors["components"], tensors["std"])
+        shape = config.get("input_shape")  # absent: saved before it was kept (any shape of as many values)
+        if shape is not None and not isinstance(shape, list):
+            raise InputDataError("feature_map.json", "a PCA map's `input_shape` as a list of integers", shape)
+        return PCAFeatures(tensors["mean"], tensors["components"], tensors["std"], input_shape=shape)
     if kind == "midblock":
         if model is None:
             raise InputDataError("model", "the DiffusionModel whose mid-block the map reads", None)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InferenceError, InputDataError
@@ -131,7 +132,7 @@ def _trainable(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for mod in modules for p in mod.parameters() if p.requires_grad]
 
 
-def _lbfgs(params: list[torch.nn.Parameter], objective, max_iter: int) -> list[float]:
+def _lbfgs(params: list[torch.nn.Parameter], objective, max_iter: int, bar: Any = None) -> list[float]:
     losses: list[float] = []
     opt = torch.optim.LBFGS(
         params, lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25) + 5, history_size=20,
@@ -145,6 +146,8 @@ def _lbfgs(params: list[torch.nn.Parameter], objective, max_iter: int) -> list[f
             raise InferenceError("The ELBO became non-finite during L-BFGS.")
         loss.backward()
         losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
         return loss
 
     opt.step(closure)
@@ -277,7 +280,7 @@ def _natural_start(gp: VariationalPreferenceGP, lik: PreferenceLikelihood, td: T
 
 def _ngd_adam(
     objective: NegativeElbo, *, num_steps: int, batch_size: int, learning_rate: float, natural_lr: float,
-    generator: torch.Generator, num_always: tuple[int, int] = (0, 0),
+    generator: torch.Generator, num_always: tuple[int, int] = (0, 0), bar: Any = None,
 ) -> list[float]:
     """Minibatch training: natural-gradient steps on ``q``, Adam on the hyperparameters (see :class:`_Batches`)."""
     gp, lik, td = objective.gp, objective.lik, objective.td
@@ -312,6 +315,8 @@ def _ngd_adam(
                 opt.step()
                 sched.step()
             losses.append(float(loss.detach() + kl / scale))
+            if bar is not None:
+                bar.update(1)
     finally:
         q.variational_mean.requires_grad_(True)
         q.chol_variational_covar.requires_grad_(True)
@@ -320,7 +325,7 @@ def _ngd_adam(
 
 def _adam(
     params: list[torch.nn.Parameter], objective: NegativeElbo, *, num_steps: int, batch_size: int, learning_rate: float,
-    generator: torch.Generator, num_always: tuple[int, int] = (0, 0),
+    generator: torch.Generator, num_always: tuple[int, int] = (0, 0), bar: Any = None,
 ) -> list[float]:
     """Adam on everything over minibatches (see :class:`_Batches`)."""
     batches = _Batches(objective.td, batch_size, num_always, generator)
@@ -337,13 +342,15 @@ def _adam(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
     return losses
 
 
 def train_elbo(
     gp: VariationalPreferenceGP, lik: PreferenceLikelihood, td: TrainingData, *, num_steps: int | None,
     batch_size: int | None, learning_rate: float, seed: int, new_rows: tuple[int, int] | None = None,
-    natural_lr: float = 0.3, optimizer: str = "auto",
+    natural_lr: float = 0.3, optimizer: str = "auto", progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Maximize the ELBO.
 
@@ -351,7 +358,19 @@ def train_elbo(
     minibatches, natural-gradient steps on ``q`` with Adam on the hyperparameters
     (``optimizer="ngd"``, the default) or Adam on everything (``"adam"``; not on
     updates, ``new_rows``, which always take natural-gradient steps on ``q``).
+    ``progress_bar``: a tqdm bar counting ELBO evaluations (L-BFGS) and minibatch steps.
     """
+    with tqdm(desc="PreferenceGP ELBO", unit="step", disable=not progress_bar, leave=False) as bar:
+        return _train_elbo(gp, lik, td, num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate,
+                           seed=seed, new_rows=new_rows, natural_lr=natural_lr, optimizer=optimizer,
+                           bar=bar if progress_bar else None)
+
+
+def _train_elbo(
+    gp: VariationalPreferenceGP, lik: PreferenceLikelihood, td: TrainingData, *, num_steps: int | None,
+    batch_size: int | None, learning_rate: float, seed: int, new_rows: tuple[int, int] | None,
+    natural_lr: float, optimizer: str, bar: Any,
+) -> dict[str, Any]:
     if optimizer not in ("auto", "ngd", "adam"):
         raise InputDataError("optimizer", "'auto', 'ngd' or 'adam'", optimizer)
     full_batch = batch_size is None or td.m + td.k <= batch_size
@@ -371,7 +390,7 @@ def train_elbo(
         all_c = torch.arange(td.m) if td.m else None
         all_r = torch.arange(td.k) if td.k else None
         steps = num_steps if num_steps is not None else (60 if new_rows is not None else 500)
-        losses = _lbfgs(_trainable(gp, lik), lambda: objective(all_c, 1.0, all_r, 1.0), steps)
+        losses = _lbfgs(_trainable(gp, lik), lambda: objective(all_c, 1.0, all_r, 1.0), steps, bar)
         optimizer = "lbfgs"
     else:
         # An update fits q by natural gradients whatever ``optimizer`` says: Adam moves each coordinate by
@@ -392,15 +411,15 @@ def train_elbo(
             _natural_start(gp, lik, sub)
             sub_objective = NegativeElbo(gp, lik, sub, cache_projection=False)
             pre = _lbfgs(_trainable(gp, lik), lambda: sub_objective(
-                torch.arange(sub.m) if sub.m else None, 1.0, torch.arange(sub.k) if sub.k else None, 1.0), 150)
+                torch.arange(sub.m) if sub.m else None, 1.0, torch.arange(sub.k) if sub.k else None, 1.0), 150, bar)
         if optimizer == "ngd":
             steps = num_steps if num_steps is not None else (30 if new_rows is not None else 300)
             losses = _ngd_adam(objective, num_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                               natural_lr=natural_lr, generator=gen, num_always=num_always)
+                               natural_lr=natural_lr, generator=gen, num_always=num_always, bar=bar)
         else:
             steps = num_steps if num_steps is not None else (100 if new_rows is not None else 1000)
             losses = _adam(_trainable(gp, lik), objective, num_steps=steps, batch_size=batch_size,
-                           learning_rate=learning_rate, generator=gen, num_always=num_always)
+                           learning_rate=learning_rate, generator=gen, num_always=num_always, bar=bar)
         if pre:
             return {"loss": losses, "num_steps": len(losses), "optimizer": optimizer, "subset_loss": pre,
                     "subset_steps": len(pre), "train_seconds": time.perf_counter() - start}

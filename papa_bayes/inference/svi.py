@@ -17,7 +17,8 @@ So SVI's guide is a full-rank Gaussian over (log rationality, ``zeta``, the othe
 Laplace's draws (:func:`centredness`): in a Normal-Normal model (``v ~ N(0, b^2)``, data ``N(v, s^2)``),
 ``lam = 1 - var(z | b) = b^2 / (b^2 + s^2)`` is where the conditional sd of ``zeta`` stops changing with
 ``b``, i.e. no funnel (partial centring as in Gorinova et al. 2020, "Automatic reparameterisation of
-probabilistic programs"). The guide starts at the moments of those draws in these coordinates.
+probabilistic programs"). The guide starts at the moments of those draws in these coordinates. NUTS
+(``fit(method="nuts")``) runs on the same coordinates, fully decentred where ``lam`` is below 0.5.
 
 Measured (d=2 and 4, 30-50 answers, 1000 steps): at the default prior the means of ``w`` within 0.04 of
 NUTS's and its sds within 8% (before: 0.05 and 11%); at ``LogNormal(0, 2)`` and ``(0, 5)`` within 0.08 and

@@ -9,7 +9,9 @@ What it cannot do: **ties** and **like/dislike ratings** (BoTorch's pairwise
 likelihoods only know strict comparisons) and **several raters**. Data holding any
 of these raise :class:`~papa_bayes.exceptions.ModelError`; use ``PreferenceGP``.
 It is also cubic in the number of distinct items (dense `n x n` Laplace algebra and
-a dense `m x n` comparison matrix), so it is for hundreds of items, not thousands.
+a dense `m x n` comparison matrix), so it is for hundreds of items, not thousands: data
+comparing more than ``max_items`` (default :data:`MAX_PAIRWISE_ITEMS`) distinct items
+raise :class:`~papa_bayes.exceptions.InputDataError` with the memory they would need.
 """
 
 from __future__ import annotations
@@ -28,14 +30,28 @@ from torch import Tensor
 
 from papa_bayes.data import PreferenceData, check_preference_data
 from papa_bayes.exceptions import InputDataError, ModelError
-from papa_bayes.checks import check_bool, check_float
+from papa_bayes.checks import check_bool, check_float, check_int
 from papa_bayes.models.gp_kernels import FeatureStandardizer, check_kernel, check_prior, check_single_rater, make_kernel
 from papa_bayes.models.likelihoods import check_link
 
 if TYPE_CHECKING:
     from papa_bayes.inference.gp_posterior import GPPosterior
 
-__all__ = ["PairwiseGPReward", "pairwise_gp_initial_utility"]
+__all__ = ["MAX_PAIRWISE_ITEMS", "PairwiseGPReward", "pairwise_gp_initial_utility", "pairwise_gp_memory"]
+
+#: Most distinct compared items ``PairwiseGPReward`` accepts by default (its ``max_items``). Peak memory above
+#: the imports and time measured on one CPU thread (two cores shared with other jobs), d=8, comparisons twice the
+#: items: without hyperparameter fitting 0.34 GB and 3 s among 1,000 items, 1.0 GB and 26 s among 2,000 (an
+#: update: 12 s), 2.0 GB and 92 s among 3,000; with it (the default) 0.54 GB and 220 s among 1,000.
+MAX_PAIRWISE_ITEMS = 2000
+
+
+def pairwise_gp_memory(num_items: int, num_comparisons: int) -> float:
+    """Rough peak memory in GB of a PairwiseGP fit with hyperparameter fitting: ``8 (32 n^2 + 8 m n)`` bytes, the
+    `n x n` float64 matrices (kernel, its factor and inverse, Hessians, their gradients) and the `m x n` ones
+    (BoTorch's dense comparison matrix and its weighted copies) of `n` items and `m` comparisons."""
+    n, m = int(num_items), int(num_comparisons)
+    return 8.0 * (32 * n * n + 8 * m * n) / 1e9
 
 
 def pairwise_gp_initial_utility(comparisons: Tensor, n: int, outputscale: float) -> np.ndarray:
@@ -82,9 +98,17 @@ class PairwiseGPReward:
             is another's duplicate and kept for a third (a chain) stays unmerged.
         jitter: PairwiseGP's Cholesky jitter (BoTorch adds it only where a Cholesky
             fails: with 0 a singular kernel matrix is an InputDataError naming it).
+        max_items: most distinct compared items a fit or update accepts (default
+            :data:`MAX_PAIRWISE_ITEMS` = 2,000); BoTorch's dense Laplace algebra needs about
+            :func:`pairwise_gp_memory` GB (``8 (32 n^2 + 8 m n)`` bytes: 3.6 GB for 2,000 items
+            and 20,000 comparisons, 38 GB for 10,000) and time cubic in the items (minutes
+            from 1,000 items with hyperparameter fitting).
 
     Raises:
         ModelError: at fit, on data with ties, ratings or several raters.
+        InputDataError: at fit or update, on comparisons among more than ``max_items``
+            distinct items (the message gives the memory they would need; use
+            :class:`~papa_bayes.models.PreferenceGP`, sparse and minibatched).
     """
 
     METHODS = ("laplace",)
@@ -101,6 +125,7 @@ class PairwiseGPReward:
         standardize: bool = True,
         consolidate_atol: float = 1e-4,
         jitter: float = 1e-6,
+        max_items: int = MAX_PAIRWISE_ITEMS,
     ) -> None:
         self.link = check_link(link)
         self.kernel = check_kernel(kernel)
@@ -109,6 +134,7 @@ class PairwiseGPReward:
         self.standardize = check_bool("standardize", standardize)
         self.consolidate_atol = check_float("consolidate_atol", consolidate_atol)
         self.jitter = check_float("jitter", jitter)
+        self.max_items = check_int("max_items", max_items)
 
     @property
     def utility_scale(self) -> float:
@@ -121,7 +147,8 @@ class PairwiseGPReward:
         return math.sqrt(2.0) if self.link == "probit" else 1.0
 
     def check_data(self, data: PreferenceData) -> None:
-        """ModelError unless ``data`` are one rater's strict comparisons (what BoTorch's PairwiseGP models)."""
+        """ModelError unless ``data`` are one rater's strict comparisons (what BoTorch's PairwiseGP models);
+        InputDataError on comparisons among more than ``max_items`` distinct items."""
         check_preference_data(data)
         data.require_observations()
         check_single_rater(data, type(self).__name__)
@@ -131,6 +158,14 @@ class PairwiseGPReward:
             raise ModelError("PairwiseGPReward cannot model ties (BoTorch's PairwiseGP); use PreferenceGP(ties=True).")
         if data.num_comparisons == 0:
             raise InputDataError("comparisons", "at least one comparison", "none")
+        n, m = int(torch.unique(data.comparisons).numel()), data.num_comparisons
+        if n > self.max_items:
+            raise InputDataError(
+                "comparisons", f"comparisons among at most max_items={self.max_items} distinct items for"
+                " PairwiseGPReward (BoTorch's dense Laplace algebra: memory quadratic and time cubic in the items);"
+                " use PreferenceGP (sparse variational, minibatched) or raise PairwiseGPReward(max_items=...)",
+                f"{n} distinct items in {m} comparisons (about {pairwise_gp_memory(n, m):.1f} GB)",
+            )
 
     def build(self, data: PreferenceData) -> tuple[PairwiseGP, FeatureStandardizer, Tensor]:
         """An unfitted PairwiseGP on the compared items (standardized), deterministically started.

@@ -158,7 +158,7 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     rationality^2 * prior_cov)``): the likelihood sees only ``scaled_w``, so the
     posterior is close to Gaussian there when the data are informative and
     Laplace/SVI match NUTS (where they are not, a wide ``rationality_prior`` makes a
-    funnel, and SVI's guide decentres ``scaled_w`` from the rationality: see
+    funnel, and SVI's guide and NUTS decentre ``scaled_w`` from the rationality: see
     :mod:`papa_bayes.inference.svi`); ``w`` itself is reported as the derived site
     ``scaled_w / rationality``. This is the same
     model as ``w ~ N(prior_loc, prior_cov)``, ``u = rationality * w . x``.
@@ -304,12 +304,15 @@ class LinearReward(_LinkPriors, PyroRewardModel):
     def observation_distributions(self, params: dict[str, Tensor], data: PreferenceData) -> dict[str, dist.Distribution]:
         v = params["scaled_w"]  # s x d
         tie, thr = self._other_draws(params, v.shape[0])
-        U = v @ data.items.T  # s x n
-        c, r = data.comparisons, data.ratings
+        X, c, r = data.items, data.comparisons, data.ratings
+        # `s x m` utilities of the answered items only: a session's data holds every item it ever showed
+        # (`pool_size` a round, 16 times the items compared), and `s x n` of them all took 200 MB at
+        # 3,000 answers (256 draws), at every update.
+        u = lambda idx: v @ X[idx].T  # noqa: E731
         return _observe(
-            U[:, c[:, 0]] if data.num_comparisons else None,
-            U[:, c[:, 1]] if data.num_comparisons else None,
-            U[:, r[:, 0]] if data.num_ratings else None,
+            u(c[:, 0]) if data.num_comparisons else None,
+            u(c[:, 1]) if data.num_comparisons else None,
+            u(r[:, 0]) if data.num_ratings else None,
             thr, tie, self.link,
         )
 
