@@ -43,7 +43,7 @@ from papa_bayes.exceptions import InputDataError, StoreError
 from papa_bayes.inference import RewardPosterior, fit, prior_posterior
 from papa_bayes.locks import lock_rater
 from papa_bayes.models import HierarchicalLinearReward, LinearReward, PairwiseGPReward, PyroRewardModel
-from papa_bayes.session_resume import check_resumed, model_record
+from papa_bayes.session_resume import check_resumed, model_from_record, model_record
 from papa_bayes.sources import Candidates, CandidateSource, FeaturePool
 from papa_bayes.store import PreferenceStore, StoredQuery, check_id
 from papa_bayes.users import CallbackUser, User
@@ -131,30 +131,6 @@ def _shown_items(data: PreferenceData) -> list[int]:
     a running list's update left that answer's items out of every later round's metrics.
     """
     return data.comparisons.reshape(-1).tolist() + data.ratings[:, 0].tolist()
-
-
-#: The fields of a cold-start LinearReward (``PyroPosterior.new_rater_model``), kept in the store as JSON.
-_LINEAR_FIELDS = ("link", "ties", "prior_scale", "prior_loc", "prior_scale_tril", "rationality", "rationality_prior",
-                  "threshold_prior_scale", "tie_prior")
-
-
-def _linear_record(model: LinearReward) -> dict[str, Any]:
-    """A LinearReward's fields as JSON values (tensors as nested lists: JSON's floats read back exactly)."""
-    out = {}
-    for name in _LINEAR_FIELDS:
-        value = getattr(model, name)
-        out[name] = value.tolist() if isinstance(value, Tensor) else list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def _linear_from_record(record: dict[str, Any]) -> LinearReward:
-    kwargs = dict(record)
-    for name in ("prior_loc", "prior_scale_tril"):
-        if kwargs[name] is not None:
-            kwargs[name] = torch.tensor(kwargs[name], dtype=torch.float64)
-    for name in ("rationality_prior", "tie_prior"):
-        kwargs[name] = tuple(kwargs[name])
-    return LinearReward(**kwargs)
 
 
 def _cold_start_key(session: PreferenceSession, others: PreferenceData) -> str:
@@ -515,7 +491,9 @@ class PreferenceSession:
         key = _cold_start_key(self, others)
         kept = self.store.cold_start(self.rater) if others.num_observations else None
         if kept is not None and kept.get("key") == key:
-            return _linear_from_record(kept["prior"])
+            model = model_from_record(kept.get("model"), LinearReward)
+            if model is not None:
+                return model
         if others.num_observations == 0:
             population = prior_posterior(self.model, others, num_samples=self.num_draws, seed=self.seed)
         else:
@@ -529,7 +507,7 @@ class PreferenceSession:
                              integrate_scale=True)
         model = population.new_rater_model()
         if others.num_observations and type(model) is LinearReward:
-            self.store.set_cold_start(self.rater, {"key": key, "prior": _linear_record(model)})
+            self.store.set_cold_start(self.rater, {"key": key, "model": model_record(model)})
         return model
 
     def _fit(self, data: PreferenceData) -> RewardPosterior:

@@ -171,6 +171,36 @@ def _field_text(value: Any) -> str:
     return repr(value)
 
 
+def model_from_record(record: dict[str, Any], cls: type) -> Any | None:
+    """A ``cls`` built from the fields :func:`model_record` stored, or None where the record cannot rebuild one
+    (another class, no fields, a value kept only as its repr or class name)."""
+    fields = record.get("fields") if isinstance(record, dict) else None
+    if not isinstance(fields, dict) or record.get("class") != cls.__name__:
+        return None
+    try:
+        kwargs = {k: _from_field_json(v) for k, v in fields.items()}
+    except ValueError:
+        return None
+    return cls(**kwargs)
+
+
+def _from_field_json(value: Any) -> Any:
+    """The inverse of :func:`_field_json` (ValueError for what it kept only as a repr or a class name)."""
+    if isinstance(value, list):
+        return [_from_field_json(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "float" in value:
+        return float(value["float"])
+    if "tensor" in value:
+        return torch.tensor(_field_value(value["tensor"]), dtype=getattr(torch, value["dtype"]))
+    if "tuple" in value:
+        return tuple(_from_field_json(v) for v in value["tuple"])
+    if "dict" in value:
+        return {k: _from_field_json(v) for k, v in value["dict"].items()}
+    raise ValueError(f"a field kept as {next(iter(value), None)!r} cannot be rebuilt")
+
+
 def _field_value(value: Any) -> Any:
     """A tensor's values as :func:`_field_json` wrote them, back to numbers (non-finite ones too)."""
     if isinstance(value, list):

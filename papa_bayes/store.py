@@ -550,16 +550,14 @@ class PreferenceStore:
                 buf[n : n + len(rows)] = new
                 n += len(rows)
                 self._items_buffer, self._items_read = buf, n
+            idx = None if indices is None else torch.as_tensor([int(i) for i in indices], dtype=torch.long)
+            if idx is not None and idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n):
+                bad = next(int(i) for i in idx if not 0 <= int(i) < n)  # (an empty store had given zeros for them)
+                raise InputDataError("indices", f"indices of stored items (0 to {n - 1})" if n else
+                                     "indices of stored items (none is stored)", bad)
             if buf is None:
-                d = self.num_features
-                return torch.zeros(0 if indices is None else len(indices), d or 0, dtype=torch.float64)
-            if indices is None:
-                return buf[:n].clone()
-            idx = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
-            if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n):
-                bad = next(int(i) for i in idx if not 0 <= int(i) < n)
-                raise InputDataError("indices", f"indices of stored items (0 to {n - 1})", bad)
-            return buf[idx]
+                return torch.zeros(0, self.num_features or 0, dtype=torch.float64)
+            return buf[:n].clone() if idx is None else buf[idx]
 
     def images(self, indices: list[int] | Tensor) -> Tensor:
         """Stored images of the given items: `len(indices) x ...` float32."""

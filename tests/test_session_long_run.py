@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from papa_bayes.data import PreferenceData
+from papa_bayes.exceptions import InputDataError
 from papa_bayes.inference.pyro_posterior import PyroPosterior
 from papa_bayes.models import LinearReward
 from papa_bayes.models.linear import _observe
@@ -50,7 +51,9 @@ def test_features_follow_items_another_connection_stores(tmp_path):
     first, second = PreferenceStore(path), PreferenceStore(path)
     a = torch.randn(5, 3, dtype=torch.float64, generator=g)
     b = torch.randn(70, 3, dtype=torch.float64, generator=g)  # past the first buffer's 64 rows
-    assert first.features().shape == (0, 0)
+    assert first.features().shape == first.features([]).shape == (0, 0)
+    with pytest.raises(InputDataError, match=r"^indices: expected indices of stored items \(none is stored\), got 0"):
+        first.features([0])  # (was a `1 x 0` tensor of nothing)
     first.add_items(a)
     assert torch.equal(first.features(), a)
     second.add_items(b)  # another process's session of another rater

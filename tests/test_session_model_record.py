@@ -171,3 +171,21 @@ def test_only_the_stored_fields_are_compared(tmp_path):
     del untagged.tag
     message = _refusal(path, source, user, untagged)
     assert "with tag='x' (the fields that differ)" in message and message.endswith("got tag not set."), message
+
+
+def test_a_linear_model_is_rebuilt_from_its_record_and_other_records_give_none():
+    """A hierarchical newcomer's prior is kept in the store as its model_record and rebuilt from it."""
+    import json
+
+    from papa_bayes.session_resume import model_from_record, model_record
+
+    model = LinearReward(ties=True, prior_loc=torch.tensor([0.1, -0.2], dtype=torch.float64),
+                         prior_scale_tril=torch.tensor([[0.5, 0.0], [0.1, 0.3]], dtype=torch.float64),
+                         rationality_prior=(0.1, 0.7), tie_prior=(-1.0, 0.5))
+    record = json.loads(json.dumps(model_record(model)))
+    rebuilt = model_from_record(record, LinearReward)
+    assert type(rebuilt) is LinearReward and model_record(rebuilt) == model_record(model)
+    assert torch.equal(rebuilt.prior_scale_tril, model.prior_scale_tril) and rebuilt.tie_prior == (-1.0, 0.5)
+    assert model_from_record(None, LinearReward) is None  # (a prior kept in this session's first format)
+    assert model_from_record({"class": "PreferenceGP", "fields": {}}, LinearReward) is None
+    assert model_from_record({**record, "fields": {**record["fields"], "link": {"repr": "x"}}}, LinearReward) is None

@@ -39,8 +39,8 @@ NUTS_NUM_CHAINS = 2
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
-#: Laplace draws whose moments start SVI's decentred guide (papa_bayes.inference.svi).
-SVI_INIT_DRAWS = 1000
+#: Laplace draws whose moments give the centredness of SVI's guide and NUTS's coordinates (papa_bayes.inference.svi).
+DECENTRING_DRAWS = 1000
 
 
 def fit(
@@ -482,7 +482,7 @@ def _fit_nuts(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any]
     site = svi.decentred_site(model, priors)
     # Start every chain at the posterior mode (Laplace), jittered, so warm-up is short.
     laplace = _fit_laplace(model, data, {**opts, "num_samples": max(opts["num_chains"], 2) if site is None
-                                         else max(opts["num_chains"], SVI_INIT_DRAWS)}, warm)
+                                         else max(opts["num_chains"], DECENTRING_DRAWS)}, warm)
     num_samples = opts["num_samples"] or 500
     warmup = opts["warmup_steps"] if opts["warmup_steps"] is not None else (150 if warm is not None else 300)
     starts, nuts_model, lam = laplace.params, model, None
@@ -590,7 +590,7 @@ def _fit_svi(model: PyroRewardModel, data: PreferenceData, opts: dict[str, Any],
     # its prior given the rationality), not in (log rationality, scaled_w), a funnel under a wide rationality prior
     # (see papa_bayes.inference.svi). It starts at the moments of Laplace's draws there.
     site = svi.decentred_site(model, priors)
-    laplace = _fit_laplace(model, data, {**opts, "num_samples": 2 if site is None else SVI_INIT_DRAWS}, warm)
+    laplace = _fit_laplace(model, data, {**opts, "num_samples": 2 if site is None else DECENTRING_DRAWS}, warm)
     space = UnconstrainedSpace(priors if site is None else svi.guide_priors(priors, site))
     if site is None:
         guide_model, init, mean = model, laplace.state["mode"], None
