@@ -22,10 +22,10 @@ from torch import Tensor
 
 from papa_bayes.exceptions import InputDataError
 
-__all__ = ["DefaultsHelpFormatter", "bounded_arg", "check_bool", "check_device", "check_finite", "check_float",
-           "check_float_dtype", "check_generator", "check_int", "check_path", "check_real_tensor", "holds_bool",
-           "is_integer_tensor", "parse_with_tiny", "plain_array", "read_json_object", "reading", "renamed_option",
-           "shape_of"]
+__all__ = ["MAX_SEED", "DefaultsHelpFormatter", "bounded_arg", "check_bool", "check_device", "check_finite",
+           "check_float", "check_float_dtype", "check_generator", "check_int", "check_path", "check_real_tensor",
+           "holds_bool", "is_integer_tensor", "parse_with_tiny", "plain_array", "read_json_object", "reading",
+           "renamed_option", "shape_of"]
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
@@ -130,6 +130,11 @@ def check_finite(name: str, value: Tensor, what: str = "values") -> Tensor:
     if value.is_complex() or not bool(torch.isfinite(value).all()):
         raise InputDataError(name, f"finite real {what}", "NaN, inf or complex values")
     return value
+
+
+#: The largest seed torch takes (``torch.Generator.manual_seed``, ``torch.manual_seed``): a larger one was its
+#: "Overflow when unpacking long long".
+MAX_SEED = 2**64 - 1
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from papa_bayes.checks import (
-    _shown, check_float, check_generator, check_int, check_real_tensor, implements, plain_array,
+    MAX_SEED, _shown, check_float, check_generator, check_int, check_real_tensor, implements, plain_array,
 )
 from papa_bayes.data import PreferenceData, _as_tensor
 from papa_bayes.exceptions import InputDataError
@@ -192,7 +192,7 @@ class SimulatedUser(User):
                         expected="a positive number (math.inf for a noiseless user)")
         tie_margin = check_float("tie_margin", tie_margin)
         threshold = check_float("threshold", threshold, minimum=-math.inf)
-        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch's range of seeds
+        seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)  # torch's range of seeds
         self.weights = None
         numpy_array = type(utility).__module__ == "numpy" and not callable(utility)
         if isinstance(utility, (Tensor, list, tuple)) or numpy_array:
@@ -225,7 +225,7 @@ class SimulatedUser(User):
 
         ``kwargs`` (link, rationality, tie_margin, threshold) go to the constructor.
         """
-        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)
+        seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         gen = torch.Generator().manual_seed((seed + 104729) % 2**64)  # the draw's stream differs from the answers'
         utility = random_gp_utility(d, lengthscale=lengthscale, outputscale=outputscale, num_features=num_features,
                                     generator=gen)

@@ -34,7 +34,7 @@ from papa_bayes.diffusion.base import (
 from papa_bayes.diffusion.digits import DIGITS_SPLIT_SEED, load_digits_splits
 from papa_bayes.diffusion.features import MidBlockFeatures, PCAFeatures, save_feature_map
 from papa_bayes.checks import (
-    caller_stacklevel, check_bool, check_device, check_float, check_int, check_path, renamed_option,
+    MAX_SEED, caller_stacklevel, check_bool, check_device, check_float, check_int, check_path, renamed_option,
 )
 from papa_bayes.exceptions import InputDataError, ModelError, PapaBayesWarning
 from papa_bayes.diffusion.sampler import sample
@@ -103,7 +103,7 @@ def train_base_model(
     batch_size = check_int("batch_size", batch_size)
     learning_rate = check_float("learning_rate", learning_rate, strict=True)
     ema_decay = check_float("ema_decay", ema_decay, maximum=1.0)
-    seed = check_int("seed", seed, minimum=0, maximum=_MAX_SEED)
+    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     device = check_device("device", device)
     progress_bar = check_bool("progress_bar", progress_bar)
     if unet_config is not None:
@@ -150,10 +150,6 @@ def train_base_model(
     }
     (out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-#: torch's range of seeds is [0, 2**64 - 1]; a larger one was torch's "Overflow when unpacking long long".
-_MAX_SEED = 2**64 - 1
 
 
 def _plain_config(unet_config: dict) -> dict:
@@ -283,7 +279,7 @@ def fit_default_features(
     num_features = check_int("num_features", num_features)
     progress_bar = check_bool("progress_bar", progress_bar)
     check_int("num_inference_steps", num_inference_steps)
-    seed = check_int("seed", seed, minimum=0, maximum=_MAX_SEED)
+    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     if num_features > num_samples:
         raise InputDataError("num_features", f"at most num_samples = {num_samples}", num_features)
     model = load_base_model(checkpoint)

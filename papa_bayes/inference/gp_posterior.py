@@ -10,7 +10,7 @@ from torch import Tensor
 from papa_bayes.data import PreferenceData
 from papa_bayes.exceptions import InputDataError, ModelError
 from papa_bayes.inference.gp_paths import PathwiseDraws
-from papa_bayes.checks import check_bool, check_int
+from papa_bayes.checks import MAX_SEED, check_bool, check_int
 from papa_bayes.inference.posterior import RewardPosterior, check_data, draws_std
 from papa_bayes.models.gp import FeatureStandardizer
 from papa_bayes.models.likelihoods import comparison_distribution, comparison_outcome, rating_distribution, rating_outcome
@@ -235,7 +235,7 @@ class GPPosterior(RewardPosterior):
         if check_bool("prior", prior):
             raise InputDataError("prior", "False for a GP posterior (no Pyro model to draw the prior from; the "
                                  "Pyro models' posteriors give prior groups)", prior)
-        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # torch.Generator.manual_seed's range
+        seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
         data, C = self.data, self.num_chains
         shape = lambda t: t.reshape(C, -1, *t.shape[1:])  # noqa: E731
         with torch.no_grad():
